@@ -1,0 +1,1 @@
+"""Shared machinery: config, logging, tracing, event store, bus and service runtime."""

@@ -1,0 +1,304 @@
+"""Commands over NATS request/reply.
+
+Wire format. Request: ``{"command_id", "type", "payload", "metadata"}`` with trace context in
+headers. Reply: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": ErrorBody}``.
+
+The server runs each handler in one database transaction together with a row in
+``processed_commands`` holding the reply, so a repeated ``command_id`` (a client retry after a
+timeout) gets the stored reply and changes nothing. Domain errors are not stored: the same
+command may succeed later. A version conflict re-runs the handler on fresh state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from pydantic import BaseModel, ValidationError
+
+from contracts.base import Command, JsonDict
+from contracts.errors import DomainError, ErrorBody, ErrorCode
+from libs.config import BaseServiceSettings
+from libs.eventstore.aggregate import Loaded, Repository
+from libs.eventstore.processor import Tailer
+from libs.eventstore.store import (
+    ConcurrencyError,
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+    StreamWrite,
+)
+from libs.logging import correlation_id_var, get_logger
+from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
+
+log = get_logger(__name__)
+
+R = TypeVar("R", bound=BaseModel)
+C_ = TypeVar("C_", bound=Command)
+
+
+class Actor(BaseModel):
+    """Who asked: a user (through a JWT or an API key), an admin, or a service."""
+
+    kind: str  # user | service | cli
+    id: str
+    api_key_id: str | None = None
+    role: str | None = None
+
+
+@dataclass
+class CommandContext:
+    """What a handler gets: the transaction, the store, and event metadata to stamp."""
+
+    conn: asyncpg.Connection
+    store: EventStore
+    command_id: str
+    actor: Actor
+    metadata: JsonDict
+    recorded: list[RecordedEvent] = field(default_factory=list)
+    _saved: list[tuple[Repository[Any], Loaded[Any], list[RecordedEvent]]] = field(
+        default_factory=list
+    )
+
+    def new(self, *events: Any) -> list[NewEvent]:
+        return [NewEvent(e, metadata=self.metadata) for e in events]
+
+    async def append(self, writes: Sequence[StreamWrite]) -> list[RecordedEvent]:
+        if self.recorded:
+            raise RuntimeError("a command appends once: pass every stream in one call")
+        recorded = await self.store.append_streams(writes, self.conn)
+        self.recorded.extend(recorded)
+        return recorded
+
+    async def save(
+        self, *changes: tuple[Repository[Any], Loaded[Any], Sequence[Any]]
+    ) -> list[RecordedEvent]:
+        """Append events for several loaded aggregates in one go (snapshots after commit)."""
+        writes = [loaded.write(self.new(*events)) for _, loaded, events in changes]
+        recorded = await self.append(writes)
+        for repo, loaded, _ in changes:
+            self._saved.append(
+                (repo, loaded, [r for r in recorded if r.stream_id == loaded.stream_id])
+            )
+        return recorded
+
+    async def after_commit(self) -> None:
+        for repo, loaded, recorded in self._saved:
+            await repo.after_save(loaded, recorded)
+
+
+CommandHandler = Callable[[Any, CommandContext], Awaitable[BaseModel]]
+
+
+class CommandServer:
+    """Serves the commands of one service (queue group = service name)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        store: EventStore,
+        settings: BaseServiceSettings,
+        *,
+        read_your_writes: Sequence[Tailer] = (),
+        max_attempts: int = 5,
+    ) -> None:
+        self.nc = nc
+        self.store = store
+        self.settings = settings
+        self.read_your_writes = list(read_your_writes)
+        self.max_attempts = max_attempts
+        self._handlers: dict[str, tuple[type[Command], CommandHandler]] = {}
+        self._subs: list[Subscription] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def register(
+        self, cmd_cls: type[C_], handler: Callable[[C_, CommandContext], Awaitable[BaseModel]]
+    ) -> None:
+        self._handlers[cmd_cls.command_type] = (cmd_cls, handler)
+
+    async def start(self) -> None:
+        for command_type in self._handlers:
+            subject = self.settings.subject(f"cmd.{command_type}")
+            self._subs.append(
+                await self.nc.subscribe(subject, queue=self.settings.service_name, cb=self._on_msg)
+            )
+
+    async def stop(self) -> None:
+        """Stop taking commands and let the ones in flight finish."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=10)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            reply = await self._handle(msg)
+            await msg.respond(orjson.dumps(reply))
+        finally:
+            self._inflight.discard(task)
+
+    async def _handle(self, msg: Msg) -> JsonDict:
+        token = otel_context.attach(extract_context(msg.headers))
+        try:
+            body = orjson.loads(msg.data)
+            command_type = body["type"]
+            with tracer(__name__).start_as_current_span(
+                f"handle {command_type}", kind=trace.SpanKind.SERVER
+            ):
+                cid = correlation_id_var.set(body.get("metadata", {}).get("correlation_id"))
+                try:
+                    return await self._execute(body)
+                finally:
+                    correlation_id_var.reset(cid)
+        except DomainError as e:
+            return {"ok": False, "error": e.body(current_trace_id()).model_dump(mode="json")}
+        except Exception:
+            log.exception("command_failed")
+            err = DomainError(ErrorCode.internal_error, "the command failed unexpectedly")
+            return {"ok": False, "error": err.body(current_trace_id()).model_dump(mode="json")}
+        finally:
+            otel_context.detach(token)
+
+    async def _execute(self, body: JsonDict) -> JsonDict:
+        command_type = body["type"]
+        command_id = str(body["command_id"])
+        cmd_cls, handler = self._handlers[command_type]
+        try:
+            cmd = cmd_cls.model_validate(body["payload"])
+        except ValidationError as e:
+            raise DomainError(
+                ErrorCode.validation_failed,
+                f"bad {command_type} payload",
+                {"errors": e.errors(include_url=False, include_context=False)},
+            ) from e
+        meta = dict(body.get("metadata", {}))
+        actor = Actor.model_validate(meta.get("actor") or {"kind": "service", "id": "unknown"})
+        span = trace.get_current_span().get_span_context()
+        event_meta: JsonDict = {
+            "actor": actor.model_dump(exclude_none=True),
+            "command_id": command_id,
+            "command_type": command_type,
+            "correlation_id": meta.get("correlation_id") or command_id,
+            "causation_id": command_id,
+            **({"traceparent": inject_headers()["traceparent"]} if span.is_valid else {}),
+        }
+        stored = await self._stored_reply(command_id)
+        if stored is not None:
+            return stored
+        for attempt in range(1, self.max_attempts + 1):
+            ctx = None
+            try:
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    ctx = CommandContext(conn, self.store, command_id, actor, event_meta)
+                    result = await handler(cmd, ctx)
+                    reply = {"ok": True, "result": result.model_dump(mode="json")}
+                    await conn.execute(
+                        f"INSERT INTO {self.store.schema}.processed_commands"
+                        " (command_id, command_type, reply) VALUES ($1, $2, $3)",
+                        command_id,
+                        command_type,
+                        reply,
+                    )
+            except ConcurrencyError:
+                if attempt == self.max_attempts:
+                    raise DomainError(
+                        ErrorCode.concurrency_conflict, "the resource kept changing; retry"
+                    ) from None
+                continue
+            except asyncpg.UniqueViolationError as e:
+                if "processed_commands" not in (e.table_name or ""):
+                    raise
+                stored = await self._stored_reply(command_id)
+                if stored is not None:
+                    return stored
+                raise
+            self.store.notify_appended()
+            await ctx.after_commit()
+            if ctx.recorded:
+                last = ctx.recorded[-1].cursor
+                try:
+                    async with asyncio.timeout(5):
+                        for tailer in self.read_your_writes:
+                            await tailer.wait_for(last)
+                except TimeoutError:  # committed all the same; the read model will follow
+                    log.warning("read_your_writes_timeout", command_type=command_type)
+            return reply
+        raise AssertionError("unreachable")
+
+    async def _stored_reply(self, command_id: str) -> JsonDict | None:
+        async with self.store.pool.acquire() as conn:
+            reply: JsonDict | None = await conn.fetchval(
+                f"SELECT reply FROM {self.store.schema}.processed_commands WHERE command_id = $1",
+                command_id,
+            )
+        return reply
+
+
+class CommandClient(Generic[R]):
+    """Sends commands and turns error replies back into :class:`DomainError`."""
+
+    def __init__(self, nc: Client, settings: BaseServiceSettings, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.timeout = timeout
+
+    async def send(
+        self,
+        cmd: Command,
+        result_type: type[R],
+        *,
+        command_id: str,
+        actor: Actor,
+        correlation_id: str | None = None,
+    ) -> R:
+        body = {
+            "command_id": command_id,
+            "type": cmd.command_type,
+            "payload": cmd.model_dump(mode="json"),
+            "metadata": {
+                "actor": actor.model_dump(exclude_none=True),
+                "correlation_id": correlation_id or correlation_id_var.get(),
+            },
+        }
+        with tracer(__name__).start_as_current_span(
+            f"send {cmd.command_type}", kind=trace.SpanKind.CLIENT
+        ):
+            try:
+                msg = await self.nc.request(
+                    self.settings.subject(f"cmd.{cmd.command_type}"),
+                    orjson.dumps(body),
+                    timeout=self.timeout,
+                    headers=inject_headers(),
+                )
+            except NoRespondersError:
+                raise DomainError(
+                    ErrorCode.service_unavailable,
+                    f"no {cmd.context()} service is running; retry shortly",
+                ) from None
+            except NatsTimeout:
+                raise DomainError(
+                    ErrorCode.service_unavailable,
+                    f"{cmd.command_type} timed out; retry with the same idempotency key",
+                ) from None
+        reply = orjson.loads(msg.data)
+        if reply.get("ok"):
+            return result_type.model_validate(reply["result"])
+        err = ErrorBody.model_validate(reply["error"])
+        raise DomainError(err.code, err.message, err.details)

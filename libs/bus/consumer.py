@@ -1,0 +1,228 @@
+"""Durable pull consumers with bounded redelivery and a dead-letter stream.
+
+A handler that raises is retried with back-off up to ``max_deliver`` times. On the last
+failed delivery, or at once for :class:`Poison`, the message is copied to the DLQ stream
+(subject ``dlq.<durable>``) with the reason and then terminated. If the process dies during
+the last delivery, JetStream's max-deliveries advisory triggers the same copy.
+Handlers must be idempotent (see :func:`claim_event`): delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+
+from contracts.base import EVENTS, Event, EventRegistry, JsonDict
+from libs.config import BaseServiceSettings
+from libs.logging import get_logger
+from libs.tracing import extract_context, tracer
+
+log = get_logger(__name__)
+
+
+class Retry(Exception):
+    """A transient failure: deliver again after the back-off."""
+
+
+class Poison(Exception):
+    """A message that can never be handled: dead-letter it now."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusEvent:
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    position: int
+    recorded_at: datetime
+    data: JsonDict
+    metadata: JsonDict
+    deliveries: int
+
+    def decode(self, registry: EventRegistry = EVENTS) -> Event:
+        return registry.decode(self.event_type, self.schema_version, self.data)
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> BusEvent:
+        try:
+            body: dict[str, Any] = orjson.loads(msg.data)
+            return cls(
+                event_id=uuid.UUID(body["event_id"]),
+                stream_id=body["stream_id"],
+                version=int(body["version"]),
+                event_type=body["type"],
+                schema_version=int(body["schema_version"]),
+                position=int(body["position"]),
+                recorded_at=datetime.fromisoformat(body["recorded_at"]),
+                data=body["data"],
+                metadata=body["metadata"],
+                deliveries=msg.metadata.num_delivered,
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise Poison(f"undecodable event: {e!r}") from e
+
+
+Handler = Callable[[BusEvent], Awaitable[None]]
+
+
+async def claim_event(
+    conn: asyncpg.Connection, schema: str, consumer: str, event_id: uuid.UUID
+) -> bool:
+    """Record that ``consumer`` handled ``event_id``, in the caller's transaction.
+
+    Returns False if it was handled before: skip the effect, the transaction stays harmless.
+    """
+    status: str = await conn.execute(
+        f"INSERT INTO {schema}.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        consumer,
+        event_id,
+    )
+    return status == "INSERT 0 1"
+
+
+class DurableConsumer:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        settings: BaseServiceSettings,
+        durable: str,
+        filter_subjects: Sequence[str],
+        handler: Handler,
+        *,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = (0.5, 2, 10, 30),
+        ack_wait: float = 30,
+        batch: int = 50,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.settings = settings
+        self.durable = durable
+        self.filter_subjects = [settings.subject(s) for s in filter_subjects]
+        self.handler = handler
+        self.max_deliver = max_deliver
+        self.backoff = list(backoff)
+        self.ack_wait = ack_wait
+        self.batch = batch
+        self.handled = 0
+        self.dead_lettered = 0
+
+    async def ensure(self) -> None:
+        # JetStream requires ack_wait to exceed every back-off step except the last.
+        backoff = self.backoff[: self.max_deliver]
+        cfg = ConsumerConfig(
+            durable_name=self.durable,
+            filter_subjects=self.filter_subjects,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            backoff=backoff if len(backoff) == self.max_deliver else None,
+            max_ack_pending=1000,
+        )
+        await self.js.add_consumer(self.settings.events_stream, cfg)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.ensure()
+        advisories = await self._watch_advisories()
+        sub = await self.js.pull_subscribe_bind(
+            durable=self.durable, stream=self.settings.events_stream
+        )
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1, heartbeat=0.25)
+                except NatsTimeout:
+                    continue
+                for msg in msgs:
+                    await self._deliver(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            for a in advisories:
+                with contextlib.suppress(Exception):
+                    await a.unsubscribe()
+
+    async def _deliver(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered
+        token = otel_context.attach(extract_context(msg.headers))
+        try:
+            with tracer(__name__).start_as_current_span(f"consume {self.durable}"):
+                event = BusEvent.from_msg(msg)
+                await self.handler(event)
+        except Poison as e:
+            await self._dead_letter(msg, f"poison: {e}")
+            await msg.term()
+        except Exception as e:
+            if attempt >= self.max_deliver:
+                await self._dead_letter(msg, f"failed {attempt} deliveries: {e!r}")
+                await msg.term()
+            else:
+                delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)] if self.backoff else 1
+                log.warning("consumer_retry", consumer=self.durable, attempt=attempt, error=repr(e))
+                await msg.nak(delay=delay)
+        else:
+            self.handled += 1
+            await msg.ack()
+        finally:
+            otel_context.detach(token)
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        seq = msg.metadata.sequence.stream
+        await self._publish_dlq(msg.subject, msg.data, dict(msg.headers or {}), seq, reason)
+
+    async def _publish_dlq(
+        self, subject: str, data: bytes, headers: dict[str, str], seq: int, reason: str
+    ) -> None:
+        headers = {k: v for k, v in headers.items() if not k.startswith("Nats-")}
+        headers.update(
+            {
+                "Nats-Msg-Id": f"dlq:{self.durable}:{seq}",
+                "Dlq-Consumer": self.durable,
+                "Dlq-Original-Subject": subject,
+                "Dlq-Stream-Seq": str(seq),
+                "Dlq-Reason": reason[:500],
+            }
+        )
+        await self.js.publish(self.settings.subject(f"dlq.{self.durable}"), data, headers=headers)
+        self.dead_lettered += 1
+        log.error("dead_lettered", consumer=self.durable, stream_seq=seq, reason=reason)
+
+    async def _watch_advisories(self) -> list[Any]:
+        stream = self.settings.events_stream
+
+        async def on_max_deliveries(msg: Msg) -> None:
+            adv = orjson.loads(msg.data)
+            seq = int(adv["stream_seq"])
+            try:
+                orig = await self.js.get_msg(stream, seq)
+            except Exception as e:  # the message may have aged out of the stream
+                log.error("dlq_copy_failed", stream_seq=seq, error=repr(e))
+                return
+            await self._publish_dlq(
+                orig.subject or "",
+                orig.data or b"",
+                dict(orig.headers or {}),
+                seq,
+                f"max deliveries ({adv.get('deliveries')}) reached",
+            )
+
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{self.durable}"
+        return [await self.nc.subscribe(subject, cb=on_max_deliveries)]

@@ -1,0 +1,61 @@
+"""Settings from environment variables (prefix ``RF_``), shared by every service."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BaseServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RF_", extra="ignore")
+
+    service_name: str = "service"
+    database_url: str = "postgresql://postgres@127.0.0.1:55432/renderfarm"
+    nats_url: str = "nats://127.0.0.1:54222"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    # Subject prefix and stream names, so test runs and environments can share one server.
+    nats_prefix: str = ""
+    health_port: int = 0
+    log_level: str = "INFO"
+    otel_exporter: str = Field(default="none", description="none | console")
+    db_pool_size: int = 10
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.nats_prefix.upper()}EVENTS" if self.nats_prefix else "EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"{self.nats_prefix.upper()}DLQ" if self.nats_prefix else "DLQ"
+
+    def subject(self, name: str) -> str:
+        return f"{self.nats_prefix}.{name}" if self.nats_prefix else name
+
+
+class TokenSettings(BaseServiceSettings):
+    """Keys shared by identity (which signs) and the gateway (which verifies)."""
+
+    jwt_keys: dict[str, str] = Field(default_factory=dict, description='{"kid": "secret"}')
+    jwt_active_kid: str = "k1"
+    jwt_issuer: str = "renderfarm-identity"
+    jwt_audience: str = "renderfarm-api"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    token_pepper: str = ""
+
+    @field_validator("jwt_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def check_secrets(self) -> None:
+        """Refuse to start with missing or short secrets (an empty HMAC key is an auth bypass)."""
+        if self.jwt_active_kid not in self.jwt_keys:
+            raise ValueError(f"RF_JWT_ACTIVE_KID {self.jwt_active_kid!r} not in RF_JWT_KEYS")
+        for kid, secret in self.jwt_keys.items():
+            if len(secret) < 32:
+                raise ValueError(f"JWT key {kid!r} is shorter than 32 characters")
+        if len(self.token_pepper) < 32:
+            raise ValueError("RF_TOKEN_PEPPER must be at least 32 characters")

@@ -1,0 +1,195 @@
+"""Tailers of the global feed: projections (exactly-once) and anything else that follows it.
+
+A tailer holds a PostgreSQL session advisory lock named after it, so only one process runs
+it at a time; others stand by and take over when the holder's connection goes away. It wakes
+at once when this process appends, and polls for appends made elsewhere.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import zlib
+from collections.abc import Sequence
+
+import asyncpg
+
+from libs.eventstore.store import EventStore, Position, RecordedEvent
+from libs.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Tailer(abc.ABC):
+    """Follows the global feed of one event store from a stored checkpoint."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        name: str,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.2,
+        types: Sequence[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.types = frozenset(types) if types is not None else None
+        self.position = Position.start()
+        self._progress = asyncio.Condition()
+        self._wake = store.waiter()
+        self.is_leader = False
+        self.last_error: BaseException | None = None
+
+    @property
+    def lock_key(self) -> int:
+        return zlib.crc32(f"{self.store.schema}:{self.name}".encode())
+
+    def wants(self, event: RecordedEvent) -> bool:
+        return self.types is None or event.event_type in self.types
+
+    @abc.abstractmethod
+    async def process_batch(self, events: list[RecordedEvent]) -> bool:
+        """Handle a batch read after ``self.position`` and advance the checkpoint.
+
+        Returns False if the checkpoint was moved by someone else (then we re-read it).
+        """
+
+    async def run_once(self) -> int:
+        """Process one batch; returns how many events were read."""
+        events = await self.store.read_all(self.position, self.batch_size)
+        if not events:
+            return 0
+        if not await self.process_batch(events):
+            self.position = await self.store.checkpoint(self.name)
+            return 0
+        await self._advanced(events[-1].cursor)
+        return len(events)
+
+    async def catch_up(self) -> int:
+        total = 0
+        while n := await self.run_once():
+            total += n
+        return total
+
+    async def _advanced(self, to: Position) -> None:
+        self.position = to
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_for(self, position: Position) -> None:
+        """Return once this tailer has processed everything up to ``position``.
+
+        Callers bound the wait with ``asyncio.timeout``; the command server uses 5 s.
+        """
+        self._wake.set()
+        while not self.is_leader:  # another replica runs it: watch the stored checkpoint
+            if await self.store.checkpoint(self.name) >= position:
+                return
+            await asyncio.sleep(0.02)
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.position >= position)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run until ``stopping`` is set: take the leader lock, then follow the feed."""
+        while not stopping.is_set():
+            try:
+                await self._lead(stopping)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                self.last_error = e
+                log.warning("tailer_error", tailer=self.name, error=repr(e))
+                await _sleep_or_stop(stopping, 1.0)
+
+    async def _lead(self, stopping: asyncio.Event) -> None:
+        async with self.store.pool.acquire() as lock_conn:
+            while not stopping.is_set():
+                got = await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key)
+                if got:
+                    break
+                await _sleep_or_stop(stopping, 1.0)
+            else:
+                return
+            self.is_leader = True
+            try:
+                self.position = await self.store.checkpoint(self.name)
+                await self._advanced(self.position)
+                while not stopping.is_set():
+                    n = await self.run_once()
+                    self.last_error = None
+                    if n < self.batch_size:
+                        await self._idle(stopping)
+            finally:
+                self.is_leader = False
+                with contextlib.suppress(Exception):
+                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        self._wake.clear()
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        _, pending = await asyncio.wait(
+            waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for p in pending:
+            p.cancel()
+
+
+class Projection(abc.ABC):
+    """A read model built from events. Effects and checkpoint commit together."""
+
+    name: str
+    #: Read-model tables this projection owns; emptied on rebuild.
+    tables: Sequence[str] = ()
+    #: Event types it needs; None means all.
+    types: Sequence[str] | None = None
+
+    @abc.abstractmethod
+    async def setup(self, conn: asyncpg.Connection) -> None:
+        """Create the read-model tables (idempotent DDL)."""
+
+    @abc.abstractmethod
+    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        """Apply a batch of events inside the checkpoint's transaction."""
+
+
+class Projector(Tailer):
+    """Runs a projection with its checkpoint in the same transaction as its effect."""
+
+    def __init__(self, store: EventStore, projection: Projection, **kw: object) -> None:
+        super().__init__(store, projection.name, types=projection.types, **kw)  # type: ignore[arg-type]
+        self.projection = projection
+
+    async def process_batch(self, events: list[RecordedEvent]) -> bool:
+        wanted = [e for e in events if self.wants(e)]
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            if not await self.store.advance_checkpoint(
+                conn, self.name, self.position, events[-1].cursor
+            ):
+                return False
+            if wanted:
+                await self.projection.apply(conn, wanted)
+        return True
+
+    async def reset(self) -> None:
+        """Empty the read model and rewind the checkpoint, atomically."""
+        s = self.store.schema
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            await self.store.checkpoint(self.name, conn)
+            await conn.execute(
+                f"SELECT 1 FROM {s}.checkpoints WHERE name = $1 FOR UPDATE", self.name
+            )
+            for table in self.projection.tables:
+                await conn.execute(f"TRUNCATE {s}.{table}")
+            await conn.execute(
+                f"UPDATE {s}.checkpoints SET tx_id = '0', position = 0, updated_at = now()"
+                " WHERE name = $1",
+                self.name,
+            )
+        self.position = Position.start()
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
