@@ -1,0 +1,90 @@
+"""The job envelope: the one shape every API answer about a job carries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.jobs import (
+    FrameRange,
+    JobAction,
+    JobPriority,
+    JobStatus,
+    Renderer,
+    RenderSettings,
+    Resolution,
+    StepName,
+    StepStatus,
+)
+
+
+class Currency(StrEnum):
+    credits = "credits"
+
+
+class EtaUnknownReason(StrEnum):
+    not_started = "not_started"
+    no_measurements = "no_measurements"
+    paused = "paused"
+    finished = "finished"
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepView(_View):
+    name: StepName = Field(description="Step of the job's pipeline.")
+    status: StepStatus = Field(description="State of this step.")
+    progress_percent: float = Field(ge=0, le=100, description="Progress of this step, 0-100.")
+    started_at: datetime | None = Field(description="UTC time the step started; null if not yet.")
+    finished_at: datetime | None = Field(description="UTC time the step ended; null if not yet.")
+    error: str | None = Field(description="Why the step failed; null unless it failed.")
+
+
+class EtaView(_View):
+    eta_seconds: int | None = Field(description="Seconds until the job is expected to finish.")
+    eta_at: datetime | None = Field(description="UTC time the job is expected to finish.")
+    reason: EtaUnknownReason | None = Field(
+        description="Why there is no ETA; null when eta_seconds is set."
+    )
+
+
+class CostView(_View):
+    estimate_credits: Decimal | None = Field(
+        description="Estimated total cost; null until an estimate has been made."
+    )
+    so_far_credits: Decimal = Field(description="Cost incurred so far.")
+    cap_credits: Decimal | None = Field(description="Spending cap; null means no cap.")
+    currency: Currency = Field(description="Unit of every amount here.")
+
+
+class JobEnvelope(_View):
+    """A render job as clients see it: state, progress, ETA, cost and what can be done next."""
+
+    job_id: str = Field(description="Job id, e.g. job_01J...")
+    name: str = Field(description="Display name.")
+    owner_id: str = Field(description="Id of the user who owns the job.")
+    status: JobStatus = Field(description="Lifecycle state.")
+    current_step: StepName | None = Field(description="The step running now; null if none.")
+    progress_percent: float = Field(ge=0, le=100, description="Overall progress, 0-100.")
+    steps: list[StepView] = Field(description="Every pipeline step in order.")
+    eta: EtaView = Field(description="When the job is expected to finish.")
+    cost: CostView = Field(description="Estimate, cost so far and cap.")
+    allowed_actions: list[JobAction] = Field(description="Actions the client may take next.")
+    scene_key: str = Field(description="Object key of the scene file.")
+    renderer: Renderer = Field(description="Render engine.")
+    frame_range: FrameRange = Field(description="Frames to render.")
+    chunk_size: int = Field(description="Frames per farm task.")
+    frames_total: int = Field(description="Number of frames in the frame range.")
+    frames_done: int = Field(description="Frames rendered so far.")
+    resolution: Resolution = Field(description="Output resolution.")
+    render_settings: RenderSettings = Field(description="Format, samples and camera.")
+    priority: JobPriority = Field(description="Scheduling priority.")
+    failure_reason: str | None = Field(description="Why the job failed; null unless failed.")
+    created_at: datetime = Field(description="UTC time the job was submitted.")
+    updated_at: datetime = Field(description="UTC time of the job's latest event.")
+    version: int = Field(description="Version of the job's event stream; grows with each event.")

@@ -1,0 +1,395 @@
+"""Render jobs: enums, events (``job.*``), commands and results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from contracts.base import COMMANDS, EVENTS, Command, Event
+
+MAX_FRAMES_PER_JOB = 100_000
+
+
+class JobStatus(StrEnum):
+    submitted = "submitted"  # accepted, waiting for scene processing
+    preparing = "preparing"  # scene check, repathing, render settings
+    ready = "ready"  # prepared; a test render or the full render can start
+    test_rendering = "test_rendering"
+    test_render_ready = "test_render_ready"
+    queued = "queued"  # full render ordered, waiting for farm capacity
+    rendering = "rendering"
+    paused = "paused"  # e.g. the cost cap was reached
+    cancelling = "cancelling"  # cancel asked; waiting for the farm to stop
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.completed, JobStatus.failed, JobStatus.cancelled})
+
+
+class JobPriority(StrEnum):
+    low = "low"
+    normal = "normal"
+    high = "high"
+    urgent = "urgent"
+
+
+class Renderer(StrEnum):
+    blender_cycles = "blender_cycles"
+    blender_eevee = "blender_eevee"
+
+
+class OutputFormat(StrEnum):
+    png = "png"
+    exr = "exr"
+    jpeg = "jpeg"
+
+
+class StepName(StrEnum):
+    scene_check = "scene_check"
+    repath = "repath"
+    render_settings = "render_settings"
+    test_render = "test_render"
+    render = "render"
+
+
+class StepStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class JobAction(StrEnum):
+    """What a client may do next with a job."""
+
+    update = "update"  # name, priority, cost cap
+    update_render_settings = "update_render_settings"  # frames, resolution, render settings
+    cancel = "cancel"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FrameRange(_Model):
+    """Frames ``start``..``end`` inclusive, every ``step``-th frame."""
+
+    start: int = Field(ge=0, le=1_000_000, description="First frame, inclusive.")
+    end: int = Field(ge=0, le=1_000_000, description="Last frame, inclusive.")
+    step: int = Field(default=1, ge=1, le=10_000, description="Render every n-th frame.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end < self.start:
+            raise PydanticCustomError(
+                "invalid_frame_range",
+                "frame range end {end} is before start {start}",
+                {"start": self.start, "end": self.end},
+            )
+        if self.frame_count > MAX_FRAMES_PER_JOB:
+            raise PydanticCustomError(
+                "invalid_frame_range",
+                "frame range has {count} frames; at most {limit} per job",
+                {"count": self.frame_count, "limit": MAX_FRAMES_PER_JOB},
+            )
+        return self
+
+    @property
+    def frame_count(self) -> int:
+        return (self.end - self.start) // self.step + 1
+
+    def frames(self) -> range:
+        return range(self.start, self.end + 1, self.step)
+
+
+class Resolution(_Model):
+    width: int = Field(ge=16, le=16384, description="Output width in pixels.")
+    height: int = Field(ge=16, le=16384, description="Output height in pixels.")
+
+
+class RenderSettings(_Model):
+    output_format: OutputFormat = Field(
+        default=OutputFormat.png, description="Image format of rendered frames."
+    )
+    samples: int | None = Field(
+        default=None, ge=1, le=65536, description="Samples per pixel; null keeps the scene's."
+    )
+    camera: str | None = Field(
+        default=None, max_length=200, description="Camera object name; null keeps the scene's."
+    )
+
+
+CostCredits = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=4, description="An amount of credits."),
+]
+SceneKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z0-9!_.*'()/-]+$",
+        description="Object key of the uploaded scene file in the scenes bucket.",
+    ),
+]
+JobName = Annotated[str, Field(min_length=1, max_length=200, description="Display name.")]
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@EVENTS.register
+class JobSubmitted(Event):
+    event_type = "job.JobSubmitted"
+    job_id: str
+    owner_id: str
+    name: str
+    scene_key: str
+    renderer: Renderer
+    frame_range: FrameRange
+    chunk_size: int
+    resolution: Resolution
+    render_settings: RenderSettings
+    priority: JobPriority
+    cost_cap_credits: Decimal | None
+    submitted_at: datetime
+
+
+@EVENTS.register
+class JobRenamed(Event):
+    event_type = "job.JobRenamed"
+    job_id: str
+    name: str
+
+
+@EVENTS.register
+class JobPriorityChanged(Event):
+    event_type = "job.JobPriorityChanged"
+    job_id: str
+    priority: JobPriority
+
+
+@EVENTS.register
+class JobCostCapChanged(Event):
+    event_type = "job.JobCostCapChanged"
+    job_id: str
+    cost_cap_credits: Decimal | None
+
+
+@EVENTS.register
+class JobFramesChanged(Event):
+    event_type = "job.JobFramesChanged"
+    job_id: str
+    frame_range: FrameRange
+    chunk_size: int
+
+
+@EVENTS.register
+class JobRenderSettingsChanged(Event):
+    event_type = "job.JobRenderSettingsChanged"
+    job_id: str
+    resolution: Resolution
+    render_settings: RenderSettings
+
+
+@EVENTS.register
+class JobStepStarted(Event):
+    event_type = "job.JobStepStarted"
+    job_id: str
+    step: StepName
+    at: datetime
+
+
+@EVENTS.register
+class JobStepProgressed(Event):
+    event_type = "job.JobStepProgressed"
+    job_id: str
+    step: StepName
+    progress_percent: float
+    at: datetime
+
+
+@EVENTS.register
+class JobStepLogged(Event):
+    event_type = "job.JobStepLogged"
+    job_id: str
+    step: StepName
+    level: LogLevel
+    message: str
+    at: datetime
+
+
+@EVENTS.register
+class JobStepSucceeded(Event):
+    event_type = "job.JobStepSucceeded"
+    job_id: str
+    step: StepName
+    at: datetime
+
+
+@EVENTS.register
+class JobStepFailed(Event):
+    event_type = "job.JobStepFailed"
+    job_id: str
+    step: StepName
+    error: str
+    at: datetime
+
+
+@EVENTS.register
+class JobStepSkipped(Event):
+    event_type = "job.JobStepSkipped"
+    job_id: str
+    step: StepName
+    reason: str
+
+
+@EVENTS.register
+class JobQueued(Event):
+    event_type = "job.JobQueued"
+    job_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobPaused(Event):
+    event_type = "job.JobPaused"
+    job_id: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class JobResumed(Event):
+    event_type = "job.JobResumed"
+    job_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobCompleted(Event):
+    event_type = "job.JobCompleted"
+    job_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobFailed(Event):
+    event_type = "job.JobFailed"
+    job_id: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class JobCancellationRequested(Event):
+    event_type = "job.JobCancellationRequested"
+    job_id: str
+    reason: str | None
+    at: datetime
+
+
+@EVENTS.register
+class JobCancelled(Event):
+    event_type = "job.JobCancelled"
+    job_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobSlotTaken(Event):
+    """An owner's active-job slot was taken by a job (stream ``owner-<user>``)."""
+
+    event_type = "job.JobSlotTaken"
+    owner_id: str
+    job_id: str
+
+
+@EVENTS.register
+class JobSlotFreed(Event):
+    event_type = "job.JobSlotFreed"
+    owner_id: str
+    job_id: str
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+class JobSpec(_Model):
+    """What a client asks to render."""
+
+    name: JobName
+    scene_key: SceneKey
+    renderer: Renderer = Field(default=Renderer.blender_cycles, description="Render engine.")
+    frame_range: FrameRange = Field(description="Frames to render.")
+    chunk_size: int = Field(
+        default=1, ge=1, le=1000, description="Frames per farm task (Deadline chunk size)."
+    )
+    resolution: Resolution = Field(description="Output resolution.")
+    render_settings: RenderSettings = Field(
+        default_factory=RenderSettings, description="Format, samples and camera."
+    )
+    priority: JobPriority = Field(default=JobPriority.normal, description="Scheduling priority.")
+    cost_cap_credits: CostCredits | None = Field(
+        default=None, description="Stop spending beyond this many credits; null for no cap."
+    )
+
+
+@COMMANDS.register
+class SubmitJob(Command):
+    command_type = "job.SubmitJob"
+    job_id: str
+    owner_id: str
+    spec: JobSpec
+
+
+class JobChanges(_Model):
+    """Fields to change; absent fields stay as they are."""
+
+    name: JobName | None = None
+    priority: JobPriority | None = None
+    cost_cap_credits: CostCredits | None = None
+    clear_cost_cap: bool = False
+    frame_range: FrameRange | None = None
+    chunk_size: int | None = Field(default=None, ge=1, le=1000)
+    resolution: Resolution | None = None
+    render_settings: RenderSettings | None = None
+
+
+@COMMANDS.register
+class UpdateJob(Command):
+    command_type = "job.UpdateJob"
+    job_id: str
+    owner_id: str | None = Field(description="The caller's user id; null when an admin acts.")
+    changes: JobChanges
+
+
+@COMMANDS.register
+class CancelJob(Command):
+    command_type = "job.CancelJob"
+    job_id: str
+    owner_id: str | None = Field(description="The caller's user id; null when an admin acts.")
+    reason: str | None = None
+
+
+class JobAccepted(_Model):
+    """Reply to a job command: the job's id and the stream version after the command."""
+
+    job_id: str
+    version: int

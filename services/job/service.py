@@ -1,0 +1,25 @@
+"""Wiring and start-up of the job service."""
+
+from __future__ import annotations
+
+from libs.runtime import ServiceRuntime, run
+from services.job.commands import JobCommands
+from services.job.projections import JobsProjection
+from services.job.settings import JobSettings
+
+
+async def build(settings: JobSettings) -> ServiceRuntime:
+    rt = ServiceRuntime(settings, schema="job")
+    await rt.start()
+    jobs_view = await rt.projector(JobsProjection())
+    JobCommands(settings, rt.store).register(rt.command_server(read_your_writes=[jobs_view]))
+    return rt
+
+
+async def main() -> None:
+    rt = await build(JobSettings())
+    await rt.serve()
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,7 @@
+from libs.config import BaseServiceSettings
+
+
+class JobSettings(BaseServiceSettings):
+    service_name: str = "job"
+    #: Jobs a user may have that are not yet completed, failed or cancelled.
+    active_job_limit: int = 20
