@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     idempotency_key_reused = "idempotency_key_reused"
     idempotency_in_progress = "idempotency_in_progress"
     invalid_cursor = "invalid_cursor"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
     service_unavailable = "service_unavailable"
     internal_error = "internal_error"
 
@@ -70,6 +72,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.idempotency_key_reused: 422,
     ErrorCode.idempotency_in_progress: 409,
     ErrorCode.invalid_cursor: 422,
+    ErrorCode.not_found: 404,
+    ErrorCode.method_not_allowed: 405,
     ErrorCode.service_unavailable: 503,
     ErrorCode.internal_error: 500,
 }

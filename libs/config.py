@@ -17,6 +17,8 @@ class BaseServiceSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:56379/0"
     # Subject prefix and stream names, so test runs and environments can share one server.
     nats_prefix: str = ""
+    # Key prefix in Redis, for the same reason.
+    redis_prefix: str = "rf"
     health_port: int = 0
     log_level: str = "INFO"
     otel_exporter: str = Field(default="none", description="none | console")

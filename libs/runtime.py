@@ -43,6 +43,8 @@ class ServiceRuntime:
         self._background: list[tuple[str, Background]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health: asyncio.Server | None = None
+        #: Extra readiness checks; each returns None when fine, else what is wrong.
+        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
         self.pool: asyncpg.Pool
         self.nc: Client
         self.js: JetStreamContext
@@ -163,6 +165,10 @@ class ServiceRuntime:
         dead = [t.get_name() for t in self._tasks if t.done()]
         if dead:
             return False, f"stopped tasks: {', '.join(dead)}"
+        for check in self.readiness_checks:
+            problem = await check()
+            if problem is not None:
+                return False, problem
         return True, "ready"
 
     async def _serve_health(

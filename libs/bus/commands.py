@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -119,14 +119,20 @@ class CommandServer:
         self.settings = settings
         self.read_your_writes = list(read_your_writes)
         self.max_attempts = max_attempts
-        self._handlers: dict[str, tuple[type[Command], CommandHandler]] = {}
+        self._handlers: dict[str, tuple[type[Command], CommandHandler, bool]] = {}
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
     def register(
-        self, cmd_cls: type[C_], handler: Callable[[C_, CommandContext], Awaitable[BaseModel]]
+        self,
+        cmd_cls: type[C_],
+        handler: Callable[[C_, CommandContext], Awaitable[BaseModel]],
+        *,
+        store_reply: bool = True,
     ) -> None:
-        self._handlers[cmd_cls.command_type] = (cmd_cls, handler)
+        """Serve ``cmd_cls``. With ``store_reply=False`` (replies holding a secret shown once)
+        only a tombstone is kept: a repeated command id is refused, never re-run."""
+        self._handlers[cmd_cls.command_type] = (cmd_cls, handler, store_reply)
 
     async def start(self) -> None:
         for command_type in self._handlers:
@@ -179,7 +185,7 @@ class CommandServer:
     async def _execute(self, body: JsonDict) -> JsonDict:
         command_type = body["type"]
         command_id = str(body["command_id"])
-        cmd_cls, handler = self._handlers[command_type]
+        cmd_cls, handler, store_reply = self._handlers[command_type]
         try:
             cmd = cmd_cls.model_validate(body["payload"])
         except ValidationError as e:
@@ -214,7 +220,7 @@ class CommandServer:
                         " (command_id, command_type, reply) VALUES ($1, $2, $3)",
                         command_id,
                         command_type,
-                        reply,
+                        reply if store_reply else _SECRET_TOMBSTONE,
                     )
             except ConcurrencyError:
                 if attempt == self.max_attempts:
@@ -251,7 +257,17 @@ class CommandServer:
         return reply
 
 
-class CommandClient(Generic[R]):
+_SECRET_TOMBSTONE: JsonDict = {
+    "ok": False,
+    "error": ErrorBody(
+        code=ErrorCode.idempotency_key_reused,
+        message="this request already ran; its answer held a secret that is shown only once",
+        retryable=False,
+    ).model_dump(mode="json"),
+}
+
+
+class CommandClient:
     """Sends commands and turns error replies back into :class:`DomainError`."""
 
     def __init__(self, nc: Client, settings: BaseServiceSettings, timeout: float = 5.0) -> None:

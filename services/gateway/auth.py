@@ -1,0 +1,110 @@
+"""Who is calling: a JWT session or an API key, resolved to a principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+
+from contracts.errors import DomainError, ErrorCode
+from contracts.identity import Role, Scope
+from libs.auth import constant_time_equal, keyed_hash, split_api_key, verify_access_token
+from libs.bus.commands import Actor
+from services.gateway.settings import GatewaySettings
+
+ALL_SCOPES = frozenset(Scope)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    role: Role
+    api_key_id: str | None = None
+    scopes: frozenset[Scope] = field(default=ALL_SCOPES)
+
+    @property
+    def is_admin(self) -> bool:
+        # Admin powers need an interactive session; an admin's API key acts as a user.
+        return self.role is Role.admin and self.api_key_id is None
+
+    @property
+    def idempotency_scope(self) -> str:
+        return self.user_id
+
+    def actor(self) -> Actor:
+        return Actor(kind="user", id=self.user_id, api_key_id=self.api_key_id, role=self.role)
+
+    def require(self, scope: Scope) -> None:
+        if scope not in self.scopes:
+            raise DomainError(
+                ErrorCode.insufficient_scope,
+                f"this API key lacks the {scope.value} scope",
+                {"required_scope": scope.value},
+            )
+
+    def require_session(self) -> None:
+        if self.api_key_id is not None:
+            raise DomainError(
+                ErrorCode.forbidden, "this operation needs a user session (JWT), not an API key"
+            )
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise DomainError(ErrorCode.forbidden, "this operation is for administrators")
+
+
+class Authenticator:
+    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+
+    async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+        token = api_key
+        if token is None and authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not value:
+                raise DomainError(
+                    ErrorCode.unauthenticated, "use 'Authorization: Bearer <token or API key>'"
+                )
+            token = value.strip()
+        if not token:
+            raise DomainError(
+                ErrorCode.unauthenticated,
+                "authentication required: a Bearer JWT or an API key (X-API-Key header)",
+            )
+        if token.startswith("rfk_"):
+            return await self._api_key(token)
+        claims = verify_access_token(self.settings, token)
+        try:
+            role = Role(claims.role)
+        except ValueError:
+            raise DomainError(ErrorCode.invalid_token, "unknown role in token") from None
+        return Principal(user_id=claims.user_id, role=role)
+
+    async def _api_key(self, full: str) -> Principal:
+        parts = split_api_key(full)
+        if parts is None:
+            raise DomainError(ErrorCode.invalid_api_key, "malformed API key")
+        key_id, secret = parts
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT k.user_id, k.scopes, k.key_hash, k.revoked_at, k.expires_at, u.role"
+                " FROM identity.api_keys k JOIN identity.users u USING (user_id)"
+                " WHERE k.key_id = $1",
+                key_id,
+            )
+        if row is None or not constant_time_equal(
+            row["key_hash"], keyed_hash(self.settings, secret)
+        ):
+            raise DomainError(ErrorCode.invalid_api_key, "unknown API key")
+        if row["revoked_at"] is not None:
+            raise DomainError(ErrorCode.api_key_revoked, "this API key has been revoked")
+        if row["expires_at"] is not None and row["expires_at"] <= datetime.now(UTC):
+            raise DomainError(ErrorCode.api_key_revoked, "this API key has expired")
+        return Principal(
+            user_id=row["user_id"],
+            role=Role(row["role"]),
+            api_key_id=key_id,
+            scopes=frozenset(Scope(s) for s in row["scopes"]),
+        )

@@ -1,0 +1,128 @@
+"""Read-only queries on the owners' read models (``job.jobs``, ``identity.*``).
+
+Job envelopes are stored as the exact JSON text clients get, so they are served as bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import asyncpg
+
+from contracts.errors import DomainError, ErrorCode
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except ValueError:
+        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued") from None
+    if not value.isascii() or len(value) > 200:
+        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+    return value
+
+
+def page_body(items: list[str], next_cursor: str | None) -> bytes:
+    """``{"items": [...], "next_cursor": ...}`` from items that are already JSON text."""
+    cursor = "null" if next_cursor is None else f'"{next_cursor}"'
+    return f'{{"items":[{",".join(items)}],"next_cursor":{cursor}}}'.encode()
+
+
+class ReadModels:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def job_envelope(self, job_id: str, owner_id: str | None) -> str:
+        """The job's envelope JSON; someone else's job is a 404, like a missing one."""
+        async with self.pool.acquire() as conn:
+            if owner_id is None:
+                row = await conn.fetchval("SELECT envelope FROM job.jobs WHERE job_id = $1", job_id)
+            else:
+                row = await conn.fetchval(
+                    "SELECT envelope FROM job.jobs WHERE job_id = $1 AND owner_id = $2",
+                    job_id,
+                    owner_id,
+                )
+        if row is None:
+            raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
+        return str(row)
+
+    async def list_jobs(
+        self, owner_id: str | None, status: str | None, cursor: str | None, limit: int
+    ) -> bytes:
+        """Newest first (job ids sort by creation time), ``limit`` per page."""
+        after = decode_cursor(cursor)
+        where: list[str] = ["TRUE"]
+        args: list[object] = []
+        for column, value in (("owner_id", owner_id), ("status", status)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if after is not None:
+            args.append(after)
+            where.append(f"job_id < ${len(args)}")
+        args.append(limit + 1)
+        sql = (
+            f"SELECT job_id, envelope FROM job.jobs WHERE {' AND '.join(where)}"
+            f" ORDER BY job_id DESC LIMIT ${len(args)}"
+        )
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["job_id"]) if more and rows else None
+        return page_body([r["envelope"] for r in rows], next_cursor)
+
+    async def job_events(self, job_id: str, after_version: int, limit: int) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return list(
+                await conn.fetch(
+                    "SELECT version, type, data, metadata, recorded_at FROM job.events"
+                    " WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+                    f"job-{job_id}",
+                    after_version,
+                    limit,
+                )
+            )
+
+    async def user(self, user_id: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT user_id, email, display_name, role, status, registered_at, approved_at"
+                " FROM identity.users WHERE user_id = $1",
+                user_id,
+            )
+        return dict(row) if row else None
+
+    async def users(
+        self, status: str | None, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        after = decode_cursor(cursor)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT user_id, email, display_name, role, status, registered_at, approved_at"
+                " FROM identity.users WHERE ($1::text IS NULL OR status = $1)"
+                " AND ($2::text IS NULL OR user_id > $2) ORDER BY user_id LIMIT $3",
+                status,
+                after,
+                limit + 1,
+            )
+        items = [dict(r) for r in rows[:limit]]
+        return items, (encode_cursor(items[-1]["user_id"]) if len(rows) > limit else None)
+
+    async def api_keys(self, user_id: str) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT key_id, name, scopes, spend_cap_credits, created_at, expires_at,"
+                " last_used_at, revoked_at FROM identity.api_keys WHERE user_id = $1"
+                " ORDER BY key_id",
+                user_id,
+            )
+        return [dict(r) for r in rows]

@@ -1,0 +1,231 @@
+"""Render jobs: create, read, list, update, cancel, history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+
+from contracts.envelope import JobEnvelope
+from contracts.errors import DomainError, ErrorCode
+from contracts.identity import Scope
+from contracts.jobs import (
+    CancelJob,
+    JobAccepted,
+    JobChanges,
+    JobSpec,
+    JobStatus,
+    SubmitJob,
+    UpdateJob,
+)
+from libs.ids import new_id
+from services.gateway.api import (
+    IdempotencyKey,
+    errors,
+    gateway,
+    idempotent,
+    json_response,
+    principal,
+    set_targets,
+)
+from services.gateway.readmodels import decode_cursor, encode_cursor
+from services.gateway.schemas import CancelJobRequest, JobEventPage, JobEventView, JobPage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[
+    str, Path(min_length=1, max_length=64, description="Job id returned by create_job.")
+]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1-200.")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=300, description="next_cursor from the previous page; omit for the first."),
+]
+
+
+@router.post(
+    "",
+    operation_id="create_job",
+    summary="Create a render job",
+    description=(
+        "Submit a render job for an uploaded scene. Answers at once (201) with the job"
+        " envelope: id, status, steps, progress, ETA, cost and allowed next actions."
+        " Fails with job_limit_reached when the caller has too many active jobs."
+    ),
+    status_code=201,
+    response_model=JobEnvelope,
+    responses=errors(
+        ErrorCode.invalid_frame_range,
+        ErrorCode.job_limit_reached,
+        ErrorCode.insufficient_scope,
+        ErrorCode.idempotency_key_reused,
+        ErrorCode.idempotency_in_progress,
+        ErrorCode.service_unavailable,
+    ),
+)
+async def create_job(
+    request: Request, spec: JobSpec, idempotency_key: IdempotencyKey = None
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_write)
+
+    async def run(command_id: str) -> tuple[int, bytes]:
+        cmd = SubmitJob(job_id=new_id("job"), owner_id=p.user_id, spec=spec)
+        accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
+        set_targets(request, job_id=accepted.job_id)
+        return 201, (await gw.read.job_envelope(accepted.job_id, p.user_id)).encode()
+
+    return await idempotent(request, p.idempotency_scope, idempotency_key, "create_job", run)
+
+
+@router.get(
+    "",
+    operation_id="list_jobs",
+    summary="List jobs",
+    description=(
+        "The caller's jobs, newest first, optionally only those in one status. Returns a"
+        " page of job envelopes and next_cursor (null on the last page)."
+    ),
+    response_model=JobPage,
+    responses=errors(ErrorCode.invalid_cursor, ErrorCode.insufficient_scope),
+)
+async def list_jobs(
+    request: Request,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_read)
+    body = await gw.read.list_jobs(p.user_id, status.value if status else None, cursor, limit)
+    return json_response(body)
+
+
+@router.get(
+    "/{job_id}",
+    operation_id="get_job",
+    summary="Get a job",
+    description=(
+        "The job envelope: status, current step, progress, ETA, cost and allowed actions."
+        " Another user's job answers job_not_found."
+    ),
+    response_model=JobEnvelope,
+    responses=errors(ErrorCode.job_not_found, ErrorCode.insufficient_scope),
+)
+async def get_job(request: Request, job_id: JobId) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_read)
+    return json_response(await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id))
+
+
+@router.patch(
+    "/{job_id}",
+    operation_id="update_job",
+    summary="Update a job",
+    description=(
+        "Change name, priority or cost cap at any time before the job ends; frame range,"
+        " chunk size, resolution and render settings only before rendering starts"
+        " (else job_not_editable). Returns the updated job envelope."
+    ),
+    response_model=JobEnvelope,
+    responses=errors(
+        ErrorCode.job_not_found,
+        ErrorCode.job_not_editable,
+        ErrorCode.job_finished,
+        ErrorCode.invalid_frame_range,
+        ErrorCode.insufficient_scope,
+        ErrorCode.concurrency_conflict,
+    ),
+)
+async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_write)
+    owner = None if p.is_admin else p.user_id
+    await gw.commands.send(
+        UpdateJob(job_id=job_id, owner_id=owner, changes=changes),
+        JobAccepted,
+        command_id=f"update_job:{request.state.request_id}",
+        actor=p.actor(),
+    )
+    return json_response(await gw.read.job_envelope(job_id, owner))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    operation_id="cancel_job",
+    summary="Cancel a job",
+    description=(
+        "Stop a job. If nothing runs on the farm it is cancelled at once (status"
+        " cancelled); otherwise it goes to cancelling until the farm has stopped. Cancelling"
+        " twice is harmless. Returns the job envelope."
+    ),
+    response_model=JobEnvelope,
+    responses=errors(
+        ErrorCode.job_not_found,
+        ErrorCode.job_finished,
+        ErrorCode.insufficient_scope,
+        ErrorCode.idempotency_key_reused,
+        ErrorCode.idempotency_in_progress,
+    ),
+)
+async def cancel_job(
+    request: Request,
+    job_id: JobId,
+    body: CancelJobRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_write)
+    owner = None if p.is_admin else p.user_id
+
+    async def run(command_id: str) -> tuple[int, bytes]:
+        reason = body.reason if body else None
+        await gw.commands.send(
+            CancelJob(job_id=job_id, owner_id=owner, reason=reason),
+            JobAccepted,
+            command_id=command_id,
+            actor=p.actor(),
+        )
+        return 200, (await gw.read.job_envelope(job_id, owner)).encode()
+
+    return await idempotent(request, p.idempotency_scope, idempotency_key, "cancel_job", run)
+
+
+@router.get(
+    "/{job_id}/events",
+    operation_id="list_job_events",
+    summary="List a job's events",
+    description=(
+        "The job's full history as recorded events, oldest first: submission, changes,"
+        " steps, progress, logs, completion. Paginated with next_cursor."
+    ),
+    response_model=JobEventPage,
+    responses=errors(
+        ErrorCode.job_not_found, ErrorCode.invalid_cursor, ErrorCode.insufficient_scope
+    ),
+)
+async def list_job_events(
+    request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
+) -> JobEventPage:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_read)
+    await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
+    after = decode_cursor(cursor)
+    if after is not None and not after.isdigit():
+        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+    rows = await gw.read.job_events(job_id, int(after or 0), limit + 1)
+    items = [
+        JobEventView(
+            version=r["version"],
+            type=r["type"],
+            recorded_at=r["recorded_at"],
+            actor_id=(r["metadata"].get("actor") or {}).get("id"),
+            data=r["data"],
+        )
+        for r in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return JobEventPage(
+        items=items, next_cursor=encode_cursor(str(items[-1].version)) if more else None
+    )

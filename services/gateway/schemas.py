@@ -1,0 +1,83 @@
+"""Request and response bodies of the public API that are not shared contracts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.envelope import JobEnvelope
+from contracts.identity import ApiKeyInfo, Email, Password, Scope, UserProfile
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterRequest(_In):
+    email: Email
+    password: Password
+    display_name: str = Field(min_length=1, max_length=200, description="Name shown to others.")
+
+
+class LoginRequest(_In):
+    email: str = Field(min_length=3, max_length=254, description="E-mail address.")
+    password: str = Field(min_length=1, max_length=200, description="Password.")
+
+
+class RefreshRequest(_In):
+    refresh_token: str = Field(
+        min_length=10, max_length=200, description="The refresh token from login or refresh."
+    )
+
+
+class CreateApiKeyRequest(_In):
+    name: str = Field(min_length=1, max_length=100, description="Label, e.g. 'mcp-server'.")
+    scopes: list[Scope] = Field(min_length=1, description="What the key may do.")
+    spend_cap_credits: Decimal | None = Field(
+        default=None,
+        ge=0,
+        max_digits=14,
+        decimal_places=4,
+        description="Most credits the key may spend; null for no cap.",
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="UTC expiry; null if the key does not expire."
+    )
+
+
+class CancelJobRequest(_In):
+    reason: str | None = Field(
+        default=None, max_length=500, description="Why; kept in the job's history."
+    )
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first."""
+
+    items: list[JobEnvelope] = Field(description="Job envelopes, newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class JobEventView(BaseModel):
+    version: int = Field(description="Position of the event in the job's history, from 1.")
+    type: str = Field(description="Event type, e.g. job.JobSubmitted.")
+    recorded_at: datetime = Field(description="UTC time the event was recorded.")
+    actor_id: str | None = Field(description="Who caused it (user id or service); null if unknown.")
+    data: dict[str, Any] = Field(description="The event's fields.")
+
+
+class JobEventPage(BaseModel):
+    items: list[JobEventView] = Field(description="Events in the order they happened.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class UserPage(BaseModel):
+    items: list[UserProfile] = Field(description="Users ordered by id.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyInfo] = Field(description="The caller's API keys, ordered by id.")

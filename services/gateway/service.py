@@ -1,0 +1,119 @@
+"""Wiring and start-up of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI, Request
+
+from contracts.errors import DomainError
+from contracts.identity import ApiKeyInfo, RecordApiKeyUse
+from libs.bus.commands import Actor, CommandClient
+from libs.logging import get_logger
+from libs.runtime import ServiceRuntime, run
+from services.gateway.actionlog import ActionLog
+from services.gateway.app import create_app
+from services.gateway.auth import Authenticator
+from services.gateway.idempotency import IdempotencyStore
+from services.gateway.ratelimit import RateLimiter
+from services.gateway.readmodels import ReadModels
+from services.gateway.settings import GatewaySettings
+
+log = get_logger(__name__)
+
+
+class Gateway:
+    """Everything the routes need, built once at start-up."""
+
+    def __init__(self, settings: GatewaySettings, rt: ServiceRuntime, redis: aioredis.Redis):
+        self.settings = settings
+        self.rt = rt
+        self.redis = redis
+        self.commands = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
+        self.read = ReadModels(rt.pool)
+        self.auth = Authenticator(settings, rt.pool)
+        self.limiter = RateLimiter(redis, settings.redis_prefix)
+        self.idempotency = IdempotencyStore(
+            redis, settings.redis_prefix, settings.idempotency_ttl_seconds
+        )
+        self.action_log = ActionLog(rt.store)
+        self._key_use_tasks: set[asyncio.Task[None]] = set()
+        self.app: FastAPI = create_app(self)
+
+    def anonymous_actor(self, request: Request) -> Actor:
+        client = request.client
+        return Actor(kind="anonymous", id=client.host if client else "unknown")
+
+    def note_api_key_use(self, key_id: str) -> None:
+        """Record the key's last use, at most once a minute per key (throttled in Redis)."""
+        task = asyncio.create_task(self._record_key_use(key_id))
+        self._key_use_tasks.add(task)
+        task.add_done_callback(self._key_use_tasks.discard)
+
+    async def _record_key_use(self, key_id: str) -> None:
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        if not await self.redis.set(
+            f"{self.settings.redis_prefix}:keyuse:{key_id}", "1", nx=True, ex=60
+        ):
+            return
+        try:
+            await self.commands.send(
+                RecordApiKeyUse(key_id=key_id, used_at=minute),
+                ApiKeyInfo,
+                command_id=f"keyuse:{key_id}:{minute.isoformat()}",
+                actor=Actor(kind="service", id="gateway"),
+            )
+        except DomainError as e:
+            log.warning("api_key_use_not_recorded", key_id=key_id, code=e.code)
+
+    async def ready(self) -> tuple[bool, str]:
+        return await self.rt.ready()
+
+
+async def build(settings: GatewaySettings) -> Gateway:
+    settings.check_secrets()
+    rt = ServiceRuntime(settings, schema="gateway")
+    await rt.start()
+    redis = aioredis.from_url(settings.redis_url)
+    gw = Gateway(settings, rt, redis)
+    rt.background("action-log", gw.action_log.run)
+    rt.readiness_checks.append(_redis_check(redis))
+    return gw
+
+
+def _redis_check(redis: aioredis.Redis) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        try:
+            await redis.ping()
+        except Exception as e:
+            return f"redis: {e!r}"
+        return None
+
+    return check
+
+
+async def main() -> None:
+    settings = GatewaySettings()
+    gw = await build(settings)
+    await gw.rt.launch()
+    config = uvicorn.Config(
+        gw.app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        loop="none",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    await uvicorn.Server(config).serve()  # returns after SIGTERM/SIGINT, requests drained
+    await gw.rt.stop()
+    await gw.redis.aclose()
+
+
+if __name__ == "__main__":
+    run(main)

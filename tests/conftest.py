@@ -1,0 +1,82 @@
+"""Real servers for the tests, and a fresh, isolated environment for each test.
+
+A run uses the servers named by ``RF_TEST_DATABASE_URL`` (an admin DSN), ``RF_TEST_NATS_URL``
+and ``RF_TEST_REDIS_URL`` if set; otherwise it starts its own PostgreSQL, NATS (JetStream)
+and Valkey on free ports in a temporary directory. Each test then gets its own database,
+NATS subject/stream prefix and Redis key prefix, so nothing depends on earlier runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from deploy.local import servers as local
+from libs.config import BaseServiceSettings
+
+S = TypeVar("S", bound=BaseServiceSettings)
+
+
+@dataclass(frozen=True)
+class Servers:
+    admin_dsn: str
+    nats_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    started: list[Any] = []
+    root: Path = tmp_path_factory.mktemp("servers")
+    admin_dsn = os.environ.get("RF_TEST_DATABASE_URL")
+    if not admin_dsn:
+        pg = local.start_postgres(root / "pg", local.free_port())
+        started.append(pg)
+        admin_dsn = pg.dsn
+    nats_url = os.environ.get("RF_TEST_NATS_URL")
+    if not nats_url:
+        nats = local.start_nats(root / "nats", local.free_port())
+        started.append(nats)
+        nats_url = nats.url
+    redis_url = os.environ.get("RF_TEST_REDIS_URL")
+    if not redis_url:
+        valkey = local.start_valkey(local.free_port(), root / "valkey")
+        started.append(valkey)
+        redis_url = valkey.url
+    yield Servers(admin_dsn, nats_url, redis_url)
+    for handle in reversed(started):
+        handle.stop()
+
+
+class Env(dict[str, str]):
+    """``RF_*`` environment of one isolated test environment."""
+
+    def settings(self, cls: type[S], **overrides: Any) -> S:
+        values: dict[str, Any] = {k[3:].lower(): v for k, v in self.items()}
+        values.update(overrides)
+        return cls(**values)
+
+
+@pytest.fixture
+async def env(servers: Servers) -> AsyncIterator[Env]:
+    tag = secrets.token_hex(4)
+    db = f"rf_test_{tag}"
+    dsn = await local.create_database(servers.admin_dsn, db)
+    yield Env(
+        RF_DATABASE_URL=dsn,
+        RF_NATS_URL=servers.nats_url,
+        RF_NATS_PREFIX=f"t{tag}",
+        RF_REDIS_URL=servers.redis_url,
+        RF_REDIS_PREFIX=f"t{tag}",
+        RF_JWT_KEYS=json.dumps({"k1": secrets.token_hex(32), "k0": secrets.token_hex(32)}),
+        RF_JWT_ACTIVE_KID="k1",
+        RF_TOKEN_PEPPER=secrets.token_hex(32),
+    )
+    await local.drop_database(servers.admin_dsn, db)
