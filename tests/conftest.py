@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 
-from deploy.local import servers as local
 from libs.config import BaseServiceSettings
 
 S = TypeVar("S", bound=BaseServiceSettings)
@@ -33,7 +33,12 @@ class Servers:
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    import importlib
+
     started: list[Any] = []
+    local: Any = None
+    if not all(os.environ.get(f"RF_TEST_{n}_URL") for n in ("DATABASE", "NATS", "REDIS")):
+        local = importlib.import_module("deploy.local.servers")
     root: Path = tmp_path_factory.mktemp("servers")
     admin_dsn = os.environ.get("RF_TEST_DATABASE_URL")
     if not admin_dsn:
@@ -68,7 +73,12 @@ class Env(dict[str, str]):
 async def env(servers: Servers) -> AsyncIterator[Env]:
     tag = secrets.token_hex(4)
     db = f"rf_test_{tag}"
-    dsn = await local.create_database(servers.admin_dsn, db)
+    admin = await asyncpg.connect(servers.admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {db}")
+    finally:
+        await admin.close()
+    dsn = servers.admin_dsn.rsplit("/", 1)[0] + f"/{db}"
     yield Env(
         RF_DATABASE_URL=dsn,
         RF_NATS_URL=servers.nats_url,
@@ -79,4 +89,8 @@ async def env(servers: Servers) -> AsyncIterator[Env]:
         RF_JWT_ACTIVE_KID="k1",
         RF_TOKEN_PEPPER=secrets.token_hex(32),
     )
-    await local.drop_database(servers.admin_dsn, db)
+    admin = await asyncpg.connect(servers.admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    finally:
+        await admin.close()

@@ -60,8 +60,13 @@ class BusEvent:
 
     @classmethod
     def from_msg(cls, msg: Msg) -> BusEvent:
+        return cls.parse(msg.data, msg.metadata.num_delivered)
+
+    @classmethod
+    def parse(cls, data: bytes, deliveries: int = 0) -> BusEvent:
+        """Decode a relayed event; :class:`Poison` if it is not one."""
         try:
-            body: dict[str, Any] = orjson.loads(msg.data)
+            body: dict[str, Any] = orjson.loads(data)
             return cls(
                 event_id=uuid.UUID(body["event_id"]),
                 stream_id=body["stream_id"],
@@ -72,7 +77,7 @@ class BusEvent:
                 recorded_at=datetime.fromisoformat(body["recorded_at"]),
                 data=body["data"],
                 metadata=body["metadata"],
-                deliveries=msg.metadata.num_delivered,
+                deliveries=deliveries,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise Poison(f"undecodable event: {e!r}") from e

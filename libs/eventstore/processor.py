@@ -39,6 +39,7 @@ class Tailer(abc.ABC):
         self.poll_interval = poll_interval
         self.types = frozenset(types) if types is not None else None
         self.position = Position.start()
+        self._loaded = False
         self._progress = asyncio.Condition()
         self._wake = store.waiter()
         self.is_leader = False
@@ -60,6 +61,9 @@ class Tailer(abc.ABC):
 
     async def run_once(self) -> int:
         """Process one batch; returns how many events were read."""
+        if not self._loaded:
+            self.position = await self.store.checkpoint(self.name)
+            self._loaded = True
         events = await self.store.read_all(self.position, self.batch_size)
         if not events:
             return 0
@@ -115,6 +119,7 @@ class Tailer(abc.ABC):
             self.is_leader = True
             try:
                 self.position = await self.store.checkpoint(self.name)
+                self._loaded = True
                 await self._advanced(self.position)
                 while not stopping.is_set():
                     n = await self.run_once()

@@ -1,0 +1,264 @@
+"""NATS: the relay, durable consumers with redelivery and dead letters, and commands."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from nats.aio.client import Client
+from pydantic import BaseModel
+
+from contracts.base import Command
+from contracts.errors import DomainError, ErrorCode
+from libs.bus.commands import Actor, CommandClient, CommandContext, CommandServer
+from libs.bus.consumer import BusEvent, DurableConsumer, claim_event
+from libs.bus.relay import Relay
+from libs.config import BaseServiceSettings
+from libs.eventstore.store import EventStore, NewEvent, Position, StreamWrite
+from tests.libs.conftest import FrameRendered
+
+ACTOR = Actor(kind="user", id="usr_test")
+
+
+async def stream_messages(nc: Client, settings: BaseServiceSettings, stream: str) -> int:
+    info = await nc.jetstream().stream_info(stream)
+    return int(info.state.messages)
+
+
+async def test_the_relay_publishes_every_event_once_even_when_it_resends_after_a_crash(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    for i in range(5):
+        await store.append(f"job-{i}", [NewEvent(FrameRendered(frame=i))], 0)
+    relay = Relay(store, nc.jetstream(), settings)
+    await relay.catch_up()
+    assert relay.published == 5
+    # Crash before the checkpoint moved: a restarted relay sends the batch again.
+    async with store.pool.acquire() as conn:
+        await store.advance_checkpoint(conn, relay.name, relay.position, Position.start())
+    again = Relay(store, nc.jetstream(), settings)
+    await again.catch_up()
+    assert again.duplicates == 5
+    assert await stream_messages(nc, settings, settings.events_stream) == 5
+
+
+async def relay_all(store: EventStore, nc: Client, settings: BaseServiceSettings) -> None:
+    await Relay(store, nc.jetstream(), settings).catch_up()
+
+
+async def run_consumer(consumer: DurableConsumer, until: asyncio.Event, timeout: float) -> None:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stopping))
+    try:
+        await asyncio.wait_for(until.wait(), timeout)
+    finally:
+        stopping.set()
+        await task
+
+
+async def test_a_failing_handler_is_retried_until_it_succeeds(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    await store.append("job-r", [NewEvent(FrameRendered(frame=1))], 0)
+    await relay_all(store, nc, settings)
+    attempts: list[int] = []
+    handled = asyncio.Event()
+
+    async def flaky(event: BusEvent) -> None:
+        attempts.append(event.deliveries)
+        if len(attempts) < 3:
+            raise ConnectionError("farm unreachable")
+        handled.set()
+
+    consumer = DurableConsumer(
+        nc,
+        nc.jetstream(),
+        settings,
+        "flaky",
+        ["events.test.>"],
+        flaky,
+        backoff=(0.1, 0.1, 0.1, 0.1),
+    )
+    await run_consumer(consumer, handled, 10)
+    assert attempts == [1, 2, 3]
+    assert consumer.dead_lettered == 0
+
+
+async def test_a_message_that_always_fails_lands_in_the_dead_letter_stream(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    [recorded] = await store.append("job-d", [NewEvent(FrameRendered(frame=1))], 0)
+    await relay_all(store, nc, settings)
+    dead = asyncio.Event()
+
+    async def broken(event: BusEvent) -> None:
+        raise ValueError("cannot handle")
+
+    consumer = DurableConsumer(
+        nc,
+        nc.jetstream(),
+        settings,
+        "broken",
+        ["events.test.>"],
+        broken,
+        max_deliver=3,
+        backoff=(0.1, 0.1, 0.1),
+    )
+
+    async def watch() -> None:
+        while consumer.dead_lettered == 0:
+            await asyncio.sleep(0.05)
+        dead.set()
+
+    watcher = asyncio.create_task(watch())
+    await run_consumer(consumer, dead, 15)
+    await watcher
+    js = nc.jetstream()
+    msg = await js.get_last_msg(settings.dlq_stream, settings.subject("dlq.broken"))
+    assert msg.headers is not None
+    assert msg.headers["Dlq-Consumer"] == "broken"
+    assert "failed 3 deliveries" in msg.headers["Dlq-Reason"]
+    assert BusEvent.parse(msg.data).event_id == recorded.event_id
+
+
+async def test_an_undecodable_message_is_dead_lettered_at_once(
+    nc: Client, settings: BaseServiceSettings
+) -> None:
+    js = nc.jetstream()
+    await js.publish(settings.subject("events.test.Garbage"), b"not json")
+    calls: list[BusEvent] = []
+
+    async def handler(event: BusEvent) -> None:
+        calls.append(event)
+
+    consumer = DurableConsumer(nc, js, settings, "strict", ["events.test.>"], handler)
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while consumer.dead_lettered == 0:
+            await asyncio.sleep(0.05)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await run_consumer(consumer, done, 10)
+    await watcher
+    assert calls == []
+    msg = await js.get_last_msg(settings.dlq_stream, settings.subject("dlq.strict"))
+    assert msg.headers is not None and msg.headers["Dlq-Reason"].startswith("poison")
+
+
+async def test_an_effect_committed_before_a_lost_ack_is_not_applied_again(
+    store: EventStore, pool: asyncpg.Pool, nc: Client, settings: BaseServiceSettings
+) -> None:
+    await store.append("job-x", [NewEvent(FrameRendered(frame=1))], 0)
+    await relay_all(store, nc, settings)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE es.effects (event_id uuid)")
+    deliveries: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(event: BusEvent) -> None:
+        deliveries.append(event.deliveries)
+        async with pool.acquire() as conn, conn.transaction():
+            if await claim_event(conn, "es", "billing", event.event_id):
+                await conn.execute("INSERT INTO es.effects VALUES ($1)", event.event_id)
+        if len(deliveries) == 1:
+            raise ConnectionResetError("died after commit, before the ack")
+        done.set()
+
+    consumer = DurableConsumer(
+        nc, nc.jetstream(), settings, "billing", ["events.test.>"], handler, backoff=(0.1,) * 4
+    )
+    await run_consumer(consumer, done, 10)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM es.effects") == 1
+    assert deliveries == [1, 2]
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+class RenderFrame(Command):
+    command_type = "test.RenderFrame"
+    job_id: str
+    frame: int
+
+
+class Rendered(BaseModel):
+    job_id: str
+    version: int
+
+
+@pytest.fixture
+async def command_server(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> CommandServer:
+    async def render(cmd: RenderFrame, ctx: CommandContext) -> Rendered:
+        if cmd.frame < 0:
+            raise DomainError(ErrorCode.invalid_frame_range, f"frame {cmd.frame} < 0")
+        stream = f"job-{cmd.job_id}"
+        version = len(await store.read_stream(stream))
+        await asyncio.sleep(0.01)  # widen the window for a concurrent writer
+        recorded = await ctx.append(
+            [StreamWrite(stream, version, ctx.new(FrameRendered(frame=cmd.frame)))]
+        )
+        return Rendered(job_id=cmd.job_id, version=recorded[-1].version)
+
+    server = CommandServer(nc, store, settings)
+    server.register(RenderFrame, render)
+    await server.start()
+    return server
+
+
+async def test_a_repeated_command_id_returns_the_first_reply_and_acts_once(
+    command_server: CommandServer, store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    client = CommandClient(nc, settings)
+    cid = str(uuid.uuid4())
+    first = await client.send(
+        RenderFrame(job_id="j", frame=1), Rendered, command_id=cid, actor=ACTOR
+    )
+    second = await client.send(
+        RenderFrame(job_id="j", frame=1), Rendered, command_id=cid, actor=ACTOR
+    )
+    assert first == second
+    assert len(await store.read_stream("job-j")) == 1
+
+
+async def test_a_domain_error_reaches_the_caller_with_its_code(
+    command_server: CommandServer, nc: Client, settings: BaseServiceSettings
+) -> None:
+    with pytest.raises(DomainError) as err:
+        await CommandClient(nc, settings).send(
+            RenderFrame(job_id="j", frame=-1), Rendered, command_id="c1", actor=ACTOR
+        )
+    assert err.value.code is ErrorCode.invalid_frame_range
+
+
+async def test_concurrent_commands_on_one_stream_are_retried_and_all_succeed(
+    command_server: CommandServer, store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    client = CommandClient(nc, settings)
+    replies = await asyncio.gather(
+        *(
+            client.send(
+                RenderFrame(job_id="hot", frame=i), Rendered, command_id=f"c{i}", actor=ACTOR
+            )
+            for i in range(4)
+        )
+    )
+    assert sorted(r.version for r in replies) == [1, 2, 3, 4]
+    events = await store.read_stream("job-hot")
+    assert [e.metadata["actor"]["id"] for e in events] == ["usr_test"] * 4
+
+
+async def test_a_command_nobody_serves_is_a_retryable_service_unavailable(
+    nc: Client, settings: BaseServiceSettings
+) -> None:
+    with pytest.raises(DomainError) as err:
+        await CommandClient(nc, settings, timeout=1).send(
+            RenderFrame(job_id="j", frame=1), Rendered, command_id="c", actor=ACTOR
+        )
+    assert err.value.code is ErrorCode.service_unavailable and err.value.retryable

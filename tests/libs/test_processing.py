@@ -1,0 +1,105 @@
+"""Projections: effect and checkpoint commit together, so each event has its effect once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from libs.eventstore.processor import Projection, Projector
+from libs.eventstore.store import EventStore, NewEvent, RecordedEvent
+from tests.libs.conftest import FrameRendered
+
+
+class FrameTally(Projection):
+    name = "frame-tally"
+    tables = ("frame_tally",)
+
+    def __init__(self) -> None:
+        self.crash_after_effect = False
+
+    async def setup(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS es.frame_tally (stream_id text PRIMARY KEY, n int)"
+        )
+
+    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        for e in events:
+            await conn.execute(
+                "INSERT INTO es.frame_tally VALUES ($1, 1) ON CONFLICT (stream_id)"
+                " DO UPDATE SET n = frame_tally.n + 1",
+                e.stream_id,
+            )
+        if self.crash_after_effect:
+            raise ConnectionResetError("process died after the effect, before the checkpoint")
+
+
+async def tally(pool: asyncpg.Pool) -> dict[str, int]:
+    async with pool.acquire() as conn:
+        return {r["stream_id"]: r["n"] for r in await conn.fetch("SELECT * FROM es.frame_tally")}
+
+
+async def projector(store: EventStore, projection: FrameTally) -> Projector:
+    async with store.pool.acquire() as conn:
+        await projection.setup(conn)
+    return Projector(store, projection, batch_size=10)
+
+
+async def test_a_crash_between_effect_and_checkpoint_applies_each_event_exactly_once(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    for i in range(25):
+        await store.append(f"job-{i % 3}", [NewEvent(FrameRendered(frame=i))], i // 3)
+    projection = FrameTally()
+    first = await projector(store, projection)
+    await first.run_once()  # 10 events applied and checkpointed
+    projection.crash_after_effect = True
+    try:
+        await first.run_once()
+    except ConnectionResetError:
+        pass
+    projection.crash_after_effect = False
+    # A fresh runner (the restarted process) resumes from the stored checkpoint.
+    restarted = await projector(store, projection)
+    await restarted.catch_up()
+    assert await tally(pool) == {"job-0": 9, "job-1": 8, "job-2": 8}
+
+
+async def test_a_zombie_runner_cannot_apply_a_batch_twice(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    for i in range(5):
+        await store.append(f"job-{i}", [NewEvent(FrameRendered(frame=i))], 0)
+    projection = FrameTally()
+    a, b = await projector(store, projection), await projector(store, projection)
+    await asyncio.gather(a.run_once(), b.run_once())
+    await a.catch_up()
+    await b.catch_up()
+    assert sum((await tally(pool)).values()) == 5
+
+
+async def test_rebuilding_a_projection_from_zero_gives_the_same_read_model(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    for i in range(40):
+        await store.append(f"job-{i % 7}", [NewEvent(FrameRendered(frame=i))], i // 7)
+    p = await projector(store, FrameTally())
+    await p.catch_up()
+    before = await tally(pool)
+    await p.reset()
+    assert await tally(pool) == {}
+    await p.catch_up()
+    assert await tally(pool) == before
+
+
+async def test_a_running_projector_wakes_at_once_on_a_local_append(store: EventStore) -> None:
+    p = await projector(store, FrameTally())
+    p.poll_interval = 30  # only the local wake-up can make this test pass in time
+    stopping = asyncio.Event()
+    task = asyncio.create_task(p.run(stopping))
+    try:
+        [recorded] = await store.append("job-w", [NewEvent(FrameRendered(frame=1))], 0)
+        await asyncio.wait_for(p.wait_for(recorded.cursor), 2)
+    finally:
+        stopping.set()
+        await task
