@@ -165,6 +165,9 @@ class ServiceRuntime:
         dead = [t.get_name() for t in self._tasks if t.done()]
         if dead:
             return False, f"stopped tasks: {', '.join(dead)}"
+        failing = [t.name for t in self.tailers if t.last_error is not None]
+        if failing:
+            return False, f"failing tailers: {', '.join(failing)}"
         for check in self.readiness_checks:
             problem = await check()
             if problem is not None:

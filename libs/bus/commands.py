@@ -122,6 +122,9 @@ class CommandServer:
         self._handlers: dict[str, tuple[type[Command], CommandHandler, bool]] = {}
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        # A command holds a transaction connection and loads aggregates on another: at most
+        # half the pool may run commands at once, or they could wait on each other forever.
+        self._slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     def register(
         self,
@@ -151,14 +154,16 @@ class CommandServer:
             await asyncio.wait(self._inflight, timeout=10)
 
     async def _on_msg(self, msg: Msg) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # nats-py awaits a subscription's callback before delivering its next message, so
+        # handling inline would run every command of a type one at a time.
+        task = asyncio.create_task(self._respond(msg))
         self._inflight.add(task)
-        try:
+        task.add_done_callback(self._inflight.discard)
+
+    async def _respond(self, msg: Msg) -> None:
+        async with self._slots:
             reply = await self._handle(msg)
-            await msg.respond(orjson.dumps(reply))
-        finally:
-            self._inflight.discard(task)
+        await msg.respond(orjson.dumps(reply))
 
     async def _handle(self, msg: Msg) -> JsonDict:
         token = otel_context.attach(extract_context(msg.headers))
@@ -223,6 +228,11 @@ class CommandServer:
                         reply if store_reply else _SECRET_TOMBSTONE,
                     )
             except ConcurrencyError:
+                # The same command id, retried by its client while the first try was still
+                # in flight (on another replica), may have won: answer what it answered.
+                stored = await self._stored_reply(command_id)
+                if stored is not None:
+                    return stored
                 if attempt == self.max_attempts:
                     raise DomainError(
                         ErrorCode.concurrency_conflict, "the resource kept changing; retry"

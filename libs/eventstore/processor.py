@@ -102,9 +102,12 @@ class Tailer(abc.ABC):
         while not stopping.is_set():
             try:
                 await self._lead(stopping)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except Exception as e:
+                # Events are handled in order, so a failing batch is retried, not skipped:
+                # the tailer stalls there, says so in the log and in readiness, and goes on
+                # once the cause (a lost connection, or a bug fixed and deployed) is gone.
                 self.last_error = e
-                log.warning("tailer_error", tailer=self.name, error=repr(e))
+                log.error("tailer_failed", tailer=self.name, error=repr(e), exc_info=True)
                 await _sleep_or_stop(stopping, 1.0)
 
     async def _lead(self, stopping: asyncio.Event) -> None:

@@ -20,11 +20,12 @@ def encode_cursor(value: str) -> str:
 def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
+    padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except ValueError:
-        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued") from None
-    if not value.isascii() or len(value) > 200:
+        value = ""
+    if not value or not value.isascii() or not value.isprintable() or len(value) > 200:
         raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
     return value
 

@@ -206,6 +206,8 @@ class Job(Aggregate):
                 raise TypeError(f"job cannot apply {type(event).__name__}")
 
     def _move(self, to: JobStatus) -> None:
+        if to is self.status:
+            return
         if self.status is None or to not in TRANSITIONS[self.status]:
             raise DomainError(
                 ErrorCode.invalid_state_transition,

@@ -1,0 +1,7 @@
+from libs.config import TokenSettings
+
+
+class IdentitySettings(TokenSettings):
+    service_name: str = "identity"
+    #: scrypt cost (CPU and memory) for new password hashes; stored hashes carry their own.
+    password_scrypt_n: int = 2**14

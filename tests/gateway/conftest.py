@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from libs.auth import issue_access_token
+from libs.ids import new_id
+from libs.runtime import ServiceRuntime
+from services.gateway.service import Gateway
+from services.gateway.service import build as build_gateway
+from services.gateway.settings import GatewaySettings
+from services.job.service import build as build_job
+from services.job.settings import JobSettings
+from tests.conftest import Env
+
+
+@pytest.fixture
+def gateway_settings(env: Env) -> GatewaySettings:
+    return env.settings(GatewaySettings)
+
+
+@pytest.fixture
+async def job_service(env: Env) -> AsyncIterator[ServiceRuntime]:
+    rt = await build_job(env.settings(JobSettings, active_job_limit=3))
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+@pytest.fixture
+async def gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    gw = await build_gateway(gateway_settings)
+    await gw.rt.launch()
+    yield gw
+    await gw.rt.stop()
+    await gw.redis.aclose()
+
+
+@pytest.fixture
+async def client(gateway: Gateway, job_service: ServiceRuntime) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=gateway.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+class Users:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+
+    def headers(
+        self, user_id: str, role: str = "user", now: datetime | None = None
+    ) -> dict[str, str]:
+        token = issue_access_token(self.settings, user_id, role, now or datetime.now(UTC))
+        return {"Authorization": f"Bearer {token}"}
+
+    def new(self, role: str = "user") -> dict[str, str]:
+        return self.headers(new_id("usr"), role)
+
+
+@pytest.fixture
+def users(gateway_settings: GatewaySettings) -> Users:
+    return Users(gateway_settings)
+
+
+def job_spec(**overrides: object) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "name": "shot_010 lighting",
+        "scene_key": "scenes/shot_010/main.blend",
+        "renderer": "blender_cycles",
+        "frame_range": {"start": 1, "end": 24},
+        "chunk_size": 4,
+        "resolution": {"width": 1920, "height": 1080},
+        "priority": "normal",
+        "cost_cap_credits": "150.50",
+    }
+    spec.update(overrides)
+    return spec

@@ -1,0 +1,106 @@
+"""deploy.local.servers starts real PostgreSQL, NATS and Valkey, and stops them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import asyncpg
+import nats
+import redis.asyncio as aioredis
+
+from deploy.local import servers
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_postgres_query_and_databases(tmp_path: Path) -> None:
+    port = servers.free_port()
+    pg = servers.start_postgres(tmp_path / "pg", port)
+    try:
+        assert pg.dsn == f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        dsn = servers.create_database(pg.dsn, "rf_local_test")
+        assert dsn == f"postgresql://postgres@127.0.0.1:{port}/rf_local_test"
+        assert servers.create_database(pg.dsn, "rf_local_test", exist_ok=True) == dsn
+
+        async def query() -> tuple[str, int, str]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT current_database() AS db, current_setting('max_connections')::int"
+                    " AS max_conn, pg_encoding_to_char(encoding) AS enc"
+                    " FROM pg_database WHERE datname = current_database()"
+                )
+                assert row is not None
+                return row["db"], row["max_conn"], row["enc"]
+            finally:
+                await conn.close()
+
+        assert asyncio.run(query()) == ("rf_local_test", 300, "UTF8")
+        servers.drop_database(pg.dsn, "rf_local_test")
+    finally:
+        pg.stop()
+    assert not pg.alive()
+    assert not _port_open(port)
+    # A second start reuses the initialised data directory.
+    pg = servers.start_postgres(tmp_path / "pg", port)
+    pg.stop()
+
+
+def test_nats_jetstream_publish(tmp_path: Path) -> None:
+    port = servers.free_port()
+    handle = servers.start_nats(tmp_path / "nats", port)
+    try:
+        assert handle.url == f"nats://127.0.0.1:{port}"
+
+        async def publish() -> int:
+            nc = await nats.connect(handle.url)
+            try:
+                js = nc.jetstream()
+                await js.account_info()
+                await js.add_stream(name="LOCALTEST", subjects=["localtest.>"])
+                ack = await js.publish("localtest.hello", b"hi")
+                return int(ack.seq)
+            finally:
+                await nc.close()
+
+        assert asyncio.run(publish()) == 1
+    finally:
+        handle.stop()
+    assert not handle.alive()
+    assert not _port_open(port)
+
+
+def test_valkey_ping_and_detached_attach(tmp_path: Path) -> None:
+    port = servers.free_port()
+    pidfile = tmp_path / "valkey.pid"
+    handle = servers.start_valkey(port, tmp_path / "valkey", detach=True, pidfile=pidfile)
+    try:
+        assert handle.url == f"redis://127.0.0.1:{port}/0"
+        assert servers.read_pidfile(pidfile) == handle.pid
+
+        async def ping() -> bool:
+            client = aioredis.from_url(handle.url)
+            try:
+                assert await client.ping()
+                await client.set("k", "v")
+                return bool(await client.get("k") == b"v")
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(ping())
+        attached = servers.attach("valkey", pidfile, handle.url, "valkey-server")
+        assert attached is not None
+        assert attached.pid == handle.pid
+        attached.stop()
+        assert not pidfile.exists()
+        assert servers.attach("valkey", pidfile, handle.url, "valkey-server") is None
+    finally:
+        handle.stop()
+    assert not handle.alive()
+    assert not _port_open(port)
