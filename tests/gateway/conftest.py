@@ -78,3 +78,48 @@ def job_spec(**overrides: object) -> dict[str, object]:
     }
     spec.update(overrides)
     return spec
+
+
+@pytest.fixture
+async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime]:
+    from services.identity.service import build as build_identity
+    from services.identity.settings import IdentitySettings
+
+    rt = await build_identity(env.settings(IdentitySettings, password_scrypt_n=2**10))
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+@pytest.fixture
+async def api(
+    gateway: Gateway, job_service: ServiceRuntime, identity_service: ServiceRuntime
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with identity and job services behind it."""
+    transport = httpx.ASGITransport(app=gateway.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime) -> dict[str, str]:
+    """The first admin, created as the command line does, logged in."""
+    from contracts.identity import RegisterUser, Role, UserProfile
+    from libs.bus.commands import Actor, CommandClient
+
+    await CommandClient(identity.nc, identity.settings).send(
+        RegisterUser(
+            email="admin@studio.test",
+            password="admin-password-1",
+            display_name="Admin",
+            role=Role.admin,
+            approved=True,
+        ),
+        UserProfile,
+        command_id="create-admin",
+        actor=Actor(kind="cli", id="renderctl"),
+    )
+    r = await api.post(
+        "/v1/auth/login", json={"email": "admin@studio.test", "password": "admin-password-1"}
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
