@@ -362,14 +362,24 @@ class SubmitJob(Command):
 class JobChanges(_Model):
     """Fields to change; absent fields stay as they are."""
 
-    name: JobName | None = None
-    priority: JobPriority | None = None
-    cost_cap_credits: CostCredits | None = None
-    clear_cost_cap: bool = False
-    frame_range: FrameRange | None = None
-    chunk_size: int | None = Field(default=None, ge=1, le=1000)
-    resolution: Resolution | None = None
-    render_settings: RenderSettings | None = None
+    name: JobName | None = Field(default=None, description="New display name.")
+    priority: JobPriority | None = Field(default=None, description="New scheduling priority.")
+    cost_cap_credits: CostCredits | None = Field(
+        default=None, description="New spending cap in credits."
+    )
+    clear_cost_cap: bool = Field(default=False, description="True to remove the cost cap.")
+    frame_range: FrameRange | None = Field(
+        default=None, description="New frames to render (only before rendering starts)."
+    )
+    chunk_size: int | None = Field(
+        default=None, ge=1, le=1000, description="New frames per farm task (before rendering)."
+    )
+    resolution: Resolution | None = Field(
+        default=None, description="New output resolution (only before rendering starts)."
+    )
+    render_settings: RenderSettings | None = Field(
+        default=None, description="New format, samples, camera (only before rendering starts)."
+    )
 
 
 @COMMANDS.register

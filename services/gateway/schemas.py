@@ -48,12 +48,6 @@ class CreateApiKeyRequest(_In):
     )
 
 
-class CancelJobRequest(_In):
-    reason: str | None = Field(
-        default=None, max_length=500, description="Why; kept in the job's history."
-    )
-
-
 class JobPage(BaseModel):
     """A page of jobs, newest first."""
 

@@ -173,5 +173,5 @@ async def test_every_api_call_is_recorded_in_the_action_log(
     assert missing["target_ids"] == {"job_id": "job_missing"}
     anonymous = [c for c in calls if c["status_code"] == 401]
     assert anonymous and anonymous[0]["error_code"] == "unauthenticated"
-    logins = [c for c in calls if c["operation_id"] == "login"]
+    logins = [c for c in calls if c["operation_id"] == "login_user"]
     assert logins and all(c["latency_ms"] > 0 for c in logins)

@@ -48,7 +48,7 @@ async def register_user(
 
 @router.post(
     "/auth/login",
-    operation_id="login",
+    operation_id="login_user",
     summary="Log in",
     description=(
         "Exchange e-mail and password for a short-lived access token (JWT, 15 minutes) and"
@@ -58,7 +58,7 @@ async def register_user(
     responses=errors(ErrorCode.invalid_credentials, ErrorCode.user_not_approved, auth=False),
     openapi_extra=PUBLIC,
 )
-async def login(request: Request, body: LoginRequest) -> TokenPair:
+async def login_user(request: Request, body: LoginRequest) -> TokenPair:
     gw = gateway(request)
     pair = await gw.commands.send(
         Login(email=body.email, password=body.password),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
 
 from contracts.envelope import JobEnvelope
@@ -30,7 +30,7 @@ from services.gateway.api import (
     set_targets,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
-from services.gateway.schemas import CancelJobRequest, JobEventPage, JobEventView, JobPage
+from services.gateway.schemas import JobEventPage, JobEventView, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -172,7 +172,10 @@ async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Re
 async def cancel_job(
     request: Request,
     job_id: JobId,
-    body: CancelJobRequest | None = None,
+    reason: Annotated[
+        str | None,
+        Body(embed=True, max_length=500, description="Why; kept in the job's history."),
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
@@ -180,7 +183,6 @@ async def cancel_job(
     owner = None if p.is_admin else p.user_id
 
     async def run(command_id: str) -> tuple[int, bytes]:
-        reason = body.reason if body else None
         await gw.commands.send(
             CancelJob(job_id=job_id, owner_id=owner, reason=reason),
             JobAccepted,
