@@ -94,3 +94,6 @@ async def env(servers: Servers) -> AsyncIterator[Env]:
         await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     finally:
         await admin.close()
+
+
+pytest_plugins = ["tests.fixtures"]

@@ -8,7 +8,7 @@ import httpx
 
 from libs.runtime import ServiceRuntime
 from services.gateway.service import Gateway
-from tests.gateway.conftest import admin_session, job_spec
+from tests.fixtures import admin_session, job_spec
 
 PASSWORD = "a-long-password"
 

@@ -10,7 +10,7 @@ import httpx
 import jwt
 
 from services.gateway.settings import GatewaySettings
-from tests.gateway.conftest import Users
+from tests.fixtures import Users
 
 
 def b64(data: dict[str, object]) -> str:

@@ -10,7 +10,7 @@ import httpx
 from contracts.jobs import JobQueued, JobStepStarted, JobStepSucceeded, StepName
 from libs.eventstore.store import NewEvent
 from libs.runtime import ServiceRuntime
-from tests.gateway.conftest import Users, job_spec
+from tests.fixtures import Users, job_spec
 
 
 async def create(client: httpx.AsyncClient, headers: dict[str, str], **spec: object) -> dict:

@@ -16,7 +16,7 @@ from fastmcp import Client, FastMCP
 
 from libs.runtime import ServiceRuntime
 from services.gateway.service import Gateway
-from tests.gateway.conftest import Users, job_spec
+from tests.fixtures import Users, job_spec
 
 
 def mcp_server(gateway: Gateway, headers: dict[str, str]) -> FastMCP:

@@ -1,3 +1,5 @@
+"""Services running in-process on the isolated environment of each test, and API helpers."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
