@@ -10,9 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import contracts.gateway
-import contracts.identity
-import contracts.jobs  # noqa: F401  (registers the events and commands)
+import contracts.all  # noqa: F401  (registers every event and command)
 from contracts.base import COMMANDS, EVENTS
 from contracts.envelope import JobEnvelope
 from contracts.errors import ErrorBody

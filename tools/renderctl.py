@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+import contracts.all  # noqa: F401  (registers every event type)
 from contracts.base import EVENTS, UnknownEventType
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Projection, Projector

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -96,22 +98,40 @@ def _redis_check(redis: aioredis.Redis) -> Callable[[], Awaitable[str | None]]:
     return check
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway stops it, then flushes and closes
+    the rest (uvicorn would re-raise SIGTERM after serving and kill the process first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def main() -> None:
     settings = GatewaySettings()
     gw = await build(settings)
     await gw.rt.launch()
-    config = uvicorn.Config(
-        gw.app,
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        loop="none",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
+    server = _Server(
+        uvicorn.Config(
+            gw.app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            loop="none",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
     )
-    await uvicorn.Server(config).serve()  # returns after SIGTERM/SIGINT, requests drained
-    await gw.rt.stop()
+
+    def stop() -> None:
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    await server.serve()  # returns once in-flight requests are answered
+    await gw.rt.stop()  # then the action log is flushed and the relay catches up
     await gw.redis.aclose()
 
 

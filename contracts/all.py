@@ -1,0 +1,5 @@
+"""Import every contract module, so the registries know every event and command."""
+
+import contracts.gateway
+import contracts.identity
+import contracts.jobs  # noqa: F401

@@ -1,0 +1,214 @@
+"""The whole system as separate processes, over real HTTP, NATS and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import nats
+import orjson
+import pytest
+
+from deploy.local.servers import free_port
+from tests.conftest import Env
+from tests.fixtures import job_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Service:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.env = name, env
+        self.health_port = int(env["RF_HEALTH_PORT"])
+        self.log = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self, timeout: float = 20) -> None:
+        async with httpx.AsyncClient() as client:
+            for _ in range(int(timeout * 10)):
+                assert self.proc and self.proc.poll() is None, self.log.read_text()[-3000:]
+                try:
+                    r = await client.get(f"http://127.0.0.1:{self.health_port}/readyz")
+                    if r.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc
+        self.proc.send_signal(sig)
+        return self.proc.wait(20)
+
+
+@pytest.fixture
+def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Service]]:
+    base = {**os.environ, **env, "RF_LOG_LEVEL": "INFO"}
+    gateway_port = free_port()
+    services = {
+        name: Service(
+            name,
+            {**base, "RF_HEALTH_PORT": str(free_port()), "RF_GATEWAY_PORT": str(gateway_port)},
+            tmp_path,
+        )
+        for name in ("identity", "job", "gateway")
+    }
+    services["gateway"].base_url = f"http://127.0.0.1:{gateway_port}"  # type: ignore[attr-defined]
+    yield services
+    for s in services.values():
+        if s.proc and s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
+@pytest.fixture
+async def system(processes: dict[str, Service]) -> AsyncIterator[httpx.AsyncClient]:
+    for s in processes.values():
+        s.start()
+    for s in processes.values():
+        await s.ready()
+    base_url = processes["gateway"].base_url  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield client
+
+
+def renderctl(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.renderctl", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "RF_ADMIN_PASSWORD": "admin-password-1"},
+        timeout=60,
+    )
+
+
+async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_key(
+    system: httpx.AsyncClient, processes: dict[str, Service], env: Env
+) -> None:
+    api = system
+    made = renderctl(env, "create-admin", "--email", "ops@farm.test")
+    assert made.returncode == 0, made.stderr
+    admin_tokens = (
+        await api.post(
+            "/v1/auth/login", json={"email": "ops@farm.test", "password": "admin-password-1"}
+        )
+    ).json()
+    admin = {"Authorization": f"Bearer {admin_tokens['access_token']}"}
+
+    user = (
+        await api.post(
+            "/v1/auth/register",
+            json={
+                "email": "lead@studio.test",
+                "password": "lighting-lead-1",
+                "display_name": "Lead",
+            },
+        )
+    ).json()
+    assert (
+        await api.post(f"/v1/admin/users/{user['user_id']}/approve", headers=admin)
+    ).status_code == 200
+    tokens = (
+        await api.post(
+            "/v1/auth/login", json={"email": "lead@studio.test", "password": "lighting-lead-1"}
+        )
+    ).json()
+    me = {"Authorization": f"Bearer {tokens['access_token']}"}
+    key = (
+        await api.post(
+            "/v1/api-keys", json={"name": "mcp", "scopes": ["jobs:read", "jobs:write"]}, headers=me
+        )
+    ).json()
+    agent = {"X-API-Key": key["secret"], "Idempotency-Key": "shot-010-v1"}
+
+    created = await api.post("/v1/jobs", json=job_spec(), headers=agent)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert created.headers["x-trace-id"] and created.headers["x-request-id"]
+    assert (await api.get(f"/v1/jobs/{job['job_id']}", headers=agent)).json() == job
+    patched = await api.patch(f"/v1/jobs/{job['job_id']}", json={"priority": "high"}, headers=agent)
+    assert patched.json()["priority"] == "high"
+    cancelled = await api.post(
+        f"/v1/jobs/{job['job_id']}/cancel", headers={"X-API-Key": key["secret"]}
+    )
+    assert cancelled.json()["status"] == "cancelled"
+
+    # Every job event reached JetStream once, with the event id as the message id.
+    nc = await nats.connect(env["RF_NATS_URL"])
+    try:
+        js = nc.jetstream()
+        subject = f"{env['RF_NATS_PREFIX']}.events.job.JobSubmitted"
+        for _ in range(50):
+            try:
+                msg = await js.get_last_msg(f"{env['RF_NATS_PREFIX'].upper()}EVENTS", subject)
+                break
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.1)
+        body = orjson.loads(msg.data)
+        assert body["data"]["job_id"] == job["job_id"]
+        assert msg.headers and msg.headers["Nats-Msg-Id"] == body["event_id"]
+    finally:
+        await nc.close()
+
+    # A graceful stop loses nothing: the last call is in the action log once it has stopped.
+    last = await api.get(f"/v1/jobs/{job['job_id']}/events", headers=agent)
+    assert [e["type"] for e in last.json()["items"]][-1] == "job.JobCancelled"
+    for s in processes.values():
+        assert s.stop() == 0
+    conn = await asyncpg.connect(env["RF_DATABASE_URL"])
+    try:
+        ops = await conn.fetch(
+            "SELECT data->>'operation_id' AS op FROM gateway.events ORDER BY global_position"
+        )
+    finally:
+        await conn.close()
+    assert [r["op"] for r in ops][-1] == "list_job_events"
+    assert renderctl(env, "verify").returncode == 0
+
+
+async def test_a_killed_job_service_is_a_retryable_503_and_recovers_on_restart(
+    system: httpx.AsyncClient, processes: dict[str, Service], users_headers: dict[str, str]
+) -> None:
+    api, job = system, processes["job"]
+    first = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    assert first.status_code == 201
+    job.stop(signal.SIGKILL)
+    down = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    assert down.status_code == 503
+    assert down.json()["code"] == "service_unavailable" and down.json()["retryable"] is True
+    assert (
+        await api.get(f"/v1/jobs/{first.json()['job_id']}", headers=users_headers)
+    ).status_code == 200
+    job.start()
+    await job.ready()
+    retried = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    assert retried.status_code == 201
+    listed = (await api.get("/v1/jobs", headers=users_headers)).json()["items"]
+    assert len(listed) == 2
+
+
+@pytest.fixture
+def users_headers(env: Env) -> dict[str, str]:
+    from libs.auth import issue_access_token
+    from services.gateway.settings import GatewaySettings
+
+    token = issue_access_token(env.settings(GatewaySettings), "usr_e2e", "user")
+    return {"Authorization": f"Bearer {token}"}
