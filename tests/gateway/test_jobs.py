@@ -235,3 +235,15 @@ async def test_a_jobs_history_lists_its_events_in_order_with_the_actor(
     assert [e["version"] for e in page["items"]] == [1, 2, 3, 4]
     assert page["items"][0]["data"]["frame_range"] == {"start": 1, "end": 24, "step": 1}
     assert page["items"][1]["actor_id"] == page["items"][0]["actor_id"] is not None
+
+
+async def test_a_callers_trace_continues_through_the_command_into_the_stored_events(
+    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {**users.new(), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    r = await client.post("/v1/jobs", json=job_spec(), headers=headers)
+    assert r.headers["x-trace-id"] == trace_id
+    [submitted] = await job_service.store.read_stream(f"job-{r.json()['job_id']}")
+    assert submitted.metadata["traceparent"].split("-")[1] == trace_id
+    assert submitted.metadata["correlation_id"] == r.headers["x-request-id"]
