@@ -1,0 +1,48 @@
+# Developer entry points. Every target calls .venv/bin/... directly: no activation needed.
+#   make up | down | status    local stack (PostgreSQL, NATS, Valkey and the services)
+#   make test PYTEST_ARGS='-k jobs -x'
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv up down status test lint typecheck bench schemas clean
+
+# (Re)install into .venv whenever pyproject.toml changes.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	@touch $@
+
+up: venv
+	$(PY) -m deploy.local.stack up
+
+# down and status need no (re)install: without a venv nothing of ours runs.
+down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; else echo "no $(VENV): nothing to stop"; fi
+
+status:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack status; else echo "no $(VENV): nothing runs"; fi
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) -m bench
+
+schemas: venv
+	$(PY) -m contracts.export
+
+# Stops the local stack first: .run/ holds its data (the dev database) and secrets.
+clean: down
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

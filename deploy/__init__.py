@@ -1,0 +1,1 @@
+"""Deployment helpers: local stack (``deploy.local``) and container files (``deploy/docker``)."""

@@ -1,0 +1,420 @@
+"""Run the whole stack locally, without Docker: ``python -m deploy.local.stack up|down|status``.
+
+``up`` reuses the servers named by ``RF_DATABASE_URL`` / ``RF_NATS_URL`` / ``RF_REDIS_URL``
+when set, else starts its own PostgreSQL, NATS and Valkey (detached, state in ``.run/``);
+creates the ``renderfarm`` database, generates secrets once,
+then starts every service in :data:`SERVICES` and waits until each is ready.
+``RF_STACK_SERVICES`` (comma-separated; empty means none) overrides the list.
+``down`` stops the services, then the servers ``up`` started. ``status`` shows them all.
+``secrets`` only writes ``.run/secrets.env`` (usable as ``docker compose --env-file``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from deploy.local import servers
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = REPO_ROOT / ".run"
+LOG_DIR = RUN_DIR / "logs"
+PID_DIR = RUN_DIR / "pids"
+SECRETS_FILE = RUN_DIR / "secrets.env"
+STACK_ENV_FILE = RUN_DIR / "stack.env"
+
+#: Services started by ``up``, in order; service i gets ``RF_HEALTH_PORT`` 8701 + i.
+SERVICES = ["identity", "job", "gateway"]
+
+GATEWAY_PORT = 8700
+HEALTH_PORT_BASE = 8701
+DATABASE_NAME = "renderfarm"
+READY_TIMEOUT = 30.0
+SERVICE_STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Server:
+    """A backing server of the stack."""
+
+    name: str
+    env_var: str
+    port: int
+    marker: str
+
+    @property
+    def pidfile(self) -> Path:
+        return PID_DIR / f"{self.name}.pid"
+
+    @property
+    def data_dir(self) -> Path:
+        return RUN_DIR / {"postgres": "pg", "nats": "nats", "redis": "valkey"}[self.name]
+
+    @property
+    def own_url(self) -> str:
+        """The URL the services use when this server is ours."""
+        return {
+            "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}",
+            "nats": f"nats://127.0.0.1:{self.port}",
+            "redis": f"redis://127.0.0.1:{self.port}/0",
+        }[self.name]
+
+    def attach(self) -> servers.ServerHandle | None:
+        """A handle on our running server, from its pidfile (None if not running)."""
+        if self.name == "postgres":
+            return servers.attach_postgres(self.data_dir, self.port, self.pidfile)
+        return servers.attach(self.name, self.pidfile, self.own_url, self.marker)
+
+
+POSTGRES = Server("postgres", "RF_DATABASE_URL", 55432, "postgres")
+NATS = Server("nats", "RF_NATS_URL", 54222, "nats-server")
+REDIS = Server("redis", "RF_REDIS_URL", 56379, "valkey-server")
+SERVERS = [POSTGRES, NATS, REDIS]
+
+
+class StackError(Exception):
+    """``up`` cannot go on; the message says why."""
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def service_names() -> list[str]:
+    """:data:`SERVICES`, or the comma-separated ``RF_STACK_SERVICES`` when set."""
+    raw = os.environ.get("RF_STACK_SERVICES")
+    if raw is None:
+        return list(SERVICES)
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def health_port(name: str, names: list[str]) -> int:
+    """8701 + position in :data:`SERVICES`; services not in it come after."""
+    if name in SERVICES:
+        return HEALTH_PORT_BASE + SERVICES.index(name)
+    extras = [n for n in names if n not in SERVICES]
+    return HEALTH_PORT_BASE + len(SERVICES) + extras.index(name)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and ``#`` comments skipped)."""
+    env: dict[str, str] = {}
+    if not path.exists():
+        return env
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key.strip()] = value
+    return env
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """Write KEY=VALUE lines, readable by the owner only (they hold secrets)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{key}={value}\n" for key, value in env.items())
+    tmp.replace(path)
+
+
+def ensure_secrets() -> dict[str, str]:
+    """Generate ``.run/secrets.env`` the first time; return its values."""
+    if not SECRETS_FILE.exists():
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        write_env_file(
+            SECRETS_FILE,
+            {
+                "RF_JWT_KEYS": json.dumps({"k1": secrets.token_hex(32)}),
+                "RF_JWT_ACTIVE_KID": "k1",
+                "RF_TOKEN_PEPPER": secrets.token_hex(32),
+            },
+        )
+    return read_env_file(SECRETS_FILE)
+
+
+def reachable(url: str) -> bool:
+    """Whether the host:port of ``url`` accepts TCP connections."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        return False
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether GET ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _service_marker(name: str) -> str:
+    return f"services.{name}"
+
+
+def _service_pidfile(name: str) -> Path:
+    return PID_DIR / f"{name}.pid"
+
+
+def _ready_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/readyz"
+
+
+def _running_service_names() -> list[str]:
+    """Services with a pidfile: those listed first (in order), then any others."""
+    server_names = {s.name for s in SERVERS}
+    found = sorted(p.stem for p in PID_DIR.glob("*.pid") if p.stem not in server_names)
+    return [n for n in SERVICES if n in found] + [n for n in found if n not in SERVICES]
+
+
+# -- up ---------------------------------------------------------------------------------
+
+
+def _start_server(server: Server) -> servers.ServerHandle:
+    handle = server.attach()
+    if handle is not None:
+        print(f"{server.name}: already running (pid {handle.pid})")
+        return handle
+    if servers.port_in_use(server.port):
+        raise StackError(
+            f"{server.name}: port {server.port} is in use by a process this stack did not "
+            f"start; stop it, or set {server.env_var} to use that server"
+        )
+    log_file = LOG_DIR / f"{server.name}.log"
+    started = time.monotonic()
+    try:
+        if server is POSTGRES:
+            handle = servers.start_postgres(
+                server.data_dir, server.port, detach=True, pidfile=server.pidfile, log_file=log_file
+            )
+        elif server is NATS:
+            handle = servers.start_nats(
+                server.data_dir, server.port, detach=True, pidfile=server.pidfile, log_file=log_file
+            )
+        else:
+            handle = servers.start_valkey(
+                server.port, server.data_dir, detach=True, pidfile=server.pidfile, log_file=log_file
+            )
+    except servers.ServerError as e:
+        raise StackError(f"{server.name}: {e}") from e
+    took = time.monotonic() - started
+    print(f"{server.name}: started (pid {handle.pid}, {took:.1f} s), {handle.url}")
+    return handle
+
+
+def _database_url() -> str:
+    """Our PostgreSQL or the one in ``RF_DATABASE_URL``, with the database created."""
+    given = os.environ.get(POSTGRES.env_var)
+    if given:
+        name = urlsplit(given).path.lstrip("/")
+        url = given if name else servers.database_dsn(given, DATABASE_NAME)
+        print(f"postgres: using {POSTGRES.env_var}")
+        try:
+            admin = servers.database_dsn(given, "postgres")
+            servers.create_database(admin, name or DATABASE_NAME, exist_ok=True)
+        except Exception as e:
+            print(f"postgres: warning: could not make sure the database exists: {e!r}")
+        return url
+    handle = _start_server(POSTGRES)
+    assert isinstance(handle, servers.PostgresHandle)
+    return servers.create_database(handle.dsn, DATABASE_NAME, exist_ok=True)
+
+
+def _server_url(server: Server) -> str:
+    given = os.environ.get(server.env_var)
+    if given:
+        print(f"{server.name}: using {server.env_var}")
+        return given
+    return _start_server(server).url
+
+
+def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerHandle:
+    pidfile = _service_pidfile(name)
+    url = _ready_url(port)
+    handle = servers.attach(name, pidfile, url, _service_marker(name))
+    if handle is not None:
+        print(f"{name}: already running (pid {handle.pid})")
+        return handle
+    ports = [port] + ([GATEWAY_PORT] if name == "gateway" else [])
+    for p in ports:
+        if servers.port_in_use(p):
+            raise StackError(f"{name}: port {p} is already in use")
+    log_file = LOG_DIR / f"{name}.log"
+    if log_file.exists():
+        log_file.replace(log_file.with_name(f"{name}.log.1"))
+    service_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "RF_HEALTH_PORT": str(port)}
+    if name == "gateway":
+        service_env["RF_GATEWAY_PORT"] = str(GATEWAY_PORT)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=REPO_ROOT,
+            env=service_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    print(f"{name}: started (pid {proc.pid}), health {url}")
+    return servers.ServerHandle(
+        name,
+        proc.pid,
+        url,
+        marker=_service_marker(name),
+        proc=proc,
+        detached=True,
+        log_file=log_file,
+        pidfile=pidfile,
+    )
+
+
+def _wait_ready(handles: list[servers.ServerHandle]) -> None:
+    timeout = float(os.environ.get("RF_STACK_READY_TIMEOUT", READY_TIMEOUT))
+    deadline = time.monotonic() + timeout
+    pending = list(handles)
+    while pending:
+        for handle in list(pending):
+            if not handle.alive():
+                _fail(handle, "exited while starting")
+            if http_ok(handle.url):
+                print(f"{handle.name}: ready")
+                pending.remove(handle)
+        if pending and time.monotonic() > deadline:
+            _fail(pending[0], f"not ready after {timeout:.0f} s ({pending[0].url})")
+        if pending:
+            time.sleep(0.2)
+
+
+def _fail(handle: servers.ServerHandle, why: str) -> NoReturn:
+    log_file = handle.log_file or LOG_DIR / f"{handle.name}.log"
+    tail = servers.log_tail(log_file, 30)
+    raise StackError(
+        f"{handle.name}: {why}\n--- last 30 lines of {log_file} ---\n{tail}\n---\n"
+        "Other components may still run: see `make status`, stop them with `make down`."
+    )
+
+
+def up() -> None:
+    """Start (or reuse) the servers, start the services (each applies its own schema at
+    start, under an advisory lock) and wait until they are ready."""
+    for d in (RUN_DIR, LOG_DIR, PID_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    env = {
+        POSTGRES.env_var: _database_url(),
+        NATS.env_var: _server_url(NATS),
+        REDIS.env_var: _server_url(REDIS),
+    }
+    env.update(ensure_secrets())
+    write_env_file(STACK_ENV_FILE, env)
+    names = service_names()
+    handles = [_start_service(n, health_port(n, names), env) for n in names]
+    _wait_ready(handles)
+    print()
+    print("Stack is up.")
+    if "gateway" in names:
+        print(f"  Gateway API: http://127.0.0.1:{GATEWAY_PORT}/v1")
+        print(f"  API docs:    http://127.0.0.1:{GATEWAY_PORT}/docs")
+    print(f"  Logs:        {LOG_DIR}/<name>.log")
+    print(f"  Environment: {STACK_ENV_FILE}")
+    print("  Stop with `make down`.")
+
+
+# -- down / status ----------------------------------------------------------------------
+
+
+def down() -> None:
+    """Stop the services, then the servers ``up`` started. Idempotent."""
+    if not PID_DIR.exists():
+        print("nothing to stop")
+        return
+    for name in reversed(_running_service_names()):
+        pidfile = _service_pidfile(name)
+        handle = servers.attach(name, pidfile, "", _service_marker(name))
+        if handle is None:
+            pidfile.unlink(missing_ok=True)
+            continue
+        print(f"{name}: stopping (pid {handle.pid})")
+        handle.stop(timeout=SERVICE_STOP_TIMEOUT)
+    for server in reversed(SERVERS):
+        server_handle = server.attach()
+        if server_handle is None:
+            server.pidfile.unlink(missing_ok=True)
+            continue
+        print(f"{server.name}: stopping (pid {server_handle.pid})")
+        server_handle.stop()
+    print("stack is down")
+
+
+def status() -> None:
+    """One line per component: state, pid, URL."""
+    stack_env = read_env_file(STACK_ENV_FILE)
+    rows: list[tuple[str, str, str, str]] = []
+    for server in SERVERS:
+        handle = server.attach()
+        url = stack_env.get(server.env_var, server.own_url)
+        if handle is not None:
+            rows.append((server.name, "running", str(handle.pid), url))
+        elif server.pidfile.exists() or url == server.own_url:
+            rows.append((server.name, "stopped", "-", url))
+        else:
+            state = "external" if reachable(url) else "external, unreachable"
+            rows.append((server.name, state, "-", url))
+    names = service_names()
+    for name in names + [n for n in _running_service_names() if n not in names]:
+        port = health_port(name, names) if name in names else 0
+        handle = servers.attach(name, _service_pidfile(name), "", _service_marker(name))
+        url = _ready_url(port) if port else "-"
+        if handle is None:
+            rows.append((name, "stopped", "-", url))
+        else:
+            ready = "ready" if port and http_ok(url) else "not ready"
+            rows.append((name, f"running, {ready}", str(handle.pid), url))
+    if "gateway" in names:
+        rows.append(("gateway api", "", "", f"http://127.0.0.1:{GATEWAY_PORT}/v1"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0], strict=True)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "secrets"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            status()
+        else:
+            ensure_secrets()
+            print(SECRETS_FILE)
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
