@@ -12,9 +12,9 @@ class BaseServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RF_", extra="ignore")
 
     service_name: str = "service"
-    database_url: str = "postgresql://postgres@127.0.0.1:55432/renderfarm"
-    nats_url: str = "nats://127.0.0.1:54222"
-    redis_url: str = "redis://127.0.0.1:56379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:15432/renderfarm"
+    nats_url: str = "nats://127.0.0.1:14222"
+    redis_url: str = "redis://127.0.0.1:16379/0"
     # Subject prefix and stream names, so test runs and environments can share one server.
     nats_prefix: str = ""
     # Key prefix in Redis, for the same reason.

@@ -78,9 +78,9 @@ class Server:
         return servers.attach(self.name, self.pidfile, self.own_url, self.marker)
 
 
-POSTGRES = Server("postgres", "RF_DATABASE_URL", 55432, "postgres")
-NATS = Server("nats", "RF_NATS_URL", 54222, "nats-server")
-REDIS = Server("redis", "RF_REDIS_URL", 56379, "valkey-server")
+POSTGRES = Server("postgres", "RF_DATABASE_URL", 15432, "postgres")
+NATS = Server("nats", "RF_NATS_URL", 14222, "nats-server")
+REDIS = Server("redis", "RF_REDIS_URL", 16379, "valkey-server")
 SERVERS = [POSTGRES, NATS, REDIS]
 
 
