@@ -43,6 +43,7 @@ class ServiceRuntime:
         self._background: list[tuple[str, Background]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health: asyncio.Server | None = None
+        self._consumer_stop = asyncio.Event()  # consumers stop before the tailers
         #: Extra readiness checks; each returns None when fine, else what is wrong.
         self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
         self.pool: asyncpg.Pool
@@ -101,12 +102,10 @@ class ServiceRuntime:
 
     async def launch(self) -> None:
         """Start every background task and command server (without waiting for a signal)."""
-        consumer_stop = asyncio.Event()
-        self._consumer_stop = consumer_stop
         for t in self.tailers:
             self._spawn(f"tailer:{t.name}", t.run(self.stopping))
         for c in self.consumers:
-            self._spawn(f"consumer:{c.durable}", c.run(consumer_stop))
+            self._spawn(f"consumer:{c.durable}", c.run(self._consumer_stop))
         for name, fn in self._background:
             self._spawn(name, fn(self.stopping))
         for s in self.command_servers:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
 import orjson
@@ -379,6 +379,3 @@ ORDER BY tx_id, global_position LIMIT $3"""
         )
         return status == "UPDATE 1"
 
-
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
