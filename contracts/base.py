@@ -22,10 +22,15 @@ class Event(BaseModel):
 
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    #: Fields kept in the owner's store but masked on the bus (hashes of secrets).
+    private_fields: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def context(cls) -> str:
         return cls.event_type.split(".", 1)[0]
+
+
+REDACTED = "redacted"
 
 
 class Command(BaseModel):

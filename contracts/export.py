@@ -21,11 +21,11 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 def schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema."""
     out: dict[str, dict[str, Any]] = {
-        "JobEnvelope.json": JobEnvelope.model_json_schema(),
-        "ErrorBody.json": ErrorBody.model_json_schema(),
+        "JobEnvelope.json": JobEnvelope.model_json_schema(mode="serialization"),
+        "ErrorBody.json": ErrorBody.model_json_schema(mode="serialization"),
     }
     for name, cls in sorted(EVENTS.types().items()):
-        schema = cls.model_json_schema()
+        schema = cls.model_json_schema(mode="serialization")  # as stored: decimals are strings
         schema["x-event-type"] = name
         schema["x-schema-version"] = cls.schema_version
         out[f"events/{name}.v{cls.schema_version}.json"] = schema

@@ -59,6 +59,7 @@ class EmailClaimed(Event):
 @EVENTS.register
 class UserRegistered(Event):
     event_type = "identity.UserRegistered"
+    private_fields = frozenset({"password_hash"})
     user_id: str
     email: str
     display_name: str
@@ -80,6 +81,7 @@ class RefreshTokenIssued(Event):
     """A login started a refresh-token family (stream ``refresh-<family id>``)."""
 
     event_type = "identity.RefreshTokenIssued"
+    private_fields = frozenset({"token_hash"})
     family_id: str
     user_id: str
     token_hash: str
@@ -89,6 +91,7 @@ class RefreshTokenIssued(Event):
 @EVENTS.register
 class RefreshTokenRotated(Event):
     event_type = "identity.RefreshTokenRotated"
+    private_fields = frozenset({"used_token_hash", "token_hash"})
     family_id: str
     used_token_hash: str
     token_hash: str
@@ -106,6 +109,7 @@ class RefreshFamilyRevoked(Event):
 @EVENTS.register
 class ApiKeyCreated(Event):
     event_type = "identity.ApiKeyCreated"
+    private_fields = frozenset({"key_hash"})
     key_id: str
     user_id: str
     name: str

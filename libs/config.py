@@ -19,6 +19,9 @@ class BaseServiceSettings(BaseSettings):
     nats_prefix: str = ""
     # Key prefix in Redis, for the same reason.
     redis_prefix: str = "rf"
+    #: JetStream: replicas of the EVENTS stream (3 in production) and how long it keeps them.
+    events_stream_replicas: int = 1
+    events_max_age_days: float = 7.0
     health_port: int = 0
     log_level: str = "INFO"
     otel_exporter: str = Field(default="none", description="none | console")

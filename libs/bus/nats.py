@@ -47,6 +47,10 @@ async def ensure_streams(js: JetStreamContext, settings: BaseServiceSettings) ->
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
             allow_direct=True,
+            num_replicas=settings.events_stream_replicas,
+            # PostgreSQL keeps every event for ever; the bus only needs enough to let a
+            # stopped consumer catch up.
+            max_age=settings.events_max_age_days * 86400,
         ),
         StreamConfig(
             name=settings.dlq_stream,

@@ -12,10 +12,20 @@ import asyncio
 import orjson
 from nats.js import JetStreamContext
 
+from contracts.base import EVENTS, REDACTED, JsonDict, UnknownEventType
 from libs.bus.nats import event_subject
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Tailer
 from libs.eventstore.store import EventStore, RecordedEvent
+
+
+def public_data(e: RecordedEvent) -> JsonDict:
+    """The event's data with its private fields masked (they stay in the owner's store)."""
+    try:
+        private = EVENTS.cls_for(e.event_type).private_fields
+    except UnknownEventType:
+        return e.data
+    return {k: (REDACTED if k in private else v) for k, v in e.data.items()}
 
 
 def wire_body(e: RecordedEvent) -> bytes:
@@ -28,7 +38,7 @@ def wire_body(e: RecordedEvent) -> bytes:
             "schema_version": e.schema_version,
             "position": e.position,
             "recorded_at": e.recorded_at.isoformat(),
-            "data": e.data,
+            "data": public_data(e),
             "metadata": e.metadata,
         }
     )

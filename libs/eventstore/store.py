@@ -378,4 +378,3 @@ ORDER BY tx_id, global_position LIMIT $3"""
             old.position,
         )
         return status == "UPDATE 1"
-

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 
 from contracts.gateway import ApiCallRecorded
-from libs.eventstore.store import EventStore, NewEvent, StreamWrite
+from libs.eventstore.store import ConcurrencyError, EventStore, NewEvent, StreamWrite
 from libs.logging import get_logger
 
 log = get_logger(__name__)
@@ -46,10 +46,21 @@ class ActionLog:
             try:
                 await self.store.append_streams(writes)
                 self.written += len(batch)
+            except ConcurrencyError:
+                await self._one_by_one(writes)
             except Exception as e:  # keep serving; the records are retried on the next flush
                 log.error("action_log_flush_failed", error=repr(e), pending=len(batch))
                 self._pending[:0] = batch
                 return
+
+    async def _one_by_one(self, writes: list[StreamWrite]) -> None:
+        """A record already stored (a retried flush) must not hold back the others."""
+        for write in writes:
+            try:
+                await self.store.append_streams([write])
+                self.written += 1
+            except ConcurrencyError:
+                log.warning("action_log_duplicate", stream_id=write.stream_id)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

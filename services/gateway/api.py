@@ -36,14 +36,14 @@ AUTH_ERRORS = (
     ErrorCode.token_expired,
     ErrorCode.invalid_api_key,
     ErrorCode.api_key_revoked,
-    ErrorCode.rate_limited,
 )
 
 
 def errors(*codes: ErrorCode, auth: bool = True) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error codes a route can answer with."""
     by_status: dict[int, list[str]] = {}
-    for code in (*codes, *(AUTH_ERRORS if auth else (ErrorCode.rate_limited,))):
+    common = (ErrorCode.rate_limited, ErrorCode.service_unavailable)
+    for code in (*codes, *common, *(AUTH_ERRORS if auth else ())):
         by_status.setdefault(HTTP_STATUS[code], []).append(code.value)
     by_status.setdefault(422, []).append(ErrorCode.validation_failed.value)
     return {

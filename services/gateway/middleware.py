@@ -46,7 +46,9 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        # Our own id, always: it names action-log streams and command ids, so a client's
+        # X-Request-Id must never be able to collide with another request's.
+        request_id = uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = otel_context.attach(extract_context(headers))

@@ -5,12 +5,15 @@ Job envelopes are stored as the exact JSON text clients get, so they are served 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
 import asyncpg
 
 from contracts.errors import DomainError, ErrorCode
+
+_CATCH_UP_SECONDS = 5.0
 
 
 def encode_cursor(value: str) -> str:
@@ -40,20 +43,35 @@ class ReadModels:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def job_envelope(self, job_id: str, owner_id: str | None) -> str:
-        """The job's envelope JSON; someone else's job is a 404, like a missing one."""
-        async with self.pool.acquire() as conn:
-            if owner_id is None:
-                row = await conn.fetchval("SELECT envelope FROM job.jobs WHERE job_id = $1", job_id)
-            else:
-                row = await conn.fetchval(
-                    "SELECT envelope FROM job.jobs WHERE job_id = $1 AND owner_id = $2",
-                    job_id,
-                    owner_id,
-                )
-        if row is None:
-            raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
-        return str(row)
+    async def job_envelope(self, job_id: str, owner_id: str | None, min_version: int = 0) -> str:
+        """The job's envelope JSON; someone else's job is a 404, like a missing one.
+
+        With ``min_version`` (the stream version a command just reached) it waits until the
+        read model shows at least that version: a client always reads its own writes.
+        """
+        sql = "SELECT envelope, version FROM job.jobs WHERE job_id = $1"
+        args: list[object] = [job_id]
+        if owner_id is not None:
+            sql += " AND owner_id = $2"
+            args.append(owner_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (_CATCH_UP_SECONDS if min_version else 0)
+        while True:
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow(sql, *args)
+            if row is not None and row["version"] >= min_version:
+                return str(row["envelope"])
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        if min_version:
+            raise DomainError(
+                ErrorCode.service_unavailable,
+                f"job {job_id} was changed but its view is still catching up; retry the same"
+                " request (with the same Idempotency-Key) to read it",
+                {"job_id": job_id},
+            )
+        raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
 
     async def list_jobs(
         self, owner_id: str | None, status: str | None, cursor: str | None, limit: int

@@ -15,5 +15,6 @@ class GatewaySettings(TokenSettings):
     rate_limit_ip_per_second: float = 2
     rate_limit_ip_burst: int = 20
     idempotency_ttl_seconds: int = 24 * 3600
-    command_timeout_seconds: float = 5.0
+    #: Above the services' 5 s read-your-writes wait, so a slow reply is not taken for a lost one.
+    command_timeout_seconds: float = 10.0
     page_size_max: int = 200

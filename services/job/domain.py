@@ -288,10 +288,12 @@ class Job(Aggregate):
         return events
 
     def cancel(self, reason: str | None, now: datetime) -> list[Event]:
-        """Cancel at once if the farm has nothing running, else ask and wait for the farm."""
-        self._require_open()
-        if self.status is S.cancelling:
+        """Cancel at once if the farm has nothing running, else ask and wait for the farm.
+
+        Cancelling a job that is cancelled or being cancelled changes nothing."""
+        if self.status in (S.cancelling, S.cancelled):
             return []
+        self._require_open()
         requested = JobCancellationRequested(job_id=self.job_id, reason=reason, at=now)
         if self.status in FARM_BUSY:
             return [requested]

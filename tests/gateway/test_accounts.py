@@ -175,3 +175,39 @@ async def test_every_api_call_is_recorded_in_the_action_log(
     assert anonymous and anonymous[0]["error_code"] == "unauthenticated"
     logins = [c for c in calls if c["operation_id"] == "login_user"]
     assert logins and all(c["latency_ms"] > 0 for c in logins)
+
+
+async def test_revoking_someone_elses_key_is_not_found_even_after_they_revoked_it(
+    api: httpx.AsyncClient, identity_service: ServiceRuntime
+) -> None:
+    admin = await admin_session(api, identity_service)
+    owner = await approved_user(api, admin, "owner@studio.test")
+    other = await approved_user(api, admin, "other@studio.test")
+    key = (
+        await api.post("/v1/api-keys", json={"name": "k", "scopes": ["jobs:read"]}, headers=owner)
+    ).json()
+    assert (
+        await api.post(f"/v1/api-keys/{key['key_id']}/revoke", headers=owner)
+    ).status_code == 200
+    r = await api.post(f"/v1/api-keys/{key['key_id']}/revoke", headers=other)
+    assert (r.status_code, r.json()["code"]) == (404, "api_key_not_found")
+    assert "name" not in r.json()
+
+
+async def test_identity_secrets_stay_out_of_the_events_published_on_the_bus(
+    api: httpx.AsyncClient, identity_service: ServiceRuntime
+) -> None:
+    import orjson
+
+    admin = await admin_session(api, identity_service)
+    await approved_user(api, admin, "bus@studio.test")
+    relay = identity_service.tailers[0]
+    js = identity_service.js
+    settings = identity_service.settings
+    await relay.catch_up()
+    msg = await js.get_last_msg(
+        settings.events_stream, settings.subject("events.identity.UserRegistered")
+    )
+    data = orjson.loads(msg.data)["data"]
+    assert data["email"] == "bus@studio.test"
+    assert data["password_hash"] == "redacted"

@@ -147,8 +147,9 @@ async def test_cancelling_twice_is_harmless_and_a_finished_job_cannot_change(
     assert (
         await client.post(f"{url}/cancel", json={"reason": "wrong camera"}, headers=me)
     ).status_code == 200
-    r = await client.post(f"{url}/cancel", headers=me)
-    assert r.status_code == 409 and r.json()["code"] == "job_finished"
+    again = await client.post(f"{url}/cancel", headers=me)
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert again.json()["version"] == 3  # submitted, cancellation requested, cancelled
     r = await client.patch(url, json={"name": "x"}, headers=me)
     assert r.status_code == 409 and r.json()["code"] == "job_finished"
 
@@ -247,3 +248,15 @@ async def test_a_callers_trace_continues_through_the_command_into_the_stored_eve
     [submitted] = await job_service.store.read_stream(f"job-{r.json()['job_id']}")
     assert submitted.metadata["traceparent"].split("-")[1] == trace_id
     assert submitted.metadata["correlation_id"] == r.headers["x-request-id"]
+
+
+async def test_a_clients_request_id_cannot_make_two_updates_look_like_one(
+    client: httpx.AsyncClient, users: Users
+) -> None:
+    me = {**users.new(), "X-Request-Id": "same-every-time"}
+    job = await create(client, me)
+    url = f"/v1/jobs/{job['job_id']}"
+    await client.patch(url, json={"name": "first"}, headers=me)
+    second = await client.patch(url, json={"name": "second"}, headers=me)
+    assert second.json()["name"] == "second"
+    assert second.headers["x-request-id"] != "same-every-time"

@@ -45,7 +45,9 @@ async def list_users(
         " harmless. Administrators only."
     ),
     response_model=UserProfile,
-    responses=errors(ErrorCode.forbidden, ErrorCode.user_not_found),
+    responses=errors(
+        ErrorCode.forbidden, ErrorCode.user_not_found, ErrorCode.user_already_approved
+    ),
 )
 async def approve_user(
     request: Request,

@@ -84,6 +84,6 @@ async def revoke_api_key(request: Request, key_id: KeyId) -> ApiKeyInfo:
     return await gw.commands.send(
         RevokeApiKey(key_id=key_id, user_id=None if p.is_admin else p.user_id),
         ApiKeyInfo,
-        command_id=f"revoke_api_key:{key_id}",
+        command_id=f"revoke_api_key:{p.user_id}:{key_id}",
         actor=p.actor(),
     )

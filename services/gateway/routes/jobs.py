@@ -74,7 +74,8 @@ async def create_job(
         cmd = SubmitJob(job_id=new_id("job"), owner_id=p.user_id, spec=spec)
         accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
         set_targets(request, job_id=accepted.job_id)
-        return 201, (await gw.read.job_envelope(accepted.job_id, p.user_id)).encode()
+        envelope = await gw.read.job_envelope(accepted.job_id, p.user_id, accepted.version)
+        return 201, envelope.encode()
 
     return await idempotent(request, p.idempotency_scope, idempotency_key, "create_job", run)
 
@@ -142,13 +143,13 @@ async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Re
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_write)
     owner = None if p.is_admin else p.user_id
-    await gw.commands.send(
+    accepted = await gw.commands.send(
         UpdateJob(job_id=job_id, owner_id=owner, changes=changes),
         JobAccepted,
         command_id=f"update_job:{request.state.request_id}",
         actor=p.actor(),
     )
-    return json_response(await gw.read.job_envelope(job_id, owner))
+    return json_response(await gw.read.job_envelope(job_id, owner, accepted.version))
 
 
 @router.post(
@@ -158,7 +159,8 @@ async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Re
     description=(
         "Stop a job. If nothing runs on the farm it is cancelled at once (status"
         " cancelled); otherwise it goes to cancelling until the farm has stopped. Cancelling"
-        " twice is harmless. Returns the job envelope."
+        " a cancelled job changes nothing; a completed or failed one answers job_finished."
+        " Returns the job envelope."
     ),
     response_model=JobEnvelope,
     responses=errors(
@@ -183,13 +185,13 @@ async def cancel_job(
     owner = None if p.is_admin else p.user_id
 
     async def run(command_id: str) -> tuple[int, bytes]:
-        await gw.commands.send(
+        accepted = await gw.commands.send(
             CancelJob(job_id=job_id, owner_id=owner, reason=reason),
             JobAccepted,
             command_id=command_id,
             actor=p.actor(),
         )
-        return 200, (await gw.read.job_envelope(job_id, owner)).encode()
+        return 200, (await gw.read.job_envelope(job_id, owner, accepted.version)).encode()
 
     return await idempotent(request, p.idempotency_scope, idempotency_key, "cancel_job", run)
 
