@@ -166,7 +166,10 @@ async def create_admin(settings: BaseServiceSettings, email: str, name: str) -> 
     return 0
 
 
-async def run(argv: Sequence[str] | None = None) -> int:
+async def run(
+    argv: Sequence[str] | None = None, settings: BaseServiceSettings | None = None
+) -> int:
+    """Run one command; settings default to the environment (and ``.run/stack.env``)."""
     parser = argparse.ArgumentParser(
         prog="renderctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -184,8 +187,9 @@ async def run(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--name", default="Administrator")
     args = parser.parse_args(argv)
 
-    load_stack_env()
-    settings = BaseServiceSettings(service_name="renderctl")
+    if settings is None:
+        load_stack_env()
+        settings = BaseServiceSettings(service_name="renderctl")
     if args.command == "create-admin":
         return await create_admin(settings, args.email, args.name)
     pool = await create_pool(settings.database_url, max_size=4)

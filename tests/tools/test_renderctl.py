@@ -4,12 +4,12 @@ from zero to exactly the read models the live services built."""
 from __future__ import annotations
 
 import json
-import os
 
 import asyncpg
 import httpx
 import pytest
 
+from libs.config import BaseServiceSettings
 from libs.runtime import ServiceRuntime
 from tests.conftest import Env
 from tests.fixtures import admin_session, job_spec
@@ -62,10 +62,12 @@ async def history(api: httpx.AsyncClient, identity_service: ServiceRuntime) -> N
 
 
 @pytest.fixture
-def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def cli_env(env: Env) -> Env:
     return env
+
+
+def settings(env: Env) -> BaseServiceSettings:
+    return env.settings(BaseServiceSettings, service_name="renderctl")
 
 
 async def test_rebuilding_every_projection_reproduces_the_live_read_models(
@@ -73,7 +75,7 @@ async def test_rebuilding_every_projection_reproduces_the_live_read_models(
 ) -> None:
     live = await snapshot(cli_env["RF_DATABASE_URL"])
     assert len(live["job.jobs"]) == 9 and len(live["identity.users"]) == 4
-    assert await renderctl.run(["rebuild"]) == 0
+    assert await renderctl.run(["rebuild"], settings(cli_env)) == 0
     assert await snapshot(cli_env["RF_DATABASE_URL"]) == live
 
 
@@ -83,7 +85,7 @@ async def test_a_stream_prints_its_events_in_order(
     conn = await asyncpg.connect(cli_env["RF_DATABASE_URL"])
     job_id = await conn.fetchval("SELECT job_id FROM job.jobs WHERE status = 'cancelled' LIMIT 1")
     await conn.close()
-    assert await renderctl.run(["events", f"job-{job_id}"]) == 0
+    assert await renderctl.run(["events", f"job-{job_id}"], settings(cli_env)) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in lines] == [
         "job.JobSubmitted",
@@ -97,9 +99,13 @@ async def test_a_stream_prints_its_events_in_order(
 async def test_the_global_feed_prints_from_a_position_and_verifies_clean(
     history: None, cli_env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await renderctl.run(["events", "--all", "--schema", "job", "--from", "3"]) == 0
+    assert (
+        await renderctl.run(
+            ["events", "--all", "--schema", "job", "--from", "3"], settings(cli_env)
+        )
+        == 0
+    )
     positions = [json.loads(x)["position"] for x in capsys.readouterr().out.splitlines()]
     assert positions == list(range(4, 4 + len(positions))) and len(positions) > 10
-    assert await renderctl.run(["verify"]) == 0
+    assert await renderctl.run(["verify"], settings(cli_env)) == 0
     assert capsys.readouterr().out.strip().endswith("ok")
-    assert os.environ["RF_DATABASE_URL"] == cli_env["RF_DATABASE_URL"]
