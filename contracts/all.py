@@ -2,4 +2,5 @@
 
 import contracts.gateway
 import contracts.identity
-import contracts.jobs  # noqa: F401
+import contracts.jobs
+import contracts.render  # noqa: F401

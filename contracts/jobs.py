@@ -151,6 +151,15 @@ SceneKey = Annotated[
 JobName = Annotated[str, Field(min_length=1, max_length=200, description="Display name.")]
 
 
+class FrameOutput(_Model):
+    """A rendered image file."""
+
+    frame: int = Field(description="Frame number.")
+    path: str = Field(description="Where the farm wrote the file.")
+    size_bytes: int = Field(ge=0, description="File size in bytes.")
+    sha256: str = Field(description="SHA-256 of the file, lowercase hex.")
+
+
 # --- events ------------------------------------------------------------------------------
 
 
@@ -264,6 +273,20 @@ class JobStepSkipped(Event):
 class JobQueued(Event):
     event_type = "job.JobQueued"
     job_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobFramesRendered(Event):
+    """A farm task finished: its frames' files, who rendered them and how long it took."""
+
+    event_type = "job.JobFramesRendered"
+    job_id: str
+    render_id: str
+    task_id: int
+    frames: list[FrameOutput]
+    worker: str
+    render_seconds: float
     at: datetime
 
 
@@ -403,3 +426,95 @@ class JobAccepted(_Model):
 
     job_id: str
     version: int
+
+
+# --- commands from the scheduler (internal: the gateway never sends these) ---------------
+
+
+@COMMANDS.register
+class QueueJob(Command):
+    """Freeze the job's render settings and queue its full render.
+
+    Steps that do not run yet (scene processing, test render) are skipped with ``reason``.
+    Queueing a job that is already queued or further on changes nothing."""
+
+    command_type = "job.QueueJob"
+    job_id: str
+    skip_reason: str
+
+
+class RenderOrder(_Model):
+    """Reply to :class:`QueueJob`: what to render, as frozen when the job was queued."""
+
+    job_id: str
+    owner_id: str
+    status: JobStatus
+    name: str
+    scene_key: str
+    renderer: Renderer
+    frame_range: FrameRange
+    chunk_size: int
+    resolution: Resolution
+    render_settings: RenderSettings
+    priority: JobPriority
+    version: int
+
+
+@COMMANDS.register
+class StartJobRender(Command):
+    """The farm started rendering the job (its first task started)."""
+
+    command_type = "job.StartJobRender"
+    job_id: str
+    render_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class RecordFramesRendered(Command):
+    """A farm task finished; recording the same task twice changes nothing."""
+
+    command_type = "job.RecordFramesRendered"
+    job_id: str
+    render_id: str
+    task_id: int
+    frames: list[FrameOutput]
+    worker: str
+    render_seconds: float = Field(ge=0)
+    at: datetime
+
+
+@COMMANDS.register
+class LogJobStep(Command):
+    command_type = "job.LogJobStep"
+    job_id: str
+    step: StepName
+    level: LogLevel
+    message: str = Field(max_length=4000)
+    at: datetime
+
+
+@COMMANDS.register
+class CompleteJob(Command):
+    """The render finished: every frame is there."""
+
+    command_type = "job.CompleteJob"
+    job_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class FailJob(Command):
+    command_type = "job.FailJob"
+    job_id: str
+    reason: str = Field(max_length=4000)
+    at: datetime
+
+
+@COMMANDS.register
+class ConfirmJobCancelled(Command):
+    """The farm stopped the job's render (or an operator deleted it on the farm)."""
+
+    command_type = "job.ConfirmJobCancelled"
+    job_id: str
+    at: datetime

@@ -1,0 +1,203 @@
+"""Renders on the farm: the deadline-bridge's events (``render.*``) and commands.
+
+A *render* is one order to the farm for one job: the full render now, a test render later.
+Its id is ``<job id>.<kind>.<attempt>``, so ordering the same render twice names the same
+thing, and the bridge can refuse to submit it to the farm a second time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.jobs import (
+    FrameOutput,
+    FrameRange,
+    JobPriority,
+    Renderer,
+    RenderSettings,
+    Resolution,
+)
+
+
+class RenderKind(StrEnum):
+    full = "full"
+    test = "test"
+
+
+class RenderStatus(StrEnum):
+    ordered = "ordered"  # recorded, not yet on the farm
+    submitted = "submitted"  # the farm has the job
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED_RENDER_STATUSES = frozenset(
+    {RenderStatus.completed, RenderStatus.failed, RenderStatus.cancelled}
+)
+
+
+def render_id_for(job_id: str, kind: RenderKind, attempt: int) -> str:
+    return f"{job_id}.{kind.value}.{attempt}"
+
+
+def chunk_frames(frames: list[int], chunk_size: int) -> list[list[int]]:
+    """Frames per farm task, the way Deadline chunks a frame list: consecutive runs."""
+    return [frames[i : i + chunk_size] for i in range(0, len(frames), chunk_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@EVENTS.register
+class RenderOrdered(Event):
+    """The bridge accepted the order; the farm job is created next."""
+
+    event_type = "render.RenderOrdered"
+    render_id: str
+    job_id: str
+    owner_id: str
+    kind: RenderKind
+    attempt: int
+    frames: list[int]
+    chunk_size: int
+    output_dir: str
+    output_pattern: str  # file name with #### for the zero-padded frame number
+    at: datetime
+
+
+@EVENTS.register
+class RenderSubmitted(Event):
+    event_type = "render.RenderSubmitted"
+    render_id: str
+    job_id: str
+    farm_job_id: str
+    task_count: int
+    at: datetime
+
+
+@EVENTS.register
+class RenderTaskStarted(Event):
+    event_type = "render.RenderTaskStarted"
+    render_id: str
+    job_id: str
+    task_id: int
+    frames: list[int]
+    worker: str
+    at: datetime
+
+
+@EVENTS.register
+class RenderTaskCompleted(Event):
+    event_type = "render.RenderTaskCompleted"
+    render_id: str
+    job_id: str
+    task_id: int
+    frames: list[int]
+    worker: str
+    started_at: datetime
+    finished_at: datetime
+    render_seconds: float
+    outputs: list[FrameOutput]
+
+
+@EVENTS.register
+class RenderTaskFailed(Event):
+    """A task errored on the farm. ``will_retry`` says whether the bridge requeues it."""
+
+    event_type = "render.RenderTaskFailed"
+    render_id: str
+    job_id: str
+    task_id: int
+    frames: list[int]
+    worker: str
+    error: str
+    failures: int  # failures of this task so far, this one included
+    will_retry: bool
+    at: datetime
+
+
+@EVENTS.register
+class RenderTaskRequeued(Event):
+    event_type = "render.RenderTaskRequeued"
+    render_id: str
+    job_id: str
+    task_id: int
+    at: datetime
+
+
+@EVENTS.register
+class RenderCompleted(Event):
+    event_type = "render.RenderCompleted"
+    render_id: str
+    job_id: str
+    frames_rendered: int
+    at: datetime
+
+
+@EVENTS.register
+class RenderFailed(Event):
+    event_type = "render.RenderFailed"
+    render_id: str
+    job_id: str
+    error: str
+    at: datetime
+
+
+@EVENTS.register
+class RenderCancelled(Event):
+    event_type = "render.RenderCancelled"
+    render_id: str
+    job_id: str
+    reason: str | None
+    at: datetime
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@COMMANDS.register
+class SubmitRender(Command):
+    """Order a render on the farm. Ordering the same ``render_id`` again changes nothing."""
+
+    command_type = "render.SubmitRender"
+    job_id: str
+    owner_id: str
+    kind: RenderKind
+    attempt: int = Field(ge=1)
+    name: str
+    scene_key: str
+    renderer: Renderer
+    frame_range: FrameRange
+    chunk_size: int = Field(ge=1)
+    resolution: Resolution
+    render_settings: RenderSettings
+    priority: JobPriority
+
+    @property
+    def render_id(self) -> str:
+        return render_id_for(self.job_id, self.kind, self.attempt)
+
+
+@COMMANDS.register
+class CancelRender(Command):
+    """Stop a render: the farm job is deleted. Cancelling a finished render changes nothing."""
+
+    command_type = "render.CancelRender"
+    render_id: str
+    reason: str | None = None
+
+
+class RenderAccepted(_Model):
+    render_id: str
+    status: RenderStatus
+    farm_job_id: str | None
+    version: int

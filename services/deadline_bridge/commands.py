@@ -1,0 +1,204 @@
+"""Command handlers of the deadline-bridge: order a render on the farm, cancel one.
+
+A submission never creates a second farm job for the same render: the order is recorded
+(``RenderOrdered``) in its own transaction before the farm is called, and the farm job is
+tagged with the render id. If the process dies between the farm's answer and recording
+``RenderSubmitted``, the retried command finds the order and looks the job up on the farm
+by its tag before submitting anything.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.errors import DomainError, ErrorCode
+from contracts.jobs import JobPriority
+from contracts.render import (
+    CancelRender,
+    RenderAccepted,
+    RenderOrdered,
+    RenderStatus,
+    RenderSubmitted,
+    SubmitRender,
+)
+from libs.bus.commands import CommandContext, CommandServer
+from libs.eventstore.aggregate import Loaded, Repository
+from libs.eventstore.store import EventStore
+from libs.logging import get_logger
+from services.deadline_bridge.client import DeadlineClient, FarmError, JobStat, frame_list_text
+from services.deadline_bridge.domain import FarmRender
+from services.deadline_bridge.settings import BridgeSettings
+
+log = get_logger(__name__)
+
+#: Deadline priorities (0-100) for ours.
+FARM_PRIORITY = {
+    JobPriority.low: 25,
+    JobPriority.normal: 50,
+    JobPriority.high: 75,
+    JobPriority.urgent: 90,
+}
+#: Extra-info key tagging farm jobs with our render id.
+RENDER_TAG = "rf_render_id"
+OUTPUT_PATTERN = "frame_####.png"
+ALL_STATES = ("Active", "Suspended", "Completed", "Failed", "Pending")
+
+
+def _accepted(loaded: Loaded[FarmRender], version: int) -> RenderAccepted:
+    state = loaded.state
+    assert state.status is not None
+    return RenderAccepted(
+        render_id=state.render_id,
+        status=state.status,
+        farm_job_id=state.farm_job_id,
+        version=version,
+    )
+
+
+def _unavailable(e: FarmError) -> DomainError:
+    return DomainError(
+        ErrorCode.service_unavailable,
+        f"the render farm did not answer as expected: {e}",
+        {"farm_status": e.status},
+    )
+
+
+def tagged(job: dict[str, Any], render_id: str) -> bool:
+    props = job.get("Props") or {}
+    extra = props.get("ExDic") or {}
+    return bool(extra.get(RENDER_TAG) == render_id)
+
+
+class RenderCommands:
+    def __init__(self, settings: BridgeSettings, store: EventStore, farm: DeadlineClient) -> None:
+        self.settings = settings
+        self.farm = farm
+        self.renders = Repository(store, FarmRender, "render")
+
+    def register(self, server: CommandServer) -> None:
+        server.register(SubmitRender, self.submit)
+        server.register(CancelRender, self.cancel)
+
+    def job_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "Plugin": s.farm_plugin,
+            "Name": f"{cmd.name} [{cmd.render_id}]",
+            "BatchName": cmd.job_id,
+            "UserName": s.farm_user_name,
+            "Comment": f"renderfarm {cmd.kind.value} render of job {cmd.job_id}",
+            "Frames": frame_list_text(render.frames),
+            "ChunkSize": render.chunk_size,
+            "Priority": FARM_PRIORITY[cmd.priority],
+            "Pool": s.farm_pool,
+            "Group": s.farm_group,
+            "TaskTimeoutMinutes": s.task_timeout_minutes,
+            "OnTaskTimeout": "Error",
+            # The bridge decides about retries: a task fails on its first error, and the
+            # job is never failed by the farm's own job-level detection.
+            "OverrideTaskFailureDetection": True,
+            "FailureDetectionTaskErrors": 1,
+            "OverrideJobFailureDetection": True,
+            "FailureDetectionJobErrors": 100_000,
+            "OutputDirectory0": render.output_dir,
+            "OutputFilename0": render.output_pattern,
+            "InitialStatus": "Active",
+            "OnJobComplete": "Nothing",
+            "ExtraInfoKeyValue0": f"{RENDER_TAG}={cmd.render_id}",
+            "ExtraInfoKeyValue1": f"rf_job_id={cmd.job_id}",
+            "ExtraInfoKeyValue2": f"rf_owner_id={cmd.owner_id}",
+        }
+
+    def plugin_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
+        scene = f"{self.settings.scenes_root.rstrip('/')}/{cmd.scene_key}"
+        output = f"{render.output_dir}/{render.output_pattern.removesuffix('.png')}"
+        return {
+            "SceneFile": scene,
+            "OutputFile": output,
+            "Threads": 0,
+            "Build": "None",
+            "Renderer": cmd.renderer.value,
+            "ResolutionX": cmd.resolution.width,
+            "ResolutionY": cmd.resolution.height,
+        }
+
+    async def find_on_farm(self, render_id: str) -> str | None:
+        """The farm job tagged with ``render_id``, if an earlier try created one."""
+        for job in await self.farm.jobs_in_states(ALL_STATES):
+            if tagged(job, render_id):
+                return str(job["_id"])
+        return None
+
+    async def submit(self, cmd: SubmitRender, ctx: CommandContext) -> RenderAccepted:
+        render_id = cmd.render_id
+        loaded = await self.renders.load(render_id)
+        if loaded.state.exists and loaded.state.status is not RenderStatus.ordered:
+            return _accepted(loaded, loaded.version)  # already on the farm, or over
+        farm_job_id: str | None = None
+        try:
+            if not loaded.state.exists:
+                root = self.settings.farm_outputs_root.rstrip("/")
+                ordered = RenderOrdered(
+                    render_id=render_id,
+                    job_id=cmd.job_id,
+                    owner_id=cmd.owner_id,
+                    kind=cmd.kind,
+                    attempt=cmd.attempt,
+                    frames=list(cmd.frame_range.frames()),
+                    chunk_size=cmd.chunk_size,
+                    output_dir=f"{root}/{cmd.owner_id}/{cmd.job_id}/{render_id}",
+                    output_pattern=OUTPUT_PATTERN,
+                    at=datetime.now(UTC),
+                )
+                # Committed on its own, before the farm is called: see the module docstring.
+                await self.renders.save(loaded, ctx.new(ordered))
+                loaded = await self.renders.load(render_id)
+            else:
+                farm_job_id = await self.find_on_farm(render_id)
+                if farm_job_id is not None:
+                    log.warning("render_found_on_farm", render_id=render_id, farm_job=farm_job_id)
+            if farm_job_id is None:
+                farm_job_id = await self.farm.submit_job(
+                    self.job_info(cmd, loaded.state), self.plugin_info(cmd, loaded.state)
+                )
+        except FarmError as e:
+            raise _unavailable(e) from e
+        render = loaded.state
+        submitted = RenderSubmitted(
+            render_id=render_id,
+            job_id=cmd.job_id,
+            farm_job_id=farm_job_id,
+            task_count=-(-len(render.frames) // render.chunk_size),
+            at=datetime.now(UTC),
+        )
+        await ctx.save((self.renders, loaded, [submitted]))
+        loaded.state.apply(submitted)
+        return _accepted(loaded, loaded.version + 1)
+
+    async def cancel(self, cmd: CancelRender, ctx: CommandContext) -> RenderAccepted:
+        loaded = await self.renders.load(cmd.render_id)
+        render = loaded.state
+        if not render.exists:
+            raise DomainError(
+                ErrorCode.not_found, f"no render {cmd.render_id}", {"render_id": cmd.render_id}
+            )
+        events = render.cancel(cmd.reason, datetime.now(UTC))
+        if not events:
+            return _accepted(loaded, loaded.version)
+        try:
+            farm_job_id = render.farm_job_id or await self.find_on_farm(cmd.render_id)
+            if farm_job_id is not None:
+                found = await self.farm.jobs_by_id([farm_job_id])
+                if found and int(found[0].get("Stat", 0)) == JobStat.completed:
+                    # Every frame is there: the poller reports the render completed, and
+                    # the job completes rather than being cancelled.
+                    return _accepted(loaded, loaded.version)
+                if found:
+                    await self.farm.delete_job(farm_job_id)
+        except FarmError as e:
+            raise _unavailable(e) from e
+        await ctx.save((self.renders, loaded, events))
+        for event in events:
+            loaded.state.apply(event)
+        return _accepted(loaded, loaded.version + len(events))

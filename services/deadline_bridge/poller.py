@@ -1,0 +1,252 @@
+"""The farm poller: turns what the farm shows into render events.
+
+One cycle costs one request for every unfinished farm job (``GET /api/jobs?States=...``),
+plus one ``GET /api/jobs?JobID=`` batch for ours that left those states, plus a task list
+(and error reports, and requeues) only for the jobs whose counters changed since the last
+cycle. Only one bridge replica polls at a time (a PostgreSQL advisory lock); the others
+stand by. A restarted poller looks at every render once, and the aggregate says each
+change once, so a crash anywhere repeats no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.jobs import FrameOutput
+from libs.eventstore.aggregate import Loaded, Repository
+from libs.eventstore.processor import Projector
+from libs.eventstore.store import ConcurrencyError, EventStore, NewEvent
+from libs.logging import get_logger
+from services.deadline_bridge.client import DeadlineClient, FarmError, FarmTask, JobStat, TaskStat
+from services.deadline_bridge.domain import FarmRender, Observed, TaskState
+from services.deadline_bridge.projections import active_renders
+from services.deadline_bridge.settings import BridgeSettings
+
+log = get_logger(__name__)
+
+#: Farm states in which a job may still change.
+UNFINISHED_STATES = ("Active", "Suspended", "Pending")
+_COUNTERS = (
+    "Stat",
+    "Errs",
+    "CompletedChunks",
+    "QueuedChunks",
+    "RenderingChunks",
+    "FailedChunks",
+    "SuspendedChunks",
+    "PendingChunks",
+)
+_TASK_STATES = {
+    TaskStat.rendering: TaskState.rendering,
+    TaskStat.completed: TaskState.completed,
+    TaskStat.failed: TaskState.failed,
+}
+_ZERO_DATE = "0001-01-01"
+
+
+def farm_time(text: str) -> datetime | None:
+    """A Deadline timestamp; None for its zero date or an empty field."""
+    if not text or text.startswith(_ZERO_DATE):
+        return None
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def fingerprint(job: dict[str, Any]) -> tuple[object, ...]:
+    return tuple(job.get(k) for k in _COUNTERS)
+
+
+def _sha256(path: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+class FarmPoller:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        store: EventStore,
+        farm: DeadlineClient,
+        renders_view: Projector,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.farm = farm
+        self.view = renders_view
+        self.renders = Repository(store, FarmRender, "render")
+        self.seen: dict[str, tuple[object, ...]] = {}
+        self.cycles = 0
+        self.is_leader = False
+        self.last_error: BaseException | None = None
+        self._metadata = {"actor": {"kind": "service", "id": settings.service_name}}
+
+    # -- running ------------------------------------------------------------------------
+
+    @property
+    def lock_key(self) -> int:
+        return zlib.crc32(f"{self.store.schema}:farm-poller".encode())
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self._lead(stopping)
+            except Exception as e:
+                self.last_error = e
+                log.error("poller_failed", error=repr(e), exc_info=True)
+                await _sleep_or_stop(stopping, 1.0)
+
+    async def _lead(self, stopping: asyncio.Event) -> None:
+        async with self.store.pool.acquire() as lock_conn:
+            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                if await _sleep_or_stop(stopping, 1.0):
+                    return
+            self.is_leader = True
+            self.seen.clear()  # look at everything once after taking over
+            try:
+                while not stopping.is_set():
+                    try:
+                        await self.cycle()
+                        self.last_error = None
+                    except FarmError as e:  # the farm is away: say so, keep trying
+                        self.last_error = e
+                        log.warning("farm_unreachable", error=str(e))
+                    await _sleep_or_stop(stopping, self.settings.poll_interval_seconds)
+            finally:
+                self.is_leader = False
+                with contextlib.suppress(Exception):
+                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
+
+    # -- one cycle ----------------------------------------------------------------------
+
+    async def cycle(self) -> int:
+        """Poll once; returns how many renders had changes looked at."""
+        self.cycles += 1
+        await self.view.catch_up()
+        async with self.store.pool.acquire() as conn:
+            active = await active_renders(conn)
+        if not active:
+            self.seen.clear()
+            return 0
+        by_id = {str(j["_id"]): j for j in await self.farm.jobs_in_states(UNFINISHED_STATES)}
+        gone = [farm_id for _, farm_id in active if farm_id not in by_id]
+        if gone:
+            by_id.update({str(j["_id"]): j for j in await self.farm.jobs_by_id(gone)})
+        live = {render_id for render_id, _ in active}
+        for render_id in list(self.seen):
+            if render_id not in live:
+                del self.seen[render_id]
+        changed = []
+        for render_id, farm_id in active:
+            job = by_id.get(farm_id)
+            mark = fingerprint(job) if job is not None else ("gone",)
+            if self.seen.get(render_id) != mark:
+                changed.append((render_id, farm_id, job, mark))
+        if not changed:
+            return 0
+        slots = asyncio.Semaphore(self.settings.poll_concurrency)
+
+        async def look(render_id: str, farm_id: str, job: dict[str, Any] | None, mark: Any) -> None:
+            async with slots:
+                try:
+                    if await self.reconcile(render_id, farm_id, job):
+                        self.seen[render_id] = mark
+                except ConcurrencyError:
+                    pass  # a cancel wrote meanwhile: look again next cycle
+                except FarmError as e:
+                    log.warning("farm_job_poll_failed", render_id=render_id, error=str(e))
+
+        await asyncio.gather(*(look(*c) for c in changed))
+        return len(changed)
+
+    async def reconcile(self, render_id: str, farm_id: str, job: dict[str, Any] | None) -> bool:
+        """Bring one render up to date with its farm job. True when fully handled."""
+        loaded = await self.renders.load(render_id)
+        render = loaded.state
+        now = datetime.now(UTC)
+        if render.finished:
+            return True
+        if job is None:
+            await self._save(loaded, render.vanished(now))
+            return True
+        tasks = await self.farm.tasks(farm_id)
+        observed = [await self._observe(render, farm_id, t) for t in tasks]
+        decision = render.observe(observed, self.settings.max_task_retries, now)
+        loaded = await self._save(loaded, decision.events)
+        if decision.requeue:
+            if int(job.get("Stat", 0)) == JobStat.failed:
+                # A failed farm job takes no requeue of single tasks: resume its failed ones
+                # (every failed task is one we retry, or the render would have failed).
+                await self.farm.job_command(farm_id, "resumefailed")
+            else:
+                await self.farm.requeue_tasks(farm_id, decision.requeue)
+            requeued = [e for t in decision.requeue for e in loaded.state.requeued(t, now)]
+            await self._save(loaded, requeued)
+            return False  # the requeue changes the job's counters: look again next cycle
+        return True
+
+    async def _observe(self, render: FarmRender, farm_id: str, t: FarmTask) -> Observed:
+        state = _TASK_STATES.get(t.stat, TaskState.queued)
+        known = render.tasks.get(t.task_id)
+        outputs: list[FrameOutput] | None = None
+        output_error = error = None
+        new = known is not None and known.state is not state
+        if state is TaskState.completed and new and known is not None:
+            outputs, output_error = await asyncio.to_thread(self._outputs, render, known.frames)
+        elif state is TaskState.failed and new:
+            error = await self.farm.task_error(farm_id, t.task_id)
+        return Observed(
+            task_id=t.task_id,
+            state=state,
+            worker=t.worker,
+            started_at=farm_time(t.started_at),
+            completed_at=farm_time(t.completed_at),
+            outputs=outputs,
+            output_error=output_error,
+            error=error,
+        )
+
+    def _outputs(
+        self, render: FarmRender, frames: list[int]
+    ) -> tuple[list[FrameOutput] | None, str | None]:
+        """The frames' files, sized and checksummed where the bridge sees them."""
+        farm_root = self.settings.farm_outputs_root.rstrip("/")
+        local_root = self.settings.local_outputs_root.rstrip("/")
+        outputs = []
+        for frame in frames:
+            path = render.output_path(frame)
+            local = local_root + path.removeprefix(farm_root)
+            try:
+                size, digest = _sha256(local)
+            except OSError as e:
+                return None, f"frame {frame}: output {path} is missing ({e.strerror})"
+            if size == 0:
+                return None, f"frame {frame}: output {path} is empty"
+            outputs.append(FrameOutput(frame=frame, path=path, size_bytes=size, sha256=digest))
+        return outputs, None
+
+    async def _save(self, loaded: Loaded[FarmRender], events: list[Any]) -> Loaded[FarmRender]:
+        if not events:
+            return loaded
+        metadata = {**self._metadata, "correlation_id": f"job:{loaded.state.job_id}"}
+        await self.renders.save(loaded, [NewEvent(e, metadata=metadata) for e in events])
+        self.store.notify_appended()
+        for e in events:
+            loaded.state.apply(e)
+        return Loaded(loaded.stream_id, loaded.state, loaded.version + len(events))
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
+    """Sleep; True if ``stopping`` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+    return stopping.is_set()
