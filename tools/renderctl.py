@@ -31,12 +31,12 @@ from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Projection, Projector
 from libs.eventstore.store import EventStore, RecordedEvent, create_pool
 from services.identity.projections import ApiKeysProjection, UsersProjection
-from services.job.projections import JobsProjection
+from services.job.projections import FramesProjection, JobsProjection
 
 #: Every projection, by the schema (service) that owns it.
 PROJECTIONS: dict[str, Sequence[Projection]] = {
     "identity": (UsersProjection(), ApiKeysProjection()),
-    "job": (JobsProjection(),),
+    "job": (JobsProjection(), FramesProjection()),
 }
 
 

@@ -111,6 +111,18 @@ class ReadModels:
                 )
             )
 
+    async def job_frames(self, job_id: str, after_frame: int, limit: int) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return list(
+                await conn.fetch(
+                    "SELECT frame, path, size_bytes, sha256, worker, rendered_at FROM job.frames"
+                    " WHERE job_id = $1 AND frame > $2 ORDER BY frame LIMIT $3",
+                    job_id,
+                    after_frame,
+                    limit,
+                )
+            )
+
     async def user(self, user_id: str) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(

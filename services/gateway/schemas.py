@@ -68,6 +68,20 @@ class JobEventPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
 
+class JobFrameView(BaseModel):
+    frame: int = Field(description="Frame number.")
+    path: str = Field(description="Where the farm wrote the frame's image file.")
+    size_bytes: int = Field(description="Size of the image file in bytes.")
+    sha256: str = Field(description="SHA-256 of the image file, lowercase hex.")
+    worker: str = Field(description="Name of the farm worker that rendered the frame.")
+    rendered_at: datetime = Field(description="UTC time the frame's farm task finished.")
+
+
+class JobFramePage(BaseModel):
+    items: list[JobFrameView] = Field(description="Rendered frames, by frame number ascending.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
 class UserPage(BaseModel):
     items: list[UserProfile] = Field(description="Users ordered by id.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")

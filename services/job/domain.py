@@ -5,7 +5,10 @@ Pure: no I/O and no clock (times come in with the command or the event).
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from pydantic import BaseModel
@@ -15,6 +18,7 @@ from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, Jo
 from contracts.errors import DomainError, ErrorCode
 from contracts.jobs import (
     TERMINAL_STATUSES,
+    FrameOutput,
     FrameRange,
     JobAction,
     JobCancellationRequested,
@@ -24,6 +28,7 @@ from contracts.jobs import (
     JobCostCapChanged,
     JobFailed,
     JobFramesChanged,
+    JobFramesRendered,
     JobPaused,
     JobPriority,
     JobPriorityChanged,
@@ -42,6 +47,7 @@ from contracts.jobs import (
     JobStepStarted,
     JobStepSucceeded,
     JobSubmitted,
+    LogLevel,
     Renderer,
     RenderSettings,
     Resolution,
@@ -54,15 +60,16 @@ S = JobStatus
 
 #: Which status may follow which. Anything else is a bug in the caller, refused loudly.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    S.submitted: frozenset({S.preparing, S.ready, S.cancelled, S.failed}),
+    S.submitted: frozenset({S.preparing, S.ready, S.queued, S.cancelled, S.failed}),
     S.preparing: frozenset({S.ready, S.failed, S.cancelled}),
     S.ready: frozenset({S.test_rendering, S.queued, S.cancelled, S.failed}),
     S.test_rendering: frozenset({S.test_render_ready, S.ready, S.failed, S.cancelling}),
-    S.test_render_ready: frozenset({S.test_rendering, S.queued, S.ready, S.cancelled}),
+    S.test_render_ready: frozenset({S.test_rendering, S.queued, S.ready, S.cancelled, S.failed}),
     S.queued: frozenset({S.rendering, S.paused, S.failed, S.cancelling}),
     S.rendering: frozenset({S.completed, S.failed, S.paused, S.cancelling}),
     S.paused: frozenset({S.queued, S.rendering, S.cancelling, S.failed}),
-    S.cancelling: frozenset({S.cancelled, S.failed}),
+    # completed: the farm finished the render before the cancel reached it.
+    S.cancelling: frozenset({S.cancelled, S.failed, S.completed}),
     S.completed: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),
@@ -100,6 +107,52 @@ class Step(BaseModel):
     error: str | None = None
 
 
+#: Steps a full render does not wait for: queueing skips those still pending.
+_PRE_RENDER_STEPS = (
+    StepName.scene_check,
+    StepName.repath,
+    StepName.render_settings,
+    StepName.test_render,
+)
+#: Statuses a job may be queued from.
+QUEUEABLE = frozenset({S.submitted, S.ready, S.test_render_ready})
+#: Queueing a job in these changes nothing: it is queued already, or further on.
+QUEUED_OR_LATER = frozenset({S.queued, S.rendering, S.paused, S.completed})
+#: Why a job fails when its render disappears from the farm without a cancel being asked.
+CANCELLED_ON_FARM = "the render was cancelled on the farm"
+#: Events that end a job; the owner's active-job slot is freed in the same append.
+TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
+
+TaskRanges = list[tuple[int, int]]
+
+
+def _has_task(ranges: Sequence[tuple[int, int]], task_id: int) -> bool:
+    i = bisect_right(ranges, (task_id, math.inf)) - 1
+    return i >= 0 and ranges[i][0] <= task_id <= ranges[i][1]
+
+
+def _with_task(ranges: Sequence[tuple[int, int]], task_id: int) -> TaskRanges:
+    """``ranges`` (sorted, disjoint, inclusive) plus ``task_id``, merging neighbours.
+
+    Farm tasks mostly finish in order, so a whole render's task ids stay a handful of ranges
+    however many tasks it has: the job state stays small."""
+    out = list(ranges)
+    if _has_task(out, task_id):
+        return out
+    i = bisect_left(out, (task_id, task_id))
+    left = i > 0 and out[i - 1][1] == task_id - 1
+    right = i < len(out) and out[i][0] == task_id + 1
+    if left and right:
+        out[i - 1 : i + 1] = [(out[i - 1][0], out[i][1])]
+    elif left:
+        out[i - 1] = (out[i - 1][0], task_id)
+    elif right:
+        out[i] = (task_id, out[i][1])
+    else:
+        out.insert(i, (task_id, task_id))
+    return out
+
+
 def _allowed_actions(status: JobStatus) -> list[JobAction]:
     if status in TERMINAL_STATUSES or status is S.cancelling:
         return []
@@ -108,6 +161,10 @@ def _allowed_actions(status: JobStatus) -> list[JobAction]:
         actions.append(JobAction.update_render_settings)
     actions.append(JobAction.cancel)
     return actions
+
+
+def _no_eta(reason: EtaUnknownReason) -> EtaView:
+    return EtaView(eta_seconds=None, eta_at=None, reason=reason)
 
 
 class Job(Aggregate):
@@ -129,6 +186,18 @@ class Job(Aggregate):
     frames_done: int = 0
     failure_reason: str | None = None
     created_at: datetime | None = None
+    # The farm render the job's frames come from, and the renders it replaced (whose late
+    # results are ignored). Counters below are for the current render only.
+    render_id: str | None = None
+    past_render_ids: list[str] = []
+    #: Task ids recorded for ``render_id``, as sorted inclusive ranges (not one per task).
+    task_ranges: TaskRanges = []
+    tasks_recorded: int = 0
+    render_seconds_total: float = 0.0
+    #: Distinct farm workers that finished tasks of the current render, sorted.
+    workers: list[str] = []
+    #: Latest ``at`` of the recorded tasks: the ETA counts from here.
+    last_frames_at: datetime | None = None
 
     # -- evolve -----------------------------------------------------------------------
 
@@ -184,6 +253,8 @@ class Job(Aggregate):
                 pass  # logs live in the stream and the step-log read model
             case JobQueued():
                 self._move(S.queued)
+            case JobFramesRendered():
+                self._record(event)
             case JobPaused():
                 self._move(S.paused)
             case JobResumed():
@@ -204,6 +275,34 @@ class Job(Aggregate):
                 self._move(S.cancelled)
             case _:
                 raise TypeError(f"job cannot apply {type(event).__name__}")
+
+    def _record(self, event: JobFramesRendered) -> None:
+        if event.render_id != self.render_id:  # a new render: count from zero again
+            if self.render_id is not None:
+                self.past_render_ids.append(self.render_id)
+            self.render_id = event.render_id
+            self.task_ranges, self.tasks_recorded, self.frames_done = [], 0, 0
+            self.render_seconds_total, self.workers, self.last_frames_at = 0.0, [], None
+        self.task_ranges = _with_task(self.task_ranges, event.task_id)
+        self.tasks_recorded += 1
+        self.frames_done += len(event.frames)
+        self.render_seconds_total += event.render_seconds
+        if event.worker not in self.workers:
+            self.workers = sorted([*self.workers, event.worker])
+        if self.last_frames_at is None or event.at > self.last_frames_at:
+            self.last_frames_at = event.at
+        step = self.step(StepName.render)
+        if step.status in (StepStatus.pending, StepStatus.running):
+            step.progress_percent = round(min(self.frames_done / self.frames_total, 1) * 100, 1)
+
+    @property
+    def frames_total(self) -> int:
+        assert self.frame_range is not None
+        return self.frame_range.frame_count
+
+    @property
+    def tasks_total(self) -> int:
+        return math.ceil(self.frames_total / self.chunk_size)
 
     def _move(self, to: JobStatus) -> None:
         if to is self.status:
@@ -299,6 +398,138 @@ class Job(Aggregate):
             return [requested]
         return [requested, JobCancelled(job_id=self.job_id, at=now)]
 
+    # -- decide: commands from the scheduler ---------------------------------------------
+    #
+    # The scheduler delivers at least once and may deliver out of order (a task's completion
+    # before the render's start). Each method below therefore answers a repeat with no events
+    # and fills in what it missed (a render step that was never started).
+
+    def queue(self, skip_reason: str, now: datetime) -> list[Event]:
+        """Queue the full render, skipping the steps before it that are still pending.
+
+        A job queued already, or further on, changes nothing."""
+        if self.status in QUEUED_OR_LATER:
+            return []
+        if self.status is S.cancelling:
+            raise DomainError(
+                ErrorCode.job_finished,
+                f"job {self.job_id} is being cancelled",
+                {"status": self.status},
+            )
+        self._require_open()
+        if self.status not in QUEUEABLE:
+            raise DomainError(
+                ErrorCode.invalid_state_transition,
+                f"job {self.job_id} cannot be queued while {self.status}",
+                {"from": self.status, "to": S.queued},
+            )
+        events: list[Event] = [
+            JobStepSkipped(job_id=self.job_id, step=name, reason=skip_reason)
+            for name in _PRE_RENDER_STEPS
+            if self.step(name).status is StepStatus.pending
+        ]
+        events.append(JobQueued(job_id=self.job_id, at=now))
+        return events
+
+    def start_render(self, at: datetime) -> list[Event]:
+        """The farm started the render. Only a queued job moves (to rendering); a repeat, or
+        a start that arrives after a task's result or after the end, changes nothing."""
+        if self.status is S.queued and self.step(StepName.render).status is StepStatus.pending:
+            return [JobStepStarted(job_id=self.job_id, step=StepName.render, at=at)]
+        return []
+
+    def record_frames(
+        self,
+        render_id: str,
+        task_id: int,
+        frames: Sequence[FrameOutput],
+        worker: str,
+        render_seconds: float,
+        at: datetime,
+    ) -> list[Event]:
+        """A farm task finished. Recording the same task of the same render again, a task of
+        a render that was replaced, or a result that comes after a cancel or a failure,
+        changes nothing. A result before the render's start starts the render step first.
+
+        A completed job still records the frames of its own render that arrive late: the
+        files exist, and its frame list should show them."""
+        if self.status in (S.cancelled, S.failed):
+            return []
+        if self.status not in (S.queued, S.rendering, S.paused, S.cancelling, S.completed):
+            raise DomainError(
+                ErrorCode.invalid_state_transition,
+                f"job {self.job_id} is {self.status}: it has no render to record frames of",
+                {"status": self.status},
+            )
+        if render_id in self.past_render_ids:
+            return []
+        if render_id == self.render_id and _has_task(self.task_ranges, task_id):
+            return []
+        if self.status is S.completed and self.render_id not in (None, render_id):
+            return []  # another render's result for a job that has completed
+        events: list[Event] = []
+        if self.status is S.queued:
+            events += self.start_render(at)
+        events.append(
+            JobFramesRendered(
+                job_id=self.job_id,
+                render_id=render_id,
+                task_id=task_id,
+                frames=list(frames),
+                worker=worker,
+                render_seconds=render_seconds,
+                at=at,
+            )
+        )
+        return events
+
+    def log_step(self, step: StepName, level: LogLevel, message: str, at: datetime) -> list[Event]:
+        return [JobStepLogged(job_id=self.job_id, step=step, level=level, message=message, at=at)]
+
+    def complete(self, at: datetime) -> list[Event]:
+        """The render finished. A job that has ended already changes nothing (a completion
+        after a failure or a cancel is a late report). A job being cancelled completes: the
+        farm finished before the cancel reached it."""
+        if self.status in TERMINAL_STATUSES:
+            return []
+        render = self.step(StepName.render)
+        events: list[Event] = []
+        if self.status is S.paused and render.status is StepStatus.running:
+            events.append(JobResumed(job_id=self.job_id, at=at))
+        elif self.status in (S.queued, S.paused):
+            events.append(JobStepStarted(job_id=self.job_id, step=StepName.render, at=at))
+        elif self.status not in (S.rendering, S.cancelling):
+            raise DomainError(
+                ErrorCode.invalid_state_transition,
+                f"job {self.job_id} is {self.status}: it has no render to complete",
+                {"from": self.status, "to": S.completed},
+            )
+        events.append(JobStepSucceeded(job_id=self.job_id, step=StepName.render, at=at))
+        events.append(JobCompleted(job_id=self.job_id, at=at))
+        return events
+
+    def fail(self, reason: str, at: datetime) -> list[Event]:
+        """Fail the running step (the render step if none runs) and the job. A job that has
+        ended already changes nothing."""
+        if self.status in TERMINAL_STATUSES:
+            return []
+        running = [s.name for s in self.steps if s.status is StepStatus.running]
+        step = running[0] if running else StepName.render
+        return [
+            JobStepFailed(job_id=self.job_id, step=step, error=reason, at=at),
+            JobFailed(job_id=self.job_id, reason=reason, at=at),
+        ]
+
+    def confirm_cancelled(self, at: datetime) -> list[Event]:
+        """The farm stopped the render. A job being cancelled is now cancelled; one that has
+        ended changes nothing; any other job lost its render without anyone asking (an
+        operator deleted it on the farm), so it fails."""
+        if self.status in TERMINAL_STATUSES:
+            return []
+        if self.status is S.cancelling:
+            return [JobCancelled(job_id=self.job_id, at=at)]
+        return self.fail(CANCELLED_ON_FARM, at)
+
     def _require_open(self) -> None:
         if self.status in TERMINAL_STATUSES:
             raise DomainError(
@@ -322,18 +553,33 @@ class Job(Aggregate):
                 done += weight * step.progress_percent / 100
         return round(done, 1)
 
+    @property
+    def eta(self) -> EtaView:
+        """From measured task times: the tasks left, at the mean render time of the tasks
+        recorded so far, spread over as many workers as have finished tasks of the render
+        (at least one, at most one per task left), counted from the latest task's end."""
+        if self.status in TERMINAL_STATUSES:
+            return _no_eta(EtaUnknownReason.finished)
+        if self.status is S.paused:
+            return _no_eta(EtaUnknownReason.paused)
+        if self.status is not S.rendering:
+            return _no_eta(EtaUnknownReason.not_started)
+        if not self.tasks_recorded or self.last_frames_at is None:
+            return _no_eta(EtaUnknownReason.no_measurements)
+        remaining = max(self.tasks_total - self.tasks_recorded, 0)
+        parallelism = max(1, min(len(self.workers), remaining))
+        work = remaining * self.render_seconds_total / (self.tasks_recorded * parallelism)
+        seconds = math.ceil(round(work, 6))  # 6 decimals: float noise never adds a second
+        return EtaView(
+            eta_seconds=seconds,
+            eta_at=self.last_frames_at + timedelta(seconds=seconds),
+            reason=None,
+        )
+
     def envelope(self, version: int, updated_at: datetime) -> JobEnvelope:
         assert self.status is not None and self.frame_range is not None
         assert self.resolution is not None and self.created_at is not None
         running = [s.name for s in self.steps if s.status is StepStatus.running]
-        if self.status in TERMINAL_STATUSES:
-            eta = EtaView(eta_seconds=None, eta_at=None, reason=EtaUnknownReason.finished)
-        elif self.status is S.paused:
-            eta = EtaView(eta_seconds=None, eta_at=None, reason=EtaUnknownReason.paused)
-        elif self.status is S.rendering:
-            eta = EtaView(eta_seconds=None, eta_at=None, reason=EtaUnknownReason.no_measurements)
-        else:
-            eta = EtaView(eta_seconds=None, eta_at=None, reason=EtaUnknownReason.not_started)
         return JobEnvelope(
             job_id=self.job_id,
             name=self.name,
@@ -342,7 +588,7 @@ class Job(Aggregate):
             current_step=running[0] if running else None,
             progress_percent=self.progress_percent,
             steps=[StepView(**s.model_dump()) for s in self.steps],
-            eta=eta,
+            eta=self.eta,
             cost=CostView(
                 estimate_credits=self.cost_estimate_credits,
                 so_far_credits=self.cost_so_far_credits,
@@ -354,7 +600,7 @@ class Job(Aggregate):
             renderer=self.renderer,
             frame_range=self.frame_range,
             chunk_size=self.chunk_size,
-            frames_total=self.frame_range.frame_count,
+            frames_total=self.frames_total,
             frames_done=self.frames_done,
             resolution=self.resolution,
             render_settings=self.render_settings,

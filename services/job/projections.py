@@ -8,7 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from contracts.base import EVENTS
-from contracts.jobs import JobSlotFreed, JobSlotTaken
+from contracts.jobs import JobFramesRendered, JobSlotFreed, JobSlotTaken
 from libs.eventstore.processor import Projection
 from libs.eventstore.store import RecordedEvent
 from services.job.domain import Job
@@ -85,4 +85,68 @@ class JobsProjection(Projection):
                 state = EXCLUDED.state, envelope = EXCLUDED.envelope
             """,
             out,
+        )
+
+
+class FramesProjection(Projection):
+    """``job.frames``: one row per rendered frame of a job, the file the farm wrote for it.
+
+    A frame rendered again (by a later render of the job) replaces its row.
+    """
+
+    name = "frames"
+    tables = ("frames",)
+    types = (JobFramesRendered.event_type,)
+
+    async def setup(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS job.frames (
+                job_id text NOT NULL,
+                frame integer NOT NULL,
+                render_id text NOT NULL,
+                task_id integer NOT NULL,
+                path text NOT NULL,
+                size_bytes bigint NOT NULL,
+                sha256 text NOT NULL,
+                worker text NOT NULL,
+                rendered_at timestamptz NOT NULL,
+                PRIMARY KEY (job_id, frame)
+            );
+            """
+        )
+
+    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        # One row per (job, frame), the latest event's: one statement may not touch a row twice.
+        rows: dict[tuple[str, int], tuple[str, int, str, int, str, int, str, str, datetime]] = {}
+        for rec in events:
+            e = rec.decode()
+            assert isinstance(e, JobFramesRendered)
+            for f in e.frames:
+                rows[(e.job_id, f.frame)] = (
+                    e.job_id,
+                    f.frame,
+                    e.render_id,
+                    e.task_id,
+                    f.path,
+                    f.size_bytes,
+                    f.sha256,
+                    e.worker,
+                    e.at,
+                )
+        if not rows:
+            return
+        columns = list(zip(*rows.values(), strict=True))
+        await conn.execute(
+            """
+            INSERT INTO job.frames (job_id, frame, render_id, task_id, path, size_bytes, sha256,
+                                    worker, rendered_at)
+            SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
+                                 $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
+            ON CONFLICT (job_id, frame) DO UPDATE SET render_id = EXCLUDED.render_id,
+                task_id = EXCLUDED.task_id, path = EXCLUDED.path,
+                size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256,
+                worker = EXCLUDED.worker, rendered_at = EXCLUDED.rendered_at
+            """,
+            *columns,
         )

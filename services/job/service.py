@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from libs.runtime import ServiceRuntime, run
 from services.job.commands import JobCommands
-from services.job.projections import JobsProjection
+from services.job.projections import FramesProjection, JobsProjection
 from services.job.settings import JobSettings
 
 
@@ -12,7 +12,9 @@ async def build(settings: JobSettings) -> ServiceRuntime:
     rt = ServiceRuntime(settings, schema="job")
     await rt.start()
     jobs_view = await rt.projector(JobsProjection())
-    JobCommands(settings, rt.store).register(rt.command_server(read_your_writes=[jobs_view]))
+    frames_view = await rt.projector(FramesProjection())
+    server = rt.command_server(read_your_writes=[jobs_view, frames_view])
+    JobCommands(settings, rt.store).register(server)
     return rt
 
 

@@ -30,7 +30,13 @@ from services.gateway.api import (
     set_targets,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
-from services.gateway.schemas import JobEventPage, JobEventView, JobPage
+from services.gateway.schemas import (
+    JobEventPage,
+    JobEventView,
+    JobFramePage,
+    JobFrameView,
+    JobPage,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -232,4 +238,35 @@ async def list_job_events(
     more = len(rows) > limit
     return JobEventPage(
         items=items, next_cursor=encode_cursor(str(items[-1].version)) if more else None
+    )
+
+
+@router.get(
+    "/{job_id}/frames",
+    operation_id="list_job_frames",
+    summary="List a job's rendered frames",
+    description=(
+        "The frames the farm has rendered for the job so far, by frame number ascending:"
+        " for each, the image file's path, size and SHA-256, the worker that rendered it"
+        " and when. Paginated with next_cursor. Another user's job answers job_not_found."
+    ),
+    response_model=JobFramePage,
+    responses=errors(
+        ErrorCode.job_not_found, ErrorCode.invalid_cursor, ErrorCode.insufficient_scope
+    ),
+)
+async def list_job_frames(
+    request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
+) -> JobFramePage:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_read)
+    await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
+    after = decode_cursor(cursor)
+    if after is not None and not (after.isdigit() and int(after) < 2**31):
+        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+    rows = await gw.read.job_frames(job_id, -1 if after is None else int(after), limit + 1)
+    items = [JobFrameView(**dict(r)) for r in rows[:limit]]
+    more = len(rows) > limit
+    return JobFramePage(
+        items=items, next_cursor=encode_cursor(str(items[-1].frame)) if more else None
     )
