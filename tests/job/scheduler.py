@@ -1,0 +1,97 @@
+"""Drives jobs through their render as the scheduler does: its commands, over NATS."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from contracts.base import Command
+from contracts.jobs import (
+    CompleteJob,
+    FrameOutput,
+    JobAccepted,
+    QueueJob,
+    RecordFramesRendered,
+    RenderOrder,
+    StartJobRender,
+)
+from libs.bus.commands import Actor, CommandClient
+from libs.runtime import ServiceRuntime
+
+R = TypeVar("R", bound=BaseModel)
+
+SCHEDULER = Actor(kind="service", id="scheduler")
+T0 = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
+
+
+def outputs(job_id: str, frames: list[int]) -> list[FrameOutput]:
+    return [
+        FrameOutput(
+            frame=n,
+            path=f"/farm/out/{job_id}/frame_{n:04d}.png",
+            size_bytes=1_000_000 + n,
+            sha256=hashlib.sha256(f"{job_id}:{n}".encode()).hexdigest(),
+        )
+        for n in frames
+    ]
+
+
+def render_id(job_id: str, attempt: int = 1) -> str:
+    return f"{job_id}.full.{attempt}"
+
+
+class Scheduler:
+    """Sends the scheduler's commands to the running job service."""
+
+    def __init__(self, rt: ServiceRuntime) -> None:
+        self.client = CommandClient(rt.nc, rt.settings, timeout=10)
+
+    async def send(
+        self,
+        cmd: Command,
+        result_type: type[R] = JobAccepted,  # type: ignore[assignment]
+        *,
+        command_id: str | None = None,
+    ) -> R:
+        return await self.client.send(
+            cmd, result_type, command_id=command_id or uuid.uuid4().hex, actor=SCHEDULER
+        )
+
+    async def queue(self, job_id: str, command_id: str | None = None) -> RenderOrder:
+        cmd = QueueJob(job_id=job_id, skip_reason="scene processing is not built yet")
+        return await self.send(cmd, RenderOrder, command_id=command_id)
+
+    async def start(self, job_id: str) -> JobAccepted:
+        return await self.send(StartJobRender(job_id=job_id, render_id=render_id(job_id), at=T0))
+
+    def task(
+        self,
+        job_id: str,
+        task_id: int,
+        frames: list[int],
+        *,
+        worker: str = "worker-1",
+        seconds: float = 30.0,
+        attempt: int = 1,
+    ) -> RecordFramesRendered:
+        return RecordFramesRendered(
+            job_id=job_id,
+            render_id=render_id(job_id, attempt),
+            task_id=task_id,
+            frames=outputs(job_id, frames),
+            worker=worker,
+            render_seconds=seconds,
+            at=T0 + timedelta(seconds=seconds * (task_id + 1)),
+        )
+
+    async def render_all(self, job_id: str, frames: list[int], chunk_size: int) -> JobAccepted:
+        """Queue, start, record every task and complete: a whole render, in order."""
+        await self.queue(job_id)
+        await self.start(job_id)
+        for i in range(0, len(frames), chunk_size):
+            await self.send(self.task(job_id, i // chunk_size, frames[i : i + chunk_size]))
+        return await self.send(CompleteJob(job_id=job_id, at=T0 + timedelta(hours=1)))

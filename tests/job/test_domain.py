@@ -1,0 +1,493 @@
+"""The job aggregate, without I/O: the scheduler's commands, out-of-order and repeated
+delivery, the slot-freeing terminal events, and the measured ETA."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.base import Event
+from contracts.envelope import EtaView
+from contracts.errors import DomainError, ErrorCode
+from contracts.jobs import (
+    FrameOutput,
+    FrameRange,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobFramesRendered,
+    JobPaused,
+    JobQueued,
+    JobSpec,
+    JobStatus,
+    JobStepFailed,
+    JobStepLogged,
+    JobStepSkipped,
+    JobStepStarted,
+    JobStepSucceeded,
+    LogLevel,
+    Resolution,
+    StepName,
+    StepStatus,
+)
+from services.job.domain import (
+    CANCELLED_ON_FARM,
+    TERMINAL_EVENTS,
+    TRANSITIONS,
+    Job,
+    OwnerJobs,
+)
+
+NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
+S = JobStatus
+RENDER = "job_1.full.1"
+PREP = (StepName.scene_check, StepName.repath, StepName.render_settings)
+
+
+def evolve(job: Job, events: Sequence[Event]) -> Job:
+    for e in events:
+        job.apply(e)
+    return job
+
+
+def submitted(frames: int = 24, chunk_size: int = 4) -> Job:
+    job = Job()
+    spec = JobSpec(
+        name="shot_010",
+        scene_key="scenes/shot_010/main.blend",
+        frame_range=FrameRange(start=1, end=frames),
+        chunk_size=chunk_size,
+        resolution=Resolution(width=1920, height=1080),
+    )
+    return evolve(job, job.submit("job_1", "usr_1", spec, NOW))
+
+
+def queued(**kw: int) -> Job:
+    job = submitted(**kw)
+    return evolve(job, job.queue("no scene processing yet", NOW))
+
+
+def rendering(**kw: int) -> Job:
+    job = queued(**kw)
+    return evolve(job, job.start_render(NOW))
+
+
+def cancelling(**kw: int) -> Job:
+    job = rendering(**kw)
+    return evolve(job, job.cancel("wrong camera", NOW))
+
+
+def outputs(*frames: int) -> list[FrameOutput]:
+    return [
+        FrameOutput(frame=n, path=f"/out/{n:04d}.png", size_bytes=10, sha256="0" * 64)
+        for n in frames
+    ]
+
+
+def record(
+    job: Job,
+    task_id: int,
+    *,
+    frames: Sequence[int] | None = None,
+    worker: str = "w1",
+    seconds: float = 10.0,
+    at: datetime = NOW,
+    render_id: str = RENDER,
+) -> list[Event]:
+    if frames is None:
+        first = 1 + task_id * job.chunk_size
+        frames = range(first, min(first + job.chunk_size, job.frames_total + 1))
+    return job.record_frames(render_id, task_id, outputs(*frames), worker, seconds, at)
+
+
+def types(events: Sequence[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def refused(call: object, *args: object) -> ErrorCode:
+    assert callable(call)
+    with pytest.raises(DomainError) as e:
+        call(*args)
+    return e.value.code
+
+
+# -- queue -------------------------------------------------------------------------------
+
+
+def test_queueing_a_submitted_job_skips_the_steps_before_the_render() -> None:
+    job = submitted()
+    events = job.queue("no scene processing yet", NOW)
+    assert types(events) == ["JobStepSkipped"] * 4 + ["JobQueued"]
+    skipped = [e for e in events if isinstance(e, JobStepSkipped)]
+    assert [e.step for e in skipped] == [*PREP, StepName.test_render]
+    assert {e.reason for e in skipped} == {"no scene processing yet"}
+    evolve(job, events)
+    assert job.status is S.queued
+    assert [s.status for s in job.steps] == [StepStatus.skipped] * 4 + [StepStatus.pending]
+    assert job.progress_percent == 20.0
+    assert job.envelope(6, NOW).eta.reason == "not_started"
+
+
+def test_queueing_a_prepared_job_skips_only_what_is_still_pending() -> None:
+    job = submitted()
+    for step in PREP:
+        evolve(job, [JobStepStarted(job_id="job_1", step=step, at=NOW)])
+        evolve(job, [JobStepSucceeded(job_id="job_1", step=step, at=NOW)])
+    assert job.status is S.ready
+    events = job.queue("test render not asked for", NOW)
+    assert [(type(e), getattr(e, "step", None)) for e in events] == [
+        (JobStepSkipped, StepName.test_render),
+        (JobQueued, None),
+    ]
+    assert evolve(job, events).status is S.queued
+
+
+@pytest.mark.parametrize("make", [queued, rendering])
+def test_queueing_again_changes_nothing(make: object) -> None:
+    assert callable(make)
+    job = make()
+    assert job.queue("again", NOW) == []
+
+
+def test_queueing_a_paused_or_completed_job_changes_nothing() -> None:
+    job = rendering()
+    assert evolve(job, job.complete(NOW)).queue("again", NOW) == []
+
+    paused = evolve(rendering(), [JobPaused(job_id="job_1", reason="cost cap", at=NOW)])
+    assert paused.queue("again", NOW) == []
+
+
+def test_an_ended_or_cancelling_job_cannot_be_queued() -> None:
+    cancelled = submitted()
+    evolve(cancelled, cancelled.cancel(None, NOW))
+    failed = queued()
+    evolve(failed, failed.fail("scene missing", NOW))
+    for job in (cancelled, failed, cancelling()):
+        assert refused(job.queue, "x", NOW) is ErrorCode.job_finished
+
+
+def test_a_job_with_a_running_preparation_step_cannot_be_queued() -> None:
+    job = evolve(submitted(), [JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW)])
+    assert refused(job.queue, "x", NOW) is ErrorCode.invalid_state_transition
+
+
+# -- start -------------------------------------------------------------------------------
+
+
+def test_starting_the_render_moves_a_queued_job_to_rendering_once() -> None:
+    job = queued()
+    events = job.start_render(NOW)
+    assert types(events) == ["JobStepStarted"]
+    evolve(job, events)
+    assert job.status is S.rendering and job.step(StepName.render).status is StepStatus.running
+    assert job.start_render(NOW) == []
+    assert job.envelope(7, NOW).eta.reason == "no_measurements"
+
+
+def test_a_start_that_arrives_after_a_task_result_or_the_end_changes_nothing() -> None:
+    job = queued()
+    evolve(job, record(job, 0))
+    assert job.start_render(NOW) == []
+    evolve(job, job.complete(NOW))
+    assert job.start_render(NOW) == []
+    assert submitted().start_render(NOW) == []
+
+
+# -- frames ------------------------------------------------------------------------------
+
+
+def test_recording_a_task_counts_its_frames_and_the_render_steps_progress() -> None:
+    job = rendering(frames=24, chunk_size=4)
+    events = record(job, 0)
+    assert types(events) == ["JobFramesRendered"]
+    evolve(job, events)
+    assert job.frames_done == 4
+    assert job.step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
+    assert job.progress_percent == round(20 + 80 * 16.7 / 100, 1)
+    evolve(job, record(job, 1))
+    assert job.frames_done == 8 and job.step(StepName.render).progress_percent == 33.3
+    envelope = job.envelope(9, NOW)
+    assert envelope.frames_done == 8 and envelope.frames_total == 24
+
+
+def test_a_task_result_before_the_render_start_starts_the_render_step_first() -> None:
+    job = queued()
+    events = record(job, 3, at=NOW + timedelta(minutes=2))
+    assert types(events) == ["JobStepStarted", "JobFramesRendered"]
+    evolve(job, events)
+    assert job.status is S.rendering and job.frames_done == 4
+    assert job.step(StepName.render).started_at == NOW + timedelta(minutes=2)
+
+
+def test_recording_the_same_task_again_changes_nothing() -> None:
+    job = rendering()
+    evolve(job, record(job, 2))
+    assert record(job, 2) == []
+    assert record(job, 2, worker="another", seconds=99) == []  # a retry reported twice
+    assert job.frames_done == 4 and job.tasks_recorded == 1
+
+
+def test_a_late_result_after_a_cancel_or_a_failure_changes_nothing() -> None:
+    cancelled = cancelling()
+    evolve(cancelled, cancelled.confirm_cancelled(NOW))
+    failed = rendering()
+    evolve(failed, failed.fail("farm gone", NOW))
+    for job in (cancelled, failed):
+        assert record(job, 0) == []
+
+
+def test_results_still_arriving_while_cancelling_are_recorded_without_moving_the_job() -> None:
+    job = queued()
+    evolve(job, job.cancel("wrong camera", NOW))
+    assert job.status is S.cancelling
+    events = record(job, 0)
+    assert types(events) == ["JobFramesRendered"]  # no step start: the job stays cancelling
+    assert evolve(job, events).status is S.cancelling and job.frames_done == 4
+
+
+def test_a_completed_job_records_a_late_task_of_its_own_render_only() -> None:
+    job = rendering()
+    evolve(job, record(job, 0))
+    evolve(job, job.complete(NOW))
+    late = record(job, 5)
+    assert types(late) == ["JobFramesRendered"]
+    evolve(job, late)
+    assert job.status is S.completed and job.frames_done == 8
+    assert job.step(StepName.render).progress_percent == 100.0
+    assert record(job, 1, render_id="job_1.full.2") == []
+
+
+def test_a_new_render_of_the_job_counts_from_zero_and_the_old_ones_results_are_ignored() -> None:
+    job = rendering()
+    evolve(job, record(job, 0))
+    evolve(job, record(job, 1))
+    evolve(job, record(job, 0, render_id="job_1.full.2", worker="w9", seconds=50))
+    assert job.render_id == "job_1.full.2" and job.past_render_ids == [RENDER]
+    assert (job.frames_done, job.tasks_recorded, job.workers) == (4, 1, ["w9"])
+    assert record(job, 2) == []  # attempt 1 was replaced
+    assert types(record(job, 1, render_id="job_1.full.2")) == ["JobFramesRendered"]
+
+
+def test_frames_cannot_be_recorded_for_a_job_that_was_never_queued() -> None:
+    assert refused(record, submitted(), 0) is ErrorCode.invalid_state_transition
+
+
+def test_recorded_task_ids_are_kept_as_ranges_so_the_state_stays_small() -> None:
+    job = rendering(frames=2000, chunk_size=1)
+    order = list(range(2000))
+    random.Random(7).shuffle(order)
+    for task_id in order[:1000]:
+        evolve(job, record(job, task_id, frames=[task_id + 1], worker=f"w{task_id % 8}"))
+    assert 1 < len(job.task_ranges) < 1000
+    for task_id in order[1000:]:
+        evolve(job, record(job, task_id, frames=[task_id + 1], worker=f"w{task_id % 8}"))
+    assert job.task_ranges == [(0, 1999)]
+    assert job.frames_done == 2000 and job.tasks_recorded == 2000
+    assert all(record(job, t, frames=[t + 1]) == [] for t in (0, 777, 1999))
+    stored = json.dumps(job.model_dump(mode="json"))
+    assert len(stored) < 4000  # no list of tasks or frames in the state
+    again = Job.model_validate(json.loads(stored))  # as the projection stores and reads it
+    assert again == job and record(again, 777, frames=[778]) == []
+
+
+# -- logs --------------------------------------------------------------------------------
+
+
+def test_a_step_log_is_one_event() -> None:
+    job = rendering()
+    [event] = job.log_step(StepName.render, LogLevel.warning, "task 3 retried", NOW)
+    assert isinstance(event, JobStepLogged) and event.message == "task 3 retried"
+    assert evolve(job, [event]).status is S.rendering
+
+
+# -- complete, fail, confirm cancelled -----------------------------------------------------
+
+
+def test_completing_a_rendering_job_succeeds_the_render_step() -> None:
+    job = rendering()
+    events = job.complete(NOW)
+    assert types(events) == ["JobStepSucceeded", "JobCompleted"]
+    evolve(job, events)
+    assert job.status is S.completed and job.progress_percent == 100.0
+    assert job.step(StepName.render).status is StepStatus.succeeded
+    envelope = job.envelope(8, NOW)
+    assert envelope.eta.reason == "finished" and envelope.allowed_actions == []
+    assert job.complete(NOW) == []
+
+
+def test_completing_a_job_whose_start_never_arrived_starts_the_render_step_first() -> None:
+    job = queued()
+    events = job.complete(NOW)
+    assert types(events) == ["JobStepStarted", "JobStepSucceeded", "JobCompleted"]
+    assert evolve(job, events).status is S.completed
+
+
+def test_a_completion_after_the_cancel_was_asked_completes_the_job() -> None:
+    job = cancelling()
+    assert types(job.complete(NOW)) == ["JobStepSucceeded", "JobCompleted"]
+    assert evolve(job, job.complete(NOW)).status is S.completed
+    assert S.completed in TRANSITIONS[S.cancelling]
+
+
+def test_a_completion_after_a_cancel_or_a_failure_changes_nothing() -> None:
+    job = cancelling()
+    evolve(job, job.confirm_cancelled(NOW))
+    assert job.complete(NOW) == []
+    failed = rendering()
+    evolve(failed, failed.fail("boom", NOW))
+    assert failed.complete(NOW) == []
+
+
+def test_a_job_that_was_never_queued_cannot_complete() -> None:
+    assert refused(submitted().complete, NOW) is ErrorCode.invalid_state_transition
+
+
+def test_failing_fails_the_render_step_or_the_running_step_and_the_job() -> None:
+    job = rendering()
+    events = job.fail("out of memory on every worker", NOW)
+    assert types(events) == ["JobStepFailed", "JobFailed"]
+    evolve(job, events)
+    assert job.status is S.failed and job.failure_reason == "out of memory on every worker"
+    render = job.step(StepName.render)
+    assert (render.status, render.error) == (StepStatus.failed, "out of memory on every worker")
+    assert job.fail("again", NOW) == []
+
+    preparing = evolve(submitted(), [JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW)])
+    [step_failed, _] = preparing.fail("bad path", NOW)
+    assert isinstance(step_failed, JobStepFailed) and step_failed.step is StepName.repath
+
+
+@pytest.mark.parametrize("status", [s for s in S if s not in (S.completed, S.failed, S.cancelled)])
+def test_every_open_status_may_fail(status: JobStatus) -> None:
+    assert S.failed in TRANSITIONS[status]
+
+
+def test_the_farms_confirmation_cancels_a_cancelling_job_once() -> None:
+    job = cancelling()
+    events = job.confirm_cancelled(NOW)
+    assert types(events) == ["JobCancelled"]
+    evolve(job, events)
+    assert job.status is S.cancelled
+    assert job.step(StepName.render).status is StepStatus.cancelled
+    assert job.confirm_cancelled(NOW) == []
+
+
+def test_a_render_cancelled_on_the_farm_without_a_request_fails_the_job() -> None:
+    for job in (queued(), rendering()):
+        events = job.confirm_cancelled(NOW)
+        assert types(events) == ["JobStepFailed", "JobFailed"]
+        evolve(job, events)
+        assert job.status is S.failed and job.failure_reason == CANCELLED_ON_FARM
+        assert job.step(StepName.render).error == CANCELLED_ON_FARM
+
+
+def test_a_confirmation_for_an_ended_job_changes_nothing() -> None:
+    done = rendering()
+    evolve(done, done.complete(NOW))
+    failed = rendering()
+    evolve(failed, failed.fail("x", NOW))
+    assert done.confirm_cancelled(NOW) == failed.confirm_cancelled(NOW) == []
+
+
+# -- the owner's slot --------------------------------------------------------------------
+
+
+def ended_jobs() -> list[tuple[str, Job, list[Event]]]:
+    out: list[tuple[str, Job, list[Event]]] = []
+    for name, job, decide in (
+        ("completed", rendering(), lambda j: j.complete(NOW)),
+        ("completed while cancelling", cancelling(), lambda j: j.complete(NOW)),
+        ("failed", rendering(), lambda j: j.fail("x", NOW)),
+        ("cancel confirmed", cancelling(), lambda j: j.confirm_cancelled(NOW)),
+        ("cancelled on the farm", rendering(), lambda j: j.confirm_cancelled(NOW)),
+        ("cancelled before the farm", submitted(), lambda j: j.cancel(None, NOW)),
+    ):
+        out.append((name, job, decide(job)))
+    return out
+
+
+def test_every_way_a_job_ends_carries_an_event_that_frees_the_owners_slot() -> None:
+    for name, job, events in ended_jobs():
+        assert evolve(job, events).status in (S.completed, S.failed, S.cancelled), name
+        assert any(isinstance(e, TERMINAL_EVENTS) for e in events), name
+        owner = OwnerJobs(active=["job_0", "job_1"])
+        [freed] = owner.free("usr_1", "job_1")
+        owner.apply(freed)
+        assert owner.active == ["job_0"] and owner.free("usr_1", "job_1") == []
+    assert set(TERMINAL_EVENTS) == {JobCompleted, JobFailed, JobCancelled}
+
+
+# -- ETA ---------------------------------------------------------------------------------
+
+
+def eta(job: Job) -> EtaView:
+    return job.envelope(1, NOW).eta
+
+
+def test_the_eta_spreads_the_tasks_left_at_their_mean_time_over_the_workers_seen() -> None:
+    job = rendering(frames=24, chunk_size=4)  # 6 tasks
+    evolve(job, record(job, 0, worker="a", seconds=10, at=NOW))
+    # 5 tasks left x 10 s, 1 worker
+    assert eta(job) == EtaView(eta_seconds=50, eta_at=NOW + timedelta(seconds=50), reason=None)
+    later = NOW + timedelta(seconds=5)
+    evolve(job, record(job, 1, worker="b", seconds=20, at=later))
+    # 4 left x mean 15 s / 2 workers
+    assert eta(job) == EtaView(eta_seconds=30, eta_at=later + timedelta(seconds=30), reason=None)
+    evolve(job, record(job, 2, worker="c", seconds=15, at=later))
+    evolve(job, record(job, 3, worker="d", seconds=15, at=later))
+    # 2 left x 15 s; 4 workers seen but only 2 tasks left to share
+    assert eta(job).eta_seconds == 15
+    evolve(job, record(job, 4, worker="a", seconds=15, at=later))
+    evolve(job, record(job, 5, worker="a", seconds=15, at=later))
+    assert eta(job) == EtaView(eta_seconds=0, eta_at=later, reason=None)
+
+
+def test_the_eta_rounds_up_to_whole_seconds_and_counts_a_short_last_task() -> None:
+    job = rendering(frames=7, chunk_size=3)  # tasks of 3, 3 and 1 frames
+    evolve(job, record(job, 0, seconds=0.1))
+    evolve(job, record(job, 1, seconds=0.2))
+    # 1 left x mean 0.15 s: 1 s, not 0; float noise (0.1 + 0.2) never adds a second
+    assert eta(job).eta_seconds == 1
+    job = rendering(frames=30, chunk_size=1)
+    for t in range(3):
+        evolve(job, record(job, t, frames=[t + 1], seconds=0.1))
+    assert eta(job).eta_seconds == 3  # 27 x 0.1 s: 2.7 -> 3
+
+
+def test_the_eta_counts_from_the_latest_task_even_when_results_arrive_out_of_order() -> None:
+    job = rendering(frames=12, chunk_size=4)
+    evolve(job, record(job, 1, seconds=60, at=NOW + timedelta(minutes=2)))
+    evolve(job, record(job, 0, seconds=60, at=NOW + timedelta(minutes=1)))
+    assert eta(job).eta_at == NOW + timedelta(minutes=2, seconds=60)
+
+
+def test_without_a_measurement_or_while_not_rendering_there_is_no_eta() -> None:
+    assert eta(submitted()).reason == "not_started"
+    assert eta(queued()).reason == "not_started"
+    assert eta(rendering()) == EtaView(eta_seconds=None, eta_at=None, reason="no_measurements")
+
+    job = rendering()
+    evolve(job, record(job, 0))
+    evolve(job, [JobPaused(job_id="job_1", reason="cost cap", at=NOW)])
+    assert eta(job).reason == "paused"
+    done = rendering()
+    evolve(done, record(done, 0))
+    evolve(done, done.complete(NOW))
+    assert eta(done).reason == "finished"
+
+
+def test_a_frames_event_carries_what_the_frames_read_model_needs() -> None:
+    job = rendering()
+    [event] = record(job, 0, worker="w7", seconds=12.5)
+    assert isinstance(event, JobFramesRendered)
+    assert (event.render_id, event.task_id, event.worker, event.render_seconds) == (
+        RENDER,
+        0,
+        "w7",
+        12.5,
+    )
+    assert [f.frame for f in event.frames] == [1, 2, 3, 4]
