@@ -19,51 +19,15 @@ import pytest
 from deploy.local.servers import free_port
 from tests.conftest import Env
 from tests.fixtures import job_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Service:
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.env = name, env
-        self.health_port = int(env["RF_HEALTH_PORT"])
-        self.log = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self, timeout: float = 20) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(int(timeout * 10)):
-                assert self.proc and self.proc.poll() is None, self.log.read_text()[-3000:]
-                try:
-                    r = await client.get(f"http://127.0.0.1:{self.health_port}/readyz")
-                    if r.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc
-        self.proc.send_signal(sig)
-        return self.proc.wait(20)
+from tests.processes import ROOT, Process, service
 
 
 @pytest.fixture
-def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Service]]:
+def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Process]]:
     base = {**os.environ, **env, "RF_LOG_LEVEL": "INFO"}
     gateway_port = free_port()
     services = {
-        name: Service(
+        name: service(
             name,
             {**base, "RF_HEALTH_PORT": str(free_port()), "RF_GATEWAY_PORT": str(gateway_port)},
             tmp_path,
@@ -79,7 +43,7 @@ def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Service]]:
 
 
 @pytest.fixture
-async def system(processes: dict[str, Service]) -> AsyncIterator[httpx.AsyncClient]:
+async def system(processes: dict[str, Process]) -> AsyncIterator[httpx.AsyncClient]:
     for s in processes.values():
         s.start()
     for s in processes.values():
@@ -101,7 +65,7 @@ def renderctl(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_key(
-    system: httpx.AsyncClient, processes: dict[str, Service], env: Env
+    system: httpx.AsyncClient, processes: dict[str, Process], env: Env
 ) -> None:
     api = system
     made = renderctl(env, "create-admin", "--email", "ops@farm.test")
@@ -185,7 +149,7 @@ async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_
 
 
 async def test_a_killed_job_service_is_a_retryable_503_and_recovers_on_restart(
-    system: httpx.AsyncClient, processes: dict[str, Service], users_headers: dict[str, str]
+    system: httpx.AsyncClient, processes: dict[str, Process], users_headers: dict[str, str]
 ) -> None:
     api, job = system, processes["job"]
     first = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)

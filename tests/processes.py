@@ -1,0 +1,79 @@
+"""Services and the local farm as real OS processes, for tests that kill and restart them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Process:
+    """``python -m <module> [args]`` with its own environment and log file."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        log_dir: Path,
+        ready_url: str,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.name, self.module, self.env, self.args = name, module, env, args
+        self.ready_url = ready_url
+        self.log = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def ready(self, timeout: float = 30) -> None:
+        async with httpx.AsyncClient() as client:
+            for _ in range(int(timeout * 10)):
+                assert self.running, self.log.read_text()[-3000:]
+                try:
+                    r = await client.get(self.ready_url)
+                    if r.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.proc
+            self.proc.kill()
+            self.proc.wait()
+
+
+def service(name: str, env: dict[str, str], log_dir: Path) -> Process:
+    """One of ours: ``python -m services.<name>``, ready when its health port says so."""
+    return Process(
+        name,
+        f"services.{name}",
+        env,
+        log_dir,
+        f"http://127.0.0.1:{env['RF_HEALTH_PORT']}/readyz",
+    )

@@ -1,0 +1,157 @@
+"""The render path as real processes: the local farm, job, scheduler, deadline-bridge and
+gateway, each a separate OS process over real HTTP, NATS and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from deploy.local.servers import free_port
+from services.gateway.settings import GatewaySettings
+from tests.conftest import Env
+from tests.fixtures import Users
+from tests.processes import Process, service
+
+SERVICES = ("job", "scheduler", "deadline_bridge", "gateway")
+
+
+@dataclass
+class RenderSystem:
+    env: Env
+    api: httpx.AsyncClient
+    farm_api: httpx.AsyncClient
+    procs: dict[str, Process]
+    outputs: Path
+    headers: dict[str, str]
+
+    async def create_job(self, **spec: Any) -> dict[str, Any]:
+        body = {
+            "name": "shot_020 comp",
+            "scene_key": "scenes/shot_020/main.blend",
+            "frame_range": {"start": 1, "end": 6},
+            "chunk_size": 1,
+            "resolution": {"width": 320, "height": 180},
+            **spec,
+        }
+        r = await self.api.post("/v1/jobs", json=body, headers=self.headers)
+        assert r.status_code == 201, r.text
+        job: dict[str, Any] = r.json()
+        return job
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        r = await self.api.get(f"/v1/jobs/{job_id}", headers=self.headers)
+        assert r.status_code == 200, r.text
+        job: dict[str, Any] = r.json()
+        return job
+
+    async def wait(self, job_id: str, until: Any, timeout: float = 60) -> dict[str, Any]:
+        """Poll the job until ``until(job)`` holds."""
+        job: dict[str, Any] = {}
+        for _ in range(int(timeout * 10)):
+            job = await self.job(job_id)
+            if until(job):
+                return job
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"job never got there; last seen: {job}")
+
+    async def finished(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        return await self.wait(
+            job_id, lambda j: j["status"] in ("completed", "failed", "cancelled"), timeout
+        )
+
+    async def farm_jobs_of(self, job_id: str) -> list[dict[str, Any]]:
+        """Every farm job (in any state) that belongs to our job."""
+        states = "Active,Suspended,Completed,Failed,Pending"
+        jobs = (await self.farm_api.get("/api/jobs", params={"States": states})).json()
+        return [j for j in jobs if j["Props"].get("ExDic", {}).get("rf_job_id") == job_id]
+
+    async def events(self, schema: str, event_type: str, job_id: str) -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(self.env["RF_DATABASE_URL"])
+        try:
+            rows = await conn.fetch(
+                f"SELECT data FROM {schema}.events WHERE type = $1 AND data->>'job_id' = $2"
+                " ORDER BY global_position",
+                event_type,
+                job_id,
+            )
+        finally:
+            await conn.close()
+        return [orjson.loads(r["data"]) if isinstance(r["data"], str) else r["data"] for r in rows]
+
+
+@pytest.fixture
+def farm_process(tmp_path: Path) -> Iterator[Process]:
+    port = free_port()
+    outputs = tmp_path / "renders"
+    outputs.mkdir()
+    farm = Process(
+        "farm",
+        "deploy.farm",
+        dict(os.environ),
+        tmp_path,
+        f"http://127.0.0.1:{port}/",
+        args=(
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "farm"),
+            "--workers",
+            "2",
+            "--outputs-root",
+            str(outputs),
+            "--frame-seconds",
+            "0.3",
+        ),
+    )
+    farm.port = port  # type: ignore[attr-defined]
+    farm.outputs = outputs  # type: ignore[attr-defined]
+    yield farm
+    if farm.running:
+        farm.stop()
+
+
+@pytest.fixture
+async def render_system(
+    env: Env, tmp_path: Path, farm_process: Process
+) -> AsyncIterator[RenderSystem]:
+    farm_url = f"http://127.0.0.1:{farm_process.port}"  # type: ignore[attr-defined]
+    outputs: Path = farm_process.outputs  # type: ignore[attr-defined]
+    gateway_port = free_port()
+    base = {
+        **os.environ,
+        **env,
+        "RF_LOG_LEVEL": "INFO",
+        "RF_FARM_URL": farm_url,
+        "RF_FARM_OUTPUTS_ROOT": str(outputs),
+        "RF_SCENES_ROOT": str(tmp_path / "scenes"),
+        "RF_POLL_INTERVAL_SECONDS": "0.2",
+        "RF_GATEWAY_PORT": str(gateway_port),
+    }
+    procs = {
+        name: service(name, {**base, "RF_HEALTH_PORT": str(free_port())}, tmp_path)
+        for name in SERVICES
+    }
+    farm_process.start()
+    for p in procs.values():
+        p.start()
+    await farm_process.ready()
+    for p in procs.values():
+        await p.ready()
+    headers = Users(env.settings(GatewaySettings)).new()
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=15) as api,
+        httpx.AsyncClient(base_url=farm_url, timeout=15) as farm_api,
+    ):
+        yield RenderSystem(env, api, farm_api, procs, outputs, headers)
+    for p in procs.values():
+        p.kill()

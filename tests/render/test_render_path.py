@@ -1,0 +1,159 @@
+"""A job created through the gateway renders on the local farm and reaches its end state,
+through the scheduler and the deadline-bridge as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests.render.conftest import RenderSystem
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def rendering(j: dict[str, Any]) -> bool:
+    return bool(j["frames_done"] >= 2)
+
+
+async def assert_every_frame_once(system: RenderSystem, job: dict[str, Any]) -> None:
+    """One file per frame on disk, one record per frame on the job, one farm job."""
+    job_id = job["job_id"]
+    frames = list(range(job["frame_range"]["start"], job["frame_range"]["end"] + 1))
+    recorded = await system.events("job", "job.JobFramesRendered", job_id)
+    counts = Counter(f["frame"] for e in recorded for f in e["frames"])
+    assert counts == Counter(frames), counts
+    files = sorted(system.outputs.rglob("frame_*.png"))
+    files = [f for f in files if job_id in str(f)]
+    assert [int(f.stem.removeprefix("frame_")) for f in files] == frames
+    assert all(f.read_bytes().startswith(PNG) for f in files)
+    assert len(await system.farm_jobs_of(job_id)) == 1
+
+
+async def test_a_job_renders_to_completed_with_one_file_per_frame(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    job = await system.create_job(frame_range={"start": 1, "end": 6}, chunk_size=2)
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed", done
+    assert done["frames_done"] == 6 and done["progress_percent"] == 100.0
+    render = next(s for s in done["steps"] if s["name"] == "render")
+    assert render["status"] == "succeeded"
+    assert done["allowed_actions"] == []
+    await assert_every_frame_once(system, done)
+
+    r = await system.api.get(f"/v1/jobs/{job['job_id']}/frames", headers=system.headers)
+    assert r.status_code == 200, r.text
+    frames = r.json()["items"]
+    assert [f["frame"] for f in frames] == [1, 2, 3, 4, 5, 6]
+    for f in frames:
+        data = Path(f["path"]).read_bytes()
+        assert f["size_bytes"] == len(data) > 0
+        assert f["sha256"] == hashlib.sha256(data).hexdigest()
+    assert len({f["sha256"] for f in frames}) == 6  # each frame's image differs
+
+
+async def test_eta_comes_from_measured_task_times(render_system: RenderSystem) -> None:
+    system = render_system
+    job = await system.create_job(frame_range={"start": 1, "end": 12})
+    mid = await system.wait(
+        job["job_id"], lambda j: 2 <= j["frames_done"] < 12 or (j["status"] == "completed")
+    )
+    if mid["status"] != "completed":
+        assert mid["status"] == "rendering"
+        assert mid["eta"]["eta_seconds"] is not None and mid["eta"]["eta_seconds"] >= 0
+        assert mid["eta"]["eta_at"] is not None and mid["eta"]["reason"] is None
+        assert 0 < mid["progress_percent"] < 100
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed"
+    assert done["eta"]["reason"] == "finished"
+
+
+async def test_a_task_that_fails_once_is_retried_and_the_job_completes(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    fault = {"match": "flaky", "frames": [3], "times": 1, "message": "GPU fell off the bus"}
+    assert (await system.farm_api.post("/_farm/faults", json=fault)).status_code < 300
+    job = await system.create_job(name="flaky shot", frame_range={"start": 1, "end": 4})
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed", done
+    failed = await system.events("bridge", "render.RenderTaskFailed", job["job_id"])
+    assert len(failed) == 1 and failed[0]["will_retry"] is True
+    assert "GPU fell off the bus" in failed[0]["error"]
+    assert len(await system.events("bridge", "render.RenderTaskRequeued", job["job_id"])) == 1
+    logs = await system.events("job", "job.JobStepLogged", job["job_id"])
+    assert any("GPU fell off the bus" in e["message"] for e in logs)
+    await assert_every_frame_once(system, done)
+
+
+async def test_a_task_that_always_fails_fails_the_job_with_the_farms_error(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    fault = {"match": "doomed", "frames": [2], "times": None, "message": "missing texture tex.exr"}
+    assert (await system.farm_api.post("/_farm/faults", json=fault)).status_code < 300
+    job = await system.create_job(name="doomed shot", frame_range={"start": 1, "end": 3})
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "failed", done
+    assert "missing texture tex.exr" in done["failure_reason"]
+    render = next(s for s in done["steps"] if s["name"] == "render")
+    assert render["status"] == "failed" and "missing texture tex.exr" in render["error"]
+    failures = await system.events("bridge", "render.RenderTaskFailed", job["job_id"])
+    assert [f["will_retry"] for f in failures] == [True, True, False]  # 2 retries, then give up
+    # the slot is free again: the failed job no longer counts against the user's limit
+    assert done["allowed_actions"] == []
+
+
+async def test_cancel_while_rendering_stops_the_farm_job(render_system: RenderSystem) -> None:
+    system = render_system
+    job = await system.create_job(frame_range={"start": 1, "end": 40})
+    await system.wait(job["job_id"], lambda j: j["status"] == "rendering")
+    r = await system.api.post(f"/v1/jobs/{job['job_id']}/cancel", json={}, headers=system.headers)
+    assert r.status_code in (200, 202), r.text
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "cancelled", done
+    assert await system.farm_jobs_of(job["job_id"]) == []  # deleted from the farm
+    frames_then = done["frames_done"]
+    await asyncio.sleep(1.5)
+    later = await system.job(job["job_id"])
+    assert later["status"] == "cancelled" and later["frames_done"] == frames_then
+    assert frames_then < 40
+
+
+async def test_killing_the_bridge_mid_render_loses_and_repeats_nothing(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    job = await system.create_job(frame_range={"start": 1, "end": 12})
+    await system.wait(job["job_id"], rendering)
+    bridge = system.procs["deadline_bridge"]
+    bridge.stop(signal.SIGKILL)
+    await asyncio.sleep(1.0)  # the farm renders on meanwhile
+    bridge.start()
+    await bridge.ready()
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed", done
+    assert done["frames_done"] == 12
+    await assert_every_frame_once(system, done)
+
+
+async def test_killing_the_scheduler_mid_render_loses_and_repeats_nothing(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    job = await system.create_job(frame_range={"start": 1, "end": 12})
+    await system.wait(job["job_id"], rendering)
+    scheduler = system.procs["scheduler"]
+    scheduler.stop(signal.SIGKILL)
+    await asyncio.sleep(1.0)
+    scheduler.start()
+    await scheduler.ready()
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed", done
+    assert done["frames_done"] == 12
+    await assert_every_frame_once(system, done)
