@@ -46,7 +46,15 @@ class StepView(_View):
 
 
 class EtaView(_View):
-    eta_seconds: int | None = Field(description="Seconds until the job is expected to finish.")
+    """Measured while rendering: the farm tasks left, at the mean render time of the tasks
+    finished so far, shared by as many workers as have finished tasks of the job."""
+
+    eta_seconds: int | None = Field(
+        description=(
+            "Expected seconds of rendering left, counted from the end of the latest finished"
+            " farm task (eta_at is that time plus these seconds); null when there is no ETA."
+        )
+    )
     eta_at: datetime | None = Field(description="UTC time the job is expected to finish.")
     reason: EtaUnknownReason | None = Field(
         description="Why there is no ETA; null when eta_seconds is set."

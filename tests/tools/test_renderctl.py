@@ -13,16 +13,17 @@ from libs.config import BaseServiceSettings
 from libs.runtime import ServiceRuntime
 from tests.conftest import Env
 from tests.fixtures import admin_session, job_spec
+from tests.job.scheduler import Scheduler
 from tools import renderctl
 
-READ_MODELS = ("job.jobs", "identity.users", "identity.api_keys")
+READ_MODELS = ("job.jobs", "job.frames", "identity.users", "identity.api_keys")
 
 
 async def snapshot(dsn: str) -> dict[str, list[dict[str, object]]]:
     conn = await asyncpg.connect(dsn)
     try:
         return {
-            table: [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY 1")]
+            table: [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")]
             for table in READ_MODELS
         }
     finally:
@@ -30,8 +31,11 @@ async def snapshot(dsn: str) -> dict[str, list[dict[str, object]]]:
 
 
 @pytest.fixture
-async def history(api: httpx.AsyncClient, identity_service: ServiceRuntime) -> None:
-    """Some real history: users, approvals, keys, jobs created, changed and cancelled."""
+async def history(
+    api: httpx.AsyncClient, identity_service: ServiceRuntime, job_service: ServiceRuntime
+) -> None:
+    """Some real history: users, approvals, keys, jobs created, changed, rendered (frames
+    included) and cancelled."""
     admin = await admin_session(api, identity_service)
     for n in range(3):
         email = f"artist{n}@studio.test"
@@ -57,6 +61,12 @@ async def history(api: httpx.AsyncClient, identity_service: ServiceRuntime) -> N
             job = (await api.post("/v1/jobs", json=job_spec(name=f"shot {j}"), headers=me)).json()
             if j == 1:
                 await api.patch(f"/v1/jobs/{job['job_id']}", json={"priority": "high"}, headers=me)
+            if j == 1 and n == 0:
+                await Scheduler(job_service).render_all(job["job_id"], list(range(1, 25)), 4)
+            if j == 0 and n == 1:
+                scheduler = Scheduler(job_service)
+                await scheduler.queue(job["job_id"])
+                await scheduler.send(scheduler.task(job["job_id"], 2, [9, 10, 11, 12]))
             if j == 2:
                 await api.post(f"/v1/jobs/{job['job_id']}/cancel", headers=me)
 
@@ -75,6 +85,7 @@ async def test_rebuilding_every_projection_reproduces_the_live_read_models(
 ) -> None:
     live = await snapshot(cli_env["RF_DATABASE_URL"])
     assert len(live["job.jobs"]) == 9 and len(live["identity.users"]) == 4
+    assert len(live["job.frames"]) == 28
     assert await renderctl.run(["rebuild"], settings(cli_env)) == 0
     assert await snapshot(cli_env["RF_DATABASE_URL"]) == live
 
