@@ -1,0 +1,236 @@
+"""Render plugins: ``CommandLine`` and ``Blender`` (real Blender or the built-in renderer)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from deploy.farm import renderer
+from deploy.farm.store import as_bool
+
+#: How much of a failing process's output goes into the error report's Title.
+STDERR_TAIL_CHARS = 2000
+
+
+class RenderError(Exception):
+    """The task failed; the message becomes the error report's Title."""
+
+
+class Cancelled(Exception):
+    """The task was taken from the worker (requeued, suspended, deleted) or the worker stops."""
+
+
+@dataclass
+class RenderContext:
+    """What a plugin run may use: cancellation, a time limit, settings and a log."""
+
+    cancel: threading.Event
+    deadline: float | None
+    outputs_root: Path
+    frame_seconds: float
+    blender: str | None
+    log_lines: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raise if the task was cancelled or ran out of time."""
+        if self.cancel.is_set():
+            raise Cancelled
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RenderError("Error: Task timeout exceeded; the task was stopped.")
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` while staying responsive to cancellation and the time limit."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.check()
+            self.cancel.wait(min(left, 0.05))
+        self.check()
+
+    def log(self, line: str) -> None:
+        """Add a line to the task's log report."""
+        self.log_lines.append(line)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to render."""
+
+    plugin: str
+    job_name: str
+    frames: list[int]
+    job_info: dict[str, str]
+    plugin_info: dict[str, str]
+    env: dict[str, str]
+    aux: list[str]
+
+
+def resolve(path: str, root: Path) -> Path:
+    """A path from the job: absolute paths as given, relative ones under ``root``."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else root / candidate
+
+
+def _run_process(
+    args: list[str] | str, cwd: Path | None, spec: TaskSpec, ctx: RenderContext
+) -> None:
+    """Run a process to the end; kill it on cancel/timeout; non-zero exit → RenderError."""
+    ctx.log(f"Running: {args if isinstance(args, str) else shlex.join(args)}")
+    env = {**os.environ, **spec.env}
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            shell=isinstance(args, str),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise RenderError(f"Error: could not start the process: {exc}") from exc
+    outputs: dict[str, str] = {}
+
+    def pump(name: str, stream: IO[str] | None) -> None:
+        outputs[name] = stream.read() if stream is not None else ""
+
+    readers = [
+        threading.Thread(target=pump, args=("out", proc.stdout), daemon=True),
+        threading.Thread(target=pump, args=("err", proc.stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        while proc.poll() is None:
+            ctx.check()
+            ctx.cancel.wait(0.02)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    for reader in readers:
+        reader.join(timeout=5)
+    out, err = outputs.get("out", ""), outputs.get("err", "")
+    if out:
+        ctx.log(out.rstrip())
+    if err:
+        ctx.log(err.rstrip())
+    if proc.returncode != 0:
+        tail = (err.strip() or out.strip())[-STDERR_TAIL_CHARS:]
+        raise RenderError(
+            f"Error: Executable returned non-zero exit code {proc.returncode}."
+            + (f"\n{tail}" if tail else "")
+        )
+
+
+_FRAME_TOKEN = re.compile(r"<(STARTFRAME|ENDFRAME)(?:%(\d+))?>")
+
+
+def expand_arguments(arguments: str, start: int, end: int, aux: list[str]) -> str:
+    """Expand ``<STARTFRAME>``, ``<ENDFRAME%4>``, ``<QUOTE>`` and ``<AUXFILEn>`` tokens."""
+
+    def frame(match: re.Match[str]) -> str:
+        value = start if match.group(1) == "STARTFRAME" else end
+        return f"{value:0{int(match.group(2))}d}" if match.group(2) else str(value)
+
+    text = _FRAME_TOKEN.sub(frame, arguments)
+
+    def aux_file(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return aux[index] if index < len(aux) else match.group(0)
+
+    text = re.sub(r"<AUXFILE(\d+)>", aux_file, text)
+    return text.replace("<QUOTE>", '"')
+
+
+def command_line(spec: TaskSpec, ctx: RenderContext) -> None:
+    """The ``CommandLine`` plugin: run ``Executable Arguments`` once per task (or per frame)."""
+    info = spec.plugin_info
+    executable = info.get("Executable", "").strip()
+    if not executable:
+        raise RenderError("Error: CommandLine job has no Executable in its PluginInfo.")
+    cwd_text = info.get("StartupDirectory", "").strip()
+    cwd = Path(cwd_text) if cwd_text else None
+    shell = as_bool(info.get("ShellExecute"))
+    runs = (
+        [(f, f) for f in spec.frames]
+        if as_bool(info.get("SingleFramesOnly"))
+        else [(spec.frames[0], spec.frames[-1])]
+    )
+    for start, end in runs:
+        arguments = expand_arguments(info.get("Arguments", ""), start, end, spec.aux)
+        if shell:
+            _run_process(f"{shlex.quote(executable)} {arguments}", cwd, spec, ctx)
+        else:
+            _run_process([executable, *shlex.split(arguments)], cwd, spec, ctx)
+
+
+def output_pattern(spec: TaskSpec, root: Path) -> str:
+    """Where frames go: PluginInfo ``OutputFile``, else ``OutputDirectory0``/``OutputFilename0``."""
+    output_file = spec.plugin_info.get("OutputFile", "").strip()
+    if output_file:
+        return str(resolve(output_file, root))
+    directory = spec.job_info.get("OutputDirectory0", "").strip()
+    name = spec.job_info.get("OutputFilename0", "").strip()
+    if not directory or not name:
+        raise RenderError(
+            "Error: no output path: set PluginInfo OutputFile or JobInfo OutputDirectory0 and"
+            " OutputFilename0."
+        )
+    return str(resolve(directory, root) / name)
+
+
+def blender(spec: TaskSpec, ctx: RenderContext) -> None:
+    """The ``Blender`` plugin: ``blender -b`` when available, else the built-in renderer."""
+    scene = spec.plugin_info.get("SceneFile", "").strip()
+    if not scene:
+        raise RenderError("Error: Blender job has no SceneFile in its PluginInfo.")
+    pattern = output_pattern(spec, ctx.outputs_root)
+    if ctx.blender is not None:
+        args = [ctx.blender, "-b", str(resolve(scene, ctx.outputs_root)), "-o", pattern]
+        threads = spec.plugin_info.get("Threads", "").strip()
+        if threads:
+            args += ["-t", threads]
+        args += ["-f", ",".join(str(f) for f in spec.frames)]
+        _run_process(args, None, spec, ctx)
+        return
+    for frame in spec.frames:
+        ctx.sleep(ctx.frame_seconds)
+        path = renderer.write_frame(Path(scene).stem, frame, pattern)
+        ctx.log(f"Rendered frame {frame} to {path}")
+
+
+#: Plugins the farm knows, by the JobInfo ``Plugin`` name.
+PLUGINS: dict[str, Callable[[TaskSpec, RenderContext], None]] = {
+    "CommandLine": command_line,
+    "Blender": blender,
+}
+
+
+def find_blender(setting: str) -> str | None:
+    """The Blender executable for ``--blender``: ``auto`` (PATH), ``builtin`` (none) or a path."""
+    if setting == "builtin":
+        return None
+    if setting == "auto":
+        return shutil.which("blender")
+    return setting
+
+
+def run_plugin(spec: TaskSpec, ctx: RenderContext) -> None:
+    """Render a task with its job's plugin; unknown plugins fail like a missing Deadline plugin."""
+    plugin = PLUGINS.get(spec.plugin)
+    if plugin is None:
+        raise RenderError(
+            f"Error: Plugin '{spec.plugin}' is not installed on this farm"
+            f" (known: {', '.join(sorted(PLUGINS))})."
+        )
+    plugin(spec, ctx)

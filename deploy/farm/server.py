@@ -1,0 +1,549 @@
+"""The farm's web service: Deadline 10's REST subset plus the ``/_farm/`` control endpoints.
+
+The service also supervises the worker processes: it starts ``--workers`` of them, restarts any
+that die, changes their number on ``PUT /_farm/workers`` and marks silent ones Stalled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from deploy.farm import VERSION
+from deploy.farm.store import (
+    JOB_COMMANDS,
+    JOB_STATES,
+    REPORT_DATA,
+    REPORT_ERROR,
+    REPORT_LOG,
+    REPORT_REQUEUE,
+    TASK_COMMANDS,
+    WORKER_IDLE,
+    FarmError,
+    Store,
+)
+
+log = logging.getLogger("deploy.farm")
+
+#: Upper bound for ``PUT /_farm/workers``.
+MAX_WORKERS = 64
+#: Seconds a stopping worker gets before it is killed.
+WORKER_STOP_SECONDS = 10.0
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    """Settings of the web service and of the workers it starts."""
+
+    data_dir: Path
+    outputs_root: Path
+    workers: int = 2
+    frame_seconds: float = 0.05
+    blender: str = "auto"
+    poll_interval: float = 0.05
+    stall_seconds: float = 10.0
+    task_error_limit: int = 5
+    job_error_limit: int = 100
+    user: str | None = None
+    password: str | None = None
+    worker_prefix: str = "farm-w"
+
+
+class Supervisor:
+    """Starts, restarts and stops worker processes, and detects stalled workers."""
+
+    def __init__(self, config: FarmConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._housekeeping, name="farm-house", daemon=True)
+
+    def start(self) -> None:
+        """Start the configured number of workers and the housekeeping thread."""
+        self.set_count(self.config.workers)
+        self._thread.start()
+
+    def _spawn(self, name: str) -> None:
+        logs = self.config.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "deploy.farm",
+            "worker",
+            "--data-dir",
+            str(self.config.data_dir),
+            "--name",
+            name,
+            "--outputs-root",
+            str(self.config.outputs_root),
+            "--frame-seconds",
+            str(self.config.frame_seconds),
+            "--blender",
+            self.config.blender,
+            "--poll-interval",
+            str(self.config.poll_interval),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        with (logs / f"{name}.log").open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+
+    def set_count(self, count: int) -> None:
+        """Run exactly ``count`` workers: start new ones or stop (idle ones first) the rest."""
+        with self._lock:
+            index = 1
+            while len(self.procs) < count:
+                name = f"{self.config.worker_prefix}{index:02d}"
+                if name not in self.procs:
+                    self._spawn(name)
+                index += 1
+            if len(self.procs) > count:
+                idle = {w["Name"] for w in self.store.workers() if w["Stat"] == WORKER_IDLE}
+                order = sorted(self.procs, key=lambda n: (n in idle, n), reverse=True)
+                self._stop_workers(order[: len(self.procs) - count])
+
+    def _stop_workers(self, names: list[str]) -> None:
+        procs = [(name, self.procs.pop(name)) for name in names]
+        for _, proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs:
+            try:
+                proc.wait(WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                self.store.worker_offline(name)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``/_farm/workers`` answer: wanted count and each worker's process and Stat."""
+        with self._lock:
+            pids = {name: proc.pid for name, proc in self.procs.items()}
+        stats = {w["Name"]: w["Stat"] for w in self.store.workers(list(pids) or None)}
+        return {
+            "count": len(pids),
+            "workers": [
+                {"name": name, "pid": pid, "Stat": stats.get(name, 0)}
+                for name, pid in sorted(pids.items())
+            ],
+        }
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                for name in self.store.mark_stalled(self.config.stall_seconds):
+                    log.warning("worker %s stalled; its tasks were requeued", name)
+                with self._lock:
+                    for name, proc in list(self.procs.items()):
+                        if proc.poll() is not None:
+                            log.warning("worker %s exited (%s); restarting", name, proc.returncode)
+                            self._spawn(name)
+            except Exception:
+                log.exception("farm housekeeping failed")
+
+    def shutdown(self) -> None:
+        """Stop housekeeping and every worker (their tasks are requeued)."""
+        self._stop.set()
+        with self._lock:
+            self._stop_workers(list(self.procs))
+
+
+# -- HTTP helpers ------------------------------------------------------------------------
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _text(body: str, status: int = 200) -> PlainTextResponse:
+    return PlainTextResponse(body, status_code=status)
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").strip().lower() == "true"
+
+
+def _list_param(request: Request, name: str) -> list[str] | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _required(request: Request, name: str) -> str:
+    value = request.query_params.get(name, "").strip()
+    if not value:
+        raise FarmError(f"Error: the {name} parameter is required.", 400)
+    return value
+
+
+def _int_param(request: Request, name: str) -> int:
+    value = _required(request, name)
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise FarmError(f"Error: {name} must be an integer, got {value!r}.", 400) from exc
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise FarmError("Error: the request has no body.", 400)
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise FarmError(f"Error: the body is not valid JSON: {exc}", 400) from exc
+    if not isinstance(body, dict):
+        raise FarmError("Error: the body must be a JSON object.", 400)
+    return body
+
+
+def _command(body: dict[str, Any], known: frozenset[str]) -> tuple[str, str]:
+    command = body.get("Command")
+    if not isinstance(command, str) or not command.strip():
+        raise FarmError("Error: the body must contain a Command.", 400)
+    job_id = body.get("JobID")
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise FarmError("Error: the body must contain a JobID.", 400)
+    name = command.strip().lower()
+    if name not in known:
+        raise FarmError(f"Error: {command!r} is not a valid command.", 500)
+    return name, job_id.strip()
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+class FarmApp:
+    """The request handlers over one store and one supervisor."""
+
+    def __init__(self, config: FarmConfig) -> None:
+        self.config = config
+        self.store = Store(config.data_dir / "farm.db")
+        self.supervisor = Supervisor(config, self.store)
+
+    # -- auth and dispatch ---------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        if self.config.user is None or self.config.password is None:
+            return True
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return secrets.compare_digest(user, self.config.user) and secrets.compare_digest(
+            password, self.config.password
+        )
+
+    def resource(self, **handlers: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """One URL: auth, method dispatch (501 for others) and FarmError → text reply."""
+
+        async def endpoint(request: Request) -> Response:
+            if not self._authorized(request):
+                return PlainTextResponse(
+                    "Error: authentication required.",
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="Deadline Web Service"'},
+                )
+            handler = handlers.get(request.method.lower())
+            if handler is None:
+                return _text(f"Error: {request.method} is not supported by this resource.", 501)
+            try:
+                return await handler(request)
+            except FarmError as exc:
+                return _text(str(exc), exc.status)
+
+        return endpoint
+
+    # -- /api/jobs -----------------------------------------------------------------------
+
+    async def get_jobs(self, request: Request) -> Response:
+        """``GET /api/jobs``: all jobs, by ``JobID`` or ``States``, or ids only."""
+        if _flag(request, "Details") or _flag(request, "Statistics"):
+            raise FarmError("Error: Details and Statistics are not supported by this farm.", 400)
+        states: set[int] | None = None
+        names = _list_param(request, "States")
+        if names is not None:
+            try:
+                states = {JOB_STATES[n.lower()] for n in names}
+            except KeyError as exc:
+                raise FarmError(f"Error: {exc.args[0]!r} is not a valid job state.", 400) from exc
+        ids = _list_param(request, "JobID")
+        jobs = await run_in_threadpool(self.store.jobs, ids, states, _flag(request, "Deleted"))
+        if _flag(request, "IdOnly"):
+            return JSONResponse([j["_id"] for j in jobs])
+        return JSONResponse(jobs)
+
+    async def post_jobs(self, request: Request) -> Response:
+        """``POST /api/jobs``: submit one job or a batch (``{"Jobs": [...]}``)."""
+        body = await _body(request)
+        if "Jobs" in body:
+            entries = body["Jobs"]
+            if not isinstance(entries, list) or not entries:
+                raise FarmError("Error: Jobs must be a non-empty list.", 400)
+            dependent = _is_true(body.get("Dependent"))
+            results: list[dict[str, Any]] = []
+            previous: str | None = None
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    raise FarmError("Error: each entry of Jobs must be an object.", 400)
+                follows = entry.get("DependsOnPrevious", dependent)
+                deps = [previous] if previous is not None and _is_true(follows) else []
+                result = await self._submit(entry, deps, _is_true(body.get("IdOnly")))
+                previous = result["_id"]
+                results.append(result)
+            return JSONResponse(results)
+        return JSONResponse(await self._submit(body, [], False))
+
+    async def _submit(self, entry: dict[str, Any], deps: list[str], id_only: bool) -> Any:
+        job_info = entry.get("JobInfo")
+        plugin_info = entry.get("PluginInfo", {})
+        aux = entry.get("AuxFiles", [])
+        if not isinstance(job_info, dict):
+            raise FarmError("Error: JobInfo must be an object.", 400)
+        if not isinstance(plugin_info, dict):
+            raise FarmError("Error: PluginInfo must be an object.", 400)
+        if not isinstance(aux, list) or not all(isinstance(a, str) for a in aux):
+            raise FarmError("Error: AuxFiles must be a list of paths.", 400)
+        job_id = await run_in_threadpool(
+            lambda: self.store.submit_job(
+                job_info,
+                plugin_info,
+                aux,
+                deps,
+                task_error_limit=self.config.task_error_limit,
+                job_error_limit=self.config.job_error_limit,
+            )
+        )
+        if id_only or _is_true(entry.get("IdOnly")):
+            return {"_id": job_id}
+        return (await run_in_threadpool(self.store.jobs, [job_id]))[0]
+
+    async def put_jobs(self, request: Request) -> Response:
+        """``PUT /api/jobs``: a job command (suspend, resume, requeue, ...)."""
+        command, job_id = _command(await _body(request), JOB_COMMANDS)
+        await run_in_threadpool(self.store.job_command, job_id, command)
+        return _text("Success")
+
+    async def delete_jobs(self, request: Request) -> Response:
+        """``DELETE /api/jobs?JobID=a,b``."""
+        ids = _list_param(request, "JobID")
+        if not ids:
+            raise FarmError("Error: the JobID parameter is required.", 400)
+        await run_in_threadpool(self.store.delete_jobs, ids)
+        return _text("Success")
+
+    # -- /api/tasks ----------------------------------------------------------------------
+
+    async def get_tasks(self, request: Request) -> Response:
+        """``GET /api/tasks?JobID=``: the task collection, one task, or task ids."""
+        job_id = _required(request, "JobID")
+        tasks = await run_in_threadpool(self.store.tasks, job_id)
+        if "TaskID" in request.query_params:
+            task_id = _int_param(request, "TaskID")
+            if not 0 <= task_id < len(tasks):
+                raise FarmError(f"Error: Job {job_id} has no task {task_id}.", 500)
+            return JSONResponse(tasks[task_id])
+        if _flag(request, "IdOnly"):
+            return JSONResponse([t["TaskID"] for t in tasks])
+        return JSONResponse({"ID": job_id, "PreTask": None, "PostTask": None, "Tasks": tasks})
+
+    async def put_tasks(self, request: Request) -> Response:
+        """``PUT /api/tasks``: a task command for ``TaskList`` (or every task)."""
+        body = await _body(request)
+        command, job_id = _command(body, TASK_COMMANDS)
+        raw = body.get("TaskList")
+        task_ids: list[int] | None = None
+        if raw is not None:
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list):
+                raise FarmError("Error: TaskList must be a list of task ids.", 400)
+            try:
+                task_ids = [int(t) for t in items]
+            except (TypeError, ValueError) as exc:
+                raise FarmError("Error: TaskList must be a list of task ids.", 400) from exc
+        await run_in_threadpool(self.store.task_command, job_id, command, task_ids)
+        return _text("Success")
+
+    # -- reports -------------------------------------------------------------------------
+
+    async def get_job_reports(self, request: Request) -> Response:
+        """``GET /api/jobreports?JobID=&Data=all|error|log|requeue``."""
+        job_id = _required(request, "JobID")
+        types = _report_types(request)
+        return JSONResponse(await run_in_threadpool(self.store.reports, job_id, None, types))
+
+    async def get_task_reports(self, request: Request) -> Response:
+        """``GET /api/taskreports?JobID=&TaskID=&Data=...`` (also allcontents/allerrorcontents)."""
+        job_id = _required(request, "JobID")
+        task_id = _int_param(request, "TaskID")
+        data = request.query_params.get("Data", "all").strip().lower()
+        if data in ("allcontents", "allerrorcontents"):
+            types: tuple[int, ...] = (
+                (REPORT_ERROR,)
+                if data == "allerrorcontents"
+                else (REPORT_LOG, REPORT_ERROR, REPORT_REQUEUE)
+            )
+            contents = await run_in_threadpool(self.store.report_contents, job_id, task_id, types)
+            return JSONResponse(contents)
+        types = _report_types(request)
+        return JSONResponse(await run_in_threadpool(self.store.reports, job_id, task_id, types))
+
+    # -- workers -------------------------------------------------------------------------
+
+    async def get_slaves(self, request: Request) -> Response:
+        """``GET /api/slaves``: names, or ``Info`` (and ``Settings``) objects."""
+        if _flag(request, "NamesOnly"):
+            return JSONResponse(await run_in_threadpool(self.store.worker_names))
+        data = request.query_params.get("Data", "infosettings").strip().lower()
+        if data not in ("info", "infosettings"):
+            raise FarmError(f"Error: Data={data!r} is not supported by this farm.", 400)
+        infos = await run_in_threadpool(self.store.workers, _list_param(request, "Name"))
+        if data == "info":
+            return JSONResponse([{"Info": info} for info in infos])
+        return JSONResponse(
+            [
+                {
+                    "Info": info,
+                    "Settings": {
+                        "Name": info["Name"],
+                        "Enable": True,
+                        "Pools": [],
+                        "Grps": [],
+                        "Desc": "local farm worker",
+                    },
+                }
+                for info in infos
+            ]
+        )
+
+    async def get_slaves_rendering_job(self, request: Request) -> Response:
+        """``GET /api/slavesrenderingjob?JobID=``: names of the workers on the job."""
+        job_id = _required(request, "JobID")
+        await run_in_threadpool(self.store.tasks, job_id)
+        return JSONResponse(await run_in_threadpool(self.store.rendering_workers, job_id))
+
+    # -- /_farm extensions ---------------------------------------------------------------
+
+    async def get_farm_workers(self, _request: Request) -> Response:
+        """``GET /_farm/workers``: the worker processes the service runs."""
+        return JSONResponse(await run_in_threadpool(self.supervisor.describe))
+
+    async def put_farm_workers(self, request: Request) -> Response:
+        """``PUT /_farm/workers {"count": N}``: start or stop worker processes."""
+        count = (await _body(request)).get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORKERS:
+            raise FarmError(f"Error: count must be an integer from 0 to {MAX_WORKERS}.", 400)
+        await run_in_threadpool(self.supervisor.set_count, count)
+        return JSONResponse(await run_in_threadpool(self.supervisor.describe))
+
+    async def get_faults(self, _request: Request) -> Response:
+        """``GET /_farm/faults``: the injected failure rules."""
+        return JSONResponse(await run_in_threadpool(self.store.faults))
+
+    async def post_faults(self, request: Request) -> Response:
+        """``POST /_farm/faults``: fail matching frames with a message."""
+        body = await _body(request)
+        match, frames, times = body.get("match"), body.get("frames"), body.get("times")
+        message = body.get("message", "Error: injected render failure")
+        if not isinstance(match, str) or not match:
+            raise FarmError("Error: match must be a non-empty string.", 400)
+        if frames is not None and not (
+            isinstance(frames, list) and all(isinstance(f, int) for f in frames)
+        ):
+            raise FarmError("Error: frames must be a list of integers or null.", 400)
+        if times is not None and (not isinstance(times, int) or times < 1):
+            raise FarmError("Error: times must be a positive integer or null.", 400)
+        if not isinstance(message, str):
+            raise FarmError("Error: message must be a string.", 400)
+        fault_id = await run_in_threadpool(self.store.add_fault, match, frames, times, message)
+        return JSONResponse({"id": fault_id}, status_code=201)
+
+    async def delete_faults(self, _request: Request) -> Response:
+        """``DELETE /_farm/faults``: remove every rule."""
+        await run_in_threadpool(self.store.clear_faults)
+        return _text("Success")
+
+
+def _report_types(request: Request) -> tuple[int, ...]:
+    data = request.query_params.get("Data", "all").strip().lower()
+    if data not in REPORT_DATA:
+        raise FarmError(f"Error: Data={data!r} is not valid here.", 400)
+    return REPORT_DATA[data]
+
+
+async def _ping(_request: Request) -> Response:
+    return _text(f"Deadline Web Service {VERSION} (local farm stand-in)")
+
+
+def create_app(config: FarmConfig) -> Starlette:
+    """The ASGI app; its lifespan starts and stops the workers."""
+    farm = FarmApp(config)
+    r = farm.resource
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(farm.supervisor.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(farm.supervisor.shutdown)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+    routes = [
+        Route("/", _ping, methods=["GET"]),
+        Route(
+            "/api/jobs",
+            r(get=farm.get_jobs, post=farm.post_jobs, put=farm.put_jobs, delete=farm.delete_jobs),
+            methods=methods,
+        ),
+        Route("/api/tasks", r(get=farm.get_tasks, put=farm.put_tasks), methods=methods),
+        Route("/api/jobreports", r(get=farm.get_job_reports), methods=methods),
+        Route("/api/taskreports", r(get=farm.get_task_reports), methods=methods),
+        Route("/api/slaves", r(get=farm.get_slaves), methods=methods),
+        Route("/api/slavesrenderingjob", r(get=farm.get_slaves_rendering_job), methods=methods),
+        Route(
+            "/_farm/workers",
+            r(get=farm.get_farm_workers, put=farm.put_farm_workers),
+            methods=methods,
+        ),
+        Route(
+            "/_farm/faults",
+            r(get=farm.get_faults, post=farm.post_faults, delete=farm.delete_faults),
+            methods=methods,
+        ),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
