@@ -19,7 +19,7 @@ def test_the_exported_json_schemas_are_up_to_date() -> None:
 def test_every_event_name_is_context_dot_past_tense_name() -> None:
     for name, cls in EVENTS.types().items():
         context, _, event = name.partition(".")
-        assert context in {"identity", "job", "gateway"}, name
+        assert context in {"identity", "job", "gateway", "render"}, name
         assert event[0].isupper() and event.endswith(("ed", "Taken", "Freed")), name
         assert cls.schema_version >= 1
 
@@ -27,4 +27,4 @@ def test_every_event_name_is_context_dot_past_tense_name() -> None:
 def test_commands_have_unique_wire_names_in_their_owners_context() -> None:
     for name, cls in COMMANDS.types().items():
         assert cls.command_type == name
-        assert name.split(".")[0] in {"identity", "job"}
+        assert name.split(".")[0] in {"identity", "job", "render"}
