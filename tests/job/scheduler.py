@@ -50,20 +50,17 @@ class Scheduler:
     def __init__(self, rt: ServiceRuntime) -> None:
         self.client = CommandClient(rt.nc, rt.settings, timeout=10)
 
-    async def send(
-        self,
-        cmd: Command,
-        result_type: type[R] = JobAccepted,  # type: ignore[assignment]
-        *,
-        command_id: str | None = None,
-    ) -> R:
+    async def send(self, cmd: Command, *, command_id: str | None = None) -> JobAccepted:
+        return await self.ask(cmd, JobAccepted, command_id=command_id)
+
+    async def ask(self, cmd: Command, result_type: type[R], *, command_id: str | None = None) -> R:
         return await self.client.send(
             cmd, result_type, command_id=command_id or uuid.uuid4().hex, actor=SCHEDULER
         )
 
     async def queue(self, job_id: str, command_id: str | None = None) -> RenderOrder:
         cmd = QueueJob(job_id=job_id, skip_reason="scene processing is not built yet")
-        return await self.send(cmd, RenderOrder, command_id=command_id)
+        return await self.ask(cmd, RenderOrder, command_id=command_id)
 
     async def start(self, job_id: str) -> JobAccepted:
         return await self.send(StartJobRender(job_id=job_id, render_id=render_id(job_id), at=T0))

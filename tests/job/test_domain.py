@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -397,17 +397,15 @@ def test_a_confirmation_for_an_ended_job_changes_nothing() -> None:
 
 
 def ended_jobs() -> list[tuple[str, Job, list[Event]]]:
-    out: list[tuple[str, Job, list[Event]]] = []
-    for name, job, decide in (
+    ended: list[tuple[str, Job, Callable[[Job], list[Event]]]] = [
         ("completed", rendering(), lambda j: j.complete(NOW)),
         ("completed while cancelling", cancelling(), lambda j: j.complete(NOW)),
         ("failed", rendering(), lambda j: j.fail("x", NOW)),
         ("cancel confirmed", cancelling(), lambda j: j.confirm_cancelled(NOW)),
         ("cancelled on the farm", rendering(), lambda j: j.confirm_cancelled(NOW)),
         ("cancelled before the farm", submitted(), lambda j: j.cancel(None, NOW)),
-    ):
-        out.append((name, job, decide(job)))
-    return out
+    ]
+    return [(name, job, decide(job)) for name, job, decide in ended]
 
 
 def test_every_way_a_job_ends_carries_an_event_that_frees_the_owners_slot() -> None:

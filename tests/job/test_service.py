@@ -113,11 +113,11 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
     assert job["progress_percent"] == 100.0 and job["eta"]["reason"] == "finished"
     rows = await frame_rows(job_service, job_id)
     assert [r["frame"] for r in rows] == list(range(1, 25))
-    first = rows[0]
-    assert first["path"] == outputs(job_id, [1])[0].path
-    assert first["sha256"] == outputs(job_id, [1])[0].sha256
-    assert (first["render_id"], first["task_id"], first["worker"]) == (render_id(job_id), 0, "w1")
-    assert first["size_bytes"] == 1_000_001 and first["rendered_at"] == T0 + timedelta(seconds=30)
+    row = rows[0]
+    assert row["path"] == outputs(job_id, [1])[0].path
+    assert row["sha256"] == outputs(job_id, [1])[0].sha256
+    assert (row["render_id"], row["task_id"], row["worker"]) == (render_id(job_id), 0, "w1")
+    assert row["size_bytes"] == 1_000_001 and row["rendered_at"] == T0 + timedelta(seconds=30)
     assert await stream_types(job_service, "owner-usr_a") == [
         "job.JobSlotTaken",
         "job.JobSlotFreed",
