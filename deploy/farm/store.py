@@ -66,8 +66,6 @@ DEFAULT_TASK_ERROR_LIMIT = 5
 #: Job errors after which a job fails when the job does not override it (Deadline's default).
 DEFAULT_JOB_ERROR_LIMIT = 100
 
-_INCOMPLETE = (TASK_QUEUED, TASK_SUSPENDED, TASK_RENDERING, TASK_PENDING, TASK_FAILED)
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -377,11 +375,6 @@ class Store:
         if states is not None:
             jobs = [j for j in jobs if j["Stat"] in states]
         return jobs
-
-    def job_ids(self) -> list[str]:
-        """Ids of the live jobs, in submission order."""
-        rows = self._conn().execute("SELECT id FROM jobs WHERE deleted=? ORDER BY seq", (LIVE,))
-        return [r["id"] for r in rows]
 
     @staticmethod
     def _task_counts(conn: sqlite3.Connection, ids: list[str] | None) -> dict[str, dict[int, int]]:

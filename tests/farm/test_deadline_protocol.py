@@ -7,6 +7,7 @@ separate processes sharing its SQLite database.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import signal
@@ -654,3 +655,34 @@ def test_basic_auth_when_configured(make_farm: Callable[..., Farm]) -> None:
     ok = farm.client.get("/api/jobs", headers={"Authorization": f"Basic {token}"})
     assert (ok.status_code, ok.json()) == (200, [])
     assert httpx.get(f"{farm.url}/api/slaves", auth=("svc-render", "s3cret")).status_code == 200
+
+
+def test_machine_limit_keeps_a_job_on_one_worker_at_a_time(farm: Farm, tmp_path: Path) -> None:
+    job_id = submit(farm, blender_job("one-at-a-time", "1-6", tmp_path, MachineLimit=1))
+    wait_stat(farm, job_id, 3)
+    spans = sorted((t["StartRen"], t["Comp"]) for t in get_tasks(farm, job_id))
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans))
+    assert get_job(farm, job_id)["Props"]["MachLmt"] == 1
+
+
+def test_task_timeout_stops_the_process_and_counts_an_error(farm: Farm) -> None:
+    job_id = submit(
+        farm,
+        {
+            "JobInfo": {
+                "Plugin": "CommandLine",
+                "Name": "too-slow",
+                "TaskTimeoutSeconds": 1,
+                "OverrideTaskFailureDetection": True,
+                "FailureDetectionTaskErrors": 1,
+            },
+            "PluginInfo": {
+                "Executable": sys.executable,
+                "Arguments": "-c <QUOTE>import time; time.sleep(60)<QUOTE>",
+            },
+            "IdOnly": True,
+        },
+    )
+    wait_stat(farm, job_id, 4, timeout=10)
+    [error] = reports(farm, job_id, "error")
+    assert "timeout" in error["Title"].lower()
