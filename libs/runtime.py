@@ -119,6 +119,7 @@ class ServiceRuntime:
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
+        task.add_done_callback(_report_end)
         self._tasks.append(task)
 
     async def serve(self) -> None:
@@ -128,6 +129,7 @@ class ServiceRuntime:
         got_signal = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, got_signal.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await got_signal.wait()
         await self.stop()
 
@@ -201,6 +203,24 @@ class ServiceRuntime:
             pass
         finally:
             writer.close()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """A background task must not end while the service runs: say why it did."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.error("task_failed", task=task.get_name(), exc_info=error)
+
+
+def dump_tasks() -> None:
+    """Log where every task of the process waits (``kill -USR1 <pid>``), for a stuck service."""
+    for task in asyncio.all_tasks():
+        frames = [
+            f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
+        ]
+        log.warning("task_stack", task=task.get_name(), stack=frames)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

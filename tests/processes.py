@@ -34,7 +34,7 @@ class Process:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, "PYTHONUNBUFFERED": "1"},
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )

@@ -21,9 +21,11 @@ import asyncpg
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError as JetStreamAPIError
 from opentelemetry import context as otel_context
 
 from contracts.base import EVENTS, Event, EventRegistry, JsonDict
@@ -153,8 +155,14 @@ class DurableConsumer:
         try:
             while not stopping.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=1, heartbeat=0.25)
+                    # No idle heartbeat: nats-py asks for the rest of a batch with the time
+                    # left, and the server refuses a heartbeat above half of that (400).
+                    msgs = await sub.fetch(self.batch, timeout=1)
                 except NatsTimeout:
+                    continue
+                except (NatsError, JetStreamAPIError) as e:  # a hiccup must not end the consumer
+                    log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(e))
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     await self._deliver(msg)

@@ -61,7 +61,22 @@ class RenderSystem:
             if until(job):
                 return job
             await asyncio.sleep(0.1)
-        raise AssertionError(f"job never got there; last seen: {job}")
+        raise AssertionError(
+            f"job never got there; last seen: {job}\nrender events: {await self.history(job_id)}"
+        )
+
+    async def history(self, job_id: str) -> list[str]:
+        """Every bridge and job event type of the job, in order (for failure messages)."""
+        conn = await asyncpg.connect(self.env["RF_DATABASE_URL"])
+        try:
+            rows = await conn.fetch(
+                "SELECT type FROM bridge.events WHERE data->>'job_id' = $1"
+                " ORDER BY global_position",
+                job_id,
+            )
+        finally:
+            await conn.close()
+        return [r["type"] for r in rows]
 
     async def finished(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
         return await self.wait(
