@@ -36,9 +36,15 @@ SECRETS_FILE = RUN_DIR / "secrets.env"
 STACK_ENV_FILE = RUN_DIR / "stack.env"
 
 #: Services started by ``up``, in order; service i gets ``RF_HEALTH_PORT`` 8701 + i.
-SERVICES = ["identity", "job", "gateway"]
+SERVICES = ["identity", "job", "scheduler", "deadline_bridge", "gateway"]
 
 GATEWAY_PORT = 8700
+#: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders.
+FARM_PORT = 18081
+FARM_WORKERS = 2
+FARM_DIR = RUN_DIR / "farm"
+SCENES_DIR = RUN_DIR / "scenes"
+RENDERS_DIR = RUN_DIR / "renders"
 HEALTH_PORT_BASE = 8701
 DATABASE_NAME = "renderfarm"
 READY_TIMEOUT = 30.0
@@ -178,7 +184,7 @@ def _ready_url(port: int) -> str:
 
 def _running_service_names() -> list[str]:
     """Services with a pidfile: those listed first (in order), then any others."""
-    server_names = {s.name for s in SERVERS}
+    server_names = {s.name for s in SERVERS} | {"farm"}
     found = sorted(p.stem for p in PID_DIR.glob("*.pid") if p.stem not in server_names)
     return [n for n in SERVICES if n in found] + [n for n in found if n not in SERVICES]
 
@@ -285,6 +291,53 @@ def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerH
     )
 
 
+def _farm_url() -> str:
+    return os.environ.get("RF_FARM_URL") or f"http://127.0.0.1:{FARM_PORT}"
+
+
+def _start_farm() -> servers.ServerHandle | None:
+    """The local farm, unless ``RF_FARM_URL`` points the bridge at another (a real one)."""
+    if os.environ.get("RF_FARM_URL"):
+        print("farm: using RF_FARM_URL")
+        return None
+    pidfile = PID_DIR / "farm.pid"
+    url = f"http://127.0.0.1:{FARM_PORT}/"
+    handle = servers.attach("farm", pidfile, url, "deploy.farm")
+    if handle is not None:
+        print(f"farm: already running (pid {handle.pid})")
+        return handle
+    if servers.port_in_use(FARM_PORT):
+        raise StackError(f"farm: port {FARM_PORT} is in use; set RF_FARM_URL to use that farm")
+    for d in (FARM_DIR, SCENES_DIR, RENDERS_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    log_file = LOG_DIR / "farm.log"
+    workers = os.environ.get("RF_FARM_WORKERS", str(FARM_WORKERS))
+    args = ["serve", "--port", str(FARM_PORT), "--data-dir", str(FARM_DIR)]
+    args += ["--workers", workers, "--outputs-root", str(RENDERS_DIR)]
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.farm", *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    print(f"farm: started (pid {proc.pid}, {workers} workers), {url}")
+    return servers.ServerHandle(
+        "farm",
+        proc.pid,
+        url,
+        marker="deploy.farm",
+        proc=proc,
+        detached=True,
+        log_file=log_file,
+        pidfile=pidfile,
+    )
+
+
 def _wait_ready(handles: list[servers.ServerHandle]) -> None:
     timeout = float(os.environ.get("RF_STACK_READY_TIMEOUT", READY_TIMEOUT))
     deadline = time.monotonic() + timeout
@@ -322,15 +375,20 @@ def up() -> None:
         REDIS.env_var: _server_url(REDIS),
     }
     env.update(ensure_secrets())
+    env.setdefault("RF_FARM_URL", _farm_url())
+    for key, folder in (("RF_SCENES_ROOT", SCENES_DIR), ("RF_FARM_OUTPUTS_ROOT", RENDERS_DIR)):
+        env[key] = os.environ.get(key) or str(folder)
     write_env_file(STACK_ENV_FILE, env)
+    farm = _start_farm()
     names = service_names()
     handles = [_start_service(n, health_port(n, names), env) for n in names]
-    _wait_ready(handles)
+    _wait_ready(([farm] if farm else []) + handles)
     print()
     print("Stack is up.")
     if "gateway" in names:
         print(f"  Gateway API: http://127.0.0.1:{GATEWAY_PORT}/v1")
         print(f"  API docs:    http://127.0.0.1:{GATEWAY_PORT}/docs")
+    print(f"  Farm:        {env['RF_FARM_URL']} (Deadline Web Service API)")
     print(f"  Logs:        {LOG_DIR}/<name>.log")
     print(f"  Environment: {STACK_ENV_FILE}")
     print("  Stop with `make down`.")
@@ -352,6 +410,11 @@ def down() -> None:
             continue
         print(f"{name}: stopping (pid {handle.pid})")
         handle.stop(timeout=SERVICE_STOP_TIMEOUT)
+    farm = servers.attach("farm", PID_DIR / "farm.pid", "", "deploy.farm")
+    if farm is not None:
+        print(f"farm: stopping (pid {farm.pid})")
+        farm.stop(timeout=SERVICE_STOP_TIMEOUT)
+    (PID_DIR / "farm.pid").unlink(missing_ok=True)
     for server in reversed(SERVERS):
         server_handle = server.attach()
         if server_handle is None:
@@ -376,6 +439,14 @@ def status() -> None:
         else:
             state = "external" if reachable(url) else "external, unreachable"
             rows.append((server.name, state, "-", url))
+    farm = servers.attach("farm", PID_DIR / "farm.pid", "", "deploy.farm")
+    farm_url = stack_env.get("RF_FARM_URL", f"http://127.0.0.1:{FARM_PORT}")
+    if farm is not None:
+        rows.append(("farm", "running", str(farm.pid), farm_url))
+    else:
+        rows.append(
+            ("farm", "stopped" if farm_url.endswith(f":{FARM_PORT}") else "external", "-", farm_url)
+        )
     names = service_names()
     for name in names + [n for n in _running_service_names() if n not in names]:
         port = health_port(name, names) if name in names else 0
