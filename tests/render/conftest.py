@@ -126,6 +126,8 @@ def farm_process(tmp_path: Path) -> Iterator[Process]:
             str(outputs),
             "--frame-seconds",
             "0.3",
+            "--blender",
+            "builtin",
         ),
     )
     farm.port = port  # type: ignore[attr-defined]
