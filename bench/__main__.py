@@ -1,0 +1,234 @@
+"""``python -m bench``: performance figures of the render-farm backend, see :mod:`bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench.api_bench import (
+    ApiOptions,
+    GatewayGet,
+    Stack,
+    measure_bare_get,
+    measure_gateway_get,
+    run_post_benchmark,
+)
+from bench.cpu import background_load
+from bench.infra import REPO_ROOT, Infra, Servers
+from bench.rebuild import RebuildOptions, run_rebuild
+from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
+from bench.report import Figure, table, write_json
+from bench.store_bench import StoreOptions, run_appends, run_relay_lag
+
+SECTIONS = {
+    "1": "GET /v1/jobs/{id}: gateway vs bare FastAPI",
+    "2": "POST /v1/jobs end to end, read-your-writes",
+    "3": "event store appends vs plain INSERT",
+    "4": "relay lag (append -> JetStream -> subscriber)",
+    "5": "projection rebuild from zero",
+    "6": "render path overhead: POST -> farm job, last task -> job completed",
+    "7": "deadline-bridge polling cost with 1,000 active farm jobs",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--only", default="1,2,3,4,5,6,7", help="sections to run, e.g. 1,3")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
+    p.add_argument("--get-duration", type=float, default=8.0)
+    p.add_argument("--get-warmup", type=float, default=2.0)
+    p.add_argument("--get-connections", type=int, default=50)
+    p.add_argument("--post-duration", type=float, default=10.0)
+    p.add_argument("--post-clients", type=int, default=32)
+    p.add_argument("--post-users", type=int, default=2000)
+    p.add_argument("--append-seconds", type=float, default=4.0)
+    p.add_argument("--relay-seconds", type=float, default=5.0)
+    p.add_argument("--relay-rate", type=float, default=2000.0)
+    p.add_argument("--rebuild-events", type=int, default=1_000_000)
+    p.add_argument("--rebuild-cohort", type=int, default=100)
+    p.add_argument(
+        "--rebuild-batch-sizes", default="1000,5000", help="comma-separated projector batch sizes"
+    )
+    p.add_argument(
+        "--rebuild-max-seconds",
+        type=float,
+        default=90.0,
+        help="time bound of each catch-up (0: none); a partial run reports what it did",
+    )
+    p.add_argument("--render-jobs", type=int, default=10)
+    p.add_argument("--poll-jobs", type=int, default=1000)
+    p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
+    return p.parse_args(argv)
+
+
+def _failed(section: str, error: BaseException) -> Figure:
+    return Figure(
+        section, "FAILED", float("nan"), "", target=0.0, note=f"{type(error).__name__}: {error}"
+    )
+
+
+async def run_api(
+    infra: Infra, servers: Servers, api: ApiOptions, only: set[str], figures: list[Figure]
+) -> None:
+    """Gateway GET, then POST, on one stack; then the bare baseline with the stack stopped."""
+    stack = Stack(infra, servers)
+    print("\n   starting the job service and the gateway ...", flush=True)
+    gw: GatewayGet | None = None
+    t0 = time.perf_counter()
+    try:
+        await stack.start()
+        print(f"   ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        if "1" in only:
+            print(f"\n== 1. {SECTIONS['1']}", flush=True)
+            try:
+                gw = await measure_gateway_get(stack, api)
+            except Exception as e:
+                traceback.print_exc()
+                figures.append(_failed("1", e))
+        if "2" in only:
+            print(f"\n== 2. {SECTIONS['2']}", flush=True)
+            try:
+                post = await run_post_benchmark(stack, api)
+            except Exception as e:
+                traceback.print_exc()
+                post = [_failed("2", e)]
+        else:
+            post = []
+    except Exception as e:
+        traceback.print_exc()
+        figures.append(_failed("1/2", e))
+        return
+    finally:
+        stack.stop()
+    if gw is not None:
+        print("\n== 1. (baseline) bare FastAPI, gateway and job service stopped", flush=True)
+        try:
+            figures.extend(await measure_bare_get(infra, gw, api, infra.root))
+        except Exception as e:
+            traceback.print_exc()
+            figures.append(_failed("1", e))
+    figures.extend(post)
+
+
+async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    servers = infra.servers
+    assert servers is not None
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    api = ApiOptions(
+        get_connections=args.get_connections,
+        get_warmup=args.get_warmup,
+        get_duration=args.get_duration,
+        post_clients=args.post_clients,
+        post_duration=args.post_duration,
+        post_users=args.post_users,
+    )
+    store = StoreOptions(
+        append_seconds=args.append_seconds,
+        relay_seconds=args.relay_seconds,
+        relay_rate=args.relay_rate,
+    )
+    rebuild = RebuildOptions(
+        events=args.rebuild_events,
+        cohort=args.rebuild_cohort,
+        batch_sizes=[int(x) for x in args.rebuild_batch_sizes.split(",") if x.strip()],
+        max_seconds=args.rebuild_max_seconds,
+    )
+
+    async def section(key: str, fn: Callable[[], Awaitable[list[Figure]]]) -> None:
+        if key not in only:
+            return
+        print(f"\n== {key}. {SECTIONS[key]}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            figures.extend(await fn())
+        except Exception as e:
+            traceback.print_exc()
+            figures.append(_failed(f"{key}", e))
+        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    try:
+        if only & {"1", "2"}:
+            await run_api(infra, servers, api, only, figures)
+        await section("3", lambda: run_appends(infra, store))
+        await section("4", lambda: run_relay_lag(infra, servers, store))
+        await section("5", lambda: run_rebuild(infra, rebuild))
+        render = RenderOptions(jobs=args.render_jobs, poll_jobs=args.poll_jobs)
+        await section("6", lambda: run_render_overhead(infra, servers, render))
+        await section("7", lambda: run_poll_cost(infra, servers, render))
+    finally:
+        await infra.drop_databases()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="rf-bench-"))
+    infra = Infra(root)
+    figures: list[Figure] = []
+    code = 0
+    background = 0.0
+    try:
+        background = background_load()
+        print(
+            f"bench: other processes are using {background * 100:.0f}% of a core before the start"
+            + (
+                "  (shared machine: figures may be lower than on an idle one)"
+                if background > 0.1
+                else ""
+            ),
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        servers = infra.start_servers()
+        own = ", ".join(servers.own) or "none (RF_TEST_*_URL)"
+        print(
+            f"bench: {os.cpu_count()} CPUs, Python {platform.python_version()};"
+            f" servers started here: {own} ({time.perf_counter() - t0:.1f} s); dir {root}",
+            flush=True,
+        )
+        uvloop.run(run(args, infra, figures))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\nbench: interrupted; stopping everything", file=sys.stderr)
+        code = 130
+    finally:
+        infra.close_processes()
+        if not args.keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    if figures:
+        print("\n== summary\n")
+        print(table(figures))
+        meta: dict[str, Any] = {
+            "finished_at": datetime.now(UTC).isoformat(),
+            "seconds": round(elapsed, 1),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "interrupted": code != 0,
+            "background_cores_at_start": round(background, 3),
+        }
+        write_json(args.out, figures, meta)
+        print(f"\nwritten {args.out}")
+    print(f"bench: {elapsed:.0f} s in all")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

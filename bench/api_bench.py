@@ -1,0 +1,397 @@
+"""1. GET /v1/jobs/{id} through the gateway vs a bare FastAPI endpoint.
+2. POST /v1/jobs end to end, with a read-your-writes check after every 201.
+
+The gateway, the job service and the bare server each run in their own process; the load
+comes from this process over raw HTTP/1.1 keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from bench.cpu import CpuMeter, cpu_text
+from bench.http import Connection, HttpError, LoadResult, build_request, fixed_duration_load
+from bench.http import wait_http_ok as _wait_http_ok
+from bench.infra import Child, Infra, Servers
+from bench.report import Figure, percentile
+from libs.auth import issue_access_token
+from libs.ids import new_id
+from services.gateway.settings import GatewaySettings
+
+JOB_SPEC: dict[str, object] = {
+    "name": "shot_010 lighting",
+    "scene_key": "scenes/shot_010/main.blend",
+    "renderer": "blender_cycles",
+    "frame_range": {"start": 1, "end": 240},
+    "chunk_size": 4,
+    "resolution": {"width": 1920, "height": 1080},
+    "priority": "normal",
+    "cost_cap_credits": "150.50",
+}
+
+
+@dataclass
+class ApiOptions:
+    get_connections: int = 50
+    get_warmup: float = 2.0
+    get_duration: float = 8.0
+    post_clients: int = 32
+    post_warmup: float = 2.0
+    post_duration: float = 10.0
+    post_max_jobs: int = 20_000
+    post_users: int = 2_000
+
+
+async def _measure(
+    port: int,
+    raw: bytes,
+    opts: ApiOptions,
+    children: Sequence[Child],
+) -> tuple[LoadResult, dict[str, float]]:
+    meter = CpuMeter(children)
+
+    async def start_meter() -> None:
+        await asyncio.sleep(opts.get_warmup)
+        meter.start()
+
+    starter = asyncio.ensure_future(start_meter())
+    result = await fixed_duration_load(
+        port,
+        raw,
+        connections=opts.get_connections,
+        warmup=opts.get_warmup,
+        duration=opts.get_duration,
+    )
+    await starter
+    return result, meter.stop()
+
+
+def _print_load(label: str, r: LoadResult, cpu: dict[str, float]) -> None:
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items()))
+    print(
+        f"  {label}: {r.rate:,.0f} req/s over {r.seconds:.1f} s ({r.requests} requests;"
+        f" status {statuses}; {r.errors} connection errors)"
+        f"  p50 {r.p(50):.2f} ms  p90 {r.p(90):.2f} ms  p99 {r.p(99):.2f} ms"
+        f"  max {r.p(100):.1f} ms"
+    )
+    print(f"    {cpu_text(cpu)}")
+
+
+class Stack:
+    """The job service and the gateway, as separate processes on one fresh database."""
+
+    def __init__(self, infra: Infra, servers: Servers) -> None:
+        self.infra = infra
+        self.servers = servers
+        self.prefix = f"b{infra.tag}a"
+        self.keys = {"k1": secrets.token_hex(32)}
+        self.pepper = secrets.token_hex(32)
+        self.gateway_port = 0
+        self.job: Child | None = None
+        self.gateway: Child | None = None
+        self.settings: GatewaySettings | None = None
+
+    async def start(self) -> None:
+        from deploy.local.servers import free_port
+
+        dsn = await self.infra.create_database("api")
+        env = {
+            "RF_DATABASE_URL": dsn,
+            "RF_NATS_URL": self.servers.nats_url,
+            "RF_NATS_PREFIX": self.prefix,
+            "RF_REDIS_URL": self.servers.redis_url,
+            "RF_REDIS_PREFIX": self.prefix,
+            "RF_JWT_KEYS": json.dumps(self.keys),
+            "RF_JWT_ACTIVE_KID": "k1",
+            "RF_TOKEN_PEPPER": self.pepper,
+        }
+        job_health = free_port()
+        self.job = self.infra.spawn(
+            "job-service",
+            ["-m", "services.job"],
+            {**env, "RF_HEALTH_PORT": str(job_health), "RF_ACTIVE_JOB_LIMIT": "1000000"},
+        )
+        await wait_http_ok(job_health, "/readyz", 60, self.job)
+        self.gateway_port = free_port()
+        self.gateway = self.infra.spawn(
+            "gateway",
+            ["-m", "services.gateway"],
+            {
+                **env,
+                "RF_GATEWAY_PORT": str(self.gateway_port),
+                "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
+                "RF_RATE_LIMIT_USER_BURST": "1000000",
+            },
+        )
+        await wait_http_ok(self.gateway_port, "/readyz", 60, self.gateway)
+        self.settings = GatewaySettings(
+            jwt_keys=self.keys, jwt_active_kid="k1", token_pepper=self.pepper
+        )
+
+    def token(self, user_id: str) -> str:
+        assert self.settings is not None
+        return issue_access_token(self.settings, user_id, "user")
+
+    def stop(self) -> None:
+        for child in (self.gateway, self.job):
+            if child is not None:
+                self.infra.stop_child(child)
+        self.gateway = self.job = None
+
+
+async def wait_http_ok(port: int, path: str, timeout: float, child: Child) -> None:
+    try:
+        await _wait_http_ok(port, path, timeout, child.alive, child.name)
+    except (RuntimeError, TimeoutError) as e:
+        raise RuntimeError(f"{e}; log {child.log_file}:\n{child.log_tail()}") from None
+
+
+def _post_request(port: int, token: str) -> bytes:
+    body = orjson.dumps(JOB_SPEC)
+    return build_request(
+        "POST",
+        "/v1/jobs",
+        port=port,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        body=body,
+    )
+
+
+def _get_request(port: int, job_id: str, token: str) -> bytes:
+    return build_request(
+        "GET", f"/v1/jobs/{job_id}", port=port, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+@dataclass
+class GatewayGet:
+    result: LoadResult
+    cpu: dict[str, float]
+    envelope: bytes
+    job_id: str
+    token: str
+
+
+async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
+    assert stack.gateway is not None and stack.job is not None
+    port = stack.gateway_port
+    token = stack.token(new_id("usr"))
+    conn = Connection("127.0.0.1", port)
+    try:
+        status, body = await conn.request(_post_request(port, token))
+        if status != 201:
+            raise RuntimeError(f"POST /v1/jobs answered {status}: {body[:500]!r}")
+        job_id = orjson.loads(body)["job_id"]
+        get_raw = _get_request(port, job_id, token)
+        status, envelope = await conn.request(get_raw)
+        if status != 200:
+            raise RuntimeError(f"GET /v1/jobs/{job_id} answered {status}: {envelope[:500]!r}")
+    finally:
+        conn.close()
+    print(f"  job {job_id}: envelope {len(envelope)} bytes")
+    result, cpu = await _measure(port, get_raw, opts, [stack.gateway, stack.job])
+    _print_load("gateway GET /v1/jobs/{id}", result, cpu)
+    if result.errors or set(result.statuses) - {200}:
+        print(f"  WARNING: gateway answered {dict(result.statuses)}, {result.errors} errors")
+    return GatewayGet(result, cpu, envelope, job_id, token)
+
+
+async def measure_bare_get(
+    infra: Infra, gw: GatewayGet, opts: ApiOptions, workdir: Path
+) -> list[Figure]:
+    """The baseline, run alone (the gateway and job service are stopped by then)."""
+    from deploy.local.servers import free_port
+
+    body_file = workdir / "bare-body.json"
+    body_file.write_bytes(gw.envelope)
+    bare_port = free_port()
+    bare = infra.spawn("bare", ["-m", "bench.bare", str(bare_port), str(body_file)], {})
+    try:
+        await wait_http_ok(bare_port, "/healthz", 30, bare)
+        bare_raw = _get_request(bare_port, gw.job_id, gw.token)
+        base, base_cpu = await _measure(bare_port, bare_raw, opts, [bare])
+        _print_load("bare FastAPI GET", base, base_cpu)
+    finally:
+        infra.stop_child(bare)
+    r = gw.result
+    print(f"  gateway / bare: throughput {r.rate / base.rate:.2f}, p99 {r.p(99) / base.p(99):.1f}x")
+    section = "1 GET job"
+    return [
+        Figure(
+            section,
+            "throughput",
+            r.rate,
+            "req/s",
+            baseline=base.rate,
+            baseline_name=(
+                f"bare FastAPI endpoint, same uvicorn settings, {len(gw.envelope)} B JSON,"
+                f" {opts.get_connections} connections"
+            ),
+            target=0.40,
+            target_on_ratio=True,
+            note=(
+                f"{opts.get_connections} keep-alive connections, {opts.get_duration:.0f} s after"
+                f" {opts.get_warmup:.0f} s warm-up; load client used"
+                f" {gw.cpu.get('cpu_bench_client', 0) * 100:.0f}% (gateway run) and"
+                f" {base_cpu.get('cpu_bench_client', 0) * 100:.0f}% (bare run) of a core;"
+                f" gateway process {gw.cpu.get('cpu_gateway', 0) * 100:.0f}%,"
+                f" bare process {base_cpu.get('cpu_bare', 0) * 100:.0f}%"
+            ),
+            extra={
+                "connections": opts.get_connections,
+                "seconds": r.seconds,
+                "statuses": dict(r.statuses),
+                "errors": r.errors,
+                **gw.cpu,
+            },
+        ),
+        Figure(section, "p50", r.p(50), "ms", baseline=base.p(50), direction="max"),
+        Figure(
+            section,
+            "p99",
+            r.p(99),
+            "ms",
+            baseline=base.p(99),
+            target=25.0,
+            direction="max",
+            extra={"bare_cpu": base_cpu, "bare_statuses": dict(base.statuses)},
+        ),
+    ]
+
+
+async def run_post_benchmark(stack: Stack, opts: ApiOptions) -> list[Figure]:
+    assert stack.gateway is not None and stack.job is not None
+    port = stack.gateway_port
+    t0 = time.perf_counter()
+    tokens = [stack.token(new_id("usr")) for _ in range(opts.post_users)]
+    print(f"  minted {len(tokens)} user tokens in {time.perf_counter() - t0:.1f} s")
+    posts = [_post_request(port, t) for t in tokens]
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + opts.post_warmup
+    stop_at = measure_from + opts.post_duration
+    post_lats: list[float] = []
+    get_lats: list[float] = []
+    statuses: Counter[int] = Counter()
+    error_bodies: Counter[str] = Counter()
+    ryw_failures: Counter[int] = Counter()
+    created = 0
+    errors = 0
+    next_user = 0
+    meter = CpuMeter([stack.gateway, stack.job])
+    measured_started = 0.0
+
+    async def client() -> None:
+        nonlocal created, errors, next_user
+        conn = Connection("127.0.0.1", port)
+        perf = time.perf_counter
+        try:
+            while True:
+                now = loop.time()
+                if now >= stop_at or created >= opts.post_max_jobs:
+                    return
+                u = next_user % len(tokens)
+                next_user += 1
+                measuring = now >= measure_from
+                t0 = perf()
+                try:
+                    status, body = await conn.request(posts[u])
+                    t1 = perf()
+                    if status != 201:
+                        if measuring:
+                            statuses[status] += 1
+                            error_bodies[body[:160].decode(errors="replace")] += 1
+                        continue
+                    job_id = orjson.loads(body)["job_id"]
+                    gstatus, _ = await conn.request(_get_request(port, job_id, tokens[u]))
+                    t2 = perf()
+                except (HttpError, OSError):
+                    errors += 1
+                    conn.close()
+                    await asyncio.sleep(0.01)
+                    continue
+                if measuring:
+                    statuses[status] += 1
+                    created += 1
+                    post_lats.append(t1 - t0)
+                    get_lats.append(t2 - t1)
+                    if gstatus != 200:
+                        ryw_failures[gstatus] += 1
+        finally:
+            conn.close()
+
+    async def start_meter() -> None:
+        nonlocal measured_started
+        await asyncio.sleep(opts.post_warmup)
+        meter.start()
+        measured_started = time.perf_counter()
+
+    starter = asyncio.ensure_future(start_meter())
+    await asyncio.gather(*(client() for _ in range(opts.post_clients)))
+    await starter
+    seconds = time.perf_counter() - measured_started
+    cpu = meter.stop()
+    post_lats.sort()
+    get_lats.sort()
+    rate = created / seconds if seconds > 0 else 0.0
+    ryw = sum(ryw_failures.values())
+    p50, p99 = percentile(post_lats, 50) * 1000, percentile(post_lats, 99) * 1000
+    print(
+        f"  POST /v1/jobs: {created} jobs in {seconds:.1f} s = {rate:,.0f} jobs/s with"
+        f" {opts.post_clients} clients, {len(tokens)} users; POST p50 {p50:.1f} ms"
+        f" p99 {p99:.1f} ms; GET-after-201 p50 {percentile(get_lats, 50) * 1000:.1f} ms"
+    )
+    print(f"    statuses {dict(statuses)}, connection errors {errors}")
+    for text, n in error_bodies.most_common(3):
+        print(f"    {n} x {text}")
+    print(
+        f"    read-your-writes: {ryw} of {created} GETs after a 201 did not answer 200"
+        + (f" ({dict(ryw_failures)})" if ryw else "")
+    )
+    print(f"    {cpu_text(cpu)}")
+    section = "2 POST job"
+    return [
+        Figure(
+            section,
+            "throughput",
+            rate,
+            "jobs/s",
+            target=300.0,
+            note=(
+                f"{opts.post_clients} clients, {len(tokens)} users, {seconds:.0f} s after"
+                f" {opts.post_warmup:.0f} s warm-up; each loop is POST then GET;"
+                f" no Idempotency-Key; non-201: {sum(v for k, v in statuses.items() if k != 201)}"
+            ),
+            extra={
+                "clients": opts.post_clients,
+                "users": len(tokens),
+                "jobs": created,
+                "seconds": seconds,
+                "statuses": dict(statuses),
+                "connection_errors": errors,
+                **cpu,
+            },
+        ),
+        Figure(section, "POST p50", p50, "ms", direction="max"),
+        Figure(section, "POST p99", p99, "ms", direction="max"),
+        Figure(
+            section,
+            "read-your-writes failures",
+            float(ryw),
+            "GETs",
+            target=0.0,
+            direction="max",
+            note=f"a GET right after each 201, on the same connection; {created} checked",
+            extra={"by_status": dict(ryw_failures), "checked": created},
+        ),
+    ]

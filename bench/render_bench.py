@@ -1,0 +1,276 @@
+"""Sections 6 and 7: the render path's own overhead, and the bridge's polling cost.
+
+6. Real processes (local farm with one warm worker, job, scheduler, deadline-bridge,
+   gateway): for one-frame jobs, the time from sending ``POST /v1/jobs`` to the farm
+   recording the submission (the farm job's ``Date``), and from the farm recording the last
+   task's completion (``Comp``) to the job's ``JobCompleted`` (the envelope's
+   ``updated_at``). All three clocks are this machine's.
+7. The bridge in this process against a farm holding 1,000 active jobs of ours (no workers,
+   so they stay active): requests, bridge CPU and farm CPU per poll cycle, for the first
+   cycle (every job looked at) and for steady cycles (nothing changed), against the naive
+   way of one ``GET /api/jobs?JobID=`` per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from bench.api_bench import wait_http_ok
+from bench.infra import Child, Infra, Servers
+from bench.report import Figure, percentile
+from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Resolution
+from contracts.render import RenderAccepted, RenderKind, SubmitRender
+from libs.auth import issue_access_token
+from libs.bus.commands import Actor, CommandClient
+from services.gateway.settings import GatewaySettings
+
+SECTION_RENDER = "6"
+SECTION_POLL = "7"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    jobs: int = 10
+    poll_jobs: int = 1000
+    steady_cycles: int = 5
+
+
+def _when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+def _base_env(servers: Servers, dsn: str, prefix: str) -> dict[str, str]:
+    return {
+        "RF_DATABASE_URL": dsn,
+        "RF_NATS_URL": servers.nats_url,
+        "RF_NATS_PREFIX": prefix,
+        "RF_REDIS_URL": servers.redis_url,
+        "RF_REDIS_PREFIX": prefix,
+        "RF_LOG_LEVEL": "WARNING",
+    }
+
+
+async def start_farm(infra: Infra, name: str, workers: int) -> tuple[Child, str]:
+    from deploy.local.servers import free_port
+
+    port = free_port()
+    data = infra.root / name
+    child = infra.spawn(
+        name,
+        [
+            *("-m", "deploy.farm", "serve", "--port", str(port), "--data-dir", str(data)),
+            *("--workers", str(workers), "--blender", "builtin", "--frame-seconds", "0.05"),
+            *("--outputs-root", str(data / "renders")),
+        ],
+        {},
+    )
+    await wait_http_ok(port, "/", 60, child)
+    return child, f"http://127.0.0.1:{port}"
+
+
+async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:
+    from deploy.local.servers import free_port
+
+    _, farm_url = await start_farm(infra, "farm-overhead", workers=1)
+    dsn = await infra.create_database("render")
+    prefix = f"b{infra.tag}r"
+    keys = {"k1": secrets.token_hex(32)}
+    env = {
+        **_base_env(servers, dsn, prefix),
+        "RF_JWT_KEYS": json.dumps(keys),
+        "RF_JWT_ACTIVE_KID": "k1",
+        "RF_TOKEN_PEPPER": secrets.token_hex(32),
+        "RF_FARM_URL": farm_url,
+        "RF_FARM_OUTPUTS_ROOT": str(infra.root / "farm-overhead" / "renders"),
+        "RF_SCENES_ROOT": str(infra.root / "scenes"),
+        "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
+        "RF_RATE_LIMIT_USER_BURST": "1000000",
+    }
+    gateway_port = free_port()
+    for name in ("job", "scheduler", "deadline_bridge", "gateway"):
+        health = free_port()
+        child = infra.spawn(
+            f"render-{name}",
+            ["-m", f"services.{name}"],
+            {**env, "RF_HEALTH_PORT": str(health), "RF_GATEWAY_PORT": str(gateway_port)},
+        )
+        await wait_http_ok(health, "/readyz", 60, child)
+    settings = GatewaySettings(jwt_keys=keys, jwt_active_kid="k1", token_pepper="x" * 32)
+    headers = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_bench', 'user')}"}
+    to_farm: list[float] = []
+    to_done: list[float] = []
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as api,
+        httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
+    ):
+        for i in range(opts.jobs + 1):  # the first one warms everything up
+            spec = {
+                "name": f"bench {i}",
+                "scene_key": "scenes/bench.blend",
+                "frame_range": {"start": 1, "end": 1},
+                "resolution": {"width": 320, "height": 180},
+            }
+            sent = time.time()
+            r = await api.post("/v1/jobs", json=spec, headers=headers)
+            r.raise_for_status()
+            job_id = r.json()["job_id"]
+            while True:
+                got = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+                got.raise_for_status()
+                job = got.json()
+                if job["status"] in ("completed", "failed", "cancelled"):
+                    break
+                await asyncio.sleep(0.01)
+            if job["status"] != "completed":
+                raise RuntimeError(f"bench job ended {job['status']}: {job}")
+            states = "Active,Completed"
+            farm_jobs = (await farm_api.get("/api/jobs", params={"States": states})).json()
+            [farm_job] = [
+                j for j in farm_jobs if j["Props"].get("ExDic", {}).get("rf_job_id") == job_id
+            ]
+            tasks = (await farm_api.get("/api/tasks", params={"JobID": farm_job["_id"]})).json()
+            last_task = max(_when(t["Comp"]) for t in tasks["Tasks"])
+            if i == 0:
+                continue
+            to_farm.append(_when(farm_job["Date"]) - sent)
+            to_done.append(_when(job["updated_at"]) - last_task)
+    to_farm.sort()
+    to_done.sort()
+    common = {"unit": "s", "target": 1.0, "direction": "max"}
+    return [
+        Figure(
+            SECTION_RENDER,
+            "POST /v1/jobs -> farm job exists, p50",
+            percentile(to_farm, 50),
+            note=f"{opts.jobs} one-frame jobs, one warm worker",
+            **common,  # type: ignore[arg-type]
+        ),
+        Figure(SECTION_RENDER, "POST /v1/jobs -> farm job exists, max", to_farm[-1], **common),  # type: ignore[arg-type]
+        Figure(
+            SECTION_RENDER,
+            "last task done -> job completed, p50",
+            percentile(to_done, 50),
+            note="bridge polls every 0.5 s (RF_POLL_INTERVAL_SECONDS)",
+            **common,  # type: ignore[arg-type]
+        ),
+        Figure(SECTION_RENDER, "last task done -> job completed, max", to_done[-1], **common),  # type: ignore[arg-type]
+    ]
+
+
+async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:
+    from services.deadline_bridge.service import build
+    from services.deadline_bridge.settings import BridgeSettings
+
+    farm, farm_url = await start_farm(infra, "farm-poll", workers=0)
+    dsn = await infra.create_database("poll")
+    env = _base_env(servers, dsn, f"b{infra.tag}p")
+    settings = BridgeSettings.model_validate(
+        {k[3:].lower(): v for k, v in env.items()}
+        | {
+            "farm_url": farm_url,
+            "farm_outputs_root": str(infra.root / "farm-poll" / "renders"),
+            "poll_interval_seconds": 3600.0,  # this section drives the cycles itself
+        }
+    )
+    bridge = await build(settings)
+    await bridge.rt.launch()
+    try:
+        client = CommandClient(bridge.rt.nc, settings, timeout=60)
+        actor = Actor(kind="service", id="bench")
+        slots = asyncio.Semaphore(16)
+
+        async def order(i: int) -> None:
+            cmd = SubmitRender(
+                job_id=f"job_poll{i:05d}",
+                owner_id="usr_bench",
+                kind=RenderKind.full,
+                attempt=1,
+                name=f"poll {i}",
+                scene_key="scenes/bench.blend",
+                renderer=Renderer.blender_cycles,
+                frame_range=FrameRange(start=1, end=10),
+                chunk_size=1,
+                resolution=Resolution(width=320, height=180),
+                render_settings=RenderSettings(),
+                priority=JobPriority.normal,
+            )
+            async with slots:
+                await client.send(cmd, RenderAccepted, command_id=f"poll-{i}", actor=actor)
+
+        await asyncio.gather(*(order(i) for i in range(opts.poll_jobs)))
+        poller = bridge.poller
+
+        async def measure() -> tuple[int, float, float, float, int]:
+            requests, cpu, farm_cpu = bridge.farm.requests, time.process_time(), farm.cpu_seconds()
+            started = time.perf_counter()
+            looked_at = await poller.cycle()
+            wall = time.perf_counter() - started
+            return (
+                bridge.farm.requests - requests,
+                time.process_time() - cpu,
+                farm.cpu_seconds() - farm_cpu,
+                wall,
+                looked_at,
+            )
+
+        first = await measure()
+        steady = [await measure() for _ in range(opts.steady_cycles)]
+        req = sum(s[0] for s in steady) / len(steady)
+        cpu = sum(s[1] for s in steady) / len(steady)
+        farm_cpu = sum(s[2] for s in steady) / len(steady)
+        wall = sum(s[3] for s in steady) / len(steady)
+        # The naive baseline: one GET /api/jobs?JobID= per active job, timed on a sample.
+        ids = [row[1] for row in await _farm_ids(bridge)]
+        sample = ids[:100]
+        cpu0, started = time.process_time(), time.perf_counter()
+        for farm_id in sample:
+            await bridge.farm.jobs_by_id([farm_id])
+        naive_wall = (time.perf_counter() - started) * len(ids) / len(sample)
+        naive_cpu = (time.process_time() - cpu0) * len(ids) / len(sample)
+    finally:
+        await bridge.stop()
+    n = opts.poll_jobs
+    return [
+        Figure(
+            SECTION_POLL,
+            f"requests per steady poll cycle, {n} active jobs",
+            req,
+            "req",
+            baseline=float(len(ids)),
+            baseline_name="one request per job",
+            note=f"first cycle: {first[0]} requests (looked at {first[4]} jobs), {first[3]:.2f} s",
+        ),
+        Figure(
+            SECTION_POLL,
+            "bridge CPU per steady poll cycle",
+            cpu * 1000,
+            "ms",
+            baseline=naive_cpu * 1000,
+            baseline_name="one request per job",
+            note=f"wall {wall * 1000:.0f} ms (naive {naive_wall * 1000:.0f} ms);"
+            f" first cycle CPU {first[1] * 1000:.0f} ms",
+        ),
+        Figure(
+            SECTION_POLL,
+            "farm CPU per steady poll cycle",
+            farm_cpu * 1000,
+            "ms",
+            note="the local farm answering the listing (a real Web Service differs)",
+        ),
+    ]
+
+
+async def _farm_ids(bridge: Any) -> list[tuple[str, str]]:
+    from services.deadline_bridge.projections import active_renders
+
+    async with bridge.rt.pool.acquire() as conn:
+        rows: list[tuple[str, str]] = await active_renders(conn)
+    return rows
