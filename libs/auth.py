@@ -53,6 +53,10 @@ def issue_access_token(
     )
 
 
+#: Clock skew tolerated on exp, nbf and iat.
+LEEWAY_SECONDS = 30
+
+
 def verify_access_token(settings: TokenSettings, token: str) -> AccessClaims:
     """Verify signature, algorithm, key id, type and claims; raise a DomainError if bad."""
     try:
@@ -66,7 +70,7 @@ def verify_access_token(settings: TokenSettings, token: str) -> AccessClaims:
             algorithms=[ALGORITHM],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
-            leeway=30,
+            leeway=LEEWAY_SECONDS,
             options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
         )
     except jwt.ExpiredSignatureError:

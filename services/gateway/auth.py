@@ -9,7 +9,14 @@ import asyncpg
 
 from contracts.errors import DomainError, ErrorCode
 from contracts.identity import Role, Scope
-from libs.auth import constant_time_equal, keyed_hash, split_api_key, verify_access_token
+from libs.auth import (
+    LEEWAY_SECONDS,
+    AccessClaims,
+    constant_time_equal,
+    keyed_hash,
+    split_api_key,
+    verify_access_token,
+)
 from libs.bus.commands import Actor
 from services.gateway.settings import GatewaySettings
 
@@ -54,10 +61,27 @@ class Principal:
             raise DomainError(ErrorCode.forbidden, "this operation is for administrators")
 
 
+#: Verified access tokens kept, so a client's repeated token is checked once, not per call.
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class Authenticator:
     def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.pool = pool
+        self._verified: dict[str, AccessClaims] = {}
+
+    def _claims(self, token: str) -> AccessClaims:
+        """Verify a JWT, or reuse the verdict on the same token while it has not expired."""
+        claims = self._verified.get(token)
+        now = datetime.now(UTC).timestamp()
+        if claims is not None and now <= claims.expires_at.timestamp() + LEEWAY_SECONDS:
+            return claims
+        claims = verify_access_token(self.settings, token)  # raises when bad or expired
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
         token = api_key
@@ -75,7 +99,7 @@ class Authenticator:
             )
         if token.startswith("rfk_"):
             return await self._api_key(token)
-        claims = verify_access_token(self.settings, token)
+        claims = self._claims(token)
         try:
             role = Role(claims.role)
         except ValueError:
