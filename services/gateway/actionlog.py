@@ -26,6 +26,9 @@ class ActionLog:
         self.batch_size = batch_size
         self._pending: list[tuple[ApiCallRecorded, dict[str, str]]] = []
         self._full = asyncio.Event()
+        # One flush at a time: a flush that returns has seen every earlier record stored,
+        # even one a concurrent flush had already taken.
+        self._flushing = asyncio.Lock()
         self.written = 0
 
     def record(self, call: ApiCallRecorded, metadata: dict[str, str]) -> None:
@@ -34,6 +37,10 @@ class ActionLog:
             self._full.set()
 
     async def flush(self) -> None:
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = (
                 self._pending[: self.batch_size],
