@@ -10,7 +10,7 @@ repeated command id is refused (``idempotency_key_reused``) rather than answered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -60,9 +60,16 @@ def _utc(value: datetime) -> datetime:
 
 
 class IdentityCommands:
-    def __init__(self, settings: IdentitySettings, store: EventStore) -> None:
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        store: EventStore,
+        hasher: Callable[[str, int], str] = hash_password,
+    ) -> None:
         self.settings = settings
         self.store = store
+        #: Hashes new passwords (scrypt); a parameter so a test can line up two registrations.
+        self.hasher = hasher
         self.users = Repository(store, User, "user")
         self.emails = Repository(store, EmailClaim, "email")
         self.families = Repository(store, RefreshFamily, "refresh")
@@ -88,7 +95,7 @@ class IdentityCommands:
         claimed = claim.state.claim(cmd.email, user_id)  # fails fast, before the slow hash
         user = await self.users.load(user_id)
         password_hash = await asyncio.to_thread(
-            hash_password, cmd.password, self.settings.password_scrypt_n
+            self.hasher, cmd.password, self.settings.password_scrypt_n
         )
         now = datetime.now(UTC)
         events = user.state.register(

@@ -29,7 +29,6 @@ from contracts.identity import (
 from libs.auth import keyed_hash, split_api_key, split_refresh_token, verify_access_token
 from libs.bus.commands import CommandContext
 from libs.runtime import ServiceRuntime
-from services.identity import commands as identity_commands
 from services.identity.commands import IdentityCommands
 from services.identity.passwords import hash_password
 from services.identity.settings import IdentitySettings
@@ -136,23 +135,24 @@ async def test_of_two_registrations_of_one_email_sent_at_once_exactly_one_succee
 
 
 async def test_registrations_racing_for_one_email_in_two_replicas_cannot_both_commit(
-    service: ServiceRuntime, settings: IdentitySettings, monkeypatch: pytest.MonkeyPatch
+    service: ServiceRuntime, settings: IdentitySettings
 ) -> None:
     """Both handlers see the address free; the atomic two-stream append lets one win.
 
     (One process runs the commands of a type one at a time, so the race needs two
     replicas; here two handler runs in their own transactions stand in for them.)
     """
-    commands = IdentityCommands(settings, service.store)
     both_checked = threading.Barrier(2, timeout=10)
 
     def hash_once_both_checked(password: str, n: int) -> str:
         both_checked.wait()  # both have loaded the free e-mail claim by now
         return hash_password(password, n)
 
-    monkeypatch.setattr(identity_commands, "hash_password", hash_once_both_checked)
+    racing = IdentityCommands(settings, service.store, hasher=hash_once_both_checked)
 
-    async def register(email: str, command_id: str) -> UserProfile:
+    async def register(
+        email: str, command_id: str, commands: IdentityCommands = racing
+    ) -> UserProfile:
         cmd = RegisterUser(email=email, password=PASSWORD, display_name="Twin")
         async with service.pool.acquire() as conn, conn.transaction():
             ctx = CommandContext(conn, service.store, command_id, ADMIN, {})
@@ -163,8 +163,8 @@ async def test_registrations_racing_for_one_email_in_two_replicas_cannot_both_co
     )
     assert sorted(type(r).__name__ for r in results) == ["ConcurrencyError", "UserProfile"]
     # The command server re-runs the loser on fresh state, where the address is taken.
-    monkeypatch.setattr(identity_commands, "hash_password", hash_password)
-    assert await refused(register("Twin@Example.com", "b")) is ErrorCode.email_taken
+    plain = IdentityCommands(settings, service.store)
+    assert await refused(register("Twin@Example.com", "b", plain)) is ErrorCode.email_taken
 
 
 async def test_the_same_register_command_id_twice_registers_one_user(identity: Identity) -> None:
