@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.jobs import FrameOutput
+from contracts.render import RenderStatus
 from libs.eventstore.aggregate import Loaded, Repository
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore, NewEvent
@@ -182,6 +183,13 @@ class FarmPoller:
         observed = [await self._observe(render, farm_id, t) for t in tasks]
         decision = render.observe(observed, self.settings.max_task_retries, now)
         loaded = await self._save(loaded, decision.events)
+        if loaded.state.status is RenderStatus.failed and int(job.get("Stat", 0)) not in (
+            JobStat.failed,
+            JobStat.completed,
+        ):
+            # The render is over: stop the farm spending time on the rest of its tasks.
+            await self.farm.job_command(farm_id, "fail")
+            return True
         if decision.requeue:
             if int(job.get("Stat", 0)) == JobStat.failed:
                 # A failed farm job takes no requeue of single tasks: resume its failed ones

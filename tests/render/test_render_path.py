@@ -105,6 +105,8 @@ async def test_a_task_that_always_fails_fails_the_job_with_the_farms_error(
     assert render["status"] == "failed" and "missing texture tex.exr" in render["error"]
     failures = await system.events("bridge", "render.RenderTaskFailed", job["job_id"])
     assert [f["will_retry"] for f in failures] == [True, True, False]  # 2 retries, then give up
+    [farm_job] = await system.farm_jobs_of(job["job_id"])
+    assert farm_job["Stat"] == 4  # failed on the farm too: nothing renders on for nothing
     # the slot is free again: the failed job no longer counts against the user's limit
     assert done["allowed_actions"] == []
 
