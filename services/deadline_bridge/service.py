@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.runtime import ServiceRuntime, run
+from libs.service import Service
 from services.deadline_bridge.client import DeadlineClient
 from services.deadline_bridge.commands import RenderCommands
 from services.deadline_bridge.poller import FarmPoller
@@ -37,6 +38,15 @@ async def build(settings: BridgeSettings) -> Bridge:
 
     rt.readiness_checks.append(poller_health)
     return Bridge(rt, farm, poller)
+
+
+SERVICE = Service(
+    name="deadline-bridge",
+    schema="bridge",
+    settings=BridgeSettings,
+    projections=(RendersProjection(),),
+    secrets=frozenset({"farm_password"}),
+)
 
 
 async def main() -> None:

@@ -17,6 +17,7 @@ from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
 from libs.runtime import ServiceRuntime, run
+from libs.service import Service
 from services.gateway.actionlog import ActionLog
 from services.gateway.app import create_app
 from services.gateway.auth import Authenticator
@@ -105,6 +106,14 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+SERVICE = Service(
+    name="gateway",
+    schema="gateway",
+    settings=GatewaySettings,
+    secrets=frozenset({"jwt_keys", "token_pepper"}),
+)
 
 
 async def main() -> None:

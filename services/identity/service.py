@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.runtime import ServiceRuntime, run
+from libs.service import Service
 from services.identity.commands import IdentityCommands
 from services.identity.projections import ApiKeysProjection, UsersProjection
 from services.identity.settings import IdentitySettings
@@ -16,6 +17,15 @@ async def build(settings: IdentitySettings) -> ServiceRuntime:
     keys = await rt.projector(ApiKeysProjection())
     IdentityCommands(settings, rt.store).register(rt.command_server(read_your_writes=[users, keys]))
     return rt
+
+
+SERVICE = Service(
+    name="identity",
+    schema="identity",
+    settings=IdentitySettings,
+    projections=(UsersProjection(), ApiKeysProjection()),
+    secrets=frozenset({"jwt_keys", "token_pepper"}),
+)
 
 
 async def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.runtime import ServiceRuntime, run
+from libs.service import Service
 from services.job.commands import JobCommands
 from services.job.projections import FramesProjection, JobsProjection
 from services.job.settings import JobSettings
@@ -16,6 +17,14 @@ async def build(settings: JobSettings) -> ServiceRuntime:
     server = rt.command_server(read_your_writes=[jobs_view, frames_view])
     JobCommands(settings, rt.store).register(server)
     return rt
+
+
+SERVICE = Service(
+    name="job",
+    schema="job",
+    settings=JobSettings,
+    projections=(JobsProjection(), FramesProjection()),
+)
 
 
 async def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime, run
+from libs.service import Service
 from services.scheduler import projections
 from services.scheduler.manager import CONSUMER, SUBJECTS, RenderManager
 from services.scheduler.settings import SchedulerSettings
@@ -30,6 +31,14 @@ async def build(settings: SchedulerSettings) -> Scheduler:
         CONSUMER, SUBJECTS, manager.handle, max_deliver=MAX_DELIVER, backoff=BACKOFF, batch=100
     )
     return Scheduler(rt, manager)
+
+
+SERVICE = Service(
+    name="scheduler",
+    schema="scheduler",
+    settings=SchedulerSettings,
+    relay=False,
+)
 
 
 async def main() -> None:
