@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -31,15 +30,9 @@ from pydantic import BaseModel, ValidationError
 from contracts.base import Command, JsonDict
 from contracts.errors import DomainError, ErrorBody, ErrorCode
 from libs.config import BaseServiceSettings
-from libs.eventstore.aggregate import Loaded, Repository
 from libs.eventstore.processor import Tailer
-from libs.eventstore.store import (
-    ConcurrencyError,
-    EventStore,
-    NewEvent,
-    RecordedEvent,
-    StreamWrite,
-)
+from libs.eventstore.store import ConcurrencyError, EventStore, RecordedEvent
+from libs.eventstore.uow import UnitOfWork
 from libs.logging import correlation_id_var, get_logger
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
 
@@ -58,48 +51,8 @@ class Actor(BaseModel):
     role: str | None = None
 
 
-@dataclass
-class CommandContext:
-    """What a handler gets: the transaction, the store, and event metadata to stamp."""
-
-    conn: asyncpg.Connection
-    store: EventStore
-    command_id: str
-    actor: Actor
-    metadata: JsonDict
-    recorded: list[RecordedEvent] = field(default_factory=list)
-    _saved: list[tuple[Repository[Any], Loaded[Any], list[RecordedEvent]]] = field(
-        default_factory=list
-    )
-
-    def new(self, *events: Any) -> list[NewEvent]:
-        return [NewEvent(e, metadata=self.metadata) for e in events]
-
-    async def append(self, writes: Sequence[StreamWrite]) -> list[RecordedEvent]:
-        if self.recorded:
-            raise RuntimeError("a command appends once: pass every stream in one call")
-        recorded = await self.store.append_streams(writes, self.conn)
-        self.recorded.extend(recorded)
-        return recorded
-
-    async def save(
-        self, *changes: tuple[Repository[Any], Loaded[Any], Sequence[Any]]
-    ) -> list[RecordedEvent]:
-        """Append events for several loaded aggregates in one go (snapshots after commit)."""
-        writes = [loaded.write(self.new(*events)) for _, loaded, events in changes]
-        recorded = await self.append(writes)
-        for repo, loaded, _ in changes:
-            self._saved.append(
-                (repo, loaded, [r for r in recorded if r.stream_id == loaded.stream_id])
-            )
-        return recorded
-
-    async def after_commit(self) -> None:
-        for repo, loaded, recorded in self._saved:
-            await repo.after_save(loaded, recorded)
-
-
-CommandHandler = Callable[[Any, CommandContext], Awaitable[BaseModel]]
+#: ``handler(command, unit_of_work) -> reply``; the server commits the unit of work.
+CommandHandler = Callable[[Any, UnitOfWork], Awaitable[BaseModel]]
 
 
 class CommandServer:
@@ -129,12 +82,14 @@ class CommandServer:
     def register(
         self,
         cmd_cls: type[C_],
-        handler: Callable[[C_, CommandContext], Awaitable[BaseModel]],
+        handler: Callable[[C_, UnitOfWork], Awaitable[BaseModel]],
         *,
         store_reply: bool = True,
     ) -> None:
         """Serve ``cmd_cls``. With ``store_reply=False`` (replies holding a secret shown once)
         only a tombstone is kept: a repeated command id is refused, never re-run."""
+        if cmd_cls.command_type in self._handlers:
+            raise ValueError(f"command {cmd_cls.command_type!r} has a handler already")
         self._handlers[cmd_cls.command_type] = (cmd_cls, handler, store_reply)
 
     async def start(self) -> None:
@@ -161,11 +116,25 @@ class CommandServer:
         task.add_done_callback(self._inflight.discard)
 
     async def _respond(self, msg: Msg) -> None:
+        recorded: list[RecordedEvent] = []
         async with self._slots:
-            reply = await self._handle(msg)
+            reply = await self._handle(msg, recorded)
+        if recorded:  # outside the slot: waiting for a read model holds no connection
+            await self._read_your_writes(recorded)
         await msg.respond(orjson.dumps(reply))
 
-    async def _handle(self, msg: Msg) -> JsonDict:
+    async def _read_your_writes(self, recorded: list[RecordedEvent]) -> None:
+        last = recorded[-1].cursor
+        try:
+            async with asyncio.timeout(5):
+                for tailer in self.read_your_writes:
+                    # A read model none of these events touches is already current.
+                    if any(tailer.wants(r) for r in recorded):
+                        await tailer.wait_for(last)
+        except TimeoutError:  # committed all the same; the read model will follow
+            log.warning("read_your_writes_timeout", event_type=recorded[-1].event_type)
+
+    async def _handle(self, msg: Msg, recorded: list[RecordedEvent]) -> JsonDict:
         token = otel_context.attach(extract_context(msg.headers))
         try:
             body = orjson.loads(msg.data)
@@ -175,7 +144,7 @@ class CommandServer:
             ):
                 cid = correlation_id_var.set(body.get("metadata", {}).get("correlation_id"))
                 try:
-                    return await self._execute(body)
+                    return await self._execute(body, recorded)
                 finally:
                     correlation_id_var.reset(cid)
         except DomainError as e:
@@ -187,7 +156,7 @@ class CommandServer:
         finally:
             otel_context.detach(token)
 
-    async def _execute(self, body: JsonDict) -> JsonDict:
+    async def _execute(self, body: JsonDict, recorded: list[RecordedEvent]) -> JsonDict:
         command_type = body["type"]
         command_id = str(body["command_id"])
         cmd_cls, handler, store_reply = self._handlers[command_type]
@@ -214,11 +183,11 @@ class CommandServer:
         if stored is not None:
             return stored
         for attempt in range(1, self.max_attempts + 1):
-            ctx = None
             try:
                 async with self.store.pool.acquire() as conn, conn.transaction():
-                    ctx = CommandContext(conn, self.store, command_id, actor, event_meta)
-                    result = await handler(cmd, ctx)
+                    uow = UnitOfWork(self.store, conn=conn, metadata=event_meta)
+                    result = await handler(cmd, uow)
+                    await uow.commit()
                     reply = {"ok": True, "result": result.model_dump(mode="json")}
                     await conn.execute(
                         f"INSERT INTO {self.store.schema}.processed_commands"
@@ -246,17 +215,7 @@ class CommandServer:
                     return stored
                 raise
             self.store.notify_appended()
-            await ctx.after_commit()
-            if ctx.recorded:
-                last = ctx.recorded[-1].cursor
-                try:
-                    async with asyncio.timeout(5):
-                        for tailer in self.read_your_writes:
-                            # A read model none of these events touches is already current.
-                            if any(tailer.wants(r) for r in ctx.recorded):
-                                await tailer.wait_for(last)
-                except TimeoutError:  # committed all the same; the read model will follow
-                    log.warning("read_your_writes_timeout", command_type=command_type)
+            recorded.extend(uow.recorded)
             return reply
         raise AssertionError("unreachable")
 

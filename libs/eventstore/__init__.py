@@ -2,6 +2,7 @@
 
 from libs.eventstore.store import (
     ConcurrencyError,
+    DuplicateEventError,
     EventStore,
     NewEvent,
     Position,
@@ -12,6 +13,7 @@ from libs.eventstore.store import (
 
 __all__ = [
     "ConcurrencyError",
+    "DuplicateEventError",
     "EventStore",
     "NewEvent",
     "Position",

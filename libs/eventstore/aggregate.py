@@ -1,90 +1,117 @@
-"""Aggregates rebuilt from their stream (and a snapshot), saved with optimistic concurrency."""
+"""Aggregates: decide, then record; state evolves only through recorded events.
+
+A decide method checks the rules against the current state and, if the command is allowed,
+calls :meth:`Aggregate.record` once with the events that follow. ``record`` applies each
+event, queues it for the unit of work and moves the version: there is no other way to
+change an aggregate. :meth:`Aggregate.apply` is total: it never refuses a known event, so a
+rule tightened later can never make stored history unloadable.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from contracts.base import Event
-from libs.eventstore.store import EventStore, NewEvent, RecordedEvent, StreamWrite
 
 
 class Aggregate(BaseModel):
     """State of one aggregate, evolved by its events. Pure: no I/O, no clock, no randomness."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Snapshots are loaded with the current class: a field dropped since is ignored, a field
+    # added since takes its default (and a bumped snapshot_version discards old snapshots).
+    model_config = ConfigDict(extra="ignore")
 
+    #: Stream ids are ``<stream_prefix>-<key>``.
+    stream_prefix: ClassVar[str]
     #: Bump when the shape of the state changes; older snapshots are then ignored.
     snapshot_version: ClassVar[int] = 1
 
+    _key: str = PrivateAttr(default="")
+    _version: int = PrivateAttr(default=0)
+    _pending: list[Event] = PrivateAttr(default_factory=list)
+    _refusals: list[str] = PrivateAttr(default_factory=list)
+
     @abc.abstractmethod
     def apply(self, event: Event) -> None:
-        """Evolve the state by one event."""
+        """Evolve the state by one event. Must accept every event this aggregate records."""
 
+    # -- recording ----------------------------------------------------------------------
 
-A = TypeVar("A", bound=Aggregate)
+    def record(self, *events: Event) -> list[Event]:
+        """Apply ``events``, queue them for saving and move the version; returns them.
 
+        A rule that :meth:`apply` notes with :meth:`violates` (say, a status change the state
+        machine does not allow) refuses the recording: :meth:`refusal` is raised and nothing
+        is queued. The same event replayed from the store is applied all the same.
+        """
+        for event in events:
+            self.apply(event)
+            if self._refusals:
+                problems, self._refusals = self._refusals, []
+                raise self.refusal(problems)
+        self._pending.extend(events)
+        self._version += len(events)
+        return list(events)
 
-@dataclass
-class Loaded(Generic[A]):
-    stream_id: str
-    state: A
-    version: int
+    def violates(self, problem: str) -> None:
+        """Called by :meth:`apply` for an event that breaks a rule: refused when recorded,
+        accepted when replayed (history is what happened, whatever the rules are now)."""
+        self._refusals.append(problem)
 
-    def write(self, events: Sequence[NewEvent]) -> StreamWrite:
-        return StreamWrite(self.stream_id, self.version, events)
+    def refusal(self, problems: list[str]) -> Exception:
+        """The error raised when :meth:`record` is refused; contexts override it."""
+        return ValueError("; ".join(problems))
 
+    @property
+    def pending(self) -> tuple[Event, ...]:
+        """Events recorded since the aggregate was loaded or last saved."""
+        return tuple(self._pending)
 
-class Repository(Generic[A]):
-    """Loads aggregates from snapshot + newer events; snapshots every ``snapshot_every``."""
+    def collect(self) -> list[Event]:
+        """Take the pending events (the unit of work saves them)."""
+        events, self._pending = self._pending, []
+        return events
 
-    def __init__(
-        self, store: EventStore, cls: type[A], prefix: str, snapshot_every: int = 100
-    ) -> None:
-        self.store = store
-        self.cls = cls
-        self.prefix = prefix
-        self.snapshot_every = snapshot_every
+    # -- identity and version -----------------------------------------------------------
 
-    def stream_id(self, key: str) -> str:
-        return f"{self.prefix}-{key}"
+    @classmethod
+    def stream_id_for(cls, key: str) -> str:
+        return f"{cls.stream_prefix}-{key}"
 
-    async def load(self, key: str) -> Loaded[A]:
-        stream_id = self.stream_id(key)
-        state, version = self.cls(), 0
-        snap = await self.store.load_snapshot(stream_id)
-        if snap is not None and snap[1] == self.cls.snapshot_version:
-            version = snap[0]
-            state = self.cls.model_validate(snap[2])
-        for rec in await self.store.read_stream(stream_id, after_version=version):
-            state.apply(rec.decode(self.store.registry))
-            version = rec.version
-        return Loaded(stream_id, state, version)
+    @property
+    def key(self) -> str:
+        return self._key
 
-    async def after_save(self, loaded: Loaded[A], recorded: Sequence[RecordedEvent]) -> None:
-        """Take a snapshot if this save crossed a multiple of ``snapshot_every``."""
-        mine = [r for r in recorded if r.stream_id == loaded.stream_id]
-        if not mine:
-            return
-        new_version = mine[-1].version
-        if new_version // self.snapshot_every > loaded.version // self.snapshot_every:
-            state = loaded.state.model_copy(deep=True)
-            for r in mine:
-                state.apply(r.decode(self.store.registry))
-            await self.store.save_snapshot(
-                loaded.stream_id,
-                new_version,
-                self.cls.snapshot_version,
-                state.model_dump(mode="json"),
-            )
+    @property
+    def stream_id(self) -> str:
+        return self.stream_id_for(self._key)
 
-    async def save(self, loaded: Loaded[A], events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        """Append in its own transaction. Inside a caller's transaction, append through the
-        store and call :meth:`after_save` once committed."""
-        recorded = await self.store.append(loaded.stream_id, events, loaded.version)
-        await self.after_save(loaded, recorded)
-        return recorded
+    @property
+    def version(self) -> int:
+        """The stream version including pending events."""
+        return self._version
+
+    @property
+    def stored_version(self) -> int:
+        """The stream version in the store (the expected version when saving)."""
+        return self._version - len(self._pending)
+
+    @classmethod
+    def rehydrate(
+        cls, key: str, events: Sequence[Event], *, base: Self | None = None, base_version: int = 0
+    ) -> Self:
+        """The aggregate at ``key`` from a snapshot (``base``) and the events after it."""
+        state = base if base is not None else cls()
+        state._key = key
+        for event in events:
+            state.apply(event)
+        state._version = base_version + len(events)
+        state._pending, state._refusals = [], []
+        return state
+
+    def snapshot(self) -> dict[str, object]:
+        return self.model_dump(mode="json")

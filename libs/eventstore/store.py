@@ -32,6 +32,10 @@ class ConcurrencyError(Exception):
         self.streams = list(streams)
 
 
+class DuplicateEventError(Exception):
+    """An event id that is stored already (event ids are unique across the store)."""
+
+
 class Position(NamedTuple):
     """A point in the global feed: (transaction id, global position)."""
 
@@ -251,7 +255,7 @@ ORDER BY tx_id, global_position LIMIT $3"""
                 rows = await conn.fetch(self._append_sql, *args)
         except asyncpg.UniqueViolationError as e:
             if e.constraint_name and "event_id" in e.constraint_name:
-                raise
+                raise DuplicateEventError(str(e)) from e
             raise ConcurrencyError([w.stream_id for w in writes]) from e
         if not rows:
             raise ConcurrencyError([w.stream_id for w in writes])
@@ -280,14 +284,21 @@ ORDER BY tx_id, global_position LIMIT $3"""
     # -- reading ------------------------------------------------------------------------
 
     async def read_stream(
-        self, stream_id: str, after_version: int = 0, limit: int | None = None
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        limit: int | None = None,
+        *,
+        conn: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         sql = (
             f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE stream_id = $1 AND version > $2"
             " ORDER BY version" + (f" LIMIT {int(limit)}" if limit else "")
         )
-        async with self.pool.acquire() as conn:
+        if conn is not None:
             return [_row(r) for r in await conn.fetch(sql, stream_id, after_version)]
+        async with self.pool.acquire() as own:
+            return [_row(r) for r in await own.fetch(sql, stream_id, after_version)]
 
     async def read_all(
         self, after: Position, limit: int = 1000, conn: asyncpg.Connection | None = None
@@ -321,30 +332,42 @@ ORDER BY tx_id, global_position LIMIT $3"""
 
     # -- snapshots ----------------------------------------------------------------------
 
-    async def load_snapshot(self, stream_id: str) -> tuple[int, int, JsonDict] | None:
-        async with self.pool.acquire() as conn:
-            r = await conn.fetchrow(
-                f"SELECT version, schema_version, state FROM {self.schema}.snapshots"
-                " WHERE stream_id = $1",
-                stream_id,
-            )
+    async def load_snapshot(
+        self, stream_id: str, *, conn: asyncpg.Connection | None = None
+    ) -> tuple[int, int, JsonDict] | None:
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self.load_snapshot(stream_id, conn=own)
+        r = await conn.fetchrow(
+            f"SELECT version, schema_version, state FROM {self.schema}.snapshots"
+            " WHERE stream_id = $1",
+            stream_id,
+        )
         return (r["version"], r["schema_version"], r["state"]) if r else None
 
     async def save_snapshot(
-        self, stream_id: str, version: int, schema_version: int, state: JsonDict
+        self,
+        stream_id: str,
+        version: int,
+        schema_version: int,
+        state: JsonDict,
+        *,
+        conn: asyncpg.Connection | None = None,
     ) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                f"INSERT INTO {self.schema}.snapshots (stream_id, version, schema_version, state)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO UPDATE SET"
-                " version = EXCLUDED.version, schema_version = EXCLUDED.schema_version,"
-                " state = EXCLUDED.state, taken_at = now()"
-                f" WHERE {self.schema}.snapshots.version < EXCLUDED.version",
-                stream_id,
-                version,
-                schema_version,
-                state,
-            )
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self.save_snapshot(stream_id, version, schema_version, state, conn=own)
+        await conn.execute(
+            f"INSERT INTO {self.schema}.snapshots (stream_id, version, schema_version, state)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO UPDATE SET"
+            " version = EXCLUDED.version, schema_version = EXCLUDED.schema_version,"
+            " state = EXCLUDED.state, taken_at = now()"
+            f" WHERE {self.schema}.snapshots.version < EXCLUDED.version",
+            stream_id,
+            version,
+            schema_version,
+            state,
+        )
 
     # -- checkpoints --------------------------------------------------------------------
 

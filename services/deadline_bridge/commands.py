@@ -19,12 +19,10 @@ from contracts.render import (
     RenderAccepted,
     RenderOrdered,
     RenderStatus,
-    RenderSubmitted,
     SubmitRender,
 )
-from libs.bus.commands import CommandContext, CommandServer
-from libs.eventstore.aggregate import Loaded, Repository
-from libs.eventstore.store import EventStore
+from libs.bus.commands import CommandServer
+from libs.eventstore.uow import UnitOfWork
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, JobStat, frame_list_text
 from services.deadline_bridge.domain import FarmRender
@@ -45,14 +43,13 @@ OUTPUT_PATTERN = "frame_####.png"
 ALL_STATES = ("Active", "Suspended", "Completed", "Failed", "Pending")
 
 
-def _accepted(loaded: Loaded[FarmRender], version: int) -> RenderAccepted:
-    state = loaded.state
-    assert state.status is not None
+def _accepted(render: FarmRender) -> RenderAccepted:
+    assert render.status is not None
     return RenderAccepted(
-        render_id=state.render_id,
-        status=state.status,
-        farm_job_id=state.farm_job_id,
-        version=version,
+        render_id=render.render_id,
+        status=render.status,
+        farm_job_id=render.farm_job_id,
+        version=render.version,
     )
 
 
@@ -71,10 +68,9 @@ def tagged(job: dict[str, Any], render_id: str) -> bool:
 
 
 class RenderCommands:
-    def __init__(self, settings: BridgeSettings, store: EventStore, farm: DeadlineClient) -> None:
+    def __init__(self, settings: BridgeSettings, farm: DeadlineClient) -> None:
         self.settings = settings
         self.farm = farm
-        self.renders = Repository(store, FarmRender, "render")
 
     def register(self, server: CommandServer) -> None:
         server.register(SubmitRender, self.submit)
@@ -130,62 +126,52 @@ class RenderCommands:
                 return str(job["_id"])
         return None
 
-    async def submit(self, cmd: SubmitRender, ctx: CommandContext) -> RenderAccepted:
+    async def submit(self, cmd: SubmitRender, uow: UnitOfWork) -> RenderAccepted:
         render_id = cmd.render_id
-        loaded = await self.renders.load(render_id)
-        if loaded.state.exists and loaded.state.status is not RenderStatus.ordered:
-            return _accepted(loaded, loaded.version)  # already on the farm, or over
+        render = await uow.get(FarmRender, render_id)
+        if render.exists and render.status is not RenderStatus.ordered:
+            return _accepted(render)  # already on the farm, or over
         farm_job_id: str | None = None
         try:
-            if not loaded.state.exists:
+            if not render.exists:
                 root = self.settings.farm_outputs_root.rstrip("/")
-                ordered = RenderOrdered(
-                    render_id=render_id,
-                    job_id=cmd.job_id,
-                    owner_id=cmd.owner_id,
-                    kind=cmd.kind,
-                    attempt=cmd.attempt,
-                    frames=list(cmd.frame_range.frames()),
-                    chunk_size=cmd.chunk_size,
-                    output_dir=f"{root}/{cmd.owner_id}/{cmd.job_id}/{render_id}",
-                    output_pattern=OUTPUT_PATTERN,
-                    at=datetime.now(UTC),
+                render.order(
+                    RenderOrdered(
+                        render_id=render_id,
+                        job_id=cmd.job_id,
+                        owner_id=cmd.owner_id,
+                        kind=cmd.kind,
+                        attempt=cmd.attempt,
+                        frames=list(cmd.frame_range.frames()),
+                        chunk_size=cmd.chunk_size,
+                        output_dir=f"{root}/{cmd.owner_id}/{cmd.job_id}/{render_id}",
+                        output_pattern=OUTPUT_PATTERN,
+                        at=datetime.now(UTC),
+                    )
                 )
                 # Committed on its own, before the farm is called: see the module docstring.
-                await self.renders.save(loaded, ctx.new(ordered))
-                loaded = await self.renders.load(render_id)
+                await uow.commit_alone()
             else:
                 farm_job_id = await self.find_on_farm(render_id)
                 if farm_job_id is not None:
                     log.warning("render_found_on_farm", render_id=render_id, farm_job=farm_job_id)
             if farm_job_id is None:
                 farm_job_id = await self.farm.submit_job(
-                    self.job_info(cmd, loaded.state), self.plugin_info(cmd, loaded.state)
+                    self.job_info(cmd, render), self.plugin_info(cmd, render)
                 )
         except FarmError as e:
             raise _unavailable(e) from e
-        render = loaded.state
-        submitted = RenderSubmitted(
-            render_id=render_id,
-            job_id=cmd.job_id,
-            farm_job_id=farm_job_id,
-            task_count=-(-len(render.frames) // render.chunk_size),
-            at=datetime.now(UTC),
-        )
-        await ctx.save((self.renders, loaded, [submitted]))
-        loaded.state.apply(submitted)
-        return _accepted(loaded, loaded.version + 1)
+        render.submitted(farm_job_id, datetime.now(UTC))
+        return _accepted(render)
 
-    async def cancel(self, cmd: CancelRender, ctx: CommandContext) -> RenderAccepted:
-        loaded = await self.renders.load(cmd.render_id)
-        render = loaded.state
+    async def cancel(self, cmd: CancelRender, uow: UnitOfWork) -> RenderAccepted:
+        render = await uow.get(FarmRender, cmd.render_id)
         if not render.exists:
             raise DomainError(
                 ErrorCode.not_found, f"no render {cmd.render_id}", {"render_id": cmd.render_id}
             )
-        events = render.cancel(cmd.reason, datetime.now(UTC))
-        if not events:
-            return _accepted(loaded, loaded.version)
+        if render.finished:
+            return _accepted(render)
         try:
             farm_job_id = render.farm_job_id or await self.find_on_farm(cmd.render_id)
             if farm_job_id is not None:
@@ -193,12 +179,10 @@ class RenderCommands:
                 if found and int(found[0].get("Stat", 0)) == JobStat.completed:
                     # Every frame is there: the poller reports the render completed, and
                     # the job completes rather than being cancelled.
-                    return _accepted(loaded, loaded.version)
+                    return _accepted(render)
                 if found:
                     await self.farm.delete_job(farm_job_id)
         except FarmError as e:
             raise _unavailable(e) from e
-        await ctx.save((self.renders, loaded, events))
-        for event in events:
-            loaded.state.apply(event)
-        return _accepted(loaded, loaded.version + len(events))
+        render.cancel(cmd.reason, datetime.now(UTC))
+        return _accepted(render)

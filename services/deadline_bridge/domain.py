@@ -72,6 +72,10 @@ class Decision:
 
 
 class FarmRender(Aggregate):
+    """One render on the farm (stream ``render-<render id>``)."""
+
+    stream_prefix = "render"
+
     render_id: str = ""
     job_id: str = ""
     owner_id: str = ""
@@ -141,6 +145,24 @@ class FarmRender(Aggregate):
 
     # -- decide -----------------------------------------------------------------------
 
+    def order(self, ordered: RenderOrdered) -> list[Event]:
+        """Take the order (before the farm is called); a repeated order changes nothing."""
+        return [] if self.exists else self.record(ordered)
+
+    def submitted(self, farm_job_id: str, now: datetime) -> list[Event]:
+        """The farm took the job; only an ordered render moves on."""
+        if self.status is not RenderStatus.ordered:
+            return []
+        return self.record(
+            RenderSubmitted(
+                render_id=self.render_id,
+                job_id=self.job_id,
+                farm_job_id=farm_job_id,
+                task_count=-(-len(self.frames) // self.chunk_size),
+                at=now,
+            )
+        )
+
     def observe(self, seen: list[Observed], max_retries: int, now: datetime) -> Decision:
         """Events for what changed on the farm since the last look, each said once."""
         out = Decision()
@@ -185,6 +207,7 @@ class FarmRender(Aggregate):
                             at=now,
                         )
                     )
+                    self.record(*out.events)
                     return out
                 continue
             if obs.state in (TaskState.rendering, TaskState.completed) and (
@@ -221,37 +244,38 @@ class FarmRender(Aggregate):
         }
         if len(done) == len(self.tasks):
             out.events.append(RenderCompleted(**ids, frames_rendered=len(self.frames), at=now))
+        self.record(*out.events)
         return out
 
     def requeued(self, task_id: int, now: datetime) -> list[Event]:
         task = self.tasks[task_id]
         if self.status is not RenderStatus.submitted or not task.retry_pending:
             return []
-        return [
+        return self.record(
             RenderTaskRequeued(
                 job_id=self.job_id, render_id=self.render_id, task_id=task_id, at=now
             )
-        ]
+        )
 
     def vanished(self, now: datetime) -> list[Event]:
         """The farm job is gone (deleted on the farm, not by us)."""
         if self.status is not RenderStatus.submitted:
             return []
-        return [
+        return self.record(
             RenderCancelled(
                 job_id=self.job_id,
                 render_id=self.render_id,
                 reason="the farm job was deleted on the farm",
                 at=now,
             )
-        ]
+        )
 
     def cancel(self, reason: str | None, now: datetime) -> list[Event]:
         if self.finished:
             return []
-        return [
+        return self.record(
             RenderCancelled(job_id=self.job_id, render_id=self.render_id, reason=reason, at=now)
-        ]
+        )
 
 
 def _frames_text(frames: list[int]) -> str:

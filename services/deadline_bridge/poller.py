@@ -19,9 +19,9 @@ from typing import Any
 
 from contracts.jobs import FrameOutput
 from contracts.render import RenderStatus
-from libs.eventstore.aggregate import Loaded, Repository
 from libs.eventstore.processor import Projector
-from libs.eventstore.store import ConcurrencyError, EventStore, NewEvent
+from libs.eventstore.store import ConcurrencyError, EventStore
+from libs.eventstore.uow import UnitOfWork
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, FarmTask, JobStat, TaskStat
 from services.deadline_bridge.domain import FarmRender, Observed, TaskState
@@ -84,7 +84,6 @@ class FarmPoller:
         self.store = store
         self.farm = farm
         self.view = renders_view
-        self.renders = Repository(store, FarmRender, "render")
         self.seen: dict[str, tuple[object, ...]] = {}
         self.cycles = 0
         self.is_leader = False
@@ -171,19 +170,21 @@ class FarmPoller:
 
     async def reconcile(self, render_id: str, farm_id: str, job: dict[str, Any] | None) -> bool:
         """Bring one render up to date with its farm job. True when fully handled."""
-        loaded = await self.renders.load(render_id)
-        render = loaded.state
+        uow = UnitOfWork(self.store, metadata=dict(self._metadata))
+        render = await uow.get(FarmRender, render_id)
+        uow.metadata["correlation_id"] = f"job:{render.job_id}"
         now = datetime.now(UTC)
         if render.finished:
             return True
         if job is None:
-            await self._save(loaded, render.vanished(now))
+            render.vanished(now)
+            await self._commit(uow)
             return True
         tasks = await self.farm.tasks(farm_id)
         observed = [await self._observe(render, farm_id, t) for t in tasks]
         decision = render.observe(observed, self.settings.max_task_retries, now)
-        loaded = await self._save(loaded, decision.events)
-        if loaded.state.status is RenderStatus.failed and int(job.get("Stat", 0)) not in (
+        await self._commit(uow)
+        if render.status is RenderStatus.failed and int(job.get("Stat", 0)) not in (
             JobStat.failed,
             JobStat.completed,
         ):
@@ -197,8 +198,9 @@ class FarmPoller:
                 await self.farm.job_command(farm_id, "resumefailed")
             else:
                 await self.farm.requeue_tasks(farm_id, decision.requeue)
-            requeued = [e for t in decision.requeue for e in loaded.state.requeued(t, now)]
-            await self._save(loaded, requeued)
+            for task_id in decision.requeue:
+                render.requeued(task_id, now)
+            await self._commit(uow)
             return False  # the requeue changes the job's counters: look again next cycle
         return True
 
@@ -242,15 +244,10 @@ class FarmPoller:
             outputs.append(FrameOutput(frame=frame, path=path, size_bytes=size, sha256=digest))
         return outputs, None
 
-    async def _save(self, loaded: Loaded[FarmRender], events: list[Any]) -> Loaded[FarmRender]:
-        if not events:
-            return loaded
-        metadata = {**self._metadata, "correlation_id": f"job:{loaded.state.job_id}"}
-        await self.renders.save(loaded, [NewEvent(e, metadata=metadata) for e in events])
-        self.store.notify_appended()
-        for e in events:
-            loaded.state.apply(e)
-        return Loaded(loaded.stream_id, loaded.state, loaded.version + len(events))
+    async def _commit(self, uow: UnitOfWork) -> None:
+        """Each save appends in its own transaction (the poller holds none open)."""
+        if await uow.commit():
+            self.store.notify_appended()
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:

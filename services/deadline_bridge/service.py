@@ -27,7 +27,7 @@ async def build(settings: BridgeSettings) -> Bridge:
     await rt.start()
     farm = DeadlineClient(settings)
     renders_view = await rt.projector(RendersProjection())
-    RenderCommands(settings, rt.store, farm).register(rt.command_server())
+    RenderCommands(settings, farm).register(rt.command_server())
     poller = FarmPoller(settings, rt.store, farm, renders_view)
     rt.background("farm-poller", poller.run)
 

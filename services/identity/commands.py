@@ -10,11 +10,9 @@ repeated command id is refused (``idempotency_key_reused``) rather than answered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
-from contracts.base import Event
 from contracts.errors import DomainError, ErrorCode
 from contracts.identity import (
     ApiKeyInfo,
@@ -28,12 +26,10 @@ from contracts.identity import (
     RevokeApiKey,
     TokenPair,
     UserProfile,
-    UserStatus,
 )
 from libs import auth
-from libs.bus.commands import CommandContext, CommandServer
-from libs.eventstore.aggregate import Aggregate, Loaded, Repository
-from libs.eventstore.store import EventStore
+from libs.bus.commands import CommandServer
+from libs.eventstore.uow import UnitOfWork
 from libs.ids import new_id
 from services.identity.domain import (
     ApiKey,
@@ -51,8 +47,6 @@ CLI_APPROVER = "cli"
 
 _BAD_CREDENTIALS = "wrong e-mail address or password"
 
-A = TypeVar("A", bound=Aggregate)
-
 
 def _utc(value: datetime) -> datetime:
     """Times from clients without a zone are taken as UTC (the contracts say UTC)."""
@@ -63,17 +57,11 @@ class IdentityCommands:
     def __init__(
         self,
         settings: IdentitySettings,
-        store: EventStore,
         hasher: Callable[[str, int], str] = hash_password,
     ) -> None:
         self.settings = settings
-        self.store = store
         #: Hashes new passwords (scrypt); a parameter so a test can line up two registrations.
         self.hasher = hasher
-        self.users = Repository(store, User, "user")
-        self.emails = Repository(store, EmailClaim, "email")
-        self.families = Repository(store, RefreshFamily, "refresh")
-        self.keys = Repository(store, ApiKey, "apikey")
         #: Checked when the e-mail is unknown, so that takes as long as a wrong password.
         self._decoy_hash = hash_password("no one's password", settings.password_scrypt_n)
 
@@ -88,17 +76,17 @@ class IdentityCommands:
 
     # -- users --------------------------------------------------------------------------
 
-    async def register_user(self, cmd: RegisterUser, ctx: CommandContext) -> UserProfile:
+    async def register_user(self, cmd: RegisterUser, uow: UnitOfWork) -> UserProfile:
         """Claim the e-mail address and create the user in one atomic two-stream append."""
-        claim = await self.emails.load(normalise_email(cmd.email))
+        claim = await uow.get(EmailClaim, normalise_email(cmd.email))
         user_id = new_id("usr")
-        claimed = claim.state.claim(cmd.email, user_id)  # fails fast, before the slow hash
-        user = await self.users.load(user_id)
+        claim.claim(cmd.email, user_id)  # fails fast, before the slow hash
+        user = await uow.get(User, user_id)
         password_hash = await asyncio.to_thread(
             self.hasher, cmd.password, self.settings.password_scrypt_n
         )
         now = datetime.now(UTC)
-        events = user.state.register(
+        user.register(
             user_id,
             cmd.email,
             cmd.display_name,
@@ -107,82 +95,71 @@ class IdentityCommands:
             now,
             approved_by=CLI_APPROVER if cmd.approved else None,
         )
-        await ctx.save((self.emails, claim, claimed), (self.users, user, events))
-        return _evolved(user, events).profile()
+        return user.profile()
 
-    async def approve_user(self, cmd: ApproveUser, ctx: CommandContext) -> UserProfile:
-        user = await self.users.load(cmd.user_id)
-        events = user.state.approve(ctx.actor.id, datetime.now(UTC))
-        await ctx.save((self.users, user, events))
-        return _evolved(user, events).profile()
+    async def approve_user(self, cmd: ApproveUser, uow: UnitOfWork) -> UserProfile:
+        user = await uow.get(User, cmd.user_id)
+        user.approve(uow.actor_id, datetime.now(UTC))
+        return user.profile()
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def login(self, cmd: Login, ctx: CommandContext) -> TokenPair:
-        row = await ctx.conn.fetchrow(
-            "SELECT user_id, role, status, password_hash FROM identity.users"
-            " WHERE lower(email) = $1",
-            normalise_email(cmd.email),
-        )
-        stored = row["password_hash"] if row else self._decoy_hash
+    async def login(self, cmd: Login, uow: UnitOfWork) -> TokenPair:
+        """The user is found through the e-mail claim, on the write side: no read model."""
+        claim = await uow.get(EmailClaim, normalise_email(cmd.email))
+        user = await uow.get(User, claim.user_id) if claim.user_id else None
+        stored = user.password_hash if user and user.exists else self._decoy_hash
         matches = await asyncio.to_thread(verify_password, cmd.password, stored)
-        if row is None or not matches:
+        if user is None or not user.exists or not matches:
             raise DomainError(ErrorCode.invalid_credentials, _BAD_CREDENTIALS)
-        if row["status"] != UserStatus.active:
+        if not user.approved:
             raise DomainError(
                 ErrorCode.user_not_approved,
                 "your account is waiting for an administrator's approval",
             )
         family_id = new_id("rtf")
-        family = await self.families.load(family_id)
+        family = await uow.get(RefreshFamily, family_id)
         refresh_token, secret = auth.new_refresh_token(family_id)
         now = datetime.now(UTC)
-        events = family.state.issue(
-            family_id, row["user_id"], auth.keyed_hash(self.settings, secret), self._expiry(now)
+        family.issue(
+            family_id, user.user_id, auth.keyed_hash(self.settings, secret), self._expiry(now)
         )
-        await ctx.save((self.families, family, events))
-        return self._pair(row["user_id"], row["role"], refresh_token, now)
+        return self._pair(user.user_id, user.role, refresh_token, now)
 
-    async def refresh_session(self, cmd: RefreshSession, ctx: CommandContext) -> TokenPair:
+    async def refresh_session(self, cmd: RefreshSession, uow: UnitOfWork) -> TokenPair:
         """Exchange a refresh token for a new pair; a reused token revokes its family.
 
         On reuse the revocation must be stored although the command fails. Raising a
         ``DomainError`` rolls back the command's transaction, so the revocation is saved
-        first through ``Repository.save``, which appends in its own transaction (it commits
-        even though this handler then raises), and only then is ``refresh_token_reused``
-        raised. A version conflict there re-runs the handler like any other conflict. The
-        error is not stored as the reply, so a retry with the same command id answers
-        ``refresh_token_invalid``: by then the family is revoked.
+        first through ``UnitOfWork.commit_alone``, which appends in its own transaction (it
+        commits even though this handler then raises), and only then is
+        ``refresh_token_reused`` raised. A version conflict there re-runs the handler like any
+        other conflict. The error is not stored as the reply, so a retry with the same command
+        id answers ``refresh_token_invalid``: by then the family is revoked.
         """
         parts = auth.split_refresh_token(cmd.refresh_token)
         if parts is None:
             raise DomainError(ErrorCode.refresh_token_invalid, "malformed refresh token")
         family_id, secret = parts
-        family = await self.families.load(family_id)
+        family = await uow.get(RefreshFamily, family_id)
         refresh_token, new_secret = auth.new_refresh_token(family_id)
         now = datetime.now(UTC)
-        events = family.state.rotate(
+        events = family.rotate(
             auth.keyed_hash(self.settings, secret),
             auth.keyed_hash(self.settings, new_secret),
             now,
             self._expiry(now),
         )
         if is_reuse(events):
-            await self.families.save(family, ctx.new(*events))
+            await uow.commit_alone()
             raise DomainError(
                 ErrorCode.refresh_token_reused,
                 "this refresh token was already used; the session is revoked, log in again",
             )
-        user_id = family.state.user_id
-        role = await ctx.conn.fetchval(
-            "SELECT role FROM identity.users WHERE user_id = $1 AND status = $2",
-            user_id,
-            UserStatus.active.value,
-        )
-        if role is None:
+        user = await uow.get(User, family.user_id)
+        if not user.approved:
             raise DomainError(ErrorCode.refresh_token_invalid, "the session's user is gone")
-        await ctx.save((self.families, family, events))
-        return self._pair(user_id, role, refresh_token, now)
+        return self._pair(user.user_id, user.role, refresh_token, now)
 
     def _expiry(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.settings.refresh_token_ttl_seconds)
@@ -197,17 +174,17 @@ class IdentityCommands:
 
     # -- API keys -----------------------------------------------------------------------
 
-    async def create_api_key(self, cmd: CreateApiKey, ctx: CommandContext) -> ApiKeySecret:
-        user = await self.users.load(cmd.user_id)
-        user.state.require_exists()
-        if not user.state.approved:
+    async def create_api_key(self, cmd: CreateApiKey, uow: UnitOfWork) -> ApiKeySecret:
+        user = await uow.get(User, cmd.user_id)
+        user.require_exists()
+        if not user.approved:
             raise DomainError(
                 ErrorCode.user_not_approved, "API keys are for approved accounts only"
             )
         key_id = new_id("key")
-        key = await self.keys.load(key_id)
+        key = await uow.get(ApiKey, key_id)
         full_key, secret = auth.new_api_key(key_id)
-        events = key.state.create(
+        key.create(
             key_id,
             cmd.user_id,
             cmd.name,
@@ -217,35 +194,21 @@ class IdentityCommands:
             _utc(cmd.expires_at) if cmd.expires_at else None,
             datetime.now(UTC),
         )
-        await ctx.save((self.keys, key, events))
-        info = _evolved(key, events).info()
-        return ApiKeySecret(**info.model_dump(), secret=full_key)
+        return ApiKeySecret(**key.info().model_dump(), secret=full_key)
 
-    async def _load_key(self, key_id: str, user_id: str | None) -> Loaded[ApiKey]:
-        key = await self.keys.load(key_id)
-        if not key.state.exists or (user_id is not None and key.state.user_id != user_id):
+    async def _owned_key(self, uow: UnitOfWork, key_id: str, user_id: str | None) -> ApiKey:
+        key = await uow.get(ApiKey, key_id)
+        if not key.exists or (user_id is not None and key.user_id != user_id):
             # Someone else's key is indistinguishable from a missing one.
             raise DomainError(ErrorCode.api_key_not_found, f"no API key {key_id}")
         return key
 
-    async def revoke_api_key(self, cmd: RevokeApiKey, ctx: CommandContext) -> ApiKeyInfo:
-        key = await self._load_key(cmd.key_id, cmd.user_id)
-        events = key.state.revoke(ctx.actor.id, datetime.now(UTC))
-        if events:
-            await ctx.save((self.keys, key, events))
-        return _evolved(key, events).info()
+    async def revoke_api_key(self, cmd: RevokeApiKey, uow: UnitOfWork) -> ApiKeyInfo:
+        key = await self._owned_key(uow, cmd.key_id, cmd.user_id)
+        key.revoke(uow.actor_id, datetime.now(UTC))
+        return key.info()
 
-    async def record_api_key_use(self, cmd: RecordApiKeyUse, ctx: CommandContext) -> ApiKeyInfo:
-        key = await self._load_key(cmd.key_id, None)
-        events = key.state.record_use(_utc(cmd.used_at))
-        if events:
-            await ctx.save((self.keys, key, events))
-        return _evolved(key, events).info()
-
-
-def _evolved(loaded: Loaded[A], events: Sequence[Event]) -> A:
-    """The state after ``events`` (on a copy; the loaded state stays as it was saved)."""
-    state = loaded.state.model_copy(deep=True)
-    for e in events:
-        state.apply(e)
-    return state
+    async def record_api_key_use(self, cmd: RecordApiKeyUse, uow: UnitOfWork) -> ApiKeyInfo:
+        key = await self._owned_key(uow, cmd.key_id, None)
+        key.record_use(_utc(cmd.used_at))
+        return key.info()

@@ -48,6 +48,8 @@ def _same(a: str, b: str) -> bool:
 class User(Aggregate):
     """A user (stream ``user-<user id>``)."""
 
+    stream_prefix = "user"
+
     user_id: str = ""
     email: str = ""
     display_name: str = ""
@@ -104,7 +106,7 @@ class User(Aggregate):
         ]
         if approved_by is not None:
             events.append(UserApproved(user_id=user_id, approved_by=approved_by, approved_at=now))
-        return events
+        return self.record(*events)
 
     def approve(self, by: str, now: datetime) -> list[Event]:
         self.require_exists()
@@ -114,7 +116,7 @@ class User(Aggregate):
                 f"user {self.user_id} is already approved",
                 {"user_id": self.user_id},
             )
-        return [UserApproved(user_id=self.user_id, approved_by=by, approved_at=now)]
+        return self.record(UserApproved(user_id=self.user_id, approved_by=by, approved_at=now))
 
     def require_exists(self) -> None:
         if not self.exists:
@@ -140,6 +142,8 @@ class EmailClaim(Aggregate):
     this stream to be new, so two registrations racing for one address cannot both win.
     """
 
+    stream_prefix = "email"
+
     email: str = ""
     user_id: str | None = None
 
@@ -158,7 +162,7 @@ class EmailClaim(Aggregate):
                 "an account with this e-mail address already exists",
                 {"email": email},
             )
-        return [EmailClaimed(email=email, user_id=user_id)]
+        return self.record(EmailClaimed(email=email, user_id=user_id))
 
 
 class RefreshFamily(Aggregate):
@@ -167,6 +171,8 @@ class RefreshFamily(Aggregate):
     Each token works once and is replaced by the next. Presenting a token that was already
     exchanged means it leaked (or the client misbehaves): the whole family is revoked.
     """
+
+    stream_prefix = "refresh"
 
     family_id: str = ""
     user_id: str = ""
@@ -197,37 +203,37 @@ class RefreshFamily(Aggregate):
     ) -> list[Event]:
         if self.exists:
             raise DomainError(ErrorCode.concurrency_conflict, f"family id {family_id} is taken")
-        return [
+        return self.record(
             RefreshTokenIssued(
                 family_id=family_id, user_id=user_id, token_hash=token_hash, expires_at=expires_at
             )
-        ]
+        )
 
     def rotate(
         self, presented_hash: str, new_hash: str, now: datetime, expires_at: datetime
     ) -> list[Event]:
         """Exchange the current token for a new one.
 
-        Returns ``[RefreshTokenRotated]``, or ``[RefreshFamilyRevoked]`` when an already
+        Records ``RefreshTokenRotated``, or ``RefreshFamilyRevoked`` when an already
         exchanged token is presented: the caller must store that revocation *and* refuse
         the request with ``refresh_token_reused`` (see :func:`is_reuse`).
         """
         if not self.exists or self.revoked or (self.expires_at and self.expires_at <= now):
             raise _refresh_invalid()
         if _same(presented_hash, self.current_hash):
-            return [
+            return self.record(
                 RefreshTokenRotated(
                     family_id=self.family_id,
                     used_token_hash=presented_hash,
                     token_hash=new_hash,
                     expires_at=expires_at,
                 )
-            ]
+            )
         if any(_same(presented_hash, used) for used in self.used_hashes):
             revoked = RefreshFamilyRevoked(
                 family_id=self.family_id, reason=REUSE_DETECTED, revoked_at=now
             )
-            return [revoked]
+            return self.record(revoked)
         raise _refresh_invalid()
 
 
@@ -245,6 +251,8 @@ def _refresh_invalid() -> DomainError:
 
 class ApiKey(Aggregate):
     """An API key (stream ``apikey-<key id>``); only the keyed hash of its secret is kept."""
+
+    stream_prefix = "apikey"
 
     key_id: str = ""
     user_id: str = ""
@@ -294,7 +302,7 @@ class ApiKey(Aggregate):
                 "expires_at must be in the future",
                 {"expires_at": expires_at.isoformat()},
             )
-        return [
+        return self.record(
             ApiKeyCreated(
                 key_id=key_id,
                 user_id=user_id,
@@ -305,13 +313,13 @@ class ApiKey(Aggregate):
                 expires_at=expires_at,
                 created_at=now,
             )
-        ]
+        )
 
     def revoke(self, by: str, now: datetime) -> list[Event]:
         """Revoke; revoking a revoked key changes nothing."""
         if self.revoked_at is not None:
             return []
-        return [ApiKeyRevoked(key_id=self.key_id, revoked_by=by, revoked_at=now)]
+        return self.record(ApiKeyRevoked(key_id=self.key_id, revoked_by=by, revoked_at=now))
 
     def record_use(self, now: datetime) -> list[Event]:
         """Note a use, at most once a minute (and never for a revoked key)."""
@@ -319,7 +327,7 @@ class ApiKey(Aggregate):
             return []
         if self.last_used_at is not None and now - self.last_used_at < API_KEY_USE_INTERVAL:
             return []
-        return [ApiKeyUsed(key_id=self.key_id, used_at=now)]
+        return self.record(ApiKeyUsed(key_id=self.key_id, used_at=now))
 
     def info(self) -> ApiKeyInfo:
         assert self.created_at is not None

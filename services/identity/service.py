@@ -15,7 +15,7 @@ async def build(settings: IdentitySettings) -> ServiceRuntime:
     await rt.start()
     users = await rt.projector(UsersProjection())
     keys = await rt.projector(ApiKeysProjection())
-    IdentityCommands(settings, rt.store).register(rt.command_server(read_your_writes=[users, keys]))
+    IdentityCommands(settings).register(rt.command_server(read_your_writes=[users, keys]))
     return rt
 
 

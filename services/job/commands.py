@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
-from contracts.base import Event
 from contracts.errors import DomainError, ErrorCode
 from contracts.jobs import (
     CancelJob,
@@ -22,26 +19,15 @@ from contracts.jobs import (
     SubmitJob,
     UpdateJob,
 )
-from libs.bus.commands import CommandContext, CommandServer
-from libs.eventstore.aggregate import Loaded, Repository
-from libs.eventstore.store import EventStore
+from libs.bus.commands import CommandServer
+from libs.eventstore.uow import UnitOfWork
 from services.job.domain import TERMINAL_EVENTS, Job, OwnerJobs
 from services.job.settings import JobSettings
 
 
-def _checked(loaded: Loaded[Job], events: Sequence[Event]) -> Sequence[Event]:
-    """Apply to a copy first, so an event the state machine refuses is never stored."""
-    probe = loaded.state.model_copy(deep=True)
-    for e in events:
-        probe.apply(e)
-    return events
-
-
 class JobCommands:
-    def __init__(self, settings: JobSettings, store: EventStore) -> None:
+    def __init__(self, settings: JobSettings) -> None:
         self.settings = settings
-        self.jobs = Repository(store, Job, "job")
-        self.owners = Repository(store, OwnerJobs, "owner")
 
     def register(self, server: CommandServer) -> None:
         server.register(SubmitJob, self.submit)
@@ -56,74 +42,46 @@ class JobCommands:
         server.register(FailJob, self.fail)
         server.register(ConfirmJobCancelled, self.confirm_cancelled)
 
-    async def _load_owned(self, job_id: str, owner_id: str | None) -> Loaded[Job]:
-        loaded = await self.jobs.load(job_id)
-        if not loaded.state.exists or (owner_id is not None and loaded.state.owner_id != owner_id):
+    async def _owned(self, uow: UnitOfWork, job_id: str, owner_id: str | None) -> Job:
+        job = await uow.get(Job, job_id)
+        if not job.exists or (owner_id is not None and job.owner_id != owner_id):
             # Someone else's job is indistinguishable from a missing one.
             raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
-        return loaded
+        return job
 
-    async def _save(self, ctx: CommandContext, job: Loaded[Job], events: Sequence[Event]) -> int:
-        """Append the job's events (checked first) and return the job's new version.
+    async def _accepted(self, uow: UnitOfWork, job: Job) -> JobAccepted:
+        """The job's new version. An event that ends the job (completed, failed, cancelled)
+        frees the owner's active-job slot in the same append, so the limit never counts a
+        finished job."""
+        if any(isinstance(e, TERMINAL_EVENTS) for e in job.pending):
+            owner = await uow.get(OwnerJobs, job.owner_id)
+            owner.free(job.owner_id, job.job_id)
+        return JobAccepted(job_id=job.job_id, version=job.version)
 
-        An event that ends the job (completed, failed, cancelled) frees the owner's
-        active-job slot in the same append, so the limit never counts a finished job."""
-        events = _checked(job, events)
-        if not events:
-            return job.version
-        changes: list[tuple[Repository[Any], Loaded[Any], Sequence[Event]]] = [
-            (self.jobs, job, events)
-        ]
-        if any(isinstance(e, TERMINAL_EVENTS) for e in events):
-            owner = await self.owners.load(job.state.owner_id)
-            freed = owner.state.free(job.state.owner_id, job.state.job_id)
-            if freed:
-                changes.append((self.owners, owner, freed))
-        await ctx.save(*changes)
-        return job.version + len(events)
-
-    async def _accepted(
-        self, ctx: CommandContext, job: Loaded[Job], events: Sequence[Event]
-    ) -> JobAccepted:
-        return JobAccepted(job_id=job.state.job_id, version=await self._save(ctx, job, events))
-
-    async def submit(self, cmd: SubmitJob, ctx: CommandContext) -> JobAccepted:
-        job = await self.jobs.load(cmd.job_id)
-        if job.state.exists:
+    async def submit(self, cmd: SubmitJob, uow: UnitOfWork) -> JobAccepted:
+        job = await uow.get(Job, cmd.job_id)
+        if job.exists:
             raise DomainError(ErrorCode.concurrency_conflict, f"job id {cmd.job_id} is taken")
-        owner = await self.owners.load(cmd.owner_id)
-        now = datetime.now(UTC)
-        await ctx.save(
-            (
-                self.jobs,
-                job,
-                _checked(job, job.state.submit(cmd.job_id, cmd.owner_id, cmd.spec, now)),
-            ),
-            (
-                self.owners,
-                owner,
-                owner.state.take(cmd.owner_id, cmd.job_id, self.settings.active_job_limit),
-            ),
-        )
-        return JobAccepted(job_id=cmd.job_id, version=1)
+        owner = await uow.get(OwnerJobs, cmd.owner_id)
+        owner.take(cmd.owner_id, cmd.job_id, self.settings.active_job_limit)
+        job.submit(cmd.job_id, cmd.owner_id, cmd.spec, datetime.now(UTC))
+        return JobAccepted(job_id=cmd.job_id, version=job.version)
 
-    async def update(self, cmd: UpdateJob, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, cmd.owner_id)
-        return await self._accepted(ctx, job, job.state.update(cmd.changes))
+    async def update(self, cmd: UpdateJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, cmd.owner_id)
+        job.update(cmd.changes)
+        return await self._accepted(uow, job)
 
-    async def cancel(self, cmd: CancelJob, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, cmd.owner_id)
-        return await self._accepted(ctx, job, job.state.cancel(cmd.reason, datetime.now(UTC)))
+    async def cancel(self, cmd: CancelJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, cmd.owner_id)
+        job.cancel(cmd.reason, datetime.now(UTC))
+        return await self._accepted(uow, job)
 
     # -- from the scheduler -------------------------------------------------------------
 
-    async def queue(self, cmd: QueueJob, ctx: CommandContext) -> RenderOrder:
-        job = await self._load_owned(cmd.job_id, None)
-        events = job.state.queue(cmd.skip_reason, datetime.now(UTC))
-        version = await self._save(ctx, job, events)
-        after = job.state.model_copy(deep=True)
-        for e in events:
-            after.apply(e)
+    async def queue(self, cmd: QueueJob, uow: UnitOfWork) -> RenderOrder:
+        after = await self._owned(uow, cmd.job_id, None)
+        after.queue(cmd.skip_reason, datetime.now(UTC))
         # Frames and render settings cannot change once queued: this is the frozen spec.
         assert after.frame_range is not None and after.resolution is not None
         assert after.status is not None
@@ -139,34 +97,37 @@ class JobCommands:
             resolution=after.resolution,
             render_settings=after.render_settings,
             priority=after.priority,
-            version=version,
+            version=after.version,
         )
 
-    async def start_render(self, cmd: StartJobRender, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        return await self._accepted(ctx, job, job.state.start_render(cmd.at))
+    async def start_render(self, cmd: StartJobRender, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.start_render(cmd.at)
+        return await self._accepted(uow, job)
 
-    async def record_frames(self, cmd: RecordFramesRendered, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        events = job.state.record_frames(
+    async def record_frames(self, cmd: RecordFramesRendered, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_frames(
             cmd.render_id, cmd.task_id, cmd.frames, cmd.worker, cmd.render_seconds, cmd.at
         )
-        return await self._accepted(ctx, job, events)
+        return await self._accepted(uow, job)
 
-    async def log_step(self, cmd: LogJobStep, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        return await self._accepted(
-            ctx, job, job.state.log_step(cmd.step, cmd.level, cmd.message, cmd.at)
-        )
+    async def log_step(self, cmd: LogJobStep, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.log_step(cmd.step, cmd.level, cmd.message, cmd.at)
+        return await self._accepted(uow, job)
 
-    async def complete(self, cmd: CompleteJob, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        return await self._accepted(ctx, job, job.state.complete(cmd.at))
+    async def complete(self, cmd: CompleteJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.complete(cmd.at)
+        return await self._accepted(uow, job)
 
-    async def fail(self, cmd: FailJob, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        return await self._accepted(ctx, job, job.state.fail(cmd.reason, cmd.at))
+    async def fail(self, cmd: FailJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.fail(cmd.reason, cmd.at)
+        return await self._accepted(uow, job)
 
-    async def confirm_cancelled(self, cmd: ConfirmJobCancelled, ctx: CommandContext) -> JobAccepted:
-        job = await self._load_owned(cmd.job_id, None)
-        return await self._accepted(ctx, job, job.state.confirm_cancelled(cmd.at))
+    async def confirm_cancelled(self, cmd: ConfirmJobCancelled, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.confirm_cancelled(cmd.at)
+        return await self._accepted(uow, job)

@@ -168,6 +168,10 @@ def _no_eta(reason: EtaUnknownReason) -> EtaView:
 
 
 class Job(Aggregate):
+    """A render job (stream ``job-<job id>``)."""
+
+    stream_prefix = "job"
+
     job_id: str = ""
     owner_id: str = ""
     status: JobStatus | None = None
@@ -305,15 +309,18 @@ class Job(Aggregate):
         return math.ceil(self.frames_total / self.chunk_size)
 
     def _move(self, to: JobStatus) -> None:
+        """Change status. A change the state machine does not allow is refused when recorded
+        (see :meth:`Aggregate.violates`) and taken as it stands when replayed."""
         if to is self.status:
             return
         if self.status is None or to not in TRANSITIONS[self.status]:
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
-                f"job {self.job_id} cannot go from {self.status} to {to}",
-                {"from": self.status, "to": to},
-            )
+            self.violates(f"job {self.job_id} cannot go from {self.status} to {to}")
         self.status = to
+
+    def refusal(self, problems: list[str]) -> Exception:
+        return DomainError(
+            ErrorCode.invalid_state_transition, "; ".join(problems), {"status": self.status}
+        )
 
     def step(self, name: StepName) -> Step:
         return next(s for s in self.steps if s.name is name)
@@ -325,7 +332,7 @@ class Job(Aggregate):
         return self.status is not None
 
     def submit(self, job_id: str, owner_id: str, spec: JobSpec, now: datetime) -> list[Event]:
-        return [
+        return self.record(
             JobSubmitted(
                 job_id=job_id,
                 owner_id=owner_id,
@@ -340,7 +347,7 @@ class Job(Aggregate):
                 cost_cap_credits=spec.cost_cap_credits,
                 submitted_at=now,
             )
-        ]
+        )
 
     def update(self, changes: JobChanges) -> list[Event]:
         self._require_open()
@@ -384,7 +391,7 @@ class Job(Aggregate):
                     job_id=jid, resolution=resolution, render_settings=settings
                 )
             )
-        return events
+        return self.record(*events)
 
     def cancel(self, reason: str | None, now: datetime) -> list[Event]:
         """Cancel at once if the farm has nothing running, else ask and wait for the farm.
@@ -395,8 +402,8 @@ class Job(Aggregate):
         self._require_open()
         requested = JobCancellationRequested(job_id=self.job_id, reason=reason, at=now)
         if self.status in FARM_BUSY:
-            return [requested]
-        return [requested, JobCancelled(job_id=self.job_id, at=now)]
+            return self.record(requested)
+        return self.record(requested, JobCancelled(job_id=self.job_id, at=now))
 
     # -- decide: commands from the scheduler ---------------------------------------------
     #
@@ -429,13 +436,13 @@ class Job(Aggregate):
             if self.step(name).status is StepStatus.pending
         ]
         events.append(JobQueued(job_id=self.job_id, at=now))
-        return events
+        return self.record(*events)
 
     def start_render(self, at: datetime) -> list[Event]:
         """The farm started the render. Only a queued job moves (to rendering); a repeat, or
         a start that arrives after a task's result or after the end, changes nothing."""
         if self.status is S.queued and self.step(StepName.render).status is StepStatus.pending:
-            return [JobStepStarted(job_id=self.job_id, step=StepName.render, at=at)]
+            return self.record(JobStepStarted(job_id=self.job_id, step=StepName.render, at=at))
         return []
 
     def record_frames(
@@ -470,7 +477,7 @@ class Job(Aggregate):
         events: list[Event] = []
         if self.status is S.queued:
             events += self.start_render(at)
-        events.append(
+        return events + self.record(
             JobFramesRendered(
                 job_id=self.job_id,
                 render_id=render_id,
@@ -481,10 +488,11 @@ class Job(Aggregate):
                 at=at,
             )
         )
-        return events
 
     def log_step(self, step: StepName, level: LogLevel, message: str, at: datetime) -> list[Event]:
-        return [JobStepLogged(job_id=self.job_id, step=step, level=level, message=message, at=at)]
+        return self.record(
+            JobStepLogged(job_id=self.job_id, step=step, level=level, message=message, at=at)
+        )
 
     def complete(self, at: datetime) -> list[Event]:
         """The render finished. A job that has ended already changes nothing (a completion
@@ -506,7 +514,7 @@ class Job(Aggregate):
             )
         events.append(JobStepSucceeded(job_id=self.job_id, step=StepName.render, at=at))
         events.append(JobCompleted(job_id=self.job_id, at=at))
-        return events
+        return self.record(*events)
 
     def fail(self, reason: str, at: datetime) -> list[Event]:
         """Fail the running step (the render step if none runs) and the job. A job that has
@@ -515,10 +523,10 @@ class Job(Aggregate):
             return []
         running = [s.name for s in self.steps if s.status is StepStatus.running]
         step = running[0] if running else StepName.render
-        return [
+        return self.record(
             JobStepFailed(job_id=self.job_id, step=step, error=reason, at=at),
             JobFailed(job_id=self.job_id, reason=reason, at=at),
-        ]
+        )
 
     def confirm_cancelled(self, at: datetime) -> list[Event]:
         """The farm stopped the render. A job being cancelled is now cancelled; one that has
@@ -527,7 +535,7 @@ class Job(Aggregate):
         if self.status in TERMINAL_STATUSES:
             return []
         if self.status is S.cancelling:
-            return [JobCancelled(job_id=self.job_id, at=at)]
+            return self.record(JobCancelled(job_id=self.job_id, at=at))
         return self.fail(CANCELLED_ON_FARM, at)
 
     def _require_open(self) -> None:
@@ -615,6 +623,8 @@ class Job(Aggregate):
 class OwnerJobs(Aggregate):
     """An owner's active jobs, for the per-user job limit (stream ``owner-<user id>``)."""
 
+    stream_prefix = "owner"
+
     active: list[str] = []
 
     def apply(self, event: Event) -> None:
@@ -622,7 +632,8 @@ class OwnerJobs(Aggregate):
             case JobSlotTaken():
                 self.active.append(event.job_id)
             case JobSlotFreed():
-                self.active.remove(event.job_id)
+                if event.job_id in self.active:
+                    self.active.remove(event.job_id)
             case _:
                 raise TypeError(f"owner jobs cannot apply {type(event).__name__}")
 
@@ -634,7 +645,11 @@ class OwnerJobs(Aggregate):
                 " Wait for one to finish or cancel one.",
                 {"active_jobs": len(self.active), "limit": limit},
             )
-        return [JobSlotTaken(owner_id=owner_id, job_id=job_id)]
+        return self.record(JobSlotTaken(owner_id=owner_id, job_id=job_id))
 
     def free(self, owner_id: str, job_id: str) -> list[Event]:
-        return [JobSlotFreed(owner_id=owner_id, job_id=job_id)] if job_id in self.active else []
+        return (
+            self.record(JobSlotFreed(owner_id=owner_id, job_id=job_id))
+            if job_id in self.active
+            else []
+        )

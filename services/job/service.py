@@ -15,7 +15,7 @@ async def build(settings: JobSettings) -> ServiceRuntime:
     jobs_view = await rt.projector(JobsProjection())
     frames_view = await rt.projector(FramesProjection())
     server = rt.command_server(read_your_writes=[jobs_view, frames_view])
-    JobCommands(settings, rt.store).register(server)
+    JobCommands(settings).register(server)
     return rt
 
 

@@ -15,9 +15,10 @@ from contracts.errors import DomainError, ErrorCode
 from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Resolution
 from contracts.render import RenderAccepted, RenderKind, RenderOrdered, RenderStatus, SubmitRender
 from libs.bus.commands import Actor, CommandClient
-from libs.eventstore.store import NewEvent
+from libs.eventstore.uow import UnitOfWork
 from services.deadline_bridge.client import DeadlineClient, FarmError
 from services.deadline_bridge.commands import RenderCommands, tagged
+from services.deadline_bridge.domain import FarmRender
 from services.deadline_bridge.service import Bridge, build
 from services.deadline_bridge.settings import BridgeSettings
 from tests.conftest import Env
@@ -80,25 +81,27 @@ async def test_a_submission_retried_after_a_crash_finds_its_farm_job_instead_of_
     cmd = order()
     # The first try recorded the order and created the farm job, then died before
     # recording RenderSubmitted.
-    commands = RenderCommands(bridge.rt.settings, bridge.rt.store, bridge.farm)  # type: ignore[arg-type]
-    loaded = await commands.renders.load(cmd.render_id)
+    commands = RenderCommands(bridge.rt.settings, bridge.farm)  # type: ignore[arg-type]
+    uow = UnitOfWork(bridge.rt.store)
+    render = await uow.get(FarmRender, cmd.render_id)
     render_dir = f"{bridge.rt.settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"  # type: ignore[attr-defined]
-    ordered = RenderOrdered(
-        render_id=cmd.render_id,
-        job_id=cmd.job_id,
-        owner_id=cmd.owner_id,
-        kind=cmd.kind,
-        attempt=1,
-        frames=[1, 2, 3, 4],
-        chunk_size=2,
-        output_dir=render_dir,
-        output_pattern="frame_####.png",
-        at=datetime.now(UTC),
+    render.order(
+        RenderOrdered(
+            render_id=cmd.render_id,
+            job_id=cmd.job_id,
+            owner_id=cmd.owner_id,
+            kind=cmd.kind,
+            attempt=1,
+            frames=[1, 2, 3, 4],
+            chunk_size=2,
+            output_dir=render_dir,
+            output_pattern="frame_####.png",
+            at=datetime.now(UTC),
+        )
     )
-    await commands.renders.save(loaded, [NewEvent(ordered)])
-    loaded = await commands.renders.load(cmd.render_id)
+    await uow.commit()
     first = await bridge.farm.submit_job(
-        commands.job_info(cmd, loaded.state), commands.plugin_info(cmd, loaded.state)
+        commands.job_info(cmd, render), commands.plugin_info(cmd, render)
     )
 
     client = CommandClient(bridge.rt.nc, bridge.rt.settings)

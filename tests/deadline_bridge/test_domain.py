@@ -20,6 +20,7 @@ from contracts.render import (
 )
 from services.deadline_bridge.client import frame_list_text, parse_frames
 from services.deadline_bridge.domain import FarmRender, Observed, TaskState
+from tests.aggregates import evolve
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -77,11 +78,6 @@ def failed(task_id: int, error: str = "boom") -> Observed:
     )
 
 
-def apply_all(r: FarmRender, events: list[object]) -> None:
-    for e in events:
-        r.apply(e)  # type: ignore[arg-type]
-
-
 def test_tasks_are_the_frame_list_in_chunks() -> None:
     r = submitted([1, 3, 5, 7, 9], chunk=2)
     assert {i: t.frames for i, t in r.tasks.items()} == {0: [1, 3], 1: [5, 7], 2: [9]}
@@ -95,16 +91,16 @@ def test_a_completed_task_is_reported_once_with_start_and_timings() -> None:
     completed = d.events[1]
     assert isinstance(completed, RenderTaskCompleted)
     assert completed.render_seconds == 3.0 and completed.outputs == outputs([1])
-    apply_all(r, d.events)
+    evolve(r, d.events)
     assert r.observe([done(0, [1])], max_retries=2, now=T0).events == []
 
 
 def test_the_render_completes_after_its_last_task() -> None:
     r = submitted([1, 2])
-    apply_all(r, r.observe([done(0, [1])], 2, T0).events)
+    evolve(r, r.observe([done(0, [1])], 2, T0).events)
     d = r.observe([done(0, [1]), done(1, [2])], 2, T0)
     assert [type(e) for e in d.events] == [RenderTaskStarted, RenderTaskCompleted, RenderCompleted]
-    apply_all(r, d.events)
+    evolve(r, d.events)
     assert r.status is RenderStatus.completed
     assert r.observe([done(0, [1]), done(1, [2])], 2, T0).events == []
 
@@ -116,27 +112,27 @@ def test_a_failed_task_is_requeued_until_its_retries_run_out() -> None:
         assert d.requeue == [0]
         assert isinstance(d.events[0], RenderTaskFailed)
         assert d.events[0].failures == failure and d.events[0].will_retry
-        apply_all(r, d.events)
+        evolve(r, d.events)
         # seen again before the requeue went through: asks to requeue again, says nothing new
         again = r.observe([failed(0)], max_retries=2, now=T0)
         assert again.events == [] and again.requeue == [0]
-        apply_all(r, r.requeued(0, T0))
+        evolve(r, r.requeued(0, T0))
         assert r.tasks[0].state is TaskState.queued
     d = r.observe([failed(0, "plugin crashed")], max_retries=2, now=T0)
     assert d.requeue == []
     assert [type(e) for e in d.events] == [RenderTaskFailed, RenderFailed]
     assert isinstance(d.events[1], RenderFailed) and "plugin crashed" in d.events[1].error
-    apply_all(r, d.events)
+    evolve(r, d.events)
     assert r.status is RenderStatus.failed
     assert r.observe([failed(0)], 2, T0).events == []
 
 
 def test_requeue_is_said_once() -> None:
     r = submitted([1])
-    apply_all(r, r.observe([failed(0)], 2, T0).events)
+    evolve(r, r.observe([failed(0)], 2, T0).events)
     events = r.requeued(0, T0)
     assert [type(e) for e in events] == [RenderTaskRequeued]
-    apply_all(r, events)
+    evolve(r, events)
     assert r.requeued(0, T0) == []
 
 
@@ -158,7 +154,7 @@ def test_a_completed_task_without_its_files_counts_as_a_failure() -> None:
 def test_a_task_moving_to_another_worker_starts_again() -> None:
     r = submitted([1])
     on = Observed(0, TaskState.rendering, "w1", T0, None)
-    apply_all(r, r.observe([on], 2, T0).events)
+    evolve(r, r.observe([on], 2, T0).events)
     assert r.observe([on], 2, T0).events == []
     moved = Observed(0, TaskState.rendering, "w2", T0 + timedelta(seconds=30), None)
     d = r.observe([moved], 2, T0)
@@ -169,7 +165,7 @@ def test_a_vanished_or_cancelled_render_ends_once() -> None:
     r = submitted([1])
     events = r.vanished(T0)
     assert [type(e) for e in events] == [RenderCancelled]
-    apply_all(r, events)
+    evolve(r, events)
     assert r.vanished(T0) == [] and r.cancel("again", T0) == []
     assert r.observe([done(0, [1])], 2, T0).events == []
 

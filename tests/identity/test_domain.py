@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
 
 import pytest
 
-from contracts.base import Event
 from contracts.errors import DomainError, ErrorCode
 from contracts.identity import (
     ApiKeyRevoked,
@@ -22,7 +19,6 @@ from contracts.identity import (
     UserApproved,
     UserStatus,
 )
-from libs.eventstore.aggregate import Aggregate
 from services.identity.domain import (
     ApiKey,
     EmailClaim,
@@ -32,17 +28,10 @@ from services.identity.domain import (
     normalise_email,
 )
 from services.identity.passwords import hash_password, verify_password
+from tests.aggregates import evolve
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-A = TypeVar("A", bound=Aggregate)
-
-
-def evolve(state: A, events: Sequence[Event]) -> A:
-    for e in events:
-        state.apply(e)
-    return state
 
 
 def registered_user(approved_by: str | None = None) -> User:

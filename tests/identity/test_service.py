@@ -27,7 +27,7 @@ from contracts.identity import (
     UserStatus,
 )
 from libs.auth import keyed_hash, split_api_key, split_refresh_token, verify_access_token
-from libs.bus.commands import CommandContext
+from libs.eventstore.uow import UnitOfWork
 from libs.runtime import ServiceRuntime
 from services.identity.commands import IdentityCommands
 from services.identity.passwords import hash_password
@@ -148,22 +148,24 @@ async def test_registrations_racing_for_one_email_in_two_replicas_cannot_both_co
         both_checked.wait()  # both have loaded the free e-mail claim by now
         return hash_password(password, n)
 
-    racing = IdentityCommands(settings, service.store, hasher=hash_once_both_checked)
+    racing = IdentityCommands(settings, hasher=hash_once_both_checked)
 
     async def register(
         email: str, command_id: str, commands: IdentityCommands = racing
     ) -> UserProfile:
         cmd = RegisterUser(email=email, password=PASSWORD, display_name="Twin")
         async with service.pool.acquire() as conn, conn.transaction():
-            ctx = CommandContext(conn, service.store, command_id, ADMIN, {})
-            return await commands.register_user(cmd, ctx)
+            uow = UnitOfWork(service.store, conn=conn, metadata={"command_id": command_id})
+            profile = await commands.register_user(cmd, uow)
+            await uow.commit()
+            return profile
 
     results = await asyncio.gather(
         register("twin@example.com", "a"), register("TWIN@example.com", "b"), return_exceptions=True
     )
     assert sorted(type(r).__name__ for r in results) == ["ConcurrencyError", "UserProfile"]
     # The command server re-runs the loser on fresh state, where the address is taken.
-    plain = IdentityCommands(settings, service.store)
+    plain = IdentityCommands(settings)
     assert await refused(register("Twin@Example.com", "b", plain)) is ErrorCode.email_taken
 
 

@@ -41,17 +41,12 @@ from services.job.domain import (
     Job,
     OwnerJobs,
 )
+from tests.aggregates import evolve, given
 
 NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
 S = JobStatus
 RENDER = "job_1.full.1"
 PREP = (StepName.scene_check, StepName.repath, StepName.render_settings)
-
-
-def evolve(job: Job, events: Sequence[Event]) -> Job:
-    for e in events:
-        job.apply(e)
-    return job
 
 
 def submitted(frames: int = 24, chunk_size: int = 4) -> Job:
@@ -135,8 +130,8 @@ def test_queueing_a_submitted_job_skips_the_steps_before_the_render() -> None:
 def test_queueing_a_prepared_job_skips_only_what_is_still_pending() -> None:
     job = submitted()
     for step in PREP:
-        evolve(job, [JobStepStarted(job_id="job_1", step=step, at=NOW)])
-        evolve(job, [JobStepSucceeded(job_id="job_1", step=step, at=NOW)])
+        given(job, JobStepStarted(job_id="job_1", step=step, at=NOW))
+        given(job, JobStepSucceeded(job_id="job_1", step=step, at=NOW))
     assert job.status is S.ready
     events = job.queue("test render not asked for", NOW)
     assert [(type(e), getattr(e, "step", None)) for e in events] == [
@@ -157,7 +152,7 @@ def test_queueing_a_paused_or_completed_job_changes_nothing() -> None:
     job = rendering()
     assert evolve(job, job.complete(NOW)).queue("again", NOW) == []
 
-    paused = evolve(rendering(), [JobPaused(job_id="job_1", reason="cost cap", at=NOW)])
+    paused = given(rendering(), JobPaused(job_id="job_1", reason="cost cap", at=NOW))
     assert paused.queue("again", NOW) == []
 
 
@@ -171,7 +166,7 @@ def test_an_ended_or_cancelling_job_cannot_be_queued() -> None:
 
 
 def test_a_job_with_a_running_preparation_step_cannot_be_queued() -> None:
-    job = evolve(submitted(), [JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW)])
+    job = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
     assert refused(job.queue, "x", NOW) is ErrorCode.invalid_state_transition
 
 
@@ -290,8 +285,8 @@ def test_recorded_task_ids_are_kept_as_ranges_so_the_state_stays_small() -> None
     assert all(record(job, t, frames=[t + 1]) == [] for t in (0, 777, 1999))
     stored = json.dumps(job.model_dump(mode="json"))
     assert len(stored) < 4000  # no list of tasks or frames in the state
-    again = Job.model_validate(json.loads(stored))  # as the projection stores and reads it
-    assert again == job and record(again, 777, frames=[778]) == []
+    again = Job.model_validate(json.loads(stored))  # as a snapshot stores and reads it
+    assert again.model_dump() == job.model_dump() and record(again, 777, frames=[778]) == []
 
 
 # -- logs --------------------------------------------------------------------------------
@@ -356,7 +351,7 @@ def test_failing_fails_the_render_step_or_the_running_step_and_the_job() -> None
     assert (render.status, render.error) == (StepStatus.failed, "out of memory on every worker")
     assert job.fail("again", NOW) == []
 
-    preparing = evolve(submitted(), [JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW)])
+    preparing = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
     [step_failed, _] = preparing.fail("bad path", NOW)
     assert isinstance(step_failed, JobStepFailed) and step_failed.step is StepName.repath
 
@@ -413,8 +408,7 @@ def test_every_way_a_job_ends_carries_an_event_that_frees_the_owners_slot() -> N
         assert evolve(job, events).status in (S.completed, S.failed, S.cancelled), name
         assert any(isinstance(e, TERMINAL_EVENTS) for e in events), name
         owner = OwnerJobs(active=["job_0", "job_1"])
-        [freed] = owner.free("usr_1", "job_1")
-        owner.apply(freed)
+        owner.free("usr_1", "job_1")
         assert owner.active == ["job_0"] and owner.free("usr_1", "job_1") == []
     assert set(TERMINAL_EVENTS) == {JobCompleted, JobFailed, JobCancelled}
 
@@ -470,7 +464,7 @@ def test_without_a_measurement_or_while_not_rendering_there_is_no_eta() -> None:
 
     job = rendering()
     evolve(job, record(job, 0))
-    evolve(job, [JobPaused(job_id="job_1", reason="cost cap", at=NOW)])
+    given(job, JobPaused(job_id="job_1", reason="cost cap", at=NOW))
     assert eta(job).reason == "paused"
     done = rendering()
     evolve(done, record(done, 0))

@@ -10,13 +10,15 @@ import pytest
 from nats.aio.client import Client
 from pydantic import BaseModel
 
-from contracts.base import Command
+from contracts.base import Command, Event
 from contracts.errors import DomainError, ErrorCode
-from libs.bus.commands import Actor, CommandClient, CommandContext, CommandServer
+from libs.bus.commands import Actor, CommandClient, CommandServer
 from libs.bus.consumer import BusEvent, DurableConsumer, claim_event
 from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
-from libs.eventstore.store import EventStore, NewEvent, Position, StreamWrite
+from libs.eventstore.aggregate import Aggregate
+from libs.eventstore.store import EventStore, NewEvent, Position
+from libs.eventstore.uow import UnitOfWork
 from tests.libs.conftest import FrameRendered
 
 ACTOR = Actor(kind="user", id="usr_test")
@@ -191,25 +193,48 @@ class Rendered(BaseModel):
     version: int
 
 
+class FrameLog(Aggregate):
+    """The frames rendered for one job (stream ``job-<job id>``)."""
+
+    stream_prefix = "job"
+    frames: list[int] = []
+
+    def apply(self, event: Event) -> None:
+        assert isinstance(event, FrameRendered)
+        self.frames.append(event.frame)
+
+    def render(self, frame: int) -> None:
+        if frame < 0:
+            raise DomainError(ErrorCode.invalid_frame_range, f"frame {frame} < 0")
+        self.record(FrameRendered(frame=frame))
+
+
 @pytest.fixture
 async def command_server(
     store: EventStore, nc: Client, settings: BaseServiceSettings
 ) -> CommandServer:
-    async def render(cmd: RenderFrame, ctx: CommandContext) -> Rendered:
-        if cmd.frame < 0:
-            raise DomainError(ErrorCode.invalid_frame_range, f"frame {cmd.frame} < 0")
-        stream = f"job-{cmd.job_id}"
-        version = len(await store.read_stream(stream))
+    async def render(cmd: RenderFrame, uow: UnitOfWork) -> Rendered:
+        log = await uow.get(FrameLog, cmd.job_id)
         await asyncio.sleep(0.01)  # widen the window for a concurrent writer
-        recorded = await ctx.append(
-            [StreamWrite(stream, version, ctx.new(FrameRendered(frame=cmd.frame)))]
-        )
-        return Rendered(job_id=cmd.job_id, version=recorded[-1].version)
+        log.render(cmd.frame)
+        return Rendered(job_id=cmd.job_id, version=log.version)
 
     server = CommandServer(nc, store, settings)
     server.register(RenderFrame, render)
     await server.start()
     return server
+
+
+def test_a_command_type_gets_one_handler(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    async def handler(cmd: RenderFrame, uow: UnitOfWork) -> Rendered:
+        raise AssertionError("not called")
+
+    server = CommandServer(nc, store, settings)
+    server.register(RenderFrame, handler)
+    with pytest.raises(ValueError, match=r"test\.RenderFrame"):
+        server.register(RenderFrame, handler)
 
 
 async def test_a_repeated_command_id_returns_the_first_reply_and_acts_once(
