@@ -1,0 +1,126 @@
+"""The job service's command handlers on the in-memory unit of work (no servers): what a
+handler records, the owner's slot taken and freed in the same append, and history that
+still loads after a rule was tightened."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from contracts.errors import DomainError, ErrorCode
+from contracts.jobs import (
+    CancelJob,
+    CompleteJob,
+    FrameRange,
+    JobSpec,
+    JobStatus,
+    QueueJob,
+    Resolution,
+    StartJobRender,
+    SubmitJob,
+)
+from libs.eventstore.memory import InMemoryEventStore
+from libs.eventstore.store import Position
+from libs.eventstore.uow import UnitOfWork
+from services.job.commands import JobCommands
+from services.job.domain import TRANSITIONS, Job, OwnerJobs
+from services.job.settings import JobSettings
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SPEC = JobSpec(
+    name="shot_020",
+    scene_key="scenes/shot_020/main.blend",
+    frame_range=FrameRange(start=1, end=8),
+    chunk_size=2,
+    resolution=Resolution(width=1280, height=720),
+)
+
+
+@pytest.fixture
+def store() -> InMemoryEventStore:
+    return InMemoryEventStore("job")
+
+
+@pytest.fixture
+def commands() -> JobCommands:
+    return JobCommands(JobSettings(active_job_limit=2))
+
+
+async def run(store: InMemoryEventStore, handler: object, cmd: object) -> object:
+    """One command as the command server runs it: a unit of work, the handler, a commit."""
+    uow = UnitOfWork(store, metadata={"actor": {"kind": "user", "id": "usr_1"}})
+    reply = await handler(cmd, uow)  # type: ignore[operator]
+    await uow.commit()
+    return reply
+
+
+async def load(store: InMemoryEventStore, cls: type[Job] | type[OwnerJobs], key: str) -> object:
+    return await UnitOfWork(store).get(cls, key)
+
+
+async def test_submitting_records_the_job_and_takes_a_slot_in_one_append(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    feed = await store.read_all(Position.start())
+    assert sorted((e.stream_id, e.event_type) for e in feed) == [
+        ("job-job_1", "job.JobSubmitted"),
+        ("owner-usr_1", "job.JobSlotTaken"),
+    ]
+    assert len({e.tx_id for e in feed}) == 1  # one atomic write
+    assert {e.metadata["actor"]["id"] for e in feed} == {"usr_1"}
+
+
+async def test_the_job_limit_refuses_a_third_active_job_and_records_nothing(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    for n in (1, 2):
+        await run(store, commands.submit, SubmitJob(job_id=f"job_{n}", owner_id="usr_1", spec=SPEC))
+    with pytest.raises(DomainError) as refused:
+        await run(store, commands.submit, SubmitJob(job_id="job_3", owner_id="usr_1", spec=SPEC))
+    assert refused.value.code is ErrorCode.job_limit_reached
+    assert await store.read_stream("job-job_3") == []
+
+
+async def test_a_job_that_ends_frees_its_owners_slot_in_the_same_append(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
+    await run(store, commands.start_render, StartJobRender(job_id="job_1", render_id="r", at=NOW))
+    reply = await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
+    owner = await load(store, OwnerJobs, "usr_1")
+    assert isinstance(owner, OwnerJobs) and owner.active == []
+    [freed] = await store.read_stream("owner-usr_1", after_version=1)
+    [completed] = (await store.read_stream("job-job_1"))[-1:]
+    assert freed.tx_id == completed.tx_id and completed.event_type == "job.JobCompleted"
+    assert getattr(reply, "version", None) == completed.version
+
+
+async def test_someone_elses_job_is_not_found(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    with pytest.raises(DomainError) as refused:
+        await run(store, commands.cancel, CancelJob(job_id="job_1", owner_id="usr_2"))
+    assert refused.value.code is ErrorCode.job_not_found
+
+
+async def test_history_still_loads_after_a_transition_rule_is_tightened(
+    store: InMemoryEventStore, commands: JobCommands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
+    await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
+    # A later release forbids completing straight from rendering: old streams did just that.
+    monkeypatch.setitem(TRANSITIONS, JobStatus.rendering, frozenset({JobStatus.failed}))
+    job = await load(store, Job, "job_1")
+    assert isinstance(job, Job) and job.status is JobStatus.completed and job.version == 9
+    # The tightened rule holds for new decisions.
+    await run(store, commands.submit, SubmitJob(job_id="job_2", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.queue, QueueJob(job_id="job_2", skip_reason="none yet"))
+    with pytest.raises(DomainError) as refused:
+        await run(store, commands.complete, CompleteJob(job_id="job_2", at=NOW))
+    assert refused.value.code is ErrorCode.invalid_state_transition
+    assert [e.event_type for e in await store.read_stream("job-job_2")][-1] == "job.JobQueued"
