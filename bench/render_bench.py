@@ -166,7 +166,8 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
 
 
 async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:
-    from services.deadline_bridge.service import build
+    from libs.runtime import build
+    from services.deadline_bridge.service import SERVICE
     from services.deadline_bridge.settings import BridgeSettings
 
     farm, farm_url = await start_farm(infra, "farm-poll", workers=0)
@@ -180,10 +181,10 @@ async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> 
             "poll_interval_seconds": 3600.0,  # this section drives the cycles itself
         }
     )
-    bridge = await build(settings)
-    await bridge.rt.launch()
+    bridge = await build(SERVICE, settings)
+    await bridge.launch()
     try:
-        client = CommandClient(bridge.rt.nc, settings, timeout=60)
+        client = CommandClient(bridge.nc, settings, timeout=60)
         actor = Actor(kind="service", id="bench")
         slots = asyncio.Semaphore(16)
 
@@ -206,15 +207,19 @@ async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> 
                 await client.send(cmd, RenderAccepted, command_id=f"poll-{i}", actor=actor)
 
         await asyncio.gather(*(order(i) for i in range(opts.poll_jobs)))
-        poller = bridge.poller
+        poller = bridge.wired.poller
 
         async def measure() -> tuple[int, float, float, float, int]:
-            requests, cpu, farm_cpu = bridge.farm.requests, time.process_time(), farm.cpu_seconds()
+            requests, cpu, farm_cpu = (
+                bridge.wired.farm.requests,
+                time.process_time(),
+                farm.cpu_seconds(),
+            )
             started = time.perf_counter()
             looked_at = await poller.cycle()
             wall = time.perf_counter() - started
             return (
-                bridge.farm.requests - requests,
+                bridge.wired.farm.requests - requests,
                 time.process_time() - cpu,
                 farm.cpu_seconds() - farm_cpu,
                 wall,
@@ -232,7 +237,7 @@ async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> 
         sample = ids[:100]
         cpu0, started = time.process_time(), time.perf_counter()
         for farm_id in sample:
-            await bridge.farm.jobs_by_id([farm_id])
+            await bridge.wired.farm.jobs_by_id([farm_id])
         naive_wall = (time.perf_counter() - started) * len(ids) / len(sample)
         naive_cpu = (time.process_time() - cpu0) * len(ids) / len(sample)
     finally:
@@ -271,6 +276,6 @@ async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> 
 async def _farm_ids(bridge: Any) -> list[tuple[str, str]]:
     from services.deadline_bridge.projections import active_renders
 
-    async with bridge.rt.pool.acquire() as conn:
+    async with bridge.pool.acquire() as conn:
         rows: list[tuple[str, str]] = await active_renders(conn)
     return rows

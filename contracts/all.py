@@ -3,4 +3,5 @@
 import contracts.gateway
 import contracts.identity
 import contracts.jobs
+import contracts.process
 import contracts.render  # noqa: F401

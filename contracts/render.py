@@ -201,3 +201,17 @@ class RenderAccepted(_Model):
     status: RenderStatus
     farm_job_id: str | None
     version: int
+
+
+#: Every event of a render (each carries ``render_id`` and ``job_id``).
+RenderEvent = (
+    RenderOrdered
+    | RenderSubmitted
+    | RenderTaskStarted
+    | RenderTaskCompleted
+    | RenderTaskFailed
+    | RenderTaskRequeued
+    | RenderCompleted
+    | RenderFailed
+    | RenderCancelled
+)

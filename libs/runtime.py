@@ -1,8 +1,23 @@
-"""Service runtime: connections, background work, health and readiness, graceful stop.
+"""The one runtime every service runs on: connections, supervised background work, health
+and readiness, graceful stop.
 
-Stop order (on SIGTERM/SIGINT): stop taking commands and let those in flight finish; stop
-consumers after their current message; give tailers (projections, relay) a last catch-up so
-everything committed is projected and published; then close NATS and the database pool.
+``build(SERVICE, settings)`` starts a declared service (:mod:`libs.service`): pool, schema,
+NATS, the relay, one projector per declared projection, one command server whose replies
+wait for those projections (read-your-writes), then the service's ``wire`` hook for its
+handlers, consumers, background tasks, readiness checks and front doors (the gateway's HTTP
+server). ``run(SERVICE)`` is ``python -m services.<name>``: build, serve until SIGTERM or
+SIGINT, exit with the runtime's exit code.
+
+Supervision. Every background task (tailers, consumers, the service's own) runs under a
+supervisor: a task that raises, or returns while the service runs, is restarted with
+exponential back-off; one that fails ``max_restarts`` times within ``restart_window``
+seconds is given up on: readiness fails, and the process stops with exit code 1 so its
+process manager (systemd, Kubernetes, ``make up``) sees it. Nothing is half alive.
+
+Stop order (on SIGTERM/SIGINT): front doors stop taking requests and finish the ones in
+flight; command servers stop taking commands and let those in flight finish; consumers stop
+after their current message; tailers (projections, relay) get a last catch-up so everything
+committed is projected and published; then NATS and the database pool close.
 """
 
 from __future__ import annotations
@@ -10,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from nats.aio.client import Client
@@ -22,36 +40,72 @@ from libs.bus.consumer import DurableConsumer, Handler
 from libs.bus.nats import connect, ensure_streams
 from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
-from libs.eventstore.processor import Projection, Projector, Tailer
+from libs.eventstore.processor import Projector, Tailer
 from libs.eventstore.store import EventStore, create_pool
 from libs.logging import configure_logging, get_logger
+from libs.service import Service
 from libs.tracing import configure_tracing
 
 log = get_logger(__name__)
 
-Background = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+#: A readiness check returns None when fine, else what is wrong.
+Check = Callable[[], Awaitable[str | None]]
 
 
-class ServiceRuntime:
-    def __init__(self, settings: BaseServiceSettings, schema: str) -> None:
+@dataclass
+class Supervised:
+    """One background task and its restart history."""
+
+    name: str
+    run: Background
+    stopping: asyncio.Event
+    restarts: int = 0
+    failures: list[float] = field(default_factory=list)
+    last_error: str | None = None
+    gave_up: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class ServiceRuntime(Generic[T]):
+    """A started service. ``wired`` is what its ``wire`` hook returned."""
+
+    #: Restart back-off: first delay, cap, and how many failures in how long end the process.
+    restart_delay: float = 0.5
+    restart_delay_max: float = 30.0
+    max_restarts: int = 5
+    restart_window: float = 60.0
+
+    def __init__(self, service: Service, settings: BaseServiceSettings) -> None:
+        self.service = service
         self.settings = settings
-        self.schema = schema
+        self.schema = service.schema
         self.stopping = asyncio.Event()
         self.tailers: list[Tailer] = []
+        self.projectors: dict[str, Projector] = {}
         self.consumers: list[DurableConsumer] = []
-        self.command_servers: list[CommandServer] = []
+        self.readiness_checks: list[Check] = []
+        self.exit_code = 0
+        self.wired: T
+        self._supervised: list[Supervised] = []
         self._background: list[tuple[str, Background]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._front_doors: list[tuple[Background, Callable[[], Awaitable[None]]]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._health: asyncio.Server | None = None
         self._consumer_stop = asyncio.Event()  # consumers stop before the tailers
-        #: Extra readiness checks; each returns None when fine, else what is wrong.
-        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
+        self._fatal = asyncio.Event()
+        self._stopped = False
         self.pool: asyncpg.Pool
         self.nc: Client
         self.js: JetStreamContext
         self.store: EventStore
+        self.commands: CommandServer
 
-    async def start(self, *, relay: bool = True) -> None:
+    # -- start --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, set up the schema, and create the relay, projectors and command server."""
         configure_logging(self.settings.service_name, self.settings.log_level)
         configure_tracing(self.settings.service_name, self.settings.otel_exporter)
         self.pool = await create_pool(
@@ -64,6 +118,8 @@ class ServiceRuntime:
             try:
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 await self.store.setup()
+                for projection in self.service.projections:
+                    await projection.setup(conn)
             finally:
                 await conn.execute(
                     "SELECT pg_advisory_unlock(hashtext($1))", f"migrate:{self.schema}"
@@ -71,76 +127,126 @@ class ServiceRuntime:
         self.nc = await connect(self.settings, self.settings.service_name)
         self.js = self.nc.jetstream(timeout=5)
         await ensure_streams(self.js, self.settings)
-        if relay:
+        if self.service.relay:
             self.tailers.append(Relay(self.store, self.js, self.settings))
-
-    async def projector(self, projection: Projection) -> Projector:
-        async with self.pool.acquire() as conn:
-            await projection.setup(conn)
-        p = Projector(self.store, projection)
-        self.tailers.append(p)
-        return p
-
-    def command_server(self, read_your_writes: Sequence[Tailer] = ()) -> CommandServer:
-        server = CommandServer(
-            self.nc, self.store, self.settings, read_your_writes=read_your_writes
+        for projection in self.service.projections:
+            projector = Projector(self.store, projection)
+            self.projectors[projection.name] = projector
+            self.tailers.append(projector)
+        self.commands = CommandServer(
+            self.nc, self.store, self.settings, read_your_writes=list(self.projectors.values())
         )
-        self.command_servers.append(server)
-        return server
+
+    # -- what a service's wire hook adds ------------------------------------------------
 
     def consumer(
-        self, durable: str, subjects: Sequence[str], handler: Handler, **kw: object
+        self, durable: str, subjects: Sequence[str], handler: Handler, **kw: Any
     ) -> DurableConsumer:
-        c = DurableConsumer(self.nc, self.js, self.settings, durable, subjects, handler, **kw)  # type: ignore[arg-type]
+        c = DurableConsumer(self.nc, self.js, self.settings, durable, subjects, handler, **kw)
         self.consumers.append(c)
         return c
 
     def background(self, name: str, fn: Background) -> None:
+        """A supervised background task: restarted when it fails, see the module docstring."""
         self._background.append((name, fn))
+
+    def front_door(self, serve: Background, stop: Callable[[], Awaitable[None]]) -> None:
+        """A server that takes outside requests (HTTP): started by :meth:`serve` only, and
+        stopped first, so in-flight requests finish while everything behind them runs."""
+        self._front_doors.append((serve, stop))
+
+    def on_close(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Release a resource (an HTTP client, a Redis pool) after everything has stopped."""
+        self._closers.append(close)
 
     # -- running ------------------------------------------------------------------------
 
     async def launch(self) -> None:
-        """Start every background task and command server (without waiting for a signal)."""
+        """Start every background task and the command server (without waiting for a signal)."""
         for t in self.tailers:
-            self._spawn(f"tailer:{t.name}", t.run(self.stopping))
+            self._supervise(f"tailer:{t.name}", t.run, self.stopping)
         for c in self.consumers:
-            self._spawn(f"consumer:{c.durable}", c.run(self._consumer_stop))
+            self._supervise(f"consumer:{c.durable}", c.run, self._consumer_stop)
         for name, fn in self._background:
-            self._spawn(name, fn(self.stopping))
-        for s in self.command_servers:
-            await s.start()
+            self._supervise(name, fn, self.stopping)
+        await self.commands.start()
         if self.settings.health_port:
             self._health = await asyncio.start_server(
                 self._serve_health, "127.0.0.1", self.settings.health_port
             )
         log.info("service_started", schema=self.schema)
 
-    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        task.add_done_callback(_report_end)
-        self._tasks.append(task)
+    def _supervise(self, name: str, fn: Background, stopping: asyncio.Event) -> None:
+        job = Supervised(name, fn, stopping)
+        self._supervised.append(job)
+        job.task = asyncio.create_task(self._keep_running(job), name=name)
 
-    async def serve(self) -> None:
-        """Launch, then run until SIGTERM or SIGINT, then stop gracefully."""
+    async def _keep_running(self, job: Supervised) -> None:
+        delay = self.restart_delay
+        while not job.stopping.is_set():
+            try:
+                await job.run(job.stopping)
+                if job.stopping.is_set():
+                    return
+                error = "the task returned while the service runs"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                error = repr(e)
+                log.error("task_failed", task=job.name, exc_info=e)
+            now = time.monotonic()
+            job.failures = [t for t in job.failures if now - t < self.restart_window] + [now]
+            job.last_error = error
+            if len(job.failures) > self.max_restarts:
+                job.gave_up = True
+                log.error("task_gave_up", task=job.name, failures=len(job.failures), error=error)
+                self.exit_code = 1
+                self._fatal.set()
+                return
+            job.restarts += 1
+            log.warning("task_restarting", task=job.name, in_seconds=delay, error=error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.stopping.wait(), delay)
+            delay = min(delay * 2, self.restart_delay_max)
+
+    async def serve(self) -> int:
+        """Launch, start the front doors, run until SIGTERM/SIGINT or a task given up on,
+        then stop gracefully. Returns the exit code."""
         await self.launch()
         loop = asyncio.get_running_loop()
         got_signal = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, got_signal.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        await got_signal.wait()
+        doors = [asyncio.create_task(serve_fn(self.stopping)) for serve_fn, _ in self._front_doors]
+        waits = [asyncio.create_task(got_signal.wait()), asyncio.create_task(self._fatal.wait())]
+        done, _ = await asyncio.wait([*waits, *doors], return_when=asyncio.FIRST_COMPLETED)
+        for door in doors:
+            if door in done and not self.stopping.is_set():
+                log.error("front_door_ended", error=repr(door.exception()))
+                self.exit_code = 1
+        for w in waits:
+            w.cancel()
         await self.stop()
+        for door in doors:
+            with contextlib.suppress(Exception):
+                await door
+        return self.exit_code
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         log.info("service_stopping")
-        for s in self.command_servers:
-            await s.stop()
+        for _, stop_door in self._front_doors:
+            with contextlib.suppress(Exception):
+                await stop_door()
+        await self.commands.stop()
         self._consumer_stop.set()
         self.stopping.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=15)
+        tasks = [j.task for j in self._supervised if j.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
         for t in self.tailers:  # a last catch-up: nothing committed stays unprojected
             with contextlib.suppress(Exception):
                 await t.catch_up()
@@ -148,10 +254,25 @@ class ServiceRuntime:
             self._health.close()
         with contextlib.suppress(Exception):
             await self.nc.drain()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
         await self.pool.close()
-        log.info("service_stopped")
+        log.info("service_stopped", exit_code=self.exit_code)
 
     # -- health -------------------------------------------------------------------------
+
+    def task_report(self) -> dict[str, dict[str, Any]]:
+        """Each supervised task: running or not, restarts, last error."""
+        return {
+            j.name: {
+                "running": j.task is not None and not j.task.done(),
+                "restarts": j.restarts,
+                "gave_up": j.gave_up,
+                "last_error": j.last_error,
+            }
+            for j in self._supervised
+        }
 
     async def ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -163,9 +284,12 @@ class ServiceRuntime:
                 await conn.fetchval("SELECT 1")
         except Exception as e:
             return False, f"database: {e!r}"
-        dead = [t.get_name() for t in self._tasks if t.done()]
+        dead = [j.name for j in self._supervised if j.gave_up]
         if dead:
-            return False, f"stopped tasks: {', '.join(dead)}"
+            return False, f"tasks given up on: {', '.join(dead)}"
+        restarting = [j.name for j in self._supervised if j.task is None or j.task.done()]
+        if restarting:
+            return False, f"stopped tasks: {', '.join(restarting)}"
         failing = [t.name for t in self.tailers if t.last_error is not None]
         if failing:
             return False, f"failing tailers: {', '.join(failing)}"
@@ -205,15 +329,6 @@ class ServiceRuntime:
             writer.close()
 
 
-def _report_end(task: asyncio.Task[None]) -> None:
-    """A background task must not end while the service runs: say why it did."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        log.error("task_failed", task=task.get_name(), exc_info=error)
-
-
 def dump_tasks() -> None:
     """Log where every task of the process waits (``kill -USR1 <pid>``), for a stuck service."""
     for task in asyncio.all_tasks():
@@ -223,11 +338,29 @@ def dump_tasks() -> None:
         log.warning("task_stack", task=task.get_name(), stack=frames)
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Entry point for ``python -m services.<name>``."""
+async def build(service: Service, settings: BaseServiceSettings) -> ServiceRuntime[Any]:
+    """Start ``service`` with ``settings`` and wire it; :meth:`ServiceRuntime.launch` or
+    :meth:`ServiceRuntime.serve` then runs it."""
+    check_secrets = getattr(settings, "check_secrets", None)
+    if check_secrets is not None:  # an empty signing key or pepper would be an auth bypass
+        check_secrets()
+    rt: ServiceRuntime[Any] = ServiceRuntime(service, settings)
+    await rt.start()
+    rt.wired = await service.wire(rt) if service.wire is not None else None
+    return rt
+
+
+def run(service: Service) -> None:
+    """Entry point for ``python -m services.<name>``: exits with the runtime's exit code."""
+
+    async def main() -> int:
+        rt = await build(service, service.settings())
+        return await rt.serve()
+
     try:
         import uvloop
 
-        uvloop.run(main())
+        code = uvloop.run(main())
     except ImportError:
-        asyncio.run(main())
+        code = asyncio.run(main())
+    sys.exit(code)

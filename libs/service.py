@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from libs.eventstore.processor import Projection
     from libs.runtime import ServiceRuntime
 
-#: Wires what needs live connections (command handlers, consumers, background tasks and
-#: readiness checks) onto a started runtime; returns the object tests and ``main`` hold.
-Wire = Callable[["ServiceRuntime", Any], Awaitable[Any]]
+#: Wires what needs live connections (command handlers, consumers, background tasks,
+#: readiness checks, front doors) onto a started runtime; what it returns is ``rt.wired``.
+Wire = Callable[["ServiceRuntime[Any]"], Awaitable[Any]]
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ import pytest
 
 from libs.auth import issue_access_token
 from libs.ids import new_id
-from libs.runtime import ServiceRuntime
+from libs.runtime import ServiceRuntime, build
+from services.gateway import service as gateway_service
 from services.gateway.service import Gateway
-from services.gateway.service import build as build_gateway
 from services.gateway.settings import GatewaySettings
-from services.job.service import build as build_job
+from services.identity import service as identity_service_
+from services.identity.settings import IdentitySettings
+from services.job import service as job_service_
 from services.job.settings import JobSettings
 from tests.conftest import Env
 
@@ -26,7 +28,7 @@ def gateway_settings(env: Env) -> GatewaySettings:
 
 @pytest.fixture
 async def job_service(env: Env) -> AsyncIterator[ServiceRuntime]:
-    rt = await build_job(env.settings(JobSettings, active_job_limit=3))
+    rt = await build(job_service_.SERVICE, env.settings(JobSettings, active_job_limit=3))
     await rt.launch()
     yield rt
     await rt.stop()
@@ -34,11 +36,10 @@ async def job_service(env: Env) -> AsyncIterator[ServiceRuntime]:
 
 @pytest.fixture
 async def gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    gw = await build_gateway(gateway_settings)
-    await gw.rt.launch()
-    yield gw
-    await gw.rt.stop()
-    await gw.redis.aclose()
+    rt = await build(gateway_service.SERVICE, gateway_settings)
+    await rt.launch()
+    yield rt.wired
+    await rt.stop()
 
 
 @pytest.fixture
@@ -84,10 +85,9 @@ def job_spec(**overrides: object) -> dict[str, object]:
 
 @pytest.fixture
 async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime]:
-    from services.identity.service import build as build_identity
-    from services.identity.settings import IdentitySettings
-
-    rt = await build_identity(env.settings(IdentitySettings, password_scrypt_n=2**10))
+    rt = await build(
+        identity_service_.SERVICE, env.settings(IdentitySettings, password_scrypt_n=2**10)
+    )
     await rt.launch()
     yield rt
     await rt.stop()

@@ -1,4 +1,6 @@
-from libs.runtime import run
-from services.deadline_bridge.service import main
+"""deadline-bridge: the Deadline Web Service client."""
 
-run(main)
+from libs.runtime import run
+from services.deadline_bridge.service import SERVICE
+
+run(SERVICE)

@@ -1,8 +1,10 @@
-"""Wiring and start-up of the deadline-bridge."""
+"""The deadline-bridge: renders on a Deadline farm, through its Web Service REST API."""
 
 from __future__ import annotations
 
-from libs.runtime import ServiceRuntime, run
+from dataclasses import dataclass
+
+from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.deadline_bridge.client import DeadlineClient
 from services.deadline_bridge.commands import RenderCommands
@@ -11,33 +13,28 @@ from services.deadline_bridge.projections import RendersProjection
 from services.deadline_bridge.settings import BridgeSettings
 
 
+@dataclass(frozen=True)
 class Bridge:
-    def __init__(self, rt: ServiceRuntime, farm: DeadlineClient, poller: FarmPoller) -> None:
-        self.rt = rt
-        self.farm = farm
-        self.poller = poller
-
-    async def stop(self) -> None:
-        await self.rt.stop()
-        await self.farm.aclose()
+    farm: DeadlineClient
+    commands: RenderCommands
+    poller: FarmPoller
 
 
-async def build(settings: BridgeSettings) -> Bridge:
-    rt = ServiceRuntime(settings, schema="bridge")
-    await rt.start()
+async def wire(rt: ServiceRuntime[Bridge]) -> Bridge:
+    settings = rt.settings
+    assert isinstance(settings, BridgeSettings)
     farm = DeadlineClient(settings)
-    renders_view = await rt.projector(RendersProjection())
-    RenderCommands(settings, farm).register(rt.command_server())
-    poller = FarmPoller(settings, rt.store, farm, renders_view)
+    rt.on_close(farm.aclose)
+    commands = RenderCommands(settings, farm)
+    commands.register(rt.commands)
+    poller = FarmPoller(settings, rt.store, farm, rt.projectors["renders"])
     rt.background("farm-poller", poller.run)
 
-    async def poller_health() -> str | None:
-        if poller.last_error is not None:
-            return f"farm poller: {poller.last_error}"
-        return None
+    async def farm_reachable() -> str | None:
+        return f"farm poller: {poller.last_error}" if poller.last_error is not None else None
 
-    rt.readiness_checks.append(poller_health)
-    return Bridge(rt, farm, poller)
+    rt.readiness_checks.append(farm_reachable)
+    return Bridge(farm, commands, poller)
 
 
 SERVICE = Service(
@@ -45,17 +42,6 @@ SERVICE = Service(
     schema="bridge",
     settings=BridgeSettings,
     projections=(RendersProjection(),),
+    wire=wire,
     secrets=frozenset({"farm_password"}),
 )
-
-
-async def main() -> None:
-    bridge = await build(BridgeSettings())
-    try:
-        await bridge.rt.serve()
-    finally:
-        await bridge.farm.aclose()
-
-
-if __name__ == "__main__":
-    run(main)

@@ -1,4 +1,6 @@
-from libs.runtime import run
-from services.gateway.service import main
+"""gateway: the public HTTP API."""
 
-run(main)
+from libs.runtime import run
+from services.gateway.service import SERVICE
+
+run(SERVICE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
@@ -16,7 +15,7 @@ from contracts.errors import DomainError
 from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
-from libs.runtime import ServiceRuntime, run
+from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
 from services.gateway.app import create_app
@@ -32,7 +31,9 @@ log = get_logger(__name__)
 class Gateway:
     """Everything the routes need, built once at start-up."""
 
-    def __init__(self, settings: GatewaySettings, rt: ServiceRuntime, redis: aioredis.Redis):
+    def __init__(
+        self, settings: GatewaySettings, rt: ServiceRuntime[Gateway], redis: aioredis.Redis
+    ) -> None:
         self.settings = settings
         self.rt = rt
         self.redis = redis
@@ -77,14 +78,44 @@ class Gateway:
         return await self.rt.ready()
 
 
-async def build(settings: GatewaySettings) -> Gateway:
-    settings.check_secrets()
-    rt = ServiceRuntime(settings, schema="gateway")
-    await rt.start()
+async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
+    settings = rt.settings
+    assert isinstance(settings, GatewaySettings)
     redis = aioredis.from_url(settings.redis_url)
+    rt.on_close(redis.aclose)
     gw = Gateway(settings, rt, redis)
     rt.background("action-log", gw.action_log.run)
     rt.readiness_checks.append(_redis_check(redis))
+    server = _Server(
+        uvicorn.Config(
+            gw.app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            loop="none",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+    )
+
+    served = asyncio.Event()
+    serving = False
+
+    async def serve_http(stopping: asyncio.Event) -> None:
+        nonlocal serving
+        serving = True
+        try:
+            await server.serve()
+        finally:
+            served.set()
+
+    async def stop_http() -> None:
+        server.should_exit = True
+        if serving:  # serve() returns once in-flight requests are answered
+            await served.wait()
+
+    rt.front_door(serve_http, stop_http)
     return gw
 
 
@@ -100,8 +131,8 @@ def _redis_check(redis: aioredis.Redis) -> Callable[[], Awaitable[str | None]]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway stops it, then flushes and closes
-    the rest (uvicorn would re-raise SIGTERM after serving and kill the process first)."""
+    """uvicorn without its own signal handling: the runtime stops it first, then flushes and
+    closes the rest (uvicorn would re-raise SIGTERM after serving and kill the process)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -112,37 +143,6 @@ SERVICE = Service(
     name="gateway",
     schema="gateway",
     settings=GatewaySettings,
+    wire=wire,
     secrets=frozenset({"jwt_keys", "token_pepper"}),
 )
-
-
-async def main() -> None:
-    settings = GatewaySettings()
-    gw = await build(settings)
-    await gw.rt.launch()
-    server = _Server(
-        uvicorn.Config(
-            gw.app,
-            host=settings.gateway_host,
-            port=settings.gateway_port,
-            loop="none",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=10,
-        )
-    )
-
-    def stop() -> None:
-        server.should_exit = True
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    await server.serve()  # returns once in-flight requests are answered
-    await gw.rt.stop()  # then the action log is flushed and the relay catches up
-    await gw.redis.aclose()
-
-
-if __name__ == "__main__":
-    run(main)

@@ -1,4 +1,4 @@
 from libs.runtime import run
-from services.identity.service import main
+from services.identity.service import SERVICE
 
-run(main)
+run(SERVICE)

@@ -1,22 +1,19 @@
-"""Wiring and start-up of the identity service."""
+"""The identity service: users, sessions and API keys."""
 
 from __future__ import annotations
 
-from libs.runtime import ServiceRuntime, run
+from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.identity.commands import IdentityCommands
 from services.identity.projections import ApiKeysProjection, UsersProjection
 from services.identity.settings import IdentitySettings
 
 
-async def build(settings: IdentitySettings) -> ServiceRuntime:
-    settings.check_secrets()  # an empty signing key or pepper would be an auth bypass
-    rt = ServiceRuntime(settings, schema="identity")
-    await rt.start()
-    users = await rt.projector(UsersProjection())
-    keys = await rt.projector(ApiKeysProjection())
-    IdentityCommands(settings).register(rt.command_server(read_your_writes=[users, keys]))
-    return rt
+async def wire(rt: ServiceRuntime[IdentityCommands]) -> IdentityCommands:
+    assert isinstance(rt.settings, IdentitySettings)
+    commands = IdentityCommands(rt.settings)
+    commands.register(rt.commands)
+    return commands
 
 
 SERVICE = Service(
@@ -24,14 +21,6 @@ SERVICE = Service(
     schema="identity",
     settings=IdentitySettings,
     projections=(UsersProjection(), ApiKeysProjection()),
+    wire=wire,
     secrets=frozenset({"jwt_keys", "token_pepper"}),
 )
-
-
-async def main() -> None:
-    rt = await build(IdentitySettings())
-    await rt.serve()
-
-
-if __name__ == "__main__":
-    run(main)

@@ -1,4 +1,4 @@
 from libs.runtime import run
-from services.job.service import main
+from services.job.service import SERVICE
 
-run(main)
+run(SERVICE)

@@ -1,22 +1,19 @@
-"""Wiring and start-up of the job service."""
+"""The job service: the job aggregate's commands and its read models."""
 
 from __future__ import annotations
 
-from libs.runtime import ServiceRuntime, run
+from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.job.commands import JobCommands
 from services.job.projections import FramesProjection, JobsProjection
 from services.job.settings import JobSettings
 
 
-async def build(settings: JobSettings) -> ServiceRuntime:
-    rt = ServiceRuntime(settings, schema="job")
-    await rt.start()
-    jobs_view = await rt.projector(JobsProjection())
-    frames_view = await rt.projector(FramesProjection())
-    server = rt.command_server(read_your_writes=[jobs_view, frames_view])
-    JobCommands(settings).register(server)
-    return rt
+async def wire(rt: ServiceRuntime[JobCommands]) -> JobCommands:
+    assert isinstance(rt.settings, JobSettings)
+    commands = JobCommands(rt.settings)
+    commands.register(rt.commands)
+    return commands
 
 
 SERVICE = Service(
@@ -24,13 +21,5 @@ SERVICE = Service(
     schema="job",
     settings=JobSettings,
     projections=(JobsProjection(), FramesProjection()),
+    wire=wire,
 )
-
-
-async def main() -> None:
-    rt = await build(JobSettings())
-    await rt.serve()
-
-
-if __name__ == "__main__":
-    run(main)

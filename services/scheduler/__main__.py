@@ -1,4 +1,6 @@
-from libs.runtime import run
-from services.scheduler.service import main
+"""scheduler: the process manager that takes a job from submission to its render's end."""
 
-run(main)
+from libs.runtime import run
+from services.scheduler.service import SERVICE
+
+run(SERVICE)

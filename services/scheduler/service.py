@@ -1,12 +1,12 @@
-"""Wiring and start-up of the scheduler."""
+"""The scheduler: the render process manager, as a policy on the kit (:mod:`libs.process`)."""
 
 from __future__ import annotations
 
-from libs.bus.commands import CommandClient
-from libs.runtime import ServiceRuntime, run
+from libs.bus.commands import Actor, CommandClient
+from libs.process import PostgresProcessStore, ProcessRunner
+from libs.runtime import ServiceRuntime
 from libs.service import Service
-from services.scheduler import projections
-from services.scheduler.manager import CONSUMER, SUBJECTS, RenderManager
+from services.scheduler.domain import JobRender, RenderProcess
 from services.scheduler.settings import SchedulerSettings
 
 #: Redelivery back-off: a farm or service outage of a few minutes delays, never loses.
@@ -14,37 +14,31 @@ BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 MAX_DELIVER = 20
 
 
-class Scheduler:
-    def __init__(self, rt: ServiceRuntime, manager: RenderManager) -> None:
-        self.rt = rt
-        self.manager = manager
-
-
-async def build(settings: SchedulerSettings) -> Scheduler:
-    rt = ServiceRuntime(settings, schema="scheduler")
-    await rt.start(relay=False)  # it records no events of its own
-    async with rt.pool.acquire() as conn:
-        await projections.setup(conn)
-    client = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
-    manager = RenderManager(settings, rt.store, client)
-    rt.consumer(
-        CONSUMER, SUBJECTS, manager.handle, max_deliver=MAX_DELIVER, backoff=BACKOFF, batch=100
+async def wire(rt: ServiceRuntime[ProcessRunner[JobRender]]) -> ProcessRunner[JobRender]:
+    settings = rt.settings
+    assert isinstance(settings, SchedulerSettings)
+    store = PostgresProcessStore(rt.store)
+    await store.setup()
+    runner = ProcessRunner(
+        RenderProcess(settings.skip_reason),
+        CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds),
+        store,
+        Actor(kind="service", id=settings.service_name),
     )
-    return Scheduler(rt, manager)
+    rt.consumer(
+        runner.manager.name,
+        runner.manager.subjects,
+        runner.handle,
+        max_deliver=MAX_DELIVER,
+        backoff=BACKOFF,
+        batch=100,
+    )
+    return runner
 
 
 SERVICE = Service(
     name="scheduler",
     schema="scheduler",
     settings=SchedulerSettings,
-    relay=False,
+    wire=wire,
 )
-
-
-async def main() -> None:
-    scheduler = await build(SchedulerSettings())
-    await scheduler.rt.serve()
-
-
-if __name__ == "__main__":
-    run(main)

@@ -19,7 +19,7 @@ def test_the_exported_json_schemas_are_up_to_date() -> None:
 def test_every_event_name_is_context_dot_past_tense_name() -> None:
     for name, cls in EVENTS.types().items():
         context, _, event = name.partition(".")
-        assert context in {"identity", "job", "gateway", "render"}, name
+        assert context in {"identity", "job", "gateway", "render", "process"}, name
         assert event[0].isupper() and event.endswith(("ed", "Taken", "Freed")), name
         assert cls.schema_version >= 1
 

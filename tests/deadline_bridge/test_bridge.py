@@ -16,10 +16,11 @@ from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Re
 from contracts.render import RenderAccepted, RenderKind, RenderOrdered, RenderStatus, SubmitRender
 from libs.bus.commands import Actor, CommandClient
 from libs.eventstore.uow import UnitOfWork
+from libs.runtime import ServiceRuntime, build
 from services.deadline_bridge.client import DeadlineClient, FarmError
 from services.deadline_bridge.commands import RenderCommands, tagged
 from services.deadline_bridge.domain import FarmRender
-from services.deadline_bridge.service import Bridge, build
+from services.deadline_bridge.service import SERVICE, Bridge
 from services.deadline_bridge.settings import BridgeSettings
 from tests.conftest import Env
 from tests.farm.conftest import Farm
@@ -46,19 +47,20 @@ def order(job_id: str = "job_1") -> SubmitRender:
 
 @pytest.fixture
 async def bridge_on(env: Env, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[Bridge] = []
+    started: list[ServiceRuntime[Bridge]] = []
 
-    async def start(farm: Farm, **settings: Any) -> Bridge:
+    async def start(farm: Farm, **settings: Any) -> ServiceRuntime[Bridge]:
         bridge = await build(
+            SERVICE,
             env.settings(
                 BridgeSettings,
                 farm_url=farm.url,
                 farm_outputs_root=str(tmp_path / "renders"),
                 scenes_root=str(tmp_path / "scenes"),
                 **settings,
-            )
+            ),
         )
-        await bridge.rt.launch()
+        await bridge.launch()
         started.append(bridge)
         return bridge
 
@@ -77,14 +79,14 @@ async def test_a_submission_retried_after_a_crash_finds_its_farm_job_instead_of_
     bridge_on: Callable[..., Any], make_farm: Callable[..., Farm]
 ) -> None:
     farm = make_farm(workers=0)
-    bridge: Bridge = await bridge_on(farm)
+    bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
     cmd = order()
     # The first try recorded the order and created the farm job, then died before
     # recording RenderSubmitted.
-    commands = RenderCommands(bridge.rt.settings, bridge.farm)  # type: ignore[arg-type]
-    uow = UnitOfWork(bridge.rt.store)
+    commands = RenderCommands(bridge.settings, bridge.wired.farm)  # type: ignore[arg-type]
+    uow = UnitOfWork(bridge.store)
     render = await uow.get(FarmRender, cmd.render_id)
-    render_dir = f"{bridge.rt.settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"  # type: ignore[attr-defined]
+    render_dir = f"{bridge.settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"  # type: ignore[attr-defined]
     render.order(
         RenderOrdered(
             render_id=cmd.render_id,
@@ -100,11 +102,11 @@ async def test_a_submission_retried_after_a_crash_finds_its_farm_job_instead_of_
         )
     )
     await uow.commit()
-    first = await bridge.farm.submit_job(
+    first = await bridge.wired.farm.submit_job(
         commands.job_info(cmd, render), commands.plugin_info(cmd, render)
     )
 
-    client = CommandClient(bridge.rt.nc, bridge.rt.settings)
+    client = CommandClient(bridge.nc, bridge.settings)
     reply = await client.send(cmd, RenderAccepted, command_id="submit-retry", actor=ACTOR)
     assert reply.status is RenderStatus.submitted and reply.farm_job_id == first
     assert [j["_id"] for j in await farm_jobs_tagged(farm, cmd.render_id)] == [first]
@@ -118,9 +120,9 @@ async def test_the_farm_job_carries_the_order(
     bridge_on: Callable[..., Any], make_farm: Callable[..., Farm]
 ) -> None:
     farm = make_farm(workers=0)
-    bridge: Bridge = await bridge_on(farm)
+    bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
     cmd = order("job_2")
-    client = CommandClient(bridge.rt.nc, bridge.rt.settings)
+    client = CommandClient(bridge.nc, bridge.settings)
     reply = await client.send(cmd, RenderAccepted, command_id="submit-2", actor=ACTOR)
     [job] = farm.client.get("/api/jobs", params={"JobID": reply.farm_job_id}).json()
     props = job["Props"]
@@ -141,10 +143,10 @@ async def test_an_authenticated_web_service_takes_credentials_and_refuses_withou
     assert refused.value.status == 401
     await anonymous.aclose()
 
-    bridge: Bridge = await bridge_on(
+    bridge: ServiceRuntime[Bridge] = await bridge_on(
         farm, farm_username="svc-render", farm_password=SecretStr("s3cret-pass")
     )
-    client = CommandClient(bridge.rt.nc, bridge.rt.settings)
+    client = CommandClient(bridge.nc, bridge.settings)
     reply = await client.send(order("job_3"), RenderAccepted, command_id="s3", actor=ACTOR)
     assert reply.status is RenderStatus.submitted and reply.farm_job_id
 
@@ -153,9 +155,9 @@ async def test_an_unreachable_farm_is_a_retryable_error(
     bridge_on: Callable[..., Any], make_farm: Callable[..., Farm]
 ) -> None:
     farm = make_farm(workers=0)
-    bridge: Bridge = await bridge_on(farm)
+    bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
     farm.stop()
-    client = CommandClient(bridge.rt.nc, bridge.rt.settings)
+    client = CommandClient(bridge.nc, bridge.settings)
     with pytest.raises(DomainError) as failed:
         await client.send(order("job_4"), RenderAccepted, command_id="s4", actor=ACTOR)
     assert failed.value.code is ErrorCode.service_unavailable

@@ -112,15 +112,16 @@ async def test_a_malformed_api_key_is_refused(client: httpx.AsyncClient) -> None
 async def test_too_many_requests_get_429_with_retry_after_and_a_code(
     env: object, job_service: object, gateway_settings: GatewaySettings, users: Users
 ) -> None:
-    from services.gateway.service import build
+    from libs.runtime import build
+    from services.gateway.service import SERVICE
 
     settings = gateway_settings.model_copy(
         update={"rate_limit_user_per_second": 0.01, "rate_limit_user_burst": 3}
     )
-    gw = await build(settings)
-    await gw.rt.launch()
+    rt = await build(SERVICE, settings)
+    await rt.launch()
     try:
-        transport = httpx.ASGITransport(app=gw.app)
+        transport = httpx.ASGITransport(app=rt.wired.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             me, other = users.new(), users.new()
             statuses = [(await client.get("/v1/jobs", headers=me)).status_code for _ in range(4)]
@@ -130,5 +131,4 @@ async def test_too_many_requests_get_429_with_retry_after_and_a_code(
             assert int(r.headers["Retry-After"]) >= 1
             assert (await client.get("/v1/jobs", headers=other)).status_code == 200
     finally:
-        await gw.rt.stop()
-        await gw.redis.aclose()
+        await rt.stop()

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from contracts.base import Command
 from contracts.identity import Login, RegisterUser, TokenPair, UserProfile
 from libs.bus.commands import Actor, CommandClient
-from libs.runtime import ServiceRuntime
-from services.identity.service import build
+from libs.runtime import ServiceRuntime, build
+from services.identity.service import SERVICE
 from services.identity.settings import IdentitySettings
 from tests.conftest import Env
 
@@ -30,7 +30,7 @@ def settings(env: Env) -> IdentitySettings:
 
 @pytest.fixture
 async def service(settings: IdentitySettings) -> AsyncIterator[ServiceRuntime]:
-    rt = await build(settings)
+    rt = await build(SERVICE, settings)
     await rt.launch()
     yield rt
     await rt.stop()

@@ -92,7 +92,7 @@ def test_the_renders_end_ends_the_job() -> None:
     )
 
 
-def test_bookkeeping_events_ask_nothing() -> None:
+def test_an_order_asks_nothing_of_the_job_and_marks_the_render_ordered() -> None:
     ordered = RenderOrdered(
         **IDS,
         owner_id="usr_1",
@@ -104,4 +104,5 @@ def test_bookkeeping_events_ask_nothing() -> None:
         output_pattern="frame_####.png",
         at=T,
     )
-    assert job_commands_for(ordered) == [] and render_status_after(ordered) is None
+    assert job_commands_for(ordered) == []
+    assert render_status_after(ordered) is RenderStatus.ordered
