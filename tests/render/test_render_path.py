@@ -13,6 +13,7 @@ from typing import Any
 from tests.render.conftest import RenderSystem
 
 PNG = b"\x89PNG\r\n\x1a\n"
+EXR = b"\x76\x2f\x31\x01"  # OpenEXR magic number
 
 
 def rendering(j: dict[str, Any]) -> bool:
@@ -55,6 +56,25 @@ async def test_a_job_renders_to_completed_with_one_file_per_frame(
         assert f["size_bytes"] == len(data) > 0
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert len({f["sha256"] for f in frames}) == 6  # each frame's image differs
+
+
+async def test_an_exr_job_renders_exr_files(render_system: RenderSystem) -> None:
+    system = render_system
+    job = await system.create_job(
+        frame_range={"start": 1, "end": 2},
+        render_settings={"output_format": "exr", "samples": 32, "camera": "CAM_main"},
+    )
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed", done
+    r = await system.api.get(f"/v1/jobs/{job['job_id']}/frames", headers=system.headers)
+    assert r.status_code == 200, r.text
+    paths = [Path(f["path"]) for f in r.json()["items"]]
+    assert [p.name for p in paths] == ["frame_0001.exr", "frame_0002.exr"]
+    assert all(p.read_bytes()[:4] == EXR for p in paths)
+    [farm_job] = await system.farm_jobs_of(job["job_id"])
+    plugin_info = farm_job["Props"]["PlugInfo"]
+    assert (plugin_info["OutputFormat"], plugin_info["Samples"]) == ("OPEN_EXR", "32")
+    assert plugin_info["Camera"] == "CAM_main"
 
 
 async def test_eta_comes_from_measured_task_times(render_system: RenderSystem) -> None:
