@@ -88,9 +88,11 @@ async def test_a_submission_retried_after_a_crash_finds_its_farm_job_instead_of_
     cmd = order()
     # The first try recorded the order and created the farm job, then died before
     # recording RenderSubmitted.
-    commands = RenderCommands(bridge.rt.settings, bridge.rt.store, bridge.farm)  # type: ignore[arg-type]
+    settings = bridge.rt.settings
+    assert isinstance(settings, BridgeSettings)
+    commands = RenderCommands(settings, bridge.rt.store, bridge.farm)
     loaded = await commands.renders.load(cmd.render_id)
-    render_dir = f"{bridge.rt.settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"  # type: ignore[attr-defined]
+    render_dir = f"{settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"
     ordered = RenderOrdered(
         render_id=cmd.render_id,
         job_id=cmd.job_id,

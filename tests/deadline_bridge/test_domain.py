@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from contracts.base import Event
 from contracts.jobs import FrameOutput
 from contracts.render import (
     RenderCancelled,
@@ -77,9 +79,9 @@ def failed(task_id: int, error: str = "boom") -> Observed:
     )
 
 
-def apply_all(r: FarmRender, events: list[object]) -> None:
+def apply_all(r: FarmRender, events: Sequence[Event]) -> None:
     for e in events:
-        r.apply(e)  # type: ignore[arg-type]
+        r.apply(e)
 
 
 def test_tasks_are_the_frame_list_in_chunks() -> None:

@@ -148,7 +148,9 @@ async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_
                 break
             await asyncio.sleep(0.1)
         assert published == stored
-        submitted = orjson.loads((await js.get_last_msg(stream, prefix + "JobSubmitted")).data)
+        newest = await js.get_last_msg(stream, prefix + "JobSubmitted")
+        assert newest.data is not None
+        submitted = orjson.loads(newest.data)
         assert submitted["data"]["job_id"] == job["job_id"]
     finally:
         await nc.close()

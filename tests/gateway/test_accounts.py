@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 
@@ -13,12 +14,13 @@ from tests.fixtures import admin_session, job_spec
 PASSWORD = "a-long-password"
 
 
-async def register(api: httpx.AsyncClient, email: str) -> dict:
+async def register(api: httpx.AsyncClient, email: str) -> dict[str, Any]:
     r = await api.post(
         "/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": email}
     )
     assert r.status_code == 201, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def login(api: httpx.AsyncClient, email: str) -> httpx.Response:
@@ -208,6 +210,7 @@ async def test_identity_secrets_stay_out_of_the_events_published_on_the_bus(
     msg = await js.get_last_msg(
         settings.events_stream, settings.subject("events.identity.UserRegistered")
     )
+    assert msg.data is not None
     data = orjson.loads(msg.data)["data"]
     assert data["email"] == "bus@studio.test"
     assert data["password_hash"] == "redacted"

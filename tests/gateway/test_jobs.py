@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -13,10 +14,13 @@ from libs.runtime import ServiceRuntime
 from tests.fixtures import Users, job_spec
 
 
-async def create(client: httpx.AsyncClient, headers: dict[str, str], **spec: object) -> dict:
+async def create(
+    client: httpx.AsyncClient, headers: dict[str, str], **spec: object
+) -> dict[str, Any]:
     r = await client.post("/v1/jobs", json=job_spec(**spec), headers=headers)
     assert r.status_code == 201, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(

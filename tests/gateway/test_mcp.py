@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import httpx2
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from fastmcp import Client, FastMCP
 
 from libs.runtime import ServiceRuntime
