@@ -102,6 +102,9 @@ class CommandRegistry:
         self._commands: dict[str, type[Command]] = {}
 
     def register(self, cls: C) -> C:
+        existing = self._commands.get(cls.command_type)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"command type {cls.command_type!r} registered twice")
         self._commands[cls.command_type] = cls
         return cls
 

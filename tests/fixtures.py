@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ def gateway_settings(env: Env) -> GatewaySettings:
 
 
 @pytest.fixture
-async def job_service(env: Env) -> AsyncIterator[ServiceRuntime]:
+async def job_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     rt = await build(job_service_.SERVICE, env.settings(JobSettings, active_job_limit=3))
     await rt.launch()
     yield rt
@@ -43,7 +44,9 @@ async def gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def client(gateway: Gateway, job_service: ServiceRuntime) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    gateway: Gateway, job_service: ServiceRuntime[Any]
+) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=gateway.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
         yield c
@@ -84,7 +87,7 @@ def job_spec(**overrides: object) -> dict[str, object]:
 
 
 @pytest.fixture
-async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime]:
+async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     rt = await build(
         identity_service_.SERVICE, env.settings(IdentitySettings, password_scrypt_n=2**10)
     )
@@ -95,7 +98,7 @@ async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime]:
 
 @pytest.fixture
 async def api(
-    gateway: Gateway, job_service: ServiceRuntime, identity_service: ServiceRuntime
+    gateway: Gateway, job_service: ServiceRuntime[Any], identity_service: ServiceRuntime[Any]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway with identity and job services behind it."""
     transport = httpx.ASGITransport(app=gateway.app)
@@ -103,7 +106,7 @@ async def api(
         yield c
 
 
-async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime) -> dict[str, str]:
+async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime[Any]) -> dict[str, str]:
     """The first admin, created as the command line does, logged in."""
     from contracts.identity import RegisterUser, Role, UserProfile
     from libs.bus.commands import Actor, CommandClient

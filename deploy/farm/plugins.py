@@ -189,24 +189,117 @@ def output_pattern(spec: TaskSpec, root: Path) -> str:
     return str(resolve(directory, root) / name)
 
 
+#: Blender's ``-F`` names of the formats.
+BLENDER_FORMATS = {
+    renderer.ImageFormat.png: "PNG",
+    renderer.ImageFormat.exr: "OPEN_EXR",
+    renderer.ImageFormat.jpeg: "JPEG",
+}
+#: Blender engines for PluginInfo ``Renderer`` (Blender's names; ours are mapped too).
+ENGINES = {
+    "CYCLES": "CYCLES",
+    "BLENDER_CYCLES": "CYCLES",
+    "BLENDER_EEVEE": "BLENDER_EEVEE",
+    "BLENDER_EEVEE_NEXT": "BLENDER_EEVEE_NEXT",
+    "EEVEE": "BLENDER_EEVEE",
+}
+
+
+def _positive_int(info: dict[str, str], key: str) -> int | None:
+    text = info.get(key, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise RenderError(f"Error: PluginInfo {key} must be a number, not {text!r}.") from None
+    if value < 1:
+        raise RenderError(f"Error: PluginInfo {key} must be at least 1, not {value}.")
+    return value
+
+
+def blender_setup(info: dict[str, str]) -> str | None:
+    """The ``--python-expr`` that applies engine, samples, camera and resolution, if any."""
+    lines: list[str] = []
+    engine_text = info.get("Renderer", "").strip().upper()
+    engine = ENGINES.get(engine_text)
+    if engine_text and engine is None:
+        raise RenderError(f"Error: unknown PluginInfo Renderer {info['Renderer']!r}.")
+    if engine is not None:
+        lines.append(f"s.render.engine = {engine!r}")
+    samples = _positive_int(info, "Samples")
+    if samples is not None:
+        if engine == "CYCLES":
+            lines.append(f"s.cycles.samples = {samples}")
+        else:
+            lines.append(f"s.eevee.taa_render_samples = {samples}")
+    camera = info.get("Camera", "").strip()
+    if camera:
+        lines.append(f"s.camera = bpy.data.objects[{camera!r}]")
+    width, height = _positive_int(info, "ResolutionX"), _positive_int(info, "ResolutionY")
+    if width is not None:
+        lines.append(f"s.render.resolution_x = {width}")
+    if height is not None:
+        lines.append(f"s.render.resolution_y = {height}")
+    if width is not None or height is not None:
+        lines.append("s.render.resolution_percentage = 100")
+    if not lines:
+        return None
+    return "; ".join(["import bpy", "s = bpy.context.scene", *lines])
+
+
 def blender(spec: TaskSpec, ctx: RenderContext) -> None:
-    """The ``Blender`` plugin: ``blender -b`` when available, else the built-in renderer."""
-    scene = spec.plugin_info.get("SceneFile", "").strip()
+    """The ``Blender`` plugin: ``blender -b`` when available, else the built-in renderer.
+
+    PluginInfo ``OutputFormat`` (Blender's ``-F`` names: ``PNG``, ``OPEN_EXR``, ``JPEG``),
+    ``Renderer``, ``Samples``, ``Camera`` and ``ResolutionX``/``ResolutionY`` are passed to
+    Blender. The built-in renderer writes PNG and OpenEXR; it fails the task for a format it
+    cannot write, and logs the settings it does not apply (it has no scene to set them on).
+    """
+    info = spec.plugin_info
+    scene = info.get("SceneFile", "").strip()
     if not scene:
         raise RenderError("Error: Blender job has no SceneFile in its PluginInfo.")
     pattern = output_pattern(spec, ctx.outputs_root)
+    requested = info.get("OutputFormat", "")
+    try:
+        fmt = renderer.image_format(requested, pattern)
+    except renderer.UnsupportedFormat as exc:
+        raise RenderError(f"Error: {exc}.") from None
     if ctx.blender is not None:
         args = [ctx.blender, "-b", str(resolve(scene, ctx.outputs_root)), "-o", pattern]
-        threads = spec.plugin_info.get("Threads", "").strip()
+        if requested.strip():
+            args += ["-F", BLENDER_FORMATS[fmt], "-x", "1"]
+        setup = blender_setup(info)
+        if setup is not None:
+            args += ["--python-expr", setup]
+        threads = info.get("Threads", "").strip()
         if threads:
             args += ["-t", threads]
         args += ["-f", ",".join(str(f) for f in spec.frames)]
         _run_process(args, None, spec, ctx)
         return
+    if fmt not in renderer.WRITABLE:
+        raise RenderError(
+            f"Error: the built-in renderer cannot write {fmt.name.upper()} (it writes PNG and"
+            " OPEN_EXR); render this job with Blender (--blender auto or a path)."
+        )
+    ignored = {
+        key: info[key]
+        for key in ("Renderer", "Samples", "Camera", "ResolutionX", "ResolutionY")
+        if info.get(key, "").strip()
+    }
+    blender_setup(info)  # refuse malformed settings as Blender would
+    if ignored:
+        ctx.log(
+            "Built-in renderer: no scene to apply "
+            + ", ".join(f"{k}={v}" for k, v in ignored.items())
+            + f" to; frames are {renderer.WIDTH}x{renderer.HEIGHT}."
+        )
     for frame in spec.frames:
         ctx.sleep(ctx.frame_seconds)
-        path = renderer.write_frame(Path(scene).stem, frame, pattern)
-        ctx.log(f"Rendered frame {frame} to {path}")
+        path = renderer.write_frame(Path(scene).stem, frame, pattern, fmt)
+        ctx.log(f"Rendered frame {frame} as {fmt.name.upper()} to {path}")
 
 
 #: Plugins the farm knows, by the JobInfo ``Plugin`` name.

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.errors import DomainError, ErrorCode
-from contracts.jobs import JobPriority
+from contracts.jobs import JobPriority, OutputFormat, Renderer
 from contracts.render import (
     CancelRender,
     RenderAccepted,
@@ -39,7 +39,25 @@ FARM_PRIORITY = {
 }
 #: Extra-info key tagging farm jobs with our render id.
 RENDER_TAG = "rf_render_id"
-OUTPUT_PATTERN = "frame_####.png"
+#: The output file name, ``{ext}`` following the job's output format.
+OUTPUT_PATTERN = "frame_####.{ext}"
+#: File extension per output format (Blender's: ``.jpg`` for JPEG).
+FORMAT_EXTENSIONS = {
+    OutputFormat.png: "png",
+    OutputFormat.exr: "exr",
+    OutputFormat.jpeg: "jpg",
+}
+#: PluginInfo ``OutputFormat`` values: Blender's image format names (``blender -F``).
+FARM_FORMATS = {
+    OutputFormat.png: "PNG",
+    OutputFormat.exr: "OPEN_EXR",
+    OutputFormat.jpeg: "JPEG",
+}
+#: PluginInfo ``Renderer`` values: Blender's render engine names (``blender -E``).
+FARM_ENGINES = {
+    Renderer.blender_cycles: "CYCLES",
+    Renderer.blender_eevee: "BLENDER_EEVEE",
+}
 ALL_STATES = ("Active", "Suspended", "Completed", "Failed", "Pending")
 
 
@@ -107,17 +125,31 @@ class RenderCommands:
         }
 
     def plugin_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
+        """The Blender plugin's settings: scene, output and the job's render settings.
+
+        ``SceneFile``, ``OutputFile``, ``Threads`` and ``Build`` are the Deadline Blender
+        plugin's keys; ``Renderer``, ``OutputFormat``, ``Samples``, ``Camera`` and
+        ``ResolutionX``/``ResolutionY`` carry the job's render settings (Blender's names for
+        engine and format). ``Samples`` and ``Camera`` are left out when the job keeps the
+        scene's. The output file name ends in the format's extension.
+        """
         scene = f"{self.settings.scenes_root.rstrip('/')}/{cmd.scene_key}"
-        output = f"{render.output_dir}/{render.output_pattern.removesuffix('.png')}"
-        return {
+        settings = cmd.render_settings
+        info: dict[str, Any] = {
             "SceneFile": scene,
-            "OutputFile": output,
+            "OutputFile": f"{render.output_dir}/{render.output_pattern}",
             "Threads": 0,
             "Build": "None",
-            "Renderer": cmd.renderer.value,
+            "Renderer": FARM_ENGINES[cmd.renderer],
+            "OutputFormat": FARM_FORMATS[settings.output_format],
             "ResolutionX": cmd.resolution.width,
             "ResolutionY": cmd.resolution.height,
         }
+        if settings.samples is not None:
+            info["Samples"] = settings.samples
+        if settings.camera is not None:
+            info["Camera"] = settings.camera
+        return info
 
     async def find_on_farm(self, render_id: str) -> str | None:
         """The farm job tagged with ``render_id``, if an earlier try created one."""
@@ -145,7 +177,9 @@ class RenderCommands:
                         frames=list(cmd.frame_range.frames()),
                         chunk_size=cmd.chunk_size,
                         output_dir=f"{root}/{cmd.owner_id}/{cmd.job_id}/{render_id}",
-                        output_pattern=OUTPUT_PATTERN,
+                        output_pattern=OUTPUT_PATTERN.format(
+                            ext=FORMAT_EXTENSIONS[cmd.render_settings.output_format]
+                        ),
                         at=datetime.now(UTC),
                     )
                 )

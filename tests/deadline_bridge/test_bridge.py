@@ -12,7 +12,14 @@ import pytest
 from pydantic import SecretStr
 
 from contracts.errors import DomainError, ErrorCode
-from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Resolution
+from contracts.jobs import (
+    FrameRange,
+    JobPriority,
+    OutputFormat,
+    Renderer,
+    RenderSettings,
+    Resolution,
+)
 from contracts.render import RenderAccepted, RenderKind, RenderOrdered, RenderStatus, SubmitRender
 from libs.bus.commands import Actor, CommandClient
 from libs.eventstore.uow import UnitOfWork
@@ -28,8 +35,8 @@ from tests.farm.conftest import Farm
 ACTOR = Actor(kind="service", id="scheduler")
 
 
-def order(job_id: str = "job_1") -> SubmitRender:
-    return SubmitRender(
+def order(job_id: str = "job_1", **changes: Any) -> SubmitRender:
+    fields: dict[str, Any] = dict(
         job_id=job_id,
         owner_id="usr_1",
         kind=RenderKind.full,
@@ -43,6 +50,7 @@ def order(job_id: str = "job_1") -> SubmitRender:
         render_settings=RenderSettings(),
         priority=JobPriority.high,
     )
+    return SubmitRender(**{**fields, **changes})
 
 
 @pytest.fixture
@@ -83,10 +91,12 @@ async def test_a_submission_retried_after_a_crash_finds_its_farm_job_instead_of_
     cmd = order()
     # The first try recorded the order and created the farm job, then died before
     # recording RenderSubmitted.
-    commands = RenderCommands(bridge.settings, bridge.wired.farm)  # type: ignore[arg-type]
+    settings = bridge.settings
+    assert isinstance(settings, BridgeSettings)
+    commands = RenderCommands(settings, bridge.wired.farm)
     uow = UnitOfWork(bridge.store)
     render = await uow.get(FarmRender, cmd.render_id)
-    render_dir = f"{bridge.settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"  # type: ignore[attr-defined]
+    render_dir = f"{settings.farm_outputs_root}/usr_1/job_1/{cmd.render_id}"
     render.order(
         RenderOrdered(
             render_id=cmd.render_id,
@@ -121,7 +131,13 @@ async def test_the_farm_job_carries_the_order(
 ) -> None:
     farm = make_farm(workers=0)
     bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
-    cmd = order("job_2")
+    cmd = order(
+        "job_2",
+        resolution=Resolution(width=1920, height=1080),
+        render_settings=RenderSettings(
+            output_format=OutputFormat.exr, samples=256, camera="CAM_hero"
+        ),
+    )
     client = CommandClient(bridge.nc, bridge.settings)
     reply = await client.send(cmd, RenderAccepted, command_id="submit-2", actor=ACTOR)
     [job] = farm.client.get("/api/jobs", params={"JobID": reply.farm_job_id}).json()
@@ -130,7 +146,35 @@ async def test_the_farm_job_carries_the_order(
     assert int(props["Pri"]) == 75  # high
     assert props["ExDic"]["rf_render_id"] == cmd.render_id
     assert props["Batch"] == "job_2"
-    assert job["OutDir"][0].endswith(f"/usr_1/job_2/{cmd.render_id}")
+    render_dir = f"/usr_1/job_2/{cmd.render_id}"
+    assert job["OutDir"][0].endswith(render_dir)
+    assert job["OutFile"] == ["frame_####.exr"]
+    # The render settings reach the farm's plugin (values come back as strings, as Deadline
+    # stores them).
+    plugin_info = props["PlugInfo"]
+    assert plugin_info["OutputFormat"] == "OPEN_EXR"
+    assert plugin_info["Samples"] == "256"
+    assert plugin_info["Camera"] == "CAM_hero"
+    assert (plugin_info["ResolutionX"], plugin_info["ResolutionY"]) == ("1920", "1080")
+    assert plugin_info["Renderer"] == "CYCLES"
+    assert plugin_info["OutputFile"].endswith(f"{render_dir}/frame_####.exr")
+    assert plugin_info["SceneFile"].endswith("/scenes/shot_030.blend")
+
+
+async def test_a_job_that_keeps_the_scenes_samples_and_camera_sends_none(
+    bridge_on: Callable[..., Any], make_farm: Callable[..., Farm]
+) -> None:
+    farm = make_farm(workers=0)
+    bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
+    cmd = order("job_5", render_settings=RenderSettings(output_format=OutputFormat.jpeg))
+    client = CommandClient(bridge.nc, bridge.settings)
+    reply = await client.send(cmd, RenderAccepted, command_id="submit-5", actor=ACTOR)
+    [job] = farm.client.get("/api/jobs", params={"JobID": reply.farm_job_id}).json()
+    plugin_info = job["Props"]["PlugInfo"]
+    assert plugin_info["OutputFormat"] == "JPEG"
+    assert plugin_info["OutputFile"].endswith("/frame_####.jpg")
+    assert "Samples" not in plugin_info and "Camera" not in plugin_info
+    assert (plugin_info["ResolutionX"], plugin_info["ResolutionY"]) == ("320", "180")
 
 
 async def test_an_authenticated_web_service_takes_credentials_and_refuses_without(

@@ -115,20 +115,43 @@ async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_
     )
     assert cancelled.json()["status"] == "cancelled"
 
-    # Every job event reached JetStream once, with the event id as the message id.
+    # Every job event reached JetStream once, in feed order, with the event id as the
+    # message id.
+    conn = await asyncpg.connect(env["RF_DATABASE_URL"])
+    try:
+        rows = await conn.fetch("SELECT event_id, type FROM job.events ORDER BY global_position")
+    finally:
+        await conn.close()
+    stored = [(str(r["event_id"]), r["type"]) for r in rows]
+    assert [t for _, t in stored if t.endswith(("JobSubmitted", "JobCancelled"))] == [
+        "job.JobSubmitted",
+        "job.JobCancelled",
+    ]
     nc = await nats.connect(env["RF_NATS_URL"])
     try:
         js = nc.jetstream()
-        subject = f"{env['RF_NATS_PREFIX']}.events.job.JobSubmitted"
+        stream = f"{env['RF_NATS_PREFIX'].upper()}EVENTS"
+        prefix = f"{env['RF_NATS_PREFIX']}.events.job."
+        published: list[tuple[str, str]] = []
         for _ in range(50):
-            try:
-                msg = await js.get_last_msg(f"{env['RF_NATS_PREFIX'].upper()}EVENTS", subject)
+            state = (await js.stream_info(stream)).state
+            published = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                if not (msg.subject or "").startswith(prefix):
+                    continue
+                body = orjson.loads(msg.data or b"{}")
+                assert msg.headers and msg.headers["Nats-Msg-Id"] == body["event_id"]
+                assert msg.subject == prefix + body["type"].removeprefix("job.")
+                published.append((body["event_id"], body["type"]))
+            if len(published) >= len(stored):
                 break
-            except nats.js.errors.NotFoundError:
-                await asyncio.sleep(0.1)
-        body = orjson.loads(msg.data)
-        assert body["data"]["job_id"] == job["job_id"]
-        assert msg.headers and msg.headers["Nats-Msg-Id"] == body["event_id"]
+            await asyncio.sleep(0.1)
+        assert published == stored
+        newest = await js.get_last_msg(stream, prefix + "JobSubmitted")
+        assert newest.data is not None
+        submitted = orjson.loads(newest.data)
+        assert submitted["data"]["job_id"] == job["job_id"]
     finally:
         await nc.close()
 

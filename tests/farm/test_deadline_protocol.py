@@ -288,6 +288,82 @@ def test_plugin_info_output_file_with_hashes(farm: Farm, tmp_path: Path) -> None
     ]
 
 
+def exr_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a single-part scanline OpenEXR file, checking its layout."""
+    magic, version = struct.unpack("<ii", data[:8])
+    assert (magic, version & 0xFF, version >> 8) == (20000630, 2, 0)
+    attributes: dict[str, bytes] = {}
+    pos = 8
+    while data[pos] != 0:
+        name_end = data.index(b"\0", pos)
+        kind_end = data.index(b"\0", name_end + 1)
+        (size,) = struct.unpack("<i", data[kind_end + 1 : kind_end + 5])
+        attributes[data[pos:name_end].decode()] = data[kind_end + 5 : kind_end + 5 + size]
+        pos = kind_end + 5 + size
+    assert attributes.keys() >= {
+        "channels", "compression", "dataWindow", "displayWindow", "lineOrder",
+        "pixelAspectRatio", "screenWindowCenter", "screenWindowWidth",
+    }  # fmt: skip
+    assert attributes["compression"] == b"\x00"  # none: one scan line per block
+    x0, y0, x1, y1 = struct.unpack("<iiii", attributes["dataWindow"])
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    chlist, names = attributes["channels"], []
+    while chlist[0] != 0:
+        name, _, chlist = chlist.partition(b"\0")
+        pixel_type, _linear, x_sampling, y_sampling = struct.unpack("<iB3xii", chlist[:16])
+        assert (pixel_type, x_sampling, y_sampling) == (1, 1, 1)  # half float, 1x1
+        names.append(name)
+        chlist = chlist[16:]
+    assert names == [b"B", b"G", b"R"], names
+    offsets = struct.unpack(f"<{height}Q", data[pos + 1 : pos + 1 + 8 * height])
+    for y, offset in enumerate(offsets):
+        line, size = struct.unpack("<ii", data[offset : offset + 8])
+        assert (line, size) == (y, width * 3 * 2)  # 3 half-float channels
+    assert offsets[-1] + 8 + width * 6 == len(data)
+    return width, height
+
+
+def test_output_format_exr_writes_openexr_files(farm: Farm, tmp_path: Path) -> None:
+    body = blender_job("exr", "1-2", tmp_path / "ignored")
+    body["PluginInfo"] |= {
+        "OutputFile": str(tmp_path / "exr" / "frame_####.exr"),
+        "OutputFormat": "OPEN_EXR",
+        "Samples": 64,
+        "Camera": "CAM_main",
+        "ResolutionX": 320,
+        "ResolutionY": 180,
+    }
+    job_id = submit(farm, body)
+    wait_stat(farm, job_id, 3)
+    files = sorted((tmp_path / "exr").iterdir())
+    assert [f.name for f in files] == ["frame_0001.exr", "frame_0002.exr"]
+    assert all(exr_size(f.read_bytes()) == (320, 180) for f in files)
+    # The built-in renderer has no scene to apply samples and camera to, and says so.
+    response = farm.client.get(
+        "/api/taskreports", params={"JobID": job_id, "TaskID": "0", "Data": "allcontents"}
+    )
+    [log] = response.json()
+    assert "Samples=64" in log and "Camera=CAM_main" in log
+    assert "Rendered frame 1 as EXR" in log
+
+
+def test_a_format_the_builtin_renderer_cannot_write_fails_the_task(
+    farm: Farm, tmp_path: Path
+) -> None:
+    body = blender_job(
+        "jpeg", "1", tmp_path, OverrideTaskFailureDetection=True, FailureDetectionTaskErrors=1
+    )
+    body["PluginInfo"] |= {
+        "OutputFile": str(tmp_path / "frame_####.jpg"),
+        "OutputFormat": "JPEG",
+    }
+    job_id = submit(farm, body)
+    wait_stat(farm, job_id, 4)
+    [error] = reports(farm, job_id, "error")
+    assert "cannot write JPEG" in error["Title"]
+    assert list(tmp_path.iterdir()) == []  # no PNG under a .jpg name, nor anything else
+
+
 def test_priority_orders_pickup(make_farm: Callable[..., Farm], tmp_path: Path) -> None:
     farm = make_farm(workers=0)
     low = submit(farm, blender_job("low", "1", tmp_path / "low", Priority=10))

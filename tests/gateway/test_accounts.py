@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 
@@ -13,12 +14,13 @@ from tests.fixtures import admin_session, job_spec
 PASSWORD = "a-long-password"
 
 
-async def register(api: httpx.AsyncClient, email: str) -> dict:
+async def register(api: httpx.AsyncClient, email: str) -> dict[str, Any]:
     r = await api.post(
         "/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": email}
     )
     assert r.status_code == 201, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def login(api: httpx.AsyncClient, email: str) -> httpx.Response:
@@ -36,7 +38,7 @@ async def approved_user(
 
 
 async def test_a_user_can_log_in_only_after_an_admin_approves(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     user = await register(api, "artist@studio.test")
@@ -54,7 +56,7 @@ async def test_a_user_can_log_in_only_after_an_admin_approves(
 
 
 async def test_wrong_password_and_unknown_email_look_the_same(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     await register(api, "a@studio.test")
     wrong = await api.post(
@@ -69,7 +71,7 @@ async def test_wrong_password_and_unknown_email_look_the_same(
 
 
 async def test_a_registered_email_cannot_register_again(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     await register(api, "dup@studio.test")
     r = await api.post(
@@ -80,7 +82,7 @@ async def test_a_registered_email_cannot_register_again(
 
 
 async def test_reusing_a_refresh_token_revokes_the_session(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     await approved_user(api, admin, "r@studio.test")
@@ -96,7 +98,7 @@ async def test_reusing_a_refresh_token_revokes_the_session(
 
 
 async def test_an_api_key_acts_for_its_user_within_its_scopes_until_revoked(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     me = await approved_user(api, admin, "mcp@studio.test")
@@ -127,7 +129,7 @@ async def test_an_api_key_acts_for_its_user_within_its_scopes_until_revoked(
 
 
 async def test_api_key_use_is_recorded_as_last_used(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     me = await approved_user(api, admin, "use@studio.test")
@@ -145,7 +147,7 @@ async def test_api_key_use_is_recorded_as_last_used(
 
 
 async def test_admin_routes_refuse_ordinary_users(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     me = await approved_user(api, admin, "plain@studio.test")
@@ -154,7 +156,7 @@ async def test_admin_routes_refuse_ordinary_users(
 
 
 async def test_every_api_call_is_recorded_in_the_action_log(
-    api: httpx.AsyncClient, gateway: Gateway, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, gateway: Gateway, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     me = await approved_user(api, admin, "log@studio.test")
@@ -178,7 +180,7 @@ async def test_every_api_call_is_recorded_in_the_action_log(
 
 
 async def test_revoking_someone_elses_key_is_not_found_even_after_they_revoked_it(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     admin = await admin_session(api, identity_service)
     owner = await approved_user(api, admin, "owner@studio.test")
@@ -195,7 +197,7 @@ async def test_revoking_someone_elses_key_is_not_found_even_after_they_revoked_i
 
 
 async def test_identity_secrets_stay_out_of_the_events_published_on_the_bus(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any]
 ) -> None:
     import orjson
 
@@ -208,6 +210,7 @@ async def test_identity_secrets_stay_out_of_the_events_published_on_the_bus(
     msg = await js.get_last_msg(
         settings.events_stream, settings.subject("events.identity.UserRegistered")
     )
+    assert msg.data is not None
     data = orjson.loads(msg.data)["data"]
     assert data["email"] == "bus@studio.test"
     assert data["password_hash"] == "redacted"

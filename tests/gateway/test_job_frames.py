@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from libs.runtime import ServiceRuntime
@@ -10,7 +12,7 @@ from tests.job.scheduler import T0, Scheduler, outputs
 
 
 async def rendered_job(
-    client: httpx.AsyncClient, job_service: ServiceRuntime, me: dict[str, str]
+    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], me: dict[str, str]
 ) -> str:
     r = await client.post(
         "/v1/jobs",
@@ -25,7 +27,7 @@ async def rendered_job(
 
 
 async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
-    client: httpx.AsyncClient, job_service: ServiceRuntime, users: Users
+    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     me = users.new()
     job_id = await rendered_job(client, job_service, me)
@@ -61,7 +63,7 @@ async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
 
 
 async def test_another_users_job_has_no_frames_to_show_and_bad_cursors_are_refused(
-    client: httpx.AsyncClient, job_service: ServiceRuntime, users: Users
+    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     me = users.new()
     job_id = await rendered_job(client, job_service, me)
@@ -78,7 +80,7 @@ async def test_another_users_job_has_no_frames_to_show_and_bad_cursors_are_refus
 
 
 async def test_a_job_not_yet_rendered_has_an_empty_frame_list(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime, users: Users
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], users: Users
 ) -> None:
     me = users.new()
     job = (await api.post("/v1/jobs", json=job_spec(), headers=me)).json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -13,10 +14,13 @@ from libs.runtime import ServiceRuntime
 from tests.fixtures import Users, job_spec
 
 
-async def create(client: httpx.AsyncClient, headers: dict[str, str], **spec: object) -> dict:
+async def create(
+    client: httpx.AsyncClient, headers: dict[str, str], **spec: object
+) -> dict[str, Any]:
     r = await client.post("/v1/jobs", json=job_spec(**spec), headers=headers)
     assert r.status_code == 201, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
@@ -155,7 +159,7 @@ async def test_cancelling_twice_is_harmless_and_a_finished_job_cannot_change(
 
 
 async def test_name_priority_and_cap_change_any_time_but_frames_only_before_rendering(
-    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime
+    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
 ) -> None:
     me = users.new()
     job = await create(client, me)
@@ -239,7 +243,7 @@ async def test_a_jobs_history_lists_its_events_in_order_with_the_actor(
 
 
 async def test_a_callers_trace_continues_through_the_command_into_the_stored_events(
-    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime
+    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
 ) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {**users.new(), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}

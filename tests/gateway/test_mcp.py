@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import httpx2
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from fastmcp import Client, FastMCP
 
 from libs.runtime import ServiceRuntime
@@ -67,7 +67,7 @@ async def test_an_mcp_client_sees_one_described_tool_per_operation(
 
 
 async def test_an_agent_creates_lists_reads_and_cancels_a_job_through_mcp_tools(
-    gateway: Gateway, job_service: ServiceRuntime, users: Users
+    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     async with Client(mcp_server(gateway, users.new())) as mcp:
         tools = {t.name: t for t in await mcp.list_tools()}
@@ -93,7 +93,7 @@ async def test_an_agent_creates_lists_reads_and_cancels_a_job_through_mcp_tools(
 
 
 async def test_answers_validate_against_their_declared_openapi_schema(
-    gateway: Gateway, job_service: ServiceRuntime, users: Users
+    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     """Raw bytes served from the read model still match the declared response model."""
     spec = gateway.app.openapi()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -29,7 +29,7 @@ def settings(env: Env) -> IdentitySettings:
 
 
 @pytest.fixture
-async def service(settings: IdentitySettings) -> AsyncIterator[ServiceRuntime]:
+async def service(settings: IdentitySettings) -> AsyncIterator[ServiceRuntime[Any]]:
     rt = await build(SERVICE, settings)
     await rt.launch()
     yield rt
@@ -39,7 +39,7 @@ async def service(settings: IdentitySettings) -> AsyncIterator[ServiceRuntime]:
 class Identity:
     """Sends commands to the running identity service, as the gateway would."""
 
-    def __init__(self, rt: ServiceRuntime, settings: IdentitySettings) -> None:
+    def __init__(self, rt: ServiceRuntime[Any], settings: IdentitySettings) -> None:
         self.client = CommandClient(rt.nc, settings, timeout=10)
         self.pool: asyncpg.Pool = rt.pool
 
@@ -66,5 +66,5 @@ class Identity:
 
 
 @pytest.fixture
-def identity(service: ServiceRuntime, settings: IdentitySettings) -> Identity:
+def identity(service: ServiceRuntime[Any], settings: IdentitySettings) -> Identity:
     return Identity(service, settings)

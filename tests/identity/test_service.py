@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -135,7 +136,7 @@ async def test_of_two_registrations_of_one_email_sent_at_once_exactly_one_succee
 
 
 async def test_registrations_racing_for_one_email_in_two_replicas_cannot_both_commit(
-    service: ServiceRuntime, settings: IdentitySettings
+    service: ServiceRuntime[Any], settings: IdentitySettings
 ) -> None:
     """Both handlers see the address free; the atomic two-stream append lets one win.
 

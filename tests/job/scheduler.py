@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -47,7 +47,7 @@ def render_id(job_id: str, attempt: int = 1) -> str:
 class Scheduler:
     """Sends the scheduler's commands to the running job service."""
 
-    def __init__(self, rt: ServiceRuntime) -> None:
+    def __init__(self, rt: ServiceRuntime[Any]) -> None:
         self.client = CommandClient(rt.nc, rt.settings, timeout=10)
 
     async def send(self, cmd: Command, *, command_id: str | None = None) -> JobAccepted:

@@ -35,11 +35,11 @@ from tests.job.scheduler import T0, Scheduler, outputs, render_id
 
 
 @pytest.fixture
-def scheduler(job_service: ServiceRuntime) -> Scheduler:
+def scheduler(job_service: ServiceRuntime[Any]) -> Scheduler:
     return Scheduler(job_service)
 
 
-async def submit(rt: ServiceRuntime, owner: str, frames: int = 24, chunk_size: int = 4) -> str:
+async def submit(rt: ServiceRuntime[Any], owner: str, frames: int = 24, chunk_size: int = 4) -> str:
     job_id = new_id("job")
     spec = JobSpec(
         name="shot_010",
@@ -57,25 +57,25 @@ async def submit(rt: ServiceRuntime, owner: str, frames: int = 24, chunk_size: i
     return job_id
 
 
-async def envelope(rt: ServiceRuntime, job_id: str) -> dict[str, Any]:
+async def envelope(rt: ServiceRuntime[Any], job_id: str) -> dict[str, Any]:
     async with rt.pool.acquire() as conn:
         body = await conn.fetchval("SELECT envelope FROM job.jobs WHERE job_id = $1", job_id)
     result: dict[str, Any] = json.loads(body)
     return result
 
 
-async def frame_rows(rt: ServiceRuntime, job_id: str) -> list[dict[str, Any]]:
+async def frame_rows(rt: ServiceRuntime[Any], job_id: str) -> list[dict[str, Any]]:
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM job.frames WHERE job_id = $1 ORDER BY frame", job_id)
     return [dict(r) for r in rows]
 
 
-async def stream_types(rt: ServiceRuntime, stream: str) -> list[str]:
+async def stream_types(rt: ServiceRuntime[Any], stream: str) -> list[str]:
     return [e.event_type for e in await rt.store.read_stream(stream)]
 
 
 async def test_a_job_goes_from_submitted_through_its_render_to_completed(
-    job_service: ServiceRuntime, scheduler: Scheduler
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     job_id = await submit(job_service, "usr_a", frames=24, chunk_size=4)
     order = await scheduler.queue(job_id)
@@ -127,7 +127,7 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
 
 
 async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once(
-    job_service: ServiceRuntime, scheduler: Scheduler
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     job_id = await submit(job_service, "usr_b")
     first = await scheduler.queue(job_id, command_id="queue-1")
@@ -155,7 +155,7 @@ async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once
 
 
 async def test_every_way_a_job_ends_frees_its_owners_slot(
-    job_service: ServiceRuntime, scheduler: Scheduler
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     owner = "usr_c"  # the fixture's limit is 3 active jobs
     completed, failed, vanished = [await submit(job_service, owner) for _ in range(3)]
@@ -203,7 +203,7 @@ async def test_every_way_a_job_ends_frees_its_owners_slot(
 
 
 async def test_a_cancel_is_confirmed_by_the_farm_or_overtaken_by_the_renders_end(
-    job_service: ServiceRuntime, scheduler: Scheduler
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     owner = "usr_d"
     users = CommandClient(job_service.nc, job_service.settings, timeout=10)
@@ -239,7 +239,7 @@ async def test_a_cancel_is_confirmed_by_the_farm_or_overtaken_by_the_renders_end
 
 
 async def test_scheduler_commands_for_a_missing_job_or_a_job_not_yet_queued_are_refused(
-    job_service: ServiceRuntime, scheduler: Scheduler
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     with pytest.raises(DomainError) as e:
         await scheduler.queue("job_missing")

@@ -122,6 +122,7 @@ async def test_a_message_that_always_fails_lands_in_the_dead_letter_stream(
     assert msg.headers is not None
     assert msg.headers["Dlq-Consumer"] == "broken"
     assert "failed 3 deliveries" in msg.headers["Dlq-Reason"]
+    assert msg.data is not None
     assert BusEvent.parse(msg.data).event_id == recorded.event_id
 
 

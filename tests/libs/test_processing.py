@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from libs.eventstore.processor import Projection, Projector
 from libs.eventstore.store import EventStore, NewEvent, RecordedEvent
@@ -53,11 +54,11 @@ async def test_a_crash_between_effect_and_checkpoint_applies_each_event_exactly_
     projection = FrameTally()
     first = await projector(store, projection)
     await first.run_once()  # 10 events applied and checkpointed
+    assert sum((await tally(pool)).values()) == 10
     projection.crash_after_effect = True
-    try:
+    with pytest.raises(ConnectionResetError):
         await first.run_once()
-    except ConnectionResetError:
-        pass
+    assert sum((await tally(pool)).values()) == 10  # the effect went with the checkpoint
     projection.crash_after_effect = False
     # A fresh runner (the restarted process) resumes from the stored checkpoint.
     restarted = await projector(store, projection)

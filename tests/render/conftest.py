@@ -103,12 +103,19 @@ class RenderSystem:
         return [orjson.loads(r["data"]) if isinstance(r["data"], str) else r["data"] for r in rows]
 
 
+class FarmProcess(Process):
+    """The farm's web service process, with its port and outputs folder."""
+
+    port: int
+    outputs: Path
+
+
 @pytest.fixture
-def farm_process(tmp_path: Path) -> Iterator[Process]:
+def farm_process(tmp_path: Path) -> Iterator[FarmProcess]:
     port = free_port()
     outputs = tmp_path / "renders"
     outputs.mkdir()
-    farm = Process(
+    farm = FarmProcess(
         "farm",
         "deploy.farm",
         dict(os.environ),
@@ -130,8 +137,8 @@ def farm_process(tmp_path: Path) -> Iterator[Process]:
             "builtin",
         ),
     )
-    farm.port = port  # type: ignore[attr-defined]
-    farm.outputs = outputs  # type: ignore[attr-defined]
+    farm.port = port
+    farm.outputs = outputs
     yield farm
     if farm.running:
         farm.stop()
@@ -139,10 +146,10 @@ def farm_process(tmp_path: Path) -> Iterator[Process]:
 
 @pytest.fixture
 async def render_system(
-    env: Env, tmp_path: Path, farm_process: Process
+    env: Env, tmp_path: Path, farm_process: FarmProcess
 ) -> AsyncIterator[RenderSystem]:
-    farm_url = f"http://127.0.0.1:{farm_process.port}"  # type: ignore[attr-defined]
-    outputs: Path = farm_process.outputs  # type: ignore[attr-defined]
+    farm_url = f"http://127.0.0.1:{farm_process.port}"
+    outputs = farm_process.outputs
     gateway_port = free_port()
     base = {
         **os.environ,

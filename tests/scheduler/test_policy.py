@@ -109,7 +109,7 @@ def order(_: Command) -> RenderOrder:
         job_id=JOB,
         owner_id="usr_1",
         status=JobStatus.queued,
-        priority="normal",  # type: ignore[arg-type]
+        priority="normal",
         version=7,
         **SPEC,
     )
@@ -127,7 +127,7 @@ def on_farm(_: Command) -> RenderAccepted:
 
 submitted = JobSubmitted(
     job_id=JOB, owner_id="usr_1", priority="normal", cost_cap_credits=None, submitted_at=T, **SPEC
-)  # type: ignore[arg-type]
+)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from zero to exactly the read models the live services built."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
 import httpx
@@ -32,7 +33,7 @@ async def snapshot(dsn: str) -> dict[str, list[dict[str, object]]]:
 
 @pytest.fixture
 async def history(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime, job_service: ServiceRuntime
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], job_service: ServiceRuntime[Any]
 ) -> None:
     """Some real history: users, approvals, keys, jobs created, changed, rendered (frames
     included) and cancelled."""
