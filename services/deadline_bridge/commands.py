@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import FarmUnavailable, RenderNotFound
 from contracts.jobs import JobPriority
 from contracts.render import (
     CancelRender,
@@ -56,12 +56,8 @@ def _accepted(loaded: Loaded[FarmRender], version: int) -> RenderAccepted:
     )
 
 
-def _unavailable(e: FarmError) -> DomainError:
-    return DomainError(
-        ErrorCode.service_unavailable,
-        f"the render farm did not answer as expected: {e}",
-        {"farm_status": e.status},
-    )
+def _unavailable(e: FarmError) -> FarmUnavailable:
+    return FarmUnavailable(f"the render farm did not answer as expected: {e}", farm_status=e.status)
 
 
 def tagged(job: dict[str, Any], render_id: str) -> bool:
@@ -180,9 +176,7 @@ class RenderCommands:
         loaded = await self.renders.load(cmd.render_id)
         render = loaded.state
         if not render.exists:
-            raise DomainError(
-                ErrorCode.not_found, f"no render {cmd.render_id}", {"render_id": cmd.render_id}
-            )
+            raise RenderNotFound(f"no render {cmd.render_id}", render_id=cmd.render_id)
         events = render.cancel(cmd.reason, datetime.now(UTC))
         if not events:
             return _accepted(loaded, loaded.version)

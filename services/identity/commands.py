@@ -15,7 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from contracts.base import Event
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    ApiKeyNotFound,
+    InvalidCredentials,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    UserNotApproved,
+)
 from contracts.identity import (
     ApiKeyInfo,
     ApiKeySecret,
@@ -127,10 +133,9 @@ class IdentityCommands:
         stored = row["password_hash"] if row else self._decoy_hash
         matches = await asyncio.to_thread(verify_password, cmd.password, stored)
         if row is None or not matches:
-            raise DomainError(ErrorCode.invalid_credentials, _BAD_CREDENTIALS)
+            raise InvalidCredentials(_BAD_CREDENTIALS)
         if row["status"] != UserStatus.active:
-            raise DomainError(
-                ErrorCode.user_not_approved,
+            raise UserNotApproved(
                 "your account is waiting for an administrator's approval",
             )
         family_id = new_id("rtf")
@@ -156,7 +161,7 @@ class IdentityCommands:
         """
         parts = auth.split_refresh_token(cmd.refresh_token)
         if parts is None:
-            raise DomainError(ErrorCode.refresh_token_invalid, "malformed refresh token")
+            raise RefreshTokenInvalid("malformed refresh token")
         family_id, secret = parts
         family = await self.families.load(family_id)
         refresh_token, new_secret = auth.new_refresh_token(family_id)
@@ -169,8 +174,7 @@ class IdentityCommands:
         )
         if is_reuse(events):
             await self.families.save(family, ctx.new(*events))
-            raise DomainError(
-                ErrorCode.refresh_token_reused,
+            raise RefreshTokenReused(
                 "this refresh token was already used; the session is revoked, log in again",
             )
         user_id = family.state.user_id
@@ -180,7 +184,7 @@ class IdentityCommands:
             UserStatus.active.value,
         )
         if role is None:
-            raise DomainError(ErrorCode.refresh_token_invalid, "the session's user is gone")
+            raise RefreshTokenInvalid("the session's user is gone")
         await ctx.save((self.families, family, events))
         return self._pair(user_id, role, refresh_token, now)
 
@@ -201,9 +205,7 @@ class IdentityCommands:
         user = await self.users.load(cmd.user_id)
         user.state.require_exists()
         if not user.state.approved:
-            raise DomainError(
-                ErrorCode.user_not_approved, "API keys are for approved accounts only"
-            )
+            raise UserNotApproved("API keys are for approved accounts only")
         key_id = new_id("key")
         key = await self.keys.load(key_id)
         full_key, secret = auth.new_api_key(key_id)
@@ -225,7 +227,7 @@ class IdentityCommands:
         key = await self.keys.load(key_id)
         if not key.state.exists or (user_id is not None and key.state.user_id != user_id):
             # Someone else's key is indistinguishable from a missing one.
-            raise DomainError(ErrorCode.api_key_not_found, f"no API key {key_id}")
+            raise ApiKeyNotFound(f"no API key {key_id}")
         return key
 
     async def revoke_api_key(self, cmd: RevokeApiKey, ctx: CommandContext) -> ApiKeyInfo:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.base import Event
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import JobIdTaken, JobNotFound
 from contracts.jobs import (
     CancelJob,
     CompleteJob,
@@ -60,7 +60,7 @@ class JobCommands:
         loaded = await self.jobs.load(job_id)
         if not loaded.state.exists or (owner_id is not None and loaded.state.owner_id != owner_id):
             # Someone else's job is indistinguishable from a missing one.
-            raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
+            raise JobNotFound(f"no job {job_id}", job_id=job_id)
         return loaded
 
     async def _save(self, ctx: CommandContext, job: Loaded[Job], events: Sequence[Event]) -> int:
@@ -90,7 +90,7 @@ class JobCommands:
     async def submit(self, cmd: SubmitJob, ctx: CommandContext) -> JobAccepted:
         job = await self.jobs.load(cmd.job_id)
         if job.state.exists:
-            raise DomainError(ErrorCode.concurrency_conflict, f"job id {cmd.job_id} is taken")
+            raise JobIdTaken(f"job id {cmd.job_id} is taken", job_id=cmd.job_id)
         owner = await self.owners.load(cmd.owner_id)
         now = datetime.now(UTC)
         await ctx.save(

@@ -15,7 +15,14 @@ from pydantic import BaseModel
 
 from contracts.base import Event
 from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, JobEnvelope, StepView
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    InvalidStateTransition,
+    JobCancelling,
+    JobFinished,
+    JobLimitReached,
+    JobNotEditable,
+    JobTransition,
+)
 from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameOutput,
@@ -308,10 +315,9 @@ class Job(Aggregate):
         if to is self.status:
             return
         if self.status is None or to not in TRANSITIONS[self.status]:
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} cannot go from {self.status} to {to}",
-                {"from": self.status, "to": to},
+                JobTransition(from_=self.status, to=to),
             )
         self.status = to
 
@@ -345,7 +351,7 @@ class Job(Aggregate):
     def update(self, changes: JobChanges) -> list[Event]:
         self._require_open()
         if self.status is S.cancelling:
-            raise DomainError(ErrorCode.job_not_editable, f"job {self.job_id} is being cancelled")
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
         wants_settings = any(
             v is not None
             for v in (
@@ -356,11 +362,10 @@ class Job(Aggregate):
             )
         )
         if wants_settings and self.status not in SETTINGS_EDITABLE:
-            raise DomainError(
-                ErrorCode.job_not_editable,
+            raise JobNotEditable(
                 f"frames and render settings cannot change once rendering has started"
                 f" (job is {self.status})",
-                {"status": self.status},
+                status=self.status,
             )
         events: list[Event] = []
         jid = self.job_id
@@ -411,17 +416,12 @@ class Job(Aggregate):
         if self.status in QUEUED_OR_LATER:
             return []
         if self.status is S.cancelling:
-            raise DomainError(
-                ErrorCode.job_finished,
-                f"job {self.job_id} is being cancelled",
-                {"status": self.status},
-            )
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
         self._require_open()
         if self.status not in QUEUEABLE:
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} cannot be queued while {self.status}",
-                {"from": self.status, "to": S.queued},
+                JobTransition(from_=self.status, to=S.queued),
             )
         events: list[Event] = [
             JobStepSkipped(job_id=self.job_id, step=name, reason=skip_reason)
@@ -456,10 +456,9 @@ class Job(Aggregate):
         if self.status in (S.cancelled, S.failed):
             return []
         if self.status not in (S.queued, S.rendering, S.paused, S.cancelling, S.completed):
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} is {self.status}: it has no render to record frames of",
-                {"status": self.status},
+                JobTransition(from_=self.status),
             )
         if render_id in self.past_render_ids:
             return []
@@ -499,10 +498,9 @@ class Job(Aggregate):
         elif self.status in (S.queued, S.paused):
             events.append(JobStepStarted(job_id=self.job_id, step=StepName.render, at=at))
         elif self.status not in (S.rendering, S.cancelling):
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} is {self.status}: it has no render to complete",
-                {"from": self.status, "to": S.completed},
+                JobTransition(from_=self.status, to=S.completed),
             )
         events.append(JobStepSucceeded(job_id=self.job_id, step=StepName.render, at=at))
         events.append(JobCompleted(job_id=self.job_id, at=at))
@@ -532,10 +530,9 @@ class Job(Aggregate):
 
     def _require_open(self) -> None:
         if self.status in TERMINAL_STATUSES:
-            raise DomainError(
-                ErrorCode.job_finished,
+            raise JobFinished(
                 f"job {self.job_id} is already {self.status}",
-                {"status": self.status},
+                status=self.status,
             )
 
     # -- view -------------------------------------------------------------------------
@@ -628,11 +625,11 @@ class OwnerJobs(Aggregate):
 
     def take(self, owner_id: str, job_id: str, limit: int) -> list[Event]:
         if len(self.active) >= limit:
-            raise DomainError(
-                ErrorCode.job_limit_reached,
+            raise JobLimitReached(
                 f"you have {len(self.active)} active jobs; the limit is {limit}."
                 " Wait for one to finish or cancel one.",
-                {"active_jobs": len(self.active), "limit": limit},
+                active_jobs=len(self.active),
+                limit=limit,
             )
         return [JobSlotTaken(owner_id=owner_id, job_id=job_id)]
 

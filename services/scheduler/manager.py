@@ -13,7 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from contracts.base import Command
-from contracts.errors import RETRYABLE, DomainError, ErrorCode
+from contracts.errors import DomainError
 from contracts.jobs import (
     ConfirmJobCancelled,
     FailJob,
@@ -72,7 +72,7 @@ class RenderManager:
                 correlation_id=bus_event.metadata.get("correlation_id"),
             )
         except DomainError as e:
-            if e.code in RETRYABLE or e.code is ErrorCode.internal_error:
+            if e.retryable:
                 raise Retry(f"{cmd.command_type}: {e.code}: {e}") from e
             log.warning(
                 "command_refused",

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from contracts.base import Command
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import DomainError, FieldProblem, InvalidFrameRange, ServiceUnavailable
 from libs.bus.commands import Actor, CommandClient, CommandContext, CommandServer
 from libs.bus.consumer import BusEvent, DurableConsumer, claim_event
 from libs.bus.relay import Relay
@@ -197,7 +197,8 @@ async def command_server(
 ) -> CommandServer:
     async def render(cmd: RenderFrame, ctx: CommandContext) -> Rendered:
         if cmd.frame < 0:
-            raise DomainError(ErrorCode.invalid_frame_range, f"frame {cmd.frame} < 0")
+            problem = FieldProblem(loc=["frame"], message="below 0", type="invalid_frame_range")
+            raise InvalidFrameRange(f"frame {cmd.frame} < 0", errors=[problem])
         stream = f"job-{cmd.job_id}"
         version = len(await store.read_stream(stream))
         await asyncio.sleep(0.01)  # widen the window for a concurrent writer
@@ -234,7 +235,7 @@ async def test_a_domain_error_reaches_the_caller_with_its_code(
         await CommandClient(nc, settings).send(
             RenderFrame(job_id="j", frame=-1), Rendered, command_id="c1", actor=ACTOR
         )
-    assert err.value.code is ErrorCode.invalid_frame_range
+    assert type(err.value) is InvalidFrameRange
 
 
 async def test_concurrent_commands_on_one_stream_are_retried_and_all_succeed(
@@ -261,4 +262,4 @@ async def test_a_command_nobody_serves_is_a_retryable_service_unavailable(
         await CommandClient(nc, settings, timeout=1).send(
             RenderFrame(job_id="j", frame=1), Rendered, command_id="c", actor=ACTOR
         )
-    assert err.value.code is ErrorCode.service_unavailable and err.value.retryable
+    assert type(err.value) is ServiceUnavailable and err.value.retryable
