@@ -13,6 +13,7 @@ from contracts.base import Event
 from contracts.errors import (
     DomainError,
     EmailTaken,
+    InternalError,
     RefreshTokenInvalid,
     UserAlreadyApproved,
     UserNotFound,
@@ -245,3 +246,22 @@ def test_events_of_approval_name_the_approver() -> None:
     user = registered_user()
     (event,) = user.approve("usr_admin", NOW)
     assert event == UserApproved(user_id="usr_1", approved_by="usr_admin", approved_at=NOW)
+
+
+def test_a_generated_id_that_is_taken_is_an_internal_error_a_retry_fixes() -> None:
+    """The handler picks user, family and key ids; a retry picks new ones. Nobody raced."""
+    user, family, key = registered_user(), new_family(), new_key()
+    attempts = [
+        lambda: user.register("usr_1", "b@example.com", "B", Role.user, "hash", NOW),
+        lambda: family.issue("rtf_1", "usr_2", "h9", NOW + DAY),
+        lambda: key.create("key_1", "usr_2", "ci", [Scope.jobs_read], "h", None, None, NOW),
+    ]
+    for attempt in attempts:
+        with pytest.raises(DomainError) as e:
+            attempt()
+        assert type(e.value) is InternalError
+        assert (e.value.code, e.value.http_status, e.value.retryable) == (
+            "internal_error",
+            500,
+            True,
+        )
