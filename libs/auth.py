@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import InvalidToken, TokenExpired
 from libs.config import TokenSettings
 
 ALGORITHM = "HS256"
@@ -63,7 +63,7 @@ def verify_access_token(settings: TokenSettings, token: str) -> AccessClaims:
         header = jwt.get_unverified_header(token)
         key = settings.jwt_keys.get(str(header.get("kid")))
         if key is None or header.get("alg") != ALGORITHM or header.get("typ") != "at+jwt":
-            raise DomainError(ErrorCode.invalid_token, "the access token is not one of ours")
+            raise InvalidToken("the access token is not one of ours")
         claims = jwt.decode(
             token,
             key,
@@ -74,11 +74,9 @@ def verify_access_token(settings: TokenSettings, token: str) -> AccessClaims:
             options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
         )
     except jwt.ExpiredSignatureError:
-        raise DomainError(
-            ErrorCode.token_expired, "the access token has expired; refresh it"
-        ) from None
+        raise TokenExpired("the access token has expired; refresh it") from None
     except jwt.PyJWTError as e:
-        raise DomainError(ErrorCode.invalid_token, f"invalid access token: {e}") from None
+        raise InvalidToken(f"invalid access token: {e}") from None
     return AccessClaims(
         user_id=str(claims["sub"]),
         role=str(claims.get("role", "user")),

@@ -56,7 +56,7 @@ class Send:
     #: The commands to send next, from the reply.
     then: Callable[[Any], list[Send]] | None = None
     #: The commands to send instead when the receiver refuses this one for good.
-    if_refused: Callable[[DomainError], list[Send]] | None = None
+    if_refused: Callable[[DomainError[Any]], list[Send]] | None = None
     #: Refusal codes the policy expects (recorded, not alerted).
     tolerate: frozenset[str] = frozenset()
 
@@ -325,7 +325,7 @@ class ProcessRunner(Generic[St]):
         command_id: str,
         cause: Cause,
         key: str | None,
-        error: DomainError,
+        error: DomainError[Any],
         fallback: Sequence[Send],
     ) -> NewEvent:
         expected = str(error.code) in send.tolerate

@@ -28,7 +28,17 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from contracts.base import Command, JsonDict
-from contracts.errors import DomainError, ErrorBody, ErrorCode
+from contracts.errors import (
+    ConcurrencyConflict,
+    DomainError,
+    ErrorBody,
+    IdempotencyKeyReused,
+    InternalError,
+    ServiceUnavailable,
+    ValidationFailed,
+    error_from_body,
+    field_problems,
+)
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Tailer
 from libs.eventstore.store import ConcurrencyError, EventStore, RecordedEvent
@@ -148,11 +158,11 @@ class CommandServer:
                 finally:
                     correlation_id_var.reset(cid)
         except DomainError as e:
-            return {"ok": False, "error": e.body(current_trace_id()).model_dump(mode="json")}
+            return {"ok": False, "error": _error_json(e)}
         except Exception:
             log.exception("command_failed")
-            err = DomainError(ErrorCode.internal_error, "the command failed unexpectedly")
-            return {"ok": False, "error": err.body(current_trace_id()).model_dump(mode="json")}
+            err = InternalError("the command failed unexpectedly")
+            return {"ok": False, "error": _error_json(err)}
         finally:
             otel_context.detach(token)
 
@@ -163,10 +173,8 @@ class CommandServer:
         try:
             cmd = cmd_cls.model_validate(body["payload"])
         except ValidationError as e:
-            raise DomainError(
-                ErrorCode.validation_failed,
-                f"bad {command_type} payload",
-                {"errors": e.errors(include_url=False, include_context=False)},
+            raise ValidationFailed(
+                f"bad {command_type} payload", field_problems(e.errors(include_url=False))
             ) from e
         meta = dict(body.get("metadata", {}))
         actor = Actor.model_validate(meta.get("actor") or {"kind": "service", "id": "unknown"})
@@ -203,9 +211,7 @@ class CommandServer:
                 if stored is not None:
                     return stored
                 if attempt == self.max_attempts:
-                    raise DomainError(
-                        ErrorCode.concurrency_conflict, "the resource kept changing; retry"
-                    ) from None
+                    raise ConcurrencyConflict("the resource kept changing; retry") from None
                 continue
             except asyncpg.UniqueViolationError as e:
                 if "processed_commands" not in (e.table_name or ""):
@@ -228,18 +234,27 @@ class CommandServer:
         return reply
 
 
+def _error_json(err: DomainError[Any]) -> JsonDict:
+    return ErrorBody.of(err, current_trace_id()).model_dump(mode="json")
+
+
 _SECRET_TOMBSTONE: JsonDict = {
     "ok": False,
-    "error": ErrorBody(
-        code=ErrorCode.idempotency_key_reused,
-        message="this request already ran; its answer held a secret that is shown only once",
-        retryable=False,
+    "error": ErrorBody.of(
+        IdempotencyKeyReused(
+            "this request already ran; its answer held a secret that is shown only once"
+        )
     ).model_dump(mode="json"),
 }
 
 
 class CommandClient:
-    """Sends commands and turns error replies back into :class:`DomainError`."""
+    """Sends commands and turns error replies back into :class:`DomainError` subclasses.
+
+    An error reply becomes the class its code names, with typed details; a code this build
+    does not know (a newer peer's) becomes an ``UnknownError`` keeping the code string, the
+    message and the peer's retryable flag (see :func:`contracts.errors.error_from_body`).
+    """
 
     def __init__(self, nc: Client, settings: BaseServiceSettings, timeout: float = 5.0) -> None:
         self.nc = nc
@@ -275,17 +290,14 @@ class CommandClient:
                     headers=inject_headers(),
                 )
             except NoRespondersError:
-                raise DomainError(
-                    ErrorCode.service_unavailable,
-                    f"no {cmd.context()} service is running; retry shortly",
+                raise ServiceUnavailable(
+                    f"no {cmd.context()} service is running; retry shortly"
                 ) from None
             except NatsTimeout:
-                raise DomainError(
-                    ErrorCode.service_unavailable,
-                    f"{cmd.command_type} timed out; retry with the same idempotency key",
+                raise ServiceUnavailable(
+                    f"{cmd.command_type} timed out; retry with the same idempotency key"
                 ) from None
         reply = orjson.loads(msg.data)
         if reply.get("ok"):
             return result_type.model_validate(reply["result"])
-        err = ErrorBody.model_validate(reply["error"])
-        raise DomainError(err.code, err.message, err.details)
+        raise error_from_body(reply["error"])

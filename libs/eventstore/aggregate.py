@@ -33,7 +33,7 @@ class Aggregate(BaseModel):
     _key: str = PrivateAttr(default="")
     _version: int = PrivateAttr(default=0)
     _pending: list[Event] = PrivateAttr(default_factory=list)
-    _refusals: list[str] = PrivateAttr(default_factory=list)
+    _refusals: list[Exception] = PrivateAttr(default_factory=list)
 
     @abc.abstractmethod
     def apply(self, event: Event) -> None:
@@ -45,26 +45,24 @@ class Aggregate(BaseModel):
         """Apply ``events``, queue them for saving and move the version; returns them.
 
         A rule that :meth:`apply` notes with :meth:`violates` (say, a status change the state
-        machine does not allow) refuses the recording: :meth:`refusal` is raised and nothing
-        is queued. The same event replayed from the store is applied all the same.
+        machine does not allow) refuses the recording: its error is raised, nothing is queued,
+        and the aggregate, half-changed, must be dropped (the unit of work is). The same event
+        replayed from the store is applied all the same.
         """
         for event in events:
             self.apply(event)
             if self._refusals:
-                problems, self._refusals = self._refusals, []
-                raise self.refusal(problems)
+                error, self._refusals = self._refusals[0], []
+                raise error
         self._pending.extend(events)
         self._version += len(events)
         return list(events)
 
-    def violates(self, problem: str) -> None:
-        """Called by :meth:`apply` for an event that breaks a rule: refused when recorded,
-        accepted when replayed (history is what happened, whatever the rules are now)."""
-        self._refusals.append(problem)
-
-    def refusal(self, problems: list[str]) -> Exception:
-        """The error raised when :meth:`record` is refused; contexts override it."""
-        return ValueError("; ".join(problems))
+    def violates(self, error: Exception) -> None:
+        """Called by :meth:`apply` for an event that breaks a rule: ``error`` is raised when
+        it is recorded; when it is replayed it is applied (history is what happened, whatever
+        the rules are now)."""
+        self._refusals.append(error)
 
     @property
     def pending(self) -> tuple[Event, ...]:

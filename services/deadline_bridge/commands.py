@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import FarmUnavailable, RenderNotFound
 from contracts.jobs import JobPriority, OutputFormat, Renderer
 from contracts.render import (
     CancelRender,
@@ -71,12 +71,8 @@ def _accepted(render: FarmRender) -> RenderAccepted:
     )
 
 
-def _unavailable(e: FarmError) -> DomainError:
-    return DomainError(
-        ErrorCode.service_unavailable,
-        f"the render farm did not answer as expected: {e}",
-        {"farm_status": e.status},
-    )
+def _unavailable(e: FarmError) -> FarmUnavailable:
+    return FarmUnavailable(f"the render farm did not answer as expected: {e}", farm_status=e.status)
 
 
 def tagged(job: dict[str, Any], render_id: str) -> bool:
@@ -201,9 +197,7 @@ class RenderCommands:
     async def cancel(self, cmd: CancelRender, uow: UnitOfWork) -> RenderAccepted:
         render = await uow.get(FarmRender, cmd.render_id)
         if not render.exists:
-            raise DomainError(
-                ErrorCode.not_found, f"no render {cmd.render_id}", {"render_id": cmd.render_id}
-            )
+            raise RenderNotFound(f"no render {cmd.render_id}", render_id=cmd.render_id)
         if render.finished:
             return _accepted(render)
         try:

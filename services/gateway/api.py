@@ -8,8 +8,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Header, Request
 from fastapi.responses import Response
+from pydantic.json_schema import models_json_schema
 
-from contracts.errors import HTTP_STATUS, DomainError, ErrorBody, ErrorCode
+from contracts.errors import (
+    ERRORS,
+    ApiKeyExpired,
+    ApiKeyRevoked,
+    DomainError,
+    ErrorBody,
+    InvalidApiKey,
+    InvalidToken,
+    RateLimited,
+    ServiceUnavailable,
+    TokenExpired,
+    Unauthenticated,
+    ValidationFailed,
+)
 from services.gateway.auth import Principal
 from services.gateway.idempotency import StoredResponse, request_hash
 from services.gateway.middleware import error_response_bytes
@@ -30,26 +44,58 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-AUTH_ERRORS = (
-    ErrorCode.unauthenticated,
-    ErrorCode.invalid_token,
-    ErrorCode.token_expired,
-    ErrorCode.invalid_api_key,
-    ErrorCode.api_key_revoked,
+ErrorClass = type[DomainError[Any]]
+
+AUTH_ERRORS: tuple[ErrorClass, ...] = (
+    Unauthenticated,
+    InvalidToken,
+    TokenExpired,
+    InvalidApiKey,
+    ApiKeyRevoked,
+    ApiKeyExpired,
 )
+COMMON_ERRORS: tuple[ErrorClass, ...] = (RateLimited, ServiceUnavailable, ValidationFailed)
+SCHEMA_REF = "#/components/schemas/{model}"
 
 
-def errors(*codes: ErrorCode, auth: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error codes a route can answer with."""
-    by_status: dict[int, list[str]] = {}
-    common = (ErrorCode.rate_limited, ErrorCode.service_unavailable)
-    for code in (*codes, *common, *(AUTH_ERRORS if auth else ())):
-        by_status.setdefault(HTTP_STATUS[code], []).append(code.value)
-    by_status.setdefault(422, []).append(ErrorCode.validation_failed.value)
+def errors(*classes: ErrorClass, auth: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors a route can answer with, grouped by status.
+
+    Each response lists its codes with their details schema, in the description for people
+    and in ``x-error-details`` (code -> schema of ``details``) for programs.
+    """
+    by_status: dict[int, dict[str, ErrorClass]] = {}
+    for cls in (*classes, *COMMON_ERRORS, *(AUTH_ERRORS if auth else ())):
+        by_status.setdefault(cls.http_status, {})[cls.code] = cls
+    return {status: _response(by_code) for status, by_code in sorted(by_status.items())}
+
+
+def _response(by_code: dict[str, ErrorClass]) -> dict[str, Any]:
+    lines, details = [], {}
+    for code, cls in sorted(by_code.items()):
+        if cls.Details is None:
+            lines.append(f"* `{code}`: details null")
+            details[code] = {"type": "null"}
+        else:
+            name = cls.Details.__name__
+            lines.append(f"* `{code}`: details `{name}`")
+            details[code] = {"$ref": SCHEMA_REF.format(model=name)}
     return {
-        status: {"model": ErrorBody, "description": "Error codes: " + ", ".join(sorted(set(c)))}
-        for status, c in sorted(by_status.items())
+        "model": ErrorBody,
+        "description": "Error codes:\n\n" + "\n".join(lines),
+        "x-error-details": details,
     }
+
+
+def details_schemas() -> dict[str, Any]:
+    """Components schemas of every error's details model (and the models they use)."""
+    models = {cls.Details for cls in ERRORS if cls.Details is not None}
+    _, top = models_json_schema(
+        [(m, "serialization") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template=SCHEMA_REF,
+    )
+    defs: dict[str, Any] = top.get("$defs", {})
+    return defs
 
 
 def gateway(request: Request) -> Gateway:
@@ -60,7 +106,7 @@ def gateway(request: Request) -> Gateway:
 def principal(request: Request) -> Principal:
     p: Principal | None = request.state.principal
     if p is None:  # only public routes run without one, and they do not call this
-        raise DomainError(ErrorCode.unauthenticated, "authentication required")
+        raise Unauthenticated("authentication required")
     return p
 
 

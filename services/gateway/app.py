@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -10,8 +11,23 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    BadRequest,
+    DomainError,
+    Forbidden,
+    InternalError,
+    InvalidFrameRange,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+    ValidationFailed,
+    field_problems,
+)
 from libs.logging import get_logger
+from services.gateway.api import details_schemas
 from services.gateway.middleware import GatewayMiddleware, error_response_bytes
 from services.gateway.routes import admin, api_keys, auth, jobs
 
@@ -25,31 +41,45 @@ DESCRIPTION = """Cloud render farm API. Every answer is JSON with a stable schem
 * Authenticate with `Authorization: Bearer <access token>` (from `login`) or with an API key
   (`Authorization: Bearer rfk_live_...` or `X-API-Key`).
 * Errors always have the shape `{code, message, retryable, details, trace_id}`.
+  Each error response lists its codes and the schema of `details` for each code
+  (also as `x-error-details`: code -> schema).
 * Send an `Idempotency-Key` header on POST to make retries safe.
 * Every answer about a job is the same job envelope.
 """
 
 
-def _error(err: DomainError) -> Response:
-    headers = {}
-    if err.code is ErrorCode.rate_limited and err.details:
-        headers["Retry-After"] = str(err.details["retry_after_seconds"])
+#: Starlette's own HTTP errors (routing, body limits, parsing) by status; any other status
+#: is a bad_request (4xx) or an internal_error (5xx).
+HTTP_ERRORS: dict[int, type[DomainError[None]]] = {
+    cls.http_status: cls
+    for cls in (
+        BadRequest,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        ServiceUnavailable,
+    )
+}
+
+
+def _error(err: DomainError[Any], headers: Mapping[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(err.details.retry_after_seconds)
     return Response(
         error_response_bytes(err), err.http_status, media_type="application/json", headers=headers
     )
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    problems = [
-        {"loc": list(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
-    frame_range = any(p["type"] == ErrorCode.invalid_frame_range.value for p in problems)
-    code = ErrorCode.invalid_frame_range if frame_range else ErrorCode.validation_failed
-    summary = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['message']}" for p in problems)
-    err = DomainError(code, f"invalid request: {summary}"[:1000], {"errors": problems})
-    request.state.error_code = code.value
-    return _error(err)
+    details = field_problems(exc.errors())
+    frame_range = any(p.type == InvalidFrameRange.code for p in details.errors)
+    cls = InvalidFrameRange if frame_range else ValidationFailed
+    summary = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.message}" for p in details.errors)
+    request.state.error_code = cls.code
+    return _error(cls(f"invalid request: {summary}"[:1000], details))
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -63,8 +93,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
 
     @app.exception_handler(DomainError)
-    async def domain_error(request: Request, exc: DomainError) -> Response:
-        request.state.error_code = exc.code.value
+    async def domain_error(request: Request, exc: DomainError[Any]) -> Response:
+        request.state.error_code = exc.code
         return _error(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -73,17 +103,16 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed}.get(
-            exc.status_code, ErrorCode.validation_failed
-        )
-        request.state.error_code = code.value
-        return _error(DomainError(code, str(exc.detail)))
+        fallback = BadRequest if exc.status_code < 500 else InternalError
+        cls = HTTP_ERRORS.get(exc.status_code, fallback)
+        request.state.error_code = cls.code
+        return _error(cls(str(exc.detail)), exc.headers)  # keeps e.g. 405's Allow
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request_failed", path=request.url.path)
-        request.state.error_code = ErrorCode.internal_error.value
-        return _error(DomainError(ErrorCode.internal_error, "internal error; retry later"))
+        request.state.error_code = InternalError.code
+        return _error(InternalError("internal error; retry later"))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -103,7 +132,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        schema.setdefault("components", {})["securitySchemes"] = {
+        components = schema.setdefault("components", {})
+        for name, details in details_schemas().items():
+            if components.setdefault("schemas", {}).setdefault(name, details) != details:
+                raise RuntimeError(f"two OpenAPI schemas are named {name}")
+        components["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "JWT or API key"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         }

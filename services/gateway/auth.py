@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    ApiKeyExpired,
+    ApiKeyRevoked,
+    Forbidden,
+    InsufficientScope,
+    InvalidApiKey,
+    InvalidToken,
+    Unauthenticated,
+)
 from contracts.identity import Role, Scope
 from libs.auth import (
     LEEWAY_SECONDS,
@@ -44,21 +52,17 @@ class Principal:
 
     def require(self, scope: Scope) -> None:
         if scope not in self.scopes:
-            raise DomainError(
-                ErrorCode.insufficient_scope,
-                f"this API key lacks the {scope.value} scope",
-                {"required_scope": scope.value},
+            raise InsufficientScope(
+                f"this API key lacks the {scope.value} scope", required_scope=scope
             )
 
     def require_session(self) -> None:
         if self.api_key_id is not None:
-            raise DomainError(
-                ErrorCode.forbidden, "this operation needs a user session (JWT), not an API key"
-            )
+            raise Forbidden("this operation needs a user session (JWT), not an API key")
 
     def require_admin(self) -> None:
         if not self.is_admin:
-            raise DomainError(ErrorCode.forbidden, "this operation is for administrators")
+            raise Forbidden("this operation is for administrators")
 
 
 #: Verified access tokens kept, so a client's repeated token is checked once, not per call.
@@ -88,13 +92,10 @@ class Authenticator:
         if token is None and authorization:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() != "bearer" or not value:
-                raise DomainError(
-                    ErrorCode.unauthenticated, "use 'Authorization: Bearer <token or API key>'"
-                )
+                raise Unauthenticated("use 'Authorization: Bearer <token or API key>'")
             token = value.strip()
         if not token:
-            raise DomainError(
-                ErrorCode.unauthenticated,
+            raise Unauthenticated(
                 "authentication required: a Bearer JWT or an API key (X-API-Key header)",
             )
         if token.startswith("rfk_"):
@@ -103,13 +104,13 @@ class Authenticator:
         try:
             role = Role(claims.role)
         except ValueError:
-            raise DomainError(ErrorCode.invalid_token, "unknown role in token") from None
+            raise InvalidToken("unknown role in token") from None
         return Principal(user_id=claims.user_id, role=role)
 
     async def _api_key(self, full: str) -> Principal:
         parts = split_api_key(full)
         if parts is None:
-            raise DomainError(ErrorCode.invalid_api_key, "malformed API key")
+            raise InvalidApiKey("malformed API key")
         key_id, secret = parts
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -121,11 +122,11 @@ class Authenticator:
         if row is None or not constant_time_equal(
             row["key_hash"], keyed_hash(self.settings, secret)
         ):
-            raise DomainError(ErrorCode.invalid_api_key, "unknown API key")
+            raise InvalidApiKey("unknown API key")
         if row["revoked_at"] is not None:
-            raise DomainError(ErrorCode.api_key_revoked, "this API key has been revoked")
+            raise ApiKeyRevoked("this API key has been revoked")
         if row["expires_at"] is not None and row["expires_at"] <= datetime.now(UTC):
-            raise DomainError(ErrorCode.api_key_revoked, "this API key has expired")
+            raise ApiKeyExpired("this API key has expired")
         return Principal(
             user_id=row["user_id"],
             role=Role(row["role"]),

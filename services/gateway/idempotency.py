@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import IdempotencyInProgress, IdempotencyKeyReused
 
 _IN_PROGRESS_TTL_S = 60
 
@@ -49,13 +49,11 @@ class IdempotencyStore:
             return await self.begin(principal, key, req_hash)
         rec = orjson.loads(raw)
         if rec["hash"] != req_hash:
-            raise DomainError(
-                ErrorCode.idempotency_key_reused,
+            raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different request; use a new key",
             )
         if rec["state"] == "in_progress":
-            raise DomainError(
-                ErrorCode.idempotency_in_progress,
+            raise IdempotencyInProgress(
                 "a request with this Idempotency-Key is still running; retry shortly",
             )
         return StoredResponse(rec["status"], rec["body"].encode())

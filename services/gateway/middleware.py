@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import DomainError, ErrorBody, RateLimited
 from contracts.gateway import ApiCallRecorded, Outcome
 from libs.logging import correlation_id_var
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
@@ -31,8 +31,8 @@ DOC_PATHS = frozenset({"/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirec
 TARGET_PARAMS = ("job_id", "user_id", "key_id")
 
 
-def error_response_bytes(err: DomainError) -> bytes:
-    return err.body(current_trace_id()).model_dump_json(exclude_none=False).encode()
+def error_response_bytes(err: DomainError[Any]) -> bytes:
+    return ErrorBody.of(err, current_trace_id()).model_dump_json(exclude_none=False).encode()
 
 
 class GatewayMiddleware:
@@ -72,7 +72,7 @@ class GatewayMiddleware:
                     principal = await self._admit(scope, headers)
                     state["principal"] = principal
                 except DomainError as e:
-                    state["error_code"] = e.code.value
+                    state["error_code"] = e.code
                     await self._send_error(send_wrapper, e)
                 else:
                     await self.app(scope, receive, send_wrapper)
@@ -115,20 +115,19 @@ class GatewayMiddleware:
         wait_ms = await self.gw.limiter.retry_after_ms(buckets)
         if wait_ms:
             retry_after = max(1, -(-wait_ms // 1000))
-            raise DomainError(
-                ErrorCode.rate_limited,
+            raise RateLimited(
                 f"too many requests; retry after {retry_after} s",
-                {"retry_after_seconds": retry_after},
+                retry_after_seconds=retry_after,
             )
 
-    async def _send_error(self, send: Send, err: DomainError) -> None:
+    async def _send_error(self, send: Send, err: DomainError[Any]) -> None:
         body = error_response_bytes(err)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        if err.code is ErrorCode.rate_limited and err.details:
-            headers.append((b"retry-after", str(err.details["retry_after_seconds"]).encode()))
+        if isinstance(err, RateLimited):
+            headers.append((b"retry-after", str(err.details.retry_after_seconds).encode()))
         if err.http_status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="renderfarm"'))
         await send({"type": "http.response.start", "status": err.http_status, "headers": headers})

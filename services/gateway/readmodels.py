@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp
 
 _CATCH_UP_SECONDS = 5.0
 
@@ -29,7 +29,7 @@ def decode_cursor(cursor: str | None) -> str | None:
     except ValueError:
         value = ""
     if not value or not value.isascii() or not value.isprintable() or len(value) > 200:
-        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+        raise InvalidCursor("the cursor is not one we issued")
     return value
 
 
@@ -65,13 +65,12 @@ class ReadModels:
                 break
             await asyncio.sleep(0.01)
         if min_version:
-            raise DomainError(
-                ErrorCode.service_unavailable,
+            raise JobViewCatchingUp(
                 f"job {job_id} was changed but its view is still catching up; retry the same"
                 " request (with the same Idempotency-Key) to read it",
-                {"job_id": job_id},
+                job_id=job_id,
             )
-        raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
+        raise JobNotFound(f"no job {job_id}", job_id=job_id)
 
     async def list_jobs(
         self, owner_id: str | None, status: str | None, cursor: str | None, limit: int

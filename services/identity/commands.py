@@ -13,7 +13,13 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    ApiKeyNotFound,
+    InvalidCredentials,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    UserNotApproved,
+)
 from contracts.identity import (
     ApiKeyInfo,
     ApiKeySecret,
@@ -111,10 +117,9 @@ class IdentityCommands:
         stored = user.password_hash if user and user.exists else self._decoy_hash
         matches = await asyncio.to_thread(verify_password, cmd.password, stored)
         if user is None or not user.exists or not matches:
-            raise DomainError(ErrorCode.invalid_credentials, _BAD_CREDENTIALS)
+            raise InvalidCredentials(_BAD_CREDENTIALS)
         if not user.approved:
-            raise DomainError(
-                ErrorCode.user_not_approved,
+            raise UserNotApproved(
                 "your account is waiting for an administrator's approval",
             )
         family_id = new_id("rtf")
@@ -139,7 +144,7 @@ class IdentityCommands:
         """
         parts = auth.split_refresh_token(cmd.refresh_token)
         if parts is None:
-            raise DomainError(ErrorCode.refresh_token_invalid, "malformed refresh token")
+            raise RefreshTokenInvalid("malformed refresh token")
         family_id, secret = parts
         family = await uow.get(RefreshFamily, family_id)
         refresh_token, new_secret = auth.new_refresh_token(family_id)
@@ -152,13 +157,12 @@ class IdentityCommands:
         )
         if is_reuse(events):
             await uow.commit_alone()
-            raise DomainError(
-                ErrorCode.refresh_token_reused,
+            raise RefreshTokenReused(
                 "this refresh token was already used; the session is revoked, log in again",
             )
         user = await uow.get(User, family.user_id)
         if not user.approved:
-            raise DomainError(ErrorCode.refresh_token_invalid, "the session's user is gone")
+            raise RefreshTokenInvalid("the session's user is gone")
         return self._pair(user.user_id, user.role, refresh_token, now)
 
     def _expiry(self, now: datetime) -> datetime:
@@ -178,9 +182,7 @@ class IdentityCommands:
         user = await uow.get(User, cmd.user_id)
         user.require_exists()
         if not user.approved:
-            raise DomainError(
-                ErrorCode.user_not_approved, "API keys are for approved accounts only"
-            )
+            raise UserNotApproved("API keys are for approved accounts only")
         key_id = new_id("key")
         key = await uow.get(ApiKey, key_id)
         full_key, secret = auth.new_api_key(key_id)
@@ -200,7 +202,7 @@ class IdentityCommands:
         key = await uow.get(ApiKey, key_id)
         if not key.exists or (user_id is not None and key.user_id != user_id):
             # Someone else's key is indistinguishable from a missing one.
-            raise DomainError(ErrorCode.api_key_not_found, f"no API key {key_id}")
+            raise ApiKeyNotFound(f"no API key {key_id}")
         return key
 
     async def revoke_api_key(self, cmd: RevokeApiKey, uow: UnitOfWork) -> ApiKeyInfo:

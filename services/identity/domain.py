@@ -11,7 +11,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from contracts.base import Event
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    EmailTaken,
+    FieldProblem,
+    InternalError,
+    RefreshTokenInvalid,
+    UserAlreadyApproved,
+    UserNotFound,
+    ValidationFailed,
+)
 from contracts.identity import (
     ApiKeyCreated,
     ApiKeyInfo,
@@ -93,7 +101,7 @@ class User(Aggregate):
     ) -> list[Event]:
         """Register; with ``approved_by`` the account is approved at once (command line)."""
         if self.exists:
-            raise DomainError(ErrorCode.concurrency_conflict, f"user id {user_id} is taken")
+            raise InternalError(f"the new user id {user_id} is taken")
         events: list[Event] = [
             UserRegistered(
                 user_id=user_id,
@@ -111,16 +119,15 @@ class User(Aggregate):
     def approve(self, by: str, now: datetime) -> list[Event]:
         self.require_exists()
         if self.approved:
-            raise DomainError(
-                ErrorCode.user_already_approved,
+            raise UserAlreadyApproved(
                 f"user {self.user_id} is already approved",
-                {"user_id": self.user_id},
+                user_id=self.user_id,
             )
         return self.record(UserApproved(user_id=self.user_id, approved_by=by, approved_at=now))
 
     def require_exists(self) -> None:
         if not self.exists:
-            raise DomainError(ErrorCode.user_not_found, "no such user")
+            raise UserNotFound("no such user")
 
     def profile(self) -> UserProfile:
         assert self.status is not None and self.registered_at is not None
@@ -157,10 +164,9 @@ class EmailClaim(Aggregate):
     def claim(self, email: str, user_id: str) -> list[Event]:
         email = normalise_email(email)
         if self.user_id is not None:
-            raise DomainError(
-                ErrorCode.email_taken,
+            raise EmailTaken(
                 "an account with this e-mail address already exists",
-                {"email": email},
+                email=email,
             )
         return self.record(EmailClaimed(email=email, user_id=user_id))
 
@@ -202,7 +208,7 @@ class RefreshFamily(Aggregate):
         self, family_id: str, user_id: str, token_hash: str, expires_at: datetime
     ) -> list[Event]:
         if self.exists:
-            raise DomainError(ErrorCode.concurrency_conflict, f"family id {family_id} is taken")
+            raise InternalError(f"the new family id {family_id} is taken")
         return self.record(
             RefreshTokenIssued(
                 family_id=family_id, user_id=user_id, token_hash=token_hash, expires_at=expires_at
@@ -242,9 +248,8 @@ def is_reuse(events: list[Event]) -> bool:
     return any(isinstance(e, RefreshFamilyRevoked) for e in events)
 
 
-def _refresh_invalid() -> DomainError:
-    return DomainError(
-        ErrorCode.refresh_token_invalid,
+def _refresh_invalid() -> RefreshTokenInvalid:
+    return RefreshTokenInvalid(
         "the refresh token is unknown, expired or revoked; log in again",
     )
 
@@ -295,12 +300,13 @@ class ApiKey(Aggregate):
         now: datetime,
     ) -> list[Event]:
         if self.exists:
-            raise DomainError(ErrorCode.concurrency_conflict, f"key id {key_id} is taken")
+            raise InternalError(f"the new key id {key_id} is taken")
         if expires_at is not None and expires_at <= now:
-            raise DomainError(
-                ErrorCode.validation_failed,
+            raise ValidationFailed(
                 "expires_at must be in the future",
-                {"expires_at": expires_at.isoformat()},
+                errors=[
+                    FieldProblem(loc=["expires_at"], message="in the past", type="value_error")
+                ],
             )
         return self.record(
             ApiKeyCreated(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import JobIdTaken, JobNotFound
 from contracts.jobs import (
     CancelJob,
     CompleteJob,
@@ -46,7 +46,7 @@ class JobCommands:
         job = await uow.get(Job, job_id)
         if not job.exists or (owner_id is not None and job.owner_id != owner_id):
             # Someone else's job is indistinguishable from a missing one.
-            raise DomainError(ErrorCode.job_not_found, f"no job {job_id}", {"job_id": job_id})
+            raise JobNotFound(f"no job {job_id}", job_id=job_id)
         return job
 
     async def _accepted(self, uow: UnitOfWork, job: Job) -> JobAccepted:
@@ -61,7 +61,7 @@ class JobCommands:
     async def submit(self, cmd: SubmitJob, uow: UnitOfWork) -> JobAccepted:
         job = await uow.get(Job, cmd.job_id)
         if job.exists:
-            raise DomainError(ErrorCode.concurrency_conflict, f"job id {cmd.job_id} is taken")
+            raise JobIdTaken(f"job id {cmd.job_id} is taken", job_id=cmd.job_id)
         owner = await uow.get(OwnerJobs, cmd.owner_id)
         owner.take(cmd.owner_id, cmd.job_id, self.settings.active_job_limit)
         job.submit(cmd.job_id, cmd.owner_id, cmd.spec, datetime.now(UTC))

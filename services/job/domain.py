@@ -15,7 +15,14 @@ from pydantic import BaseModel
 
 from contracts.base import Event
 from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, JobEnvelope, StepView
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    InvalidStateTransition,
+    JobCancelling,
+    JobFinished,
+    JobLimitReached,
+    JobNotEditable,
+    JobTransition,
+)
 from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameOutput,
@@ -314,13 +321,13 @@ class Job(Aggregate):
         if to is self.status:
             return
         if self.status is None or to not in TRANSITIONS[self.status]:
-            self.violates(f"job {self.job_id} cannot go from {self.status} to {to}")
+            self.violates(
+                InvalidStateTransition(
+                    f"job {self.job_id} cannot go from {self.status} to {to}",
+                    JobTransition(from_=self.status, to=to),
+                )
+            )
         self.status = to
-
-    def refusal(self, problems: list[str]) -> Exception:
-        return DomainError(
-            ErrorCode.invalid_state_transition, "; ".join(problems), {"status": self.status}
-        )
 
     def step(self, name: StepName) -> Step:
         return next(s for s in self.steps if s.name is name)
@@ -352,7 +359,7 @@ class Job(Aggregate):
     def update(self, changes: JobChanges) -> list[Event]:
         self._require_open()
         if self.status is S.cancelling:
-            raise DomainError(ErrorCode.job_not_editable, f"job {self.job_id} is being cancelled")
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
         wants_settings = any(
             v is not None
             for v in (
@@ -363,11 +370,10 @@ class Job(Aggregate):
             )
         )
         if wants_settings and self.status not in SETTINGS_EDITABLE:
-            raise DomainError(
-                ErrorCode.job_not_editable,
+            raise JobNotEditable(
                 f"frames and render settings cannot change once rendering has started"
                 f" (job is {self.status})",
-                {"status": self.status},
+                status=self.status,
             )
         events: list[Event] = []
         jid = self.job_id
@@ -418,17 +424,12 @@ class Job(Aggregate):
         if self.status in QUEUED_OR_LATER:
             return []
         if self.status is S.cancelling:
-            raise DomainError(
-                ErrorCode.job_finished,
-                f"job {self.job_id} is being cancelled",
-                {"status": self.status},
-            )
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
         self._require_open()
         if self.status not in QUEUEABLE:
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} cannot be queued while {self.status}",
-                {"from": self.status, "to": S.queued},
+                JobTransition(from_=self.status, to=S.queued),
             )
         events: list[Event] = [
             JobStepSkipped(job_id=self.job_id, step=name, reason=skip_reason)
@@ -463,10 +464,9 @@ class Job(Aggregate):
         if self.status in (S.cancelled, S.failed):
             return []
         if self.status not in (S.queued, S.rendering, S.paused, S.cancelling, S.completed):
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} is {self.status}: it has no render to record frames of",
-                {"status": self.status},
+                JobTransition(from_=self.status),
             )
         if render_id in self.past_render_ids:
             return []
@@ -507,10 +507,9 @@ class Job(Aggregate):
         elif self.status in (S.queued, S.paused):
             events.append(JobStepStarted(job_id=self.job_id, step=StepName.render, at=at))
         elif self.status not in (S.rendering, S.cancelling):
-            raise DomainError(
-                ErrorCode.invalid_state_transition,
+            raise InvalidStateTransition(
                 f"job {self.job_id} is {self.status}: it has no render to complete",
-                {"from": self.status, "to": S.completed},
+                JobTransition(from_=self.status, to=S.completed),
             )
         events.append(JobStepSucceeded(job_id=self.job_id, step=StepName.render, at=at))
         events.append(JobCompleted(job_id=self.job_id, at=at))
@@ -540,10 +539,9 @@ class Job(Aggregate):
 
     def _require_open(self) -> None:
         if self.status in TERMINAL_STATUSES:
-            raise DomainError(
-                ErrorCode.job_finished,
+            raise JobFinished(
                 f"job {self.job_id} is already {self.status}",
-                {"status": self.status},
+                status=self.status,
             )
 
     # -- view -------------------------------------------------------------------------
@@ -639,11 +637,11 @@ class OwnerJobs(Aggregate):
 
     def take(self, owner_id: str, job_id: str, limit: int) -> list[Event]:
         if len(self.active) >= limit:
-            raise DomainError(
-                ErrorCode.job_limit_reached,
+            raise JobLimitReached(
                 f"you have {len(self.active)} active jobs; the limit is {limit}."
                 " Wait for one to finish or cancel one.",
-                {"active_jobs": len(self.active), "limit": limit},
+                active_jobs=len(self.active),
+                limit=limit,
             )
         return self.record(JobSlotTaken(owner_id=owner_id, job_id=job_id))
 

@@ -9,6 +9,8 @@ retries, refusals and state belong to the kit (:mod:`libs.process`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
@@ -121,7 +123,7 @@ def render_status_after(event: Event) -> RenderStatus | None:
 #: Refusals the policy plans for: a job cancelled before it was queued, a render the
 #: bridge never had. Recorded, not alerted.
 CANCELLED_BEFORE_QUEUED = frozenset({"job_finished", "job_cancelling"})
-NEVER_ON_THE_FARM = frozenset({"not_found", "render_not_found"})
+NEVER_ON_THE_FARM = frozenset({"render_not_found"})
 
 
 class JobRender(BaseModel):
@@ -227,7 +229,7 @@ class RenderProcess(ProcessManager[JobRender]):
         if isinstance(cmd, CompleteJob):
             job_id = cmd.job_id
 
-            def fail(e: DomainError) -> list[Send]:
+            def fail(e: DomainError[Any]) -> list[Send]:
                 reason = f"the render completed but the job refused it: {e.code}: {e.message}"
                 return [Send(FailJob(job_id=job_id, reason=reason, at=cmd.at), JobAccepted)]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import DomainError, FarmUnavailable
 from contracts.jobs import (
     FrameRange,
     JobPriority,
@@ -204,4 +204,4 @@ async def test_an_unreachable_farm_is_a_retryable_error(
     client = CommandClient(bridge.nc, bridge.settings)
     with pytest.raises(DomainError) as failed:
         await client.send(order("job_4"), RenderAccepted, command_id="s4", actor=ACTOR)
-    assert failed.value.code is ErrorCode.service_unavailable
+    assert type(failed.value) is FarmUnavailable and failed.value.retryable

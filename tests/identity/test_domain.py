@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    DomainError,
+    EmailTaken,
+    InternalError,
+    RefreshTokenInvalid,
+    UserAlreadyApproved,
+    UserNotFound,
+    ValidationFailed,
+)
 from contracts.identity import (
     ApiKeyRevoked,
     ApiKeyUsed,
@@ -61,13 +70,13 @@ def test_approving_activates_the_user_once() -> None:
     assert user.approved_at == NOW + DAY
     with pytest.raises(DomainError) as e:
         user.approve("usr_admin", NOW + 2 * DAY)
-    assert e.value.code is ErrorCode.user_already_approved
+    assert type(e.value) is UserAlreadyApproved
 
 
 def test_approving_a_user_that_does_not_exist_is_user_not_found() -> None:
     with pytest.raises(DomainError) as e:
         User().approve("usr_admin", NOW)
-    assert e.value.code is ErrorCode.user_not_found
+    assert type(e.value) is UserNotFound
 
 
 def test_a_user_registered_already_approved_is_active_at_once() -> None:
@@ -91,7 +100,7 @@ def test_a_claimed_email_cannot_be_claimed_again() -> None:
     evolve(claim, claim.claim("ada@example.com", "usr_1"))
     with pytest.raises(DomainError) as e:
         claim.claim("ADA@example.com", "usr_2")
-    assert e.value.code is ErrorCode.email_taken
+    assert type(e.value) is EmailTaken
 
 
 # -- refresh families ------------------------------------------------------------------
@@ -129,7 +138,7 @@ def test_presenting_a_used_refresh_token_revokes_the_family() -> None:
     # Afterwards even the token that was current is refused.
     with pytest.raises(DomainError) as e:
         family.rotate("h2", "h4", NOW, NOW + DAY)
-    assert e.value.code is ErrorCode.refresh_token_invalid
+    assert type(e.value) is RefreshTokenInvalid
 
 
 @pytest.mark.parametrize(
@@ -145,7 +154,7 @@ def test_other_refresh_tokens_are_invalid(
 ) -> None:
     with pytest.raises(DomainError) as e:
         family.rotate(presented, "new", now, now + DAY)
-    assert e.value.code is ErrorCode.refresh_token_invalid
+    assert type(e.value) is RefreshTokenInvalid
 
 
 # -- API keys --------------------------------------------------------------------------
@@ -178,7 +187,7 @@ def test_a_new_api_key_has_its_scopes_once_and_no_use_yet() -> None:
 def test_an_api_key_cannot_be_created_already_expired() -> None:
     with pytest.raises(DomainError) as e:
         new_key(expires_at=NOW)
-    assert e.value.code is ErrorCode.validation_failed
+    assert type(e.value) is ValidationFailed
 
 
 def test_revoking_an_api_key_twice_changes_nothing_the_second_time() -> None:
@@ -227,3 +236,22 @@ def test_events_of_approval_name_the_approver() -> None:
     user = registered_user()
     (event,) = user.approve("usr_admin", NOW)
     assert event == UserApproved(user_id="usr_1", approved_by="usr_admin", approved_at=NOW)
+
+
+def test_a_generated_id_that_is_taken_is_an_internal_error_a_retry_fixes() -> None:
+    """The handler picks user, family and key ids; a retry picks new ones. Nobody raced."""
+    user, family, key = registered_user(), new_family(), new_key()
+    attempts: list[Callable[[], object]] = [
+        lambda: user.register("usr_1", "b@example.com", "B", Role.user, "hash", NOW),
+        lambda: family.issue("rtf_1", "usr_2", "h9", NOW + DAY),
+        lambda: key.create("key_1", "usr_2", "ci", [Scope.jobs_read], "h", None, None, NOW),
+    ]
+    for attempt in attempts:
+        with pytest.raises(DomainError) as e:
+            attempt()
+        assert type(e.value) is InternalError
+        assert (e.value.code, e.value.http_status, e.value.retryable) == (
+            "internal_error",
+            500,
+            True,
+        )

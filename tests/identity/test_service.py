@@ -11,7 +11,19 @@ from typing import Any
 import asyncpg
 import pytest
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    ApiKeyNotFound,
+    DomainError,
+    EmailTaken,
+    IdempotencyKeyReused,
+    InvalidCredentials,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    UserAlreadyApproved,
+    UserNotApproved,
+    UserNotFound,
+    ValidationFailed,
+)
 from contracts.identity import (
     ApiKeyInfo,
     ApiKeySecret,
@@ -36,11 +48,11 @@ from services.identity.settings import IdentitySettings
 from tests.identity.conftest import ADMIN, PASSWORD, Identity
 
 
-async def refused(command: Awaitable[object]) -> ErrorCode:
+async def refused(command: Awaitable[object]) -> type[DomainError[Any]]:
     """The error code a command was refused with."""
     with pytest.raises(DomainError) as e:
         await command
-    return e.value.code
+    return type(e.value)
 
 
 async def database_text(pool: asyncpg.Pool) -> str:
@@ -80,7 +92,7 @@ async def test_a_registered_user_is_pending_and_cannot_log_in_until_approved(
     profile = await identity.register("Ada@Example.com")
     assert profile.status is UserStatus.pending_approval
     assert profile.email == "Ada@Example.com"
-    assert await refused(identity.login("ada@example.com")) is ErrorCode.user_not_approved
+    assert await refused(identity.login("ada@example.com")) is UserNotApproved
 
     approved = await identity.send(ApproveUser(user_id=profile.user_id), UserProfile, actor=ADMIN)
     assert approved.status is UserStatus.active and approved.approved_at is not None
@@ -109,14 +121,14 @@ async def test_the_read_model_shows_the_user_as_soon_as_registration_answers(
 async def test_approving_twice_or_approving_nobody_is_refused(identity: Identity) -> None:
     profile = await approved_user(identity)
     approve = ApproveUser(user_id=profile.user_id)
-    assert await refused(identity.send(approve, UserProfile)) is ErrorCode.user_already_approved
+    assert await refused(identity.send(approve, UserProfile)) is UserAlreadyApproved
     nobody = ApproveUser(user_id="usr_nobody")
-    assert await refused(identity.send(nobody, UserProfile)) is ErrorCode.user_not_found
+    assert await refused(identity.send(nobody, UserProfile)) is UserNotFound
 
 
 async def test_an_email_is_taken_whatever_its_case(identity: Identity) -> None:
     await identity.register("ada@example.com")
-    assert await refused(identity.register("ADA@Example.com")) is ErrorCode.email_taken
+    assert await refused(identity.register("ADA@Example.com")) is EmailTaken
 
 
 async def test_of_two_registrations_of_one_email_sent_at_once_exactly_one_succeeds(
@@ -130,7 +142,7 @@ async def test_of_two_registrations_of_one_email_sent_at_once_exactly_one_succee
     profiles = [r for r in results if isinstance(r, UserProfile)]
     errors = [r for r in results if isinstance(r, DomainError)]
     assert len(profiles) == 1
-    assert [e.code for e in errors] == [ErrorCode.email_taken]
+    assert [type(e) for e in errors] == [EmailTaken]
     async with identity.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM identity.users") == 1
 
@@ -167,7 +179,7 @@ async def test_registrations_racing_for_one_email_in_two_replicas_cannot_both_co
     assert sorted(type(r).__name__ for r in results) == ["ConcurrencyError", "UserProfile"]
     # The command server re-runs the loser on fresh state, where the address is taken.
     plain = IdentityCommands(settings)
-    assert await refused(register("Twin@Example.com", "b", plain)) is ErrorCode.email_taken
+    assert await refused(register("Twin@Example.com", "b", plain)) is EmailTaken
 
 
 async def test_the_same_register_command_id_twice_registers_one_user(identity: Identity) -> None:
@@ -193,8 +205,8 @@ async def test_a_wrong_password_and_an_unknown_email_fail_alike(identity: Identi
         await identity.login("ada@example.com", "not the password")
     with pytest.raises(DomainError) as unknown_email:
         await identity.login("bob@example.com", PASSWORD)
-    assert wrong_password.value.code is ErrorCode.invalid_credentials
-    assert unknown_email.value.code is ErrorCode.invalid_credentials
+    assert type(wrong_password.value) is InvalidCredentials
+    assert type(unknown_email.value) is InvalidCredentials
     assert wrong_password.value.message == unknown_email.value.message
 
 
@@ -209,10 +221,10 @@ async def test_a_refresh_token_works_once_and_reusing_it_revokes_the_session(
     assert verify_access_token(settings, second.access_token).user_id == profile.user_id
 
     reuse = RefreshSession(refresh_token=first.refresh_token)
-    assert await refused(identity.send(reuse, TokenPair)) is ErrorCode.refresh_token_reused
+    assert await refused(identity.send(reuse, TokenPair)) is RefreshTokenReused
     # The revocation was stored although the command failed: the newer token is dead too.
     latest = RefreshSession(refresh_token=second.refresh_token)
-    assert await refused(identity.send(latest, TokenPair)) is ErrorCode.refresh_token_invalid
+    assert await refused(identity.send(latest, TokenPair)) is RefreshTokenInvalid
     async with identity.pool.acquire() as conn:
         reason = await conn.fetchval(
             "SELECT data->>'reason' FROM identity.events"
@@ -227,7 +239,7 @@ async def test_a_session_of_another_login_survives_a_reuse(identity: Identity) -
     phone = await identity.login("ada@example.com")
     await identity.send(RefreshSession(refresh_token=laptop.refresh_token), TokenPair)
     reuse = RefreshSession(refresh_token=laptop.refresh_token)
-    assert await refused(identity.send(reuse, TokenPair)) is ErrorCode.refresh_token_reused
+    assert await refused(identity.send(reuse, TokenPair)) is RefreshTokenReused
     assert await identity.send(RefreshSession(refresh_token=phone.refresh_token), TokenPair)
 
 
@@ -244,7 +256,7 @@ async def test_malformed_or_unknown_refresh_tokens_are_invalid(
     identity: Identity, token: str
 ) -> None:
     refresh = RefreshSession(refresh_token=token)
-    assert await refused(identity.send(refresh, TokenPair)) is ErrorCode.refresh_token_invalid
+    assert await refused(identity.send(refresh, TokenPair)) is RefreshTokenInvalid
 
 
 async def test_a_forged_secret_in_a_real_family_is_invalid_and_revokes_nothing(
@@ -255,7 +267,7 @@ async def test_a_forged_secret_in_a_real_family_is_invalid_and_revokes_nothing(
     parts = split_refresh_token(pair.refresh_token)
     assert parts is not None
     forged = RefreshSession(refresh_token=f"rft_{parts[0]}_forged")
-    assert await refused(identity.send(forged, TokenPair)) is ErrorCode.refresh_token_invalid
+    assert await refused(identity.send(forged, TokenPair)) is RefreshTokenInvalid
     assert await identity.send(RefreshSession(refresh_token=pair.refresh_token), TokenPair)
 
 
@@ -280,7 +292,7 @@ async def test_a_repeated_login_command_id_is_refused_not_replayed(identity: Ide
     cmd = Login(email="ada@example.com", password=PASSWORD)
     await identity.send(cmd, TokenPair, command_id="login-1")
     repeat = identity.send(cmd, TokenPair, command_id="login-1")
-    assert await refused(repeat) is ErrorCode.idempotency_key_reused
+    assert await refused(repeat) is IdempotencyKeyReused
 
 
 # -- API keys --------------------------------------------------------------------------
@@ -316,23 +328,21 @@ async def test_a_repeated_create_api_key_command_id_is_refused_not_replayed(
     cmd = CreateApiKey(user_id=user.user_id, name="ci", scopes=[Scope.jobs_read])
     await identity.send(cmd, ApiKeySecret, command_id="key-1")
     repeat = identity.send(cmd, ApiKeySecret, command_id="key-1")
-    assert await refused(repeat) is ErrorCode.idempotency_key_reused
+    assert await refused(repeat) is IdempotencyKeyReused
     async with identity.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM identity.api_keys") == 1
 
 
 async def test_api_keys_are_only_for_approved_users(identity: Identity) -> None:
     pending = await identity.register("pending@example.com")
-    assert await refused(create_key(identity, pending.user_id)) is ErrorCode.user_not_approved
-    assert await refused(create_key(identity, "usr_nobody")) is ErrorCode.user_not_found
+    assert await refused(create_key(identity, pending.user_id)) is UserNotApproved
+    assert await refused(create_key(identity, "usr_nobody")) is UserNotFound
 
 
 async def test_an_api_key_cannot_be_created_already_expired(identity: Identity) -> None:
     user = await approved_user(identity)
     past = datetime.now(UTC) - timedelta(minutes=1)
-    assert await refused(create_key(identity, user.user_id, expires_at=past)) is (
-        ErrorCode.validation_failed
-    )
+    assert await refused(create_key(identity, user.user_id, expires_at=past)) is ValidationFailed
 
 
 async def test_revoking_an_api_key_sets_revoked_at_once(identity: Identity) -> None:
@@ -355,9 +365,9 @@ async def test_nobody_but_the_owner_or_an_admin_can_revoke_a_key(identity: Ident
     other = await approved_user(identity, "mallory@example.com")
     key = await create_key(identity, owner.user_id)
     as_other = RevokeApiKey(key_id=key.key_id, user_id=other.user_id)
-    assert await refused(identity.send(as_other, ApiKeyInfo)) is ErrorCode.api_key_not_found
+    assert await refused(identity.send(as_other, ApiKeyInfo)) is ApiKeyNotFound
     missing = RevokeApiKey(key_id="key_nothing", user_id=None)
-    assert await refused(identity.send(missing, ApiKeyInfo)) is ErrorCode.api_key_not_found
+    assert await refused(identity.send(missing, ApiKeyInfo)) is ApiKeyNotFound
     as_admin = RevokeApiKey(key_id=key.key_id, user_id=None)
     assert (await identity.send(as_admin, ApiKeyInfo, actor=ADMIN)).revoked_at is not None
 

@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    DomainError,
+    InvalidStateTransition,
+    JobLimitReached,
+    JobNotFound,
+)
 from contracts.jobs import (
     CancelJob,
     CompleteJob,
@@ -79,7 +84,7 @@ async def test_the_job_limit_refuses_a_third_active_job_and_records_nothing(
         await run(store, commands.submit, SubmitJob(job_id=f"job_{n}", owner_id="usr_1", spec=SPEC))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.submit, SubmitJob(job_id="job_3", owner_id="usr_1", spec=SPEC))
-    assert refused.value.code is ErrorCode.job_limit_reached
+    assert type(refused.value) is JobLimitReached
     assert await store.read_stream("job-job_3") == []
 
 
@@ -104,7 +109,7 @@ async def test_someone_elses_job_is_not_found(
     await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.cancel, CancelJob(job_id="job_1", owner_id="usr_2"))
-    assert refused.value.code is ErrorCode.job_not_found
+    assert type(refused.value) is JobNotFound
 
 
 async def test_history_still_loads_after_a_transition_rule_is_tightened(
@@ -122,5 +127,5 @@ async def test_history_still_loads_after_a_transition_rule_is_tightened(
     await run(store, commands.queue, QueueJob(job_id="job_2", skip_reason="none yet"))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.complete, CompleteJob(job_id="job_2", at=NOW))
-    assert refused.value.code is ErrorCode.invalid_state_transition
+    assert type(refused.value) is InvalidStateTransition
     assert [e.event_type for e in await store.read_stream("job-job_2")][-1] == "job.JobQueued"

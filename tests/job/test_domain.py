@@ -7,16 +7,18 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from contracts.base import Event
 from contracts.envelope import EtaView
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import DomainError, InvalidStateTransition, JobCancelling, JobFinished, JobRef
 from contracts.jobs import (
     FrameOutput,
     FrameRange,
     JobCancelled,
+    JobChanges,
     JobCompleted,
     JobFailed,
     JobFramesRendered,
@@ -103,11 +105,11 @@ def types(events: Sequence[Event]) -> list[str]:
     return [type(e).__name__ for e in events]
 
 
-def refused(call: object, *args: object) -> ErrorCode:
+def refused(call: object, *args: object) -> type[DomainError[Any]]:
     assert callable(call)
     with pytest.raises(DomainError) as e:
         call(*args)
-    return e.value.code
+    return type(e.value)
 
 
 # -- queue -------------------------------------------------------------------------------
@@ -156,18 +158,27 @@ def test_queueing_a_paused_or_completed_job_changes_nothing() -> None:
     assert paused.queue("again", NOW) == []
 
 
-def test_an_ended_or_cancelling_job_cannot_be_queued() -> None:
+def test_an_ended_job_cannot_be_queued() -> None:
     cancelled = submitted()
     evolve(cancelled, cancelled.cancel(None, NOW))
     failed = queued()
     evolve(failed, failed.fail("scene missing", NOW))
-    for job in (cancelled, failed, cancelling()):
-        assert refused(job.queue, "x", NOW) is ErrorCode.job_finished
+    for job in (cancelled, failed):
+        assert refused(job.queue, "x", NOW) is JobFinished
+
+
+def test_a_cancelling_job_is_neither_queued_nor_changed_and_says_so() -> None:
+    job = cancelling()
+    assert refused(job.queue, "x", NOW) is JobCancelling
+    with pytest.raises(JobCancelling) as e:
+        job.update(JobChanges(name="renamed"))
+    assert (e.value.code, e.value.http_status, e.value.retryable) == ("job_cancelling", 409, False)
+    assert e.value.details == JobRef(job_id="job_1")
 
 
 def test_a_job_with_a_running_preparation_step_cannot_be_queued() -> None:
     job = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
-    assert refused(job.queue, "x", NOW) is ErrorCode.invalid_state_transition
+    assert refused(job.queue, "x", NOW) is InvalidStateTransition
 
 
 # -- start -------------------------------------------------------------------------------
@@ -268,7 +279,7 @@ def test_a_new_render_of_the_job_counts_from_zero_and_the_old_ones_results_are_i
 
 
 def test_frames_cannot_be_recorded_for_a_job_that_was_never_queued() -> None:
-    assert refused(record, submitted(), 0) is ErrorCode.invalid_state_transition
+    assert refused(record, submitted(), 0) is InvalidStateTransition
 
 
 def test_recorded_task_ids_are_kept_as_ranges_so_the_state_stays_small() -> None:
@@ -338,7 +349,7 @@ def test_a_completion_after_a_cancel_or_a_failure_changes_nothing() -> None:
 
 
 def test_a_job_that_was_never_queued_cannot_complete() -> None:
-    assert refused(submitted().complete, NOW) is ErrorCode.invalid_state_transition
+    assert refused(submitted().complete, NOW) is InvalidStateTransition
 
 
 def test_failing_fails_the_render_step_or_the_running_step_and_the_job() -> None:

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from contracts.base import Command
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    DomainError,
+    InvalidStateTransition,
+    JobIdTaken,
+    JobLimitReached,
+    JobNotFound,
+)
 from contracts.jobs import (
     CancelJob,
     CompleteJob,
@@ -161,7 +167,7 @@ async def test_every_way_a_job_ends_frees_its_owners_slot(
     completed, failed, vanished = [await submit(job_service, owner) for _ in range(3)]
     with pytest.raises(DomainError) as e:
         await submit(job_service, owner)
-    assert e.value.code is ErrorCode.job_limit_reached
+    assert type(e.value) is JobLimitReached
     for job_id in (completed, failed, vanished):
         await scheduler.queue(job_id)
         await scheduler.start(job_id)
@@ -243,10 +249,31 @@ async def test_scheduler_commands_for_a_missing_job_or_a_job_not_yet_queued_are_
 ) -> None:
     with pytest.raises(DomainError) as e:
         await scheduler.queue("job_missing")
-    assert e.value.code is ErrorCode.job_not_found
+    assert type(e.value) is JobNotFound
     job_id = await submit(job_service, "usr_e")
     with pytest.raises(DomainError) as e:
         await scheduler.send(scheduler.task(job_id, 0, [1]))
-    assert e.value.code is ErrorCode.invalid_state_transition
+    assert type(e.value) is InvalidStateTransition
     assert await frame_rows(job_service, job_id) == []
     assert (await envelope(job_service, job_id))["version"] == 1
+
+
+async def test_a_taken_job_id_is_refused_for_good_not_as_a_conflict(
+    job_service: ServiceRuntime[Any],
+) -> None:
+    job_id = await submit(job_service, "usr_t")
+    spec = JobSpec(
+        name="again",
+        scene_key="scenes/a.blend",
+        frame_range=FrameRange(start=1, end=4),
+        resolution=Resolution(width=640, height=480),
+    )
+    with pytest.raises(JobIdTaken) as e:
+        await CommandClient(job_service.nc, job_service.settings).send(
+            SubmitJob(job_id=job_id, owner_id="usr_t", spec=spec),
+            JobAccepted,
+            command_id=uuid.uuid4().hex,
+            actor=Actor(kind="user", id="usr_t"),
+        )
+    assert (e.value.http_status, e.value.retryable) == (409, False)
+    assert e.value.details.job_id == job_id  # typed details survive the trip over NATS

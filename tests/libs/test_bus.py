@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import DomainError, FieldProblem, InvalidFrameRange, ServiceUnavailable
 from libs.bus.commands import Actor, CommandClient, CommandServer
 from libs.bus.consumer import BusEvent, DurableConsumer, claim_event
 from libs.bus.relay import Relay
@@ -206,7 +206,8 @@ class FrameLog(Aggregate):
 
     def render(self, frame: int) -> None:
         if frame < 0:
-            raise DomainError(ErrorCode.invalid_frame_range, f"frame {frame} < 0")
+            problem = FieldProblem(loc=["frame"], message="below 0", type="invalid_frame_range")
+            raise InvalidFrameRange(f"frame {frame} < 0", errors=[problem])
         self.record(FrameRendered(frame=frame))
 
 
@@ -260,7 +261,7 @@ async def test_a_domain_error_reaches_the_caller_with_its_code(
         await CommandClient(nc, settings).send(
             RenderFrame(job_id="j", frame=-1), Rendered, command_id="c1", actor=ACTOR
         )
-    assert err.value.code is ErrorCode.invalid_frame_range
+    assert type(err.value) is InvalidFrameRange
 
 
 async def test_concurrent_commands_on_one_stream_are_retried_and_all_succeed(
@@ -287,4 +288,4 @@ async def test_a_command_nobody_serves_is_a_retryable_service_unavailable(
         await CommandClient(nc, settings, timeout=1).send(
             RenderFrame(job_id="j", frame=1), Rendered, command_id="c", actor=ACTOR
         )
-    assert err.value.code is ErrorCode.service_unavailable and err.value.retryable
+    assert type(err.value) is ServiceUnavailable and err.value.retryable

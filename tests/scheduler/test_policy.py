@@ -14,7 +14,13 @@ import pytest
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    DomainError,
+    InvalidStateTransition,
+    JobFinished,
+    RenderNotFound,
+    ServiceUnavailable,
+)
 from contracts.jobs import (
     CompleteJob,
     ConfirmJobCancelled,
@@ -59,7 +65,7 @@ SPEC: dict[str, Any] = {
     "render_settings": RenderSettings(samples=64),
 }
 
-Answer = BaseModel | DomainError
+Answer = BaseModel | DomainError[Any]
 
 
 @dataclass
@@ -192,9 +198,7 @@ async def test_an_event_handled_before_sends_nothing_again(
 async def test_a_retryable_refusal_redelivers_and_the_retry_repeats_the_same_command_ids(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
-    commands.answers[SubmitRender] = lambda _: DomainError(
-        ErrorCode.service_unavailable, "the farm is away"
-    )
+    commands.answers[SubmitRender] = lambda _: ServiceUnavailable("the farm is away")
     delivery = bus_event(submitted)
     with pytest.raises(Retry):
         await runner.handle(delivery)
@@ -208,14 +212,14 @@ async def test_a_retryable_refusal_redelivers_and_the_retry_repeats_the_same_com
 async def test_a_job_cancelled_before_it_was_queued_is_confirmed_cancelled_and_recorded(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
-    commands.answers[QueueJob] = lambda _: DomainError(ErrorCode.job_finished, "it is cancelled")
-    commands.answers[CancelRender] = lambda _: DomainError(ErrorCode.not_found, "no render")
+    commands.answers[QueueJob] = lambda _: JobFinished("it is cancelled", status="cancelled")
+    commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
     await runner.handle(bus_event(submitted))
     assert commands.types() == ["QueueJob", "CancelRender", "ConfirmJobCancelled"]
     refused = await refusals(store)
     assert [(r.command_type, r.code, r.expected) for r in refused] == [
         ("job.QueueJob", "job_finished", True),
-        ("render.CancelRender", "not_found", True),
+        ("render.CancelRender", "render_not_found", True),
     ]
     assert refused[1].then == ["job.ConfirmJobCancelled"]
 
@@ -223,8 +227,8 @@ async def test_a_job_cancelled_before_it_was_queued_is_confirmed_cancelled_and_r
 async def test_a_refused_completion_fails_the_job_with_the_reason_and_raises_an_alert(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
-    commands.answers[CompleteJob] = lambda _: DomainError(
-        ErrorCode.invalid_state_transition, "job is paused"
+    commands.answers[CompleteJob] = lambda _: InvalidStateTransition(
+        "job is paused", from_="paused", to="completed"
     )
     done = RenderCompleted(job_id=JOB, render_id=RENDER, frames_rendered=10, at=T)
     await runner.handle(bus_event(done))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from contracts.errors import ErrorCode
+from contracts.errors import Forbidden, InvalidCursor, UserAlreadyApproved, UserNotFound
 from contracts.identity import ApproveUser, UserProfile, UserStatus
 from services.gateway.api import errors, gateway, principal
 from services.gateway.schemas import UserPage
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
     summary="List users (admin)",
     description="Users ordered by id, optionally only one status. Administrators only.",
     response_model=UserPage,
-    responses=errors(ErrorCode.forbidden, ErrorCode.invalid_cursor),
+    responses=errors(Forbidden, InvalidCursor),
 )
 async def list_users(
     request: Request,
@@ -45,9 +45,7 @@ async def list_users(
         " harmless. Administrators only."
     ),
     response_model=UserProfile,
-    responses=errors(
-        ErrorCode.forbidden, ErrorCode.user_not_found, ErrorCode.user_already_approved
-    ),
+    responses=errors(Forbidden, UserNotFound, UserAlreadyApproved),
 )
 async def approve_user(
     request: Request,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from contracts.errors import ErrorCode
+from contracts.errors import ApiKeyNotFound, Forbidden, IdempotencyKeyReused
 from contracts.identity import ApiKeyInfo, ApiKeySecret, CreateApiKey, RevokeApiKey
 from services.gateway.api import (
     IdempotencyKey,
@@ -34,7 +34,7 @@ KeyId = Annotated[str, Path(min_length=1, max_length=64, description="key_id of 
     ),
     status_code=201,
     response_model=ApiKeySecret,
-    responses=errors(ErrorCode.forbidden, ErrorCode.idempotency_key_reused),
+    responses=errors(Forbidden, IdempotencyKeyReused),
 )
 async def create_api_key(
     request: Request, body: CreateApiKeyRequest, idempotency_key: IdempotencyKey = None
@@ -62,7 +62,7 @@ async def create_api_key(
     summary="List API keys",
     description="The caller's API keys (never their secrets), ordered by key id.",
     response_model=ApiKeyList,
-    responses=errors(ErrorCode.forbidden),
+    responses=errors(Forbidden),
 )
 async def list_api_keys(request: Request) -> ApiKeyList:
     gw, p = gateway(request), principal(request)
@@ -76,7 +76,7 @@ async def list_api_keys(request: Request) -> ApiKeyList:
     summary="Revoke an API key",
     description="Revoke a key at once; later requests with it get api_key_revoked. Idempotent.",
     response_model=ApiKeyInfo,
-    responses=errors(ErrorCode.api_key_not_found, ErrorCode.forbidden),
+    responses=errors(ApiKeyNotFound, Forbidden),
 )
 async def revoke_api_key(request: Request, key_id: KeyId) -> ApiKeyInfo:
     gw, p = gateway(request), principal(request)

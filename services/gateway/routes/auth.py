@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    EmailTaken,
+    IdempotencyKeyReused,
+    InvalidCredentials,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    UserNotApproved,
+    UserNotFound,
+)
 from contracts.identity import Login, RefreshSession, RegisterUser, Role, TokenPair, UserProfile
 from services.gateway.api import IdempotencyKey, errors, gateway, idempotent, principal, set_targets
 from services.gateway.schemas import LoginRequest, RefreshRequest, RegisterRequest
@@ -23,7 +31,7 @@ PUBLIC: dict[str, object] = {"security": []}
     ),
     status_code=201,
     response_model=UserProfile,
-    responses=errors(ErrorCode.email_taken, ErrorCode.idempotency_key_reused, auth=False),
+    responses=errors(EmailTaken, IdempotencyKeyReused, auth=False),
     openapi_extra=PUBLIC,
 )
 async def register_user(
@@ -55,7 +63,7 @@ async def register_user(
         " a refresh token. Fails with user_not_approved until an admin approves the account."
     ),
     response_model=TokenPair,
-    responses=errors(ErrorCode.invalid_credentials, ErrorCode.user_not_approved, auth=False),
+    responses=errors(InvalidCredentials, UserNotApproved, auth=False),
     openapi_extra=PUBLIC,
 )
 async def login_user(request: Request, body: LoginRequest) -> TokenPair:
@@ -79,7 +87,7 @@ async def login_user(request: Request, body: LoginRequest) -> TokenPair:
         " (refresh_token_reused) and the user must log in again."
     ),
     response_model=TokenPair,
-    responses=errors(ErrorCode.refresh_token_invalid, ErrorCode.refresh_token_reused, auth=False),
+    responses=errors(RefreshTokenInvalid, RefreshTokenReused, auth=False),
     openapi_extra=PUBLIC,
 )
 async def refresh_session(request: Request, body: RefreshRequest) -> TokenPair:
@@ -98,11 +106,11 @@ async def refresh_session(request: Request, body: RefreshRequest) -> TokenPair:
     summary="Get the current user",
     description="The profile of the user the token or API key belongs to.",
     response_model=UserProfile,
-    responses=errors(ErrorCode.user_not_found),
+    responses=errors(UserNotFound),
 )
 async def get_current_user(request: Request) -> UserProfile:
     gw, p = gateway(request), principal(request)
     row = await gw.read.user(p.user_id)
     if row is None:
-        raise DomainError(ErrorCode.user_not_found, f"no user {p.user_id}")
+        raise UserNotFound(f"no user {p.user_id}")
     return UserProfile(**row)

@@ -8,7 +8,21 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
 
 from contracts.envelope import JobEnvelope
-from contracts.errors import DomainError, ErrorCode
+from contracts.errors import (
+    ConcurrencyConflict,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InsufficientScope,
+    InvalidCursor,
+    InvalidFrameRange,
+    JobCancelling,
+    JobFinished,
+    JobLimitReached,
+    JobNotEditable,
+    JobNotFound,
+    JobViewCatchingUp,
+    ServiceUnavailable,
+)
 from contracts.identity import Scope
 from contracts.jobs import (
     CancelJob,
@@ -62,12 +76,13 @@ Cursor = Annotated[
     status_code=201,
     response_model=JobEnvelope,
     responses=errors(
-        ErrorCode.invalid_frame_range,
-        ErrorCode.job_limit_reached,
-        ErrorCode.insufficient_scope,
-        ErrorCode.idempotency_key_reused,
-        ErrorCode.idempotency_in_progress,
-        ErrorCode.service_unavailable,
+        InvalidFrameRange,
+        JobLimitReached,
+        InsufficientScope,
+        IdempotencyKeyReused,
+        IdempotencyInProgress,
+        ServiceUnavailable,
+        JobViewCatchingUp,
     ),
 )
 async def create_job(
@@ -95,7 +110,7 @@ async def create_job(
         " page of job envelopes and next_cursor (null on the last page)."
     ),
     response_model=JobPage,
-    responses=errors(ErrorCode.invalid_cursor, ErrorCode.insufficient_scope),
+    responses=errors(InvalidCursor, InsufficientScope),
 )
 async def list_jobs(
     request: Request,
@@ -118,7 +133,7 @@ async def list_jobs(
         " Another user's job answers job_not_found."
     ),
     response_model=JobEnvelope,
-    responses=errors(ErrorCode.job_not_found, ErrorCode.insufficient_scope),
+    responses=errors(JobNotFound, InsufficientScope),
 )
 async def get_job(request: Request, job_id: JobId) -> Response:
     gw, p = gateway(request), principal(request)
@@ -133,16 +148,19 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     description=(
         "Change name, priority or cost cap at any time before the job ends; frame range,"
         " chunk size, resolution and render settings only before rendering starts"
-        " (else job_not_editable). Returns the updated job envelope."
+        " (else job_not_editable); a job being cancelled answers job_cancelling."
+        " Returns the updated job envelope."
     ),
     response_model=JobEnvelope,
     responses=errors(
-        ErrorCode.job_not_found,
-        ErrorCode.job_not_editable,
-        ErrorCode.job_finished,
-        ErrorCode.invalid_frame_range,
-        ErrorCode.insufficient_scope,
-        ErrorCode.concurrency_conflict,
+        JobNotFound,
+        JobNotEditable,
+        JobFinished,
+        JobCancelling,
+        InvalidFrameRange,
+        InsufficientScope,
+        ConcurrencyConflict,
+        JobViewCatchingUp,
     ),
 )
 async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Response:
@@ -170,11 +188,12 @@ async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Re
     ),
     response_model=JobEnvelope,
     responses=errors(
-        ErrorCode.job_not_found,
-        ErrorCode.job_finished,
-        ErrorCode.insufficient_scope,
-        ErrorCode.idempotency_key_reused,
-        ErrorCode.idempotency_in_progress,
+        JobNotFound,
+        JobFinished,
+        InsufficientScope,
+        IdempotencyKeyReused,
+        IdempotencyInProgress,
+        JobViewCatchingUp,
     ),
 )
 async def cancel_job(
@@ -211,9 +230,7 @@ async def cancel_job(
         " steps, progress, logs, completion. Paginated with next_cursor."
     ),
     response_model=JobEventPage,
-    responses=errors(
-        ErrorCode.job_not_found, ErrorCode.invalid_cursor, ErrorCode.insufficient_scope
-    ),
+    responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
 )
 async def list_job_events(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
@@ -223,7 +240,7 @@ async def list_job_events(
     await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
     after = decode_cursor(cursor)
     if after is not None and not after.isdigit():
-        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+        raise InvalidCursor("the cursor is not one we issued")
     rows = await gw.read.job_events(job_id, int(after or 0), limit + 1)
     items = [
         JobEventView(
@@ -251,9 +268,7 @@ async def list_job_events(
         " and when. Paginated with next_cursor. Another user's job answers job_not_found."
     ),
     response_model=JobFramePage,
-    responses=errors(
-        ErrorCode.job_not_found, ErrorCode.invalid_cursor, ErrorCode.insufficient_scope
-    ),
+    responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
 )
 async def list_job_frames(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
@@ -263,7 +278,7 @@ async def list_job_frames(
     await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
     after = decode_cursor(cursor)
     if after is not None and not (after.isdigit() and int(after) < 2**31):
-        raise DomainError(ErrorCode.invalid_cursor, "the cursor is not one we issued")
+        raise InvalidCursor("the cursor is not one we issued")
     rows = await gw.read.job_frames(job_id, -1 if after is None else int(after), limit + 1)
     items = [JobFrameView(**dict(r)) for r in rows[:limit]]
     more = len(rows) > limit
