@@ -22,9 +22,11 @@ from contracts.render import (
     RenderSubmitted,
     SubmitRender,
 )
+from contracts.text import printable
 from libs.bus.commands import CommandContext, CommandServer
 from libs.eventstore.aggregate import Loaded, Repository
 from libs.eventstore.store import EventStore
+from libs.keys import KeyRefused, confined_path
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, JobStat, frame_list_text
 from services.deadline_bridge.domain import FarmRender
@@ -110,8 +112,24 @@ class RenderCommands:
             "ExtraInfoKeyValue2": f"rf_owner_id={cmd.owner_id}",
         }
 
+    def scene_file(self, cmd: SubmitRender) -> str:
+        """Where the farm's workers open the scene: the key confined to ``scenes_root``.
+
+        The API refuses bad keys already; this is checked again here, where the path is
+        built, so a key that got past it (older history, another client) is refused for good
+        (the render fails) instead of a worker opening a file outside the scenes root.
+        """
+        try:
+            return str(confined_path(self.settings.scenes_root, cmd.scene_key, "scene_key"))
+        except KeyRefused as e:
+            raise DomainError(
+                ErrorCode.validation_failed,
+                f"refusing to render job {cmd.job_id}: {e}",
+                {"scene_key": printable(cmd.scene_key, 300)},
+            ) from e
+
     def plugin_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
-        scene = f"{self.settings.scenes_root.rstrip('/')}/{cmd.scene_key}"
+        scene = self.scene_file(cmd)
         output = f"{render.output_dir}/{render.output_pattern.removesuffix('.png')}"
         return {
             "SceneFile": scene,
@@ -132,6 +150,7 @@ class RenderCommands:
 
     async def submit(self, cmd: SubmitRender, ctx: CommandContext) -> RenderAccepted:
         render_id = cmd.render_id
+        self.scene_file(cmd)  # refuse a key escaping the scenes root before ordering anything
         loaded = await self.renders.load(render_id)
         if loaded.state.exists and loaded.state.status is not RenderStatus.ordered:
             return _accepted(loaded, loaded.version)  # already on the farm, or over
