@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.text import IdText, Line, Name, Secret
 
 
 class Role(StrEnum):
@@ -31,7 +32,7 @@ class Scope(StrEnum):
 
 
 Email = Annotated[
-    str,
+    Line,
     Field(
         min_length=3,
         max_length=254,
@@ -40,7 +41,22 @@ Email = Annotated[
     ),
 ]
 Password = Annotated[
-    str, Field(min_length=10, max_length=200, description="At least 10 characters.")
+    Line,
+    Field(
+        min_length=10,
+        max_length=200,
+        description="At least 10 characters, none of them control characters.",
+    ),
+]
+#: What a login presents: checked against the stored hash, so only bounded here.
+LoginEmail = Annotated[Line, Field(min_length=3, max_length=254, description="E-mail address.")]
+LoginPassword = Annotated[Secret, Field(min_length=1, max_length=200, description="Password.")]
+RefreshToken = Annotated[
+    Line,
+    Field(min_length=10, max_length=200, description="The refresh token from login or refresh."),
+]
+ApiKeyName = Annotated[
+    Line, Field(min_length=1, max_length=100, description="Label, e.g. 'mcp-server'.")
 ]
 
 
@@ -149,7 +165,7 @@ class RegisterUser(Command):
     command_type = "identity.RegisterUser"
     email: Email
     password: Password
-    display_name: str = Field(min_length=1, max_length=200)
+    display_name: Name
     #: Only the command line creates admins; the gateway always sends ``user``.
     role: Role = Role.user
     approved: bool = False
@@ -158,27 +174,28 @@ class RegisterUser(Command):
 @COMMANDS.register
 class ApproveUser(Command):
     command_type = "identity.ApproveUser"
-    user_id: str
+    user_id: IdText
 
 
 @COMMANDS.register
 class Login(Command):
     command_type = "identity.Login"
-    email: str
-    password: str
+    # Bounded, free of what the store cannot hold; the identity service answers the rest.
+    email: Annotated[Line, Field(max_length=254)]
+    password: Annotated[Secret, Field(max_length=200)]
 
 
 @COMMANDS.register
 class RefreshSession(Command):
     command_type = "identity.RefreshSession"
-    refresh_token: str
+    refresh_token: Annotated[Line, Field(max_length=200)]
 
 
 @COMMANDS.register
 class CreateApiKey(Command):
     command_type = "identity.CreateApiKey"
-    user_id: str
-    name: str = Field(min_length=1, max_length=100)
+    user_id: IdText
+    name: ApiKeyName
     scopes: list[Scope] = Field(min_length=1)
     spend_cap_credits: Decimal | None = Field(default=None, ge=0)
     expires_at: datetime | None = None
@@ -187,9 +204,9 @@ class CreateApiKey(Command):
 @COMMANDS.register
 class RevokeApiKey(Command):
     command_type = "identity.RevokeApiKey"
-    key_id: str
+    key_id: IdText
     #: The caller's user id; null when an admin revokes.
-    user_id: str | None
+    user_id: IdText | None
 
 
 @COMMANDS.register

@@ -7,10 +7,21 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.text import IdText, Line, Reason, TextRefused, check_line
+from libs.keys import KEY_CHARACTERS, MAX_KEY_LENGTH, KeyRefused, check_key
 
 MAX_FRAMES_PER_JOB = 100_000
 
@@ -90,9 +101,9 @@ class _Model(BaseModel):
 class FrameRange(_Model):
     """Frames ``start``..``end`` inclusive, every ``step``-th frame."""
 
-    start: int = Field(ge=0, le=1_000_000, description="First frame, inclusive.")
-    end: int = Field(ge=0, le=1_000_000, description="Last frame, inclusive.")
-    step: int = Field(default=1, ge=1, le=10_000, description="Render every n-th frame.")
+    start: StrictInt = Field(ge=0, le=1_000_000, description="First frame, inclusive.")
+    end: StrictInt = Field(ge=0, le=1_000_000, description="Last frame, inclusive.")
+    step: StrictInt = Field(default=1, ge=1, le=10_000, description="Render every n-th frame.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -119,20 +130,38 @@ class FrameRange(_Model):
 
 
 class Resolution(_Model):
-    width: int = Field(ge=16, le=16384, description="Output width in pixels.")
-    height: int = Field(ge=16, le=16384, description="Output height in pixels.")
+    width: StrictInt = Field(ge=16, le=16384, description="Output width in pixels.")
+    height: StrictInt = Field(ge=16, le=16384, description="Output height in pixels.")
 
 
 class RenderSettings(_Model):
     output_format: OutputFormat = Field(
         default=OutputFormat.png, description="Image format of rendered frames."
     )
-    samples: int | None = Field(
+    samples: StrictInt | None = Field(
         default=None, ge=1, le=65536, description="Samples per pixel; null keeps the scene's."
     )
+    # Plain str: render settings are stored in events. Requests check it with
+    # ``_camera_is_one_line`` (JobSpec, JobChanges).
     camera: str | None = Field(
         default=None, max_length=200, description="Camera object name; null keeps the scene's."
     )
+
+
+def _camera_is_one_line(settings: RenderSettings | None) -> RenderSettings | None:
+    if settings is not None and settings.camera is not None:
+        try:
+            check_line(settings.camera)
+        except TextRefused as e:
+            raise PydanticCustomError("text_refused", "camera " + str(e)) from None
+    return settings
+
+
+def _scene_key(value: str) -> str:
+    try:
+        return check_key(value, "scene_key")
+    except KeyRefused as e:
+        raise PydanticCustomError("invalid_key", str(e)) from None
 
 
 CostCredits = Annotated[
@@ -143,12 +172,16 @@ SceneKey = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=1024,
-        pattern=r"^[A-Za-z0-9!_.*'()/-]+$",
-        description="Object key of the uploaded scene file in the scenes bucket.",
+        max_length=MAX_KEY_LENGTH,
+        description=(
+            "Object key of the uploaded scene file in the scenes bucket: relative,"
+            " '/'-separated segments, none empty, '.' or '..'."
+        ),
+        json_schema_extra={"pattern": f"^[{KEY_CHARACTERS}]+$"},
     ),
+    AfterValidator(_scene_key),
 ]
-JobName = Annotated[str, Field(min_length=1, max_length=200, description="Display name.")]
+JobName = Annotated[Line, Field(min_length=1, max_length=200, description="Display name.")]
 
 
 class FrameOutput(_Model):
@@ -361,7 +394,7 @@ class JobSpec(_Model):
     scene_key: SceneKey
     renderer: Renderer = Field(default=Renderer.blender_cycles, description="Render engine.")
     frame_range: FrameRange = Field(description="Frames to render.")
-    chunk_size: int = Field(
+    chunk_size: StrictInt = Field(
         default=1, ge=1, le=1000, description="Frames per farm task (Deadline chunk size)."
     )
     resolution: Resolution = Field(description="Output resolution.")
@@ -373,12 +406,14 @@ class JobSpec(_Model):
         default=None, description="Stop spending beyond this many credits; null for no cap."
     )
 
+    check_camera = field_validator("render_settings")(_camera_is_one_line)
+
 
 @COMMANDS.register
 class SubmitJob(Command):
     command_type = "job.SubmitJob"
-    job_id: str
-    owner_id: str
+    job_id: IdText
+    owner_id: IdText
     spec: JobSpec
 
 
@@ -390,11 +425,11 @@ class JobChanges(_Model):
     cost_cap_credits: CostCredits | None = Field(
         default=None, description="New spending cap in credits."
     )
-    clear_cost_cap: bool = Field(default=False, description="True to remove the cost cap.")
+    clear_cost_cap: StrictBool = Field(default=False, description="True to remove the cost cap.")
     frame_range: FrameRange | None = Field(
         default=None, description="New frames to render (only before rendering starts)."
     )
-    chunk_size: int | None = Field(
+    chunk_size: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="New frames per farm task (before rendering)."
     )
     resolution: Resolution | None = Field(
@@ -404,21 +439,23 @@ class JobChanges(_Model):
         default=None, description="New format, samples, camera (only before rendering starts)."
     )
 
+    check_camera = field_validator("render_settings")(_camera_is_one_line)
+
 
 @COMMANDS.register
 class UpdateJob(Command):
     command_type = "job.UpdateJob"
-    job_id: str
-    owner_id: str | None = Field(description="The caller's user id; null when an admin acts.")
+    job_id: IdText
+    owner_id: IdText | None = Field(description="The caller's user id; null when an admin acts.")
     changes: JobChanges
 
 
 @COMMANDS.register
 class CancelJob(Command):
     command_type = "job.CancelJob"
-    job_id: str
-    owner_id: str | None = Field(description="The caller's user id; null when an admin acts.")
-    reason: str | None = None
+    job_id: IdText
+    owner_id: IdText | None = Field(description="The caller's user id; null when an admin acts.")
+    reason: Reason | None = None
 
 
 class JobAccepted(_Model):

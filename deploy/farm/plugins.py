@@ -74,9 +74,17 @@ class TaskSpec:
 
 
 def resolve(path: str, root: Path) -> Path:
-    """A path from the job: absolute paths as given, relative ones under ``root``."""
+    """A path from the job: absolute paths as given (as Deadline does: confining them is the
+    submitter's job), relative ones under ``root``, which they must not leave."""
+    if "\x00" in path:
+        raise RenderError("Error: a path in the job contains a NUL character.")
     candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else root / candidate
+    if candidate.is_absolute():
+        return candidate
+    joined = root / candidate
+    if not joined.resolve().is_relative_to(root.resolve()):
+        raise RenderError(f"Error: the relative path {path!r} leaves the farm's root {root}.")
+    return joined
 
 
 def _run_process(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.errors import FarmUnavailable, RenderNotFound
+from contracts.errors import FarmUnavailable, FieldProblem, RenderNotFound, ValidationFailed
 from contracts.jobs import JobPriority, OutputFormat, Renderer
 from contracts.render import (
     CancelRender,
@@ -21,8 +21,10 @@ from contracts.render import (
     RenderStatus,
     SubmitRender,
 )
+from contracts.text import printable
 from libs.bus.commands import CommandServer
 from libs.eventstore.uow import UnitOfWork
+from libs.keys import KeyRefused, confined_path
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, JobStat, frame_list_text
 from services.deadline_bridge.domain import FarmRender
@@ -120,6 +122,23 @@ class RenderCommands:
             "ExtraInfoKeyValue2": f"rf_owner_id={cmd.owner_id}",
         }
 
+    def scene_file(self, cmd: SubmitRender) -> str:
+        """Where the farm's workers open the scene: the key confined to ``scenes_root``.
+
+        The API refuses bad keys already; this is checked again here, where the path is
+        built, so a key that got past it (older history, another client) is refused for good
+        (the render fails) instead of a worker opening a file outside the scenes root.
+        """
+        try:
+            return str(confined_path(self.settings.scenes_root, cmd.scene_key, "scene_key"))
+        except KeyRefused as e:
+            problem = FieldProblem(
+                loc=["scene_key"], message=printable(str(e), 300), type="scene_key_refused"
+            )
+            raise ValidationFailed(
+                f"refusing to render job {cmd.job_id}: {e}", errors=[problem]
+            ) from e
+
     def plugin_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
         """The Blender plugin's settings: scene, output and the job's render settings.
 
@@ -129,7 +148,7 @@ class RenderCommands:
         engine and format). ``Samples`` and ``Camera`` are left out when the job keeps the
         scene's. The output file name ends in the format's extension.
         """
-        scene = f"{self.settings.scenes_root.rstrip('/')}/{cmd.scene_key}"
+        scene = self.scene_file(cmd)
         settings = cmd.render_settings
         info: dict[str, Any] = {
             "SceneFile": scene,
@@ -156,6 +175,7 @@ class RenderCommands:
 
     async def submit(self, cmd: SubmitRender, uow: UnitOfWork) -> RenderAccepted:
         render_id = cmd.render_id
+        self.scene_file(cmd)  # refuse a key escaping the scenes root before ordering anything
         render = await uow.get(FarmRender, render_id)
         if render.exists and render.status is not RenderStatus.ordered:
             return _accepted(render)  # already on the farm, or over

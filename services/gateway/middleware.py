@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import DomainError, ErrorBody, RateLimited
 from contracts.gateway import ApiCallRecorded, Outcome
+from contracts.text import printable
 from libs.logging import correlation_id_var
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
 from services.gateway.auth import Principal
@@ -145,7 +146,13 @@ class GatewayMiddleware:
             return
         principal: Principal | None = state.get("principal")
         route = scope.get("route")
-        targets = {k: str(v) for k, v in scope.get("path_params", {}).items() if k in TARGET_PARAMS}
+        # Path parameters are whatever the client sent (the route may have refused them):
+        # escaped, since the action log's store cannot hold NUL or lone surrogates.
+        targets = {
+            k: printable(str(v), 200)
+            for k, v in scope.get("path_params", {}).items()
+            if k in TARGET_PARAMS
+        }
         targets.update(state.get("targets", {}))
         outcome = (
             Outcome.succeeded
@@ -159,7 +166,7 @@ class GatewayMiddleware:
             request_id=state["request_id"],
             operation_id=getattr(route, "operation_id", None),
             method=scope["method"],
-            path=scope["path"],
+            path=printable(scope["path"]),
             user_id=principal.user_id if principal else state.get("user_id"),
             api_key_id=principal.api_key_id if principal else None,
             target_ids=targets,

@@ -14,6 +14,8 @@ import asyncpg
 from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp
 
 _CATCH_UP_SECONDS = 5.0
+#: The largest value an ``integer`` (int4) column holds: positions and frame numbers.
+INT4_MAX = 2**31 - 1
 
 
 def encode_cursor(value: str) -> str:
@@ -31,6 +33,16 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not value or not value.isascii() or not value.isprintable() or len(value) > 200:
         raise InvalidCursor("the cursor is not one we issued")
     return value
+
+
+def int_cursor(cursor: str | None) -> int | None:
+    """A cursor holding a position in an int4 column (a version, a frame number)."""
+    value = decode_cursor(cursor)
+    if value is None:
+        return None
+    if not (value.isdigit() and len(value) <= 10 and int(value) <= INT4_MAX):
+        raise InvalidCursor("the cursor is not one we issued")
+    return int(value)
 
 
 def page_body(items: list[str], next_cursor: str | None) -> bytes:

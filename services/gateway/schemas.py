@@ -4,12 +4,34 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from contracts.envelope import JobEnvelope
-from contracts.identity import ApiKeyInfo, Email, Password, Scope, UserProfile
+from contracts.identity import (
+    ApiKeyInfo,
+    ApiKeyName,
+    Email,
+    LoginEmail,
+    LoginPassword,
+    Password,
+    RefreshToken,
+    Scope,
+    UserProfile,
+)
+from contracts.text import Name
+
+
+def _date_time_text(value: object) -> object:
+    """JSON has no date-time type: the OpenAPI says string, so a number is refused."""
+    if value is None or isinstance(value, str | datetime):
+        return value
+    raise PydanticCustomError("datetime_type", "Input should be an ISO-8601 date-time string")
+
+
+DateTimeText = Annotated[datetime, BeforeValidator(_date_time_text)]
 
 
 class _In(BaseModel):
@@ -19,22 +41,20 @@ class _In(BaseModel):
 class RegisterRequest(_In):
     email: Email
     password: Password
-    display_name: str = Field(min_length=1, max_length=200, description="Name shown to others.")
+    display_name: Name = Field(description="Name shown to others.")
 
 
 class LoginRequest(_In):
-    email: str = Field(min_length=3, max_length=254, description="E-mail address.")
-    password: str = Field(min_length=1, max_length=200, description="Password.")
+    email: LoginEmail
+    password: LoginPassword
 
 
 class RefreshRequest(_In):
-    refresh_token: str = Field(
-        min_length=10, max_length=200, description="The refresh token from login or refresh."
-    )
+    refresh_token: RefreshToken
 
 
 class CreateApiKeyRequest(_In):
-    name: str = Field(min_length=1, max_length=100, description="Label, e.g. 'mcp-server'.")
+    name: ApiKeyName
     scopes: list[Scope] = Field(min_length=1, description="What the key may do.")
     spend_cap_credits: Decimal | None = Field(
         default=None,
@@ -43,7 +63,7 @@ class CreateApiKeyRequest(_In):
         decimal_places=4,
         description="Most credits the key may spend; null for no cap.",
     )
-    expires_at: datetime | None = Field(
+    expires_at: DateTimeText | None = Field(
         default=None, description="UTC expiry; null if the key does not expire."
     )
 

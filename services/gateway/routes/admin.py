@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from contracts.errors import Forbidden, InvalidCursor, UserAlreadyApproved, UserNotFound
 from contracts.identity import ApproveUser, UserProfile, UserStatus
+from contracts.text import ID_PATTERN
 from services.gateway.api import errors, gateway, principal
 from services.gateway.schemas import UserPage
 
@@ -49,7 +50,10 @@ async def list_users(
 )
 async def approve_user(
     request: Request,
-    user_id: Annotated[str, Path(min_length=1, max_length=64, description="Id of the user.")],
+    user_id: Annotated[
+        str,
+        Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="Id of the user."),
+    ],
 ) -> UserProfile:
     gw, p = gateway(request), principal(request)
     p.require_admin()

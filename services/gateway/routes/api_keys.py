@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request
 
 from contracts.errors import ApiKeyNotFound, Forbidden, IdempotencyKeyReused
 from contracts.identity import ApiKeyInfo, ApiKeySecret, CreateApiKey, RevokeApiKey
+from contracts.text import ID_PATTERN
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -21,7 +22,10 @@ from services.gateway.schemas import ApiKeyList, CreateApiKeyRequest
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
-KeyId = Annotated[str, Path(min_length=1, max_length=64, description="key_id of the API key.")]
+KeyId = Annotated[
+    str,
+    Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="key_id of the API key."),
+]
 
 
 @router.post(

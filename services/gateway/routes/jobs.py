@@ -33,6 +33,7 @@ from contracts.jobs import (
     SubmitJob,
     UpdateJob,
 )
+from contracts.text import ID_PATTERN, Reason
 from libs.ids import new_id
 from services.gateway.api import (
     IdempotencyKey,
@@ -43,7 +44,7 @@ from services.gateway.api import (
     principal,
     set_targets,
 )
-from services.gateway.readmodels import decode_cursor, encode_cursor
+from services.gateway.readmodels import encode_cursor, int_cursor
 from services.gateway.schemas import (
     JobEventPage,
     JobEventView,
@@ -55,7 +56,13 @@ from services.gateway.schemas import (
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobId = Annotated[
-    str, Path(min_length=1, max_length=64, description="Job id returned by create_job.")
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=ID_PATTERN,
+        description="Job id returned by create_job.",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1-200.")]
 Cursor = Annotated[
@@ -200,8 +207,8 @@ async def cancel_job(
     request: Request,
     job_id: JobId,
     reason: Annotated[
-        str | None,
-        Body(embed=True, max_length=500, description="Why; kept in the job's history."),
+        Reason | None,
+        Body(embed=True, description="Why (at most 500 characters); kept in the job's history."),
     ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -238,10 +245,8 @@ async def list_job_events(
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_read)
     await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
-    after = decode_cursor(cursor)
-    if after is not None and not after.isdigit():
-        raise InvalidCursor("the cursor is not one we issued")
-    rows = await gw.read.job_events(job_id, int(after or 0), limit + 1)
+    after = int_cursor(cursor)
+    rows = await gw.read.job_events(job_id, 0 if after is None else after, limit + 1)
     items = [
         JobEventView(
             version=r["version"],
@@ -276,10 +281,8 @@ async def list_job_frames(
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_read)
     await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
-    after = decode_cursor(cursor)
-    if after is not None and not (after.isdigit() and int(after) < 2**31):
-        raise InvalidCursor("the cursor is not one we issued")
-    rows = await gw.read.job_frames(job_id, -1 if after is None else int(after), limit + 1)
+    after = int_cursor(cursor)
+    rows = await gw.read.job_frames(job_id, -1 if after is None else after, limit + 1)
     items = [JobFrameView(**dict(r)) for r in rows[:limit]]
     more = len(rows) > limit
     return JobFramePage(

@@ -1,0 +1,268 @@
+"""Bad input never reaches a database or a path: it answers 422 with the error shape.
+
+Each case here answered 500 (PostgreSQL refusing NUL, an int4 overflow) or was accepted
+(path traversal in scene keys, ``true`` as an integer) before the input rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import pytest
+
+from contracts.errors import ErrorCode
+from services.gateway.service import Gateway
+from tests.fixtures import Users, job_spec
+
+ERROR_FIELDS = {"code", "message", "retryable", "details", "trace_id"}
+
+
+def refused(r: httpx.Response, code: str = "validation_failed") -> dict[str, object]:
+    """The answer is a 422 with ``code`` in the one error shape; returns the body."""
+    assert r.status_code == 422, r.text
+    body: dict[str, object] = r.json()
+    assert set(body) == ERROR_FIELDS
+    assert body["code"] == code and body["retryable"] is False
+    assert ErrorCode(body["code"])
+    return body
+
+
+async def post_raw(
+    api: httpx.AsyncClient, url: str, text: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """POST ``text`` as the JSON body, exactly as written (escapes and all)."""
+    headers = {**(headers or {}), "content-type": "application/json"}
+    return await api.post(url, content=text.encode(), headers=headers)
+
+
+async def new_job(api: httpx.AsyncClient, me: dict[str, str]) -> str:
+    r = await api.post("/v1/jobs", json=job_spec(), headers=me)
+    assert r.status_code == 201, r.text
+    return str(r.json()["job_id"])
+
+
+def cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+async def test_a_nul_in_the_login_email_is_refused_without_credentials(
+    api: httpx.AsyncClient,
+) -> None:
+    r = await api.post("/v1/auth/login", json={"email": "ada\x00@studio.test", "password": "x"})
+    body = refused(r)
+    assert "body.email" in str(body["message"]) and "U+0000" in str(body["message"])
+
+
+async def test_a_nul_in_the_display_name_is_refused_at_registration(
+    api: httpx.AsyncClient,
+) -> None:
+    r = await api.post(
+        "/v1/auth/register",
+        json={"email": "nul@studio.test", "password": "long-enough-1", "display_name": "A\x00"},
+    )
+    refused(r)
+
+
+async def test_a_nul_in_a_job_name_is_refused_on_create_and_update(
+    api: httpx.AsyncClient, users: Users
+) -> None:
+    me = users.new()
+    refused(await api.post("/v1/jobs", json=job_spec(name="shot\x00010"), headers=me))
+    job_id = await new_job(api, me)
+    refused(await api.patch(f"/v1/jobs/{job_id}", json={"name": "x\x00"}, headers=me))
+
+
+async def test_a_nul_in_the_camera_name_is_refused(api: httpx.AsyncClient, users: Users) -> None:
+    me = users.new()
+    spec = job_spec(render_settings={"camera": "Cam\x00"})
+    body = refused(await api.post("/v1/jobs", json=spec, headers=me))
+    assert "camera" in str(body["message"])
+    job_id = await new_job(api, me)
+    changes = {"render_settings": {"camera": "Cam\x1b[2J"}}
+    refused(await api.patch(f"/v1/jobs/{job_id}", json=changes, headers=me))
+
+
+async def test_a_nul_in_a_cancel_reason_is_refused_but_tabs_and_newlines_are_kept(
+    api: httpx.AsyncClient, users: Users
+) -> None:
+    me = users.new()
+    job_id = await new_job(api, me)
+    refused(await api.post(f"/v1/jobs/{job_id}/cancel", json={"reason": "oops\x00"}, headers=me))
+    r = await api.post(
+        f"/v1/jobs/{job_id}/cancel", json={"reason": "wrong camera\n\tsee notes"}, headers=me
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_a_nul_in_an_api_key_name_is_refused(api: httpx.AsyncClient, users: Users) -> None:
+    r = await api.post(
+        "/v1/api-keys", json={"name": "mcp\x00", "scopes": ["jobs:read"]}, headers=users.new()
+    )
+    refused(r)
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x08", "\x0b", "\x1b", "\x7f", "\x85", "\r", "\n"])
+async def test_other_control_characters_are_refused_in_names(
+    api: httpx.AsyncClient, users: Users, char: str
+) -> None:
+    refused(await api.post("/v1/jobs", json=job_spec(name=f"a{char}b"), headers=users.new()))
+
+
+async def test_a_lone_surrogate_escaped_in_json_is_refused(
+    api: httpx.AsyncClient, users: Users
+) -> None:
+    me = users.new()
+    spec = json.dumps(job_spec(name="PLACEHOLDER")).replace("PLACEHOLDER", "\\ud800")
+    refused(await post_raw(api, "/v1/jobs", spec, me))
+    login = '{"email": "a\\udfff@studio.test", "password": "whatever"}'
+    refused(await post_raw(api, "/v1/auth/login", login))
+
+
+async def test_a_too_long_name_is_refused(api: httpx.AsyncClient, users: Users) -> None:
+    refused(await api.post("/v1/jobs", json=job_spec(name="n" * 201), headers=users.new()))
+
+
+async def test_unicode_text_that_is_not_a_control_character_is_accepted(
+    api: httpx.AsyncClient, users: Users
+) -> None:
+    me = users.new()
+    spec = job_spec(name="Szene 10 — Ünïcödé 😀", render_settings={"camera": "Kamera ✓"})
+    r = await api.post("/v1/jobs", json=spec, headers=me)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "Szene 10 — Ünïcödé 😀"
+
+
+async def test_a_nul_in_a_path_parameter_is_refused_and_still_logged(
+    api: httpx.AsyncClient, users: Users, gateway: Gateway
+) -> None:
+    me = users.new()
+    refused(await api.get("/v1/jobs/job_x%00", headers=me))
+    refused(await api.post("/v1/api-keys/key_x%00/revoke", headers=me))
+    await gateway.action_log.flush()
+    rows = await gateway.rt.store.read_by_position(0, 1000)
+    calls = [r.data for r in rows if r.event_type == "gateway.ApiCallRecorded"]
+    [call] = [c for c in calls if c["operation_id"] == "get_job"]
+    assert call["path"] == "/v1/jobs/job_x\\x00"
+    assert call["target_ids"] == {"job_id": "job_x\\x00"}
+
+
+# --- integers bound to int4 columns --------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [str(2**31), str(2**31 + 5), "9" * 30, "-1", "1e3"])
+async def test_an_events_or_frames_cursor_beyond_int4_is_an_invalid_cursor(
+    api: httpx.AsyncClient, users: Users, value: str
+) -> None:
+    me = users.new()
+    job_id = await new_job(api, me)
+    for route in ("events", "frames"):
+        r = await api.get(
+            f"/v1/jobs/{job_id}/{route}", params={"cursor": cursor(value)}, headers=me
+        )
+        refused(r, "invalid_cursor")
+
+
+async def test_the_largest_int4_cursor_is_a_valid_empty_page(
+    api: httpx.AsyncClient, users: Users
+) -> None:
+    me = users.new()
+    job_id = await new_job(api, me)
+    for route in ("events", "frames"):
+        r = await api.get(
+            f"/v1/jobs/{job_id}/{route}", params={"cursor": cursor(str(2**31 - 1))}, headers=me
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("limit", [str(2**31), "0", "201", "-1", "true", "1.5"])
+async def test_a_limit_out_of_bounds_is_refused(
+    api: httpx.AsyncClient, users: Users, limit: str
+) -> None:
+    refused(await api.get("/v1/jobs", params={"limit": limit}, headers=users.new()))
+
+
+# --- scene keys ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scene_key", "reason"),
+    [
+        ("../../etc/passwd", "'..' segment"),
+        ("/etc/passwd", "must be relative"),
+        ("..", "'..' segment"),
+        (".", "'.' segment"),
+        ("scenes/./main.blend", "'.' segment"),
+        ("a//b", "empty segment"),
+        ("scenes/", "empty segment"),
+        ("a\\b", "backslash"),
+        ("a\x00b", "control characters"),
+        ("scenes/shot 1.blend", "may only contain"),
+        ("/".join(["s"] * 33), "segments"),
+        ("s" * 256, "segment longer"),
+    ],
+)
+async def test_a_scene_key_that_could_leave_the_scenes_root_is_refused(
+    api: httpx.AsyncClient, users: Users, scene_key: str, reason: str
+) -> None:
+    r = await api.post("/v1/jobs", json=job_spec(scene_key=scene_key), headers=users.new())
+    body = refused(r)
+    assert "scene_key" in str(body["message"]) and reason in str(body["message"])
+
+
+@pytest.mark.parametrize(
+    "scene_key", ["main.blend", "scenes/shot_010/main.blend", "a/b.c/d-e_f(1)!'*.blend", "..a/b.."]
+)
+async def test_a_relative_scene_key_is_accepted(
+    api: httpx.AsyncClient, users: Users, scene_key: str
+) -> None:
+    r = await api.post("/v1/jobs", json=job_spec(scene_key=scene_key), headers=users.new())
+    assert r.status_code == 201, r.text
+
+
+# --- strict JSON types ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"chunk_size": True},
+        {"chunk_size": "4"},
+        {"chunk_size": 4.0},
+        {"frame_range": {"start": "1", "end": 24}},
+        {"frame_range": {"start": 1, "end": True}},
+        {"resolution": {"width": "1920", "height": 1080}},
+        {"render_settings": {"samples": False}},
+    ],
+)
+async def test_an_integer_field_refuses_booleans_strings_and_floats(
+    api: httpx.AsyncClient, users: Users, overrides: dict[str, object]
+) -> None:
+    refused(await api.post("/v1/jobs", json=job_spec(**overrides), headers=users.new()))
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, "false", None])
+async def test_a_boolean_field_refuses_strings_numbers_and_null(
+    api: httpx.AsyncClient, users: Users, value: object
+) -> None:
+    me = users.new()
+    job_id = await new_job(api, me)
+    refused(await api.patch(f"/v1/jobs/{job_id}", json={"clear_cost_cap": value}, headers=me))
+    r = await api.patch(f"/v1/jobs/{job_id}", json={"clear_cost_cap": True}, headers=me)
+    assert r.status_code == 200, r.text
+
+
+async def test_a_date_time_must_be_a_string(api: httpx.AsyncClient, users: Users) -> None:
+    body = {"name": "mcp", "scopes": ["jobs:read"], "expires_at": 1_900_000_000}
+    refused(await api.post("/v1/api-keys", json=body, headers=users.new()))
+
+
+async def test_credits_stay_decimal_strings(api: httpx.AsyncClient, users: Users) -> None:
+    r = await api.post("/v1/jobs", json=job_spec(cost_cap_credits="99.5"), headers=users.new())
+    assert r.status_code == 201, r.text
+    assert r.json()["cost"]["cap_credits"] == "99.5"
