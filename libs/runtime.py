@@ -227,6 +227,8 @@ class ServiceRuntime(Generic[T]):
                 self.exit_code = 1
         for w in waits:
             w.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
         await self.stop()
         for door in doors:
             with contextlib.suppress(Exception):

@@ -22,7 +22,6 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError as JetStreamAPIError
@@ -155,10 +154,11 @@ class DurableConsumer:
         try:
             while not stopping.is_set():
                 try:
-                    # No idle heartbeat: nats-py asks for the rest of a batch with the time
-                    # left, and the server refuses a heartbeat above half of that (400).
-                    msgs = await sub.fetch(self.batch, timeout=1)
-                except NatsTimeout:
+                    msgs = await self._fetch(sub)
+                except TimeoutError:
+                    # Nothing to fetch. nats-py raises its own TimeoutError or, from deeper
+                    # down, a plain asyncio one: both are this builtin (the plain one once
+                    # ended the scheduler's consumer and left every job ``submitted``).
                     continue
                 except (NatsError, JetStreamAPIError) as e:  # a hiccup must not end the consumer
                     log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(e))
@@ -172,6 +172,12 @@ class DurableConsumer:
             for a in advisories:
                 with contextlib.suppress(Exception):
                     await a.unsubscribe()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        # No idle heartbeat: nats-py asks for the rest of a batch with the time left, and
+        # the server refuses a heartbeat above half of that (400).
+        msgs: list[Msg] = await sub.fetch(self.batch, timeout=1)
+        return msgs
 
     async def _deliver(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered
