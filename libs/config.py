@@ -1,15 +1,41 @@
-"""Settings from environment variables (prefix ``RF_``), shared by every service."""
+"""Settings from environment variables: ``RF_<SETTING>`` for every service, and
+``RF_<SERVICE>_<SETTING>`` for one service only, which wins (``RF_GATEWAY_COMMAND_TIMEOUT_SECONDS``
+and ``RF_SCHEDULER_COMMAND_TIMEOUT_SECONDS`` set the two services' timeouts apart)."""
 
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class BaseServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RF_", extra="ignore")
+
+    #: The service's own prefix is ``RF_<env_section>_``; empty for shared settings only.
+    env_section: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings,)
+        if cls.env_section:
+            own = EnvSettingsSource(settings_cls, env_prefix=f"RF_{cls.env_section.upper()}_")
+            sources += (own,)
+        return (*sources, env_settings, dotenv_settings, file_secret_settings)
 
     service_name: str = "service"
     database_url: str = "postgresql://postgres@127.0.0.1:15432/renderfarm"

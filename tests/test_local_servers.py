@@ -104,3 +104,19 @@ def test_valkey_ping_and_detached_attach(tmp_path: Path) -> None:
         handle.stop()
     assert not handle.alive()
     assert not _port_open(port)
+
+
+def test_make_up_hands_each_service_only_the_secrets_it_declares() -> None:
+    from deploy.local.stack import only_its_secrets
+
+    env = {
+        "RF_DATABASE_URL": "postgresql://db",
+        "RF_JWT_KEYS": '{"k1": "s"}',
+        "RF_TOKEN_PEPPER": "p",
+        "RF_FARM_PASSWORD": "f",
+        "RF_GATEWAY_TOKEN_PEPPER": "gp",
+    }
+    assert only_its_secrets("job", env) == {"RF_DATABASE_URL": "postgresql://db"}
+    assert only_its_secrets("scheduler", env) == {"RF_DATABASE_URL": "postgresql://db"}
+    assert set(only_its_secrets("gateway", env)) == set(env) - {"RF_FARM_PASSWORD"}
+    assert set(only_its_secrets("deadline_bridge", env)) == {"RF_DATABASE_URL", "RF_FARM_PASSWORD"}

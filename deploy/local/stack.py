@@ -12,6 +12,7 @@ then starts every service in :data:`SERVICES` and waits until each is ready.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import secrets
@@ -264,7 +265,11 @@ def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerH
     log_file = LOG_DIR / f"{name}.log"
     if log_file.exists():
         log_file.replace(log_file.with_name(f"{name}.log.1"))
-    service_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "RF_HEALTH_PORT": str(port)}
+    service_env = {
+        **only_its_secrets(name, {**os.environ, **env}),
+        "PYTHONUNBUFFERED": "1",
+        "RF_HEALTH_PORT": str(port),
+    }
     if name == "gateway":
         service_env["RF_GATEWAY_PORT"] = str(GATEWAY_PORT)
     with log_file.open("ab") as log:
@@ -289,6 +294,20 @@ def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerH
         log_file=log_file,
         pidfile=pidfile,
     )
+
+
+def only_its_secrets(name: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the secrets that the service ``services.<name>`` does not declare
+    (``RF_<SECRET>`` and ``RF_<SERVICE>_<SECRET>`` alike)."""
+    from libs.service import declared
+
+    mine = importlib.import_module(f"services.{name}.service").SERVICE.secrets
+    others = {f.upper() for s in declared() for f in s.secrets} - {f.upper() for f in mine}
+
+    def banned(key: str) -> bool:
+        return key.startswith("RF_") and any(key.endswith(f"_{f}") for f in others)
+
+    return {k: v for k, v in env.items() if not banned(k)}
 
 
 def _farm_url() -> str:
@@ -374,11 +393,11 @@ def up() -> None:
         NATS.env_var: _server_url(NATS),
         REDIS.env_var: _server_url(REDIS),
     }
-    env.update(ensure_secrets())
     env.setdefault("RF_FARM_URL", _farm_url())
     for key, folder in (("RF_SCENES_ROOT", SCENES_DIR), ("RF_FARM_OUTPUTS_ROOT", RENDERS_DIR)):
         env[key] = os.environ.get(key) or str(folder)
-    write_env_file(STACK_ENV_FILE, env)
+    write_env_file(STACK_ENV_FILE, env)  # for renderctl: no secrets
+    env.update(ensure_secrets())
     farm = _start_farm()
     names = service_names()
     handles = [_start_service(n, health_port(n, names), env) for n in names]

@@ -4,6 +4,7 @@ from libs.config import BaseServiceSettings
 
 
 class BridgeSettings(BaseServiceSettings):
+    env_section = "bridge"
     service_name: str = "deadline-bridge"
 
     #: Deadline Web Service root, e.g. ``https://deadline.farm.internal:8081``.

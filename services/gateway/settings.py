@@ -2,6 +2,7 @@ from libs.config import TokenSettings
 
 
 class GatewaySettings(TokenSettings):
+    env_section = "gateway"
     service_name: str = "gateway"
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700

@@ -2,6 +2,7 @@ from libs.config import BaseServiceSettings
 
 
 class JobSettings(BaseServiceSettings):
+    env_section = "job"
     service_name: str = "job"
     #: Jobs a user may have that are not yet completed, failed or cancelled.
     active_job_limit: int = 20

@@ -2,6 +2,7 @@ from libs.config import BaseServiceSettings
 
 
 class SchedulerSettings(BaseServiceSettings):
+    env_section = "scheduler"
     service_name: str = "scheduler"
     #: Why the steps before the render are skipped, until scene processing exists.
     skip_reason: str = "not enabled yet: the scene is rendered as uploaded"
