@@ -52,6 +52,8 @@ class BaseServiceSettings(BaseSettings):
     log_level: str = "INFO"
     otel_exporter: str = Field(default="none", description="none | console")
     db_pool_size: int = 10
+    #: How often a process asks whether its event store's feed moved (one query each).
+    feed_poll_seconds: float = 0.05
 
     @property
     def events_stream(self) -> str:

@@ -40,6 +40,7 @@ from libs.bus.consumer import DurableConsumer, Handler
 from libs.bus.nats import connect, ensure_streams
 from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
+from libs.eventstore.feed import FeedWatcher
 from libs.eventstore.processor import Projector, Tailer
 from libs.eventstore.store import EventStore, create_pool
 from libs.logging import configure_logging, get_logger
@@ -50,6 +51,8 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+#: How often a tailer polls the feed itself when the process's feed watcher wakes it.
+TAILER_FALLBACK_POLL_SECONDS = 2.0
 #: A readiness check returns None when fine, else what is wrong.
 Check = Callable[[], Awaitable[str | None]]
 
@@ -101,6 +104,7 @@ class ServiceRuntime(Generic[T]):
         self.js: JetStreamContext
         self.store: EventStore
         self.commands: CommandServer
+        self.feed: FeedWatcher | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -133,6 +137,11 @@ class ServiceRuntime(Generic[T]):
             projector = Projector(self.store, projection)
             self.projectors[projection.name] = projector
             self.tailers.append(projector)
+        if self.tailers:
+            self.feed = FeedWatcher(self.store, self.settings.feed_poll_seconds)
+            self.background("feed-watcher", self.feed.run)
+            for tailer in self.tailers:  # the watcher wakes them; their own poll is a fallback
+                tailer.poll_interval = TAILER_FALLBACK_POLL_SECONDS
         self.commands = CommandServer(
             self.nc, self.store, self.settings, read_your_writes=list(self.projectors.values())
         )
