@@ -23,8 +23,10 @@ from libs.bus.nats import connect, ensure_streams
 from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Projection, Projector, Tailer
+from libs.eventstore.projection import quarantined_streams
 from libs.eventstore.store import EventStore, create_pool
 from libs.logging import configure_logging, get_logger
+from libs.migrations import Migration, declared_plan, migrate
 from libs.tracing import configure_tracing
 
 log = get_logger(__name__)
@@ -33,9 +35,18 @@ Background = Callable[[asyncio.Event], Awaitable[None]]
 
 
 class ServiceRuntime:
-    def __init__(self, settings: BaseServiceSettings, schema: str) -> None:
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        schema: str,
+        *,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
         self.settings = settings
         self.schema = schema
+        #: What ``start`` applies; by default the event store's and those of the service
+        #: declared with this schema (``libs.service.declared``).
+        self.migrations = migrations
         self.stopping = asyncio.Event()
         self.tailers: list[Tailer] = []
         self.consumers: list[DurableConsumer] = []
@@ -58,16 +69,8 @@ class ServiceRuntime:
             self.settings.database_url, max_size=self.settings.db_pool_size
         )
         self.store = EventStore(self.pool, self.schema)
-        async with self.pool.acquire() as conn:
-            # Serialise schema set-up between replicas starting together.
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{self.schema}")
-            try:
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                await self.store.setup()
-            finally:
-                await conn.execute(
-                    "SELECT pg_advisory_unlock(hashtext($1))", f"migrate:{self.schema}"
-                )
+        # The event store's migrations and the service's, under a lock per schema.
+        await migrate(self.pool, self.schema, self.migrations or declared_plan(self.schema))
         self.nc = await connect(self.settings, self.settings.service_name)
         self.js = self.nc.jetstream(timeout=5)
         await ensure_streams(self.js, self.settings)
@@ -75,8 +78,7 @@ class ServiceRuntime:
             self.tailers.append(Relay(self.store, self.js, self.settings))
 
     async def projector(self, projection: Projection) -> Projector:
-        async with self.pool.acquire() as conn:
-            await projection.setup(conn)
+        """Run ``projection`` (its tables come from the service's migrations)."""
         p = Projector(self.store, projection)
         self.tailers.append(p)
         return p
@@ -173,6 +175,14 @@ class ServiceRuntime:
             problem = await check()
             if problem is not None:
                 return False, problem
+        # Quarantined streams do not make the service unready (every other stream is
+        # served), but readiness says so until an operator retries them.
+        async with self.pool.acquire(timeout=2) as conn:
+            held = await quarantined_streams(conn, self.schema)
+        if held:
+            return True, "ready; quarantined: " + ", ".join(
+                f"{name} {n} stream{'s' if n != 1 else ''}" for name, n in held.items()
+            )
         return True, "ready"
 
     async def _serve_health(

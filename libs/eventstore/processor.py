@@ -145,21 +145,20 @@ class Tailer(abc.ABC):
 
 
 class Projection(abc.ABC):
-    """A read model built from events. Effects and checkpoint commit together."""
+    """A read model built from events. Effects and checkpoint commit together.
+
+    :class:`libs.eventstore.projection.ReadModel` is the declarative kind every service uses.
+    """
 
     name: str
-    #: Read-model tables this projection owns; emptied on rebuild.
-    tables: Sequence[str] = ()
     #: Event types it needs; None means all.
     types: Sequence[str] | None = None
 
     @abc.abstractmethod
-    async def setup(self, conn: asyncpg.Connection) -> None:
-        """Create the read-model tables (idempotent DDL)."""
-
-    @abc.abstractmethod
-    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
-        """Apply a batch of events inside the checkpoint's transaction."""
+    async def apply(
+        self, conn: asyncpg.Connection, events: list[RecordedEvent], schema: str
+    ) -> None:
+        """Apply a batch of events (of ``schema``'s store) inside the checkpoint's transaction."""
 
 
 class Projector(Tailer):
@@ -177,25 +176,8 @@ class Projector(Tailer):
             ):
                 return False
             if wanted:
-                await self.projection.apply(conn, wanted)
+                await self.projection.apply(conn, wanted, self.store.schema)
         return True
-
-    async def reset(self) -> None:
-        """Empty the read model and rewind the checkpoint, atomically."""
-        s = self.store.schema
-        async with self.store.pool.acquire() as conn, conn.transaction():
-            await self.store.checkpoint(self.name, conn)
-            await conn.execute(
-                f"SELECT 1 FROM {s}.checkpoints WHERE name = $1 FOR UPDATE", self.name
-            )
-            for table in self.projection.tables:
-                await conn.execute(f"TRUNCATE {s}.{table}")
-            await conn.execute(
-                f"UPDATE {s}.checkpoints SET tx_id = '0', position = 0, updated_at = now()"
-                " WHERE name = $1",
-                self.name,
-            )
-        self.position = Position.start()
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:

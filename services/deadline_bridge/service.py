@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.runtime import ServiceRuntime, run
 from libs.service import Service
 from services.deadline_bridge.client import DeadlineClient
@@ -44,6 +46,7 @@ SERVICE = Service(
     name="deadline-bridge",
     schema="bridge",
     settings=BridgeSettings,
+    migrations=Path(__file__).parent / "migrations",
     projections=(RendersProjection(),),
     secrets=frozenset({"farm_password"}),
 )

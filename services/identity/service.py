@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.runtime import ServiceRuntime, run
 from libs.service import Service
 from services.identity.commands import IdentityCommands
@@ -23,6 +25,7 @@ SERVICE = Service(
     name="identity",
     schema="identity",
     settings=IdentitySettings,
+    migrations=Path(__file__).parent / "migrations",
     projections=(UsersProjection(), ApiKeysProjection()),
     secrets=frozenset({"jwt_keys", "token_pepper"}),
 )

@@ -1,7 +1,8 @@
 """The scheduler's state: which render each job has and how it stands.
 
 Kept from the events the scheduler consumes, in the same transaction that marks each
-event handled (the inbox), so every event changes it exactly once.
+event handled (the inbox), so every event changes it exactly once. Its table comes from
+``services/scheduler/migrations``.
 """
 
 from __future__ import annotations
@@ -13,28 +14,12 @@ import asyncpg
 
 from contracts.render import RenderStatus
 
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS scheduler.renders (
-    job_id text PRIMARY KEY,
-    render_id text NOT NULL,
-    status text NOT NULL,
-    farm_job_id text,
-    updated_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS renders_by_status ON scheduler.renders (status, job_id);
-"""
-
-
 @dataclass(frozen=True)
 class RenderRow:
     job_id: str
     render_id: str
     status: RenderStatus
     farm_job_id: str | None
-
-
-async def setup(conn: asyncpg.Connection) -> None:
-    await conn.execute(SCHEMA_SQL)
 
 
 async def render_of(conn: asyncpg.Connection, job_id: str) -> RenderRow | None:

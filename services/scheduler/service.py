@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime, run
 from libs.service import Service
-from services.scheduler import projections
 from services.scheduler.manager import CONSUMER, SUBJECTS, RenderManager
 from services.scheduler.settings import SchedulerSettings
 
@@ -23,8 +24,6 @@ class Scheduler:
 async def build(settings: SchedulerSettings) -> Scheduler:
     rt = ServiceRuntime(settings, schema="scheduler")
     await rt.start(relay=False)  # it records no events of its own
-    async with rt.pool.acquire() as conn:
-        await projections.setup(conn)
     client = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
     manager = RenderManager(settings, rt.store, client)
     rt.consumer(
@@ -37,6 +36,7 @@ SERVICE = Service(
     name="scheduler",
     schema="scheduler",
     settings=SchedulerSettings,
+    migrations=Path(__file__).parent / "migrations",
     relay=False,
 )
 
