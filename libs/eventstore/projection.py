@@ -237,7 +237,7 @@ class ReadModel(Projection):
         state: dict[Key, Row | None] = dict(original)
         failed: set[str] = set()
         entries: list[Entry] = []
-        for rec, event, touches, error in prepared:
+        for rec, decoded, touches, error in prepared:
             if rec.stream_id in failed:
                 entries.append((rec, None))
                 continue
@@ -248,7 +248,7 @@ class ReadModel(Projection):
                         current = staged[k] if k in staged else state.get(k)
                         args: tuple[Any, ...] = (
                             None if current is None else dict(current),
-                            event,
+                            decoded,
                             rec,
                         )
                         new = getattr(self, rule.method)(*args, *(() if rule.key else (item,)))
@@ -492,4 +492,4 @@ def _transient(e: BaseException) -> bool:
     """Errors that say nothing about the event: the batch is retried, nothing quarantined."""
     if isinstance(e, asyncpg.DataError):
         return False  # a value the row cannot hold: the event's fault
-    return isinstance(e, _TRANSIENT) or isinstance(e, asyncpg.InterfaceError)
+    return isinstance(e, (*_TRANSIENT, asyncpg.InterfaceError))

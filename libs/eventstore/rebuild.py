@@ -114,9 +114,7 @@ async def rebuild(
         if not swapped:
             async with store.pool.acquire() as conn:
                 await conn.execute(f"DROP TABLE IF EXISTS {s}.{nxt}")
-                await conn.execute(
-                    f"DELETE FROM {s}.quarantine WHERE projection = $1", shadow.name
-                )
+                await conn.execute(f"DELETE FROM {s}.quarantine WHERE projection = $1", shadow.name)
 
 
 async def _follow(

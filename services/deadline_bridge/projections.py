@@ -79,7 +79,9 @@ class RendersProjection(ReadModel):
 
     @on(RenderCompleted, RenderFailed, RenderCancelled, key=lambda e: (e.render_id,))
     def ended(
-        self, row: Row | None, e: RenderCompleted | RenderFailed | RenderCancelled,
+        self,
+        row: Row | None,
+        e: RenderCompleted | RenderFailed | RenderCancelled,
         rec: RecordedEvent,
     ) -> Row | None:
         if row is None:

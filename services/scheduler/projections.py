@@ -14,6 +14,7 @@ import asyncpg
 
 from contracts.render import RenderStatus
 
+
 @dataclass(frozen=True)
 class RenderRow:
     job_id: str
