@@ -56,9 +56,7 @@ async def test_two_runners_at_once_apply_each_migration_once(
 ) -> None:
     steps = plan("twice", ("svc", folder))
     async with pool.acquire() as a, pool.acquire() as b:
-        first, second = await asyncio.gather(
-            migrate(a, "twice", steps), migrate(b, "twice", steps)
-        )
+        first, second = await asyncio.gather(migrate(a, "twice", steps), migrate(b, "twice", steps))
     assert sorted([*first, *second]) == [m.label for m in steps]
     assert len(await applied(pool, "twice")) == 3
 
@@ -77,5 +75,5 @@ async def test_an_applied_migration_that_was_edited_is_refused(
 
 async def test_migration_files_must_be_numbered(pool: asyncpg.Pool, tmp_path: Path) -> None:
     (tmp_path / "things.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_<what>.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_<what>\.sql"):
         plan("bad", ("svc", tmp_path))

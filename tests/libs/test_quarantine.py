@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from libs.eventstore.processor import Projector
-from libs.eventstore.projection import ReadModel, Row, quarantined, quarantined_streams, on
+from libs.eventstore.projection import ReadModel, Row, on, quarantined, quarantined_streams
 from libs.eventstore.store import EventStore, NewEvent, RecordedEvent
 from tests.libs.conftest import FrameRendered, registry
 
@@ -34,7 +34,8 @@ class Tally(ReadModel):
     def counted(self, row: Row | None, e: FrameRendered, rec: RecordedEvent) -> Row | None:
         if rec.stream_id in self.broken and e.frame >= self.broken_from:
             raise ValueError(f"cannot count frame {e.frame} of {rec.stream_id}")
-        return {"stream_id": rec.stream_id, "n": (row["n"] if row else 0) + 1, "last_frame": e.frame}
+        n = (row["n"] if row else 0) + 1
+        return {"stream_id": rec.stream_id, "n": n, "last_frame": e.frame}
 
 
 @pytest.fixture
