@@ -125,8 +125,6 @@ class ReadModel(Projection):
     key: tuple[str, ...]
     #: Every column (keys included): name -> PostgreSQL type, e.g. ``"text"``, ``"text[]"``.
     columns: Mapping[str, str]
-    #: Bump when the stored shape changes; then rebuild (``renderctl rebuild``).
-    version: int = 1
     registry: EventRegistry = EVENTS
     rules: ClassVar[dict[str, list[Rule]]] = {}
 

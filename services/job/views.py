@@ -4,8 +4,8 @@ Evolved from the job's events by :meth:`JobView.apply`, which is total: a known 
 makes it raise (it does not check transitions; the aggregate did when the event was
 decided). It holds what the envelope shows and the counters the measured ETA needs, nothing
 of the aggregate's bookkeeping (task ranges, replaced renders), and is stored as the
-``view`` jsonb column of ``job.jobs``. Changing its shape means bumping
-``JobsProjection.version`` and rebuilding (``renderctl rebuild --projection jobs``).
+``view`` jsonb column of ``job.jobs``. Changing its shape means a new ``view_version`` and
+a rebuild (``renderctl rebuild --projection jobs``): a row of another version is refused.
 """
 
 from __future__ import annotations
