@@ -105,7 +105,8 @@ class Tailer(abc.ABC):
             except Exception as e:
                 # Events are handled in order, so a failing batch is retried, not skipped:
                 # the tailer stalls there, says so in the log and in readiness, and goes on
-                # once the cause (a lost connection, or a bug fixed and deployed) is gone.
+                # once the cause (a lost connection, a bug fixed and deployed) is gone. Read
+                # models quarantine an event they cannot apply instead (projection.py).
                 self.last_error = e
                 log.error("tailer_failed", tailer=self.name, error=repr(e), exc_info=True)
                 await _sleep_or_stop(stopping, 1.0)
