@@ -68,7 +68,9 @@ class Tailer(abc.ABC):
         if not events:
             return 0
         if not await self.process_batch(events):
-            self.position = await self.store.checkpoint(self.name)
+            # Moved by someone else (another runner, or a rebuild's swap): go on from there,
+            # and wake read-your-writes waiters the new checkpoint may already satisfy.
+            await self._advanced(await self.store.checkpoint(self.name))
             return 0
         await self._advanced(events[-1].cursor)
         return len(events)

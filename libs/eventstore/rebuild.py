@@ -53,6 +53,20 @@ class RebuildResult:
 async def rebuild(
     store: EventStore, model: ReadModel, *, verify: bool = False, batch_size: int = 2000
 ) -> RebuildResult:
+    s = store.schema
+    async with store.pool.acquire() as lock:  # one rebuild of a model at a time
+        key = f"rebuild:{s}.{model.name}"
+        if not await lock.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+            raise RuntimeError(f"a rebuild of {s}.{model.name} is already running")
+        try:
+            return await _rebuild(store, model, verify, batch_size)
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+async def _rebuild(
+    store: EventStore, model: ReadModel, verify: bool, batch_size: int
+) -> RebuildResult:
     s, live = store.schema, model.table
     nxt = f"{live}{NEXT}"
     shadow = model.retarget(table=nxt, name=f"{model.name}{SHADOW}")
