@@ -42,6 +42,7 @@ from contracts.jobs import (
 )
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import EventStore, create_pool
+from libs.migrations import declared_plan, migrate
 from services.job.projections import JobsProjection
 
 EVENTS_PER_JOB = 10
@@ -183,10 +184,8 @@ async def run_rebuild(infra: Infra, opts: RebuildOptions) -> list[Figure]:
     figures: list[Figure] = []
     try:
         store = EventStore(pool, "job")
-        await store.setup()
+        await migrate(pool, "job", declared_plan("job"))
         projection = JobsProjection()
-        async with pool.acquire() as conn:
-            await projection.setup(conn)
         load_s = await load(dsn, n_events, opts.cohort)
         print(
             f"  loaded {n_events:,} events ({n_jobs:,} jobs x {EVENTS_PER_JOB}, cohorts of"
@@ -204,8 +203,12 @@ async def run_rebuild(infra: Infra, opts: RebuildOptions) -> list[Figure]:
         )
         print(f"  read_all plan from the start of the feed: {await _feed_plan(pool, store)}")
         for bs in opts.batch_sizes:
+            async with pool.acquire() as conn:  # from zero: empty model, no checkpoint
+                await conn.execute(
+                    "TRUNCATE job.jobs, job.quarantine;"
+                    " DELETE FROM job.checkpoints WHERE name = 'jobs'"
+                )
             projector = Projector(store, projection, batch_size=bs)
-            await projector.reset()
             total = 0
             meter = CpuMeter()
             meter.start()

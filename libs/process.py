@@ -134,22 +134,12 @@ def refusal_stream(command_id: str) -> str:
 
 
 class PostgresProcessStore:
-    """:class:`ProcessStore` in the service's schema (``inbox`` and ``process_state``)."""
+    """:class:`ProcessStore` in the service's schema: the ``inbox`` and ``process_state``
+    tables of the event store's migrations."""
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.schema = store.schema
-
-    async def setup(self) -> None:
-        async with self.store.pool.acquire() as conn:
-            await conn.execute(
-                f"""CREATE TABLE IF NOT EXISTS {self.schema}.process_state (
-                    manager text NOT NULL,
-                    key text NOT NULL,
-                    state jsonb NOT NULL,
-                    updated_at timestamptz NOT NULL DEFAULT now(),
-                    PRIMARY KEY (manager, key))"""
-            )
 
     async def seen(self, manager: str, event_id: uuid.UUID) -> bool:
         async with self.store.pool.acquire() as conn:

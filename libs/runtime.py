@@ -42,8 +42,10 @@ from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
 from libs.eventstore.feed import FeedWatcher
 from libs.eventstore.processor import Projector, Tailer
+from libs.eventstore.projection import quarantined_streams
 from libs.eventstore.store import EventStore, create_pool
 from libs.logging import configure_logging, get_logger
+from libs.migrations import migrate, plan
 from libs.service import Service
 from libs.tracing import configure_tracing
 
@@ -116,18 +118,13 @@ class ServiceRuntime(Generic[T]):
             self.settings.database_url, max_size=self.settings.db_pool_size
         )
         self.store = EventStore(self.pool, self.schema)
-        async with self.pool.acquire() as conn:
-            # Serialise schema set-up between replicas starting together.
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{self.schema}")
-            try:
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                await self.store.setup()
-                for projection in self.service.projections:
-                    await projection.setup(conn)
-            finally:
-                await conn.execute(
-                    "SELECT pg_advisory_unlock(hashtext($1))", f"migrate:{self.schema}"
-                )
+        # The event store's migrations and the service's, under a lock per schema.
+        service = self.service
+        await migrate(
+            self.pool,
+            self.schema,
+            plan(self.schema, (service.name, service.migrations) if service.migrations else None),
+        )
         self.nc = await connect(self.settings, self.settings.service_name)
         self.js = self.nc.jetstream(timeout=5)
         await ensure_streams(self.js, self.settings)
@@ -308,6 +305,14 @@ class ServiceRuntime(Generic[T]):
             problem = await check()
             if problem is not None:
                 return False, problem
+        # Quarantined streams do not make the service unready (every other stream is
+        # served), but readiness says so until an operator retries them.
+        async with self.pool.acquire(timeout=2) as conn:
+            held = await quarantined_streams(conn, self.schema)
+        if held:
+            return True, "ready; quarantined: " + ", ".join(
+                f"{name} {n} stream{'s' if n != 1 else ''}" for name, n in held.items()
+            )
         return True, "ready"
 
     async def _serve_health(

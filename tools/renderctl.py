@@ -4,7 +4,13 @@
   renderctl events --all [--from N] [--schema S]
                                           print the global feed of each service after N
   renderctl verify                        check every stream: versions gap-free, all decodable
-  renderctl rebuild [--projection NAME]   empty and rebuild projections from the events
+  renderctl migrate                       apply every service's pending migrations
+  renderctl rebuild [--projection NAME] [--verify]
+                                          rebuild read models blue/green from the events
+                                          (--verify: compare with the live ones, no swap)
+  renderctl quarantine [--retry] [--projection P] [--stream S]
+                                          list the events projections could not apply;
+                                          --retry re-applies each stream's held events
   renderctl create-admin --email E        create the first admin (password from RF_ADMIN_PASSWORD
                                           or a prompt); needs the identity service running
 
@@ -21,23 +27,30 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 import contracts.all  # noqa: F401  (registers every event type)
-from contracts.base import EVENTS, UnknownEventType
+from contracts.base import UnknownEventType
 from libs.config import BaseServiceSettings
-from libs.eventstore.processor import Projection, Projector
+from libs.eventstore.projection import ReadModel, quarantined
+from libs.eventstore.rebuild import Difference, rebuild
 from libs.eventstore.store import EventStore, RecordedEvent, create_pool
-from services.identity.projections import ApiKeysProjection, UsersProjection
-from services.job.projections import FramesProjection, JobsProjection
+from libs.migrations import declared_plan, migrate
+from libs.service import declared
 
-#: Every projection, by the schema (service) that owns it.
-PROJECTIONS: dict[str, Sequence[Projection]] = {
-    "identity": (UsersProjection(), ApiKeysProjection()),
-    "job": (JobsProjection(), FramesProjection()),
-}
+
+def read_models(only: str | None = None) -> list[tuple[str, ReadModel]]:
+    """(schema, read model) of every declared service; ``only`` is a name or schema.name."""
+    found = [
+        (service.schema, p)
+        for service in declared()
+        for p in service.projections
+        if isinstance(p, ReadModel)
+    ]
+    if only:
+        found = [(s, p) for s, p in found if only in (p.name, f"{s}.{p.name}")]
+    return found
 
 
 def load_stack_env(path: Path = Path(".run/stack.env")) -> None:
@@ -124,20 +137,86 @@ async def verify(pool: asyncpg.Pool) -> int:
     return 1 if problems else 0
 
 
-async def rebuild(pool: asyncpg.Pool, only: str | None = None) -> dict[str, int]:
-    """Empty each projection and replay every event into it; returns events read per name."""
-    done: dict[str, int] = {}
-    for schema, projections in PROJECTIONS.items():
-        store = EventStore(pool, schema, EVENTS)
-        for projection in projections:
-            if only and projection.name != only:
+async def migrate_all(pool: asyncpg.Pool) -> None:
+    for service in declared():
+        for label in await migrate(pool, service.schema, declared_plan(service.schema)):
+            print(f"{service.schema}: applied {label}")
+
+
+def _difference(table: str, d: Difference) -> str:
+    key = ", ".join(str(k) for k in d.key)
+    if d.kind != "changed":
+        return f"{table} {d.kind} ({key})"
+    cols = "; ".join(
+        f"{c}: live {_short(a)} rebuilt {_short(b)}" for c, (a, b) in d.columns.items()
+    )
+    return f"{table} changed ({key}): {cols}"
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def rebuild_all(pool: asyncpg.Pool, only: str | None, verify: bool) -> int:
+    """Rebuild (or with ``verify`` compare) each read model; 1 if any differs or is unknown."""
+    models = read_models(only)
+    if not models:
+        print(f"no projection {only}", file=sys.stderr)
+        return 1
+    await migrate_all(pool)
+    differs = 0
+    for schema, model in models:
+        result = await rebuild(EventStore(pool, schema), model, verify=verify)
+        held = f", {result.quarantined} stream(s) quarantined" if result.quarantined else ""
+        if not verify:
+            print(f"rebuilt {result.table} from {result.events} events{held}")
+            continue
+        for d in result.differences:
+            print(_difference(result.table, d))
+        differs += len(result.differences)
+        print(f"verified {result.table}: {len(result.differences)} difference(s){held}")
+    return 1 if differs else 0
+
+
+async def quarantine(
+    pool: asyncpg.Pool, retry: bool, projection: str | None, stream: str | None
+) -> int:
+    """List quarantined events, or retry their streams; 1 if a retry fails again."""
+    models = {(s, p.name): p for s, p in read_models()}
+    failed = 0
+    for schema in sorted({s for s, _ in models}):
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.quarantine") is None:
+                continue  # not migrated yet: nothing can be quarantined
+            entries = await quarantined(conn, schema)
+        entries = [
+            e
+            for e in entries
+            if (projection is None or projection in (e.projection, f"{schema}.{e.projection}"))
+            and (stream is None or e.stream_id == stream)
+        ]
+        if not retry:
+            for e in entries:
+                state = e.error if e.error is not None else "held (behind an earlier event)"
+                print(
+                    f"{schema}.{e.projection} {e.stream_id} v{e.version} {e.event_type}"
+                    f" {e.event_id} at {e.position}: {state}"
+                )
+            continue
+        for name, stream_id in dict.fromkeys((e.projection, e.stream_id) for e in entries):
+            model = models.get((schema, name))
+            if model is None:
+                print(f"{schema}.{name} {stream_id}: no such projection declared", file=sys.stderr)
+                failed += 1
                 continue
-            async with pool.acquire() as conn:
-                await projection.setup(conn)
-            projector = Projector(store, projection, batch_size=2000)
-            await projector.reset()
-            done[f"{schema}.{projection.name}"] = await projector.catch_up()
-    return done
+            applied, error = await model.retry(EventStore(pool, schema), stream_id)
+            if error is None:
+                print(f"{schema}.{name} {stream_id}: applied {applied} event(s)")
+            else:
+                failed += 1
+                print(f"{schema}.{name} {stream_id}: applied {applied}, still failing: {error}")
+    return 1 if failed else 0
 
 
 async def create_admin(settings: BaseServiceSettings, email: str, name: str) -> int:
@@ -180,8 +259,14 @@ async def run(
     ev.add_argument("--from", dest="after", type=int, default=0, help="global position")
     ev.add_argument("--schema", help="only this service's feed (with --all)")
     sub.add_parser("verify", help="check every stream is gap-free and decodable")
-    rb = sub.add_parser("rebuild", help="drop and rebuild projections")
-    rb.add_argument("--projection")
+    sub.add_parser("migrate", help="apply pending migrations of every service")
+    rb = sub.add_parser("rebuild", help="rebuild read models blue/green from the events")
+    rb.add_argument("--projection", help="name (jobs) or schema.name (job.jobs)")
+    rb.add_argument("--verify", action="store_true", help="compare with the live model only")
+    qu = sub.add_parser("quarantine", help="list (or --retry) events projections could not apply")
+    qu.add_argument("--retry", action="store_true")
+    qu.add_argument("--projection")
+    qu.add_argument("--stream")
     ad = sub.add_parser("create-admin", help="create an approved admin user")
     ad.add_argument("--email", required=True)
     ad.add_argument("--name", default="Administrator")
@@ -202,10 +287,12 @@ async def run(
             return await print_stream(pool, args.stream)
         if args.command == "verify":
             return await verify(pool)
-        counts: dict[str, Any] = await rebuild(pool, args.projection)
-        for name, n in counts.items():
-            print(f"rebuilt {name} from {n} events")
-        return 0
+        if args.command == "migrate":
+            await migrate_all(pool)
+            return 0
+        if args.command == "quarantine":
+            return await quarantine(pool, args.retry, args.projection, args.stream)
+        return await rebuild_all(pool, args.projection, args.verify)
     finally:
         await pool.close()
 

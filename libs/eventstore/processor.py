@@ -68,7 +68,9 @@ class Tailer(abc.ABC):
         if not events:
             return 0
         if not await self.process_batch(events):
-            self.position = await self.store.checkpoint(self.name)
+            # Moved by someone else (another runner, or a rebuild's swap): go on from there,
+            # and wake read-your-writes waiters the new checkpoint may already satisfy.
+            await self._advanced(await self.store.checkpoint(self.name))
             return 0
         await self._advanced(events[-1].cursor)
         return len(events)
@@ -105,7 +107,8 @@ class Tailer(abc.ABC):
             except Exception as e:
                 # Events are handled in order, so a failing batch is retried, not skipped:
                 # the tailer stalls there, says so in the log and in readiness, and goes on
-                # once the cause (a lost connection, or a bug fixed and deployed) is gone.
+                # once the cause (a lost connection, a bug fixed and deployed) is gone. Read
+                # models quarantine an event they cannot apply instead (projection.py).
                 self.last_error = e
                 log.error("tailer_failed", tailer=self.name, error=repr(e), exc_info=True)
                 await _sleep_or_stop(stopping, 1.0)
@@ -145,21 +148,20 @@ class Tailer(abc.ABC):
 
 
 class Projection(abc.ABC):
-    """A read model built from events. Effects and checkpoint commit together."""
+    """A read model built from events. Effects and checkpoint commit together.
+
+    :class:`libs.eventstore.projection.ReadModel` is the declarative kind every service uses.
+    """
 
     name: str
-    #: Read-model tables this projection owns; emptied on rebuild.
-    tables: Sequence[str] = ()
     #: Event types it needs; None means all.
     types: Sequence[str] | None = None
 
     @abc.abstractmethod
-    async def setup(self, conn: asyncpg.Connection) -> None:
-        """Create the read-model tables (idempotent DDL)."""
-
-    @abc.abstractmethod
-    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
-        """Apply a batch of events inside the checkpoint's transaction."""
+    async def apply(
+        self, conn: asyncpg.Connection, events: list[RecordedEvent], schema: str
+    ) -> None:
+        """Apply a batch of events (of ``schema``'s store) inside the checkpoint's transaction."""
 
 
 class Projector(Tailer):
@@ -177,25 +179,8 @@ class Projector(Tailer):
             ):
                 return False
             if wanted:
-                await self.projection.apply(conn, wanted)
+                await self.projection.apply(conn, wanted, self.store.schema)
         return True
-
-    async def reset(self) -> None:
-        """Empty the read model and rewind the checkpoint, atomically."""
-        s = self.store.schema
-        async with self.store.pool.acquire() as conn, conn.transaction():
-            await self.store.checkpoint(self.name, conn)
-            await conn.execute(
-                f"SELECT 1 FROM {s}.checkpoints WHERE name = $1 FOR UPDATE", self.name
-            )
-            for table in self.projection.tables:
-                await conn.execute(f"TRUNCATE {s}.{table}")
-            await conn.execute(
-                f"UPDATE {s}.checkpoints SET tx_id = '0', position = 0, updated_at = now()"
-                " WHERE name = $1",
-                self.name,
-            )
-        self.position = Position.start()
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:

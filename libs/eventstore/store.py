@@ -101,52 +101,6 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
     )
 
 
-def schema_sql(schema: str) -> str:
-    s = schema
-    return f"""
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.events (
-    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tx_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    event_id uuid NOT NULL UNIQUE,
-    stream_id text NOT NULL,
-    version integer NOT NULL CHECK (version > 0),
-    type text NOT NULL,
-    schema_version integer NOT NULL,
-    data jsonb NOT NULL,
-    metadata jsonb NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    UNIQUE (stream_id, version)
-);
-CREATE INDEX IF NOT EXISTS events_feed ON {s}.events (tx_id, global_position);
-CREATE TABLE IF NOT EXISTS {s}.snapshots (
-    stream_id text PRIMARY KEY,
-    version integer NOT NULL,
-    schema_version integer NOT NULL,
-    state jsonb NOT NULL,
-    taken_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {s}.checkpoints (
-    name text PRIMARY KEY,
-    tx_id xid8 NOT NULL DEFAULT '0',
-    position bigint NOT NULL DEFAULT 0,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {s}.processed_commands (
-    command_id text PRIMARY KEY,
-    command_type text NOT NULL,
-    reply jsonb NOT NULL,
-    processed_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {s}.inbox (
-    consumer text NOT NULL,
-    event_id uuid NOT NULL,
-    processed_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer, event_id)
-);
-"""
-
-
 _COLUMNS = (
     "global_position, tx_id::text::bigint AS tx_id, event_id, stream_id, version, type,"
     " schema_version, data, metadata, recorded_at"
@@ -203,8 +157,11 @@ ORDER BY tx_id, global_position LIMIT $3"""
     # -- writing ------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(schema_sql(self.schema))
+        """Apply the event store's own migrations to this schema (services use
+        :func:`libs.migrations.migrate` with their own migrations too)."""
+        from libs.migrations import migrate, plan
+
+        await migrate(self.pool, self.schema, plan(self.schema))
 
     async def append(
         self,
@@ -309,6 +266,19 @@ ORDER BY tx_id, global_position LIMIT $3"""
             return [_row(r) for r in await conn.fetch(self._read_all_sql, *args)]
         async with self.pool.acquire() as own:
             return [_row(r) for r in await own.fetch(self._read_all_sql, *args)]
+
+    async def read_events(
+        self, event_ids: Sequence[uuid.UUID], conn: asyncpg.Connection | None = None
+    ) -> list[RecordedEvent]:
+        """The events with these ids, by stream and version."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE event_id = ANY($1)"
+            " ORDER BY stream_id, version"
+        )
+        if conn is not None:
+            return [_row(r) for r in await conn.fetch(sql, list(event_ids))]
+        async with self.pool.acquire() as own:
+            return [_row(r) for r in await own.fetch(sql, list(event_ids))]
 
     async def read_by_position(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
         """Committed events by global position (for operators; not for tailing live)."""

@@ -1,12 +1,9 @@
-"""Read models of the deadline-bridge."""
+"""Read models of the deadline-bridge (tables: ``services/deadline_bridge/migrations``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
-from contracts.base import EVENTS
 from contracts.render import (
     RenderCancelled,
     RenderCompleted,
@@ -16,7 +13,7 @@ from contracts.render import (
     RenderSubmitted,
     RenderTaskCompleted,
 )
-from libs.eventstore.processor import Projection
+from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 
 _FINAL = {
@@ -26,73 +23,70 @@ _FINAL = {
 }
 
 
-class RendersProjection(Projection):
+class RendersProjection(ReadModel):
     """``bridge.renders``: one row per render, for the poller (which renders to watch)
-    and for operators (what is on the farm under which id)."""
+    and for operators (what is on the farm under which id).
+
+    Task starts, failures and requeues do not change the row, so it does not read them.
+    """
 
     name = "renders"
-    tables = ("renders",)
-    types = tuple(t for t in EVENTS.types() if t.startswith("render."))
+    table = "renders"
+    key = ("render_id",)
+    columns = {
+        "render_id": "text",
+        "job_id": "text",
+        "status": "text",
+        "farm_job_id": "text",
+        "task_count": "integer",
+        "tasks_completed": "integer",
+        "updated_at": "timestamptz",
+    }
 
-    async def setup(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS bridge.renders (
-                render_id text PRIMARY KEY,
-                job_id text NOT NULL,
-                status text NOT NULL,
-                farm_job_id text,
-                task_count integer NOT NULL DEFAULT 0,
-                tasks_completed integer NOT NULL DEFAULT 0,
-                updated_at timestamptz NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS renders_by_status ON bridge.renders (status, render_id);
-            CREATE INDEX IF NOT EXISTS renders_by_job ON bridge.renders (job_id);
-            """
-        )
+    @on(RenderOrdered, key=lambda e: (e.render_id,))
+    def ordered(self, row: Row | None, e: RenderOrdered, rec: RecordedEvent) -> Row | None:
+        if row is not None:
+            return row
+        return {
+            "render_id": e.render_id,
+            "job_id": e.job_id,
+            "status": RenderStatus.ordered.value,
+            "farm_job_id": None,
+            "task_count": 0,
+            "tasks_completed": 0,
+            "updated_at": rec.recorded_at,
+        }
 
-    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
-        for rec in events:
-            e = rec.decode()
-            at: datetime = rec.recorded_at
-            match e:
-                case RenderOrdered():
-                    await conn.execute(
-                        "INSERT INTO bridge.renders (render_id, job_id, status, updated_at)"
-                        " VALUES ($1, $2, $3, $4) ON CONFLICT (render_id) DO NOTHING",
-                        e.render_id,
-                        e.job_id,
-                        RenderStatus.ordered.value,
-                        at,
-                    )
-                case RenderSubmitted():
-                    await conn.execute(
-                        "UPDATE bridge.renders SET status = $2, farm_job_id = $3,"
-                        " task_count = $4, updated_at = $5 WHERE render_id = $1",
-                        e.render_id,
-                        RenderStatus.submitted.value,
-                        e.farm_job_id,
-                        e.task_count,
-                        at,
-                    )
-                case RenderTaskCompleted():
-                    await conn.execute(
-                        "UPDATE bridge.renders SET tasks_completed = tasks_completed + 1,"
-                        " updated_at = $2 WHERE render_id = $1",
-                        e.render_id,
-                        at,
-                    )
-                case RenderCompleted() | RenderFailed() | RenderCancelled():
-                    status = _FINAL[e.event_type]
-                    await conn.execute(
-                        "UPDATE bridge.renders SET status = $2, updated_at = $3"
-                        " WHERE render_id = $1",
-                        e.render_id,
-                        status.value,
-                        at,
-                    )
-                case _:
-                    pass  # task starts, failures and requeues do not change this row
+    @on(RenderSubmitted, key=lambda e: (e.render_id,))
+    def submitted(self, row: Row | None, e: RenderSubmitted, rec: RecordedEvent) -> Row | None:
+        if row is None:
+            return None
+        return {
+            **row,
+            "status": RenderStatus.submitted.value,
+            "farm_job_id": e.farm_job_id,
+            "task_count": e.task_count,
+            "updated_at": rec.recorded_at,
+        }
+
+    @on(RenderTaskCompleted, key=lambda e: (e.render_id,))
+    def task_completed(
+        self, row: Row | None, e: RenderTaskCompleted, rec: RecordedEvent
+    ) -> Row | None:
+        if row is None:
+            return None
+        return {**row, "tasks_completed": row["tasks_completed"] + 1, "updated_at": rec.recorded_at}
+
+    @on(RenderCompleted, RenderFailed, RenderCancelled, key=lambda e: (e.render_id,))
+    def ended(
+        self,
+        row: Row | None,
+        e: RenderCompleted | RenderFailed | RenderCancelled,
+        rec: RecordedEvent,
+    ) -> Row | None:
+        if row is None:
+            return None
+        return {**row, "status": _FINAL[e.event_type].value, "updated_at": rec.recorded_at}
 
 
 async def active_renders(conn: asyncpg.Connection) -> list[tuple[str, str]]:

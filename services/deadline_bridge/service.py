@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from libs.runtime import ServiceRuntime
 from libs.service import Service
@@ -41,6 +42,7 @@ SERVICE = Service(
     name="deadline-bridge",
     schema="bridge",
     settings=BridgeSettings,
+    migrations=Path(__file__).parent / "migrations",
     projections=(RendersProjection(),),
     wire=wire,
     secrets=frozenset({"farm_password"}),

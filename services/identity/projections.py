@@ -2,13 +2,10 @@
 
 The gateway reads ``identity.users`` and ``identity.api_keys`` directly (read-only) to
 authenticate API keys and to list users and keys: their column names are an interface.
+Tables: ``services/identity/migrations``.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-import asyncpg
 
 from contracts.identity import (
     ApiKeyCreated,
@@ -18,155 +15,90 @@ from contracts.identity import (
     UserRegistered,
     UserStatus,
 )
-from libs.eventstore.processor import Projection
+from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 
-Row = dict[str, Any]
+
+def _existing(row: Row | None, what: str) -> Row:
+    if row is None:
+        raise LookupError(f"no {what} row to change")
+    return row
 
 
-async def _current(
-    conn: asyncpg.Connection, table: str, key: str, columns: tuple[str, ...], ids: list[str]
-) -> dict[str, Row]:
-    rows = await conn.fetch(
-        f"SELECT {', '.join(columns)} FROM identity.{table} WHERE {key} = ANY($1)", ids
-    )
-    return {r[key]: dict(r) for r in rows}
-
-
-async def _upsert(
-    conn: asyncpg.Connection, table: str, key: str, columns: tuple[str, ...], rows: list[Row]
-) -> None:
-    if not rows:
-        return
-    params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
-    await conn.executemany(
-        f"INSERT INTO identity.{table} ({', '.join(columns)}) VALUES ({params})"
-        f" ON CONFLICT ({key}) DO UPDATE SET {updates}",
-        [tuple(r[c] for c in columns) for r in rows],
-    )
-
-
-class UsersProjection(Projection):
+class UsersProjection(ReadModel):
     """``identity.users``: one row per user, with the password hash for logging in."""
 
     name = "users"
-    tables = ("users",)
-    types = (UserRegistered.event_type, UserApproved.event_type)
-    columns = (
-        "user_id",
-        "email",
-        "display_name",
-        "role",
-        "status",
-        "registered_at",
-        "approved_at",
-        "password_hash",
-    )
+    table = "users"
+    key = ("user_id",)
+    columns = {
+        "user_id": "text",
+        "email": "text",
+        "display_name": "text",
+        "role": "text",
+        "status": "text",
+        "registered_at": "timestamptz",
+        "approved_at": "timestamptz",
+        "password_hash": "text",
+    }
 
-    async def setup(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS identity.users (
-                user_id text PRIMARY KEY,
-                email text NOT NULL UNIQUE,
-                display_name text NOT NULL,
-                role text NOT NULL,
-                status text NOT NULL,
-                registered_at timestamptz NOT NULL,
-                approved_at timestamptz,
-                password_hash text NOT NULL
-            );
-            CREATE UNIQUE INDEX IF NOT EXISTS users_email_lower ON identity.users (lower(email));
-            CREATE INDEX IF NOT EXISTS users_status ON identity.users (status, user_id);
-            """
-        )
+    @on(UserRegistered, key=lambda e: (e.user_id,))
+    def registered(self, row: Row | None, e: UserRegistered, rec: RecordedEvent) -> Row | None:
+        return {
+            "user_id": e.user_id,
+            "email": e.email,
+            "display_name": e.display_name,
+            "role": e.role.value,
+            "status": UserStatus.pending_approval.value,
+            "registered_at": e.registered_at,
+            "approved_at": None,
+            "password_hash": e.password_hash,
+        }
 
-    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
-        decoded = [e.decode() for e in events]
-        ids = list({e.user_id for e in decoded if isinstance(e, UserRegistered | UserApproved)})
-        rows = await _current(conn, "users", "user_id", self.columns, ids)
-        for e in decoded:
-            match e:
-                case UserRegistered():
-                    rows[e.user_id] = {
-                        "user_id": e.user_id,
-                        "email": e.email,
-                        "display_name": e.display_name,
-                        "role": e.role.value,
-                        "status": UserStatus.pending_approval.value,
-                        "registered_at": e.registered_at,
-                        "approved_at": None,
-                        "password_hash": e.password_hash,
-                    }
-                case UserApproved():
-                    rows[e.user_id].update(
-                        status=UserStatus.active.value, approved_at=e.approved_at
-                    )
-        await _upsert(conn, "users", "user_id", self.columns, list(rows.values()))
+    @on(UserApproved, key=lambda e: (e.user_id,))
+    def approved(self, row: Row | None, e: UserApproved, rec: RecordedEvent) -> Row | None:
+        user = _existing(row, f"user {e.user_id}")
+        return {**user, "status": UserStatus.active.value, "approved_at": e.approved_at}
 
 
-class ApiKeysProjection(Projection):
+class ApiKeysProjection(ReadModel):
     """``identity.api_keys``: one row per key, with the keyed hash of its secret."""
 
     name = "api_keys"
-    tables = ("api_keys",)
-    types = (ApiKeyCreated.event_type, ApiKeyRevoked.event_type, ApiKeyUsed.event_type)
-    columns = (
-        "key_id",
-        "user_id",
-        "name",
-        "scopes",
-        "key_hash",
-        "spend_cap_credits",
-        "created_at",
-        "expires_at",
-        "last_used_at",
-        "revoked_at",
-    )
+    table = "api_keys"
+    key = ("key_id",)
+    columns = {
+        "key_id": "text",
+        "user_id": "text",
+        "name": "text",
+        "scopes": "text[]",
+        "key_hash": "text",
+        "spend_cap_credits": "numeric",
+        "created_at": "timestamptz",
+        "expires_at": "timestamptz",
+        "last_used_at": "timestamptz",
+        "revoked_at": "timestamptz",
+    }
 
-    async def setup(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS identity.api_keys (
-                key_id text PRIMARY KEY,
-                user_id text NOT NULL,
-                name text NOT NULL,
-                scopes text[] NOT NULL,
-                key_hash text NOT NULL,
-                spend_cap_credits numeric,
-                created_at timestamptz NOT NULL,
-                expires_at timestamptz,
-                last_used_at timestamptz,
-                revoked_at timestamptz
-            );
-            CREATE INDEX IF NOT EXISTS api_keys_user ON identity.api_keys (user_id, key_id);
-            """
-        )
+    @on(ApiKeyCreated, key=lambda e: (e.key_id,))
+    def created(self, row: Row | None, e: ApiKeyCreated, rec: RecordedEvent) -> Row | None:
+        return {
+            "key_id": e.key_id,
+            "user_id": e.user_id,
+            "name": e.name,
+            "scopes": [s.value for s in e.scopes],
+            "key_hash": e.key_hash,
+            "spend_cap_credits": e.spend_cap_credits,
+            "created_at": e.created_at,
+            "expires_at": e.expires_at,
+            "last_used_at": None,
+            "revoked_at": None,
+        }
 
-    async def apply(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
-        decoded = [e.decode() for e in events]
-        ids = list(
-            {e.key_id for e in decoded if isinstance(e, ApiKeyCreated | ApiKeyRevoked | ApiKeyUsed)}
-        )
-        rows = await _current(conn, "api_keys", "key_id", self.columns, ids)
-        for e in decoded:
-            match e:
-                case ApiKeyCreated():
-                    rows[e.key_id] = {
-                        "key_id": e.key_id,
-                        "user_id": e.user_id,
-                        "name": e.name,
-                        "scopes": [s.value for s in e.scopes],
-                        "key_hash": e.key_hash,
-                        "spend_cap_credits": e.spend_cap_credits,
-                        "created_at": e.created_at,
-                        "expires_at": e.expires_at,
-                        "last_used_at": None,
-                        "revoked_at": None,
-                    }
-                case ApiKeyRevoked():
-                    rows[e.key_id]["revoked_at"] = e.revoked_at
-                case ApiKeyUsed():
-                    rows[e.key_id]["last_used_at"] = e.used_at
-        await _upsert(conn, "api_keys", "key_id", self.columns, list(rows.values()))
+    @on(ApiKeyRevoked, key=lambda e: (e.key_id,))
+    def revoked(self, row: Row | None, e: ApiKeyRevoked, rec: RecordedEvent) -> Row | None:
+        return {**_existing(row, f"api key {e.key_id}"), "revoked_at": e.revoked_at}
+
+    @on(ApiKeyUsed, key=lambda e: (e.key_id,))
+    def used(self, row: Row | None, e: ApiKeyUsed, rec: RecordedEvent) -> Row | None:
+        return {**_existing(row, f"api key {e.key_id}"), "last_used_at": e.used_at}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.identity.commands import IdentityCommands
@@ -20,6 +22,7 @@ SERVICE = Service(
     name="identity",
     schema="identity",
     settings=IdentitySettings,
+    migrations=Path(__file__).parent / "migrations",
     projections=(UsersProjection(), ApiKeysProjection()),
     wire=wire,
     secrets=frozenset({"jwt_keys", "token_pepper"}),

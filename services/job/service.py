@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.job.commands import JobCommands
@@ -20,6 +22,7 @@ SERVICE = Service(
     name="job",
     schema="job",
     settings=JobSettings,
+    migrations=Path(__file__).parent / "migrations",
     projections=(JobsProjection(), FramesProjection()),
     wire=wire,
 )

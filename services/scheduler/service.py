@@ -18,7 +18,6 @@ async def wire(rt: ServiceRuntime[ProcessRunner[JobRender]]) -> ProcessRunner[Jo
     settings = rt.settings
     assert isinstance(settings, SchedulerSettings)
     store = PostgresProcessStore(rt.store)
-    await store.setup()
     runner = ProcessRunner(
         RenderProcess(settings.skip_reason),
         CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds),

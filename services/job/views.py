@@ -1,0 +1,299 @@
+"""``JobView``: the jobs read model's own state, and the envelope it renders.
+
+Evolved from the job's events by :meth:`JobView.apply`, which is total: a known event never
+makes it raise (it does not check transitions; the aggregate did when the event was
+decided). It holds what the envelope shows and the counters the measured ETA needs, nothing
+of the aggregate's bookkeeping (task ranges, replaced renders), and is stored as the
+``view`` jsonb column of ``job.jobs``. Changing its shape means a new ``view_version`` and
+a rebuild (``renderctl rebuild --projection jobs``): a row of another version is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from contracts.base import Event
+from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, JobEnvelope, StepView
+from contracts.jobs import (
+    TERMINAL_STATUSES,
+    FrameRange,
+    JobCancellationRequested,
+    JobCancelled,
+    JobCompleted,
+    JobCostCapChanged,
+    JobFailed,
+    JobFramesChanged,
+    JobFramesRendered,
+    JobPaused,
+    JobPriority,
+    JobPriorityChanged,
+    JobQueued,
+    JobRenamed,
+    JobRenderSettingsChanged,
+    JobResumed,
+    JobStatus,
+    JobStepFailed,
+    JobStepProgressed,
+    JobStepSkipped,
+    JobStepStarted,
+    JobStepSucceeded,
+    JobSubmitted,
+    Renderer,
+    RenderSettings,
+    Resolution,
+    StepName,
+    StepStatus,
+)
+from services.job.domain import FARM_BUSY, STEP_WEIGHTS, _allowed_actions
+
+S = JobStatus
+
+#: The status a job is in once a step starts.
+STEP_STARTS_STATUS = {
+    StepName.scene_check: S.preparing,
+    StepName.repath: S.preparing,
+    StepName.render_settings: S.preparing,
+    StepName.test_render: S.test_rendering,
+    StepName.render: S.rendering,
+}
+
+
+class StepState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StepName
+    status: StepStatus = StepStatus.pending
+    progress_percent: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class JobView(BaseModel):
+    """A job as the read model keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The stored shape; a row of another shape is refused (then rebuild).
+    view_version: Literal[1] = 1
+    job_id: str
+    owner_id: str
+    status: JobStatus
+    name: str
+    scene_key: str
+    renderer: Renderer
+    frame_range: FrameRange
+    chunk_size: int
+    resolution: Resolution
+    render_settings: RenderSettings
+    priority: JobPriority
+    cost_cap_credits: Decimal | None
+    cost_so_far_credits: Decimal = Decimal(0)
+    cost_estimate_credits: Decimal | None = None
+    steps: list[StepState]
+    frames_done: int = 0
+    failure_reason: str | None = None
+    created_at: datetime
+    # The ETA's measurements, for the current render only.
+    render_id: str | None = None
+    tasks_recorded: int = 0
+    render_seconds_total: float = 0.0
+    workers: list[str] = []
+    last_frames_at: datetime | None = None
+
+    @classmethod
+    def submitted(cls, e: JobSubmitted) -> JobView:
+        return cls(
+            job_id=e.job_id,
+            owner_id=e.owner_id,
+            status=S.submitted,
+            name=e.name,
+            scene_key=e.scene_key,
+            renderer=e.renderer,
+            frame_range=e.frame_range,
+            chunk_size=e.chunk_size,
+            resolution=e.resolution,
+            render_settings=e.render_settings,
+            priority=e.priority,
+            cost_cap_credits=e.cost_cap_credits,
+            steps=[StepState(name=n) for n in StepName],
+            created_at=e.submitted_at,
+        )
+
+    # -- evolve -----------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Total: every job event is taken as it is; events it does not show change nothing."""
+        match event:
+            case JobSubmitted():  # a stream starts once; taken as a fresh start if not
+                fresh = JobView.submitted(event)
+                for field in type(self).model_fields:
+                    setattr(self, field, getattr(fresh, field))
+            case JobRenamed():
+                self.name = event.name
+            case JobPriorityChanged():
+                self.priority = event.priority
+            case JobCostCapChanged():
+                self.cost_cap_credits = event.cost_cap_credits
+            case JobFramesChanged():
+                self.frame_range, self.chunk_size = event.frame_range, event.chunk_size
+            case JobRenderSettingsChanged():
+                self.resolution, self.render_settings = event.resolution, event.render_settings
+            case JobStepStarted():
+                step = self.step(event.step)
+                step.status, step.started_at = StepStatus.running, event.at
+                step.progress_percent, step.finished_at, step.error = 0.0, None, None
+                self.status = STEP_STARTS_STATUS[event.step]
+            case JobStepProgressed():
+                self.step(event.step).progress_percent = event.progress_percent
+            case JobStepSucceeded():
+                step = self.step(event.step)
+                step.status, step.progress_percent, step.finished_at = (
+                    StepStatus.succeeded,
+                    100.0,
+                    event.at,
+                )
+                if event.step is StepName.render_settings:
+                    self.status = S.ready
+                elif event.step is StepName.test_render:
+                    self.status = S.test_render_ready
+            case JobStepFailed():
+                step = self.step(event.step)
+                step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
+            case JobStepSkipped():
+                self.step(event.step).status = StepStatus.skipped
+            case JobQueued():
+                self.status = S.queued
+            case JobFramesRendered():
+                self._record(event)
+            case JobPaused():
+                self.status = S.paused
+            case JobResumed():
+                running = self.step(StepName.render).status is StepStatus.running
+                self.status = S.rendering if running else S.queued
+            case JobCompleted():
+                self.status = S.completed
+            case JobFailed():
+                self.failure_reason = event.reason
+                self.status = S.failed
+            case JobCancellationRequested():
+                if self.status in FARM_BUSY:
+                    self.status = S.cancelling
+            case JobCancelled():
+                for step in self.steps:
+                    if step.status in (StepStatus.pending, StepStatus.running):
+                        step.status = StepStatus.cancelled
+                self.status = S.cancelled
+            case _:
+                pass  # logs, and job events this view does not show
+
+    def _record(self, event: JobFramesRendered) -> None:
+        if event.render_id != self.render_id:  # a new render: count from zero again
+            self.render_id = event.render_id
+            self.tasks_recorded, self.frames_done = 0, 0
+            self.render_seconds_total, self.workers, self.last_frames_at = 0.0, [], None
+        self.tasks_recorded += 1
+        self.frames_done += len(event.frames)
+        self.render_seconds_total += event.render_seconds
+        if event.worker not in self.workers:
+            self.workers = sorted([*self.workers, event.worker])
+        if self.last_frames_at is None or event.at > self.last_frames_at:
+            self.last_frames_at = event.at
+        step = self.step(StepName.render)
+        if step.status in (StepStatus.pending, StepStatus.running):
+            step.progress_percent = round(min(self.frames_done / self.frames_total, 1) * 100, 1)
+
+    def step(self, name: StepName) -> StepState:
+        found = next((s for s in self.steps if s.name is name), None)
+        if found is None:  # a step added after this view was stored
+            found = StepState(name=name)
+            self.steps = sorted([*self.steps, found], key=lambda s: list(StepName).index(s.name))
+        return found
+
+    # -- render -----------------------------------------------------------------------
+
+    @property
+    def frames_total(self) -> int:
+        return self.frame_range.frame_count
+
+    @property
+    def tasks_total(self) -> int:
+        return math.ceil(self.frames_total / self.chunk_size)
+
+    @property
+    def progress_percent(self) -> float:
+        if self.status is S.completed:
+            return 100.0
+        done = 0.0
+        for step in self.steps:
+            weight = STEP_WEIGHTS[step.name]
+            if step.status in (StepStatus.succeeded, StepStatus.skipped):
+                done += weight
+            elif step.status is StepStatus.running:
+                done += weight * step.progress_percent / 100
+        return round(done, 1)
+
+    @property
+    def eta(self) -> EtaView:
+        """From measured task times: the tasks left, at the mean render time of the tasks
+        recorded so far, spread over as many workers as have finished tasks of the render
+        (at least one, at most one per task left), counted from the latest task's end."""
+        if self.status in TERMINAL_STATUSES:
+            return _no_eta(EtaUnknownReason.finished)
+        if self.status is S.paused:
+            return _no_eta(EtaUnknownReason.paused)
+        if self.status is not S.rendering:
+            return _no_eta(EtaUnknownReason.not_started)
+        if not self.tasks_recorded or self.last_frames_at is None:
+            return _no_eta(EtaUnknownReason.no_measurements)
+        remaining = max(self.tasks_total - self.tasks_recorded, 0)
+        parallelism = max(1, min(len(self.workers), remaining))
+        work = remaining * self.render_seconds_total / (self.tasks_recorded * parallelism)
+        seconds = math.ceil(round(work, 6))  # 6 decimals: float noise never adds a second
+        return EtaView(
+            eta_seconds=seconds,
+            eta_at=self.last_frames_at + timedelta(seconds=seconds),
+            reason=None,
+        )
+
+    def envelope(self, version: int, updated_at: datetime) -> JobEnvelope:
+        running = [s.name for s in self.steps if s.status is StepStatus.running]
+        return JobEnvelope(
+            job_id=self.job_id,
+            name=self.name,
+            owner_id=self.owner_id,
+            status=self.status,
+            current_step=running[0] if running else None,
+            progress_percent=self.progress_percent,
+            steps=[StepView(**s.model_dump()) for s in self.steps],
+            eta=self.eta,
+            cost=CostView(
+                estimate_credits=self.cost_estimate_credits,
+                so_far_credits=self.cost_so_far_credits,
+                cap_credits=self.cost_cap_credits,
+                currency=Currency.credits,
+            ),
+            allowed_actions=_allowed_actions(self.status),
+            scene_key=self.scene_key,
+            renderer=self.renderer,
+            frame_range=self.frame_range,
+            chunk_size=self.chunk_size,
+            frames_total=self.frames_total,
+            frames_done=self.frames_done,
+            resolution=self.resolution,
+            render_settings=self.render_settings,
+            priority=self.priority,
+            failure_reason=self.failure_reason,
+            created_at=self.created_at,
+            updated_at=updated_at,
+            version=version,
+        )
+
+
+def _no_eta(reason: EtaUnknownReason) -> EtaView:
+    return EtaView(eta_seconds=None, eta_at=None, reason=reason)

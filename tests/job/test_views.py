@@ -1,0 +1,127 @@
+"""``JobView`` (the jobs read model's own state) renders, byte for byte, the envelope the job
+aggregate renders for the same events, through every path of a job; stored and read back as
+JSON after every event, as the projection does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from contracts.base import Event
+from contracts.jobs import (
+    FrameRange,
+    JobChanges,
+    JobPaused,
+    JobPriority,
+    JobResumed,
+    JobSpec,
+    JobSubmitted,
+    LogLevel,
+    Resolution,
+    StepName,
+)
+from services.job.domain import Job
+from services.job.views import JobView
+from tests.job.test_domain import NOW, outputs
+
+Decide = Callable[[Job], list[Event]]
+
+
+def submit(job: Job) -> list[Event]:
+    spec = JobSpec(
+        name="shot_010",
+        scene_key="scenes/shot_010/main.blend",
+        frame_range=FrameRange(start=1, end=24),
+        chunk_size=4,
+        resolution=Resolution(width=1920, height=1080),
+        cost_cap_credits=Decimal("100.50"),
+    )
+    return job.submit("job_1", "usr_1", spec, NOW)
+
+
+def task(n: int, worker: str, seconds: float, render: str = "job_1.full.1") -> Decide:
+    frames = outputs(*range(1 + n * 4, 5 + n * 4))
+    at = NOW + timedelta(seconds=37 * (n + 1))
+    return lambda job: job.record_frames(render, n, frames, worker, seconds, at)
+
+
+def raw(event: Event) -> Decide:
+    """An event no decide method records yet (pausing), given as history."""
+
+    def given(job: Job) -> list[Event]:
+        job.apply(event)
+        return [event]
+
+    return given
+
+
+PATHS: dict[str, Sequence[Decide]] = {
+    "edited then cancelled": [
+        submit,
+        lambda j: j.update(JobChanges(name="shot_011", priority=JobPriority.high)),
+        lambda j: j.update(JobChanges(clear_cost_cap=True)),
+        lambda j: j.update(JobChanges(frame_range=FrameRange(start=1, end=40), chunk_size=8)),
+        lambda j: j.log_step(StepName.scene_check, LogLevel.info, "hello", NOW),
+        lambda j: j.cancel("wrong camera", NOW),
+    ],
+    "rendered on three workers, paused, resumed, completed": [
+        submit,
+        lambda j: j.queue("no scene processing yet", NOW),
+        task(0, "w1", 10.25),
+        task(2, "w2", 7.1),
+        raw(JobPaused(job_id="job_1", reason="cost cap", at=NOW)),
+        raw(JobResumed(job_id="job_1", at=NOW)),
+        task(1, "w3", 12.0),
+        task(3, "w1", 0.3),
+        task(4, "w2", 9.9),
+        task(5, "w2", 9.9),
+        lambda j: j.complete(NOW + timedelta(hours=1)),
+    ],
+    "a second render replaces the first, then fails": [
+        submit,
+        lambda j: j.queue("none", NOW),
+        lambda j: j.start_render(NOW),
+        task(0, "w1", 3.0),
+        task(1, "w1", 3.0, render="job_1.full.2"),
+        lambda j: j.fail("out of memory", NOW),
+    ],
+    "cancelled while rendering, confirmed by the farm": [
+        submit,
+        lambda j: j.queue("none", NOW),
+        task(0, "w1", 5.0),
+        lambda j: j.cancel(None, NOW),
+        lambda j: j.confirm_cancelled(NOW),
+    ],
+    "deleted on the farm": [
+        submit,
+        lambda j: j.queue("none", NOW),
+        lambda j: j.start_render(NOW),
+        lambda j: j.confirm_cancelled(NOW),
+    ],
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_the_view_renders_the_aggregates_envelope_after_every_event(path: str) -> None:
+    # ``job`` decides (and records several events at once); ``replica`` replays them one by
+    # one, so the two models are compared after every single event.
+    job, replica, view, version = Job(), Job(), None, 0
+    for decide in PATHS[path]:
+        for event in decide(job):
+            replica.apply(event)
+            version += 1
+            if isinstance(event, JobSubmitted):
+                view = JobView.submitted(event)
+            else:
+                assert view is not None
+                view = JobView.model_validate(view.model_dump(mode="json"))
+                view.apply(event)
+            at = NOW + timedelta(minutes=version)
+            assert (
+                view.envelope(version, at).model_dump_json()
+                == replica.envelope(version, at).model_dump_json()
+            ), f"{path}: after {type(event).__name__} (v{version})"
+    assert version > 4
