@@ -93,6 +93,16 @@ class EventRegistry:
         cls = self.cls_for(event_type)
         return cls.model_validate(self.upcast(event_type, version, data))
 
+    def public_data(self, event_type: str, data: JsonDict) -> JsonDict:
+        """``data`` with the type's private fields masked as :data:`REDACTED` (as on the bus).
+
+        An unknown type has no private fields we know of: its data is returned as is.
+        """
+        cls = self._events.get(event_type)
+        if cls is None or not cls.private_fields:
+            return data
+        return {k: (REDACTED if k in cls.private_fields else v) for k, v in data.items()}
+
     def types(self) -> dict[str, type[Event]]:
         return dict(self._events)
 

@@ -12,7 +12,7 @@ import asyncio
 import orjson
 from nats.js import JetStreamContext
 
-from contracts.base import EVENTS, REDACTED, JsonDict, UnknownEventType
+from contracts.base import EVENTS, JsonDict
 from libs.bus.nats import event_subject
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Tailer
@@ -21,11 +21,7 @@ from libs.eventstore.store import EventStore, RecordedEvent
 
 def public_data(e: RecordedEvent) -> JsonDict:
     """The event's data with its private fields masked (they stay in the owner's store)."""
-    try:
-        private = EVENTS.cls_for(e.event_type).private_fields
-    except UnknownEventType:
-        return e.data
-    return {k: (REDACTED if k in private else v) for k, v in e.data.items()}
+    return EVENTS.public_data(e.event_type, e.data)
 
 
 def wire_body(e: RecordedEvent) -> bytes:

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
+import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request
@@ -16,6 +17,11 @@ from contracts.errors import DomainError
 from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
+from libs.readmodels import identity as identity_queries
+from libs.readmodels import jobs as job_queries
+from libs.readmodels import read_only_pool
+from libs.readmodels.identity import IdentityQuery
+from libs.readmodels.jobs import JobsQuery
 from libs.runtime import ServiceRuntime, run
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -32,13 +38,22 @@ log = get_logger(__name__)
 class Gateway:
     """Everything the routes need, built once at start-up."""
 
-    def __init__(self, settings: GatewaySettings, rt: ServiceRuntime, redis: aioredis.Redis):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        rt: ServiceRuntime,
+        redis: aioredis.Redis,
+        read_pool: asyncpg.Pool,
+    ):
         self.settings = settings
         self.rt = rt
         self.redis = redis
         self.commands = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
-        self.read = ReadModels(rt.pool)
-        self.auth = Authenticator(settings, rt.pool)
+        #: Read-only connections for the owners' read models (their query modules, ADR 0007).
+        self.read_pool = read_pool
+        identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
+        self.read = ReadModels(JobsQuery(read_pool, job_queries.SCHEMA), identity)
+        self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(redis, settings.redis_prefix)
         self.idempotency = IdempotencyStore(
             redis, settings.redis_prefix, settings.idempotency_ttl_seconds
@@ -82,10 +97,35 @@ async def build(settings: GatewaySettings) -> Gateway:
     rt = ServiceRuntime(settings, schema="gateway")
     await rt.start()
     redis = aioredis.from_url(settings.redis_url)
-    gw = Gateway(settings, rt, redis)
+    read_pool = await read_only_pool(settings.database_url, max_size=settings.db_pool_size)
+    gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
+    rt.background("read-pool", _close_when_stopping(read_pool))
     rt.readiness_checks.append(_redis_check(redis))
+    rt.readiness_checks.append(_pool_check(read_pool))
     return gw
+
+
+def _close_when_stopping(pool: asyncpg.Pool) -> Callable[[asyncio.Event], Awaitable[None]]:
+    """Closes the read pool when the service stops (after the HTTP server has)."""
+
+    async def close(stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        await pool.close()
+
+    return close
+
+
+def _pool_check(pool: asyncpg.Pool) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as e:
+            return f"read-only database pool: {e!r}"
+        return None
+
+    return check
 
 
 def _redis_check(redis: aioredis.Redis) -> Callable[[], Awaitable[str | None]]:
