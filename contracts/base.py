@@ -93,6 +93,17 @@ class EventRegistry:
         cls = self.cls_for(event_type)
         return cls.model_validate(self.upcast(event_type, version, data))
 
+    def public_data(self, event_type: str, data: JsonDict) -> JsonDict | None:
+        """``data`` with the type's private fields masked as :data:`REDACTED` (as on the bus).
+
+        None for an unknown type: which of its fields are secret is unknown, so none of its
+        data may leave the owner's store (fail closed).
+        """
+        cls = self._events.get(event_type)
+        if cls is None:
+            return None
+        return {k: (REDACTED if k in cls.private_fields else v) for k, v in data.items()}
+
     def types(self) -> dict[str, type[Event]]:
         return dict(self._events)
 

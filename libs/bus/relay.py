@@ -21,7 +21,7 @@ import asyncio
 import orjson
 from nats.js import JetStreamContext
 
-from contracts.base import REDACTED, EventRegistry, JsonDict, UnknownEventType
+from contracts.base import EventRegistry, JsonDict
 from libs.bus.nats import event_subject
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Tailer
@@ -37,11 +37,7 @@ WITHHELD_HEADER = "Es-Data-Withheld"
 
 def public_data(e: RecordedEvent, registry: EventRegistry) -> JsonDict | None:
     """The event's data with its private fields masked; None if its type is unknown."""
-    try:
-        private = registry.cls_for(e.event_type).private_fields
-    except UnknownEventType:
-        return None
-    return {k: (REDACTED if k in private else v) for k, v in e.data.items()}
+    return registry.public_data(e.event_type, e.data)
 
 
 def wire_body(e: RecordedEvent, data: JsonDict | None) -> bytes:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import asyncpg
-
 from contracts.errors import (
     ApiKeyExpired,
     ApiKeyRevoked,
@@ -26,6 +24,7 @@ from libs.auth import (
     verify_access_token,
 )
 from libs.bus.commands import Actor
+from libs.readmodels.identity import IdentityQuery
 from services.gateway.settings import GatewaySettings
 
 ALL_SCOPES = frozenset(Scope)
@@ -70,9 +69,9 @@ VERIFIED_CACHE_SIZE = 10_000
 
 
 class Authenticator:
-    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: GatewaySettings, identity: IdentityQuery) -> None:
         self.settings = settings
-        self.pool = pool
+        self.identity = identity
         self._verified: dict[str, AccessClaims] = {}
 
     def _claims(self, token: str) -> AccessClaims:
@@ -112,24 +111,11 @@ class Authenticator:
         if parts is None:
             raise InvalidApiKey("malformed API key")
         key_id, secret = parts
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT k.user_id, k.scopes, k.key_hash, k.revoked_at, k.expires_at, u.role"
-                " FROM identity.api_keys k JOIN identity.users u USING (user_id)"
-                " WHERE k.key_id = $1",
-                key_id,
-            )
-        if row is None or not constant_time_equal(
-            row["key_hash"], keyed_hash(self.settings, secret)
-        ):
+        key = await self.identity.api_key_credential(key_id)
+        if key is None or not constant_time_equal(key.key_hash, keyed_hash(self.settings, secret)):
             raise InvalidApiKey("unknown API key")
-        if row["revoked_at"] is not None:
+        if key.revoked_at is not None:
             raise ApiKeyRevoked("this API key has been revoked")
-        if row["expires_at"] is not None and row["expires_at"] <= datetime.now(UTC):
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             raise ApiKeyExpired("this API key has expired")
-        return Principal(
-            user_id=row["user_id"],
-            role=Role(row["role"]),
-            api_key_id=key_id,
-            scopes=frozenset(Scope(s) for s in row["scopes"]),
-        )
+        return Principal(user_id=key.user_id, role=key.role, api_key_id=key_id, scopes=key.scopes)

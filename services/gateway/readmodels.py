@@ -1,17 +1,17 @@
-"""Read-only queries on the owners' read models (``job.jobs``, ``identity.*``).
+"""The owners' read models as the API serves them (jobs, frames, job history, users, keys).
 
+The data comes only through the owners' query modules (:mod:`libs.readmodels`, ADR 0007).
 Job envelopes are stored as the exact JSON text clients get, so they are served as bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from typing import Any
-
-import asyncpg
 
 from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp
+from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
+from libs.readmodels.identity import IdentityQuery
+from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
 
 _CATCH_UP_SECONDS = 5.0
 #: The largest value an ``integer`` (int4) column holds: positions and frame numbers.
@@ -52,8 +52,12 @@ def page_body(items: list[str], next_cursor: str | None) -> bytes:
 
 
 class ReadModels:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    """The gateway's use of the owners' read models, through their query modules (ADR 0007):
+    cursors, pages of stored bytes and the errors the API answers. No SQL here."""
+
+    def __init__(self, jobs: JobsQuery, identity: IdentityQuery) -> None:
+        self.jobs = jobs
+        self.identity = identity
 
     async def job_envelope(self, job_id: str, owner_id: str | None, min_version: int = 0) -> str:
         """The job's envelope JSON; someone else's job is a 404, like a missing one.
@@ -61,21 +65,14 @@ class ReadModels:
         With ``min_version`` (the stream version a command just reached) it waits until the
         read model shows at least that version: a client always reads its own writes.
         """
-        sql = "SELECT envelope, version FROM job.jobs WHERE job_id = $1"
-        args: list[object] = [job_id]
-        if owner_id is not None:
-            sql += " AND owner_id = $2"
-            args.append(owner_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (_CATCH_UP_SECONDS if min_version else 0)
-        while True:
-            async with self.pool.acquire() as conn:
-                row = await conn.fetchrow(sql, *args)
-            if row is not None and row["version"] >= min_version:
-                return str(row["envelope"])
-            if loop.time() >= deadline:
-                break
-            await asyncio.sleep(0.01)
+        if min_version:
+            found = await self.jobs.wait_for_envelope(
+                job_id, owner_id, min_version, _CATCH_UP_SECONDS
+            )
+        else:
+            found = await self.jobs.envelope(job_id, owner_id)
+        if found is not None and found.version >= min_version:
+            return found.envelope
         if min_version:
             raise JobViewCatchingUp(
                 f"job {job_id} was changed but its view is still catching up; retry the same"
@@ -89,82 +86,28 @@ class ReadModels:
     ) -> bytes:
         """Newest first (job ids sort by creation time), ``limit`` per page."""
         after = decode_cursor(cursor)
-        where: list[str] = ["TRUE"]
-        args: list[object] = []
-        for column, value in (("owner_id", owner_id), ("status", status)):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        if after is not None:
-            args.append(after)
-            where.append(f"job_id < ${len(args)}")
-        args.append(limit + 1)
-        sql = (
-            f"SELECT job_id, envelope FROM job.jobs WHERE {' AND '.join(where)}"
-            f" ORDER BY job_id DESC LIMIT ${len(args)}"
-        )
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
+        rows = await self.jobs.list_envelopes(owner_id, status, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1]["job_id"]) if more and rows else None
-        return page_body([r["envelope"] for r in rows], next_cursor)
+        next_cursor = encode_cursor(rows[-1].job_id) if more and rows else None
+        return page_body([r.envelope for r in rows], next_cursor)
 
-    async def job_events(self, job_id: str, after_version: int, limit: int) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as conn:
-            return list(
-                await conn.fetch(
-                    "SELECT version, type, data, metadata, recorded_at FROM job.events"
-                    " WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3",
-                    f"job-{job_id}",
-                    after_version,
-                    limit,
-                )
-            )
+    async def job_events(self, job_id: str, after_version: int, limit: int) -> list[JobEvent]:
+        return await self.jobs.events(job_id, after_version, limit)
 
-    async def job_frames(self, job_id: str, after_frame: int, limit: int) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as conn:
-            return list(
-                await conn.fetch(
-                    "SELECT frame, path, size_bytes, sha256, worker, rendered_at FROM job.frames"
-                    " WHERE job_id = $1 AND frame > $2 ORDER BY frame LIMIT $3",
-                    job_id,
-                    after_frame,
-                    limit,
-                )
-            )
+    async def job_frames(self, job_id: str, after_frame: int, limit: int) -> list[RenderedFrame]:
+        return await self.jobs.frames(job_id, after_frame, limit)
 
-    async def user(self, user_id: str) -> dict[str, Any] | None:
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT user_id, email, display_name, role, status, registered_at, approved_at"
-                " FROM identity.users WHERE user_id = $1",
-                user_id,
-            )
-        return dict(row) if row else None
+    async def user(self, user_id: str) -> UserProfile | None:
+        return await self.identity.user(user_id)
 
     async def users(
         self, status: str | None, cursor: str | None, limit: int
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[UserProfile], str | None]:
         after = decode_cursor(cursor)
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT user_id, email, display_name, role, status, registered_at, approved_at"
-                " FROM identity.users WHERE ($1::text IS NULL OR status = $1)"
-                " AND ($2::text IS NULL OR user_id > $2) ORDER BY user_id LIMIT $3",
-                status,
-                after,
-                limit + 1,
-            )
-        items = [dict(r) for r in rows[:limit]]
-        return items, (encode_cursor(items[-1]["user_id"]) if len(rows) > limit else None)
+        rows = await self.identity.users(UserStatus(status) if status else None, after, limit + 1)
+        items = rows[:limit]
+        return items, (encode_cursor(items[-1].user_id) if len(rows) > limit else None)
 
-    async def api_keys(self, user_id: str) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT key_id, name, scopes, spend_cap_credits, created_at, expires_at,"
-                " last_used_at, revoked_at FROM identity.api_keys WHERE user_id = $1"
-                " ORDER BY key_id",
-                user_id,
-            )
-        return [dict(r) for r in rows]
+    async def api_keys(self, user_id: str) -> list[ApiKeyInfo]:
+        return await self.identity.api_keys(user_id)

@@ -78,9 +78,16 @@ class JobPage(BaseModel):
 class JobEventView(BaseModel):
     version: int = Field(description="Position of the event in the job's history, from 1.")
     type: str = Field(description="Event type, e.g. job.JobSubmitted.")
+    schema_version: int = Field(
+        description="Schema version of the event type that data follows: always the current one"
+        " (events stored in an older version are upcast)."
+    )
     recorded_at: datetime = Field(description="UTC time the event was recorded.")
     actor_id: str | None = Field(description="Who caused it (user id or service); null if unknown.")
-    data: dict[str, Any] = Field(description="The event's fields.")
+    data: dict[str, Any] = Field(
+        description="The event's fields in the current schema of its type; private fields"
+        " (hashes of secrets) are 'redacted'."
+    )
 
 
 class JobEventPage(BaseModel):

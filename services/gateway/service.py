@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
+import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request
@@ -15,6 +16,11 @@ from contracts.errors import DomainError
 from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
+from libs.readmodels import identity as identity_queries
+from libs.readmodels import jobs as job_queries
+from libs.readmodels import read_only_pool
+from libs.readmodels.identity import IdentityQuery
+from libs.readmodels.jobs import JobsQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -32,14 +38,21 @@ class Gateway:
     """Everything the routes need, built once at start-up."""
 
     def __init__(
-        self, settings: GatewaySettings, rt: ServiceRuntime[Gateway], redis: aioredis.Redis
+        self,
+        settings: GatewaySettings,
+        rt: ServiceRuntime[Gateway],
+        redis: aioredis.Redis,
+        read_pool: asyncpg.Pool,
     ) -> None:
         self.settings = settings
         self.rt = rt
         self.redis = redis
         self.commands = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
-        self.read = ReadModels(rt.pool)
-        self.auth = Authenticator(settings, rt.pool)
+        #: Read-only connections for the owners' read models (their query modules, ADR 0007).
+        self.read_pool = read_pool
+        identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
+        self.read = ReadModels(JobsQuery(read_pool, job_queries.SCHEMA), identity)
+        self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(redis, settings.redis_prefix)
         self.idempotency = IdempotencyStore(
             redis, settings.redis_prefix, settings.idempotency_ttl_seconds
@@ -83,9 +96,12 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
     assert isinstance(settings, GatewaySettings)
     redis = aioredis.from_url(settings.redis_url)
     rt.on_close(redis.aclose)
-    gw = Gateway(settings, rt, redis)
+    read_pool = await read_only_pool(settings.database_url, max_size=settings.db_pool_size)
+    rt.on_close(read_pool.close)
+    gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
     rt.readiness_checks.append(_redis_check(redis))
+    rt.readiness_checks.append(_pool_check(read_pool))
     server = _Server(
         uvicorn.Config(
             gw.app,
@@ -117,6 +133,18 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
 
     rt.front_door(serve_http, stop_http)
     return gw
+
+
+def _pool_check(pool: asyncpg.Pool) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as e:
+            return f"read-only database pool: {e!r}"
+        return None
+
+    return check
 
 
 def _redis_check(redis: aioredis.Redis) -> Callable[[], Awaitable[str | None]]:

@@ -1,7 +1,8 @@
 """Read models of the identity service.
 
-The gateway reads ``identity.users`` and ``identity.api_keys`` directly (read-only) to
-authenticate API keys and to list users and keys: their column names are an interface.
+The gateway reads ``identity.users`` and ``identity.api_keys`` (read-only) to authenticate
+API keys and to list users and keys, only through ``libs/readmodels/identity.py``: a change to
+the columns it reads changes that module in the same commit (ADR 0007).
 Tables: ``services/identity/migrations``.
 """
 

@@ -34,7 +34,7 @@ async def list_users(
     gw, p = gateway(request), principal(request)
     p.require_admin()
     rows, next_cursor = await gw.read.users(status.value if status else None, cursor, limit)
-    return UserPage(items=[UserProfile(**r) for r in rows], next_cursor=next_cursor)
+    return UserPage(items=rows, next_cursor=next_cursor)
 
 
 @router.post(

@@ -71,7 +71,7 @@ async def create_api_key(
 async def list_api_keys(request: Request) -> ApiKeyList:
     gw, p = gateway(request), principal(request)
     p.require_session()
-    return ApiKeyList(items=[ApiKeyInfo(**row) for row in await gw.read.api_keys(p.user_id)])
+    return ApiKeyList(items=await gw.read.api_keys(p.user_id))
 
 
 @router.post(

@@ -110,7 +110,7 @@ async def refresh_session(request: Request, body: RefreshRequest) -> TokenPair:
 )
 async def get_current_user(request: Request) -> UserProfile:
     gw, p = gateway(request), principal(request)
-    row = await gw.read.user(p.user_id)
-    if row is None:
+    user = await gw.read.user(p.user_id)
+    if user is None:
         raise UserNotFound(f"no user {p.user_id}")
-    return UserProfile(**row)
+    return user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request
@@ -234,7 +235,9 @@ async def cancel_job(
     summary="List a job's events",
     description=(
         "The job's full history as recorded events, oldest first: submission, changes,"
-        " steps, progress, logs, completion. Paginated with next_cursor."
+        " steps, progress, logs, completion. Each event's data is in the current schema of"
+        " its type (older stored versions are upcast), with secrets masked as 'redacted'."
+        " Paginated with next_cursor."
     ),
     response_model=JobEventPage,
     responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
@@ -249,13 +252,14 @@ async def list_job_events(
     rows = await gw.read.job_events(job_id, 0 if after is None else after, limit + 1)
     items = [
         JobEventView(
-            version=r["version"],
-            type=r["type"],
-            recorded_at=r["recorded_at"],
-            actor_id=(r["metadata"].get("actor") or {}).get("id"),
-            data=r["data"],
+            version=e.version,
+            type=e.type,
+            schema_version=e.schema_version,
+            recorded_at=e.recorded_at,
+            actor_id=e.actor_id,
+            data=e.data,
         )
-        for r in rows[:limit]
+        for e in rows[:limit]
     ]
     more = len(rows) > limit
     return JobEventPage(
@@ -283,7 +287,7 @@ async def list_job_frames(
     await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
     after = int_cursor(cursor)
     rows = await gw.read.job_frames(job_id, -1 if after is None else after, limit + 1)
-    items = [JobFrameView(**dict(r)) for r in rows[:limit]]
+    items = [JobFrameView(**asdict(r)) for r in rows[:limit]]
     more = len(rows) > limit
     return JobFramePage(
         items=items, next_cursor=encode_cursor(str(items[-1].frame)) if more else None

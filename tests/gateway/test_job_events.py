@@ -1,0 +1,38 @@
+"""A job's history is served in the current schema of each event type, secrets masked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.base import EVENTS
+from libs.runtime import ServiceRuntime
+from tests.contracts.upcasting import NoteAdded, insert_v1_note, note_v1_to_v2, served_note
+from tests.fixtures import Users, job_spec
+
+
+async def test_an_event_stored_in_an_older_schema_is_served_upcast_and_masked(
+    client: httpx.AsyncClient,
+    users: Users,
+    job_service: ServiceRuntime[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # job.NoteAdded exists only in this test: at version 2, with an upcaster from version 1.
+    monkeypatch.setitem(EVENTS._events, NoteAdded.event_type, NoteAdded)
+    monkeypatch.setitem(EVENTS._upcasters, (NoteAdded.event_type, 1), note_v1_to_v2)
+    me = users.new()
+    r = await client.post("/v1/jobs", json=job_spec(), headers=me)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    await insert_v1_note(job_service.pool, job["job_id"], job["version"] + 1, "usr_x")
+
+    r = await client.get(f"/v1/jobs/{job['job_id']}/events", headers=me)
+    assert r.status_code == 200, r.text
+    submitted, note = r.json()["items"]
+    assert (submitted["type"], submitted["schema_version"]) == ("job.JobSubmitted", 1)
+    assert note["type"] == "job.NoteAdded" and note["version"] == job["version"] + 1
+    assert note["schema_version"] == 2  # the current version, not the stored 1
+    assert note["data"] == served_note(job["job_id"])  # v2 shape, token_hash masked
+    assert note["actor_id"] == "usr_x"
