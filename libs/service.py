@@ -39,8 +39,6 @@ class Service:
     projections: Sequence[Projection] = ()
     #: Connects handlers, consumers, background tasks and readiness checks.
     wire: Wire | None = None
-    #: Whether it publishes its events to JetStream (every service that records events).
-    relay: bool = True
     #: Numbered ``NNNN_name.sql`` files, applied in order under a lock at start-up.
     migrations: Path | None = None
     #: Names of the secret settings it uses; ``make up`` hands it only these.
