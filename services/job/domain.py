@@ -1,6 +1,8 @@
-"""The job aggregate: lifecycle state machine, steps, progress, and the envelope clients see.
+"""The job aggregate: the lifecycle state machine and the rules of each command.
 
-Pure: no I/O and no clock (times come in with the command or the event).
+It keeps what its decisions need; what clients see (the envelope, progress, the ETA) is the
+jobs read model's own view (:mod:`services.job.views`). Pure: no I/O and no clock (times come
+in with the command or the event).
 """
 
 from __future__ import annotations
@@ -8,13 +10,12 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from pydantic import BaseModel
 
 from contracts.base import Event
-from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, JobEnvelope, StepView
 from contracts.errors import (
     InvalidStateTransition,
     JobCancelling,
@@ -27,7 +28,6 @@ from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameOutput,
     FrameRange,
-    JobAction,
     JobCancellationRequested,
     JobCancelled,
     JobChanges,
@@ -86,15 +86,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 SETTINGS_EDITABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_ready})
 #: Cancelling from these needs the farm to confirm it stopped; from others it is immediate.
 FARM_BUSY = frozenset({S.test_rendering, S.queued, S.rendering, S.paused})
-
-#: Share of overall progress each step stands for (sums to 100).
-STEP_WEIGHTS: dict[StepName, int] = {
-    StepName.scene_check: 5,
-    StepName.repath: 5,
-    StepName.render_settings: 5,
-    StepName.test_render: 5,
-    StepName.render: 80,
-}
 
 _STEP_STARTS_STATUS = {
     StepName.scene_check: S.preparing,
@@ -160,20 +151,6 @@ def _with_task(ranges: Sequence[tuple[int, int]], task_id: int) -> TaskRanges:
     return out
 
 
-def _allowed_actions(status: JobStatus) -> list[JobAction]:
-    if status in TERMINAL_STATUSES or status is S.cancelling:
-        return []
-    actions = [JobAction.update]
-    if status in SETTINGS_EDITABLE:
-        actions.append(JobAction.update_render_settings)
-    actions.append(JobAction.cancel)
-    return actions
-
-
-def _no_eta(reason: EtaUnknownReason) -> EtaView:
-    return EtaView(eta_seconds=None, eta_at=None, reason=reason)
-
-
 class Job(Aggregate):
     """A render job (stream ``job-<job id>``)."""
 
@@ -191,8 +168,6 @@ class Job(Aggregate):
     render_settings: RenderSettings = RenderSettings()
     priority: JobPriority = JobPriority.normal
     cost_cap_credits: Decimal | None = None
-    cost_so_far_credits: Decimal = Decimal(0)
-    cost_estimate_credits: Decimal | None = None
     steps: list[Step] = []
     frames_done: int = 0
     failure_reason: str | None = None
@@ -204,11 +179,6 @@ class Job(Aggregate):
     #: Task ids recorded for ``render_id``, as sorted inclusive ranges (not one per task).
     task_ranges: TaskRanges = []
     tasks_recorded: int = 0
-    render_seconds_total: float = 0.0
-    #: Distinct farm workers that finished tasks of the current render, sorted.
-    workers: list[str] = []
-    #: Latest ``at`` of the recorded tasks: the ETA counts from here.
-    last_frames_at: datetime | None = None
 
     # -- evolve -----------------------------------------------------------------------
 
@@ -293,15 +263,9 @@ class Job(Aggregate):
                 self.past_render_ids.append(self.render_id)
             self.render_id = event.render_id
             self.task_ranges, self.tasks_recorded, self.frames_done = [], 0, 0
-            self.render_seconds_total, self.workers, self.last_frames_at = 0.0, [], None
         self.task_ranges = _with_task(self.task_ranges, event.task_id)
         self.tasks_recorded += 1
         self.frames_done += len(event.frames)
-        self.render_seconds_total += event.render_seconds
-        if event.worker not in self.workers:
-            self.workers = sorted([*self.workers, event.worker])
-        if self.last_frames_at is None or event.at > self.last_frames_at:
-            self.last_frames_at = event.at
         step = self.step(StepName.render)
         if step.status in (StepStatus.pending, StepStatus.running):
             step.progress_percent = round(min(self.frames_done / self.frames_total, 1) * 100, 1)
@@ -310,10 +274,6 @@ class Job(Aggregate):
     def frames_total(self) -> int:
         assert self.frame_range is not None
         return self.frame_range.frame_count
-
-    @property
-    def tasks_total(self) -> int:
-        return math.ceil(self.frames_total / self.chunk_size)
 
     def _move(self, to: JobStatus) -> None:
         """Change status. A change the state machine does not allow is refused when recorded
@@ -543,79 +503,6 @@ class Job(Aggregate):
                 f"job {self.job_id} is already {self.status}",
                 status=self.status,
             )
-
-    # -- view -------------------------------------------------------------------------
-
-    @property
-    def progress_percent(self) -> float:
-        if self.status is S.completed:
-            return 100.0
-        done = 0.0
-        for step in self.steps:
-            weight = STEP_WEIGHTS[step.name]
-            if step.status in (StepStatus.succeeded, StepStatus.skipped):
-                done += weight
-            elif step.status is StepStatus.running:
-                done += weight * step.progress_percent / 100
-        return round(done, 1)
-
-    @property
-    def eta(self) -> EtaView:
-        """From measured task times: the tasks left, at the mean render time of the tasks
-        recorded so far, spread over as many workers as have finished tasks of the render
-        (at least one, at most one per task left), counted from the latest task's end."""
-        if self.status in TERMINAL_STATUSES:
-            return _no_eta(EtaUnknownReason.finished)
-        if self.status is S.paused:
-            return _no_eta(EtaUnknownReason.paused)
-        if self.status is not S.rendering:
-            return _no_eta(EtaUnknownReason.not_started)
-        if not self.tasks_recorded or self.last_frames_at is None:
-            return _no_eta(EtaUnknownReason.no_measurements)
-        remaining = max(self.tasks_total - self.tasks_recorded, 0)
-        parallelism = max(1, min(len(self.workers), remaining))
-        work = remaining * self.render_seconds_total / (self.tasks_recorded * parallelism)
-        seconds = math.ceil(round(work, 6))  # 6 decimals: float noise never adds a second
-        return EtaView(
-            eta_seconds=seconds,
-            eta_at=self.last_frames_at + timedelta(seconds=seconds),
-            reason=None,
-        )
-
-    def envelope(self, version: int, updated_at: datetime) -> JobEnvelope:
-        assert self.status is not None and self.frame_range is not None
-        assert self.resolution is not None and self.created_at is not None
-        running = [s.name for s in self.steps if s.status is StepStatus.running]
-        return JobEnvelope(
-            job_id=self.job_id,
-            name=self.name,
-            owner_id=self.owner_id,
-            status=self.status,
-            current_step=running[0] if running else None,
-            progress_percent=self.progress_percent,
-            steps=[StepView(**s.model_dump()) for s in self.steps],
-            eta=self.eta,
-            cost=CostView(
-                estimate_credits=self.cost_estimate_credits,
-                so_far_credits=self.cost_so_far_credits,
-                cap_credits=self.cost_cap_credits,
-                currency=Currency.credits,
-            ),
-            allowed_actions=_allowed_actions(self.status),
-            scene_key=self.scene_key,
-            renderer=self.renderer,
-            frame_range=self.frame_range,
-            chunk_size=self.chunk_size,
-            frames_total=self.frames_total,
-            frames_done=self.frames_done,
-            resolution=self.resolution,
-            render_settings=self.render_settings,
-            priority=self.priority,
-            failure_reason=self.failure_reason,
-            created_at=self.created_at,
-            updated_at=updated_at,
-            version=version,
-        )
 
 
 class OwnerJobs(Aggregate):

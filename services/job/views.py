@@ -22,6 +22,7 @@ from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, Jo
 from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameRange,
+    JobAction,
     JobCancellationRequested,
     JobCancelled,
     JobCompleted,
@@ -49,9 +50,30 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
-from services.job.domain import FARM_BUSY, STEP_WEIGHTS, _allowed_actions
+from services.job.domain import FARM_BUSY, SETTINGS_EDITABLE
 
 S = JobStatus
+
+#: Share of overall progress each step stands for (sums to 100).
+STEP_WEIGHTS: dict[StepName, int] = {
+    StepName.scene_check: 5,
+    StepName.repath: 5,
+    StepName.render_settings: 5,
+    StepName.test_render: 5,
+    StepName.render: 80,
+}
+
+
+def allowed_actions(status: JobStatus) -> list[JobAction]:
+    """What a client may do next with a job in ``status`` (the envelope's list)."""
+    if status in TERMINAL_STATUSES or status is S.cancelling:
+        return []
+    actions = [JobAction.update]
+    if status in SETTINGS_EDITABLE:
+        actions.append(JobAction.update_render_settings)
+    actions.append(JobAction.cancel)
+    return actions
+
 
 #: The status a job is in once a step starts.
 STEP_STARTS_STATUS = {
@@ -278,7 +300,7 @@ class JobView(BaseModel):
                 cap_credits=self.cost_cap_credits,
                 currency=Currency.credits,
             ),
-            allowed_actions=_allowed_actions(self.status),
+            allowed_actions=allowed_actions(self.status),
             scene_key=self.scene_key,
             renderer=self.renderer,
             frame_range=self.frame_range,

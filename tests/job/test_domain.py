@@ -1,5 +1,6 @@
 """The job aggregate, without I/O: the scheduler's commands, out-of-order and repeated
-delivery, the slot-freeing terminal events, and the measured ETA."""
+delivery, the slot-freeing terminal events, and the measured ETA its events give the jobs
+read model's view."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from contracts.jobs import (
     JobStepSkipped,
     JobStepStarted,
     JobStepSucceeded,
+    JobSubmitted,
     LogLevel,
     Resolution,
     StepName,
@@ -43,6 +45,7 @@ from services.job.domain import (
     Job,
     OwnerJobs,
 )
+from services.job.views import JobView
 from tests.aggregates import evolve, given
 
 NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
@@ -125,8 +128,8 @@ def test_queueing_a_submitted_job_skips_the_steps_before_the_render() -> None:
     evolve(job, events)
     assert job.status is S.queued
     assert [s.status for s in job.steps] == [StepStatus.skipped] * 4 + [StepStatus.pending]
-    assert job.progress_percent == 20.0
-    assert job.envelope(6, NOW).eta.reason == "not_started"
+    assert view(job).progress_percent == 20.0
+    assert view(job).eta.reason == "not_started"
 
 
 def test_queueing_a_prepared_job_skips_only_what_is_still_pending() -> None:
@@ -191,7 +194,7 @@ def test_starting_the_render_moves_a_queued_job_to_rendering_once() -> None:
     evolve(job, events)
     assert job.status is S.rendering and job.step(StepName.render).status is StepStatus.running
     assert job.start_render(NOW) == []
-    assert job.envelope(7, NOW).eta.reason == "no_measurements"
+    assert view(job).eta.reason == "no_measurements"
 
 
 def test_a_start_that_arrives_after_a_task_result_or_the_end_changes_nothing() -> None:
@@ -213,10 +216,10 @@ def test_recording_a_task_counts_its_frames_and_the_render_steps_progress() -> N
     evolve(job, events)
     assert job.frames_done == 4
     assert job.step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
-    assert job.progress_percent == round(20 + 80 * 16.7 / 100, 1)
+    assert view(job).progress_percent == round(20 + 80 * 16.7 / 100, 1)
     evolve(job, record(job, 1))
     assert job.frames_done == 8 and job.step(StepName.render).progress_percent == 33.3
-    envelope = job.envelope(9, NOW)
+    envelope = view(job).envelope(9, NOW)
     assert envelope.frames_done == 8 and envelope.frames_total == 24
 
 
@@ -273,7 +276,7 @@ def test_a_new_render_of_the_job_counts_from_zero_and_the_old_ones_results_are_i
     evolve(job, record(job, 1))
     evolve(job, record(job, 0, render_id="job_1.full.2", worker="w9", seconds=50))
     assert job.render_id == "job_1.full.2" and job.past_render_ids == [RENDER]
-    assert (job.frames_done, job.tasks_recorded, job.workers) == (4, 1, ["w9"])
+    assert (job.frames_done, job.tasks_recorded, view(job).workers) == (4, 1, ["w9"])
     assert record(job, 2) == []  # attempt 1 was replaced
     assert types(record(job, 1, render_id="job_1.full.2")) == ["JobFramesRendered"]
 
@@ -318,9 +321,9 @@ def test_completing_a_rendering_job_succeeds_the_render_step() -> None:
     events = job.complete(NOW)
     assert types(events) == ["JobStepSucceeded", "JobCompleted"]
     evolve(job, events)
-    assert job.status is S.completed and job.progress_percent == 100.0
+    assert job.status is S.completed and view(job).progress_percent == 100.0
     assert job.step(StepName.render).status is StepStatus.succeeded
-    envelope = job.envelope(8, NOW)
+    envelope = view(job).envelope(8, NOW)
     assert envelope.eta.reason == "finished" and envelope.allowed_actions == []
     assert job.complete(NOW) == []
 
@@ -427,8 +430,18 @@ def test_every_way_a_job_ends_carries_an_event_that_frees_the_owners_slot() -> N
 # -- ETA ---------------------------------------------------------------------------------
 
 
-def eta(job: Job) -> EtaView:
-    return job.envelope(1, NOW).eta
+def view(job: Job, *history: Event) -> JobView:
+    """The jobs read model's view of what ``job`` recorded, then of ``history``."""
+    first, *rest = [*job.pending, *history]
+    assert isinstance(first, JobSubmitted)
+    seen = JobView.submitted(first)
+    for e in rest:
+        seen.apply(e)
+    return seen
+
+
+def eta(job: Job, *history: Event) -> EtaView:
+    return view(job, *history).eta
 
 
 def test_the_eta_spreads_the_tasks_left_at_their_mean_time_over_the_workers_seen() -> None:
@@ -475,8 +488,9 @@ def test_without_a_measurement_or_while_not_rendering_there_is_no_eta() -> None:
 
     job = rendering()
     evolve(job, record(job, 0))
-    given(job, JobPaused(job_id="job_1", reason="cost cap", at=NOW))
-    assert eta(job).reason == "paused"
+    paused = JobPaused(job_id="job_1", reason="cost cap", at=NOW)
+    given(job, paused)
+    assert eta(job, paused).reason == "paused"
     done = rendering()
     evolve(done, record(done, 0))
     evolve(done, done.complete(NOW))
