@@ -164,8 +164,7 @@ async def test_every_api_call_is_recorded_in_the_action_log(
     await api.get("/v1/jobs/job_missing", headers=me)
     await api.get("/v1/jobs")
     await gateway.action_log.flush()
-    rows = await gateway.rt.store.read_by_position(0, 1000)
-    calls = [r.data for r in rows if r.event_type == "gateway.ApiCallRecorded"]
+    calls = [c.model_dump(mode="json") for c in await gateway.action_log.calls(None, None, 1000)]
     by_op = {(c["operation_id"], c["status_code"]): c for c in calls}
     made = by_op[("create_job", 201)]
     assert made["target_ids"] == {"job_id": created.json()["job_id"]}
