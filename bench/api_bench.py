@@ -136,6 +136,7 @@ class Stack:
         )
         await wait_http_ok(identity_health, "/readyz", 60, self.identity)
         self.gateway_port = free_port()
+        gateway_health = free_port()  # the worker parent's: ready when every worker is
         self.gateway = self.infra.spawn(
             "gateway",
             ["-m", "services.gateway"],
@@ -147,8 +148,10 @@ class Stack:
                 "RF_RATE_LIMIT_KEY_PER_SECOND": "1000000",
                 "RF_RATE_LIMIT_KEY_BURST": "1000000",
                 "RF_GATEWAY_WORKERS": str(self.workers),
+                "RF_HEALTH_PORT": str(gateway_health),
             },
         )
+        await wait_http_ok(gateway_health, "/readyz", 60, self.gateway)
         await wait_http_ok(self.gateway_port, "/readyz", 60, self.gateway)
         self.settings = GatewaySettings(
             jwt_keys=self.keys, jwt_active_kid="k1", token_pepper=self.pepper

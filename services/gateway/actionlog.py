@@ -152,9 +152,8 @@ class ActionLog:
                 await self._one_by_one(batch)
 
     async def _insert(self, batch: list[CallRecord]) -> int:
-        columns: list[list[object]] = [[] for _ in _TYPES]
-        for c in batch:
-            row = (
+        rows = [
+            (
                 c.at,
                 c.request_id,
                 c.operation_id,
@@ -170,8 +169,9 @@ class ActionLog:
                 c.trace_id,
                 c.client_ip,
             )
-            for col, value in zip(columns, row, strict=True):
-                col.append(value)
+            for c in batch
+        ]
+        columns = [list(col) for col in zip(*rows, strict=True)]
         status = await self.pool.execute(self._insert_sql, *columns)
         return int(status.rsplit(" ", 1)[1])
 

@@ -6,9 +6,12 @@ Redis bucket (one Lua round trip for all of a request's empty buckets; time come
 Redis, so every process agrees), and spends them locally. A lease unspent after
 ``lease_seconds`` is dropped, never returned.
 
-Every token admitted was taken from the shared bucket first, so across P processes the
-limit is exceeded only by tokens leased before a window and spent inside it: in any window,
-at most P x (lease_tokens - 1) requests beyond what the exact bucket admits. A lease can also
+A lease covers the requests of the process already waiting for that key, plus the block,
+so a hot key costs one round trip per block, not per request. Every token admitted was
+taken from the shared bucket first, so across P processes the limit is exceeded only by
+tokens leased before a window and spent inside it: in any window, at most
+P x (lease_tokens - 1) requests beyond what the exact bucket admits (leased tokens beyond
+the waiting requests are at most lease_tokens - 1 per process and key). A lease can also
 leave one process refusing (429) while another holds tokens, for at most ``lease_seconds``.
 
 A refusal is remembered locally until its ``Retry-After`` time, so a client hammering
@@ -91,6 +94,8 @@ class RateLimiter:
         self._script = redis.register_script(_LUA)
         self._local: dict[str, _Allowance] = {}
         self._leasing: dict[str, asyncio.Future[None]] = {}
+        #: Requests of this process waiting for a key's lease: the next lease covers them.
+        self._waiting: dict[str, int] = {}
         #: Round trips to Redis (leases asked for), for tests and the bench.
         self.leases = 0
 
@@ -133,7 +138,18 @@ class RateLimiter:
                 return 0
             pending = [self._leasing[b.key] for b, _ in empty if b.key in self._leasing]
             if pending:  # another request of this process is leasing already: wait for it
-                await asyncio.wait(pending)
+                waited = [b.key for b, _ in empty]
+                for key in waited:
+                    self._waiting[key] = self._waiting.get(key, 0) + 1
+                try:
+                    await asyncio.wait(pending)
+                finally:
+                    for key in waited:
+                        left = self._waiting.get(key, 1) - 1
+                        if left > 0:
+                            self._waiting[key] = left
+                        else:
+                            self._waiting.pop(key, None)
                 continue
             wait_ms = await self._lease(empty)
             if wait_ms:
@@ -150,7 +166,9 @@ class RateLimiter:
             keys = [f"{self.prefix}:rl:{b.key}" for b, _ in empty]
             args: list[float] = []
             for b, _ in empty:
-                args += [b.per_second, b.burst, 1 if spend else min(self.lease_tokens, b.burst)]
+                # A block, plus one token for each request already waiting for this key.
+                want = 1 if spend else self.lease_tokens + self._waiting.get(b.key, 0)
+                args += [b.per_second, b.burst, min(want, b.burst)]
             self.leases += 1
             out = await self._script(keys=keys, args=args)
             now = time.monotonic()
