@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +24,20 @@ from bench.api_bench import (
     ApiOptions,
     GatewayGet,
     Stack,
+    _first_job,
     measure_bare_get,
     measure_gateway_get,
+    run_memory,
     run_post_benchmark,
 )
 from bench.cpu import background_load
+from bench.http import LoadResult
 from bench.infra import REPO_ROOT, Infra, Servers
 from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
+from libs.ids import new_id
 
 SECTIONS = {
     "1": "GET /v1/jobs/{id}: gateway vs bare FastAPI",
@@ -42,16 +47,29 @@ SECTIONS = {
     "5": "projection rebuild from zero",
     "6": "render path overhead: POST -> farm job, last task -> job completed",
     "7": "deadline-bridge polling cost with 1,000 active farm jobs",
+    "8": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8", help="sections to run, e.g. 1,3")
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
     p.add_argument("--get-warmup", type=float, default=2.0)
     p.add_argument("--get-connections", type=int, default=50)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gateway worker processes, and bare FastAPI processes for its baseline",
+    )
+    p.add_argument(
+        "--memory-minutes",
+        type=float,
+        default=10.0,
+        help="section 8: minutes of GET load (RSS after 1 min vs at the end)",
+    )
     p.add_argument("--post-duration", type=float, default=10.0)
     p.add_argument("--post-clients", type=int, default=32)
     p.add_argument("--post-users", type=int, default=2000)
@@ -85,7 +103,7 @@ async def run_api(
     infra: Infra, servers: Servers, api: ApiOptions, only: set[str], figures: list[Figure]
 ) -> None:
     """Gateway GET, then POST, on one stack; then the bare baseline with the stack stopped."""
-    stack = Stack(infra, servers)
+    stack = Stack(infra, servers, workers=api.workers)
     print("\n   starting the job service and the gateway ...", flush=True)
     gw: GatewayGet | None = None
     t0 = time.perf_counter()
@@ -108,6 +126,23 @@ async def run_api(
                 post = [_failed("2", e)]
         else:
             post = []
+        if "8" in only:
+            print(f"\n== 8. {SECTIONS['8']}", flush=True)
+            try:
+                if gw is None:
+                    token = stack.token(new_id("usr"))
+                    job_id, _, envelope = await _first_job(stack.gateway_port, token)
+                    gw = GatewayGet(
+                        LoadResult(0, 0.0, [], Counter(), 0, 0.0), {}, envelope, job_id, token
+                    )
+                    memory = await run_memory(stack, gw, api)
+                    gw = None
+                else:
+                    memory = await run_memory(stack, gw, api)
+                post.extend(memory)
+            except Exception as e:
+                traceback.print_exc()
+                post.append(_failed("8", e))
     except Exception as e:
         traceback.print_exc()
         figures.append(_failed("1/2", e))
@@ -138,6 +173,8 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         post_clients=args.post_clients,
         post_duration=args.post_duration,
         post_users=args.post_users,
+        workers=args.workers,
+        memory_minutes=args.memory_minutes,
     )
     store = StoreOptions(
         append_seconds=args.append_seconds,
@@ -164,7 +201,7 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     try:
-        if only & {"1", "2"}:
+        if only & {"1", "2", "8"}:
             await run_api(infra, servers, api, only, figures)
         await section("3", lambda: run_appends(infra, store))
         await section("4", lambda: run_relay_lag(infra, servers, store))

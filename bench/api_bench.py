@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from collections import Counter
@@ -49,6 +50,10 @@ class ApiOptions:
     post_duration: float = 10.0
     post_max_jobs: int = 20_000
     post_users: int = 2_000
+    #: Gateway worker processes, and as many bare FastAPI processes for the baseline.
+    workers: int = os.cpu_count() or 1
+    #: Section 8: minutes of GET load, gateway RSS after the first and after the last.
+    memory_minutes: float = 10.0
 
 
 async def _measure(
@@ -89,9 +94,11 @@ def _print_load(label: str, r: LoadResult, cpu: dict[str, float]) -> None:
 class Stack:
     """The job service and the gateway, as separate processes on one fresh database."""
 
-    def __init__(self, infra: Infra, servers: Servers) -> None:
+    def __init__(self, infra: Infra, servers: Servers, workers: int = 1) -> None:
         self.infra = infra
         self.servers = servers
+        self.workers = workers
+        self.identity: Child | None = None
         self.prefix = f"b{infra.tag}a"
         self.keys = {"k1": secrets.token_hex(32)}
         self.pepper = secrets.token_hex(32)
@@ -121,7 +128,15 @@ class Stack:
             {**env, "RF_HEALTH_PORT": str(job_health), "RF_ACTIVE_JOB_LIMIT": "1000000"},
         )
         await wait_http_ok(job_health, "/readyz", 60, self.job)
+        identity_health = free_port()
+        self.identity = self.infra.spawn(
+            "identity",
+            ["-m", "services.identity"],
+            {**env, "RF_HEALTH_PORT": str(identity_health), "RF_PASSWORD_SCRYPT_N": "1024"},
+        )
+        await wait_http_ok(identity_health, "/readyz", 60, self.identity)
         self.gateway_port = free_port()
+        gateway_health = free_port()  # the worker parent's: ready when every worker is
         self.gateway = self.infra.spawn(
             "gateway",
             ["-m", "services.gateway"],
@@ -130,8 +145,13 @@ class Stack:
                 "RF_GATEWAY_PORT": str(self.gateway_port),
                 "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
                 "RF_RATE_LIMIT_USER_BURST": "1000000",
+                "RF_RATE_LIMIT_KEY_PER_SECOND": "1000000",
+                "RF_RATE_LIMIT_KEY_BURST": "1000000",
+                "RF_GATEWAY_WORKERS": str(self.workers),
+                "RF_HEALTH_PORT": str(gateway_health),
             },
         )
+        await wait_http_ok(gateway_health, "/readyz", 60, self.gateway)
         await wait_http_ok(self.gateway_port, "/readyz", 60, self.gateway)
         self.settings = GatewaySettings(
             jwt_keys=self.keys, jwt_active_kid="k1", token_pepper=self.pepper
@@ -141,11 +161,68 @@ class Stack:
         assert self.settings is not None
         return issue_access_token(self.settings, user_id, "user")
 
+    async def api_key(self) -> tuple[str, str]:
+        """A user approved through identity's command, logged in, with an API key:
+        (the user's access token, the key)."""
+        from contracts.identity import RegisterUser, UserProfile
+        from libs.bus.commands import Actor, CommandClient
+        from libs.bus.nats import connect
+        from libs.config import BaseServiceSettings
+
+        settings = BaseServiceSettings(
+            nats_url=self.servers.nats_url, nats_prefix=self.prefix, service_name="bench"
+        )
+        nc = await connect(settings, "bench")
+        try:
+            email, password = f"bench-{secrets.token_hex(4)}@studio.test", "bench-password-1"
+            await CommandClient(nc, settings).send(
+                RegisterUser(email=email, password=password, display_name="Bench", approved=True),
+                UserProfile,
+                command_id=f"bench-user:{email}",
+                actor=Actor(kind="cli", id="bench"),
+            )
+        finally:
+            await nc.close()
+        port = self.gateway_port
+        conn = Connection("127.0.0.1", port)
+        try:
+            login = orjson.dumps({"email": email, "password": password})
+            status, body = await conn.request(
+                build_request(
+                    "POST",
+                    "/v1/auth/login",
+                    port=port,
+                    headers={"Content-Type": "application/json"},
+                    body=login,
+                )
+            )
+            if status != 200:
+                raise RuntimeError(f"login answered {status}: {body[:300]!r}")
+            token = orjson.loads(body)["access_token"]
+            spec = orjson.dumps({"name": "bench", "scopes": ["jobs:read", "jobs:write"]})
+            status, body = await conn.request(
+                build_request(
+                    "POST",
+                    "/v1/api-keys",
+                    port=port,
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json",
+                    },
+                    body=spec,
+                )
+            )
+            if status != 201:
+                raise RuntimeError(f"create_api_key answered {status}: {body[:300]!r}")
+            return token, orjson.loads(body)["secret"]
+        finally:
+            conn.close()
+
     def stop(self) -> None:
-        for child in (self.gateway, self.job):
+        for child in (self.gateway, self.job, self.identity):
             if child is not None:
                 self.infra.stop_child(child)
-        self.gateway = self.job = None
+        self.gateway = self.job = self.identity = None
 
 
 async def wait_http_ok(port: int, path: str, timeout: float, child: Child) -> None:
@@ -179,12 +256,13 @@ class GatewayGet:
     envelope: bytes
     job_id: str
     token: str
+    #: The same GET with an API key (None if it could not be measured).
+    key_result: LoadResult | None = None
+    key_cpu: dict[str, float] | None = None
 
 
-async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
-    assert stack.gateway is not None and stack.job is not None
-    port = stack.gateway_port
-    token = stack.token(new_id("usr"))
+async def _first_job(port: int, token: str) -> tuple[str, bytes, bytes]:
+    """POST a job as ``token``'s user; (job id, its GET request, the envelope)."""
     conn = Connection("127.0.0.1", port)
     try:
         status, body = await conn.request(_post_request(port, token))
@@ -197,12 +275,84 @@ async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
             raise RuntimeError(f"GET /v1/jobs/{job_id} answered {status}: {envelope[:500]!r}")
     finally:
         conn.close()
-    print(f"  job {job_id}: envelope {len(envelope)} bytes")
-    result, cpu = await _measure(port, get_raw, opts, [stack.gateway, stack.job])
-    _print_load("gateway GET /v1/jobs/{id}", result, cpu)
+    return job_id, get_raw, envelope
+
+
+def _children(stack: Stack) -> list[Child]:
+    return [c for c in (stack.gateway, stack.job, stack.identity) if c is not None]
+
+
+async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
+    assert stack.gateway is not None and stack.job is not None
+    port = stack.gateway_port
+    token = stack.token(new_id("usr"))
+    job_id, get_raw, envelope = await _first_job(port, token)
+    print(f"  job {job_id}: envelope {len(envelope)} bytes; gateway workers: {stack.workers}")
+    result, cpu = await _measure(port, get_raw, opts, _children(stack))
+    _print_load("gateway GET /v1/jobs/{id}, JWT", result, cpu)
     if result.errors or set(result.statuses) - {200}:
         print(f"  WARNING: gateway answered {dict(result.statuses)}, {result.errors} errors")
-    return GatewayGet(result, cpu, envelope, job_id, token)
+    gw = GatewayGet(result, cpu, envelope, job_id, token)
+    try:
+        user_token, key = await stack.api_key()
+        key_job, _, _ = await _first_job(port, user_token)
+        key_raw = build_request("GET", f"/v1/jobs/{key_job}", port=port, headers={"X-API-Key": key})
+        gw.key_result, gw.key_cpu = await _measure(port, key_raw, opts, _children(stack))
+        _print_load("gateway GET /v1/jobs/{id}, API key", gw.key_result, gw.key_cpu)
+        if gw.key_result.errors or set(gw.key_result.statuses) - {200}:
+            print(f"  WARNING: API-key GET answered {dict(gw.key_result.statuses)}")
+    except Exception as e:  # the JWT figure stands on its own
+        print(f"  API-key GET not measured: {type(e).__name__}: {e}")
+    return gw
+
+
+async def run_memory(stack: Stack, gw: GatewayGet, opts: ApiOptions) -> list[Figure]:
+    """Gateway RSS (all its processes) after 1 minute of GET load and after ``memory_minutes``."""
+    assert stack.gateway is not None
+    port = stack.gateway_port
+    raw = _get_request(port, gw.job_id, gw.token)
+    total = max(2.0, opts.memory_minutes) * 60
+    chunk = 30.0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    samples: list[tuple[float, int]] = [(0.0, stack.gateway.rss_bytes())]
+    requests = 0
+    while loop.time() - start < total:
+        left = total - (loop.time() - start)
+        r = await fixed_duration_load(
+            port, raw, connections=opts.get_connections, warmup=0.0, duration=min(chunk, left)
+        )
+        requests += r.requests
+        samples.append((loop.time() - start, stack.gateway.rss_bytes()))
+    at_1 = min(samples, key=lambda s: abs(s[0] - 60))
+    end = samples[-1]
+    mib = 1024 * 1024
+    rate = requests / max(end[0], 1e-9)
+    print(
+        f"  gateway RSS ({stack.workers} workers): start {samples[0][1] / mib:.0f} MiB,"
+        f" after {at_1[0] / 60:.1f} min {at_1[1] / mib:.0f} MiB,"
+        f" after {end[0] / 60:.1f} min {end[1] / mib:.0f} MiB"
+        f" ({requests} requests, {rate:,.0f} req/s)"
+    )
+    print("    " + ", ".join(f"{t / 60:.1f} min {b / mib:.0f}" for t, b in samples))
+    return [
+        Figure(
+            "8 gateway memory",
+            f"RSS after {end[0] / 60:.0f} min",
+            end[1] / mib,
+            "MiB",
+            baseline=at_1[1] / mib,
+            baseline_name=f"RSS after {at_1[0] / 60:.1f} min of the same load",
+            target=1.10,
+            target_on_ratio=True,
+            direction="max",
+            note=(
+                f"GET /v1/jobs/{{id}} with a JWT, {opts.get_connections} connections,"
+                f" {rate:,.0f} req/s, {stack.workers} worker processes summed"
+            ),
+            extra={"samples": [[round(t, 1), b] for t, b in samples], "requests": requests},
+        )
+    ]
 
 
 async def measure_bare_get(
@@ -214,17 +364,52 @@ async def measure_bare_get(
     body_file = workdir / "bare-body.json"
     body_file.write_bytes(gw.envelope)
     bare_port = free_port()
-    bare = infra.spawn("bare", ["-m", "bench.bare", str(bare_port), str(body_file)], {})
+    bare = infra.spawn(
+        "bare", ["-m", "bench.bare", str(bare_port), str(body_file), str(opts.workers)], {}
+    )
     try:
         await wait_http_ok(bare_port, "/healthz", 30, bare)
         bare_raw = _get_request(bare_port, gw.job_id, gw.token)
         base, base_cpu = await _measure(bare_port, bare_raw, opts, [bare])
-        _print_load("bare FastAPI GET", base, base_cpu)
+        _print_load(f"bare FastAPI GET, {opts.workers} processes", base, base_cpu)
     finally:
         infra.stop_child(bare)
     r = gw.result
-    print(f"  gateway / bare: throughput {r.rate / base.rate:.2f}, p99 {r.p(99) / base.p(99):.1f}x")
+    print(
+        f"  gateway / bare ({opts.workers} worker processes each):"
+        f" JWT throughput {r.rate / base.rate:.2f}, p99 {r.p(99) / base.p(99):.1f}x"
+        + (
+            f"; API key throughput {gw.key_result.rate / base.rate:.2f},"
+            f" p99 {gw.key_result.p(99) / base.p(99):.1f}x"
+            if gw.key_result is not None
+            else ""
+        )
+    )
     section = "1 GET job"
+    key_figures: list[Figure] = []
+    if gw.key_result is not None:
+        k = gw.key_result
+        key_figures = [
+            Figure(
+                section,
+                "API key throughput",
+                k.rate,
+                "req/s",
+                baseline=base.rate,
+                target=0.40,
+                target_on_ratio=True,
+                extra={"statuses": dict(k.statuses), "errors": k.errors, **(gw.key_cpu or {})},
+            ),
+            Figure(
+                section,
+                "API key p99",
+                k.p(99),
+                "ms",
+                baseline=base.p(99),
+                target=25.0,
+                direction="max",
+            ),
+        ]
     return [
         Figure(
             section,
@@ -234,7 +419,8 @@ async def measure_bare_get(
             baseline=base.rate,
             baseline_name=(
                 f"bare FastAPI endpoint, same uvicorn settings, {len(gw.envelope)} B JSON,"
-                f" {opts.get_connections} connections"
+                f" {opts.get_connections} connections, {opts.workers} worker processes"
+                " (as the gateway)"
             ),
             target=0.40,
             target_on_ratio=True,
@@ -247,6 +433,7 @@ async def measure_bare_get(
                 f" bare process {base_cpu.get('cpu_bare', 0) * 100:.0f}%"
             ),
             extra={
+                "workers": opts.workers,
                 "connections": opts.get_connections,
                 "seconds": r.seconds,
                 "statuses": dict(r.statuses),
@@ -265,6 +452,7 @@ async def measure_bare_get(
             direction="max",
             extra={"bare_cpu": base_cpu, "bare_statuses": dict(base.statuses)},
         ),
+        *key_figures,
     ]
 
 

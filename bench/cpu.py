@@ -57,6 +57,38 @@ def tree_seconds(root: int | None = None) -> float:
     return total / _TICK
 
 
+def _tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [root]
+    for name in entries:
+        if not name.isdigit():
+            continue
+        f = _stat_fields(int(name))
+        if f is not None and len(f) > 1:
+            parents.setdefault(int(f[1]), []).append(int(name))
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(parents.get(pid, ()))
+    return out
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants (0 where /proc is missing)."""
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    total = 0
+    for pid in _tree(root):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot."""
     try:

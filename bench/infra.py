@@ -65,13 +65,17 @@ class Child:
         return self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time so far (Linux /proc; 0 if unavailable)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks = int(fields[11]) + int(fields[12])
-            return ticks / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        """User + system CPU time so far of the child and its own children (worker
+        processes), Linux /proc; 0 if unavailable."""
+        from bench.cpu import tree_seconds
+
+        return tree_seconds(self.pid)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the child and its own children (Linux /proc; 0 elsewhere)."""
+        from bench.cpu import tree_rss
+
+        return tree_rss(self.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -1,11 +1,11 @@
-"""Events of the gateway: the action log (one event per API call)."""
+"""The gateway's action log: one record per API call (a row, not an event)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
-from contracts.base import EVENTS, Event
+from pydantic import BaseModel, ConfigDict
 
 
 class Outcome(StrEnum):
@@ -14,11 +14,11 @@ class Outcome(StrEnum):
     failed = "failed"  # a 5xx
 
 
-@EVENTS.register
-class ApiCallRecorded(Event):
-    """Who did what, when, through which credential, and how it ended (stream ``apicall-<id>``)."""
+class ApiCall(BaseModel):
+    """Who did what, when, through which credential, and how it ended."""
 
-    event_type = "gateway.ApiCallRecorded"
+    model_config = ConfigDict(frozen=True)
+
     request_id: str
     operation_id: str | None
     method: str

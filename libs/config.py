@@ -51,6 +51,8 @@ class BaseServiceSettings(BaseSettings):
     health_port: int = 0
     log_level: str = "INFO"
     otel_exporter: str = Field(default="none", description="none | console")
+    #: Share of root spans recorded; a span with a parent keeps its parent's decision.
+    otel_sample_ratio: float = 0.01
     db_pool_size: int = 10
     #: How often a process asks whether its event store's feed moved (one query each).
     feed_poll_seconds: float = 0.05

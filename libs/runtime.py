@@ -113,7 +113,9 @@ class ServiceRuntime(Generic[T]):
     async def start(self) -> None:
         """Connect, set up the schema, and create the relay, projectors and command server."""
         configure_logging(self.settings.service_name, self.settings.log_level)
-        configure_tracing(self.settings.service_name, self.settings.otel_exporter)
+        configure_tracing(
+            self.settings.service_name, self.settings.otel_exporter, self.settings.otel_sample_ratio
+        )
         self.pool = await create_pool(
             self.settings.database_url, max_size=self.settings.db_pool_size
         )

@@ -272,6 +272,8 @@ def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerH
     }
     if name == "gateway":
         service_env["RF_GATEWAY_PORT"] = str(GATEWAY_PORT)
+        # Worker processes on the one port (services/gateway/workers.py): one per core.
+        service_env.setdefault("RF_GATEWAY_WORKERS", str(os.cpu_count() or 1))
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],

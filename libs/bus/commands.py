@@ -47,6 +47,7 @@ from libs.logging import correlation_id_var, get_logger
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
 
 log = get_logger(__name__)
+_tracer = tracer(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 C_ = TypeVar("C_", bound=Command)
@@ -149,7 +150,7 @@ class CommandServer:
         try:
             body = orjson.loads(msg.data)
             command_type = body["type"]
-            with tracer(__name__).start_as_current_span(
+            with _tracer.start_as_current_span(
                 f"handle {command_type}", kind=trace.SpanKind.SERVER
             ):
                 cid = correlation_id_var.set(body.get("metadata", {}).get("correlation_id"))
@@ -279,9 +280,7 @@ class CommandClient:
                 "correlation_id": correlation_id or correlation_id_var.get(),
             },
         }
-        with tracer(__name__).start_as_current_span(
-            f"send {cmd.command_type}", kind=trace.SpanKind.CLIENT
-        ):
+        with _tracer.start_as_current_span(f"send {cmd.command_type}", kind=trace.SpanKind.CLIENT):
             try:
                 msg = await self.nc.request(
                     self.settings.subject(f"cmd.{cmd.command_type}"),

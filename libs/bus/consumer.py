@@ -33,6 +33,7 @@ from libs.logging import get_logger
 from libs.tracing import extract_context, tracer
 
 log = get_logger(__name__)
+_tracer = tracer(__name__)
 
 
 class Retry(Exception):
@@ -183,7 +184,7 @@ class DurableConsumer:
         attempt = msg.metadata.num_delivered
         token = otel_context.attach(extract_context(msg.headers))
         try:
-            with tracer(__name__).start_as_current_span(f"consume {self.durable}"):
+            with _tracer.start_as_current_span(f"consume {self.durable}"):
                 event = BusEvent.from_msg(msg)
                 await self.handler(event)
         except Poison as e:

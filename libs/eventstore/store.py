@@ -102,6 +102,9 @@ async def create_pool(
 
     ``read_only`` makes every transaction on its connections read-only (PostgreSQL's
     ``default_transaction_read_only``): a write through it fails, at no cost per query.
+    Its connections run plain queries only (no SET, LISTEN or locks), so they are handed
+    back without asyncpg's session reset (a round trip per release); an open transaction
+    is still rolled back.
     """
     return await asyncpg.create_pool(
         dsn,
@@ -110,7 +113,12 @@ async def create_pool(
         init=_init_connection,
         command_timeout=30,
         server_settings={"default_transaction_read_only": "on"} if read_only else None,
+        reset=_no_session_reset if read_only else None,
     )
+
+
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    return None
 
 
 _COLUMNS = (

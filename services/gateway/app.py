@@ -89,6 +89,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         description=DESCRIPTION,
         docs_url="/docs",
         redoc_url=None,
+        # The gateway's middleware makes the one server span (sampled, libs/tracing.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gateway
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,7 +25,7 @@ from libs.auth import (
     verify_access_token,
 )
 from libs.bus.commands import Actor
-from libs.readmodels.identity import IdentityQuery
+from libs.readmodels.identity import ApiKeyCredential, IdentityQuery
 from services.gateway.settings import GatewaySettings
 
 ALL_SCOPES = frozenset(Scope)
@@ -66,13 +67,53 @@ class Principal:
 
 #: Verified access tokens kept, so a client's repeated token is checked once, not per call.
 VERIFIED_CACHE_SIZE = 10_000
+#: API keys kept per process (their credential row, not their secret).
+KEY_CACHE_SIZE = 10_000
+#: Revocations remembered (a revoked key is refused even if a stale read model still
+#: shows it active), well beyond any replication delay of identity's read model.
+REVOKED_KEEP_SECONDS = 3600.0
 
 
 class Authenticator:
+    """Verifies credentials, keeping verdicts per process.
+
+    An API key's credential row is cached for ``api_key_cache_seconds``; identity's
+    ``ApiKeyRevoked`` event (on the bus, :meth:`revoked`) drops it at once and marks the key
+    revoked, and :meth:`forget` (after a NATS reconnect, when events may have been missed)
+    drops every cached key.
+    """
+
     def __init__(self, settings: GatewaySettings, identity: IdentityQuery) -> None:
         self.settings = settings
         self.identity = identity
         self._verified: dict[str, AccessClaims] = {}
+        self._keys: dict[str, tuple[ApiKeyCredential, float]] = {}
+        self._revoked: dict[str, float] = {}
+
+    def revoked(self, key_id: str) -> None:
+        """A key was revoked: refuse it from now on, whatever a cache or read model says."""
+        self._keys.pop(key_id, None)
+        now = time.monotonic()
+        if len(self._revoked) >= KEY_CACHE_SIZE:
+            self._revoked = {
+                k: t for k, t in self._revoked.items() if now - t < REVOKED_KEEP_SECONDS
+            }
+        self._revoked[key_id] = now
+
+    def forget(self) -> None:
+        self._keys.clear()
+
+    async def _credential(self, key_id: str) -> ApiKeyCredential | None:
+        now = time.monotonic()
+        hit = self._keys.get(key_id)
+        if hit is not None and now - hit[1] < self.settings.api_key_cache_seconds:
+            return hit[0]
+        key = await self.identity.api_key_credential(key_id)
+        if key is not None:
+            if len(self._keys) >= KEY_CACHE_SIZE:
+                self._keys.clear()
+            self._keys[key_id] = (key, now)
+        return key
 
     def _claims(self, token: str) -> AccessClaims:
         """Verify a JWT, or reuse the verdict on the same token while it has not expired."""
@@ -111,10 +152,10 @@ class Authenticator:
         if parts is None:
             raise InvalidApiKey("malformed API key")
         key_id, secret = parts
-        key = await self.identity.api_key_credential(key_id)
+        key = await self._credential(key_id)
         if key is None or not constant_time_equal(key.key_hash, keyed_hash(self.settings, secret)):
             raise InvalidApiKey("unknown API key")
-        if key.revoked_at is not None:
+        if key.revoked_at is not None or key_id in self._revoked:
             raise ApiKeyRevoked("this API key has been revoked")
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             raise ApiKeyExpired("this API key has expired")

@@ -15,10 +15,11 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import DomainError, ErrorBody, RateLimited
-from contracts.gateway import ApiCallRecorded, Outcome
+from contracts.gateway import Outcome
 from contracts.text import printable
 from libs.logging import correlation_id_var
-from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
+from libs.tracing import current_trace_id, extract_context, tracer
+from services.gateway.actionlog import CallRecord
 from services.gateway.auth import Principal
 from services.gateway.ratelimit import Bucket
 
@@ -30,6 +31,7 @@ PUBLIC_PATHS = frozenset(
 )
 DOC_PATHS = frozenset({"/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
 TARGET_PARAMS = ("job_id", "user_id", "key_id")
+_tracer = tracer(__name__)
 
 
 def error_response_bytes(err: DomainError[Any]) -> bytes:
@@ -47,7 +49,7 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        # Our own id, always: it names action-log streams and command ids, so a client's
+        # Our own id, always: it keys action-log rows and names command ids, so a client's
         # X-Request-Id must never be able to collide with another request's.
         request_id = uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
@@ -68,7 +70,7 @@ class GatewayMiddleware:
 
         span_name = f"{scope['method']} {scope['path']}"
         try:
-            with tracer(__name__).start_as_current_span(span_name, kind=trace.SpanKind.SERVER):
+            with _tracer.start_as_current_span(span_name, kind=trace.SpanKind.SERVER):
                 try:
                     principal = await self._admit(scope, headers)
                     state["principal"] = principal
@@ -92,6 +94,7 @@ class GatewayMiddleware:
                     [Bucket(f"ip:{ip}", s.rate_limit_ip_per_second, s.rate_limit_ip_burst)]
                 )
             return None
+        gw.check_reconnects()
         principal = await gw.auth.authenticate(
             headers.get("authorization"), headers.get("x-api-key")
         )
@@ -161,27 +164,24 @@ class GatewayMiddleware:
             if status < 500
             else Outcome.failed
         )
-        trace_id = current_trace_id()
-        call = ApiCallRecorded(
-            request_id=state["request_id"],
-            operation_id=getattr(route, "operation_id", None),
-            method=scope["method"],
-            path=printable(scope["path"]),
-            user_id=principal.user_id if principal else state.get("user_id"),
-            api_key_id=principal.api_key_id if principal else None,
-            target_ids=targets,
-            status_code=status,
-            outcome=outcome,
-            error_code=state.get("error_code"),
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            trace_id=trace_id,
-            client_ip=_client_ip(scope),
-            at=datetime.now(UTC),
+        self.gw.action_log.record(
+            CallRecord(
+                request_id=state["request_id"],
+                operation_id=getattr(route, "operation_id", None),
+                method=scope["method"],
+                path=printable(scope["path"]),
+                user_id=principal.user_id if principal else state.get("user_id"),
+                api_key_id=principal.api_key_id if principal else None,
+                target_ids=targets,
+                status_code=status,
+                outcome=outcome,
+                error_code=state.get("error_code"),
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                trace_id=current_trace_id(),
+                client_ip=_client_ip(scope),
+                at=datetime.now(UTC),
+            )
         )
-        meta = {"correlation_id": state["request_id"], **inject_headers()}
-        if principal:
-            meta["actor_id"] = principal.user_id
-        self.gw.action_log.record(call, meta)
 
 
 def _client_ip(scope: Scope) -> str:

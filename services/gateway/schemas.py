@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from contracts.envelope import JobEnvelope
+from contracts.gateway import ApiCall
 from contracts.identity import (
     ApiKeyInfo,
     ApiKeyName,
@@ -111,6 +112,11 @@ class JobFramePage(BaseModel):
 
 class UserPage(BaseModel):
     items: list[UserProfile] = Field(description="Users ordered by id.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class ApiCallPage(BaseModel):
+    items: list[ApiCall] = Field(description="API calls from the action log, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request
+from nats.aio.msg import Msg
 
 from contracts.errors import DomainError
 from contracts.identity import ApiKeyInfo, RecordApiKeyUse
@@ -53,12 +58,25 @@ class Gateway:
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         self.read = ReadModels(JobsQuery(read_pool, job_queries.SCHEMA), identity)
         self.auth = Authenticator(settings, identity)
-        self.limiter = RateLimiter(redis, settings.redis_prefix)
+        self.limiter = RateLimiter(
+            redis,
+            settings.redis_prefix,
+            lease_tokens=settings.rate_limit_lease_tokens,
+            lease_seconds=settings.rate_limit_lease_seconds,
+        )
         self.idempotency = IdempotencyStore(
             redis, settings.redis_prefix, settings.idempotency_ttl_seconds
         )
-        self.action_log = ActionLog(rt.store)
-        self._key_use_tasks: set[asyncio.Task[None]] = set()
+        self.action_log = ActionLog(
+            rt.pool,
+            rt.schema,
+            flush_interval=settings.action_log_flush_seconds,
+            retention_days=settings.action_log_retention_days,
+        )
+        #: Keys used since the last note, and when this process last noted each.
+        self._keys_used: set[str] = set()
+        self._key_noted: dict[str, float] = {}
+        self._reconnects = 0
         self.app: FastAPI = create_app(self)
 
     def anonymous_actor(self, request: Request) -> Actor:
@@ -66,17 +84,35 @@ class Gateway:
         return Actor(kind="anonymous", id=client.host if client else "unknown")
 
     def note_api_key_use(self, key_id: str) -> None:
-        """Record the key's last use, at most once a minute per key (throttled in Redis)."""
-        task = asyncio.create_task(self._record_key_use(key_id))
-        self._key_use_tasks.add(task)
-        task.add_done_callback(self._key_use_tasks.discard)
+        """Remember that the key was used; :meth:`record_key_uses` notes it, off the request
+        path, at most once a minute per key (per process here, across processes in Redis)."""
+        noted = self._key_noted.get(key_id)
+        if noted is None or time.monotonic() - noted >= 60:
+            self._keys_used.add(key_id)
 
-    async def _record_key_use(self, key_id: str) -> None:
-        minute = datetime.now(UTC).replace(second=0, microsecond=0)
-        if not await self.redis.set(
-            f"{self.settings.redis_prefix}:keyuse:{key_id}", "1", nx=True, ex=60
-        ):
+    async def record_key_uses(self) -> None:
+        if not self._keys_used:
             return
+        used, self._keys_used = self._keys_used, set()
+        now = time.monotonic()
+        if len(self._key_noted) > 10_000:
+            self._key_noted = {k: t for k, t in self._key_noted.items() if now - t < 60}
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        prefix = self.settings.redis_prefix
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id in used:
+                pipe.set(f"{prefix}:keyuse:{key_id}", "1", nx=True, ex=60)
+            won = await pipe.execute()
+        for key_id in used:
+            self._key_noted[key_id] = now
+        sends = [
+            self._send_key_use(key_id, minute)
+            for key_id, first in zip(used, won, strict=True)
+            if first
+        ]
+        await asyncio.gather(*sends)
+
+    async def _send_key_use(self, key_id: str, minute: datetime) -> None:
         try:
             await self.commands.send(
                 RecordApiKeyUse(key_id=key_id, used_at=minute),
@@ -86,6 +122,29 @@ class Gateway:
             )
         except DomainError as e:
             log.warning("api_key_use_not_recorded", key_id=key_id, code=e.code)
+
+    async def run_key_uses(self, stopping: asyncio.Event) -> None:
+        """Background task: note the keys used, every ``api_key_use_flush_seconds``."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.api_key_use_flush_seconds)
+            await self.record_key_uses()
+
+    async def on_identity_event(self, msg: Msg) -> None:
+        """identity's ``ApiKeyRevoked``, straight off the bus: refuse the key at once."""
+        try:
+            key_id = orjson.loads(msg.data)["data"]["key_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("bad_revocation_message", subject=msg.subject)
+            return
+        self.auth.revoked(str(key_id))
+
+    def check_reconnects(self) -> None:
+        """Events may have been missed while NATS was away: drop every cached key."""
+        reconnects = int(self.rt.nc.stats.get("reconnects", 0))
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self.auth.forget()
 
     async def ready(self) -> tuple[bool, str]:
         return await self.rt.ready()
@@ -100,6 +159,13 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
     rt.on_close(read_pool.close)
     gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
+    rt.background("api-key-use", gw.run_key_uses)
+    # Revocations pushed by identity's relay (a core subscription on the events subject:
+    # every gateway process gets each one). After a reconnect the key cache is dropped.
+    sub = await rt.nc.subscribe(
+        settings.subject("events.identity.ApiKeyRevoked"), cb=gw.on_identity_event
+    )
+    rt.on_close(sub.unsubscribe)
     rt.readiness_checks.append(_redis_check(redis))
     rt.readiness_checks.append(_pool_check(read_pool))
     server = _Server(
@@ -122,7 +188,10 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
         nonlocal serving
         serving = True
         try:
-            await server.serve()
+            sock = bind_socket(
+                settings.gateway_host, settings.gateway_port, settings.gateway_reuse_port
+            )
+            await server.serve(sockets=[sock])
         finally:
             served.set()
 
@@ -133,6 +202,23 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
 
     rt.front_door(serve_http, stop_http)
     return gw
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The HTTP port; with ``reuse_port`` several worker processes bind it (SO_REUSEPORT) and
+    the kernel spreads connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _pool_check(pool: asyncpg.Pool) -> Callable[[], Awaitable[str | None]]:
@@ -172,5 +258,6 @@ SERVICE = Service(
     schema="gateway",
     settings=GatewaySettings,
     wire=wire,
+    migrations=Path(__file__).parent / "migrations",
     secrets=frozenset({"jwt_keys", "token_pepper"}),
 )

@@ -7,6 +7,11 @@ class GatewaySettings(TokenSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
     public_url: str = "http://127.0.0.1:8700"
+    #: Worker processes serving the port (SO_REUSEPORT), each a full gateway runtime, under a
+    #: parent that restarts a dead one (``services/gateway/workers.py``). ``make up``: cores.
+    gateway_workers: int = 1
+    #: Bind the HTTP port with SO_REUSEPORT (set by the parent for its workers).
+    gateway_reuse_port: bool = False
     #: Token buckets: sustained requests per second and burst, per user and per API key.
     rate_limit_user_per_second: float = 20
     rate_limit_user_burst: int = 60
@@ -15,7 +20,19 @@ class GatewaySettings(TokenSettings):
     #: Unauthenticated routes (register, login, refresh), per client IP.
     rate_limit_ip_per_second: float = 2
     rate_limit_ip_burst: int = 20
+    #: Tokens a process leases from a shared Redis bucket at a time, and how long a lease
+    #: may be spent (over-admission across P processes: at most P x (tokens - 1)).
+    rate_limit_lease_tokens: int = 10
+    rate_limit_lease_seconds: float = 1.0
     idempotency_ttl_seconds: int = 24 * 3600
     #: Above the services' 5 s read-your-writes wait, so a slow reply is not taken for a lost one.
     command_timeout_seconds: float = 10.0
     page_size_max: int = 200
+    #: API keys verified are kept this long per process; a revocation (identity's
+    #: ``ApiKeyRevoked`` on the bus) drops one at once.
+    api_key_cache_seconds: float = 60.0
+    #: How often the keys used since the last time are noted ("last used", once a minute).
+    api_key_use_flush_seconds: float = 1.0
+    #: Action log: rows written in batches this often, and days of partitions kept.
+    action_log_flush_seconds: float = 0.2
+    action_log_retention_days: int = 90

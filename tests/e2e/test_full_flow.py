@@ -29,7 +29,13 @@ def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Process]]:
     services = {
         name: service(
             name,
-            {**base, "RF_HEALTH_PORT": str(free_port()), "RF_GATEWAY_PORT": str(gateway_port)},
+            {
+                **base,
+                "RF_HEALTH_PORT": str(free_port()),
+                "RF_GATEWAY_PORT": str(gateway_port),
+                # Two worker processes under their parent, as `make up` runs it.
+                "RF_GATEWAY_WORKERS": "2",
+            },
             tmp_path,
         )
         for name in ("identity", "job", "gateway")
@@ -163,7 +169,7 @@ async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_
     conn = await asyncpg.connect(env["RF_DATABASE_URL"])
     try:
         ops = await conn.fetch(
-            "SELECT data->>'operation_id' AS op FROM gateway.events ORDER BY global_position"
+            "SELECT operation_id AS op FROM gateway.action_log ORDER BY at, request_id"
         )
     finally:
         await conn.close()

@@ -164,8 +164,7 @@ async def test_every_api_call_is_recorded_in_the_action_log(
     await api.get("/v1/jobs/job_missing", headers=me)
     await api.get("/v1/jobs")
     await gateway.action_log.flush()
-    rows = await gateway.rt.store.read_by_position(0, 1000)
-    calls = [r.data for r in rows if r.event_type == "gateway.ApiCallRecorded"]
+    calls = [c.model_dump(mode="json") for c in await gateway.action_log.calls(None, None, 1000)]
     by_op = {(c["operation_id"], c["status_code"]): c for c in calls}
     made = by_op[("create_job", 201)]
     assert made["target_ids"] == {"job_id": created.json()["job_id"]}
@@ -177,6 +176,16 @@ async def test_every_api_call_is_recorded_in_the_action_log(
     assert anonymous and anonymous[0]["error_code"] == "unauthenticated"
     logins = [c for c in calls if c["operation_id"] == "login_user"]
     assert logins and all(c["latency_ms"] > 0 for c in logins)
+    # Admins read it through the API, a page at a time, newest first.
+    page = (await api.get("/v1/admin/api-calls?limit=2", headers=admin)).json()
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = await api.get(f"/v1/admin/api-calls?cursor={page['next_cursor']}", headers=admin)
+    seen = [c["request_id"] for c in page["items"] + rest.json()["items"]]
+    assert len(seen) == len(set(seen)) >= 5
+    mine = (await api.get(f"/v1/admin/api-calls?user_id={made['user_id']}", headers=admin)).json()
+    assert {c["user_id"] for c in mine["items"]} == {made["user_id"]}
+    r = await api.get("/v1/admin/api-calls", headers=me)
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")
 
 
 async def test_revoking_someone_elses_key_is_not_found_even_after_they_revoked_it(

@@ -144,8 +144,7 @@ async def test_a_nul_in_a_path_parameter_is_refused_and_still_logged(
     refused(await api.get("/v1/jobs/job_x%00", headers=me))
     refused(await api.post("/v1/api-keys/key_x%00/revoke", headers=me))
     await gateway.action_log.flush()
-    rows = await gateway.rt.store.read_by_position(0, 1000)
-    calls = [r.data for r in rows if r.event_type == "gateway.ApiCallRecorded"]
+    calls = [c.model_dump(mode="json") for c in await gateway.action_log.calls(None, None, 1000)]
     [call] = [c for c in calls if c["operation_id"] == "get_job"]
     assert call["path"] == "/v1/jobs/job_x\\x00"
     assert call["target_ids"] == {"job_id": "job_x\\x00"}
