@@ -45,7 +45,7 @@ class JobsProjection(ReadModel):
         elif row is None:
             raise LookupError(f"{rec.event_type} for a job with no JobSubmitted")
         elif isinstance(row["view"], JobView):  # folded earlier in this batch
-            view = row["view"].model_copy(deep=True)
+            view = row["view"].fork()
         else:
             view = JobView.model_validate(row["view"])
         assert isinstance(e, JOB_EVENTS)

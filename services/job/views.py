@@ -125,6 +125,16 @@ class JobView(BaseModel):
             created_at=e.submitted_at,
         )
 
+    def fork(self) -> JobView:
+        """A copy :meth:`apply` can change without changing this one, much cheaper than
+        ``model_copy(deep=True)``: :meth:`apply` only ever replaces field values, except
+        for the steps it changes in place (so each is copied); the nested models it holds
+        (frame range, resolution, settings) and the workers list are replaced, never
+        mutated. ``tests/job/test_views.py`` checks a fork leaves its original unchanged."""
+        copied = self.model_copy()
+        copied.steps = [s.model_copy() for s in self.steps]
+        return copied
+
     # -- evolve -----------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:

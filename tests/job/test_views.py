@@ -108,20 +108,30 @@ PATHS: dict[str, Sequence[Decide]] = {
 def test_the_view_renders_the_aggregates_envelope_after_every_event(path: str) -> None:
     # ``job`` decides (and records several events at once); ``replica`` replays them one by
     # one, so the two models are compared after every single event.
+    # ``folded`` is kept in memory and forked before each event, as a rebuild folds it.
     job, replica, view, version = Job(), Job(), None, 0
+    folded: JobView | None = None
     for decide in PATHS[path]:
         for event in decide(job):
             replica.apply(event)
             version += 1
+            before = None if folded is None else folded.model_dump_json()
             if isinstance(event, JobSubmitted):
                 view = JobView.submitted(event)
+                forked = JobView.submitted(event)
             else:
-                assert view is not None
+                assert view is not None and folded is not None
                 view = JobView.model_validate(view.model_dump(mode="json"))
                 view.apply(event)
+                forked = folded.fork()
+                forked.apply(event)
+                assert folded.model_dump_json() == before, "fork() shares state it changes"
+            folded = forked
             at = NOW + timedelta(minutes=version)
-            assert (
-                view.envelope(version, at).model_dump_json()
-                == replica.envelope(version, at).model_dump_json()
-            ), f"{path}: after {type(event).__name__} (v{version})"
+            expected = replica.envelope(version, at).model_dump_json()
+            assert view.envelope(version, at).model_dump_json() == expected, (
+                f"{path}: after {type(event).__name__} (v{version})"
+            )
+            assert folded.envelope(version, at).model_dump_json() == expected
+            assert folded.model_dump(mode="json") == view.model_dump(mode="json")
     assert version > 4
