@@ -59,15 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relay-seconds", type=float, default=5.0)
     p.add_argument("--relay-rate", type=float, default=2000.0)
     p.add_argument("--rebuild-events", type=int, default=1_000_000)
-    p.add_argument("--rebuild-cohort", type=int, default=100)
+    p.add_argument("--rebuild-cohort", type=int, default=100, help="the easy layout's cohort")
     p.add_argument(
-        "--rebuild-batch-sizes", default="1000,5000", help="comma-separated projector batch sizes"
+        "--rebuild-batch-sizes",
+        default="5000",
+        help="comma-separated batch sizes of the incremental (live projector) comparison",
     )
     p.add_argument(
         "--rebuild-max-seconds",
         type=float,
-        default=90.0,
-        help="time bound of each catch-up (0: none); a partial run reports what it did",
+        default=30.0,
+        help="time bound of each incremental catch-up (0: none); a partial run reports what it did",
     )
     p.add_argument("--render-jobs", type=int, default=10)
     p.add_argument("--poll-jobs", type=int, default=1000)

@@ -266,7 +266,21 @@ class ReadModel(Projection):
             if rec.stream_id in failed:
                 entries.append((rec, None))
                 continue
-            if error is None:
+            if error is None and len(touches) == 1:  # the usual case, without staging
+                rule, k, item = touches[0]
+                current = state.get(k)
+                try:
+                    new = getattr(self, rule.method)(
+                        None if current is None else dict(current),
+                        decoded,
+                        rec,
+                        *(() if rule.key else (item,)),
+                    )
+                    state[k] = None if new is None else self._checked(k, new)
+                    continue
+                except Exception as e:
+                    error = _describe(e)
+            elif error is None:
                 try:
                     staged: dict[Key, Row | None] = {}
                     for rule, k, item in touches:
@@ -480,7 +494,16 @@ def _with_recorded(fn: Callable[..., Any] | None) -> Callable[[Any, RecordedEven
     return lambda e, rec: fn(e)
 
 
+class RawJson(str):
+    """JSON text rendered already, as the value of a json/jsonb column (``finalize`` may
+    return one instead of the object, saving a conversion to Python values and back)."""
+
+    __slots__ = ()
+
+
 def _json(value: Any) -> str | None:
+    if isinstance(value, RawJson):
+        return str(value)
     return None if value is None else orjson.dumps(value).decode()
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from libs.eventstore.projection import Entry, Key, ReadModel, Row, _transient
+from libs.eventstore.projection import Entry, Key, RawJson, ReadModel, Row, _transient
 from libs.eventstore.store import EventStore, Position, RecordedEvent
 from libs.logging import get_logger
 
@@ -179,27 +181,61 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
     failed: set[str] = set()
     entries: list[Entry] = []
     count = 0
-    async for page in _pages(store, model, until):
-        entries += model.fold(state, page, failed)
-        count += len(page)
+    t0 = time.perf_counter()
+    with _no_gc():
+        async for page in _pages(store, model, until):
+            entries += model.fold(state, page, failed)
+            count += len(page)
+    t1 = time.perf_counter()
     names = list(model.columns)
+    rows_loaded = 0
     async with store.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         await _fresh(conn, s, live, nxt, model.name, "INCLUDING ALL EXCLUDING INDEXES")
         rows = _finalized(model, state, names)
         await _json_codecs(conn, binary=True)  # COPY sends values in the binary format
-        try:
-            while chunk := [r for _, r in zip(range(COPY_ROWS), rows, strict=False)]:
-                await conn.copy_records_to_table(nxt, schema_name=s, columns=names, records=chunk)
-        finally:
-            await _json_codecs(conn, binary=False)
+        with _no_gc():
+            try:
+                while chunk := [r for _, r in zip(range(COPY_ROWS), rows, strict=False)]:
+                    await conn.copy_records_to_table(
+                        nxt, schema_name=s, columns=names, records=chunk
+                    )
+                    rows_loaded += len(chunk)
+            finally:
+                await _json_codecs(conn, binary=False)
         del state
+        t2 = time.perf_counter()
         for statement in await _index_statements(conn, s, live, nxt):
             await conn.execute(statement)
         if entries:
             await model._quarantine(conn, s, entries)
+    t3 = time.perf_counter()
     await _analyze(store, s, nxt)
+    log.info(
+        "rebuild_bulk_loaded",
+        projection=model.name,
+        events=count,
+        rows=rows_loaded,
+        read_fold_s=round(t1 - t0, 2),
+        copy_s=round(t2 - t1, 2),
+        index_s=round(t3 - t2, 2),
+        analyze_s=round(time.perf_counter() - t3, 2),
+    )
     return count
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: the fold allocates millions of objects that all
+    live to the end (and hold no cycles), and the collector's passes over them cost more
+    than the fold itself (measured: decoding 4x slower with it on)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 async def _json_codecs(conn: asyncpg.Connection, *, binary: bool) -> None:
@@ -210,7 +246,9 @@ async def _json_codecs(conn: asyncpg.Connection, *, binary: bool) -> None:
         if binary:
             await conn.set_type_codec(
                 typ,
-                encoder=lambda v, p=prefix: p + orjson.dumps(v),
+                encoder=lambda v, p=prefix: (
+                    p + (v.encode() if isinstance(v, RawJson) else orjson.dumps(v))
+                ),
                 decoder=lambda b, n=len(prefix): orjson.loads(b[n:]),
                 schema="pg_catalog",
                 format="binary",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contracts.base import EVENTS
 from contracts.jobs import FrameOutput, JobFramesRendered, JobSlotFreed, JobSlotTaken, JobSubmitted
-from libs.eventstore.projection import ReadModel, Row, on
+from libs.eventstore.projection import RawJson, ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 from services.job.views import JobView
 
@@ -67,7 +67,7 @@ class JobsProjection(ReadModel):
         if not isinstance(view, JobView):
             return row
         envelope = view.envelope(row["version"], row["updated_at"]).model_dump_json()
-        return {**row, "view": view.model_dump(mode="json"), "envelope": envelope}
+        return {**row, "view": RawJson(view.model_dump_json()), "envelope": envelope}
 
 
 class FramesProjection(ReadModel):
