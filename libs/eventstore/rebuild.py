@@ -46,8 +46,8 @@ NEXT = "__next"
 SHADOW = "__rebuild"
 #: Events per page of the bulk path's read (and per fold step).
 PAGE = 5000
-#: Rows per COPY call (each a list built then sent).
-COPY_ROWS = 50_000
+#: Rows finalized between two yields to the event loop while they are copied.
+COPY_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,6 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
             count += len(page)
     t1 = time.perf_counter()
     names = list(model.columns)
-    rows_loaded = 0
     async with store.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         await _fresh(conn, s, live, nxt, model.name, "INCLUDING ALL EXCLUDING INDEXES")
@@ -196,11 +195,10 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
         await _json_codecs(conn, binary=True)  # COPY sends values in the binary format
         with _no_gc():
             try:
-                while chunk := [r for _, r in zip(range(COPY_ROWS), rows, strict=False)]:
-                    await conn.copy_records_to_table(
-                        nxt, schema_name=s, columns=names, records=chunk
-                    )
-                    rows_loaded += len(chunk)
+                # One COPY, fed as rows are finalized: PostgreSQL takes them in meanwhile.
+                await conn.copy_records_to_table(
+                    nxt, schema_name=s, columns=names, records=_streamed(rows)
+                )
             finally:
                 await _json_codecs(conn, binary=False)
         del state
@@ -215,7 +213,6 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
         "rebuild_bulk_loaded",
         projection=model.name,
         events=count,
-        rows=rows_loaded,
         read_fold_s=round(t1 - t0, 2),
         copy_s=round(t2 - t1, 2),
         index_s=round(t3 - t2, 2),
@@ -260,6 +257,13 @@ async def _json_codecs(conn: asyncpg.Connection, *, binary: bool) -> None:
                 decoder=orjson.loads,
                 schema="pg_catalog",
             )
+
+
+async def _streamed(rows: Iterator[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
+    for n, row in enumerate(rows, start=1):
+        yield row
+        if n % COPY_ROWS == 0:
+            await asyncio.sleep(0)
 
 
 def _finalized(
