@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv up down status test lint typecheck bench schemas clean
+.PHONY: venv up down status test lint typecheck bench bench-quick schemas clean
 
 # (Re)install into .venv whenever pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -38,6 +38,10 @@ typecheck: venv
 
 bench: venv
 	$(PY) -m bench
+
+# A subset with shorter runs (sections 3, 4, 5 at 100k events, 8), under two minutes.
+bench-quick: venv
+	$(PY) -m bench --quick
 
 schemas: venv
 	$(PY) -m contracts.export

@@ -10,5 +10,10 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 2. ``POST /v1/jobs`` end to end, with a read-your-writes check after every 201.
 3. Event store appends, single and batched, vs plain INSERTs.
 4. Relay lag from append to a NATS subscriber.
-5. Projection rebuild of the jobs read model from zero.
+5. Projection rebuild of the jobs read model from zero (``renderctl``'s bulk path), on the
+   production layout (one event per job per batch) and an easy one; peak RSS.
+6. Render path overhead; 7. deadline-bridge polling cost.
+8. Live projection lag of the jobs projector at 2,000 events/s.
+
+``--quick`` (``make bench-quick``) runs sections 3, 4, 5 and 8 with shorter runs.
 """

@@ -33,6 +33,7 @@ from bench.api_bench import (
 from bench.cpu import background_load
 from bench.http import LoadResult
 from bench.infra import REPO_ROOT, Infra, Servers
+from bench.projection_lag import LagOptions, run_projection_lag
 from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
@@ -47,13 +48,35 @@ SECTIONS = {
     "5": "projection rebuild from zero",
     "6": "render path overhead: POST -> farm job, last task -> job completed",
     "7": "deadline-bridge polling cost with 1,000 active farm jobs",
-    "8": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
+    "8": "live projection lag (append -> jobs read model row)",
+    "9": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
+}
+
+#: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
+#: options given on the command line win.
+QUICK = {
+    "only": "3,4,5,8",
+    "append_seconds": 1.5,
+    "relay_seconds": 2.0,
+    "rebuild_events": 100_000,
+    "rebuild_batch_sizes": "",
+    "lag_seconds": 2.0,
+    "get_duration": 3.0,
+    "get_warmup": 1.0,
+    "post_duration": 4.0,
+    "render_jobs": 3,
+    "poll_jobs": 200,
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,3")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a subset (sections 3,4,5,8) with shorter runs, under two minutes",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
     p.add_argument("--get-warmup", type=float, default=2.0)
@@ -68,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-minutes",
         type=float,
         default=10.0,
-        help="section 8: minutes of GET load (RSS after 1 min vs at the end)",
+        help="section 9: minutes of GET load (RSS after 1 min vs at the end)",
     )
     p.add_argument("--post-duration", type=float, default=10.0)
     p.add_argument("--post-clients", type=int, default=32)
@@ -77,20 +100,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relay-seconds", type=float, default=5.0)
     p.add_argument("--relay-rate", type=float, default=2000.0)
     p.add_argument("--rebuild-events", type=int, default=1_000_000)
-    p.add_argument("--rebuild-cohort", type=int, default=100)
+    p.add_argument("--rebuild-cohort", type=int, default=100, help="the easy layout's cohort")
     p.add_argument(
-        "--rebuild-batch-sizes", default="1000,5000", help="comma-separated projector batch sizes"
+        "--rebuild-batch-sizes",
+        default="5000",
+        help="comma-separated batch sizes of the incremental (live projector) comparison",
     )
     p.add_argument(
         "--rebuild-max-seconds",
         type=float,
-        default=90.0,
-        help="time bound of each catch-up (0: none); a partial run reports what it did",
+        default=30.0,
+        help="time bound of each incremental catch-up (0: none); a partial run reports what it did",
     )
+    p.add_argument("--lag-seconds", type=float, default=5.0)
+    p.add_argument("--lag-rate", type=float, default=2000.0)
     p.add_argument("--render-jobs", type=int, default=10)
     p.add_argument("--poll-jobs", type=int, default=1000)
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    return args
 
 
 def _failed(section: str, error: BaseException) -> Figure:
@@ -126,8 +158,8 @@ async def run_api(
                 post = [_failed("2", e)]
         else:
             post = []
-        if "8" in only:
-            print(f"\n== 8. {SECTIONS['8']}", flush=True)
+        if "9" in only:
+            print(f"\n== 9. {SECTIONS['9']}", flush=True)
             try:
                 if gw is None:
                     token = stack.token(new_id("usr"))
@@ -142,7 +174,7 @@ async def run_api(
                 post.extend(memory)
             except Exception as e:
                 traceback.print_exc()
-                post.append(_failed("8", e))
+                post.append(_failed("9", e))
     except Exception as e:
         traceback.print_exc()
         figures.append(_failed("1/2", e))
@@ -201,11 +233,13 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     try:
-        if only & {"1", "2", "8"}:
+        if only & {"1", "2", "9"}:
             await run_api(infra, servers, api, only, figures)
         await section("3", lambda: run_appends(infra, store))
         await section("4", lambda: run_relay_lag(infra, servers, store))
         await section("5", lambda: run_rebuild(infra, rebuild))
+        lag = LagOptions(rate=args.lag_rate, seconds=args.lag_seconds)
+        await section("8", lambda: run_projection_lag(infra, lag))
         render = RenderOptions(jobs=args.render_jobs, poll_jobs=args.poll_jobs)
         await section("6", lambda: run_render_overhead(infra, servers, render))
         await section("7", lambda: run_poll_cost(infra, servers, render))

@@ -337,7 +337,7 @@ async def run_memory(stack: Stack, gw: GatewayGet, opts: ApiOptions) -> list[Fig
     print("    " + ", ".join(f"{t / 60:.1f} min {b / mib:.0f}" for t, b in samples))
     return [
         Figure(
-            "8 gateway memory",
+            "9 gateway memory",
             f"RSS after {end[0] / 60:.0f} min",
             end[1] / mib,
             "MiB",

@@ -91,7 +91,9 @@ class EventRegistry:
 
     def decode(self, event_type: str, version: int, data: JsonDict) -> Event:
         cls = self.cls_for(event_type)
-        return cls.model_validate(self.upcast(event_type, version, data))
+        if version != cls.schema_version:
+            data = self.upcast(event_type, version, data)
+        return cls.model_validate(data)
 
     def public_data(self, event_type: str, data: JsonDict) -> JsonDict | None:
         """``data`` with the type's private fields masked as :data:`REDACTED` (as on the bus).

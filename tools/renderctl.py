@@ -169,6 +169,8 @@ async def rebuild_all(pool: asyncpg.Pool, only: str | None, verify: bool) -> int
     for schema, model in models:
         result = await rebuild(EventStore(pool, schema), model, verify=verify)
         held = f", {result.quarantined} stream(s) quarantined" if result.quarantined else ""
+        if result.path != "bulk":
+            held += f" (by the {result.path} path: the bulk load was refused, see the log)"
         if not verify:
             print(f"rebuilt {result.table} from {result.events} events{held}")
             continue

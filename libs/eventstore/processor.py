@@ -128,6 +128,10 @@ class Tailer(abc.ABC):
                 self._loaded = True
                 await self._advanced(self.position)
                 while not stopping.is_set():
+                    # Cleared before reading, not after: a wake-up that comes while a batch
+                    # is processed (an append it did not see) makes the idle wait return at
+                    # once instead of being lost until the next poll.
+                    self._wake.clear()
                     n = await self.run_once()
                     self.last_error = None
                     if n < self.batch_size:
@@ -138,7 +142,6 @@ class Tailer(abc.ABC):
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
 
     async def _idle(self, stopping: asyncio.Event) -> None:
-        self._wake.clear()
         waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
         _, pending = await asyncio.wait(
             waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED

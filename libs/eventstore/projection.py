@@ -58,6 +58,7 @@ Key = tuple[Any, ...]
 Row = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
 Entry = tuple[RecordedEvent, str | None]
+Prepared = tuple[RecordedEvent, Event | None, list[tuple["Rule", Key, Any]], str | None]
 
 _MARK = "__read_model_on__"
 _ERROR_CHARS = 2000
@@ -126,6 +127,9 @@ class ReadModel(Projection):
     #: Every column (keys included): name -> PostgreSQL type, e.g. ``"text"``, ``"text[]"``.
     columns: Mapping[str, str]
     registry: EventRegistry = EVENTS
+    #: Whether a rule reads ``rec.metadata``. The rebuild reads the metadata column only
+    #: then; otherwise a rule touching it fails (and quarantines) instead of misreading.
+    reads_metadata: ClassVar[bool] = False
     rules: ClassVar[dict[str, list[Rule]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -215,31 +219,68 @@ class ReadModel(Projection):
         self, conn: asyncpg.Connection, schema: str, events: list[RecordedEvent]
     ) -> list[Entry]:
         """One SELECT, an in-memory fold in order, one upsert and one delete."""
-        prepared: list[tuple[RecordedEvent, Event | None, list[tuple[Rule, Key, Any]], str | None]]
-        prepared = []
-        for rec in events:
-            try:
-                event = rec.decode(self.registry)
-                touches: list[tuple[Rule, Key, Any]] = []
-                for rule in self.rules.get(rec.event_type, ()):
-                    if rule.key is not None:
-                        touches.append((rule, tuple(rule.key(event, rec)), None))
-                    else:
-                        assert rule.each is not None
-                        touches += [(rule, tuple(k), v) for k, v in rule.each(event, rec).items()]
-                prepared.append((rec, event, touches, None))
-            except Exception as e:
-                prepared.append((rec, None, [], _describe(e)))
+        prepared = [self._prepare(rec) for rec in events]
         keys = list(dict.fromkeys(k for _, _, touches, _ in prepared for _, k, _ in touches))
         original = await self._fetch(conn, schema, keys)
         state: dict[Key, Row | None] = dict(original)
-        failed: set[str] = set()
+        entries = self._fold(state, prepared, set())
+        upserts = []
+        for k, r in state.items():
+            if r is not None and r is not original.get(k):
+                r = self.finalize(r)
+                if r != original.get(k):
+                    upserts.append(r)
+        deletes = [k for k, r in state.items() if r is None and original.get(k) is not None]
+        await self._write(conn, schema, upserts, deletes)
+        return entries
+
+    def fold(
+        self, state: dict[Key, Row | None], events: Iterable[RecordedEvent], failed: set[str]
+    ) -> list[Entry]:
+        """Fold ``events`` into ``state`` (row key -> row, or None once deleted) in memory,
+        with no I/O: the rebuild keeps one ``state`` for the whole feed. Streams in
+        ``failed`` are skipped (held); a stream whose event fails is added to it. Returns
+        the quarantine entries. Rows are not finalized here (see :meth:`finalize`)."""
+        return self._fold(state, [self._prepare(rec) for rec in events], failed)
+
+    def _prepare(self, rec: RecordedEvent) -> Prepared:
+        """The event decoded (upcast, then validated) and the rows it touches, or the error."""
+        try:
+            event = rec.decode(self.registry)
+            touches: list[tuple[Rule, Key, Any]] = []
+            for rule in self.rules.get(rec.event_type, ()):
+                if rule.key is not None:
+                    touches.append((rule, tuple(rule.key(event, rec)), None))
+                else:
+                    assert rule.each is not None
+                    touches += [(rule, tuple(k), v) for k, v in rule.each(event, rec).items()]
+            return rec, event, touches, None
+        except Exception as e:
+            return rec, None, [], _describe(e)
+
+    def _fold(
+        self, state: dict[Key, Row | None], prepared: Iterable[Prepared], failed: set[str]
+    ) -> list[Entry]:
         entries: list[Entry] = []
         for rec, decoded, touches, error in prepared:
             if rec.stream_id in failed:
                 entries.append((rec, None))
                 continue
-            if error is None:
+            if error is None and len(touches) == 1:  # the usual case, without staging
+                rule, k, item = touches[0]
+                current = state.get(k)
+                try:
+                    new = getattr(self, rule.method)(
+                        None if current is None else dict(current),
+                        decoded,
+                        rec,
+                        *(() if rule.key else (item,)),
+                    )
+                    state[k] = None if new is None else self._checked(k, new)
+                    continue
+                except Exception as e:
+                    error = _describe(e)
+            elif error is None:
                 try:
                     staged: dict[Key, Row | None] = {}
                     for rule, k, item in touches:
@@ -258,14 +299,6 @@ class ReadModel(Projection):
                     continue
             failed.add(rec.stream_id)
             entries.append((rec, error))
-        upserts = []
-        for k, r in state.items():
-            if r is not None and r is not original.get(k):
-                r = self.finalize(r)
-                if r != original.get(k):
-                    upserts.append(r)
-        deletes = [k for k, r in state.items() if r is None and original.get(k) is not None]
-        await self._write(conn, schema, upserts, deletes)
         return entries
 
     def _checked(self, key: Key, row: Row) -> Row:
@@ -461,7 +494,16 @@ def _with_recorded(fn: Callable[..., Any] | None) -> Callable[[Any, RecordedEven
     return lambda e, rec: fn(e)
 
 
+class RawJson(str):
+    """JSON text rendered already, as the value of a json/jsonb column (``finalize`` may
+    return one instead of the object, saving a conversion to Python values and back)."""
+
+    __slots__ = ()
+
+
 def _json(value: Any) -> str | None:
+    if isinstance(value, RawJson):
+        return str(value)
     return None if value is None else orjson.dumps(value).decode()
 
 

@@ -172,7 +172,7 @@ RETURNING global_position, tx_id::text::bigint AS tx_id, event_id, stream_id, ve
 SELECT {_COLUMNS} FROM {s}.events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, global_position LIMIT $3"""
+ORDER BY events.tx_id, events.global_position LIMIT $3"""
 
     # -- writing ------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ ORDER BY tx_id, global_position LIMIT $3"""
         sql = (
             f"SELECT tx_id::text::bigint AS tx_id, global_position FROM {self.schema}.events"
             " WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY tx_id DESC, global_position DESC LIMIT 1"
+            " ORDER BY events.tx_id DESC, events.global_position DESC LIMIT 1"
         )
         async with self.pool.acquire() as conn:
             r = await conn.fetchrow(sql)

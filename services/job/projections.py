@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contracts.base import EVENTS
 from contracts.jobs import FrameOutput, JobFramesRendered, JobSlotFreed, JobSlotTaken, JobSubmitted
-from libs.eventstore.projection import ReadModel, Row, on
+from libs.eventstore.projection import RawJson, ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 from services.job.views import JobView
 
@@ -45,7 +45,7 @@ class JobsProjection(ReadModel):
         elif row is None:
             raise LookupError(f"{rec.event_type} for a job with no JobSubmitted")
         elif isinstance(row["view"], JobView):  # folded earlier in this batch
-            view = row["view"].model_copy(deep=True)
+            view = row["view"].fork()
         else:
             view = JobView.model_validate(row["view"])
         assert isinstance(e, JOB_EVENTS)
@@ -67,7 +67,7 @@ class JobsProjection(ReadModel):
         if not isinstance(view, JobView):
             return row
         envelope = view.envelope(row["version"], row["updated_at"]).model_dump_json()
-        return {**row, "view": view.model_dump(mode="json"), "envelope": envelope}
+        return {**row, "view": RawJson(view.model_dump_json()), "envelope": envelope}
 
 
 class FramesProjection(ReadModel):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -147,6 +147,17 @@ class JobView(BaseModel):
             created_at=e.submitted_at,
         )
 
+    def fork(self) -> JobView:
+        """A copy :meth:`apply` can change without changing this one, much cheaper than
+        ``model_copy(deep=True)`` (the rebuild forks once per event): :meth:`apply` only
+        ever replaces field values, never mutates one in place, except for the list of
+        steps, which the fork copies, and a step, which it copies before changing it
+        (:meth:`_changing`). ``tests/job/test_views.py`` checks a fork leaves its original
+        unchanged."""
+        copied = _clone(self)
+        copied.__dict__["steps"] = list(self.steps)
+        return copied
+
     # -- evolve -----------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
@@ -167,14 +178,14 @@ class JobView(BaseModel):
             case JobRenderSettingsChanged():
                 self.resolution, self.render_settings = event.resolution, event.render_settings
             case JobStepStarted():
-                step = self.step(event.step)
+                step = self._changing(event.step)
                 step.status, step.started_at = StepStatus.running, event.at
                 step.progress_percent, step.finished_at, step.error = 0.0, None, None
                 self.status = STEP_STARTS_STATUS[event.step]
             case JobStepProgressed():
-                self.step(event.step).progress_percent = event.progress_percent
+                self._changing(event.step).progress_percent = event.progress_percent
             case JobStepSucceeded():
-                step = self.step(event.step)
+                step = self._changing(event.step)
                 step.status, step.progress_percent, step.finished_at = (
                     StepStatus.succeeded,
                     100.0,
@@ -185,10 +196,10 @@ class JobView(BaseModel):
                 elif event.step is StepName.test_render:
                     self.status = S.test_render_ready
             case JobStepFailed():
-                step = self.step(event.step)
+                step = self._changing(event.step)
                 step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
             case JobStepSkipped():
-                self.step(event.step).status = StepStatus.skipped
+                self._changing(event.step).status = StepStatus.skipped
             case JobQueued():
                 self.status = S.queued
             case JobFramesRendered():
@@ -207,9 +218,9 @@ class JobView(BaseModel):
                 if self.status in FARM_BUSY:
                     self.status = S.cancelling
             case JobCancelled():
-                for step in self.steps:
+                for step in list(self.steps):
                     if step.status in (StepStatus.pending, StepStatus.running):
-                        step.status = StepStatus.cancelled
+                        self._changing(step.name).status = StepStatus.cancelled
                 self.status = S.cancelled
             case _:
                 pass  # logs, and job events this view does not show
@@ -226,9 +237,18 @@ class JobView(BaseModel):
             self.workers = sorted([*self.workers, event.worker])
         if self.last_frames_at is None or event.at > self.last_frames_at:
             self.last_frames_at = event.at
-        step = self.step(StepName.render)
-        if step.status in (StepStatus.pending, StepStatus.running):
-            step.progress_percent = round(min(self.frames_done / self.frames_total, 1) * 100, 1)
+        if self.step(StepName.render).status in (StepStatus.pending, StepStatus.running):
+            self._changing(StepName.render).progress_percent = round(
+                min(self.frames_done / self.frames_total, 1) * 100, 1
+            )
+
+    def _changing(self, name: StepName) -> StepState:
+        """The step ``name``, to change: a copy replaces it in this view's list first (a fork
+        shares its steps with its original until it changes one)."""
+        step = self.step(name)
+        own = _clone(step)
+        self.steps[next(i for i, s in enumerate(self.steps) if s is step)] = own
+        return own
 
     def step(self, name: StepName) -> StepState:
         found = next((s for s in self.steps if s.name is name), None)
@@ -315,6 +335,21 @@ class JobView(BaseModel):
             updated_at=updated_at,
             version=version,
         )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _clone(model: M) -> M:
+    """A shallow copy of a pydantic model, as ``model_copy()`` makes it, without its
+    per-attribute overhead (this runs once per event a rebuild folds)."""
+    copied = model.__class__.__new__(model.__class__)
+    object.__setattr__(copied, "__dict__", model.__dict__.copy())
+    object.__setattr__(copied, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    for attr in ("__pydantic_extra__", "__pydantic_private__"):  # None unless declared
+        value = getattr(model, attr, None)
+        object.__setattr__(copied, attr, None if value is None else dict(value))
+    return copied
 
 
 def _no_eta(reason: EtaUnknownReason) -> EtaView:

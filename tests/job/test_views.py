@@ -105,25 +105,35 @@ PATHS: dict[str, Sequence[Decide]] = {
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_the_view_stored_after_every_event_renders_what_it_would_in_memory(path: str) -> None:
-    """As the projection keeps it (JSON after every event), the view renders the envelope a
-    view kept in memory renders, and agrees with the aggregate on the facts both keep."""
-    job, stored, kept, version = Job(), None, None, 0
+def test_the_view_stored_or_folded_after_every_event_renders_the_same_envelope(path: str) -> None:
+    """As the projection keeps it (JSON after every event) and as a rebuild folds it (forked
+    in memory before each event), the view renders the same envelope as one kept in memory,
+    and agrees with the aggregate on the facts both keep."""
+    job, version = Job(), 0
+    stored: JobView | None = None
+    kept: JobView | None = None
+    folded: JobView | None = None
     for decide in PATHS[path]:
         for event in decide(job):
             version += 1
             if isinstance(event, JobSubmitted):
-                stored, kept = JobView.submitted(event), JobView.submitted(event)
+                stored, kept, folded = (JobView.submitted(event) for _ in range(3))
                 continue
-            assert stored is not None and kept is not None
+            assert stored is not None and kept is not None and folded is not None
+            before = folded.model_dump_json()
             stored = JobView.model_validate_json(stored.model_dump_json())
             stored.apply(event)
             kept.apply(event)
+            forked = folded.fork()
+            forked.apply(event)
+            assert folded.model_dump_json() == before, "fork() shares state it changes"
+            folded = forked
             at = NOW + timedelta(minutes=version)
-            assert (
-                stored.envelope(version, at).model_dump_json()
-                == kept.envelope(version, at).model_dump_json()
-            ), f"{path}: after {type(event).__name__} (v{version})"
+            expected = kept.envelope(version, at).model_dump_json()
+            assert stored.envelope(version, at).model_dump_json() == expected, (
+                f"{path}: after {type(event).__name__} (v{version})"
+            )
+            assert folded.envelope(version, at).model_dump_json() == expected
     assert stored is not None and version > 4
     assert (stored.status, stored.frames_done, stored.failure_reason) == (
         job.status,
