@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -63,10 +65,30 @@ class Position(NamedTuple):
         return cls(0, 0)
 
 
+def new_event_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7: 48-bit Unix milliseconds, then 74 random bits).
+
+    New ids land at the right edge of the ``event_id`` index instead of on a random leaf
+    page, which makes the insert several times cheaper for that index once it is large.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    # uuid.UUID(int=...) validates in Python; this value is valid by construction.
+    u = _new(_UUID)
+    _set(u, "int", (value & _V7_CLEAR) | _V7_SET)
+    _set(u, "is_safe", _UNKNOWN)
+    return u
+
+
+_V7_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_V7_SET = (0x7 << 76) | (0x2 << 62)
+_UUID, _UNKNOWN = uuid.UUID, uuid.SafeUUID.unknown
+_new, _set = object.__new__, object.__setattr__
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     event: Event
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
     metadata: JsonDict = field(default_factory=dict)
 
 
@@ -181,43 +203,46 @@ def _bad_sql(s: str, full: bool) -> str:
     SELECT w.member, 's' FROM w WHERE EXISTS (
         SELECT 1 FROM {s}.events v WHERE v.stream_id = w.stream_id AND v.version = w.expected + 1)
     UNION ALL
-    SELECT c.member, 'c' FROM unnest($13::int[], $14::text[]) AS c(member, command_id)
-    WHERE EXISTS (SELECT 1 FROM {s}.processed_commands p WHERE p.command_id = c.command_id)"""
+    SELECT c.member, 'c' FROM c WHERE EXISTS (
+        SELECT 1 FROM {s}.processed_commands p WHERE p.command_id = c.command_id)"""
     return sql
 
 
 def _append_sql(s: str, full: bool) -> str:
     """One statement for any number of writers (members): their events, their commands'
-    ``processed_commands`` rows and their due snapshots; a refused member writes nothing."""
+    ``processed_commands`` rows and their due snapshots; a refused member writes nothing.
+
+    The rows travel as JSON text (one parameter each: events, metadata, writes, commands,
+    snapshots), parsed once into jsonb; an event's ``data`` and metadata are jsonb values
+    taken out of it, never parsed again. (asyncpg's array parameters check every element
+    against collections.abc in Python, which cost more than the insert.)
+    """
     return f"""
 WITH w AS (
-    SELECT * FROM unnest($10::int[], $11::text[], $12::int[]) AS w(member, stream_id, expected)
+    SELECT (x->>0)::int AS member, x->>1 AS stream_id, (x->>2)::int AS expected
+    FROM jsonb_array_elements($3::text::jsonb) AS x
+), c AS (
+    SELECT (x->>0)::int AS member, x->>1 AS command_id, x->>2 AS command_type, x->3 AS reply
+    FROM jsonb_array_elements($4::text::jsonb) AS x
 ), bad AS ({_bad_sql(s, full)}
 ), ins AS (
     INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
-    SELECT u.event_id, u.stream_id, u.version, u.type, u.schema_version, u.data::jsonb,
-        m.meta[u.midx]
-    FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::int[],
-            $8::int[])
-        WITH ORDINALITY AS u(event_id, stream_id, version, type, schema_version, data, midx,
-            member, ord),
-        (SELECT array_agg(x::jsonb ORDER BY o) AS meta
-         FROM unnest($9::text[]) WITH ORDINALITY AS t(x, o)) AS m
-    WHERE u.member NOT IN (SELECT member FROM bad)
+    SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::int, e->5,
+        m.meta->((e->>6)::int)
+    FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS u(e, ord),
+        (SELECT $2::text::jsonb AS meta) AS m
+    WHERE (e->>7)::int NOT IN (SELECT member FROM bad)
     ORDER BY u.ord
     RETURNING global_position, tx_id, recorded_at
 ), cmd AS (
     INSERT INTO {s}.processed_commands (command_id, command_type, reply)
-    SELECT c.command_id, c.command_type, c.reply::jsonb
-    FROM unnest($13::int[], $14::text[], $15::text[], $16::text[])
-        AS c(member, command_id, command_type, reply)
+    SELECT c.command_id, c.command_type, c.reply FROM c
     WHERE c.member NOT IN (SELECT member FROM bad)
 ), snap AS (
     INSERT INTO {s}.snapshots AS sn (stream_id, version, schema_version, state)
-    SELECT x.stream_id, x.version, x.schema_version, x.state::jsonb
-    FROM unnest($17::int[], $18::text[], $19::int[], $20::int[], $21::text[])
-        AS x(member, stream_id, version, schema_version, state)
-    WHERE x.member NOT IN (SELECT member FROM bad)
+    SELECT x->>1, (x->>2)::int, (x->>3)::int, x->4
+    FROM jsonb_array_elements($5::text::jsonb) AS x
+    WHERE (x->>0)::int NOT IN (SELECT member FROM bad)
     ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version,
         schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, taken_at = now()
     WHERE sn.version < EXCLUDED.version
@@ -252,44 +277,27 @@ class _Member:
 
 
 class _Encoded:
-    """A group's parameters, built once: every event's JSON is encoded here, and metadata
-    shared by several events (a command stamps one dict on all of its events) once."""
+    """A group's parameters, built once: every event's data is dumped here (the records
+    keep the dicts), and metadata shared by several events (a command stamps one dict on
+    all of its events) is sent once."""
 
     __slots__ = ("args", "pending")
 
     def __init__(self, members: Sequence[_Member]) -> None:
-        ids: list[uuid.UUID] = []
-        streams: list[str] = []
-        versions: list[int] = []
-        types: list[str] = []
-        schema_versions: list[int] = []
-        datas: list[str] = []
-        midx: list[int] = []
-        emember: list[int] = []
-        metas: list[str] = []
+        events: list[list[Any]] = []
+        metas: list[JsonDict] = []
         meta_index: dict[int, int] = {}
-        w_member: list[int] = []
-        w_stream: list[str] = []
-        w_expected: list[int] = []
-        c_member: list[int] = []
-        c_id: list[str] = []
-        c_type: list[str] = []
-        c_reply: list[str] = []
-        s_member: list[int] = []
-        s_stream: list[str] = []
-        s_version: list[int] = []
-        s_schema: list[int] = []
-        s_state: list[str] = []
-        dumps = orjson.dumps
+        writes: list[tuple[int, str, int]] = []
+        commands: list[tuple[int, str, str, JsonDict]] = []
+        snapshots: list[tuple[int, str, int, int, JsonDict]] = []
         # Per member: (stream, version, NewEvent, data) of each event, to build the records.
         self.pending: list[list[tuple[str, int, NewEvent, JsonDict]]] = []
         for m, member in enumerate(members, start=1):
             rows: list[tuple[str, int, NewEvent, JsonDict]] = []
             for w in member.writes:
-                w_member.append(m)
-                w_stream.append(w.stream_id)
-                w_expected.append(w.expected_version)
+                stream_id = w.stream_id
                 version = w.expected_version
+                writes.append((m, stream_id, version))
                 for ne in w.events:
                     version += 1
                     event = ne.event
@@ -297,52 +305,34 @@ class _Encoded:
                     key = id(ne.metadata)
                     j = meta_index.get(key)
                     if j is None:
-                        metas.append(dumps(ne.metadata).decode())
                         j = meta_index[key] = len(metas)
-                    ids.append(ne.event_id)
-                    streams.append(w.stream_id)
-                    versions.append(version)
-                    types.append(event.event_type)
-                    schema_versions.append(event.schema_version)
-                    datas.append(dumps(data).decode())
-                    midx.append(j)
-                    emember.append(m)
-                    rows.append((w.stream_id, version, ne, data))
+                        metas.append(ne.metadata)
+                    events.append(
+                        [
+                            ne.event_id,
+                            stream_id,
+                            version,
+                            event.event_type,
+                            event.schema_version,
+                            data,
+                            j,
+                            m,
+                        ]
+                    )
+                    rows.append((stream_id, version, ne, data))
             self.pending.append(rows)
             if member.command is not None:
                 c = member.command
-                c_member.append(m)
-                c_id.append(c.command_id)
-                c_type.append(c.command_type)
-                c_reply.append(dumps(c.reply).decode())
+                commands.append((m, c.command_id, c.command_type, c.reply))
             for snap in member.snapshots:
-                s_member.append(m)
-                s_stream.append(snap.stream_id)
-                s_version.append(snap.version)
-                s_schema.append(snap.schema_version)
-                s_state.append(dumps(snap.state).decode())
+                snapshots.append((m, snap.stream_id, snap.version, snap.schema_version, snap.state))
+        dumps = orjson.dumps
         self.args = (
-            ids,
-            streams,
-            versions,
-            types,
-            schema_versions,
-            datas,
-            midx,
-            emember,
-            metas,
-            w_member,
-            w_stream,
-            w_expected,
-            c_member,
-            c_id,
-            c_type,
-            c_reply,
-            s_member,
-            s_stream,
-            s_version,
-            s_schema,
-            s_state,
+            dumps(events).decode(),
+            dumps(metas).decode(),
+            dumps(writes).decode(),
+            dumps(commands).decode(),
+            dumps(snapshots).decode(),
         )
 
 
@@ -398,8 +388,8 @@ class _Kept:
     """Connections taken from the pool and kept between the store's own statements for
     ``linger`` seconds, so back-to-back appends and commands do not pay the pool's reset
     query (one round trip) on every release. Only the store's statements run on them (no
-    session state is ever set); one that fails or is left in a transaction goes back to the
-    pool at once, and so reset there."""
+    session state is set but generic plans); one that fails or is left in a transaction goes
+    back to the pool at once, and so reset there."""
 
     def __init__(self, pool: asyncpg.Pool, linger: float) -> None:
         self.pool = pool
@@ -412,6 +402,14 @@ class _Kept:
         if self._idle:
             return self._idle.pop()[0]
         conn: asyncpg.Connection = await self.pool.acquire()
+        try:
+            # The store's statements take arrays; PostgreSQL would plan them again on every
+            # run (a custom plan knows the arrays' lengths), which costs more than running
+            # them. The pool's reset (RESET ALL) undoes this when the connection goes back.
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+        except BaseException:
+            self._release(conn)
+            raise
         return conn
 
     def give_back(self, conn: asyncpg.Connection, clean: bool) -> None:
