@@ -384,6 +384,13 @@ def _settle(
         fut.set_result(result or [])
 
 
+def _pool_has_waiters(pool: asyncpg.Pool) -> bool:
+    """Whether a task waits in ``pool.acquire()`` (asyncpg has no public way to ask; if its
+    internals change, this says no and kept connections still go back after ``linger``)."""
+    getters = getattr(getattr(pool, "_queue", None), "_getters", None)
+    return bool(getters)
+
+
 class _Kept:
     """Connections taken from the pool and kept between the store's own statements for
     ``linger`` seconds, so back-to-back appends and commands do not pay the pool's reset
@@ -413,7 +420,13 @@ class _Kept:
         return conn
 
     def give_back(self, conn: asyncpg.Connection, clean: bool) -> None:
-        if not clean or conn.is_closed() or conn.is_in_transaction() or self.linger <= 0:
+        if (
+            not clean
+            or conn.is_closed()
+            or conn.is_in_transaction()
+            or self.linger <= 0
+            or _pool_has_waiters(self.pool)  # someone waits for a connection: give it now
+        ):
             self._release(conn)
             return
         loop = asyncio.get_running_loop()
@@ -782,7 +795,7 @@ ORDER BY tx_id, global_position LIMIT $3"""
         args = (str(after.tx_id), after.position, limit)
         if conn is not None:
             return [_row(r) for r in await conn.fetch(self._read_all_sql, *args)]
-        async with self.pool.acquire() as own:
+        async with self.session() as own:
             return [_row(r) for r in await own.fetch(self._read_all_sql, *args)]
 
     async def read_events(
@@ -814,7 +827,7 @@ ORDER BY tx_id, global_position LIMIT $3"""
             " WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())"
             " ORDER BY tx_id DESC, global_position DESC LIMIT 1"
         )
-        async with self.pool.acquire() as conn:
+        async with self.session() as conn:
             r = await conn.fetchrow(sql)
         return Position(r["tx_id"], r["global_position"]) if r else Position.start()
 
