@@ -3,10 +3,15 @@
 Wire format. Request: ``{"command_id", "type", "payload", "metadata"}`` with trace context in
 headers. Reply: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": ErrorBody}``.
 
-The server runs each handler in one database transaction together with a row in
-``processed_commands`` holding the reply, so a repeated ``command_id`` (a client retry after a
+The server commits each handler's events together with a row in ``processed_commands``
+holding the reply, in one statement, so a repeated ``command_id`` (a client retry after a
 timeout) gets the stored reply and changes nothing. Domain errors are not stored: the same
 command may succeed later. A version conflict re-runs the handler on fresh state.
+
+Round trips of a command: the handler's loads (one query for each ``uow.get``, or one for
+all with ``uow.prefetch``; the first also looks up a stored reply for the command id) and the
+commit (one statement). No BEGIN and COMMIT: the commit statement is atomic by itself, and the
+loads, in READ COMMITTED, saw no more together inside a transaction than they do apart.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -41,8 +45,14 @@ from contracts.errors import (
 )
 from libs.config import BaseServiceSettings
 from libs.eventstore.processor import Tailer
-from libs.eventstore.store import ConcurrencyError, EventStore, RecordedEvent
-from libs.eventstore.uow import UnitOfWork
+from libs.eventstore.store import (
+    CommandAlreadyProcessed,
+    CommandRecord,
+    ConcurrencyError,
+    EventStore,
+    RecordedEvent,
+)
+from libs.eventstore.uow import AlreadyProcessed, UnitOfWork
 from libs.logging import correlation_id_var, get_logger
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
 
@@ -86,8 +96,8 @@ class CommandServer:
         self._handlers: dict[str, tuple[type[Command], CommandHandler, bool]] = {}
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        # A command holds a transaction connection and loads aggregates on another: at most
-        # half the pool may run commands at once, or they could wait on each other forever.
+        # Each command runs on one connection; at most half the pool runs commands, so the
+        # tailers, the feed watcher and group commits (commit_alone) always find one.
         self._slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     def register(
@@ -188,23 +198,29 @@ class CommandServer:
             "causation_id": command_id,
             **({"traceparent": inject_headers()["traceparent"]} if span.is_valid else {}),
         }
-        stored = await self._stored_reply(command_id)
-        if stored is not None:
-            return stored
+        if not store_reply:
+            # A secret-bearing reply: look before the handler runs at all (it may mint a
+            # secret before its first load); a repeat gets the tombstone.
+            stored = await self._stored_reply(command_id)
+            if stored is not None:
+                return stored
         for attempt in range(1, self.max_attempts + 1):
+            uow: UnitOfWork | None = None
             try:
-                async with self.store.pool.acquire() as conn, conn.transaction():
-                    uow = UnitOfWork(self.store, conn=conn, metadata=event_meta)
-                    result = await handler(cmd, uow)
-                    await uow.commit()
-                    reply = {"ok": True, "result": result.model_dump(mode="json")}
-                    await conn.execute(
-                        f"INSERT INTO {self.store.schema}.processed_commands"
-                        " (command_id, command_type, reply) VALUES ($1, $2, $3)",
-                        command_id,
-                        command_type,
-                        reply if store_reply else _SECRET_TOMBSTONE,
+                async with self.store.session() as conn:
+                    # The first load also looks the command id up: a repeat stops there.
+                    uow = UnitOfWork(
+                        self.store,
+                        conn=conn,
+                        metadata=event_meta,
+                        replay_of=command_id if store_reply else None,
                     )
+                    result = await handler(cmd, uow)
+                    reply = {"ok": True, "result": result.model_dump(mode="json")}
+                    row = reply if store_reply else _SECRET_TOMBSTONE
+                    await uow.commit(CommandRecord(command_id, command_type, row))
+            except AlreadyProcessed as e:
+                return e.reply
             except ConcurrencyError:
                 # The same command id, retried by its client while the first try was still
                 # in flight (on another replica), may have won: answer what it answered.
@@ -214,12 +230,18 @@ class CommandServer:
                 if attempt == self.max_attempts:
                     raise ConcurrencyConflict("the resource kept changing; retry") from None
                 continue
-            except asyncpg.UniqueViolationError as e:
-                if "processed_commands" not in (e.table_name or ""):
-                    raise
+            except CommandAlreadyProcessed:
                 stored = await self._stored_reply(command_id)
                 if stored is not None:
                     return stored
+                raise
+            except DomainError:
+                # Refused before its first load looked for a stored reply: look now, a repeat
+                # gets the first answer, not a refusal of its replay.
+                if store_reply and uow is not None and uow.replay_of is not None:
+                    stored = await self._stored_reply(command_id)
+                    if stored is not None:
+                        return stored
                 raise
             self.store.notify_appended()
             recorded.extend(uow.recorded)
@@ -227,7 +249,7 @@ class CommandServer:
         raise AssertionError("unreachable")
 
     async def _stored_reply(self, command_id: str) -> JsonDict | None:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.session() as conn:
             reply: JsonDict | None = await conn.fetchval(
                 f"SELECT reply FROM {self.store.schema}.processed_commands WHERE command_id = $1",
                 command_id,

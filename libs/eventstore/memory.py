@@ -17,11 +17,15 @@ from typing import Any
 
 from contracts.base import EVENTS, EventRegistry, JsonDict
 from libs.eventstore.store import (
+    CommandAlreadyProcessed,
+    CommandRecord,
     ConcurrencyError,
     DuplicateEventError,
+    LoadedStream,
     NewEvent,
     Position,
     RecordedEvent,
+    SnapshotWrite,
     StreamWrite,
 )
 
@@ -35,6 +39,8 @@ class InMemoryEventStore:
         self._ids: set[uuid.UUID] = set()
         self._snapshots: dict[str, tuple[int, int, JsonDict]] = {}
         self._checkpoints: dict[str, Position] = {}
+        #: ``processed_commands``: the reply stored under each command id.
+        self.processed: dict[str, JsonDict] = {}
         self._waiters: set[asyncio.Event] = set()
 
     # -- writing ------------------------------------------------------------------------
@@ -45,8 +51,14 @@ class InMemoryEventStore:
         return await self.append_streams([StreamWrite(stream_id, expected_version, events)])
 
     async def append_streams(
-        self, writes: Sequence[StreamWrite], conn: Any = None
+        self,
+        writes: Sequence[StreamWrite],
+        conn: Any = None,
+        *,
+        command: CommandRecord | None = None,
+        snapshots: Sequence[SnapshotWrite] = (),
     ) -> list[RecordedEvent]:
+        writes = [w for w in writes if w.events]
         stale = [
             w.stream_id
             for w in writes
@@ -57,6 +69,10 @@ class InMemoryEventStore:
         ids = [ne.event_id for w in writes for ne in w.events]
         if len(set(ids)) != len(ids) or self._ids.intersection(ids):
             raise DuplicateEventError("an event id is stored already")
+        if command is not None:
+            if command.command_id in self.processed:
+                raise CommandAlreadyProcessed(command.command_id)
+            self.processed[command.command_id] = command.reply
         tx_id = len(self._events) + 1
         now = datetime.now(UTC)
         recorded: list[RecordedEvent] = []
@@ -78,6 +94,8 @@ class InMemoryEventStore:
                 self._streams.setdefault(w.stream_id, []).append(rec)
                 self._ids.add(ne.event_id)
                 recorded.append(rec)
+        for snap in snapshots:
+            await self.save_snapshot(snap.stream_id, snap.version, snap.schema_version, snap.state)
         if recorded:
             self.notify_appended()
         return recorded
@@ -98,6 +116,27 @@ class InMemoryEventStore:
     ) -> list[RecordedEvent]:
         events = self._streams.get(stream_id, [])[after_version:]
         return list(events[:limit] if limit else events)
+
+    async def load_streams(
+        self,
+        streams: Sequence[tuple[str, int]],
+        *,
+        conn: Any = None,
+        command_id: str | None = None,
+    ) -> tuple[dict[str, LoadedStream], JsonDict | None]:
+        out = {}
+        for stream_id, snapshot_version in streams:
+            snap = self._snapshots.get(stream_id)
+            usable = (snap[0], snap[2]) if snap and snap[1] == snapshot_version else None
+            after = usable[0] if usable else 0
+            out[stream_id] = LoadedStream(
+                usable,
+                [
+                    (r.event_type, r.schema_version, r.data)
+                    for r in self._streams.get(stream_id, [])[after:]
+                ],
+            )
+        return out, (self.processed.get(command_id) if command_id is not None else None)
 
     async def read_all(
         self, after: Position, limit: int = 1000, conn: Any = None

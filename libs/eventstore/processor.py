@@ -176,7 +176,7 @@ class Projector(Tailer):
 
     async def process_batch(self, events: list[RecordedEvent]) -> bool:
         wanted = [e for e in events if self.wants(e)]
-        async with self.store.pool.acquire() as conn, conn.transaction():
+        async with self.store.session() as conn, conn.transaction():
             if not await self.store.advance_checkpoint(
                 conn, self.name, self.position, events[-1].cursor
             ):

@@ -7,8 +7,13 @@ multi-stream write (each stream at the version it was loaded at) and takes the s
 that are due. Nothing else writes. A handler never sees a connection.
 
 The same class runs over the PostgreSQL store (loads and the append go through the
-command's transaction connection) and over :class:`~libs.eventstore.memory.InMemoryEventStore`
+command's connection) and over :class:`~libs.eventstore.memory.InMemoryEventStore`
 (``conn=None``), so handler tests need no server.
+
+Round trips: loading an aggregate is one query (its snapshot and the events after it), and
+:meth:`UnitOfWork.prefetch` loads several in that one query; the first load can also look up
+a stored reply (``replay_of``), so a repeated command stops there. The commit is one
+statement: the events, the command's reply row and the due snapshots.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from pydantic import ValidationError
 
 from contracts.base import Event, EventRegistry, JsonDict
 from libs.eventstore.aggregate import Aggregate
-from libs.eventstore.store import NewEvent, RecordedEvent, StreamWrite
+from libs.eventstore.store import (
+    CommandRecord,
+    LoadedStream,
+    NewEvent,
+    RecordedEvent,
+    SnapshotWrite,
+    StreamWrite,
+)
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -35,8 +47,21 @@ class StorePort(Protocol):
     ) -> list[RecordedEvent]: ...
 
     async def append_streams(
-        self, writes: Sequence[StreamWrite], conn: Any = None
+        self,
+        writes: Sequence[StreamWrite],
+        conn: Any = None,
+        *,
+        command: CommandRecord | None = None,
+        snapshots: Sequence[SnapshotWrite] = (),
     ) -> list[RecordedEvent]: ...
+
+    async def load_streams(
+        self,
+        streams: Sequence[tuple[str, int]],
+        *,
+        conn: Any = None,
+        command_id: str | None = None,
+    ) -> tuple[dict[str, LoadedStream], JsonDict | None]: ...
 
     async def load_snapshot(
         self, stream_id: str, *, conn: Any = None
@@ -53,6 +78,14 @@ class StorePort(Protocol):
     ) -> None: ...
 
 
+class AlreadyProcessed(Exception):
+    """The command this unit of work runs for has a stored reply: it ran before."""
+
+    def __init__(self, reply: JsonDict) -> None:
+        super().__init__("the command was processed already")
+        self.reply = reply
+
+
 class UnitOfWork:
     """Loads aggregates (one instance per stream), then saves what they recorded, once."""
 
@@ -63,9 +96,13 @@ class UnitOfWork:
         conn: Any = None,
         metadata: JsonDict | None = None,
         snapshot_every: int = 100,
+        replay_of: str | None = None,
     ) -> None:
         self.store = store
         self.conn = conn
+        #: A command id whose stored reply the first load looks up (and raises
+        #: :class:`AlreadyProcessed` with); None once looked up.
+        self.replay_of = replay_of
         #: Stamped on every event: actor, command id, correlation and causation ids, trace.
         self.metadata: JsonDict = metadata or {}
         self.snapshot_every = snapshot_every
@@ -81,23 +118,52 @@ class UnitOfWork:
         """The aggregate ``cls`` at ``key`` (a new, empty one if its stream is empty)."""
         stream_id = cls.stream_id_for(key)
         known = self._loaded.get(stream_id)
-        if known is not None:
-            if not isinstance(known, cls):
-                raise TypeError(f"{stream_id} is loaded as {type(known).__name__}")
-            return known
-        base: A | None = None
-        base_version = 0
-        snap = await self.store.load_snapshot(stream_id, conn=self.conn)
-        if snap is not None and snap[1] == cls.snapshot_version:
-            try:
-                base, base_version = cls.model_validate(snap[2]), snap[0]
-            except ValidationError:
-                base = None  # a snapshot the current class cannot read: replay it all
-        records = await self.store.read_stream(stream_id, base_version, conn=self.conn)
-        events = [r.decode(self.store.registry) for r in records]
-        aggregate = cls.rehydrate(key, events, base=base, base_version=base_version)
-        self._loaded[stream_id] = aggregate
-        return aggregate
+        if known is None:
+            await self.prefetch((cls, key))
+            known = self._loaded[stream_id]
+        if not isinstance(known, cls):
+            raise TypeError(f"{stream_id} is loaded as {type(known).__name__}")
+        return known
+
+    async def prefetch(self, *refs: tuple[type[Aggregate], str]) -> None:
+        """Load these aggregates in one query (``get`` then returns them as loaded)."""
+        todo: dict[str, tuple[type[Aggregate], str]] = {}
+        for cls, key in refs:
+            stream_id = cls.stream_id_for(key)
+            if stream_id not in self._loaded:
+                todo.setdefault(stream_id, (cls, key))
+        if not todo and self.replay_of is None:
+            return
+        command_id, self.replay_of = self.replay_of, None
+        loaded, reply = await self.store.load_streams(
+            [(stream_id, cls.snapshot_version) for stream_id, (cls, _) in todo.items()],
+            conn=self.conn,
+            command_id=command_id,
+        )
+        if reply is not None:
+            raise AlreadyProcessed(reply)
+        registry = self.store.registry
+        for stream_id, (cls, key) in todo.items():
+            snapshot, events = loaded[stream_id]
+            base: Aggregate | None = None
+            base_version = 0
+            if snapshot is not None:
+                try:
+                    base, base_version = cls.model_validate(snapshot[1]), snapshot[0]
+                except ValidationError:  # a snapshot the current class cannot read: replay
+                    (_, events), _ = await self._reload(stream_id)
+            aggregate = cls.rehydrate(
+                key,
+                [registry.decode(t, v, data) for t, v, data in events],
+                base=base,
+                base_version=base_version,
+            )
+            self._loaded[stream_id] = aggregate
+
+    async def _reload(self, stream_id: str) -> tuple[LoadedStream, JsonDict | None]:
+        """The whole stream, without a snapshot (no snapshot has schema version -1)."""
+        loaded, reply = await self.store.load_streams([(stream_id, -1)], conn=self.conn)
+        return loaded[stream_id], reply
 
     def new_events(self, events: Sequence[Event]) -> list[NewEvent]:
         return [NewEvent(e, metadata=self.metadata) for e in events]
@@ -113,14 +179,16 @@ class UnitOfWork:
                 changed.append(aggregate)
         return writes, changed
 
-    async def commit(self) -> list[RecordedEvent]:
-        """Append every pending event in one atomic write; snapshot what is due."""
+    async def commit(self, command: CommandRecord | None = None) -> list[RecordedEvent]:
+        """Append every pending event, with ``command``'s reply row and the snapshots that
+        are due, in one atomic write."""
         writes, changed = self._writes()
-        if not writes:
+        if not writes and command is None:
             return []
-        recorded = await self.store.append_streams(writes, self.conn)
+        recorded = await self.store.append_streams(
+            writes, self.conn, command=command, snapshots=self._due_snapshots(writes, changed)
+        )
         self.recorded.extend(recorded)
-        await self._snapshot(writes, changed)
         return recorded
 
     async def commit_alone(self) -> list[RecordedEvent]:
@@ -133,14 +201,17 @@ class UnitOfWork:
         self.recorded.extend(recorded)
         return recorded
 
-    async def _snapshot(self, writes: Sequence[StreamWrite], changed: Sequence[Aggregate]) -> None:
+    def _due_snapshots(
+        self, writes: Sequence[StreamWrite], changed: Sequence[Aggregate]
+    ) -> list[SnapshotWrite]:
         every = self.snapshot_every
-        for write, aggregate in zip(writes, changed, strict=True):
-            if aggregate.version // every > write.expected_version // every:
-                await self.store.save_snapshot(
-                    aggregate.stream_id,
-                    aggregate.version,
-                    type(aggregate).snapshot_version,
-                    aggregate.snapshot(),
-                    conn=self.conn,
-                )
+        return [
+            SnapshotWrite(
+                aggregate.stream_id,
+                aggregate.version,
+                type(aggregate).snapshot_version,
+                aggregate.snapshot(),
+            )
+            for write, aggregate in zip(writes, changed, strict=True)
+            if aggregate.version // every > write.expected_version // every
+        ]

@@ -59,6 +59,8 @@ class JobCommands:
         return JobAccepted(job_id=job.job_id, version=job.version)
 
     async def submit(self, cmd: SubmitJob, uow: UnitOfWork) -> JobAccepted:
+        # Both streams (and the stored-reply check) in one query.
+        await uow.prefetch((Job, cmd.job_id), (OwnerJobs, cmd.owner_id))
         job = await uow.get(Job, cmd.job_id)
         if job.exists:
             raise JobIdTaken(f"job id {cmd.job_id} is taken", job_id=cmd.job_id)

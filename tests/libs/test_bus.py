@@ -289,3 +289,35 @@ async def test_a_command_nobody_serves_is_a_retryable_service_unavailable(
             RenderFrame(job_id="j", frame=1), Rendered, command_id="c", actor=ACTOR
         )
     assert type(err.value) is ServiceUnavailable and err.value.retryable
+
+
+async def test_a_repeat_stops_at_its_first_load_and_answers_the_first_reply(
+    command_server: CommandServer, store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    # The stored-reply lookup rides on the handler's first load: a repeat whose handler
+    # would now refuse (a negative frame) still gets the first answer and writes nothing.
+    client = CommandClient(nc, settings)
+    first = await client.send(
+        RenderFrame(job_id="rp", frame=1), Rendered, command_id="rp-1", actor=ACTOR
+    )
+    again = await client.send(
+        RenderFrame(job_id="rp", frame=-1), Rendered, command_id="rp-1", actor=ACTOR
+    )
+    assert first == again == Rendered(job_id="rp", version=1)
+    assert len(await store.read_stream("job-rp")) == 1
+
+
+async def test_concurrent_repeats_of_one_command_act_once(
+    command_server: CommandServer, store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    client = CommandClient(nc, settings)
+    replies = await asyncio.gather(
+        *(
+            client.send(
+                RenderFrame(job_id="dup", frame=1), Rendered, command_id="dup-1", actor=ACTOR
+            )
+            for _ in range(4)
+        )
+    )
+    assert all(r == replies[0] for r in replies)
+    assert len(await store.read_stream("job-dup")) == 1

@@ -18,6 +18,8 @@ from contracts.base import Event
 from libs.eventstore.aggregate import Aggregate
 from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.store import (
+    CommandAlreadyProcessed,
+    CommandRecord,
     ConcurrencyError,
     DuplicateEventError,
     EventStore,
@@ -217,3 +219,146 @@ async def test_a_snapshot_the_current_class_cannot_read_is_ignored(any_store: St
     await count(any_store, 1, 2)
     await any_store.save_snapshot("counter-x", 2, 1, {"frames": "not a list"})
     assert (await count(any_store)).frames == [1, 2]
+
+
+# -- group commit: appends without a connection that arrive together share one statement --
+
+
+async def _group(store: EventStore, *appends: tuple[str, int, list[NewEvent]]) -> list[Any]:
+    """Start every append at once (they queue before the first statement runs) and return
+    each one's records or exception; asserts they went in one statement."""
+    before = store.group_statements
+    results = await asyncio.gather(
+        *(store.append(stream, events, expected) for stream, expected, events in appends),
+        return_exceptions=True,
+    )
+    assert store.group_statements == before + 1
+    return list(results)
+
+
+async def test_concurrent_appends_to_different_streams_commit_together(store: EventStore) -> None:
+    results = await _group(store, *((f"job-g{i}", 0, frames(i, i + 100)) for i in range(20)))
+    assert all(isinstance(r, list) and len(r) == 2 for r in results)
+    assert len({r[0].tx_id for r in results}) == 1  # one transaction
+    positions = [e.position for r in results for e in r]
+    assert positions == sorted(positions)  # in arrival order
+    for i in range(20):
+        stored = await store.read_stream(f"job-g{i}")
+        assert [(e.version, e.data["frame"]) for e in stored] == [(1, i), (2, i + 100)]
+        assert [e.event_id for e in stored] == [e.event_id for e in results[i]]
+
+
+async def test_a_stale_writer_in_a_group_fails_alone(store: EventStore) -> None:
+    await store.append("job-busy", frames(1), expected_version=0)
+    await store.append("job-ahead", frames(1), expected_version=0)
+    results = await _group(
+        store,
+        ("job-n1", 0, frames(1)),
+        ("job-busy", 0, frames(2)),  # stale: the stream is at version 1
+        ("job-n2", 0, frames(1)),
+        ("job-ahead", 3, frames(2)),  # ahead of the stream
+        ("job-busy-ok", 0, frames(1)),
+    )
+    assert isinstance(results[1], ConcurrencyError) and results[1].streams == ["job-busy"]
+    assert isinstance(results[3], ConcurrencyError)
+    assert all(isinstance(results[i], list) for i in (0, 2, 4))
+    assert [e.data["frame"] for e in await store.read_stream("job-busy")] == [1]
+    assert len(await store.read_stream("job-ahead")) == 1
+    assert len(await store.read_stream("job-n2")) == 1
+
+
+async def test_a_multi_stream_writer_in_a_group_is_all_or_nothing(store: EventStore) -> None:
+    await store.append("owner-g", frames(1), expected_version=0)
+    before = store.group_statements
+    results = await asyncio.gather(
+        store.append_streams(
+            [StreamWrite("job-x1", 0, frames(1)), StreamWrite("owner-g", 0, frames(2))]
+        ),
+        store.append("job-x2", frames(1), 0),
+        return_exceptions=True,
+    )
+    assert store.group_statements == before + 1
+    assert isinstance(results[0], ConcurrencyError) and isinstance(results[1], list)
+    assert await store.read_stream("job-x1") == []
+
+
+async def test_appends_to_one_stream_keep_their_order_across_statements(
+    store: EventStore,
+) -> None:
+    # A writer that knows the versions it will reach: the same stream never goes into one
+    # statement twice, so each append sees the one before it.
+    before = store.group_statements
+    results = await asyncio.gather(
+        *(store.append("job-seq", frames(n), expected_version=n) for n in range(5)),
+        store.append("job-other", frames(1), 0),
+    )
+    assert store.group_statements == before + 5
+    assert [e.data["frame"] for e in await store.read_stream("job-seq")] == [0, 1, 2, 3, 4]
+    cursors = [r[0].cursor for r in results[:5]]
+    assert cursors == sorted(cursors)  # the feed has them in stream order
+
+
+async def test_a_repeated_event_id_in_a_group_fails_alone(store: EventStore) -> None:
+    twice = NewEvent(FrameRendered(frame=7))
+    results = await _group(store, ("job-d1", 0, [twice]), ("job-d2", 0, [twice]))
+    assert isinstance(results[0], list) and isinstance(results[1], DuplicateEventError)
+    assert await store.read_stream("job-d2") == []
+
+
+async def test_a_writer_racing_another_transaction_fails_alone(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    async with pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        await store.append("job-race", frames(1), expected_version=0, conn=other)
+        # The group cannot see the uncommitted version 1: its statement waits for it, then
+        # fails on the unique index; each writer is then run alone.
+        group = asyncio.ensure_future(
+            asyncio.gather(
+                store.append("job-race", frames(2), 0),
+                store.append("job-calm", frames(1), 0),
+                return_exceptions=True,
+            )
+        )
+        await asyncio.sleep(0.2)
+        await tx.commit()
+    race, calm = await group
+    assert isinstance(race, ConcurrencyError) and isinstance(calm, list)
+    assert [e.data["frame"] for e in await store.read_stream("job-race")] == [1]
+
+
+async def test_a_command_row_is_written_with_its_events_once(any_store: Store) -> None:
+    row = CommandRecord("cmd-1", "test.Render", {"ok": True, "result": {}})
+    await any_store.append_streams([StreamWrite("job-c", 0, frames(1))], command=row)
+    with pytest.raises(CommandAlreadyProcessed):
+        await any_store.append_streams([StreamWrite("job-c2", 0, frames(1))], command=row)
+    assert await any_store.read_stream("job-c2") == []
+    _, reply = await any_store.load_streams([], command_id="cmd-1")
+    assert reply == {"ok": True, "result": {}}
+
+
+async def test_a_processed_command_in_a_group_fails_alone(store: EventStore) -> None:
+    row = CommandRecord("cmd-g", "test.Render", {"ok": True, "result": {}})
+    await store.append_streams([], command=row)
+    before = store.group_statements
+    again, other = await asyncio.gather(
+        store.append_streams([StreamWrite("job-p1", 0, frames(1))], command=row),
+        store.append("job-p2", frames(1), 0),
+        return_exceptions=True,
+    )
+    assert store.group_statements == before + 1
+    assert isinstance(again, CommandAlreadyProcessed) and isinstance(other, list)
+    assert await store.read_stream("job-p1") == []
+
+
+async def test_one_query_loads_several_streams_from_their_snapshots(any_store: Store) -> None:
+    for n in range(1, 6):
+        await count(any_store, n, snapshot_every=2)
+    await any_store.append("job-plain", frames(1, 2), 0)
+    loaded, reply = await any_store.load_streams([("counter-x", 1), ("job-plain", 1), ("nil", 1)])
+    assert reply is None
+    assert loaded["counter-x"].snapshot == (4, {"frames": [1, 2, 3, 4]})
+    assert [d for _, _, d in loaded["counter-x"].events] == [{"frame": 5}]
+    assert loaded["job-plain"].snapshot is None and len(loaded["job-plain"].events) == 2
+    assert loaded["nil"].snapshot is None and loaded["nil"].events == []
