@@ -160,7 +160,8 @@ async def run_projection_lag(infra: Infra, o: LagOptions) -> list[Figure]:
             how = (
                 "appended through the projector's store (wakes it at once)"
                 if where == "local"
-                else "appended through another store (only the 50 ms feed watcher wakes it)"
+                else "appended through another store (only the feed watcher wakes it,"
+                f" every {settings.feed_poll_seconds * 1000:.0f} ms)"
             )
             print(
                 f"  {where}: {len(lag):,} events at {rate:,.0f} events/s ({late} ticks late),"

@@ -55,7 +55,7 @@ class BaseServiceSettings(BaseSettings):
     otel_sample_ratio: float = 0.01
     db_pool_size: int = 10
     #: How often a process asks whether its event store's feed moved (one query each).
-    feed_poll_seconds: float = 0.05
+    feed_poll_seconds: float = 0.02
 
     @property
     def events_stream(self) -> str:
