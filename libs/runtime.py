@@ -44,6 +44,7 @@ from libs.eventstore.feed import FeedWatcher
 from libs.eventstore.processor import Projector, Tailer
 from libs.eventstore.projection import quarantined_streams
 from libs.eventstore.store import EventStore, create_pool
+from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
 from libs.migrations import migrate, plan
 from libs.service import Service
@@ -320,31 +321,14 @@ class ServiceRuntime(Generic[T]):
     async def _serve_health(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            path = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "/"
-            if path.startswith("/healthz"):
-                ok, text = True, "alive"
-            elif path.startswith("/readyz"):
-                ok, text = await self.ready()
-            else:
-                ok, text = False, "not found"
-            status = (
-                "200 OK"
-                if ok
-                else ("404 Not Found" if text == "not found" else "503 Service Unavailable")
-            )
-            body = text.encode()
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
+        await serve_health(reader, writer, self._health_answer)
+
+    async def _health_answer(self, path: str) -> tuple[bool, str] | None:
+        if path.startswith("/healthz"):
+            return True, "alive"
+        if path.startswith("/readyz"):
+            return await self.ready()
+        return None
 
 
 def dump_tasks() -> None:

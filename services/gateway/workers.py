@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
 from services.gateway.settings import GatewaySettings
 
@@ -146,31 +147,18 @@ class WorkerPool:
     async def _serve_health(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            path = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "/"
+        await serve_health(reader, writer, self._health_answer)
+
+    async def _health_answer(self, path: str) -> tuple[bool, str] | None:
+        if path.startswith("/healthz"):
             running = [w for w in self.workers if w.proc and w.proc.returncode is None]
-            if path.startswith("/healthz"):
-                ok = len(running) == len(self.workers) and not self.stopping.is_set()
-                text = f"alive; {len(running)} of {len(self.workers)} workers running"
-            elif path.startswith("/readyz"):
-                answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
-                ok = all(a for a, _ in answers) and not self.stopping.is_set()
-                text = ("ready" if ok else "not ready") + "\n" + "\n".join(t for _, t in answers)
-            else:
-                ok, text = False, "not found"
-            status = "200 OK" if ok else "503 Service Unavailable"
-            body = text.encode()
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
+            ok = len(running) == len(self.workers) and not self.stopping.is_set()
+            return ok, f"alive; {len(running)} of {len(self.workers)} workers running"
+        if path.startswith("/readyz"):
+            answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
+            ok = all(a for a, _ in answers) and not self.stopping.is_set()
+            return ok, ("ready" if ok else "not ready") + "\n" + "\n".join(t for _, t in answers)
+        return None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
