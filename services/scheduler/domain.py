@@ -188,11 +188,12 @@ class RenderProcess(ProcessManager[JobRender]):
         )
 
     def _order(self, order: RenderOrder, cause: Cause) -> Send:
-        fail = FailJob(
-            job_id=order.job_id,
-            reason="the render farm refused the render order",
-            at=cause.recorded_at,
-        )
+        def fail(e: DomainError[Any]) -> list[Send]:
+            reason = f"the render farm refused the render order: {e.message}"
+            return [
+                Send(FailJob(job_id=order.job_id, reason=reason, at=cause.recorded_at), JobAccepted)
+            ]
+
         return Send(
             SubmitRender(
                 job_id=order.job_id,
@@ -209,7 +210,7 @@ class RenderProcess(ProcessManager[JobRender]):
                 priority=order.priority,
             ),
             RenderAccepted,
-            if_refused=lambda _: [Send(fail, JobAccepted)],
+            if_refused=fail,
         )
 
     def _stop(self, job_id: str, state: JobRender, cause: Cause) -> Send:

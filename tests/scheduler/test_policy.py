@@ -16,10 +16,12 @@ from pydantic import BaseModel
 from contracts.base import Command, Event
 from contracts.errors import (
     DomainError,
+    FieldProblem,
     InvalidStateTransition,
     JobFinished,
     RenderNotFound,
     ServiceUnavailable,
+    ValidationFailed,
 )
 from contracts.jobs import (
     CompleteJob,
@@ -249,3 +251,22 @@ async def test_a_cancel_stops_the_render_the_scheduler_saw_ordered(
     await runner.handle(bus_event(JobCancellationRequested(job_id=JOB, reason=None, at=T)))
     cancel = commands.sent[-1][1]
     assert isinstance(cancel, CancelRender) and cancel.render_id == retried
+
+
+async def test_a_refused_render_order_fails_the_job_with_the_bridges_reason(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    problem = FieldProblem(loc=["scene_key"], message="leaves the scenes root", type="scene_key")
+    commands.answers[SubmitRender] = lambda _: ValidationFailed(
+        "refusing to render job_01: scene_key leaves the scenes root", errors=[problem]
+    )
+    await runner.handle(bus_event(submitted))
+    assert commands.types() == ["QueueJob", "SubmitRender", "FailJob"]
+    fail = commands.sent[-1][1]
+    assert isinstance(fail, FailJob) and fail.reason.endswith("scene_key leaves the scenes root")
+    [refused] = await refusals(store)
+    assert (refused.command_type, refused.code, refused.expected) == (
+        "render.SubmitRender",
+        "validation_failed",
+        False,
+    )
