@@ -87,13 +87,48 @@ SETTINGS_EDITABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_
 #: Cancelling from these needs the farm to confirm it stopped; from others it is immediate.
 FARM_BUSY = frozenset({S.test_rendering, S.queued, S.rendering, S.paused})
 
-_STEP_STARTS_STATUS = {
+#: The status a job is in once a step starts, and once one of these steps succeeds.
+STEP_STARTS_STATUS = {
     StepName.scene_check: S.preparing,
     StepName.repath: S.preparing,
     StepName.render_settings: S.preparing,
     StepName.test_render: S.test_rendering,
     StepName.render: S.rendering,
 }
+STEP_SUCCEEDS_STATUS = {
+    StepName.render_settings: S.ready,
+    StepName.test_render: S.test_render_ready,
+}
+
+
+def status_after(status: JobStatus | None, event: Event, render_running: bool) -> JobStatus | None:
+    """The status ``event`` moves a job in ``status`` to, or None if it does not move it.
+
+    One rule for the aggregate (which checks the move against :data:`TRANSITIONS`) and the
+    jobs read model (which shows it); ``render_running`` (whether the render step runs) is
+    read only for a resume."""
+    match event:
+        case JobSubmitted():
+            return S.submitted
+        case JobStepStarted():
+            return STEP_STARTS_STATUS[event.step]
+        case JobStepSucceeded():
+            return STEP_SUCCEEDS_STATUS.get(event.step)
+        case JobQueued():
+            return S.queued
+        case JobPaused():
+            return S.paused
+        case JobResumed():
+            return S.rendering if render_running else S.queued
+        case JobCompleted():
+            return S.completed
+        case JobFailed():
+            return S.failed
+        case JobCancellationRequested():
+            return S.cancelling if status in FARM_BUSY else None
+        case JobCancelled():
+            return S.cancelled
+    return None
 
 
 class Step(BaseModel):
@@ -186,7 +221,6 @@ class Job(Aggregate):
         match event:
             case JobSubmitted():
                 self.job_id, self.owner_id = event.job_id, event.owner_id
-                self.status = S.submitted
                 self.name, self.scene_key, self.renderer = (
                     event.name,
                     event.scene_key,
@@ -211,7 +245,6 @@ class Job(Aggregate):
                 step = self.step(event.step)
                 step.status, step.started_at = StepStatus.running, event.at
                 step.progress_percent, step.finished_at, step.error = 0.0, None, None
-                self._move(_STEP_STARTS_STATUS[event.step])
             case JobStepProgressed():
                 self.step(event.step).progress_percent = event.progress_percent
             case JobStepSucceeded():
@@ -221,41 +254,36 @@ class Job(Aggregate):
                     100.0,
                     event.at,
                 )
-                if event.step is StepName.render_settings:
-                    self._move(S.ready)
-                elif event.step is StepName.test_render:
-                    self._move(S.test_render_ready)
             case JobStepFailed():
                 step = self.step(event.step)
                 step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
             case JobStepSkipped():
                 self.step(event.step).status = StepStatus.skipped
-            case JobStepLogged():
-                pass  # logs live in the stream and the step-log read model
-            case JobQueued():
-                self._move(S.queued)
             case JobFramesRendered():
                 self._record(event)
-            case JobPaused():
-                self._move(S.paused)
-            case JobResumed():
-                running = self.step(StepName.render).status is StepStatus.running
-                self._move(S.rendering if running else S.queued)
-            case JobCompleted():
-                self._move(S.completed)
             case JobFailed():
                 self.failure_reason = event.reason
-                self._move(S.failed)
-            case JobCancellationRequested():
-                if self.status in FARM_BUSY:
-                    self._move(S.cancelling)
             case JobCancelled():
                 for step in self.steps:
                     if step.status in (StepStatus.pending, StepStatus.running):
                         step.status = StepStatus.cancelled
-                self._move(S.cancelled)
+            case (
+                JobStepLogged()
+                | JobQueued()
+                | JobPaused()
+                | JobResumed()
+                | JobCompleted()
+                | JobCancellationRequested()
+            ):
+                pass  # a status change only (below); logs live in the stream
             case _:
                 raise TypeError(f"job cannot apply {type(event).__name__}")
+        render_running = isinstance(event, JobResumed) and (
+            self.step(StepName.render).status is StepStatus.running
+        )
+        to = status_after(self.status, event, render_running)
+        if to is not None:
+            self._move(to)
 
     def _record(self, event: JobFramesRendered) -> None:
         if event.render_id != self.render_id:  # a new render: count from zero again
@@ -280,7 +308,7 @@ class Job(Aggregate):
         (see :meth:`Aggregate.violates`) and taken as it stands when replayed."""
         if to is self.status:
             return
-        if self.status is None or to not in TRANSITIONS[self.status]:
+        if to not in (TRANSITIONS[self.status] if self.status else {S.submitted}):
             self.violates(
                 InvalidStateTransition(
                     f"job {self.job_id} cannot go from {self.status} to {to}",

@@ -23,17 +23,13 @@ from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameRange,
     JobAction,
-    JobCancellationRequested,
     JobCancelled,
-    JobCompleted,
     JobCostCapChanged,
     JobFailed,
     JobFramesChanged,
     JobFramesRendered,
-    JobPaused,
     JobPriority,
     JobPriorityChanged,
-    JobQueued,
     JobRenamed,
     JobRenderSettingsChanged,
     JobResumed,
@@ -50,7 +46,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
-from services.job.domain import FARM_BUSY, SETTINGS_EDITABLE
+from services.job.domain import SETTINGS_EDITABLE, status_after
 
 S = JobStatus
 
@@ -73,16 +69,6 @@ def allowed_actions(status: JobStatus) -> list[JobAction]:
         actions.append(JobAction.update_render_settings)
     actions.append(JobAction.cancel)
     return actions
-
-
-#: The status a job is in once a step starts.
-STEP_STARTS_STATUS = {
-    StepName.scene_check: S.preparing,
-    StepName.repath: S.preparing,
-    StepName.render_settings: S.preparing,
-    StepName.test_render: S.test_rendering,
-    StepName.render: S.rendering,
-}
 
 
 class StepState(BaseModel):
@@ -181,7 +167,6 @@ class JobView(BaseModel):
                 step = self._changing(event.step)
                 step.status, step.started_at = StepStatus.running, event.at
                 step.progress_percent, step.finished_at, step.error = 0.0, None, None
-                self.status = STEP_STARTS_STATUS[event.step]
             case JobStepProgressed():
                 self._changing(event.step).progress_percent = event.progress_percent
             case JobStepSucceeded():
@@ -191,39 +176,27 @@ class JobView(BaseModel):
                     100.0,
                     event.at,
                 )
-                if event.step is StepName.render_settings:
-                    self.status = S.ready
-                elif event.step is StepName.test_render:
-                    self.status = S.test_render_ready
             case JobStepFailed():
                 step = self._changing(event.step)
                 step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
             case JobStepSkipped():
                 self._changing(event.step).status = StepStatus.skipped
-            case JobQueued():
-                self.status = S.queued
             case JobFramesRendered():
                 self._record(event)
-            case JobPaused():
-                self.status = S.paused
-            case JobResumed():
-                running = self.step(StepName.render).status is StepStatus.running
-                self.status = S.rendering if running else S.queued
-            case JobCompleted():
-                self.status = S.completed
             case JobFailed():
                 self.failure_reason = event.reason
-                self.status = S.failed
-            case JobCancellationRequested():
-                if self.status in FARM_BUSY:
-                    self.status = S.cancelling
             case JobCancelled():
                 for step in list(self.steps):
                     if step.status in (StepStatus.pending, StepStatus.running):
                         self._changing(step.name).status = StepStatus.cancelled
-                self.status = S.cancelled
             case _:
-                pass  # logs, and job events this view does not show
+                pass  # a status change only (below), logs, events this view does not show
+        render_running = isinstance(event, JobResumed) and (
+            self.step(StepName.render).status is StepStatus.running
+        )
+        to = status_after(self.status, event, render_running)
+        if to is not None:
+            self.status = to
 
     def _record(self, event: JobFramesRendered) -> None:
         if event.render_id != self.render_id:  # a new render: count from zero again
