@@ -57,8 +57,8 @@ class Send:
     then: Callable[[Any], list[Send]] | None = None
     #: The commands to send instead when the receiver refuses this one for good.
     if_refused: Callable[[DomainError[Any]], list[Send]] | None = None
-    #: Refusal codes the policy expects (recorded, not alerted).
-    tolerate: frozenset[str] = frozenset()
+    #: Refusals the policy expects, by error class (recorded, not alerted).
+    tolerate: tuple[type[DomainError[Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ class ProcessRunner(Generic[St]):
         error: DomainError[Any],
         fallback: Sequence[Send],
     ) -> NewEvent:
-        expected = str(error.code) in send.tolerate
+        expected = isinstance(error, send.tolerate)
         refused = CommandRefused(
             manager=self.manager.name,
             key=key,

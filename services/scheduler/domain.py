@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
-from contracts.errors import DomainError
+from contracts.errors import DomainError, JobCancelling, JobFinished, RenderNotFound
 from contracts.jobs import (
     CompleteJob,
     ConfirmJobCancelled,
@@ -122,8 +122,8 @@ def render_status_after(event: Event) -> RenderStatus | None:
 
 #: Refusals the policy plans for: a job cancelled before it was queued, a render the
 #: bridge never had. Recorded, not alerted.
-CANCELLED_BEFORE_QUEUED = frozenset({"job_finished", "job_cancelling"})
-NEVER_ON_THE_FARM = frozenset({"render_not_found"})
+CANCELLED_BEFORE_QUEUED = (JobFinished, JobCancelling)
+NEVER_ON_THE_FARM = (RenderNotFound,)
 
 
 class JobRender(BaseModel):
