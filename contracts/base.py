@@ -109,6 +109,12 @@ class EventRegistry:
     def types(self) -> dict[str, type[Event]]:
         return dict(self._events)
 
+    def copy(self) -> EventRegistry:
+        """A registry that knows what this one knows, to extend without changing this one."""
+        other = EventRegistry()
+        other._events, other._upcasters = dict(self._events), dict(self._upcasters)
+        return other
+
 
 class CommandRegistry:
     def __init__(self) -> None:

@@ -35,6 +35,7 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from contracts.base import EVENTS, EventRegistry
 from libs.bus.commands import CommandServer
 from libs.bus.consumer import DurableConsumer, Handler
 from libs.bus.nats import connect, ensure_streams
@@ -83,9 +84,13 @@ class ServiceRuntime(Generic[T]):
     max_restarts: int = 5
     restart_window: float = 60.0
 
-    def __init__(self, service: Service, settings: BaseServiceSettings) -> None:
+    def __init__(
+        self, service: Service, settings: BaseServiceSettings, registry: EventRegistry = EVENTS
+    ) -> None:
         self.service = service
         self.settings = settings
+        #: The event types its store and its read-model queries decode.
+        self.registry = registry
         self.schema = service.schema
         self.stopping = asyncio.Event()
         self.tailers: list[Tailer] = []
@@ -120,7 +125,7 @@ class ServiceRuntime(Generic[T]):
         self.pool = await create_pool(
             self.settings.database_url, max_size=self.settings.db_pool_size
         )
-        self.store = EventStore(self.pool, self.schema)
+        self.store = EventStore(self.pool, self.schema, self.registry)
         # The event store's migrations and the service's, under a lock per schema.
         service = self.service
         await migrate(
@@ -340,23 +345,27 @@ def dump_tasks() -> None:
         log.warning("task_stack", task=task.get_name(), stack=frames)
 
 
-async def build(service: Service, settings: BaseServiceSettings) -> ServiceRuntime[Any]:
+async def build(
+    service: Service, settings: BaseServiceSettings, registry: EventRegistry = EVENTS
+) -> ServiceRuntime[Any]:
     """Start ``service`` with ``settings`` and wire it; :meth:`ServiceRuntime.launch` or
-    :meth:`ServiceRuntime.serve` then runs it."""
+    :meth:`ServiceRuntime.serve` then runs it. ``registry``: the event types it knows (all of
+    them, unless a test adds its own)."""
     check_secrets = getattr(settings, "check_secrets", None)
     if check_secrets is not None:  # an empty signing key or pepper would be an auth bypass
         check_secrets()
-    rt: ServiceRuntime[Any] = ServiceRuntime(service, settings)
+    rt: ServiceRuntime[Any] = ServiceRuntime(service, settings, registry)
     await rt.start()
     rt.wired = await service.wire(rt) if service.wire is not None else None
     return rt
 
 
-def run(service: Service) -> None:
-    """Entry point for ``python -m services.<name>``: exits with the runtime's exit code."""
+def run(service: Service, settings: BaseServiceSettings | None = None) -> None:
+    """Entry point for ``python -m services.<name>``: exits with the runtime's exit code.
+    ``settings`` default to the service's, read from the environment."""
 
     async def main() -> int:
-        rt = await build(service, service.settings())
+        rt = await build(service, settings or service.settings())
         return await rt.serve()
 
     try:

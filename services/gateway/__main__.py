@@ -11,4 +11,4 @@ from services.gateway.workers import run_workers, worker_count
 settings = GatewaySettings()
 if worker_count(settings) > 1:
     sys.exit(run_workers(settings))
-run(SERVICE)
+run(SERVICE, settings)

@@ -56,7 +56,8 @@ class Gateway:
         #: Read-only connections for the owners' read models (their query modules, ADR 0007).
         self.read_pool = read_pool
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
-        self.read = ReadModels(JobsQuery(read_pool, job_queries.SCHEMA), identity)
+        jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
+        self.read = ReadModels(jobs, identity)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

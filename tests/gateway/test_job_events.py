@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from contracts.base import EVENTS
-from libs.runtime import ServiceRuntime
-from tests.contracts.upcasting import NoteAdded, insert_v1_note, note_v1_to_v2, served_note
+from libs.runtime import ServiceRuntime, build
+from services.gateway.service import SERVICE
+from services.gateway.settings import GatewaySettings
+from tests.contracts.upcasting import insert_v1_note, register_note, served_note
 from tests.fixtures import Users, job_spec
 
 
+@pytest.fixture
+async def client(
+    gateway_settings: GatewaySettings, job_service: ServiceRuntime[Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway that knows job.NoteAdded, which exists only in these tests: at version 2,
+    with an upcaster from version 1."""
+    registry = EVENTS.copy()
+    register_note(registry)
+    rt = await build(SERVICE, gateway_settings, registry)
+    await rt.launch()
+    transport = httpx.ASGITransport(app=rt.wired.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+    await rt.stop()
+
+
 async def test_an_event_stored_in_an_older_schema_is_served_upcast_and_masked(
-    client: httpx.AsyncClient,
-    users: Users,
-    job_service: ServiceRuntime[Any],
-    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
 ) -> None:
-    # job.NoteAdded exists only in this test: at version 2, with an upcaster from version 1.
-    monkeypatch.setitem(EVENTS._events, NoteAdded.event_type, NoteAdded)
-    monkeypatch.setitem(EVENTS._upcasters, (NoteAdded.event_type, 1), note_v1_to_v2)
     me = users.new()
     r = await client.post("/v1/jobs", json=job_spec(), headers=me)
     assert r.status_code == 201, r.text
