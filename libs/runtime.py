@@ -26,9 +26,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -48,6 +47,7 @@ from libs.eventstore.store import EventStore, create_pool
 from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
 from libs.migrations import migrate, plan
+from libs.restarts import RestartBudget
 from libs.service import Service
 from libs.tracing import configure_tracing
 
@@ -68,10 +68,8 @@ class Supervised:
     name: str
     run: Background
     stopping: asyncio.Event
-    restarts: int = 0
-    failures: list[float] = field(default_factory=list)
+    budget: RestartBudget
     last_error: str | None = None
-    gave_up: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -191,12 +189,14 @@ class ServiceRuntime(Generic[T]):
         log.info("service_started", schema=self.schema)
 
     def _supervise(self, name: str, fn: Background, stopping: asyncio.Event) -> None:
-        job = Supervised(name, fn, stopping)
+        budget = RestartBudget(
+            self.restart_delay, self.restart_delay_max, self.max_restarts, self.restart_window
+        )
+        job = Supervised(name, fn, stopping, budget)
         self._supervised.append(job)
         job.task = asyncio.create_task(self._keep_running(job), name=name)
 
     async def _keep_running(self, job: Supervised) -> None:
-        delay = self.restart_delay
         while not job.stopping.is_set():
             try:
                 await job.run(job.stopping)
@@ -208,20 +208,17 @@ class ServiceRuntime(Generic[T]):
             except Exception as e:
                 error = repr(e)
                 log.error("task_failed", task=job.name, exc_info=e)
-            now = time.monotonic()
-            job.failures = [t for t in job.failures if now - t < self.restart_window] + [now]
             job.last_error = error
-            if len(job.failures) > self.max_restarts:
-                job.gave_up = True
-                log.error("task_gave_up", task=job.name, failures=len(job.failures), error=error)
+            delay = job.budget.failed()
+            if delay is None:
+                failures = job.budget.recent_failures
+                log.error("task_gave_up", task=job.name, failures=failures, error=error)
                 self.exit_code = 1
                 self._fatal.set()
                 return
-            job.restarts += 1
             log.warning("task_restarting", task=job.name, in_seconds=delay, error=error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.stopping.wait(), delay)
-            delay = min(delay * 2, self.restart_delay_max)
 
     async def serve(self) -> int:
         """Launch, start the front doors, run until SIGTERM/SIGINT or a task given up on,
@@ -283,8 +280,8 @@ class ServiceRuntime(Generic[T]):
         return {
             j.name: {
                 "running": j.task is not None and not j.task.done(),
-                "restarts": j.restarts,
-                "gave_up": j.gave_up,
+                "restarts": j.budget.restarts,
+                "gave_up": j.budget.gave_up,
                 "last_error": j.last_error,
             }
             for j in self._supervised
@@ -300,7 +297,7 @@ class ServiceRuntime(Generic[T]):
                 await conn.fetchval("SELECT 1")
         except Exception as e:
             return False, f"database: {e!r}"
-        dead = [j.name for j in self._supervised if j.gave_up]
+        dead = [j.name for j in self._supervised if j.budget.gave_up]
         if dead:
             return False, f"tasks given up on: {', '.join(dead)}"
         restarting = [j.name for j in self._supervised if j.task is None or j.task.done()]

@@ -26,19 +26,15 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 
 from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
+from libs.restarts import RestartBudget
 from services.gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
 
-RESTART_DELAY = 0.5
-RESTART_DELAY_MAX = 30.0
-MAX_RESTARTS = 5
-RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
 
@@ -64,8 +60,7 @@ class Worker:
     index: int
     health_port: int
     proc: asyncio.subprocess.Process | None = None
-    failures: list[float] = field(default_factory=list)
-    restarts: int = 0
+    budget: RestartBudget = field(default_factory=RestartBudget)
 
 
 class WorkerPool:
@@ -94,25 +89,22 @@ class WorkerPool:
         log.info("gateway_worker_started", worker=w.index, pid=w.proc.pid)
 
     async def _keep(self, w: Worker) -> None:
-        delay = RESTART_DELAY
         while not self.stopping.is_set():
             await self._spawn(w)
             assert w.proc is not None
             code = await w.proc.wait()
             if self.stopping.is_set():
                 return
-            now = time.monotonic()
-            w.failures = [t for t in w.failures if now - t < RESTART_WINDOW] + [now]
             log.error("gateway_worker_exited", worker=w.index, exit_code=code)
-            if len(w.failures) > MAX_RESTARTS:
-                log.error("gateway_worker_gave_up", worker=w.index, failures=len(w.failures))
+            delay = w.budget.failed()
+            if delay is None:
+                failures = w.budget.recent_failures
+                log.error("gateway_worker_gave_up", worker=w.index, failures=failures)
                 self.exit_code = 1
                 self.stopping.set()
                 return
-            w.restarts += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
-            delay = min(delay * 2, RESTART_DELAY_MAX)
 
     async def _stop_all(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
