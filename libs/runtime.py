@@ -134,8 +134,8 @@ class ServiceRuntime(Generic[T]):
         self.nc = await connect(self.settings, self.settings.service_name)
         self.js = self.nc.jetstream(timeout=5)
         await ensure_streams(self.js, self.settings)
-        # Every service publishes what it records (the scheduler its refused commands).
-        self.tailers.append(Relay(self.store, self.js, self.settings))
+        if self.service.records_events:  # published: the scheduler's refused commands too
+            self.tailers.append(Relay(self.store, self.js, self.settings))
         for projection in self.service.projections:
             projector = Projector(self.store, projection)
             self.projectors[projection.name] = projector

@@ -43,6 +43,9 @@ class Service:
     migrations: Path | None = None
     #: Names of the secret settings it uses; ``make up`` hands it only these.
     secrets: frozenset[str] = field(default_factory=frozenset)
+    #: Whether it records events; one that does not (the gateway) runs no relay and no feed
+    #: watcher.
+    records_events: bool = True
 
 
 def declared(package: str = "services") -> list[Service]:

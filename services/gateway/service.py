@@ -261,4 +261,5 @@ SERVICE = Service(
     wire=wire,
     migrations=Path(__file__).parent / "migrations",
     secrets=frozenset({"jwt_keys", "token_pepper"}),
+    records_events=False,  # its action log is a table
 )
