@@ -292,9 +292,9 @@ class ServiceRuntime(Generic[T]):
             return False, "stopping"
         if not self.nc.is_connected:
             return False, "nats disconnected"
-        try:
+        try:  # the one query proves the database answers, and finds quarantined streams
             async with self.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
+                held = await quarantined_streams(conn, self.schema)
         except Exception as e:
             return False, f"database: {e!r}"
         dead = [j.name for j in self._supervised if j.budget.gave_up]
@@ -312,8 +312,6 @@ class ServiceRuntime(Generic[T]):
                 return False, problem
         # Quarantined streams do not make the service unready (every other stream is
         # served), but readiness says so until an operator retries them.
-        async with self.pool.acquire(timeout=2) as conn:
-            held = await quarantined_streams(conn, self.schema)
         if held:
             return True, "ready; quarantined: " + ", ".join(
                 f"{name} {n} stream{'s' if n != 1 else ''}" for name, n in held.items()
