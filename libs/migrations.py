@@ -16,10 +16,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from libs.logging import get_logger
+
+if TYPE_CHECKING:
+    from libs.service import Service
 
 log = get_logger(__name__)
 
@@ -67,12 +71,17 @@ def load(track: str, folder: Path) -> list[Migration]:
     return found
 
 
-def plan(schema: str, service: tuple[str, Path] | None = None) -> list[Migration]:
+def plan(service: tuple[str, Path] | None = None) -> list[Migration]:
     """The event store's migrations, then the service's (``(track, folder)``)."""
     out = load("eventstore", EVENT_STORE)
     if service is not None:
         out += load(*service)
     return out
+
+
+def service_plan(service: Service) -> list[Migration]:
+    """What a declared service's schema needs: the event store's migrations, then its own."""
+    return plan((service.name, service.migrations) if service.migrations else None)
 
 
 def declared_plan(schema: str) -> list[Migration]:
@@ -81,9 +90,7 @@ def declared_plan(schema: str) -> list[Migration]:
     from libs.service import by_schema, declared
 
     service = by_schema(declared()).get(schema)
-    if service is None or service.migrations is None:
-        return plan(schema)
-    return plan(schema, (service.name, service.migrations))
+    return plan() if service is None else service_plan(service)
 
 
 def lock_key(schema: str) -> str:

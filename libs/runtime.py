@@ -46,7 +46,7 @@ from libs.eventstore.projection import quarantined_streams
 from libs.eventstore.store import EventStore, create_pool
 from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
-from libs.migrations import migrate, plan
+from libs.migrations import migrate, service_plan
 from libs.restarts import RestartBudget
 from libs.service import Service
 from libs.tracing import configure_tracing
@@ -125,12 +125,7 @@ class ServiceRuntime(Generic[T]):
         )
         self.store = EventStore(self.pool, self.schema, self.registry)
         # The event store's migrations and the service's, under a lock per schema.
-        service = self.service
-        await migrate(
-            self.pool,
-            self.schema,
-            plan(self.schema, (service.name, service.migrations) if service.migrations else None),
-        )
+        await migrate(self.pool, self.schema, service_plan(self.service))
         self.nc = await connect(self.settings, self.settings.service_name)
         self.js = self.nc.jetstream(timeout=5)
         await ensure_streams(self.js, self.settings)

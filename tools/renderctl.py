@@ -36,7 +36,7 @@ from libs.config import BaseServiceSettings
 from libs.eventstore.projection import ReadModel, quarantined
 from libs.eventstore.rebuild import Difference, rebuild
 from libs.eventstore.store import EventStore, RecordedEvent, create_pool
-from libs.migrations import declared_plan, migrate
+from libs.migrations import migrate, service_plan
 from libs.service import declared
 
 
@@ -139,7 +139,7 @@ async def verify(pool: asyncpg.Pool) -> int:
 
 async def migrate_all(pool: asyncpg.Pool) -> None:
     for service in declared():
-        for label in await migrate(pool, service.schema, declared_plan(service.schema)):
+        for label in await migrate(pool, service.schema, service_plan(service)):
             print(f"{service.schema}: applied {label}")
 
 

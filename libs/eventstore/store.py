@@ -539,7 +539,7 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         :func:`libs.migrations.migrate` with their own migrations too)."""
         from libs.migrations import migrate, plan
 
-        await migrate(self.pool, self.schema, plan(self.schema))
+        await migrate(self.pool, self.schema, plan())
 
     async def append(
         self,
