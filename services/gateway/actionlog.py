@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import orjson
 
-from contracts.gateway import ApiCall, Outcome
+from contracts.gateway import ApiCall
 from libs.logging import get_logger
 from libs.readmodels import check_schema
 
@@ -53,26 +52,6 @@ MAINTENANCE_SECONDS = 3600.0
 DAYS_AHEAD = 2
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One API call, as the middleware records it (cheap to build on the request path)."""
-
-    request_id: str
-    operation_id: str | None
-    method: str
-    path: str
-    user_id: str | None
-    api_key_id: str | None
-    target_ids: dict[str, str]
-    status_code: int
-    outcome: Outcome
-    error_code: str | None
-    latency_ms: float
-    trace_id: str | None
-    client_ip: str | None
-    at: datetime
-
-
 def partition_name(day: date) -> str:
     return f"action_log_p{day:%Y%m%d}"
 
@@ -93,7 +72,7 @@ class ActionLog:
         self.batch_size = batch_size
         self.retention_days = retention_days
         self.max_pending = max_pending
-        self._pending: list[CallRecord] = []
+        self._pending: list[ApiCall] = []
         self._full = asyncio.Event()
         # One flush at a time: a flush that returns has seen every earlier record stored,
         # even one a concurrent flush had already taken.
@@ -118,7 +97,7 @@ class ActionLog:
 
     # -- writing ------------------------------------------------------------------------
 
-    def record(self, call: CallRecord) -> None:
+    def record(self, call: ApiCall) -> None:
         self._pending.append(call)
         n = len(self._pending)
         if n >= self.batch_size:
@@ -151,7 +130,7 @@ class ActionLog:
                 log.error("action_log_batch_refused", error=repr(e), pending=len(batch))
                 await self._one_by_one(batch)
 
-    async def _insert(self, batch: list[CallRecord]) -> int:
+    async def _insert(self, batch: list[ApiCall]) -> int:
         rows = [
             (
                 c.at,
@@ -175,7 +154,7 @@ class ActionLog:
         status = await self.pool.execute(self._insert_sql, *columns)
         return int(status.rsplit(" ", 1)[1])
 
-    async def _one_by_one(self, batch: list[CallRecord]) -> None:
+    async def _one_by_one(self, batch: list[ApiCall]) -> None:
         for call in batch:
             try:
                 self.written += await self._insert([call])

@@ -15,11 +15,10 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import DomainError, ErrorBody, RateLimited
-from contracts.gateway import Outcome
+from contracts.gateway import ApiCall, Outcome
 from contracts.text import printable
 from libs.logging import correlation_id_var
 from libs.tracing import current_trace_id, extract_context, tracer
-from services.gateway.actionlog import CallRecord
 from services.gateway.auth import Principal
 from services.gateway.ratelimit import Bucket
 
@@ -165,7 +164,7 @@ class GatewayMiddleware:
             else Outcome.failed
         )
         self.gw.action_log.record(
-            CallRecord(
+            ApiCall.model_construct(  # no validation on the request path: every field is ours
                 request_id=state["request_id"],
                 operation_id=getattr(route, "operation_id", None),
                 method=scope["method"],

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from contracts.gateway import Outcome
-from services.gateway.actionlog import ActionLog, CallRecord
+from contracts.gateway import ApiCall, Outcome
+from services.gateway.actionlog import ActionLog
 from services.gateway.service import Gateway
 
 AT = datetime.now(UTC)
 
 
-def call(request_id: str, at: datetime = AT, path: str = "/v1/jobs/x") -> CallRecord:
-    return CallRecord(
+def call(request_id: str, at: datetime = AT, path: str = "/v1/jobs/x") -> ApiCall:
+    return ApiCall(
         request_id=request_id,
         operation_id="get_job",
         method="GET",
