@@ -132,12 +132,20 @@ def status_after(status: JobStatus | None, event: Event, render_running: bool) -
 
 
 class Step(BaseModel):
+    """A step as the job's decisions see it: its status (times, progress and errors are the
+    jobs view's)."""
+
     name: StepName
     status: StepStatus = StepStatus.pending
-    progress_percent: float = 0.0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
+
+
+#: The status a step event gives its step.
+STEP_STATUS_AFTER: dict[type[Event], StepStatus] = {
+    JobStepStarted: StepStatus.running,
+    JobStepSucceeded: StepStatus.succeeded,
+    JobStepFailed: StepStatus.failed,
+    JobStepSkipped: StepStatus.skipped,
+}
 
 
 #: Steps a full render does not wait for: queueing skips those still pending.
@@ -241,24 +249,8 @@ class Job(Aggregate):
                 self.frame_range, self.chunk_size = event.frame_range, event.chunk_size
             case JobRenderSettingsChanged():
                 self.resolution, self.render_settings = event.resolution, event.render_settings
-            case JobStepStarted():
-                step = self.step(event.step)
-                step.status, step.started_at = StepStatus.running, event.at
-                step.progress_percent, step.finished_at, step.error = 0.0, None, None
-            case JobStepProgressed():
-                self.step(event.step).progress_percent = event.progress_percent
-            case JobStepSucceeded():
-                step = self.step(event.step)
-                step.status, step.progress_percent, step.finished_at = (
-                    StepStatus.succeeded,
-                    100.0,
-                    event.at,
-                )
-            case JobStepFailed():
-                step = self.step(event.step)
-                step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
-            case JobStepSkipped():
-                self.step(event.step).status = StepStatus.skipped
+            case JobStepStarted() | JobStepSucceeded() | JobStepFailed() | JobStepSkipped():
+                self.step(event.step).status = STEP_STATUS_AFTER[type(event)]
             case JobFramesRendered():
                 self._record(event)
             case JobFailed():
@@ -269,6 +261,7 @@ class Job(Aggregate):
                         step.status = StepStatus.cancelled
             case (
                 JobStepLogged()
+                | JobStepProgressed()
                 | JobQueued()
                 | JobPaused()
                 | JobResumed()
@@ -294,14 +287,6 @@ class Job(Aggregate):
         self.task_ranges = _with_task(self.task_ranges, event.task_id)
         self.tasks_recorded += 1
         self.frames_done += len(event.frames)
-        step = self.step(StepName.render)
-        if step.status in (StepStatus.pending, StepStatus.running):
-            step.progress_percent = round(min(self.frames_done / self.frames_total, 1) * 100, 1)
-
-    @property
-    def frames_total(self) -> int:
-        assert self.frame_range is not None
-        return self.frame_range.frame_count
 
     def _move(self, to: JobStatus) -> None:
         """Change status. A change the state machine does not allow is refused when recorded

@@ -100,7 +100,8 @@ def record(
 ) -> list[Event]:
     if frames is None:
         first = 1 + task_id * job.chunk_size
-        frames = range(first, min(first + job.chunk_size, job.frames_total + 1))
+        assert job.frame_range is not None
+        frames = range(first, min(first + job.chunk_size, job.frame_range.end + 1))
     return job.record_frames(render_id, task_id, outputs(*frames), worker, seconds, at)
 
 
@@ -215,10 +216,10 @@ def test_recording_a_task_counts_its_frames_and_the_render_steps_progress() -> N
     assert types(events) == ["JobFramesRendered"]
     evolve(job, events)
     assert job.frames_done == 4
-    assert job.step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
+    assert view(job).step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
     assert view(job).progress_percent == round(20 + 80 * 16.7 / 100, 1)
     evolve(job, record(job, 1))
-    assert job.frames_done == 8 and job.step(StepName.render).progress_percent == 33.3
+    assert job.frames_done == 8 and view(job).step(StepName.render).progress_percent == 33.3
     envelope = view(job).envelope(9, NOW)
     assert envelope.frames_done == 8 and envelope.frames_total == 24
 
@@ -229,7 +230,7 @@ def test_a_task_result_before_the_render_start_starts_the_render_step_first() ->
     assert types(events) == ["JobStepStarted", "JobFramesRendered"]
     evolve(job, events)
     assert job.status is S.rendering and job.frames_done == 4
-    assert job.step(StepName.render).started_at == NOW + timedelta(minutes=2)
+    assert view(job).step(StepName.render).started_at == NOW + timedelta(minutes=2)
 
 
 def test_recording_the_same_task_again_changes_nothing() -> None:
@@ -266,7 +267,7 @@ def test_a_completed_job_records_a_late_task_of_its_own_render_only() -> None:
     assert types(late) == ["JobFramesRendered"]
     evolve(job, late)
     assert job.status is S.completed and job.frames_done == 8
-    assert job.step(StepName.render).progress_percent == 100.0
+    assert view(job).step(StepName.render).progress_percent == 100.0
     assert record(job, 1, render_id="job_1.full.2") == []
 
 
@@ -361,8 +362,9 @@ def test_failing_fails_the_render_step_or_the_running_step_and_the_job() -> None
     assert types(events) == ["JobStepFailed", "JobFailed"]
     evolve(job, events)
     assert job.status is S.failed and job.failure_reason == "out of memory on every worker"
-    render = job.step(StepName.render)
+    render = view(job).step(StepName.render)
     assert (render.status, render.error) == (StepStatus.failed, "out of memory on every worker")
+    assert job.step(StepName.render).status is StepStatus.failed
     assert job.fail("again", NOW) == []
 
     preparing = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
@@ -391,7 +393,7 @@ def test_a_render_cancelled_on_the_farm_without_a_request_fails_the_job() -> Non
         assert types(events) == ["JobStepFailed", "JobFailed"]
         evolve(job, events)
         assert job.status is S.failed and job.failure_reason == CANCELLED_ON_FARM
-        assert job.step(StepName.render).error == CANCELLED_ON_FARM
+        assert view(job).step(StepName.render).error == CANCELLED_ON_FARM
 
 
 def test_a_confirmation_for_an_ended_job_changes_nothing() -> None:
