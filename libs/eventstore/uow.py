@@ -127,23 +127,23 @@ class UnitOfWork:
 
     async def prefetch(self, *refs: tuple[type[Aggregate], str]) -> None:
         """Load these aggregates in one query (``get`` then returns them as loaded)."""
-        todo: dict[str, tuple[type[Aggregate], str]] = {}
+        to_load: dict[str, tuple[type[Aggregate], str]] = {}
         for cls, key in refs:
             stream_id = cls.stream_id_for(key)
             if stream_id not in self._loaded:
-                todo.setdefault(stream_id, (cls, key))
-        if not todo and self.replay_of is None:
+                to_load.setdefault(stream_id, (cls, key))
+        if not to_load and self.replay_of is None:
             return
         command_id, self.replay_of = self.replay_of, None
         loaded, reply = await self.store.load_streams(
-            [(stream_id, cls.snapshot_version) for stream_id, (cls, _) in todo.items()],
+            [(stream_id, cls.snapshot_version) for stream_id, (cls, _) in to_load.items()],
             conn=self.conn,
             command_id=command_id,
         )
         if reply is not None:
             raise AlreadyProcessed(reply)
         registry = self.store.registry
-        for stream_id, (cls, key) in todo.items():
+        for stream_id, (cls, key) in to_load.items():
             snapshot, events = loaded[stream_id]
             base: Aggregate | None = None
             base_version = 0
