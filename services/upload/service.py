@@ -1,0 +1,45 @@
+"""The upload service: upload sessions into S3, scene assets, staging and output delivery.
+
+File bytes never pass through this service or the gateway: clients send parts straight to
+the store through presigned URLs, and download frames the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from libs.runtime import ServiceRuntime
+from libs.s3 import S3Client, ensure_buckets, open_s3
+from libs.service import Service
+from services.upload.settings import UploadSettings
+
+
+@dataclass(frozen=True)
+class Upload:
+    s3: S3Client
+
+
+async def wire(rt: ServiceRuntime[Upload]) -> Upload:
+    settings = rt.settings
+    assert isinstance(settings, UploadSettings)
+    opened = open_s3(settings)
+    s3 = await opened.__aenter__()
+
+    async def close_s3() -> None:
+        await opened.__aexit__(None, None, None)
+
+    rt.on_close(close_s3)
+    if settings.s3_create_buckets:
+        await ensure_buckets(s3, settings)
+    return Upload(s3)
+
+
+SERVICE = Service(
+    name="upload",
+    schema="upload",
+    settings=UploadSettings,
+    migrations=Path(__file__).parent / "migrations",
+    wire=wire,
+    secrets=frozenset({"s3_secret_access_key"}),
+)
