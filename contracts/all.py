@@ -3,5 +3,6 @@
 import contracts.gateway
 import contracts.identity
 import contracts.jobs
+import contracts.outputs
 import contracts.process
 import contracts.render  # noqa: F401

@@ -66,6 +66,13 @@ from contracts.errors.jobs import (
     JobTransition,
     JobViewCatchingUp,
 )
+from contracts.errors.outputs import (
+    OutputDeleted,
+    OutputNotFound,
+    OutputNotReady,
+    OutputRef,
+    OutputStatusRef,
+)
 from contracts.errors.render import (
     FarmStatus,
     FarmUnavailable,
@@ -120,6 +127,11 @@ __all__ = [
     "JobViewCatchingUp",
     "MethodNotAllowed",
     "NotFound",
+    "OutputDeleted",
+    "OutputNotFound",
+    "OutputNotReady",
+    "OutputRef",
+    "OutputStatusRef",
     "PayloadTooLarge",
     "RateLimited",
     "RefreshTokenInvalid",

@@ -1,4 +1,5 @@
-"""The owners' read models as the API serves them (jobs, frames, job history, users, keys).
+"""The owners' read models as the API serves them (jobs, frames, job history, outputs,
+users, keys).
 
 The data comes only through the owners' query modules (:mod:`libs.readmodels`, ADR 0007).
 Job envelopes are stored as the exact JSON text clients get, so they are served as bytes.
@@ -8,10 +9,14 @@ from __future__ import annotations
 
 import base64
 
-from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp
+import orjson
+
+from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp, OutputNotFound
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
+from contracts.jobs import JobStatus
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
+from libs.readmodels.outputs import JobOutput, OutputsQuery
 
 _CATCH_UP_SECONDS = 5.0
 #: The largest value an ``integer`` (int4) column holds: positions and frame numbers.
@@ -55,9 +60,10 @@ class ReadModels:
     """The gateway's use of the owners' read models, through their query modules (ADR 0007):
     cursors, pages of stored bytes and the errors the API answers. No SQL here."""
 
-    def __init__(self, jobs: JobsQuery, identity: IdentityQuery) -> None:
+    def __init__(self, jobs: JobsQuery, identity: IdentityQuery, outputs: OutputsQuery) -> None:
         self.jobs = jobs
         self.identity = identity
+        self.outputs = outputs
 
     async def job_envelope(self, job_id: str, owner_id: str | None, min_version: int = 0) -> str:
         """The job's envelope JSON; someone else's job is a 404, like a missing one.
@@ -92,11 +98,35 @@ class ReadModels:
         next_cursor = encode_cursor(rows[-1].job_id) if more and rows else None
         return page_body([r.envelope for r in rows], next_cursor)
 
+    async def job_status(self, job_id: str, owner_id: str | None) -> JobStatus:
+        """The job's status (for pages about a job); someone else's job is a 404."""
+        status: str = orjson.loads(await self.job_envelope(job_id, owner_id))["status"]
+        return JobStatus(status)
+
     async def job_events(self, job_id: str, after_version: int, limit: int) -> list[JobEvent]:
         return await self.jobs.events(job_id, after_version, limit)
 
     async def job_frames(self, job_id: str, after_frame: int, limit: int) -> list[RenderedFrame]:
         return await self.jobs.frames(job_id, after_frame, limit)
+
+    async def job_outputs(
+        self, job_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[JobOutput], str | None]:
+        """The job's frame outputs by output id, ``limit`` per page, and the next cursor."""
+        after = decode_cursor(cursor) or ""
+        rows = await self.outputs.frames(job_id, after, limit + 1)
+        items = rows[:limit]
+        return items, (encode_cursor(items[-1].output_id) if len(rows) > limit else None)
+
+    async def job_archive(self, job_id: str) -> JobOutput | None:
+        return await self.outputs.archive(job_id)
+
+    async def output(self, output_id: str, owner_id: str | None) -> JobOutput:
+        """One output; someone else's is a 404, like a missing one."""
+        found = await self.outputs.output(output_id, owner_id)
+        if found is None:
+            raise OutputNotFound(f"no output {output_id}", output_id=output_id)
+        return found
 
     async def user(self, user_id: str) -> UserProfile | None:
         return await self.identity.user(user_id)

@@ -23,9 +23,11 @@ from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
+from libs.readmodels import outputs as output_queries
 from libs.readmodels import read_only_pool
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.outputs import OutputsQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -57,7 +59,8 @@ class Gateway:
         self.read_pool = read_pool
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
-        self.read = ReadModels(jobs, identity)
+        outputs = OutputsQuery(read_pool, output_queries.SCHEMA)
+        self.read = ReadModels(jobs, identity, outputs)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

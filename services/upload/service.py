@@ -12,12 +12,21 @@ from pathlib import Path
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
+from services.upload.commands import OutputCommands, OutputEvents
+from services.upload.delivery import ArchiveBuilder, RetentionSweeper
+from services.upload.projections import OutputsProjection
 from services.upload.settings import UploadSettings
+
+#: Redelivery back-off of job events: an outage of a few minutes delays, never loses.
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+MAX_DELIVER = 20
 
 
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    archives: ArchiveBuilder
+    retention: RetentionSweeper
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -32,7 +41,26 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
-    return Upload(s3)
+
+    # -- outputs ----------------------------------------------------------------------------
+    OutputCommands(settings, s3).register(rt.commands)
+    archives = ArchiveBuilder(settings, rt.store, s3)
+    retention = RetentionSweeper(settings, rt.store, s3)
+    events = OutputEvents(settings, rt.store, archives.asked)
+    rt.consumer(
+        events.durable, events.subjects, events.handle, max_deliver=MAX_DELIVER, backoff=BACKOFF
+    )
+    rt.background("outputs-archiver", archives.run)
+    rt.background("outputs-retention", retention.run)
+
+    async def outputs_delivered() -> str | None:
+        for name, task in (("archives", archives), ("retention", retention)):
+            if task.last_error is not None:
+                return f"outputs {name}: {task.last_error}"
+        return None
+
+    rt.readiness_checks.append(outputs_delivered)
+    return Upload(s3, archives, retention)
 
 
 SERVICE = Service(
@@ -40,6 +68,7 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
+    projections=(OutputsProjection(),),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )
