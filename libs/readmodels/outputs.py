@@ -57,25 +57,28 @@ class OutputsQuery:
     def __init__(self, pool: asyncpg.Pool, schema: str = SCHEMA) -> None:
         s = check_schema(schema)
         self.pool = pool
-        self._frames_sql = (
-            f"SELECT {_COLUMNS} FROM {s}.outputs WHERE job_id = $1 AND kind = 'frame'"
-            " AND output_id > $2 ORDER BY output_id LIMIT $3"
-        )
-        self._archive_sql = (
-            f"SELECT {_COLUMNS} FROM {s}.outputs WHERE job_id = $1 AND kind = 'archive'"
+        # One statement, so the frames and the archive are of one moment.
+        self._page_sql = (
+            f"SELECT * FROM ((SELECT {_COLUMNS} FROM {s}.outputs WHERE job_id = $1"
+            " AND kind = 'frame' AND output_id > $2 ORDER BY output_id LIMIT $3)"
+            f" UNION ALL (SELECT {_COLUMNS} FROM {s}.outputs"
+            " WHERE job_id = $1 AND kind = 'archive')) page ORDER BY kind = 'archive', output_id"
         )
         self._output_sql = f"SELECT {_COLUMNS} FROM {s}.outputs WHERE output_id = $1"
         self._own_output_sql = self._output_sql + " AND owner_id = $2"
 
-    async def frames(self, job_id: str, after_output_id: str, limit: int) -> list[JobOutput]:
+    async def page(
+        self, job_id: str, after_output_id: str, limit: int
+    ) -> tuple[list[JobOutput], JobOutput | None]:
         """The job's frame outputs with ids above ``after_output_id`` (``""`` for the first
-        page), by output id: render kind, then frame number."""
-        rows = await self.pool.fetch(self._frames_sql, job_id, after_output_id, limit)
-        return [_output(r) for r in rows]
-
-    async def archive(self, job_id: str) -> JobOutput | None:
-        row = await self.pool.fetchrow(self._archive_sql, job_id)
-        return None if row is None else _output(row)
+        page), by output id (render kind, then frame number), and its archive if any."""
+        rows = [
+            _output(r)
+            for r in await self.pool.fetch(self._page_sql, job_id, after_output_id, limit)
+        ]
+        frames = [o for o in rows if o.kind is OutputKind.frame]
+        archive = next((o for o in rows if o.kind is OutputKind.archive), None)
+        return frames, archive
 
     async def output(self, output_id: str, owner_id: str | None = None) -> JobOutput | None:
         """One output; with ``owner_id``, only if it is that user's."""

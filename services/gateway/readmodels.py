@@ -111,15 +111,14 @@ class ReadModels:
 
     async def job_outputs(
         self, job_id: str, cursor: str | None, limit: int
-    ) -> tuple[list[JobOutput], str | None]:
-        """The job's frame outputs by output id, ``limit`` per page, and the next cursor."""
+    ) -> tuple[list[JobOutput], JobOutput | None, str | None]:
+        """The job's frame outputs by output id, ``limit`` per page, its archive, and the
+        next cursor."""
         after = decode_cursor(cursor) or ""
-        rows = await self.outputs.frames(job_id, after, limit + 1)
+        rows, archive = await self.outputs.page(job_id, after, limit + 1)
         items = rows[:limit]
-        return items, (encode_cursor(items[-1].output_id) if len(rows) > limit else None)
-
-    async def job_archive(self, job_id: str) -> JobOutput | None:
-        return await self.outputs.archive(job_id)
+        more = len(rows) > limit
+        return items, archive, (encode_cursor(items[-1].output_id) if more else None)
 
     async def output(self, output_id: str, owner_id: str | None) -> JobOutput:
         """One output; someone else's is a 404, like a missing one."""

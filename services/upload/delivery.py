@@ -88,7 +88,8 @@ async def write_zip(
         Bucket=bucket, Key=key, ContentType="application/zip", ChecksumAlgorithm="SHA256"
     )
     upload_id = upload["UploadId"]
-    spool, whole, parts = _Spool(), hashlib.sha256(), list[CompletedPartTypeDef]()
+    spool, whole = _Spool(), hashlib.sha256()
+    parts: list[CompletedPartTypeDef] = []
     size = 0
 
     async def send(last: bool = False) -> None:
@@ -146,7 +147,8 @@ async def _add(
             raise ArchiveSourceChanged(f"frame {frame.frame}: {frame.object_key} is gone") from e
         raise
     digest, copied = hashlib.sha256(), 0
-    async with got["Body"] as body:
+    body = got["Body"]
+    async with body:  # released even when the copy stops half-way
         with zf.open(info, "w") as entry:
             while chunk := await body.read(CHUNK):
                 entry.write(chunk)
@@ -176,6 +178,11 @@ async def _wait(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -
     finally:
         for w in waits:
             w.cancel()
+
+
+def archive_lock(schema: str, job_id: str) -> int:
+    """The advisory lock a replica holds while it builds the job's archive."""
+    return zlib.crc32(f"{schema}:archive:{job_id}".encode())
 
 
 class _Outputs:
@@ -244,7 +251,7 @@ class ArchiveBuilder(_Outputs):
         return len(jobs)
 
     async def build(self, job_id: str) -> None:
-        lock = zlib.crc32(f"{self.schema}:archive:{job_id}".encode())
+        lock = archive_lock(self.schema, job_id)
         async with self.store.pool.acquire() as lock_conn:
             if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
                 return  # another replica builds it

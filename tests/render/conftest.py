@@ -1,5 +1,5 @@
-"""The render path as real processes: the local farm, job, scheduler, deadline-bridge and
-gateway, each a separate OS process over real HTTP, NATS and PostgreSQL."""
+"""The render path as real processes: the local farm, job, scheduler, deadline-bridge,
+upload and gateway, each a separate OS process over real HTTP, NATS, PostgreSQL and S3."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import orjson
 import pytest
 
 from deploy.local.servers import free_port
+from libs.ids import new_id
+from libs.s3 import S3Client, S3Settings, open_s3
 from services.gateway.settings import GatewaySettings
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import Process, service
 
-SERVICES = ("job", "scheduler", "deadline_bridge", "gateway")
+SERVICES = ("job", "scheduler", "deadline_bridge", "upload", "gateway")
 
 
 @dataclass
@@ -32,6 +34,11 @@ class RenderSystem:
     procs: dict[str, Process]
     outputs: Path
     headers: dict[str, str]
+    #: The user the requests are made as (``headers``).
+    owner_id: str
+    #: A client on the test's buckets, to look at what the services stored.
+    s3: S3Client
+    s3_settings: S3Settings
 
     async def create_job(self, **spec: Any) -> dict[str, Any]:
         body = {
@@ -82,6 +89,18 @@ class RenderSystem:
         return await self.wait(
             job_id, lambda j: j["status"] in ("completed", "failed", "cancelled"), timeout
         )
+
+    def farm_files(self, job_id: str) -> dict[str, Path]:
+        """The frame files the farm wrote for the job, by file name."""
+        return {f.name: f for f in self.outputs.rglob("frame_*") if job_id in str(f)}
+
+    async def stored(self, key: str) -> bytes:
+        """The object ``key`` of the outputs bucket."""
+        got = await self.s3.get_object(Bucket=self.s3_settings.s3_outputs_bucket, Key=key)
+        body = got["Body"]
+        async with body:
+            data: bytes = await body.read()
+        return data
 
     async def farm_jobs_of(self, job_id: str) -> list[dict[str, Any]]:
         """Every farm job (in any state) that belongs to our job."""
@@ -171,11 +190,14 @@ async def render_system(
     await farm_process.ready()
     for p in procs.values():
         await p.ready()
-    headers = Users(env.settings(GatewaySettings)).new()
+    owner_id = new_id("usr")
+    headers = Users(env.settings(GatewaySettings)).headers(owner_id)
+    s3_settings = env.settings(S3Settings)
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=15) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=15) as farm_api,
+        open_s3(s3_settings) as s3,
     ):
-        yield RenderSystem(env, api, farm_api, procs, outputs, headers)
+        yield RenderSystem(env, api, farm_api, procs, outputs, headers, owner_id, s3, s3_settings)
     for p in procs.values():
         p.kill()

@@ -109,8 +109,7 @@ async def list_job_outputs(
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_read)
     status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)
-    rows, next_cursor = await gw.read.job_outputs(job_id, cursor, limit)
-    archive = await gw.read.job_archive(job_id)
+    rows, archive, next_cursor = await gw.read.job_outputs(job_id, cursor, limit)
     return JobOutputPage(
         job_id=job_id,
         job_status=status,
