@@ -8,12 +8,14 @@ Job envelopes are stored as the exact JSON text clients get, so they are served 
 from __future__ import annotations
 
 import base64
+import re
 
 import orjson
 
 from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp, OutputNotFound
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
 from contracts.jobs import JobStatus
+from contracts.text import ID_PATTERN
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
 from libs.readmodels.outputs import JobOutput, OutputsQuery
@@ -115,6 +117,8 @@ class ReadModels:
         """The job's frame outputs by output id, ``limit`` per page, its archive, and the
         next cursor."""
         after = decode_cursor(cursor) or ""
+        if after and not (after.startswith(f"{job_id}-") and re.fullmatch(ID_PATTERN, after)):
+            raise InvalidCursor("the cursor is not one we issued for this job")
         rows, archive = await self.outputs.page(job_id, after, limit + 1)
         items = rows[:limit]
         more = len(rows) > limit

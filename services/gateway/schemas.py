@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
 from contracts.envelope import JobEnvelope
@@ -23,7 +23,7 @@ from contracts.identity import (
     UserProfile,
 )
 from contracts.jobs import JobStatus
-from contracts.outputs import OutputStatus
+from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.text import Name
 
 
@@ -132,6 +132,15 @@ class ApiCallPage(BaseModel):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKeyInfo] = Field(description="The caller's API keys, ordered by id.")
+
+
+class DownloadUrlRequest(_In):
+    expires_in_seconds: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DOWNLOAD_URL_SECONDS,
+        description="Seconds the URL is valid, 1-604800 (7 days); omit for the default (3600).",
+    )
 
 
 class JobOutputView(BaseModel):

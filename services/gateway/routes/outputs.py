@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import StrictInt
 
 from contracts.errors import (
     IdempotencyInProgress,
@@ -24,7 +23,6 @@ from contracts.errors import (
 )
 from contracts.identity import Scope
 from contracts.outputs import (
-    MAX_DOWNLOAD_URL_SECONDS,
     CreateOutputDownloadUrl,
     OutputDownloadUrl,
     OutputStatus,
@@ -39,7 +37,12 @@ from services.gateway.api import (
     principal,
     set_targets,
 )
-from services.gateway.schemas import JobArchiveView, JobOutputPage, JobOutputView
+from services.gateway.schemas import (
+    DownloadUrlRequest,
+    JobArchiveView,
+    JobOutputPage,
+    JobOutputView,
+)
 
 router = APIRouter(tags=["outputs"])
 
@@ -154,15 +157,7 @@ async def list_job_outputs(
 async def create_output_download_url(
     request: Request,
     output_id: OutputId,
-    expires_in_seconds: Annotated[
-        StrictInt | None,
-        Body(
-            embed=True,
-            ge=1,
-            le=MAX_DOWNLOAD_URL_SECONDS,
-            description="Seconds the URL is valid, 1-604800; omit for the default (3600).",
-        ),
-    ] = None,
+    body: Annotated[DownloadUrlRequest | None, Body(description="How long the URL lives.")] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
@@ -186,7 +181,7 @@ async def create_output_download_url(
             output_id=output_id,
             job_id=output.job_id,
             owner_id=owner,
-            expires_in_seconds=expires_in_seconds,
+            expires_in_seconds=body.expires_in_seconds if body else None,
         )
         minted = await gw.commands.send(
             cmd, OutputDownloadUrl, command_id=command_id, actor=p.actor()
