@@ -83,7 +83,7 @@ class FarmPoller:
         self.farm = farm
         self.view = renders_view
         self.frames = frames
-        #: Why frames could not be stored last time (None once they could).
+        #: Why frames could not be stored in the last cycle (None if they could).
         self.store_error: FrameStoreFailed | None = None
         self.seen: dict[str, tuple[object, ...]] = {}
         self.cycles = 0
@@ -137,6 +137,7 @@ class FarmPoller:
             active = await active_renders(conn)
         if not active:
             self.seen.clear()
+            self.store_error = None
             return 0
         by_id = {str(j["_id"]): j for j in await self.farm.jobs_in_states(UNFINISHED_STATES)}
         gone = [farm_id for _, farm_id in active if farm_id not in by_id]
@@ -152,9 +153,11 @@ class FarmPoller:
             mark = fingerprint(job) if job is not None else ("gone",)
             if self.seen.get(render_id) != mark:
                 changed.append((render_id, farm_id, job, mark))
-        if not changed:
+        if not changed:  # a render whose frames could not be stored is never left unchanged
+            self.store_error = None
             return 0
         slots = asyncio.Semaphore(self.settings.poll_concurrency)
+        store_failures: list[FrameStoreFailed] = []
 
         async def look(render_id: str, farm_id: str, job: dict[str, Any] | None, mark: Any) -> None:
             async with slots:
@@ -166,10 +169,11 @@ class FarmPoller:
                 except FarmError as e:
                     log.warning("farm_job_poll_failed", render_id=render_id, error=str(e))
                 except FrameStoreFailed as e:  # the outputs bucket is away: next cycle
-                    self.store_error = e
+                    store_failures.append(e)
                     log.warning("frames_not_stored", render_id=render_id, error=str(e))
 
         await asyncio.gather(*(look(*c) for c in changed))
+        self.store_error = store_failures[0] if store_failures else None
         return len(changed)
 
     async def reconcile(self, render_id: str, farm_id: str, job: dict[str, Any] | None) -> bool:
@@ -259,7 +263,6 @@ class FarmPoller:
             if isinstance(result, BaseException):
                 raise result
             stored.append(result)
-        self.store_error = None
         return [
             FrameOutput(
                 frame=frame,

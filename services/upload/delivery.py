@@ -170,7 +170,7 @@ async def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
         log.warning("multipart_abort_failed", key=key, upload_id=upload_id, error=str(e))
 
 
-async def _wait(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
+async def _wake_or_stop(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
     """Until ``event`` or ``stopping`` is set, or ``seconds`` have passed."""
     waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
     try:
@@ -220,7 +220,7 @@ class ArchiveBuilder(_Outputs):
         super().__init__(settings, store)
         self.s3 = s3
         self.wake = asyncio.Event()
-        #: Why the last archive could not be built (None once one could).
+        #: Why an archive could not be built in the last pass (None if none failed).
         self.last_error: Exception | None = None
         self._pending_sql = (
             f"SELECT job_id FROM {self.schema}.outputs WHERE kind = 'archive'"
@@ -235,19 +235,20 @@ class ArchiveBuilder(_Outputs):
         while not stopping.is_set():
             self.wake.clear()
             await self.build_pending()
-            await _wait(self.wake, stopping, self.settings.outputs_archive_poll_seconds)
+            await _wake_or_stop(self.wake, stopping, self.settings.outputs_archive_poll_seconds)
 
     async def build_pending(self) -> int:
         """Build every archive waiting; returns how many were looked at."""
         async with self.store.pool.acquire() as conn:
             jobs = [r["job_id"] for r in await conn.fetch(self._pending_sql)]
+        failed: Exception | None = None
         for job_id in jobs:
             try:
                 await self.build(job_id)
-                self.last_error = None
-            except (*STORE_ERRORS, ConcurrencyError) as e:
-                self.last_error = e
+            except (*STORE_ERRORS, ConcurrencyError) as e:  # tried again next pass
+                failed = e
                 log.error("archive_not_built", job_id=job_id, error=str(e))
+        self.last_error = failed
         return len(jobs)
 
     async def build(self, job_id: str) -> None:
@@ -307,10 +308,10 @@ class RetentionSweeper(_Outputs):
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        never = asyncio.Event()
         while not stopping.is_set():
             await self.sweep()
-            await _wait(never, stopping, self.settings.outputs_sweep_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.outputs_sweep_seconds)
 
     async def sweep(self) -> int:
         """One pass; returns how many outputs were deleted."""
@@ -318,13 +319,14 @@ class RetentionSweeper(_Outputs):
         async with self.store.pool.acquire() as conn:
             jobs = [r["job_id"] for r in await conn.fetch(self._due_sql, now)]
         deleted = 0
+        failed: Exception | None = None
         for job_id in jobs:
             try:
                 deleted += await self.sweep_job(job_id, now)
-                self.last_error = None
-            except (*STORE_ERRORS, OutputsNotDeleted, ConcurrencyError) as e:
-                self.last_error = e
+            except (*STORE_ERRORS, OutputsNotDeleted, ConcurrencyError) as e:  # next sweep
+                failed = e
                 log.error("outputs_not_deleted", job_id=job_id, error=str(e))
+        self.last_error = failed
         return deleted
 
     async def sweep_job(self, job_id: str, now: datetime) -> int:

@@ -164,3 +164,42 @@ async def test_the_archive_holds_every_frame_with_its_bytes(render_system: Rende
         assert sorted(zf.namelist()) == sorted(on_farm)
         for name, path in on_farm.items():
             assert zf.read(name) == path.read_bytes()
+
+
+async def test_frames_wait_for_an_unreachable_bucket_instead_of_failing_their_task(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    late = f"{system.s3_settings.s3_outputs_bucket}-late"
+    bridge = system.procs["deadline_bridge"]
+    bridge.stop()
+    bridge.env = {**bridge.env, "RF_S3_OUTPUTS_BUCKET": late, "RF_S3_CREATE_BUCKETS": "false"}
+    bridge.start()
+    await bridge.ready()
+    job = await system.create_job(frame_range={"start": 1, "end": 2})
+
+    async def bridge_says_storage_is_away() -> bool:
+        async with httpx.AsyncClient() as h:
+            r = await h.get(bridge.ready_url)
+        return r.status_code == 503 and "frame storage" in r.text
+
+    for _ in range(300):
+        if await bridge_says_storage_is_away():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the bridge never said the outputs bucket is away")
+    [farm_job] = await system.farm_jobs_of(job["job_id"])
+    tasks = (await system.farm_api.get("/api/tasks", params={"JobID": farm_job["_id"]})).json()
+    assert any(t["Stat"] == 5 for t in tasks["Tasks"])  # rendered on the farm, ...
+    assert (await system.job(job["job_id"]))["frames_done"] == 0  # ... not recorded yet
+    await system.s3.create_bucket(Bucket=late)  # the store is back
+    done = await system.finished(job["job_id"])
+    assert done["status"] == "completed" and done["frames_done"] == 2
+    assert await system.events("bridge", "render.RenderTaskFailed", job["job_id"]) == []
+    listed = await system.s3.list_objects_v2(Bucket=late, Prefix=f"jobs/{system.owner_id}/")
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == [
+        "frame_0001.png",
+        "frame_0002.png",
+    ]
+    await bridge.ready()
