@@ -34,9 +34,9 @@ class OutputCommands:
     """Download URLs for outputs: minted here, where the S3 credentials are (the gateway
     never holds them). Minting changes nothing, so it records no event."""
 
-    def __init__(self, settings: UploadSettings, s3: S3Client) -> None:
+    def __init__(self, settings: UploadSettings, presigner: S3Client) -> None:
         self.settings = settings
-        self.s3 = s3
+        self.presigner = presigner
 
     def register(self, server: CommandServer) -> None:
         server.register(CreateOutputDownloadUrl, self.download_url)
@@ -51,7 +51,7 @@ class OutputCommands:
         assert kept.size_bytes is not None and kept.sha256 is not None  # it is ready
         seconds = cmd.expires_in_seconds or self.settings.download_url_seconds
         signed_at = datetime.now(UTC).replace(microsecond=0)
-        url = await self.s3.generate_presigned_url(
+        url = await self.presigner.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": outputs.bucket,

@@ -6,6 +6,7 @@ the store through presigned URLs, and download frames the same way.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,12 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         await ensure_buckets(s3, settings)
 
     # -- outputs ----------------------------------------------------------------------------
-    OutputCommands(settings, s3).register(rt.commands)
+    presigner = s3
+    if settings.s3_public_endpoint_url:  # download URLs name the store as clients reach it
+        public = contextlib.AsyncExitStack()
+        rt.on_close(public.aclose)
+        presigner = await public.enter_async_context(open_s3(settings, public=True))
+    OutputCommands(settings, presigner).register(rt.commands)
     archives = ArchiveBuilder(settings, rt.store, s3)
     retention = RetentionSweeper(settings, rt.store, s3)
     events = OutputEvents(settings, rt.store, archives.asked)

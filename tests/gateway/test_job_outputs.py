@@ -12,7 +12,7 @@ from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
 from tests.fixtures import Users
 from tests.upload.conftest import StartUpload, start_upload
-from tests.upload.rendering import frame_bytes, render, submit
+from tests.upload.rendering import frame_bytes, output_rows, render, submit, until
 
 __all__ = ["start_upload"]
 
@@ -29,9 +29,14 @@ async def test_a_jobs_outputs_are_listed_in_pages_with_the_jobs_status(
     s3_settings: S3Settings,
     users: Users,
 ) -> None:
-    await start_upload(outputs_archive=False)
+    upload = await start_upload(outputs_archive=False)
     frames = {n: frame_bytes(n) for n in range(1, 6)}
     job_id = await render(job_service, s3, s3_settings.s3_outputs_bucket, "usr_a", frames)
+
+    async def all_recorded() -> bool:  # the upload service follows the job's events
+        return len(await output_rows(upload.pool, job_id)) == 5
+
+    await until(all_recorded, "every frame recorded")
     me = users.headers("usr_a")
     url = f"/v1/jobs/{job_id}/outputs"
     seen: list[dict[str, Any]] = []
@@ -74,7 +79,7 @@ async def test_a_job_not_yet_rendered_has_no_outputs_and_another_users_job_has_n
     assert r.status_code == 404 and r.json()["code"] == "job_not_found"
 
 
-async def test_download_urls_are_idempotent_and_refuse_bad_input(
+async def test_download_urls_name_the_public_store_are_idempotent_and_refuse_bad_input(
     client: httpx.AsyncClient,
     job_service: ServiceRuntime[Any],
     start_upload: StartUpload,
@@ -82,17 +87,26 @@ async def test_download_urls_are_idempotent_and_refuse_bad_input(
     s3_settings: S3Settings,
     users: Users,
 ) -> None:
-    await start_upload()
-    job_id = await render(
-        job_service, s3, s3_settings.s3_outputs_bucket, "usr_a", {1: frame_bytes(1)}
-    )
+    # clients reach the store by another name than the services do
+    public = s3_settings.s3_endpoint_url.replace("127.0.0.1", "localhost")
+    upload = await start_upload(s3_public_endpoint_url=public)
+    frame = frame_bytes(1)
+    job_id = await render(job_service, s3, s3_settings.s3_outputs_bucket, "usr_a", {1: frame})
+
+    async def recorded() -> bool:
+        return len(await output_rows(upload.pool, job_id)) == 1
+
+    await until(recorded, "the frame recorded")
     me = users.headers("usr_a")
     url = f"/v1/outputs/{job_id}-full-0000001/download-url"
     first = await client.post(url, json={}, headers={**me, "Idempotency-Key": "k1"})
     again = await client.post(url, json={}, headers={**me, "Idempotency-Key": "k1"})
     assert first.status_code == again.status_code == 200, first.text
     assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert first.json()["url"].startswith(f"{public}/")
     assert "X-Amz-Expires=3600" in first.json()["url"]  # the default
+    async with httpx.AsyncClient() as store:
+        assert (await store.get(first.json()["url"])).content == frame
     longer = await client.post(url, json={"expires_in_seconds": 7200}, headers=me)
     assert longer.status_code == 200 and "X-Amz-Expires=7200" in longer.json()["url"]
     for body in (

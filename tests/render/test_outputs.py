@@ -41,11 +41,17 @@ async def download_url(
 
 
 async def rendered(system: RenderSystem, frames: int = 3) -> str:
+    """A completed job whose frames the upload service has all recorded (it follows the
+    job's events, so it may be a moment behind the job)."""
     job = await system.create_job(frame_range={"start": 1, "end": frames})
     done = await system.finished(job["job_id"])
     assert done["status"] == "completed", done
     job_id: str = job["job_id"]
-    return job_id
+    for _ in range(100):
+        if len((await outputs(system, job_id))["items"]) == frames:
+            return job_id
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the outputs of {job_id} were never all recorded")
 
 
 async def test_every_frame_is_in_the_outputs_bucket_as_the_farm_wrote_it(
