@@ -9,15 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
+from services.upload.commands import UploadSessions
+from services.upload.multipart import Multipart
+from services.upload.projections import AssetsProjection, ManifestsProjection, UploadsProjection
 from services.upload.settings import UploadSettings
+from services.upload.sweeper import Sweeper
 
 
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    sessions: UploadSessions
+    sweeper: Sweeper
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -32,7 +39,13 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
-    return Upload(s3)
+    # Upload sessions and manifests.
+    multipart = Multipart(s3)
+    sessions = UploadSessions(settings, multipart)
+    sessions.register(rt.commands)
+    sweeper = Sweeper(settings, rt.store, CommandClient(rt.nc, settings), multipart)
+    rt.background("upload-sweeper", sweeper.run)
+    return Upload(s3, sessions, sweeper)
 
 
 SERVICE = Service(
@@ -40,6 +53,7 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
+    projections=(UploadsProjection(), AssetsProjection(), ManifestsProjection()),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )
