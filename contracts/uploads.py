@@ -52,6 +52,7 @@ MAX_PARTS_PAGE = 1000
 
 class UploadStatus(StrEnum):
     uploading = "uploading"  # open: parts may be sent
+    completing = "completing"  # every part is there; the store is joining them
     completed = "completed"  # the object is in the store, of the declared size
     aborted = "aborted"  # the client gave up; the parts are gone
     expired = "expired"  # not completed in time (or dropped by the store); the parts are gone
@@ -294,6 +295,26 @@ class UploadPartsConfirmed(Event):
 
 
 @EVENTS.register
+class UploadCompletionRequested(Event):
+    """Every part of the plan was found in the store with its size: the store joins them
+    (which takes a while for a big file; ``UploadCompleted`` follows)."""
+
+    event_type = "upload.UploadCompletionRequested"
+    upload_id: str
+    at: datetime
+
+
+@EVENTS.register
+class UploadCompletionFailed(Event):
+    """The store did not join the parts (they changed meanwhile): the session is open again."""
+
+    event_type = "upload.UploadCompletionFailed"
+    upload_id: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
 class UploadCompleted(Event):
     """Every part was there with its size; the object is in the store, of the declared size."""
 
@@ -450,9 +471,22 @@ class SignUploadParts(Command):
 
 @COMMANDS.register
 class CompleteUpload(Command):
+    """Verify that every part is in the store and have the store join them."""
+
     command_type = "upload.CompleteUpload"
     upload_id: IdText
     owner_id: IdText
+
+
+@COMMANDS.register
+class FinishUpload(Command):
+    """From the completer: the store joined the parts (``failure`` None), or refused to
+    (why). Completed if the store holds the whole object, else the session opens again (or
+    ends, if the store no longer holds it)."""
+
+    command_type = "upload.FinishUpload"
+    upload_id: IdText
+    failure: str | None = Field(default=None, max_length=2000)
 
 
 @COMMANDS.register

@@ -113,6 +113,20 @@ class UploadsQuery:
         polling for up to ``wait_seconds``; then the last one seen, which may be older."""
         return await _wait(lambda: self.upload(upload_id, owner_id), min_version, wait_seconds)
 
+    async def wait_until_settled(
+        self, upload_id: str, owner_id: str, wait_seconds: float
+    ) -> UploadView | None:
+        """The session once it is no longer ``completing`` (the store has joined its parts,
+        or refused to), polling for up to ``wait_seconds``; then as it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            found = await self.upload(upload_id, owner_id)
+            settled = found is None or found.status is not UploadStatus.completing
+            if settled or loop.time() >= deadline:
+                return found
+            await asyncio.sleep(0.05)
+
     async def uploads(
         self, owner_id: str, status: UploadStatus | None, before_upload_id: str | None, limit: int
     ) -> list[UploadView]:

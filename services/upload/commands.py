@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from contracts.errors import (
-    InternalError,
     ManifestNotFound,
     UploadNotFound,
     UploadSessionExpired,
@@ -17,6 +16,7 @@ from contracts.uploads import (
     CompleteManifest,
     CompleteUpload,
     ExpireUpload,
+    FinishUpload,
     ListUploadParts,
     ManifestAccepted,
     PartUrl,
@@ -84,6 +84,7 @@ class UploadSessions:
         server.register(ListUploadParts, self.list_parts, store_reply=False)
         server.register(SignUploadParts, self.sign_parts, store_reply=False)
         server.register(CompleteUpload, self.complete)
+        server.register(FinishUpload, self.finish)
         server.register(AbortUpload, self.abort)
         server.register(ExpireUpload, self.expire)
         server.register(SubmitManifest, self.submit_manifest)
@@ -173,7 +174,7 @@ class UploadSessions:
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
         items: list[StoredPart] = []
         next_part: int | None = None
-        if upload.status is UploadStatus.uploading:
+        if upload.status in (UploadStatus.uploading, UploadStatus.completing):
             try:
                 held, next_part = await self.multipart.parts_page(
                     upload.bucket,
@@ -245,22 +246,22 @@ class UploadSessions:
         )
 
     async def complete(self, cmd: CompleteUpload, uow: UnitOfWork) -> UploadAccepted:
-        """Verified completion: every part of the plan held with its size (from the store's
-        ListParts, never the client's word), joined with the part checksums the store
-        checked, and the object's size checked after. The whole file's SHA-256 is checked
-        when the scene is staged (it is read in full there). Completing a completed upload
-        answers the same."""
+        """Verified completion, first step: every part of the plan is in the store with its
+        size (from the store's ListParts, never the client's word), else refused with what
+        is missing. The store then joins the parts (the completer, :meth:`finish`), which
+        takes a while for a big file. The store checked each part's SHA-256 when it was
+        sent; the whole file's SHA-256 is checked when the scene is staged (it is read in
+        full there). Completing an upload that is completed or being completed answers the
+        same."""
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
-        if upload.status is UploadStatus.completed:
+        if upload.status in (UploadStatus.completed, UploadStatus.completing):
             return await self._accepted(uow, upload)
         now = datetime.now(UTC)
         upload.require_open(now)
-        bucket, key, s3_id = upload.bucket, upload.object_key, upload.s3_upload_id
         try:
-            parts = upload.verify(await self.multipart.parts(bucket, key, s3_id))
-            await self.multipart.complete(bucket, key, s3_id, parts)
+            held = await self.multipart.parts(upload.bucket, upload.object_key, upload.s3_upload_id)
         except NoSuchUpload:
-            if await self._completed_in_store(upload):
+            if await self._completed_in_store(upload):  # joined, but not recorded
                 return await self._completed(uow, upload, now)
             # The store dropped it (its lifecycle rule, or someone else): the session ends.
             upload.expire(now, due=False)
@@ -270,10 +271,31 @@ class UploadSessions:
                 f"the store no longer holds upload {upload.upload_id}; start a new upload",
                 upload_id=upload.upload_id,
             ) from None
-        if not await self._completed_in_store(upload):
-            log.error("completed_object_has_wrong_size", upload_id=upload.upload_id, key=key)
-            raise InternalError(f"the store's object for upload {upload.upload_id} is not whole")
-        return await self._completed(uow, upload, now)
+        upload.verify(held)
+        upload.request_completion(now)
+        return await self._accepted(uow, upload)
+
+    async def finish(self, cmd: FinishUpload, uow: UnitOfWork) -> UploadAccepted:
+        """From the completer, once the store joined the parts (or refused to): completed if
+        the store holds the whole object; else open again with the reason, or ended if the
+        store holds nothing of it any more."""
+        upload = await self._owned(uow, cmd.upload_id, None)
+        if upload.status is not UploadStatus.completing:
+            return await self._accepted(uow, upload)
+        now = datetime.now(UTC)
+        if await self._completed_in_store(upload):
+            return await self._completed(uow, upload, now)
+        try:
+            await self.multipart.parts_page(
+                upload.bucket, upload.object_key, upload.s3_upload_id, 0, 1
+            )
+        except NoSuchUpload:
+            upload.expire(now, due=False)
+            return await self._accepted(uow, upload)
+        if cmd.failure is None:
+            log.error("joined_object_missing", upload_id=upload.upload_id)
+        upload.completion_failed(cmd.failure or "the store did not join the parts", now)
+        return await self._accepted(uow, upload)
 
     async def abort(self, cmd: AbortUpload, uow: UnitOfWork) -> UploadAccepted:
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)

@@ -40,6 +40,8 @@ from contracts.uploads import (
     UploadAborted,
     UploadAbortReason,
     UploadCompleted,
+    UploadCompletionFailed,
+    UploadCompletionRequested,
     UploadExpired,
     UploadKind,
     UploadPartsConfirmed,
@@ -193,6 +195,11 @@ class Upload(Aggregate):
                     event.parts_confirmed,
                     event.bytes_confirmed,
                 )
+            case UploadCompletionRequested():  # every part was found with its size
+                self.status = UploadStatus.completing
+                self.parts_confirmed, self.bytes_confirmed = self.part_count, self.size_bytes
+            case UploadCompletionFailed():
+                self.status = UploadStatus.uploading
             case UploadCompleted():
                 self.status = UploadStatus.completed
                 self.parts_confirmed, self.bytes_confirmed = self.part_count, self.size_bytes
@@ -337,11 +344,19 @@ class Upload(Aggregate):
             )
         return [by_number[n] for n in range(1, self.part_count + 1)]
 
+    def request_completion(self, now: datetime) -> list[Event]:
+        """Every part is there (see :meth:`verify`): the store joins them next. A session
+        being completed, or completed, changes nothing."""
+        if self.status in (UploadStatus.completing, UploadStatus.completed):
+            return []
+        self.require_open(now)
+        return self.record(UploadCompletionRequested(upload_id=self.upload_id, at=now))
+
     def complete(self, now: datetime) -> list[Event]:
-        """The object is in the store; completing a completed upload changes nothing."""
+        """The whole object is in the store; completing a completed upload changes nothing."""
         if self.status is UploadStatus.completed:
             return []
-        if self.status is not UploadStatus.uploading:
+        if self.status not in (UploadStatus.uploading, UploadStatus.completing):
             self.require_open(now)
         return self.record(
             UploadCompleted(
@@ -356,14 +371,20 @@ class Upload(Aggregate):
             )
         )
 
+    def completion_failed(self, reason: str, now: datetime) -> list[Event]:
+        """The store did not join the parts: open again, for the client to fix and retry."""
+        if self.status is not UploadStatus.completing:
+            return []
+        return self.record(UploadCompletionFailed(upload_id=self.upload_id, reason=reason, at=now))
+
     def abort(self, now: datetime) -> list[Event]:
         """The client gives up. An upload that has ended without its file (aborted,
-        expired) changes nothing; a completed one is refused."""
+        expired) changes nothing; one completed or being completed is refused."""
         if self.status in (UploadStatus.aborted, UploadStatus.expired):
             return []
-        if self.status is UploadStatus.completed:
+        if self.status in (UploadStatus.completed, UploadStatus.completing):
             raise UploadNotOpen(
-                f"upload {self.upload_id} is completed; it cannot be aborted",
+                f"upload {self.upload_id} is {self.status}; it cannot be aborted",
                 upload_id=self.upload_id,
                 status=self.status,
             )
@@ -377,9 +398,11 @@ class Upload(Aggregate):
         )
 
     def expire(self, now: datetime, *, due: bool = True) -> list[Event]:
-        """An open session past its expiry (or, with ``due=False``, one the store no longer
-        holds) ends; any other changes nothing."""
-        if self.status is not UploadStatus.uploading or (due and not self.overdue(now)):
+        """An open session past its expiry ends. With ``due=False``: one the store no longer
+        holds ends, whatever its expiry (being completed included). Others change nothing."""
+        if due and not self.overdue(now):
+            return []
+        if self.status not in (UploadStatus.uploading, UploadStatus.completing):
             return []
         return self.record(UploadExpired(upload_id=self.upload_id, owner_id=self.owner_id, at=now))
 

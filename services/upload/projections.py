@@ -14,6 +14,8 @@ from contracts.uploads import (
     ManifestSubmitted,
     UploadAborted,
     UploadCompleted,
+    UploadCompletionFailed,
+    UploadCompletionRequested,
     UploadExpired,
     UploadPartsConfirmed,
     UploadStarted,
@@ -88,6 +90,20 @@ class UploadsProjection(ReadModel):
         return self._moved(
             row, rec, parts_confirmed=e.parts_confirmed, bytes_confirmed=e.bytes_confirmed
         )
+
+    @on(UploadCompletionRequested, key=lambda e: (e.upload_id,))
+    def completing(self, row: Row | None, e: UploadCompletionRequested, rec: RecordedEvent) -> Row:
+        # Every part was found in the store with its size.
+        moved = self._moved(row, rec, status=UploadStatus.completing.value)
+        return {
+            **moved,
+            "parts_confirmed": moved["part_count"],
+            "bytes_confirmed": moved["size_bytes"],
+        }
+
+    @on(UploadCompletionFailed, key=lambda e: (e.upload_id,))
+    def reopened(self, row: Row | None, e: UploadCompletionFailed, rec: RecordedEvent) -> Row:
+        return self._moved(row, rec, status=UploadStatus.uploading.value)
 
     @on(UploadCompleted, key=lambda e: (e.upload_id,))
     def completed(self, row: Row | None, e: UploadCompleted, rec: RecordedEvent) -> Row:

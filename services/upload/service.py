@@ -14,6 +14,7 @@ from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
 from services.upload.commands import UploadSessions
+from services.upload.completer import Completer
 from services.upload.multipart import Multipart
 from services.upload.projections import AssetsProjection, ManifestsProjection, UploadsProjection
 from services.upload.settings import UploadSettings
@@ -24,6 +25,7 @@ from services.upload.sweeper import Sweeper
 class Upload:
     s3: S3Client
     sessions: UploadSessions
+    completer: Completer
     sweeper: Sweeper
 
 
@@ -43,9 +45,12 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     multipart = Multipart(s3)
     sessions = UploadSessions(settings, multipart)
     sessions.register(rt.commands)
-    sweeper = Sweeper(settings, rt.store, CommandClient(rt.nc, settings), multipart)
+    to_itself = CommandClient(rt.nc, settings, timeout=15)
+    completer = Completer(settings, rt.store, to_itself, multipart)
+    rt.background("upload-completer", completer.run)
+    sweeper = Sweeper(settings, rt.store, to_itself, multipart)
     rt.background("upload-sweeper", sweeper.run)
-    return Upload(s3, sessions, sweeper)
+    return Upload(s3, sessions, completer, sweeper)
 
 
 SERVICE = Service(

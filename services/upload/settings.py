@@ -31,7 +31,11 @@ class UploadSettings(S3Settings):
     #: A multipart upload no open session owns is aborted once it is this old (one being
     #: created right now has no session yet).
     upload_orphan_grace_seconds: int = Field(default=3600, ge=0)
-    #: Store calls a manifest makes at once (one per file it lacks).
+    #: How often the completer looks for sessions whose parts the store should join (it
+    #: is also woken by each of the service's own commits).
+    upload_completer_poll_seconds: float = Field(default=0.25, gt=0)
+    #: Store calls made at once: a manifest's (one per file it lacks), the sweeper's, the
+    #: completer's joins.
     upload_store_concurrency: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")

@@ -149,6 +149,6 @@ class Sweeper:
         await uow.prefetch(*((Upload, upload_id) for upload_id in scenes))
         for upload_id in scenes:
             upload = await uow.get(Upload, upload_id)
-            if upload.status is UploadStatus.uploading:
+            if upload.status in (UploadStatus.uploading, UploadStatus.completing):
                 owned.add(upload.s3_upload_id)
         return owned

@@ -27,6 +27,8 @@ from contracts.uploads import (
     MiB,
     TiB,
     UploadCompleted,
+    UploadCompletionFailed,
+    UploadCompletionRequested,
     UploadExpired,
     UploadKind,
     UploadPartsConfirmed,
@@ -181,11 +183,33 @@ def test_a_session_past_its_expiry_takes_no_parts_and_is_expired_once() -> None:
 
 def test_completing_twice_records_once_and_a_completed_upload_cannot_be_aborted() -> None:
     upload = started()
+    [requested] = upload.request_completion(NOW)
+    assert isinstance(requested, UploadCompletionRequested)
+    assert upload.request_completion(NOW) == []
     [done] = upload.complete(NOW)
     assert isinstance(done, UploadCompleted) and done.object_key.startswith("uploads/")
-    assert upload.complete(NOW) == []
+    assert upload.complete(NOW) == [] and upload.request_completion(NOW) == []
     with pytest.raises(UploadNotOpen):
         upload.abort(NOW)
+
+
+def test_a_session_being_completed_takes_no_parts_and_does_not_expire() -> None:
+    upload = started()
+    upload.request_completion(NOW)
+    assert (upload.parts_confirmed, upload.bytes_confirmed) == (3, 10 * MiB + 1024)
+    with pytest.raises(UploadNotOpen) as refused:
+        upload.require_open(NOW)
+    assert refused.value.details.status == "completing"
+    with pytest.raises(UploadNotOpen):
+        upload.abort(NOW)
+    assert upload.expire(NOW + timedelta(days=30)) == []
+    # The store would not join the parts: open again, for the client to retry.
+    [failed] = upload.completion_failed("parts changed", NOW)
+    assert isinstance(failed, UploadCompletionFailed) and upload.status == "uploading"
+    assert upload.completion_failed("again", NOW) == []
+    upload.request_completion(NOW)
+    # The store dropped it meanwhile: it ends, whatever its expiry.
+    assert isinstance(upload.expire(NOW, due=False)[0], UploadExpired)
 
 
 def test_an_aborted_upload_stays_aborted() -> None:

@@ -71,6 +71,7 @@ async def test_a_file_is_sent_in_parts_straight_to_the_store_and_completed(
     assert await events(upload_service, session["upload_id"]) == [
         "upload.UploadStarted",
         "upload.UploadPartsConfirmed",
+        "upload.UploadCompletionRequested",
         "upload.UploadCompleted",
     ]
 

@@ -78,6 +78,9 @@ router = APIRouter(tags=["uploads"])
 
 #: How long a command's answer waits for the read model to show the change (as for jobs).
 _CATCH_UP_SECONDS = 5.0
+#: How long complete_upload waits for the store to join the parts before it answers
+#: ``completing`` (a big file takes the store longer: then the client polls get_upload).
+_JOIN_WAIT_SECONDS = 10.0
 
 UploadId = Annotated[
     str,
@@ -343,11 +346,14 @@ async def create_upload_part_urls(
     description=(
         "Finish the upload once every part is sent. The server checks with the store that"
         " every part of the plan is there with its exact size (else upload_incomplete,"
-        " listing the missing part numbers as ranges and any part of the wrong size), has"
-        " the store join them, and checks the object's size. The store checked each part's"
-        " SHA-256 when it was sent; the whole file's SHA-256 is checked when the scene is"
-        " staged for the farm. Returns the session, status completed. Completing a completed"
-        " upload answers the same."
+        " listing the missing part numbers as ranges and any part of the wrong size), then"
+        " the store joins them and the object's size is checked. Returns the session with"
+        " status completed; for a big file the store may take longer than this answer waits,"
+        " and the status is completing: poll get_upload until it is completed (or, if the"
+        " store refused the parts, uploading again). The store checked each part's SHA-256"
+        " when it was sent; the whole file's SHA-256 is checked when the scene is staged for"
+        " the farm. Completing an upload that is completed or being completed answers the"
+        " same."
     ),
     response_model=UploadView,
     responses=errors(
@@ -374,6 +380,11 @@ async def complete_upload(
             actor=p.actor(),
         )
         view = await _upload(gw, upload_id, p.user_id, accepted.version)
+        if view.status is UploadStatus.completing:  # the store is joining the parts
+            view = (
+                await gw.uploads.wait_until_settled(upload_id, p.user_id, _JOIN_WAIT_SECONDS)
+                or view
+            )
         return 200, view.model_dump_json().encode()
 
     return await idempotent(request, p.idempotency_scope, idempotency_key, "complete_upload", run)
