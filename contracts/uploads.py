@@ -264,7 +264,9 @@ class CreateManifestRequest(_Model):
 
 @EVENTS.register
 class UploadStarted(Event):
-    """A session opened: the store's multipart upload exists (``s3_upload_id``)."""
+    """A session opened. A scene session's multipart upload exists in the store already
+    (``s3_upload_id``); an asset session's is created when its first part URLs are asked
+    for (``UploadMultipartCreated``), since a manifest may lack thousands of files."""
 
     event_type = "upload.UploadStarted"
     upload_id: str
@@ -276,11 +278,21 @@ class UploadStarted(Event):
     content_type: str | None
     bucket: str
     object_key: str
-    s3_upload_id: str
+    s3_upload_id: str | None
     part_size_bytes: int
     part_count: int
     started_at: datetime
     expires_at: datetime
+
+
+@EVENTS.register
+class UploadMultipartCreated(Event):
+    """The store's multipart upload of an asset session was created."""
+
+    event_type = "upload.UploadMultipartCreated"
+    upload_id: str
+    s3_upload_id: str
+    at: datetime
 
 
 @EVENTS.register
@@ -397,13 +409,15 @@ class ManifestSubmitted(Event):
 
 
 class ListedFile(BaseModel):
-    """A manifest's file as stored in its events."""
+    """A manifest's file as stored in its events, with the asset session opened (or reused)
+    for its content when the manifest was submitted; None if its owner held it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str
     size_bytes: int
     sha256: str
+    upload_id: str | None
 
 
 @EVENTS.register

@@ -95,9 +95,10 @@ class UploadsQuery:
         self._held_sql = (
             f"SELECT sha256 FROM {s}.assets WHERE owner_id = $1 AND sha256 = ANY($2::text[])"
         )
+        self._known_sql = f"SELECT upload_id FROM {s}.uploads WHERE upload_id = ANY($1::text[])"
         self._uploading_sql = (
             f"SELECT DISTINCT ON (sha256) sha256, upload_id FROM {s}.uploads"
-            " WHERE owner_id = $1 AND kind = 'asset' AND status = 'uploading'"
+            " WHERE owner_id = $1 AND kind = 'asset' AND status IN ('uploading', 'completing')"
             " AND sha256 = ANY($2::text[]) ORDER BY sha256, upload_id DESC"
         )
 
@@ -144,9 +145,13 @@ class UploadsQuery:
             return None
         by_content: dict[str, list[str]] = {}
         sizes: dict[str, int] = {}
+        #: The session each content was given when the manifest was submitted.
+        given: dict[str, str] = {}
         for f in map(ListedFile.model_validate, row["files"]):
             by_content.setdefault(f.sha256, []).append(f.path)
             sizes[f.sha256] = f.size_bytes
+            if f.upload_id is not None:
+                given[f.sha256] = f.upload_id
         shas = list(by_content)
         held = {r["sha256"] for r in await self.pool.fetch(self._held_sql, owner_id, shas)}
         lacking = [s for s in shas if s not in held]
@@ -154,6 +159,12 @@ class UploadsQuery:
             r["sha256"]: r["upload_id"]
             for r in await self.pool.fetch(self._uploading_sql, owner_id, lacking)
         }
+        # A session given at submission that this read model does not show yet (a big
+        # manifest's sessions are projected after it) is open: it was just started.
+        unseen = [given[s] for s in lacking if s not in uploading and s in given]
+        if unseen:
+            known = {r["upload_id"] for r in await self.pool.fetch(self._known_sql, unseen)}
+            uploading.update({s: given[s] for s in lacking if s in given and given[s] not in known})
         missing = sorted(
             (
                 MissingFile(

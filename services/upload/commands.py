@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from contracts.errors import (
@@ -40,6 +38,7 @@ from services.upload.domain import (
     ENDING_EVENTS,
     Asset,
     Content,
+    HeldPart,
     Manifest,
     NewSession,
     OwnerUploads,
@@ -115,6 +114,20 @@ class UploadSessions:
             asset.store(upload, now)
         return await self._accepted(uow, upload)
 
+    async def _held(self, upload: Upload) -> list[HeldPart]:
+        """Every part the store holds for the session (none before its multipart upload
+        exists); NoSuchUpload if the store no longer knows it."""
+        if upload.s3_upload_id is None:
+            return []
+        return await self.multipart.parts(upload.bucket, upload.object_key, upload.s3_upload_id)
+
+    async def _abort_in_store(self, upload: Upload) -> bool:
+        """Abort the session's multipart upload (its parts are deleted); False if the store
+        had none (it was joined, or dropped, or never created)."""
+        if upload.s3_upload_id is None:
+            return False
+        return await self.multipart.abort(upload.bucket, upload.object_key, upload.s3_upload_id)
+
     async def _completed_in_store(self, upload: Upload) -> bool:
         """Whether the store holds the finished object with the declared size (a completion
         whose event was lost, or a concurrent one)."""
@@ -161,20 +174,18 @@ class UploadSessions:
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
         if upload.status is UploadStatus.uploading:
             try:
-                held = await self.multipart.parts(
-                    upload.bucket, upload.object_key, upload.s3_upload_id
-                )
+                held = await self._held(upload)
             except NoSuchUpload:  # completed or dropped meanwhile: complete_upload tells
-                held = None
-            if held is not None:
-                upload.confirm(held, datetime.now(UTC))
+                return await self._accepted(uow, upload)
+            upload.confirm(held, datetime.now(UTC))
         return await self._accepted(uow, upload)
 
     async def list_parts(self, cmd: ListUploadParts, uow: UnitOfWork) -> StoredParts:
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
         items: list[StoredPart] = []
         next_part: int | None = None
-        if upload.status in (UploadStatus.uploading, UploadStatus.completing):
+        open_statuses = (UploadStatus.uploading, UploadStatus.completing)
+        if upload.status in open_statuses and upload.s3_upload_id is not None:
             try:
                 held, next_part = await self.multipart.parts_page(
                     upload.bucket,
@@ -204,7 +215,8 @@ class UploadSessions:
         )
 
     async def sign_parts(self, cmd: SignUploadParts, uow: UnitOfWork) -> UploadPartUrls:
-        """Presigned PUT URLs, each signed with its part's exact length and SHA-256."""
+        """Presigned PUT URLs, each signed with its part's exact length and SHA-256. An
+        asset session's multipart upload is created in the store here, the first time."""
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
         now = datetime.now(UTC)
         upload.require_open(now)
@@ -217,6 +229,11 @@ class UploadSessions:
                 f"upload {upload.upload_id} has expired; start a new upload",
                 upload_id=upload.upload_id,
             )
+        if upload.s3_upload_id is None:
+            created = await self.multipart.create(upload.bucket, upload.object_key, None)
+            upload.multipart_created(created, now)
+        s3_upload_id = upload.s3_upload_id
+        assert s3_upload_id is not None
         plan = upload.plan
         urls = []
         for part in cmd.parts:
@@ -224,7 +241,7 @@ class UploadSessions:
             url = await self.multipart.part_url(
                 upload.bucket,
                 upload.object_key,
-                upload.s3_upload_id,
+                s3_upload_id,
                 part.part_number,
                 size,
                 checksum,
@@ -259,7 +276,7 @@ class UploadSessions:
         now = datetime.now(UTC)
         upload.require_open(now)
         try:
-            held = await self.multipart.parts(upload.bucket, upload.object_key, upload.s3_upload_id)
+            held = await self._held(upload)
         except NoSuchUpload:
             if await self._completed_in_store(upload):  # joined, but not recorded
                 return await self._completed(uow, upload, now)
@@ -286,9 +303,7 @@ class UploadSessions:
         if await self._completed_in_store(upload):
             return await self._completed(uow, upload, now)
         try:
-            await self.multipart.parts_page(
-                upload.bucket, upload.object_key, upload.s3_upload_id, 0, 1
-            )
+            await self._held(upload)
         except NoSuchUpload:
             upload.expire(now, due=False)
             return await self._accepted(uow, upload)
@@ -299,11 +314,10 @@ class UploadSessions:
 
     async def abort(self, cmd: AbortUpload, uow: UnitOfWork) -> UploadAccepted:
         upload = await self._owned(uow, cmd.upload_id, cmd.owner_id)
-        if upload.status is UploadStatus.uploading:
-            bucket, key = upload.bucket, upload.object_key
-            if not await self.multipart.abort(bucket, key, upload.s3_upload_id):
-                # Completed in the store without its event, or dropped: remove any object.
-                await self.multipart.delete(bucket, key)
+        if upload.status is UploadStatus.uploading and upload.s3_upload_id is not None:
+            aborted = await self._abort_in_store(upload)
+            if not aborted:  # joined in the store without its event, or dropped
+                await self.multipart.delete(upload.bucket, upload.object_key)
         upload.abort(datetime.now(UTC))
         return await self._accepted(uow, upload)
 
@@ -314,8 +328,9 @@ class UploadSessions:
         upload = await self._owned(uow, cmd.upload_id, None)
         if not upload.overdue(cmd.at):
             return await self._accepted(uow, upload)
-        aborted = await self.multipart.abort(upload.bucket, upload.object_key, upload.s3_upload_id)
-        if not aborted and await self._completed_in_store(upload):
+        had_parts = upload.s3_upload_id is not None
+        aborted = await self._abort_in_store(upload)
+        if had_parts and not aborted and await self._completed_in_store(upload):
             return await self._completed(uow, upload, cmd.at)
         upload.expire(cmd.at)
         return await self._accepted(uow, upload)
@@ -325,7 +340,8 @@ class UploadSessions:
     async def submit_manifest(self, cmd: SubmitManifest, uow: UnitOfWork) -> ManifestAccepted:
         """Record the manifest; open an asset session for each content the caller does not
         hold and is not uploading yet (reusing an open one). Only the caller's own assets
-        count: another user's copy of a file is never used, nor revealed."""
+        count: another user's copy of a file is never used, nor revealed. No store call:
+        each asset session creates its multipart upload with its first part URLs."""
         owner_id, files = cmd.owner_id, cmd.manifest.files
         distinct = contents(files)
         await uow.prefetch(
@@ -341,29 +357,30 @@ class UploadSessions:
                 )
             return ManifestAccepted(manifest_id=cmd.manifest_id, version=manifest.version)
         owner = await uow.get(OwnerUploads, owner_id)
-        held = 0
         lacking: list[Content] = []
+        #: sha256 -> the session to send it through, for every content the caller lacks.
+        wanted: dict[str, str] = {}
         for c in distinct:
             check_size(c.size_bytes, self.settings.upload_max_bytes)
             asset = await uow.get(Asset, asset_key(owner_id, c.sha256))
             asset.check_size(c.sha256, c.size_bytes)
             if asset.stored:
-                held += 1
                 continue
             uploading = owner.open_asset(c.sha256)
             if uploading is None:
                 lacking.append(c)
             else:
                 check_same_size(c.sha256, c.size_bytes, uploading[1].size_bytes)
+                wanted[c.sha256] = uploading[0]
         sessions = [
             NewSession(new_id("upl"), UploadKind.asset, c.size_bytes, c.sha256) for c in lacking
         ]
         owner.make_room(sessions, self.limits)
         await uow.prefetch(*((Upload, s.upload_id) for s in sessions))
-        s3_ids = await self._create_all(owner_id, lacking)
         now = datetime.now(UTC)
         bucket = self.settings.s3_scenes_bucket
-        for session, c, s3_upload_id in zip(sessions, lacking, s3_ids, strict=True):
+        for session, c in zip(sessions, lacking, strict=True):
+            wanted[c.sha256] = session.upload_id
             upload = await uow.get(Upload, session.upload_id)
             upload.start(
                 upload_id=session.upload_id,
@@ -375,7 +392,7 @@ class UploadSessions:
                 content_type=None,
                 bucket=bucket,
                 object_key=asset_object_key(owner_id, c.sha256),
-                s3_upload_id=s3_upload_id,
+                s3_upload_id=None,
                 plan=part_plan(c.size_bytes, self.settings.upload_min_part_bytes),
                 now=now,
                 ttl=self.ttl,
@@ -386,25 +403,10 @@ class UploadSessions:
             owner_id,
             cmd.manifest.main_file,
             files,
-            complete=held == len(distinct),
-            now=now,
+            wanted,
+            now,
         )
         return ManifestAccepted(manifest_id=cmd.manifest_id, version=manifest.version)
-
-    async def _create_all(self, owner_id: str, lacking: Sequence[Content]) -> list[str]:
-        """One multipart upload per content, ``upload_store_concurrency`` at a time."""
-        gate = asyncio.Semaphore(self.settings.upload_store_concurrency)
-        bucket = self.settings.s3_scenes_bucket
-
-        async def create(c: Content) -> str:
-            async with gate:
-                return await self.multipart.create(
-                    bucket, asset_object_key(owner_id, c.sha256), None
-                )
-
-        async with asyncio.TaskGroup() as tasks:
-            created = [tasks.create_task(create(c)) for c in lacking]
-        return [t.result() for t in created]
 
     async def complete_manifest(self, cmd: CompleteManifest, uow: UnitOfWork) -> ManifestAccepted:
         manifest = await uow.get(Manifest, cmd.manifest_id)

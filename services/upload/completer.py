@@ -107,9 +107,10 @@ class Completer:
 
     async def _join(self, upload_id: str) -> None:
         upload = await UnitOfWork(self.store).get(Upload, upload_id)
-        if upload.status is not UploadStatus.completing:
+        s3_id = upload.s3_upload_id
+        if upload.status is not UploadStatus.completing or s3_id is None:
             return
-        bucket, key, s3_id = upload.bucket, upload.object_key, upload.s3_upload_id
+        bucket, key = upload.bucket, upload.object_key
         failure: str | None = None
         try:
             parts = upload.verify(await self.multipart.parts(bucket, key, s3_id))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from contracts.base import Event
 from contracts.errors import (
@@ -44,6 +44,7 @@ from contracts.uploads import (
     UploadCompletionRequested,
     UploadExpired,
     UploadKind,
+    UploadMultipartCreated,
     UploadPartsConfirmed,
     UploadSlotFreed,
     UploadSlotTaken,
@@ -168,7 +169,8 @@ class Upload(Aggregate):
     sha256: str = ""
     bucket: str = ""
     object_key: str = ""
-    s3_upload_id: str = ""
+    #: The store's multipart upload; None until an asset session's first part URLs.
+    s3_upload_id: str | None = None
     part_size_bytes: int = 0
     part_count: int = 0
     parts_confirmed: int = 0
@@ -190,6 +192,8 @@ class Upload(Aggregate):
                 self.s3_upload_id = event.s3_upload_id
                 self.part_size_bytes, self.part_count = event.part_size_bytes, event.part_count
                 self.expires_at = event.expires_at
+            case UploadMultipartCreated():
+                self.s3_upload_id = event.s3_upload_id
             case UploadPartsConfirmed():
                 self.parts_confirmed, self.bytes_confirmed = (
                     event.parts_confirmed,
@@ -232,7 +236,7 @@ class Upload(Aggregate):
         content_type: str | None,
         bucket: str,
         object_key: str,
-        s3_upload_id: str,
+        s3_upload_id: str | None,
         plan: PartPlan,
         now: datetime,
         ttl: timedelta,
@@ -254,6 +258,14 @@ class Upload(Aggregate):
                 started_at=now,
                 expires_at=now + ttl,
             )
+        )
+
+    def multipart_created(self, s3_upload_id: str, now: datetime) -> list[Event]:
+        """The store's multipart upload of a session that had none yet."""
+        if self.s3_upload_id is not None:
+            return []
+        return self.record(
+            UploadMultipartCreated(upload_id=self.upload_id, s3_upload_id=s3_upload_id, at=now)
         )
 
     def overdue(self, now: datetime) -> bool:
@@ -443,6 +455,11 @@ class OwnerUploads(Aggregate):
     stream_prefix = "uploader"
 
     open: dict[str, OpenSession] = {}
+    #: Open asset sessions by content (derived from ``open``; not part of the snapshot).
+    _by_sha256: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: object) -> None:
+        self._by_sha256 = {s.sha256: u for u, s in sorted(self.open.items()) if s.sha256}
 
     def apply(self, event: Event) -> None:
         match event:
@@ -450,8 +467,13 @@ class OwnerUploads(Aggregate):
                 self.open[event.upload_id] = OpenSession(
                     kind=event.kind, size_bytes=event.size_bytes, sha256=event.sha256
                 )
+                if event.sha256 is not None:
+                    self._by_sha256[event.sha256] = event.upload_id
             case UploadSlotFreed():
-                self.open.pop(event.upload_id, None)
+                freed = self.open.pop(event.upload_id, None)
+                sha256 = freed.sha256 if freed is not None else None
+                if sha256 is not None and self._by_sha256.get(sha256) == event.upload_id:
+                    del self._by_sha256[sha256]
             case _:
                 raise TypeError(f"owner uploads cannot apply {type(event).__name__}")
 
@@ -463,9 +485,9 @@ class OwnerUploads(Aggregate):
         return sum(1 for s in self.open.values() if s.kind is kind)
 
     def open_asset(self, sha256: str) -> tuple[str, OpenSession] | None:
-        """The open asset session for this content, if any (the newest)."""
-        found = [(u, s) for u, s in self.open.items() if s.sha256 == sha256]
-        return max(found, key=lambda found: found[0]) if found else None
+        """The open asset session for this content, if any."""
+        upload_id = self._by_sha256.get(sha256)
+        return None if upload_id is None else (upload_id, self.open[upload_id])
 
     def make_room(self, sessions: Sequence[NewSession], limits: UploadLimits) -> None:
         """Refuse if opening ``sessions`` would go over a quota."""
@@ -625,13 +647,22 @@ class Manifest(Aggregate):
         owner_id: str,
         main_file: str,
         files: Sequence[ManifestFile],
-        complete: bool,
+        sessions: Mapping[str, str],
         now: datetime,
     ) -> list[Event]:
-        """Record the manifest and its files (in chunks, sorted by path); complete at once if
-        its owner holds every file."""
+        """Record the manifest and its files (in chunks, sorted by path), each with the
+        session of its content (``sessions``: sha256 -> upload id, for the contents its
+        owner lacks); complete at once if it lacks none."""
         listed = sorted(
-            (ListedFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in files),
+            (
+                ListedFile(
+                    path=f.path,
+                    size_bytes=f.size_bytes,
+                    sha256=f.sha256,
+                    upload_id=sessions.get(f.sha256),
+                )
+                for f in files
+            ),
             key=lambda f: f.path,
         )
         events: list[Event] = [
@@ -648,7 +679,7 @@ class Manifest(Aggregate):
         for i in range(0, len(listed), MANIFEST_FILES_PER_EVENT):
             chunk = listed[i : i + MANIFEST_FILES_PER_EVENT]
             events.append(ManifestFilesListed(manifest_id=manifest_id, files=chunk))
-        if complete:
+        if not sessions:
             events.append(ManifestCompleted(manifest_id=manifest_id, owner_id=owner_id, at=now))
         return self.record(*events)
 

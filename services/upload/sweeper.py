@@ -149,6 +149,7 @@ class Sweeper:
         await uow.prefetch(*((Upload, upload_id) for upload_id in scenes))
         for upload_id in scenes:
             upload = await uow.get(Upload, upload_id)
-            if upload.status in (UploadStatus.uploading, UploadStatus.completing):
+            open_statuses = (UploadStatus.uploading, UploadStatus.completing)
+            if upload.status in open_statuses and upload.s3_upload_id is not None:
                 owned.add(upload.s3_upload_id)
         return owned

@@ -271,20 +271,23 @@ def files(n: int) -> list[ManifestFile]:
 def test_a_manifest_is_recorded_sorted_in_chunks_and_identified_by_its_content() -> None:
     many = files(MANIFEST_FILES_PER_EVENT * 2 + 1)
     manifest = Manifest()
-    recorded = manifest.submit("man_1", "usr_1", many[0].path, list(reversed(many)), False, NOW)
+    sessions = {f.sha256: f"upl_{i}" for i, f in enumerate(many)}
+    recorded = manifest.submit("man_1", "usr_1", many[0].path, many[::-1], sessions, NOW)
     submitted, *chunks = recorded
     assert isinstance(submitted, ManifestSubmitted)
     assert submitted.file_count == len(many) and submitted.total_bytes == sum(range(1, 502))
     assert submitted.content_sha256 == content_sha256(many)
     assert [len(c.files) for c in chunks if isinstance(c, ManifestFilesListed)] == [250, 250, 1]
     assert [f.path for f in manifest.files] == sorted(f.path for f in many)
+    assert manifest.files[0].upload_id == "upl_0"
     assert all(len(c.model_dump_json()) < 300_000 for c in chunks)
 
 
 def test_a_manifest_completes_only_once_every_content_is_held() -> None:
     manifest = Manifest()
     same = ManifestFile(path="b/copy.png", size_bytes=1, sha256=files(1)[0].sha256)
-    manifest.submit("man_1", "usr_1", "textures/t00000.png", [*files(3), same], False, NOW)
+    lacking = {f.sha256: f"upl_{i}" for i, f in enumerate(files(3))}
+    manifest.submit("man_1", "usr_1", "textures/t00000.png", [*files(3), same], lacking, NOW)
     with pytest.raises(ManifestIncomplete) as refused:
         manifest.complete({files(3)[0].sha256}, {files(3)[2].sha256: "upl_9"}, NOW)
     d = refused.value.details

@@ -185,3 +185,38 @@ async def test_a_content_declared_with_another_size_is_refused(
         "size_bytes": len(SCENE) + 1,
         "known_size_bytes": len(SCENE),
     }
+
+
+async def test_a_scene_of_thousands_of_files_is_one_manifest(
+    upload_api: httpx.AsyncClient, users: Users
+) -> None:
+    me = Uploader(upload_api, users.new())
+    files = [
+        {
+            "path": f"tex/set_{i // 100:02d}/t_{i:04d}.png",
+            "size_bytes": 100 + i,
+            "sha256": f"{i:064x}",
+        }
+        for i in range(3000)
+    ]
+    first = await submit(upload_api, me, *files)
+    assert first["file_count"] == 3000 and len(first["missing"]) == 3000
+    sessions = {m["upload_id"] for m in first["missing"]}
+    assert None not in sessions and len(sessions) == 3000
+    again = await submit(upload_api, me, *files)
+    assert {m["upload_id"] for m in again["missing"]} == sessions  # reused, not opened again
+
+
+async def test_a_manifest_too_large_to_pass_on_is_refused_with_a_code(
+    upload_api: httpx.AsyncClient, users: Users
+) -> None:
+    long_dir = "/".join(["d" * 200] * 4)  # 800-character paths: over 8 MB as one command
+    files = [
+        {"path": f"{long_dir}/{i:05d}.png", "size_bytes": 1, "sha256": f"{i:064x}"}
+        for i in range(10_000)
+    ]
+    r = await upload_api.post(
+        "/v1/manifests", json={"main_file": files[0]["path"], "files": files}, headers=users.new()
+    )
+    assert r.status_code == 413
+    assert r.json()["code"] == "payload_too_large" and r.json()["retryable"] is False

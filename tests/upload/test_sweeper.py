@@ -112,6 +112,9 @@ async def test_orphaned_multipart_uploads_are_aborted_and_those_of_open_sessions
         headers=me.headers,
     )
     assert manifest.status_code == 201
+    asset_session = manifest.json()["missing"][0]["upload_id"]
+    assert len(await open_multipart_ids(s3, bucket)) == 1  # an asset's opens with its URLs
+    await me.part_urls(asset_session, {1: os.urandom(10)})
     kept = await open_multipart_ids(s3, bucket)
     assert len(kept) == 2  # the scene's and the asset's
     # What a crash leaves: the store's multipart upload, no session recorded.

@@ -23,6 +23,7 @@ from contracts.errors import (
     InvalidPartNumber,
     ManifestIncomplete,
     ManifestNotFound,
+    PayloadTooLarge,
     ServiceUnavailable,
     StorageUnavailable,
     UploadBytesLimitReached,
@@ -78,6 +79,9 @@ router = APIRouter(tags=["uploads"])
 
 #: How long a command's answer waits for the read model to show the change (as for jobs).
 _CATCH_UP_SECONDS = 5.0
+#: A manifest lacking thousands of files opens as many sessions in one command: it may
+#: take longer than other commands, and its sessions' views follow its own.
+_MANIFEST_SECONDS = 60.0
 #: How long complete_upload waits for the store to join the parts before it answers
 #: ``completing`` (a big file takes the store longer: then the client polls get_upload).
 _JOIN_WAIT_SECONDS = 10.0
@@ -442,7 +446,8 @@ async def abort_upload(
         " twice), and missing lists each content you lack with the upload session to send"
         " it through (an open one is reused). Upload those like any session, then call"
         " complete_manifest. Only your own files count: another user's copy of a file is"
-        " never used, nor revealed."
+        " never used, nor revealed. A manifest whose paths are too long to pass on"
+        " (8 MB as JSON) answers payload_too_large: split the scene."
     ),
     status_code=201,
     response_model=ManifestView,
@@ -451,6 +456,7 @@ async def abort_upload(
         AssetSizeConflict,
         UploadSessionLimitReached,
         UploadBytesLimitReached,
+        PayloadTooLarge,
         InsufficientScope,
         IdempotencyKeyReused,
         IdempotencyInProgress,
@@ -467,7 +473,11 @@ async def create_manifest(
     async def run(command_id: str) -> tuple[int, bytes]:
         cmd = SubmitManifest(manifest_id=new_id("man"), owner_id=p.user_id, manifest=body)
         accepted = await gw.commands.send(
-            cmd, ManifestAccepted, command_id=command_id, actor=p.actor()
+            cmd,
+            ManifestAccepted,
+            command_id=command_id,
+            actor=p.actor(),
+            timeout_seconds=_MANIFEST_SECONDS,
         )
         set_targets(request, manifest_id=accepted.manifest_id)
         view = await _manifest(gw, accepted.manifest_id, p.user_id, accepted.version)
@@ -525,6 +535,7 @@ async def complete_manifest(
             ManifestAccepted,
             command_id=command_id,
             actor=p.actor(),
+            timeout_seconds=_MANIFEST_SECONDS,
         )
         view = await _manifest(gw, manifest_id, p.user_id, accepted.version)
         return 200, view.model_dump_json().encode()
