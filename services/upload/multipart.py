@@ -85,10 +85,12 @@ def _held(part: Any) -> HeldPart:
 
 
 class Multipart:
-    """Multipart uploads in one store (the process's S3 client)."""
+    """Multipart uploads in one store: ``s3`` (the process's client) makes the calls,
+    ``signer`` (the same store named by its public address) presigns the part URLs."""
 
-    def __init__(self, s3: S3Client) -> None:
+    def __init__(self, s3: S3Client, signer: S3Client) -> None:
         self.s3 = s3
+        self.signer = signer
 
     async def create(self, bucket: str, key: str, content_type: str | None) -> str:
         """A new multipart upload with SHA-256 part checksums; its upload id."""
@@ -139,7 +141,7 @@ class Multipart:
     ) -> str:
         """A URL to PUT exactly this part: its length and SHA-256 are signed."""
         with _store("presign", key):
-            return await self.s3.generate_presigned_url(
+            return await self.signer.generate_presigned_url(
                 "upload_part",
                 Params={
                     "Bucket": bucket,

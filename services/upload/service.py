@@ -41,8 +41,17 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
-    # Upload sessions and manifests.
-    multipart = Multipart(s3)
+    # Upload sessions and manifests: part URLs name the store as clients reach it.
+    signer = s3
+    if settings.s3_public_endpoint_url:
+        public = open_s3(settings, public=True)
+        signer = await public.__aenter__()
+
+        async def close_signer() -> None:
+            await public.__aexit__(None, None, None)
+
+        rt.on_close(close_signer)
+    multipart = Multipart(s3, signer)
     sessions = UploadSessions(settings, multipart)
     sessions.register(rt.commands)
     to_itself = CommandClient(rt.nc, settings, timeout=15)
