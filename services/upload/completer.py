@@ -36,6 +36,8 @@ ACTOR = Actor(kind="service", id="upload-completer")
 BATCH = 100
 #: Back-off after a failed join of one session: doubling up to this many seconds.
 MAX_BACKOFF_SECONDS = 60.0
+#: At most one look per this many seconds, however often commits wake the completer.
+MIN_LOOK_SECONDS = 0.05
 
 
 class Completer:
@@ -78,6 +80,7 @@ class Completer:
                         self._woken.wait(), self.settings.upload_completer_poll_seconds
                     )
                 self._woken.clear()
+                await asyncio.sleep(max(0.0, now + MIN_LOOK_SECONDS - time.monotonic()))
         finally:
             for task in self._running.values():  # joined again after a restart
                 task.cancel()
