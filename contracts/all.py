@@ -5,4 +5,5 @@ import contracts.identity
 import contracts.jobs
 import contracts.outputs
 import contracts.process
-import contracts.render  # noqa: F401
+import contracts.render
+import contracts.uploads  # noqa: F401

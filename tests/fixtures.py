@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,8 @@ from services.identity import service as identity_service_
 from services.identity.settings import IdentitySettings
 from services.job import service as job_service_
 from services.job.settings import JobSettings
+from services.upload import service as upload_service_
+from services.upload.settings import UploadSettings
 from tests.conftest import Env
 
 
@@ -129,6 +131,55 @@ async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime[Any]) -
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture
+def upload_settings(env: Env) -> UploadSettings:
+    """The upload service's settings: 5 MiB parts (S3's smallest) keep test objects small.
+    A test module overrides this fixture for other quotas or times."""
+    return env.settings(UploadSettings, upload_min_part_bytes=5 * 2**20)
+
+
+@pytest.fixture
+async def upload_service(upload_settings: UploadSettings) -> AsyncIterator[ServiceRuntime[Any]]:
+    rt = await build(upload_service_.SERVICE, upload_settings)
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+StartUpload = Callable[..., Awaitable[ServiceRuntime[Any]]]
+
+
+@pytest.fixture
+async def start_upload(env: Env) -> AsyncIterator[StartUpload]:
+    """Starts upload services (settings as overrides; outputs' background work looks every
+    0.1 s), for tests that restart one or need other settings; all stop at the end."""
+    started: list[ServiceRuntime[Any]] = []
+
+    async def start(**overrides: Any) -> ServiceRuntime[Any]:
+        settings = env.settings(
+            UploadSettings,
+            **{"outputs_archive_poll_seconds": 0.1, "outputs_sweep_seconds": 0.1, **overrides},
+        )
+        rt = await build(upload_service_.SERVICE, settings)
+        await rt.launch()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in reversed(started):
+        await rt.stop()
+
+
+@pytest.fixture
+async def upload_api(
+    gateway: Gateway, upload_service: ServiceRuntime[Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with the upload service behind it."""
+    transport = httpx.ASGITransport(app=gateway.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from contracts.errors import (  # noqa: F401  (declare errors)
     jobs,
     outputs,
     render,
+    uploads,
 )
 from contracts.errors.base import ERRORS, DomainError
 from contracts.errors.common import InternalError, UnknownError

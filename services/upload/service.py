@@ -6,17 +6,25 @@ the store through presigned URLs, and download frames the same way.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
-from services.upload.commands import OutputCommands, OutputEvents
+from services.upload.commands import OutputCommands, OutputEvents, UploadSessions
+from services.upload.completer import Completer
 from services.upload.delivery import ArchiveBuilder, RetentionSweeper
-from services.upload.projections import OutputsProjection
+from services.upload.multipart import Multipart
+from services.upload.projections import (
+    AssetsProjection,
+    ManifestsProjection,
+    OutputsProjection,
+    UploadsProjection,
+)
 from services.upload.settings import UploadSettings
+from services.upload.sweeper import Sweeper
 
 #: Redelivery back-off of job events: an outage of a few minutes delays, never loses.
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
@@ -26,6 +34,9 @@ MAX_DELIVER = 20
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    sessions: UploadSessions
+    completer: Completer
+    sweeper: Sweeper
     archives: ArchiveBuilder
     retention: RetentionSweeper
 
@@ -42,14 +53,27 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
+    # Upload sessions and manifests: part URLs name the store as clients reach it.
+    signer = s3
+    if settings.s3_public_endpoint_url:
+        public = open_s3(settings, public=True)
+        signer = await public.__aenter__()
 
-    # -- outputs ----------------------------------------------------------------------------
-    presigner = s3
-    if settings.s3_public_endpoint_url:  # download URLs name the store as clients reach it
-        public = contextlib.AsyncExitStack()
-        rt.on_close(public.aclose)
-        presigner = await public.enter_async_context(open_s3(settings, public=True))
-    OutputCommands(settings, presigner).register(rt.commands)
+        async def close_signer() -> None:
+            await public.__aexit__(None, None, None)
+
+        rt.on_close(close_signer)
+    multipart = Multipart(s3, signer)
+    sessions = UploadSessions(settings, multipart)
+    sessions.register(rt.commands)
+    to_itself = CommandClient(rt.nc, settings, timeout=15)
+    completer = Completer(settings, rt.store, to_itself, multipart)
+    rt.background("upload-completer", completer.run)
+    sweeper = Sweeper(settings, rt.store, to_itself, multipart)
+    rt.background("upload-sweeper", sweeper.run)
+
+    # Outputs: download URLs are signed by the same client as part URLs.
+    OutputCommands(settings, signer).register(rt.commands)
     archives = ArchiveBuilder(settings, rt.store, s3)
     retention = RetentionSweeper(settings, rt.store, s3)
     events = OutputEvents(settings, rt.store, archives.asked)
@@ -66,7 +90,7 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return None
 
     rt.readiness_checks.append(outputs_delivered)
-    return Upload(s3, archives, retention)
+    return Upload(s3, sessions, completer, sweeper, archives, retention)
 
 
 SERVICE = Service(
@@ -74,7 +98,12 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
-    projections=(OutputsProjection(),),
+    projections=(
+        UploadsProjection(),
+        AssetsProjection(),
+        ManifestsProjection(),
+        OutputsProjection(),
+    ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )

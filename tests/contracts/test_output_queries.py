@@ -17,10 +17,8 @@ from libs.readmodels.outputs import OutputsQuery
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
 from services.upload.service import SERVICE
-from tests.upload.conftest import StartUpload, start_upload
+from tests.fixtures import StartUpload
 from tests.upload.rendering import frame_bytes, render, until
-
-__all__ = ["start_upload"]
 
 
 @pytest.fixture

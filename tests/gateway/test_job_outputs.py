@@ -10,11 +10,8 @@ import httpx
 
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
-from tests.fixtures import Users
-from tests.upload.conftest import StartUpload, start_upload
+from tests.fixtures import StartUpload, Users
 from tests.upload.rendering import frame_bytes, output_rows, render, submit, until
-
-__all__ = ["start_upload"]
 
 
 def cursor(text: str) -> str:

@@ -17,8 +17,7 @@ from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
 from services.upload.delivery import archive_lock
 from tests.conftest import Env
-from tests.fixtures import Users
-from tests.upload.conftest import StartUpload
+from tests.fixtures import StartUpload, Users
 from tests.upload.rendering import (
     MiB,
     complete,
