@@ -211,6 +211,12 @@ async def test_an_archive_whose_frame_is_gone_fails_and_cannot_be_downloaded(
     [event] = await until(failed, "the archive to fail")
     assert "is gone" in event["reason"]
     me = users.headers("usr_a")
+
+    async def listed_as_failed() -> bool:
+        page = (await client.get(f"/v1/jobs/{job_id}/outputs", headers=me)).json()
+        return bool(page["archive"]["status"] == "failed")
+
+    await until(listed_as_failed, "the archive listed as failed")
     r = await client.post(f"/v1/outputs/{job_id}-archive/download-url", json={}, headers=me)
     assert r.status_code == 409 and r.json()["code"] == "output_not_ready", r.text
     assert r.json()["details"] == {"output_id": f"{job_id}-archive", "status": "failed"}
