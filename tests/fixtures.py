@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.staging import SceneKind, SceneRef
 from libs.auth import issue_access_token
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
@@ -72,10 +73,30 @@ def users(gateway_settings: GatewaySettings) -> Users:
     return Users(gateway_settings)
 
 
-def job_spec(**overrides: object) -> dict[str, object]:
+#: A scene upload id, for job service tests that need no real upload behind it.
+SCENE_ID = "upl_01JSCENE0000000000000000SH"
+
+
+def scene_ref(scene_id: str = SCENE_ID, **overrides: Any) -> SceneRef:
+    """A resolved scene upload, as the gateway puts it into ``SubmitJob``."""
+    fields: dict[str, Any] = {
+        "scene_id": scene_id,
+        "kind": SceneKind.upload,
+        "main_file": "shot_010.blend",
+        "file_count": 1,
+        "size_bytes": 4_200_000,
+        "content_sha256": "5c" * 32,
+        "bucket": "rf-scenes",
+        "object_key": f"uploads/usr_1/{scene_id}/shot_010.blend",
+    }
+    fields.update(overrides)
+    return SceneRef(**fields)
+
+
+def job_spec(scene_id: str = SCENE_ID, **overrides: object) -> dict[str, object]:
     spec: dict[str, object] = {
         "name": "shot_010 lighting",
-        "scene_key": "scenes/shot_010/main.blend",
+        "scene_id": scene_id,
         "renderer": "blender_cycles",
         "frame_range": {"start": 1, "end": 24},
         "chunk_size": 4,

@@ -24,8 +24,10 @@ from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import read_only_pool
+from libs.readmodels import scenes as scene_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.scenes import ScenesQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -57,7 +59,8 @@ class Gateway:
         self.read_pool = read_pool
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
-        self.read = ReadModels(jobs, identity)
+        scenes = ScenesQuery(read_pool, scene_queries.SCHEMA)
+        self.read = ReadModels(jobs, identity, scenes)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

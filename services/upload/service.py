@@ -1,7 +1,8 @@
 """The upload service: upload sessions into S3, scene assets, staging and output delivery.
 
 File bytes never pass through this service or the gateway: clients send parts straight to
-the store through presigned URLs, and download frames the same way.
+the store through presigned URLs, and download frames the same way. The one exception is
+staging: the stager copies each job's scene from the store to the farm's scene root.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from pathlib import Path
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
+from services.upload.commands import StagingCommands
+from services.upload.projections import StagingsProjection
 from services.upload.settings import UploadSettings
+from services.upload.stager import SceneStager
 
 
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    stager: SceneStager
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -32,7 +37,17 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
-    return Upload(s3)
+
+    # -- staging scenes to the farm ------------------------------------------------------
+    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"])
+    StagingCommands(stager.ask_cancel).register(rt.commands)
+    rt.background("scene-stager", stager.run)
+
+    async def stager_healthy() -> str | None:
+        return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
+
+    rt.readiness_checks.append(stager_healthy)
+    return Upload(s3, stager)
 
 
 SERVICE = Service(
@@ -40,6 +55,7 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
+    projections=(StagingsProjection(),),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )
