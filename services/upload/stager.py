@@ -292,7 +292,8 @@ class SceneStager:
         size, digest = 0, hashlib.sha256()
         out = await asyncio.to_thread(_open, dest)
         try:
-            async with obj["Body"] as body:
+            body = obj["Body"]
+            async with body:  # gives the connection back, read to the end or not
                 if declared != file.size_bytes:
                     raise _size_mismatch(file, declared)
                 chunk = self.settings.stage_chunk_bytes
