@@ -38,6 +38,9 @@ class S3Settings(BaseServiceSettings):
     """Where objects live. Empty ``s3_endpoint_url`` means AWS S3 itself."""
 
     s3_endpoint_url: str = "http://127.0.0.1:14570"
+    #: The store's address as clients reach it, for presigned URLs (the host is signed);
+    #: empty when it is the same as ``s3_endpoint_url`` (AWS, R2, a public MinIO).
+    s3_public_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_access_key_id: str = "test"
     s3_secret_access_key: SecretStr = SecretStr("test")
@@ -67,8 +70,10 @@ def client_config(settings: S3Settings) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def open_s3(settings: S3Settings) -> AsyncIterator[S3Client]:
-    """The process's S3 client (open it once, at start)."""
+async def open_s3(settings: S3Settings, *, public: bool = False) -> AsyncIterator[S3Client]:
+    """The process's S3 client (open it once, at start). ``public`` names the store by
+    ``s3_public_endpoint_url``: a client that only presigns URLs for clients."""
+    endpoint = (settings.s3_public_endpoint_url if public else "") or settings.s3_endpoint_url
     session = aioboto3.Session(
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
@@ -76,7 +81,7 @@ async def open_s3(settings: S3Settings) -> AsyncIterator[S3Client]:
     )
     async with session.client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
+        endpoint_url=endpoint or None,
         config=client_config(settings),
     ) as client:
         yield client

@@ -1,4 +1,4 @@
-"""deploy.local.servers starts real PostgreSQL, NATS and Valkey, and stops them cleanly."""
+"""deploy.local.servers starts real PostgreSQL, NATS, Valkey and S3, and stops them cleanly."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import nats
 import redis.asyncio as aioredis
 
 from deploy.local import servers
+from libs.s3 import S3Settings, open_s3
 
 
 def _port_open(port: int) -> bool:
@@ -103,6 +104,36 @@ def test_valkey_ping_and_detached_attach(tmp_path: Path) -> None:
     finally:
         handle.stop()
     assert not handle.alive()
+    assert not _port_open(port)
+
+
+def test_s3_keeps_objects_across_a_restart(tmp_path: Path) -> None:
+    """``make down`` then ``make up`` finds the uploads and frames stored before."""
+    port = servers.free_port()
+    settings = S3Settings(s3_endpoint_url=f"http://127.0.0.1:{port}")
+
+    async def put() -> None:
+        async with open_s3(settings) as s3:
+            await s3.create_bucket(Bucket="scenes")
+            await s3.put_object(Bucket="scenes", Key="a/scene.blend", Body=b"blend")
+
+    async def get() -> bytes:
+        async with open_s3(settings) as s3:
+            obj = await s3.get_object(Bucket="scenes", Key="a/scene.blend")
+            return bytes(await obj["Body"].read())
+
+    pidfile = tmp_path / "s3.pid"
+    handle = servers.start_s3(tmp_path / "s3", port, detach=True, pidfile=pidfile)
+    try:
+        asyncio.run(put())
+        attached = servers.attach("s3", pidfile, handle.url, "ministack")
+        assert attached is not None
+        attached.stop()
+        assert not _port_open(port)
+        handle = servers.start_s3(tmp_path / "s3", port)
+        assert asyncio.run(get()) == b"blend"
+    finally:
+        handle.stop()
     assert not _port_open(port)
 
 

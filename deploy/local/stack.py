@@ -1,7 +1,8 @@
 """Run the whole stack locally, without Docker: ``python -m deploy.local.stack up|down|status``.
 
-``up`` reuses the servers named by ``RF_DATABASE_URL`` / ``RF_NATS_URL`` / ``RF_REDIS_URL``
-when set, else starts its own PostgreSQL, NATS and Valkey (detached, state in ``.run/``);
+``up`` reuses the servers named by ``RF_DATABASE_URL`` / ``RF_NATS_URL`` / ``RF_REDIS_URL`` /
+``RF_S3_ENDPOINT_URL`` when set, else starts its own PostgreSQL, NATS, Valkey and S3
+(MiniStack) (detached, state in ``.run/``);
 creates the ``renderfarm`` database, generates secrets once,
 then starts every service in :data:`SERVICES` and waits until each is ready.
 ``RF_STACK_SERVICES`` (comma-separated; empty means none) overrides the list.
@@ -67,7 +68,9 @@ class Server:
 
     @property
     def data_dir(self) -> Path:
-        return RUN_DIR / {"postgres": "pg", "nats": "nats", "redis": "valkey"}[self.name]
+        return (
+            RUN_DIR / {"postgres": "pg", "nats": "nats", "redis": "valkey", "s3": "s3"}[self.name]
+        )
 
     @property
     def own_url(self) -> str:
@@ -76,6 +79,7 @@ class Server:
             "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}",
             "nats": f"nats://127.0.0.1:{self.port}",
             "redis": f"redis://127.0.0.1:{self.port}/0",
+            "s3": f"http://127.0.0.1:{self.port}",
         }[self.name]
 
     def attach(self) -> servers.ServerHandle | None:
@@ -88,7 +92,9 @@ class Server:
 POSTGRES = Server("postgres", "RF_DATABASE_URL", 15432, "postgres")
 NATS = Server("nats", "RF_NATS_URL", 14222, "nats-server")
 REDIS = Server("redis", "RF_REDIS_URL", 16379, "valkey-server")
-SERVERS = [POSTGRES, NATS, REDIS]
+#: With RF_S3_ENDPOINT_URL set, also set RF_S3_ACCESS_KEY_ID / RF_S3_SECRET_ACCESS_KEY.
+S3 = Server("s3", "RF_S3_ENDPOINT_URL", 14570, "ministack")
+SERVERS = [POSTGRES, NATS, REDIS, S3]
 
 
 class StackError(Exception):
@@ -214,9 +220,13 @@ def _start_server(server: Server) -> servers.ServerHandle:
             handle = servers.start_nats(
                 server.data_dir, server.port, detach=True, pidfile=server.pidfile, log_file=log_file
             )
-        else:
+        elif server is REDIS:
             handle = servers.start_valkey(
                 server.port, server.data_dir, detach=True, pidfile=server.pidfile, log_file=log_file
+            )
+        else:
+            handle = servers.start_s3(
+                server.data_dir, server.port, detach=True, pidfile=server.pidfile, log_file=log_file
             )
     except servers.ServerError as e:
         raise StackError(f"{server.name}: {e}") from e
@@ -394,12 +404,16 @@ def up() -> None:
         POSTGRES.env_var: _database_url(),
         NATS.env_var: _server_url(NATS),
         REDIS.env_var: _server_url(REDIS),
+        S3.env_var: _server_url(S3),
     }
     env.setdefault("RF_FARM_URL", _farm_url())
     for key, folder in (("RF_SCENES_ROOT", SCENES_DIR), ("RF_FARM_OUTPUTS_ROOT", RENDERS_DIR)):
         env[key] = os.environ.get(key) or str(folder)
     write_env_file(STACK_ENV_FILE, env)  # for renderctl: no secrets
     env.update(ensure_secrets())
+    if not os.environ.get(S3.env_var):  # our MiniStack: its fixed local credentials
+        env["RF_S3_ACCESS_KEY_ID"] = servers.S3_ACCESS_KEY_ID
+        env["RF_S3_SECRET_ACCESS_KEY"] = servers.S3_SECRET_ACCESS_KEY
     farm = _start_farm()
     names = service_names()
     handles = [_start_service(n, health_port(n, names), env) for n in names]
@@ -410,6 +424,7 @@ def up() -> None:
         print(f"  Gateway API: http://127.0.0.1:{GATEWAY_PORT}/v1")
         print(f"  API docs:    http://127.0.0.1:{GATEWAY_PORT}/docs")
     print(f"  Farm:        {env['RF_FARM_URL']} (Deadline Web Service API)")
+    print(f"  S3:          {env[S3.env_var]} (buckets rf-scenes, rf-outputs)")
     print(f"  Logs:        {LOG_DIR}/<name>.log")
     print(f"  Environment: {STACK_ENV_FILE}")
     print("  Stop with `make down`.")
