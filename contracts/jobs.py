@@ -387,17 +387,17 @@ class JobFailed(Event):
 @EVENTS.upcaster(JobSubmitted.event_type, from_version=1)
 def _submitted_v1(data: JsonDict) -> JsonDict:
     """Schema 1 named the scene by its key on the farm only: no scene upload."""
-    return {**data, "scene": None}
+    return {"scene": None, **data}
 
 
 @EVENTS.upcaster(JobStepFailed.event_type, from_version=1)
 def _step_failed_v1(data: JsonDict) -> JsonDict:
-    return {**data, "code": None}
+    return {"code": None, **data}
 
 
 @EVENTS.upcaster(JobFailed.event_type, from_version=1)
 def _failed_v1(data: JsonDict) -> JsonDict:
-    return {**data, "code": None}
+    return {"code": None, **data}
 
 
 @EVENTS.register

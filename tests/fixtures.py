@@ -93,10 +93,11 @@ def scene_ref(scene_id: str = SCENE_ID, **overrides: Any) -> SceneRef:
     return SceneRef(**fields)
 
 
-def job_spec(scene_id: str = SCENE_ID, **overrides: object) -> dict[str, object]:
+def job_spec(**overrides: object) -> dict[str, object]:
+    """A create_job body; give it the ``scene_id`` of a completed upload of the caller's."""
     spec: dict[str, object] = {
         "name": "shot_010 lighting",
-        "scene_id": scene_id,
+        "scene_id": SCENE_ID,
         "renderer": "blender_cycles",
         "frame_range": {"start": 1, "end": 24},
         "chunk_size": 4,

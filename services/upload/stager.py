@@ -243,9 +243,11 @@ class SceneStager:
                     name, scene.size_bytes, scene.content_sha256, scene.bucket, scene.object_key
                 )
             ]
-        return await self._manifest_files(staging.owner_id, scene.scene_id)
+        return await self._manifest_files(staging.owner_id, scene.scene_id, scene.main_file)
 
-    async def _manifest_files(self, owner_id: str, manifest_id: str) -> list[SceneFile]:
+    async def _manifest_files(
+        self, owner_id: str, manifest_id: str, main_file: str
+    ) -> list[SceneFile]:
         s = self.store.schema
         async with self.store.pool.acquire() as conn:
             listed = await conn.fetchval(
@@ -263,6 +265,10 @@ class SceneStager:
                 sorted({e["sha256"] for e in entries}),
             )
         stored = {r["sha256"]: (r["bucket"], r["object_key"]) for r in rows}
+        if main_file not in {e["path"] for e in entries}:
+            raise SceneFileMissing(
+                f"manifest {manifest_id} does not list its main file {main_file}", path=main_file
+            )
         files = []
         for e in entries:
             path = _check_path(e["path"])
