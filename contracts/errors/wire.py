@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.errors import common, identity, jobs, render, scenes  # noqa: F401  (declare errors)
+from contracts.errors import (  # noqa: F401  (declare errors)
+    common,
+    identity,
+    jobs,
+    render,
+    scenes,
+    uploads,
+)
 from contracts.errors.base import ERRORS, DomainError
 from contracts.errors.common import InternalError, UnknownError
 

@@ -10,18 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
-from services.upload.commands import StagingCommands
-from services.upload.projections import StagingsProjection
+from services.upload.commands import StagingCommands, UploadSessions
+from services.upload.completer import Completer
+from services.upload.multipart import Multipart
+from services.upload.projections import (
+    AssetsProjection,
+    ManifestsProjection,
+    StagingsProjection,
+    UploadsProjection,
+)
 from services.upload.settings import UploadSettings
 from services.upload.stager import SceneStager
+from services.upload.sweeper import Sweeper
 
 
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    sessions: UploadSessions
+    completer: Completer
+    sweeper: Sweeper
     stager: SceneStager
 
 
@@ -37,8 +49,26 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
+    # Upload sessions and manifests: part URLs name the store as clients reach it.
+    signer = s3
+    if settings.s3_public_endpoint_url:
+        public = open_s3(settings, public=True)
+        signer = await public.__aenter__()
 
-    # -- staging scenes to the farm ------------------------------------------------------
+        async def close_signer() -> None:
+            await public.__aexit__(None, None, None)
+
+        rt.on_close(close_signer)
+    multipart = Multipart(s3, signer)
+    sessions = UploadSessions(settings, multipart)
+    sessions.register(rt.commands)
+    to_itself = CommandClient(rt.nc, settings, timeout=15)
+    completer = Completer(settings, rt.store, to_itself, multipart)
+    rt.background("upload-completer", completer.run)
+    sweeper = Sweeper(settings, rt.store, to_itself, multipart)
+    rt.background("upload-sweeper", sweeper.run)
+
+    # Staging scenes to the farm.
     stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"])
     StagingCommands(stager.ask_cancel).register(rt.commands)
     rt.background("scene-stager", stager.run)
@@ -47,7 +77,7 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
 
     rt.readiness_checks.append(stager_healthy)
-    return Upload(s3, stager)
+    return Upload(s3, sessions, completer, sweeper, stager)
 
 
 SERVICE = Service(
@@ -55,7 +85,12 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
-    projections=(StagingsProjection(),),
+    projections=(
+        UploadsProjection(),
+        AssetsProjection(),
+        ManifestsProjection(),
+        StagingsProjection(),
+    ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )
