@@ -191,3 +191,40 @@ async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
     async with open_s3(s3_settings) as client:
         await ensure_buckets(client, s3_settings)
         yield client
+
+
+class Scenes:
+    """Completed scene uploads of test users, made as a client makes them: create_upload,
+    part URLs, the parts PUT straight to the store, complete_upload. One per user, made when
+    first asked for; ``new`` makes another."""
+
+    def __init__(self, api: httpx.AsyncClient) -> None:
+        self.api = api
+        self._made: dict[str, str] = {}
+
+    async def new(self, headers: dict[str, str], data: bytes = b"", name: str = "") -> str:
+        """The id of a new completed scene upload of the caller's."""
+        from tests.upload.protocol import Uploader
+
+        data = data or b"BLENDER-v404" + new_id("scene").encode() * 1000
+        caller = {k: v for k, v in headers.items() if k in ("Authorization", "X-API-Key")}
+        done = await Uploader(self.api, caller).upload(name or "shot_010.blend", data)
+        upload_id: str = done["upload_id"]
+        return upload_id
+
+    async def of(self, headers: dict[str, str]) -> str:
+        """The caller's scene upload (the same one every time)."""
+        user = headers.get("Authorization") or headers["X-API-Key"]
+        if user not in self._made:
+            self._made[user] = await self.new(headers)
+        return self._made[user]
+
+    async def spec(self, headers: dict[str, str], **overrides: object) -> dict[str, object]:
+        """A create_job body for the caller's scene upload."""
+        return job_spec(scene_id=await self.of(headers), **overrides)
+
+
+@pytest.fixture
+def scenes(upload_api: httpx.AsyncClient) -> Scenes:
+    """Scene uploads through the gateway, with the upload service behind it."""
+    return Scenes(upload_api)
