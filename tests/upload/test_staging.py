@@ -1,11 +1,13 @@
 """Staging a job's scene to the farm: the upload service's StageScene command and its stager
 on real PostgreSQL, NATS and S3 (MiniStack), copying into a folder that stands for the farm's
-scene root."""
+scene root. Scene files are put into the test's bucket as a completed upload leaves them (so
+that their declared checksum can be wrong), a manifest is made through the upload API."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import uuid
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from contracts.base import Event
@@ -35,14 +38,17 @@ from libs.bus.commands import Actor, CommandClient
 from libs.bus.nats import connect
 from libs.eventstore.store import EventStore, create_pool
 from libs.ids import new_id
+from libs.readmodels.scenes import ScenesQuery
 from libs.runtime import ServiceRuntime, build
 from libs.s3 import S3Client
 from services.upload.service import SERVICE
 from services.upload.settings import UploadSettings
 from services.upload.stager import INCOMING, MARKER
 from tests.conftest import Env
+from tests.fixtures import Users
 from tests.processes import service
 from tests.scenes import MiB, put_scene, scene_bytes
+from tests.upload.protocol import Uploader, cut, sha256_hex
 
 SCHEDULER = Actor(kind="service", id="scheduler")
 OWNER = "usr_studio1"
@@ -316,3 +322,47 @@ async def test_a_staging_left_midway_by_a_killed_upload_service_is_finished_afte
     assert isinstance(done, SceneStaged) and not done.reused
     assert (stage_root / done.staged_key).read_bytes() == data
     assert leftovers(stage_root) == []
+
+
+async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    stage_root: Path,
+) -> None:
+    owner = new_id("usr")
+    me = Uploader(upload_api, users.headers(owner))
+    scene, wood = os.urandom(5000), os.urandom(2000)
+    contents = {"shots/main.blend": scene, "tex/wood.png": wood, "tex/old/wood.png": wood}
+    files = [
+        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
+    ]
+    r = await upload_api.post(
+        "/v1/manifests", json={"main_file": "shots/main.blend", "files": files}, headers=me.headers
+    )
+    assert r.status_code == 201, r.text
+    manifest = r.json()
+    for missing in manifest["missing"]:
+        data = scene if missing["sha256"] == sha256_hex(scene) else wood
+        session = await me.get(missing["upload_id"])
+        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
+        assert (await me.complete(missing["upload_id"])).status_code == 200
+    done = await upload_api.post(
+        f"/v1/manifests/{manifest['manifest_id']}/complete", headers=me.headers
+    )
+    assert done.status_code == 200, done.text
+    # The scene as the gateway resolves it for create_job.
+    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
+    assert found is not None and found.ready
+
+    staged = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    assert isinstance(staged, SceneStaged) and not staged.reused
+    folder = f"staged/{owner}/{manifest['content_sha256']}"
+    assert staged.staged_key == f"{folder}/shots/main.blend"
+    assert staged.bytes_copied == len(scene) + 2 * len(wood)
+    for path, data in contents.items():
+        assert (stage_root / folder / path).read_bytes() == data, path
+    marker = json.loads((stage_root / folder / MARKER).read_text())
+    assert sorted(f["path"] for f in marker["files"]) == sorted(contents)
+    again = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    assert isinstance(again, SceneStaged) and again.reused
