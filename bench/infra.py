@@ -107,6 +107,7 @@ class Infra:
         self._server_handles: list[Any] = []
         self._databases: list[str] = []
         self.servers: Servers | None = None
+        self._s3_url: str | None = None
         self._closed = False
 
     # -- servers --------------------------------------------------------------------------
@@ -137,6 +138,25 @@ class Infra:
                 own.append("valkey")
         self.servers = Servers(admin_dsn, nats_url, redis_url, tuple(own))
         return self.servers
+
+    def s3_env(self, prefix: str) -> dict[str, str]:
+        """Settings for a service on this run's S3 (``RF_TEST_S3_URL``, else a MiniStack
+        started on first use), with buckets of its own."""
+        if self._s3_url is None:
+            self._s3_url = os.environ.get("RF_TEST_S3_URL", "")
+            if not self._s3_url:
+                from deploy.local import servers as local
+
+                s3 = local.start_s3(self.root / "s3", local.free_port())
+                self._server_handles.append(s3)
+                self._s3_url = s3.url
+        return {
+            "RF_S3_ENDPOINT_URL": self._s3_url,
+            "RF_S3_ACCESS_KEY_ID": "test",
+            "RF_S3_SECRET_ACCESS_KEY": "test",
+            "RF_S3_SCENES_BUCKET": f"{prefix}-scenes",
+            "RF_S3_OUTPUTS_BUCKET": f"{prefix}-outputs",
+        }
 
     async def create_database(self, suffix: str) -> str:
         assert self.servers is not None

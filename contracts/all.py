@@ -6,4 +6,5 @@ import contracts.jobs
 import contracts.outputs
 import contracts.process
 import contracts.render
+import contracts.staging
 import contracts.uploads  # noqa: F401

@@ -18,6 +18,7 @@ from contracts.errors import (  # noqa: F401  (declare errors)
     jobs,
     outputs,
     render,
+    scenes,
     uploads,
 )
 from contracts.errors.base import ERRORS, DomainError

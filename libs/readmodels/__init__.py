@@ -9,7 +9,9 @@ and migrations in the same commit (ADR 0007):
 * :mod:`libs.readmodels.identity`: the identity service's ``users`` and ``api_keys``;
 * :mod:`libs.readmodels.outputs`: the upload service's ``outputs``;
 * :mod:`libs.readmodels.uploads`: the upload service's ``uploads``, ``manifests`` and
-  ``assets``.
+  ``assets``;
+* :mod:`libs.readmodels.scenes`: the same service's ``uploads`` and ``manifests`` as the scene
+  a job renders.
 
 A query object takes a pool and the owner's schema name (the owner's ``Service.schema``), holds
 all the SQL text of its read model, returns typed results and never writes. Give it a pool

@@ -25,10 +25,12 @@ from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import outputs as output_queries
 from libs.readmodels import read_only_pool
+from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
+from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
@@ -61,8 +63,9 @@ class Gateway:
         self.read_pool = read_pool
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
+        scenes = ScenesQuery(read_pool, scene_queries.SCHEMA)
         outputs = OutputsQuery(read_pool, output_queries.SCHEMA)
-        self.read = ReadModels(jobs, identity, outputs)
+        self.read = ReadModels(jobs, identity, scenes, outputs)
         #: Upload sessions and manifests (the upload service's read models).
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)

@@ -1,7 +1,8 @@
 """The upload service: upload sessions into S3, scene assets, staging and output delivery.
 
 File bytes never pass through this service or the gateway: clients send parts straight to
-the store through presigned URLs, and download frames the same way.
+the store through presigned URLs, and download frames the same way. The one exception is
+staging: the stager copies each job's scene from the store to the farm's scene root.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
-from services.upload.commands import OutputCommands, OutputEvents, UploadSessions
+from services.upload.commands import (
+    OutputCommands,
+    OutputEvents,
+    StagingCommands,
+    UploadSessions,
+)
 from services.upload.completer import Completer
 from services.upload.delivery import ArchiveBuilder, RetentionSweeper
 from services.upload.multipart import Multipart
@@ -21,9 +27,11 @@ from services.upload.projections import (
     AssetsProjection,
     ManifestsProjection,
     OutputsProjection,
+    StagingsProjection,
     UploadsProjection,
 )
 from services.upload.settings import UploadSettings
+from services.upload.stager import SceneStager
 from services.upload.sweeper import Sweeper
 
 #: Redelivery back-off of job events: an outage of a few minutes delays, never loses.
@@ -37,6 +45,7 @@ class Upload:
     sessions: UploadSessions
     completer: Completer
     sweeper: Sweeper
+    stager: SceneStager
     archives: ArchiveBuilder
     retention: RetentionSweeper
 
@@ -72,6 +81,16 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     sweeper = Sweeper(settings, rt.store, to_itself, multipart)
     rt.background("upload-sweeper", sweeper.run)
 
+    # Staging scenes to the farm.
+    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"])
+    StagingCommands(stager.ask_cancel).register(rt.commands)
+    rt.background("scene-stager", stager.run)
+
+    async def stager_healthy() -> str | None:
+        return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
+
+    rt.readiness_checks.append(stager_healthy)
+
     # Outputs: download URLs are signed by the same client as part URLs.
     OutputCommands(settings, signer).register(rt.commands)
     archives = ArchiveBuilder(settings, rt.store, s3)
@@ -90,7 +109,7 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return None
 
     rt.readiness_checks.append(outputs_delivered)
-    return Upload(s3, sessions, completer, sweeper, archives, retention)
+    return Upload(s3, sessions, completer, sweeper, stager, archives, retention)
 
 
 SERVICE = Service(
@@ -103,6 +122,7 @@ SERVICE = Service(
         AssetsProjection(),
         ManifestsProjection(),
         OutputsProjection(),
+        StagingsProjection(),
     ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),

@@ -1,5 +1,6 @@
-"""A job rendered as the farm path does it, without a farm: each frame put in the outputs
-bucket as the bridge stores it, then recorded on the job with the scheduler's commands."""
+"""A job rendered as the farm path does it, without a farm: its scene staged, each frame put
+in the outputs bucket as the bridge stores it, then recorded on the job with the scheduler's
+commands."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from libs.bus.commands import Actor
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client
+from tests.fixtures import scene_ref
 from tests.job.scheduler import T0, Scheduler, render_id
 
 MiB = 1024 * 1024
@@ -39,15 +41,16 @@ def frame_bytes(frame: int, size: int = 2048) -> bytes:
 
 
 async def submit(job_service: ServiceRuntime[Any], owner_id: str, frames: int) -> str:
+    scene = scene_ref()
     spec = JobSpec(
         name="shot_030 fx",
-        scene_key="scenes/shot_030/main.blend",
+        scene_id=scene.scene_id,
         frame_range=FrameRange(start=1, end=frames),
         resolution=Resolution(width=320, height=180),
     )
     job_id = new_id("job")
     await Scheduler(job_service).client.send(
-        SubmitJob(job_id=job_id, owner_id=owner_id, spec=spec),
+        SubmitJob(job_id=job_id, owner_id=owner_id, spec=spec, scene=scene),
         JobAccepted,
         command_id=f"submit:{job_id}",
         actor=Actor(kind="user", id=owner_id),
@@ -82,6 +85,7 @@ async def render(
     """A job of ``owner_id`` that rendered ``frames`` (one task each), completed."""
     job_id = await submit(job_service, owner_id, len(frames))
     scheduler = Scheduler(job_service)
+    await scheduler.stage(job_id)
     await scheduler.queue(job_id)
     await scheduler.start(job_id)
     for task_id, (frame, data) in enumerate(sorted(frames.items())):
