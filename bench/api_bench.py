@@ -91,21 +91,46 @@ def _print_load(label: str, r: LoadResult, cpu: dict[str, float]) -> None:
     print(f"    {cpu_text(cpu)}")
 
 
-class Stack:
-    """The job service and the gateway, as separate processes on one fresh database."""
+#: Environment each service gets besides the servers' (fast password hashing for the bench's
+#: users, no active-job limit for the POST load).
+SERVICE_ENV = {
+    "job": {"RF_ACTIVE_JOB_LIMIT": "1000000"},
+    "identity": {"RF_PASSWORD_SCRYPT_N": "1024"},
+}
 
-    def __init__(self, infra: Infra, servers: Servers, workers: int = 1) -> None:
+
+class Stack:
+    """Services (the job and identity services by default) and the gateway, as separate
+    processes on one fresh database."""
+
+    def __init__(
+        self,
+        infra: Infra,
+        servers: Servers,
+        workers: int = 1,
+        services: Sequence[str] = ("job", "identity"),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.infra = infra
         self.servers = servers
         self.workers = workers
-        self.identity: Child | None = None
+        self.names = tuple(services)
+        self.extra_env = env or {}
+        self.services: dict[str, Child] = {}
         self.prefix = f"b{infra.tag}a"
         self.keys = {"k1": secrets.token_hex(32)}
         self.pepper = secrets.token_hex(32)
         self.gateway_port = 0
-        self.job: Child | None = None
         self.gateway: Child | None = None
         self.settings: GatewaySettings | None = None
+
+    @property
+    def job(self) -> Child | None:
+        return self.services.get("job")
+
+    @property
+    def identity(self) -> Child | None:
+        return self.services.get("identity")
 
     async def start(self) -> None:
         from deploy.local.servers import free_port
@@ -120,21 +145,17 @@ class Stack:
             "RF_JWT_KEYS": json.dumps(self.keys),
             "RF_JWT_ACTIVE_KID": "k1",
             "RF_TOKEN_PEPPER": self.pepper,
+            **self.extra_env,
         }
-        job_health = free_port()
-        self.job = self.infra.spawn(
-            "job-service",
-            ["-m", "services.job"],
-            {**env, "RF_HEALTH_PORT": str(job_health), "RF_ACTIVE_JOB_LIMIT": "1000000"},
-        )
-        await wait_http_ok(job_health, "/readyz", 60, self.job)
-        identity_health = free_port()
-        self.identity = self.infra.spawn(
-            "identity",
-            ["-m", "services.identity"],
-            {**env, "RF_HEALTH_PORT": str(identity_health), "RF_PASSWORD_SCRYPT_N": "1024"},
-        )
-        await wait_http_ok(identity_health, "/readyz", 60, self.identity)
+        for name in self.names:
+            health = free_port()
+            child = self.infra.spawn(
+                name if name != "job" else "job-service",
+                ["-m", f"services.{name}"],
+                {**env, "RF_HEALTH_PORT": str(health), **SERVICE_ENV.get(name, {})},
+            )
+            self.services[name] = child
+            await wait_http_ok(health, "/readyz", 60, child)
         self.gateway_port = free_port()
         gateway_health = free_port()  # the worker parent's: ready when every worker is
         self.gateway = self.infra.spawn(
@@ -219,10 +240,11 @@ class Stack:
             conn.close()
 
     def stop(self) -> None:
-        for child in (self.gateway, self.job, self.identity):
+        for child in (self.gateway, *reversed(self.services.values())):
             if child is not None:
                 self.infra.stop_child(child)
-        self.gateway = self.job = self.identity = None
+        self.gateway = None
+        self.services.clear()
 
 
 async def wait_http_ok(port: int, path: str, timeout: float, child: Child) -> None:
@@ -279,7 +301,7 @@ async def _first_job(port: int, token: str) -> tuple[str, bytes, bytes]:
 
 
 def _children(stack: Stack) -> list[Child]:
-    return [c for c in (stack.gateway, stack.job, stack.identity) if c is not None]
+    return [c for c in (stack.gateway, *stack.services.values()) if c is not None]
 
 
 async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:

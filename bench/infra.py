@@ -29,7 +29,8 @@ class Servers:
     admin_dsn: str
     nats_url: str
     redis_url: str
-    own: tuple[str, ...]  # which of postgres/nats/valkey this run started
+    s3_url: str
+    own: tuple[str, ...]  # which of postgres/nats/valkey/s3 this run started
 
 
 def dsn_for(admin_dsn: str, database: str) -> str:
@@ -116,8 +117,9 @@ class Infra:
         admin_dsn = env.get("RF_TEST_DATABASE_URL", "")
         nats_url = env.get("RF_TEST_NATS_URL", "")
         redis_url = env.get("RF_TEST_REDIS_URL", "")
+        s3_url = env.get("RF_TEST_S3_URL", "")
         own: list[str] = []
-        if not (admin_dsn and nats_url and redis_url):
+        if not (admin_dsn and nats_url and redis_url and s3_url):
             from deploy.local import servers as local
 
             if not admin_dsn:
@@ -135,7 +137,12 @@ class Infra:
                 self._server_handles.append(valkey)
                 redis_url = valkey.url
                 own.append("valkey")
-        self.servers = Servers(admin_dsn, nats_url, redis_url, tuple(own))
+            if not s3_url:  # MiniStack (credentials test/test, as RF_TEST_S3_URL's)
+                s3 = local.start_s3(self.root / "s3", local.free_port())
+                self._server_handles.append(s3)
+                s3_url = s3.url
+                own.append("s3")
+        self.servers = Servers(admin_dsn, nats_url, redis_url, s3_url, tuple(own))
         return self.servers
 
     async def create_database(self, suffix: str) -> str:

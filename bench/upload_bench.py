@@ -1,0 +1,292 @@
+"""10. Uploads of a multi-GB scene, and staging it to the farm.
+
+The gateway, the upload service, the job service and the scheduler run as their own
+processes against one MiniStack; the client runs here, with renderctl's own code
+(``tools/uploads.py``).
+
+a. A sparse multi-GB file sent through the upload API and presigned part URLs (create, part
+   URLs in batches, parallel PUTs with signed checksums, complete) against the same bytes
+   sent straight to the same MiniStack with aioboto3 multipart (same part size, same
+   parallelism, the same per-part SHA-256 checksum), rounds alternating. MB/s is of the
+   parts phase (first part URL asked for to last part stored); create and complete are
+   timed apart (MiniStack joins the parts in RAM at complete, the same work either way).
+b. The gateway's CPU seconds (its whole process tree) per GB uploaded: it never carries a
+   file byte, so this is what a handful of small API calls cost.
+c. A job created on the uploaded scene: the time from ``create_job`` to its ``stage_scene``
+   step succeeded (the upload service copies the scene to the farm's scene root and checks
+   its SHA-256), and the same for a second job on the same scene (the staged copy reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.api_bench import JOB_SPEC, Stack
+from bench.infra import Infra, Servers
+from bench.report import Figure
+from libs.ids import new_id
+from libs.s3 import S3Client, S3Settings, open_s3
+from tools.client import Api
+from tools.progress import size_text
+from tools.uploads import LocalFile, PartSender, UploadOptions, complete, digest, plan
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+SECTION = "10"
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class UploadBenchOptions:
+    size_bytes: int = 2 * GiB
+    parallel: int = 4
+    #: Rounds of each way (alternating: gateway, direct, gateway, ...); the best of each.
+    rounds: int = 2
+    #: Seconds to wait for a job's stage_scene step.
+    stage_timeout: float = 600.0
+
+
+@dataclass
+class Round:
+    parts_seconds: float
+    total_seconds: float
+
+    def rate(self, size: int) -> float:
+        return size / self.parts_seconds / 1e6
+
+
+def sparse_file(path: Path, size: int) -> None:
+    """``size`` bytes, nearly all a hole, with a marked first byte of every GiB."""
+    with path.open("wb") as f:
+        f.truncate(size)
+        for offset in range(0, size, GiB):
+            f.seek(offset)
+            f.write(b"R")
+
+
+def s3_env(servers: Servers, infra: Infra) -> dict[str, str]:
+    return {
+        "RF_S3_ENDPOINT_URL": servers.s3_url,
+        "RF_S3_ACCESS_KEY_ID": "test",
+        "RF_S3_SECRET_ACCESS_KEY": "test",
+        "RF_S3_SCENES_BUCKET": f"b{infra.tag}-scenes",
+        "RF_S3_OUTPUTS_BUCKET": f"b{infra.tag}-outputs",
+        "RF_SCENES_ROOT": str(infra.root / "farm-scenes"),
+        "RF_LOG_LEVEL": "WARNING",
+    }
+
+
+async def through_gateway(api: Api, f: LocalFile, opts: UploadOptions) -> tuple[Round, str]:
+    """One upload session of ``f`` by renderctl's code: (its times, the upload id)."""
+    assert f.record is not None
+    t0 = time.perf_counter()
+    view = await api.call(
+        "POST",
+        "/v1/uploads",
+        json={"file_name": f.rel, "size_bytes": f.size, "sha256": f.record.sha256},
+    )
+    todo = await plan(api, [(f, view)], opts)
+    sender = PartSender(api, opts, opts.bar("uploading", f.size))
+    try:
+        t1 = time.perf_counter()
+        await sender.send(todo.parts)
+        t2 = time.perf_counter()
+        done = await complete(api, sender, f, view)
+    finally:
+        await sender.close()
+    if done["status"] != "completed":
+        raise RuntimeError(f"complete_upload answered {done}")
+    return Round(t2 - t1, time.perf_counter() - t0), str(view["upload_id"])
+
+
+async def direct(s3: S3Client, bucket: str, f: LocalFile, parallel: int) -> Round:
+    """The same bytes as one aioboto3 multipart upload, ``parallel`` parts at a time, each
+    read from the file and sent with its SHA-256 checksum, as the client's PUTs are."""
+    assert f.record is not None
+    key = f"bench/direct-{new_id('upl')}"
+    ps = f.record.part_size_bytes
+    t0 = time.perf_counter()
+    mpu = await s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+    slots = asyncio.Semaphore(parallel)
+    fd = os.open(f.path, os.O_RDONLY)
+    parts: list[CompletedPartTypeDef] = []
+
+    async def one(number: int, sha: str) -> None:
+        async with slots:
+            size = min(ps, f.size - (number - 1) * ps)
+            body = await asyncio.to_thread(os.pread, fd, size, (number - 1) * ps)
+            checksum = base64.b64encode(bytes.fromhex(sha)).decode()
+            r = await s3.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=mpu["UploadId"],
+                PartNumber=number,
+                Body=body,
+                ChecksumSHA256=checksum,
+            )
+            parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum})
+
+    try:
+        t1 = time.perf_counter()
+        await asyncio.gather(*(one(n, sha) for n, sha in enumerate(f.record.part_sha256, 1)))
+        t2 = time.perf_counter()
+    finally:
+        os.close(fd)
+    await s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=mpu["UploadId"],
+        MultipartUpload={"Parts": sorted(parts, key=lambda p: p["PartNumber"])},
+    )
+    total = time.perf_counter() - t0
+    await s3.delete_object(Bucket=bucket, Key=key)
+    return Round(t2 - t1, total)
+
+
+async def drop_uploads(s3: S3Client, bucket: str, keep: int) -> None:
+    """Delete the scene objects the gateway rounds made, but the newest ``keep``."""
+    found = []
+    async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        found += page.get("Contents", [])
+    found.sort(key=lambda o: o["LastModified"])
+    for obj in found[: len(found) - keep] if keep else found:
+        await s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+async def stage_time(api: Api, scene_id: str, timeout: float) -> tuple[float, dict[str, Any]]:
+    """Seconds from create_job on ``scene_id`` to its stage_scene step succeeded."""
+    spec = {k: v for k, v in JOB_SPEC.items() if k != "scene_key"}
+    t0 = time.perf_counter()
+    job = await api.call("POST", "/v1/jobs", json={**spec, "scene_id": scene_id})
+    while True:
+        steps = {s["name"]: s for s in job["steps"]}
+        state = steps.get("stage_scene", {}).get("status")
+        if state == "succeeded":
+            return time.perf_counter() - t0, job
+        if state == "failed" or job["status"] == "failed":
+            raise RuntimeError(f"staging failed: {job}")
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"stage_scene not done after {timeout:.0f} s: {job}")
+        await asyncio.sleep(0.05)
+        job = await api.call("GET", f"/v1/jobs/{job['job_id']}")
+
+
+async def run_uploads(infra: Infra, servers: Servers, opts: UploadBenchOptions) -> list[Figure]:
+    env = s3_env(servers, infra)
+    stack = Stack(infra, servers, services=("job", "upload", "scheduler"), env=env)
+    t0 = time.perf_counter()
+    await stack.start()
+    print(f"   gateway, upload, job and scheduler ready in {time.perf_counter() - t0:.1f} s")
+    gateway = stack.gateway
+    assert gateway is not None
+    settings = S3Settings(
+        s3_endpoint_url=servers.s3_url,
+        s3_scenes_bucket=env["RF_S3_SCENES_BUCKET"],
+        s3_outputs_bucket=env["RF_S3_OUTPUTS_BUCKET"],
+    )
+    path = infra.root / "scene.bin"
+    sparse_file(path, opts.size_bytes)
+    uopts = UploadOptions(
+        parallel=opts.parallel, show_progress=False, stream=sys.stdout, cache=infra.root / "cache"
+    )
+    f = LocalFile.of(path, uopts.cache)
+    url = f"http://127.0.0.1:{stack.gateway_port}"
+    gw_rounds: list[Round] = []
+    direct_rounds: list[Round] = []
+    gw_cpu = 0.0
+    upload_cpu = 0.0
+    upload_id = ""
+    try:
+        async with Api(url, stack.token(new_id("usr"))) as api, open_s3(settings) as s3:
+            h0 = time.perf_counter()
+            await digest([f], uopts)
+            hash_seconds = time.perf_counter() - h0
+            assert f.record is not None
+            parts = len(f.record.part_sha256)
+            print(
+                f"  {size_text(f.size)} sparse file, {parts} parts of"
+                f" {size_text(f.record.part_size_bytes)}, {opts.parallel} at a time; hashed in"
+                f" {hash_seconds:.1f} s ({f.size / hash_seconds / 1e6:,.0f} MB/s)"
+            )
+            for n in range(opts.rounds):
+                c0 = gateway.cpu_seconds(), stack.services["upload"].cpu_seconds()
+                r, upload_id = await through_gateway(api, f, uopts)
+                gw_cpu += gateway.cpu_seconds() - c0[0]
+                upload_cpu += stack.services["upload"].cpu_seconds() - c0[1]
+                gw_rounds.append(r)
+                await drop_uploads(s3, settings.s3_scenes_bucket, keep=1)
+                d = await direct(s3, settings.s3_scenes_bucket, f, opts.parallel)
+                direct_rounds.append(d)
+                print(
+                    f"  round {n + 1}: presigned {r.rate(f.size):,.1f} MB/s"
+                    f" ({r.total_seconds:.1f} s with create and complete),"
+                    f" direct {d.rate(f.size):,.1f} MB/s ({d.total_seconds:.1f} s)"
+                )
+            staged, job = await stage_time(api, upload_id, opts.stage_timeout)
+            print(f"  stage_scene of {job['job_id']}: {staged:.2f} s")
+            reused, job2 = await stage_time(api, upload_id, opts.stage_timeout)
+            print(f"  stage_scene of {job2['job_id']} (same scene): {reused:.2f} s")
+    finally:
+        stack.stop()
+    best_gw = min(gw_rounds, key=lambda r: r.parts_seconds)
+    best_direct = min(direct_rounds, key=lambda r: r.parts_seconds)
+    gb = f.size * len(gw_rounds) / 1e9
+    return [
+        Figure(
+            f"{SECTION} uploads",
+            "presigned part upload",
+            best_gw.rate(f.size),
+            "MB/s",
+            baseline=best_direct.rate(f.size),
+            baseline_name=(
+                "aioboto3 multipart straight to the same MiniStack: same bytes, part size,"
+                " parallelism and per-part SHA-256"
+            ),
+            target=0.90,
+            target_on_ratio=True,
+            note=(
+                f"{size_text(f.size)} in {parts} parts, {opts.parallel} at a time, best of"
+                f" {opts.rounds} rounds each (alternating); parts phase only: with create and"
+                f" complete {best_gw.total_seconds:.1f} s vs {best_direct.total_seconds:.1f} s"
+            ),
+            extra={
+                "presigned_parts_seconds": [r.parts_seconds for r in gw_rounds],
+                "presigned_total_seconds": [r.total_seconds for r in gw_rounds],
+                "direct_parts_seconds": [r.parts_seconds for r in direct_rounds],
+                "direct_total_seconds": [r.total_seconds for r in direct_rounds],
+                "hash_seconds": hash_seconds,
+            },
+        ),
+        Figure(
+            f"{SECTION} uploads",
+            "gateway CPU per GB uploaded",
+            gw_cpu / gb,
+            "s/GB",
+            target=0.05,
+            direction="max",
+            note=(
+                f"gateway process tree over {len(gw_rounds)} uploads of {size_text(f.size)}"
+                f" (create to complete); the upload service used {upload_cpu / gb:.3f} s/GB"
+            ),
+        ),
+        Figure(
+            f"{SECTION} uploads",
+            "stage a scene to the farm",
+            staged,
+            "s",
+            note=(
+                f"create_job to stage_scene succeeded, {size_text(f.size)}"
+                f" ({f.size / staged / 1e6:,.0f} MB/s); a second job on the same scene:"
+                f" {reused:.2f} s (reused)"
+            ),
+            extra={"bytes_per_second": f.size / staged, "reused_seconds": reused},
+        ),
+    ]
