@@ -290,6 +290,8 @@ async def user_command(args: argparse.Namespace) -> int:
     result: dict[str, object]
     try:
         async with Api(url, token) as api:
+            # A wrong token fails now, not after hashing a big file.
+            await api.call("GET", "/v1/uploads", params={"limit": 1})
             if args.command == "upload":
                 opts = UploadOptions(
                     parallel=args.parallel,

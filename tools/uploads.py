@@ -421,8 +421,14 @@ async def prepare(api: Api, f: LocalFile, view: dict[str, Any], opts: UploadOpti
     assert f.record is not None
     if view["sha256"] != f.record.sha256 or view["size_bytes"] != f.size:
         raise UploadFailed(f"{view['upload_id']} is for other bytes than {f.path}")
-    if view["part_size_bytes"] != f.record.part_size_bytes:
-        await rehash_parts(f, view["part_size_bytes"], opts)
+    part_size = view["part_size_bytes"]
+    if part_size == f.record.part_size_bytes:
+        return
+    if f.size <= min(part_size, f.record.part_size_bytes):  # one part either way
+        f.record.part_size_bytes = part_size
+        f.save()
+    else:
+        await rehash_parts(f, part_size, opts)
 
 
 @dataclass
