@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -60,6 +61,21 @@ class ApiError(Exception):
 def backoff(attempt: int, first: float = 0.5, cap: float = 20.0) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, ...): doubling, jittered."""
     return float(min(cap, first * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+
+
+class RateLimit:
+    """At most ``per_second`` bytes a second over all parts together."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.started = time.monotonic()
+        self.sent = 0
+
+    async def take(self, n: int) -> None:
+        self.sent += n
+        ahead = self.sent / self.per_second - (time.monotonic() - self.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 class Api:

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from tools.client import Api, backoff
+from tools.client import Api, RateLimit, backoff
 from tools.progress import Progress
 
 #: Bytes hashed at a time when checking a file already on disk.
@@ -32,7 +32,7 @@ class DownloadFailed(Exception):
 
 @dataclass(frozen=True)
 class Output:
-    """One file to fetch: a frame or the archive."""
+    """One file to fetch (a frame or the archive) and where it goes, relative to the folder."""
 
     output_id: str
     file_name: str
@@ -41,9 +41,14 @@ class Output:
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> Output:
+        """A frame of the full render goes into the folder itself, one of a test render into
+        ``test/`` (the render kind is the object key's folder); the archive as named."""
         name = PurePosixPath(str(item["file_name"]))
-        if name.is_absolute() or ".." in name.parts or not name.parts:
+        if len(name.parts) != 1 or name.name in ("", ".", ".."):
             raise DownloadFailed(f"refusing the file name {item['file_name']!r}")
+        kind = str(item.get("object_key", "")).rsplit("/", 2)[-2:-1]
+        if kind and kind[0] not in ("full", "archive"):
+            name = PurePosixPath(kind[0]) / name
         return cls(item["output_id"], str(name), item["size_bytes"], item["sha256"])
 
 
@@ -54,6 +59,8 @@ class DownloadOptions:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     #: Tries of one file (each with a fresh URL, continuing where the last one stopped).
     attempts: int = 6
+    #: Bytes per second over all files, or None for as fast as the link goes.
+    limit_rate: float | None = None
 
 
 def file_sha256(path: Path, size: int | None = None) -> tuple[Any, int]:
@@ -76,6 +83,7 @@ class Fetcher:
         self.opts = opts
         self.progress = progress
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0))
+        self.limit = RateLimit(opts.limit_rate) if opts.limit_rate else None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -84,15 +92,15 @@ class Fetcher:
         answer = await self.api.call("POST", f"/v1/outputs/{out.output_id}/download-url", json={})
         return str(answer["url"])
 
-    async def fetch(self, out: Output) -> str:
-        """``skipped`` (already here, verified) or ``downloaded``; DownloadFailed if the
-        bytes do not match (the bad file is removed)."""
+    async def fetch(self, out: Output) -> Fetched:
+        """What was done; DownloadFailed if the bytes do not match (the bad file is
+        removed)."""
         target = self.dest / out.file_name
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_file() and target.stat().st_size == out.size:
             h, _ = await asyncio.to_thread(file_sha256, target)
             if h.hexdigest() == out.sha256:
-                return "skipped"
+                return Fetched("skipped", out.size)
         self.progress.add(-self._counted(out))  # counted as done at the start: it was not
         part = target.with_name(target.name + ".part")
         got = Received(hashlib.sha256(), 0)
@@ -101,7 +109,7 @@ class Fetcher:
         else:
             part.write_bytes(b"")
         self.progress.add(got.size)
-        problem = ""
+        resumed_from, problem = got.size, ""
         for attempt in range(1, self.opts.attempts + 1):
             if got.size == out.size:
                 break
@@ -121,7 +129,7 @@ class Fetcher:
                 " the bad file was removed"
             )
         os.replace(part, target)
-        return "downloaded"
+        return Fetched("downloaded", resumed_from)
 
     def _counted(self, out: Output) -> int:
         """Bytes of ``out`` counted as done when the bar started (see :func:`download`)."""
@@ -152,7 +160,18 @@ class Fetcher:
                     got.hash.update(block)
                     got.size += len(block)
                     self.progress.add(len(block))
+                    if self.limit is not None:
+                        await self.limit.take(len(block))
         return ""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """``skipped`` (already there and verified) or ``downloaded``, and the bytes that were
+    on disk before (a ``.part`` continued, or the whole file when skipped)."""
+
+    result: str
+    had_bytes: int
 
 
 @dataclass
@@ -180,15 +199,21 @@ async def download(
     Raises DownloadFailed after trying every file if any failed."""
     status, items, zip_item = await job_outputs(api, job_id)
     if archive:
-        if not zip_item or zip_item.get("status", "ready") != "ready":
-            state = zip_item.get("status") if zip_item else "not built"
-            raise DownloadFailed(f"{job_id}: the archive is not ready ({state}): try later")
+        state = zip_item["status"] if zip_item else "none: the job has not completed"
+        if state != "ready":
+            raise DownloadFailed(f"{job_id}: the archive is not ready ({state})")
         items = [zip_item]
-    outputs = [Output.of(i) for i in items]
+    deleted = [i for i in items if i.get("status") == "deleted"]
+    outputs = [Output.of(i) for i in items if i.get("status") != "deleted"]
     if len({o.file_name for o in outputs}) != len(outputs):
         raise DownloadFailed(f"{job_id}: two outputs share a file name")
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
-    print(f"{job_id} ({status}): {len(outputs)} file(s) into {dest}", file=opts.stream, flush=True)
+    gone = f"; {len(deleted)} deleted when their retention ended" if deleted else ""
+    print(
+        f"{job_id} ({status}): {len(outputs)} file(s) into {dest}{gone}",
+        file=opts.stream,
+        flush=True,
+    )
     progress = Progress(
         "downloading", sum(o.size for o in outputs), stream=opts.stream, enabled=opts.show_progress
     )
@@ -196,7 +221,7 @@ async def download(
     progress.add(sum(fetcher._counted(o) for o in outputs))
     slots = asyncio.Semaphore(opts.parallel)
 
-    async def one(out: Output) -> str | BaseException:
+    async def one(out: Output) -> Fetched | BaseException:
         async with slots:
             try:
                 return await fetcher.fetch(out)
@@ -208,7 +233,7 @@ async def download(
     finally:
         await fetcher.close()
     failed = [r for r in results if isinstance(r, BaseException)]
-    done = sum(1 for r in results if r == "downloaded")
+    done = sum(1 for r in results if isinstance(r, Fetched) and r.result == "downloaded")
     progress.finish(f"{done} downloaded, {len(outputs) - done - len(failed)} already here")
     if failed:
         raise DownloadFailed("; ".join(str(e) for e in failed))
@@ -217,7 +242,14 @@ async def download(
         "job_status": status,
         "directory": str(dest),
         "files": [
-            {"file_name": o.file_name, "size_bytes": o.size, "sha256": o.sha256, "result": r}
+            {
+                "file_name": o.file_name,
+                "size_bytes": o.size,
+                "sha256": o.sha256,
+                "result": r.result,
+                "had_bytes": r.had_bytes,
+            }
             for o, r in zip(outputs, results, strict=True)
+            if isinstance(r, Fetched)
         ],
     }

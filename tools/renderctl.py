@@ -22,7 +22,7 @@ The users' commands talk to the gateway's HTTP API (``--api-url``, else ``RF_API
                                           upload a scene file, or a folder as a manifest
                                           (--main: the file to render); resumes a killed run;
                                           prints the upload (or manifest) id
-  renderctl download JOB_ID DIR [--archive] [--parallel N] [--json]
+  renderctl download JOB_ID DIR [--archive] [--parallel N] [--limit-rate RATE] [--json]
                                           download a job's frames (or its zip), resumably,
                                           every file checked against its SHA-256
 
@@ -318,7 +318,11 @@ async def user_command(args: argparse.Namespace) -> int:
                     api,
                     args.job_id,
                     Path(args.dir),
-                    DownloadOptions(parallel=args.parallel, show_progress=not args.no_progress),
+                    DownloadOptions(
+                        parallel=args.parallel,
+                        show_progress=not args.no_progress,
+                        limit_rate=args.limit_rate,
+                    ),
                     archive=args.archive,
                 )
                 line = str(result["directory"])
@@ -339,14 +343,12 @@ def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             p.add_argument("path", help="a file, or a folder (then --main is needed)")
             p.add_argument("--main", help="a folder's file to render, relative to it")
             p.add_argument("--content-type", help="a file's media type, if known")
-            p.add_argument(
-                "--limit-rate", type=rate, help="most bytes a second, e.g. 20M (all parts)"
-            )
         else:
             p.add_argument("job_id")
             p.add_argument("dir", help="folder to write the files into (created if missing)")
             p.add_argument("--archive", action="store_true", help="the job's zip instead")
         p.add_argument("--parallel", type=positive, default=4, help="transfers at once (default 4)")
+        p.add_argument("--limit-rate", type=rate, help="most bytes a second in all, e.g. 20M")
         p.add_argument("--json", action="store_true", help="print the final answer as JSON")
         p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         p.add_argument("--api-url", help="the gateway (default RF_API_URL or :8700)")

@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import os
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from typing import Any, TextIO
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from tools.client import Api, ApiError, backoff
+from tools.client import Api, ApiError, RateLimit, backoff
 from tools.progress import Progress, size_text
 
 MiB = 1024 * 1024
@@ -234,21 +233,6 @@ class PartUrl:
     method: str
     headers: dict[str, str]
     expires_at: datetime
-
-
-class RateLimit:
-    """At most ``per_second`` bytes a second over all parts together."""
-
-    def __init__(self, per_second: float) -> None:
-        self.per_second = per_second
-        self.started = time.monotonic()
-        self.sent = 0
-
-    async def take(self, n: int) -> None:
-        self.sent += n
-        ahead = self.sent / self.per_second - (time.monotonic() - self.started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
 
 
 @dataclass
@@ -470,12 +454,14 @@ async def send_and_complete(
     completed = []
     try:
         await sender.send(todo.parts)
+        progress.finish(f"{len(todo.parts)} part(s) sent")
         for f, view in todo.sessions:
             f.check_unchanged()
+            if view["part_count"] > 1:
+                opts.say(f"{f.rel}: completing {view['upload_id']} (the store joins the parts)")
             completed.append(await complete(api, sender, f, view))
     finally:
         await sender.close()
-    progress.finish(f"{len(todo.parts)} part(s) sent")
     return completed
 
 
@@ -569,43 +555,63 @@ async def upload_folder(
     listing = ((f.rel, f.size, f.mtime_ns) for f in files)
     record_path = _record_path(opts.cache, "folder", root, *listing)
     folder = _load(record_path, FolderRecord) or FolderRecord(path=str(root))
-    manifest = None
+    for _ in range(3):
+        manifest = await submitted_manifest(api, folder, record_path, files, main_file)
+        missing = manifest["missing"]
+        opts.say(
+            f"{root}: manifest {manifest['manifest_id']}, {manifest['file_count']} file(s),"
+            f" {len(missing)} to send ({size_text(sum(m['size_bytes'] for m in missing))})"
+        )
+        sessions, ended = [], False
+        for m in missing:
+            view = await api.call("GET", f"/v1/uploads/{m['upload_id']}") if m["upload_id"] else {}
+            if view.get("status") == "uploading":
+                sessions.append((by_rel[m["paths"][0]], view))
+            elif view.get("status") != "completed":
+                ended = True  # its session ended without the file: a new manifest gets one
+        if sessions:
+            await send_and_complete(api, sessions, opts)
+        if ended:
+            folder.manifest_id = None
+            continue
+        if manifest["status"] == "complete":
+            return dict(manifest)
+        try:
+            done: dict[str, Any] = await api.call(
+                "POST", f"/v1/manifests/{manifest['manifest_id']}/complete"
+            )
+            return done
+        except ApiError as e:
+            if e.code != "manifest_incomplete":
+                raise
+    raise UploadFailed(f"{root}: the server keeps lacking files after they were sent")
+
+
+async def submitted_manifest(
+    api: Api, folder: FolderRecord, record_path: Path, files: list[LocalFile], main_file: str
+) -> dict[str, Any]:
+    """The folder's manifest: the one its record names, or a new one."""
     if folder.manifest_id is not None:
         try:
-            manifest = await api.call("GET", f"/v1/manifests/{folder.manifest_id}")
+            found: dict[str, Any] = await api.call("GET", f"/v1/manifests/{folder.manifest_id}")
+            return found
         except ApiError as e:
             if e.status != 404:
                 raise
-    if manifest is None:
-        folder.manifest_id, folder.create_key = None, folder.create_key or str(uuid.uuid4())
+        folder.manifest_id, folder.create_key = None, None
+    if folder.create_key is None:
+        folder.create_key = str(uuid.uuid4())
         _save(record_path, folder)
-        entries = []
-        for f in files:
-            assert f.record is not None
-            entries.append({"path": f.rel, "size_bytes": f.size, "sha256": f.record.sha256})
-        manifest = await api.call(
-            "POST",
-            "/v1/manifests",
-            json={"main_file": main_file, "files": entries},
-            idempotency_key=folder.create_key,
-        )
-        folder.manifest_id = manifest["manifest_id"]
-        _save(record_path, folder)
-    missing = manifest.get("missing") or []
-    opts.say(
-        f"{root}: manifest {manifest['manifest_id']}, {manifest['file_count']} file(s),"
-        f" {len(missing)} to send ({size_text(sum(m['size_bytes'] for m in missing))})"
+    entries = []
+    for f in files:
+        assert f.record is not None
+        entries.append({"path": f.rel, "size_bytes": f.size, "sha256": f.record.sha256})
+    manifest: dict[str, Any] = await api.call(
+        "POST",
+        "/v1/manifests",
+        json={"main_file": main_file, "files": entries},
+        idempotency_key=folder.create_key,
     )
-    sessions = []
-    for m in missing:
-        view = await api.call("GET", f"/v1/uploads/{m['upload_id']}")
-        if view["status"] != "completed":
-            sessions.append((by_rel[m["paths"][0]], view))
-    if sessions:
-        await send_and_complete(api, sessions, opts)
-    if manifest["status"] == "complete":
-        return dict(manifest)
-    done: dict[str, Any] = await api.call(
-        "POST", f"/v1/manifests/{manifest['manifest_id']}/complete"
-    )
-    return done
+    folder.manifest_id, folder.create_key = manifest["manifest_id"], None
+    _save(record_path, folder)
+    return manifest
