@@ -468,18 +468,34 @@ async def send_and_complete(
 async def complete(
     api: Api, sender: PartSender, f: LocalFile, view: dict[str, Any]
 ) -> dict[str, Any]:
-    """complete_upload; a part the store lost meanwhile (upload_incomplete) is sent again."""
+    """complete_upload, waiting while the store joins the parts; a part the store lost
+    meanwhile (upload_incomplete, or the session open again) is sent again."""
     upload_id = view["upload_id"]
     for _ in range(3):
         try:
-            done: dict[str, Any] = await api.call("POST", f"/v1/uploads/{upload_id}/complete")
-            return done
+            done = await settled(api, await api.call("POST", f"/v1/uploads/{upload_id}/complete"))
         except ApiError as e:
             if e.code != "upload_incomplete":
                 raise
+        else:
+            if done["status"] == "completed":
+                return done
+            if done["status"] != "uploading":
+                raise UploadFailed(f"{upload_id} is {done['status']}: run again for a new upload")
         missing, _ = await missing_parts(api, f, view)
         await sender.send(missing)
     raise UploadFailed(f"{upload_id}: the store keeps lacking parts after they were sent")
+
+
+async def settled(api: Api, view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` once the store has joined its parts (status no longer completing): a big
+    file can take the store minutes."""
+    wait = 0.5
+    while view["status"] == "completing":
+        await asyncio.sleep(wait)
+        wait = min(5.0, wait * 1.5)
+        view = await api.call("GET", f"/v1/uploads/{view['upload_id']}")
+    return view
 
 
 async def open_session(api: Api, f: LocalFile) -> dict[str, Any] | None:
@@ -493,6 +509,7 @@ async def open_session(api: Api, f: LocalFile) -> dict[str, Any] | None:
         if e.status != 404:
             raise
         return None
+    view = await settled(api, view)
     return view if view["status"] in ("uploading", "completed") else None
 
 
@@ -564,10 +581,12 @@ async def upload_folder(
         )
         sessions, ended = [], False
         for m in missing:
-            view = await api.call("GET", f"/v1/uploads/{m['upload_id']}") if m["upload_id"] else {}
-            if view.get("status") == "uploading":
+            view = {"status": "ended"}
+            if m["upload_id"]:
+                view = await settled(api, await api.call("GET", f"/v1/uploads/{m['upload_id']}"))
+            if view["status"] == "uploading":
                 sessions.append((by_rel[m["paths"][0]], view))
-            elif view.get("status") != "completed":
+            elif view["status"] != "completed":
                 ended = True  # its session ended without the file: a new manifest gets one
         if sessions:
             await send_and_complete(api, sessions, opts)
