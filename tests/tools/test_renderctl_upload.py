@@ -2,8 +2,8 @@
 store, a folder as a manifest (only what the farm lacks is sent), and a run killed halfway
 that, run again, sends only the parts the store does not hold.
 
-The gateway is served over real HTTP (uvicorn on a free port) with the upload service behind
-it and MiniStack as the store, which checks every part's signed length and SHA-256.
+The gateway is served over real HTTP (``gateway_url``) with the upload service behind it and
+MiniStack as the store, which checks every part's signed length and SHA-256.
 """
 
 from __future__ import annotations
@@ -17,19 +17,15 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from deploy.local.servers import free_port
 from libs.ids import new_id
-from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
-from services.gateway.service import Gateway
 from tests.fixtures import Users
 from tests.processes import ROOT
 from tools import renderctl
@@ -37,36 +33,9 @@ from tools import renderctl
 MiB = 2**20
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test's process keeps its own signal handling
-
-
-@pytest.fixture
-async def gateway_url(gateway: Gateway, upload_service: ServiceRuntime[Any]) -> AsyncIterator[str]:
-    """The gateway (upload service behind it) on a real port, as a studio's machine sees it."""
-    port = free_port()
-    server = _Server(uvicorn.Config(gateway.app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
 @pytest.fixture
 def token(users: Users) -> str:
     return users.new()["Authorization"].removeprefix("Bearer ")
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The studio machine's cache folder, where renderctl keeps its upload records."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def write(path: Path, size: int) -> bytes:
