@@ -36,6 +36,7 @@ MiB = 1024 * 1024
 #: so the first hashing pass can hash the parts too).
 MIN_PART_BYTES = 64 * MiB
 MAX_PARTS = 10_000
+MAX_PART_BYTES = 5 * 1024 * MiB
 #: Part URLs asked for in one create_upload_part_urls call (the API takes 1-100).
 MAX_URLS_PER_CALL = 100
 #: Bytes read at a time when hashing and when sending.
@@ -49,9 +50,10 @@ class UploadFailed(Exception):
 
 
 def planned_part_size(size: int) -> int:
-    """The part size the server is expected to choose: >= 64 MiB, whole MiB, <= 10,000 parts."""
+    """The part size the server is expected to choose: >= 64 MiB, whole MiB, <= 10,000 parts,
+    at most 5 GiB."""
     least = -(-size // MAX_PARTS)
-    return max(MIN_PART_BYTES, -(-least // MiB) * MiB)
+    return min(max(MIN_PART_BYTES, -(-least // MiB) * MiB), MAX_PART_BYTES)
 
 
 def part_count(size: int, part_size: int) -> int:

@@ -26,9 +26,11 @@ import pytest
 
 from libs.ids import new_id
 from libs.s3 import S3Client, S3Settings
+from services.upload.domain import part_plan
 from tests.fixtures import Users
 from tests.processes import ROOT
 from tools import renderctl
+from tools.uploads import planned_part_size
 
 MiB = 2**20
 
@@ -247,3 +249,15 @@ async def test_without_a_valid_token_nothing_is_read_or_sent(
     err = capsys.readouterr().err
     assert bad == 1 and "renderctl: invalid_token" in err
     assert "hashing" not in err  # the token is checked before a big file is read
+
+
+@pytest.mark.parametrize(
+    "size",
+    [1, 64 * MiB, 64 * MiB + 1, 700 * 10**9, 200 * 10**9, 5 * 2**40, 10_000 * 5 * 2**30],
+)
+def test_renderctl_foresees_the_servers_part_size_so_a_file_is_read_once_to_hash(
+    size: int,
+) -> None:
+    """The whole file's hash and its parts' hashes come from one pass over the file, at the
+    part size the server will choose (a 200 GB file is minutes of reading)."""
+    assert planned_part_size(size) == part_plan(size).part_size_bytes
