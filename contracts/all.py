@@ -4,4 +4,5 @@ import contracts.gateway
 import contracts.identity
 import contracts.jobs
 import contracts.process
-import contracts.render  # noqa: F401
+import contracts.render
+import contracts.uploads  # noqa: F401

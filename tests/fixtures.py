@@ -20,6 +20,8 @@ from services.identity import service as identity_service_
 from services.identity.settings import IdentitySettings
 from services.job import service as job_service_
 from services.job.settings import JobSettings
+from services.upload import service as upload_service_
+from services.upload.settings import UploadSettings
 from tests.conftest import Env
 
 
@@ -129,6 +131,31 @@ async def admin_session(api: httpx.AsyncClient, identity: ServiceRuntime[Any]) -
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture
+def upload_settings(env: Env) -> UploadSettings:
+    """The upload service's settings: 5 MiB parts (S3's smallest) keep test objects small.
+    A test module overrides this fixture for other quotas or times."""
+    return env.settings(UploadSettings, upload_min_part_bytes=5 * 2**20)
+
+
+@pytest.fixture
+async def upload_service(upload_settings: UploadSettings) -> AsyncIterator[ServiceRuntime[Any]]:
+    rt = await build(upload_service_.SERVICE, upload_settings)
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+@pytest.fixture
+async def upload_api(
+    gateway: Gateway, upload_service: ServiceRuntime[Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with the upload service behind it."""
+    transport = httpx.ASGITransport(app=gateway.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
 
 
 @pytest.fixture

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.errors import common, identity, jobs, render  # noqa: F401  (declare errors)
+from contracts.errors import (  # noqa: F401  (declare errors)
+    common,
+    identity,
+    jobs,
+    render,
+    uploads,
+)
 from contracts.errors.base import ERRORS, DomainError
 from contracts.errors.common import InternalError, UnknownError
 

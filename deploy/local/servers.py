@@ -699,6 +699,11 @@ def _nats_jetstream_ready(port: int) -> bool:
                 return "error" not in json.loads(payload)
 
 
+#: Largest message the bus takes (NATS' default is 1 MB): a command carrying a scene's
+#: manifest of up to 10,000 files needs more. Production NATS needs the same setting.
+NATS_MAX_PAYLOAD = 8 * 1024 * 1024
+
+
 def start_nats(
     store_dir: Path,
     port: int,
@@ -717,7 +722,9 @@ def start_nats(
     store_dir.mkdir(parents=True, exist_ok=True)
     _check_port_free(port)
     log_file = (log_file or store_dir / "nats-server.log").resolve()
-    args = [str(nats_server_binary()), "-js", "-sd", str(store_dir)]
+    config = store_dir / "nats.conf"
+    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n")
+    args = [str(nats_server_binary()), "-c", str(config), "-js", "-sd", str(store_dir)]
     args += ["-a", "127.0.0.1", "-p", str(port)]
     proc = _spawn(args, log_file, detach=detach, cwd=store_dir)
     if detach:

@@ -38,6 +38,7 @@ from contracts.errors import (
     ErrorBody,
     IdempotencyKeyReused,
     InternalError,
+    PayloadTooLarge,
     ServiceUnavailable,
     ValidationFailed,
     error_from_body,
@@ -274,6 +275,9 @@ _SECRET_TOMBSTONE: JsonDict = {
 class CommandClient:
     """Sends commands and turns error replies back into :class:`DomainError` subclasses.
 
+    A command larger than the bus takes (NATS ``max_payload``) is refused before it is
+    sent, with ``payload_too_large``.
+
     An error reply becomes the class its code names, with typed details; a code this build
     does not know (a newer peer's) becomes an ``UnknownError`` keeping the code string, the
     message and the peer's retryable flag (see :func:`contracts.errors.error_from_body`).
@@ -292,7 +296,10 @@ class CommandClient:
         command_id: str,
         actor: Actor,
         correlation_id: str | None = None,
+        timeout_seconds: float | None = None,
     ) -> R:
+        """Send ``cmd`` and return its reply as ``result_type``; ``timeout_seconds``
+        overrides the client's timeout for a command known to take longer."""
         body = {
             "command_id": command_id,
             "type": cmd.command_type,
@@ -302,12 +309,18 @@ class CommandClient:
                 "correlation_id": correlation_id or correlation_id_var.get(),
             },
         }
+        payload = orjson.dumps(body)
+        if len(payload) > self.nc.max_payload:
+            raise PayloadTooLarge(
+                f"the request makes a {cmd.command_type} of {len(payload)} bytes; the bus takes"
+                f" at most {self.nc.max_payload}"
+            )
         with _tracer.start_as_current_span(f"send {cmd.command_type}", kind=trace.SpanKind.CLIENT):
             try:
                 msg = await self.nc.request(
                     self.settings.subject(f"cmd.{cmd.command_type}"),
-                    orjson.dumps(body),
-                    timeout=self.timeout,
+                    payload,
+                    timeout=self.timeout if timeout_seconds is None else timeout_seconds,
                     headers=inject_headers(),
                 )
             except NoRespondersError:

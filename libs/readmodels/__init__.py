@@ -6,7 +6,9 @@ module here, **owned by the service that owns the tables** and changed with its 
 and migrations in the same commit (ADR 0007):
 
 * :mod:`libs.readmodels.jobs`: the job service's ``jobs``, ``frames`` and its event store;
-* :mod:`libs.readmodels.identity`: the identity service's ``users`` and ``api_keys``.
+* :mod:`libs.readmodels.identity`: the identity service's ``users`` and ``api_keys``;
+* :mod:`libs.readmodels.uploads`: the upload service's ``uploads``, ``manifests`` and
+  ``assets``.
 
 A query object takes a pool and the owner's schema name (the owner's ``Service.schema``), holds
 all the SQL text of its read model, returns typed results and never writes. Give it a pool

@@ -24,8 +24,10 @@ from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import read_only_pool
+from libs.readmodels import uploads as upload_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.uploads import UploadsQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -58,6 +60,8 @@ class Gateway:
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
         self.read = ReadModels(jobs, identity)
+        #: Upload sessions and manifests (the upload service's read models).
+        self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

@@ -2,7 +2,713 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, PrivateAttr
+
+from contracts.base import Event
+from contracts.errors import (
+    AssetSizeConflict,
+    InvalidPartNumber,
+    ManifestIncomplete,
+    MissingAsset,
+    PartRange,
+    UploadBytesLimitReached,
+    UploadIncomplete,
+    UploadNotOpen,
+    UploadSessionExpired,
+    UploadSessionLimitReached,
+    UploadTooLarge,
+    WrongPartSize,
+)
+from contracts.uploads import (
+    MAX_PART_BYTES,
+    MAX_PARTS,
+    AssetStored,
+    ListedFile,
+    ManifestCompleted,
+    ManifestFile,
+    ManifestFilesListed,
+    ManifestStatus,
+    ManifestSubmitted,
+    MiB,
+    UploadAborted,
+    UploadAbortReason,
+    UploadCompleted,
+    UploadCompletionFailed,
+    UploadCompletionRequested,
+    UploadExpired,
+    UploadKind,
+    UploadMultipartCreated,
+    UploadPartsConfirmed,
+    UploadSlotFreed,
+    UploadSlotTaken,
+    UploadStarted,
+    UploadStatus,
+)
+from libs.eventstore.aggregate import Aggregate
+from libs.keys import KEY_CHARACTERS
+
 # --- upload sessions and manifests -------------------------------------------------------
+
+#: The smallest part a plan uses unless settings say otherwise: big enough that 10,000
+#: parts cover 625 GiB, small enough that a failed part is cheap to send again.
+DEFAULT_MIN_PART_BYTES = 64 * MiB
+#: Error details list at most this many ranges, sizes or files.
+DETAILS_LIMIT = 100
+#: Paths listed per missing file in an error's details.
+DETAILS_PATHS = 10
+#: Files per ``ManifestFilesListed`` event: even with the longest paths an event stays far
+#: below the bus's 1 MB message limit.
+MANIFEST_FILES_PER_EVENT = 250
+_NOT_KEY_CHARACTER = re.compile(rf"[^{KEY_CHARACTERS.replace('/', '')}]")
+
+
+@dataclass(frozen=True, slots=True)
+class PartPlan:
+    """How a file is cut into parts: every part ``part_size_bytes`` but the last."""
+
+    size_bytes: int
+    part_size_bytes: int
+    part_count: int
+
+    def size_of(self, part_number: int) -> int:
+        """The exact size of part ``part_number`` (1-based; the last holds the remainder)."""
+        if not 1 <= part_number <= self.part_count:
+            raise ValueError(f"part {part_number} is outside 1..{self.part_count}")
+        if part_number < self.part_count:
+            return self.part_size_bytes
+        return self.size_bytes - self.part_size_bytes * (self.part_count - 1)
+
+
+def part_plan(size_bytes: int, min_part_bytes: int = DEFAULT_MIN_PART_BYTES) -> PartPlan:
+    """The part plan of a file: parts of ``max(min_part_bytes, size / 10,000 rounded up to a
+    whole MiB)``, never above 5 GiB, so no file up to 10,000 x 5 GiB needs more than
+    10,000 parts."""
+    if size_bytes < 1:
+        raise ValueError("a file to upload has at least 1 byte")
+    needed = math.ceil(math.ceil(size_bytes / MAX_PARTS) / MiB) * MiB
+    part = min(max(min_part_bytes, needed), MAX_PART_BYTES)
+    count = math.ceil(size_bytes / part)
+    if count > MAX_PARTS:
+        raise ValueError(f"{size_bytes} bytes need more than {MAX_PARTS} parts of 5 GiB")
+    return PartPlan(size_bytes, part, count)
+
+
+def check_size(size_bytes: int, max_bytes: int) -> None:
+    if size_bytes > max_bytes:
+        raise UploadTooLarge(
+            f"the file has {size_bytes} bytes; the largest this server takes is {max_bytes}",
+            size_bytes=size_bytes,
+            max_bytes=max_bytes,
+        )
+
+
+def key_segment(file_name: str) -> str:
+    """``file_name`` as one object key segment: characters keys do not take become '_'."""
+    return _NOT_KEY_CHARACTER.sub("_", file_name)
+
+
+def scene_object_key(owner_id: str, upload_id: str, file_name: str) -> str:
+    return f"uploads/{owner_id}/{upload_id}/{key_segment(file_name)}"
+
+
+def asset_object_key(owner_id: str, sha256: str) -> str:
+    return f"assets/{owner_id}/{sha256}"
+
+
+def asset_key(owner_id: str, sha256: str) -> str:
+    """The key of an owner's :class:`Asset` (stream ``asset-<owner>.<sha256>``)."""
+    return f"{owner_id}.{sha256}"
+
+
+def part_ranges(numbers: Iterable[int]) -> list[PartRange]:
+    """Sorted part numbers as inclusive ranges: 1, 2, 3, 7 -> [1-3], [7-7]."""
+    ranges: list[PartRange] = []
+    first = last = None
+    for n in sorted(numbers):
+        if last is not None and n == last + 1:
+            last = n
+            continue
+        if first is not None and last is not None:
+            ranges.append(PartRange(first=first, last=last))
+        first = last = n
+    if first is not None and last is not None:
+        ranges.append(PartRange(first=first, last=last))
+    return ranges
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPart:
+    """A part as the store lists it (ListParts)."""
+
+    part_number: int
+    size_bytes: int
+    etag: str
+    #: Base64 SHA-256 of the part's bytes, as the store checked it.
+    checksum_sha256: str
+
+
+class Upload(Aggregate):
+    """An upload session (stream ``upload-<upload id>``): the file's part plan, its
+    multipart upload in the store, and how far it got."""
+
+    stream_prefix = "upload"
+
+    upload_id: str = ""
+    owner_id: str = ""
+    kind: UploadKind = UploadKind.scene
+    status: UploadStatus | None = None
+    file_name: str = ""
+    size_bytes: int = 0
+    sha256: str = ""
+    bucket: str = ""
+    object_key: str = ""
+    #: The store's multipart upload; None until an asset session's first part URLs.
+    s3_upload_id: str | None = None
+    part_size_bytes: int = 0
+    part_count: int = 0
+    parts_confirmed: int = 0
+    bytes_confirmed: int = 0
+    expires_at: datetime | None = None
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case UploadStarted():
+                self.upload_id, self.owner_id = event.upload_id, event.owner_id
+                self.kind = event.kind
+                self.status = UploadStatus.uploading
+                self.file_name, self.size_bytes, self.sha256 = (
+                    event.file_name,
+                    event.size_bytes,
+                    event.sha256,
+                )
+                self.bucket, self.object_key = event.bucket, event.object_key
+                self.s3_upload_id = event.s3_upload_id
+                self.part_size_bytes, self.part_count = event.part_size_bytes, event.part_count
+                self.expires_at = event.expires_at
+            case UploadMultipartCreated():
+                self.s3_upload_id = event.s3_upload_id
+            case UploadPartsConfirmed():
+                self.parts_confirmed, self.bytes_confirmed = (
+                    event.parts_confirmed,
+                    event.bytes_confirmed,
+                )
+            case UploadCompletionRequested():  # every part was found with its size
+                self.status = UploadStatus.completing
+                self.parts_confirmed, self.bytes_confirmed = self.part_count, self.size_bytes
+            case UploadCompletionFailed():
+                self.status = UploadStatus.uploading
+            case UploadCompleted():
+                self.status = UploadStatus.completed
+                self.parts_confirmed, self.bytes_confirmed = self.part_count, self.size_bytes
+            case UploadAborted():
+                self.status = UploadStatus.aborted
+            case UploadExpired():
+                self.status = UploadStatus.expired
+            case _:
+                raise TypeError(f"upload cannot apply {type(event).__name__}")
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+    @property
+    def plan(self) -> PartPlan:
+        return PartPlan(self.size_bytes, self.part_size_bytes, self.part_count)
+
+    # -- decide ---------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        upload_id: str,
+        owner_id: str,
+        kind: UploadKind,
+        file_name: str,
+        size_bytes: int,
+        sha256: str,
+        content_type: str | None,
+        bucket: str,
+        object_key: str,
+        s3_upload_id: str | None,
+        plan: PartPlan,
+        now: datetime,
+        ttl: timedelta,
+    ) -> list[Event]:
+        return self.record(
+            UploadStarted(
+                upload_id=upload_id,
+                owner_id=owner_id,
+                kind=kind,
+                file_name=file_name,
+                size_bytes=size_bytes,
+                sha256=sha256,
+                content_type=content_type,
+                bucket=bucket,
+                object_key=object_key,
+                s3_upload_id=s3_upload_id,
+                part_size_bytes=plan.part_size_bytes,
+                part_count=plan.part_count,
+                started_at=now,
+                expires_at=now + ttl,
+            )
+        )
+
+    def multipart_created(self, s3_upload_id: str, now: datetime) -> list[Event]:
+        """The store's multipart upload of a session that had none yet."""
+        if self.s3_upload_id is not None:
+            return []
+        return self.record(
+            UploadMultipartCreated(upload_id=self.upload_id, s3_upload_id=s3_upload_id, at=now)
+        )
+
+    def overdue(self, now: datetime) -> bool:
+        return (
+            self.status is UploadStatus.uploading
+            and self.expires_at is not None
+            and now >= self.expires_at
+        )
+
+    def require_open(self, now: datetime) -> None:
+        """Refuse unless the session takes parts: uploading and not past its expiry."""
+        if self.status is UploadStatus.expired or self.overdue(now):
+            raise UploadSessionExpired(
+                f"upload {self.upload_id} has expired; start a new upload",
+                upload_id=self.upload_id,
+            )
+        if self.status is not UploadStatus.uploading:
+            assert self.status is not None
+            raise UploadNotOpen(
+                f"upload {self.upload_id} is {self.status}",
+                upload_id=self.upload_id,
+                status=self.status,
+            )
+
+    def check_part_numbers(self, numbers: Iterable[int]) -> None:
+        bad = sorted(n for n in numbers if not 1 <= n <= self.part_count)
+        if bad:
+            raise InvalidPartNumber(
+                f"upload {self.upload_id} has parts 1..{self.part_count}; {bad[0]} is not one",
+                upload_id=self.upload_id,
+                part_count=self.part_count,
+                part_numbers=bad[:DETAILS_LIMIT],
+            )
+
+    def _planned(self, parts: Iterable[HeldPart]) -> list[HeldPart]:
+        """The held parts that are parts of the plan, with their planned size."""
+        plan = self.plan
+        return [
+            p
+            for p in parts
+            if 1 <= p.part_number <= self.part_count and p.size_bytes == plan.size_of(p.part_number)
+        ]
+
+    def confirm(self, parts: Iterable[HeldPart], now: datetime) -> list[Event]:
+        """Record what the store holds, if it changed (open sessions only)."""
+        if self.status is not UploadStatus.uploading:
+            return []
+        good = self._planned(parts)
+        count, total = len(good), sum(p.size_bytes for p in good)
+        if (count, total) == (self.parts_confirmed, self.bytes_confirmed):
+            return []
+        return self.record(
+            UploadPartsConfirmed(
+                upload_id=self.upload_id, parts_confirmed=count, bytes_confirmed=total, at=now
+            )
+        )
+
+    def verify(self, parts: Sequence[HeldPart]) -> list[HeldPart]:
+        """The parts to complete the upload with, in order; refused (with what is missing and
+        what has the wrong size) unless every part of the plan is held with its size."""
+        plan = self.plan
+        by_number = {p.part_number: p for p in parts if 1 <= p.part_number <= self.part_count}
+        missing = [n for n in range(1, self.part_count + 1) if n not in by_number]
+        wrong = [
+            WrongPartSize(
+                part_number=p.part_number,
+                size_bytes=p.size_bytes,
+                expected_size_bytes=plan.size_of(p.part_number),
+            )
+            for p in sorted(by_number.values(), key=lambda p: p.part_number)
+            if p.size_bytes != plan.size_of(p.part_number)
+        ]
+        if missing or wrong:
+            ranges = part_ranges(missing)
+            problems = []
+            if missing:
+                problems.append(f"{len(missing)} missing (first: part {missing[0]})")
+            if wrong:
+                problems.append(f"{len(wrong)} of the wrong size")
+            raise UploadIncomplete(
+                f"upload {self.upload_id} cannot complete: of its {self.part_count} parts, "
+                + " and ".join(problems),
+                upload_id=self.upload_id,
+                part_count=self.part_count,
+                missing_part_count=len(missing),
+                missing_parts=ranges[:DETAILS_LIMIT],
+                wrong_sizes=wrong[:DETAILS_LIMIT],
+            )
+        return [by_number[n] for n in range(1, self.part_count + 1)]
+
+    def request_completion(self, now: datetime) -> list[Event]:
+        """Every part is there (see :meth:`verify`): the store joins them next. A session
+        being completed, or completed, changes nothing."""
+        if self.status in (UploadStatus.completing, UploadStatus.completed):
+            return []
+        self.require_open(now)
+        return self.record(UploadCompletionRequested(upload_id=self.upload_id, at=now))
+
+    def complete(self, now: datetime) -> list[Event]:
+        """The whole object is in the store; completing a completed upload changes nothing."""
+        if self.status is UploadStatus.completed:
+            return []
+        if self.status not in (UploadStatus.uploading, UploadStatus.completing):
+            self.require_open(now)
+        return self.record(
+            UploadCompleted(
+                upload_id=self.upload_id,
+                owner_id=self.owner_id,
+                kind=self.kind,
+                size_bytes=self.size_bytes,
+                sha256=self.sha256,
+                bucket=self.bucket,
+                object_key=self.object_key,
+                at=now,
+            )
+        )
+
+    def completion_failed(self, reason: str, now: datetime) -> list[Event]:
+        """The store did not join the parts: open again, for the client to fix and retry."""
+        if self.status is not UploadStatus.completing:
+            return []
+        return self.record(UploadCompletionFailed(upload_id=self.upload_id, reason=reason, at=now))
+
+    def abort(self, now: datetime) -> list[Event]:
+        """The client gives up. An upload that has ended without its file (aborted,
+        expired) changes nothing; one completed or being completed is refused."""
+        if self.status in (UploadStatus.aborted, UploadStatus.expired):
+            return []
+        if self.status in (UploadStatus.completed, UploadStatus.completing):
+            raise UploadNotOpen(
+                f"upload {self.upload_id} is {self.status}; it cannot be aborted",
+                upload_id=self.upload_id,
+                status=self.status,
+            )
+        return self.record(
+            UploadAborted(
+                upload_id=self.upload_id,
+                owner_id=self.owner_id,
+                reason=UploadAbortReason.client,
+                at=now,
+            )
+        )
+
+    def expire(self, now: datetime, *, due: bool = True) -> list[Event]:
+        """An open session past its expiry ends. With ``due=False``: one the store no longer
+        holds ends, whatever its expiry (being completed included). Others change nothing."""
+        if due and not self.overdue(now):
+            return []
+        if self.status not in (UploadStatus.uploading, UploadStatus.completing):
+            return []
+        return self.record(UploadExpired(upload_id=self.upload_id, owner_id=self.owner_id, at=now))
+
+
+#: Events after which a session no longer counts against its owner's quotas.
+ENDING_EVENTS = (UploadCompleted, UploadAborted, UploadExpired)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """Per-user quotas on open sessions."""
+
+    max_open_sessions: int
+    max_open_asset_sessions: int
+    max_bytes_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A session about to open, as the quotas see it."""
+
+    upload_id: str
+    kind: UploadKind
+    size_bytes: int
+    sha256: str | None = None
+
+
+class OpenSession(BaseModel):
+    kind: UploadKind
+    size_bytes: int
+    sha256: str | None = None
+
+
+class OwnerUploads(Aggregate):
+    """A user's open sessions, for the quotas and to reuse an open asset session (stream
+    ``uploader-<user id>``)."""
+
+    stream_prefix = "uploader"
+
+    open: dict[str, OpenSession] = {}
+    #: Open asset sessions by content (derived from ``open``; not part of the snapshot).
+    _by_sha256: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: object) -> None:
+        self._by_sha256 = {s.sha256: u for u, s in sorted(self.open.items()) if s.sha256}
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case UploadSlotTaken():
+                self.open[event.upload_id] = OpenSession(
+                    kind=event.kind, size_bytes=event.size_bytes, sha256=event.sha256
+                )
+                if event.sha256 is not None:
+                    self._by_sha256[event.sha256] = event.upload_id
+            case UploadSlotFreed():
+                freed = self.open.pop(event.upload_id, None)
+                sha256 = freed.sha256 if freed is not None else None
+                if sha256 is not None and self._by_sha256.get(sha256) == event.upload_id:
+                    del self._by_sha256[sha256]
+            case _:
+                raise TypeError(f"owner uploads cannot apply {type(event).__name__}")
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return sum(s.size_bytes for s in self.open.values())
+
+    def count(self, kind: UploadKind) -> int:
+        return sum(1 for s in self.open.values() if s.kind is kind)
+
+    def open_asset(self, sha256: str) -> tuple[str, OpenSession] | None:
+        """The open asset session for this content, if any."""
+        upload_id = self._by_sha256.get(sha256)
+        return None if upload_id is None else (upload_id, self.open[upload_id])
+
+    def make_room(self, sessions: Sequence[NewSession], limits: UploadLimits) -> None:
+        """Refuse if opening ``sessions`` would go over a quota."""
+        for kind, limit in (
+            (UploadKind.scene, limits.max_open_sessions),
+            (UploadKind.asset, limits.max_open_asset_sessions),
+        ):
+            adding = sum(1 for s in sessions if s.kind is kind)
+            current = self.count(kind)
+            if adding and current + adding > limit:
+                raise UploadSessionLimitReached(
+                    f"you have {current} open {kind.value} upload sessions and this needs"
+                    f" {adding} more; the limit is {limit}. Complete or abort some first.",
+                    kind=kind,
+                    current=current,
+                    limit=limit,
+                )
+        adding_bytes = sum(s.size_bytes for s in sessions)
+        if self.bytes_in_flight + adding_bytes > limits.max_bytes_in_flight:
+            raise UploadBytesLimitReached(
+                f"your open upload sessions hold {self.bytes_in_flight} bytes and this adds"
+                f" {adding_bytes}; the limit is {limits.max_bytes_in_flight}. Complete or"
+                " abort some first.",
+                current_bytes=self.bytes_in_flight,
+                requested_bytes=adding_bytes,
+                limit_bytes=limits.max_bytes_in_flight,
+            )
+
+    def take(self, owner_id: str, sessions: Sequence[NewSession]) -> list[Event]:
+        return self.record(
+            *(
+                UploadSlotTaken(
+                    owner_id=owner_id,
+                    upload_id=s.upload_id,
+                    kind=s.kind,
+                    size_bytes=s.size_bytes,
+                    sha256=s.sha256,
+                )
+                for s in sessions
+            )
+        )
+
+    def free(self, owner_id: str, upload_id: str) -> list[Event]:
+        if upload_id not in self.open:
+            return []
+        return self.record(UploadSlotFreed(owner_id=owner_id, upload_id=upload_id))
+
+
+def check_same_size(sha256: str, size_bytes: int, known_size_bytes: int) -> None:
+    """One content has one size: refuse a size other than the one stored or declared."""
+    if size_bytes != known_size_bytes:
+        raise AssetSizeConflict(
+            f"you stored or are uploading content {sha256} with {known_size_bytes} bytes,"
+            f" not {size_bytes}",
+            sha256=sha256,
+            size_bytes=size_bytes,
+            known_size_bytes=known_size_bytes,
+        )
+
+
+class Asset(Aggregate):
+    """A file a user holds by its content hash (stream ``asset-<owner>.<sha256>``)."""
+
+    stream_prefix = "asset"
+
+    stored: bool = False
+    size_bytes: int = 0
+    upload_id: str = ""
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case AssetStored():
+                self.stored = True
+                self.size_bytes, self.upload_id = event.size_bytes, event.upload_id
+            case _:
+                raise TypeError(f"asset cannot apply {type(event).__name__}")
+
+    def check_size(self, sha256: str, size_bytes: int) -> None:
+        if self.stored:
+            check_same_size(sha256, size_bytes, self.size_bytes)
+
+    def store(self, upload: Upload, now: datetime) -> list[Event]:
+        """The asset upload completed; a content stored already changes nothing."""
+        if self.stored:
+            return []
+        return self.record(
+            AssetStored(
+                owner_id=upload.owner_id,
+                sha256=upload.sha256,
+                size_bytes=upload.size_bytes,
+                bucket=upload.bucket,
+                object_key=upload.object_key,
+                upload_id=upload.upload_id,
+                at=now,
+            )
+        )
+
+
+def content_sha256(files: Iterable[ListedFile | ManifestFile]) -> str:
+    """The hash identifying a manifest's content: SHA-256 of the lines
+    ``<path>\\t<size_bytes>\\t<sha256>\\n`` sorted by path."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\t{f.size_bytes}\t{f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """One distinct content of a manifest: its size and the paths that hold it."""
+
+    sha256: str
+    size_bytes: int
+    paths: tuple[str, ...]
+
+
+def contents(files: Iterable[ListedFile | ManifestFile]) -> list[Content]:
+    """A manifest's distinct contents, ordered by their first path."""
+    paths: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for f in files:
+        paths.setdefault(f.sha256, []).append(f.path)
+        sizes[f.sha256] = f.size_bytes
+    found = [Content(sha, sizes[sha], tuple(sorted(p))) for sha, p in paths.items()]
+    return sorted(found, key=lambda c: c.paths[0])
+
+
+class Manifest(Aggregate):
+    """A scene sent as a manifest of files (stream ``manifest-<manifest id>``)."""
+
+    stream_prefix = "manifest"
+
+    manifest_id: str = ""
+    owner_id: str = ""
+    status: ManifestStatus | None = None
+    files: list[ListedFile] = []
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ManifestSubmitted():
+                self.manifest_id, self.owner_id = event.manifest_id, event.owner_id
+                self.status = ManifestStatus.waiting_for_files
+            case ManifestFilesListed():
+                self.files = [*self.files, *event.files]
+            case ManifestCompleted():
+                self.status = ManifestStatus.complete
+            case _:
+                raise TypeError(f"manifest cannot apply {type(event).__name__}")
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+    def submit(
+        self,
+        manifest_id: str,
+        owner_id: str,
+        main_file: str,
+        files: Sequence[ManifestFile],
+        sessions: Mapping[str, str],
+        now: datetime,
+    ) -> list[Event]:
+        """Record the manifest and its files (in chunks, sorted by path), each with the
+        session of its content (``sessions``: sha256 -> upload id, for the contents its
+        owner lacks); complete at once if it lacks none."""
+        listed = sorted(
+            (
+                ListedFile(
+                    path=f.path,
+                    size_bytes=f.size_bytes,
+                    sha256=f.sha256,
+                    upload_id=sessions.get(f.sha256),
+                )
+                for f in files
+            ),
+            key=lambda f: f.path,
+        )
+        events: list[Event] = [
+            ManifestSubmitted(
+                manifest_id=manifest_id,
+                owner_id=owner_id,
+                main_file=main_file,
+                file_count=len(listed),
+                total_bytes=sum(f.size_bytes for f in listed),
+                content_sha256=content_sha256(listed),
+                submitted_at=now,
+            )
+        ]
+        for i in range(0, len(listed), MANIFEST_FILES_PER_EVENT):
+            chunk = listed[i : i + MANIFEST_FILES_PER_EVENT]
+            events.append(ManifestFilesListed(manifest_id=manifest_id, files=chunk))
+        if not sessions:
+            events.append(ManifestCompleted(manifest_id=manifest_id, owner_id=owner_id, at=now))
+        return self.record(*events)
+
+    def complete(self, held: set[str], open_uploads: dict[str, str], now: datetime) -> list[Event]:
+        """Complete once every content is in ``held``; else refused with what is missing
+        (and the open session of each, from ``open_uploads``: sha256 -> upload id)."""
+        if self.status is ManifestStatus.complete:
+            return []
+        missing = [c for c in contents(self.files) if c.sha256 not in held]
+        if missing:
+            raise ManifestIncomplete(
+                f"manifest {self.manifest_id} lacks {len(missing)} files (first:"
+                f" {missing[0].paths[0]}); upload them, then complete it again",
+                manifest_id=self.manifest_id,
+                missing_file_count=len(missing),
+                missing=[
+                    MissingAsset(
+                        sha256=c.sha256,
+                        size_bytes=c.size_bytes,
+                        paths=list(c.paths[:DETAILS_PATHS]),
+                        upload_id=open_uploads.get(c.sha256),
+                    )
+                    for c in missing[:DETAILS_LIMIT]
+                ],
+            )
+        return self.record(
+            ManifestCompleted(manifest_id=self.manifest_id, owner_id=self.owner_id, at=now)
+        )
+
 
 # --- staging scenes to the farm ----------------------------------------------------------
 

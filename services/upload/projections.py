@@ -6,6 +6,200 @@ The gateway reads them (read-only) only through ``libs/readmodels/uploads.py`` a
 
 from __future__ import annotations
 
+from contracts.uploads import (
+    AssetStored,
+    ManifestCompleted,
+    ManifestFilesListed,
+    ManifestStatus,
+    ManifestSubmitted,
+    UploadAborted,
+    UploadCompleted,
+    UploadCompletionFailed,
+    UploadCompletionRequested,
+    UploadExpired,
+    UploadPartsConfirmed,
+    UploadStarted,
+    UploadStatus,
+)
+from libs.eventstore.projection import ReadModel, Row, on
+from libs.eventstore.store import RecordedEvent
+
 # --- upload sessions and manifests -------------------------------------------------------
+
+
+class UploadsProjection(ReadModel):
+    """``upload.uploads``: one row per upload session, its plan and its progress."""
+
+    name = "uploads"
+    table = "uploads"
+    key = ("upload_id",)
+    columns = {
+        "upload_id": "text",
+        "owner_id": "text",
+        "kind": "text",
+        "status": "text",
+        "file_name": "text",
+        "size_bytes": "bigint",
+        "sha256": "text",
+        "content_type": "text",
+        "bucket": "text",
+        "object_key": "text",
+        "part_size_bytes": "bigint",
+        "part_count": "integer",
+        "parts_confirmed": "integer",
+        "bytes_confirmed": "bigint",
+        "created_at": "timestamptz",
+        "updated_at": "timestamptz",
+        "expires_at": "timestamptz",
+        "completed_at": "timestamptz",
+        "version": "integer",
+    }
+
+    @on(UploadStarted, key=lambda e: (e.upload_id,))
+    def started(self, row: Row | None, e: UploadStarted, rec: RecordedEvent) -> Row | None:
+        return {
+            "upload_id": e.upload_id,
+            "owner_id": e.owner_id,
+            "kind": e.kind.value,
+            "status": UploadStatus.uploading.value,
+            "file_name": e.file_name,
+            "size_bytes": e.size_bytes,
+            "sha256": e.sha256,
+            "content_type": e.content_type,
+            "bucket": e.bucket,
+            "object_key": e.object_key,
+            "part_size_bytes": e.part_size_bytes,
+            "part_count": e.part_count,
+            "parts_confirmed": 0,
+            "bytes_confirmed": 0,
+            "created_at": e.started_at,
+            "updated_at": rec.recorded_at,
+            "expires_at": e.expires_at,
+            "completed_at": None,
+            "version": rec.version,
+        }
+
+    @staticmethod
+    def _moved(row: Row | None, rec: RecordedEvent, **changes: object) -> Row:
+        if row is None:
+            raise LookupError(f"{rec.event_type} for an upload with no UploadStarted")
+        return {**row, **changes, "updated_at": rec.recorded_at, "version": rec.version}
+
+    @on(UploadPartsConfirmed, key=lambda e: (e.upload_id,))
+    def confirmed(self, row: Row | None, e: UploadPartsConfirmed, rec: RecordedEvent) -> Row:
+        return self._moved(
+            row, rec, parts_confirmed=e.parts_confirmed, bytes_confirmed=e.bytes_confirmed
+        )
+
+    @on(UploadCompletionRequested, key=lambda e: (e.upload_id,))
+    def completing(self, row: Row | None, e: UploadCompletionRequested, rec: RecordedEvent) -> Row:
+        # Every part was found in the store with its size.
+        moved = self._moved(row, rec, status=UploadStatus.completing.value)
+        return {
+            **moved,
+            "parts_confirmed": moved["part_count"],
+            "bytes_confirmed": moved["size_bytes"],
+        }
+
+    @on(UploadCompletionFailed, key=lambda e: (e.upload_id,))
+    def reopened(self, row: Row | None, e: UploadCompletionFailed, rec: RecordedEvent) -> Row:
+        return self._moved(row, rec, status=UploadStatus.uploading.value)
+
+    @on(UploadCompleted, key=lambda e: (e.upload_id,))
+    def completed(self, row: Row | None, e: UploadCompleted, rec: RecordedEvent) -> Row:
+        moved = self._moved(row, rec, status=UploadStatus.completed.value, completed_at=e.at)
+        return {**moved, "parts_confirmed": moved["part_count"], "bytes_confirmed": e.size_bytes}
+
+    @on(UploadAborted, key=lambda e: (e.upload_id,))
+    def aborted(self, row: Row | None, e: UploadAborted, rec: RecordedEvent) -> Row:
+        return self._moved(row, rec, status=UploadStatus.aborted.value)
+
+    @on(UploadExpired, key=lambda e: (e.upload_id,))
+    def expired(self, row: Row | None, e: UploadExpired, rec: RecordedEvent) -> Row:
+        return self._moved(row, rec, status=UploadStatus.expired.value)
+
+
+class AssetsProjection(ReadModel):
+    """``upload.assets``: the contents each user holds (per user, never shared)."""
+
+    name = "assets"
+    table = "assets"
+    key = ("owner_id", "sha256")
+    columns = {
+        "owner_id": "text",
+        "sha256": "text",
+        "size_bytes": "bigint",
+        "bucket": "text",
+        "object_key": "text",
+        "upload_id": "text",
+        "stored_at": "timestamptz",
+    }
+
+    @on(AssetStored, key=lambda e: (e.owner_id, e.sha256))
+    def stored(self, row: Row | None, e: AssetStored, rec: RecordedEvent) -> Row:
+        return {
+            "owner_id": e.owner_id,
+            "sha256": e.sha256,
+            "size_bytes": e.size_bytes,
+            "bucket": e.bucket,
+            "object_key": e.object_key,
+            "upload_id": e.upload_id,
+            "stored_at": e.at,
+        }
+
+
+class ManifestsProjection(ReadModel):
+    """``upload.manifests``: one row per manifest with its files, sorted by path."""
+
+    name = "manifests"
+    table = "manifests"
+    key = ("manifest_id",)
+    columns = {
+        "manifest_id": "text",
+        "owner_id": "text",
+        "status": "text",
+        "main_file": "text",
+        "file_count": "integer",
+        "total_bytes": "bigint",
+        "content_sha256": "text",
+        "files": "jsonb",
+        "created_at": "timestamptz",
+        "updated_at": "timestamptz",
+        "completed_at": "timestamptz",
+        "version": "integer",
+    }
+
+    @on(ManifestSubmitted, key=lambda e: (e.manifest_id,))
+    def submitted(self, row: Row | None, e: ManifestSubmitted, rec: RecordedEvent) -> Row:
+        return {
+            "manifest_id": e.manifest_id,
+            "owner_id": e.owner_id,
+            "status": ManifestStatus.waiting_for_files.value,
+            "main_file": e.main_file,
+            "file_count": e.file_count,
+            "total_bytes": e.total_bytes,
+            "content_sha256": e.content_sha256,
+            "files": [],
+            "created_at": e.submitted_at,
+            "updated_at": rec.recorded_at,
+            "completed_at": None,
+            "version": rec.version,
+        }
+
+    @staticmethod
+    def _moved(row: Row | None, rec: RecordedEvent, **changes: object) -> Row:
+        if row is None:
+            raise LookupError(f"{rec.event_type} for a manifest with no ManifestSubmitted")
+        return {**row, **changes, "updated_at": rec.recorded_at, "version": rec.version}
+
+    @on(ManifestFilesListed, key=lambda e: (e.manifest_id,))
+    def listed(self, row: Row | None, e: ManifestFilesListed, rec: RecordedEvent) -> Row:
+        files = [f.model_dump() for f in e.files]
+        return self._moved(row, rec, files=[*(row or {}).get("files", []), *files])
+
+    @on(ManifestCompleted, key=lambda e: (e.manifest_id,))
+    def completed(self, row: Row | None, e: ManifestCompleted, rec: RecordedEvent) -> Row:
+        return self._moved(row, rec, status=ManifestStatus.complete.value, completed_at=e.at)
+
 
 # --- outputs ------------------------------------------------------------------------------

@@ -9,15 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
+from services.upload.commands import UploadSessions
+from services.upload.completer import Completer
+from services.upload.multipart import Multipart
+from services.upload.projections import AssetsProjection, ManifestsProjection, UploadsProjection
 from services.upload.settings import UploadSettings
+from services.upload.sweeper import Sweeper
 
 
 @dataclass(frozen=True)
 class Upload:
     s3: S3Client
+    sessions: UploadSessions
+    completer: Completer
+    sweeper: Sweeper
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -32,7 +41,25 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.on_close(close_s3)
     if settings.s3_create_buckets:
         await ensure_buckets(s3, settings)
-    return Upload(s3)
+    # Upload sessions and manifests: part URLs name the store as clients reach it.
+    signer = s3
+    if settings.s3_public_endpoint_url:
+        public = open_s3(settings, public=True)
+        signer = await public.__aenter__()
+
+        async def close_signer() -> None:
+            await public.__aexit__(None, None, None)
+
+        rt.on_close(close_signer)
+    multipart = Multipart(s3, signer)
+    sessions = UploadSessions(settings, multipart)
+    sessions.register(rt.commands)
+    to_itself = CommandClient(rt.nc, settings, timeout=15)
+    completer = Completer(settings, rt.store, to_itself, multipart)
+    rt.background("upload-completer", completer.run)
+    sweeper = Sweeper(settings, rt.store, to_itself, multipart)
+    rt.background("upload-sweeper", sweeper.run)
+    return Upload(s3, sessions, completer, sweeper)
 
 
 SERVICE = Service(
@@ -40,6 +67,7 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
+    projections=(UploadsProjection(), AssetsProjection(), ManifestsProjection()),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )

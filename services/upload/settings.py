@@ -1,6 +1,45 @@
-from libs.s3 import S3Settings
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from contracts.uploads import MAX_OBJECT_BYTES, MAX_PART_BYTES, MiB, TiB
+from libs.s3 import MAX_PRESIGN_SECONDS, S3Settings
 
 
 class UploadSettings(S3Settings):
     env_section = "upload"
     service_name: str = "upload"
+
+    # --- upload sessions and manifests ---------------------------------------------------
+
+    #: The largest file a session takes (S3's own limit is 10,000 parts of 5 GiB).
+    upload_max_bytes: int = Field(default=5 * TiB, ge=1, le=MAX_OBJECT_BYTES)
+    #: The smallest part of a part plan (S3 wants at least 5 MiB for every part but the
+    #: last); larger files get larger parts, so none needs more than 10,000.
+    upload_min_part_bytes: int = Field(default=64 * MiB, ge=5 * MiB, le=MAX_PART_BYTES)
+    #: How long a part URL works (never past its session's expiry, never over 7 days).
+    upload_part_url_ttl_seconds: int = Field(default=3600, ge=1, le=MAX_PRESIGN_SECONDS)
+    #: How long a session stays open; then the sweeper aborts it and its parts are deleted.
+    upload_session_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=1)
+    #: Per user: open scene upload sessions, open asset sessions (a manifest's files) and
+    #: bytes declared by all open sessions together.
+    upload_max_open_sessions: int = Field(default=20, ge=1)
+    upload_max_open_asset_sessions: int = Field(default=10_000, ge=1)
+    upload_max_bytes_in_flight: int = Field(default=10 * TiB, ge=1)
+    #: How often the sweeper looks for expired sessions and orphaned multipart uploads.
+    upload_sweep_interval_seconds: float = Field(default=300.0, gt=0)
+    #: A multipart upload no open session owns is aborted once it is this old (one being
+    #: created right now has no session yet).
+    upload_orphan_grace_seconds: int = Field(default=3600, ge=0)
+    #: How often the completer looks for sessions whose parts the store should join (it
+    #: is also woken by each of the service's own commits).
+    upload_completer_poll_seconds: float = Field(default=0.25, gt=0)
+    #: Store calls made at once: a manifest's (one per file it lacks), the sweeper's, the
+    #: completer's joins.
+    upload_store_concurrency: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _a_whole_file_fits_in_flight(self) -> Self:
+        if self.upload_max_bytes > self.upload_max_bytes_in_flight:
+            raise ValueError("upload_max_bytes must not exceed upload_max_bytes_in_flight")
+        return self
