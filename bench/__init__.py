@@ -1,24 +1,26 @@
 """Performance figures of the render-farm backend: ``python -m bench`` (``make bench``).
 
-Starts its own PostgreSQL, NATS, Valkey and S3 (MiniStack) in a temporary directory (or uses
-the servers named by ``RF_TEST_DATABASE_URL`` / ``RF_TEST_NATS_URL`` / ``RF_TEST_REDIS_URL`` /
-``RF_TEST_S3_URL``, credentials ``test``/``test``), creates
+Starts its own PostgreSQL, NATS and Valkey in a temporary directory, and S3 (MiniStack) for
+the sections that upload scenes (or uses the servers named by ``RF_TEST_DATABASE_URL`` /
+``RF_TEST_NATS_URL`` / ``RF_TEST_REDIS_URL`` / ``RF_TEST_S3_URL``), creates
 fresh databases, measures, prints a table with PASS/MISS against each target and writes it
 to ``.run/bench.json``. A MISS never fails the run. Every process it starts is stopped on
 the way out, also on Ctrl-C, SIGTERM or an error.
 
 1. ``GET /v1/jobs/{id}`` through the gateway vs a bare FastAPI endpoint (separate processes).
-2. ``POST /v1/jobs`` end to end, with a read-your-writes check after every 201.
+2. ``POST /v1/jobs`` end to end (each user's job on a scene it uploaded), with a
+   read-your-writes check after every 201.
 3. Event store appends, single and batched, vs plain INSERTs.
 4. Relay lag from append to a NATS subscriber.
 5. Projection rebuild of the jobs read model from zero (``renderctl``'s bulk path), on the
    production layout (one event per job per batch) and an easy one; peak RSS.
-6. Render path overhead; 7. deadline-bridge polling cost.
+6. Render path overhead (jobs on one uploaded scene: its staging reused) and the time to
+   stage a fresh scene to the farm; 7. deadline-bridge polling cost.
 8. Live projection lag of the jobs projector at 2,000 events/s.
 9. Gateway memory under a long GET load.
 10. Uploads: a multi-GB sparse file through presigned part URLs (renderctl's client code) vs
-    a direct aioboto3 multipart upload to the same S3 server; gateway CPU per GB uploaded;
-    the time to stage the uploaded scene to the farm for a job (and to reuse it).
+    a direct aioboto3 multipart upload to the same S3 server; the gateway's CPU per GB
+    uploaded; the time to stage that scene to the farm for a job (and to reuse it).
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8 and 10 (a 256 MiB file) with
 shorter runs.

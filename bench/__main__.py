@@ -119,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lag-seconds", type=float, default=5.0)
     p.add_argument("--lag-rate", type=float, default=2000.0)
     p.add_argument("--render-jobs", type=int, default=10)
+    p.add_argument("--stage-mib", type=int, default=64, help="size of the scene staged in 6")
     p.add_argument("--poll-jobs", type=int, default=1000)
     p.add_argument(
         "--upload-mib",
@@ -175,7 +176,7 @@ async def run_api(
             try:
                 if gw is None:
                     token = stack.token(new_id("usr"))
-                    job_id, _, envelope = await _first_job(stack.gateway_port, token)
+                    job_id, _, envelope = await _first_job(stack, token)
                     gw = GatewayGet(
                         LoadResult(0, 0.0, [], Counter(), 0, 0.0), {}, envelope, job_id, token
                     )
@@ -252,7 +253,9 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         await section("5", lambda: run_rebuild(infra, rebuild))
         lag = LagOptions(rate=args.lag_rate, seconds=args.lag_seconds)
         await section("8", lambda: run_projection_lag(infra, lag))
-        render = RenderOptions(jobs=args.render_jobs, poll_jobs=args.poll_jobs)
+        render = RenderOptions(
+            jobs=args.render_jobs, stage_mib=args.stage_mib, poll_jobs=args.poll_jobs
+        )
         await section("6", lambda: run_render_overhead(infra, servers, render))
         await section("7", lambda: run_poll_cost(infra, servers, render))
         uploads = UploadBenchOptions(

@@ -1,8 +1,9 @@
 """1. GET /v1/jobs/{id} through the gateway vs a bare FastAPI endpoint.
 2. POST /v1/jobs end to end, with a read-your-writes check after every 201.
 
-The gateway, the job service and the bare server each run in their own process; the load
-comes from this process over raw HTTP/1.1 keep-alive connections.
+The gateway, the job, identity and upload services and the bare server each run in their
+own process; the load comes from this process over raw HTTP/1.1 keep-alive connections.
+Every user's jobs are on a scene the user uploaded first (through the upload API).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 
 from bench.cpu import CpuMeter, cpu_text
@@ -24,13 +26,13 @@ from bench.http import Connection, HttpError, LoadResult, build_request, fixed_d
 from bench.http import wait_http_ok as _wait_http_ok
 from bench.infra import Child, Infra, Servers
 from bench.report import Figure, percentile
+from bench.scenes import upload_scene
 from libs.auth import issue_access_token
 from libs.ids import new_id
 from services.gateway.settings import GatewaySettings
 
 JOB_SPEC: dict[str, object] = {
     "name": "shot_010 lighting",
-    "scene_key": "scenes/shot_010/main.blend",
     "renderer": "blender_cycles",
     "frame_range": {"start": 1, "end": 240},
     "chunk_size": 4,
@@ -100,15 +102,15 @@ SERVICE_ENV = {
 
 
 class Stack:
-    """Services (the job and identity services by default) and the gateway, as separate
-    processes on one fresh database."""
+    """Services (the job, identity and upload services by default) and the gateway, as
+    separate processes on one fresh database; the upload service on this run's S3."""
 
     def __init__(
         self,
         infra: Infra,
         servers: Servers,
         workers: int = 1,
-        services: Sequence[str] = ("job", "identity"),
+        services: Sequence[str] = ("job", "identity", "upload"),
         env: dict[str, str] | None = None,
     ) -> None:
         self.infra = infra
@@ -123,6 +125,8 @@ class Stack:
         self.gateway_port = 0
         self.gateway: Child | None = None
         self.settings: GatewaySettings | None = None
+        #: Each user's scene upload (by access token).
+        self._scenes: dict[str, str] = {}
 
     @property
     def job(self) -> Child | None:
@@ -131,6 +135,10 @@ class Stack:
     @property
     def identity(self) -> Child | None:
         return self.services.get("identity")
+
+    @property
+    def upload(self) -> Child | None:
+        return self.services.get("upload")
 
     async def start(self) -> None:
         from deploy.local.servers import free_port
@@ -149,10 +157,11 @@ class Stack:
         }
         for name in self.names:
             health = free_port()
+            own = self.infra.s3_env(self.prefix) if name == "upload" else SERVICE_ENV.get(name, {})
             child = self.infra.spawn(
                 name if name != "job" else "job-service",
                 ["-m", f"services.{name}"],
-                {**env, "RF_HEALTH_PORT": str(health), **SERVICE_ENV.get(name, {})},
+                {**env, **own, "RF_HEALTH_PORT": str(health)},
             )
             self.services[name] = child
             await wait_http_ok(health, "/readyz", 60, child)
@@ -181,6 +190,20 @@ class Stack:
     def token(self, user_id: str) -> str:
         assert self.settings is not None
         return issue_access_token(self.settings, user_id, "user")
+
+    async def scenes_of(self, tokens: Sequence[str]) -> list[str]:
+        """Each token's user's scene upload (uploaded the first time, 32 at once)."""
+        slots = asyncio.Semaphore(32)
+        base_url = f"http://127.0.0.1:{self.gateway_port}"
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as api:
+
+            async def upload(token: str) -> None:
+                async with slots:
+                    headers = {"Authorization": f"Bearer {token}"}
+                    self._scenes[token] = await upload_scene(api, headers, b"BLENDER" * 100)
+
+            await asyncio.gather(*(upload(t) for t in set(tokens) - set(self._scenes)))
+        return [self._scenes[t] for t in tokens]
 
     async def api_key(self) -> tuple[str, str]:
         """A user approved through identity's command, logged in, with an API key:
@@ -254,8 +277,8 @@ async def wait_http_ok(port: int, path: str, timeout: float, child: Child) -> No
         raise RuntimeError(f"{e}; log {child.log_file}:\n{child.log_tail()}") from None
 
 
-def _post_request(port: int, token: str) -> bytes:
-    body = orjson.dumps(JOB_SPEC)
+def _post_request(port: int, token: str, scene_id: str) -> bytes:
+    body = orjson.dumps({**JOB_SPEC, "scene_id": scene_id})
     return build_request(
         "POST",
         "/v1/jobs",
@@ -283,11 +306,13 @@ class GatewayGet:
     key_cpu: dict[str, float] | None = None
 
 
-async def _first_job(port: int, token: str) -> tuple[str, bytes, bytes]:
+async def _first_job(stack: Stack, token: str) -> tuple[str, bytes, bytes]:
     """POST a job as ``token``'s user; (job id, its GET request, the envelope)."""
+    port = stack.gateway_port
+    [scene_id] = await stack.scenes_of([token])
     conn = Connection("127.0.0.1", port)
     try:
-        status, body = await conn.request(_post_request(port, token))
+        status, body = await conn.request(_post_request(port, token, scene_id))
         if status != 201:
             raise RuntimeError(f"POST /v1/jobs answered {status}: {body[:500]!r}")
         job_id = orjson.loads(body)["job_id"]
@@ -301,14 +326,14 @@ async def _first_job(port: int, token: str) -> tuple[str, bytes, bytes]:
 
 
 def _children(stack: Stack) -> list[Child]:
-    return [c for c in (stack.gateway, *stack.services.values()) if c is not None]
+    return [c for c in (stack.gateway, stack.job, stack.identity) if c is not None]
 
 
 async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
     assert stack.gateway is not None and stack.job is not None
     port = stack.gateway_port
     token = stack.token(new_id("usr"))
-    job_id, get_raw, envelope = await _first_job(port, token)
+    job_id, get_raw, envelope = await _first_job(stack, token)
     print(f"  job {job_id}: envelope {len(envelope)} bytes; gateway workers: {stack.workers}")
     result, cpu = await _measure(port, get_raw, opts, _children(stack))
     _print_load("gateway GET /v1/jobs/{id}, JWT", result, cpu)
@@ -317,7 +342,7 @@ async def measure_gateway_get(stack: Stack, opts: ApiOptions) -> GatewayGet:
     gw = GatewayGet(result, cpu, envelope, job_id, token)
     try:
         user_token, key = await stack.api_key()
-        key_job, _, _ = await _first_job(port, user_token)
+        key_job, _, _ = await _first_job(stack, user_token)
         key_raw = build_request("GET", f"/v1/jobs/{key_job}", port=port, headers={"X-API-Key": key})
         gw.key_result, gw.key_cpu = await _measure(port, key_raw, opts, _children(stack))
         _print_load("gateway GET /v1/jobs/{id}, API key", gw.key_result, gw.key_cpu)
@@ -484,7 +509,10 @@ async def run_post_benchmark(stack: Stack, opts: ApiOptions) -> list[Figure]:
     t0 = time.perf_counter()
     tokens = [stack.token(new_id("usr")) for _ in range(opts.post_users)]
     print(f"  minted {len(tokens)} user tokens in {time.perf_counter() - t0:.1f} s")
-    posts = [_post_request(port, t) for t in tokens]
+    t0 = time.perf_counter()
+    scene_ids = await stack.scenes_of(tokens)
+    print(f"  uploaded a scene for each user in {time.perf_counter() - t0:.1f} s")
+    posts = [_post_request(port, t, s) for t, s in zip(tokens, scene_ids, strict=True)]
 
     loop = asyncio.get_running_loop()
     start = loop.time()

@@ -29,8 +29,7 @@ class Servers:
     admin_dsn: str
     nats_url: str
     redis_url: str
-    s3_url: str
-    own: tuple[str, ...]  # which of postgres/nats/valkey/s3 this run started
+    own: tuple[str, ...]  # which of postgres/nats/valkey this run started
 
 
 def dsn_for(admin_dsn: str, database: str) -> str:
@@ -108,6 +107,7 @@ class Infra:
         self._server_handles: list[Any] = []
         self._databases: list[str] = []
         self.servers: Servers | None = None
+        self._s3_url: str | None = None
         self._closed = False
 
     # -- servers --------------------------------------------------------------------------
@@ -117,9 +117,8 @@ class Infra:
         admin_dsn = env.get("RF_TEST_DATABASE_URL", "")
         nats_url = env.get("RF_TEST_NATS_URL", "")
         redis_url = env.get("RF_TEST_REDIS_URL", "")
-        s3_url = env.get("RF_TEST_S3_URL", "")
         own: list[str] = []
-        if not (admin_dsn and nats_url and redis_url and s3_url):
+        if not (admin_dsn and nats_url and redis_url):
             from deploy.local import servers as local
 
             if not admin_dsn:
@@ -137,13 +136,27 @@ class Infra:
                 self._server_handles.append(valkey)
                 redis_url = valkey.url
                 own.append("valkey")
-            if not s3_url:  # MiniStack (credentials test/test, as RF_TEST_S3_URL's)
+        self.servers = Servers(admin_dsn, nats_url, redis_url, tuple(own))
+        return self.servers
+
+    def s3_env(self, prefix: str) -> dict[str, str]:
+        """Settings for a service on this run's S3 (``RF_TEST_S3_URL``, else a MiniStack
+        started on first use), with buckets of its own."""
+        if self._s3_url is None:
+            self._s3_url = os.environ.get("RF_TEST_S3_URL", "")
+            if not self._s3_url:
+                from deploy.local import servers as local
+
                 s3 = local.start_s3(self.root / "s3", local.free_port())
                 self._server_handles.append(s3)
-                s3_url = s3.url
-                own.append("s3")
-        self.servers = Servers(admin_dsn, nats_url, redis_url, s3_url, tuple(own))
-        return self.servers
+                self._s3_url = s3.url
+        return {
+            "RF_S3_ENDPOINT_URL": self._s3_url,
+            "RF_S3_ACCESS_KEY_ID": "test",
+            "RF_S3_SECRET_ACCESS_KEY": "test",
+            "RF_S3_SCENES_BUCKET": f"{prefix}-scenes",
+            "RF_S3_OUTPUTS_BUCKET": f"{prefix}-outputs",
+        }
 
     async def create_database(self, suffix: str) -> str:
         assert self.servers is not None

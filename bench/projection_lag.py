@@ -63,7 +63,7 @@ class _Timed(Projector):
 
 
 async def _seed(store: EventStore, jobs: list[str]) -> None:
-    typ, data = _templates(datetime.now(UTC))[0]
+    typ, _, data = _templates(datetime.now(UTC))[0]
     cls = EVENTS.cls_for(typ)
     for first in range(0, len(jobs), 500):
         await store.append_streams(

@@ -51,6 +51,7 @@ from contracts.jobs import (
     Resolution,
     StepName,
 )
+from contracts.staging import SceneKind, SceneRef
 from libs.eventstore.processor import Projector
 from libs.eventstore.rebuild import rebuild
 from libs.eventstore.store import EventStore, create_pool
@@ -81,15 +82,24 @@ class RebuildOptions:
     easy: bool = True
 
 
-def _templates(at: datetime) -> list[tuple[str, dict[str, Any]]]:
-    """(type, json data) of the ten events of one job, with placeholder ids."""
+def _templates(at: datetime) -> list[tuple[str, int, dict[str, Any]]]:
+    """(type, schema version, json data) of the ten events of one job, with placeholder ids."""
     jid, owner = _JOB, _OWNER
     events: list[Event] = [
         JobSubmitted(
             job_id=jid,
             owner_id=owner,
             name="shot_010 lighting",
-            scene_key="scenes/shot_010/main.blend",
+            scene=SceneRef(
+                scene_id="upl_01M81S0DQ3V8WQ6J2M4H3X9K7A",
+                kind=SceneKind.upload,
+                main_file="main.blend",
+                file_count=1,
+                size_bytes=1_500_000_000,
+                content_sha256="5c" * 32,
+                bucket="rf-scenes",
+                object_key="uploads/upl_01M81S0DQ3V8WQ6J2M4H3X9K7A/main.blend",
+            ),
             renderer=Renderer.blender_cycles,
             frame_range=FrameRange(start=1, end=240),
             chunk_size=4,
@@ -110,7 +120,7 @@ def _templates(at: datetime) -> list[tuple[str, dict[str, Any]]]:
         JobStepSucceeded(job_id=jid, step=StepName.render_settings, at=at),
     ]
     assert len(events) == EVENTS_PER_JOB
-    return [(e.event_type, e.model_dump(mode="json")) for e in events]
+    return [(e.event_type, e.schema_version, e.model_dump(mode="json")) for e in events]
 
 
 Record = tuple[uuid.UUID, str, int, str, int, str, str, datetime]
@@ -119,8 +129,8 @@ _JOB, _OWNER = "job_PLACEHOLDER", "usr_PLACEHOLDER"
 
 def generate(n_events: int, cohort: int, start: datetime) -> Iterator[Record]:
     """The events in feed order: cohorts of ``cohort`` jobs, interleaved within a cohort."""
-    texts = [(typ, orjson.dumps(data).decode()) for typ, data in _templates(start)]
-    assert all(t.count(_JOB) == 1 for _, t in texts) and texts[0][1].count(_OWNER) == 1
+    texts = [(typ, ver, orjson.dumps(data).decode()) for typ, ver, data in _templates(start)]
+    assert all(t.count(_JOB) == 1 for _, _, t in texts) and texts[0][2].count(_OWNER) == 1
     meta = orjson.dumps(META).decode()
     n_jobs = n_events // EVENTS_PER_JOB
     seq = 0
@@ -129,7 +139,7 @@ def generate(n_events: int, cohort: int, start: datetime) -> Iterator[Record]:
             (f"job_{j:026d}", f"usr_{j % 5000:026d}")
             for j in range(first, min(n_jobs, first + cohort))
         ]
-        for v, (typ, text) in enumerate(texts, start=1):
+        for v, (typ, schema_version, text) in enumerate(texts, start=1):
             for jid, owner in jobs:
                 data = text.replace(_JOB, jid)
                 if v == 1:
@@ -139,7 +149,7 @@ def generate(n_events: int, cohort: int, start: datetime) -> Iterator[Record]:
                     f"job-{jid}",
                     v,
                     typ,
-                    1,
+                    schema_version,
                     data,
                     meta,
                     start + timedelta(milliseconds=seq),

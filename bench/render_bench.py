@@ -1,10 +1,13 @@
 """Sections 6 and 7: the render path's own overhead, and the bridge's polling cost.
 
-6. Real processes (local farm with one warm worker, job, scheduler, deadline-bridge,
-   gateway): for one-frame jobs, the time from sending ``POST /v1/jobs`` to the farm
-   recording the submission (the farm job's ``Date``), and from the farm recording the last
-   task's completion (``Comp``) to the job's ``JobCompleted`` (the envelope's
-   ``updated_at``). All three clocks are this machine's.
+6. Real processes (local farm with one warm worker, job, scheduler, upload, deadline-bridge,
+   gateway): for one-frame jobs on one uploaded scene (staged by the first, a warm-up, and
+   reused by the others), the time from sending ``POST /v1/jobs`` to the farm recording the
+   submission (the farm job's ``Date``), and from the farm recording the last task's
+   completion (``Comp``) to the job's ``JobCompleted`` (the envelope's ``updated_at``). All
+   three clocks are this machine's. Then the time to stage a fresh scene of
+   ``stage_mib`` MiB to the farm (copied from the store and its SHA-256 checked): the job's
+   ``stage_scene`` step, start to end.
 7. The bridge in this process against a farm holding 1,000 active jobs of ours (no workers,
    so they stay active): requests, bridge CPU and farm CPU per poll cycle, for the first
    cycle (every job looked at) and for steady cycles (nothing changed), against the naive
@@ -26,6 +29,7 @@ import httpx
 from bench.api_bench import wait_http_ok
 from bench.infra import Child, Infra, Servers
 from bench.report import Figure, percentile
+from bench.scenes import upload_scene
 from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Resolution
 from contracts.render import RenderAccepted, RenderKind, SubmitRender
 from libs.auth import issue_access_token
@@ -39,6 +43,7 @@ SECTION_POLL = "7"
 @dataclass(frozen=True)
 class RenderOptions:
     jobs: int = 10
+    stage_mib: int = 64
     poll_jobs: int = 1000
     steady_cycles: int = 5
 
@@ -85,6 +90,8 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
     keys = {"k1": secrets.token_hex(32)}
     env = {
         **_base_env(servers, dsn, prefix),
+        **infra.s3_env(prefix),
+        "RF_STAGE_ROOT": str(infra.root / "scenes"),
         "RF_JWT_KEYS": json.dumps(keys),
         "RF_JWT_ACTIVE_KID": "k1",
         "RF_TOKEN_PEPPER": secrets.token_hex(32),
@@ -95,7 +102,7 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
         "RF_RATE_LIMIT_USER_BURST": "1000000",
     }
     gateway_port = free_port()
-    for name in ("job", "scheduler", "deadline_bridge", "gateway"):
+    for name in ("job", "scheduler", "upload", "deadline_bridge", "gateway"):
         health = free_port()
         child = infra.spawn(
             f"render-{name}",
@@ -111,26 +118,11 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
     ):
-        for i in range(opts.jobs + 1):  # the first one warms everything up
-            spec = {
-                "name": f"bench {i}",
-                "scene_key": "scenes/bench.blend",
-                "frame_range": {"start": 1, "end": 1},
-                "resolution": {"width": 320, "height": 180},
-            }
+        scene_id = await upload_scene(api, headers, b"BLENDER-bench" * 1000)
+        for i in range(opts.jobs + 1):  # the first one stages the scene and warms up
             sent = time.time()
-            r = await api.post("/v1/jobs", json=spec, headers=headers)
-            r.raise_for_status()
-            job_id = r.json()["job_id"]
-            while True:
-                got = await api.get(f"/v1/jobs/{job_id}", headers=headers)
-                got.raise_for_status()
-                job = got.json()
-                if job["status"] in ("completed", "failed", "cancelled"):
-                    break
-                await asyncio.sleep(0.01)
-            if job["status"] != "completed":
-                raise RuntimeError(f"bench job ended {job['status']}: {job}")
+            job = await _render(api, headers, scene_id, f"bench {i}")
+            job_id = job["job_id"]
             states = "Active,Completed"
             farm_jobs = (await farm_api.get("/api/jobs", params={"States": states})).json()
             [farm_job] = [
@@ -142,6 +134,10 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
                 continue
             to_farm.append(_when(farm_job["Date"]) - sent)
             to_done.append(_when(job["updated_at"]) - last_task)
+        big = secrets.token_bytes(2**20) * opts.stage_mib
+        staged = await _render(api, headers, await upload_scene(api, headers, big), "stage")
+    stage = staged["steps"][0]
+    stage_seconds = _when(stage["finished_at"]) - _when(stage["started_at"])
     to_farm.sort()
     to_done.sort()
     common = {"unit": "s", "target": 1.0, "direction": "max"}
@@ -162,7 +158,40 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
             **common,  # type: ignore[arg-type]
         ),
         Figure(SECTION_RENDER, "last task done -> job completed, max", to_done[-1], **common),  # type: ignore[arg-type]
+        Figure(
+            SECTION_RENDER,
+            f"stage a fresh {opts.stage_mib} MiB scene to the farm",
+            stage_seconds,
+            unit="s",
+            note=f"{opts.stage_mib / stage_seconds:.0f} MiB/s: read from the store, SHA-256"
+            " checked, written to the farm's scene root",
+        ),
     ]
+
+
+async def _render(
+    api: httpx.AsyncClient, headers: dict[str, str], scene_id: str, name: str
+) -> dict[str, Any]:
+    """Create a one-frame job on ``scene_id`` and wait until it has completed."""
+    spec = {
+        "name": name,
+        "scene_id": scene_id,
+        "frame_range": {"start": 1, "end": 1},
+        "resolution": {"width": 320, "height": 180},
+    }
+    r = await api.post("/v1/jobs", json=spec, headers=headers)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        got = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+        got.raise_for_status()
+        job: dict[str, Any] = got.json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            break
+        await asyncio.sleep(0.01)
+    if job["status"] != "completed":
+        raise RuntimeError(f"bench job ended {job['status']}: {job}")
+    return job
 
 
 async def run_poll_cost(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:

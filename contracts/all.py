@@ -5,4 +5,5 @@ import contracts.identity
 import contracts.jobs
 import contracts.process
 import contracts.render
+import contracts.staging
 import contracts.uploads  # noqa: F401

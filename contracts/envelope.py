@@ -43,6 +43,10 @@ class StepView(_View):
     started_at: datetime | None = Field(description="UTC time the step started; null if not yet.")
     finished_at: datetime | None = Field(description="UTC time the step ended; null if not yet.")
     error: str | None = Field(description="Why the step failed; null unless it failed.")
+    error_code: str | None = Field(
+        description="Stable code of the step's failure (e.g. scene_checksum_mismatch); null"
+        " unless it failed with one."
+    )
 
 
 class EtaView(_View):
@@ -83,7 +87,14 @@ class JobEnvelope(_View):
     eta: EtaView = Field(description="When the job is expected to finish.")
     cost: CostView = Field(description="Estimate, cost so far and cap.")
     allowed_actions: list[JobAction] = Field(description="Actions the client may take next.")
-    scene_key: str = Field(description="Object key of the scene file.")
+    scene_id: str | None = Field(
+        description="The upload (upl_...) or manifest (man_...) the job renders; null for a"
+        " job submitted before scene uploads existed."
+    )
+    scene_file: str = Field(
+        description="The scene file the farm opens: the upload's file name, or the"
+        " manifest's main file."
+    )
     renderer: Renderer = Field(description="Render engine.")
     frame_range: FrameRange = Field(description="Frames to render.")
     chunk_size: int = Field(description="Frames per farm task.")
@@ -93,6 +104,10 @@ class JobEnvelope(_View):
     render_settings: RenderSettings = Field(description="Format, samples and camera.")
     priority: JobPriority = Field(description="Scheduling priority.")
     failure_reason: str | None = Field(description="Why the job failed; null unless failed.")
+    failure_code: str | None = Field(
+        description="Stable code of the failure (e.g. scene_checksum_mismatch); null unless"
+        " the job failed with one."
+    )
     created_at: datetime = Field(description="UTC time the job was submitted.")
     updated_at: datetime = Field(description="UTC time of the job's latest event.")
     version: int = Field(description="Version of the job's event stream; grows with each event.")

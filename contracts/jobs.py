@@ -19,16 +19,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.base import COMMANDS, EVENTS, Command, Event, JsonDict
+from contracts.staging import SceneRef
 from contracts.text import IdText, Line, Reason, TextRefused, check_line
-from libs.keys import KEY_CHARACTERS, MAX_KEY_LENGTH, KeyRefused, check_key
+from libs.keys import KeyRefused, check_key
 
 MAX_FRAMES_PER_JOB = 100_000
 
 
 class JobStatus(StrEnum):
     submitted = "submitted"  # accepted, waiting for scene processing
-    preparing = "preparing"  # scene check, repathing, render settings
+    preparing = "preparing"  # staging the scene, scene check, repathing, render settings
     ready = "ready"  # prepared; a test render or the full render can start
     test_rendering = "test_rendering"
     test_render_ready = "test_render_ready"
@@ -63,6 +64,7 @@ class OutputFormat(StrEnum):
 
 
 class StepName(StrEnum):
+    stage_scene = "stage_scene"  # the scene is copied to where the farm reads it
     scene_check = "scene_check"
     repath = "repath"
     render_settings = "render_settings"
@@ -157,7 +159,7 @@ def _camera_is_one_line(settings: RenderSettings | None) -> RenderSettings | Non
     return settings
 
 
-def _scene_key(value: str) -> str:
+def _staged_key(value: str) -> str:
     try:
         return check_key(value, "scene_key")
     except KeyRefused as e:
@@ -168,19 +170,22 @@ CostCredits = Annotated[
     Decimal,
     Field(ge=0, max_digits=14, decimal_places=4, description="An amount of credits."),
 ]
-SceneKey = Annotated[
+#: What a scene id looks like: an upload (``upl_``) or a manifest (``man_``) id.
+SCENE_ID_PATTERN = r"^(upl|man)_[0-9A-HJKMNP-TV-Z]{26}$"
+SceneId = Annotated[
     str,
     Field(
-        min_length=1,
-        max_length=MAX_KEY_LENGTH,
+        min_length=30,
+        max_length=30,
+        pattern=SCENE_ID_PATTERN,
         description=(
-            "Object key of the uploaded scene file in the scenes bucket: relative,"
-            " '/'-separated segments, none empty, '.' or '..'."
+            "The scene to render: the id of your completed scene upload (upl_..., from"
+            " create_upload) or of your complete manifest (man_..., from create_manifest)."
         ),
-        json_schema_extra={"pattern": f"^[{KEY_CHARACTERS}]+$"},
     ),
-    AfterValidator(_scene_key),
 ]
+#: Where a staged scene's file is, relative to the farm's scene root (checked as a key).
+StagedKey = Annotated[str, AfterValidator(_staged_key)]
 JobName = Annotated[Line, Field(min_length=1, max_length=200, description="Display name.")]
 
 
@@ -198,11 +203,17 @@ class FrameOutput(_Model):
 
 @EVENTS.register
 class JobSubmitted(Event):
+    """A job was accepted. ``scene`` is the upload or manifest it renders (staged before the
+    render); jobs submitted before uploads existed have none, only the ``scene_key`` the
+    farm opened as given (schema 1)."""
+
     event_type = "job.JobSubmitted"
+    schema_version = 2
     job_id: str
     owner_id: str
     name: str
-    scene_key: str
+    scene: SceneRef | None = None
+    scene_key: str | None = None
     renderer: Renderer
     frame_range: FrameRange
     chunk_size: int
@@ -287,10 +298,14 @@ class JobStepSucceeded(Event):
 
 @EVENTS.register
 class JobStepFailed(Event):
+    """A step failed; ``code`` is a stable error code when the failure has one (schema 2)."""
+
     event_type = "job.JobStepFailed"
+    schema_version = 2
     job_id: str
     step: StepName
     error: str
+    code: str | None = None
     at: datetime
 
 
@@ -300,6 +315,18 @@ class JobStepSkipped(Event):
     job_id: str
     step: StepName
     reason: str
+
+
+@EVENTS.register
+class JobSceneStaged(Event):
+    """The job's scene is where the farm reads it: ``scene_key``, relative to the farm's
+    scene root, is what the render opens. ``reused``: a copy staged earlier was used."""
+
+    event_type = "job.JobSceneStaged"
+    job_id: str
+    scene_key: str
+    reused: bool
+    at: datetime
 
 
 @EVENTS.register
@@ -347,10 +374,30 @@ class JobCompleted(Event):
 
 @EVENTS.register
 class JobFailed(Event):
+    """The job failed; ``code`` is a stable error code when the failure has one (schema 2)."""
+
     event_type = "job.JobFailed"
+    schema_version = 2
     job_id: str
     reason: str
+    code: str | None = None
     at: datetime
+
+
+@EVENTS.upcaster(JobSubmitted.event_type, from_version=1)
+def _submitted_v1(data: JsonDict) -> JsonDict:
+    """Schema 1 named the scene by its key on the farm only: no scene upload."""
+    return {"scene": None, **data}
+
+
+@EVENTS.upcaster(JobStepFailed.event_type, from_version=1)
+def _step_failed_v1(data: JsonDict) -> JsonDict:
+    return {"code": None, **data}
+
+
+@EVENTS.upcaster(JobFailed.event_type, from_version=1)
+def _failed_v1(data: JsonDict) -> JsonDict:
+    return {"code": None, **data}
 
 
 @EVENTS.register
@@ -391,7 +438,7 @@ class JobSpec(_Model):
     """What a client asks to render."""
 
     name: JobName
-    scene_key: SceneKey
+    scene_id: SceneId
     renderer: Renderer = Field(default=Renderer.blender_cycles, description="Render engine.")
     frame_range: FrameRange = Field(description="Frames to render.")
     chunk_size: StrictInt = Field(
@@ -411,10 +458,22 @@ class JobSpec(_Model):
 
 @COMMANDS.register
 class SubmitJob(Command):
+    """Submit a job for ``scene``: the caller's own complete upload or manifest, which the
+    gateway resolved from ``spec.scene_id``."""
+
     command_type = "job.SubmitJob"
     job_id: IdText
     owner_id: IdText
     spec: JobSpec
+    scene: SceneRef
+
+    @model_validator(mode="after")
+    def _scene_is_the_specs(self) -> Self:
+        if self.scene.scene_id != self.spec.scene_id:
+            raise ValueError(
+                f"scene {self.scene.scene_id} is not the spec's scene {self.spec.scene_id}"
+            )
+        return self
 
 
 class JobChanges(_Model):
@@ -469,9 +528,42 @@ class JobAccepted(_Model):
 
 
 @COMMANDS.register
+class StartSceneStaging(Command):
+    """The upload service started copying the job's scene to the farm."""
+
+    command_type = "job.StartSceneStaging"
+    job_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class RecordSceneStagingProgress(Command):
+    """Bytes of the job's scene copied so far; a report older than one recorded changes
+    nothing."""
+
+    command_type = "job.RecordSceneStagingProgress"
+    job_id: str
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordSceneStaged(Command):
+    """The job's scene is staged at ``scene_key`` (relative to the farm's scene root)."""
+
+    command_type = "job.RecordSceneStaged"
+    job_id: str
+    scene_key: StagedKey
+    reused: bool
+    at: datetime
+
+
+@COMMANDS.register
 class QueueJob(Command):
     """Freeze the job's render settings and queue its full render.
 
+    A job with a scene upload is queued only once its scene is staged and no step runs.
     Steps that do not run yet (scene processing, test render) are skipped with ``reason``.
     Queueing a job that is already queued or further on changes nothing."""
 
@@ -487,7 +579,7 @@ class RenderOrder(_Model):
     owner_id: str
     status: JobStatus
     name: str
-    scene_key: str
+    scene_key: str = Field(description="The scene file, relative to the farm's scene root.")
     renderer: Renderer
     frame_range: FrameRange
     chunk_size: int
@@ -542,9 +634,13 @@ class CompleteJob(Command):
 
 @COMMANDS.register
 class FailJob(Command):
+    """Fail the running step (the render if none runs) and the job, with the reason and,
+    when there is one, a stable error code."""
+
     command_type = "job.FailJob"
     job_id: str
     reason: str = Field(max_length=4000)
+    code: str | None = Field(default=None, max_length=100)
     at: datetime
 
 

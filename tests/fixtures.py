@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.staging import SceneKind, SceneRef
 from libs.auth import issue_access_token
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
@@ -74,10 +75,31 @@ def users(gateway_settings: GatewaySettings) -> Users:
     return Users(gateway_settings)
 
 
+#: A scene upload id, for job service tests that need no real upload behind it.
+SCENE_ID = "upl_01JSCENE0000000000000000SH"
+
+
+def scene_ref(scene_id: str = SCENE_ID, **overrides: Any) -> SceneRef:
+    """A resolved scene upload, as the gateway puts it into ``SubmitJob``."""
+    fields: dict[str, Any] = {
+        "scene_id": scene_id,
+        "kind": SceneKind.upload,
+        "main_file": "shot_010.blend",
+        "file_count": 1,
+        "size_bytes": 4_200_000,
+        "content_sha256": "5c" * 32,
+        "bucket": "rf-scenes",
+        "object_key": f"uploads/usr_1/{scene_id}/shot_010.blend",
+    }
+    fields.update(overrides)
+    return SceneRef(**fields)
+
+
 def job_spec(**overrides: object) -> dict[str, object]:
+    """A create_job body; give it the ``scene_id`` of a completed upload of the caller's."""
     spec: dict[str, object] = {
         "name": "shot_010 lighting",
-        "scene_key": "scenes/shot_010/main.blend",
+        "scene_id": SCENE_ID,
         "renderer": "blender_cycles",
         "frame_range": {"start": 1, "end": 24},
         "chunk_size": 4,
@@ -169,3 +191,40 @@ async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
     async with open_s3(s3_settings) as client:
         await ensure_buckets(client, s3_settings)
         yield client
+
+
+class Scenes:
+    """Completed scene uploads of test users, made as a client makes them: create_upload,
+    part URLs, the parts PUT straight to the store, complete_upload. One per user, made when
+    first asked for; ``new`` makes another."""
+
+    def __init__(self, api: httpx.AsyncClient) -> None:
+        self.api = api
+        self._made: dict[str, str] = {}
+
+    async def new(self, headers: dict[str, str], data: bytes = b"", name: str = "") -> str:
+        """The id of a new completed scene upload of the caller's."""
+        from tests.upload.protocol import Uploader
+
+        data = data or b"BLENDER-v404" + new_id("scene").encode() * 1000
+        caller = {k: v for k, v in headers.items() if k in ("Authorization", "X-API-Key")}
+        done = await Uploader(self.api, caller).upload(name or "shot_010.blend", data)
+        upload_id: str = done["upload_id"]
+        return upload_id
+
+    async def of(self, headers: dict[str, str]) -> str:
+        """The caller's scene upload (the same one every time)."""
+        user = headers.get("Authorization") or headers["X-API-Key"]
+        if user not in self._made:
+            self._made[user] = await self.new(headers)
+        return self._made[user]
+
+    async def spec(self, headers: dict[str, str], **overrides: object) -> dict[str, object]:
+        """A create_job body for the caller's scene upload."""
+        return job_spec(scene_id=await self.of(headers), **overrides)
+
+
+@pytest.fixture
+def scenes(upload_api: httpx.AsyncClient) -> Scenes:
+    """Scene uploads through the gateway, with the upload service behind it."""
+    return Scenes(upload_api)

@@ -17,6 +17,7 @@ from contracts.errors import (  # noqa: F401  (declare errors)
     identity,
     jobs,
     render,
+    scenes,
     uploads,
 )
 from contracts.errors.base import ERRORS, DomainError

@@ -407,7 +407,12 @@ def up() -> None:
         S3.env_var: _server_url(S3),
     }
     env.setdefault("RF_FARM_URL", _farm_url())
-    for key, folder in (("RF_SCENES_ROOT", SCENES_DIR), ("RF_FARM_OUTPUTS_ROOT", RENDERS_DIR)):
+    # The upload service stages scenes into the folder the farm reads them from.
+    for key, folder in (
+        ("RF_SCENES_ROOT", SCENES_DIR),
+        ("RF_STAGE_ROOT", SCENES_DIR),
+        ("RF_FARM_OUTPUTS_ROOT", RENDERS_DIR),
+    ):
         env[key] = os.environ.get(key) or str(folder)
     write_env_file(STACK_ENV_FILE, env)  # for renderctl: no secrets
     env.update(ensure_secrets())

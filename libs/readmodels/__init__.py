@@ -8,7 +8,9 @@ and migrations in the same commit (ADR 0007):
 * :mod:`libs.readmodels.jobs`: the job service's ``jobs``, ``frames`` and its event store;
 * :mod:`libs.readmodels.identity`: the identity service's ``users`` and ``api_keys``;
 * :mod:`libs.readmodels.uploads`: the upload service's ``uploads``, ``manifests`` and
-  ``assets``.
+  ``assets``;
+* :mod:`libs.readmodels.scenes`: the same service's ``uploads`` and ``manifests`` as the scene
+  a job renders.
 
 A query object takes a pool and the owner's schema name (the owner's ``Service.schema``), holds
 all the SQL text of its read model, returns typed results and never writes. Give it a pool

@@ -1,4 +1,5 @@
-"""The owners' read models as the API serves them (jobs, frames, job history, users, keys).
+"""The owners' read models as the API serves them (jobs, frames, job history, scenes, users,
+keys).
 
 The data comes only through the owners' query modules (:mod:`libs.readmodels`, ADR 0007).
 Job envelopes are stored as the exact JSON text clients get, so they are served as bytes.
@@ -8,10 +9,19 @@ from __future__ import annotations
 
 import base64
 
-from contracts.errors import InvalidCursor, JobNotFound, JobViewCatchingUp
+from contracts.errors import (
+    InvalidCursor,
+    JobNotFound,
+    JobViewCatchingUp,
+    SceneNotFound,
+    SceneNotReady,
+    UploadNotAScene,
+)
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
+from contracts.staging import SceneRef
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
+from libs.readmodels.scenes import ScenesQuery
 
 _CATCH_UP_SECONDS = 5.0
 #: The largest value an ``integer`` (int4) column holds: positions and frame numbers.
@@ -55,9 +65,30 @@ class ReadModels:
     """The gateway's use of the owners' read models, through their query modules (ADR 0007):
     cursors, pages of stored bytes and the errors the API answers. No SQL here."""
 
-    def __init__(self, jobs: JobsQuery, identity: IdentityQuery) -> None:
+    def __init__(self, jobs: JobsQuery, identity: IdentityQuery, scenes: ScenesQuery) -> None:
         self.jobs = jobs
         self.identity = identity
+        self.scenes = scenes
+
+    async def scene(self, scene_id: str, owner_id: str) -> SceneRef:
+        """The caller's scene a job may render: a completed scene upload or a complete
+        manifest. Someone else's is a 404, like a missing one."""
+        found = await self.scenes.scene(scene_id, owner_id)
+        if found is None:
+            raise SceneNotFound(f"no upload or manifest {scene_id}", scene_id=scene_id)
+        if found.upload_kind == "asset":
+            raise UploadNotAScene(
+                f"upload {scene_id} is a file of a manifest; create the job on the manifest",
+                scene_id=scene_id,
+            )
+        if not found.ready:
+            raise SceneNotReady(
+                f"{scene_id} is {found.status}: only a completed upload or a complete"
+                " manifest can be rendered",
+                scene_id=scene_id,
+                status=found.status,
+            )
+        return found.ref()
 
     async def job_envelope(self, job_id: str, owner_id: str | None, min_version: int = 0) -> str:
         """The job's envelope JSON; someone else's job is a 404, like a missing one.

@@ -24,9 +24,11 @@ from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import read_only_pool
+from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
@@ -59,7 +61,8 @@ class Gateway:
         self.read_pool = read_pool
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
-        self.read = ReadModels(jobs, identity)
+        scenes = ScenesQuery(read_pool, scene_queries.SCHEMA)
+        self.read = ReadModels(jobs, identity, scenes)
         #: Upload sessions and manifests (the upload service's read models).
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)

@@ -14,8 +14,11 @@ from contracts.jobs import (
     LogJobStep,
     QueueJob,
     RecordFramesRendered,
+    RecordSceneStaged,
+    RecordSceneStagingProgress,
     RenderOrder,
     StartJobRender,
+    StartSceneStaging,
     SubmitJob,
     UpdateJob,
 )
@@ -34,6 +37,9 @@ class JobCommands:
         server.register(UpdateJob, self.update)
         server.register(CancelJob, self.cancel)
         # From the scheduler: internal, so no owner check (they carry no owner id).
+        server.register(StartSceneStaging, self.start_staging)
+        server.register(RecordSceneStagingProgress, self.record_staging_progress)
+        server.register(RecordSceneStaged, self.record_staged)
         server.register(QueueJob, self.queue)
         server.register(StartJobRender, self.start_render)
         server.register(RecordFramesRendered, self.record_frames)
@@ -66,7 +72,7 @@ class JobCommands:
             raise JobIdTaken(f"job id {cmd.job_id} is taken", job_id=cmd.job_id)
         owner = await uow.get(OwnerJobs, cmd.owner_id)
         owner.take(cmd.owner_id, cmd.job_id, self.settings.active_job_limit)
-        job.submit(cmd.job_id, cmd.owner_id, cmd.spec, datetime.now(UTC))
+        job.submit(cmd.job_id, cmd.owner_id, cmd.spec, cmd.scene, datetime.now(UTC))
         return JobAccepted(job_id=cmd.job_id, version=job.version)
 
     async def update(self, cmd: UpdateJob, uow: UnitOfWork) -> JobAccepted:
@@ -81,12 +87,29 @@ class JobCommands:
 
     # -- from the scheduler -------------------------------------------------------------
 
+    async def start_staging(self, cmd: StartSceneStaging, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.start_staging(cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_staging_progress(
+        self, cmd: RecordSceneStagingProgress, uow: UnitOfWork
+    ) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_staging_progress(cmd.bytes_done, cmd.bytes_total, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_staged(self, cmd: RecordSceneStaged, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_staged(cmd.scene_key, cmd.reused, cmd.at)
+        return await self._accepted(uow, job)
+
     async def queue(self, cmd: QueueJob, uow: UnitOfWork) -> RenderOrder:
         after = await self._owned(uow, cmd.job_id, None)
         after.queue(cmd.skip_reason, datetime.now(UTC))
         # Frames and render settings cannot change once queued: this is the frozen spec.
         assert after.frame_range is not None and after.resolution is not None
-        assert after.status is not None
+        assert after.status is not None and after.scene_key is not None
         return RenderOrder(
             job_id=after.job_id,
             owner_id=after.owner_id,
@@ -126,7 +149,7 @@ class JobCommands:
 
     async def fail(self, cmd: FailJob, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)
-        job.fail(cmd.reason, cmd.at)
+        job.fail(cmd.reason, cmd.at, cmd.code)
         return await self._accepted(uow, job)
 
     async def confirm_cancelled(self, cmd: ConfirmJobCancelled, uow: UnitOfWork) -> JobAccepted:

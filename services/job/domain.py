@@ -43,6 +43,7 @@ from contracts.jobs import (
     JobRenamed,
     JobRenderSettingsChanged,
     JobResumed,
+    JobSceneStaged,
     JobSlotFreed,
     JobSlotTaken,
     JobSpec,
@@ -61,6 +62,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
+from contracts.staging import SceneRef
 from libs.eventstore.aggregate import Aggregate
 
 S = JobStatus
@@ -68,7 +70,8 @@ S = JobStatus
 #: Which status may follow which. Anything else is a bug in the caller, refused loudly.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.submitted: frozenset({S.preparing, S.ready, S.queued, S.cancelled, S.failed}),
-    S.preparing: frozenset({S.ready, S.failed, S.cancelled}),
+    # queued: once no step runs (the scene staged); see Job.queue.
+    S.preparing: frozenset({S.ready, S.queued, S.failed, S.cancelled}),
     S.ready: frozenset({S.test_rendering, S.queued, S.cancelled, S.failed}),
     S.test_rendering: frozenset({S.test_render_ready, S.ready, S.failed, S.cancelling}),
     S.test_render_ready: frozenset({S.test_rendering, S.queued, S.ready, S.cancelled, S.failed}),
@@ -89,6 +92,7 @@ FARM_BUSY = frozenset({S.test_rendering, S.queued, S.rendering, S.paused})
 
 #: The status a job is in once a step starts, and once one of these steps succeeds.
 STEP_STARTS_STATUS = {
+    StepName.stage_scene: S.preparing,
     StepName.scene_check: S.preparing,
     StepName.repath: S.preparing,
     StepName.render_settings: S.preparing,
@@ -148,15 +152,17 @@ STEP_STATUS_AFTER: dict[type[Event], StepStatus] = {
 }
 
 
-#: Steps a full render does not wait for: queueing skips those still pending.
+#: Steps a full render does not wait for: queueing skips those still pending (the scene
+#: is staged only for a job with a scene upload; jobs from before uploads skip it).
 _PRE_RENDER_STEPS = (
+    StepName.stage_scene,
     StepName.scene_check,
     StepName.repath,
     StepName.render_settings,
     StepName.test_render,
 )
-#: Statuses a job may be queued from.
-QUEUEABLE = frozenset({S.submitted, S.ready, S.test_render_ready})
+#: Statuses a job may be queued from (``preparing`` only once no step runs).
+QUEUEABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_ready})
 #: Queueing a job in these changes nothing: it is queued already, or further on.
 QUEUED_OR_LATER = frozenset({S.queued, S.rendering, S.paused, S.completed})
 #: Why a job fails when its render disappears from the farm without a cancel being asked.
@@ -203,7 +209,13 @@ class Job(Aggregate):
     owner_id: str = ""
     status: JobStatus | None = None
     name: str = ""
-    scene_key: str = ""
+    #: The upload or manifest the job renders (None for jobs from before uploads).
+    scene: SceneRef | None = None
+    #: The scene file relative to the farm's scene root: known once staged (or, for jobs
+    #: from before uploads, as submitted).
+    scene_key: str | None = None
+    #: The staging's progress as last recorded (it only moves forward).
+    staging_percent: float = 0.0
     renderer: Renderer = Renderer.blender_cycles
     frame_range: FrameRange | None = None
     chunk_size: int = 1
@@ -229,11 +241,8 @@ class Job(Aggregate):
         match event:
             case JobSubmitted():
                 self.job_id, self.owner_id = event.job_id, event.owner_id
-                self.name, self.scene_key, self.renderer = (
-                    event.name,
-                    event.scene_key,
-                    event.renderer,
-                )
+                self.name, self.renderer = event.name, event.renderer
+                self.scene, self.scene_key = event.scene, event.scene_key
                 self.frame_range, self.chunk_size = event.frame_range, event.chunk_size
                 self.resolution, self.render_settings = event.resolution, event.render_settings
                 self.priority, self.cost_cap_credits = event.priority, event.cost_cap_credits
@@ -253,6 +262,20 @@ class Job(Aggregate):
                 self.step(event.step).status = STEP_STATUS_AFTER[type(event)]
             case JobFramesRendered():
                 self._record(event)
+            case JobSceneStaged():
+                self.scene_key = event.scene_key
+            case JobStepProgressed():
+                if event.step is StepName.stage_scene:
+                    self.staging_percent = event.progress_percent
+            case JobQueued():
+                running = self.running_steps()
+                if running:
+                    self.violates(
+                        InvalidStateTransition(
+                            f"job {self.job_id} cannot be queued while {running[0]} runs",
+                            JobTransition(from_=self.status, to=S.queued),
+                        )
+                    )
             case JobFailed():
                 self.failure_reason = event.reason
             case JobCancelled():
@@ -261,8 +284,6 @@ class Job(Aggregate):
                         step.status = StepStatus.cancelled
             case (
                 JobStepLogged()
-                | JobStepProgressed()
-                | JobQueued()
                 | JobPaused()
                 | JobResumed()
                 | JobCompleted()
@@ -303,7 +324,14 @@ class Job(Aggregate):
         self.status = to
 
     def step(self, name: StepName) -> Step:
-        return next(s for s in self.steps if s.name is name)
+        found = next((s for s in self.steps if s.name is name), None)
+        if found is None:  # a step added after this job's snapshot was taken
+            found = Step(name=name)
+            self.steps = sorted([*self.steps, found], key=lambda s: list(StepName).index(s.name))
+        return found
+
+    def running_steps(self) -> list[StepName]:
+        return [s.name for s in self.steps if s.status is StepStatus.running]
 
     # -- decide -----------------------------------------------------------------------
 
@@ -311,13 +339,15 @@ class Job(Aggregate):
     def exists(self) -> bool:
         return self.status is not None
 
-    def submit(self, job_id: str, owner_id: str, spec: JobSpec, now: datetime) -> list[Event]:
+    def submit(
+        self, job_id: str, owner_id: str, spec: JobSpec, scene: SceneRef, now: datetime
+    ) -> list[Event]:
         return self.record(
             JobSubmitted(
                 job_id=job_id,
                 owner_id=owner_id,
                 name=spec.name,
-                scene_key=spec.scene_key,
+                scene=scene,
                 renderer=spec.renderer,
                 frame_range=spec.frame_range,
                 chunk_size=spec.chunk_size,
@@ -404,6 +434,11 @@ class Job(Aggregate):
                 f"job {self.job_id} cannot be queued while {self.status}",
                 JobTransition(from_=self.status, to=S.queued),
             )
+        if self.scene is not None and self.scene_key is None:
+            raise InvalidStateTransition(
+                f"job {self.job_id} cannot be queued before its scene is staged",
+                JobTransition(from_=self.status, to=S.queued),
+            )
         events: list[Event] = [
             JobStepSkipped(job_id=self.job_id, step=name, reason=skip_reason)
             for name in _PRE_RENDER_STEPS
@@ -411,6 +446,60 @@ class Job(Aggregate):
         ]
         events.append(JobQueued(job_id=self.job_id, at=now))
         return self.record(*events)
+
+    def start_staging(self, at: datetime) -> list[Event]:
+        """The scene started being copied to the farm. Only a submitted job with a scene
+        moves (to preparing); a repeat, or a start after the staging ended, changes nothing."""
+        self._require_scene()
+        if self.status is S.submitted and self._staging() is StepStatus.pending:
+            return self.record(JobStepStarted(job_id=self.job_id, step=StepName.stage_scene, at=at))
+        return []
+
+    def record_staging_progress(
+        self, bytes_done: int, bytes_total: int, at: datetime
+    ) -> list[Event]:
+        """Bytes of the scene copied so far. A report after the staging ended, after the job
+        ended, or not ahead of the last one recorded (a late delivery), changes nothing; one
+        before the start starts the step first."""
+        self._require_scene()
+        percent = round(min(bytes_done / bytes_total, 1) * 100, 1) if bytes_total else 100.0
+        if self.status in TERMINAL_STATUSES or self._staging() not in (
+            StepStatus.pending,
+            StepStatus.running,
+        ):
+            return []
+        if percent <= self.staging_percent:
+            return []
+        events = self.start_staging(at)
+        return events + self.record(
+            JobStepProgressed(
+                job_id=self.job_id, step=StepName.stage_scene, progress_percent=percent, at=at
+            )
+        )
+
+    def record_staged(self, scene_key: str, reused: bool, at: datetime) -> list[Event]:
+        """The scene is where the farm reads it, at ``scene_key``. A repeat, or a report after
+        the job ended, changes nothing; one before the start starts the step first."""
+        self._require_scene()
+        if self.status in TERMINAL_STATUSES or self._staging() not in (
+            StepStatus.pending,
+            StepStatus.running,
+        ):
+            return []
+        events = self.start_staging(at)
+        return events + self.record(
+            JobSceneStaged(job_id=self.job_id, scene_key=scene_key, reused=reused, at=at),
+            JobStepSucceeded(job_id=self.job_id, step=StepName.stage_scene, at=at),
+        )
+
+    def _staging(self) -> StepStatus:
+        return self.step(StepName.stage_scene).status
+
+    def _require_scene(self) -> None:
+        if self.scene is None:
+            raise InvalidStateTransition(
+                f"job {self.job_id} has no scene upload to stage", JobTransition(from_=self.status)
+            )
 
     def start_render(self, at: datetime) -> list[Event]:
         """The farm started the render. Only a queued job moves (to rendering); a repeat, or
@@ -488,16 +577,21 @@ class Job(Aggregate):
         events.append(JobCompleted(job_id=self.job_id, at=at))
         return self.record(*events)
 
-    def fail(self, reason: str, at: datetime) -> list[Event]:
-        """Fail the running step (the render step if none runs) and the job. A job that has
-        ended already changes nothing."""
+    def fail(self, reason: str, at: datetime, code: str | None = None) -> list[Event]:
+        """Fail the running step and the job. With no step running that is the staging of a
+        scene not staged yet, else the render. A job that has ended already changes nothing."""
         if self.status in TERMINAL_STATUSES:
             return []
-        running = [s.name for s in self.steps if s.status is StepStatus.running]
-        step = running[0] if running else StepName.render
+        running = self.running_steps()
+        if running:
+            step = running[0]
+        elif self.scene is not None and self.scene_key is None:
+            step = StepName.stage_scene
+        else:
+            step = StepName.render
         return self.record(
-            JobStepFailed(job_id=self.job_id, step=step, error=reason, at=at),
-            JobFailed(job_id=self.job_id, reason=reason, at=at),
+            JobStepFailed(job_id=self.job_id, step=step, error=reason, code=code, at=at),
+            JobFailed(job_id=self.job_id, reason=reason, code=code, at=at),
         )
 
     def confirm_cancelled(self, at: datetime) -> list[Event]:

@@ -52,11 +52,12 @@ S = JobStatus
 
 #: Share of overall progress each step stands for (sums to 100).
 STEP_WEIGHTS: dict[StepName, int] = {
+    StepName.stage_scene: 5,
     StepName.scene_check: 5,
     StepName.repath: 5,
     StepName.render_settings: 5,
     StepName.test_render: 5,
-    StepName.render: 80,
+    StepName.render: 75,
 }
 
 
@@ -80,6 +81,7 @@ class StepState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    error_code: str | None = None
 
 
 class JobView(BaseModel):
@@ -88,12 +90,13 @@ class JobView(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: The stored shape; a row of another shape is refused (then rebuild).
-    view_version: Literal[1] = 1
+    view_version: Literal[2] = 2
     job_id: str
     owner_id: str
     status: JobStatus
     name: str
-    scene_key: str
+    scene_id: str | None
+    scene_file: str
     renderer: Renderer
     frame_range: FrameRange
     chunk_size: int
@@ -106,6 +109,7 @@ class JobView(BaseModel):
     steps: list[StepState]
     frames_done: int = 0
     failure_reason: str | None = None
+    failure_code: str | None = None
     created_at: datetime
     # The ETA's measurements, for the current render only.
     render_id: str | None = None
@@ -121,7 +125,8 @@ class JobView(BaseModel):
             owner_id=e.owner_id,
             status=S.submitted,
             name=e.name,
-            scene_key=e.scene_key,
+            scene_id=e.scene.scene_id if e.scene else None,
+            scene_file=e.scene.main_file if e.scene else e.scene_key or "",
             renderer=e.renderer,
             frame_range=e.frame_range,
             chunk_size=e.chunk_size,
@@ -166,7 +171,8 @@ class JobView(BaseModel):
             case JobStepStarted():
                 step = self._changing(event.step)
                 step.status, step.started_at = StepStatus.running, event.at
-                step.progress_percent, step.finished_at, step.error = 0.0, None, None
+                step.progress_percent, step.finished_at = 0.0, None
+                step.error, step.error_code = None, None
             case JobStepProgressed():
                 self._changing(event.step).progress_percent = event.progress_percent
             case JobStepSucceeded():
@@ -178,13 +184,14 @@ class JobView(BaseModel):
                 )
             case JobStepFailed():
                 step = self._changing(event.step)
-                step.status, step.finished_at, step.error = StepStatus.failed, event.at, event.error
+                step.status, step.finished_at = StepStatus.failed, event.at
+                step.error, step.error_code = event.error, event.code
             case JobStepSkipped():
                 self._changing(event.step).status = StepStatus.skipped
             case JobFramesRendered():
                 self._record(event)
             case JobFailed():
-                self.failure_reason = event.reason
+                self.failure_reason, self.failure_code = event.reason, event.code
             case JobCancelled():
                 for step in list(self.steps):
                     if step.status in (StepStatus.pending, StepStatus.running):
@@ -294,7 +301,8 @@ class JobView(BaseModel):
                 currency=Currency.credits,
             ),
             allowed_actions=allowed_actions(self.status),
-            scene_key=self.scene_key,
+            scene_id=self.scene_id,
+            scene_file=self.scene_file,
             renderer=self.renderer,
             frame_range=self.frame_range,
             chunk_size=self.chunk_size,
@@ -304,6 +312,7 @@ class JobView(BaseModel):
             render_settings=self.render_settings,
             priority=self.priority,
             failure_reason=self.failure_reason,
+            failure_code=self.failure_code,
             created_at=self.created_at,
             updated_at=updated_at,
             version=version,

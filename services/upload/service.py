@@ -1,7 +1,8 @@
 """The upload service: upload sessions into S3, scene assets, staging and output delivery.
 
 File bytes never pass through this service or the gateway: clients send parts straight to
-the store through presigned URLs, and download frames the same way.
+the store through presigned URLs, and download frames the same way. The one exception is
+staging: the stager copies each job's scene from the store to the farm's scene root.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
-from services.upload.commands import UploadSessions
+from services.upload.commands import StagingCommands, UploadSessions
 from services.upload.completer import Completer
 from services.upload.multipart import Multipart
-from services.upload.projections import AssetsProjection, ManifestsProjection, UploadsProjection
+from services.upload.projections import (
+    AssetsProjection,
+    ManifestsProjection,
+    StagingsProjection,
+    UploadsProjection,
+)
 from services.upload.settings import UploadSettings
+from services.upload.stager import SceneStager
 from services.upload.sweeper import Sweeper
 
 
@@ -27,6 +34,7 @@ class Upload:
     sessions: UploadSessions
     completer: Completer
     sweeper: Sweeper
+    stager: SceneStager
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -59,7 +67,17 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     rt.background("upload-completer", completer.run)
     sweeper = Sweeper(settings, rt.store, to_itself, multipart)
     rt.background("upload-sweeper", sweeper.run)
-    return Upload(s3, sessions, completer, sweeper)
+
+    # Staging scenes to the farm.
+    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"])
+    StagingCommands(stager.ask_cancel).register(rt.commands)
+    rt.background("scene-stager", stager.run)
+
+    async def stager_healthy() -> str | None:
+        return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
+
+    rt.readiness_checks.append(stager_healthy)
+    return Upload(s3, sessions, completer, sweeper, stager)
 
 
 SERVICE = Service(
@@ -67,7 +85,12 @@ SERVICE = Service(
     schema="upload",
     settings=UploadSettings,
     migrations=Path(__file__).parent / "migrations",
-    projections=(UploadsProjection(), AssetsProjection(), ManifestsProjection()),
+    projections=(
+        UploadsProjection(),
+        AssetsProjection(),
+        ManifestsProjection(),
+        StagingsProjection(),
+    ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),
 )

@@ -34,6 +34,7 @@ from libs.readmodels.jobs import JobsQuery
 from libs.runtime import ServiceRuntime
 from services.job.service import SERVICE
 from tests.contracts.upcasting import NoteAdded, insert_v1_note, register_note, served_note
+from tests.fixtures import scene_ref
 from tests.job.scheduler import Scheduler, outputs
 
 
@@ -50,14 +51,16 @@ def jobs(read_pool: asyncpg.Pool) -> JobsQuery:
 
 
 async def submit(rt: ServiceRuntime[Any], owner: str, frames: int = 8) -> JobAccepted:
+    scene = scene_ref()
     spec = JobSpec(
         name="shot_010",
-        scene_key="scenes/shot_010/main.blend",
+        scene_id=scene.scene_id,
         frame_range=FrameRange(start=1, end=frames),
         chunk_size=4,
         resolution=Resolution(width=1920, height=1080),
     )
-    return await send(rt, SubmitJob(job_id=new_id("job"), owner_id=owner, spec=spec), owner)
+    cmd = SubmitJob(job_id=new_id("job"), owner_id=owner, spec=spec, scene=scene)
+    return await send(rt, cmd, owner)
 
 
 async def send(
@@ -128,6 +131,7 @@ async def test_frames_are_the_rendered_files_by_frame_number(
 ) -> None:
     scheduler = Scheduler(job_service)
     job_id = (await submit(job_service, "usr_a", frames=8)).job_id
+    await scheduler.stage(job_id)
     await scheduler.queue(job_id)
     await scheduler.start(job_id)
     await scheduler.send(scheduler.task(job_id, 1, [5, 6, 7, 8], worker="w2"))
@@ -154,7 +158,8 @@ async def test_events_are_the_jobs_history_in_the_current_schema(
         "job.JobCancelled",
     ]
     assert [e.version for e in events] == [1, 2, 3]
-    assert all(e.schema_version == 1 and e.actor_id == "usr_a" for e in events)
+    assert [e.schema_version for e in events] == [2, 1, 1]  # JobSubmitted is at schema 2
+    assert all(e.actor_id == "usr_a" for e in events)
     assert events[0].data["job_id"] == accepted.job_id
     assert events[0].data["frame_range"] == {"start": 1, "end": 8, "step": 1}
     assert [e.version for e in await jobs.events(accepted.job_id, 1, 1)] == [2]

@@ -20,11 +20,20 @@ from deploy.local.servers import free_port
 from tests.conftest import Env
 from tests.fixtures import job_spec
 from tests.processes import ROOT, Process, service
+from tests.upload.protocol import Uploader
+
+SCENE = b"BLENDER-v404" + bytes(range(256)) * 100
 
 
 @pytest.fixture
 def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Process]]:
-    base = {**os.environ, **env, "RF_LOG_LEVEL": "INFO"}
+    base = {
+        **os.environ,
+        **env,
+        "RF_LOG_LEVEL": "INFO",
+        "RF_UPLOAD_MIN_PART_BYTES": str(5 * 2**20),
+        "RF_STAGE_ROOT": str(tmp_path / "scenes"),
+    }
     gateway_port = free_port()
     services = {
         name: service(
@@ -38,7 +47,7 @@ def processes(env: Env, tmp_path: Path) -> Iterator[dict[str, Process]]:
             },
             tmp_path,
         )
-        for name in ("identity", "job", "gateway")
+        for name in ("identity", "job", "upload", "gateway")
     }
     services["gateway"].base_url = f"http://127.0.0.1:{gateway_port}"  # type: ignore[attr-defined]
     yield services
@@ -108,8 +117,9 @@ async def test_a_studio_signs_up_gets_approved_and_manages_a_job_through_an_api_
         )
     ).json()
     agent = {"X-API-Key": key["secret"], "Idempotency-Key": "shot-010-v1"}
+    scene = await Uploader(api, {"X-API-Key": key["secret"]}).upload("shot_010.blend", SCENE)
 
-    created = await api.post("/v1/jobs", json=job_spec(), headers=agent)
+    created = await api.post("/v1/jobs", json=job_spec(scene_id=scene["upload_id"]), headers=agent)
     assert created.status_code == 201, created.text
     job = created.json()
     assert created.headers["x-trace-id"] and created.headers["x-request-id"]
@@ -181,10 +191,12 @@ async def test_a_killed_job_service_is_a_retryable_503_and_recovers_on_restart(
     system: httpx.AsyncClient, processes: dict[str, Process], users_headers: dict[str, str]
 ) -> None:
     api, job = system, processes["job"]
-    first = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    scene = await Uploader(api, users_headers).upload("shot_010.blend", SCENE)
+    spec = job_spec(scene_id=scene["upload_id"])
+    first = await api.post("/v1/jobs", json=spec, headers=users_headers)
     assert first.status_code == 201
     job.stop(signal.SIGKILL)
-    down = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    down = await api.post("/v1/jobs", json=spec, headers=users_headers)
     assert down.status_code == 503
     assert down.json()["code"] == "service_unavailable" and down.json()["retryable"] is True
     assert (
@@ -192,7 +204,7 @@ async def test_a_killed_job_service_is_a_retryable_503_and_recovers_on_restart(
     ).status_code == 200
     job.start()
     await job.ready()
-    retried = await api.post("/v1/jobs", json=job_spec(), headers=users_headers)
+    retried = await api.post("/v1/jobs", json=spec, headers=users_headers)
     assert retried.status_code == 201
     listed = (await api.get("/v1/jobs", headers=users_headers)).json()["items"]
     assert len(listed) == 2

@@ -9,7 +9,7 @@ import httpx
 
 from libs.runtime import ServiceRuntime
 from services.gateway.service import Gateway
-from tests.fixtures import admin_session, job_spec
+from tests.fixtures import Scenes, admin_session, job_spec
 
 PASSWORD = "a-long-password"
 
@@ -156,11 +156,14 @@ async def test_admin_routes_refuse_ordinary_users(
 
 
 async def test_every_api_call_is_recorded_in_the_action_log(
-    api: httpx.AsyncClient, gateway: Gateway, identity_service: ServiceRuntime[Any]
+    api: httpx.AsyncClient,
+    gateway: Gateway,
+    identity_service: ServiceRuntime[Any],
+    scenes: Scenes,
 ) -> None:
     admin = await admin_session(api, identity_service)
     me = await approved_user(api, admin, "log@studio.test")
-    created = await api.post("/v1/jobs", json=job_spec(), headers=me)
+    created = await api.post("/v1/jobs", json=await scenes.spec(me), headers=me)
     await api.get("/v1/jobs/job_missing", headers=me)
     await api.get("/v1/jobs")
     await gateway.action_log.flush()

@@ -14,7 +14,7 @@ from contracts.errors import ERRORS, ErrorCode
 from libs.runtime import ServiceRuntime
 from services.gateway.app import create_app
 from services.gateway.service import Gateway
-from tests.fixtures import Users, admin_session, job_spec
+from tests.fixtures import Scenes, Users, admin_session, job_spec
 from tests.gateway.test_accounts import approved_user
 
 
@@ -33,7 +33,7 @@ async def test_a_wrong_method_answers_405_with_its_allow_header(
 
 
 async def test_a_body_over_the_limit_answers_413_payload_too_large(
-    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users
+    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users, scenes: Scenes
 ) -> None:
     app = create_app(gateway)
     app.max_body_size = 512  # the gateway sets no limit itself; Starlette enforces this one
@@ -55,7 +55,8 @@ async def test_a_body_over_the_limit_answers_413_payload_too_large(
             "payload_too_large",
             False,
         )
-        assert (await client.post("/v1/jobs", json=job_spec(), headers=me)).status_code == 201
+        spec = await scenes.spec(me)
+        assert (await client.post("/v1/jobs", json=spec, headers=me)).status_code == 201
 
 
 async def test_an_expired_api_key_answers_api_key_expired(

@@ -3,7 +3,8 @@ is never a 5xx, and a 4xx always has the one error shape with a known code.
 
 Strings are arbitrary Unicode plus the hostile ones (NUL, other controls, lone surrogates
 escaped in JSON, very long strings, path traversal). They go through the real in-process
-gateway, identity and job services, so a string that passes validation reaches PostgreSQL.
+gateway, identity, job and upload services, so a string that passes validation reaches
+PostgreSQL: new jobs name a real completed upload.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.errors import ERRORS
-from libs.runtime import ServiceRuntime
+from libs.runtime import ServiceRuntime, build
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
+from services.job import service as job_service_
+from services.job.settings import JobSettings
 from tests.conftest import Env
-from tests.fixtures import Users, job_spec
+from tests.fixtures import SCENE_ID, Scenes, Users, job_spec
 
 EXAMPLES = 30
 ERROR_FIELDS = {"code", "message", "retryable", "details", "trace_id"}
@@ -74,6 +77,15 @@ def gateway_settings(env: Env) -> GatewaySettings:
         rate_limit_user_per_second=10_000,
         rate_limit_user_burst=10_000,
     )
+
+
+@pytest.fixture
+async def job_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
+    """No active-job limit in the way: one user creates every example's job."""
+    rt = await build(job_service_.SERVICE, env.settings(JobSettings, active_job_limit=100_000))
+    await rt.launch()
+    yield rt
+    await rt.stop()
 
 
 @pytest.fixture
@@ -137,7 +149,7 @@ FIELDS: dict[str, Callable[[str, str], Call]] = {
         "POST", "/v1/auth/refresh", {"refresh_token": t}, auth=False
     ),
     "create_job.name": lambda t, _: Call("POST", "/v1/jobs", job_spec(name=t)),
-    "create_job.scene_key": lambda t, _: Call("POST", "/v1/jobs", job_spec(scene_key=t)),
+    "create_job.scene_id": lambda t, _: Call("POST", "/v1/jobs", job_spec(scene_id=t)),
     "create_job.camera": lambda t, _: Call(
         "POST", "/v1/jobs", job_spec(render_settings={"camera": t})
     ),
@@ -185,19 +197,21 @@ def check(call: Call, r: httpx.Response) -> None:
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
 async def test_no_string_in_any_text_field_makes_the_api_fail(
-    raw: httpx.AsyncClient, users: Users, group: str
+    raw: httpx.AsyncClient, users: Users, scenes: Scenes, group: str
 ) -> None:
     loop = asyncio.get_running_loop()
     me = users.new()
-    r = await raw.post("/v1/jobs", json=job_spec(), headers=me)
+    scene_id = await scenes.of(me)
+    r = await raw.post("/v1/jobs", json=job_spec(scene_id=scene_id), headers=me)
     assert r.status_code == 201, r.text
     job_id = r.json()["job_id"]
 
     async def send(call: Call) -> None:
-        # A fresh user for each new job, so that the active-job limit does not hide a 5xx.
-        headers = users.new() if call.url == "/v1/jobs" else me
-        headers = {**(headers if call.auth else {}), "content-type": "application/json"}
-        content = None if call.body is None else json.dumps(call.body).encode()  # \\ud800 escapes
+        body = call.body
+        if isinstance(body, dict) and body.get("scene_id") == SCENE_ID:
+            body = {**body, "scene_id": scene_id}  # the caller's real upload
+        headers = {**(me if call.auth else {}), "content-type": "application/json"}
+        content = None if body is None else json.dumps(body).encode()  # \\ud800 escapes
         query = call.params
         if query is not None:
             url = httpx.URL(call.url).copy_with(

@@ -14,7 +14,7 @@ import pytest
 
 from contracts.errors import ErrorCode
 from services.gateway.service import Gateway
-from tests.fixtures import Users, job_spec
+from tests.fixtures import Scenes, Users, job_spec
 
 ERROR_FIELDS = {"code", "message", "retryable", "details", "trace_id"}
 
@@ -37,8 +37,8 @@ async def post_raw(
     return await api.post(url, content=text.encode(), headers=headers)
 
 
-async def new_job(api: httpx.AsyncClient, me: dict[str, str]) -> str:
-    r = await api.post("/v1/jobs", json=job_spec(), headers=me)
+async def new_job(api: httpx.AsyncClient, scenes: Scenes, me: dict[str, str]) -> str:
+    r = await api.post("/v1/jobs", json=await scenes.spec(me), headers=me)
     assert r.status_code == 201, r.text
     return str(r.json()["job_id"])
 
@@ -69,29 +69,31 @@ async def test_a_nul_in_the_display_name_is_refused_at_registration(
 
 
 async def test_a_nul_in_a_job_name_is_refused_on_create_and_update(
-    api: httpx.AsyncClient, users: Users
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
     refused(await api.post("/v1/jobs", json=job_spec(name="shot\x00010"), headers=me))
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     refused(await api.patch(f"/v1/jobs/{job_id}", json={"name": "x\x00"}, headers=me))
 
 
-async def test_a_nul_in_the_camera_name_is_refused(api: httpx.AsyncClient, users: Users) -> None:
+async def test_a_nul_in_the_camera_name_is_refused(
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
+) -> None:
     me = users.new()
     spec = job_spec(render_settings={"camera": "Cam\x00"})
     body = refused(await api.post("/v1/jobs", json=spec, headers=me))
     assert "camera" in str(body["message"])
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     changes = {"render_settings": {"camera": "Cam\x1b[2J"}}
     refused(await api.patch(f"/v1/jobs/{job_id}", json=changes, headers=me))
 
 
 async def test_a_nul_in_a_cancel_reason_is_refused_but_tabs_and_newlines_are_kept(
-    api: httpx.AsyncClient, users: Users
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     refused(await api.post(f"/v1/jobs/{job_id}/cancel", json={"reason": "oops\x00"}, headers=me))
     r = await api.post(
         f"/v1/jobs/{job_id}/cancel", json={"reason": "wrong camera\n\tsee notes"}, headers=me
@@ -128,10 +130,12 @@ async def test_a_too_long_name_is_refused(api: httpx.AsyncClient, users: Users) 
 
 
 async def test_unicode_text_that_is_not_a_control_character_is_accepted(
-    api: httpx.AsyncClient, users: Users
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    spec = job_spec(name="Szene 10 — Ünïcödé 😀", render_settings={"camera": "Kamera ✓"})
+    spec = await scenes.spec(
+        me, name="Szene 10 — Ünïcödé 😀", render_settings={"camera": "Kamera ✓"}
+    )
     r = await api.post("/v1/jobs", json=spec, headers=me)
     assert r.status_code == 201, r.text
     assert r.json()["name"] == "Szene 10 — Ünïcödé 😀"
@@ -155,10 +159,10 @@ async def test_a_nul_in_a_path_parameter_is_refused_and_still_logged(
 
 @pytest.mark.parametrize("value", [str(2**31), str(2**31 + 5), "9" * 30, "-1", "1e3"])
 async def test_an_events_or_frames_cursor_beyond_int4_is_an_invalid_cursor(
-    api: httpx.AsyncClient, users: Users, value: str
+    api: httpx.AsyncClient, users: Users, scenes: Scenes, value: str
 ) -> None:
     me = users.new()
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     for route in ("events", "frames"):
         r = await api.get(
             f"/v1/jobs/{job_id}/{route}", params={"cursor": cursor(value)}, headers=me
@@ -167,10 +171,10 @@ async def test_an_events_or_frames_cursor_beyond_int4_is_an_invalid_cursor(
 
 
 async def test_the_largest_int4_cursor_is_a_valid_empty_page(
-    api: httpx.AsyncClient, users: Users
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     for route in ("events", "frames"):
         r = await api.get(
             f"/v1/jobs/{job_id}/{route}", params={"cursor": cursor(str(2**31 - 1))}, headers=me
@@ -186,42 +190,35 @@ async def test_a_limit_out_of_bounds_is_refused(
     refused(await api.get("/v1/jobs", params={"limit": limit}, headers=users.new()))
 
 
-# --- scene keys ----------------------------------------------------------------------------
+# --- scene ids -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("scene_key", "reason"),
+    "scene_id",
     [
-        ("../../etc/passwd", "'..' segment"),
-        ("/etc/passwd", "must be relative"),
-        ("..", "'..' segment"),
-        (".", "'.' segment"),
-        ("scenes/./main.blend", "'.' segment"),
-        ("a//b", "empty segment"),
-        ("scenes/", "empty segment"),
-        ("a\\b", "backslash"),
-        ("a\x00b", "control characters"),
-        ("scenes/shot 1.blend", "may only contain"),
-        ("/".join(["s"] * 33), "segments"),
-        ("s" * 256, "segment longer"),
+        "scenes/shot_010/main.blend",  # a key: jobs name uploads now, not paths
+        "../../etc/passwd",
+        "job_01M81S2PVRHA9QXWSPM9N7M3BT",  # an id, but not of an upload or a manifest
+        "upl_01M81S2PVRHA9QXWSPM9N7M3B",  # one character short
+        "upl_01m81s2pvrha9qxwspm9n7m3bt",  # lower case
+        "upl_01M81S2PVRHA9QXWSPM9N7M3BI",  # I is not Crockford base32
+        "upl_01M81S2PVRHA9QXWSPM9N7M3B\x00",
+        "",
     ],
 )
-async def test_a_scene_key_that_could_leave_the_scenes_root_is_refused(
-    api: httpx.AsyncClient, users: Users, scene_key: str, reason: str
+async def test_a_scene_id_that_is_not_an_upload_or_manifest_id_is_refused(
+    api: httpx.AsyncClient, users: Users, scene_id: str
 ) -> None:
-    r = await api.post("/v1/jobs", json=job_spec(scene_key=scene_key), headers=users.new())
+    r = await api.post("/v1/jobs", json=job_spec(scene_id=scene_id), headers=users.new())
     body = refused(r)
-    assert "scene_key" in str(body["message"]) and reason in str(body["message"])
+    assert "body.scene_id" in str(body["message"])
 
 
-@pytest.mark.parametrize(
-    "scene_key", ["main.blend", "scenes/shot_010/main.blend", "a/b.c/d-e_f(1)!'*.blend", "..a/b.."]
-)
-async def test_a_relative_scene_key_is_accepted(
-    api: httpx.AsyncClient, users: Users, scene_key: str
+async def test_a_well_formed_scene_id_nobody_uploaded_is_not_found_not_a_500(
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
-    r = await api.post("/v1/jobs", json=job_spec(scene_key=scene_key), headers=users.new())
-    assert r.status_code == 201, r.text
+    r = await api.post("/v1/jobs", json=job_spec(scene_id="man_" + "Z" * 26), headers=users.new())
+    assert r.status_code == 404 and r.json()["code"] == "scene_not_found"
 
 
 # --- strict JSON types ---------------------------------------------------------------------
@@ -247,10 +244,10 @@ async def test_an_integer_field_refuses_booleans_strings_and_floats(
 
 @pytest.mark.parametrize("value", ["true", 1, 0, "false", None])
 async def test_a_boolean_field_refuses_strings_numbers_and_null(
-    api: httpx.AsyncClient, users: Users, value: object
+    api: httpx.AsyncClient, users: Users, scenes: Scenes, value: object
 ) -> None:
     me = users.new()
-    job_id = await new_job(api, me)
+    job_id = await new_job(api, scenes, me)
     refused(await api.patch(f"/v1/jobs/{job_id}", json={"clear_cost_cap": value}, headers=me))
     r = await api.patch(f"/v1/jobs/{job_id}", json={"clear_cost_cap": True}, headers=me)
     assert r.status_code == 200, r.text
@@ -261,7 +258,10 @@ async def test_a_date_time_must_be_a_string(api: httpx.AsyncClient, users: Users
     refused(await api.post("/v1/api-keys", json=body, headers=users.new()))
 
 
-async def test_credits_stay_decimal_strings(api: httpx.AsyncClient, users: Users) -> None:
-    r = await api.post("/v1/jobs", json=job_spec(cost_cap_credits="99.5"), headers=users.new())
+async def test_credits_stay_decimal_strings(
+    api: httpx.AsyncClient, users: Users, scenes: Scenes
+) -> None:
+    me = users.new()
+    r = await api.post("/v1/jobs", json=await scenes.spec(me, cost_cap_credits="99.5"), headers=me)
     assert r.status_code == 201, r.text
     assert r.json()["cost"]["cap_credits"] == "99.5"

@@ -13,7 +13,7 @@ from libs.runtime import ServiceRuntime, build
 from services.gateway.service import SERVICE
 from services.gateway.settings import GatewaySettings
 from tests.contracts.upcasting import insert_v1_note, register_note, served_note
-from tests.fixtures import Users, job_spec
+from tests.fixtures import Scenes, Users
 
 
 @pytest.fixture
@@ -33,10 +33,10 @@ async def client(
 
 
 async def test_an_event_stored_in_an_older_schema_is_served_upcast_and_masked(
-    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
+    client: httpx.AsyncClient, users: Users, scenes: Scenes, job_service: ServiceRuntime[Any]
 ) -> None:
     me = users.new()
-    r = await client.post("/v1/jobs", json=job_spec(), headers=me)
+    r = await client.post("/v1/jobs", json=await scenes.spec(me), headers=me)
     assert r.status_code == 201, r.text
     job = r.json()
     await insert_v1_note(job_service.pool, job["job_id"], job["version"] + 1, "usr_x")
@@ -44,7 +44,7 @@ async def test_an_event_stored_in_an_older_schema_is_served_upcast_and_masked(
     r = await client.get(f"/v1/jobs/{job['job_id']}/events", headers=me)
     assert r.status_code == 200, r.text
     submitted, note = r.json()["items"]
-    assert (submitted["type"], submitted["schema_version"]) == ("job.JobSubmitted", 1)
+    assert (submitted["type"], submitted["schema_version"]) == ("job.JobSubmitted", 2)
     assert note["type"] == "job.NoteAdded" and note["version"] == job["version"] + 1
     assert note["schema_version"] == 2  # the current version, not the stored 1
     assert note["data"] == served_note(job["job_id"])  # v2 shape, token_hash masked

@@ -7,18 +7,18 @@ from typing import Any
 import httpx
 
 from libs.runtime import ServiceRuntime
-from tests.fixtures import Users, admin_session, job_spec
+from tests.fixtures import Scenes, Users, admin_session
 from tests.job.scheduler import T0, Scheduler, outputs
 
 
 async def rendered_job(
-    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], me: dict[str, str]
+    client: httpx.AsyncClient,
+    scenes: Scenes,
+    job_service: ServiceRuntime[Any],
+    me: dict[str, str],
 ) -> str:
-    r = await client.post(
-        "/v1/jobs",
-        json=job_spec(frame_range={"start": 0, "end": 20, "step": 2}, chunk_size=3),
-        headers=me,
-    )
+    spec = await scenes.spec(me, frame_range={"start": 0, "end": 20, "step": 2}, chunk_size=3)
+    r = await client.post("/v1/jobs", json=spec, headers=me)
     assert r.status_code == 201, r.text
     job_id: str = r.json()["job_id"]
     frames = list(range(0, 21, 2))  # 11 frames, frame 0 included
@@ -27,10 +27,10 @@ async def rendered_job(
 
 
 async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
-    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], users: Users
+    client: httpx.AsyncClient, scenes: Scenes, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     me = users.new()
-    job_id = await rendered_job(client, job_service, me)
+    job_id = await rendered_job(client, scenes, job_service, me)
     url = f"/v1/jobs/{job_id}/frames"
     seen: list[dict[str, object]] = []
     cursor = None
@@ -63,10 +63,10 @@ async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
 
 
 async def test_another_users_job_has_no_frames_to_show_and_bad_cursors_are_refused(
-    client: httpx.AsyncClient, job_service: ServiceRuntime[Any], users: Users
+    client: httpx.AsyncClient, scenes: Scenes, job_service: ServiceRuntime[Any], users: Users
 ) -> None:
     me = users.new()
-    job_id = await rendered_job(client, job_service, me)
+    job_id = await rendered_job(client, scenes, job_service, me)
     url = f"/v1/jobs/{job_id}/frames"
     r = await client.get(url, headers=users.new())
     assert r.status_code == 404 and r.json()["code"] == "job_not_found"
@@ -80,10 +80,10 @@ async def test_another_users_job_has_no_frames_to_show_and_bad_cursors_are_refus
 
 
 async def test_a_job_not_yet_rendered_has_an_empty_frame_list(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], users: Users
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job = (await api.post("/v1/jobs", json=job_spec(), headers=me)).json()
+    job = (await api.post("/v1/jobs", json=await scenes.spec(me), headers=me)).json()
     r = await api.get(f"/v1/jobs/{job['job_id']}/frames", headers=me)
     assert r.json() == {"items": [], "next_cursor": None}
     admin = await admin_session(api, identity_service)  # an admin may read any job's frames

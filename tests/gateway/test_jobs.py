@@ -8,26 +8,26 @@ from typing import Any
 
 import httpx
 
-from contracts.jobs import JobQueued, JobStepStarted, JobStepSucceeded, StepName
+from contracts.jobs import JobQueued, JobSceneStaged, JobStepStarted, JobStepSucceeded, StepName
 from libs.eventstore.store import NewEvent
 from libs.runtime import ServiceRuntime
-from tests.fixtures import Users, job_spec
+from tests.fixtures import Scenes, Users, job_spec
 
 
 async def create(
-    client: httpx.AsyncClient, headers: dict[str, str], **spec: object
+    client: httpx.AsyncClient, scenes: Scenes, headers: dict[str, str], **spec: object
 ) -> dict[str, Any]:
-    r = await client.post("/v1/jobs", json=job_spec(**spec), headers=headers)
+    r = await client.post("/v1/jobs", json=await scenes.spec(headers, **spec), headers=headers)
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
 
 
 async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job = await create(client, me)
+    job = await create(client, scenes, me)
     assert job["job_id"].startswith("job_")
     assert job["status"] == "submitted"
     assert job["frames_total"] == 24 and job["frames_done"] == 0
@@ -38,7 +38,10 @@ async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
         "currency": "credits",
     }
     assert job["eta"] == {"eta_seconds": None, "eta_at": None, "reason": "not_started"}
+    assert (job["scene_id"], job["scene_file"]) == (await scenes.of(me), "shot_010.blend")
+    assert job["failure_code"] is None
     assert [s["name"] for s in job["steps"]] == [
+        "stage_scene",
         "scene_check",
         "repath",
         "render_settings",
@@ -53,8 +56,10 @@ async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
     assert again.content == got.content  # same state, same bytes
 
 
-async def test_another_users_job_is_not_found(client: httpx.AsyncClient, users: Users) -> None:
-    job = await create(client, users.new())
+async def test_another_users_job_is_not_found(
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
+) -> None:
+    job = await create(client, scenes, users.new())
     r = await client.get(f"/v1/jobs/{job['job_id']}", headers=users.new())
     assert r.status_code == 404
     assert r.json()["code"] == "job_not_found"
@@ -63,7 +68,7 @@ async def test_another_users_job_is_not_found(client: httpx.AsyncClient, users: 
 
 
 async def test_a_bad_frame_range_is_a_422_with_a_code_and_creates_nothing(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
     r = await client.post(
@@ -78,7 +83,7 @@ async def test_a_bad_frame_range_is_a_422_with_a_code_and_creates_nothing(
 
 
 async def test_bad_input_of_other_kinds_is_a_422_validation_failed(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
     for bad in (
@@ -98,26 +103,28 @@ async def test_bad_input_of_other_kinds_is_a_422_validation_failed(
 
 
 async def test_repeating_a_post_with_the_same_idempotency_key_returns_the_same_job(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = {**users.new(), "Idempotency-Key": "create-shot-010"}
-    first = await client.post("/v1/jobs", json=job_spec(), headers=me)
-    second = await client.post("/v1/jobs", json=job_spec(), headers=me)
+    spec = await scenes.spec(me)
+    first = await client.post("/v1/jobs", json=spec, headers=me)
+    second = await client.post("/v1/jobs", json=spec, headers=me)
     assert first.status_code == second.status_code == 201
     assert second.content == first.content
     assert second.headers["Idempotent-Replayed"] == "true"
     assert len((await client.get("/v1/jobs", headers=me)).json()["items"]) == 1
-    other_body = await client.post("/v1/jobs", json=job_spec(name="other"), headers=me)
+    other_body = await client.post("/v1/jobs", json={**spec, "name": "other"}, headers=me)
     assert other_body.status_code == 422
     assert other_body.json()["code"] == "idempotency_key_reused"
 
 
 async def test_concurrent_repeats_with_one_idempotency_key_create_one_job(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = {**users.new(), "Idempotency-Key": "burst"}
+    spec = await scenes.spec(me)
     answers = await asyncio.gather(
-        *(client.post("/v1/jobs", json=job_spec(), headers=me) for _ in range(5))
+        *(client.post("/v1/jobs", json=spec, headers=me) for _ in range(5))
     )
     created = {r.json()["job_id"] for r in answers if r.status_code == 201}
     assert len(created) == 1
@@ -128,25 +135,25 @@ async def test_concurrent_repeats_with_one_idempotency_key_create_one_job(
 
 
 async def test_the_active_job_limit_refuses_a_new_job_until_one_is_cancelled(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    jobs = [await create(client, me) for _ in range(3)]
-    r = await client.post("/v1/jobs", json=job_spec(), headers=me)
+    jobs = [await create(client, scenes, me) for _ in range(3)]
+    r = await client.post("/v1/jobs", json=await scenes.spec(me), headers=me)
     assert r.status_code == 409
     assert r.json()["code"] == "job_limit_reached"
     assert r.json()["details"] == {"active_jobs": 3, "limit": 3}
     cancelled = await client.post(f"/v1/jobs/{jobs[0]['job_id']}/cancel", headers=me)
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["allowed_actions"] == []
-    await create(client, me)
+    await create(client, scenes, me)
 
 
 async def test_cancelling_twice_is_harmless_and_a_finished_job_cannot_change(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job = await create(client, me)
+    job = await create(client, scenes, me)
     url = f"/v1/jobs/{job['job_id']}"
     assert (
         await client.post(f"{url}/cancel", json={"reason": "wrong camera"}, headers=me)
@@ -159,10 +166,13 @@ async def test_cancelling_twice_is_harmless_and_a_finished_job_cannot_change(
 
 
 async def test_name_priority_and_cap_change_any_time_but_frames_only_before_rendering(
-    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
+    client: httpx.AsyncClient,
+    users: Users,
+    scenes: Scenes,
+    job_service: ServiceRuntime[Any],
 ) -> None:
     me = users.new()
-    job = await create(client, me)
+    job = await create(client, scenes, me)
     url = f"/v1/jobs/{job['job_id']}"
     r = await client.patch(
         url, json={"frame_range": {"start": 1, "end": 48}, "chunk_size": 8}, headers=me
@@ -175,6 +185,9 @@ async def test_name_priority_and_cap_change_any_time_but_frames_only_before_rend
     version = r.json()["version"]
     prep = (StepName.scene_check, StepName.repath, StepName.render_settings)
     events = [
+        JobStepStarted(job_id=jid, step=StepName.stage_scene, at=now),
+        JobSceneStaged(job_id=jid, scene_key="staged/x/main.blend", reused=False, at=now),
+        JobStepSucceeded(job_id=jid, step=StepName.stage_scene, at=now),
         *[
             e
             for step in prep
@@ -199,7 +212,7 @@ async def test_name_priority_and_cap_change_any_time_but_frames_only_before_rend
         "99",
     )
     assert body["status"] == "rendering" and body["current_step"] == "render"
-    assert body["progress_percent"] == 15.0  # three preparation steps of 5 % each
+    assert body["progress_percent"] == 20.0  # staging and three preparation steps, 5 % each
     r = await client.patch(url, json={"frame_range": {"start": 1, "end": 10}}, headers=me)
     assert r.status_code == 409
     assert r.json()["code"] == "job_not_editable"
@@ -208,10 +221,10 @@ async def test_name_priority_and_cap_change_any_time_but_frames_only_before_rend
 
 
 async def test_jobs_are_listed_newest_first_by_cursor_pages_and_by_status(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    ids = [(await create(client, me, name=f"job {i}"))["job_id"] for i in range(3)]
+    ids = [(await create(client, scenes, me, name=f"job {i}"))["job_id"] for i in range(3)]
     await client.post(f"/v1/jobs/{ids[1]}/cancel", headers=me)
     page1 = (await client.get("/v1/jobs?limit=2", headers=me)).json()
     page2 = (await client.get(f"/v1/jobs?limit=2&cursor={page1['next_cursor']}", headers=me)).json()
@@ -224,10 +237,10 @@ async def test_jobs_are_listed_newest_first_by_cursor_pages_and_by_status(
 
 
 async def test_a_jobs_history_lists_its_events_in_order_with_the_actor(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = users.new()
-    job = await create(client, me)
+    job = await create(client, scenes, me)
     await client.patch(f"/v1/jobs/{job['job_id']}", json={"name": "renamed"}, headers=me)
     await client.post(f"/v1/jobs/{job['job_id']}/cancel", headers=me)
     page = (await client.get(f"/v1/jobs/{job['job_id']}/events", headers=me)).json()
@@ -243,11 +256,14 @@ async def test_a_jobs_history_lists_its_events_in_order_with_the_actor(
 
 
 async def test_a_callers_trace_continues_through_the_command_into_the_stored_events(
-    client: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
+    client: httpx.AsyncClient,
+    users: Users,
+    scenes: Scenes,
+    job_service: ServiceRuntime[Any],
 ) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {**users.new(), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
-    r = await client.post("/v1/jobs", json=job_spec(), headers=headers)
+    r = await client.post("/v1/jobs", json=await scenes.spec(headers), headers=headers)
     assert r.headers["x-trace-id"] == trace_id
     [submitted] = await job_service.store.read_stream(f"job-{r.json()['job_id']}")
     assert submitted.metadata["traceparent"].split("-")[1] == trace_id
@@ -255,10 +271,10 @@ async def test_a_callers_trace_continues_through_the_command_into_the_stored_eve
 
 
 async def test_a_clients_request_id_cannot_make_two_updates_look_like_one(
-    client: httpx.AsyncClient, users: Users
+    client: httpx.AsyncClient, users: Users, scenes: Scenes
 ) -> None:
     me = {**users.new(), "X-Request-Id": "same-every-time"}
-    job = await create(client, me)
+    job = await create(client, scenes, me)
     url = f"/v1/jobs/{job['job_id']}"
     await client.patch(url, json={"name": "first"}, headers=me)
     second = await client.patch(url, json={"name": "second"}, headers=me)

@@ -16,7 +16,7 @@ from fastmcp import Client, FastMCP
 
 from libs.runtime import ServiceRuntime
 from services.gateway.service import Gateway
-from tests.fixtures import Users, job_spec
+from tests.fixtures import Scenes, Users
 
 
 def mcp_server(gateway: Gateway, headers: dict[str, str]) -> FastMCP:
@@ -67,15 +67,17 @@ async def test_an_mcp_client_sees_one_described_tool_per_operation(
 
 
 async def test_an_agent_creates_lists_reads_and_cancels_a_job_through_mcp_tools(
-    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users
+    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users, scenes: Scenes
 ) -> None:
-    async with Client(mcp_server(gateway, users.new())) as mcp:
+    me = users.new()
+    spec = await scenes.spec(me)
+    async with Client(mcp_server(gateway, me)) as mcp:
         tools = {t.name: t for t in await mcp.list_tools()}
-        created = await mcp.call_tool("create_job", {**job_spec(), "Idempotency-Key": "agent-1"})
+        created = await mcp.call_tool("create_job", {**spec, "Idempotency-Key": "agent-1"})
         job = created.structured_content
         assert job is not None and job["status"] == "submitted"
         jsonschema.validate(job, tools["create_job"].output_schema)
-        again = await mcp.call_tool("create_job", {**job_spec(), "Idempotency-Key": "agent-1"})
+        again = await mcp.call_tool("create_job", {**spec, "Idempotency-Key": "agent-1"})
         assert again.structured_content == job
 
         got = await mcp.call_tool("get_job", {"job_id": job["job_id"]})
@@ -93,7 +95,7 @@ async def test_an_agent_creates_lists_reads_and_cancels_a_job_through_mcp_tools(
 
 
 async def test_answers_validate_against_their_declared_openapi_schema(
-    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users
+    gateway: Gateway, job_service: ServiceRuntime[Any], users: Users, scenes: Scenes
 ) -> None:
     """Raw bytes served from the read model still match the declared response model."""
     spec = gateway.app.openapi()
@@ -101,7 +103,7 @@ async def test_answers_validate_against_their_declared_openapi_schema(
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
     ) as client:
-        job = (await client.post("/v1/jobs", json=job_spec(), headers=me)).json()
+        job = (await client.post("/v1/jobs", json=await scenes.spec(me), headers=me)).json()
         page = (await client.get("/v1/jobs", headers=me)).json()
     schemas = spec["components"]["schemas"]
     resolver_doc = {"components": {"schemas": schemas}}

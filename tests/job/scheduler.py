@@ -16,8 +16,11 @@ from contracts.jobs import (
     JobAccepted,
     QueueJob,
     RecordFramesRendered,
+    RecordSceneStaged,
+    RecordSceneStagingProgress,
     RenderOrder,
     StartJobRender,
+    StartSceneStaging,
 )
 from libs.bus.commands import Actor, CommandClient
 from libs.runtime import ServiceRuntime
@@ -44,6 +47,10 @@ def render_id(job_id: str, attempt: int = 1) -> str:
     return f"{job_id}.full.{attempt}"
 
 
+def staged_key(job_id: str) -> str:
+    return f"staged/usr_x/{job_id.lower()}/main.blend"
+
+
 class Scheduler:
     """Sends the scheduler's commands to the running job service."""
 
@@ -57,6 +64,15 @@ class Scheduler:
         return await self.client.send(
             cmd, result_type, command_id=command_id or uuid.uuid4().hex, actor=SCHEDULER
         )
+
+    async def stage(self, job_id: str) -> JobAccepted:
+        """The job's scene staged, as the upload service reports it: start, half, done."""
+        await self.send(StartSceneStaging(job_id=job_id, at=T0))
+        await self.send(
+            RecordSceneStagingProgress(job_id=job_id, bytes_done=50, bytes_total=100, at=T0)
+        )
+        staged = RecordSceneStaged(job_id=job_id, scene_key=staged_key(job_id), reused=False, at=T0)
+        return await self.send(staged)
 
     async def queue(self, job_id: str, command_id: str | None = None) -> RenderOrder:
         cmd = QueueJob(job_id=job_id, skip_reason="scene processing is not built yet")
@@ -86,7 +102,8 @@ class Scheduler:
         )
 
     async def render_all(self, job_id: str, frames: list[int], chunk_size: int) -> JobAccepted:
-        """Queue, start, record every task and complete: a whole render, in order."""
+        """Stage, queue, start, record every task and complete: a whole render, in order."""
+        await self.stage(job_id)
         await self.queue(job_id)
         await self.start(job_id)
         for i in range(0, len(frames), chunk_size):

@@ -21,6 +21,7 @@ from contracts.jobs import (
     JobSpec,
     JobStatus,
     QueueJob,
+    RecordSceneStaged,
     Resolution,
     StartJobRender,
     SubmitJob,
@@ -31,15 +32,24 @@ from libs.eventstore.uow import UnitOfWork
 from services.job.commands import JobCommands
 from services.job.domain import TRANSITIONS, Job, OwnerJobs
 from services.job.settings import JobSettings
+from tests.fixtures import SCENE_ID, scene_ref
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SPEC = JobSpec(
     name="shot_020",
-    scene_key="scenes/shot_020/main.blend",
+    scene_id=SCENE_ID,
     frame_range=FrameRange(start=1, end=8),
     chunk_size=2,
     resolution=Resolution(width=1280, height=720),
 )
+
+
+def submission(job_id: str) -> SubmitJob:
+    return SubmitJob(job_id=job_id, owner_id="usr_1", spec=SPEC, scene=scene_ref())
+
+
+def staged(job_id: str) -> RecordSceneStaged:
+    return RecordSceneStaged(job_id=job_id, scene_key="staged/x/main.blend", reused=False, at=NOW)
 
 
 @pytest.fixture
@@ -67,7 +77,7 @@ async def load(store: InMemoryEventStore, cls: type[Job] | type[OwnerJobs], key:
 async def test_submitting_records_the_job_and_takes_a_slot_in_one_append(
     store: InMemoryEventStore, commands: JobCommands
 ) -> None:
-    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.submit, submission("job_1"))
     feed = await store.read_all(Position.start())
     assert sorted((e.stream_id, e.event_type) for e in feed) == [
         ("job-job_1", "job.JobSubmitted"),
@@ -81,9 +91,9 @@ async def test_the_job_limit_refuses_a_third_active_job_and_records_nothing(
     store: InMemoryEventStore, commands: JobCommands
 ) -> None:
     for n in (1, 2):
-        await run(store, commands.submit, SubmitJob(job_id=f"job_{n}", owner_id="usr_1", spec=SPEC))
+        await run(store, commands.submit, submission(f"job_{n}"))
     with pytest.raises(DomainError) as refused:
-        await run(store, commands.submit, SubmitJob(job_id="job_3", owner_id="usr_1", spec=SPEC))
+        await run(store, commands.submit, submission("job_3"))
     assert type(refused.value) is JobLimitReached
     assert await store.read_stream("job-job_3") == []
 
@@ -91,7 +101,8 @@ async def test_the_job_limit_refuses_a_third_active_job_and_records_nothing(
 async def test_a_job_that_ends_frees_its_owners_slot_in_the_same_append(
     store: InMemoryEventStore, commands: JobCommands
 ) -> None:
-    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.submit, submission("job_1"))
+    await run(store, commands.record_staged, staged("job_1"))
     await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
     await run(store, commands.start_render, StartJobRender(job_id="job_1", render_id="r", at=NOW))
     reply = await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
@@ -106,7 +117,7 @@ async def test_a_job_that_ends_frees_its_owners_slot_in_the_same_append(
 async def test_someone_elses_job_is_not_found(
     store: InMemoryEventStore, commands: JobCommands
 ) -> None:
-    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.submit, submission("job_1"))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.cancel, CancelJob(job_id="job_1", owner_id="usr_2"))
     assert type(refused.value) is JobNotFound
@@ -115,15 +126,17 @@ async def test_someone_elses_job_is_not_found(
 async def test_history_still_loads_after_a_transition_rule_is_tightened(
     store: InMemoryEventStore, commands: JobCommands, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await run(store, commands.submit, SubmitJob(job_id="job_1", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.submit, submission("job_1"))
+    await run(store, commands.record_staged, staged("job_1"))
     await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
     await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
     # A later release forbids completing straight from rendering: old streams did just that.
     monkeypatch.setitem(TRANSITIONS, JobStatus.rendering, frozenset({JobStatus.failed}))
     job = await load(store, Job, "job_1")
-    assert isinstance(job, Job) and job.status is JobStatus.completed and job.version == 9
+    assert isinstance(job, Job) and job.status is JobStatus.completed and job.version == 12
     # The tightened rule holds for new decisions.
-    await run(store, commands.submit, SubmitJob(job_id="job_2", owner_id="usr_1", spec=SPEC))
+    await run(store, commands.submit, submission("job_2"))
+    await run(store, commands.record_staged, staged("job_2"))
     await run(store, commands.queue, QueueJob(job_id="job_2", skip_reason="none yet"))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.complete, CompleteJob(job_id="job_2", at=NOW))

@@ -1,6 +1,6 @@
-"""The job aggregate, without I/O: the scheduler's commands, out-of-order and repeated
-delivery, the slot-freeing terminal events, and the measured ETA its events give the jobs
-read model's view."""
+"""The job aggregate, without I/O: staging its scene, the scheduler's commands, out-of-order
+and repeated delivery, the slot-freeing terminal events, and the measured ETA its events
+give the jobs read model's view."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from contracts.jobs import (
     JobFramesRendered,
     JobPaused,
     JobQueued,
+    JobSceneStaged,
     JobSpec,
     JobStatus,
     JobStepFailed,
     JobStepLogged,
+    JobStepProgressed,
     JobStepSkipped,
     JobStepStarted,
     JobStepSucceeded,
@@ -47,27 +49,49 @@ from services.job.domain import (
 )
 from services.job.views import JobView
 from tests.aggregates import evolve, given
+from tests.fixtures import SCENE_ID, scene_ref
 
 NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
 S = JobStatus
 RENDER = "job_1.full.1"
 PREP = (StepName.scene_check, StepName.repath, StepName.render_settings)
+STAGED_KEY = f"staged/usr_1/{'5c' * 32}/shot_010.blend"
 
 
 def submitted(frames: int = 24, chunk_size: int = 4) -> Job:
     job = Job()
     spec = JobSpec(
         name="shot_010",
-        scene_key="scenes/shot_010/main.blend",
+        scene_id=SCENE_ID,
         frame_range=FrameRange(start=1, end=frames),
         chunk_size=chunk_size,
         resolution=Resolution(width=1920, height=1080),
     )
-    return evolve(job, job.submit("job_1", "usr_1", spec, NOW))
+    return evolve(job, job.submit("job_1", "usr_1", spec, scene_ref(), NOW))
+
+
+def staging(**kw: int) -> Job:
+    job = submitted(**kw)
+    return evolve(job, job.start_staging(NOW))
+
+
+def staged(**kw: int) -> Job:
+    job = staging(**kw)
+    return evolve(job, job.record_staged(STAGED_KEY, False, NOW))
+
+
+def submitted_before_uploads() -> JobSubmitted:
+    """A submission stored before scene uploads: a key on the farm, no scene."""
+    return JobSubmitted.model_validate(
+        {
+            **submitted().pending[0].model_dump(exclude={"scene"}),
+            "scene_key": "scenes/shot_010/main.blend",
+        }
+    )
 
 
 def queued(**kw: int) -> Job:
-    job = submitted(**kw)
+    job = staged(**kw)
     return evolve(job, job.queue("no scene processing yet", NOW))
 
 
@@ -116,11 +140,122 @@ def refused(call: object, *args: object) -> type[DomainError[Any]]:
     return type(e.value)
 
 
+# -- staging the scene --------------------------------------------------------------------
+
+
+def test_a_new_job_waits_for_its_scene_staged_before_it_can_be_queued() -> None:
+    job = submitted()
+    assert job.scene_key is None and job.status is S.submitted
+    assert job.steps[0].name is StepName.stage_scene
+    assert refused(job.queue, "x", NOW) is InvalidStateTransition
+    assert refused(staging().queue, "x", NOW) is InvalidStateTransition
+
+
+def test_staging_moves_the_job_to_preparing_with_the_stage_step_running_and_its_progress() -> None:
+    job = submitted()
+    events = job.start_staging(NOW)
+    assert types(events) == ["JobStepStarted"]
+    evolve(job, events)
+    assert job.status is S.preparing and job.step(StepName.stage_scene).status is StepStatus.running
+    assert job.start_staging(NOW) == []
+    [progress] = job.record_staging_progress(1_000_000, 4_000_000, NOW)
+    assert isinstance(progress, JobStepProgressed) and progress.progress_percent == 25.0
+    envelope = view(job).envelope(3, NOW)
+    assert envelope.status is S.preparing and envelope.current_step is StepName.stage_scene
+    assert envelope.steps[0].progress_percent == 25.0
+    assert envelope.progress_percent == 1.2  # 5 % of the job x 25 %
+
+
+def test_staging_progress_only_moves_forward_and_a_late_report_changes_nothing() -> None:
+    job = staging()
+    evolve(job, job.record_staging_progress(3, 4, NOW))
+    assert job.record_staging_progress(2, 4, NOW) == []  # delivered late
+    assert job.record_staging_progress(3, 4, NOW) == []  # delivered twice
+    evolve(job, job.record_staged(STAGED_KEY, False, NOW))
+    assert job.record_staging_progress(4, 4, NOW) == []
+
+
+def test_a_staged_scene_succeeds_the_step_and_names_the_file_the_farm_opens() -> None:
+    job = staging()
+    events = job.record_staged(STAGED_KEY, True, NOW)
+    assert types(events) == ["JobSceneStaged", "JobStepSucceeded"]
+    assert isinstance(events[0], JobSceneStaged) and events[0].reused
+    evolve(job, events)
+    assert job.scene_key == STAGED_KEY and job.status is S.preparing
+    assert job.record_staged(STAGED_KEY, True, NOW) == []
+    stage = view(job).step(StepName.stage_scene)
+    assert (stage.status, stage.progress_percent) == (StepStatus.succeeded, 100.0)
+
+
+def test_staging_reports_before_the_start_start_the_stage_step_first() -> None:
+    job = submitted()
+    assert types(job.record_staging_progress(1, 2, NOW)) == ["JobStepStarted", "JobStepProgressed"]
+    other = submitted()
+    events = other.record_staged(STAGED_KEY, False, NOW)
+    assert types(events) == ["JobStepStarted", "JobSceneStaged", "JobStepSucceeded"]
+    assert evolve(other, events).start_staging(NOW) == []  # the start, delivered last
+
+
+def test_a_staging_failure_fails_the_stage_step_and_the_job_with_its_code() -> None:
+    job = staging()
+    events = job.fail("main.blend: bytes do not match", NOW, "scene_checksum_mismatch")
+    assert [(type(e), getattr(e, "step", None)) for e in events] == [
+        (JobStepFailed, StepName.stage_scene),
+        (JobFailed, None),
+    ]
+    evolve(job, events)
+    envelope = view(job).envelope(4, NOW)
+    assert (envelope.status, envelope.failure_code) == (S.failed, "scene_checksum_mismatch")
+    assert envelope.steps[0].error_code == "scene_checksum_mismatch"
+    assert envelope.steps[-1].status is StepStatus.pending  # the render never ran
+    # The staging refused before it started fails the stage step too, not the render.
+    [step_failed, _] = submitted().fail("refused", NOW, "validation_failed")
+    assert isinstance(step_failed, JobStepFailed) and step_failed.step is StepName.stage_scene
+
+
+def test_a_cancel_while_the_scene_is_staged_is_at_once_and_later_reports_change_nothing() -> None:
+    job = staging()
+    events = job.cancel("wrong scene", NOW)
+    assert types(events) == ["JobCancellationRequested", "JobCancelled"]
+    evolve(job, events)
+    assert job.status is S.cancelled
+    assert job.step(StepName.stage_scene).status is StepStatus.cancelled
+    assert job.record_staging_progress(5, 10, NOW) == []
+    assert job.record_staged(STAGED_KEY, False, NOW) == []
+    assert job.start_staging(NOW) == []
+
+
+def test_a_job_from_before_uploads_has_no_scene_to_stage_and_is_queued_as_before() -> None:
+    old = submitted_before_uploads()
+    job = given(Job(), old)
+    assert job.scene is None and job.scene_key == "scenes/shot_010/main.blend"
+    assert refused(job.start_staging, NOW) is InvalidStateTransition
+    events = job.queue("no scene processing yet", NOW)
+    assert types(events) == ["JobStepSkipped"] * 5 + ["JobQueued"]
+    assert evolve(job, events).status is S.queued
+    seen = JobView.submitted(old)
+    assert (seen.scene_id, seen.scene_file) == (None, "scenes/shot_010/main.blend")
+
+
+def test_a_stored_schema_1_submission_still_loads_as_a_job_without_a_scene() -> None:
+    from contracts.base import EVENTS
+
+    stored = {
+        **submitted().pending[0].model_dump(mode="json", exclude={"scene", "scene_key"}),
+        "scene_key": "scenes/old.blend",
+    }
+    event = EVENTS.decode("job.JobSubmitted", 1, stored)
+    assert isinstance(event, JobSubmitted)
+    assert (event.scene, event.scene_key) == (None, "scenes/old.blend")
+    failed = EVENTS.decode("job.JobFailed", 1, {"job_id": "job_1", "reason": "x", "at": NOW})
+    assert isinstance(failed, JobFailed) and failed.code is None
+
+
 # -- queue -------------------------------------------------------------------------------
 
 
-def test_queueing_a_submitted_job_skips_the_steps_before_the_render() -> None:
-    job = submitted()
+def test_queueing_a_staged_job_skips_the_steps_before_the_render() -> None:
+    job = staged()
     events = job.queue("no scene processing yet", NOW)
     assert types(events) == ["JobStepSkipped"] * 4 + ["JobQueued"]
     skipped = [e for e in events if isinstance(e, JobStepSkipped)]
@@ -128,13 +263,16 @@ def test_queueing_a_submitted_job_skips_the_steps_before_the_render() -> None:
     assert {e.reason for e in skipped} == {"no scene processing yet"}
     evolve(job, events)
     assert job.status is S.queued
-    assert [s.status for s in job.steps] == [StepStatus.skipped] * 4 + [StepStatus.pending]
-    assert view(job).progress_percent == 20.0
+    assert [s.status for s in job.steps] == [StepStatus.succeeded] + [StepStatus.skipped] * 4 + [
+        StepStatus.pending
+    ]
+    assert view(job).progress_percent == 25.0
     assert view(job).eta.reason == "not_started"
+    assert S.queued in TRANSITIONS[S.preparing]
 
 
 def test_queueing_a_prepared_job_skips_only_what_is_still_pending() -> None:
-    job = submitted()
+    job = staged()
     for step in PREP:
         given(job, JobStepStarted(job_id="job_1", step=step, at=NOW))
         given(job, JobStepSucceeded(job_id="job_1", step=step, at=NOW))
@@ -181,8 +319,11 @@ def test_a_cancelling_job_is_neither_queued_nor_changed_and_says_so() -> None:
 
 
 def test_a_job_with_a_running_preparation_step_cannot_be_queued() -> None:
-    job = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
+    job = given(staged(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
     assert refused(job.queue, "x", NOW) is InvalidStateTransition
+    # Recording the queueing while a step runs is refused too (the state machine's guard).
+    with pytest.raises(InvalidStateTransition):
+        job.record(JobQueued(job_id="job_1", at=NOW))
 
 
 # -- start -------------------------------------------------------------------------------
@@ -217,7 +358,7 @@ def test_recording_a_task_counts_its_frames_and_the_render_steps_progress() -> N
     evolve(job, events)
     assert job.frames_done == 4
     assert view(job).step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
-    assert view(job).progress_percent == round(20 + 80 * 16.7 / 100, 1)
+    assert view(job).progress_percent == round(25 + 75 * 16.7 / 100, 1)
     evolve(job, record(job, 1))
     assert job.frames_done == 8 and view(job).step(StepName.render).progress_percent == 33.3
     envelope = view(job).envelope(9, NOW)
@@ -367,7 +508,7 @@ def test_failing_fails_the_render_step_or_the_running_step_and_the_job() -> None
     assert job.step(StepName.render).status is StepStatus.failed
     assert job.fail("again", NOW) == []
 
-    preparing = given(submitted(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
+    preparing = given(staged(), JobStepStarted(job_id="job_1", step=StepName.repath, at=NOW))
     [step_failed, _] = preparing.fail("bad path", NOW)
     assert isinstance(step_failed, JobStepFailed) and step_failed.step is StepName.repath
 

@@ -15,6 +15,7 @@ from contracts.base import Command
 from contracts.errors import (
     DomainError,
     InvalidStateTransition,
+    JobFinished,
     JobIdTaken,
     JobLimitReached,
     JobNotFound,
@@ -29,7 +30,10 @@ from contracts.jobs import (
     JobSpec,
     LogJobStep,
     LogLevel,
+    RecordSceneStaged,
+    RecordSceneStagingProgress,
     Resolution,
+    StartSceneStaging,
     StepName,
     SubmitJob,
 )
@@ -37,7 +41,8 @@ from libs.bus.commands import Actor, CommandClient
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime
 from services.job.domain import CANCELLED_ON_FARM
-from tests.job.scheduler import T0, Scheduler, outputs, render_id
+from tests.fixtures import scene_ref
+from tests.job.scheduler import T0, Scheduler, outputs, render_id, staged_key
 
 
 @pytest.fixture
@@ -47,15 +52,16 @@ def scheduler(job_service: ServiceRuntime[Any]) -> Scheduler:
 
 async def submit(rt: ServiceRuntime[Any], owner: str, frames: int = 24, chunk_size: int = 4) -> str:
     job_id = new_id("job")
+    scene = scene_ref()
     spec = JobSpec(
         name="shot_010",
-        scene_key="scenes/shot_010/main.blend",
+        scene_id=scene.scene_id,
         frame_range=FrameRange(start=1, end=frames),
         chunk_size=chunk_size,
         resolution=Resolution(width=1920, height=1080),
     )
     await CommandClient(rt.nc, rt.settings, timeout=10).send(
-        SubmitJob(job_id=job_id, owner_id=owner, spec=spec),
+        SubmitJob(job_id=job_id, owner_id=owner, spec=spec, scene=scene),
         JobAccepted,
         command_id=uuid.uuid4().hex,
         actor=Actor(kind="user", id=owner),
@@ -84,18 +90,42 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
     job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     job_id = await submit(job_service, "usr_a", frames=24, chunk_size=4)
+    job = await envelope(job_service, job_id)
+    assert (job["status"], job["scene_id"], job["scene_file"]) == (
+        "submitted",
+        scene_ref().scene_id,
+        "shot_010.blend",
+    )
+    await scheduler.send(StartSceneStaging(job_id=job_id, at=T0))
+    half = RecordSceneStagingProgress(job_id=job_id, bytes_done=50, bytes_total=100, at=T0)
+    await scheduler.send(half)
+    job = await envelope(job_service, job_id)
+    assert (job["status"], job["current_step"]) == ("preparing", "stage_scene")
+    assert job["steps"][0] | {"started_at": None} == {
+        "name": "stage_scene",
+        "status": "running",
+        "progress_percent": 50.0,
+        "started_at": None,
+        "finished_at": None,
+        "error": None,
+        "error_code": None,
+    }
+    staged = RecordSceneStaged(job_id=job_id, scene_key=staged_key(job_id), reused=False, at=T0)
+    await scheduler.send(staged)
+    assert (await envelope(job_service, job_id))["steps"][0]["status"] == "succeeded"
     order = await scheduler.queue(job_id)
     assert (order.job_id, order.owner_id, order.status) == (job_id, "usr_a", "queued")
+    assert order.scene_key == staged_key(job_id)  # the farm opens the staged copy
     assert (order.frame_range, order.chunk_size) == (FrameRange(start=1, end=24), 4)
     assert order.resolution == Resolution(width=1920, height=1080)
-    assert order.version == 6  # submitted, four steps skipped, queued
+    assert order.version == 10  # submitted, staging (4), four steps skipped, queued
     assert (await envelope(job_service, job_id))["status"] == "queued"
 
     started = await scheduler.start(job_id)
     job = await envelope(job_service, job_id)
     assert job["status"] == "rendering" and job["current_step"] == "render"
     assert job["eta"] == {"eta_seconds": None, "eta_at": None, "reason": "no_measurements"}
-    assert job["version"] == started.version == 7
+    assert job["version"] == started.version == 11
 
     await scheduler.send(scheduler.task(job_id, 0, [1, 2, 3, 4], worker="w1", seconds=30))
     await scheduler.send(scheduler.task(job_id, 1, [5, 6, 7, 8], worker="w2", seconds=30))
@@ -132,10 +162,63 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
     assert types.count("job.JobFramesRendered") == 6 and types[-1] == "job.JobCompleted"
 
 
+async def test_a_scene_that_cannot_be_staged_fails_the_job_before_any_render_with_its_code(
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
+) -> None:
+    job_id = await submit(job_service, "usr_f")
+    await scheduler.send(StartSceneStaging(job_id=job_id, at=T0))
+    reason = "the scene could not be staged to the farm: shot_010.blend: wrong SHA-256"
+    await scheduler.send(
+        FailJob(job_id=job_id, reason=reason, code="scene_checksum_mismatch", at=T0)
+    )
+    job = await envelope(job_service, job_id)
+    assert (job["status"], job["failure_reason"], job["failure_code"]) == (
+        "failed",
+        reason,
+        "scene_checksum_mismatch",
+    )
+    stage, render = job["steps"][0], job["steps"][-1]
+    assert (stage["status"], stage["error"], stage["error_code"]) == (
+        "failed",
+        reason,
+        "scene_checksum_mismatch",
+    )
+    assert render["status"] == "pending"
+    with pytest.raises(JobFinished):
+        await scheduler.queue(job_id)
+
+
+async def test_a_job_whose_scene_is_being_staged_is_cancelled_at_once(
+    job_service: ServiceRuntime[Any], scheduler: Scheduler
+) -> None:
+    job_id = await submit(job_service, "usr_g")
+    await scheduler.send(StartSceneStaging(job_id=job_id, at=T0))
+    await CommandClient(job_service.nc, job_service.settings, timeout=10).send(
+        CancelJob(job_id=job_id, owner_id="usr_g", reason="wrong scene"),
+        JobAccepted,
+        command_id=uuid.uuid4().hex,
+        actor=Actor(kind="user", id="usr_g"),
+    )
+    job = await envelope(job_service, job_id)
+    assert (job["status"], job["steps"][0]["status"]) == ("cancelled", "cancelled")
+    # The staging's end, reported after the cancel, changes nothing.
+    before = job["version"]
+    assert (await scheduler.stage(job_id)).version == before
+    assert await stream_types(job_service, "owner-usr_g") == [
+        "job.JobSlotTaken",
+        "job.JobSlotFreed",
+    ]
+
+
 async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once(
     job_service: ServiceRuntime[Any], scheduler: Scheduler
 ) -> None:
     job_id = await submit(job_service, "usr_b")
+    staged = RecordSceneStaged(job_id=job_id, scene_key=staged_key(job_id), reused=True, at=T0)
+    done = await scheduler.send(staged, command_id="staged-1")
+    assert await scheduler.send(staged, command_id="staged-1") == done  # stored reply
+    assert await scheduler.send(staged, command_id="staged-2") == done  # staged already
+    assert await scheduler.send(StartSceneStaging(job_id=job_id, at=T0)) == done  # late start
     first = await scheduler.queue(job_id, command_id="queue-1")
     assert await scheduler.queue(job_id, command_id="queue-1") == first  # stored reply
     assert await scheduler.queue(job_id, command_id="queue-2") == first  # queued already
@@ -157,7 +240,8 @@ async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once
     assert job["frames_done"] == 8 and job["version"] == recorded.version + 1
     assert len(await frame_rows(job_service, job_id)) == 8
     types = await stream_types(job_service, f"job-{job_id}")
-    assert types.count("job.JobFramesRendered") == 2 and types.count("job.JobStepStarted") == 1
+    assert types.count("job.JobFramesRendered") == 2
+    assert types.count("job.JobStepStarted") == 2  # the stage step, then the render once
 
 
 async def test_every_way_a_job_ends_frees_its_owners_slot(
@@ -169,6 +253,7 @@ async def test_every_way_a_job_ends_frees_its_owners_slot(
         await submit(job_service, owner)
     assert type(e.value) is JobLimitReached
     for job_id in (completed, failed, vanished):
+        await scheduler.stage(job_id)
         await scheduler.queue(job_id)
         await scheduler.start(job_id)
     await scheduler.send(CompleteJob(job_id=completed, at=T0))
@@ -215,6 +300,7 @@ async def test_a_cancel_is_confirmed_by_the_farm_or_overtaken_by_the_renders_end
     users = CommandClient(job_service.nc, job_service.settings, timeout=10)
     jobs = [await submit(job_service, owner) for _ in range(2)]
     for job_id in jobs:
+        await scheduler.stage(job_id)
         await scheduler.queue(job_id)
         await scheduler.send(scheduler.task(job_id, 0, [1, 2, 3, 4]))  # before any start
         await users.send(
@@ -262,15 +348,16 @@ async def test_a_taken_job_id_is_refused_for_good_not_as_a_conflict(
     job_service: ServiceRuntime[Any],
 ) -> None:
     job_id = await submit(job_service, "usr_t")
+    scene = scene_ref()
     spec = JobSpec(
         name="again",
-        scene_key="scenes/a.blend",
+        scene_id=scene.scene_id,
         frame_range=FrameRange(start=1, end=4),
         resolution=Resolution(width=640, height=480),
     )
     with pytest.raises(JobIdTaken) as e:
         await CommandClient(job_service.nc, job_service.settings).send(
-            SubmitJob(job_id=job_id, owner_id="usr_t", spec=spec),
+            SubmitJob(job_id=job_id, owner_id="usr_t", spec=spec, scene=scene),
             JobAccepted,
             command_id=uuid.uuid4().hex,
             actor=Actor(kind="user", id="usr_t"),

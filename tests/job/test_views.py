@@ -25,7 +25,8 @@ from contracts.jobs import (
 )
 from services.job.domain import Job
 from services.job.views import JobView
-from tests.job.test_domain import NOW, outputs
+from tests.fixtures import SCENE_ID, scene_ref
+from tests.job.test_domain import NOW, STAGED_KEY, outputs
 
 Decide = Callable[[Job], list[Event]]
 
@@ -33,13 +34,22 @@ Decide = Callable[[Job], list[Event]]
 def submit(job: Job) -> list[Event]:
     spec = JobSpec(
         name="shot_010",
-        scene_key="scenes/shot_010/main.blend",
+        scene_id=SCENE_ID,
         frame_range=FrameRange(start=1, end=24),
         chunk_size=4,
         resolution=Resolution(width=1920, height=1080),
         cost_cap_credits=Decimal("100.50"),
     )
-    return job.submit("job_1", "usr_1", spec, NOW)
+    return job.submit("job_1", "usr_1", spec, scene_ref(), NOW)
+
+
+def stage(job: Job) -> list[Event]:
+    """The scene staged, with its start, progress and end reported as they come."""
+    return [
+        *job.start_staging(NOW),
+        *job.record_staging_progress(1_000_000, 4_200_000, NOW),
+        *job.record_staged(STAGED_KEY, False, NOW),
+    ]
 
 
 def task(n: int, worker: str, seconds: float, render: str = "job_1.full.1") -> Decide:
@@ -61,6 +71,7 @@ def raw(event: Event) -> Decide:
 PATHS: dict[str, Sequence[Decide]] = {
     "edited then cancelled": [
         submit,
+        lambda j: j.start_staging(NOW),
         lambda j: j.update(JobChanges(name="shot_011", priority=JobPriority.high)),
         lambda j: j.update(JobChanges(clear_cost_cap=True)),
         lambda j: j.update(JobChanges(frame_range=FrameRange(start=1, end=40), chunk_size=8)),
@@ -69,6 +80,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     ],
     "rendered on three workers, paused, resumed, completed": [
         submit,
+        stage,
         lambda j: j.queue("no scene processing yet", NOW),
         task(0, "w1", 10.25),
         task(2, "w2", 7.1),
@@ -82,6 +94,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     ],
     "a second render replaces the first, then fails": [
         submit,
+        stage,
         lambda j: j.queue("none", NOW),
         lambda j: j.start_render(NOW),
         task(0, "w1", 3.0),
@@ -90,13 +103,21 @@ PATHS: dict[str, Sequence[Decide]] = {
     ],
     "cancelled while rendering, confirmed by the farm": [
         submit,
+        stage,
         lambda j: j.queue("none", NOW),
         task(0, "w1", 5.0),
         lambda j: j.cancel(None, NOW),
         lambda j: j.confirm_cancelled(NOW),
     ],
+    "its scene failed to stage": [
+        submit,
+        lambda j: j.start_staging(NOW),
+        lambda j: j.record_staging_progress(5, 10, NOW),
+        lambda j: j.fail("bytes do not match", NOW, "scene_checksum_mismatch"),
+    ],
     "deleted on the farm": [
         submit,
+        stage,
         lambda j: j.queue("none", NOW),
         lambda j: j.start_render(NOW),
         lambda j: j.confirm_cancelled(NOW),

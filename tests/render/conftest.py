@@ -1,5 +1,7 @@
-"""The render path as real processes: the local farm, job, scheduler, deadline-bridge and
-gateway, each a separate OS process over real HTTP, NATS and PostgreSQL."""
+"""The render path as real processes: the local farm, job, scheduler, upload, deadline-bridge
+and gateway, each a separate OS process over real HTTP, NATS, PostgreSQL and S3. Jobs render
+scenes uploaded through the upload API, staged by the upload service into the folder the
+farm reads scenes from."""
 
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from services.gateway.settings import GatewaySettings
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import Process, service
+from tests.upload.protocol import Uploader
 
-SERVICES = ("job", "scheduler", "deadline_bridge", "gateway")
+SERVICES = ("job", "scheduler", "upload", "deadline_bridge", "gateway")
+#: A scene file as the farm's built-in renderer takes it (it reads only the name).
+SCENE = b"BLENDER-v404" + bytes(range(256)) * 400
 
 
 @dataclass
@@ -31,12 +36,20 @@ class RenderSystem:
     farm_api: httpx.AsyncClient
     procs: dict[str, Process]
     outputs: Path
+    scenes: Path
     headers: dict[str, str]
 
-    async def create_job(self, **spec: Any) -> dict[str, Any]:
+    async def upload(self, data: bytes = SCENE, name: str = "shot_020.blend") -> str:
+        """A completed scene upload of the test's user; its id."""
+        done = await Uploader(self.api, self.headers).upload(name, data)
+        upload_id: str = done["upload_id"]
+        return upload_id
+
+    async def create_job(self, scene_id: str | None = None, **spec: Any) -> dict[str, Any]:
+        """A job on ``scene_id`` (by default on a new upload of :data:`SCENE`)."""
         body = {
             "name": "shot_020 comp",
-            "scene_key": "scenes/shot_020/main.blend",
+            "scene_id": scene_id or await self.upload(),
             "frame_range": {"start": 1, "end": 6},
             "chunk_size": 1,
             "resolution": {"width": 320, "height": 180},
@@ -158,6 +171,8 @@ async def render_system(
         "RF_FARM_URL": farm_url,
         "RF_FARM_OUTPUTS_ROOT": str(outputs),
         "RF_SCENES_ROOT": str(tmp_path / "scenes"),
+        "RF_STAGE_ROOT": str(tmp_path / "scenes"),
+        "RF_UPLOAD_MIN_PART_BYTES": str(5 * 2**20),
         "RF_POLL_INTERVAL_SECONDS": "0.2",
         "RF_GATEWAY_PORT": str(gateway_port),
     }
@@ -176,6 +191,6 @@ async def render_system(
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=15) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=15) as farm_api,
     ):
-        yield RenderSystem(env, api, farm_api, procs, outputs, headers)
+        yield RenderSystem(env, api, farm_api, procs, outputs, tmp_path / "scenes", headers)
     for p in procs.values():
         p.kill()

@@ -1,5 +1,6 @@
-"""A job created through the gateway renders on the local farm and reaches its end state,
-through the scheduler and the deadline-bridge as separate processes."""
+"""A job created through the gateway on an uploaded scene has the scene staged to the farm,
+renders on the local farm and reaches its end state, through the scheduler, the upload
+service and the deadline-bridge as separate processes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.render.conftest import RenderSystem
+from tests.render.conftest import SCENE, RenderSystem
+from tests.upload.protocol import Uploader, cut, sha256_hex
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EXR = b"\x76\x2f\x31\x01"  # OpenEXR magic number
@@ -44,8 +46,12 @@ async def test_a_job_renders_to_completed_with_one_file_per_frame(
     done = await system.finished(job["job_id"])
     assert done["status"] == "completed", done
     assert done["frames_done"] == 6 and done["progress_percent"] == 100.0
-    render = next(s for s in done["steps"] if s["name"] == "render")
-    assert render["status"] == "succeeded"
+    stage, render = done["steps"][0], done["steps"][-1]
+    assert (stage["name"], stage["status"], render["status"]) == (
+        "stage_scene",
+        "succeeded",
+        "succeeded",
+    )
     assert done["allowed_actions"] == []
     await assert_every_frame_once(system, done)
 
@@ -58,6 +64,63 @@ async def test_a_job_renders_to_completed_with_one_file_per_frame(
         assert f["size_bytes"] == len(data) > 0
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert len({f["sha256"] for f in frames}) == 6  # each frame's image differs
+
+
+async def test_the_scene_is_staged_where_the_farm_reads_it_and_a_second_job_reuses_the_copy(
+    render_system: RenderSystem,
+) -> None:
+    system = render_system
+    scene_id = await system.upload()
+    first = await system.create_job(scene_id, frame_range={"start": 1, "end": 2})
+    assert (first["scene_id"], first["scene_file"]) == (scene_id, "shot_020.blend")
+    done = await system.finished(first["job_id"])
+    assert done["status"] == "completed", done
+    stage = done["steps"][0]
+    assert (stage["status"], stage["progress_percent"]) == ("succeeded", 100.0)
+    assert stage["finished_at"] <= done["steps"][-1]["started_at"]  # staged, then rendered
+    [staged] = await system.events("job", "job.JobSceneStaged", first["job_id"])
+    assert not staged["reused"]
+    assert staged["scene_key"] == f"staged/{done['owner_id']}/{sha256_hex(SCENE)}/shot_020.blend"
+    assert (system.scenes / staged["scene_key"]).read_bytes() == SCENE
+    [farm_job] = await system.farm_jobs_of(first["job_id"])
+    assert farm_job["Props"]["PlugInfo"]["SceneFile"] == str(system.scenes / staged["scene_key"])
+
+    second = await system.create_job(scene_id, frame_range={"start": 1, "end": 2})
+    again = await system.finished(second["job_id"])
+    assert again["status"] == "completed" and again["steps"][0]["status"] == "succeeded"
+    [reused] = await system.events("job", "job.JobSceneStaged", second["job_id"])
+    assert reused["reused"] and reused["scene_key"] == staged["scene_key"]
+    copies = await system.events("upload", "upload.SceneStagingStarted", second["job_id"])
+    assert copies == []  # nothing was copied for the second job
+
+
+async def test_a_scene_whose_bytes_do_not_match_its_sha256_fails_the_job_before_any_render(
+    render_system: RenderSystem,
+) -> None:
+    """The parts were checked one by one as they were sent; the whole file's SHA-256, as the
+    client declared it, is checked when the scene is staged."""
+    system = render_system
+    uploader = Uploader(system.api, system.headers)
+    declared = sha256_hex(b"the scene the client meant to send")
+    r = await system.api.post(
+        "/v1/uploads",
+        json={"file_name": "shot_099.blend", "size_bytes": len(SCENE), "sha256": declared},
+        headers=system.headers,
+    )
+    assert r.status_code == 201, r.text
+    session = r.json()
+    await uploader.send(session["upload_id"], cut(SCENE, session["part_size_bytes"]))
+    assert (await uploader.complete(session["upload_id"])).status_code == 200
+
+    job = await system.create_job(session["upload_id"])
+    done = await system.finished(job["job_id"])
+    assert (done["status"], done["failure_code"]) == ("failed", "scene_checksum_mismatch"), done
+    stage, render = done["steps"][0], done["steps"][-1]
+    assert (stage["status"], stage["error_code"]) == ("failed", "scene_checksum_mismatch")
+    assert declared in stage["error"] and sha256_hex(SCENE) in stage["error"]
+    assert render["status"] == "pending"
+    assert await system.farm_jobs_of(job["job_id"]) == []
+    assert await system.history(job["job_id"]) == []  # the bridge never heard of it
 
 
 async def test_an_exr_job_renders_exr_files(render_system: RenderSystem) -> None:
@@ -103,7 +166,7 @@ async def test_eta_comes_from_measured_task_times(render_system: RenderSystem) -
     mid = await system.wait(job_id, lambda j: j["frames_done"] == done_on_farm)
 
     assert mid["status"] == "rendering"
-    assert mid["progress_percent"] == round(20 + 80 * round(done_on_farm / 12 * 100, 1) / 100, 1)
+    assert mid["progress_percent"] == round(25 + 75 * round(done_on_farm / 12 * 100, 1) / 100, 1)
     # tasks left x their mean measured time, over the workers seen, from the latest task's end
     recorded = await system.events("job", "job.JobFramesRendered", job_id)
     assert len(recorded) == done_on_farm

@@ -1,6 +1,95 @@
 """The scheduler's service tests run the render path in this process against a real local
-farm (``make_farm``, from the farm's suite)."""
+farm (``make_farm``, from the farm's suite): the job, scheduler, upload (which stages each
+job's scene) and deadline-bridge services on real PostgreSQL, NATS and S3."""
 
-from tests.farm.conftest import make_farm
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.jobs import FrameRange, JobAccepted, JobSpec, Resolution, SubmitJob
+from contracts.staging import SceneRef
+from libs.bus.commands import Actor, CommandClient
+from libs.ids import new_id
+from libs.runtime import ServiceRuntime, build
+from services.deadline_bridge.service import SERVICE as BRIDGE
+from services.deadline_bridge.settings import BridgeSettings
+from services.job.service import SERVICE as JOB
+from services.job.settings import JobSettings
+from services.scheduler.service import SERVICE as SCHEDULER
+from services.scheduler.settings import SchedulerSettings
+from services.upload.service import SERVICE as UPLOAD
+from services.upload.settings import UploadSettings
+from tests.conftest import Env
+from tests.farm.conftest import Farm, make_farm
 
 __all__ = ["make_farm"]
+
+USER = Actor(kind="user", id="usr_studio1")
+
+
+@pytest.fixture
+def stage_root(tmp_path: Path) -> Path:
+    """The farm's scene root: the upload service stages into it, the bridge names files in
+    it to the farm."""
+    root = tmp_path / "scenes"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def upload_settings(env: Env, stage_root: Path) -> UploadSettings:
+    return env.settings(UploadSettings, stage_root=str(stage_root), stage_poll_seconds=0.2)
+
+
+@pytest.fixture
+async def render_path(
+    env: Env,
+    tmp_path: Path,
+    stage_root: Path,
+    upload_settings: UploadSettings,
+    make_farm: Callable[..., Farm],
+) -> AsyncIterator[dict[str, ServiceRuntime[Any]]]:
+    """The services, built but not launched (a test may break one first)."""
+    farm = make_farm(workers=1)
+    started = {
+        "job": await build(JOB, env.settings(JobSettings)),
+        "scheduler": await build(SCHEDULER, env.settings(SchedulerSettings)),
+        "upload": await build(UPLOAD, upload_settings),
+        "bridge": await build(
+            BRIDGE,
+            env.settings(
+                BridgeSettings,
+                farm_url=farm.url,
+                farm_outputs_root=str(tmp_path / "renders"),
+                scenes_root=str(stage_root),
+                poll_interval_seconds=0.2,
+            ),
+        ),
+    }
+    yield started
+    for rt in started.values():
+        await rt.stop()
+
+
+async def submit(rt: ServiceRuntime[Any], scene: SceneRef, frames: int = 2) -> str:
+    """Submit a job for ``scene`` as the gateway does once it resolved the scene id."""
+    job_id = new_id("job")
+    spec = JobSpec(
+        name="shot_050",
+        scene_id=scene.scene_id,
+        frame_range=FrameRange(start=1, end=frames),
+        chunk_size=1,
+        resolution=Resolution(width=320, height=180),
+    )
+    await CommandClient(rt.nc, rt.settings, timeout=10).send(
+        SubmitJob(job_id=job_id, owner_id=USER.id, spec=spec, scene=scene),
+        JobAccepted,
+        command_id=uuid.uuid4().hex,
+        actor=USER,
+    )
+    return job_id

@@ -1,8 +1,10 @@
 """The scheduler's policy on the process-manager kit, with in-memory twins (no servers): what
-it sends for each event, the ids it sends them under, and what a refusal becomes."""
+it sends for each event (staging the scene, then the render), the ids it sends them under,
+and what a refusal becomes."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,11 +34,16 @@ from contracts.jobs import (
     JobCancellationRequested,
     JobStatus,
     JobSubmitted,
+    LogJobStep,
     QueueJob,
+    RecordSceneStaged,
+    RecordSceneStagingProgress,
     Renderer,
     RenderOrder,
     RenderSettings,
     Resolution,
+    StartSceneStaging,
+    StepName,
 )
 from contracts.process import CommandRefused
 from contracts.render import (
@@ -47,19 +54,30 @@ from contracts.render import (
     RenderSubmitted,
     SubmitRender,
 )
+from contracts.staging import (
+    CancelStaging,
+    SceneStaged,
+    SceneStagingFailed,
+    SceneStagingProgressed,
+    SceneStagingStarted,
+    StageScene,
+    StagingAccepted,
+    StagingStatus,
+)
 from libs.bus.commands import Actor
 from libs.bus.consumer import BusEvent, Retry
 from libs.eventstore.store import Position
 from libs.process import InMemoryProcessStore, ProcessRunner
 from services.scheduler.domain import JobRender, RenderProcess
+from tests.fixtures import scene_ref
 
 R = TypeVar("R", bound=BaseModel)
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 JOB = "job_01"
 RENDER = f"{JOB}.full.1"
+STAGED_KEY = f"staged/usr_1/{'5c' * 32}/shot_010.blend"
 SPEC: dict[str, Any] = {
     "name": "shot_040",
-    "scene_key": "scenes/shot_040.blend",
     "renderer": Renderer.blender_cycles,
     "frame_range": FrameRange(start=1, end=10),
     "chunk_size": 5,
@@ -112,6 +130,13 @@ def bus_event(event: Event, event_id: uuid.UUID | None = None) -> BusEvent:
     )
 
 
+def as_schema_1(event: JobSubmitted, event_id: uuid.UUID | None = None) -> BusEvent:
+    """``event`` as a job service from before scene uploads published it (schema 1)."""
+    delivery = bus_event(event, event_id)
+    data = {k: v for k, v in delivery.data.items() if k != "scene"}
+    return dataclasses.replace(delivery, schema_version=1, data=data)
+
+
 def order(_: Command) -> RenderOrder:
     return RenderOrder(
         job_id=JOB,
@@ -119,7 +144,14 @@ def order(_: Command) -> RenderOrder:
         status=JobStatus.queued,
         priority="normal",
         version=7,
+        scene_key=STAGED_KEY,
         **SPEC,
+    )
+
+
+def staging(_: Command) -> StagingAccepted:
+    return StagingAccepted(
+        job_id=JOB, status=StagingStatus.requested, staged_key=STAGED_KEY, version=1
     )
 
 
@@ -134,14 +166,31 @@ def on_farm(_: Command) -> RenderAccepted:
 
 
 submitted = JobSubmitted(
-    job_id=JOB, owner_id="usr_1", priority="normal", cost_cap_credits=None, submitted_at=T, **SPEC
+    job_id=JOB,
+    owner_id="usr_1",
+    priority="normal",
+    cost_cap_credits=None,
+    submitted_at=T,
+    scene=scene_ref(),
+    **SPEC,
 )
+#: A submission from before scene uploads: the farm opens its key as given.
+submitted_before_uploads = submitted.model_copy(
+    update={"scene": None, "scene_key": "scenes/shot_040.blend"}
+)
+staged = SceneStaged(job_id=JOB, staged_key=STAGED_KEY, reused=False, bytes_copied=4_200_000, at=T)
 
 
 @pytest.fixture
 def commands() -> ScriptedCommands:
     return ScriptedCommands(
         {
+            StageScene: staging,
+            CancelStaging: staging,
+            StartSceneStaging: accepted,
+            RecordSceneStagingProgress: accepted,
+            RecordSceneStaged: accepted,
+            LogJobStep: accepted,
             QueueJob: order,
             SubmitRender: on_farm,
             CancelRender: on_farm,
@@ -172,11 +221,120 @@ async def refusals(store: InMemoryProcessStore) -> list[CommandRefused]:
     return [e for e in events if isinstance(e, CommandRefused)]
 
 
-async def test_a_submitted_job_is_queued_then_rendered_with_the_settings_queueing_froze(
+async def test_a_submitted_job_has_its_scene_staged_first_and_nothing_else(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     event_id = uuid.uuid4()
     await runner.handle(bus_event(submitted, event_id))
+    [(command_id, stage)] = commands.sent
+    assert command_id == f"scheduler:{event_id}:0"
+    assert isinstance(stage, StageScene)
+    assert (stage.job_id, stage.owner_id, stage.scene) == (JOB, "usr_1", scene_ref())
+    assert store.states[("scheduler", JOB)]["staging"] is True
+
+
+async def test_staging_events_show_as_the_jobs_stage_step_with_its_progress_and_logs(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    started = SceneStagingStarted(job_id=JOB, files_total=3, bytes_total=12 * 2**20, at=T)
+    await runner.handle(bus_event(started))
+    progressed = SceneStagingProgressed(
+        job_id=JOB, files_done=1, bytes_done=3 * 2**20, bytes_total=12 * 2**20, at=T
+    )
+    await runner.handle(bus_event(progressed))
+    assert commands.types() == ["StartSceneStaging", "LogJobStep", "RecordSceneStagingProgress"]
+    log = commands.sent[1][1]
+    assert isinstance(log, LogJobStep) and log.step is StepName.stage_scene
+    assert log.message == "copying the scene to the farm: 3 files, 12.0 MiB"
+    progress = commands.sent[2][1]
+    assert isinstance(progress, RecordSceneStagingProgress)
+    assert (progress.bytes_done, progress.bytes_total) == (3 * 2**20, 12 * 2**20)
+
+
+async def test_a_staged_scene_is_recorded_then_the_job_queued_and_rendered_from_the_staged_copy(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    await runner.handle(bus_event(submitted))
+    event_id = uuid.uuid4()
+    await runner.handle(bus_event(staged, event_id))
+    assert commands.types() == [
+        "StageScene",
+        "LogJobStep",
+        "RecordSceneStaged",
+        "QueueJob",
+        "SubmitRender",
+    ]
+    ids = [command_id.removeprefix(f"scheduler:{event_id}:") for command_id, _ in commands.sent]
+    assert ids[1:] == ["0", "1", "1>:0", "1>:0>:0"]
+    record, submit = commands.sent[2][1], commands.sent[4][1]
+    assert isinstance(record, RecordSceneStaged) and record.scene_key == STAGED_KEY
+    assert isinstance(submit, SubmitRender) and submit.scene_key == STAGED_KEY
+    assert store.states[("scheduler", JOB)]["staging"] is False
+    reused = staged.model_copy(update={"reused": True, "bytes_copied": 0})
+    await runner.handle(bus_event(reused))
+    log = next(cmd for _, cmd in reversed(commands.sent) if isinstance(cmd, LogJobStep))
+    assert log.message == f"the farm holds this scene already: reusing {STAGED_KEY}"
+
+
+async def test_a_scene_that_cannot_be_staged_fails_the_job_with_the_staging_code(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    failed = SceneStagingFailed(
+        job_id=JOB, code="scene_checksum_mismatch", reason="main.blend: wrong bytes", at=T
+    )
+    await runner.handle(bus_event(failed))
+    [(_, fail)] = commands.sent
+    assert isinstance(fail, FailJob) and fail.code == "scene_checksum_mismatch"
+    assert fail.reason == "the scene could not be staged to the farm: main.blend: wrong bytes"
+
+
+async def test_a_refused_staging_request_fails_the_job(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    problem = FieldProblem(loc=["scene"], message="no content hash", type="sha256")
+    commands.answers[StageScene] = lambda _: ValidationFailed("no hash", errors=[problem])
+    await runner.handle(bus_event(submitted))
+    assert commands.types() == ["StageScene", "FailJob"]
+    fail = commands.sent[1][1]
+    assert isinstance(fail, FailJob) and fail.code == "validation_failed"
+    [refused] = await refusals(store)
+    assert (refused.command_type, refused.then) == ("upload.StageScene", ["job.FailJob"])
+
+
+async def test_a_cancel_while_the_scene_is_staged_stops_the_staging_and_confirms(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
+    await runner.handle(bus_event(submitted))
+    await runner.handle(bus_event(JobCancellationRequested(job_id=JOB, reason=None, at=T)))
+    assert commands.types() == [
+        "StageScene",
+        "CancelStaging",
+        "CancelRender",
+        "ConfirmJobCancelled",
+    ]
+    # Once the staging has ended, a cancel only looks at the render.
+    await runner.handle(bus_event(staged))
+    commands.sent.clear()
+    await runner.handle(bus_event(JobCancellationRequested(job_id=JOB, reason=None, at=T)))
+    assert commands.types() == ["CancelRender", "ConfirmJobCancelled"]
+
+
+async def test_a_staged_scene_reported_after_the_cancel_queues_nothing(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    commands.answers[QueueJob] = lambda _: JobFinished("it is cancelled", status="cancelled")
+    commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
+    await runner.handle(bus_event(staged))
+    assert "SubmitRender" not in commands.types()
+    assert all(r.expected for r in await refusals(store))
+
+
+async def test_a_job_from_before_uploads_is_queued_then_rendered_with_the_frozen_settings(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    event_id = uuid.uuid4()
+    await runner.handle(as_schema_1(submitted_before_uploads, event_id))
     assert commands.types() == ["QueueJob", "SubmitRender"]
     [(queue_id, _), (submit_id, submit)] = commands.sent
     # Ids derive from the causing event: a redelivery sends the very same ids.
@@ -191,7 +349,7 @@ async def test_a_submitted_job_is_queued_then_rendered_with_the_settings_queuein
 async def test_an_event_handled_before_sends_nothing_again(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands
 ) -> None:
-    delivery = bus_event(submitted)
+    delivery = bus_event(submitted_before_uploads)
     await runner.handle(delivery)
     await runner.handle(delivery)
     assert commands.types() == ["QueueJob", "SubmitRender"]
@@ -201,7 +359,7 @@ async def test_a_retryable_refusal_redelivers_and_the_retry_repeats_the_same_com
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     commands.answers[SubmitRender] = lambda _: ServiceUnavailable("the farm is away")
-    delivery = bus_event(submitted)
+    delivery = bus_event(submitted_before_uploads)
     with pytest.raises(Retry):
         await runner.handle(delivery)
     assert store.inbox == set()  # not marked handled: it comes again
@@ -216,7 +374,7 @@ async def test_a_job_cancelled_before_it_was_queued_is_confirmed_cancelled_and_r
 ) -> None:
     commands.answers[QueueJob] = lambda _: JobFinished("it is cancelled", status="cancelled")
     commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
-    await runner.handle(bus_event(submitted))
+    await runner.handle(bus_event(submitted_before_uploads))
     assert commands.types() == ["QueueJob", "CancelRender", "ConfirmJobCancelled"]
     refused = await refusals(store)
     assert [(r.command_type, r.code, r.expected) for r in refused] == [
@@ -260,7 +418,7 @@ async def test_a_refused_render_order_fails_the_job_with_the_bridges_reason(
     commands.answers[SubmitRender] = lambda _: ValidationFailed(
         "refusing to render job_01: scene_key leaves the scenes root", errors=[problem]
     )
-    await runner.handle(bus_event(submitted))
+    await runner.handle(bus_event(submitted_before_uploads))
     assert commands.types() == ["QueueJob", "SubmitRender", "FailJob"]
     fail = commands.sent[-1][1]
     assert isinstance(fail, FailJob) and fail.reason.endswith("scene_key leaves the scenes root")

@@ -14,11 +14,18 @@ import pytest
 from libs.config import BaseServiceSettings
 from libs.runtime import ServiceRuntime
 from tests.conftest import Env
-from tests.fixtures import Users, admin_session, job_spec
+from tests.fixtures import Scenes, Users, admin_session
 from tests.job.scheduler import Scheduler
 from tools import renderctl
 
-READ_MODELS = ("job.jobs", "job.frames", "identity.users", "identity.api_keys", "bridge.renders")
+READ_MODELS = (
+    "job.jobs",
+    "job.frames",
+    "identity.users",
+    "identity.api_keys",
+    "bridge.renders",
+    "upload.uploads",
+)
 
 
 async def snapshot(dsn: str) -> dict[str, list[dict[str, object]]]:
@@ -34,7 +41,10 @@ async def snapshot(dsn: str) -> dict[str, list[dict[str, object]]]:
 
 @pytest.fixture
 async def history(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], job_service: ServiceRuntime[Any]
+    api: httpx.AsyncClient,
+    identity_service: ServiceRuntime[Any],
+    job_service: ServiceRuntime[Any],
+    scenes: Scenes,
 ) -> None:
     """Some real history: users, approvals, keys, jobs created, changed, rendered (frames
     included) and cancelled."""
@@ -60,13 +70,15 @@ async def history(
         if n == 1:
             await api.post(f"/v1/api-keys/{key['key_id']}/revoke", headers=me)
         for j in range(3):
-            job = (await api.post("/v1/jobs", json=job_spec(name=f"shot {j}"), headers=me)).json()
+            spec = await scenes.spec(me, name=f"shot {j}")
+            job = (await api.post("/v1/jobs", json=spec, headers=me)).json()
             if j == 1:
                 await api.patch(f"/v1/jobs/{job['job_id']}", json={"priority": "high"}, headers=me)
             if j == 1 and n == 0:
                 await Scheduler(job_service).render_all(job["job_id"], list(range(1, 25)), 4)
             if j == 0 and n == 1:
                 scheduler = Scheduler(job_service)
+                await scheduler.stage(job["job_id"])
                 await scheduler.queue(job["job_id"])
                 await scheduler.send(scheduler.task(job["job_id"], 2, [9, 10, 11, 12]))
             if j == 2:

@@ -22,7 +22,10 @@ from contracts.errors import (
     JobNotEditable,
     JobNotFound,
     JobViewCatchingUp,
+    SceneNotFound,
+    SceneNotReady,
     ServiceUnavailable,
+    UploadNotAScene,
 )
 from contracts.identity import Scope
 from contracts.jobs import (
@@ -77,14 +80,20 @@ Cursor = Annotated[
     operation_id="create_job",
     summary="Create a render job",
     description=(
-        "Submit a render job for an uploaded scene. Answers at once (201) with the job"
-        " envelope: id, status, steps, progress, ETA, cost and allowed next actions."
-        " Fails with job_limit_reached when the caller has too many active jobs."
+        "Submit a render job for your completed scene upload or complete manifest"
+        " (scene_id). Answers at once (201) with the job envelope: id, status, steps,"
+        " progress, ETA, cost and allowed next actions. The scene is first staged to the"
+        " farm (step stage_scene, status preparing), then the render is queued. Fails with"
+        " scene_not_found (not yours, or no such id), scene_not_ready (not completed yet),"
+        " upload_not_a_scene (a manifest's file) or job_limit_reached (too many active jobs)."
     ),
     status_code=201,
     response_model=JobEnvelope,
     responses=errors(
         InvalidFrameRange,
+        SceneNotFound,
+        SceneNotReady,
+        UploadNotAScene,
         JobLimitReached,
         InsufficientScope,
         IdempotencyKeyReused,
@@ -100,7 +109,8 @@ async def create_job(
     p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
-        cmd = SubmitJob(job_id=new_id("job"), owner_id=p.user_id, spec=spec)
+        scene = await gw.read.scene(spec.scene_id, p.user_id)
+        cmd = SubmitJob(job_id=new_id("job"), owner_id=p.user_id, spec=spec, scene=scene)
         accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
         set_targets(request, job_id=accepted.job_id)
         envelope = await gw.read.job_envelope(accepted.job_id, p.user_id, accepted.version)

@@ -1,0 +1,165 @@
+"""Staging scenes to the farm: the scene a job renders, and the upload service's staging
+events (``upload.SceneStaging*``, stream ``staging-<job id>``) and commands.
+
+A job renders a completed scene upload or a complete manifest. Before its render is queued
+the upload service copies that scene from the scenes bucket to where the farm's workers
+read scenes, under a path named by the owner and the scene's content hash; a later job on
+the same content finds the copy there and reuses it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.text import IdText, Reason
+
+
+class SceneKind(StrEnum):
+    upload = "upload"  # one scene file, uploaded as one upload session (upl_...)
+    manifest = "manifest"  # a folder of files sent as a manifest (man_...)
+
+
+class StagingStatus(StrEnum):
+    requested = "requested"  # recorded; the stager has not started copying
+    copying = "copying"
+    staged = "staged"  # on the farm's scene root, verified
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED_STAGING_STATUSES = frozenset(
+    {StagingStatus.staged, StagingStatus.failed, StagingStatus.cancelled}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SceneRef(_Model):
+    """The scene a job renders, as resolved when the job was created (the caller's own,
+    complete upload or manifest)."""
+
+    scene_id: str = Field(description="The upload (upl_...) or manifest (man_...) id.")
+    kind: SceneKind = Field(description="A single uploaded file, or a manifest of files.")
+    main_file: str = Field(
+        description="The file the farm opens: the upload's file name, or the manifest's"
+        " main file (a path relative to the manifest's root)."
+    )
+    file_count: int = Field(ge=1, description="Files in the scene (1 for an upload).")
+    size_bytes: int = Field(ge=0, description="Bytes of all the scene's files.")
+    content_sha256: str = Field(
+        description="SHA-256 (lowercase hex) of the uploaded file, or the manifest's content"
+        " hash (of its sorted path, size and SHA-256 list)."
+    )
+    bucket: str | None = Field(
+        default=None, description="Bucket of the uploaded file; null for a manifest."
+    )
+    object_key: str | None = Field(
+        default=None, description="Object key of the uploaded file; null for a manifest."
+    )
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@EVENTS.register
+class SceneStagingRequested(Event):
+    """A job's scene is to be staged to ``staged_key`` (relative to the farm's scene root)."""
+
+    event_type = "upload.SceneStagingRequested"
+    job_id: str
+    owner_id: str
+    scene: SceneRef
+    staged_key: str
+    at: datetime
+
+
+@EVENTS.register
+class SceneStagingStarted(Event):
+    """The stager started copying the scene from the bucket."""
+
+    event_type = "upload.SceneStagingStarted"
+    job_id: str
+    files_total: int
+    bytes_total: int
+    at: datetime
+
+
+@EVENTS.register
+class SceneStagingProgressed(Event):
+    event_type = "upload.SceneStagingProgressed"
+    job_id: str
+    files_done: int
+    bytes_done: int
+    bytes_total: int
+    at: datetime
+
+
+@EVENTS.register
+class SceneStaged(Event):
+    """The scene is on the farm's scene root, every file's SHA-256 checked. ``reused``: the
+    farm held a verified copy of the same content already, and nothing was copied."""
+
+    event_type = "upload.SceneStaged"
+    job_id: str
+    staged_key: str
+    reused: bool
+    bytes_copied: int
+    at: datetime
+
+
+@EVENTS.register
+class SceneStagingFailed(Event):
+    """The scene cannot be staged; ``code`` is an error code (e.g. scene_checksum_mismatch)."""
+
+    event_type = "upload.SceneStagingFailed"
+    job_id: str
+    code: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class SceneStagingCancelled(Event):
+    event_type = "upload.SceneStagingCancelled"
+    job_id: str
+    reason: str | None
+    at: datetime
+
+
+# --- commands (from the scheduler) -------------------------------------------------------
+
+
+@COMMANDS.register
+class StageScene(Command):
+    """Stage a job's scene to the farm. Answers at once: the copy runs in the background,
+    and its progress and end come as events. Asking again for the same job changes nothing."""
+
+    command_type = "upload.StageScene"
+    job_id: IdText
+    owner_id: IdText
+    scene: SceneRef
+
+
+@COMMANDS.register
+class CancelStaging(Command):
+    """Stop staging a job's scene (the job was cancelled). A staging that has ended, or
+    that was never asked for, is left as it is."""
+
+    command_type = "upload.CancelStaging"
+    job_id: IdText
+    reason: Reason | None = None
+
+
+class StagingAccepted(_Model):
+    """Reply to a staging command: where the staging stands."""
+
+    job_id: str
+    status: StagingStatus | None = Field(description="Null when no staging was asked for.")
+    staged_key: str | None
+    version: int

@@ -1,0 +1,457 @@
+"""The scene stager: copies each job's scene from the scenes bucket to where the farm reads
+scenes, before the job's render is queued.
+
+A scene is staged to ``<stage_root>/staged/<owner>/<content sha256>/``: an upload's file by
+its name, a manifest's files at their relative paths. Every file is streamed from the store
+in chunks (never whole in memory) into a folder of its own under ``staged/.incoming/``,
+its size and SHA-256 checked while it is written (this is where an upload's whole-file
+checksum is verified); a completion marker is written last, and only then is the folder
+renamed into place. A staged folder therefore always holds verified, complete content, and
+a later job of the same owner on the same content reuses it at once, copying nothing.
+
+Progress is recorded at most every ``stage_progress_seconds`` and
+``stage_progress_bytes``. Only one replica stages at a time (a PostgreSQL advisory lock);
+stagings left unfinished by a crash or a restart are found again in ``upload.stagings`` and
+copied again from the start. A cancel reaches the copy within one progress interval.
+
+Production: the farm does not mount this folder from the upload service's machine but keeps
+a farm-side cache keyed by content hash (a shared file system the workers mount, or a cache
+next to the farm that pulls from the bucket); the stager's job is then to make that cache
+hold the content and to name the path the farm's workers open, with the same layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from botocore.exceptions import ClientError
+
+from contracts.errors import (
+    DomainError,
+    SceneChecksumMismatch,
+    SceneFileMissing,
+    ScenePathRefused,
+    SceneSizeMismatch,
+)
+from contracts.staging import SceneKind, StagingStatus
+from libs.eventstore.processor import Projector
+from libs.eventstore.store import ConcurrencyError, EventStore
+from libs.eventstore.uow import UnitOfWork
+from libs.keys import KeyRefused, check_key
+from libs.logging import get_logger
+from libs.s3 import S3Client, error_code
+from services.upload.domain import STAGED_DIR, SceneStaging, staged_dir, staged_name
+from services.upload.projections import pending_stagings
+from services.upload.settings import UploadSettings
+
+log = get_logger(__name__)
+
+#: Written last into a staged folder: what it holds, all verified.
+MARKER = ".rf-staged.json"
+#: Folders being filled, one per job, under the staged root.
+INCOMING = ".incoming"
+_MISSING = ("NoSuchKey", "NoSuchBucket", "404", "NotFound")
+
+
+@dataclass(frozen=True)
+class SceneFile:
+    """One file to stage: where it goes in the staged folder, and where it is in the store."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    bucket: str
+    object_key: str
+
+
+class Cancelled(Exception):
+    """The staging was cancelled while its scene was copied."""
+
+
+class SceneStager:
+    def __init__(
+        self, settings: UploadSettings, store: EventStore, s3: S3Client, view: Projector
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.s3 = s3
+        self.view = view
+        self.root = Path(settings.stage_root)
+        self.is_leader = False
+        self.last_error: BaseException | None = None
+        #: Jobs being staged now, and when a job that failed for a passing reason is retried.
+        self.active: dict[str, asyncio.Task[None]] = {}
+        self.retry_at: dict[str, float] = {}
+        #: Jobs whose cancel this process was asked for: looked at before the next chunk.
+        self.cancel_asked: set[str] = set()
+        self._wake = store.waiter()
+
+    def ask_cancel(self, job_id: str) -> None:
+        self.cancel_asked.add(job_id)
+
+    @property
+    def lock_key(self) -> int:
+        return zlib.crc32(f"{self.store.schema}:scene-stager".encode())
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self._lead(stopping)
+            except Exception as e:
+                self.last_error = e
+                log.error("stager_failed", error=repr(e), exc_info=True)
+                await _sleep_or_stop(stopping, 1.0)
+
+    async def _lead(self, stopping: asyncio.Event) -> None:
+        async with self.store.pool.acquire() as lock_conn:
+            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                if await _sleep_or_stop(stopping, 1.0):
+                    return
+            self.is_leader = True
+            try:
+                while not stopping.is_set():
+                    self._wake.clear()  # before looking: a wake-up meanwhile is not lost
+                    await self.cycle()
+                    await _wait(self._wake, stopping, self.settings.stage_poll_seconds)
+            finally:
+                self.is_leader = False
+                for task in self.active.values():
+                    task.cancel()
+                await asyncio.gather(*self.active.values(), return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
+
+    async def cycle(self) -> None:
+        """Start staging the pending jobs, as many as ``stage_concurrency`` at once."""
+        await self.view.catch_up()
+        free = self.settings.stage_concurrency - len(self.active)
+        if free <= 0:
+            return
+        async with self.store.pool.acquire() as conn:
+            pending = await pending_stagings(conn, self.store.schema, limit=100)
+        now = time.monotonic()
+        for job_id in pending:
+            if free <= 0:
+                break
+            if job_id in self.active or self.retry_at.get(job_id, 0.0) > now:
+                continue
+            self.active[job_id] = asyncio.create_task(self._stage_or_retry_later(job_id))
+            free -= 1
+
+    async def _stage_or_retry_later(self, job_id: str) -> None:
+        """Stage; a failure that is not the scene's fault (the store or the disk away) is
+        logged as an alert and tried again after ``stage_retry_seconds``."""
+        try:
+            await self.stage(job_id)
+            self.retry_at.pop(job_id, None)
+            self.last_error = None
+        except Exception as e:
+            self.last_error = e
+            self.retry_at[job_id] = time.monotonic() + self.settings.stage_retry_seconds
+            log.error("staging_will_retry", alert=True, job_id=job_id, error=repr(e), exc_info=True)
+        finally:
+            self.active.pop(job_id, None)
+            self.cancel_asked.discard(job_id)
+            self._wake.set()
+
+    # -- one staging --------------------------------------------------------------------
+
+    async def stage(self, job_id: str) -> None:
+        """Stage one job's scene, or record why it cannot be staged."""
+        staging = await self._record(job_id, lambda s: None)
+        if not staging.exists or staging.finished:
+            return
+        scene = staging.scene
+        assert scene is not None
+        final = self.root / staged_dir(staging.owner_id, scene.content_sha256)
+        incoming = self.root / STAGED_DIR / INCOMING / job_id
+        try:
+            _check_path(staging.staged_key)
+            name = staged_name(scene)
+            if await asyncio.to_thread(_holds, final, name):
+                await self._record(job_id, lambda s: s.staged(True, 0, _now()))
+                return
+            files = await self._files(staging)
+            total = sum(f.size_bytes for f in files)
+            staging = await self._record(job_id, lambda s: s.start(len(files), total, _now()))
+            if staging.status is not StagingStatus.copying:
+                return  # cancelled meanwhile
+            await asyncio.to_thread(_remove, incoming)  # what a crashed attempt left
+            await self._copy_all(job_id, files, incoming, total)
+            await asyncio.to_thread(_write_marker, incoming, job_id, scene.scene_id, files)
+            await asyncio.to_thread(_place, incoming, final, name)
+            await self._record(job_id, lambda s: s.staged(False, total, _now()))
+            log.info("scene_staged", job_id=job_id, staged_key=staging.staged_key, bytes=total)
+        except Cancelled:
+            log.info("staging_cancelled", job_id=job_id)
+        except (SceneChecksumMismatch, SceneSizeMismatch, SceneFileMissing, ScenePathRefused) as e:
+            await self._fail(job_id, e)
+        finally:
+            await asyncio.to_thread(_remove, incoming)
+
+    async def _fail(self, job_id: str, e: DomainError[Any]) -> None:
+        log.warning("staging_failed", job_id=job_id, code=e.code, reason=e.message)
+        await self._record(job_id, lambda s: s.fail(e.code, e.message, _now()))
+
+    async def _record(self, job_id: str, decide: Callable[[SceneStaging], object]) -> SceneStaging:
+        """The staging loaded fresh, after ``decide`` recorded what it decides (if anything);
+        loaded again and decided again when another writer (a cancel) came first."""
+        for _ in range(5):
+            uow = UnitOfWork(
+                self.store,
+                metadata={
+                    "actor": {"kind": "service", "id": self.settings.service_name},
+                    "correlation_id": f"job:{job_id}",
+                },
+            )
+            staging = await uow.get(SceneStaging, job_id)
+            decide(staging)
+            try:
+                if await uow.commit():
+                    self.store.notify_appended()
+            except ConcurrencyError:
+                continue
+            return staging
+        raise ConcurrencyError(f"staging-{job_id} kept changing while the stager recorded")
+
+    async def _files(self, staging: SceneStaging) -> list[SceneFile]:
+        """The scene's files and where each is in the store."""
+        scene = staging.scene
+        assert scene is not None
+        if scene.kind is SceneKind.upload:
+            if scene.bucket is None or scene.object_key is None:
+                raise SceneFileMissing(
+                    f"upload {scene.scene_id} names no object in the store", path=scene.main_file
+                )
+            name = staged_name(scene)
+            return [
+                SceneFile(
+                    name, scene.size_bytes, scene.content_sha256, scene.bucket, scene.object_key
+                )
+            ]
+        return await self._manifest_files(staging.owner_id, scene.scene_id, scene.main_file)
+
+    async def _manifest_files(
+        self, owner_id: str, manifest_id: str, main_file: str
+    ) -> list[SceneFile]:
+        s = self.store.schema
+        async with self.store.pool.acquire() as conn:
+            listed = await conn.fetchval(
+                f"SELECT files FROM {s}.manifests WHERE manifest_id = $1 AND owner_id = $2",
+                manifest_id,
+                owner_id,
+            )
+            if listed is None:
+                raise SceneFileMissing(f"manifest {manifest_id} is gone", path="")
+            entries = json.loads(listed) if isinstance(listed, str) else listed
+            rows = await conn.fetch(
+                f"SELECT sha256, bucket, object_key FROM {s}.assets"
+                " WHERE owner_id = $1 AND sha256 = ANY($2::text[])",
+                owner_id,
+                sorted({e["sha256"] for e in entries}),
+            )
+        stored = {r["sha256"]: (r["bucket"], r["object_key"]) for r in rows}
+        if main_file not in {e["path"] for e in entries}:
+            raise SceneFileMissing(
+                f"manifest {manifest_id} does not list its main file {main_file}", path=main_file
+            )
+        files = []
+        for e in entries:
+            path = _check_path(e["path"])
+            if e["sha256"] not in stored:
+                raise SceneFileMissing(f"{path}: no uploaded file has its SHA-256", path=path)
+            files.append(SceneFile(path, e["size_bytes"], e["sha256"], *stored[e["sha256"]]))
+        return files
+
+    async def _copy_all(
+        self, job_id: str, files: list[SceneFile], incoming: Path, total: int
+    ) -> None:
+        progress = _Progress(self, job_id, total)
+        for file in files:
+            await self._copy(file, incoming / file.path, progress)
+            progress.files_done += 1
+        await progress.report()
+
+    async def _copy(self, file: SceneFile, dest: Path, progress: _Progress) -> None:
+        """Stream one object into ``dest``, checking its size and SHA-256."""
+        try:
+            obj = await self.s3.get_object(Bucket=file.bucket, Key=file.object_key)
+        except ClientError as e:
+            if error_code(e) in _MISSING:
+                raise SceneFileMissing(f"{file.path} is not in the store", path=file.path) from e
+            raise
+        declared = obj["ContentLength"]
+        size, digest = 0, hashlib.sha256()
+        out = await asyncio.to_thread(_open, dest)
+        try:
+            body = obj["Body"]
+            async with body:  # gives the connection back, read to the end or not
+                if declared != file.size_bytes:
+                    raise _size_mismatch(file, declared)
+                chunk = self.settings.stage_chunk_bytes
+                buffer = bytearray()
+                while True:
+                    piece = await body.read(chunk - len(buffer))
+                    buffer += piece
+                    if buffer and (len(buffer) >= chunk or not piece):
+                        data, buffer = buffer, bytearray()
+                        await asyncio.to_thread(_write, out, digest, data)
+                        size += len(data)
+                        await progress.add(len(data))
+                    if not piece:
+                        break
+            await asyncio.to_thread(_sync_close, out)
+        finally:
+            out.close()
+        if size != file.size_bytes:
+            raise _size_mismatch(file, size)
+        if digest.hexdigest() != file.sha256:
+            raise SceneChecksumMismatch(
+                f"{file.path}: the uploaded bytes have SHA-256 {digest.hexdigest()}, not the"
+                f" {file.sha256} declared for them",
+                path=file.path,
+                expected_sha256=file.sha256,
+                actual_sha256=digest.hexdigest(),
+            )
+
+
+class _Progress:
+    """Records a staging's progress, at most every ``stage_progress_seconds`` and
+    ``stage_progress_bytes``; finds out on the way whether the staging was cancelled."""
+
+    def __init__(self, stager: SceneStager, job_id: str, total: int) -> None:
+        self.stager, self.job_id, self.total = stager, job_id, total
+        self.files_done = self.bytes_done = self.reported_bytes = 0
+        self.reported_at = time.monotonic()
+
+    async def add(self, n: int) -> None:
+        self.bytes_done += n
+        s = self.stager.settings
+        due = (
+            time.monotonic() - self.reported_at >= s.stage_progress_seconds
+            and self.bytes_done - self.reported_bytes >= s.stage_progress_bytes
+        )
+        if due or self.job_id in self.stager.cancel_asked:
+            await self.report()
+
+    async def report(self) -> None:
+        self.stager.cancel_asked.discard(self.job_id)
+        done, files, total = self.bytes_done, self.files_done, self.total
+        staging = await self.stager._record(
+            self.job_id, lambda s: s.progress(files, done, total, _now())
+        )
+        self.reported_at, self.reported_bytes = time.monotonic(), done
+        if staging.status is StagingStatus.cancelled:
+            raise Cancelled
+
+
+# -- helpers (file system work runs in threads) ------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_path(path: str) -> str:
+    """``path`` if it can be placed under a staged folder and opened by the farm."""
+    try:
+        return check_key(path, "scene path")
+    except KeyRefused as e:
+        raise ScenePathRefused(f"{path!r} cannot be staged: {e}", path=path) from e
+
+
+def _size_mismatch(file: SceneFile, actual: int) -> SceneSizeMismatch:
+    return SceneSizeMismatch(
+        f"{file.path}: the store holds {actual} bytes, not the {file.size_bytes} declared",
+        path=file.path,
+        expected_bytes=file.size_bytes,
+        actual_bytes=actual,
+    )
+
+
+def _holds(final: Path, name: str) -> bool:
+    """Whether ``final`` is a staged folder (complete, verified) holding ``name``."""
+    return (final / MARKER).is_file() and (final / name).is_file()
+
+
+def _open(dest: Path) -> IO[bytes]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return dest.open("wb")
+
+
+def _write(out: IO[bytes], digest: Any, data: bytearray) -> None:
+    out.write(data)
+    digest.update(data)
+
+
+def _sync_close(out: IO[bytes]) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()
+
+
+def _write_marker(incoming: Path, job_id: str, scene_id: str, files: list[SceneFile]) -> None:
+    marker = {
+        "staged_by_job": job_id,
+        "scene_id": scene_id,
+        "files": [{"path": f.path, "size_bytes": f.size_bytes, "sha256": f.sha256} for f in files],
+        "staged_at": _now().isoformat(),
+    }
+    with (incoming / MARKER).open("w") as out:
+        json.dump(marker, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _place(incoming: Path, final: Path, name: str) -> None:
+    """Rename the filled folder into place. If the content is there already (another job
+    staged it meanwhile, or an upload of the same bytes under another name), only the file
+    it lacks moves in; a folder there that is not ours (no marker) is replaced."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        incoming.rename(final)
+        return
+    except OSError:
+        if not final.is_dir():
+            raise
+    if not (final / MARKER).is_file():
+        stale = incoming.with_name(incoming.name + ".stale")
+        final.rename(stale)
+        incoming.rename(final)
+        _remove(stale)
+        return
+    target = final / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (incoming / name).rename(target)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _wait(wake: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
+    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
+    _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for p in pending:
+        p.cancel()
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+    return stopping.is_set()

@@ -1,0 +1,368 @@
+"""Staging a job's scene to the farm: the upload service's StageScene command and its stager
+on real PostgreSQL, NATS and S3 (MiniStack), copying into a folder that stands for the farm's
+scene root. Scene files are put into the test's bucket as a completed upload leaves them (so
+that their declared checksum can be wrong), a manifest is made through the upload API."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.base import Event
+from contracts.staging import (
+    CancelStaging,
+    SceneRef,
+    SceneStaged,
+    SceneStagingCancelled,
+    SceneStagingFailed,
+    SceneStagingProgressed,
+    SceneStagingRequested,
+    SceneStagingStarted,
+    StageScene,
+    StagingAccepted,
+    StagingStatus,
+)
+from deploy.local.servers import free_port
+from libs.bus.commands import Actor, CommandClient
+from libs.bus.nats import connect
+from libs.eventstore.store import EventStore, create_pool
+from libs.ids import new_id
+from libs.readmodels.scenes import ScenesQuery
+from libs.runtime import ServiceRuntime, build
+from libs.s3 import S3Client
+from services.upload.service import SERVICE
+from services.upload.settings import UploadSettings
+from services.upload.stager import INCOMING, MARKER
+from tests.conftest import Env
+from tests.fixtures import Users
+from tests.processes import service
+from tests.scenes import MiB, put_scene, scene_bytes
+from tests.upload.protocol import Uploader, cut, sha256_hex
+
+SCHEDULER = Actor(kind="service", id="scheduler")
+OWNER = "usr_studio1"
+
+
+@pytest.fixture
+def stage_root(tmp_path: Path) -> Path:
+    root = tmp_path / "farm-scenes"
+    root.mkdir()
+    return root
+
+
+def staging_settings(env: Env, stage_root: Path, **overrides: Any) -> UploadSettings:
+    values: dict[str, Any] = {
+        "stage_root": str(stage_root),
+        "stage_chunk_bytes": 256 * 1024,
+        "stage_progress_seconds": 0.0,
+        "stage_progress_bytes": MiB,
+        "stage_poll_seconds": 0.2,
+        "stage_retry_seconds": 0.2,
+    }
+    return env.settings(UploadSettings, **(values | overrides))
+
+
+@pytest.fixture
+async def upload_service(env: Env, stage_root: Path) -> AsyncIterator[ServiceRuntime[Any]]:
+    rt = await build(SERVICE, staging_settings(env, stage_root))
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+@dataclass
+class Stagings:
+    """The upload service as the scheduler sees it: its commands over NATS, its events."""
+
+    commands: CommandClient
+    store: EventStore
+
+    @classmethod
+    def of(cls, rt: ServiceRuntime[Any]) -> Stagings:
+        return cls(CommandClient(rt.nc, rt.settings, timeout=10), rt.store)
+
+
+Service = ServiceRuntime[Any] | Stagings
+
+
+def stagings(of: Service) -> Stagings:
+    return of if isinstance(of, Stagings) else Stagings.of(of)
+
+
+async def send(of: Service, cmd: StageScene | CancelStaging) -> StagingAccepted:
+    return await stagings(of).commands.send(
+        cmd, StagingAccepted, command_id=uuid.uuid4().hex, actor=SCHEDULER
+    )
+
+
+async def stage(of: Service, scene: SceneRef, owner: str = OWNER, job_id: str | None = None) -> str:
+    """Send StageScene as the scheduler does; returns the job id."""
+    job_id = job_id or new_id("job")
+    reply = await send(of, StageScene(job_id=job_id, owner_id=owner, scene=scene))
+    assert reply.job_id == job_id and reply.staged_key is not None
+    return job_id
+
+
+async def history(of: Service, job_id: str) -> list[Event]:
+    return [e.decode() for e in await stagings(of).store.read_stream(f"staging-{job_id}")]
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+async def ended(of: Service, job_id: str, timeout: float = 30) -> Event:
+    """The event that ended the job's staging, once there is one."""
+    ends = (SceneStaged, SceneStagingFailed, SceneStagingCancelled)
+
+    async def over() -> bool:
+        return any(isinstance(e, ends) for e in await history(of, job_id))
+
+    await until(over, timeout)
+    return (await history(of, job_id))[-1]
+
+
+def leftovers(stage_root: Path) -> list[Path]:
+    incoming = stage_root / "staged" / INCOMING
+    return list(incoming.iterdir()) if incoming.exists() else []
+
+
+async def test_a_scene_upload_is_copied_to_the_farms_scene_root_verified_with_progress(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env, stage_root: Path
+) -> None:
+    data = scene_bytes(3 * MiB + 123)
+    scene = await put_scene(s3, env, data, name="shot 030 (lighting).blend")
+    job_id = await stage(upload_service, scene)
+
+    done = await ended(upload_service, job_id)
+    assert isinstance(done, SceneStaged) and not done.reused and done.bytes_copied == len(data)
+    digest = scene.content_sha256
+    assert done.staged_key == f"staged/{OWNER}/{digest}/shot_030__lighting_.blend"
+    assert (stage_root / done.staged_key).read_bytes() == data
+    assert (stage_root / f"staged/{OWNER}/{digest}" / MARKER).is_file()
+    assert leftovers(stage_root) == []
+
+    events = await history(upload_service, job_id)
+    assert [e.event_type for e in events[:2]] == [
+        SceneStagingRequested.event_type,
+        SceneStagingStarted.event_type,
+    ]
+    started = events[1]
+    assert isinstance(started, SceneStagingStarted)
+    assert (started.files_total, started.bytes_total) == (1, len(data))
+    progress = [e.bytes_done for e in events if isinstance(e, SceneStagingProgressed)]
+    assert len(progress) >= 3 and progress == sorted(set(progress))  # at least every MiB
+    assert progress[-1] == len(data)
+
+    async def listed_as_staged() -> bool:  # the stager's to-do list catches up
+        async with upload_service.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM upload.stagings WHERE job_id = $1", job_id)
+        return (row["status"], row["reused"], row["bytes_done"]) == ("staged", False, len(data))
+
+    await until(listed_as_staged)
+
+
+async def test_a_second_job_on_the_same_scene_reuses_the_staged_copy_and_copies_nothing(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env, stage_root: Path
+) -> None:
+    scene = await put_scene(s3, env, scene_bytes(MiB))
+    first = await ended(upload_service, await stage(upload_service, scene))
+    assert isinstance(first, SceneStaged) and not first.reused
+    staged_file = stage_root / first.staged_key
+    copied_at = staged_file.stat().st_mtime_ns
+
+    second_job = await stage(upload_service, scene)
+    second = await ended(upload_service, second_job)
+    assert isinstance(second, SceneStaged) and second.reused and second.bytes_copied == 0
+    assert second.staged_key == first.staged_key
+    assert [e.event_type for e in await history(upload_service, second_job)] == [
+        SceneStagingRequested.event_type,
+        SceneStaged.event_type,
+    ]  # no copy started
+    assert staged_file.stat().st_mtime_ns == copied_at
+
+
+async def test_another_users_identical_scene_is_staged_apart_and_never_reused(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env, stage_root: Path
+) -> None:
+    scene = await put_scene(s3, env, scene_bytes(MiB))
+    mine = await ended(upload_service, await stage(upload_service, scene))
+    theirs = await ended(upload_service, await stage(upload_service, scene, owner="usr_other"))
+    assert isinstance(mine, SceneStaged) and isinstance(theirs, SceneStaged)
+    assert not theirs.reused and theirs.bytes_copied == MiB
+    assert theirs.staged_key.startswith("staged/usr_other/")
+    assert (stage_root / theirs.staged_key).read_bytes() == (
+        stage_root / mine.staged_key
+    ).read_bytes()
+
+
+async def test_bytes_that_do_not_match_the_declared_sha256_fail_the_staging_and_leave_nothing(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env, stage_root: Path
+) -> None:
+    declared = hashlib.sha256(b"what the client said it uploaded").hexdigest()
+    scene = await put_scene(s3, env, scene_bytes(2 * MiB), declared_sha256=declared)
+    failed = await ended(upload_service, await stage(upload_service, scene))
+    assert isinstance(failed, SceneStagingFailed) and failed.code == "scene_checksum_mismatch"
+    assert declared in failed.reason and hashlib.sha256(scene_bytes(2 * MiB)).hexdigest() in (
+        failed.reason
+    )
+    assert not (stage_root / f"staged/{OWNER}/{declared}").exists()
+    assert leftovers(stage_root) == []
+
+
+async def test_a_missing_object_or_a_wrong_size_fails_the_staging_with_its_code(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env
+) -> None:
+    wrong_size = await put_scene(s3, env, scene_bytes(1000), declared_size=999)
+    gone = await put_scene(s3, env, scene_bytes(1000, "gone"))
+    await s3.delete_object(Bucket=gone.bucket or "", Key=gone.object_key or "")
+    for scene, code in ((wrong_size, "scene_size_mismatch"), (gone, "scene_file_missing")):
+        failed = await ended(upload_service, await stage(upload_service, scene))
+        assert isinstance(failed, SceneStagingFailed) and failed.code == code, failed
+
+
+async def test_staging_a_jobs_scene_again_changes_nothing(
+    upload_service: ServiceRuntime[Any], s3: S3Client, env: Env
+) -> None:
+    scene = await put_scene(s3, env, scene_bytes(4096))
+    job_id = await stage(upload_service, scene)
+    await ended(upload_service, job_id)
+    before = await history(upload_service, job_id)
+    await stage(upload_service, scene, job_id=job_id)
+    assert await history(upload_service, job_id) == before
+
+
+@pytest.fixture
+async def slow_upload_service(env: Env, stage_root: Path) -> AsyncIterator[ServiceRuntime[Any]]:
+    """Copies in 4 KiB chunks and records progress after every one: a copy of a few MiB
+    takes long enough to act on while it runs."""
+    settings = staging_settings(env, stage_root, stage_chunk_bytes=4096, stage_progress_bytes=0)
+    rt = await build(SERVICE, settings)
+    await rt.launch()
+    yield rt
+    await rt.stop()
+
+
+async def copying(of: Service, job_id: str) -> None:
+    async def progressed() -> bool:
+        return any(isinstance(e, SceneStagingProgressed) for e in await history(of, job_id))
+
+    await until(progressed)
+
+
+async def test_a_cancel_stops_the_copy_midway_and_removes_what_was_copied(
+    slow_upload_service: ServiceRuntime[Any], s3: S3Client, env: Env, stage_root: Path
+) -> None:
+    rt = slow_upload_service
+    scene = await put_scene(s3, env, scene_bytes(4 * MiB))
+    job_id = await stage(rt, scene)
+    await copying(rt, job_id)
+    reply = await send(rt, CancelStaging(job_id=job_id, reason="the job was cancelled"))
+    assert reply.status is StagingStatus.cancelled
+    assert isinstance(await ended(rt, job_id), SceneStagingCancelled)
+
+    async def stopped() -> bool:
+        return not rt.wired.stager.active
+
+    await until(stopped)
+    assert leftovers(stage_root) == []
+    assert not (stage_root / f"staged/{OWNER}/{scene.content_sha256}").exists()
+    events = await history(rt, job_id)
+    assert not any(isinstance(e, SceneStaged) for e in events)
+    done = [e.bytes_done for e in events if isinstance(e, SceneStagingProgressed)]
+    assert done[-1] < 4 * MiB
+
+
+async def test_a_staging_left_midway_by_a_killed_upload_service_is_finished_after_restart(
+    env: Env, s3: S3Client, stage_root: Path, tmp_path: Path
+) -> None:
+    settings = staging_settings(env, stage_root, stage_chunk_bytes=4096, stage_progress_bytes=0)
+    process_env = {
+        **os.environ,
+        **env,
+        "RF_HEALTH_PORT": str(free_port()),
+        "RF_STAGE_ROOT": str(stage_root),
+        "RF_STAGE_CHUNK_BYTES": str(settings.stage_chunk_bytes),
+        "RF_STAGE_PROGRESS_SECONDS": "0",
+        "RF_STAGE_PROGRESS_BYTES": "0",
+        "RF_STAGE_POLL_SECONDS": "0.2",
+    }
+    upload = service("upload", process_env, tmp_path)
+    upload.start()
+    nc = await connect(settings, "test")
+    pool = await create_pool(settings.database_url)
+    try:
+        await upload.ready()
+        scheduler = Stagings(CommandClient(nc, settings, timeout=10), EventStore(pool, "upload"))
+        data = scene_bytes(3 * MiB, "restart")
+        scene = await put_scene(s3, env, data)
+        job_id = await stage(scheduler, scene)
+        await copying(scheduler, job_id)
+        upload.stop(signal.SIGKILL)
+        assert leftovers(stage_root) != []  # a half-copied scene, as a crash leaves it
+        upload.start()
+        done = await ended(scheduler, job_id, timeout=60)
+    finally:
+        upload.kill()
+        await nc.close()
+        await pool.close()
+    assert isinstance(done, SceneStaged) and not done.reused
+    assert (stage_root / done.staged_key).read_bytes() == data
+    assert leftovers(stage_root) == []
+
+
+async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    stage_root: Path,
+) -> None:
+    owner = new_id("usr")
+    me = Uploader(upload_api, users.headers(owner))
+    scene, wood = os.urandom(5000), os.urandom(2000)
+    contents = {"shots/main.blend": scene, "tex/wood.png": wood, "tex/old/wood.png": wood}
+    files = [
+        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
+    ]
+    r = await upload_api.post(
+        "/v1/manifests", json={"main_file": "shots/main.blend", "files": files}, headers=me.headers
+    )
+    assert r.status_code == 201, r.text
+    manifest = r.json()
+    for missing in manifest["missing"]:
+        data = scene if missing["sha256"] == sha256_hex(scene) else wood
+        session = await me.get(missing["upload_id"])
+        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
+        assert (await me.complete(missing["upload_id"])).status_code == 200
+    done = await upload_api.post(
+        f"/v1/manifests/{manifest['manifest_id']}/complete", headers=me.headers
+    )
+    assert done.status_code == 200, done.text
+    # The scene as the gateway resolves it for create_job.
+    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
+    assert found is not None and found.ready
+
+    staged = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    assert isinstance(staged, SceneStaged) and not staged.reused
+    folder = f"staged/{owner}/{manifest['content_sha256']}"
+    assert staged.staged_key == f"{folder}/shots/main.blend"
+    assert staged.bytes_copied == len(scene) + 2 * len(wood)
+    for path, data in contents.items():
+        assert (stage_root / folder / path).read_bytes() == data, path
+    marker = json.loads((stage_root / folder / MARKER).read_text())
+    assert sorted(f["path"] for f in marker["files"]) == sorted(contents)
+    again = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    assert isinstance(again, SceneStaged) and again.reused
