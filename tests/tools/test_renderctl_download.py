@@ -28,6 +28,7 @@ from services.upload.settings import UploadSettings
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import ROOT
+from tests.tools.cli import printed
 from tests.upload.rendering import frame_bytes, render
 from tools import renderctl
 
@@ -74,7 +75,8 @@ async def download(
     """renderctl download ... --json: (exit code, the report or None, stderr)."""
     code = await renderctl.run(["download", *args, "--json", "--api-url", url, "--token", token])
     out = capsys.readouterr()
-    return code, json.loads(out.out) if out.out else None, out.err
+    mine = printed(out.out)
+    return code, json.loads(mine) if mine else None, out.err
 
 
 def results(report: dict[str, Any]) -> dict[str, tuple[str, int]]:

@@ -29,6 +29,7 @@ from libs.s3 import S3Client, S3Settings
 from services.upload.domain import part_plan
 from tests.fixtures import Users
 from tests.processes import ROOT
+from tests.tools.cli import printed
 from tools import renderctl
 from tools.uploads import planned_part_size
 
@@ -52,7 +53,7 @@ async def upload(
 ) -> tuple[int, str, str]:
     code = await renderctl.run(["upload", *args, "--api-url", url, "--token", token])
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, printed(out.out), out.err
 
 
 class Api:
