@@ -17,6 +17,11 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 6. Render path overhead (jobs on one uploaded scene: its staging reused) and the time to
    stage a fresh scene to the farm; 7. deadline-bridge polling cost.
 8. Live projection lag of the jobs projector at 2,000 events/s.
+9. Gateway memory under a long GET load.
+10. Uploads: a multi-GB sparse file through presigned part URLs (renderctl's client code) vs
+    a direct aioboto3 multipart upload to the same S3 server; the gateway's CPU per GB
+    uploaded; the time to stage that scene to the farm for a job (and to reuse it).
 
-``--quick`` (``make bench-quick``) runs sections 3, 4, 5 and 8 with shorter runs.
+``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8 and 10 (a 256 MiB file) with
+shorter runs.
 """

@@ -38,6 +38,7 @@ from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
+from bench.upload_bench import UploadBenchOptions, run_uploads
 from libs.ids import new_id
 
 SECTIONS = {
@@ -50,12 +51,13 @@ SECTIONS = {
     "7": "deadline-bridge polling cost with 1,000 active farm jobs",
     "8": "live projection lag (append -> jobs read model row)",
     "9": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
+    "10": "uploads: presigned parts vs direct to the same S3, gateway CPU, staging a scene",
 }
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8",
+    "only": "3,4,5,8,10",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -66,16 +68,18 @@ QUICK = {
     "post_duration": 4.0,
     "render_jobs": 3,
     "poll_jobs": 200,
+    "upload_mib": 256,
+    "upload_rounds": 1,
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="sections to run, e.g. 1,3")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8) with shorter runs, under two minutes",
+        help="a subset (sections 3,4,5,8,10) with shorter runs, under two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -117,6 +121,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--render-jobs", type=int, default=10)
     p.add_argument("--stage-mib", type=int, default=64, help="size of the scene staged in 6")
     p.add_argument("--poll-jobs", type=int, default=1000)
+    p.add_argument(
+        "--upload-mib",
+        type=int,
+        default=2048,
+        help="section 10: size of the sparse scene file (MiniStack holds ~3x that in RAM)",
+    )
+    p.add_argument("--upload-rounds", type=int, default=2, help="section 10: rounds each way")
+    p.add_argument("--upload-parallel", type=int, default=4, help="section 10: parts at once")
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:
@@ -246,6 +258,12 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         )
         await section("6", lambda: run_render_overhead(infra, servers, render))
         await section("7", lambda: run_poll_cost(infra, servers, render))
+        uploads = UploadBenchOptions(
+            size_bytes=args.upload_mib * 1024 * 1024,
+            parallel=args.upload_parallel,
+            rounds=args.upload_rounds,
+        )
+        await section("10", lambda: run_uploads(infra, servers, uploads))
     finally:
         await infra.drop_databases()
 

@@ -93,25 +93,52 @@ def _print_load(label: str, r: LoadResult, cpu: dict[str, float]) -> None:
     print(f"    {cpu_text(cpu)}")
 
 
-class Stack:
-    """The job, identity and upload services and the gateway, as separate processes on one
-    fresh database."""
+#: Environment each service gets besides the servers' (fast password hashing for the bench's
+#: users, no active-job limit for the POST load).
+SERVICE_ENV = {
+    "job": {"RF_ACTIVE_JOB_LIMIT": "1000000"},
+    "identity": {"RF_PASSWORD_SCRYPT_N": "1024"},
+}
 
-    def __init__(self, infra: Infra, servers: Servers, workers: int = 1) -> None:
+
+class Stack:
+    """Services (the job, identity and upload services by default) and the gateway, as
+    separate processes on one fresh database; the upload service on this run's S3."""
+
+    def __init__(
+        self,
+        infra: Infra,
+        servers: Servers,
+        workers: int = 1,
+        services: Sequence[str] = ("job", "identity", "upload"),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.infra = infra
         self.servers = servers
         self.workers = workers
-        self.identity: Child | None = None
+        self.names = tuple(services)
+        self.extra_env = env or {}
+        self.services: dict[str, Child] = {}
         self.prefix = f"b{infra.tag}a"
         self.keys = {"k1": secrets.token_hex(32)}
         self.pepper = secrets.token_hex(32)
         self.gateway_port = 0
-        self.job: Child | None = None
-        self.upload: Child | None = None
         self.gateway: Child | None = None
         self.settings: GatewaySettings | None = None
         #: Each user's scene upload (by access token).
         self._scenes: dict[str, str] = {}
+
+    @property
+    def job(self) -> Child | None:
+        return self.services.get("job")
+
+    @property
+    def identity(self) -> Child | None:
+        return self.services.get("identity")
+
+    @property
+    def upload(self) -> Child | None:
+        return self.services.get("upload")
 
     async def start(self) -> None:
         from deploy.local.servers import free_port
@@ -126,28 +153,18 @@ class Stack:
             "RF_JWT_KEYS": json.dumps(self.keys),
             "RF_JWT_ACTIVE_KID": "k1",
             "RF_TOKEN_PEPPER": self.pepper,
+            **self.extra_env,
         }
-        job_health = free_port()
-        self.job = self.infra.spawn(
-            "job-service",
-            ["-m", "services.job"],
-            {**env, "RF_HEALTH_PORT": str(job_health), "RF_ACTIVE_JOB_LIMIT": "1000000"},
-        )
-        await wait_http_ok(job_health, "/readyz", 60, self.job)
-        identity_health = free_port()
-        self.identity = self.infra.spawn(
-            "identity",
-            ["-m", "services.identity"],
-            {**env, "RF_HEALTH_PORT": str(identity_health), "RF_PASSWORD_SCRYPT_N": "1024"},
-        )
-        await wait_http_ok(identity_health, "/readyz", 60, self.identity)
-        upload_health = free_port()
-        self.upload = self.infra.spawn(
-            "upload",
-            ["-m", "services.upload"],
-            {**env, **self.infra.s3_env(self.prefix), "RF_HEALTH_PORT": str(upload_health)},
-        )
-        await wait_http_ok(upload_health, "/readyz", 60, self.upload)
+        for name in self.names:
+            health = free_port()
+            own = self.infra.s3_env(self.prefix) if name == "upload" else SERVICE_ENV.get(name, {})
+            child = self.infra.spawn(
+                name if name != "job" else "job-service",
+                ["-m", f"services.{name}"],
+                {**env, **own, "RF_HEALTH_PORT": str(health)},
+            )
+            self.services[name] = child
+            await wait_http_ok(health, "/readyz", 60, child)
         self.gateway_port = free_port()
         gateway_health = free_port()  # the worker parent's: ready when every worker is
         self.gateway = self.infra.spawn(
@@ -246,10 +263,11 @@ class Stack:
             conn.close()
 
     def stop(self) -> None:
-        for child in (self.gateway, self.upload, self.job, self.identity):
+        for child in (self.gateway, *reversed(self.services.values())):
             if child is not None:
                 self.infra.stop_child(child)
-        self.gateway = self.upload = self.job = self.identity = None
+        self.gateway = None
+        self.services.clear()
 
 
 async def wait_http_ok(port: int, path: str, timeout: float, child: Child) -> None:

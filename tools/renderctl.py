@@ -14,7 +14,20 @@
   renderctl create-admin --email E        create the first admin (password from RF_ADMIN_PASSWORD
                                           or a prompt); needs the identity service running
 
-Connection settings come from ``RF_*`` variables, else from ``.run/stack.env`` (``make up``).
+The users' commands talk to the gateway's HTTP API (``--api-url``, else ``RF_API_URL``, else
+``make up``'s http://127.0.0.1:8700) as the user whose JWT or API key is in ``--token`` or
+``RF_API_TOKEN``:
+
+  renderctl upload PATH [--main FILE] [--parallel N] [--limit-rate RATE] [--json]
+                                          upload a scene file, or a folder as a manifest
+                                          (--main: the file to render); resumes a killed run;
+                                          prints the upload (or manifest) id
+  renderctl download JOB_ID DIR [--archive] [--parallel N] [--limit-rate RATE] [--json]
+                                          download a job's frames (or its zip), resumably,
+                                          every file checked against its SHA-256
+
+The operators' connection settings come from ``RF_*`` variables, else from ``.run/stack.env``
+(``make up``).
 """
 
 from __future__ import annotations
@@ -247,6 +260,101 @@ async def create_admin(settings: BaseServiceSettings, email: str, name: str) -> 
     return 0
 
 
+def rate(text: str) -> float:
+    """``--limit-rate``: bytes per second, with an optional K, M or G (powers of 1000)."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
+    value = float(text[:-1] if scale != 1.0 else text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value * scale
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+async def user_command(args: argparse.Namespace) -> int:
+    """upload or download, over the API; errors are one line on stderr and exit code 1."""
+    from tools.client import DEFAULT_API_URL, Api, ApiError
+    from tools.downloads import DownloadFailed, DownloadOptions, download
+    from tools.uploads import UploadFailed, UploadOptions, upload_file, upload_folder
+
+    url = args.api_url or os.environ.get("RF_API_URL") or DEFAULT_API_URL
+    token = args.token or os.environ.get("RF_API_TOKEN")
+    if not token:
+        print("renderctl: set RF_API_TOKEN (a JWT or an API key) or pass --token", file=sys.stderr)
+        return 2
+    result: dict[str, object]
+    try:
+        async with Api(url, token) as api:
+            # A wrong token fails now, not after hashing a big file.
+            await api.call("GET", "/v1/uploads", params={"limit": 1})
+            if args.command == "upload":
+                opts = UploadOptions(
+                    parallel=args.parallel,
+                    limit_rate=args.limit_rate,
+                    show_progress=not args.no_progress,
+                )
+                path = Path(args.path)
+                kind = await asyncio.to_thread(
+                    lambda: "folder" if path.is_dir() else "file" if path.is_file() else ""
+                )
+                if kind == "folder":
+                    if not args.main:
+                        print("renderctl: a folder needs --main FILE", file=sys.stderr)
+                        return 2
+                    result = await upload_folder(api, path, args.main, opts)
+                elif kind == "file":
+                    result = await upload_file(api, path, opts, args.content_type)
+                else:
+                    print(f"renderctl: {path}: no such file or folder", file=sys.stderr)
+                    return 2
+                line = str(result.get("manifest_id") or result["upload_id"])
+            else:
+                result = await download(
+                    api,
+                    args.job_id,
+                    Path(args.dir),
+                    DownloadOptions(
+                        parallel=args.parallel,
+                        show_progress=not args.no_progress,
+                        limit_rate=args.limit_rate,
+                    ),
+                    archive=args.archive,
+                )
+                line = str(result["directory"])
+    except (ApiError, UploadFailed, DownloadFailed) as e:
+        print(f"renderctl: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True) if args.json else line)
+    return 0
+
+
+def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, text in (
+        ("upload", "upload a scene file, or a folder as a manifest of its files"),
+        ("download", "download a job's frames (or its archive) into a folder"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        if name == "upload":
+            p.add_argument("path", help="a file, or a folder (then --main is needed)")
+            p.add_argument("--main", help="a folder's file to render, relative to it")
+            p.add_argument("--content-type", help="a file's media type, if known")
+        else:
+            p.add_argument("job_id")
+            p.add_argument("dir", help="folder to write the files into (created if missing)")
+            p.add_argument("--archive", action="store_true", help="the job's zip instead")
+        p.add_argument("--parallel", type=positive, default=4, help="transfers at once (default 4)")
+        p.add_argument("--limit-rate", type=rate, help="most bytes a second in all, e.g. 20M")
+        p.add_argument("--json", action="store_true", help="print the final answer as JSON")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+        p.add_argument("--api-url", help="the gateway (default RF_API_URL or :8700)")
+        p.add_argument("--token", help="a JWT or an API key (default RF_API_TOKEN)")
+
+
 async def run(
     argv: Sequence[str] | None = None, settings: BaseServiceSettings | None = None
 ) -> int:
@@ -272,7 +380,10 @@ async def run(
     ad = sub.add_parser("create-admin", help="create an approved admin user")
     ad.add_argument("--email", required=True)
     ad.add_argument("--name", default="Administrator")
+    add_user_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("upload", "download"):
+        return await user_command(args)
 
     if settings is None:
         load_stack_env()
