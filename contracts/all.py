@@ -3,6 +3,7 @@
 import contracts.gateway
 import contracts.identity
 import contracts.jobs
+import contracts.outputs
 import contracts.process
 import contracts.render
 import contracts.staging

@@ -190,12 +190,26 @@ JobName = Annotated[Line, Field(min_length=1, max_length=200, description="Displ
 
 
 class FrameOutput(_Model):
-    """A rendered image file."""
+    """A rendered image file, as stored in the outputs bucket (``contracts/outputs.py``).
+
+    ``output_id`` and ``object_key`` are null only for frames recorded before frames were
+    stored in object storage (history from then names a farm path, which is dropped)."""
 
     frame: int = Field(description="Frame number.")
-    path: str = Field(description="Where the farm wrote the file.")
+    output_id: str | None = Field(description="The output's id (download it by this id).")
+    object_key: str | None = Field(description="Key of the file in the outputs bucket.")
     size_bytes: int = Field(ge=0, description="File size in bytes.")
     sha256: str = Field(description="SHA-256 of the file, lowercase hex.")
+
+
+def frames_stored_in_object_storage(data: JsonDict, field: str) -> JsonDict:
+    """Upcast an event whose ``field`` lists v1 frame outputs: the farm ``path`` is dropped,
+    and the frames were never stored in the outputs bucket (no output id, no key)."""
+    frames = [
+        {**{k: v for k, v in f.items() if k != "path"}, "output_id": None, "object_key": None}
+        for f in data[field]
+    ]
+    return {**data, field: frames}
 
 
 # --- events ------------------------------------------------------------------------------
@@ -341,6 +355,7 @@ class JobFramesRendered(Event):
     """A farm task finished: its frames' files, who rendered them and how long it took."""
 
     event_type = "job.JobFramesRendered"
+    schema_version = 2  # v1 frames had the farm path, no output id or key
     job_id: str
     render_id: str
     task_id: int
@@ -348,6 +363,11 @@ class JobFramesRendered(Event):
     worker: str
     render_seconds: float
     at: datetime
+
+
+@EVENTS.upcaster(JobFramesRendered.event_type, from_version=1)
+def _frames_rendered_v1(data: JsonDict) -> JsonDict:
+    return frames_stored_in_object_storage(data, "frames")
 
 
 @EVENTS.register

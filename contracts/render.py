@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.base import COMMANDS, EVENTS, Command, Event, JsonDict
 from contracts.jobs import (
     FrameOutput,
     FrameRange,
@@ -20,6 +20,7 @@ from contracts.jobs import (
     Renderer,
     RenderSettings,
     Resolution,
+    frames_stored_in_object_storage,
 )
 
 
@@ -43,6 +44,11 @@ FINISHED_RENDER_STATUSES = frozenset(
 
 def render_id_for(job_id: str, kind: RenderKind, attempt: int) -> str:
     return f"{job_id}.{kind.value}.{attempt}"
+
+
+def render_kind_of(render_id: str) -> RenderKind:
+    """The kind a render id (``<job id>.<kind>.<attempt>``) names."""
+    return RenderKind(render_id.rsplit(".", 2)[1])
 
 
 def chunk_frames(frames: list[int], chunk_size: int) -> list[list[int]]:
@@ -98,6 +104,7 @@ class RenderTaskStarted(Event):
 @EVENTS.register
 class RenderTaskCompleted(Event):
     event_type = "render.RenderTaskCompleted"
+    schema_version = 2  # v1 outputs had the farm path, no output id or key
     render_id: str
     job_id: str
     task_id: int
@@ -107,6 +114,11 @@ class RenderTaskCompleted(Event):
     finished_at: datetime
     render_seconds: float
     outputs: list[FrameOutput]
+
+
+@EVENTS.upcaster(RenderTaskCompleted.event_type, from_version=1)
+def _task_completed_v1(data: JsonDict) -> JsonDict:
+    return frames_stored_in_object_storage(data, "outputs")
 
 
 @EVENTS.register

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,6 +168,30 @@ async def upload_service(upload_settings: UploadSettings) -> AsyncIterator[Servi
     await rt.launch()
     yield rt
     await rt.stop()
+
+
+StartUpload = Callable[..., Awaitable[ServiceRuntime[Any]]]
+
+
+@pytest.fixture
+async def start_upload(env: Env) -> AsyncIterator[StartUpload]:
+    """Starts upload services (settings as overrides; outputs' background work looks every
+    0.1 s), for tests that restart one or need other settings; all stop at the end."""
+    started: list[ServiceRuntime[Any]] = []
+
+    async def start(**overrides: Any) -> ServiceRuntime[Any]:
+        settings = env.settings(
+            UploadSettings,
+            **{"outputs_archive_poll_seconds": 0.1, "outputs_sweep_seconds": 0.1, **overrides},
+        )
+        rt = await build(upload_service_.SERVICE, settings)
+        await rt.launch()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in reversed(started):
+        await rt.stop()
 
 
 @pytest.fixture

@@ -146,8 +146,18 @@ def test_make_up_hands_each_service_only_the_secrets_it_declares() -> None:
         "RF_TOKEN_PEPPER": "p",
         "RF_FARM_PASSWORD": "f",
         "RF_GATEWAY_TOKEN_PEPPER": "gp",
+        "RF_S3_SECRET_ACCESS_KEY": "s3",
     }
     assert only_its_secrets("job", env) == {"RF_DATABASE_URL": "postgresql://db"}
     assert only_its_secrets("scheduler", env) == {"RF_DATABASE_URL": "postgresql://db"}
-    assert set(only_its_secrets("gateway", env)) == set(env) - {"RF_FARM_PASSWORD"}
-    assert set(only_its_secrets("deadline_bridge", env)) == {"RF_DATABASE_URL", "RF_FARM_PASSWORD"}
+    # the gateway never holds storage credentials: the upload service signs download URLs
+    assert set(only_its_secrets("gateway", env)) == set(env) - {
+        "RF_FARM_PASSWORD",
+        "RF_S3_SECRET_ACCESS_KEY",
+    }
+    assert set(only_its_secrets("deadline_bridge", env)) == {
+        "RF_DATABASE_URL",
+        "RF_FARM_PASSWORD",
+        "RF_S3_SECRET_ACCESS_KEY",
+    }
+    assert set(only_its_secrets("upload", env)) == {"RF_DATABASE_URL", "RF_S3_SECRET_ACCESS_KEY"}

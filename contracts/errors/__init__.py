@@ -66,6 +66,13 @@ from contracts.errors.jobs import (
     JobTransition,
     JobViewCatchingUp,
 )
+from contracts.errors.outputs import (
+    OutputDeleted,
+    OutputNotFound,
+    OutputNotReady,
+    OutputRef,
+    OutputStatusRef,
+)
 from contracts.errors.render import (
     FarmStatus,
     FarmUnavailable,
@@ -171,6 +178,11 @@ __all__ = [
     "MissingAsset",
     "MissingParts",
     "NotFound",
+    "OutputDeleted",
+    "OutputNotFound",
+    "OutputNotReady",
+    "OutputRef",
+    "OutputStatusRef",
     "PartNumbers",
     "PartRange",
     "PayloadTooLarge",

@@ -7,6 +7,7 @@ and migrations in the same commit (ADR 0007):
 
 * :mod:`libs.readmodels.jobs`: the job service's ``jobs``, ``frames`` and its event store;
 * :mod:`libs.readmodels.identity`: the identity service's ``users`` and ``api_keys``;
+* :mod:`libs.readmodels.outputs`: the upload service's ``outputs``;
 * :mod:`libs.readmodels.uploads`: the upload service's ``uploads``, ``manifests`` and
   ``assets``;
 * :mod:`libs.readmodels.scenes`: the same service's ``uploads`` and ``manifests`` as the scene

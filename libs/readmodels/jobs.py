@@ -42,7 +42,10 @@ class StoredEnvelope:
 @dataclass(frozen=True, slots=True)
 class RenderedFrame:
     frame: int
-    path: str
+    #: The frame's output (``contracts/outputs.py``); None for frames recorded before
+    #: outputs were stored in object storage.
+    output_id: str | None
+    object_key: str | None
     size_bytes: int
     sha256: str
     worker: str
@@ -82,7 +85,8 @@ class JobsQuery:
             " AND ($3::text IS NULL OR job_id < $3) ORDER BY job_id DESC LIMIT $4"
         )
         self._frames_sql = (
-            f"SELECT frame, path, size_bytes, sha256, worker, rendered_at FROM {s}.frames"
+            "SELECT frame, output_id, object_key, size_bytes, sha256, worker, rendered_at"
+            f" FROM {s}.frames"
             " WHERE job_id = $1 AND frame > $2 ORDER BY frame LIMIT $3"
         )
         self._events_sql = (

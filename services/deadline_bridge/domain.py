@@ -20,6 +20,7 @@ from contracts.render import (
     RenderCancelled,
     RenderCompleted,
     RenderFailed,
+    RenderKind,
     RenderOrdered,
     RenderStatus,
     RenderSubmitted,
@@ -79,6 +80,7 @@ class FarmRender(Aggregate):
     render_id: str = ""
     job_id: str = ""
     owner_id: str = ""
+    kind: RenderKind = RenderKind.full
     status: RenderStatus | None = None
     farm_job_id: str | None = None
     frames: list[int] = []
@@ -95,6 +97,7 @@ class FarmRender(Aggregate):
                     event.job_id,
                     event.owner_id,
                 )
+                self.kind = event.kind
                 self.frames, self.chunk_size = event.frames, event.chunk_size
                 self.output_dir, self.output_pattern = event.output_dir, event.output_pattern
                 self.status = RenderStatus.ordered
@@ -139,9 +142,13 @@ class FarmRender(Aggregate):
     def finished(self) -> bool:
         return self.status in FINISHED_RENDER_STATUSES
 
+    def output_file_name(self, frame: int) -> str:
+        """The file the farm writes for ``frame`` (``####`` is the frame number, zero-padded)."""
+        return self.output_pattern.replace("####", f"{frame:04d}")
+
     def output_path(self, frame: int) -> str:
-        """Where the farm writes ``frame`` (``####`` is the frame number, zero-padded)."""
-        return f"{self.output_dir}/{self.output_pattern.replace('####', f'{frame:04d}')}"
+        """Where the farm writes ``frame``."""
+        return f"{self.output_dir}/{self.output_file_name(frame)}"
 
     # -- decide -----------------------------------------------------------------------
 

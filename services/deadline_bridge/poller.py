@@ -6,18 +6,24 @@ plus one ``GET /api/jobs?JobID=`` batch for ours that left those states, plus a 
 cycle. Only one bridge replica polls at a time (a PostgreSQL advisory lock); the others
 stand by. A restarted poller looks at every render once, and the aggregate says each
 change once, so a crash anywhere repeats no event.
+
+A completed task's frames are stored in the outputs bucket (:mod:`.outputs`) before the task
+is recorded as completed, so every ``RenderTaskCompleted`` names objects that exist, with the
+size and SHA-256 of the files the farm wrote. When the store is away the render is looked at
+again next cycle (the task is not failed: the farm did its part).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import os
 import zlib
 from datetime import UTC, datetime
 from typing import Any
 
 from contracts.jobs import FrameOutput
+from contracts.outputs import frame_key, frame_output_id
 from contracts.render import RenderStatus
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
@@ -25,6 +31,7 @@ from libs.eventstore.uow import UnitOfWork
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, FarmTask, JobStat, TaskStat
 from services.deadline_bridge.domain import FarmRender, Observed, TaskState
+from services.deadline_bridge.outputs import FrameStore, FrameStoreFailed, StoredFile
 from services.deadline_bridge.projections import active_renders
 from services.deadline_bridge.settings import BridgeSettings
 
@@ -62,16 +69,6 @@ def fingerprint(job: dict[str, Any]) -> tuple[object, ...]:
     return tuple(job.get(k) for k in _COUNTERS)
 
 
-def _sha256(path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
 class FarmPoller:
     def __init__(
         self,
@@ -79,11 +76,15 @@ class FarmPoller:
         store: EventStore,
         farm: DeadlineClient,
         renders_view: Projector,
+        frames: FrameStore,
     ) -> None:
         self.settings = settings
         self.store = store
         self.farm = farm
         self.view = renders_view
+        self.frames = frames
+        #: Why frames could not be stored in the last cycle (None if they could).
+        self.store_error: FrameStoreFailed | None = None
         self.seen: dict[str, tuple[object, ...]] = {}
         self.cycles = 0
         self.is_leader = False
@@ -136,6 +137,7 @@ class FarmPoller:
             active = await active_renders(conn)
         if not active:
             self.seen.clear()
+            self.store_error = None
             return 0
         by_id = {str(j["_id"]): j for j in await self.farm.jobs_in_states(UNFINISHED_STATES)}
         gone = [farm_id for _, farm_id in active if farm_id not in by_id]
@@ -151,9 +153,11 @@ class FarmPoller:
             mark = fingerprint(job) if job is not None else ("gone",)
             if self.seen.get(render_id) != mark:
                 changed.append((render_id, farm_id, job, mark))
-        if not changed:
+        if not changed:  # a render whose frames could not be stored is never left unchanged
+            self.store_error = None
             return 0
         slots = asyncio.Semaphore(self.settings.poll_concurrency)
+        store_failures: list[FrameStoreFailed] = []
 
         async def look(render_id: str, farm_id: str, job: dict[str, Any] | None, mark: Any) -> None:
             async with slots:
@@ -164,8 +168,12 @@ class FarmPoller:
                     pass  # a cancel wrote meanwhile: look again next cycle
                 except FarmError as e:
                     log.warning("farm_job_poll_failed", render_id=render_id, error=str(e))
+                except FrameStoreFailed as e:  # the outputs bucket is away: next cycle
+                    store_failures.append(e)
+                    log.warning("frames_not_stored", render_id=render_id, error=str(e))
 
         await asyncio.gather(*(look(*c) for c in changed))
+        self.store_error = store_failures[0] if store_failures else None
         return len(changed)
 
     async def reconcile(self, render_id: str, farm_id: str, job: dict[str, Any] | None) -> bool:
@@ -211,7 +219,7 @@ class FarmPoller:
         output_error = error = None
         new = known is not None and known.state is not state
         if state is TaskState.completed and new and known is not None:
-            outputs, output_error = await asyncio.to_thread(self._outputs, render, known.frames)
+            outputs, output_error = await self._outputs(render, known.frames)
         elif state is TaskState.failed and new:
             error = await self.farm.task_error(farm_id, t.task_id)
         return Observed(
@@ -225,24 +233,46 @@ class FarmPoller:
             error=error,
         )
 
-    def _outputs(
+    async def _outputs(
         self, render: FarmRender, frames: list[int]
     ) -> tuple[list[FrameOutput] | None, str | None]:
-        """The frames' files, sized and checksummed where the bridge sees them."""
+        """The frames' files, stored in the outputs bucket with the size and SHA-256 read;
+        or why the task's files are not usable (missing or empty: the task is re-rendered).
+        Raises :class:`FrameStoreFailed` when the store is the problem."""
         farm_root = self.settings.farm_outputs_root.rstrip("/")
         local_root = self.settings.local_outputs_root.rstrip("/")
-        outputs = []
+        files = []
         for frame in frames:
             path = render.output_path(frame)
             local = local_root + path.removeprefix(farm_root)
             try:
-                size, digest = _sha256(local)
+                size = os.stat(local).st_size
             except OSError as e:
                 return None, f"frame {frame}: output {path} is missing ({e.strerror})"
             if size == 0:
                 return None, f"frame {frame}: output {path} is empty"
-            outputs.append(FrameOutput(frame=frame, path=path, size_bytes=size, sha256=digest))
-        return outputs, None
+            name = render.output_file_name(frame)
+            files.append(
+                (frame, local, frame_key(render.owner_id, render.job_id, render.kind, name))
+            )
+        results = await asyncio.gather(
+            *(self.frames.store(local, key) for _, local, key in files), return_exceptions=True
+        )
+        stored: list[StoredFile] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            stored.append(result)
+        return [
+            FrameOutput(
+                frame=frame,
+                output_id=frame_output_id(render.job_id, render.kind, frame),
+                object_key=key,
+                size_bytes=s.size_bytes,
+                sha256=s.sha256,
+            )
+            for (frame, _, key), s in zip(files, stored, strict=True)
+        ], None
 
     async def _commit(self, uow: UnitOfWork) -> None:
         """Each save appends in its own transaction (the poller holds none open)."""

@@ -1,9 +1,13 @@
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
-from libs.config import BaseServiceSettings
+from libs.s3 import S3Settings
+
+MiB = 1024 * 1024
 
 
-class BridgeSettings(BaseServiceSettings):
+class BridgeSettings(S3Settings):
+    """The farm it drives, and the outputs bucket it stores every rendered frame in."""
+
     env_section = "bridge"
     service_name: str = "deadline-bridge"
 
@@ -28,9 +32,15 @@ class BridgeSettings(BaseServiceSettings):
     scenes_root: str = "/mnt/scenes"
     #: Where the farm's workers write frames (``<farm_outputs_root>/<owner>/<job>/<render>``).
     farm_outputs_root: str = "/mnt/renders"
-    #: The same folder as mounted where the bridge runs (to size and checksum frames);
-    #: None when it is the same path.
+    #: The same folder as mounted where the bridge runs (to read, size and checksum frames
+    #: and store them in the outputs bucket); None when it is the same path.
     outputs_root: str | None = None
+    #: Frames up to this size are stored with one PutObject (read whole); bigger ones by a
+    #: multipart upload, one part in memory at a time. S3 takes parts of 5 MiB or more.
+    outputs_multipart_threshold_bytes: int = Field(default=16 * MiB, ge=5 * MiB)
+    outputs_part_size_bytes: int = Field(default=16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
+    #: Frames stored at once, across the renders of a poll cycle.
+    outputs_store_concurrency: int = Field(default=4, ge=1)
 
     #: Farm job settings.
     farm_plugin: str = "Blender"

@@ -1,5 +1,5 @@
-"""The owners' read models as the API serves them (jobs, frames, job history, scenes, users,
-keys).
+"""The owners' read models as the API serves them (jobs, frames, job history, scenes,
+outputs, users, keys).
 
 The data comes only through the owners' query modules (:mod:`libs.readmodels`, ADR 0007).
 Job envelopes are stored as the exact JSON text clients get, so they are served as bytes.
@@ -8,19 +8,26 @@ Job envelopes are stored as the exact JSON text clients get, so they are served 
 from __future__ import annotations
 
 import base64
+import re
+
+import orjson
 
 from contracts.errors import (
     InvalidCursor,
     JobNotFound,
     JobViewCatchingUp,
+    OutputNotFound,
     SceneNotFound,
     SceneNotReady,
     UploadNotAScene,
 )
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
+from contracts.jobs import JobStatus
 from contracts.staging import SceneRef
+from contracts.text import ID_PATTERN
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
+from libs.readmodels.outputs import JobOutput, OutputsQuery
 from libs.readmodels.scenes import ScenesQuery
 
 _CATCH_UP_SECONDS = 5.0
@@ -65,10 +72,17 @@ class ReadModels:
     """The gateway's use of the owners' read models, through their query modules (ADR 0007):
     cursors, pages of stored bytes and the errors the API answers. No SQL here."""
 
-    def __init__(self, jobs: JobsQuery, identity: IdentityQuery, scenes: ScenesQuery) -> None:
+    def __init__(
+        self,
+        jobs: JobsQuery,
+        identity: IdentityQuery,
+        scenes: ScenesQuery,
+        outputs: OutputsQuery,
+    ) -> None:
         self.jobs = jobs
         self.identity = identity
         self.scenes = scenes
+        self.outputs = outputs
 
     async def scene(self, scene_id: str, owner_id: str) -> SceneRef:
         """The caller's scene a job may render: a completed scene upload or a complete
@@ -123,11 +137,36 @@ class ReadModels:
         next_cursor = encode_cursor(rows[-1].job_id) if more and rows else None
         return page_body([r.envelope for r in rows], next_cursor)
 
+    async def job_status(self, job_id: str, owner_id: str | None) -> JobStatus:
+        """The job's status (for pages about a job); someone else's job is a 404."""
+        status: str = orjson.loads(await self.job_envelope(job_id, owner_id))["status"]
+        return JobStatus(status)
+
     async def job_events(self, job_id: str, after_version: int, limit: int) -> list[JobEvent]:
         return await self.jobs.events(job_id, after_version, limit)
 
     async def job_frames(self, job_id: str, after_frame: int, limit: int) -> list[RenderedFrame]:
         return await self.jobs.frames(job_id, after_frame, limit)
+
+    async def job_outputs(
+        self, job_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[JobOutput], JobOutput | None, str | None]:
+        """The job's frame outputs by output id, ``limit`` per page, its archive, and the
+        next cursor."""
+        after = decode_cursor(cursor) or ""
+        if after and not (after.startswith(f"{job_id}-") and re.fullmatch(ID_PATTERN, after)):
+            raise InvalidCursor("the cursor is not one we issued for this job")
+        rows, archive = await self.outputs.page(job_id, after, limit + 1)
+        items = rows[:limit]
+        more = len(rows) > limit
+        return items, archive, (encode_cursor(items[-1].output_id) if more else None)
+
+    async def output(self, output_id: str, owner_id: str | None) -> JobOutput:
+        """One output; someone else's is a 404, like a missing one."""
+        found = await self.outputs.output(output_id, owner_id)
+        if found is None:
+            raise OutputNotFound(f"no output {output_id}", output_id=output_id)
+        return found
 
     async def user(self, user_id: str) -> UserProfile | None:
         return await self.identity.user(user_id)

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
 from contracts.envelope import JobEnvelope
@@ -22,6 +22,8 @@ from contracts.identity import (
     Scope,
     UserProfile,
 )
+from contracts.jobs import JobStatus
+from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.text import Name
 
 
@@ -98,7 +100,13 @@ class JobEventPage(BaseModel):
 
 class JobFrameView(BaseModel):
     frame: int = Field(description="Frame number.")
-    path: str = Field(description="Where the farm wrote the frame's image file.")
+    output_id: str | None = Field(
+        description="The frame's output: download it with create_output_download_url. Null"
+        " for frames rendered before outputs were kept in object storage."
+    )
+    object_key: str | None = Field(
+        description="Key of the image file in the outputs bucket (null as output_id)."
+    )
     size_bytes: int = Field(description="Size of the image file in bytes.")
     sha256: str = Field(description="SHA-256 of the image file, lowercase hex.")
     worker: str = Field(description="Name of the farm worker that rendered the frame.")
@@ -106,6 +114,8 @@ class JobFrameView(BaseModel):
 
 
 class JobFramePage(BaseModel):
+    job_id: str = Field(description="The job's id.")
+    job_status: JobStatus = Field(description="The job's status now.")
     items: list[JobFrameView] = Field(description="Rendered frames, by frame number ascending.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
@@ -122,3 +132,60 @@ class ApiCallPage(BaseModel):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKeyInfo] = Field(description="The caller's API keys, ordered by id.")
+
+
+class DownloadUrlRequest(_In):
+    expires_in_seconds: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DOWNLOAD_URL_SECONDS,
+        description="Seconds the URL is valid, 1-604800 (7 days); omit for the default (3600).",
+    )
+
+
+class JobOutputView(BaseModel):
+    """A rendered frame of the job in the outputs bucket."""
+
+    output_id: str = Field(description="Pass to create_output_download_url to download it.")
+    frame: int = Field(description="Frame number.")
+    status: OutputStatus = Field(
+        description="ready: downloadable; deleted: removed when its retention ended."
+    )
+    file_name: str = Field(description="File name, e.g. frame_0001.png.")
+    object_key: str = Field(description="Key of the file in the outputs bucket.")
+    size_bytes: int = Field(description="Size of the file in bytes.")
+    sha256: str = Field(description="SHA-256 of the file, lowercase hex.")
+    stored_at: datetime = Field(description="UTC time it was stored.")
+    expires_at: datetime | None = Field(
+        description="UTC time it will be deleted; null while the job runs."
+    )
+    deleted_at: datetime | None = Field(description="UTC time it was deleted; null if it was not.")
+
+
+class JobArchiveView(BaseModel):
+    """The zip of all the job's frames, built when the job completes."""
+
+    output_id: str = Field(description="Pass to create_output_download_url once ready.")
+    status: OutputStatus = Field(
+        description="building: being written; ready: downloadable; failed: could not be built"
+        " (a frame was missing); deleted: removed when its retention ended."
+    )
+    file_name: str = Field(description="File name, e.g. job_01JD....zip.")
+    size_bytes: int | None = Field(description="Size in bytes; null until ready.")
+    sha256: str | None = Field(description="SHA-256, lowercase hex; null until ready.")
+    expires_at: datetime | None = Field(description="UTC time it will be deleted.")
+
+
+class JobOutputPage(BaseModel):
+    """A page of a job's outputs, with the job's status."""
+
+    job_id: str = Field(description="The job's id.")
+    job_status: JobStatus = Field(description="The job's status now.")
+    items: list[JobOutputView] = Field(
+        description="Rendered frames, by output id (render kind, then frame number)."
+    )
+    archive: JobArchiveView | None = Field(
+        description="The zip of every frame; null when there is none (the job has not"
+        " completed, has no frames, or archives are off)."
+    )
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")

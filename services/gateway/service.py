@@ -23,11 +23,13 @@ from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
+from libs.readmodels import outputs as output_queries
 from libs.readmodels import read_only_pool
 from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.outputs import OutputsQuery
 from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.runtime import ServiceRuntime
@@ -62,7 +64,8 @@ class Gateway:
         identity = IdentityQuery(read_pool, identity_queries.SCHEMA)
         jobs = JobsQuery(read_pool, job_queries.SCHEMA, rt.registry)
         scenes = ScenesQuery(read_pool, scene_queries.SCHEMA)
-        self.read = ReadModels(jobs, identity, scenes)
+        outputs = OutputsQuery(read_pool, output_queries.SCHEMA)
+        self.read = ReadModels(jobs, identity, scenes, outputs)
         #: Upload sessions and manifests (the upload service's read models).
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)

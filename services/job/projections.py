@@ -71,7 +71,8 @@ class JobsProjection(ReadModel):
 
 
 class FramesProjection(ReadModel):
-    """``job.frames``: one row per rendered frame of a job, the file the farm wrote for it.
+    """``job.frames``: one row per rendered frame of a job: its output in the outputs bucket
+    (id and object key; null for frames recorded before outputs were stored), size, SHA-256.
 
     A frame rendered again (by a later render of the job) replaces its row.
     """
@@ -84,7 +85,8 @@ class FramesProjection(ReadModel):
         "frame": "integer",
         "render_id": "text",
         "task_id": "integer",
-        "path": "text",
+        "output_id": "text",
+        "object_key": "text",
         "size_bytes": "bigint",
         "sha256": "text",
         "worker": "text",
@@ -100,7 +102,8 @@ class FramesProjection(ReadModel):
             "frame": f.frame,
             "render_id": e.render_id,
             "task_id": e.task_id,
-            "path": f.path,
+            "output_id": f.output_id,
+            "object_key": f.object_key,
             "size_bytes": f.size_bytes,
             "sha256": f.sha256,
             "worker": e.worker,

@@ -14,18 +14,29 @@ from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, ensure_buckets, open_s3
 from libs.service import Service
-from services.upload.commands import StagingCommands, UploadSessions
+from services.upload.commands import (
+    OutputCommands,
+    OutputEvents,
+    StagingCommands,
+    UploadSessions,
+)
 from services.upload.completer import Completer
+from services.upload.delivery import ArchiveBuilder, RetentionSweeper
 from services.upload.multipart import Multipart
 from services.upload.projections import (
     AssetsProjection,
     ManifestsProjection,
+    OutputsProjection,
     StagingsProjection,
     UploadsProjection,
 )
 from services.upload.settings import UploadSettings
 from services.upload.stager import SceneStager
 from services.upload.sweeper import Sweeper
+
+#: Redelivery back-off of job events: an outage of a few minutes delays, never loses.
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+MAX_DELIVER = 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class Upload:
     completer: Completer
     sweeper: Sweeper
     stager: SceneStager
+    archives: ArchiveBuilder
+    retention: RetentionSweeper
 
 
 async def wire(rt: ServiceRuntime[Upload]) -> Upload:
@@ -77,7 +90,26 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
 
     rt.readiness_checks.append(stager_healthy)
-    return Upload(s3, sessions, completer, sweeper, stager)
+
+    # Outputs: download URLs are signed by the same client as part URLs.
+    OutputCommands(settings, signer).register(rt.commands)
+    archives = ArchiveBuilder(settings, rt.store, s3)
+    retention = RetentionSweeper(settings, rt.store, s3)
+    events = OutputEvents(settings, rt.store, archives.asked)
+    rt.consumer(
+        events.durable, events.subjects, events.handle, max_deliver=MAX_DELIVER, backoff=BACKOFF
+    )
+    rt.background("outputs-archiver", archives.run)
+    rt.background("outputs-retention", retention.run)
+
+    async def outputs_delivered() -> str | None:
+        for name, task in (("archives", archives), ("retention", retention)):
+            if task.last_error is not None:
+                return f"outputs {name}: {task.last_error}"
+        return None
+
+    rt.readiness_checks.append(outputs_delivered)
+    return Upload(s3, sessions, completer, sweeper, stager, archives, retention)
 
 
 SERVICE = Service(
@@ -89,6 +121,7 @@ SERVICE = Service(
         UploadsProjection(),
         AssetsProjection(),
         ManifestsProjection(),
+        OutputsProjection(),
         StagingsProjection(),
     ),
     wire=wire,

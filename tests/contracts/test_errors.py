@@ -49,7 +49,7 @@ def example(cls: type[DomainError[Any]]) -> DomainError[Any]:
 
 def test_there_are_errors_of_every_context() -> None:
     modules = {cls.__module__.rsplit(".", 1)[-1] for cls in CLASSES}
-    assert modules == {"common", "identity", "jobs", "render", "scenes", "uploads"}
+    assert modules == {"common", "identity", "jobs", "outputs", "render", "scenes", "uploads"}
     assert len(CLASSES) >= 35
 
 

@@ -140,7 +140,12 @@ async def test_frames_are_the_rendered_files_by_frame_number(
     assert [f.frame for f in frames] == [1, 2, 3, 4, 5]
     want = outputs(job_id, [1])[0]
     first = frames[0]
-    assert (first.path, first.size_bytes, first.sha256) == (want.path, want.size_bytes, want.sha256)
+    assert (first.output_id, first.object_key, first.size_bytes, first.sha256) == (
+        want.output_id,
+        want.object_key,
+        want.size_bytes,
+        want.sha256,
+    )
     assert first.worker == "worker-1" and frames[4].worker == "w2"
     assert first.rendered_at.tzinfo is not None
     assert [f.frame for f in await jobs.frames(job_id, 5, 10)] == [6, 7, 8]

@@ -51,7 +51,13 @@ def submitted(frames: list[int], chunk: int = 1) -> FarmRender:
 
 def outputs(frames: list[int]) -> list[FrameOutput]:
     return [
-        FrameOutput(frame=f, path=f"/out/frame_{f:04d}.png", size_bytes=10, sha256="ab" * 32)
+        FrameOutput(
+            frame=f,
+            output_id=f"j1-full-{f:07d}",
+            object_key=f"jobs/u1/j1/full/frame_{f:04d}.png",
+            size_bytes=10,
+            sha256="ab" * 32,
+        )
         for f in frames
     ]
 

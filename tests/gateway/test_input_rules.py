@@ -180,7 +180,8 @@ async def test_the_largest_int4_cursor_is_a_valid_empty_page(
             f"/v1/jobs/{job_id}/{route}", params={"cursor": cursor(str(2**31 - 1))}, headers=me
         )
         assert r.status_code == 200, r.text
-        assert r.json() == {"items": [], "next_cursor": None}
+        page = r.json()
+        assert (page["items"], page["next_cursor"]) == ([], None)
 
 
 @pytest.mark.parametrize("limit", [str(2**31), "0", "201", "-1", "true", "1.5"])

@@ -50,7 +50,8 @@ async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
     expected = outputs(job_id, [0])[0]
     assert seen[0] == {
         "frame": 0,
-        "path": expected.path,
+        "output_id": expected.output_id,
+        "object_key": expected.object_key,
         "size_bytes": expected.size_bytes,
         "sha256": expected.sha256,
         "worker": "worker-1",
@@ -85,7 +86,12 @@ async def test_a_job_not_yet_rendered_has_an_empty_frame_list(
     me = users.new()
     job = (await api.post("/v1/jobs", json=await scenes.spec(me), headers=me)).json()
     r = await api.get(f"/v1/jobs/{job['job_id']}/frames", headers=me)
-    assert r.json() == {"items": [], "next_cursor": None}
+    assert r.json() == {
+        "job_id": job["job_id"],
+        "job_status": "submitted",
+        "items": [],
+        "next_cursor": None,
+    }
     admin = await admin_session(api, identity_service)  # an admin may read any job's frames
     r = await api.get(f"/v1/jobs/{job['job_id']}/frames", headers=admin)
     assert r.status_code == 200 and r.json()["items"] == []

@@ -22,6 +22,8 @@ from contracts.jobs import (
     StartJobRender,
     StartSceneStaging,
 )
+from contracts.outputs import frame_key, frame_output_id
+from contracts.render import RenderKind
 from libs.bus.commands import Actor, CommandClient
 from libs.runtime import ServiceRuntime
 
@@ -31,11 +33,13 @@ SCHEDULER = Actor(kind="service", id="scheduler")
 T0 = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
 
 
-def outputs(job_id: str, frames: list[int]) -> list[FrameOutput]:
+def outputs(job_id: str, frames: list[int], owner_id: str = "usr_a") -> list[FrameOutput]:
+    """The frames as the bridge reports them once stored (``contracts/outputs.py``)."""
     return [
         FrameOutput(
             frame=n,
-            path=f"/farm/out/{job_id}/frame_{n:04d}.png",
+            output_id=frame_output_id(job_id, RenderKind.full, n),
+            object_key=frame_key(owner_id, job_id, RenderKind.full, f"frame_{n:04d}.png"),
             size_bytes=1_000_000 + n,
             sha256=hashlib.sha256(f"{job_id}:{n}".encode()).hexdigest(),
         )

@@ -107,7 +107,13 @@ def cancelling(**kw: int) -> Job:
 
 def outputs(*frames: int) -> list[FrameOutput]:
     return [
-        FrameOutput(frame=n, path=f"/out/{n:04d}.png", size_bytes=10, sha256="0" * 64)
+        FrameOutput(
+            frame=n,
+            output_id=f"j1-full-{n:07d}",
+            object_key=f"jobs/u1/j1/full/{n:04d}.png",
+            size_bytes=10,
+            sha256="0" * 64,
+        )
         for n in frames
     ]
 

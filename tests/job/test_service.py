@@ -150,7 +150,10 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
     rows = await frame_rows(job_service, job_id)
     assert [r["frame"] for r in rows] == list(range(1, 25))
     row = rows[0]
-    assert row["path"] == outputs(job_id, [1])[0].path
+    assert (row["output_id"], row["object_key"]) == (
+        f"{job_id}-full-0000001",
+        f"jobs/usr_a/{job_id}/full/frame_0001.png",
+    )
     assert row["sha256"] == outputs(job_id, [1])[0].sha256
     assert (row["render_id"], row["task_id"], row["worker"]) == (render_id(job_id), 0, "w1")
     assert row["size_bytes"] == 1_000_001 and row["rendered_at"] == T0 + timedelta(seconds=30)

@@ -1,7 +1,7 @@
 """The render path as real processes: the local farm, job, scheduler, upload, deadline-bridge
 and gateway, each a separate OS process over real HTTP, NATS, PostgreSQL and S3. Jobs render
 scenes uploaded through the upload API, staged by the upload service into the folder the
-farm reads scenes from."""
+farm reads scenes from; the bridge stores the frames in the outputs bucket."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import orjson
 import pytest
 
 from deploy.local.servers import free_port
+from libs.ids import new_id
+from libs.s3 import S3Client, S3Settings, open_s3
 from services.gateway.settings import GatewaySettings
 from tests.conftest import Env
 from tests.fixtures import Users
@@ -38,6 +40,11 @@ class RenderSystem:
     outputs: Path
     scenes: Path
     headers: dict[str, str]
+    #: The user the requests are made as (``headers``).
+    owner_id: str
+    #: A client on the test's buckets, to look at what the services stored.
+    s3: S3Client
+    s3_settings: S3Settings
 
     async def upload(self, data: bytes = SCENE, name: str = "shot_020.blend") -> str:
         """A completed scene upload of the test's user; its id."""
@@ -95,6 +102,18 @@ class RenderSystem:
         return await self.wait(
             job_id, lambda j: j["status"] in ("completed", "failed", "cancelled"), timeout
         )
+
+    def farm_files(self, job_id: str) -> dict[str, Path]:
+        """The frame files the farm wrote for the job, by file name."""
+        return {f.name: f for f in self.outputs.rglob("frame_*") if job_id in str(f)}
+
+    async def stored(self, key: str) -> bytes:
+        """The object ``key`` of the outputs bucket."""
+        got = await self.s3.get_object(Bucket=self.s3_settings.s3_outputs_bucket, Key=key)
+        body = got["Body"]
+        async with body:
+            data: bytes = await body.read()
+        return data
 
     async def farm_jobs_of(self, job_id: str) -> list[dict[str, Any]]:
         """Every farm job (in any state) that belongs to our job."""
@@ -186,11 +205,25 @@ async def render_system(
     await farm_process.ready()
     for p in procs.values():
         await p.ready()
-    headers = Users(env.settings(GatewaySettings)).new()
+    owner_id = new_id("usr")
+    headers = Users(env.settings(GatewaySettings)).headers(owner_id)
+    s3_settings = env.settings(S3Settings)
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=15) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=15) as farm_api,
+        open_s3(s3_settings) as s3,
     ):
-        yield RenderSystem(env, api, farm_api, procs, outputs, tmp_path / "scenes", headers)
+        yield RenderSystem(
+            env,
+            api,
+            farm_api,
+            procs,
+            outputs,
+            tmp_path / "scenes",
+            headers,
+            owner_id,
+            s3,
+            s3_settings,
+        )
     for p in procs.values():
         p.kill()

@@ -10,7 +10,6 @@ import math
 import signal
 from collections import Counter
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from tests.render.conftest import SCENE, RenderSystem
@@ -59,8 +58,9 @@ async def test_a_job_renders_to_completed_with_one_file_per_frame(
     assert r.status_code == 200, r.text
     frames = r.json()["items"]
     assert [f["frame"] for f in frames] == [1, 2, 3, 4, 5, 6]
+    on_farm = system.farm_files(job["job_id"])
     for f in frames:
-        data = Path(f["path"]).read_bytes()
+        data = on_farm[f["object_key"].rsplit("/", 1)[-1]].read_bytes()
         assert f["size_bytes"] == len(data) > 0
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert len({f["sha256"] for f in frames}) == 6  # each frame's image differs
@@ -133,9 +133,12 @@ async def test_an_exr_job_renders_exr_files(render_system: RenderSystem) -> None
     assert done["status"] == "completed", done
     r = await system.api.get(f"/v1/jobs/{job['job_id']}/frames", headers=system.headers)
     assert r.status_code == 200, r.text
-    paths = [Path(f["path"]) for f in r.json()["items"]]
-    assert [p.name for p in paths] == ["frame_0001.exr", "frame_0002.exr"]
-    assert all(p.read_bytes()[:4] == EXR for p in paths)
+    keys = [f["object_key"] for f in r.json()["items"]]
+    assert [k.rsplit("/", 1)[-1] for k in keys] == ["frame_0001.exr", "frame_0002.exr"]
+    for key in keys:
+        assert (await system.stored(key))[:4] == EXR
+        head = await system.s3.head_object(Bucket=system.s3_settings.s3_outputs_bucket, Key=key)
+        assert head["ContentType"] == "image/x-exr"
     [farm_job] = await system.farm_jobs_of(job["job_id"])
     plugin_info = farm_job["Props"]["PlugInfo"]
     assert (plugin_info["OutputFormat"], plugin_info["Samples"]) == ("OPEN_EXR", "32")

@@ -37,7 +37,15 @@ def test_a_started_task_starts_the_jobs_render_step() -> None:
 
 
 def test_a_completed_task_records_its_frames_with_the_farms_timings() -> None:
-    out = [FrameOutput(frame=1, path="/r/frame_0001.png", size_bytes=9, sha256="0" * 64)]
+    out = [
+        FrameOutput(
+            frame=1,
+            output_id="j1-full-0000001",
+            object_key="jobs/u1/j1/full/frame_0001.png",
+            size_bytes=9,
+            sha256="0" * 64,
+        )
+    ]
     event = RenderTaskCompleted(
         **IDS,
         task_id=0,

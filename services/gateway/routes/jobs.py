@@ -282,9 +282,11 @@ async def list_job_events(
     operation_id="list_job_frames",
     summary="List a job's rendered frames",
     description=(
-        "The frames the farm has rendered for the job so far, by frame number ascending:"
-        " for each, the image file's path, size and SHA-256, the worker that rendered it"
-        " and when. Paginated with next_cursor. Another user's job answers job_not_found."
+        "The frames the farm has rendered for the job so far, by frame number ascending,"
+        " with the job's status: for each, its output id and object key in the outputs"
+        " bucket, size and SHA-256, the worker that rendered it and when. Download one with"
+        " create_output_download_url. Paginated with next_cursor. Another user's job"
+        " answers job_not_found."
     ),
     response_model=JobFramePage,
     responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
@@ -294,11 +296,14 @@ async def list_job_frames(
 ) -> JobFramePage:
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_read)
-    await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
+    status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)  # and owner
     after = int_cursor(cursor)
     rows = await gw.read.job_frames(job_id, -1 if after is None else after, limit + 1)
     items = [JobFrameView(**asdict(r)) for r in rows[:limit]]
     more = len(rows) > limit
     return JobFramePage(
-        items=items, next_cursor=encode_cursor(str(items[-1].frame)) if more else None
+        job_id=job_id,
+        job_status=status,
+        items=items,
+        next_cursor=encode_cursor(str(items[-1].frame)) if more else None,
     )
