@@ -89,6 +89,24 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def tree_run_seconds(root: int) -> float:
+    """CPU seconds of every live thread of ``root`` and its descendants, from the scheduler's
+    nanosecond counters (``/proc/<pid>/task/<tid>/schedstat``): finer than :func:`tree_seconds`'s
+    clock ticks, for processes that use very little. Threads that ended are not counted."""
+    total = 0
+    for pid in _tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot."""
     try:

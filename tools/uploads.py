@@ -256,6 +256,12 @@ class UploadOptions:
         print(text, file=self.stream, flush=True)
 
 
+def url_batch(parallel: int) -> int:
+    """Part URLs asked for in one call: enough to keep ``parallel`` PUTs busy for a while,
+    few enough that they are used long before they expire."""
+    return min(MAX_URLS_PER_CALL, max(8, 4 * parallel))
+
+
 class PartSender:
     """PUTs parts to their presigned URLs, ``parallel`` at a time; URLs are asked for in
     batches just ahead of use, and minted again for a retry or when close to expiry."""
@@ -264,7 +270,7 @@ class PartSender:
         self.api = api
         self.opts = opts
         self.progress = progress
-        self.batch = min(MAX_URLS_PER_CALL, max(8, 4 * opts.parallel))
+        self.batch = url_batch(opts.parallel)
         self.limit = RateLimit(opts.limit_rate) if opts.limit_rate else None
         # A fresh connection per PUT: a store that refuses a part may close the connection
         # before reading the body, which spoils a kept-alive one.
