@@ -16,9 +16,7 @@ again next cycle (the task is not failed: the farm did its part).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +26,7 @@ from contracts.render import RenderStatus
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
+from libs.leader import leadership, lock_key, sleep_or_stop
 from libs.logging import get_logger
 from services.deadline_bridge.client import DeadlineClient, FarmError, FarmTask, JobStat, TaskStat
 from services.deadline_bridge.domain import FarmRender, Observed, TaskState
@@ -95,7 +94,7 @@ class FarmPoller:
 
     @property
     def lock_key(self) -> int:
-        return zlib.crc32(f"{self.store.schema}:farm-poller".encode())
+        return lock_key(self.store.schema, "farm-poller")
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -104,13 +103,12 @@ class FarmPoller:
             except Exception as e:
                 self.last_error = e
                 log.error("poller_failed", error=repr(e), exc_info=True)
-                await _sleep_or_stop(stopping, 1.0)
+                await sleep_or_stop(stopping, 1.0)
 
     async def _lead(self, stopping: asyncio.Event) -> None:
-        async with self.store.pool.acquire() as lock_conn:
-            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
-                if await _sleep_or_stop(stopping, 1.0):
-                    return
+        async with leadership(self.store.pool, self.lock_key, stopping) as leading:
+            if not leading:
+                return
             self.is_leader = True
             self.seen.clear()  # look at everything once after taking over
             try:
@@ -121,11 +119,9 @@ class FarmPoller:
                     except FarmError as e:  # the farm is away: say so, keep trying
                         self.last_error = e
                         log.warning("farm_unreachable", error=str(e))
-                    await _sleep_or_stop(stopping, self.settings.poll_interval_seconds)
+                    await sleep_or_stop(stopping, self.settings.poll_interval_seconds)
             finally:
                 self.is_leader = False
-                with contextlib.suppress(Exception):
-                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
 
     # -- one cycle ----------------------------------------------------------------------
 
@@ -278,10 +274,3 @@ class FarmPoller:
         """Each save appends in its own transaction (the poller holds none open)."""
         if await uow.commit():
             self.store.notify_appended()
-
-
-async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
-    """Sleep; True if ``stopping`` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
-    return stopping.is_set()

@@ -25,7 +25,6 @@ import base64
 import contextlib
 import hashlib
 import zipfile
-import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -36,6 +35,7 @@ from contracts.base import Event
 from contracts.outputs import OutputStatus
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
+from libs.leader import lock_key, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client, error_code
 from services.upload.domain import JobOutputs, KeptOutput
@@ -170,19 +170,9 @@ async def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
         log.warning("multipart_abort_failed", key=key, upload_id=upload_id, error=str(e))
 
 
-async def _wake_or_stop(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
-    """Until ``event`` or ``stopping`` is set, or ``seconds`` have passed."""
-    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-
-
 def archive_lock(schema: str, job_id: str) -> int:
     """The advisory lock a replica holds while it builds the job's archive."""
-    return zlib.crc32(f"{schema}:archive:{job_id}".encode())
+    return lock_key(schema, f"archive:{job_id}")
 
 
 class _Outputs:
@@ -235,7 +225,7 @@ class ArchiveBuilder(_Outputs):
         while not stopping.is_set():
             self.wake.clear()
             await self.build_pending()
-            await _wake_or_stop(self.wake, stopping, self.settings.outputs_archive_poll_seconds)
+            await wake_or_stop(self.wake, stopping, self.settings.outputs_archive_poll_seconds)
 
     async def build_pending(self) -> int:
         """Build every archive waiting; returns how many were looked at."""

@@ -23,13 +23,11 @@ hold the content and to name the path the farm's workers open, with the same lay
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +48,7 @@ from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
 from libs.keys import KeyRefused, check_key
+from libs.leader import leadership, lock_key, sleep_or_stop, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client, error_code
 from services.upload.domain import STAGED_DIR, SceneStaging, staged_dir, staged_name
@@ -103,7 +102,7 @@ class SceneStager:
 
     @property
     def lock_key(self) -> int:
-        return zlib.crc32(f"{self.store.schema}:scene-stager".encode())
+        return lock_key(self.store.schema, "scene-stager")
 
     # -- running ------------------------------------------------------------------------
 
@@ -114,26 +113,23 @@ class SceneStager:
             except Exception as e:
                 self.last_error = e
                 log.error("stager_failed", error=repr(e), exc_info=True)
-                await _sleep_or_stop(stopping, 1.0)
+                await sleep_or_stop(stopping, 1.0)
 
     async def _lead(self, stopping: asyncio.Event) -> None:
-        async with self.store.pool.acquire() as lock_conn:
-            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
-                if await _sleep_or_stop(stopping, 1.0):
-                    return
+        async with leadership(self.store.pool, self.lock_key, stopping) as leading:
+            if not leading:
+                return
             self.is_leader = True
             try:
                 while not stopping.is_set():
                     self._wake.clear()  # before looking: a wake-up meanwhile is not lost
                     await self.cycle()
-                    await _wait(self._wake, stopping, self.settings.stage_poll_seconds)
+                    await wake_or_stop(self._wake, stopping, self.settings.stage_poll_seconds)
             finally:
                 self.is_leader = False
                 for task in self.active.values():
                     task.cancel()
                 await asyncio.gather(*self.active.values(), return_exceptions=True)
-                with contextlib.suppress(Exception):
-                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
 
     async def cycle(self) -> None:
         """Start staging the pending jobs, as many as ``stage_concurrency`` at once."""
@@ -442,16 +438,3 @@ def _place(incoming: Path, final: Path, name: str) -> None:
 
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-async def _wait(wake: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
-    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
-    _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for p in pending:
-        p.cancel()
-
-
-async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
-    return stopping.is_set()
