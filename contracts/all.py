@@ -1,10 +1,13 @@
 """Import every contract module, so the registries know every event and command."""
 
+import contracts.billing
 import contracts.gateway
 import contracts.identity
 import contracts.jobs
 import contracts.outputs
+import contracts.payments
 import contracts.process
 import contracts.render
 import contracts.staging
-import contracts.uploads  # noqa: F401
+import contracts.uploads
+import contracts.wallet  # noqa: F401

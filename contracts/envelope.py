@@ -65,12 +65,49 @@ class EtaView(_View):
     )
 
 
+class CostStatus(StrEnum):
+    """Where a job's money stands."""
+
+    pending = "pending"  # billing has not taken the job yet
+    holding = "holding"  # the first hold is being placed; nothing renders yet
+    held = "held"  # the hold covers the job; it may render
+    awaiting_credits = "awaiting_credits"  # a hold could not be placed or grown: paused
+    cap_reached = "cap_reached"  # the cost reached the job's cap: stopping
+    settled = "settled"  # the job ended; its cost was captured, the rest released
+
+
+class AwaitingReason(StrEnum):
+    insufficient_credits = "insufficient_credits"  # the wallet cannot cover the hold
+    spend_cap_reached = "spend_cap_reached"  # the API key's daily or total spend cap
+
+
+class EstimateUnknownReason(StrEnum):
+    not_estimated_yet = "not_estimated_yet"  # billing has not seen the job yet
+    no_prices = "no_prices"  # no price version is in force
+
+
 class CostView(_View):
+    """A job's money: the estimate (a range), what is held in the wallet, the cost so far,
+    what was charged at the end, and the cap. Details: ``get_job_cost``."""
+
+    status: CostStatus = Field(description="Where the job's money stands.")
     estimate_credits: Decimal | None = Field(
-        description="Estimated total cost; null until an estimate has been made."
+        description="Expected total cost; null with estimate_unknown_reason saying why."
     )
+    estimate_low_credits: Decimal | None = Field(description="Low end of the estimate.")
+    estimate_high_credits: Decimal | None = Field(description="High end of the estimate.")
+    estimate_unknown_reason: EstimateUnknownReason | None = Field(
+        description="Why there is no estimate; null when there is one."
+    )
+    held_credits: Decimal = Field(description="Credits reserved in the wallet for the job now.")
     so_far_credits: Decimal = Field(description="Cost incurred so far.")
+    captured_credits: Decimal = Field(
+        description="Credits charged when the job ended (at most the cap); 0 before."
+    )
     cap_credits: Decimal | None = Field(description="Spending cap; null means no cap.")
+    awaiting_reason: AwaitingReason | None = Field(
+        description="Why the job waits for credits (status awaiting_credits); null otherwise."
+    )
     currency: Currency = Field(description="Unit of every amount here.")
 
 

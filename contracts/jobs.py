@@ -236,6 +236,8 @@ class JobSubmitted(Event):
     priority: JobPriority
     cost_cap_credits: Decimal | None
     submitted_at: datetime
+    #: The API key the job was submitted with (its spend caps apply); null for a session.
+    api_key_id: str | None = None
 
 
 @EVENTS.register
@@ -422,9 +424,32 @@ def _failed_v1(data: JsonDict) -> JsonDict:
 
 @EVENTS.register
 class JobCancellationRequested(Event):
+    """The job is to stop. ``code`` is set when the system stops it (``cost_cap_reached``):
+    such a job ends ``failed`` with that code once the farm stopped, not ``cancelled``."""
+
     event_type = "job.JobCancellationRequested"
     job_id: str
     reason: str | None
+    code: str | None = None
+    at: datetime
+
+
+@EVENTS.register
+class JobCostRecorded(Event):
+    """The job's money after a billing event (``cost_version``: the version of the job's
+    cost stream; an older one than recorded changes nothing)."""
+
+    event_type = "job.JobCostRecorded"
+    job_id: str
+    cost_version: int
+    status: str
+    estimate_credits: Decimal | None
+    estimate_low_credits: Decimal | None
+    estimate_high_credits: Decimal | None
+    held_credits: Decimal
+    so_far_credits: Decimal
+    captured_credits: Decimal
+    awaiting_reason: str | None
     at: datetime
 
 
@@ -486,6 +511,8 @@ class SubmitJob(Command):
     owner_id: IdText
     spec: JobSpec
     scene: SceneRef
+    #: The API key the caller used (its spend caps apply); null for a session.
+    api_key_id: IdText | None = None
 
     @model_validator(mode="after")
     def _scene_is_the_specs(self) -> Self:
@@ -670,4 +697,54 @@ class ConfirmJobCancelled(Command):
 
     command_type = "job.ConfirmJobCancelled"
     job_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class PauseJob(Command):
+    """From the scheduler: the job may not render until resumed (``reason``: a code such as
+    ``insufficient_credits`` or ``spend_cap_reached``). Pausing a paused job changes nothing."""
+
+    command_type = "job.PauseJob"
+    job_id: str
+    reason: str = Field(max_length=100)
+    at: datetime
+
+
+@COMMANDS.register
+class ResumeJob(Command):
+    """From the scheduler: the job goes back to where it was paused from."""
+
+    command_type = "job.ResumeJob"
+    job_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class StopJob(Command):
+    """From the scheduler: stop the job for ``code`` (``cost_cap_reached``); it ends
+    ``failed`` with that code (at once, or once the farm stopped its render)."""
+
+    command_type = "job.StopJob"
+    job_id: str
+    code: str = Field(max_length=100)
+    reason: str = Field(max_length=4000)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordJobCost(Command):
+    """From billing's process manager: the job's money after a billing event."""
+
+    command_type = "job.RecordJobCost"
+    job_id: str
+    cost_version: int
+    status: str
+    estimate_credits: Decimal | None
+    estimate_low_credits: Decimal | None
+    estimate_high_credits: Decimal | None
+    held_credits: Decimal
+    so_far_credits: Decimal
+    captured_credits: Decimal
+    awaiting_reason: str | None
     at: datetime

@@ -32,6 +32,7 @@ class RenderKind(StrEnum):
 class RenderStatus(StrEnum):
     ordered = "ordered"  # recorded, not yet on the farm
     submitted = "submitted"  # the farm has the job
+    suspended = "suspended"  # the farm job is suspended (cost protection); resumable
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
@@ -173,6 +174,25 @@ class RenderCancelled(Event):
     at: datetime
 
 
+@EVENTS.register
+class RenderSuspended(Event):
+    """The farm job was suspended (its tasks stop and wait); ``reason`` is a code."""
+
+    event_type = "render.RenderSuspended"
+    render_id: str
+    job_id: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class RenderResumed(Event):
+    event_type = "render.RenderResumed"
+    render_id: str
+    job_id: str
+    at: datetime
+
+
 # --- commands ----------------------------------------------------------------------------
 
 
@@ -208,6 +228,24 @@ class CancelRender(Command):
     reason: str | None = None
 
 
+@COMMANDS.register
+class SuspendRender(Command):
+    """Suspend the farm job (farm command ``suspend``). A suspended or finished render
+    changes nothing."""
+
+    command_type = "render.SuspendRender"
+    render_id: str
+    reason: str = Field(max_length=100)
+
+
+@COMMANDS.register
+class ResumeRender(Command):
+    """Resume a suspended farm job (farm command ``resume``); anything else changes nothing."""
+
+    command_type = "render.ResumeRender"
+    render_id: str
+
+
 class RenderAccepted(_Model):
     render_id: str
     status: RenderStatus
@@ -226,4 +264,6 @@ RenderEvent = (
     | RenderCompleted
     | RenderFailed
     | RenderCancelled
+    | RenderSuspended
+    | RenderResumed
 )

@@ -18,7 +18,16 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from contracts.base import Event
-from contracts.envelope import CostView, Currency, EtaUnknownReason, EtaView, JobEnvelope, StepView
+from contracts.envelope import (
+    CostStatus,
+    CostView,
+    Currency,
+    EstimateUnknownReason,
+    EtaUnknownReason,
+    EtaView,
+    JobEnvelope,
+    StepView,
+)
 from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameRange,
@@ -295,9 +304,16 @@ class JobView(BaseModel):
             steps=[StepView(**s.model_dump()) for s in self.steps],
             eta=self.eta,
             cost=CostView(
+                status=CostStatus.pending,
                 estimate_credits=self.cost_estimate_credits,
+                estimate_low_credits=None,
+                estimate_high_credits=None,
+                estimate_unknown_reason=EstimateUnknownReason.not_estimated_yet,
+                held_credits=Decimal(0),
                 so_far_credits=self.cost_so_far_credits,
+                captured_credits=Decimal(0),
                 cap_credits=self.cost_cap_credits,
+                awaiting_reason=None,
                 currency=Currency.credits,
             ),
             allowed_actions=allowed_actions(self.status),

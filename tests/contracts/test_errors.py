@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from decimal import Decimal
 from enum import Enum
 from types import NoneType, UnionType
 from typing import Any
@@ -39,7 +40,7 @@ def sample(annotation: Any) -> Any:
         return list(annotation)[-1]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation(**{n: sample(f.annotation) for n, f in annotation.model_fields.items()})
-    samples: dict[Any, Any] = {str: "x1", int: 7}
+    samples: dict[Any, Any] = {str: "x1", int: 7, Decimal: Decimal("12.34")}
     return samples[annotation]
 
 
@@ -49,7 +50,16 @@ def example(cls: type[DomainError[Any]]) -> DomainError[Any]:
 
 def test_there_are_errors_of_every_context() -> None:
     modules = {cls.__module__.rsplit(".", 1)[-1] for cls in CLASSES}
-    assert modules == {"common", "identity", "jobs", "outputs", "render", "scenes", "uploads"}
+    assert modules == {
+        "common",
+        "identity",
+        "jobs",
+        "money",
+        "outputs",
+        "render",
+        "scenes",
+        "uploads",
+    }
     assert len(CLASSES) >= 35
 
 

@@ -28,8 +28,20 @@ def test_the_exported_json_schemas_are_up_to_date() -> None:
 def test_every_event_name_is_context_dot_past_tense_name() -> None:
     for name, cls in EVENTS.types().items():
         context, _, event = name.partition(".")
-        assert context in {"identity", "job", "gateway", "render", "process", "upload"}, name
-        assert event[0].isupper() and event.endswith(("ed", "Taken", "Freed")), name
+        assert context in {
+            "identity",
+            "job",
+            "gateway",
+            "render",
+            "process",
+            "upload",
+            "wallet",
+            "billing",
+            "payment",
+        }, name
+        assert event[0].isupper() and event.endswith(
+            ("ed", "Taken", "Freed", "Held", "Lost", "Set")
+        ), name
         assert cls.schema_version >= 1
 
 
@@ -57,7 +69,15 @@ def test_commands_have_unique_wire_names_in_their_owners_context() -> None:
     assert registered == {name: classes[0] for name, classes in found.items()}
     for name, cls in registered.items():
         assert cls.command_type == name
-        assert name.split(".")[0] in {"identity", "job", "render", "upload"}
+        assert name.split(".")[0] in {
+            "identity",
+            "job",
+            "render",
+            "upload",
+            "wallet",
+            "billing",
+            "payment",
+        }
 
 
 def test_registering_a_second_command_class_under_a_taken_name_is_refused() -> None:
