@@ -220,7 +220,7 @@ class JobBillingProcess(ProcessManager[JobMoney]):
     state_type = JobMoney
 
     def key(self, event: Event) -> str | None:
-        if isinstance(event, JobSubmitted | RenderTaskCompleted | JOB_ENDS | JOB_COST_EVENTS):
+        if isinstance(event, (JobSubmitted, RenderTaskCompleted, *JOB_ENDS, *JOB_COST_EVENTS)):
             return event.job_id
         return None
 
