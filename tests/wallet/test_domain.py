@@ -46,7 +46,7 @@ def replayed(wallet: Wallet) -> Wallet:
 
 def test_a_deposit_raises_balance_and_available() -> None:
     wallet = funded("100.00")
-    assert (wallet.balance, wallet.held, wallet.available) == (D("100.00"), 0, D("100.00"))
+    assert (wallet.balance, wallet.held, wallet.available) == (D("100.00"), D(0), D("100.00"))
     assert wallet.version == 1
 
 
@@ -123,7 +123,7 @@ def test_a_capture_posts_the_cost_and_releases_the_rest_in_the_same_event() -> N
     event = wallet.pending[-1]
     assert isinstance(event, HoldCaptured)
     assert (event.captured, event.released) == (D("12.34"), D("17.66"))
-    assert (wallet.balance, wallet.held, wallet.available) == (D("87.66"), 0, D("87.66"))
+    assert (wallet.balance, wallet.held, wallet.available) == (D("87.66"), D(0), D("87.66"))
     assert wallet.holds["hld_1"].status is HoldStatus.captured
 
 
@@ -131,7 +131,7 @@ def test_a_capture_of_zero_releases_everything() -> None:
     wallet = funded("100.00")
     hold(wallet, 1, "30.00")
     wallet.capture(USER, "capture:job_1", "hld_1", D("0.00"), NOW)
-    assert (wallet.balance, wallet.held) == (D("100.00"), 0)
+    assert (wallet.balance, wallet.held) == (D("100.00"), D(0))
 
 
 def test_a_capture_above_the_hold_is_refused() -> None:
@@ -168,7 +168,7 @@ def test_a_hold_expires_only_when_pending_and_due() -> None:
     assert wallet.held == D("30.00") and len(wallet.pending) == 2
     assert wallet.expire(USER, "hld_1", LATER) is TransferOutcome.applied
     assert isinstance(wallet.pending[-1], HoldExpired)
-    assert (wallet.held, wallet.available) == (0, D("100.00"))
+    assert (wallet.held, wallet.available) == (D(0), D("100.00"))
     assert wallet.holds["hld_1"].status is HoldStatus.expired
     with pytest.raises(HoldNotFound):
         wallet.expire(USER, "hld_404", LATER)

@@ -116,7 +116,8 @@ async def test_rebuilt_read_models_match_the_live_ones_to_the_minor_unit(
             )
         )
     live = {u: await balance_row(wallet_service, u) for u in users}
-    assert live[users[0]] is not None and live[users[0]]["balance"] == D("10.33") - D("2.99")
+    first = live[users[0]]
+    assert first is not None and first["balance"] == D("10.33") - D("2.99")
     for model in (BalancesProjection(), HoldsProjection()):
         assert (await rebuild(wallet_service.store, model, verify=True)).differences == []
         await rebuild(wallet_service.store, model)
