@@ -423,7 +423,8 @@ class RetryJobHold(Command):
 class ChargeTask(Command):
     command_type = "billing.ChargeTask"
     job_id: IdText
-    render_id: IdText
+    #: ``<job id>.<kind>.<attempt>`` (contracts.render.render_id_for): dots, so not IdText.
+    render_id: str = Field(min_length=1, max_length=100)
     task_id: StrictInt
     frames: list[int]
     worker: str

@@ -69,6 +69,8 @@ class Cause:
     event_id: uuid.UUID
     recorded_at: datetime
     correlation_id: str | None
+    #: The event's version in its stream (grows with each event of the stream).
+    stream_version: int = 0
 
 
 class ProcessManager(abc.ABC, Generic[St]):
@@ -273,6 +275,7 @@ class ProcessRunner(Generic[St]):
             event_id=bus_event.event_id,
             recorded_at=bus_event.recorded_at,
             correlation_id=bus_event.metadata.get("correlation_id"),
+            stream_version=bus_event.version,
         )
         refusals: list[NewEvent] = []
         await self._send_all(m.policy(cause, state), str(bus_event.event_id), cause, key, refusals)

@@ -38,7 +38,16 @@ SECRETS_FILE = RUN_DIR / "secrets.env"
 STACK_ENV_FILE = RUN_DIR / "stack.env"
 
 #: Services started by ``up``, in order; service i gets ``RF_HEALTH_PORT`` 8701 + i.
-SERVICES = ["identity", "job", "scheduler", "deadline_bridge", "gateway", "upload", "wallet"]
+SERVICES = [
+    "identity",
+    "job",
+    "scheduler",
+    "deadline_bridge",
+    "gateway",
+    "upload",
+    "wallet",
+    "billing",
+]
 
 GATEWAY_PORT = 8700
 #: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders.
