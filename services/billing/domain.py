@@ -386,6 +386,7 @@ class JobCost(Aggregate):
     api_key_id: str | None = None
     parameters: EstimateParameters | None = None
     hold_target: Decimal = ZERO
+    opened_at: datetime | None = None
     totals: CostTotals = CostTotals(
         status=CostStatus.pending,
         estimate=None,
@@ -416,6 +417,7 @@ class JobCost(Aggregate):
             self.job_id, self.owner_id = event.job_id, event.owner_id
             self.api_key_id, self.parameters = event.api_key_id, event.parameters
             self.hold_target = event.hold_target_credits
+            self.opened_at = event.at
         if isinstance(event, JobCostHeld):
             self.holds += 1
             self.transfers = [*self.transfers, event.transfer_id]
@@ -475,35 +477,42 @@ class JobCost(Aggregate):
             )
         )
 
-    def next_hold(self, rules: HoldRules, at: datetime) -> HoldRequest | None:
-        """The hold the job needs now: the first one, or growing it (None: none)."""
+    def next_hold(self, rules: HoldRules) -> HoldRequest | None:
+        """The hold the job needs now: the first one, or growing it (None: none).
+
+        Hold n always asks for the same amount and expiry (the n-th step of a fixed
+        schedule: the target, then ``grow_by`` of it more each time, up to the cap), so a
+        retry of hold n while an earlier try is still unrecorded asks the wallet for the
+        very same transfer and gets ``exists``, never ``transfer_id_reused``."""
         t = self.totals
         if t.status in (CostStatus.settled, CostStatus.cap_reached):
             return None
         if self.holds == 0:
-            return self._hold_request("open", self.hold_target, rules, at)
+            return self._hold_request("open", self.hold_target, rules)
         held = t.held_credits
         waiting = t.status is CostStatus.awaiting_credits
         if t.so_far_credits < held * rules.grow_at and not waiting:
             return None
-        new_total = max(held, t.so_far_credits) + credits(self.hold_target * rules.grow_by)
+        new_total = self.hold_target + credits(self.hold_target * rules.grow_by * self.holds)
         if t.cap_credits is not None:
             new_total = min(new_total, credits(t.cap_credits))
         if new_total <= held:
             return None  # held up to the cap already: the cap stops it
-        return self._hold_request("increase", new_total - held, rules, at)
+        return self._hold_request("increase", new_total - held, rules)
 
-    def _hold_request(
-        self, kind: str, amount: Decimal, rules: HoldRules, at: datetime
-    ) -> HoldRequest:
+    def _hold_request(self, kind: str, amount: Decimal, rules: HoldRules) -> HoldRequest:
+        """Hold ``n`` (``hold:<job>:<n>``) expires ``n`` TTLs after the job's cost opened."""
+        n = self.holds + 1
+        opened = self.opened_at
+        assert opened is not None, "a job's cost is opened before it is held"
         return HoldRequest(
             user_id=self.owner_id,
-            transfer_id=f"hold:{self.job_id}:{self.holds + 1}",
+            transfer_id=f"hold:{self.job_id}:{n}",
             hold_id=self.job_id,
             job_id=self.job_id,
             kind=kind,
             amount=amount,
-            expires_at=at + rules.ttl,
+            expires_at=opened + rules.ttl * n,
         )
 
     def refuse_hold(
