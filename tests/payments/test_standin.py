@@ -199,14 +199,19 @@ def test_an_unknown_payment_is_a_400(http: httpx.Client) -> None:
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
-    creds = {"key_id": "rzp_test_restart", "key_secret": "s3cret", "webhook_secret": "w"}
     db = tmp_path / "rzp.db"
     port = local.free_port()
-    handle = local.start_razorpay(db, port, **creds)
-    sdk = rzp_sdk.Client(auth=(creds["key_id"], creds["key_secret"]), base_url=handle.url)
+
+    def start() -> local.ServerHandle:
+        return local.start_razorpay(
+            db, port, key_id="rzp_test_restart", key_secret="s3cret", webhook_secret="w"
+        )
+
+    handle = start()
+    sdk = rzp_sdk.Client(auth=("rzp_test_restart", "s3cret"), base_url=handle.url)
     order = new_order(sdk)
     handle.stop()
-    handle = local.start_razorpay(db, port, **creds)
+    handle = start()
     try:
         assert sdk.order.fetch(order["id"]) == order
     finally:
