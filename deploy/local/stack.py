@@ -38,7 +38,7 @@ SECRETS_FILE = RUN_DIR / "secrets.env"
 STACK_ENV_FILE = RUN_DIR / "stack.env"
 
 #: Services started by ``up``, in order; service i gets ``RF_HEALTH_PORT`` 8701 + i.
-SERVICES = ["identity", "job", "scheduler", "deadline_bridge", "gateway", "upload"]
+SERVICES = ["identity", "job", "scheduler", "deadline_bridge", "gateway", "upload", "wallet"]
 
 GATEWAY_PORT = 8700
 #: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders.

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -75,6 +76,24 @@ class Actor(BaseModel):
 
 #: ``handler(command, unit_of_work) -> reply``; the server commits the unit of work.
 CommandHandler = Callable[[Any, UnitOfWork], Awaitable[BaseModel]]
+#: ``serialize(command) -> key``: commands with the same key run one at a time here.
+SerializeKey = Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    cmd_cls: type[Command]
+    handler: CommandHandler
+    store_reply: bool
+    serialize: SerializeKey | None
+
+
+class _KeyLock:
+    """A lock shared by the commands in flight with one key (dropped with the last)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class CommandServer:
@@ -94,7 +113,8 @@ class CommandServer:
         self.settings = settings
         self.read_your_writes = list(read_your_writes)
         self.max_attempts = max_attempts
-        self._handlers: dict[str, tuple[type[Command], CommandHandler, bool]] = {}
+        self._handlers: dict[str, _Registered] = {}
+        self._locks: dict[str, _KeyLock] = {}
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # Each command runs on one connection; at most half the pool runs commands, so the
@@ -107,12 +127,18 @@ class CommandServer:
         handler: Callable[[C_, UnitOfWork], Awaitable[BaseModel]],
         *,
         store_reply: bool = True,
+        serialize: Callable[[C_], str] | None = None,
     ) -> None:
         """Serve ``cmd_cls``. With ``store_reply=False`` (replies holding a secret shown once)
-        only a tombstone is kept: a repeated command id is refused, never re-run."""
+        only a tombstone is kept: a repeated command id is refused, never re-run.
+
+        With ``serialize``, commands (of any type) whose ``serialize(cmd)`` keys are equal
+        run one at a time in this process, load to commit: a hot aggregate (one wallet taking
+        a hundred holds at once) is decided in turn instead of bouncing on optimistic
+        concurrency; only replicas still race (and the version conflict re-runs the loser)."""
         if cmd_cls.command_type in self._handlers:
             raise ValueError(f"command {cmd_cls.command_type!r} has a handler already")
-        self._handlers[cmd_cls.command_type] = (cmd_cls, handler, store_reply)
+        self._handlers[cmd_cls.command_type] = _Registered(cmd_cls, handler, store_reply, serialize)
 
     async def start(self) -> None:
         for command_type in self._handlers:
@@ -139,8 +165,7 @@ class CommandServer:
 
     async def _respond(self, msg: Msg) -> None:
         recorded: list[RecordedEvent] = []
-        async with self._slots:
-            reply = await self._handle(msg, recorded)
+        reply = await self._handle(msg, recorded)
         if recorded:  # outside the slot: waiting for a read model holds no connection
             await self._read_your_writes(recorded)
         await msg.respond(orjson.dumps(reply))
@@ -181,7 +206,12 @@ class CommandServer:
     async def _execute(self, body: JsonDict, recorded: list[RecordedEvent]) -> JsonDict:
         command_type = body["type"]
         command_id = str(body["command_id"])
-        cmd_cls, handler, store_reply = self._handlers[command_type]
+        registered = self._handlers[command_type]
+        cmd_cls, handler, store_reply = (
+            registered.cmd_cls,
+            registered.handler,
+            registered.store_reply,
+        )
         try:
             cmd = cmd_cls.model_validate(body["payload"])
         except ValidationError as e:
@@ -199,6 +229,42 @@ class CommandServer:
             "causation_id": command_id,
             **({"traceparent": inject_headers()["traceparent"]} if span.is_valid else {}),
         }
+        key = registered.serialize(cmd) if registered.serialize is not None else None
+        # The key's turn first, then a connection: commands waiting for a hot aggregate
+        # hold no connection the others need.
+        async with self._turn(key), self._slots:
+            return await self._attempts(
+                cmd, command_id, command_type, handler, store_reply, event_meta, recorded
+            )
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: str | None) -> AsyncIterator[None]:
+        """Wait for the other commands in flight with ``key`` (none without a key)."""
+        if key is None:
+            yield
+            return
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[key]
+
+    async def _attempts(
+        self,
+        cmd: Command,
+        command_id: str,
+        command_type: str,
+        handler: CommandHandler,
+        store_reply: bool,
+        event_meta: JsonDict,
+        recorded: list[RecordedEvent],
+    ) -> JsonDict:
         if not store_reply:
             # A secret-bearing reply: look before the handler runs at all (it may mint a
             # secret before its first load); a repeat gets the tombstone.

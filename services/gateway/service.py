@@ -28,12 +28,14 @@ from libs.readmodels import payments as payment_queries
 from libs.readmodels import read_only_pool
 from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
+from libs.readmodels import wallet as wallet_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
 from libs.readmodels.payments import PaymentsQuery
 from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
+from libs.readmodels.wallet import WalletQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.gateway.actionlog import ActionLog
@@ -70,6 +72,8 @@ class Gateway:
         self.read = ReadModels(jobs, identity, scenes, outputs)
         #: Upload sessions and manifests (the upload service's read models).
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
+        #: Balances and transfers (the wallet service's read models).
+        self.wallet = WalletQuery(read_pool, wallet_queries.SCHEMA)
         #: Top-up orders (the payments service's read model).
         self.payments = PaymentsQuery(read_pool, payment_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)
