@@ -132,3 +132,14 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: fl
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def wallet_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
+    from services.wallet import service as wallet_service_
+    from services.wallet.settings import WalletSettings
+
+    rt = await build(wallet_service_.SERVICE, env.settings(WalletSettings))
+    await rt.launch()
+    yield rt
+    await rt.stop()
