@@ -87,13 +87,18 @@ def gateway_settings(env: Env, razorpay: StandIn) -> GatewaySettings:
     return env.settings(GatewaySettings, razorpay_key_id=razorpay.key_id)
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test's process keeps its own signal handling
+
+
 @pytest.fixture
 async def webhook_url(gateway: Gateway) -> AsyncIterator[str]:
     """The gateway's webhook route on a real port, where the stand-in sends webhooks."""
     port = local.free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(gateway.app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    config = uvicorn.Config(gateway.app, host="127.0.0.1", port=port, log_level="warning")
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:
