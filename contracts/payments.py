@@ -171,6 +171,20 @@ class WebhookReceived(Event):
     at: datetime
 
 
+@EVENTS.register
+class WebhookIgnored(Event):
+    """A received webhook that changed nothing, and why: ``ignored`` (an event type we do not
+    act on, e.g. payment.authorized) or ``skipped`` (an order we never made, or nothing left
+    to do)."""
+
+    event_type = "payment.WebhookIgnored"
+    event_id: str
+    event: str
+    outcome: str
+    reason: str
+    at: datetime
+
+
 # --- commands (served by the payments service) -------------------------------------------
 
 
@@ -240,6 +254,22 @@ class TopUpOrder(_Model):
     payment_id: str | None = Field(description="The payment that paid it; null until then.")
     created_at: datetime = Field(description="UTC time the order was created.")
     updated_at: datetime = Field(description="UTC time of its latest change.")
+
+
+class WebhookOutcome(StrEnum):
+    applied = "applied"  # it changed an order
+    ignored = "ignored"  # an event type payments does not act on
+    skipped = "skipped"  # nothing to do: an unknown order, or already applied
+
+
+class WebhookApplied(_Model):
+    """The reply of ApplyWebhook."""
+
+    event_id: str
+    event: str
+    outcome: WebhookOutcome
+    order_id: str | None
+    reason: str | None
 
 
 class WebhookAccepted(_Model):

@@ -161,3 +161,22 @@ def test_make_up_hands_each_service_only_the_secrets_it_declares() -> None:
         "RF_S3_SECRET_ACCESS_KEY",
     }
     assert set(only_its_secrets("upload", env)) == {"RF_DATABASE_URL", "RF_S3_SECRET_ACCESS_KEY"}
+
+
+def test_only_the_payments_service_gets_the_razorpay_secrets() -> None:
+    from deploy.local.stack import only_its_secrets
+
+    env = {
+        "RF_DATABASE_URL": "postgresql://db",
+        "RF_RAZORPAY_KEY_ID": "rzp_test_1",
+        "RF_RAZORPAY_KEY_SECRET": "k",
+        "RF_RAZORPAY_WEBHOOK_SECRET": "w",
+        "RF_RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "w0",
+        "RF_PAYMENTS_RAZORPAY_KEY_SECRET": "k2",
+    }
+    assert only_its_secrets("payments", env) == env
+    for other in ("gateway", "wallet", "job", "upload"):
+        assert only_its_secrets(other, env) == {
+            "RF_DATABASE_URL": "postgresql://db",
+            "RF_RAZORPAY_KEY_ID": "rzp_test_1",
+        }

@@ -11,6 +11,9 @@
   renderctl quarantine [--retry] [--projection P] [--stream S]
                                           list the events projections could not apply;
                                           --retry re-applies each stream's held events
+  renderctl reconcile payments --from DATE --to DATE [--json]
+                                          Razorpay's payments against our credits: every
+                                          difference one per line, exit 1 if any
   renderctl create-admin --email E        create the first admin (password from RF_ADMIN_PASSWORD
                                           or a prompt); needs the identity service running
 
@@ -50,6 +53,7 @@ from libs.eventstore.projection import ReadModel, quarantined
 from libs.eventstore.rebuild import Difference, rebuild
 from libs.eventstore.store import EventStore, RecordedEvent, create_pool
 from libs.migrations import migrate, service_plan
+from libs.readmodels import read_only_pool
 from libs.service import declared
 
 
@@ -66,12 +70,12 @@ def read_models(only: str | None = None) -> list[tuple[str, ReadModel]]:
     return found
 
 
-def load_stack_env(path: Path = Path(".run/stack.env")) -> None:
+def load_stack_env(path: Path = Path(".run/stack.env"), only: str = "") -> None:
     if not path.exists():
         return
     for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.startswith("#"):
+        if sep and key.strip() and not key.startswith("#") and key.startswith(only):
             os.environ.setdefault(key.strip(), value.strip())
 
 
@@ -380,6 +384,11 @@ async def run(
     ad = sub.add_parser("create-admin", help="create an approved admin user")
     ad.add_argument("--email", required=True)
     ad.add_argument("--name", default="Administrator")
+    rc = sub.add_parser("reconcile", help="compare Razorpay's payments with our credits")
+    rc.add_argument("what", choices=["payments"])
+    rc.add_argument("--from", dest="start", required=True, help="a date (UTC) or date-time")
+    rc.add_argument("--to", dest="end", required=True, help="a date (included) or date-time")
+    rc.add_argument("--json", action="store_true", help="one JSON object per difference")
     add_user_commands(sub)
     args = parser.parse_args(argv)
     if args.command in ("upload", "download"):
@@ -390,6 +399,8 @@ async def run(
         settings = BaseServiceSettings(service_name="renderctl")
     if args.command == "create-admin":
         return await create_admin(settings, args.email, args.name)
+    if args.command == "reconcile":
+        return await reconcile_payments(args, settings.database_url)
     pool = await create_pool(settings.database_url, max_size=4)
     try:
         if args.command == "events":
@@ -408,6 +419,23 @@ async def run(
         return await rebuild_all(pool, args.projection, args.verify)
     finally:
         await pool.close()
+
+
+async def reconcile_payments(args: argparse.Namespace, database_url: str) -> int:
+    """Razorpay's payments in the window against the payments read model (read-only); the
+    Razorpay key comes from ``RF_RAZORPAY_*`` (``make up``: ``.run/secrets.env``)."""
+    from services.payments.settings import PaymentsSettings
+    from tools import reconcile
+
+    load_stack_env(Path(".run/secrets.env"), only="RF_RAZORPAY_")
+    settings = PaymentsSettings(service_name="renderctl", database_url=database_url)
+    pool = await read_only_pool(database_url, max_size=2)
+    try:
+        start, end = reconcile.day_start(args.start), reconcile.window_end(args.end)
+        found = await reconcile.reconcile(settings, pool, start, end)
+    finally:
+        await pool.close()
+    return reconcile.report(found, args.json)
 
 
 def main() -> None:

@@ -893,3 +893,62 @@ def start_s3(
     )
     _wait_ready(handle, proc, lambda: _s3_ready(port), timeout)
     return handle
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def start_razorpay(
+    db: Path,
+    port: int,
+    *,
+    key_id: str,
+    key_secret: str,
+    webhook_secret: str,
+    webhook_url: str | None = None,
+    detach: bool = False,
+    pidfile: Path | None = None,
+    log_file: Path | None = None,
+    timeout: float = 30.0,
+) -> ServerHandle:
+    """Start the Razorpay stand-in (``python -m deploy.razorpay``) on 127.0.0.1:``port``.
+
+    State in the SQLite file ``db``; webhooks go to ``webhook_url`` (or per test call). Log:
+    default ``<db>.log``; pidfile (detached only): default ``<db>.pid``. The secrets go in
+    the environment, not on the command line (``ps`` shows that).
+    """
+    db = db.resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    _check_port_free(port)
+    log_file = (log_file or db.with_suffix(".log")).resolve()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "RF_RAZORPAY_KEY_ID": key_id,
+        "RF_RAZORPAY_KEY_SECRET": key_secret,
+        "RF_RAZORPAY_WEBHOOK_SECRET": webhook_secret,
+    }
+    args = [sys.executable, "-m", "deploy.razorpay", "--port", str(port), "--db", str(db)]
+    if webhook_url:
+        args += ["--webhook-url", webhook_url]
+    proc = _spawn(args, log_file, detach=detach, env=env)
+    if detach:
+        pidfile = pidfile or db.with_suffix(".pid")
+        _write_pidfile(pidfile, proc.pid)
+    handle = ServerHandle(
+        "razorpay",
+        proc.pid,
+        f"http://127.0.0.1:{port}",
+        marker="deploy.razorpay",
+        proc=proc,
+        detached=detach,
+        log_file=log_file,
+        pidfile=pidfile if detach else None,
+    )
+    _wait_ready(handle, proc, lambda: _http_ok(f"http://127.0.0.1:{port}/"), timeout)
+    return handle

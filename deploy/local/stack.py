@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -47,6 +48,7 @@ SERVICES = [
     "upload",
     "wallet",
     "billing",
+    "payments",
 ]
 
 GATEWAY_PORT = 8700
@@ -56,6 +58,10 @@ FARM_WORKERS = 2
 FARM_DIR = RUN_DIR / "farm"
 SCENES_DIR = RUN_DIR / "scenes"
 RENDERS_DIR = RUN_DIR / "renders"
+#: The local Razorpay stand-in (``deploy.razorpay``), unless RF_RAZORPAY_URL names another.
+RAZORPAY_PORT = 18090
+RAZORPAY_DIR = RUN_DIR / "razorpay"
+RAZORPAY_KEY_ID = "rzp_test_localstack0001"
 HEALTH_PORT_BASE = 8701
 DATABASE_NAME = "renderfarm"
 READY_TIMEOUT = 30.0
@@ -151,17 +157,22 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 
 def ensure_secrets() -> dict[str, str]:
-    """Generate ``.run/secrets.env`` the first time; return its values."""
-    if not SECRETS_FILE.exists():
+    """Generate ``.run/secrets.env`` the first time (and any secret added since); return its
+    values. The Razorpay ones are the local stand-in's: with RF_RAZORPAY_URL set (a real
+    Razorpay), give RF_RAZORPAY_KEY_SECRET and RF_RAZORPAY_WEBHOOK_SECRET in the environment
+    (they win over this file)."""
+    wanted: dict[str, Callable[[], str]] = {
+        "RF_JWT_KEYS": lambda: json.dumps({"k1": secrets.token_hex(32)}),
+        "RF_JWT_ACTIVE_KID": lambda: "k1",
+        "RF_TOKEN_PEPPER": lambda: secrets.token_hex(32),
+        "RF_RAZORPAY_KEY_SECRET": lambda: secrets.token_hex(24),
+        "RF_RAZORPAY_WEBHOOK_SECRET": lambda: secrets.token_hex(24),
+    }
+    current = read_env_file(SECRETS_FILE)
+    missing = {k: make() for k, make in wanted.items() if k not in current}
+    if missing:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
-        write_env_file(
-            SECRETS_FILE,
-            {
-                "RF_JWT_KEYS": json.dumps({"k1": secrets.token_hex(32)}),
-                "RF_JWT_ACTIVE_KID": "k1",
-                "RF_TOKEN_PEPPER": secrets.token_hex(32),
-            },
-        )
+        write_env_file(SECRETS_FILE, {**current, **missing})
     return read_env_file(SECRETS_FILE)
 
 
@@ -200,7 +211,7 @@ def _ready_url(port: int) -> str:
 
 def _running_service_names() -> list[str]:
     """Services with a pidfile: those listed first (in order), then any others."""
-    server_names = {s.name for s in SERVERS} | {"farm"}
+    server_names = {s.name for s in SERVERS} | {"farm", "razorpay"}
     found = sorted(p.stem for p in PID_DIR.glob("*.pid") if p.stem not in server_names)
     return [n for n in SERVICES if n in found] + [n for n in found if n not in SERVICES]
 
@@ -378,6 +389,38 @@ def _start_farm() -> servers.ServerHandle | None:
     )
 
 
+def _start_razorpay(env: dict[str, str]) -> None:
+    """The Razorpay stand-in, unless ``RF_RAZORPAY_URL`` names another (Razorpay itself);
+    its webhooks go to the gateway's ``/v1/payments/webhook``."""
+    if os.environ.get("RF_RAZORPAY_URL"):
+        print("razorpay: using RF_RAZORPAY_URL")
+        return
+    pidfile = PID_DIR / "razorpay.pid"
+    url = f"http://127.0.0.1:{RAZORPAY_PORT}"
+    if servers.attach("razorpay", pidfile, url, "deploy.razorpay") is not None:
+        print("razorpay: already running")
+        return
+    if servers.port_in_use(RAZORPAY_PORT):
+        raise StackError(
+            f"razorpay: port {RAZORPAY_PORT} is in use; set RF_RAZORPAY_URL to use that one"
+        )
+    try:
+        handle = servers.start_razorpay(
+            RAZORPAY_DIR / "razorpay.db",
+            RAZORPAY_PORT,
+            key_id=env["RF_RAZORPAY_KEY_ID"],
+            key_secret=env["RF_RAZORPAY_KEY_SECRET"],
+            webhook_secret=env["RF_RAZORPAY_WEBHOOK_SECRET"],
+            webhook_url=f"http://127.0.0.1:{GATEWAY_PORT}/v1/payments/webhook",
+            detach=True,
+            pidfile=pidfile,
+            log_file=LOG_DIR / "razorpay.log",
+        )
+    except servers.ServerError as e:
+        raise StackError(f"razorpay: {e}") from e
+    print(f"razorpay: started (pid {handle.pid}), {url} (stand-in; test controls under /_test/)")
+
+
 def _wait_ready(handles: list[servers.ServerHandle]) -> None:
     timeout = float(os.environ.get("RF_STACK_READY_TIMEOUT", READY_TIMEOUT))
     deadline = time.monotonic() + timeout
@@ -416,6 +459,10 @@ def up() -> None:
         S3.env_var: _server_url(S3),
     }
     env.setdefault("RF_FARM_URL", _farm_url())
+    env["RF_RAZORPAY_URL"] = (
+        os.environ.get("RF_RAZORPAY_URL") or f"http://127.0.0.1:{RAZORPAY_PORT}"
+    )
+    env["RF_RAZORPAY_KEY_ID"] = os.environ.get("RF_RAZORPAY_KEY_ID") or RAZORPAY_KEY_ID
     # The upload service stages scenes into the folder the farm reads them from.
     for key, folder in (
         ("RF_SCENES_ROOT", SCENES_DIR),
@@ -424,12 +471,14 @@ def up() -> None:
     ):
         env[key] = os.environ.get(key) or str(folder)
     write_env_file(STACK_ENV_FILE, env)  # for renderctl: no secrets
-    env.update(ensure_secrets())
+    env.update({k: v for k, v in ensure_secrets().items() if k not in os.environ})
     if not os.environ.get(S3.env_var):  # our MiniStack: its fixed local credentials
         env["RF_S3_ACCESS_KEY_ID"] = servers.S3_ACCESS_KEY_ID
         env["RF_S3_SECRET_ACCESS_KEY"] = servers.S3_SECRET_ACCESS_KEY
     farm = _start_farm()
     names = service_names()
+    if "payments" in names:
+        _start_razorpay(env)
     handles = [_start_service(n, health_port(n, names), env) for n in names]
     _wait_ready(([farm] if farm else []) + handles)
     print()
@@ -439,6 +488,7 @@ def up() -> None:
         print(f"  API docs:    http://127.0.0.1:{GATEWAY_PORT}/docs")
     print(f"  Farm:        {env['RF_FARM_URL']} (Deadline Web Service API)")
     print(f"  S3:          {env[S3.env_var]} (buckets rf-scenes, rf-outputs)")
+    print(f"  Razorpay:    {env['RF_RAZORPAY_URL']} (key id {env['RF_RAZORPAY_KEY_ID']})")
     print(f"  Logs:        {LOG_DIR}/<name>.log")
     print(f"  Environment: {STACK_ENV_FILE}")
     print("  Stop with `make down`.")
@@ -465,6 +515,11 @@ def down() -> None:
         print(f"farm: stopping (pid {farm.pid})")
         farm.stop(timeout=SERVICE_STOP_TIMEOUT)
     (PID_DIR / "farm.pid").unlink(missing_ok=True)
+    razorpay = servers.attach("razorpay", PID_DIR / "razorpay.pid", "", "deploy.razorpay")
+    if razorpay is not None:
+        print(f"razorpay: stopping (pid {razorpay.pid})")
+        razorpay.stop(timeout=SERVICE_STOP_TIMEOUT)
+    (PID_DIR / "razorpay.pid").unlink(missing_ok=True)
     for server in reversed(SERVERS):
         server_handle = server.attach()
         if server_handle is None:
@@ -497,6 +552,13 @@ def status() -> None:
         rows.append(
             ("farm", "stopped" if farm_url.endswith(f":{FARM_PORT}") else "external", "-", farm_url)
         )
+    razorpay = servers.attach("razorpay", PID_DIR / "razorpay.pid", "", "deploy.razorpay")
+    razorpay_url = stack_env.get("RF_RAZORPAY_URL", f"http://127.0.0.1:{RAZORPAY_PORT}")
+    if razorpay is not None:
+        rows.append(("razorpay", "running", str(razorpay.pid), razorpay_url))
+    else:
+        local = razorpay_url.endswith(f":{RAZORPAY_PORT}")
+        rows.append(("razorpay", "stopped" if local else "external", "-", razorpay_url))
     names = service_names()
     for name in names + [n for n in _running_service_names() if n not in names]:
         port = health_port(name, names) if name in names else 0

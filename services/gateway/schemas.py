@@ -24,7 +24,8 @@ from contracts.identity import (
 )
 from contracts.jobs import JobStatus
 from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
-from contracts.text import Name
+from contracts.payments import MAX_ORDER_PAISE, MIN_ORDER_PAISE, TopUpOrder
+from contracts.text import ID_PATTERN, Name
 
 
 def _date_time_text(value: object) -> object:
@@ -188,4 +189,32 @@ class JobOutputPage(BaseModel):
         description="The zip of every frame; null when there is none (the job has not"
         " completed, has no frames, or archives are off)."
     )
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class CreatePaymentOrderRequest(_In):
+    amount_paise: StrictInt = Field(
+        ge=MIN_ORDER_PAISE,
+        le=MAX_ORDER_PAISE,
+        description=(
+            f"Amount to pay, in paise (₹1 = 100), {MIN_ORDER_PAISE}-{MAX_ORDER_PAISE}; the"
+            " wallet gets amount_paise / 100 credits by default."
+        ),
+    )
+
+
+class VerifyPaymentRequest(_In):
+    razorpay_order_id: str = Field(
+        min_length=1, max_length=64, pattern=ID_PATTERN, description="As Checkout handed it."
+    )
+    razorpay_payment_id: str = Field(
+        min_length=1, max_length=64, pattern=ID_PATTERN, description="As Checkout handed it."
+    )
+    razorpay_signature: str = Field(
+        min_length=1, max_length=200, description="As Checkout handed it (hex HMAC-SHA256)."
+    )
+
+
+class TopUpOrderPage(BaseModel):
+    items: list[TopUpOrder] = Field(description="Top-up orders, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")

@@ -24,6 +24,7 @@ from libs.logging import get_logger
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import outputs as output_queries
+from libs.readmodels import payments as payment_queries
 from libs.readmodels import read_only_pool
 from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
@@ -31,6 +32,7 @@ from libs.readmodels import wallet as wallet_queries
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
+from libs.readmodels.payments import PaymentsQuery
 from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.readmodels.wallet import WalletQuery
@@ -72,6 +74,8 @@ class Gateway:
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         #: Balances and transfers (the wallet service's read models).
         self.wallet = WalletQuery(read_pool, wallet_queries.SCHEMA)
+        #: Top-up orders (the payments service's read model).
+        self.payments = PaymentsQuery(read_pool, payment_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

@@ -24,6 +24,8 @@ class GatewaySettings(TokenSettings):
     #: may be spent (over-admission across P processes: at most P x (tokens - 1)).
     rate_limit_lease_tokens: int = 10
     rate_limit_lease_seconds: float = 1.0
+    #: Razorpay's public key id, shown with each top-up order (Checkout opens with it).
+    razorpay_key_id: str = ""
     idempotency_ttl_seconds: int = 24 * 3600
     #: Above the services' 5 s read-your-writes wait, so a slow reply is not taken for a lost one.
     command_timeout_seconds: float = 10.0
