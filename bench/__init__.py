@@ -26,5 +26,5 @@ the way out, also on Ctrl-C, SIGTERM or an error.
     latency, and a check that every wallet's balance row is exact to the minor unit.
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file) and 11
-(3 s runs, 200 wallets) with shorter runs.
+(3 s runs) with shorter runs.
 """

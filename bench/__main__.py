@@ -73,7 +73,6 @@ QUICK = {
     "upload_mib": 256,
     "upload_rounds": 1,
     "wallet_seconds": 3.0,
-    "wallet_wallets": 200,
 }
 
 

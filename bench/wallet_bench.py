@@ -87,6 +87,14 @@ class Run:
     ended: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
 
+    def edges(self, warmup: float) -> tuple[float, float]:
+        """holds/s in the first and in the last second measured (a loop that slows as the
+        wallet's history grows shows here)."""
+        since = self.started + warmup
+        first = sum(1 for t, _ in self.answered if since <= t < since + 1)
+        last = sum(1 for t, _ in self.answered if t >= self.ended - 1)
+        return float(first), float(last)
+
     def measured(self, warmup: float) -> tuple[float, list[float]]:
         """(holds/s, sorted latencies in ms) of the holds answered after the warm-up."""
         since = self.started + warmup
@@ -227,16 +235,22 @@ async def exact(dsn: str, ledger: Ledger, runs: list[Run], timeout: float) -> tu
 
 
 def report(run: Run, warmup: float) -> tuple[float, float, float, str]:
+    """Prints the run's figures; (holds/s, p50 ms, p99 ms, a summary for the note)."""
     rate, lat = run.measured(warmup)
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    first, last = run.edges(warmup)
     refused = f", refused {dict(run.refused)}" if run.refused else ""
     print(
         f"  {run.name}: {rate:,.0f} holds/s; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         f" ({len(lat)} holds measured over {run.ended - run.started - warmup:.1f} s after"
         f" {warmup:.1f} s warm-up; resent after a timeout {run.resent}{refused})"
     )
+    print(f"    first second measured {first:,.0f} holds/s, last second {last:,.0f} holds/s")
     print(f"    {cpu_text(run.cpu)}")
-    return rate, p50, p99, f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    summary = (
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; first/last second {first:.0f}/{last:.0f} holds/s"
+    )
+    return rate, p50, p99, summary
 
 
 async def run_wallet(infra: Infra, servers: Servers, opts: WalletBenchOptions) -> list[Figure]:
