@@ -39,6 +39,7 @@ from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
 from bench.upload_bench import UploadBenchOptions, run_uploads
+from bench.wallet_bench import WalletBenchOptions, run_wallet
 from libs.ids import new_id
 
 SECTIONS = {
@@ -52,12 +53,13 @@ SECTIONS = {
     "8": "live projection lag (append -> jobs read model row)",
     "9": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
     "10": "uploads: presigned parts vs direct to the same S3, gateway CPU, staging a scene",
+    "11": "wallet holds/s over NATS: one contended wallet vs 1,000 wallets, ledger exact",
 }
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8,10",
+    "only": "3,4,5,8,10,11",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -70,16 +72,17 @@ QUICK = {
     "poll_jobs": 200,
     "upload_mib": 256,
     "upload_rounds": 1,
+    "wallet_seconds": 3.0,
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="sections to run, e.g. 1,3")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8,10) with shorter runs, under two minutes",
+        help="a subset (sections 3,4,5,8,10,11) with shorter runs, under two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -129,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--upload-rounds", type=int, default=2, help="section 10: rounds each way")
     p.add_argument("--upload-parallel", type=int, default=4, help="section 10: parts at once")
+    p.add_argument("--wallet-seconds", type=float, default=10.0, help="section 11: each run")
+    p.add_argument("--wallet-clients", type=int, default=50, help="section 11: clients at once")
+    p.add_argument("--wallet-wallets", type=int, default=1000, help="section 11: wallets of (b)")
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:
@@ -264,6 +270,10 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
             rounds=args.upload_rounds,
         )
         await section("10", lambda: run_uploads(infra, servers, uploads))
+        wallet = WalletBenchOptions(
+            seconds=args.wallet_seconds, clients=args.wallet_clients, wallets=args.wallet_wallets
+        )
+        await section("11", lambda: run_wallet(infra, servers, wallet))
     finally:
         await infra.drop_databases()
 

@@ -10,7 +10,8 @@ actual amount is posted and the rest released in the same event), **voided** or 
 balance below zero; a wallet below zero takes no new hold.
 
 ``balance = credits - debits`` (posted); ``held`` = pending holds;
-``available = balance - held``, never below zero through a hold.
+``available = balance - held``, never below zero through a hold. Every event carries
+``balance_after`` and ``held_after``: the wallet's figures once it is applied.
 
 Amounts are credits with two decimal places (the minor unit is 0.01 credit), exact
 ``Decimal`` end to end and strings in JSON. Stream: ``wallet-<user id>``.
@@ -114,9 +115,15 @@ class TransferOutcome(StrEnum):
 
 
 class _WalletEvent(Event):
+    """Every wallet event names its transfer and carries the wallet's figures right after
+    it (``available`` after = ``balance_after - held_after``), so each read model row is a
+    function of one event."""
+
     user_id: str
     transfer_id: str
     at: datetime
+    balance_after: Decimal
+    held_after: Decimal
 
 
 @EVENTS.register

@@ -147,6 +147,8 @@ class Wallet(Aggregate):
                 amount=amount,
                 cause=cause,
                 cause_id=cause_id,
+                balance_after=self.balance + amount,
+                held_after=self.held,
             )
         )
         return TransferOutcome.applied
@@ -172,6 +174,8 @@ class Wallet(Aggregate):
                 amount=amount,
                 cause=cause,
                 cause_id=cause_id,
+                balance_after=self.balance - amount,
+                held_after=self.held,
             )
         )
         return TransferOutcome.applied
@@ -206,6 +210,8 @@ class Wallet(Aggregate):
                 job_id=job_id,
                 amount=amount,
                 expires_at=expires_at,
+                balance_after=self.balance,
+                held_after=self.held + amount,
             )
         )
         return TransferOutcome.applied
@@ -237,6 +243,8 @@ class Wallet(Aggregate):
                 amount=amount,
                 held_total=hold.amount + amount,
                 expires_at=expires_at,
+                balance_after=self.balance,
+                held_after=self.held + amount,
             )
         )
         return TransferOutcome.applied
@@ -265,6 +273,8 @@ class Wallet(Aggregate):
                 job_id=hold.job_id,
                 captured=amount,
                 released=hold.amount - amount,
+                balance_after=self.balance - amount,
+                held_after=self.held - hold.amount,
             )
         )
         return TransferOutcome.applied
@@ -285,6 +295,8 @@ class Wallet(Aggregate):
                 job_id=hold.job_id,
                 released=hold.amount,
                 reason=reason,
+                balance_after=self.balance,
+                held_after=self.held - hold.amount,
             )
         )
         return TransferOutcome.applied
@@ -304,6 +316,8 @@ class Wallet(Aggregate):
                 hold_id=hold_id,
                 job_id=hold.job_id,
                 released=hold.amount,
+                balance_after=self.balance,
+                held_after=self.held - hold.amount,
             )
         )
         return TransferOutcome.applied
@@ -311,9 +325,10 @@ class Wallet(Aggregate):
     # -- evolve -------------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
+        """Evolve by one event: its hold and transfer id are noted, and the balance and held
+        amounts become the ones it carries (decided above, once, from the state before)."""
         match event:
             case CreditsDeposited():
-                self.balance += event.amount
                 print_ = fingerprint(
                     TransferKind.deposit,
                     amount=event.amount,
@@ -321,7 +336,6 @@ class Wallet(Aggregate):
                     cause_id=event.cause_id,
                 )
             case CreditsDebited():
-                self.balance -= event.amount
                 print_ = fingerprint(
                     TransferKind.debit,
                     amount=event.amount,
@@ -335,7 +349,6 @@ class Wallet(Aggregate):
                     status=HoldStatus.pending,
                     expires_at=event.expires_at,
                 )
-                self.held += event.amount
                 print_ = fingerprint(
                     TransferKind.hold,
                     hold_id=event.hold_id,
@@ -346,7 +359,6 @@ class Wallet(Aggregate):
             case HoldIncreased():
                 hold = self.holds.get(event.hold_id)
                 if hold is not None:
-                    self.held += event.amount
                     self.holds[event.hold_id] = hold.model_copy(
                         update={"amount": event.held_total, "expires_at": event.expires_at}
                     )
@@ -358,7 +370,6 @@ class Wallet(Aggregate):
                 )
             case HoldCaptured():
                 self._resolve(event.hold_id, HoldStatus.captured)
-                self.balance -= event.captured
                 print_ = fingerprint(
                     TransferKind.capture, hold_id=event.hold_id, amount=event.captured
                 )
@@ -372,11 +383,12 @@ class Wallet(Aggregate):
                 return
         assert isinstance(event, WalletEvent)
         self.user_id = self.user_id or event.user_id
+        self.balance, self.held = event.balance_after, event.held_after
         self.transfers[event.transfer_id] = print_
 
     def _resolve(self, hold_id: str, status: HoldStatus) -> None:
-        """A hold leaves ``held`` whole (a capture posts its part from the balance)."""
+        """A pending hold resolves once (the event carries what it left of the balance and
+        held amounts)."""
         hold = self.holds.get(hold_id)
         if hold is not None and hold.status is HoldStatus.pending:
-            self.held -= hold.amount
             self.holds[hold_id] = hold.model_copy(update={"status": status})

@@ -1,10 +1,9 @@
 """Read models of the wallet service (tables: ``services/wallet/migrations``).
 
-``balances`` and ``holds`` are declarative read models. ``transfers`` records each transfer
-with the wallet's balance, held and available amounts right after it: a running total,
-which a per-row rule cannot see, so it is a projection of its own that folds each batch on
-top of the last row of every wallet it touches (in the checkpoint's transaction, like every
-projector). The gateway reads ``balances`` and ``transfers`` only through
+All three are declarative read models (rebuilt and verified by ``renderctl rebuild``, with a
+quarantine): every wallet event carries the wallet's balance and held amounts after it, so
+``balances`` and each ``transfers`` row are a function of one event, with no running total
+to carry from the row before. The gateway reads ``balances`` and ``transfers`` only through
 ``libs/readmodels/wallet.py`` (ADR 0007).
 """
 
@@ -12,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-
-import asyncpg
 
 from contracts.envelope import Currency
 from contracts.wallet import (
@@ -29,7 +26,6 @@ from contracts.wallet import (
     TransferKind,
     WalletEvent,
 )
-from libs.eventstore.processor import Projection
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 
@@ -136,15 +132,12 @@ class BalancesProjection(ReadModel):
 
     @on(*ALL_EVENTS, key=lambda e: (e.user_id,))
     def moved(self, row: Row | None, e: WalletEvent, rec: RecordedEvent) -> Row:
-        m = movement(e)
-        balance = (row["balance"] if row else ZERO) + m.balance_change
-        held = (row["held"] if row else ZERO) + m.held_change
         return {
             "user_id": e.user_id,
             "currency": Currency.credits.value,
-            "balance": balance,
-            "held": held,
-            "available": balance - held,
+            "balance": e.balance_after,
+            "held": e.held_after,
+            "available": e.balance_after - e.held_after,
             "version": rec.version,
             "updated_at": e.at,
         }
@@ -194,75 +187,50 @@ class HoldsProjection(ReadModel):
         return row and {**row, "status": status.value, "updated_at": e.at}
 
 
-_TRANSFER_COLUMNS = (
-    "user_id",
-    "version",
-    "transfer_id",
-    "kind",
-    "amount",
-    "direction",
-    "balance_change",
-    "held_change",
-    "cause",
-    "cause_id",
-    "job_id",
-    "hold_id",
-    "balance_after",
-    "held_after",
-    "available_after",
-    "at",
-)
-
-
-class TransfersProjection(Projection):
-    """``wallet.transfers``: one row per transfer with the wallet's amounts after it."""
+class TransfersProjection(ReadModel):
+    """``wallet.transfers``: one row per transfer with the wallet's amounts after it (which
+    the event carries), keyed by the wallet and the event's version in its stream."""
 
     name = "transfers"
-    types = tuple(sorted(cls.event_type for cls in ALL_EVENTS))
+    table = "transfers"
+    key = ("user_id", "version")
+    columns = {
+        "user_id": "text",
+        "version": "integer",
+        "transfer_id": "text",
+        "kind": "text",
+        "amount": "numeric",
+        "direction": "text",
+        "balance_change": "numeric",
+        "held_change": "numeric",
+        "cause": "text",
+        "cause_id": "text",
+        "job_id": "text",
+        "hold_id": "text",
+        "balance_after": "numeric",
+        "held_after": "numeric",
+        "available_after": "numeric",
+        "at": "timestamptz",
+    }
 
-    async def apply(
-        self, conn: asyncpg.Connection, events: list[RecordedEvent], schema: str
-    ) -> None:
-        decoded = [(rec, rec.decode()) for rec in events]
-        users = sorted({e.user_id for _, e in decoded if isinstance(e, WalletEvent)})
-        last = await conn.fetch(
-            f"SELECT DISTINCT ON (user_id) user_id, balance_after, held_after"
-            f" FROM {schema}.transfers WHERE user_id = ANY($1::text[])"
-            " ORDER BY user_id, version DESC",
-            users,
-        )
-        totals = {r["user_id"]: (r["balance_after"], r["held_after"]) for r in last}
-        rows: list[tuple[object, ...]] = []
-        for rec, e in decoded:
-            if not isinstance(e, WalletEvent):
-                continue
-            m = movement(e)
-            balance, held = totals.get(e.user_id, (ZERO, ZERO))
-            balance, held = balance + m.balance_change, held + m.held_change
-            totals[e.user_id] = (balance, held)
-            rows.append(
-                (
-                    e.user_id,
-                    rec.version,
-                    e.transfer_id,
-                    m.kind.value,
-                    m.amount,
-                    m.direction,
-                    m.balance_change,
-                    m.held_change,
-                    m.cause.value,
-                    m.cause_id,
-                    m.job_id,
-                    m.hold_id,
-                    balance,
-                    held,
-                    balance - held,
-                    e.at,
-                )
-            )
-        placeholders = ", ".join(f"${i}" for i in range(1, len(_TRANSFER_COLUMNS) + 1))
-        await conn.executemany(
-            f"INSERT INTO {schema}.transfers ({', '.join(_TRANSFER_COLUMNS)})"
-            f" VALUES ({placeholders}) ON CONFLICT (user_id, version) DO NOTHING",
-            rows,
-        )
+    @on(*ALL_EVENTS, key=lambda e, rec: (e.user_id, rec.version))
+    def transferred(self, row: Row | None, e: WalletEvent, rec: RecordedEvent) -> Row:
+        m = movement(e)
+        return {
+            "user_id": e.user_id,
+            "version": rec.version,
+            "transfer_id": e.transfer_id,
+            "kind": m.kind.value,
+            "amount": m.amount,
+            "direction": m.direction,
+            "balance_change": m.balance_change,
+            "held_change": m.held_change,
+            "cause": m.cause.value,
+            "cause_id": m.cause_id,
+            "job_id": m.job_id,
+            "hold_id": m.hold_id,
+            "balance_after": e.balance_after,
+            "held_after": e.held_after,
+            "available_after": e.balance_after - e.held_after,
+            "at": e.at,
+        }

@@ -11,12 +11,26 @@ import asyncpg
 import pytest
 
 from contracts.errors import DomainError, InsufficientCredits
-from contracts.wallet import CaptureHold, TransferOutcome, VoidHold
+from contracts.wallet import (
+    CaptureHold,
+    CauseKind,
+    DebitCredits,
+    IncreaseHold,
+    TransferOutcome,
+    VoidHold,
+)
+from libs.config import BaseServiceSettings
 from libs.eventstore.rebuild import rebuild
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime
-from services.wallet.projections import BalancesProjection, HoldsProjection
+from services.wallet.projections import (
+    BalancesProjection,
+    HoldsProjection,
+    TransfersProjection,
+)
+from tests.conftest import Env
 from tests.wallet.conftest import Wallets
+from tools import renderctl
 
 D = Decimal
 
@@ -93,14 +107,38 @@ async def test_the_sweeper_expires_a_stale_hold_and_the_credits_come_back(
     assert status == "expired"
 
 
-async def test_rebuilt_read_models_match_the_live_ones_to_the_minor_unit(
-    wallet_service: ServiceRuntime[Any], wallets: Wallets
+async def until_hold(
+    rt: ServiceRuntime[Any], user_id: str, hold_id: str, status: str, timeout: float = 10.0
 ) -> None:
+    """Returns once the hold's row has ``status``."""
+    async with asyncio.timeout(timeout):
+        while (
+            await rt.store.pool.fetchval(
+                "SELECT status FROM wallet.holds WHERE user_id = $1 AND hold_id = $2",
+                user_id,
+                hold_id,
+            )
+            != status
+        ):
+            await asyncio.sleep(0.05)
+
+
+async def a_mixed_history(rt: ServiceRuntime[Any], wallets: Wallets, users: list[str]) -> None:
+    """Deposits, holds (one grown), captures, voids, an expiry by the sweeper, then a refund
+    driving each of ``users``' wallets below zero."""
     later = datetime.now(UTC) + timedelta(hours=1)
-    users = [new_id("usr") for _ in range(3)]
     for i, user in enumerate(users):
         await wallets.deposit(user, f"{10 + i}.33")
         await wallets.hold(user, f"job_a{i}", "3.21", later)
+        await wallets.send(
+            IncreaseHold(
+                user_id=user,
+                transfer_id=f"hold:job_a{i}:2",
+                hold_id=f"hld_job_a{i}",
+                amount=D("0.50"),
+                expires_at=later,
+            )
+        )
         await wallets.hold(user, f"job_b{i}", "1.11", later)
         await wallets.send(
             CaptureHold(
@@ -115,10 +153,87 @@ async def test_rebuilt_read_models_match_the_live_ones_to_the_minor_unit(
                 user_id=user, transfer_id=f"void:job_b{i}", hold_id=f"hld_job_b{i}", reason="x"
             )
         )
+        await wallets.hold(user, f"job_c{i}", "2.00", datetime.now(UTC) + timedelta(seconds=1))
+    for i, user in enumerate(users):  # the sweeper expires job_c's hold
+        await until_hold(rt, user, f"hld_job_c{i}", "expired")
+    for i, user in enumerate(users):
+        await wallets.send(
+            DebitCredits(
+                user_id=user,
+                transfer_id=f"refund:rfnd_{i}",
+                amount=D("10.00"),
+                cause=CauseKind.refund,
+                cause_id=f"rfnd_{i}",
+            )
+        )
+
+
+async def statement(rt: ServiceRuntime[Any], user_id: str) -> list[tuple[object, ...]]:
+    """The wallet's transfers, oldest first: kind, amount, balance/held/available after."""
+    rows = await rt.store.pool.fetch(
+        "SELECT kind, amount, balance_after, held_after, available_after FROM wallet.transfers"
+        " WHERE user_id = $1 ORDER BY version",
+        user_id,
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_every_transfer_row_shows_the_wallet_after_it(
+    wallet_service: ServiceRuntime[Any], wallets: Wallets
+) -> None:
+    user = new_id("usr")
+    await a_mixed_history(wallet_service, wallets, [user])
+    assert await statement(wallet_service, user) == [
+        ("deposit", D("10.33"), D("10.33"), D("0.00"), D("10.33")),
+        ("hold", D("3.21"), D("10.33"), D("3.21"), D("7.12")),
+        ("hold_increase", D("0.50"), D("10.33"), D("3.71"), D("6.62")),
+        ("hold", D("1.11"), D("10.33"), D("4.82"), D("5.51")),
+        ("capture", D("2.99"), D("7.34"), D("1.11"), D("6.23")),
+        ("void", D("1.11"), D("7.34"), D("0.00"), D("7.34")),
+        ("hold", D("2.00"), D("7.34"), D("2.00"), D("5.34")),
+        ("expiry", D("2.00"), D("7.34"), D("0.00"), D("7.34")),
+        ("debit", D("10.00"), D("-2.66"), D("0.00"), D("-2.66")),
+    ]
+
+
+async def test_rebuilt_read_models_match_the_live_ones_to_the_minor_unit(
+    wallet_service: ServiceRuntime[Any], wallets: Wallets
+) -> None:
+    users = [new_id("usr") for _ in range(3)]
+    await a_mixed_history(wallet_service, wallets, users)
     live = {u: await balance_row(wallet_service, u) for u in users}
+    ledgers = {u: await statement(wallet_service, u) for u in users}
     first = live[users[0]]
-    assert first is not None and first["balance"] == D("10.33") - D("2.99")
-    for model in (BalancesProjection(), HoldsProjection()):
+    assert first is not None and first["balance"] == D("10.33") - D("2.99") - D("10.00")
+    for model in (BalancesProjection(), HoldsProjection(), TransfersProjection()):
         assert (await rebuild(wallet_service.store, model, verify=True)).differences == []
         await rebuild(wallet_service.store, model)
     assert {u: await balance_row(wallet_service, u) for u in users} == live
+    assert {u: await statement(wallet_service, u) for u in users} == ledgers
+
+
+async def test_renderctl_verifies_and_repairs_the_transfers_read_model(
+    wallet_service: ServiceRuntime[Any],
+    wallets: Wallets,
+    env: Env,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli = env.settings(BaseServiceSettings, service_name="renderctl")
+    users = [new_id("usr") for _ in range(2)]
+    await a_mixed_history(wallet_service, wallets, users)
+    ledger = await statement(wallet_service, users[0])
+    verify = ["rebuild", "--projection", "transfers", "--verify"]
+    capsys.readouterr()
+    assert await renderctl.run(verify, cli) == 0
+    assert "verified wallet.transfers: 0 difference(s)" in capsys.readouterr().out
+
+    await wallet_service.store.pool.execute(  # a row gone wrong by hand
+        "UPDATE wallet.transfers SET balance_after = balance_after + 1"
+        " WHERE user_id = $1 AND version = 2",
+        users[0],
+    )
+    assert await renderctl.run(verify, cli) == 1
+    assert "verified wallet.transfers: 1 difference(s)" in capsys.readouterr().out
+    assert await renderctl.run(["rebuild", "--projection", "wallet.transfers"], cli) == 0
+    assert await renderctl.run(verify, cli) == 0
+    assert await statement(wallet_service, users[0]) == ledger
