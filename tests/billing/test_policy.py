@@ -361,6 +361,8 @@ deposit = CreditsDeposited(
     amount=Decimal("100.00"),
     cause=CauseKind.payment,
     cause_id="pay_1",
+    balance_after=Decimal("100.00"),
+    held_after=Decimal(0),
 )
 
 
