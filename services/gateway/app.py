@@ -29,7 +29,7 @@ from contracts.errors import (
 from libs.logging import get_logger
 from services.gateway.api import details_schemas
 from services.gateway.middleware import GatewayMiddleware, error_response_bytes
-from services.gateway.routes import admin, api_keys, auth, jobs, outputs, uploads, wallet
+from services.gateway.routes import admin, api_keys, auth, costs, jobs, outputs, uploads, wallet
 
 if TYPE_CHECKING:
     from services.gateway.service import Gateway
@@ -125,7 +125,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         ok, text = await gateway.ready()
         return Response(text, 200 if ok else 503, media_type="text/plain")
 
-    for module in (auth, api_keys, jobs, uploads, outputs, wallet, admin):
+    for module in (auth, api_keys, jobs, uploads, outputs, wallet, costs, admin):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -21,6 +21,7 @@ from contracts.errors import DomainError
 from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
+from libs.readmodels import billing as billing_queries
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import outputs as output_queries
@@ -28,6 +29,7 @@ from libs.readmodels import read_only_pool
 from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
 from libs.readmodels import wallet as wallet_queries
+from libs.readmodels.billing import BillingQuery
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
@@ -72,6 +74,8 @@ class Gateway:
         self.uploads = UploadsQuery(read_pool, upload_queries.SCHEMA)
         #: Balances and transfers (the wallet service's read models).
         self.wallet = WalletQuery(read_pool, wallet_queries.SCHEMA)
+        #: Prices, jobs' costs and lines, API keys' spend (the billing service's read models).
+        self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,
