@@ -21,6 +21,8 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 10. Uploads: a multi-GB sparse file through presigned part URLs (renderctl's client code) vs
     a direct aioboto3 multipart upload to the same S3 server; the gateway's CPU per GB
     uploaded; the time to stage that scene to the farm for a job (and to reuse it).
+12. Estimate latency: ``POST /v1/cost/estimate`` through the gateway and the billing service
+    (a ``billing.EstimateCost`` over NATS each), p50 and p99 at 20 concurrent clients.
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8 and 10 (a 256 MiB file) with
 shorter runs.
