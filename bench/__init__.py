@@ -24,6 +24,8 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 11. Wallet holds per second through the wallet service's command path (NATS request/reply
     from concurrent clients): on one contended wallet and across 1,000 wallets, p50/p99
     latency, and a check that every wallet's balance row is exact to the minor unit.
+12. Estimate latency: ``POST /v1/cost/estimate`` through the gateway and the billing service
+    (a ``billing.EstimateCost`` over NATS each), p50 and p99 at 20 concurrent clients.
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file) and 11
 (3 s runs) with shorter runs.

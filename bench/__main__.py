@@ -30,6 +30,7 @@ from bench.api_bench import (
     run_memory,
     run_post_benchmark,
 )
+from bench.cost_bench import CostBenchOptions, run_estimates
 from bench.cpu import background_load
 from bench.http import LoadResult
 from bench.infra import REPO_ROOT, Infra, Servers
@@ -54,6 +55,7 @@ SECTIONS = {
     "9": "gateway memory: RSS after 1 minute of GET load vs after --memory-minutes",
     "10": "uploads: presigned parts vs direct to the same S3, gateway CPU, staging a scene",
     "11": "wallet holds/s over NATS: one contended wallet vs 1,000 wallets, ledger exact",
+    "12": "estimate latency: POST /v1/cost/estimate through the gateway and billing",
 }
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
@@ -78,7 +80,7 @@ QUICK = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12", help="sections to run, e.g. 1,3")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -135,6 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wallet-seconds", type=float, default=10.0, help="section 11: each run")
     p.add_argument("--wallet-clients", type=int, default=50, help="section 11: clients at once")
     p.add_argument("--wallet-wallets", type=int, default=1000, help="section 11: wallets of (b)")
+    p.add_argument(
+        "--estimate-clients", type=int, default=20, help="section 12: concurrent clients"
+    )
+    p.add_argument("--estimate-duration", type=float, default=10.0, help="section 12: seconds")
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:
@@ -274,6 +280,10 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
             seconds=args.wallet_seconds, clients=args.wallet_clients, wallets=args.wallet_wallets
         )
         await section("11", lambda: run_wallet(infra, servers, wallet))
+        estimates = CostBenchOptions(
+            clients=args.estimate_clients, duration=args.estimate_duration, workers=args.workers
+        )
+        await section("12", lambda: run_estimates(infra, servers, estimates))
     finally:
         await infra.drop_databases()
 

@@ -11,7 +11,10 @@ and migrations in the same commit (ADR 0007):
 * :mod:`libs.readmodels.uploads`: the upload service's ``uploads``, ``manifests`` and
   ``assets``;
 * :mod:`libs.readmodels.scenes`: the same service's ``uploads`` and ``manifests`` as the scene
-  a job renders.
+  a job renders;
+* :mod:`libs.readmodels.wallet`: the wallet service's ``balances`` and ``transfers``;
+* :mod:`libs.readmodels.billing`: the billing service's ``prices``, ``job_costs``,
+  ``cost_lines`` and ``key_spend``.
 
 A query object takes a pool and the owner's schema name (the owner's ``Service.schema``), holds
 all the SQL text of its read model, returns typed results and never writes. Give it a pool

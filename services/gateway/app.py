@@ -33,6 +33,7 @@ from services.gateway.routes import (
     admin,
     api_keys,
     auth,
+    costs,
     jobs,
     outputs,
     payments,
@@ -134,7 +135,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         ok, text = await gateway.ready()
         return Response(text, 200 if ok else 503, media_type="text/plain")
 
-    for module in (auth, api_keys, jobs, uploads, outputs, wallet, payments, admin):
+    for module in (auth, api_keys, jobs, uploads, outputs, wallet, payments, costs, admin):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
