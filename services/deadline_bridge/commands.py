@@ -1,4 +1,5 @@
-"""Command handlers of the deadline-bridge: order a render on the farm, cancel one.
+"""Command handlers of the deadline-bridge: order a render on the farm, cancel, suspend or
+resume one.
 
 A submission never creates a second farm job for the same render: the order is recorded
 (``RenderOrdered``) in its own transaction before the farm is called, and the farm job is
@@ -19,7 +20,9 @@ from contracts.render import (
     RenderAccepted,
     RenderOrdered,
     RenderStatus,
+    ResumeRender,
     SubmitRender,
+    SuspendRender,
 )
 from contracts.text import printable
 from libs.bus.commands import CommandServer
@@ -91,6 +94,8 @@ class RenderCommands:
     def register(self, server: CommandServer) -> None:
         server.register(SubmitRender, self.submit)
         server.register(CancelRender, self.cancel)
+        server.register(SuspendRender, self.suspend)
+        server.register(ResumeRender, self.resume)
 
     def job_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
         s = self.settings
@@ -233,4 +238,44 @@ class RenderCommands:
         except FarmError as e:
             raise _unavailable(e) from e
         render.cancel(cmd.reason, datetime.now(UTC))
+        return _accepted(render)
+
+    async def _on_farm(self, render_id: str, uow: UnitOfWork) -> FarmRender:
+        render = await uow.get(FarmRender, render_id)
+        if not render.exists:
+            raise RenderNotFound(f"no render {render_id}", render_id=render_id)
+        return render
+
+    async def suspend(self, cmd: SuspendRender, uow: UnitOfWork) -> RenderAccepted:
+        """Suspend the farm job: its tasks stop and wait. A render that is suspended or
+        finished, or whose farm job completed already (the poller reports it), changes
+        nothing; one still being submitted is refused as retryable."""
+        render = await self._on_farm(cmd.render_id, uow)
+        if render.status is RenderStatus.ordered:
+            raise FarmUnavailable(
+                f"render {cmd.render_id} is being submitted to the farm; retry shortly",
+                farm_status=None,
+            )
+        if render.status is not RenderStatus.submitted or render.farm_job_id is None:
+            return _accepted(render)
+        try:
+            found = await self.farm.jobs_by_id([render.farm_job_id])
+            if not found or int(found[0].get("Stat", 0)) == JobStat.completed:
+                return _accepted(render)  # the poller reports it completed or gone
+            await self.farm.job_command(render.farm_job_id, "suspend")
+        except FarmError as e:
+            raise _unavailable(e) from e
+        render.suspend(cmd.reason, datetime.now(UTC))
+        return _accepted(render)
+
+    async def resume(self, cmd: ResumeRender, uow: UnitOfWork) -> RenderAccepted:
+        """Resume a suspended farm job; a render that is not suspended changes nothing."""
+        render = await self._on_farm(cmd.render_id, uow)
+        if not render.suspended or render.farm_job_id is None:
+            return _accepted(render)
+        try:
+            await self.farm.job_command(render.farm_job_id, "resume")
+        except FarmError as e:
+            raise _unavailable(e) from e
+        render.resume(datetime.now(UTC))
         return _accepted(render)

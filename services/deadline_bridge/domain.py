@@ -22,8 +22,10 @@ from contracts.render import (
     RenderFailed,
     RenderKind,
     RenderOrdered,
+    RenderResumed,
     RenderStatus,
     RenderSubmitted,
+    RenderSuspended,
     RenderTaskCompleted,
     RenderTaskFailed,
     RenderTaskRequeued,
@@ -131,6 +133,10 @@ class FarmRender(Aggregate):
                 self.status = RenderStatus.failed
             case RenderCancelled():
                 self.status = RenderStatus.cancelled
+            case RenderSuspended():
+                self.status = RenderStatus.suspended
+            case RenderResumed():
+                self.status = RenderStatus.submitted
             case _:
                 raise TypeError(f"render cannot apply {type(event).__name__}")
 
@@ -141,6 +147,15 @@ class FarmRender(Aggregate):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_RENDER_STATUSES
+
+    @property
+    def on_farm(self) -> bool:
+        """The farm has the job, working on it or suspended."""
+        return self.status in (RenderStatus.submitted, RenderStatus.suspended)
+
+    @property
+    def suspended(self) -> bool:
+        return self.status is RenderStatus.suspended
 
     def output_file_name(self, frame: int) -> str:
         """The file the farm writes for ``frame`` (``####`` is the frame number, zero-padded)."""
@@ -171,9 +186,13 @@ class FarmRender(Aggregate):
         )
 
     def observe(self, seen: list[Observed], max_retries: int, now: datetime) -> Decision:
-        """Events for what changed on the farm since the last look, each said once."""
+        """Events for what changed on the farm since the last look, each said once.
+
+        A suspended farm job's tasks wait (the farm shows them suspended, which is no
+        failure and no requeue); a task that failed before the suspend is requeued only once
+        the render is resumed (it stays ``retry_pending``)."""
         out = Decision()
-        if self.status is not RenderStatus.submitted:
+        if not self.on_farm:
             return out
         ids = dict(job_id=self.job_id, render_id=self.render_id)
         for obs in sorted(seen, key=lambda o: o.task_id):
@@ -185,7 +204,7 @@ class FarmRender(Aggregate):
                 obs.state is TaskState.completed and obs.output_error is not None
             ):
                 if task.state is TaskState.failed:
-                    if task.retry_pending:
+                    if task.retry_pending and not self.suspended:
                         out.requeue.append(obs.task_id)  # the last requeue did not happen
                     continue
                 failures = task.failures + 1
@@ -203,9 +222,9 @@ class FarmRender(Aggregate):
                         at=obs.completed_at or now,
                     )
                 )
-                if retry:
+                if retry and not self.suspended:
                     out.requeue.append(obs.task_id)
-                else:
+                elif not retry:
                     out.events.append(
                         RenderFailed(
                             **ids,
@@ -266,7 +285,7 @@ class FarmRender(Aggregate):
 
     def vanished(self, now: datetime) -> list[Event]:
         """The farm job is gone (deleted on the farm, not by us)."""
-        if self.status is not RenderStatus.submitted:
+        if not self.on_farm:
             return []
         return self.record(
             RenderCancelled(
@@ -276,6 +295,20 @@ class FarmRender(Aggregate):
                 at=now,
             )
         )
+
+    def suspend(self, reason: str, now: datetime) -> list[Event]:
+        """The farm suspended the job; a render not working on the farm changes nothing."""
+        if self.status is not RenderStatus.submitted:
+            return []
+        return self.record(
+            RenderSuspended(job_id=self.job_id, render_id=self.render_id, reason=reason, at=now)
+        )
+
+    def resume(self, now: datetime) -> list[Event]:
+        """The farm resumed the job; a render that is not suspended changes nothing."""
+        if not self.suspended:
+            return []
+        return self.record(RenderResumed(job_id=self.job_id, render_id=self.render_id, at=now))
 
     def cancel(self, reason: str | None, now: datetime) -> list[Event]:
         if self.finished:

@@ -9,13 +9,17 @@ from contracts.render import (
     RenderCompleted,
     RenderFailed,
     RenderOrdered,
+    RenderResumed,
     RenderStatus,
     RenderSubmitted,
+    RenderSuspended,
     RenderTaskCompleted,
 )
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 
+#: Statuses of a render the farm has (the poller watches these).
+ON_FARM = frozenset({RenderStatus.submitted.value, RenderStatus.suspended.value})
 _FINAL = {
     RenderCompleted.event_type: RenderStatus.completed,
     RenderFailed.event_type: RenderStatus.failed,
@@ -69,6 +73,17 @@ class RendersProjection(ReadModel):
             "updated_at": rec.recorded_at,
         }
 
+    @on(RenderSuspended, RenderResumed, key=lambda e: (e.render_id,))
+    def suspended(
+        self, row: Row | None, e: RenderSuspended | RenderResumed, rec: RecordedEvent
+    ) -> Row | None:
+        if row is None or row["status"] not in ON_FARM:
+            return row  # a render that ended keeps its end
+        status = (
+            RenderStatus.suspended if isinstance(e, RenderSuspended) else RenderStatus.submitted
+        )
+        return {**row, "status": status.value, "updated_at": rec.recorded_at}
+
     @on(RenderTaskCompleted, key=lambda e: (e.render_id,))
     def task_completed(
         self, row: Row | None, e: RenderTaskCompleted, rec: RecordedEvent
@@ -90,9 +105,10 @@ class RendersProjection(ReadModel):
 
 
 async def active_renders(conn: asyncpg.Connection) -> list[tuple[str, str]]:
-    """(render id, farm job id) of every render the farm is working on."""
+    """(render id, farm job id) of every render the farm has, working on it or suspended."""
     rows = await conn.fetch(
-        "SELECT render_id, farm_job_id FROM bridge.renders WHERE status = $1 ORDER BY render_id",
-        RenderStatus.submitted.value,
+        "SELECT render_id, farm_job_id FROM bridge.renders WHERE status = ANY($1::text[])"
+        " ORDER BY render_id",
+        sorted(ON_FARM),
     )
     return [(r["render_id"], r["farm_job_id"]) for r in rows]

@@ -11,14 +11,19 @@ from contracts.jobs import (
     ConfirmJobCancelled,
     FailJob,
     JobAccepted,
+    JobCostRecorded,
     LogJobStep,
+    PauseJob,
     QueueJob,
     RecordFramesRendered,
+    RecordJobCost,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     RenderOrder,
+    ResumeJob,
     StartJobRender,
     StartSceneStaging,
+    StopJob,
     SubmitJob,
     UpdateJob,
 )
@@ -47,6 +52,11 @@ class JobCommands:
         server.register(CompleteJob, self.complete)
         server.register(FailJob, self.fail)
         server.register(ConfirmJobCancelled, self.confirm_cancelled)
+        server.register(PauseJob, self.pause)
+        server.register(ResumeJob, self.resume)
+        server.register(StopJob, self.stop)
+        # From billing's process manager.
+        server.register(RecordJobCost, self.record_cost)
 
     async def _owned(self, uow: UnitOfWork, job_id: str, owner_id: str | None) -> Job:
         job = await uow.get(Job, job_id)
@@ -72,7 +82,7 @@ class JobCommands:
             raise JobIdTaken(f"job id {cmd.job_id} is taken", job_id=cmd.job_id)
         owner = await uow.get(OwnerJobs, cmd.owner_id)
         owner.take(cmd.owner_id, cmd.job_id, self.settings.active_job_limit)
-        job.submit(cmd.job_id, cmd.owner_id, cmd.spec, cmd.scene, datetime.now(UTC))
+        job.submit(cmd.job_id, cmd.owner_id, cmd.spec, cmd.scene, datetime.now(UTC), cmd.api_key_id)
         return JobAccepted(job_id=cmd.job_id, version=job.version)
 
     async def update(self, cmd: UpdateJob, uow: UnitOfWork) -> JobAccepted:
@@ -155,4 +165,24 @@ class JobCommands:
     async def confirm_cancelled(self, cmd: ConfirmJobCancelled, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)
         job.confirm_cancelled(cmd.at)
+        return await self._accepted(uow, job)
+
+    async def pause(self, cmd: PauseJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.pause(cmd.reason, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def resume(self, cmd: ResumeJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.resume(cmd.at)
+        return await self._accepted(uow, job)
+
+    async def stop(self, cmd: StopJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.stop(cmd.code, cmd.reason, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_cost(self, cmd: RecordJobCost, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_cost(JobCostRecorded.model_validate(cmd.model_dump()))
         return await self._accepted(uow, job)

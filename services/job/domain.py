@@ -33,6 +33,7 @@ from contracts.jobs import (
     JobChanges,
     JobCompleted,
     JobCostCapChanged,
+    JobCostRecorded,
     JobFailed,
     JobFramesChanged,
     JobFramesRendered,
@@ -69,15 +70,17 @@ S = JobStatus
 
 #: Which status may follow which. Anything else is a bug in the caller, refused loudly.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    S.submitted: frozenset({S.preparing, S.ready, S.queued, S.cancelled, S.failed}),
+    # paused: its first hold was refused, before it was staged or queued.
+    S.submitted: frozenset({S.preparing, S.ready, S.queued, S.paused, S.cancelled, S.failed}),
     # queued: once no step runs (the scene staged); see Job.queue.
-    S.preparing: frozenset({S.ready, S.queued, S.failed, S.cancelled}),
+    S.preparing: frozenset({S.ready, S.queued, S.paused, S.failed, S.cancelled}),
     S.ready: frozenset({S.test_rendering, S.queued, S.cancelled, S.failed}),
     S.test_rendering: frozenset({S.test_render_ready, S.ready, S.failed, S.cancelling}),
     S.test_render_ready: frozenset({S.test_rendering, S.queued, S.ready, S.cancelled, S.failed}),
     S.queued: frozenset({S.rendering, S.paused, S.failed, S.cancelling}),
     S.rendering: frozenset({S.completed, S.failed, S.paused, S.cancelling}),
-    S.paused: frozenset({S.queued, S.rendering, S.cancelling, S.failed}),
+    # Back where it was paused from (see resumed_status).
+    S.paused: frozenset({S.submitted, S.preparing, S.queued, S.rendering, S.cancelling, S.failed}),
     # completed: the farm finished the render before the cancel reached it.
     S.cancelling: frozenset({S.cancelled, S.failed, S.completed}),
     S.completed: frozenset(),
@@ -87,8 +90,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 #: Frames, resolution and render settings can change only before rendering starts.
 SETTINGS_EDITABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_ready})
-#: Cancelling from these needs the farm to confirm it stopped; from others it is immediate.
+#: Cancelling from these needs the farm to confirm it stopped; from others it is immediate
+#: (a job paused before it was queued has nothing on the farm: see Job.farm_busy).
 FARM_BUSY = frozenset({S.test_rendering, S.queued, S.rendering, S.paused})
+#: Statuses a job may be paused from (submitted and preparing: its first hold was refused).
+PAUSABLE = frozenset({S.submitted, S.preparing, S.queued, S.rendering})
 
 #: The status a job is in once a step starts, and once one of these steps succeeds.
 STEP_STARTS_STATUS = {
@@ -105,12 +111,27 @@ STEP_SUCCEEDS_STATUS = {
 }
 
 
-def status_after(status: JobStatus | None, event: Event, render_running: bool) -> JobStatus | None:
+def resumed_status(paused_from: JobStatus | None, running: Sequence[StepName]) -> JobStatus:
+    """Where a paused job goes back to: ``rendering`` if the render step runs, ``queued`` if
+    it was paused once queued (or from history that did not say), else the phase of the
+    step that runs (``preparing``) or where it was paused from (``submitted``)."""
+    if StepName.render in running:
+        return S.rendering
+    if paused_from not in (S.submitted, S.preparing):
+        return S.queued
+    if running:
+        return STEP_STARTS_STATUS[running[0]]
+    return paused_from
+
+
+def status_after(
+    status: JobStatus | None, event: Event, resumes_to: JobStatus | None = None
+) -> JobStatus | None:
     """The status ``event`` moves a job in ``status`` to, or None if it does not move it.
 
     One rule for the aggregate (which checks the move against :data:`TRANSITIONS`) and the
-    jobs read model (which shows it); ``render_running`` (whether the render step runs) is
-    read only for a resume."""
+    jobs read model (which shows it); ``resumes_to`` (:func:`resumed_status`) is read only
+    for a resume."""
     match event:
         case JobSubmitted():
             return S.submitted
@@ -123,7 +144,7 @@ def status_after(status: JobStatus | None, event: Event, render_running: bool) -
         case JobPaused():
             return S.paused
         case JobResumed():
-            return S.rendering if render_running else S.queued
+            return resumes_to
         case JobCompleted():
             return S.completed
         case JobFailed():
@@ -234,6 +255,13 @@ class Job(Aggregate):
     #: Task ids recorded for ``render_id``, as sorted inclusive ranges (not one per task).
     task_ranges: TaskRanges = []
     tasks_recorded: int = 0
+    #: The status the job was paused from (None unless paused, or paused in old history).
+    paused_from: JobStatus | None = None
+    #: Set when the system stops the job (``cost_cap_reached``): it ends failed with it.
+    stop_code: str | None = None
+    stop_reason: str | None = None
+    #: The version of the job's cost stream last recorded (0: none yet).
+    cost_version: int = 0
 
     # -- evolve -----------------------------------------------------------------------
 
@@ -278,24 +306,26 @@ class Job(Aggregate):
                     )
             case JobFailed():
                 self.failure_reason = event.reason
+            case JobPaused():
+                self.paused_from = self.status
+            case JobCancellationRequested():
+                self.stop_code = event.code
+                self.stop_reason = event.reason if event.code else None
+            case JobCostRecorded():
+                self.cost_version = max(self.cost_version, event.cost_version)
             case JobCancelled():
                 for step in self.steps:
                     if step.status in (StepStatus.pending, StepStatus.running):
                         step.status = StepStatus.cancelled
-            case (
-                JobStepLogged()
-                | JobPaused()
-                | JobResumed()
-                | JobCompleted()
-                | JobCancellationRequested()
-            ):
+            case JobStepLogged() | JobResumed() | JobCompleted():
                 pass  # a status change only (below); logs live in the stream
             case _:
                 raise TypeError(f"job cannot apply {type(event).__name__}")
-        render_running = isinstance(event, JobResumed) and (
-            self.step(StepName.render).status is StepStatus.running
-        )
-        to = status_after(self.status, event, render_running)
+        resumes_to = None
+        if isinstance(event, JobResumed):
+            resumes_to = resumed_status(self.paused_from, self.running_steps())
+            self.paused_from = None
+        to = status_after(self.status, event, resumes_to)
         if to is not None:
             self._move(to)
 
@@ -340,7 +370,13 @@ class Job(Aggregate):
         return self.status is not None
 
     def submit(
-        self, job_id: str, owner_id: str, spec: JobSpec, scene: SceneRef, now: datetime
+        self,
+        job_id: str,
+        owner_id: str,
+        spec: JobSpec,
+        scene: SceneRef,
+        now: datetime,
+        api_key_id: str | None = None,
     ) -> list[Event]:
         return self.record(
             JobSubmitted(
@@ -356,6 +392,7 @@ class Job(Aggregate):
                 priority=spec.priority,
                 cost_cap_credits=spec.cost_cap_credits,
                 submitted_at=now,
+                api_key_id=api_key_id,
             )
         )
 
@@ -410,9 +447,17 @@ class Job(Aggregate):
             return []
         self._require_open()
         requested = JobCancellationRequested(job_id=self.job_id, reason=reason, at=now)
-        if self.status in FARM_BUSY:
+        if self.farm_busy:
             return self.record(requested)
         return self.record(requested, JobCancelled(job_id=self.job_id, at=now))
+
+    @property
+    def farm_busy(self) -> bool:
+        """Whether the farm may have something of the job running: stopping it then waits
+        for the farm. A job paused before it was queued has nothing there."""
+        if self.status is S.paused:
+            return self.paused_from not in (S.submitted, S.preparing)
+        return self.status in FARM_BUSY
 
     # -- decide: commands from the scheduler ---------------------------------------------
     #
@@ -423,7 +468,13 @@ class Job(Aggregate):
     def queue(self, skip_reason: str, now: datetime) -> list[Event]:
         """Queue the full render, skipping the steps before it that are still pending.
 
-        A job queued already, or further on, changes nothing."""
+        A job queued already, or further on, changes nothing; one paused before it was
+        queued is refused (it is queued once resumed)."""
+        if self.status is S.paused and not self.farm_busy:
+            raise InvalidStateTransition(
+                f"job {self.job_id} is paused before it was queued: resume it first",
+                JobTransition(from_=self.status, to=S.queued),
+            )
         if self.status in QUEUED_OR_LATER:
             return []
         if self.status is S.cancelling:
@@ -595,14 +646,66 @@ class Job(Aggregate):
         )
 
     def confirm_cancelled(self, at: datetime) -> list[Event]:
-        """The farm stopped the render. A job being cancelled is now cancelled; one that has
-        ended changes nothing; any other job lost its render without anyone asking (an
-        operator deleted it on the farm), so it fails."""
+        """The farm stopped the render. A job being cancelled is now cancelled (failed with
+        the code when the system stopped it); one that has ended changes nothing; any other
+        job lost its render without anyone asking (an operator deleted it on the farm), so
+        it fails."""
         if self.status in TERMINAL_STATUSES:
             return []
+        if self.status is S.cancelling and self.stop_code is not None:
+            return self.record(*self._stop_events(self.stop_code, self.stop_reason or "", at))
         if self.status is S.cancelling:
             return self.record(JobCancelled(job_id=self.job_id, at=at))
         return self.fail(CANCELLED_ON_FARM, at)
+
+    def pause(self, reason: str, at: datetime) -> list[Event]:
+        """The job may not render until resumed (``reason``: a code such as
+        ``insufficient_credits``). Pausing a paused job changes nothing."""
+        if self.status is S.paused:
+            return []
+        self._require_open()
+        if self.status is S.cancelling:
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
+        if self.status not in PAUSABLE:
+            raise InvalidStateTransition(
+                f"job {self.job_id} cannot be paused while {self.status}",
+                JobTransition(from_=self.status, to=S.paused),
+            )
+        return self.record(JobPaused(job_id=self.job_id, reason=reason, at=at))
+
+    def resume(self, at: datetime) -> list[Event]:
+        """Back to where the job was paused from (:func:`resumed_status`). A job that is not
+        paused changes nothing."""
+        if self.status is not S.paused:
+            return []
+        return self.record(JobResumed(job_id=self.job_id, at=at))
+
+    def stop(self, code: str, reason: str, at: datetime) -> list[Event]:
+        """Stop the job for ``code`` (``cost_cap_reached``): it ends failed with that code,
+        at once when the farm has nothing of it, else once the farm stopped its render (the
+        job waits in ``cancelling``). A job that has ended, or is being stopped or cancelled
+        already, changes nothing."""
+        if self.status in TERMINAL_STATUSES or self.status is S.cancelling:
+            return []
+        requested = JobCancellationRequested(job_id=self.job_id, reason=reason, code=code, at=at)
+        if self.farm_busy:
+            return self.record(requested)
+        return self.record(requested, *self._stop_events(code, reason, at))
+
+    def _stop_events(self, code: str, reason: str, at: datetime) -> list[Event]:
+        """The running steps fail with the code, and the job."""
+        failed: list[Event] = [
+            JobStepFailed(job_id=self.job_id, step=step, error=reason, code=code, at=at)
+            for step in self.running_steps()
+        ]
+        return [*failed, JobFailed(job_id=self.job_id, reason=reason, code=code, at=at)]
+
+    def record_cost(self, cost: JobCostRecorded) -> list[Event]:
+        """The job's money after a billing event, in any status (settlement comes after the
+        job ended). One not newer than the last recorded changes nothing."""
+        if cost.cost_version <= self.cost_version:
+            return []
+        return self.record(cost)
 
     def _require_open(self) -> None:
         if self.status in TERMINAL_STATUSES:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from contracts.base import Event
 from contracts.envelope import (
+    AwaitingReason,
     CostStatus,
     CostView,
     Currency,
@@ -34,9 +36,11 @@ from contracts.jobs import (
     JobAction,
     JobCancelled,
     JobCostCapChanged,
+    JobCostRecorded,
     JobFailed,
     JobFramesChanged,
     JobFramesRendered,
+    JobPaused,
     JobPriority,
     JobPriorityChanged,
     JobRenamed,
@@ -55,7 +59,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
-from services.job.domain import SETTINGS_EDITABLE, status_after
+from services.job.domain import SETTINGS_EDITABLE, resumed_status, status_after
 
 S = JobStatus
 
@@ -99,7 +103,7 @@ class JobView(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: The stored shape; a row of another shape is refused (then rebuild).
-    view_version: Literal[2] = 2
+    view_version: Literal[3] = 3
     job_id: str
     owner_id: str
     status: JobStatus
@@ -113,8 +117,18 @@ class JobView(BaseModel):
     render_settings: RenderSettings
     priority: JobPriority
     cost_cap_credits: Decimal | None
-    cost_so_far_credits: Decimal = Decimal(0)
+    # The job's money as billing last recorded it (JobCostRecorded); pending before.
+    cost_recorded: bool = False
+    cost_status: CostStatus = CostStatus.pending
     cost_estimate_credits: Decimal | None = None
+    cost_estimate_low_credits: Decimal | None = None
+    cost_estimate_high_credits: Decimal | None = None
+    cost_held_credits: Decimal = Decimal(0)
+    cost_so_far_credits: Decimal = Decimal(0)
+    cost_captured_credits: Decimal = Decimal(0)
+    cost_awaiting_reason: AwaitingReason | None = None
+    #: The status the job was paused from (None unless paused).
+    paused_from: JobStatus | None = None
     steps: list[StepState]
     frames_done: int = 0
     failure_reason: str | None = None
@@ -201,18 +215,36 @@ class JobView(BaseModel):
                 self._record(event)
             case JobFailed():
                 self.failure_reason, self.failure_code = event.reason, event.code
+            case JobPaused():
+                self.paused_from = self.status
+            case JobCostRecorded():
+                self._record_cost(event)
             case JobCancelled():
                 for step in list(self.steps):
                     if step.status in (StepStatus.pending, StepStatus.running):
                         self._changing(step.name).status = StepStatus.cancelled
             case _:
                 pass  # a status change only (below), logs, events this view does not show
-        render_running = isinstance(event, JobResumed) and (
-            self.step(StepName.render).status is StepStatus.running
-        )
-        to = status_after(self.status, event, render_running)
+        resumes_to = None
+        if isinstance(event, JobResumed):
+            running = [s.name for s in self.steps if s.status is StepStatus.running]
+            resumes_to, self.paused_from = resumed_status(self.paused_from, running), None
+        to = status_after(self.status, event, resumes_to)
         if to is not None:
             self.status = to
+
+    def _record_cost(self, event: JobCostRecorded) -> None:
+        """Billing's totals; a status this view does not know keeps the last one, a reason
+        it does not know shows none (the view never raises for a known event)."""
+        self.cost_recorded = True
+        self.cost_status = _known(CostStatus, event.status) or self.cost_status
+        self.cost_estimate_credits = event.estimate_credits
+        self.cost_estimate_low_credits = event.estimate_low_credits
+        self.cost_estimate_high_credits = event.estimate_high_credits
+        self.cost_held_credits = event.held_credits
+        self.cost_so_far_credits = event.so_far_credits
+        self.cost_captured_credits = event.captured_credits
+        self.cost_awaiting_reason = _known(AwaitingReason, event.awaiting_reason)
 
     def _record(self, event: JobFramesRendered) -> None:
         if event.render_id != self.render_id:  # a new render: count from zero again
@@ -292,6 +324,30 @@ class JobView(BaseModel):
             reason=None,
         )
 
+    @property
+    def cost(self) -> CostView:
+        """The envelope's money block: billing's latest totals, or pending before any."""
+        unknown = None
+        if self.cost_estimate_credits is None:
+            unknown = (
+                EstimateUnknownReason.no_prices
+                if self.cost_recorded
+                else EstimateUnknownReason.not_estimated_yet
+            )
+        return CostView(
+            status=self.cost_status,
+            estimate_credits=self.cost_estimate_credits,
+            estimate_low_credits=self.cost_estimate_low_credits,
+            estimate_high_credits=self.cost_estimate_high_credits,
+            estimate_unknown_reason=unknown,
+            held_credits=self.cost_held_credits,
+            so_far_credits=self.cost_so_far_credits,
+            captured_credits=self.cost_captured_credits,
+            cap_credits=self.cost_cap_credits,
+            awaiting_reason=self.cost_awaiting_reason,
+            currency=Currency.credits,
+        )
+
     def envelope(self, version: int, updated_at: datetime) -> JobEnvelope:
         running = [s.name for s in self.steps if s.status is StepStatus.running]
         return JobEnvelope(
@@ -303,19 +359,7 @@ class JobView(BaseModel):
             progress_percent=self.progress_percent,
             steps=[StepView(**s.model_dump()) for s in self.steps],
             eta=self.eta,
-            cost=CostView(
-                status=CostStatus.pending,
-                estimate_credits=self.cost_estimate_credits,
-                estimate_low_credits=None,
-                estimate_high_credits=None,
-                estimate_unknown_reason=EstimateUnknownReason.not_estimated_yet,
-                held_credits=Decimal(0),
-                so_far_credits=self.cost_so_far_credits,
-                captured_credits=Decimal(0),
-                cap_credits=self.cost_cap_credits,
-                awaiting_reason=None,
-                currency=Currency.credits,
-            ),
+            cost=self.cost,
             allowed_actions=allowed_actions(self.status),
             scene_id=self.scene_id,
             scene_file=self.scene_file,
@@ -336,6 +380,15 @@ class JobView(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=StrEnum)
+
+
+def _known(enum: type[E], value: str | None) -> E | None:
+    """``value`` as a member of ``enum``, or None if it names none."""
+    try:
+        return None if value is None else enum(value)
+    except ValueError:
+        return None
 
 
 def _clone(model: M) -> M:

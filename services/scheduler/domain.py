@@ -1,14 +1,21 @@
-"""The scheduler's policy: job, staging and render events in, commands out. Pure: no I/O.
+"""The scheduler's policy: job, billing, staging and render events in, commands out. Pure: no
+I/O.
 
-A submitted job's scene is first staged to the farm by the upload service; its staging
-events become the job commands that show the ``stage_scene`` step (start, progress, logs,
-success with the staged key, or failure). Once staged, the job is queued (which freezes
-its render settings), then its render is ordered from the deadline-bridge with the settings
-the queue reply froze. A job from before scene uploads (no scene) is queued at once. A
+No render starts without a hold: a submitted job waits for billing's first
+``billing.JobCostHeld``. Then its scene is first staged to the farm by the upload service;
+its staging events become the job commands that show the ``stage_scene`` step (start,
+progress, logs, success with the staged key, or failure). Once staged, the job is queued
+(which freezes its render settings), then its render is ordered from the deadline-bridge
+with the settings the queue reply froze. A job from before scene uploads (no scene) is
+queued at once (once held). A
 cancel stops the staging and asks the bridge to stop the render; a render the bridge never
 had is confirmed cancelled at once. Each render event becomes the job command that records
-it on the job. Inbox, command ids, retries, refusals and state belong to the kit
-(:mod:`libs.process`).
+it on the job. A hold that cannot be placed or grown (``billing.JobHoldRefused``) pauses the
+job and suspends its render on the farm; the hold placed later (``JobCostHeld`` with
+``resumed``) resumes the job and its render, or stages the scene of a job whose first hold
+was refused. The cost cap reached (``billing.JobCostCapReached``) stops the job: it ends
+failed with ``cost_cap_reached`` once its render is cancelled. Inbox, command ids, retries,
+refusals and state belong to the kit (:mod:`libs.process`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
+from contracts.billing import JobCostCapReached, JobCostHeld, JobHoldRefused
 from contracts.errors import DomainError, JobCancelling, JobFinished, RenderNotFound
 from contracts.jobs import (
     CompleteJob,
@@ -28,14 +36,17 @@ from contracts.jobs import (
     JobSubmitted,
     LogJobStep,
     LogLevel,
+    PauseJob,
     QueueJob,
     RecordFramesRendered,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     RenderOrder,
+    ResumeJob,
     StartJobRender,
     StartSceneStaging,
     StepName,
+    StopJob,
 )
 from contracts.render import (
     CancelRender,
@@ -46,17 +57,22 @@ from contracts.render import (
     RenderFailed,
     RenderKind,
     RenderOrdered,
+    RenderResumed,
     RenderStatus,
     RenderSubmitted,
+    RenderSuspended,
     RenderTaskCompleted,
     RenderTaskFailed,
     RenderTaskRequeued,
     RenderTaskStarted,
+    ResumeRender,
     SubmitRender,
+    SuspendRender,
     render_id_for,
 )
 from contracts.staging import (
     CancelStaging,
+    SceneRef,
     SceneStaged,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -68,6 +84,10 @@ from libs.process import Cause, ProcessManager, Send
 
 #: The upload service's staging events the scheduler turns into job commands.
 StagingEvent = SceneStagingStarted | SceneStagingProgressed | SceneStaged | SceneStagingFailed
+#: Billing's events about a job's hold and cap the scheduler follows.
+BillingEvent = JobCostHeld | JobHoldRefused | JobCostCapReached
+#: The code a job stopped at its cost cap fails with.
+COST_CAP_REACHED = "cost_cap_reached"
 
 
 def frames_text(frames: list[int]) -> str:
@@ -165,6 +185,10 @@ def render_status_after(event: Event) -> RenderStatus | None:
             return RenderStatus.failed
         case RenderCancelled():
             return RenderStatus.cancelled
+        case RenderSuspended():
+            return RenderStatus.suspended
+        case RenderResumed():
+            return RenderStatus.submitted
     return None
 
 
@@ -175,13 +199,43 @@ NEVER_ON_THE_FARM = (RenderNotFound,)
 
 
 class JobRender(BaseModel):
-    """The scheduler's state of one job: whether its scene is being staged, its render and
-    how that stands."""
+    """The scheduler's state of one job: what it was submitted with, whether billing holds
+    its credits, whether its scene is being staged or was, its render and how that stands."""
 
     staging: bool = False
     render_id: str | None = None
     status: RenderStatus | None = None
     farm_job_id: str | None = None
+    #: ``JobSubmitted`` seen: who owns the job and the scene it renders (None: from before
+    #: scene uploads, queued as it is).
+    submitted: bool = False
+    owner_id: str = ""
+    scene: SceneRef | None = None
+    #: Billing placed the job's first hold (it may come before the submission is seen).
+    held: bool = False
+    #: The render path began: the scene asked to be staged, or a scene-less job queued.
+    started: bool = False
+    staged: bool = False
+    #: Paused awaiting credits (a hold refused), until a hold is placed.
+    paused: bool = False
+
+    @property
+    def on_farm(self) -> bool:
+        """A render was ordered and has not finished (suspending it is worth asking)."""
+        return self.status in (RenderStatus.ordered, RenderStatus.submitted)
+
+
+def starts(state: JobRender, event: Event) -> bool:
+    """Whether ``event`` begins the job's render path: the first hold and the submission are
+    both seen (in either order) and it has not begun yet."""
+    if state.started:
+        return False
+    match event:
+        case JobSubmitted():
+            return state.held
+        case JobCostHeld():
+            return state.submitted
+    return False
 
 
 class RenderProcess(ProcessManager[JobRender]):
@@ -191,6 +245,9 @@ class RenderProcess(ProcessManager[JobRender]):
     subjects = (
         f"events.{JobSubmitted.event_type}",
         f"events.{JobCancellationRequested.event_type}",
+        f"events.{JobCostHeld.event_type}",
+        f"events.{JobHoldRefused.event_type}",
+        f"events.{JobCostCapReached.event_type}",
         f"events.{SceneStagingStarted.event_type}",
         f"events.{SceneStagingProgressed.event_type}",
         f"events.{SceneStaged.event_type}",
@@ -204,36 +261,66 @@ class RenderProcess(ProcessManager[JobRender]):
         self.skip_reason = skip_reason
 
     def key(self, event: Event) -> str | None:
-        if isinstance(event, JobSubmitted | JobCancellationRequested | RenderEvent | StagingEvent):
+        if isinstance(
+            event,
+            JobSubmitted | JobCancellationRequested | RenderEvent | StagingEvent | BillingEvent,
+        ):
             return event.job_id
         return None
 
     def evolve(self, state: JobRender, event: Event) -> JobRender:
+        update: dict[str, Any] = {}
         if isinstance(event, JobSubmitted):
-            return JobRender(
-                staging=event.scene is not None,
-                render_id=render_id_for(event.job_id, RenderKind.full, 1),
-            )
-        if isinstance(event, SceneStaged | SceneStagingFailed):
-            return state.model_copy(update={"staging": False})
-        status = render_status_after(event)
-        if status is None or not isinstance(event, RenderEvent):
-            return state
-        farm_job_id = event.farm_job_id if isinstance(event, RenderSubmitted) else None
-        return JobRender(
-            staging=state.staging,
-            render_id=event.render_id,
-            status=status,
-            farm_job_id=farm_job_id or state.farm_job_id,
-        )
+            update = {
+                "submitted": True,
+                "owner_id": event.owner_id,
+                "scene": event.scene,
+                "render_id": state.render_id or render_id_for(event.job_id, RenderKind.full, 1),
+            }
+        elif isinstance(event, JobCostHeld):
+            update = {"held": True, "paused": False}
+        elif isinstance(event, JobHoldRefused):
+            update = {"paused": True}
+        elif isinstance(event, SceneStaged):
+            update = {"staging": False, "staged": True}
+        elif isinstance(event, SceneStagingFailed):
+            update = {"staging": False}
+        elif isinstance(event, RenderEvent) and (status := render_status_after(event)):
+            farm_job_id = event.farm_job_id if isinstance(event, RenderSubmitted) else None
+            update = {
+                "render_id": event.render_id,
+                "status": status,
+                "farm_job_id": farm_job_id or state.farm_job_id,
+            }
+        after = state.model_copy(update=update)
+        if starts(state, event):
+            scene = after.scene
+            after = after.model_copy(update={"started": True, "staging": scene is not None})
+        return after
 
     def policy(self, cause: Cause, state: JobRender) -> list[Send]:
         event = cause.event
         match event:
-            case JobSubmitted() if event.scene is not None:
-                return [self._stage(event, cause)]
-            case JobSubmitted():  # from before scene uploads: the farm opens its key as given
-                return [self._queue(event.job_id, cause)]
+            case JobSubmitted() if starts(state, event):
+                submitted = state.model_copy(update={"owner_id": event.owner_id})
+                return [self._start(event.job_id, submitted, event.scene, cause)]
+            case JobSubmitted():
+                return []  # no render starts before billing holds the job's credits
+            case JobCostHeld() if event.resumed:
+                return [self._resume(event.job_id, state, cause)]
+            case JobCostHeld() if starts(state, event):
+                return [self._start(event.job_id, state, state.scene, cause)]
+            case JobCostHeld():
+                return []  # the hold grew while the job renders: nothing changes here
+            case JobHoldRefused():
+                return [self._pause(event, state)]
+            case JobCostCapReached():
+                cap = event.totals.cap_credits
+                reason = f"the job's cost reached its cap of {cap} credits"
+                stop = StopJob(
+                    job_id=event.job_id, code=COST_CAP_REACHED, reason=reason, at=event.at
+                )
+                return [Send(stop, JobAccepted)]
             case JobCancellationRequested():
                 stop_staging = [self._stop_staging(event.job_id)] if state.staging else []
                 return [*stop_staging, self._stop(event.job_id, state, cause)]
@@ -249,7 +336,10 @@ class RenderProcess(ProcessManager[JobRender]):
                 )
                 return [self._staging_step(progress)]
             case SceneStaged():
-                return [self._staging_step(staging_log(event)), self._staged(event, cause)]
+                return [
+                    self._staging_step(staging_log(event)),
+                    self._staged(event, state, cause),
+                ]
             case SceneStagingFailed():
                 fail = FailJob(
                     job_id=event.job_id,
@@ -260,19 +350,59 @@ class RenderProcess(ProcessManager[JobRender]):
                 return [Send(fail, JobAccepted)]
         return [self._record(cmd, cause) for cmd in job_commands_for(event)]
 
-    def _stage(self, event: JobSubmitted, cause: Cause) -> Send:
+    def _start(self, job_id: str, state: JobRender, scene: SceneRef | None, cause: Cause) -> Send:
+        """Begin the render path: stage the scene, or queue a job from before scene uploads
+        (the farm opens its key as given)."""
+        if scene is None:
+            return self._queue(job_id, cause)
+        return self._stage(job_id, state.owner_id, scene, cause)
+
+    def _stage(self, job_id: str, owner_id: str, scene: SceneRef, cause: Cause) -> Send:
         """Ask the upload service to stage the job's scene; a refusal fails the job."""
-        assert event.scene is not None
 
         def fail(e: DomainError[Any]) -> list[Send]:
             reason = f"the scene could not be staged to the farm: {e.message}"
-            cmd = FailJob(job_id=event.job_id, reason=reason, code=e.code, at=cause.recorded_at)
+            cmd = FailJob(job_id=job_id, reason=reason, code=e.code, at=cause.recorded_at)
             return [Send(cmd, JobAccepted)]
 
         return Send(
-            StageScene(job_id=event.job_id, owner_id=event.owner_id, scene=event.scene),
+            StageScene(job_id=job_id, owner_id=owner_id, scene=scene),
             StagingAccepted,
             if_refused=fail,
+        )
+
+    def _pause(self, event: JobHoldRefused, state: JobRender) -> Send:
+        """Pause the job (a job that ended meanwhile refuses, as planned), then suspend its
+        render if one is on the farm."""
+        reason = (event.totals.awaiting_reason or event.reason).value
+        suspend = SuspendRender(render_id=state.render_id or "", reason=reason)
+        on_farm = (
+            [Send(suspend, RenderAccepted, tolerate=NEVER_ON_THE_FARM)] if state.on_farm else []
+        )
+        return Send(
+            PauseJob(job_id=event.job_id, reason=reason, at=event.at),
+            JobAccepted,
+            then=lambda _: on_farm,
+            tolerate=CANCELLED_BEFORE_QUEUED,
+        )
+
+    def _resume(self, job_id: str, state: JobRender, cause: Cause) -> Send:
+        """Resume the job, then what it was waiting for: its suspended render, the staging of
+        its scene (its first hold was refused), or the queueing of its staged scene."""
+        nxt: list[Send] = []
+        if state.status is RenderStatus.suspended:
+            assert state.render_id is not None
+            resume = ResumeRender(render_id=state.render_id)
+            nxt = [Send(resume, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
+        elif not state.started and state.submitted:
+            nxt = [self._start(job_id, state, state.scene, cause)]
+        elif state.staged and state.status is None:
+            nxt = [self._queue(job_id, cause)]
+        return Send(
+            ResumeJob(job_id=job_id, at=cause.recorded_at),
+            JobAccepted,
+            then=lambda _: nxt,
+            tolerate=CANCELLED_BEFORE_QUEUED,
         )
 
     def _staging_step(self, cmd: Command) -> Send:
@@ -280,15 +410,17 @@ class RenderProcess(ProcessManager[JobRender]):
         its scene was copied) refuses it, as planned."""
         return Send(cmd, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)
 
-    def _staged(self, event: SceneStaged, cause: Cause) -> Send:
-        """Record the staged scene on the job, then queue it and order its render."""
+    def _staged(self, event: SceneStaged, state: JobRender, cause: Cause) -> Send:
+        """Record the staged scene on the job, then queue it and order its render (a job
+        paused meanwhile is queued once resumed)."""
         staged = RecordSceneStaged(
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
+        queue = [] if state.paused else [self._queue(event.job_id, cause)]
         return Send(
             staged,
             JobAccepted,
-            then=lambda _: [self._queue(event.job_id, cause)],
+            then=lambda _: queue,
             tolerate=CANCELLED_BEFORE_QUEUED,
         )
 

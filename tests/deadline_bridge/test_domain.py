@@ -11,8 +11,10 @@ from contracts.render import (
     RenderFailed,
     RenderKind,
     RenderOrdered,
+    RenderResumed,
     RenderStatus,
     RenderSubmitted,
+    RenderSuspended,
     RenderTaskCompleted,
     RenderTaskFailed,
     RenderTaskRequeued,
@@ -182,3 +184,56 @@ def test_deadline_frame_text_round_trips() -> None:
     assert frame_list_text([1, 2, 3, 4]) == "1-4"
     assert frame_list_text([1, 6, 11]) == "1-11x5"
     assert parse_frames("1-3,7,10-14x2") == [1, 2, 3, 7, 10, 12, 14]
+
+
+def waiting(task_id: int) -> Observed:
+    """A task the farm shows suspended (the poller reads it as queued)."""
+    return Observed(
+        task_id=task_id, state=TaskState.queued, worker="", started_at=None, completed_at=None
+    )
+
+
+def test_a_render_is_suspended_and_resumed_once_each() -> None:
+    r = submitted([1, 2])
+    assert [type(e) for e in r.suspend("insufficient_credits", T0)] == [RenderSuspended]
+    assert r.status is RenderStatus.suspended
+    assert r.suspend("insufficient_credits", T0) == []
+    assert [type(e) for e in r.resume(T0)] == [RenderResumed]
+    assert not r.suspended and r.on_farm
+    assert r.resume(T0) == []
+
+
+def test_a_suspended_renders_waiting_tasks_are_no_failures_and_it_does_not_finish() -> None:
+    r = submitted([1, 2, 3])
+    r.observe([done(0, [1])], 2, T0)
+    r.suspend("insufficient_credits", T0)
+    d = r.observe([done(0, [1]), waiting(1), waiting(2)], 2, T0)
+    assert d.events == [] and d.requeue == []
+    assert r.status is RenderStatus.suspended
+
+
+def test_a_task_failing_while_suspended_is_requeued_only_once_resumed() -> None:
+    r = submitted([1, 2])
+    r.suspend("insufficient_credits", T0)
+    d = r.observe([failed(0), waiting(1)], 2, T0)
+    assert [type(e) for e in d.events] == [RenderTaskFailed] and d.requeue == []
+    assert r.observe([failed(0), waiting(1)], 2, T0).requeue == []
+    r.resume(T0)
+    assert r.observe([failed(0), waiting(1)], 2, T0).requeue == [0]
+
+
+def test_a_suspended_render_still_reports_a_late_completion_and_its_end() -> None:
+    r = submitted([1, 2])
+    r.observe([done(0, [1])], 2, T0)
+    r.suspend("insufficient_credits", T0)
+    d = r.observe([done(0, [1]), done(1, [2])], 2, T0)
+    assert [type(e) for e in d.events] == [RenderTaskStarted, RenderTaskCompleted, RenderCompleted]
+
+
+def test_a_finished_render_is_neither_suspended_nor_resumed() -> None:
+    r = submitted([1])
+    r.cancel("stop", T0)
+    assert r.suspend("insufficient_credits", T0) == [] and r.resume(T0) == []
+    r2 = submitted([1])
+    r2.suspend("x", T0)
+    assert [type(e) for e in r2.vanished(T0)] == [RenderCancelled]

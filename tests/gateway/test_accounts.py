@@ -226,3 +226,28 @@ async def test_identity_secrets_stay_out_of_the_events_published_on_the_bus(
     data = orjson.loads(msg.data)["data"]
     assert data["email"] == "bus@studio.test"
     assert data["password_hash"] == "redacted"
+
+
+async def test_a_job_submitted_with_an_api_key_names_the_key_its_spend_caps_apply_to(
+    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], scenes: Scenes
+) -> None:
+    """The gateway passes the caller's API key on (null for a session): billing applies the
+    key's spend caps to the job."""
+    admin = await admin_session(api, identity_service)
+    me = await approved_user(api, admin, "farm-bot@studio.test")
+    r = await api.post(
+        "/v1/api-keys", json={"name": "farm-bot", "scopes": ["jobs:write"]}, headers=me
+    )
+    assert r.status_code == 201, r.text
+    key = r.json()
+    by_key = await api.post(
+        "/v1/jobs", json=await scenes.spec(me), headers={"X-API-Key": key["secret"]}
+    )
+    assert by_key.status_code == 201, by_key.text
+    by_session = await api.post("/v1/jobs", json=await scenes.spec(me), headers=me)
+    assert by_session.status_code == 201, by_session.text
+    submitted = []
+    for job in (by_key.json(), by_session.json()):
+        page = (await api.get(f"/v1/jobs/{job['job_id']}/events", headers=me)).json()
+        submitted.append(page["items"][0]["data"]["api_key_id"])
+    assert submitted == [key["key_id"], None]

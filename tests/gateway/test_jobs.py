@@ -32,9 +32,16 @@ async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
     assert job["status"] == "submitted"
     assert job["frames_total"] == 24 and job["frames_done"] == 0
     assert job["cost"] == {
+        "status": "pending",
         "estimate_credits": None,
+        "estimate_low_credits": None,
+        "estimate_high_credits": None,
+        "estimate_unknown_reason": "not_estimated_yet",
+        "held_credits": "0",
         "so_far_credits": "0",
+        "captured_credits": "0",
         "cap_credits": "150.50",
+        "awaiting_reason": None,
         "currency": "credits",
     }
     assert job["eta"] == {"eta_seconds": None, "eta_at": None, "reason": "not_started"}

@@ -5,6 +5,7 @@ still loads after a rule was tightened."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -18,12 +19,17 @@ from contracts.jobs import (
     CancelJob,
     CompleteJob,
     FrameRange,
+    JobAccepted,
     JobSpec,
     JobStatus,
+    PauseJob,
     QueueJob,
+    RecordJobCost,
     RecordSceneStaged,
     Resolution,
+    ResumeJob,
     StartJobRender,
+    StopJob,
     SubmitJob,
 )
 from libs.eventstore.memory import InMemoryEventStore
@@ -142,3 +148,81 @@ async def test_history_still_loads_after_a_transition_rule_is_tightened(
         await run(store, commands.complete, CompleteJob(job_id="job_2", at=NOW))
     assert type(refused.value) is InvalidStateTransition
     assert [e.event_type for e in await store.read_stream("job-job_2")][-1] == "job.JobQueued"
+
+
+async def test_a_submission_with_an_api_key_names_it_on_the_job(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    cmd = SubmitJob(
+        job_id="job_k", owner_id="usr_1", spec=SPEC, scene=scene_ref(), api_key_id="key_1"
+    )
+    await run(store, commands.submit, cmd)
+    [submitted] = await store.read_stream("job-job_k")
+    assert submitted.data["api_key_id"] == "key_1"
+
+
+async def test_a_stop_for_the_cost_cap_ends_the_job_failed_and_frees_the_slot(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, submission("job_s"))
+    await run(
+        store, commands.pause, PauseJob(job_id="job_s", reason="insufficient_credits", at=NOW)
+    )
+    stop = StopJob(job_id="job_s", code="cost_cap_reached", reason="cap of 5.00 reached", at=NOW)
+    await run(store, commands.stop, stop)
+    job = await load(store, Job, "job_s")
+    owner = await load(store, OwnerJobs, "usr_1")
+    assert isinstance(job, Job) and isinstance(owner, OwnerJobs)
+    assert job.status is JobStatus.failed
+    assert owner.active == []
+
+
+async def test_pause_resume_and_cost_commands_record_their_events_once(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, submission("job_p"))
+    pause = PauseJob(job_id="job_p", reason="insufficient_credits", at=NOW)
+    await run(store, commands.pause, pause)
+    await run(store, commands.pause, pause)
+    await run(store, commands.resume, ResumeJob(job_id="job_p", at=NOW))
+    await run(store, commands.resume, ResumeJob(job_id="job_p", at=NOW))
+    recorded = RecordJobCost(
+        job_id="job_p",
+        cost_version=2,
+        status="held",
+        estimate_credits=Decimal("4.00"),
+        estimate_low_credits=Decimal("3.00"),
+        estimate_high_credits=Decimal("5.00"),
+        held_credits=Decimal("5.50"),
+        so_far_credits=Decimal("0.00"),
+        captured_credits=Decimal("0.00"),
+        awaiting_reason=None,
+        at=NOW,
+    )
+    await run(store, commands.record_cost, recorded)
+    await run(store, commands.record_cost, recorded)
+    names = [e.event_type for e in await store.read_stream("job-job_p")]
+    assert names == ["job.JobSubmitted", "job.JobPaused", "job.JobResumed", "job.JobCostRecorded"]
+
+
+async def test_cost_is_recorded_for_a_job_that_has_ended(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, submission("job_e"))
+    await run(store, commands.cancel, CancelJob(job_id="job_e", owner_id="usr_1"))
+    settled = RecordJobCost(
+        job_id="job_e",
+        cost_version=5,
+        status="settled",
+        estimate_credits=None,
+        estimate_low_credits=None,
+        estimate_high_credits=None,
+        held_credits=Decimal(0),
+        so_far_credits=Decimal(0),
+        captured_credits=Decimal(0),
+        awaiting_reason=None,
+        at=NOW,
+    )
+    reply = await run(store, commands.record_cost, settled)
+    assert isinstance(reply, JobAccepted)
+    assert [e.event_type for e in await store.read_stream("job-job_e")][-1] == "job.JobCostRecorded"

@@ -14,6 +14,7 @@ from contracts.base import Event
 from contracts.jobs import (
     FrameRange,
     JobChanges,
+    JobCostRecorded,
     JobPaused,
     JobPriority,
     JobResumed,
@@ -29,6 +30,19 @@ from tests.fixtures import SCENE_ID, scene_ref
 from tests.job.test_domain import NOW, STAGED_KEY, outputs
 
 Decide = Callable[[Job], list[Event]]
+COST = JobCostRecorded(
+    job_id="job_1",
+    cost_version=1,
+    status="held",
+    estimate_credits=Decimal("40.00"),
+    estimate_low_credits=Decimal("30.00"),
+    estimate_high_credits=Decimal("55.00"),
+    held_credits=Decimal("60.50"),
+    so_far_credits=Decimal("0.00"),
+    captured_credits=Decimal("0.00"),
+    awaiting_reason=None,
+    at=NOW,
+)
 
 
 def submit(job: Job) -> list[Event]:
@@ -114,6 +128,19 @@ PATHS: dict[str, Sequence[Decide]] = {
         lambda j: j.start_staging(NOW),
         lambda j: j.record_staging_progress(5, 10, NOW),
         lambda j: j.fail("bytes do not match", NOW, "scene_checksum_mismatch"),
+    ],
+    "paused before staging, resumed, stopped at its cost cap": [
+        submit,
+        lambda j: j.record_cost(COST),
+        lambda j: j.pause("insufficient_credits", NOW),
+        lambda j: j.resume(NOW),
+        stage,
+        lambda j: j.queue("none", NOW),
+        task(0, "w1", 4.0),
+        lambda j: j.pause("insufficient_credits", NOW),
+        lambda j: j.stop("cost_cap_reached", "the cap of 100.50 credits was reached", NOW),
+        lambda j: j.confirm_cancelled(NOW),
+        lambda j: j.record_cost(COST.model_copy(update={"cost_version": 2, "status": "settled"})),
     ],
     "deleted on the farm": [
         submit,

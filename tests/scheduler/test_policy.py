@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -16,6 +17,8 @@ import pytest
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
+from contracts.billing import CostTotals, JobCostHeld
+from contracts.envelope import CostStatus
 from contracts.errors import (
     DomainError,
     FieldProblem,
@@ -179,6 +182,25 @@ submitted_before_uploads = submitted.model_copy(
     update={"scene": None, "scene_key": "scenes/shot_040.blend"}
 )
 staged = SceneStaged(job_id=JOB, staged_key=STAGED_KEY, reused=False, bytes_copied=4_200_000, at=T)
+TOTALS = CostTotals(
+    status=CostStatus.held,
+    estimate=None,
+    cap_credits=Decimal("25.00"),
+    held_credits=Decimal("12.00"),
+    so_far_credits=Decimal("0.00"),
+    captured_credits=Decimal("0.00"),
+    released_credits=Decimal("0.00"),
+)
+#: Billing placed the job's first hold: the render path may begin.
+held = JobCostHeld(
+    job_id=JOB,
+    owner_id="usr_1",
+    totals=TOTALS,
+    at=T,
+    transfer_id="trf_1",
+    increase_credits=Decimal("12.00"),
+    resumed=False,
+)
 
 
 @pytest.fixture
@@ -225,6 +247,7 @@ async def test_a_submitted_job_has_its_scene_staged_first_and_nothing_else(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     event_id = uuid.uuid4()
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted, event_id))
     [(command_id, stage)] = commands.sent
     assert command_id == f"scheduler:{event_id}:0"
@@ -254,6 +277,7 @@ async def test_staging_events_show_as_the_jobs_stage_step_with_its_progress_and_
 async def test_a_staged_scene_is_recorded_then_the_job_queued_and_rendered_from_the_staged_copy(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted))
     event_id = uuid.uuid4()
     await runner.handle(bus_event(staged, event_id))
@@ -293,6 +317,7 @@ async def test_a_refused_staging_request_fails_the_job(
 ) -> None:
     problem = FieldProblem(loc=["scene"], message="no content hash", type="sha256")
     commands.answers[StageScene] = lambda _: ValidationFailed("no hash", errors=[problem])
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted))
     assert commands.types() == ["StageScene", "FailJob"]
     fail = commands.sent[1][1]
@@ -305,6 +330,7 @@ async def test_a_cancel_while_the_scene_is_staged_stops_the_staging_and_confirms
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted))
     await runner.handle(bus_event(JobCancellationRequested(job_id=JOB, reason=None, at=T)))
     assert commands.types() == [
@@ -334,6 +360,7 @@ async def test_a_job_from_before_uploads_is_queued_then_rendered_with_the_frozen
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     event_id = uuid.uuid4()
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(as_schema_1(submitted_before_uploads, event_id))
     assert commands.types() == ["QueueJob", "SubmitRender"]
     [(queue_id, _), (submit_id, submit)] = commands.sent
@@ -349,6 +376,7 @@ async def test_a_job_from_before_uploads_is_queued_then_rendered_with_the_frozen
 async def test_an_event_handled_before_sends_nothing_again(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands
 ) -> None:
+    await runner.handle(bus_event(held))  # billing held the credits first
     delivery = bus_event(submitted_before_uploads)
     await runner.handle(delivery)
     await runner.handle(delivery)
@@ -359,10 +387,11 @@ async def test_a_retryable_refusal_redelivers_and_the_retry_repeats_the_same_com
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     commands.answers[SubmitRender] = lambda _: ServiceUnavailable("the farm is away")
+    await runner.handle(bus_event(held))  # billing held the credits first
     delivery = bus_event(submitted_before_uploads)
     with pytest.raises(Retry):
         await runner.handle(delivery)
-    assert store.inbox == set()  # not marked handled: it comes again
+    assert ("scheduler", delivery.event_id) not in store.inbox  # not handled: it comes again
     commands.answers[SubmitRender] = on_farm
     await runner.handle(delivery)
     ids = [command_id for command_id, _ in commands.sent]
@@ -374,6 +403,7 @@ async def test_a_job_cancelled_before_it_was_queued_is_confirmed_cancelled_and_r
 ) -> None:
     commands.answers[QueueJob] = lambda _: JobFinished("it is cancelled", status="cancelled")
     commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted_before_uploads))
     assert commands.types() == ["QueueJob", "CancelRender", "ConfirmJobCancelled"]
     refused = await refusals(store)
@@ -418,6 +448,7 @@ async def test_a_refused_render_order_fails_the_job_with_the_bridges_reason(
     commands.answers[SubmitRender] = lambda _: ValidationFailed(
         "refusing to render job_01: scene_key leaves the scenes root", errors=[problem]
     )
+    await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted_before_uploads))
     assert commands.types() == ["QueueJob", "SubmitRender", "FailJob"]
     fail = commands.sent[-1][1]

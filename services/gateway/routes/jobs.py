@@ -110,7 +110,13 @@ async def create_job(
 
     async def run(command_id: str) -> tuple[int, bytes]:
         scene = await gw.read.scene(spec.scene_id, p.user_id)
-        cmd = SubmitJob(job_id=new_id("job"), owner_id=p.user_id, spec=spec, scene=scene)
+        cmd = SubmitJob(
+            job_id=new_id("job"),
+            owner_id=p.user_id,
+            spec=spec,
+            scene=scene,
+            api_key_id=p.api_key_id,
+        )
         accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
         set_targets(request, job_id=accepted.job_id)
         envelope = await gw.read.job_envelope(accepted.job_id, p.user_id, accepted.version)
