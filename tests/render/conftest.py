@@ -26,7 +26,8 @@ from tests.fixtures import Users
 from tests.processes import Process, service
 from tests.upload.protocol import Uploader
 
-SERVICES = ("job", "scheduler", "upload", "deadline_bridge", "gateway")
+#: No render starts without a hold: billing holds each job's estimate in the wallet.
+SERVICES = ("job", "scheduler", "upload", "deadline_bridge", "wallet", "billing", "gateway")
 #: A scene file as the farm's built-in renderer takes it (it reads only the name).
 SCENE = b"BLENDER-v404" + bytes(range(256)) * 400
 
@@ -206,13 +207,20 @@ async def render_system(
     for p in procs.values():
         await p.ready()
     owner_id = new_id("usr")
-    headers = Users(env.settings(GatewaySettings)).headers(owner_id)
+    users = Users(env.settings(GatewaySettings))
+    headers = users.headers(owner_id)
     s3_settings = env.settings(S3Settings)
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=15) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=15) as farm_api,
         open_s3(s3_settings) as s3,
     ):
+        granted = await api.post(
+            f"/v1/admin/users/{owner_id}/credits",
+            json={"amount_credits": "1000.00"},
+            headers={**users.headers(new_id("usr"), "admin"), "Idempotency-Key": owner_id},
+        )
+        assert granted.status_code == 200, granted.text
         yield RenderSystem(
             env,
             api,

@@ -16,6 +16,8 @@ from contracts.staging import SceneRef
 from libs.bus.commands import Actor, CommandClient
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
+from services.billing.service import SERVICE as BILLING
+from services.billing.settings import BillingSettings
 from services.deadline_bridge.service import SERVICE as BRIDGE
 from services.deadline_bridge.settings import BridgeSettings
 from services.job.service import SERVICE as JOB
@@ -24,8 +26,11 @@ from services.scheduler.service import SERVICE as SCHEDULER
 from services.scheduler.settings import SchedulerSettings
 from services.upload.service import SERVICE as UPLOAD
 from services.upload.settings import UploadSettings
+from services.wallet.service import SERVICE as WALLET
+from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.farm.conftest import Farm, make_farm
+from tests.money import fund
 
 __all__ = ["make_farm"]
 
@@ -59,6 +64,9 @@ async def render_path(
     started = {
         "job": await build(JOB, env.settings(JobSettings)),
         "scheduler": await build(SCHEDULER, env.settings(SchedulerSettings)),
+        # No render starts without a hold: billing holds each job's estimate in the wallet.
+        "wallet": await build(WALLET, env.settings(WalletSettings)),
+        "billing": await build(BILLING, env.settings(BillingSettings)),
         "upload": await build(UPLOAD, upload_settings),
         "bridge": await build(
             BRIDGE,
@@ -77,7 +85,9 @@ async def render_path(
 
 
 async def submit(rt: ServiceRuntime[Any], scene: SceneRef, frames: int = 2) -> str:
-    """Submit a job for ``scene`` as the gateway does once it resolved the scene id."""
+    """Submit a job for ``scene`` as the gateway does once it resolved the scene id, after
+    granting its owner credits for it."""
+    await fund(rt.nc, rt.settings, USER.id)
     job_id = new_id("job")
     spec = JobSpec(
         name="shot_050",
