@@ -203,6 +203,37 @@ class CreditsDebited(_WalletEvent):
     cause_id: str
 
 
+# --- claims (streams transfer-<user id>:<transfer id> and hold-<user id>:<hold id>) -----------
+
+
+@EVENTS.register
+class TransferClaimed(Event):
+    """A transfer id was applied on a wallet, with these fields (``fingerprint``: its kind
+    and fields, hashed). Appended with the wallet's event, once per id (stream
+    ``transfer-<user id>:<transfer id>``, expected new), so a retry finds it without the
+    wallet keeping every id it ever applied."""
+
+    event_type = "wallet.TransferClaimed"
+    user_id: str
+    transfer_id: str
+    kind: TransferKind
+    fingerprint: str
+
+
+@EVENTS.register
+class HoldIdRetired(Event):
+    """A hold was resolved (captured, voided or expired): its id stays taken and its status
+    answers a late capture (stream ``hold-<user id>:<hold id>``, one event, expected new).
+    Appended with the wallet's event that resolved it."""
+
+    event_type = "wallet.HoldIdRetired"
+    user_id: str
+    hold_id: str
+    job_id: str
+    status: HoldStatus
+    transfer_id: str
+
+
 WalletEvent = (
     CreditsDeposited
     | CreditsHeld

@@ -1,5 +1,8 @@
 """Command handlers of the wallet service: one per command of ``contracts/wallet.py``.
 
+Every handler loads the wallet with the transfer id's claim (and the hold id's retired
+record) in one query, and commits their events in one append: one read, one write.
+
 Every command names one wallet (``user_id``) and is registered with
 ``serialize=wallet_key``: the commands of one wallet run one at a time in a process, from
 load to commit, so a hundred holds at once are each decided on the state the previous one
@@ -25,8 +28,15 @@ from contracts.wallet import (
     WalletBalance,
 )
 from libs.bus.commands import CommandServer
+from libs.eventstore.aggregate import Aggregate
 from libs.eventstore.uow import UnitOfWork
-from services.wallet.domain import Wallet
+from services.wallet.domain import (
+    RetiredHold,
+    TransferClaim,
+    Wallet,
+    claim_key,
+    expiry_transfer_id,
+)
 
 
 class _OneWallet(Protocol):
@@ -68,22 +78,24 @@ class WalletCommands:
         server.register(ExpireHold, self.expire, serialize=wallet_key)
 
     async def deposit(self, cmd: DepositCredits, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
+        wallet, claim, _ = await load(uow, cmd.user_id, cmd.transfer_id)
         outcome = wallet.deposit(
-            cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
+            claim, cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
         )
         return balance(cmd.user_id, wallet, outcome)
 
     async def debit(self, cmd: DebitCredits, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
+        wallet, claim, _ = await load(uow, cmd.user_id, cmd.transfer_id)
         outcome = wallet.debit(
-            cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
+            claim, cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
         )
         return balance(cmd.user_id, wallet, outcome)
 
     async def hold(self, cmd: HoldCredits, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
+        wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
         outcome = wallet.hold(
+            claim,
+            retired,
             cmd.user_id,
             cmd.transfer_id,
             cmd.hold_id,
@@ -95,23 +107,52 @@ class WalletCommands:
         return balance(cmd.user_id, wallet, outcome)
 
     async def increase(self, cmd: IncreaseHold, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
+        wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
         outcome = wallet.increase(
-            cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.amount, cmd.expires_at, self.now()
+            claim,
+            retired,
+            cmd.user_id,
+            cmd.transfer_id,
+            cmd.hold_id,
+            cmd.amount,
+            cmd.expires_at,
+            self.now(),
         )
         return balance(cmd.user_id, wallet, outcome)
 
     async def capture(self, cmd: CaptureHold, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
-        outcome = wallet.capture(cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.amount, self.now())
+        wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
+        outcome = wallet.capture(
+            claim, retired, cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.amount, self.now()
+        )
         return balance(cmd.user_id, wallet, outcome)
 
     async def void(self, cmd: VoidHold, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
-        outcome = wallet.void(cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.reason, self.now())
+        wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
+        outcome = wallet.void(
+            claim, retired, cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.reason, self.now()
+        )
         return balance(cmd.user_id, wallet, outcome)
 
     async def expire(self, cmd: ExpireHold, uow: UnitOfWork) -> WalletBalance:
-        wallet = await uow.get(Wallet, cmd.user_id)
-        outcome = wallet.expire(cmd.user_id, cmd.hold_id, self.now())
+        transfer_id = expiry_transfer_id(cmd.hold_id)
+        wallet, claim, retired = await load(uow, cmd.user_id, transfer_id, cmd.hold_id)
+        outcome = wallet.expire(claim, retired, cmd.user_id, cmd.hold_id, self.now())
         return balance(cmd.user_id, wallet, outcome)
+
+
+async def load(
+    uow: UnitOfWork, user_id: str, transfer_id: str, hold_id: str | None = None
+) -> tuple[Wallet, TransferClaim, RetiredHold]:
+    """The wallet, the transfer id's claim and the hold id's retired record, in one query
+    (with the command's stored-reply lookup)."""
+    transfer_key = claim_key(user_id, transfer_id)
+    hold_key = claim_key(user_id, hold_id or "")
+    refs: list[tuple[type[Aggregate], str]] = [(Wallet, user_id), (TransferClaim, transfer_key)]
+    if hold_id is not None:
+        refs.append((RetiredHold, hold_key))
+    await uow.prefetch(*refs)
+    wallet = await uow.get(Wallet, user_id)
+    claim = await uow.get(TransferClaim, transfer_key)
+    retired = await uow.get(RetiredHold, hold_key) if hold_id is not None else RetiredHold()
+    return wallet, claim, retired
