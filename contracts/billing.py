@@ -293,6 +293,19 @@ class JobCostHeld(_JobCostEvent):
 
 
 @EVENTS.register
+class JobHoldRequested(Event):
+    """Billing asked the wallet for ``request`` (a first hold or an increase). Until the
+    wallet's answer is recorded every retry asks for this same request, so the wallet sees
+    one transfer with one set of fields however often it is asked."""
+
+    event_type = "billing.JobHoldRequested"
+    job_id: str
+    owner_id: str
+    request: HoldRequest
+    at: datetime
+
+
+@EVENTS.register
 class JobHoldRefused(_JobCostEvent):
     """A hold of ``needed_credits`` could not be placed: the job must not render until one is."""
 

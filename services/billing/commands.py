@@ -135,7 +135,7 @@ class BillingCommands:
         now = self.clock()
         if cost.exists:  # opened before: the hold it still needs, if any
             holding = cost.status is CostStatus.holding
-            return self._reply(cost, cost.next_hold(self.rules) if holding else None)
+            return self._reply(cost, cost.next_hold(self.rules, now) if holding else None)
         catalogue = await uow.get(PriceCatalogue, CATALOGUE)
         price = price_or_refuse(catalogue, cmd.at)
         est = estimate(cmd.parameters, price, self.model)
@@ -149,7 +149,7 @@ class BillingCommands:
             self.rules,
             cmd.at,
         )
-        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules), now)
+        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules, now), now)
         return self._reply(cost, hold)
 
     async def record_hold(self, cmd: RecordJobHold, uow: UnitOfWork) -> JobCostReply:
@@ -170,7 +170,7 @@ class BillingCommands:
         cost = await self._cost(uow, cmd.job_id)
         if cost.status is not CostStatus.awaiting_credits:
             return self._reply(cost)
-        hold = cost.next_hold(self.rules)
+        hold = cost.next_hold(self.rules, cmd.at)
         if hold is None or cost.api_key_id is None:
             return self._reply(cost, hold)
         budget = await uow.get(KeyBudget, cost.api_key_id)
@@ -196,7 +196,7 @@ class BillingCommands:
         if cost.status is CostStatus.awaiting_credits:
             return self._reply(cost)  # a top-up or a raised cap retries the hold
         now = self.clock()
-        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules), now)
+        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules, now), now)
         return self._reply(cost, hold)
 
     async def settle(self, cmd: SettleJobCost, uow: UnitOfWork) -> JobCostReply:

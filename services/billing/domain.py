@@ -33,6 +33,7 @@ from contracts.billing import (
     JobCostOpened,
     JobCostSettled,
     JobHoldRefused,
+    JobHoldRequested,
     KeySpend,
     KeySpendCapsSet,
     KeySpendCommitted,
@@ -380,13 +381,14 @@ class JobCost(Aggregate):
     """A job's money: its estimate, holds, cost lines, cap and settlement."""
 
     stream_prefix = "jobcost"
-    snapshot_version = 1
+    snapshot_version = 2
     job_id: str = ""
     owner_id: str = ""
     api_key_id: str | None = None
     parameters: EstimateParameters | None = None
     hold_target: Decimal = ZERO
-    opened_at: datetime | None = None
+    #: The hold asked of the wallet and not answered yet (asked again unchanged).
+    pending_hold: HoldRequest | None = None
     totals: CostTotals = CostTotals(
         status=CostStatus.pending,
         estimate=None,
@@ -417,7 +419,10 @@ class JobCost(Aggregate):
             self.job_id, self.owner_id = event.job_id, event.owner_id
             self.api_key_id, self.parameters = event.api_key_id, event.parameters
             self.hold_target = event.hold_target_credits
-            self.opened_at = event.at
+        if isinstance(event, JobHoldRequested):
+            self.pending_hold = event.request
+        if isinstance(event, JobCostHeld | JobHoldRefused):
+            self.pending_hold = None
         if isinstance(event, JobCostHeld):
             self.holds += 1
             self.transfers = [*self.transfers, event.transfer_id]
@@ -477,43 +482,45 @@ class JobCost(Aggregate):
             )
         )
 
-    def next_hold(self, rules: HoldRules) -> HoldRequest | None:
+    def next_hold(self, rules: HoldRules, at: datetime) -> HoldRequest | None:
         """The hold the job needs now: the first one, or growing it (None: none).
 
-        Hold n always asks for the same amount and expiry (the n-th step of a fixed
-        schedule: the target, then ``grow_by`` of it more each time, up to the cap), so a
-        retry of hold n while an earlier try is still unrecorded asks the wallet for the
-        very same transfer and gets ``exists``, never ``transfer_id_reused``."""
+        A new request is recorded (``JobHoldRequested``) and answered again, unchanged,
+        until the wallet's answer is recorded: a retry while an earlier try is unrecorded
+        asks the wallet for the very same transfer and gets ``exists``, never
+        ``transfer_id_reused``."""
         t = self.totals
         if t.status in (CostStatus.settled, CostStatus.cap_reached):
             return None
+        if self.pending_hold is not None:
+            return self.pending_hold
         if self.holds == 0:
-            return self._hold_request("open", self.hold_target, rules)
+            return self._request("open", self.hold_target, rules, at)
         held = t.held_credits
         waiting = t.status is CostStatus.awaiting_credits
         if t.so_far_credits < held * rules.grow_at and not waiting:
             return None
-        new_total = self.hold_target + credits(self.hold_target * rules.grow_by * self.holds)
+        new_total = max(held, t.so_far_credits) + credits(self.hold_target * rules.grow_by)
         if t.cap_credits is not None:
             new_total = min(new_total, credits(t.cap_credits))
         if new_total <= held:
             return None  # held up to the cap already: the cap stops it
-        return self._hold_request("increase", new_total - held, rules)
+        return self._request("increase", new_total - held, rules, at)
 
-    def _hold_request(self, kind: str, amount: Decimal, rules: HoldRules) -> HoldRequest:
-        """Hold ``n`` (``hold:<job>:<n>``) expires ``n`` TTLs after the job's cost opened."""
-        n = self.holds + 1
-        opened = self.opened_at
-        assert opened is not None, "a job's cost is opened before it is held"
-        return HoldRequest(
+    def _request(self, kind: str, amount: Decimal, rules: HoldRules, at: datetime) -> HoldRequest:
+        request = HoldRequest(
             user_id=self.owner_id,
-            transfer_id=f"hold:{self.job_id}:{n}",
+            transfer_id=f"hold:{self.job_id}:{self.holds + 1}",
             hold_id=self.job_id,
             job_id=self.job_id,
             kind=kind,
             amount=amount,
-            expires_at=opened + rules.ttl * n,
+            expires_at=at + rules.ttl,
         )
+        self.record(
+            JobHoldRequested(job_id=self.job_id, owner_id=self.owner_id, request=request, at=at)
+        )
+        return request
 
     def refuse_hold(
         self,

@@ -11,6 +11,7 @@ from contracts.billing import (
     JobCostOpened,
     JobCostSettled,
     JobHoldRefused,
+    JobHoldRequested,
     KeySpendCapsSet,
     KeySpendCommitted,
     KeySpendReleased,
@@ -107,6 +108,13 @@ class JobCostsProjection(ReadModel):
             "version": rec.version,
             "updated_at": e.at,
         }
+
+    @on(JobHoldRequested, key=lambda e: (e.job_id,))
+    def hold_requested(
+        self, row: Row | None, e: JobHoldRequested, rec: RecordedEvent
+    ) -> Row | None:
+        """Nothing a reader sees changes; the row's version keeps up with the stream."""
+        return None if row is None else {**row, "version": rec.version}
 
 
 def _line_row(job_id: str, line: CostLine, seq: int) -> Row:
