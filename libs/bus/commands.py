@@ -12,6 +12,9 @@ Round trips of a command: the handler's loads (one query for each ``uow.get``, o
 all with ``uow.prefetch``; the first also looks up a stored reply for the command id) and the
 commit (one statement). No BEGIN and COMMIT: the commit statement is atomic by itself, and the
 loads, in READ COMMITTED, saw no more together inside a transaction than they do apart.
+
+A query registered ``read_only=True`` runs on a :class:`ReadOnlyUnitOfWork`: its loads and
+nothing else, no commit, no stored reply, outside the writers' slots.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from libs.eventstore.store import (
     EventStore,
     RecordedEvent,
 )
-from libs.eventstore.uow import AlreadyProcessed, UnitOfWork
+from libs.eventstore.uow import AlreadyProcessed, ReadOnlyUnitOfWork, UnitOfWork
 from libs.logging import correlation_id_var, get_logger
 from libs.tracing import current_trace_id, extract_context, inject_headers, tracer
 
@@ -86,6 +89,7 @@ class _Registered:
     handler: CommandHandler
     store_reply: bool
     serialize: SerializeKey | None
+    read_only: bool
 
 
 class _KeyLock:
@@ -120,6 +124,9 @@ class CommandServer:
         # Each command runs on one connection; at most half the pool runs commands, so the
         # tailers, the feed watcher and group commits (commit_alone) always find one.
         self._slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
+        # Read-only commands hold no slot; their loads (one connection each, for one query)
+        # take at most a quarter of the pool, so writers and tailers still find theirs.
+        self._reads = asyncio.Semaphore(max(1, settings.db_pool_size // 4))
 
     def register(
         self,
@@ -128,6 +135,7 @@ class CommandServer:
         *,
         store_reply: bool = True,
         serialize: Callable[[C_], str] | None = None,
+        read_only: bool = False,
     ) -> None:
         """Serve ``cmd_cls``. With ``store_reply=False`` (replies holding a secret shown once)
         only a tombstone is kept: a repeated command id is refused, never re-run.
@@ -135,10 +143,23 @@ class CommandServer:
         With ``serialize``, commands (of any type) whose ``serialize(cmd)`` keys are equal
         run one at a time in this process, load to commit: a hot aggregate (one wallet taking
         a hundred holds at once) is decided in turn instead of bouncing on optimistic
-        concurrency; only replicas still race (and the version conflict re-runs the loser)."""
+        concurrency; only replicas still race (and the version conflict re-runs the loser).
+
+        With ``read_only=True`` (a query: an estimate, a listing, a URL signed on demand) the
+        handler gets a :class:`ReadOnlyUnitOfWork`: it loads aggregates, and recording on one
+        raises (an ``internal_error`` reply, logged); nothing is committed and no reply
+        stored, so a repeated command id runs again and answers from the state then. It
+        takes no writer's slot: only its loads are bounded, by a quarter of the pool."""
         if cmd_cls.command_type in self._handlers:
             raise ValueError(f"command {cmd_cls.command_type!r} has a handler already")
-        self._handlers[cmd_cls.command_type] = _Registered(cmd_cls, handler, store_reply, serialize)
+        if read_only and (not store_reply or serialize is not None):
+            raise ValueError(
+                f"{cmd_cls.command_type!r}: a read-only command stores no reply and decides"
+                " nothing, so store_reply and serialize do not apply"
+            )
+        self._handlers[cmd_cls.command_type] = _Registered(
+            cmd_cls, handler, store_reply, serialize, read_only
+        )
 
     async def start(self) -> None:
         for command_type in self._handlers:
@@ -229,6 +250,10 @@ class CommandServer:
             "causation_id": command_id,
             **({"traceparent": inject_headers()["traceparent"]} if span.is_valid else {}),
         }
+        if registered.read_only:
+            uow = ReadOnlyUnitOfWork(self.store, metadata=event_meta, loads=self._reads)
+            result = await handler(cmd, uow)
+            return {"ok": True, "result": result.model_dump(mode="json")}
         key = registered.serialize(cmd) if registered.serialize is not None else None
         # The key's turn first, then a connection: commands waiting for a hot aggregate
         # hold no connection the others need.

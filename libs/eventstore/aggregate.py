@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from contracts.base import Event
 
 
+class RecordingRefused(RuntimeError):
+    """An aggregate loaded for a query (read-only) was asked to record: a handler bug."""
+
+
 class Aggregate(BaseModel):
     """State of one aggregate, evolved by its events. Pure: no I/O, no clock, no randomness."""
 
@@ -34,6 +38,7 @@ class Aggregate(BaseModel):
     _version: int = PrivateAttr(default=0)
     _pending: list[Event] = PrivateAttr(default_factory=list)
     _refusals: list[Exception] = PrivateAttr(default_factory=list)
+    _sealed: bool = PrivateAttr(default=False)
 
     @abc.abstractmethod
     def apply(self, event: Event) -> None:
@@ -48,7 +53,14 @@ class Aggregate(BaseModel):
         machine does not allow) refuses the recording: its error is raised, nothing is queued,
         and the aggregate, half-changed, must be dropped (the unit of work is). The same event
         replayed from the store is applied all the same.
+
+        A sealed aggregate (loaded for a read-only command) refuses with
+        :class:`RecordingRefused` before applying anything.
         """
+        if self._sealed:
+            raise RecordingRefused(
+                f"{self.stream_id} was loaded for a read-only command, which records nothing"
+            )
         for event in events:
             self.apply(event)
             if self._refusals:
@@ -57,6 +69,10 @@ class Aggregate(BaseModel):
         self._pending.extend(events)
         self._version += len(events)
         return list(events)
+
+    def seal(self) -> None:
+        """Refuse every recording from now on (a query's aggregate, or one kept in memory)."""
+        self._sealed = True
 
     def violates(self, error: Exception) -> None:
         """Called by :meth:`apply` for an event that breaks a rule: ``error`` is raised when

@@ -18,13 +18,14 @@ statement: the events, the command's reply row and the due snapshots.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from contracts.base import Event, EventRegistry, JsonDict
-from libs.eventstore.aggregate import Aggregate
+from libs.eventstore.aggregate import Aggregate, RecordingRefused
 from libs.eventstore.store import (
     CommandRecord,
     LoadedStream,
@@ -215,3 +216,36 @@ class UnitOfWork:
             for write, aggregate in zip(writes, changed, strict=True)
             if aggregate.version // every > write.expected_version // every
         ]
+
+
+class ReadOnlyUnitOfWork(UnitOfWork):
+    """A query's unit of work: it loads aggregates, sealed, so any ``record`` on them raises
+    :class:`RecordingRefused`, and it commits nothing (``commit`` raises too).
+
+    No connection is held between loads: each load takes one of the store's for its one
+    query, at most ``loads`` (a semaphore) of them at once when given."""
+
+    def __init__(
+        self,
+        store: StorePort,
+        *,
+        metadata: JsonDict | None = None,
+        loads: asyncio.Semaphore | None = None,
+    ) -> None:
+        super().__init__(store, metadata=metadata)
+        self._loads = loads
+
+    async def prefetch(self, *refs: tuple[type[Aggregate], str]) -> None:
+        if self._loads is None:
+            await super().prefetch(*refs)
+        else:
+            async with self._loads:
+                await super().prefetch(*refs)
+        for aggregate in self._loaded.values():
+            aggregate.seal()
+
+    async def commit(self, command: CommandRecord | None = None) -> list[RecordedEvent]:
+        raise RecordingRefused("a read-only unit of work commits nothing")
+
+    async def commit_alone(self) -> list[RecordedEvent]:
+        raise RecordingRefused("a read-only unit of work commits nothing")

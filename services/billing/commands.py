@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 
 from contracts.billing import (
     ChargeTask,
@@ -27,7 +29,7 @@ from contracts.billing import (
 from contracts.envelope import AwaitingReason, CostStatus
 from contracts.errors import JobCostNotFound
 from libs.bus.commands import CommandServer
-from libs.eventstore.uow import UnitOfWork
+from libs.eventstore.uow import ReadOnlyUnitOfWork, StorePort, UnitOfWork
 from services.billing.domain import (
     JobCost,
     KeyBudget,
@@ -47,16 +49,60 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class NotifyingStore(StorePort, Protocol):
+    def waiter(self) -> asyncio.Event:
+        """An event set whenever the store may have new events."""
+        ...
+
+
+class CatalogueCache:
+    """The price catalogue kept in the process between estimates, loaded again only after
+    an append that may have moved it.
+
+    The store's waiter is set by every append this process makes and, for another
+    replica's, by the process's feed watcher (billing's projectors run one) when the feed's
+    head moves: a publish elsewhere reaches the estimates here within a feed poll. The kept
+    catalogue is sealed: nothing records on it."""
+
+    def __init__(self, store: NotifyingStore) -> None:
+        self.store = store
+        self._moved = store.waiter()
+        self._moved.set()
+        self._lock = asyncio.Lock()
+        self._catalogue: PriceCatalogue | None = None
+        #: Times the catalogue was loaded (for tests and benchmarks).
+        self.loads = 0
+
+    async def get(self) -> PriceCatalogue:
+        if self._moved.is_set():
+            async with self._lock:  # one load for the estimates arriving meanwhile
+                if self._moved.is_set():
+                    # Cleared before the load: an append the load misses sets it again.
+                    self._moved.clear()
+                    try:
+                        uow = ReadOnlyUnitOfWork(self.store)
+                        self._catalogue = await uow.get(PriceCatalogue, CATALOGUE)
+                    except BaseException:
+                        self._moved.set()
+                        raise
+                    self.loads += 1
+        assert self._catalogue is not None
+        return self._catalogue
+
+
 class BillingCommands:
-    def __init__(self, settings: BillingSettings, clock: Clock = _now) -> None:
+    def __init__(
+        self, settings: BillingSettings, store: NotifyingStore, clock: Clock = _now
+    ) -> None:
         self.settings = settings
+        self.catalogue = CatalogueCache(store)
         self.model = settings.estimator()
         self.rules = settings.hold_rules()
         self.clock = clock
 
     def register(self, server: CommandServer) -> None:
         server.register(PublishPrices, self.publish_prices)
-        server.register(EstimateCost, self.estimate_cost)
+        server.register(EstimateCost, self.estimate_cost, read_only=True)
         server.register(SetKeySpendCaps, self.set_key_spend_caps)
         # From billing's own process managers: internal, no owner check.
         server.register(OpenJobCost, self.open)
@@ -82,8 +128,8 @@ class BillingCommands:
         return True
 
     async def estimate_cost(self, cmd: EstimateCost, uow: UnitOfWork) -> CostEstimate:
-        catalogue = await uow.get(PriceCatalogue, CATALOGUE)
-        price = price_or_refuse(catalogue, self.clock())
+        """A query (read-only): the prices from the kept catalogue, a job's cost loaded."""
+        price = price_or_refuse(await self.catalogue.get(), self.clock())
         if cmd.parameters is not None:
             return estimate(cmd.parameters, price, self.model)
         assert cmd.job_id is not None

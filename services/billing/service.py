@@ -60,7 +60,7 @@ async def publish_default_prices(rt: ServiceRuntime[Billing], commands: BillingC
 async def wire(rt: ServiceRuntime[Billing]) -> Billing:
     settings = rt.settings
     assert isinstance(settings, BillingSettings)
-    commands = BillingCommands(settings)
+    commands = BillingCommands(settings, rt.store)
     commands.register(rt.commands)
     await publish_default_prices(rt, commands)
     client = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)

@@ -96,8 +96,9 @@ class UploadSessions:
     def register(self, server: CommandServer) -> None:
         server.register(StartUpload, self.start)
         server.register(RefreshUpload, self.refresh)
-        # Answers, not changes: only a tombstone is stored under their (one-off) ids.
-        server.register(ListUploadParts, self.list_parts, store_reply=False)
+        # An answer, not a change: nothing committed, nothing stored.
+        server.register(ListUploadParts, self.list_parts, read_only=True)
+        # Records the multipart upload the first time; only a tombstone is stored.
         server.register(SignUploadParts, self.sign_parts, store_reply=False)
         server.register(CompleteUpload, self.complete)
         server.register(FinishUpload, self.finish)
@@ -497,7 +498,8 @@ class OutputCommands:
         self.presigner = presigner
 
     def register(self, server: CommandServer) -> None:
-        server.register(CreateOutputDownloadUrl, self.download_url)
+        # A fresh URL each time, never stored (the gateway's Idempotency-Key replays one).
+        server.register(CreateOutputDownloadUrl, self.download_url, read_only=True)
 
     async def download_url(
         self, cmd: CreateOutputDownloadUrl, uow: UnitOfWork

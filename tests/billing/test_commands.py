@@ -30,7 +30,7 @@ from contracts.envelope import AwaitingReason, CostStatus
 from contracts.errors import JobCostNotFound, NoPrices, ValidationFailed
 from contracts.jobs import FrameRange, Resolution
 from libs.eventstore.memory import InMemoryEventStore
-from libs.eventstore.uow import UnitOfWork
+from libs.eventstore.uow import ReadOnlyUnitOfWork, UnitOfWork
 from services.billing.commands import BillingCommands
 from services.billing.domain import JobCost, KeyBudget
 from services.billing.settings import BillingSettings, default_prices
@@ -52,7 +52,7 @@ def store() -> InMemoryEventStore:
 
 @pytest.fixture
 async def billing(store: InMemoryEventStore) -> BillingCommands:
-    commands = BillingCommands(BillingSettings(), clock=lambda: NOW)
+    commands = BillingCommands(BillingSettings(), store, clock=lambda: NOW)
     uow = UnitOfWork(store)
     assert await commands.publish_default(uow, default_prices())
     await uow.commit()
@@ -65,6 +65,11 @@ async def run(store: InMemoryEventStore, handler: Handler, cmd: object) -> Any:
     reply = await handler(cmd, uow)
     await uow.commit()
     return reply
+
+
+async def query(store: InMemoryEventStore, handler: Handler, cmd: object) -> Any:
+    """A read-only command as the command server runs it: loads only, nothing committed."""
+    return await handler(cmd, ReadOnlyUnitOfWork(store))
 
 
 async def cost_of(store: InMemoryEventStore, job_id: str = JOB) -> JobCost:
@@ -327,15 +332,17 @@ async def test_an_api_keys_total_cap_counts_holds_until_their_jobs_release_them(
 async def test_estimates_come_from_parameters_or_the_callers_own_job(
     store: InMemoryEventStore, billing: BillingCommands
 ) -> None:
-    est = await run(store, billing.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS))
+    est = await query(
+        store, billing.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS)
+    )
     assert est.expected_credits == Decimal("1.67")
     await held(store, billing)
     await run(store, billing.charge_task, task(1, hours="0.05"))  # 180 s a frame
-    measured = await run(store, billing.estimate_cost, EstimateCost(owner_id="usr_1", job_id=JOB))
+    measured = await query(store, billing.estimate_cost, EstimateCost(owner_id="usr_1", job_id=JOB))
     assert measured.assumptions.seconds_source.value == "measured"
     assert measured.expected_credits == Decimal("5.00")  # 0.05 + 99 x 180 / 3600 = 5.00
     with pytest.raises(JobCostNotFound):
-        await run(store, billing.estimate_cost, EstimateCost(owner_id="usr_2", job_id=JOB))
+        await query(store, billing.estimate_cost, EstimateCost(owner_id="usr_2", job_id=JOB))
 
 
 async def test_prices_publish_as_new_versions_never_in_the_past(
@@ -350,6 +357,33 @@ async def test_prices_publish_as_new_versions_never_in_the_past(
 
 
 async def test_nothing_is_estimated_without_prices(store: InMemoryEventStore) -> None:
-    commands = BillingCommands(BillingSettings(), clock=lambda: NOW)
+    commands = BillingCommands(BillingSettings(), store, clock=lambda: NOW)
     with pytest.raises(NoPrices):
-        await run(store, commands.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS))
+        await query(
+            store, commands.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS)
+        )
+
+
+async def test_estimates_keep_the_catalogue_until_an_append_and_follow_a_new_version(
+    store: InMemoryEventStore, billing: BillingCommands
+) -> None:
+    for _ in range(3):
+        first = await query(
+            store, billing.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS)
+        )
+    assert billing.catalogue.loads == 1  # loaded once, kept while nothing was appended
+    dearer = default_prices().model_copy(
+        update={
+            "instances": [
+                i.model_copy(update={"rates": {t: r * 2 for t, r in i.rates.items()}})
+                for i in default_prices().instances
+            ]
+        }
+    )
+    await run(store, billing.publish_prices, PublishPrices(prices=dearer, effective_from=NOW))
+    now = await query(
+        store, billing.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS)
+    )
+    assert (first.assumptions.price_version, now.assumptions.price_version) == (1, 2)
+    assert (first.expected_credits, now.expected_credits) == (Decimal("1.67"), Decimal("3.33"))
+    assert billing.catalogue.loads == 2

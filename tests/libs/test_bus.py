@@ -11,15 +11,22 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
-from contracts.errors import DomainError, FieldProblem, InvalidFrameRange, ServiceUnavailable
+from contracts.errors import (
+    DomainError,
+    FieldProblem,
+    InternalError,
+    InvalidFrameRange,
+    ServiceUnavailable,
+)
 from libs.bus.commands import Actor, CommandClient, CommandServer
 from libs.bus.consumer import BusEvent, DurableConsumer, claim_event
 from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
-from libs.eventstore.aggregate import Aggregate
+from libs.eventstore.aggregate import Aggregate, RecordingRefused
+from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.store import EventStore, NewEvent, Position
-from libs.eventstore.uow import UnitOfWork
-from tests.libs.conftest import FrameRendered
+from libs.eventstore.uow import ReadOnlyUnitOfWork, UnitOfWork
+from tests.libs.conftest import FrameRendered, registry
 
 ACTOR = Actor(kind="user", id="usr_test")
 
@@ -321,3 +328,135 @@ async def test_concurrent_repeats_of_one_command_act_once(
     )
     assert all(r == replies[0] for r in replies)
     assert len(await store.read_stream("job-dup")) == 1
+
+
+# -- read-only commands (queries) -------------------------------------------------------------
+
+
+class CountFrames(Command):
+    command_type = "test.CountFrames"
+    job_id: str
+
+
+class FrameCount(BaseModel):
+    job_id: str
+    frames: int
+
+
+async def count_frames(cmd: CountFrames, uow: UnitOfWork) -> FrameCount:
+    log = await uow.get(FrameLog, cmd.job_id)
+    return FrameCount(job_id=cmd.job_id, frames=len(log.frames))
+
+
+async def stored_replies(store: EventStore, command_id: str) -> int:
+    async with store.pool.acquire() as conn:
+        n: int = await conn.fetchval(
+            f"SELECT count(*) FROM {store.schema}.processed_commands WHERE command_id = $1",
+            command_id,
+        )
+    return n
+
+
+async def render_now(cmd: RenderFrame, uow: UnitOfWork) -> Rendered:
+    log = await uow.get(FrameLog, cmd.job_id)
+    log.render(cmd.frame)
+    return Rendered(job_id=cmd.job_id, version=log.version)
+
+
+async def test_a_read_only_command_answers_from_the_state_now_and_stores_no_reply(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    server = CommandServer(nc, store, settings)
+    server.register(RenderFrame, render_now)
+    server.register(CountFrames, count_frames, read_only=True)
+    await server.start()
+    client = CommandClient(nc, settings)
+    query = CountFrames(job_id="ro")
+    before = await client.send(query, FrameCount, command_id="count-1", actor=ACTOR)
+    await client.send(RenderFrame(job_id="ro", frame=1), Rendered, command_id="r1", actor=ACTOR)
+    # The same command id again: nothing was stored, so it answers what holds now.
+    after = await client.send(query, FrameCount, command_id="count-1", actor=ACTOR)
+    assert (before.frames, after.frames) == (0, 1)
+    assert await stored_replies(store, "count-1") == 0
+    assert await stored_replies(store, "r1") == 1  # a writer's reply is still stored
+
+
+async def test_a_read_only_handler_that_records_fails_loudly_and_changes_nothing(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    async def buggy(cmd: CountFrames, uow: UnitOfWork) -> FrameCount:
+        log = await uow.get(FrameLog, cmd.job_id)
+        log.render(7)  # a query must not record
+        return FrameCount(job_id=cmd.job_id, frames=len(log.frames))
+
+    server = CommandServer(nc, store, settings)
+    server.register(CountFrames, buggy, read_only=True)
+    await server.start()
+    with pytest.raises(InternalError):
+        await CommandClient(nc, settings).send(
+            CountFrames(job_id="bug"), FrameCount, command_id="bug-1", actor=ACTOR
+        )
+    assert await store.read_stream("job-bug") == []
+    assert await stored_replies(store, "bug-1") == 0
+
+
+async def test_a_read_only_unit_of_work_refuses_to_record_or_commit() -> None:
+    store = InMemoryEventStore("test", registry)
+    await store.append("job-m", [NewEvent(FrameRendered(frame=1))], 0)
+    uow = ReadOnlyUnitOfWork(store)
+    log = await uow.get(FrameLog, "m")
+    assert log.frames == [1]
+    with pytest.raises(RecordingRefused, match="job-m"):
+        log.render(2)
+    assert log.frames == [1] and log.pending == ()
+    with pytest.raises(RecordingRefused):
+        await uow.commit()
+    with pytest.raises(RecordingRefused):
+        await uow.commit_alone()
+
+
+async def test_read_only_commands_answer_while_every_writer_slot_is_taken(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    writers = settings.db_pool_size // 2
+    inside, release = asyncio.Semaphore(0), asyncio.Event()
+
+    async def slow_render(cmd: RenderFrame, uow: UnitOfWork) -> Rendered:
+        inside.release()
+        await release.wait()
+        return await render_now(cmd, uow)
+
+    server = CommandServer(nc, store, settings)
+    server.register(RenderFrame, slow_render)
+    server.register(CountFrames, count_frames, read_only=True)
+    await server.start()
+    client = CommandClient(nc, settings)
+    held = [
+        asyncio.create_task(
+            client.send(
+                RenderFrame(job_id=f"w{i}", frame=1), Rendered, command_id=f"w{i}", actor=ACTOR
+            )
+        )
+        for i in range(writers)
+    ]
+    try:
+        async with asyncio.timeout(5):
+            for _ in range(writers):
+                await inside.acquire()
+        answer = await client.send(
+            CountFrames(job_id="w0"), FrameCount, command_id="q", actor=ACTOR, timeout_seconds=2
+        )
+        assert answer.frames == 0
+    finally:
+        release.set()
+    assert [r.version for r in await asyncio.gather(*held)] == [1] * writers
+
+
+def test_a_read_only_command_takes_neither_store_reply_nor_serialize(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    server = CommandServer(nc, store, settings)
+    with pytest.raises(ValueError, match="read-only"):
+        server.register(CountFrames, count_frames, read_only=True, serialize=lambda c: c.job_id)
+    with pytest.raises(ValueError, match="read-only"):
+        server.register(CountFrames, count_frames, read_only=True, store_reply=False)
