@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +53,35 @@ def upload_settings(env: Env, stage_root: Path) -> UploadSettings:
 
 
 @pytest.fixture
+def billing_settings(env: Env) -> BillingSettings:
+    """Billing as `make up` runs it (a test module may price the farm's machine otherwise)."""
+    return env.settings(BillingSettings)
+
+
+@pytest.fixture
+def farm_args() -> tuple[str, ...]:
+    """Extra options of the local farm (a test module may slow its frames down)."""
+    return ()
+
+
+@pytest.fixture
 async def render_path(
     env: Env,
     tmp_path: Path,
     stage_root: Path,
     upload_settings: UploadSettings,
+    billing_settings: BillingSettings,
+    farm_args: tuple[str, ...],
     make_farm: Callable[..., Farm],
 ) -> AsyncIterator[dict[str, ServiceRuntime[Any]]]:
     """The services, built but not launched (a test may break one first)."""
-    farm = make_farm(workers=1)
+    farm = make_farm(*farm_args, workers=1)
     started = {
         "job": await build(JOB, env.settings(JobSettings)),
         "scheduler": await build(SCHEDULER, env.settings(SchedulerSettings)),
         # No render starts without a hold: billing holds each job's estimate in the wallet.
         "wallet": await build(WALLET, env.settings(WalletSettings)),
-        "billing": await build(BILLING, env.settings(BillingSettings)),
+        "billing": await build(BILLING, billing_settings),
         "upload": await build(UPLOAD, upload_settings),
         "bridge": await build(
             BRIDGE,
@@ -84,10 +99,18 @@ async def render_path(
         await rt.stop()
 
 
-async def submit(rt: ServiceRuntime[Any], scene: SceneRef, frames: int = 2) -> str:
+async def submit(
+    rt: ServiceRuntime[Any],
+    scene: SceneRef,
+    frames: int = 2,
+    *,
+    credits: Decimal | None = Decimal(1000),
+    cost_cap_credits: Decimal | None = None,
+) -> str:
     """Submit a job for ``scene`` as the gateway does once it resolved the scene id, after
-    granting its owner credits for it."""
-    await fund(rt.nc, rt.settings, USER.id)
+    granting its owner ``credits`` (None: none)."""
+    if credits is not None:
+        await fund(rt.nc, rt.settings, USER.id, credits)
     job_id = new_id("job")
     spec = JobSpec(
         name="shot_050",
@@ -95,6 +118,7 @@ async def submit(rt: ServiceRuntime[Any], scene: SceneRef, frames: int = 2) -> s
         frame_range=FrameRange(start=1, end=frames),
         chunk_size=1,
         resolution=Resolution(width=320, height=180),
+        cost_cap_credits=cost_cap_credits,
     )
     await CommandClient(rt.nc, rt.settings, timeout=10).send(
         SubmitJob(job_id=job_id, owner_id=USER.id, spec=spec, scene=scene),
