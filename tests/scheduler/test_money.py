@@ -92,10 +92,10 @@ async def lines(rt: ServiceRuntime[Any], job_id: str) -> list[dict[str, Any]]:
 
 
 async def wallet_moves(rt: ServiceRuntime[Any], job_id: str) -> list[tuple[str, Decimal]]:
-    """The job's transfers in the wallet, in order: (kind, balance change + held change)."""
+    """The job's transfers in the wallet, in order: (kind, balance change)."""
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT kind, balance_change, held_change FROM wallet.transfers"
+            "SELECT kind, balance_change FROM wallet.transfers"
             " WHERE job_id = $1 ORDER BY version",
             job_id,
         )
