@@ -68,6 +68,16 @@ class WalletTransaction(_View):
     held_after_credits: Credits = Field(description="Credits held right after it.")
     available_after_credits: Credits = Field(description="Available credits right after it.")
     cause: WalletCause = Field(description="Why it happened.")
+    debit_account: str = Field(
+        description="The ledger account debited: user:<id> (this wallet), job_holds (a hold"
+        " released), or the source of a deposit (payments_clearing, grants, disputes,"
+        " adjustments)."
+    )
+    credit_account: str = Field(
+        description="The ledger account credited: user:<id> (this wallet), job_holds (a hold,"
+        " pending), render_revenue (a capture), or where a debit went (refunds, disputes,"
+        " adjustments)."
+    )
     job_id: str | None = Field(description="The job, for holds and their resolution.")
     hold_id: str | None = Field(description="The hold, for holds and their resolution.")
     at: datetime = Field(description="When it was applied.")
@@ -84,6 +94,8 @@ def _transaction(r: asyncpg.Record) -> WalletTransaction:
         held_after_credits=r["held_after"],
         available_after_credits=r["available_after"],
         cause=WalletCause(kind=CauseKind(r["cause"]), id=r["cause_id"]),
+        debit_account=r["debit_account"],
+        credit_account=r["credit_account"],
         job_id=r["job_id"],
         hold_id=r["hold_id"],
         at=r["at"],
@@ -103,7 +115,8 @@ class WalletQuery:
         )
         self._transfers_sql = (
             "SELECT version, transfer_id, kind, amount, direction, balance_after, held_after,"
-            f" available_after, cause, cause_id, job_id, hold_id, at FROM {s}.transfers"
+            f" available_after, cause, cause_id, debit_account, credit_account, job_id, hold_id, at"
+            f" FROM {s}.transfers"
             " WHERE user_id = $1 AND ($2::integer IS NULL OR version < $2)"
             " ORDER BY version DESC LIMIT $3"
         )

@@ -42,9 +42,28 @@ ALL_EVENTS = (
 )
 
 
+#: The ledger's other accounts: every transfer debits one account and credits another.
+#: ``user:<id>`` is the user's wallet; deposits come from the clearing account of their
+#: cause, holds are pending towards ``job_holds``, captures post to ``render_revenue``, and
+#: voids and expiries release what ``job_holds`` had pending.
+COUNTER_ACCOUNTS = {
+    CauseKind.payment: "payments_clearing",
+    CauseKind.grant: "grants",
+    CauseKind.refund: "refunds",
+    CauseKind.dispute: "disputes",
+    CauseKind.adjustment: "adjustments",
+}
+JOB_HOLDS, RENDER_REVENUE = "job_holds", "render_revenue"
+
+
+def user_account(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
 @dataclass(frozen=True)
 class Movement:
-    """What one wallet event did: its transfer's kind, amount and changes."""
+    """What one wallet event did: its transfer's kind, amount and changes, and the two
+    accounts it moved credits between (debited, credited)."""
 
     kind: TransferKind
     amount: Decimal
@@ -60,6 +79,21 @@ class Movement:
         if self.balance_change > 0:
             return "in"
         return "out" if self.balance_change < 0 else "none"
+
+    def accounts(self, user_id: str) -> tuple[str, str]:
+        """(debited account, credited account) of the transfer."""
+        user = user_account(user_id)
+        match self.kind:
+            case TransferKind.deposit:
+                return COUNTER_ACCOUNTS[self.cause], user
+            case TransferKind.debit:
+                return user, COUNTER_ACCOUNTS[self.cause]
+            case TransferKind.hold | TransferKind.hold_increase:
+                return user, JOB_HOLDS  # pending
+            case TransferKind.capture:
+                return user, RENDER_REVENUE  # posted; the rest of the hold released
+            case TransferKind.void | TransferKind.expiry:
+                return JOB_HOLDS, user  # pending released
 
 
 def movement(e: WalletEvent) -> Movement:
@@ -205,6 +239,8 @@ class TransfersProjection(ReadModel):
         "held_change": "numeric",
         "cause": "text",
         "cause_id": "text",
+        "debit_account": "text",
+        "credit_account": "text",
         "job_id": "text",
         "hold_id": "text",
         "balance_after": "numeric",
@@ -216,6 +252,7 @@ class TransfersProjection(ReadModel):
     @on(*ALL_EVENTS, key=lambda e, rec: (e.user_id, rec.version))
     def transferred(self, row: Row | None, e: WalletEvent, rec: RecordedEvent) -> Row:
         m = movement(e)
+        debit_account, credit_account = m.accounts(e.user_id)
         return {
             "user_id": e.user_id,
             "version": rec.version,
@@ -227,6 +264,8 @@ class TransfersProjection(ReadModel):
             "held_change": m.held_change,
             "cause": m.cause.value,
             "cause_id": m.cause_id,
+            "debit_account": debit_account,
+            "credit_account": credit_account,
             "job_id": m.job_id,
             "hold_id": m.hold_id,
             "balance_after": e.balance_after,

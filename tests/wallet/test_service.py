@@ -196,6 +196,39 @@ async def test_every_transfer_row_shows_the_wallet_after_it(
     ]
 
 
+async def test_every_transfer_debits_one_ledger_account_and_credits_another(
+    wallet_service: ServiceRuntime[Any], wallets: Wallets
+) -> None:
+    user = new_id("usr")
+    await a_mixed_history(wallet_service, wallets, [user])
+    rows = await wallet_service.store.pool.fetch(
+        "SELECT kind, amount, balance_change, debit_account, credit_account"
+        " FROM wallet.transfers WHERE user_id = $1 ORDER BY version",
+        user,
+    )
+    me = f"user:{user}"
+    assert [(r["kind"], r["debit_account"], r["credit_account"]) for r in rows] == [
+        ("deposit", "payments_clearing", me),
+        ("hold", me, "job_holds"),
+        ("hold_increase", me, "job_holds"),
+        ("hold", me, "job_holds"),
+        ("capture", me, "render_revenue"),
+        ("void", "job_holds", me),
+        ("hold", me, "job_holds"),
+        ("expiry", "job_holds", me),
+        ("debit", me, "refunds"),
+    ]
+    # Posted money only moves between the wallet and another account: the wallet's balance
+    # is what the other accounts gave it less what they took.
+    posted = {"deposit", "capture", "debit"}
+    into_wallet = sum(
+        (r["amount"] if r["credit_account"] == me else -r["amount"])
+        for r in rows
+        if r["kind"] in posted
+    )
+    assert into_wallet == sum(r["balance_change"] for r in rows) == D("10.33") - D("2.99") - 10
+
+
 async def test_rebuilt_read_models_match_the_live_ones_to_the_minor_unit(
     wallet_service: ServiceRuntime[Any], wallets: Wallets
 ) -> None:
