@@ -11,6 +11,9 @@ tasks at once, so tasks finish one by one. Per task, from the stored events (eve
 - -> the job's first ``job.JobCostRecorded`` with ``cost_version`` at least the charge's
   stream version (the one it caused, or a later one when it was overtaken): the relay, the
   manager and ``job.RecordJobCost``;
+- each event's time on JetStream (the stream's timestamp of its message) splits both hops
+  into the relay's part (append, commit, publish) and the consumer's (fetch, the manager,
+  the command and its commit);
 - -> the jobs read model: the first time a poll here (every ``poll_seconds``) saw the job's
   envelope with ``cost.so_far_credits`` at least the charge's so far.
 
@@ -30,6 +33,7 @@ from decimal import Decimal
 
 import asyncpg
 import httpx
+import nats
 import orjson
 
 from bench.api_bench import wait_http_ok
@@ -81,6 +85,9 @@ class TaskLag:
     to_charge: float
     to_recorded: float
     to_read_model: float | None
+    #: RenderTaskCompleted and TaskCharged: recorded -> on JetStream (None: not found).
+    done_relay: float | None
+    charge_relay: float | None
 
     @property
     def total(self) -> float:
@@ -148,7 +155,8 @@ async def run_cost_lag(infra: Infra, servers: Servers, opts: CostLagOptions) -> 
                 r.raise_for_status()
                 job_ids.append(r.json()["job_id"])
             seen = await _watch_until_settled(pool, job_ids, opts)
-        lags = await _task_lags(pool, job_ids, seen)
+        published = await _published(servers.nats_url, prefix)
+        lags = await _task_lags(pool, job_ids, seen, published)
     finally:
         await pool.close()
     return _figures(lags, opts)
@@ -186,16 +194,42 @@ async def _watch_until_settled(
             await asyncio.sleep(opts.poll_seconds)
 
 
-async def _task_lags(pool: asyncpg.Pool, job_ids: list[str], seen: Seen) -> list[TaskLag]:
+async def _published(nats_url: str, prefix: str) -> dict[str, float]:
+    """When each task event reached JetStream (by event id): the stream's timestamps."""
+    nc = await nats.connect(nats_url)
+    found: dict[str, float] = {}
+    try:
+        js = nc.jetstream()
+        for event_type in ("render.RenderTaskCompleted", "billing.TaskCharged"):
+            sub = await js.subscribe(f"{prefix}.events.{event_type}", ordered_consumer=True)
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    found[(msg.headers or {})["Nats-Msg-Id"]] = msg.metadata.timestamp.timestamp()
+                    if msg.metadata.num_pending == 0:
+                        break
+            finally:
+                await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+async def _task_lags(
+    pool: asyncpg.Pool, job_ids: list[str], seen: Seen, published: dict[str, float]
+) -> list[TaskLag]:
     done = await pool.fetch(
-        "SELECT data->>'job_id' AS job_id, data->>'render_id' AS render_id,"
-        " (data->>'task_id')::int AS task_id, min(recorded_at) AS at"
-        " FROM bridge.events WHERE type = 'render.RenderTaskCompleted'"
-        " AND data->>'job_id' = ANY($1::text[]) GROUP BY 1, 2, 3",
+        "SELECT DISTINCT ON (data->>'job_id', data->>'render_id', data->>'task_id')"
+        " event_id::text, data->>'job_id' AS job_id,"
+        " data->>'render_id' AS render_id, (data->>'task_id')::int AS task_id,"
+        " recorded_at AS at FROM bridge.events WHERE type = 'render.RenderTaskCompleted'"
+        " AND data->>'job_id' = ANY($1::text[])"
+        " ORDER BY data->>'job_id', data->>'render_id', data->>'task_id', recorded_at",
         job_ids,
     )
     charged = await pool.fetch(
-        "SELECT data->>'job_id' AS job_id, data->'line'->>'render_id' AS render_id,"
+        "SELECT event_id::text, data->>'job_id' AS job_id,"
+        " data->'line'->>'render_id' AS render_id,"
         " (data->'line'->>'task_id')::int AS task_id, version,"
         " (data->'totals'->>'so_far_credits')::numeric AS so_far,"
         " (data->'line'->>'amount_credits')::numeric AS amount, recorded_at AS at"
@@ -209,7 +243,7 @@ async def _task_lags(pool: asyncpg.Pool, job_ids: list[str], seen: Seen) -> list
         " AND data->>'job_id' = ANY($1::text[]) ORDER BY global_position",
         job_ids,
     )
-    completed = {(r["job_id"], r["render_id"], r["task_id"]): r["at"] for r in done}
+    completed = {(r["job_id"], r["render_id"], r["task_id"]): r for r in done}
     by_job: dict[str, list[asyncpg.Record]] = {}
     for r in recorded:
         by_job.setdefault(r["job_id"], []).append(r)
@@ -217,7 +251,10 @@ async def _task_lags(pool: asyncpg.Pool, job_ids: list[str], seen: Seen) -> list
     for c in charged:
         if c["amount"] <= 0:
             raise RuntimeError(f"a task charged {c['amount']}: the so far cannot tell it apart")
-        start = completed[(c["job_id"], c["render_id"], c["task_id"])]
+        task = completed[(c["job_id"], c["render_id"], c["task_id"])]
+        start = task["at"]
+        done_out = published.get(task["event_id"])
+        charge_out = published.get(c["event_id"])
         shown = next(r["at"] for r in by_job[c["job_id"]] if r["cost_version"] >= c["version"])
         read = next((t for t, so_far in seen[c["job_id"]] if so_far >= c["so_far"]), None)
         lags.append(
@@ -225,6 +262,8 @@ async def _task_lags(pool: asyncpg.Pool, job_ids: list[str], seen: Seen) -> list
                 to_charge=(c["at"] - start).total_seconds(),
                 to_recorded=(shown - c["at"]).total_seconds(),
                 to_read_model=read - start.timestamp() if read is not None else None,
+                done_relay=done_out - start.timestamp() if done_out is not None else None,
+                charge_relay=charge_out - c["at"].timestamp() if charge_out is not None else None,
             )
         )
     if len(lags) != len(completed):
@@ -257,6 +296,17 @@ def _figures(lags: list[TaskLag], opts: CostLagOptions) -> list[Figure]:
     print(f"    RenderTaskCompleted -> JobCostRecorded  {ms(total)}")
     if read is not None:
         print(f"    RenderTaskCompleted -> jobs read model  {ms(read)} ({len(reads)} seen)")
+    relayed = [t for t in lags if t.done_relay is not None and t.charge_relay is not None]
+    if relayed:
+        print(f"  the hops split at JetStream ({len(relayed)} tasks with both messages found):")
+        done_relay = stats([t.done_relay for t in relayed if t.done_relay is not None])
+        charge_relay = stats([t.charge_relay for t in relayed if t.charge_relay is not None])
+        billing = stats([t.to_charge - (t.done_relay or 0) for t in relayed])
+        job = stats([t.to_recorded - (t.charge_relay or 0) for t in relayed])
+        print(f"    bridge relay: RenderTaskCompleted -> JetStream   {ms(done_relay)}")
+        print(f"    billing manager + ChargeTask -> TaskCharged     {ms(billing)}")
+        print(f"    billing relay: TaskCharged -> JetStream          {ms(charge_relay)}")
+        print(f"    billing manager + RecordJobCost -> recorded     {ms(job)}")
     note = (
         f"{len(lags)} tasks: {opts.jobs} jobs x {opts.frames} frames, chunk 1, one farm worker,"
         f" {opts.frame_seconds} s frames; split p50/p99: ->TaskCharged"
