@@ -26,7 +26,10 @@ the way out, also on Ctrl-C, SIGTERM or an error.
     latency, and a check that every wallet's balance row is exact to the minor unit.
 12. Estimate latency: ``POST /v1/cost/estimate`` through the gateway and the billing service
     (a ``billing.EstimateCost`` over NATS each), p50 and p99 at 20 concurrent clients.
+13. Live cost lag: per farm task of 5 jobs x 20 frames on the real render path, from the
+    bridge's ``render.RenderTaskCompleted`` to the job's ``job.JobCostRecorded`` (and its
+    envelope's ``cost.so_far_credits``), p50/p95/p99/max, split per hop.
 
-``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file) and 11
-(3 s runs) with shorter runs.
+``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file), 11
+(3 s runs) and 13 (2 jobs x 10 frames) with shorter runs.
 """

@@ -31,6 +31,7 @@ from bench.api_bench import (
     run_post_benchmark,
 )
 from bench.cost_bench import CostBenchOptions, run_estimates
+from bench.costlag_bench import CostLagOptions, run_cost_lag
 from bench.cpu import background_load
 from bench.http import LoadResult
 from bench.infra import REPO_ROOT, Infra, Servers
@@ -56,12 +57,13 @@ SECTIONS = {
     "10": "uploads: presigned parts vs direct to the same S3, gateway CPU, staging a scene",
     "11": "wallet holds/s over NATS: one contended wallet vs 1,000 wallets, ledger exact",
     "12": "estimate latency: POST /v1/cost/estimate through the gateway and billing",
+    "13": "live cost lag: farm task completed -> the job's cost so far",
 }
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8,10,11",
+    "only": "3,4,5,8,10,11,13",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -75,16 +77,20 @@ QUICK = {
     "upload_mib": 256,
     "upload_rounds": 1,
     "wallet_seconds": 3.0,
+    "costlag_jobs": 2,
+    "costlag_frames": 10,
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12", help="sections to run, e.g. 1,3")
+    p.add_argument(
+        "--only", default="1,2,3,4,5,6,7,8,9,10,11,12,13", help="sections to run, e.g. 1,3"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8,10,11) with shorter runs, under two minutes",
+        help="a subset (sections 3,4,5,8,10,11,13) with shorter runs, about two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -141,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--estimate-clients", type=int, default=20, help="section 12: concurrent clients"
     )
     p.add_argument("--estimate-duration", type=float, default=10.0, help="section 12: seconds")
+    p.add_argument("--costlag-jobs", type=int, default=5, help="section 13: jobs at once")
+    p.add_argument("--costlag-frames", type=int, default=20, help="section 13: frames a job")
+    p.add_argument(
+        "--costlag-frame-seconds", type=float, default=0.2, help="section 13: the farm's frames"
+    )
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:
@@ -284,6 +295,12 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
             clients=args.estimate_clients, duration=args.estimate_duration, workers=args.workers
         )
         await section("12", lambda: run_estimates(infra, servers, estimates))
+        costlag = CostLagOptions(
+            jobs=args.costlag_jobs,
+            frames=args.costlag_frames,
+            frame_seconds=args.costlag_frame_seconds,
+        )
+        await section("13", lambda: run_cost_lag(infra, servers, costlag))
     finally:
         await infra.drop_databases()
 

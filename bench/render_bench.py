@@ -63,7 +63,9 @@ def _base_env(servers: Servers, dsn: str, prefix: str) -> dict[str, str]:
     }
 
 
-async def start_farm(infra: Infra, name: str, workers: int) -> tuple[Child, str]:
+async def start_farm(
+    infra: Infra, name: str, workers: int, frame_seconds: float = 0.05
+) -> tuple[Child, str]:
     from deploy.local.servers import free_port
 
     port = free_port()
@@ -72,7 +74,8 @@ async def start_farm(infra: Infra, name: str, workers: int) -> tuple[Child, str]
         name,
         [
             *("-m", "deploy.farm", "serve", "--port", str(port), "--data-dir", str(data)),
-            *("--workers", str(workers), "--blender", "builtin", "--frame-seconds", "0.05"),
+            *("--workers", str(workers), "--blender", "builtin"),
+            *("--frame-seconds", str(frame_seconds)),
             *("--outputs-root", str(data / "renders")),
         ],
         {},
