@@ -105,7 +105,9 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
         "RF_RATE_LIMIT_USER_BURST": "1000000",
     }
     gateway_port = free_port()
-    for name in ("job", "scheduler", "upload", "deadline_bridge", "gateway"):
+    # No render starts without a hold: the wallet and billing run beside the render path.
+    services = ("job", "scheduler", "upload", "deadline_bridge", "wallet", "billing", "gateway")
+    for name in services:
         health = free_port()
         child = infra.spawn(
             f"render-{name}",
@@ -115,12 +117,19 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
         await wait_http_ok(health, "/readyz", 60, child)
     settings = GatewaySettings(jwt_keys=keys, jwt_active_kid="k1", token_pepper="x" * 32)
     headers = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_bench', 'user')}"}
+    admin = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_admin', 'admin')}"}
     to_farm: list[float] = []
     to_done: list[float] = []
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
     ):
+        granted = await api.post(
+            "/v1/admin/users/usr_bench/credits",
+            json={"amount_credits": "1000000.00"},
+            headers={**admin, "Idempotency-Key": f"bench-{infra.tag}"},
+        )
+        granted.raise_for_status()
         scene_id = await upload_scene(api, headers, b"BLENDER-bench" * 1000)
         for i in range(opts.jobs + 1):  # the first one stages the scene and warms up
             sent = time.time()
