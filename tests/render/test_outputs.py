@@ -41,14 +41,15 @@ async def download_url(
 
 
 async def rendered(system: RenderSystem, frames: int = 3) -> str:
-    """A completed job whose frames the upload service has all recorded (it follows the
-    job's events, so it may be a moment behind the job)."""
+    """A completed job whose frames the upload service has all recorded, with their expiry
+    from the job's end (it follows the job's events, so it may be a moment behind the job)."""
     job = await system.create_job(frame_range={"start": 1, "end": frames})
     done = await system.finished(job["job_id"])
     assert done["status"] == "completed", done
     job_id: str = job["job_id"]
     for _ in range(100):
-        if len((await outputs(system, job_id))["items"]) == frames:
+        items = (await outputs(system, job_id))["items"]
+        if len(items) == frames and all(o["expires_at"] is not None for o in items):
             return job_id
         await asyncio.sleep(0.1)
     raise AssertionError(f"the outputs of {job_id} were never all recorded")
