@@ -35,6 +35,7 @@ from services.wallet.service import SERVICE as WALLET
 from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.fixtures import scene_ref
+from tests.prices import TEST_PRICES
 from tests.wallet.conftest import Wallets
 
 D = Decimal
@@ -58,7 +59,10 @@ class Source:
 async def stack(env: Env) -> AsyncIterator[tuple[Source, Wallets, ServiceRuntime[Any]]]:
     started = [
         await build(WALLET, env.settings(WalletSettings)),
-        await build(BILLING, env.settings(BillingSettings, command_timeout_seconds=2)),
+        await build(
+            BILLING,
+            env.settings(BillingSettings, default_prices=TEST_PRICES, command_timeout_seconds=2),
+        ),
         await build(SOURCE, env.settings(BaseServiceSettings, service_name="jobsource")),
     ]
     for rt in started:
@@ -78,7 +82,7 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> A
 
 
 def submitted(job_id: str, user: str) -> JobSubmitted:
-    # 10 frames x 60 s at local-cpu's 1 credit/hour: high 0.42, hold 0.42 x 1.2 = 0.50.
+    # 10 frames x 60 s at local-cpu's 1 credit/hour (tests/prices.py): high 0.42, hold 0.50.
     return JobSubmitted(
         job_id=job_id,
         owner_id=user,

@@ -95,8 +95,7 @@ async def wallet_moves(rt: ServiceRuntime[Any], job_id: str) -> list[tuple[str, 
     """The job's transfers in the wallet, in order: (kind, balance change)."""
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT kind, balance_change FROM wallet.transfers"
-            " WHERE job_id = $1 ORDER BY version",
+            "SELECT kind, balance_change FROM wallet.transfers WHERE job_id = $1 ORDER BY version",
             job_id,
         )
     return [(r["kind"], r["balance_change"]) for r in rows]
