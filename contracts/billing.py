@@ -337,6 +337,9 @@ class JobCostSettled(_JobCostEvent):
 
     event_type = "billing.JobCostSettled"
     adjustments: list[CostLine]
+    #: The wallet transfer asked to settle the hold (``capture:<job>`` or ``void:<job>``);
+    #: null when no hold was ever placed.
+    transfer_id: str | None = None
 
 
 JobCostEvent = (

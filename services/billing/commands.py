@@ -257,7 +257,7 @@ class BillingCommands:
 
     async def record_settled(self, cmd: RecordJobSettled, uow: UnitOfWork) -> JobCostReply:
         cost = await self._cost(uow, cmd.job_id)
-        if cost.settle(cmd.captured, cmd.released, cmd.at):
+        if cost.settle(cmd.captured, cmd.released, cmd.at, cmd.transfer_id):
             await self._release(uow, cost, cmd.captured, cmd.at)
         return self._reply(cost)
 

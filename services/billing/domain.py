@@ -673,8 +673,11 @@ class JobCost(Aggregate):
             amount=amount,
         )
 
-    def settle(self, captured: Decimal, released: Decimal, at: datetime) -> bool:
-        """Record the end: adjustment lines make the lines add up to ``captured``. True if
+    def settle(
+        self, captured: Decimal, released: Decimal, at: datetime, transfer_id: str | None = None
+    ) -> bool:
+        """Record the end (``transfer_id``: the wallet transfer that settled the hold, None if
+        none was placed): adjustment lines make the lines add up to ``captured``. True if
         recorded now (False: settled before)."""
         if self.status is CostStatus.settled:
             return False
@@ -701,6 +704,7 @@ class JobCost(Aggregate):
                 ),
                 at=at,
                 adjustments=adjustments,
+                transfer_id=transfer_id,
             )
         )
         return True

@@ -25,8 +25,10 @@ def _tiers(low: str, normal: str, high: str, urgent: str) -> dict[JobPriority, D
 
 
 def default_prices() -> PriceList:
-    """Version 1 when none is published: the local farm's machine, two cloud types and a
-    GHz-hour priced node, as examples (credits: 1 credit ~ 1 USD)."""
+    """Version 1 when none is published, in rupees (1 credit = ₹1, as payments'
+    ``paise_per_credit`` 100): the local farm's machine at ₹36/hour, two cloud types at their
+    USD on-demand price x ₹85 (c6i.8xlarge $1.36/hour: ₹115.60) and a GHz-hour priced node
+    (₹0.34 per GHz-hour), each at the normal tier; low is cheaper, high and urgent dearer."""
     return PriceList(
         instances=[
             InstancePrice(
@@ -34,33 +36,33 @@ def default_prices() -> PriceList:
                 cores=8,
                 ghz=Decimal("3.00"),
                 unit=PriceUnit.instance_hour,
-                rates=_tiers("0.50", "1.00", "1.50", "2.00"),
+                rates=_tiers("18.00", "36.00", "54.00", "72.00"),
             ),
             InstancePrice(
                 instance_type="c6i.8xlarge",
                 cores=16,
                 ghz=Decimal("3.50"),
                 unit=PriceUnit.instance_hour,
-                rates=_tiers("0.80", "1.36", "1.90", "2.70"),
+                rates=_tiers("68.00", "115.60", "161.50", "229.50"),
             ),
             InstancePrice(
                 instance_type="g5.2xlarge",
                 cores=4,
                 ghz=Decimal("3.30"),
                 unit=PriceUnit.instance_hour,
-                rates=_tiers("0.70", "1.21", "1.70", "2.40"),
+                rates=_tiers("59.50", "102.85", "144.50", "204.00"),
             ),
             InstancePrice(
                 instance_type="ghz-node-64",
                 cores=64,
                 ghz=Decimal("3.50"),
                 unit=PriceUnit.ghz_hour,
-                rates=_tiers("0.0030", "0.0040", "0.0060", "0.0080"),
+                rates=_tiers("0.2550", "0.3400", "0.5100", "0.6800"),
             ),
         ],
         default_instance_type="local-cpu",
-        storage_per_gb_month=Decimal("0.0230"),
-        egress_per_gb=Decimal("0.0900"),
+        storage_per_gb_month=Decimal("1.9550"),
+        egress_per_gb=Decimal("7.6500"),
     )
 
 

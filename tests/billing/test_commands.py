@@ -33,11 +33,13 @@ from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.uow import ReadOnlyUnitOfWork, UnitOfWork
 from services.billing.commands import BillingCommands
 from services.billing.domain import JobCost, KeyBudget
-from services.billing.settings import BillingSettings, default_prices
+from services.billing.settings import BillingSettings
+from tests.prices import TEST_PRICES
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 JOB = "job_1"
-#: 100 frames of 60 s at 1 credit/hour: estimate 0.83 / 1.67 / 4.17; hold 4.17 x 1.2 = 5.00.
+#: 100 frames of 60 s at local-cpu's 1 credit/hour (tests/prices.py): estimate 0.83 / 1.67 /
+#: 4.17; hold 4.17 x 1.2 = 5.00.
 PARAMS = EstimateParameters(
     frame_range=FrameRange(start=1, end=100), resolution=Resolution(width=1920, height=1080)
 )
@@ -54,7 +56,7 @@ def store() -> InMemoryEventStore:
 async def billing(store: InMemoryEventStore) -> BillingCommands:
     commands = BillingCommands(BillingSettings(), store, clock=lambda: NOW)
     uow = UnitOfWork(store)
-    assert await commands.publish_default(uow, default_prices())
+    assert await commands.publish_default(uow, TEST_PRICES)
     await uow.commit()
     return commands
 
@@ -348,10 +350,10 @@ async def test_estimates_come_from_parameters_or_the_callers_own_job(
 async def test_prices_publish_as_new_versions_never_in_the_past(
     store: InMemoryEventStore, billing: BillingCommands
 ) -> None:
-    later = PublishPrices(prices=default_prices(), effective_from=NOW + timedelta(days=1))
+    later = PublishPrices(prices=TEST_PRICES, effective_from=NOW + timedelta(days=1))
     version = await run(store, billing.publish_prices, later)
     assert (version.version, version.published_by) == (2, "adm_1")
-    past = PublishPrices(prices=default_prices(), effective_from=NOW - timedelta(days=1))
+    past = PublishPrices(prices=TEST_PRICES, effective_from=NOW - timedelta(days=1))
     with pytest.raises(ValidationFailed):
         await run(store, billing.publish_prices, past)
 
@@ -372,11 +374,11 @@ async def test_estimates_keep_the_catalogue_until_an_append_and_follow_a_new_ver
             store, billing.estimate_cost, EstimateCost(owner_id="usr_1", parameters=PARAMS)
         )
     assert billing.catalogue.loads == 1  # loaded once, kept while nothing was appended
-    dearer = default_prices().model_copy(
+    dearer = TEST_PRICES.model_copy(
         update={
             "instances": [
                 i.model_copy(update={"rates": {t: r * 2 for t, r in i.rates.items()}})
-                for i in default_prices().instances
+                for i in TEST_PRICES.instances
             ]
         }
     )

@@ -19,10 +19,11 @@ from contracts.billing import (
 from contracts.jobs import FrameRange, JobPriority, RenderSettings, Resolution
 from services.billing.domain import estimate
 from services.billing.settings import BillingSettings, default_prices
+from tests.prices import TEST_PRICES
 
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 MODEL = BillingSettings().estimator()
-PRICES = PriceVersion(version=1, effective_from=T, prices=default_prices(), published_by="a")
+PRICES = PriceVersion(version=1, effective_from=T, prices=TEST_PRICES, published_by="a")
 HD = Resolution(width=1920, height=1080)
 
 
@@ -133,3 +134,20 @@ def test_a_test_renders_tasks_give_the_seconds_when_the_full_render_has_none() -
     est = estimate(params(), PRICES, MODEL, lines)
     assert est.assumptions.seconds_source is SecondsSource.test_render
     assert est.expected_credits == Decimal("2.50")  # all 100 frames x 90 s; nothing so far
+
+
+def test_the_default_prices_are_rupees_an_hour() -> None:
+    """1 credit = ₹1 (payments' paise_per_credit 100): docs/billing.md's worked example."""
+    prices = default_prices()
+    per_hour = {i.instance_type: i.per_hour(JobPriority.normal) for i in prices.instances}
+    assert per_hour["local-cpu"] == Decimal("36.00")
+    assert per_hour["c6i.8xlarge"] == Decimal("115.60")  # $1.36 x ₹85
+    assert per_hour["ghz-node-64"] == Decimal("76.16")  # 224 GHz x ₹0.34
+    version = PriceVersion(version=1, effective_from=T, prices=prices, published_by="billing")
+    est = estimate(params(), version, MODEL)
+    # 6,000 machine-seconds (30 .. 150 s a frame) at ₹36/hour.
+    assert (est.low_credits, est.expected_credits, est.high_credits) == (
+        Decimal("30.00"),
+        Decimal("60.00"),
+        Decimal("150.00"),
+    )

@@ -35,8 +35,9 @@ from libs.readmodels import read_only_pool
 from libs.readmodels.billing import BillingQuery
 from libs.runtime import ServiceRuntime, build
 from services.billing.service import SERVICE
-from services.billing.settings import BillingSettings, default_prices
+from services.billing.settings import BillingSettings
 from tests.conftest import Env
+from tests.prices import TEST_PRICES
 
 D = Decimal
 R = TypeVar("R", bound=BaseModel)
@@ -45,7 +46,7 @@ T = TypeVar("T")
 
 @pytest.fixture
 async def billing_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
-    rt = await build(SERVICE, env.settings(BillingSettings))
+    rt = await build(SERVICE, env.settings(BillingSettings, default_prices=TEST_PRICES))
     await rt.launch()
     yield rt
     await rt.stop()
@@ -78,9 +79,9 @@ async def test_the_price_in_force_and_the_next_scheduled_one(
 ) -> None:
     first = await until(lambda: _in_force(query))
     assert (first.version, first.published_by) == (1, "billing")
-    assert first.prices == default_prices()
+    assert first.prices == TEST_PRICES
     later = datetime.now(UTC) + timedelta(days=30)
-    dearer = default_prices().model_copy(update={"egress_per_gb": D("0.1200")})
+    dearer = TEST_PRICES.model_copy(update={"egress_per_gb": D("0.1200")})
     published = await send(
         billing_service, PublishPrices(prices=dearer, effective_from=later), PriceVersion
     )

@@ -15,15 +15,17 @@ import pytest
 
 from contracts.billing import ChargeTask, JobCostReply
 from contracts.identity import RegisterUser, UserProfile
+from contracts.jobs import JobPriority
 from libs.bus.commands import Actor, CommandClient
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
 from services.billing.service import SERVICE as BILLING
-from services.billing.settings import BillingSettings, default_prices
+from services.billing.settings import BillingSettings
 from services.wallet.service import SERVICE as WALLET
 from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.fixtures import Scenes, Users
+from tests.prices import LOCAL_CPU_RATES, TEST_PRICES
 
 D = Decimal
 #: 10 frames of 1920x1080 at the default samples, the default machine and priority.
@@ -38,7 +40,10 @@ SERVICE_ACTOR = Actor(kind="service", id="farm-test")
 async def billing(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     started = [
         await build(WALLET, env.settings(WalletSettings)),
-        await build(BILLING, env.settings(BillingSettings, command_timeout_seconds=2)),
+        await build(
+            BILLING,
+            env.settings(BillingSettings, default_prices=TEST_PRICES, command_timeout_seconds=2),
+        ),
     ]
     for rt in started:
         await rt.launch()
@@ -99,7 +104,7 @@ async def test_an_estimate_from_parameters_is_a_range_with_its_assumptions(
     assert (assumed["frames"], assumed["tasks"], assumed["priority"]) == (10, 10, "high")
     assert assumed["seconds_source"] == "model" and assumed["measured_tasks"] == 0
     assert (assumed["instance_type"], assumed["price_version"]) == ("local-cpu", 1)
-    assert D(assumed["price_per_hour_credits"]) == D("1.50")  # local-cpu's high tier
+    assert D(assumed["price_per_hour_credits"]) == LOCAL_CPU_RATES[JobPriority.high]
     assert D(assumed["seconds_per_frame_low"]) <= D(assumed["seconds_per_frame"])
     cheaper = (await estimate(costs, users.new(), {**PARAMETERS, "priority": "low"})).json()
     assert D(cheaper["expected_credits"]) < expected
@@ -187,6 +192,7 @@ async def test_a_jobs_cost_lines_page_and_add_up_to_its_cost(
     body = await until(held)
     assert D(body["held_credits"]) > 0 and body["estimate"]["assumptions"]["frames"] == 24
     assert (body["cap_credits"], body["lines"], body["lines_total"]) == ("150.50", [], 0)
+    # At local-cpu's 1 credit/hour (tests/prices.py): 0.025 -> 0.03, 0.0417 -> 0.04, 1.00.
     for task, seconds in ((1, 90.0), (2, 150.0), (3, 3600.0)):
         await charge(billing, job, task, seconds)
     await charge(billing, job, 3, 3600.0)  # said twice: charged once
@@ -255,7 +261,7 @@ async def test_a_job_billing_has_not_taken_yet_is_pending_with_zeros(
 
 
 def price_body(egress: str, effective_from: datetime | None = None) -> dict[str, Any]:
-    prices = default_prices().model_copy(update={"egress_per_gb": D(egress)})
+    prices = TEST_PRICES.model_copy(update={"egress_per_gb": D(egress)})
     body: dict[str, Any] = {"prices": prices.model_dump(mode="json")}
     if effective_from is not None:
         body["effective_from"] = effective_from.isoformat()
@@ -288,7 +294,7 @@ async def test_admins_publish_prices_and_the_new_version_comes_into_force(
     r = await prices_answer(costs, me)
     assert r.status_code == 200, r.text
     assert r.json()["in_force"]["version"] == 1 and r.json()["next"] is None
-    assert r.json()["in_force"]["prices"]["egress_per_gb"] == "0.0900"
+    assert D(r.json()["in_force"]["prices"]["egress_per_gb"]) == TEST_PRICES.egress_per_gb
 
     refused = await publish(costs, me, price_body("0.0100"))
     assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")

@@ -16,7 +16,9 @@ import orjson
 import pytest
 
 from contracts.billing import InstancePrice, PriceList, PriceUnit
-from contracts.jobs import JobPriority, Renderer
+from contracts.jobs import CancelJob, JobAccepted, JobPriority, Renderer
+from libs.bus.commands import CommandClient
+from libs.ids import new_id
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client
 from services.billing.settings import BillingSettings
@@ -95,8 +97,7 @@ async def wallet_moves(rt: ServiceRuntime[Any], job_id: str) -> list[tuple[str, 
     """The job's transfers in the wallet, in order: (kind, balance change)."""
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT kind, balance_change FROM wallet.transfers"
-            " WHERE job_id = $1 ORDER BY version",
+            "SELECT kind, balance_change FROM wallet.transfers WHERE job_id = $1 ORDER BY version",
             job_id,
         )
     return [(r["kind"], r["balance_change"]) for r in rows]
@@ -223,3 +224,38 @@ async def test_a_job_whose_hold_cannot_grow_pauses_its_farm_job_and_resumes_afte
     captured = D(job["cost"]["captured_credits"])
     assert sum((line["amount_credits"] for line in charged), D(0)) == captured > D("7.50")
     assert await until(lambda: _wallet_is(rt, D("1007.50") - captured)) is True
+
+
+async def test_a_job_cancelled_while_the_scheduler_is_down_gets_its_hold_back_whole(
+    render_path: dict[str, ServiceRuntime[Any]], s3: S3Client, env: Env
+) -> None:
+    for name, service in render_path.items():
+        if name != "scheduler":  # down: nothing prepares, stages or renders the job
+            await service.launch()
+    rt = render_path["job"]
+    scene = await put_scene(s3, env, scene_bytes(4096))
+    job_id = await submit(rt, scene, frames=2, credits=D("1000.00"))
+
+    async def held() -> dict[str, Any] | None:
+        job = await envelope(rt, job_id)
+        return job if job and job["cost"]["status"] == "held" else None
+
+    job = await until(held)
+    hold = D(job["cost"]["held_credits"])
+    assert hold > 0 and job["status"] == "submitted"
+    assert await until(lambda: _wallet_holds(rt, hold)) is True
+
+    cancel = CancelJob(job_id=job_id, owner_id=USER.id, reason="wrong camera")
+    client = CommandClient(rt.nc, rt.settings, timeout=10)
+    await client.send(cancel, JobAccepted, command_id=new_id("cmd"), actor=USER)
+    job = await settled(rt, job_id)
+    assert job["status"] == "cancelled"
+    assert D(job["cost"]["captured_credits"]) == 0 and D(job["cost"]["held_credits"]) == 0
+    # The hold went back whole: the wallet is as funded, nothing charged.
+    assert await until(lambda: _wallet_is(rt, D("1000.00"))) is True
+    assert await wallet_moves(rt, job_id) == [("hold", D(0)), ("void", D(0))]
+
+
+async def _wallet_holds(rt: ServiceRuntime[Any], held: Decimal) -> bool:
+    w = await wallet(rt)
+    return w["held"] == held and w["available"] == w["balance"] - held
