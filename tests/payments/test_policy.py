@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -42,35 +40,10 @@ from libs.bus.commands import Actor
 from libs.bus.consumer import BusEvent, Retry
 from libs.process import InMemoryProcessStore, ProcessRunner
 from services.payments.process import NoState, PaymentsProcess
+from tests.policies import ScriptedCommands, delivery
 
 R = TypeVar("R", bound=BaseModel)
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-@dataclass
-class ScriptedCommands:
-    """The command bus's twin: records what is sent and answers from a script per type."""
-
-    answers: dict[type[Command], Callable[[Command], BaseModel | DomainError[Any]]] = field(
-        default_factory=dict
-    )
-    sent: list[tuple[str, Command]] = field(default_factory=list)
-
-    async def send(
-        self,
-        cmd: Command,
-        result_type: type[R],
-        *,
-        command_id: str,
-        actor: Actor,
-        correlation_id: str | None = None,
-    ) -> R:
-        self.sent.append((command_id, cmd))
-        answer = self.answers[type(cmd)](cmd)
-        if isinstance(answer, DomainError):
-            raise answer
-        assert isinstance(answer, result_type)
-        return answer
 
 
 def balance(_: Command) -> WalletBalance:
@@ -123,18 +96,7 @@ ANSWERS: dict[type[Command], Callable[[Command], BaseModel | DomainError[Any]]] 
 
 
 def bus_event(event: Event, event_id: uuid.UUID | None = None) -> BusEvent:
-    return BusEvent(
-        event_id=event_id or uuid.uuid4(),
-        stream_id="order-order_A",
-        version=1,
-        event_type=event.event_type,
-        schema_version=event.schema_version,
-        position=1,
-        recorded_at=T,
-        data=orjson.loads(orjson.dumps(event.model_dump(mode="json"))),
-        metadata={"correlation_id": "corr-1"},
-        deliveries=1,
-    )
+    return delivery(event, stream_id="order-order_A", recorded_at=T, event_id=event_id)
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ from contracts.render import (
 )
 from libs.process import InMemoryProcessStore, ProcessRunner
 from services.scheduler.domain import COST_CAP_REACHED, JobRender
+from tests.policies import ScriptedCommands
 from tests.scheduler.test_policy import (
     JOB,
     RENDER,
     TOTALS,
-    ScriptedCommands,
     T,
     accepted,
     bus_event,

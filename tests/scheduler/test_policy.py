@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -73,6 +70,7 @@ from libs.eventstore.store import Position
 from libs.process import InMemoryProcessStore, ProcessRunner
 from services.scheduler.domain import JobRender, RenderProcess
 from tests.fixtures import scene_ref
+from tests.policies import ScriptedCommands, delivery
 
 R = TypeVar("R", bound=BaseModel)
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -91,46 +89,8 @@ SPEC: dict[str, Any] = {
 Answer = BaseModel | DomainError[Any]
 
 
-@dataclass
-class ScriptedCommands:
-    """The command bus's twin: records what is sent and answers from a script per type."""
-
-    answers: dict[type[Command], Callable[[Command], Answer]] = field(default_factory=dict)
-    sent: list[tuple[str, Command]] = field(default_factory=list)
-
-    async def send(
-        self,
-        cmd: Command,
-        result_type: type[R],
-        *,
-        command_id: str,
-        actor: Actor,
-        correlation_id: str | None = None,
-    ) -> R:
-        self.sent.append((command_id, cmd))
-        answer = self.answers[type(cmd)](cmd)
-        if isinstance(answer, DomainError):
-            raise answer
-        assert isinstance(answer, result_type)
-        return answer
-
-    def types(self) -> list[str]:
-        return [type(cmd).__name__ for _, cmd in self.sent]
-
-
 def bus_event(event: Event, event_id: uuid.UUID | None = None) -> BusEvent:
-    return BusEvent(
-        event_id=event_id or uuid.uuid4(),
-        stream_id=f"x-{JOB}",
-        version=1,
-        event_type=event.event_type,
-        schema_version=event.schema_version,
-        position=1,
-        recorded_at=T,
-        data=orjson.loads(orjson.dumps(event.model_dump(mode="json"))),
-        metadata={"correlation_id": "corr-1"},
-        deliveries=1,
-    )
+    return delivery(event, stream_id=f"x-{JOB}", recorded_at=T, event_id=event_id)
 
 
 def as_schema_1(event: JobSubmitted, event_id: uuid.UUID | None = None) -> BusEvent:
