@@ -28,17 +28,20 @@ from contracts.billing import (
     JobCostReply,
     JobCostSettled,
     JobHoldRefused,
+    KeySpend,
     KeySpendCapsSet,
     OpenJobCost,
     RecordHoldRefused,
     RecordJobHold,
     RecordJobSettled,
     RetryJobHold,
+    SetKeySpendCaps,
     SettleJobCost,
     TaskCharged,
 )
 from contracts.envelope import AwaitingReason
 from contracts.errors import DomainError, HoldNotPending, InsufficientCredits
+from contracts.identity import ApiKeyCreated
 from contracts.jobs import (
     JobAccepted,
     JobCancelled,
@@ -282,14 +285,19 @@ class CreditsRetryProcess(ProcessManager[AwaitingJobs]):
 
     name = "billing-credits"
     subjects = _subjects(
-        JobHoldRefused, JobCostHeld, JobCostSettled, CreditsDeposited, KeySpendCapsSet
+        JobHoldRefused,
+        JobCostHeld,
+        JobCostSettled,
+        CreditsDeposited,
+        KeySpendCapsSet,
+        ApiKeyCreated,
     )
     state_type = AwaitingJobs
 
     def key(self, event: Event) -> str | None:
         if isinstance(event, JobHoldRefused | JobCostHeld | JobCostSettled | KeySpendCapsSet):
             return event.owner_id
-        if isinstance(event, CreditsDeposited):
+        if isinstance(event, CreditsDeposited | ApiKeyCreated):
             return event.user_id
         return None
 
@@ -301,7 +309,18 @@ class CreditsRetryProcess(ProcessManager[AwaitingJobs]):
         return state
 
     def policy(self, cause: Cause, state: AwaitingJobs) -> list[Send]:
-        if not isinstance(cause.event, CreditsDeposited | KeySpendCapsSet):
+        event = cause.event
+        if isinstance(event, ApiKeyCreated):
+            # The spend cap given when the key was made is its total cap from the start.
+            if event.spend_cap_credits is None:
+                return []
+            caps = SetKeySpendCaps(
+                api_key_id=event.key_id,
+                owner_id=event.user_id,
+                total_cap_credits=event.spend_cap_credits,
+            )
+            return [Send(caps, KeySpend)]
+        if not isinstance(event, CreditsDeposited | KeySpendCapsSet):
             return []
         at = cause.recorded_at
         return [

@@ -23,17 +23,20 @@ from contracts.billing import (
     JobCostHeld,
     JobCostReply,
     JobHoldRefused,
+    KeySpend,
     KeySpendCapsSet,
     OpenJobCost,
     RecordHoldRefused,
     RecordJobHold,
     RecordJobSettled,
     RetryJobHold,
+    SetKeySpendCaps,
     SettleJobCost,
     TaskCharged,
 )
 from contracts.envelope import AwaitingReason, CostStatus, Currency
 from contracts.errors import DomainError, InsufficientCredits
+from contracts.identity import ApiKeyCreated, Scope
 from contracts.jobs import (
     FrameRange,
     JobAccepted,
@@ -368,3 +371,35 @@ async def test_new_key_spend_caps_retry_waiting_jobs_and_nothing_waits_without_r
     await credits.handle(bus_event(refused_event(JOB)))
     await credits.handle(bus_event(caps))
     assert commands.types() == ["RetryJobHold"]  # billing answered: still no room, no hold
+
+
+async def test_a_key_created_with_a_spend_cap_gets_it_as_its_total_cap_in_billing(
+    commands: ScriptedCommands,
+) -> None:
+    commands.answers[SetKeySpendCaps] = lambda cmd: KeySpend(
+        api_key_id="key_1",
+        daily_cap_credits=None,
+        total_cap_credits=Decimal("25.00"),
+        today_credits=Decimal(0),
+        total_credits=Decimal(0),
+        currency=Currency.credits,
+    )
+    credits = runner(CreditsRetryProcess(), commands, InMemoryProcessStore())
+
+    def created(key_id: str, cap: Decimal | None) -> ApiKeyCreated:
+        return ApiKeyCreated(
+            key_id=key_id,
+            user_id="usr_1",
+            name="mcp",
+            scopes=[Scope.jobs_read, Scope.jobs_write],
+            key_hash="redacted",
+            spend_cap_credits=cap,
+            expires_at=None,
+            created_at=NOW,
+        )
+
+    await credits.handle(bus_event(created("key_1", Decimal("25.00"))))
+    await credits.handle(bus_event(created("key_2", None)))  # no cap: nothing to set
+    [caps] = commands.of(SetKeySpendCaps)
+    assert (caps.api_key_id, caps.owner_id) == ("key_1", "usr_1")
+    assert (caps.daily_cap_credits, caps.total_cap_credits) == (None, Decimal("25.00"))
