@@ -286,6 +286,15 @@ def _limit(body: dict[str, Any]) -> int:
     return limit
 
 
+def _task_id(value: Any) -> int:
+    """One entry of a ``TaskList``: a whole number, or its text (``"3"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise FarmError(f"Error: TaskList must be a list of task ids, not {value!r}.", 400)
+
+
 def _is_true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
@@ -488,10 +497,7 @@ class FarmApp:
                 items = [items]
             if not isinstance(items, list):
                 raise FarmError("Error: TaskList must be a list of task ids.", 400)
-            try:
-                task_ids = [int(t) for t in items]
-            except (TypeError, ValueError) as exc:
-                raise FarmError("Error: TaskList must be a list of task ids.", 400) from exc
+            task_ids = [_task_id(t) for t in items]
         await run_in_threadpool(self.store.task_command, job_id, command, task_ids)
         return _text("Success")
 

@@ -665,8 +665,7 @@ def test_changing_the_worker_count(make_farm: Callable[..., Farm], tmp_path: Pat
     shrunk = farm.client.put("/_farm/workers", json={"count": 1}).json()
     assert [w["name"] for w in shrunk["workers"]] == ["farm-w01"]
     stats = {
-        e["Name"]: e["Stat"]
-        for e in farm.client.get("/api/slaves", params={"Data": "info"}).json()
+        e["Name"]: e["Stat"] for e in farm.client.get("/api/slaves", params={"Data": "info"}).json()
     }
     assert stats == {"farm-w01": 2, "farm-w02": 3, "farm-w03": 3}
     for bad in ({"count": -1}, {"count": "2"}, {}):
