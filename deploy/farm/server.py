@@ -32,6 +32,7 @@ from deploy.farm import VERSION
 from deploy.farm.store import (
     JOB_COMMANDS,
     JOB_STATES,
+    LISTS,
     REPORT_DATA,
     REPORT_ERROR,
     REPORT_LOG,
@@ -240,6 +241,60 @@ def _command(body: dict[str, Any], known: frozenset[str]) -> tuple[str, str]:
     return name, job_id.strip()
 
 
+#: ``PUT /api/jobs`` commands that take arguments besides ``JobID`` (Deadline/Jobs.py).
+MACHINE_LIMIT_COMMANDS = frozenset(
+    {
+        "setjobmachinelimit",
+        "setjobmachinelimitmaximum",
+        "setjobmachinelimitlistedslaves",
+        "setjobmachinelimitwhitelistflag",
+        "addslavestojobmachinelimitlist",
+        "removeslavesfromjobmachinelimitlist",
+    }
+)
+#: ``Data=`` of job and task reports whose answer is the reports' texts.
+CONTENTS_DATA = {
+    "allcontents": (REPORT_LOG, REPORT_ERROR, REPORT_REQUEUE),
+    "allerrorcontents": (REPORT_ERROR,),
+    "alllogcontents": (REPORT_LOG,),
+    "allrequeuecontents": (REPORT_REQUEUE,),
+}
+#: ``Data=`` of job reports answering one report's text (with ``ReportID``).
+ONE_CONTENTS_DATA = {
+    "errorcontents": (REPORT_ERROR,),
+    "logcontents": (REPORT_LOG,),
+    "requeuecontents": (REPORT_REQUEUE,),
+}
+
+
+def _names(value: Any, field: str) -> list[str]:
+    """A name or a list of names (clients send either), lower-cased for pools and groups."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise FarmError(f"Error: {field} must be a name or a list of names.", 400)
+    return [i.strip() for i in items]
+
+
+def _limit(body: dict[str, Any]) -> int:
+    raw = body.get("Limit")
+    try:
+        limit = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise FarmError("Error: Limit must be a whole number.", 400) from exc
+    if limit < 0:
+        raise FarmError("Error: Limit must not be negative.", 400)
+    return limit
+
+
+def _task_id(value: Any) -> int:
+    """One entry of a ``TaskList``: a whole number, or its text (``"3"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise FarmError(f"Error: TaskList must be a list of task ids, not {value!r}.", 400)
+
+
 def _is_true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
@@ -291,9 +346,16 @@ class FarmApp:
     # -- /api/jobs -----------------------------------------------------------------------
 
     async def get_jobs(self, request: Request) -> Response:
-        """``GET /api/jobs``: all jobs, by ``JobID`` or ``States``, or ids only."""
-        if _flag(request, "Details") or _flag(request, "Statistics"):
-            raise FarmError("Error: Details and Statistics are not supported by this farm.", 400)
+        """``GET /api/jobs``: all jobs, by ``JobID`` or ``States``, or ids only; with ``JobID``
+        also ``Statistics=true`` (one statistics object) or ``Details=true`` (by job id)."""
+        if _flag(request, "Statistics"):
+            job_id = _required(request, "JobID")
+            return JSONResponse(await run_in_threadpool(self.store.statistics, job_id))
+        if _flag(request, "Details"):
+            ids = _list_param(request, "JobID")
+            if not ids:
+                raise FarmError("Error: the JobID parameter is required.", 400)
+            return JSONResponse(await run_in_threadpool(self._details, ids))
         states: set[int] | None = None
         names = _list_param(request, "States")
         if names is not None:
@@ -306,6 +368,17 @@ class FarmApp:
         if _flag(request, "IdOnly"):
             return JSONResponse([j["_id"] for j in jobs])
         return JSONResponse(jobs)
+
+    def _details(self, ids: list[str]) -> dict[str, Any]:
+        """Job details: for each existing job its object, statistics and rendering workers."""
+        return {
+            job["_id"]: {
+                "Job": job,
+                "Statistics": self.store.statistics(job["_id"]),
+                "RenderingWorkers": self.store.rendering_workers(job["_id"]),
+            }
+            for job in self.store.jobs(ids)
+        }
 
     async def post_jobs(self, request: Request) -> Response:
         """``POST /api/jobs``: submit one job or a batch (``{"Jobs": [...]}``)."""
@@ -353,10 +426,40 @@ class FarmApp:
         return (await run_in_threadpool(self.store.jobs, [job_id]))[0]
 
     async def put_jobs(self, request: Request) -> Response:
-        """``PUT /api/jobs``: a job command (suspend, resume, requeue, ...)."""
-        command, job_id = _command(await _body(request), JOB_COMMANDS)
-        await run_in_threadpool(self.store.job_command, job_id, command)
+        """``PUT /api/jobs``: a job command (suspend, resume, requeue, save, machine limits...)."""
+        body = await _body(request)
+        if str(body.get("Command", "")).strip().lower() == "save":
+            job = body.get("Job")
+            if not isinstance(job, dict):
+                raise FarmError("Error: the save command needs the Job object.", 400)
+            await run_in_threadpool(self.store.save_job, job)
+            return _text("Success")
+        command, job_id = _command(body, JOB_COMMANDS | MACHINE_LIMIT_COMMANDS)
+        if command in MACHINE_LIMIT_COMMANDS:
+            await run_in_threadpool(self._machine_limit, job_id, command, body)
+        else:
+            await run_in_threadpool(self.store.job_command, job_id, command)
         return _text("Success")
+
+    def _machine_limit(self, job_id: str, command: str, body: dict[str, Any]) -> None:
+        store = self.store
+        if command == "setjobmachinelimit":
+            store.set_machine_limit(
+                job_id,
+                limit=_limit(body),
+                listed=_names(body.get("SlaveList", []), "SlaveList"),
+                whitelist=_is_true(body.get("WhiteListFlag")),
+            )
+        elif command == "setjobmachinelimitmaximum":
+            store.set_machine_limit(job_id, limit=_limit(body))
+        elif command == "setjobmachinelimitlistedslaves":
+            store.set_machine_limit(job_id, listed=_names(body.get("SlaveList"), "SlaveList"))
+        elif command == "setjobmachinelimitwhitelistflag":
+            store.set_machine_limit(job_id, whitelist=_is_true(body.get("WhiteListFlag")))
+        elif command == "addslavestojobmachinelimitlist":
+            store.set_machine_limit(job_id, add=_names(body.get("SlaveList"), "SlaveList"))
+        else:
+            store.set_machine_limit(job_id, remove=_names(body.get("SlaveList"), "SlaveList"))
 
     async def delete_jobs(self, request: Request) -> Response:
         """``DELETE /api/jobs?JobID=a,b``."""
@@ -388,35 +491,46 @@ class FarmApp:
         raw = body.get("TaskList")
         task_ids: list[int] | None = None
         if raw is not None:
+            # Deadline/Tasks.py sends one task as a bare number ("TaskList":3).
             items = raw.split(",") if isinstance(raw, str) else raw
+            if isinstance(items, int) and not isinstance(items, bool):
+                items = [items]
             if not isinstance(items, list):
                 raise FarmError("Error: TaskList must be a list of task ids.", 400)
-            try:
-                task_ids = [int(t) for t in items]
-            except (TypeError, ValueError) as exc:
-                raise FarmError("Error: TaskList must be a list of task ids.", 400) from exc
+            task_ids = [_task_id(t) for t in items]
         await run_in_threadpool(self.store.task_command, job_id, command, task_ids)
         return _text("Success")
 
     # -- reports -------------------------------------------------------------------------
 
     async def get_job_reports(self, request: Request) -> Response:
-        """``GET /api/jobreports?JobID=&Data=all|error|log|requeue``."""
+        """``GET /api/jobreports?JobID=&Data=...``: reports, their texts, or the history."""
         job_id = _required(request, "JobID")
+        data = request.query_params.get("Data", "all").strip().lower()
+        store = self.store
+        if data == "history":
+            return JSONResponse(await run_in_threadpool(store.history, job_id))
+        if data in CONTENTS_DATA:
+            types = CONTENTS_DATA[data]
+            return JSONResponse(await run_in_threadpool(store.report_contents, job_id, None, types))
+        if data in ONE_CONTENTS_DATA:
+            report_id = _required(request, "ReportID")
+            texts = await run_in_threadpool(
+                store.report_contents, job_id, None, ONE_CONTENTS_DATA[data], report_id
+            )
+            if not texts:
+                raise FarmError(f"Error: Job {job_id} has no {data[:-8]} report {report_id}.", 500)
+            return JSONResponse(texts[0])
         types = _report_types(request)
-        return JSONResponse(await run_in_threadpool(self.store.reports, job_id, None, types))
+        return JSONResponse(await run_in_threadpool(store.reports, job_id, None, types))
 
     async def get_task_reports(self, request: Request) -> Response:
-        """``GET /api/taskreports?JobID=&TaskID=&Data=...`` (also allcontents/allerrorcontents)."""
+        """``GET /api/taskreports?JobID=&TaskID=&Data=...`` (also all*contents: the texts)."""
         job_id = _required(request, "JobID")
         task_id = _int_param(request, "TaskID")
         data = request.query_params.get("Data", "all").strip().lower()
-        if data in ("allcontents", "allerrorcontents"):
-            types: tuple[int, ...] = (
-                (REPORT_ERROR,)
-                if data == "allerrorcontents"
-                else (REPORT_LOG, REPORT_ERROR, REPORT_REQUEUE)
-            )
+        if data in CONTENTS_DATA:
+            types = CONTENTS_DATA[data]
             contents = await run_in_threadpool(self.store.report_contents, job_id, task_id, types)
             return JSONResponse(contents)
         types = _report_types(request)
@@ -425,36 +539,78 @@ class FarmApp:
     # -- workers -------------------------------------------------------------------------
 
     async def get_slaves(self, request: Request) -> Response:
-        """``GET /api/slaves``: names, or ``Info`` (and ``Settings``) objects."""
+        """``GET /api/slaves``: names; info or settings objects (flat), both
+        (``{"Info","Settings"}``), or one worker's reports (Deadline/Slaves.py)."""
         if _flag(request, "NamesOnly"):
             return JSONResponse(await run_in_threadpool(self.store.worker_names))
         data = request.query_params.get("Data", "infosettings").strip().lower()
-        if data not in ("info", "infosettings"):
-            raise FarmError(f"Error: Data={data!r} is not supported by this farm.", 400)
-        infos = await run_in_threadpool(self.store.workers, _list_param(request, "Name"))
+        names = _list_param(request, "Name")
+        if data in ("reports", "reportcontents"):
+            if not names or len(names) != 1:
+                raise FarmError("Error: reports need exactly one worker Name.", 400)
+            reports = self.store.worker_reports
+            return JSONResponse(
+                await run_in_threadpool(reports, names[0], data == "reportcontents")
+            )
+        if data not in ("info", "settings", "infosettings"):
+            raise FarmError(f"Error: Data={data!r} is not valid here.", 400)
+        infos = await run_in_threadpool(self.store.workers, names)
         if data == "info":
-            return JSONResponse([{"Info": info} for info in infos])
-        return JSONResponse(
-            [
-                {
-                    "Info": info,
-                    "Settings": {
-                        "Name": info["Name"],
-                        "Enable": True,
-                        "Pools": [],
-                        "Grps": [],
-                        "Desc": "local farm worker",
-                    },
-                }
-                for info in infos
-            ]
-        )
+            return JSONResponse(infos)
+        settings = await run_in_threadpool(self.store.worker_settings, names)
+        if data == "settings":
+            return JSONResponse(settings)
+        by_name = {s["Name"]: s for s in settings}
+        return JSONResponse([{"Info": info, "Settings": by_name[info["Name"]]} for info in infos])
 
     async def get_slaves_rendering_job(self, request: Request) -> Response:
         """``GET /api/slavesrenderingjob?JobID=``: names of the workers on the job."""
         job_id = _required(request, "JobID")
         await run_in_threadpool(self.store.tasks, job_id)
         return JSONResponse(await run_in_threadpool(self.store.rendering_workers, job_id))
+
+    # -- /api/pools and /api/groups ------------------------------------------------------
+
+    def lists(self, kind: str) -> dict[str, Handler]:
+        """Handlers of ``/api/pools`` (kind ``pool``) or ``/api/groups`` (``group``)."""
+        field = kind.capitalize()
+        store = self.store
+
+        async def get(request: Request) -> Response:
+            wanted = _list_param(request, field)
+            if wanted is None:
+                return JSONResponse(await run_in_threadpool(store.list_names, kind))
+            names = [n.lower() for n in wanted]
+            return JSONResponse(await run_in_threadpool(store.workers_in, kind, names))
+
+        async def post(request: Request) -> Response:
+            names = [n.lower() for n in _names((await _body(request)).get(field), field)]
+            await run_in_threadpool(store.add_names, kind, names)
+            return _text("Success")
+
+        async def put(request: Request) -> Response:
+            body = await _body(request)
+            names = [n.lower() for n in _names(body.get(field, []), field)]
+            overwrite = _is_true(body.get("OverWrite"))
+            if "Slave" in body:
+                workers = _names(body["Slave"], "Slave")
+                await run_in_threadpool(store.assign, kind, workers, names, overwrite)
+            else:
+                await run_in_threadpool(store.set_names, kind, names, overwrite)
+            return _text("Success")
+
+        async def delete(request: Request) -> Response:
+            names = [n.lower() for n in _list_param(request, field) or []]
+            if not names:
+                raise FarmError(f"Error: the {field} parameter is required.", 400)
+            workers = _list_param(request, "Slaves")
+            if workers:
+                await run_in_threadpool(store.unassign, kind, workers, names)
+            else:
+                await run_in_threadpool(store.delete_names, kind, names)
+            return _text("Success")
+
+        return {"get": get, "post": post, "put": put, "delete": delete}
 
     # -- /_farm extensions ---------------------------------------------------------------
 
@@ -535,6 +691,7 @@ def create_app(config: FarmConfig) -> Starlette:
         Route("/api/taskreports", r(get=farm.get_task_reports), methods=methods),
         Route("/api/slaves", r(get=farm.get_slaves), methods=methods),
         Route("/api/slavesrenderingjob", r(get=farm.get_slaves_rendering_job), methods=methods),
+        *(Route(f"/api/{kind}s", r(**farm.lists(kind)), methods=methods) for kind in LISTS),
         Route(
             "/_farm/workers",
             r(get=farm.get_farm_workers, put=farm.put_farm_workers),

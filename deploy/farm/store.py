@@ -57,9 +57,42 @@ REPORT_DATA = {
     "error": (REPORT_ERROR,),
     "requeue": (REPORT_REQUEUE,),
 }
+#: The pool (and group) every job without one is in and every worker serves.
+NONE = "none"
+#: ``/api/pools`` and ``/api/groups``: the table of names and the worker_settings column.
+LISTS = {"pool": ("farm_pools", "pools"), "group": ("farm_groups", "grps")}
 # jobs.deleted values.
 LIVE, DELETED, ARCHIVED = 0, 1, 2
 ON_COMPLETE = {"archive": 0, "delete": 1, "nothing": 2}
+
+_JOB_STATUS_NAMES = {
+    1: "Active",
+    2: "Suspended",
+    3: "Completed",
+    4: "Failed",
+    6: "Pending",
+}
+#: Highest job priority (Deadline's default maximum).
+MAX_PRIORITY = 100
+#: Job object ``Props`` the ``save`` command writes back, with the JobInfo key each is kept as.
+_SAVED_PROPS = {
+    "Name": "Name",
+    "Batch": "BatchName",
+    "Cmmt": "Comment",
+    "Dept": "Department",
+    "Pri": "Priority",
+    "Pool": "Pool",
+    "SecPool": "SecondaryPool",
+    "Grp": "Group",
+    "MachLmt": "MachineLimit",
+    "Limits": "LimitGroups",
+    "Seq": "Sequential",
+    "Int": "Interruptible",
+    "TskFailOvr": "OverrideTaskFailureDetection",
+    "TskFailErr": "FailureDetectionTaskErrors",
+    "JobFailOvr": "OverrideJobFailureDetection",
+    "JobFailErr": "FailureDetectionJobErrors",
+}
 
 #: Task errors after which a task fails when the job does not override it (Deadline's default).
 DEFAULT_TASK_ERROR_LIMIT = 5
@@ -129,6 +162,22 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat REAL NOT NULL,
     started REAL NOT NULL,
     completed_tasks INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    job_id TEXT NOT NULL,
+    date TEXT NOT NULL,
+    title TEXT NOT NULL,
+    mach TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id);
+CREATE TABLE IF NOT EXISTS farm_pools (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS farm_groups (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS worker_settings (
+    name TEXT PRIMARY KEY,
+    pools TEXT NOT NULL DEFAULT '[]',
+    grps TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS faults (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -207,6 +256,15 @@ def _numbered(info: dict[str, str], prefix: str) -> list[str]:
         if key.startswith(prefix) and suffix.isdigit():
             found.append((int(suffix), value))
     return [value for _, value in sorted(found)]
+
+
+def _listed_workers(info: dict[str, str]) -> tuple[list[str], bool]:
+    """The job's listed workers and whether they are a whitelist (else a blacklist)."""
+    white = info.get("Whitelist", "")
+    names = white or info.get("Blacklist", "")
+    listed = [n.strip() for n in names.split(",") if n.strip()]
+    flag = info.get("WhitelistFlag")
+    return listed, as_bool(flag) if flag is not None else bool(white)
 
 
 def _key_values(info: dict[str, str], prefix: str) -> dict[str, str]:
@@ -350,6 +408,7 @@ class Store:
                     for i, part in enumerate(chunk_frames(frames, chunk))
                 ],
             )
+            _add_history(conn, job_id, "Submitted")
         return job_id
 
     def jobs(
@@ -400,6 +459,7 @@ class Store:
         """Apply a ``PUT /api/jobs`` command to one job."""
         with self._tx() as conn:
             self._live_job(conn, job_id)
+            _add_history(conn, job_id, f"Job command: {command}")
             if command == "archive":
                 conn.execute("UPDATE jobs SET deleted=? WHERE id=?", (ARCHIVED, job_id))
                 return
@@ -411,6 +471,152 @@ class Store:
             if command == "resumefailed":
                 conn.execute("UPDATE jobs SET errs=0 WHERE id=?", (job_id,))
             _refresh_job(conn, job_id)
+
+    def statistics(self, job_id: str) -> dict[str, Any]:
+        """``Statistics=true``: the job's task counts and render times (CPU/RAM are 0)."""
+        found = self.jobs([job_id])
+        if not found:
+            raise FarmError(f"Error: Job with ID {job_id!r} does not exist.", 500)
+        job = found[0]
+        tasks = self.tasks(job_id)
+        done = [t for t in tasks if t["Stat"] == TASK_COMPLETED]
+        times = sorted(t["UsedClock"] for t in done)
+        frames = sum(len(parse_frames(t["Frames"])) for t in done)
+        start, end = _parse_date(job["DateStart"]), _parse_date(job["DateComp"])
+        running = ((end or time.time()) - start) if start else 0.0
+        total = sum(times)
+        props = job["Props"]
+        return {
+            "JobID": job_id,
+            "Name": props["Name"],
+            "User": props["User"],
+            "Plugin": job["Plug"],
+            "Pool": props["Pool"],
+            "Group": props["Grp"],
+            "Priority": props["Pri"],
+            "Status": _JOB_STATUS_NAMES.get(job["Stat"], "Unknown"),
+            "Frames": props["Frames"],
+            "Tasks": len(tasks),
+            "CompletedTasks": job["CompletedChunks"],
+            "QueuedTasks": job["QueuedChunks"],
+            "RenderingTasks": job["RenderingChunks"],
+            "SuspendedTasks": job["SuspendedChunks"],
+            "FailedTasks": job["FailedChunks"],
+            "PendingTasks": job["PendingChunks"],
+            "Errors": job["Errs"],
+            "SubmitDate": job["Date"],
+            "StartDate": job["DateStart"],
+            "CompletedDate": job["DateComp"],
+            "RunningTime": _clock(running),
+            "RunningTimeSeconds": int(running),
+            "TotalTaskRenderTime": _clock(total),
+            "TotalTaskRenderTimeSeconds": total,
+            "AverageTaskRenderTime": _clock(total / len(times)) if times else _clock(0),
+            "MedianTaskRenderTime": _clock(times[len(times) // 2]) if times else _clock(0),
+            "AverageFrameRenderTime": _clock(total / frames) if frames else _clock(0),
+            "PeakRamUsage": 0,
+            "AverageRamUsage": 0,
+            "PeakCpuUsage": 0,
+            "AverageCpuUsage": 0,
+        }
+
+    def set_machine_limit(
+        self,
+        job_id: str,
+        limit: int | None = None,
+        listed: list[str] | None = None,
+        whitelist: bool | None = None,
+        add: list[str] | None = None,
+        remove: list[str] | None = None,
+    ) -> None:
+        """The ``setjobmachinelimit*`` and ``...slavestojobmachinelimitlist`` commands.
+
+        ``limit`` caps the workers rendering the job at once (0 = no cap); the listed workers
+        are the only ones allowed (``whitelist``) or the ones excluded from the job.
+        """
+        with self._tx() as conn:
+            row = self._live_job(conn, job_id)
+            info: dict[str, str] = json.loads(row["job_info"])
+            names, white = _listed_workers(info)
+            if listed is not None:
+                names = list(dict.fromkeys(listed))
+            names += [n for n in add or [] if n not in names]
+            names = [n for n in names if n not in (remove or [])]
+            if whitelist is not None:
+                white = whitelist
+            info.pop("Whitelist", None)
+            info.pop("Blacklist", None)
+            if names:
+                info["Whitelist" if white else "Blacklist"] = ",".join(names)
+            info["MachineLimit"] = str(row["mach_lmt"] if limit is None else limit)
+            info["WhitelistFlag"] = as_text(white)
+            conn.execute(
+                "UPDATE jobs SET mach_lmt=?, job_info=? WHERE id=?",
+                (int(info["MachineLimit"]), json.dumps(info), job_id),
+            )
+            kind = "whitelist" if white else "blacklist"
+            _add_history(
+                conn, job_id, f"Machine limit set to {info['MachineLimit']}, {kind} {names}"
+            )
+
+    def save_job(self, job: dict[str, Any]) -> None:
+        """The ``save`` command: write a job object's changed ``Props`` back (priority, limits,
+        pool, group, name, comment, extra info, failure detection, listed workers)."""
+        job_id = job.get("_id")
+        props = job.get("Props")
+        if not isinstance(job_id, str) or not isinstance(props, dict):
+            raise FarmError("Error: Job must be a job object with _id and Props.", 400)
+        with self._tx() as conn:
+            row = self._live_job(conn, job_id)
+            info: dict[str, str] = json.loads(row["job_info"])
+            for prop, key in _SAVED_PROPS.items():
+                if prop in props:
+                    value = props[prop]
+                    info[key] = (
+                        ",".join(map(str, value)) if isinstance(value, list) else as_text(value)
+                    )
+            for n in range(10):
+                if f"Ex{n}" in props:
+                    info[f"ExtraInfo{n}"] = as_text(props[f"Ex{n}"])
+            extra = props.get("ExDic")
+            if isinstance(extra, dict):
+                for key in [k for k in info if k.startswith("ExtraInfoKeyValue")]:
+                    del info[key]
+                for n, (key, value) in enumerate(extra.items()):
+                    info[f"ExtraInfoKeyValue{n}"] = f"{key}={as_text(value)}"
+            if "ListedSlaves" in props or "White" in props:
+                names, white = _listed_workers(info)
+                listed = props.get("ListedSlaves", names)
+                if not isinstance(listed, list):
+                    raise FarmError("Error: Props.ListedSlaves must be a list of names.", 400)
+                white = bool(props.get("White", white))
+                info.pop("Whitelist", None)
+                info.pop("Blacklist", None)
+                if listed:
+                    info["Whitelist" if white else "Blacklist"] = ",".join(map(str, listed))
+                info["WhitelistFlag"] = as_text(white)
+            priority = _int(info, "Priority", row["pri"])
+            limit = _int(info, "MachineLimit", row["mach_lmt"])
+            task_limit = _int(info, "FailureDetectionTaskErrors", row["task_err_limit"])
+            job_limit = _int(info, "FailureDetectionJobErrors", row["job_err_limit"])
+            if not 0 <= priority <= MAX_PRIORITY:
+                raise FarmError(f"Error: Pri must be from 0 to {MAX_PRIORITY}.", 400)
+            if limit < 0:
+                raise FarmError("Error: MachLmt must not be negative.", 400)
+            conn.execute(
+                "UPDATE jobs SET name=?, pri=?, mach_lmt=?, task_err_limit=?, job_err_limit=?,"
+                " job_info=? WHERE id=?",
+                (
+                    info.get("Name", row["name"]),
+                    priority,
+                    limit,
+                    task_limit,
+                    job_limit,
+                    json.dumps(info),
+                    job_id,
+                ),
+            )
+            _add_history(conn, job_id, f"Job saved (priority {priority}, machine limit {limit})")
 
     def delete_jobs(self, ids: list[str]) -> None:
         """Delete jobs (``DELETE /api/jobs``); workers rendering them drop their results."""
@@ -442,8 +648,16 @@ class Store:
                 bad = [t for t in task_ids if not 0 <= t < count]
                 if bad:
                     raise FarmError(f"Error: Job {job_id} has no task {bad[0]}.", 500)
+            which = "all tasks" if task_ids is None else f"tasks {task_ids}"
+            _add_history(conn, job_id, f"Task command: {command} {which}")
             for from_stats, to_stat in _TASK_COMMANDS[command]:
                 _move_tasks(conn, job_id, task_ids, from_stats, to_stat)
+            if command == "resume":
+                # Resuming a task of a suspended job makes the job Active again, as in Deadline.
+                conn.execute(
+                    "UPDATE jobs SET stat=? WHERE id=? AND stat=?",
+                    (JOB_ACTIVE, job_id, JOB_SUSPENDED),
+                )
             _refresh_job(conn, job_id)
 
     def rendering_workers(self, job_id: str) -> list[str]:
@@ -469,26 +683,50 @@ class Store:
             args.append(task_id)
         rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
         info = json.loads(job["job_info"])
-        return [_report_json(r, job, info) for r in rows]
+        return [_report_json(r, job["name"], job["plugin"], info) for r in rows]
 
-    def report_contents(self, job_id: str, task_id: int, types: tuple[int, ...]) -> list[str]:
-        """The text of a task's reports (``Data=allcontents|allerrorcontents``)."""
+    def report_contents(
+        self, job_id: str, task_id: int | None, types: tuple[int, ...], report_id: str | None = None
+    ) -> list[str]:
+        """The texts of a job's (or task's, or one report's) reports (``Data=all*contents``)."""
         conn = self._conn()
         self._live_job(conn, job_id)
-        rows = conn.execute(
-            f"SELECT contents FROM reports WHERE job_id=? AND task_id=?"
-            f" AND type IN ({','.join('?' * len(types))}) ORDER BY seq",
-            (job_id, task_id, *types),
-        )
-        return [r["contents"] for r in rows]
+        marks = ",".join("?" * len(types))
+        sql = f"SELECT contents FROM reports WHERE job_id=? AND type IN ({marks})"
+        args: list[Any] = [job_id, *types]
+        if task_id is not None:
+            sql += " AND task_id=?"
+            args.append(task_id)
+        if report_id is not None:
+            sql += " AND id=?"
+            args.append(report_id)
+        return [r["contents"] for r in conn.execute(sql + " ORDER BY seq", args)]
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's history entries (``Data=history``): what was done to it, oldest first."""
+        conn = self._conn()
+        job = self._live_job(conn, job_id)
+        rows = conn.execute("SELECT * FROM history WHERE job_id=? ORDER BY seq", (job_id,))
+        return [
+            {
+                "_id": r["id"],
+                "Job": job_id,
+                "JobName": job["name"],
+                "Date": r["date"],
+                "Title": r["title"],
+                "Mach": r["mach"],
+            }
+            for r in rows
+        ]
 
     # -- workers -------------------------------------------------------------------------
 
     def workers(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """Worker ``Info`` objects (``GET /api/slaves?Data=info``), by name."""
         conn = self._conn()
-        sql = "SELECT w.*, j.name AS job_name, j.plugin, j.job_info FROM workers w"
-        sql += " LEFT JOIN jobs j ON j.id = w.job_id"
+        sql = "SELECT w.*, j.name AS job_name, j.plugin, j.job_info, s.pools, s.grps"
+        sql += " FROM workers w LEFT JOIN jobs j ON j.id = w.job_id"
+        sql += " LEFT JOIN worker_settings s ON s.name = w.name"
         args: list[Any] = []
         if names is not None:
             sql += f" WHERE w.name IN ({','.join('?' * len(names))})"
@@ -546,6 +784,145 @@ class Store:
                 )
         return names
 
+    # -- pools and groups (``/api/pools``, ``/api/groups``) ------------------------------
+
+    @staticmethod
+    def _worker_lists(conn: sqlite3.Connection, name: str) -> tuple[list[str], list[str]]:
+        row = conn.execute("SELECT pools, grps FROM worker_settings WHERE name=?", (name,))
+        found = row.fetchone()
+        if found is None:
+            return [], []
+        return json.loads(found["pools"]), json.loads(found["grps"])
+
+    def list_names(self, kind: str) -> list[str]:
+        """Every pool (or group): ``none`` first, then the others by name."""
+        table, _ = LISTS[kind]
+        rows = self._conn().execute(f"SELECT name FROM {table} ORDER BY name")
+        return [NONE, *(r["name"] for r in rows if r["name"] != NONE)]
+
+    def add_names(self, kind: str, names: list[str]) -> None:
+        """Add pools (or groups) to the farm; existing ones are kept."""
+        table, _ = LISTS[kind]
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
+            )
+
+    def set_names(self, kind: str, names: list[str], overwrite: bool) -> None:
+        """``PUT`` without workers: with ``overwrite`` the farm has exactly these pools (the
+        others are taken off every worker), else they are added."""
+        table, column = LISTS[kind]
+        with self._tx() as conn:
+            if overwrite:
+                kept = {*names, NONE}
+                conn.execute(f"DELETE FROM {table}")
+                for row in conn.execute(f"SELECT name, {column} FROM worker_settings").fetchall():
+                    mine = [n for n in json.loads(row[column]) if n in kept]
+                    conn.execute(
+                        f"UPDATE worker_settings SET {column}=? WHERE name=?",
+                        (json.dumps(mine), row["name"]),
+                    )
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
+            )
+
+    def assign(self, kind: str, workers: list[str], names: list[str], overwrite: bool) -> None:
+        """Give workers pools (or groups): appended in order, or replacing their list."""
+        table, column = LISTS[kind]
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
+            )
+            for worker in workers:
+                conn.execute("INSERT OR IGNORE INTO worker_settings (name) VALUES (?)", (worker,))
+                row = conn.execute(
+                    f"SELECT {column} FROM worker_settings WHERE name=?", (worker,)
+                ).fetchone()
+                mine = [] if overwrite else json.loads(row[column])
+                mine += [n for n in names if n not in mine]
+                conn.execute(
+                    f"UPDATE worker_settings SET {column}=? WHERE name=?",
+                    (json.dumps(mine), worker),
+                )
+
+    def unassign(self, kind: str, workers: list[str], names: list[str]) -> None:
+        """Take pools (or groups) off workers."""
+        _, column = LISTS[kind]
+        with self._tx() as conn:
+            for worker in workers:
+                row = conn.execute(
+                    f"SELECT {column} FROM worker_settings WHERE name=?", (worker,)
+                ).fetchone()
+                if row is not None:
+                    mine = [n for n in json.loads(row[column]) if n not in names]
+                    conn.execute(
+                        f"UPDATE worker_settings SET {column}=? WHERE name=?",
+                        (json.dumps(mine), worker),
+                    )
+
+    def delete_names(self, kind: str, names: list[str]) -> None:
+        """Remove pools (or groups) from the farm and from every worker (``none`` stays)."""
+        table, column = LISTS[kind]
+        with self._tx() as conn:
+            conn.executemany(f"DELETE FROM {table} WHERE name=?", [(n,) for n in names])
+            for row in conn.execute(f"SELECT name, {column} FROM worker_settings").fetchall():
+                mine = [n for n in json.loads(row[column]) if n not in names]
+                conn.execute(
+                    f"UPDATE worker_settings SET {column}=? WHERE name=?",
+                    (json.dumps(mine), row["name"]),
+                )
+
+    def workers_in(self, kind: str, names: list[str]) -> list[str]:
+        """Names of the workers in any of these pools (or groups); every worker is in
+        ``none``."""
+        _, column = LISTS[kind]
+        conn = self._conn()
+        settings = {
+            r["name"]: json.loads(r[column])
+            for r in conn.execute(f"SELECT name, {column} FROM worker_settings")
+        }
+        everyone = [r["name"] for r in conn.execute("SELECT name FROM workers ORDER BY name")]
+        return [
+            w
+            for w in sorted({*everyone, *settings})
+            if NONE in names or any(n in settings.get(w, []) for n in names)
+        ]
+
+    def worker_settings(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """Worker ``Settings`` objects (``GET /api/slaves?Data=settings``)."""
+        conn = self._conn()
+        settings = {
+            r["name"]: (json.loads(r["pools"]), json.loads(r["grps"]))
+            for r in conn.execute("SELECT * FROM worker_settings")
+        }
+        known = [r["name"] for r in conn.execute("SELECT name FROM workers ORDER BY name")]
+        wanted = known if names is None else [n for n in names if n in known]
+        return [
+            {
+                "Name": name,
+                "Enable": True,
+                "Pools": settings.get(name, ([], []))[0],
+                "Grps": settings.get(name, ([], []))[1],
+                "Desc": "local farm worker",
+                "Conc": 1,
+            }
+            for name in wanted
+        ]
+
+    def worker_reports(self, name: str, contents: bool) -> list[Any]:
+        """Reports a worker wrote (``Data=reports``), or their texts (``reportcontents``)."""
+        conn = self._conn()
+        rows = conn.execute(
+            "SELECT r.*, j.name AS job_name, j.plugin AS job_plugin, j.job_info AS info"
+            " FROM reports r JOIN jobs j ON j.id = r.job_id WHERE r.slave=? ORDER BY r.seq",
+            (name,),
+        ).fetchall()
+        if contents:
+            return [r["contents"] for r in rows]
+        return [
+            _report_json(r, r["job_name"], r["job_plugin"], json.loads(r["info"])) for r in rows
+        ]
+
     # -- claiming and finishing tasks (worker side) --------------------------------------
 
     def has_work(self) -> bool:
@@ -562,16 +939,48 @@ class Store:
         return row is not None
 
     def claim(self, name: str) -> Claim | None:
-        """Claim the next task: highest priority, then oldest job, then lowest task id."""
+        """Claim the next task this worker may render, as Deadline's scheduler picks it.
+
+        Only jobs whose pool the worker lists (or pool ``none``, or a secondary pool the worker
+        lists), whose group the worker is in (every worker is in group ``none``), that are under
+        their machine limit and whose white/black list lets the worker in. Among those: the
+        worker's pools in its order (then ``none``, then secondary pools), then highest
+        priority, then oldest job, then lowest task id.
+        """
         with self._tx() as conn:
+            pools, groups = self._worker_lists(conn, name)
+            pool = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Pool'), ''), '{NONE}'))"
+            second = "lower(COALESCE(json_extract(j.job_info, '$.SecondaryPool'), ''))"
+            group = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Group'), ''), '{NONE}'))"
+            white = "json_extract(j.job_info, '$.Whitelist')"
+            black = "json_extract(j.job_info, '$.Blacklist')"
+            ranks = [f"WHEN {pool}=? THEN {i}" for i in range(len(pools))]
+            ranks.append(f"WHEN {pool}='{NONE}' THEN {len(pools)}")
+            ranks += [f"WHEN {second}=? THEN {len(pools) + 1 + i}" for i in range(len(pools))]
+            listed = "instr(',' || replace({0}, ' ', '') || ',', ',' || ? || ',')"
             row = conn.execute(
-                "SELECT t.job_id, t.task_id, t.claim, t.frames, j.* FROM tasks t"
+                "SELECT * FROM (SELECT t.job_id, t.task_id, t.claim, t.frames, j.*,"
+                f" CASE {' '.join(ranks)} END AS pool_rank FROM tasks t"
                 " JOIN jobs j ON j.id = t.job_id"
                 " WHERE t.stat=? AND j.stat=? AND j.deleted=? AND (j.mach_lmt <= 0 OR"
                 "  (SELECT COUNT(*) FROM tasks r WHERE r.job_id = t.job_id AND r.stat=?)"
                 "  < j.mach_lmt)"
-                " ORDER BY j.pri DESC, j.seq, t.task_id LIMIT 1",
-                (TASK_QUEUED, JOB_ACTIVE, LIVE, TASK_RENDERING),
+                f" AND {group} IN ('{NONE}'{', ?' * len(groups)})"
+                f" AND (COALESCE({white}, '') = '' OR {listed.format(white)} > 0)"
+                f" AND (COALESCE({black}, '') = '' OR {listed.format(black)} = 0))"
+                " WHERE pool_rank IS NOT NULL"
+                " ORDER BY pool_rank, pri DESC, seq, task_id LIMIT 1",
+                (
+                    *pools,
+                    *pools,
+                    TASK_QUEUED,
+                    JOB_ACTIVE,
+                    LIVE,
+                    TASK_RENDERING,
+                    *groups,
+                    name,
+                    name,
+                ),
             ).fetchone()
             if row is None:
                 return None
@@ -761,6 +1170,7 @@ _TASK_COMMANDS: dict[str, list[tuple[tuple[int, ...], int]]] = {
     ],
     "complete": [((*_ANY_INCOMPLETE, TASK_FAILED), TASK_COMPLETED)],
     "suspend": [((TASK_QUEUED, TASK_RENDERING, TASK_PENDING), TASK_SUSPENDED)],
+    "resume": [((TASK_SUSPENDED,), TASK_QUEUED)],
     "fail": [((*_ANY_INCOMPLETE,), TASK_FAILED)],
     "resumefailed": [((TASK_FAILED,), TASK_QUEUED)],
     "pend": [((TASK_QUEUED, TASK_SUSPENDED), TASK_PENDING)],
@@ -824,6 +1234,7 @@ def _refresh_job(conn: sqlite3.Connection, job_id: str) -> None:
         date_comp = NO_DATE
     conn.execute("UPDATE jobs SET stat=?, date_comp=? WHERE id=?", (new, date_comp, job_id))
     if new == JOB_COMPLETED and stat != JOB_COMPLETED:
+        _add_history(conn, job_id, "Completed")
         if job["on_comp"] in (ON_COMPLETE["archive"], ON_COMPLETE["delete"]):
             gone = ARCHIVED if job["on_comp"] == ON_COMPLETE["archive"] else DELETED
             conn.execute("UPDATE jobs SET deleted=? WHERE id=?", (gone, job_id))
@@ -915,6 +1326,13 @@ def _add_report(
     )
 
 
+def _add_history(conn: sqlite3.Connection, job_id: str, title: str) -> None:
+    conn.execute(
+        "INSERT INTO history (id, job_id, date, title, mach) VALUES (?, ?, ?, ?, ?)",
+        (new_id(), job_id, now_iso(), title, socket.gethostname()),
+    )
+
+
 def _parse_date(text: str) -> float:
     """Seconds since the epoch of a Deadline date; 0 for the unset date."""
     if text == NO_DATE:
@@ -938,6 +1356,7 @@ def _job_json(row: sqlite3.Row, counts: dict[int, int]) -> dict[str, Any]:
     total = sum(counts.values())
     chunk = max(1, int(float(info.get("ChunkSize", "1") or "1")))
     completed = counts.get(TASK_COMPLETED, 0)
+    listed, white = _listed_workers(info)
     props: dict[str, Any] = {
         "Name": row["name"],
         "Batch": info.get("BatchName", ""),
@@ -976,12 +1395,8 @@ def _job_json(row: sqlite3.Row, counts: dict[int, int]) -> dict[str, Any]:
         "NotUser": [],
         "NotEmail": [e.strip() for e in info.get("NotificationEmails", "").split(",") if e.strip()],
         "Limits": [g.strip() for g in info.get("LimitGroups", "").split(",") if g.strip()],
-        "ListedSlaves": [
-            w.strip()
-            for w in (info.get("Whitelist") or info.get("Blacklist") or "").split(",")
-            if w.strip()
-        ],
-        "White": bool(info.get("Whitelist")),
+        "ListedSlaves": listed,
+        "White": white,
         "MachLmt": row["mach_lmt"],
         "MachLmtProg": -1.0,
         "Schd": 0,
@@ -1056,7 +1471,9 @@ def _task_json(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _report_json(row: sqlite3.Row, job: sqlite3.Row, info: dict[str, str]) -> dict[str, Any]:
+def _report_json(
+    row: sqlite3.Row, job_name: str, plugin: str, info: dict[str, str]
+) -> dict[str, Any]:
     """A job/task report object (``GET /api/jobreports``, ``/api/taskreports``)."""
     return {
         "_id": row["id"],
@@ -1066,9 +1483,9 @@ def _report_json(row: sqlite3.Row, job: sqlite3.Row, info: dict[str, str]) -> di
         "Date": row["date"],
         "Slave": row["slave"],
         "Title": row["title"],
-        "JobName": job["name"],
+        "JobName": job_name,
         "JobUser": info.get("UserName") or getpass.getuser(),
-        "Plugin": job["plugin"],
+        "Plugin": plugin,
         "Frames": row["frames"],
         "TaskStartTime": row["task_start"],
         "TaskTime": _clock(row["task_seconds"]),
@@ -1107,8 +1524,8 @@ def _worker_json(row: sqlite3.Row) -> dict[str, Any]:
         "OS": f"{platform.system()} {platform.release()}",
         "Arch": platform.machine(),
         "Vid": "",
-        "Grps": "",
-        "Pools": "",
+        "Grps": ",".join(json.loads(row["grps"] or "[]")),
+        "Pools": ",".join(json.loads(row["pools"] or "[]")),
         "CompletedTasks": row["completed_tasks"],
         "UpTime": int(max(0.0, time.time() - row["started"])),
         "PID": row["pid"],

@@ -96,7 +96,9 @@ class Worker:
                     self.stop.wait(self.config.poll_interval)
                     continue
                 claim = self.store.claim(self.config.name)
-                if claim is not None:
+                if claim is None:  # work, but none this worker may take (pools, limits)
+                    self.stop.wait(self.config.poll_interval)
+                else:
                     self._render(claim)
         finally:
             self.stop.set()

@@ -612,7 +612,7 @@ def test_delete_stops_the_worker_rendering_it(farm: Farm, tmp_path: Path) -> Non
     )
     assert len(workers) == 1
     [slave] = farm.client.get("/api/slaves", params={"Name": workers[0], "Data": "info"}).json()
-    assert slave["Info"]["Stat"] == 1 and slave["Info"]["JobId"] == job_id
+    assert slave["Stat"] == 1 and slave["JobId"] == job_id
     [task] = get_tasks(farm, job_id)
     assert (task["Stat"], task["Slave"], task["RndStat"]) == (4, workers[0], "Rendering")
 
@@ -625,7 +625,7 @@ def test_delete_stops_the_worker_rendering_it(farm: Farm, tmp_path: Path) -> Non
 
     def idle() -> bool:
         info = farm.client.get("/api/slaves", params={"Name": workers[0], "Data": "info"})
-        return bool(info.json()[0]["Info"]["Stat"] == 2)
+        return bool(info.json()[0]["Stat"] == 2)
 
     wait_for(idle, timeout=5)
     written = len(list(tmp_path.iterdir()))
@@ -640,11 +640,11 @@ def test_workers_listing_shapes(farm: Farm) -> None:
     assert {"farm-w01", "farm-w02", "farm-w03"} <= set(names)
     info = farm.client.get("/api/slaves", params={"Name": "farm-w01,farm-w02", "Data": "info"})
     entries = info.json()
-    assert [e["Info"]["Name"] for e in entries] == ["farm-w01", "farm-w02"]
+    assert [e["Name"] for e in entries] == ["farm-w01", "farm-w02"]
     for entry in entries:
         fields = {"Name", "Stat", "JobId", "JobName", "Host", "Procs", "OS", "CompletedTasks"}
-        assert fields <= entry["Info"].keys()
-        assert entry["Info"]["Stat"] in (1, 2)
+        assert fields <= entry.keys()
+        assert entry["Stat"] in (1, 2)
     assert farm.client.get("/api/slaves", params={"Data": "reports"}).status_code == 400
 
 
@@ -665,8 +665,7 @@ def test_changing_the_worker_count(make_farm: Callable[..., Farm], tmp_path: Pat
     shrunk = farm.client.put("/_farm/workers", json={"count": 1}).json()
     assert [w["name"] for w in shrunk["workers"]] == ["farm-w01"]
     stats = {
-        e["Info"]["Name"]: e["Info"]["Stat"]
-        for e in farm.client.get("/api/slaves", params={"Data": "info"}).json()
+        e["Name"]: e["Stat"] for e in farm.client.get("/api/slaves", params={"Data": "info"}).json()
     }
     assert stats == {"farm-w01": 2, "farm-w02": 3, "farm-w03": 3}
     for bad in ({"count": -1}, {"count": "2"}, {}):
