@@ -6,12 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # MiniStack (the local S3) pins a botocore that conflicts with aioboto3's: its own venv.
 S3_VENV := .venv-s3
+# Blender as a Python module (bpy, 950 MB) for the farm's Blender plugin; it pins numpy.
+BLENDER_VENV := .venv-blender
 PYTEST_ARGS ?=
 
 .PHONY: venv up down status test lint typecheck bench bench-quick schemas clean
 
 # (Re)install into .venv whenever pyproject.toml changes.
-venv: $(VENV)/.installed $(S3_VENV)/.installed
+venv: $(VENV)/.installed $(S3_VENV)/.installed $(BLENDER_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 $(S3_VENV)/.installed: deploy/local/requirements-s3.txt
 	@test -x $(S3_VENV)/bin/python || $(PYTHON) -m venv $(S3_VENV)
 	$(S3_VENV)/bin/python -m pip install -q -r deploy/local/requirements-s3.txt
+	@touch $@
+
+$(BLENDER_VENV)/.installed: deploy/local/requirements-blender.txt
+	@test -x $(BLENDER_VENV)/bin/python || $(PYTHON) -m venv $(BLENDER_VENV)
+	$(BLENDER_VENV)/bin/python -m pip install -q -r deploy/local/requirements-blender.txt
 	@touch $@
 
 up: venv
@@ -55,5 +62,5 @@ schemas: venv
 
 # Stops the local stack first: .run/ holds its data (the dev database) and secrets.
 clean: down
-	rm -rf .run .venv-s3 .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
+	rm -rf .run .venv-s3 .venv-blender .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

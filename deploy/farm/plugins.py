@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -226,43 +227,68 @@ def _positive_int(info: dict[str, str], key: str) -> int | None:
     return value
 
 
-def blender_setup(info: dict[str, str]) -> str | None:
-    """The ``--python-expr`` that applies engine, samples, camera and resolution, if any."""
-    lines: list[str] = []
+#: The script Blender runs for a task (``deploy/farm/blender_task.py``).
+BLENDER_TASK_SCRIPT = Path(__file__).with_name("blender_task.py")
+#: A Python interpreter with the ``bpy`` wheel that ``make venv`` builds.
+BLENDER_VENV_PYTHON = Path(__file__).resolve().parents[2] / ".venv-blender" / "bin" / "python"
+
+
+def blender_settings(info: dict[str, str]) -> dict[str, str | int]:
+    """The task's render settings from PluginInfo (engine, samples, camera, resolution,
+    threads), refusing malformed ones as Blender would."""
+    settings: dict[str, str | int] = {}
     engine_text = info.get("Renderer", "").strip().upper()
     engine = ENGINES.get(engine_text)
     if engine_text and engine is None:
         raise RenderError(f"Error: unknown PluginInfo Renderer {info['Renderer']!r}.")
     if engine is not None:
-        lines.append(f"s.render.engine = {engine!r}")
-    samples = _positive_int(info, "Samples")
-    if samples is not None:
-        if engine == "CYCLES":
-            lines.append(f"s.cycles.samples = {samples}")
-        else:
-            lines.append(f"s.eevee.taa_render_samples = {samples}")
+        settings["engine"] = engine
+    for key, name in (("Samples", "samples"), ("ResolutionX", "width"), ("ResolutionY", "height")):
+        value = _positive_int(info, key)
+        if value is not None:
+            settings[name] = value
     camera = info.get("Camera", "").strip()
     if camera:
-        lines.append(f"s.camera = bpy.data.objects[{camera!r}]")
-    width, height = _positive_int(info, "ResolutionX"), _positive_int(info, "ResolutionY")
-    if width is not None:
-        lines.append(f"s.render.resolution_x = {width}")
-    if height is not None:
-        lines.append(f"s.render.resolution_y = {height}")
-    if width is not None or height is not None:
-        lines.append("s.render.resolution_percentage = 100")
-    if not lines:
-        return None
-    return "; ".join(["import bpy", "s = bpy.context.scene", *lines])
+        settings["camera"] = camera
+    threads = info.get("Threads", "").strip()
+    if threads:
+        try:
+            settings["threads"] = max(0, int(float(threads)))  # 0: all cores
+        except ValueError:
+            raise RenderError(
+                f"Error: PluginInfo Threads must be a number, not {threads!r}."
+            ) from None
+    return settings
+
+
+def blender_command(executable: str, settings: dict[str, object]) -> list[str]:
+    """How to run :data:`BLENDER_TASK_SCRIPT`: a Python interpreter (``python*``, with the
+    ``bpy`` wheel) runs it directly; a Blender executable runs it in background mode."""
+    payload = json.dumps(settings)
+    if Path(executable).name.startswith("python"):
+        return [executable, str(BLENDER_TASK_SCRIPT), payload]
+    return [
+        executable,
+        "-b",
+        "--factory-startup",
+        "--python-exit-code",
+        "2",
+        "--python",
+        str(BLENDER_TASK_SCRIPT),
+        "--",
+        payload,
+    ]
 
 
 def blender(spec: TaskSpec, ctx: RenderContext) -> None:
-    """The ``Blender`` plugin: ``blender -b`` when available, else the built-in renderer.
+    """The ``Blender`` plugin: real Blender when the worker has one, else the built-in renderer.
 
-    PluginInfo ``OutputFormat`` (Blender's ``-F`` names: ``PNG``, ``OPEN_EXR``, ``JPEG``),
-    ``Renderer``, ``Samples``, ``Camera`` and ``ResolutionX``/``ResolutionY`` are passed to
-    Blender. The built-in renderer writes PNG and OpenEXR; it fails the task for a format it
-    cannot write, and logs the settings it does not apply (it has no scene to set them on).
+    With Blender, :data:`BLENDER_TASK_SCRIPT` opens ``SceneFile``, applies PluginInfo
+    ``OutputFormat`` (Blender's ``-F`` names: ``PNG``, ``OPEN_EXR``, ``JPEG``), ``Renderer``,
+    ``Samples``, ``Camera``, ``ResolutionX``/``ResolutionY`` and ``Threads`` (Cycles on the
+    CPU), and renders the task's frames. The built-in renderer writes PNG and OpenEXR; it fails
+    the task for a format it cannot write, and logs the settings it does not apply (it has no
+    scene to set them on).
     """
     info = spec.plugin_info
     scene = info.get("SceneFile", "").strip()
@@ -274,18 +300,20 @@ def blender(spec: TaskSpec, ctx: RenderContext) -> None:
         fmt = renderer.image_format(requested, pattern)
     except renderer.UnsupportedFormat as exc:
         raise RenderError(f"Error: {exc}.") from None
+    settings = blender_settings(info)
     if ctx.blender is not None:
-        args = [ctx.blender, "-b", str(resolve(scene, ctx.outputs_root)), "-o", pattern]
+        scene_path = resolve(scene, ctx.outputs_root)
+        if not scene_path.is_file():
+            raise RenderError(f"Error: the scene file {scene_path} does not exist.")
+        task: dict[str, object] = {
+            **settings,
+            "scene": str(scene_path),
+            "output": pattern,
+            "frames": spec.frames,
+        }
         if requested.strip():
-            args += ["-F", BLENDER_FORMATS[fmt], "-x", "1"]
-        setup = blender_setup(info)
-        if setup is not None:
-            args += ["--python-expr", setup]
-        threads = info.get("Threads", "").strip()
-        if threads:
-            args += ["-t", threads]
-        args += ["-f", ",".join(str(f) for f in spec.frames)]
-        _run_process(args, None, spec, ctx)
+            task["format"] = BLENDER_FORMATS[fmt]
+        _run_process(blender_command(ctx.blender, task), None, spec, ctx)
         return
     if fmt not in renderer.WRITABLE:
         raise RenderError(
@@ -297,7 +325,6 @@ def blender(spec: TaskSpec, ctx: RenderContext) -> None:
         for key in ("Renderer", "Samples", "Camera", "ResolutionX", "ResolutionY")
         if info.get(key, "").strip()
     }
-    blender_setup(info)  # refuse malformed settings as Blender would
     if ignored:
         ctx.log(
             "Built-in renderer: no scene to apply "
@@ -318,11 +345,15 @@ PLUGINS: dict[str, Callable[[TaskSpec, RenderContext], None]] = {
 
 
 def find_blender(setting: str) -> str | None:
-    """The Blender executable for ``--blender``: ``auto`` (PATH), ``builtin`` (none) or a path."""
+    """What renders Blender jobs for ``--blender``: ``builtin`` (the built-in renderer), a path
+    (a Blender executable, or a Python interpreter with ``bpy``), or ``auto``: ``blender`` on
+    PATH, else the ``.venv-blender`` interpreter when it is installed, else built-in."""
     if setting == "builtin":
         return None
     if setting == "auto":
-        return shutil.which("blender")
+        return shutil.which("blender") or (
+            str(BLENDER_VENV_PYTHON) if BLENDER_VENV_PYTHON.is_file() else None
+        )
     return setting
 
 

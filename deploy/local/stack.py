@@ -365,6 +365,8 @@ def _start_farm() -> servers.ServerHandle | None:
     workers = os.environ.get("RF_FARM_WORKERS", str(FARM_WORKERS))
     args = ["serve", "--port", str(FARM_PORT), "--data-dir", str(FARM_DIR)]
     args += ["--workers", workers, "--outputs-root", str(RENDERS_DIR)]
+    # auto: blender on PATH, else .venv-blender (make venv), else the built-in renderer.
+    args += ["--blender", os.environ.get("RF_FARM_BLENDER", "auto")]
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "deploy.farm", *args],

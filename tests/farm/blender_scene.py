@@ -1,0 +1,74 @@
+"""Build the test scene with Blender itself: run by the ``bpy`` interpreter, not by pytest.
+
+``PYTHON_WITH_BPY blender_scene.py DIR/scene.blend`` writes ``DIR/textures/checker.png`` (a
+checker made by Blender) and a scene referencing it by a relative path (``//textures/...``):
+a textured cube, a sun, a world light, and two cameras, ``CAM_wide`` (active) and
+``CAM_main``. Cycles on the CPU, 8 samples, frames 1-3 with the cube turning.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import bpy  # type: ignore[import-not-found]
+
+CHECKER = 32
+
+
+def main() -> None:
+    """Build and save the scene named on the command line."""
+    blend = Path(sys.argv[1]).resolve()
+    texture = blend.parent / "textures" / "checker.png"
+    texture.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+
+    image = bpy.data.images.new("checker", CHECKER, CHECKER)
+    pixels: list[float] = []
+    for y in range(CHECKER):
+        for x in range(CHECKER):
+            on = (x // 8 + y // 8) % 2
+            pixels += [0.9, 0.5, 0.1, 1.0] if on else [0.1, 0.3, 0.9, 1.0]
+    image.pixels = pixels
+    image.filepath_raw = str(texture)
+    image.file_format = "PNG"
+    image.save()
+    bpy.data.images.remove(image)
+
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    material = bpy.data.materials.new("Checker")
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    node = nodes.new("ShaderNodeTexImage")
+    node.image = bpy.data.images.load(str(texture))
+    material.node_tree.links.new(
+        node.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"]
+    )
+    cube.data.materials.append(material)
+    for frame, angle in ((1, 0.0), (3, 0.8)):
+        cube.rotation_euler = (0.0, 0.0, angle)
+        cube.keyframe_insert("rotation_euler", frame=frame)
+
+    bpy.ops.object.light_add(type="SUN", location=(3, -2, 6), rotation=(0.6, 0.3, 0.4))
+    bpy.context.active_object.data.energy = 4
+    world = bpy.data.worlds.new("World")
+    world.use_nodes = True
+    world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.6
+    scene.world = world
+    bpy.ops.object.camera_add(location=(6, -6, 4.5), rotation=(1.1, 0, 0.785))
+    bpy.context.active_object.name = "CAM_main"
+    bpy.ops.object.camera_add(location=(0, -30, 0), rotation=(1.5708, 0, 0))
+    bpy.context.active_object.name = "CAM_wide"
+    scene.camera = bpy.context.active_object
+
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 8
+    scene.frame_start, scene.frame_end = 1, 3
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), relative_remap=True)
+
+
+if __name__ == "__main__":
+    main()
