@@ -231,12 +231,12 @@ async def test_a_refund_and_a_lost_dispute_debit_the_wallet_below_zero(
     r = await topups.standin.post(f"/_test/payments/{pay_id}/dispute_lost", json=hook)
     assert r.status_code == 200, r.text
 
-    async def debited() -> str | None:
-        balance = await topups.balance()
-        return balance if balance == "-500.00" else None
+    async def debited() -> list[str] | None:
+        # The balance and the transactions are two read models: wait for both.
+        kinds = sorted(t["transfer_id"].split(":")[0] for t in await topups.transactions())
+        return kinds if await topups.balance() == "-500.00" and len(kinds) == 3 else None
 
-    await until(debited, "the refund and the dispute debited")
-    kinds = sorted(t["transfer_id"].split(":")[0] for t in await topups.transactions())
+    kinds = await until(debited, "the refund and the dispute debited")
     assert kinds == ["dispute", "refund", "topup"]
     assert (await topups.get(order["order_id"])).json()["status"] == "refunded"
 

@@ -137,7 +137,13 @@ async def test_a_rendered_job_is_charged_exactly_what_its_tasks_cost_and_the_res
     # The wallet: the holds went out as held, the capture posted the cost and gave the rest
     # back; nothing else moved.
     assert await until(lambda: _wallet_is(rt, D("1000.00") - so_far)) is True
-    moves = await wallet_moves(rt, job_id)
+
+    # wallet.transfers is a read model of its own: wait for it to show the capture too.
+    async def captured() -> list[tuple[str, Decimal]] | None:
+        found = await wallet_moves(rt, job_id)
+        return found if found and found[-1][0] == "capture" else None
+
+    moves = await until(captured)
     kinds = [kind for kind, _ in moves]
     assert kinds[0] == "hold" and kinds[-1] == "capture"
     assert set(kinds[1:-1]) <= {"hold_increase"}
@@ -253,7 +259,12 @@ async def test_a_job_cancelled_while_the_scheduler_is_down_gets_its_hold_back_wh
     assert D(job["cost"]["captured_credits"]) == 0 and D(job["cost"]["held_credits"]) == 0
     # The hold went back whole: the wallet is as funded, nothing charged.
     assert await until(lambda: _wallet_is(rt, D("1000.00"))) is True
-    assert await wallet_moves(rt, job_id) == [("hold", D(0)), ("void", D(0))]
+    voided = [("hold", D(0)), ("void", D(0))]
+
+    async def moves_voided() -> bool:
+        return await wallet_moves(rt, job_id) == voided
+
+    assert await until(moves_voided) is True
 
 
 async def _wallet_holds(rt: ServiceRuntime[Any], held: Decimal) -> bool:
