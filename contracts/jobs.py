@@ -434,12 +434,10 @@ class JobCancellationRequested(Event):
     at: datetime
 
 
-@EVENTS.register
-class JobCostRecorded(Event):
-    """The job's money after a billing event (``cost_version``: the version of the job's
-    cost stream; an older one than recorded changes nothing)."""
+class JobCostFigures(BaseModel):
+    """A job's money after a billing event, as the job records it (``cost_version``: the
+    version of the job's cost stream; an older one than recorded changes nothing)."""
 
-    event_type = "job.JobCostRecorded"
     job_id: str
     cost_version: int
     status: str
@@ -451,6 +449,13 @@ class JobCostRecorded(Event):
     captured_credits: Decimal
     awaiting_reason: str | None
     at: datetime
+
+
+@EVENTS.register
+class JobCostRecorded(JobCostFigures, Event):
+    """The job's money after a billing event."""
+
+    event_type = "job.JobCostRecorded"
 
 
 @EVENTS.register
@@ -733,18 +738,7 @@ class StopJob(Command):
 
 
 @COMMANDS.register
-class RecordJobCost(Command):
+class RecordJobCost(JobCostFigures, Command):
     """From billing's process manager: the job's money after a billing event."""
 
     command_type = "job.RecordJobCost"
-    job_id: str
-    cost_version: int
-    status: str
-    estimate_credits: Decimal | None
-    estimate_low_credits: Decimal | None
-    estimate_high_credits: Decimal | None
-    held_credits: Decimal
-    so_far_credits: Decimal
-    captured_credits: Decimal
-    awaiting_reason: str | None
-    at: datetime
