@@ -25,11 +25,10 @@ from typing import Any
 import asyncpg
 
 from libs.readmodels.payments import OrderRow, PaymentsQuery
-from services.payments.razorpay import Razorpay, RazorpayError
+from services.payments.razorpay import Razorpay, RazorpayError, was_captured
 from services.payments.settings import PaymentsSettings
 
 PAGE = 100
-CAPTURED = ("captured", "refunded")
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,7 @@ def differences(theirs: dict[str, dict[str, Any]], ours: list[OrderRow]) -> list
     for pid, p in sorted(theirs.items()):
         order_id = p.get("order_id")
         order = by_order.get(str(order_id))
-        captured = bool(p.get("captured")) or p.get("status") in CAPTURED
-        if captured and pid not in credited:
+        if was_captured(p) and pid not in credited:
             why = (
                 f"order {order_id} is {order.status.value}"
                 if order is not None
@@ -127,7 +125,7 @@ def differences(theirs: dict[str, dict[str, Any]], ours: list[OrderRow]) -> list
     for pid, o in sorted(credited.items()):
         assert pid is not None
         given = theirs.get(pid)
-        if given is None or not (given.get("captured") or given.get("status") in CAPTURED):
+        if given is None or not was_captured(given):
             status = "missing" if given is None else given.get("status")
             found.append(
                 Difference(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Header, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from contracts.base import Command
 from contracts.errors import (
     ERRORS,
     ApiKeyExpired,
@@ -150,3 +152,32 @@ async def idempotent(
         raise
     await gw.idempotency.finish(scope, key, req_hash, StoredResponse(status, body))
     return json_response(body, status)
+
+
+Reply = TypeVar("Reply", bound=BaseModel)
+
+
+async def send_idempotent(
+    request: Request,
+    key: str | None,
+    operation: str,
+    cmd: Command,
+    reply: type[Reply],
+    *,
+    status: int = 200,
+    targets: Callable[[Reply], dict[str, str]] | None = None,
+) -> Response:
+    """Send ``cmd`` as the caller at most once per ``Idempotency-Key``; answer its reply.
+
+    The common POST body: the reply goes back as JSON with ``status``; ``targets`` names the
+    ids the reply made (for the action log).
+    """
+    gw, p = gateway(request), principal(request)
+
+    async def run(command_id: str) -> tuple[int, bytes]:
+        answer = await gw.commands.send(cmd, reply, command_id=command_id, actor=p.actor())
+        if targets is not None:
+            set_targets(request, **targets(answer))
+        return status, answer.model_dump_json().encode()
+
+    return await idempotent(request, p.idempotency_scope, key, operation, run)

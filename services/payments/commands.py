@@ -41,15 +41,19 @@ from libs.eventstore.uow import UnitOfWork
 from libs.logging import get_logger
 from services.payments.domain import TopUpOrder as Order
 from services.payments.domain import Webhook
-from services.payments.razorpay import Razorpay, RazorpayError, signature_matches
+from services.payments.razorpay import (
+    CAPTURED,
+    Razorpay,
+    RazorpayError,
+    signature_matches,
+    was_captured,
+)
 from services.payments.settings import PaymentsSettings
 
 log = get_logger(__name__)
 
 #: Razorpay's longest receipt.
 MAX_RECEIPT = 40
-#: Payment statuses that mean the money was captured (refunded ones were captured first).
-CAPTURED = ("captured", "refunded")
 _EVENT_ID = re.compile(ID_PATTERN)
 
 
@@ -249,7 +253,7 @@ class PaymentsCommands:
             return order.fail(payment, now)
         # A capture first: a refund's or dispute's webhook may come before the capture's.
         changed = False
-        if payment.get("captured") or payment.get("status") in CAPTURED:
+        if was_captured(payment):
             changed = order.capture(payment, PaymentVia.webhook, now)
         if name == "refund.processed" and (refund := _entity(payload, "refund")) is not None:
             amount = int(refund.get("amount") or 0)

@@ -5,8 +5,6 @@ inbox, command ids, retries and refusals belong to the kit (:mod:`libs.process`)
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from pydantic import BaseModel
 
 from contracts.base import Event
@@ -53,22 +51,10 @@ class PaymentsProcess(ProcessManager[NoState]):
             case PaymentCaptured() as e:
                 return [self._credit(e)]
             case PaymentRefunded() as e:
-                return self._debit(
-                    e.order_id,
-                    e.user_id,
-                    refund_transfer(e.refund_id),
-                    e.credits,
-                    CauseKind.refund,
-                    e.refund_id,
-                )
+                return self._debit(e, refund_transfer(e.refund_id), CauseKind.refund, e.refund_id)
             case DisputeLost() as e:
                 return self._debit(
-                    e.order_id,
-                    e.user_id,
-                    dispute_transfer(e.dispute_id),
-                    e.credits,
-                    CauseKind.dispute,
-                    e.dispute_id,
+                    e, dispute_transfer(e.dispute_id), CauseKind.dispute, e.dispute_id
                 )
         return []
 
@@ -87,18 +73,17 @@ class PaymentsProcess(ProcessManager[NoState]):
         return Send(deposit, WalletBalance, then=lambda _: [Send(record, TopUpOrder)])
 
     def _debit(
-        self,
-        order_id: str,
-        user_id: str,
-        transfer_id: str,
-        amount: Decimal,
-        cause: CauseKind,
-        cause_id: str,
+        self, e: PaymentRefunded | DisputeLost, transfer_id: str, cause: CauseKind, cause_id: str
     ) -> list[Send]:
-        if amount <= 0:
+        """Take the credits of a refund or a lost dispute back, then record that on the order."""
+        if e.credits <= 0:
             return []
         debit = DebitCredits(
-            user_id=user_id, transfer_id=transfer_id, amount=amount, cause=cause, cause_id=cause_id
+            user_id=e.user_id,
+            transfer_id=transfer_id,
+            amount=e.credits,
+            cause=cause,
+            cause_id=cause_id,
         )
-        record = RecordWalletDebit(order_id=order_id, transfer_id=transfer_id, credits=amount)
+        record = RecordWalletDebit(order_id=e.order_id, transfer_id=transfer_id, credits=e.credits)
         return [Send(debit, WalletBalance, then=lambda _: [Send(record, TopUpOrder)])]

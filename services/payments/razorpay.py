@@ -15,6 +15,14 @@ from services.payments.settings import PaymentsSettings
 
 log = get_logger(__name__)
 
+#: Payment statuses that mean the money was captured (refunded ones were captured first).
+CAPTURED = ("captured", "refunded")
+
+
+def was_captured(payment: dict[str, Any]) -> bool:
+    """Whether Razorpay's payment entity says the money was captured."""
+    return bool(payment.get("captured")) or payment.get("status") in CAPTURED
+
 
 def signature(secret: str, message: str) -> str:
     """HMAC-SHA256 hex: Checkout's ``order_id|payment_id`` and every webhook body."""

@@ -90,6 +90,17 @@ async def pay(standin: httpx.AsyncClient, order_id: str, **options: Any) -> dict
     return paid
 
 
+async def checkout(
+    store: InMemoryEventStore,
+    commands: PaymentsCommands,
+    standin: httpx.AsyncClient,
+    **options: Any,
+) -> dict[str, Any]:
+    """Order a top-up, then pay it at the stand-in's Checkout (``options`` shape the payment)."""
+    order = await ordered(store, commands)
+    return await pay(standin, order.order_id, **options)
+
+
 def verify(paid: dict[str, Any], user_id: str = "usr_1", signature: str = "") -> VerifyCheckout:
     return VerifyCheckout(
         user_id=user_id,
@@ -136,8 +147,7 @@ async def test_an_order_is_made_at_razorpay_and_recorded(
 async def test_checkout_is_verified_and_captured_once(
     store: InMemoryEventStore, commands: PaymentsCommands, standin: httpx.AsyncClient
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id)
+    paid = await checkout(store, commands, standin)
     first = await run(store, commands.verify, verify(paid))
     again = await run(store, commands.verify, verify(paid))
     assert first.status is OrderStatus.paid and first.payment_id == paid["razorpay_payment_id"]
@@ -152,8 +162,7 @@ async def test_a_forged_checkout_signature_is_refused_and_nothing_recorded(
     standin: httpx.AsyncClient,
     signature: str,
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id)
+    paid = await checkout(store, commands, standin)
     with pytest.raises(PaymentSignatureInvalid):
         await run(store, commands.verify, verify(paid, signature=signature))
     assert await types(store) == ["payment.TopUpOrdered"]
@@ -162,8 +171,7 @@ async def test_a_forged_checkout_signature_is_refused_and_nothing_recorded(
 async def test_another_users_order_is_not_found(
     store: InMemoryEventStore, commands: PaymentsCommands, standin: httpx.AsyncClient
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id)
+    paid = await checkout(store, commands, standin)
     with pytest.raises(OrderNotFound):
         await run(store, commands.verify, verify(paid, user_id="usr_2"))
     assert await types(store) == ["payment.TopUpOrdered"]
@@ -172,8 +180,7 @@ async def test_another_users_order_is_not_found(
 async def test_a_failed_payment_is_not_captured(
     store: InMemoryEventStore, commands: PaymentsCommands, standin: httpx.AsyncClient
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id, outcome="failed")
+    paid = await checkout(store, commands, standin, outcome="failed")
     with pytest.raises(PaymentNotCaptured):
         await run(store, commands.verify, verify(paid))
 
@@ -181,8 +188,7 @@ async def test_a_failed_payment_is_not_captured(
 async def test_an_authorized_payment_is_captured_by_verify(
     store: InMemoryEventStore, commands: PaymentsCommands, standin: httpx.AsyncClient
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id, outcome="authorized")
+    paid = await checkout(store, commands, standin, outcome="authorized")
     reply = await run(store, commands.verify, verify(paid))
     assert reply.status is OrderStatus.paid
     payment = (await standin.get(f"/v1/payments/{paid['razorpay_payment_id']}")).json()
@@ -192,8 +198,7 @@ async def test_an_authorized_payment_is_captured_by_verify(
 async def test_a_payment_of_another_amount_is_kept_as_mismatched_not_captured(
     store: InMemoryEventStore, commands: PaymentsCommands, standin: httpx.AsyncClient
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id, amount=100)
+    paid = await checkout(store, commands, standin, amount=100)
     with pytest.raises(PaymentMismatch):
         await run(store, commands.verify, verify(paid))
     assert await types(store) == ["payment.TopUpOrdered", "payment.PaymentMismatched"]
@@ -205,8 +210,7 @@ async def test_webhooks_signed_with_neither_secret_are_refused_and_nothing_recor
     standin: httpx.AsyncClient,
     receiver: Receiver,
 ) -> None:
-    order = await ordered(store, commands)
-    await pay(standin, order.order_id, webhook_url=receiver.url, sign_with="forged-secret")
+    await checkout(store, commands, standin, webhook_url=receiver.url, sign_with="forged-secret")
     for d in receiver.deliveries:
         with pytest.raises(WebhookSignatureInvalid):
             await run(store, commands.receive, received(d))
@@ -225,8 +229,9 @@ async def test_a_webhook_signed_with_the_previous_secret_is_accepted_during_rota
     standin: httpx.AsyncClient,
     receiver: Receiver,
 ) -> None:
-    order = await ordered(store, commands)
-    await pay(standin, order.order_id, webhook_url=receiver.url, sign_with=PREVIOUS_WEBHOOK_SECRET)
+    await checkout(
+        store, commands, standin, webhook_url=receiver.url, sign_with=PREVIOUS_WEBHOOK_SECRET
+    )
     accepted = await run(store, commands.receive, received(receiver.deliveries[0]))
     assert not accepted.duplicate
     (event,) = [
@@ -241,9 +246,8 @@ async def test_duplicate_and_out_of_order_webhooks_capture_once(
     standin: httpx.AsyncClient,
     receiver: Receiver,
 ) -> None:
-    order = await ordered(store, commands)
     options = {"outcome": "failed_then_captured", "duplicate": True, "reverse": True}
-    await pay(standin, order.order_id, webhook_url=receiver.url, **options)
+    await checkout(store, commands, standin, webhook_url=receiver.url, **options)
     applied = await deliver(store, commands, receiver.deliveries)
     assert len(receiver.deliveries) == 8 and len(applied) == 4
     assert [(a.event, a.outcome) for a in applied] == [
@@ -263,8 +267,7 @@ async def test_checkout_and_webhook_both_arriving_capture_once(
     standin: httpx.AsyncClient,
     receiver: Receiver,
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id, webhook_url=receiver.url)
+    paid = await checkout(store, commands, standin, webhook_url=receiver.url)
     await run(store, commands.verify, verify(paid))
     await deliver(store, commands, receiver.deliveries)
     assert (await types(store)).count("payment.PaymentCaptured") == 1
@@ -289,8 +292,7 @@ async def test_a_refund_before_its_capture_webhook_captures_then_refunds(
     standin: httpx.AsyncClient,
     receiver: Receiver,
 ) -> None:
-    order = await ordered(store, commands)
-    paid = await pay(standin, order.order_id, deliver=False)
+    paid = await checkout(store, commands, standin, deliver=False)
     pay_id = paid["razorpay_payment_id"]
     r = await standin.post(f"/_test/payments/{pay_id}/refund", json={"webhook_url": receiver.url})
     assert r.status_code == 200, r.text

@@ -61,6 +61,7 @@ from services.gateway.api import (
     idempotent,
     json_response,
     principal,
+    send_idempotent,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
 
@@ -402,15 +403,11 @@ async def get_prices(request: Request) -> Response:
 async def publish_prices(
     request: Request, body: PublishPricesRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    gw, p = gateway(request), principal(request)
-    p.require_admin()
-
-    async def run(command_id: str) -> tuple[int, bytes]:
-        cmd = PublishPrices(prices=body.prices, effective_from=body.effective_from)
-        version = await gw.commands.send(cmd, PriceVersion, command_id=command_id, actor=p.actor())
-        return 201, version.model_dump_json().encode()
-
-    return await idempotent(request, p.idempotency_scope, idempotency_key, "publish_prices", run)
+    principal(request).require_admin()
+    cmd = PublishPrices(prices=body.prices, effective_from=body.effective_from)
+    return await send_idempotent(
+        request, idempotency_key, "publish_prices", cmd, PriceVersion, status=201
+    )
 
 
 async def _own_key(gw: Gateway, user_id: str, key_id: str) -> None:
@@ -440,19 +437,13 @@ async def set_api_key_spend_caps(
     p.require_session()
     await _own_key(gw, p.user_id, key_id)
 
-    async def run(command_id: str) -> tuple[int, bytes]:
-        cmd = SetKeySpendCaps(
-            api_key_id=key_id,
-            owner_id=p.user_id,
-            daily_cap_credits=body.daily_cap_credits,
-            total_cap_credits=body.total_cap_credits,
-        )
-        spend = await gw.commands.send(cmd, KeySpend, command_id=command_id, actor=p.actor())
-        return 200, spend.model_dump_json().encode()
-
-    return await idempotent(
-        request, p.idempotency_scope, idempotency_key, "set_api_key_spend_caps", run
+    cmd = SetKeySpendCaps(
+        api_key_id=key_id,
+        owner_id=p.user_id,
+        daily_cap_credits=body.daily_cap_credits,
+        total_cap_credits=body.total_cap_credits,
     )
+    return await send_idempotent(request, idempotency_key, "set_api_key_spend_caps", cmd, KeySpend)
 
 
 @router.get(

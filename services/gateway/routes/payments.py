@@ -44,6 +44,7 @@ from services.gateway.api import (
     idempotent,
     json_response,
     principal,
+    send_idempotent,
     set_targets,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
@@ -88,19 +89,19 @@ OrderId = Annotated[
 async def create_payment_order(
     request: Request, body: CreatePaymentOrderRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    gw, p = gateway(request), principal(request)
+    p = principal(request)
     p.require(Scope.jobs_write)
-
-    async def run(command_id: str) -> tuple[int, bytes]:
-        cmd = CreateTopUpOrder(
-            user_id=p.user_id, topup_id=new_id("top"), amount_paise=body.amount_paise
-        )
-        order = await gw.commands.send(cmd, TopUpOrder, command_id=command_id, actor=p.actor())
-        set_targets(request, order_id=order.order_id)
-        return 201, order.model_dump_json().encode()
-
-    return await idempotent(
-        request, p.idempotency_scope, idempotency_key, "create_payment_order", run
+    cmd = CreateTopUpOrder(
+        user_id=p.user_id, topup_id=new_id("top"), amount_paise=body.amount_paise
+    )
+    return await send_idempotent(
+        request,
+        idempotency_key,
+        "create_payment_order",
+        cmd,
+        TopUpOrder,
+        status=201,
+        targets=lambda order: {"order_id": order.order_id},
     )
 
 
