@@ -152,7 +152,7 @@ class PaymentsCommands:
                     f"payment {cmd.payment_id} does not match the order: {mismatched[0].reason}",
                     order_id=cmd.order_id,
                 )
-        elif order.payment_id != cmd.payment_id:
+        else:  # the order was paid by another payment
             raise PaymentMismatch(
                 f"payment {cmd.payment_id} does not match the order", order_id=cmd.order_id
             )
