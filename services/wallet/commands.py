@@ -49,9 +49,9 @@ def wallet_key(cmd: _OneWallet) -> str:
     return f"wallet:{cmd.user_id}"
 
 
-def balance(user_id: str, wallet: Wallet, outcome: TransferOutcome) -> WalletBalance:
+def balance(wallet: Wallet, outcome: TransferOutcome) -> WalletBalance:
     return WalletBalance(
-        user_id=user_id,
+        user_id=wallet.key,
         currency=Currency.credits,
         balance_credits=wallet.balance,
         held_credits=wallet.held,
@@ -80,23 +80,22 @@ class WalletCommands:
     async def deposit(self, cmd: DepositCredits, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, _ = await load(uow, cmd.user_id, cmd.transfer_id)
         outcome = wallet.deposit(
-            claim, cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
+            claim, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
         )
-        return balance(cmd.user_id, wallet, outcome)
+        return balance(wallet, outcome)
 
     async def debit(self, cmd: DebitCredits, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, _ = await load(uow, cmd.user_id, cmd.transfer_id)
         outcome = wallet.debit(
-            claim, cmd.user_id, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
+            claim, cmd.transfer_id, cmd.amount, cmd.cause, cmd.cause_id, self.now()
         )
-        return balance(cmd.user_id, wallet, outcome)
+        return balance(wallet, outcome)
 
     async def hold(self, cmd: HoldCredits, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
         outcome = wallet.hold(
             claim,
             retired,
-            cmd.user_id,
             cmd.transfer_id,
             cmd.hold_id,
             cmd.job_id,
@@ -104,41 +103,38 @@ class WalletCommands:
             cmd.expires_at,
             self.now(),
         )
-        return balance(cmd.user_id, wallet, outcome)
+        return balance(wallet, outcome)
 
     async def increase(self, cmd: IncreaseHold, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
         outcome = wallet.increase(
             claim,
             retired,
-            cmd.user_id,
             cmd.transfer_id,
             cmd.hold_id,
             cmd.amount,
             cmd.expires_at,
             self.now(),
         )
-        return balance(cmd.user_id, wallet, outcome)
+        return balance(wallet, outcome)
 
     async def capture(self, cmd: CaptureHold, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
         outcome = wallet.capture(
-            claim, retired, cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.amount, self.now()
+            claim, retired, cmd.transfer_id, cmd.hold_id, cmd.amount, self.now()
         )
-        return balance(cmd.user_id, wallet, outcome)
+        return balance(wallet, outcome)
 
     async def void(self, cmd: VoidHold, uow: UnitOfWork) -> WalletBalance:
         wallet, claim, retired = await load(uow, cmd.user_id, cmd.transfer_id, cmd.hold_id)
-        outcome = wallet.void(
-            claim, retired, cmd.user_id, cmd.transfer_id, cmd.hold_id, cmd.reason, self.now()
-        )
-        return balance(cmd.user_id, wallet, outcome)
+        outcome = wallet.void(claim, retired, cmd.transfer_id, cmd.hold_id, cmd.reason, self.now())
+        return balance(wallet, outcome)
 
     async def expire(self, cmd: ExpireHold, uow: UnitOfWork) -> WalletBalance:
         transfer_id = expiry_transfer_id(cmd.hold_id)
         wallet, claim, retired = await load(uow, cmd.user_id, transfer_id, cmd.hold_id)
-        outcome = wallet.expire(claim, retired, cmd.user_id, cmd.hold_id, self.now())
-        return balance(cmd.user_id, wallet, outcome)
+        outcome = wallet.expire(claim, retired, cmd.hold_id, self.now())
+        return balance(wallet, outcome)
 
 
 async def load(
@@ -147,12 +143,12 @@ async def load(
     """The wallet, the transfer id's claim and the hold id's retired record, in one query
     (with the command's stored-reply lookup)."""
     transfer_key = claim_key(user_id, transfer_id)
-    hold_key = claim_key(user_id, hold_id or "")
     refs: list[tuple[type[Aggregate], str]] = [(Wallet, user_id), (TransferClaim, transfer_key)]
-    if hold_id is not None:
-        refs.append((RetiredHold, hold_key))
-    await uow.prefetch(*refs)
-    wallet = await uow.get(Wallet, user_id)
-    claim = await uow.get(TransferClaim, transfer_key)
-    retired = await uow.get(RetiredHold, hold_key) if hold_id is not None else RetiredHold()
-    return wallet, claim, retired
+    if hold_id is None:
+        await uow.prefetch(*refs)
+        retired = RetiredHold()
+    else:
+        hold_key = claim_key(user_id, hold_id)
+        await uow.prefetch(*refs, (RetiredHold, hold_key))
+        retired = await uow.get(RetiredHold, hold_key)
+    return await uow.get(Wallet, user_id), await uow.get(TransferClaim, transfer_key), retired

@@ -152,13 +152,13 @@ class Hold(BaseModel):
 
 
 class Wallet(Aggregate):
-    """A user's balance (posted credits minus debits), held amount and pending holds."""
+    """A user's balance (posted credits minus debits), held amount and pending holds; its
+    key is the user's id."""
 
     stream_prefix = "wallet"
     #: 2: no transfer fingerprints, pending holds only (claims live in their own streams).
     snapshot_version = 2
 
-    user_id: str = ""
     balance: Decimal = ZERO
     held: Decimal = ZERO
     #: hold id -> the pending hold.
@@ -195,17 +195,16 @@ class Wallet(Aggregate):
     # loaded with the wallet; the claim is taken in the same recording.
 
     def _claimed(
-        self, user_id: str, transfer_id: str, claim: TransferClaim, event: WalletEvent, fp: str
+        self, transfer_id: str, claim: TransferClaim, event: WalletEvent, fp: str
     ) -> TransferOutcome:
         """Record ``event`` and take ``transfer_id``'s claim with it."""
         self.record(event)
-        claim.take(user_id, transfer_id, _KINDS[type(event)], fp)
+        claim.take(self.key, transfer_id, _KINDS[type(event)], fp)
         return TransferOutcome.applied
 
     def deposit(
         self,
         claim: TransferClaim,
-        user_id: str,
         transfer_id: str,
         amount: Decimal,
         cause: CauseKind,
@@ -216,7 +215,7 @@ class Wallet(Aggregate):
         if claim.seen(transfer_id, fp):
             return TransferOutcome.exists
         event = CreditsDeposited(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             amount=amount,
@@ -225,12 +224,11 @@ class Wallet(Aggregate):
             balance_after=self.balance + amount,
             held_after=self.held,
         )
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def debit(
         self,
         claim: TransferClaim,
-        user_id: str,
         transfer_id: str,
         amount: Decimal,
         cause: CauseKind,
@@ -242,7 +240,7 @@ class Wallet(Aggregate):
         if claim.seen(transfer_id, fp):
             return TransferOutcome.exists
         event = CreditsDebited(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             amount=amount,
@@ -251,13 +249,12 @@ class Wallet(Aggregate):
             balance_after=self.balance - amount,
             held_after=self.held,
         )
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def hold(
         self,
         claim: TransferClaim,
         retired: RetiredHold,
-        user_id: str,
         transfer_id: str,
         hold_id: str,
         job_id: str,
@@ -277,7 +274,7 @@ class Wallet(Aggregate):
             )
         self._covers(amount)
         event = CreditsHeld(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             hold_id=hold_id,
@@ -287,13 +284,12 @@ class Wallet(Aggregate):
             balance_after=self.balance,
             held_after=self.held + amount,
         )
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def increase(
         self,
         claim: TransferClaim,
         retired: RetiredHold,
-        user_id: str,
         transfer_id: str,
         hold_id: str,
         amount: Decimal,
@@ -309,7 +305,7 @@ class Wallet(Aggregate):
         hold = self._pending_hold(hold_id, retired)
         self._covers(amount)
         event = HoldIncreased(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             hold_id=hold_id,
@@ -320,13 +316,12 @@ class Wallet(Aggregate):
             balance_after=self.balance,
             held_after=self.held + amount,
         )
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def capture(
         self,
         claim: TransferClaim,
         retired: RetiredHold,
-        user_id: str,
         transfer_id: str,
         hold_id: str,
         amount: Decimal,
@@ -345,7 +340,7 @@ class Wallet(Aggregate):
                 requested_credits=amount,
             )
         event = HoldCaptured(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             hold_id=hold_id,
@@ -355,14 +350,13 @@ class Wallet(Aggregate):
             balance_after=self.balance - amount,
             held_after=self.held - hold.amount,
         )
-        retired.retire(user_id, hold_id, hold.job_id, HoldStatus.captured, transfer_id)
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        retired.retire(self.key, hold_id, hold.job_id, HoldStatus.captured, transfer_id)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def void(
         self,
         claim: TransferClaim,
         retired: RetiredHold,
-        user_id: str,
         transfer_id: str,
         hold_id: str,
         reason: str,
@@ -373,7 +367,7 @@ class Wallet(Aggregate):
             return TransferOutcome.exists
         hold = self._pending_hold(hold_id, retired)
         event = HoldVoided(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=at,
             hold_id=hold_id,
@@ -383,11 +377,11 @@ class Wallet(Aggregate):
             balance_after=self.balance,
             held_after=self.held - hold.amount,
         )
-        retired.retire(user_id, hold_id, hold.job_id, HoldStatus.voided, transfer_id)
-        return self._claimed(user_id, transfer_id, claim, event, fp)
+        retired.retire(self.key, hold_id, hold.job_id, HoldStatus.voided, transfer_id)
+        return self._claimed(transfer_id, claim, event, fp)
 
     def expire(
-        self, claim: TransferClaim, retired: RetiredHold, user_id: str, hold_id: str, now: datetime
+        self, claim: TransferClaim, retired: RetiredHold, hold_id: str, now: datetime
     ) -> TransferOutcome:
         """Release a pending hold past its expiry; anything else is a no-op (``exists``).
         ``claim`` is the claim of :func:`expiry_transfer_id`."""
@@ -400,7 +394,7 @@ class Wallet(Aggregate):
             return TransferOutcome.exists
         transfer_id = expiry_transfer_id(hold_id)
         event = HoldExpired(
-            user_id=user_id,
+            user_id=self.key,
             transfer_id=transfer_id,
             at=now,
             hold_id=hold_id,
@@ -409,8 +403,8 @@ class Wallet(Aggregate):
             balance_after=self.balance,
             held_after=self.held - hold.amount,
         )
-        retired.retire(user_id, hold_id, hold.job_id, HoldStatus.expired, transfer_id)
-        return self._claimed(user_id, transfer_id, claim, event, "")
+        retired.retire(self.key, hold_id, hold.job_id, HoldStatus.expired, transfer_id)
+        return self._claimed(transfer_id, claim, event, "")
 
     # -- evolve -------------------------------------------------------------------------
 
@@ -436,7 +430,6 @@ class Wallet(Aggregate):
             case _:
                 return
         assert isinstance(event, WalletEvent)
-        self.user_id = self.user_id or event.user_id
         self.balance, self.held = event.balance_after, event.held_after
 
 

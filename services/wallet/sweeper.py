@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from contracts.errors import DomainError
-from contracts.wallet import ExpireHold, WalletBalance
+from contracts.wallet import ExpireHold, TransferOutcome, WalletBalance
 from libs.bus.commands import Actor, CommandClient
 from libs.eventstore.store import EventStore
 from libs.leader import leadership, lock_key, sleep_or_stop
@@ -35,7 +35,6 @@ class HoldSweeper:
         self.settings = settings
         self.store = store
         self.commands = commands
-        self.expired = 0
         self._stale_sql = (
             f"SELECT user_id, hold_id FROM {store.schema}.holds WHERE status = 'pending'"
             " AND expires_at <= $1 AND (user_id, hold_id) > ($2, $3)"
@@ -68,7 +67,6 @@ class HoldSweeper:
             after = (rows[-1]["user_id"], rows[-1]["hold_id"])
         if expired:
             log.info("holds_expired", count=expired)
-        self.expired += expired
         return expired
 
     async def _expire(
@@ -87,4 +85,4 @@ class HoldSweeper:
             except DomainError as e:  # tried again at the next sweep
                 log.warning("hold_not_expired", user_id=user_id, hold_id=hold_id, code=e.code)
                 return False
-        return reply.outcome == "applied"
+        return reply.outcome is TransferOutcome.applied

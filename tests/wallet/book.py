@@ -26,7 +26,7 @@ class Book:
 
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
-        self.wallet = Wallet()
+        self.wallet = Wallet.rehydrate(user_id, ())
         self.claims: dict[str, TransferClaim] = {}
         self.retired: dict[str, RetiredHold] = {}
 
@@ -66,15 +66,13 @@ class Book:
         self, transfer_id: str, amount: Decimal, cause: CauseKind, cause_id: str, at: datetime
     ) -> TransferOutcome:
         return self.wallet.deposit(
-            self.claim(transfer_id), self.user_id, transfer_id, amount, cause, cause_id, at
+            self.claim(transfer_id), transfer_id, amount, cause, cause_id, at
         )
 
     def debit(
         self, transfer_id: str, amount: Decimal, cause: CauseKind, cause_id: str, at: datetime
     ) -> TransferOutcome:
-        return self.wallet.debit(
-            self.claim(transfer_id), self.user_id, transfer_id, amount, cause, cause_id, at
-        )
+        return self.wallet.debit(self.claim(transfer_id), transfer_id, amount, cause, cause_id, at)
 
     def hold(
         self,
@@ -88,7 +86,6 @@ class Book:
         return self.wallet.hold(
             self.claim(transfer_id),
             self.retired_hold(hold_id),
-            self.user_id,
             transfer_id,
             hold_id,
             job_id,
@@ -103,7 +100,6 @@ class Book:
         return self.wallet.increase(
             self.claim(transfer_id),
             self.retired_hold(hold_id),
-            self.user_id,
             transfer_id,
             hold_id,
             amount,
@@ -117,7 +113,6 @@ class Book:
         return self.wallet.capture(
             self.claim(transfer_id),
             self.retired_hold(hold_id),
-            self.user_id,
             transfer_id,
             hold_id,
             amount,
@@ -128,7 +123,6 @@ class Book:
         return self.wallet.void(
             self.claim(transfer_id),
             self.retired_hold(hold_id),
-            self.user_id,
             transfer_id,
             hold_id,
             reason,
@@ -139,7 +133,6 @@ class Book:
         return self.wallet.expire(
             self.claim(expiry_transfer_id(hold_id)),
             self.retired_hold(hold_id),
-            self.user_id,
             hold_id,
             now,
         )

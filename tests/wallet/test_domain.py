@@ -42,10 +42,6 @@ def hold(wallet: Book, n: int, amount: str, expires_at: datetime = LATER) -> Tra
     return wallet.hold(f"hold:job_{n}:1", f"hld_{n}", f"job_{n}", D(amount), expires_at, NOW)
 
 
-def replayed(wallet: Book) -> Book:
-    return wallet.replayed()
-
-
 def test_a_deposit_raises_balance_and_available() -> None:
     wallet = funded("100.00")
     assert (wallet.balance, wallet.held, wallet.available) == (D("100.00"), D(0), D("100.00"))
@@ -74,7 +70,7 @@ def test_a_transfer_id_reused_with_other_fields_is_refused() -> None:
 
 
 def test_the_fingerprint_survives_a_replay() -> None:
-    wallet = replayed(funded("100.00"))
+    wallet = funded("100.00").replayed()
     assert (
         wallet.deposit("topup:pay_1", D("100.00"), CauseKind.payment, "pay_1", NOW)
         is TransferOutcome.exists
@@ -197,7 +193,7 @@ def test_replay_and_snapshot_give_the_same_state() -> None:
     wallet.increase("hold:job_1:2", "hld_1", D("5.55"), LATER, NOW)
     wallet.capture("capture:job_1", "hld_1", D("20.00"), NOW)
     hold(wallet, 2, "10.00")
-    again = replayed(wallet).wallet
+    again = wallet.replayed().wallet
     from_snapshot = Wallet.model_validate(wallet.wallet.snapshot())
     for other in (again, from_snapshot):
         assert other.model_dump() == wallet.wallet.model_dump()
@@ -208,7 +204,7 @@ def test_a_resolved_hold_id_is_never_taken_again_and_its_capture_retried_moves_n
     wallet = funded("100.00")
     hold(wallet, 1, "30.00")
     wallet.capture("capture:job_1", "hld_1", D("10.00"), NOW)
-    wallet = replayed(wallet)  # what the next command loads
+    wallet = wallet.replayed()  # what the next command loads
     assert wallet.capture("capture:job_1", "hld_1", D("10.00"), NOW) is TransferOutcome.exists
     with pytest.raises(TransferIdReused):
         wallet.capture("capture:job_1", "hld_1", D("11.00"), NOW)
