@@ -24,8 +24,6 @@ and is not part of the figure (section 6 measures it).
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,15 +34,12 @@ import httpx
 import nats
 import orjson
 
-from bench.api_bench import wait_http_ok
 from bench.infra import Infra, Servers
-from bench.render_bench import _base_env, start_farm
+from bench.render_bench import start_farm, start_render_path
 from bench.report import Figure, percentile
 from bench.scenes import upload_scene
 from contracts.billing import InstancePrice, PriceList, PriceUnit
 from contracts.jobs import JobPriority
-from libs.auth import issue_access_token
-from services.gateway.settings import GatewaySettings
 
 SECTION = "13"
 USER = "usr_costlag"
@@ -95,46 +90,29 @@ class TaskLag:
 
 
 async def run_cost_lag(infra: Infra, servers: Servers, opts: CostLagOptions) -> list[Figure]:
-    from deploy.local.servers import free_port
-
     _, farm_url = await start_farm(infra, "farm-costlag", 1, opts.frame_seconds)
     dsn = await infra.create_database("costlag")
     prefix = f"b{infra.tag}c"
-    keys = {"k1": secrets.token_hex(32)}
-    env = {
-        **_base_env(servers, dsn, prefix),
-        **infra.s3_env(prefix),
-        "RF_STAGE_ROOT": str(infra.root / "scenes-costlag"),
-        "RF_JWT_KEYS": json.dumps(keys),
-        "RF_JWT_ACTIVE_KID": "k1",
-        "RF_TOKEN_PEPPER": secrets.token_hex(32),
-        "RF_FARM_URL": farm_url,
-        "RF_FARM_OUTPUTS_ROOT": str(infra.root / "farm-costlag" / "renders"),
-        "RF_SCENES_ROOT": str(infra.root / "scenes-costlag"),
-        "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
-        "RF_RATE_LIMIT_USER_BURST": "1000000",
-        "RF_ACTIVE_JOB_LIMIT": "1000000",
-        "RF_BILLING_DEFAULT_PRICES": _prices(),
-    }
-    gateway_port = free_port()
-    names = ("job", "scheduler", "upload", "wallet", "billing", "deadline_bridge", "gateway")
-    for name in names:
-        health = free_port()
-        child = infra.spawn(
-            f"costlag-{name}",
-            ["-m", f"services.{name}"],
-            {**env, "RF_HEALTH_PORT": str(health), "RF_GATEWAY_PORT": str(gateway_port)},
-        )
-        await wait_http_ok(health, "/readyz", 60, child)
-    settings = GatewaySettings(jwt_keys=keys, jwt_active_kid="k1", token_pepper="x" * 32)
-    user = {"Authorization": f"Bearer {issue_access_token(settings, USER, 'user')}"}
-    admin = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_admin', 'admin')}"}
+    path = await start_render_path(
+        infra,
+        servers,
+        label="costlag",
+        dsn=dsn,
+        prefix=prefix,
+        farm_url=farm_url,
+        farm_name="farm-costlag",
+        scenes="scenes-costlag",
+        extra_env={
+            "RF_ACTIVE_JOB_LIMIT": "1000000",
+            "RF_BILLING_DEFAULT_PRICES": _prices(),
+        },
+    )
+    user = path.bearer(USER, "user")
+    admin = path.bearer("usr_admin", "admin")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert pool is not None
     try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{gateway_port}", timeout=30
-        ) as api:
+        async with httpx.AsyncClient(base_url=path.gateway_url, timeout=30) as api:
             r = await api.post(
                 f"/v1/admin/users/{USER}/credits",
                 json={"amount_credits": "1000000.00"},

@@ -84,44 +84,93 @@ async def start_farm(
     return child, f"http://127.0.0.1:{port}"
 
 
-async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:
+@dataclass(frozen=True)
+class RenderPath:
+    """The render path's services, running: the gateway's address and its token keys."""
+
+    gateway_url: str
+    settings: GatewaySettings
+
+    def bearer(self, user_id: str, role: str) -> dict[str, str]:
+        """Authorization headers for ``user_id`` in ``role``."""
+        return {"Authorization": f"Bearer {issue_access_token(self.settings, user_id, role)}"}
+
+
+#: The render path; no render starts without a hold, so the wallet and billing run beside it.
+RENDER_PATH_SERVICES = (
+    "job",
+    "scheduler",
+    "upload",
+    "wallet",
+    "billing",
+    "deadline_bridge",
+    "gateway",
+)
+
+
+async def start_render_path(
+    infra: Infra,
+    servers: Servers,
+    *,
+    label: str,
+    dsn: str,
+    prefix: str,
+    farm_url: str,
+    farm_name: str,
+    scenes: str,
+    extra_env: dict[str, str] | None = None,
+) -> RenderPath:
+    """Start the render path's services on ``dsn`` against the farm ``farm_name`` at
+    ``farm_url``, each ready before the next; ``label`` prefixes their process names."""
     from deploy.local.servers import free_port
 
-    _, farm_url = await start_farm(infra, "farm-overhead", workers=1)
-    dsn = await infra.create_database("render")
-    prefix = f"b{infra.tag}r"
     keys = {"k1": secrets.token_hex(32)}
     env = {
         **_base_env(servers, dsn, prefix),
         **infra.s3_env(prefix),
-        "RF_STAGE_ROOT": str(infra.root / "scenes"),
+        "RF_STAGE_ROOT": str(infra.root / scenes),
         "RF_JWT_KEYS": json.dumps(keys),
         "RF_JWT_ACTIVE_KID": "k1",
         "RF_TOKEN_PEPPER": secrets.token_hex(32),
         "RF_FARM_URL": farm_url,
-        "RF_FARM_OUTPUTS_ROOT": str(infra.root / "farm-overhead" / "renders"),
-        "RF_SCENES_ROOT": str(infra.root / "scenes"),
+        "RF_FARM_OUTPUTS_ROOT": str(infra.root / farm_name / "renders"),
+        "RF_SCENES_ROOT": str(infra.root / scenes),
         "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
         "RF_RATE_LIMIT_USER_BURST": "1000000",
+        **(extra_env or {}),
     }
     gateway_port = free_port()
-    # No render starts without a hold: the wallet and billing run beside the render path.
-    services = ("job", "scheduler", "upload", "deadline_bridge", "wallet", "billing", "gateway")
-    for name in services:
+    for name in RENDER_PATH_SERVICES:
         health = free_port()
         child = infra.spawn(
-            f"render-{name}",
+            f"{label}-{name}",
             ["-m", f"services.{name}"],
             {**env, "RF_HEALTH_PORT": str(health), "RF_GATEWAY_PORT": str(gateway_port)},
         )
         await wait_http_ok(health, "/readyz", 60, child)
     settings = GatewaySettings(jwt_keys=keys, jwt_active_kid="k1", token_pepper="x" * 32)
-    headers = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_bench', 'user')}"}
-    admin = {"Authorization": f"Bearer {issue_access_token(settings, 'usr_admin', 'admin')}"}
+    return RenderPath(f"http://127.0.0.1:{gateway_port}", settings)
+
+
+async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOptions) -> list[Figure]:
+    _, farm_url = await start_farm(infra, "farm-overhead", workers=1)
+    dsn = await infra.create_database("render")
+    path = await start_render_path(
+        infra,
+        servers,
+        label="render",
+        dsn=dsn,
+        prefix=f"b{infra.tag}r",
+        farm_url=farm_url,
+        farm_name="farm-overhead",
+        scenes="scenes",
+    )
+    headers = path.bearer("usr_bench", "user")
+    admin = path.bearer("usr_admin", "admin")
     to_farm: list[float] = []
     to_done: list[float] = []
     async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as api,
+        httpx.AsyncClient(base_url=path.gateway_url, timeout=30) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
     ):
         granted = await api.post(

@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,13 +65,7 @@ LISTS = {"pool": ("farm_pools", "pools"), "group": ("farm_groups", "grps")}
 LIVE, DELETED, ARCHIVED = 0, 1, 2
 ON_COMPLETE = {"archive": 0, "delete": 1, "nothing": 2}
 
-_JOB_STATUS_NAMES = {
-    1: "Active",
-    2: "Suspended",
-    3: "Completed",
-    4: "Failed",
-    6: "Pending",
-}
+_JOB_STATUS_NAMES = {stat: name.capitalize() for name, stat in JOB_STATES.items()}
 #: Highest job priority (Deadline's default maximum).
 MAX_PRIORITY = 100
 #: Job object ``Props`` the ``save`` command writes back, with the JobInfo key each is kept as.
@@ -265,6 +259,15 @@ def _listed_workers(info: dict[str, str]) -> tuple[list[str], bool]:
     listed = [n.strip() for n in names.split(",") if n.strip()]
     flag = info.get("WhitelistFlag")
     return listed, as_bool(flag) if flag is not None else bool(white)
+
+
+def _set_listed_workers(info: dict[str, str], names: list[str], white: bool) -> None:
+    """Keep ``names`` as the job's whitelist (``white``) or blacklist."""
+    info.pop("Whitelist", None)
+    info.pop("Blacklist", None)
+    if names:
+        info["Whitelist" if white else "Blacklist"] = ",".join(names)
+    info["WhitelistFlag"] = as_text(white)
 
 
 def _key_values(info: dict[str, str], prefix: str) -> dict[str, str]:
@@ -544,12 +547,8 @@ class Store:
             names = [n for n in names if n not in (remove or [])]
             if whitelist is not None:
                 white = whitelist
-            info.pop("Whitelist", None)
-            info.pop("Blacklist", None)
-            if names:
-                info["Whitelist" if white else "Blacklist"] = ",".join(names)
+            _set_listed_workers(info, names, white)
             info["MachineLimit"] = str(row["mach_lmt"] if limit is None else limit)
-            info["WhitelistFlag"] = as_text(white)
             conn.execute(
                 "UPDATE jobs SET mach_lmt=?, job_info=? WHERE id=?",
                 (int(info["MachineLimit"]), json.dumps(info), job_id),
@@ -589,12 +588,7 @@ class Store:
                 listed = props.get("ListedSlaves", names)
                 if not isinstance(listed, list):
                     raise FarmError("Error: Props.ListedSlaves must be a list of names.", 400)
-                white = bool(props.get("White", white))
-                info.pop("Whitelist", None)
-                info.pop("Blacklist", None)
-                if listed:
-                    info["Whitelist" if white else "Blacklist"] = ",".join(map(str, listed))
-                info["WhitelistFlag"] = as_text(white)
+                _set_listed_workers(info, [str(n) for n in listed], bool(props.get("White", white)))
             priority = _int(info, "Priority", row["pri"])
             limit = _int(info, "MachineLimit", row["mach_lmt"])
             task_limit = _int(info, "FailureDetectionTaskErrors", row["task_err_limit"])
@@ -802,75 +796,43 @@ class Store:
 
     def add_names(self, kind: str, names: list[str]) -> None:
         """Add pools (or groups) to the farm; existing ones are kept."""
-        table, _ = LISTS[kind]
         with self._tx() as conn:
-            conn.executemany(
-                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
-            )
+            _add_names(conn, kind, names)
 
     def set_names(self, kind: str, names: list[str], overwrite: bool) -> None:
         """``PUT`` without workers: with ``overwrite`` the farm has exactly these pools (the
         others are taken off every worker), else they are added."""
-        table, column = LISTS[kind]
         with self._tx() as conn:
             if overwrite:
                 kept = {*names, NONE}
-                conn.execute(f"DELETE FROM {table}")
-                for row in conn.execute(f"SELECT name, {column} FROM worker_settings").fetchall():
-                    mine = [n for n in json.loads(row[column]) if n in kept]
-                    conn.execute(
-                        f"UPDATE worker_settings SET {column}=? WHERE name=?",
-                        (json.dumps(mine), row["name"]),
-                    )
-            conn.executemany(
-                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
-            )
+                conn.execute(f"DELETE FROM {LISTS[kind][0]}")
+                _edit_worker_lists(conn, kind, None, lambda mine: [n for n in mine if n in kept])
+            _add_names(conn, kind, names)
 
     def assign(self, kind: str, workers: list[str], names: list[str], overwrite: bool) -> None:
         """Give workers pools (or groups): appended in order, or replacing their list."""
-        table, column = LISTS[kind]
         with self._tx() as conn:
+            _add_names(conn, kind, names)
             conn.executemany(
-                f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names]
+                "INSERT OR IGNORE INTO worker_settings (name) VALUES (?)", [(w,) for w in workers]
             )
-            for worker in workers:
-                conn.execute("INSERT OR IGNORE INTO worker_settings (name) VALUES (?)", (worker,))
-                row = conn.execute(
-                    f"SELECT {column} FROM worker_settings WHERE name=?", (worker,)
-                ).fetchone()
-                mine = [] if overwrite else json.loads(row[column])
-                mine += [n for n in names if n not in mine]
-                conn.execute(
-                    f"UPDATE worker_settings SET {column}=? WHERE name=?",
-                    (json.dumps(mine), worker),
-                )
+
+            def give(mine: list[str]) -> list[str]:
+                kept = [] if overwrite else mine
+                return kept + [n for n in names if n not in kept]
+
+            _edit_worker_lists(conn, kind, workers, give)
 
     def unassign(self, kind: str, workers: list[str], names: list[str]) -> None:
         """Take pools (or groups) off workers."""
-        _, column = LISTS[kind]
         with self._tx() as conn:
-            for worker in workers:
-                row = conn.execute(
-                    f"SELECT {column} FROM worker_settings WHERE name=?", (worker,)
-                ).fetchone()
-                if row is not None:
-                    mine = [n for n in json.loads(row[column]) if n not in names]
-                    conn.execute(
-                        f"UPDATE worker_settings SET {column}=? WHERE name=?",
-                        (json.dumps(mine), worker),
-                    )
+            _edit_worker_lists(conn, kind, workers, _without(names))
 
     def delete_names(self, kind: str, names: list[str]) -> None:
         """Remove pools (or groups) from the farm and from every worker (``none`` stays)."""
-        table, column = LISTS[kind]
         with self._tx() as conn:
-            conn.executemany(f"DELETE FROM {table} WHERE name=?", [(n,) for n in names])
-            for row in conn.execute(f"SELECT name, {column} FROM worker_settings").fetchall():
-                mine = [n for n in json.loads(row[column]) if n not in names]
-                conn.execute(
-                    f"UPDATE worker_settings SET {column}=? WHERE name=?",
-                    (json.dumps(mine), row["name"]),
-                )
+            conn.executemany(f"DELETE FROM {LISTS[kind][0]} WHERE name=?", [(n,) for n in names])
+            _edit_worker_lists(conn, kind, None, _without(names))
 
     def workers_in(self, kind: str, names: list[str]) -> list[str]:
         """Names of the workers in any of these pools (or groups); every worker is in
@@ -1323,6 +1285,41 @@ def _add_report(
             seconds,
             contents,
         ),
+    )
+
+
+def _add_names(conn: sqlite3.Connection, kind: str, names: list[str]) -> None:
+    """Add pools (or groups) to the farm's list; existing ones are kept."""
+    conn.executemany(
+        f"INSERT OR IGNORE INTO {LISTS[kind][0]} (name) VALUES (?)", [(n,) for n in names]
+    )
+
+
+def _without(names: list[str]) -> Callable[[list[str]], list[str]]:
+    """An edit of a worker's pools (or groups) that takes ``names`` off."""
+    return lambda mine: [n for n in mine if n not in names]
+
+
+def _edit_worker_lists(
+    conn: sqlite3.Connection,
+    kind: str,
+    workers: list[str] | None,
+    edit: Callable[[list[str]], list[str]],
+) -> None:
+    """Replace the pools (or groups) of ``workers`` (None: of every worker with settings) by
+    ``edit`` of them."""
+    column = LISTS[kind][1]
+    sql = f"SELECT name, {column} FROM worker_settings"
+    args: list[str] = []
+    if workers is not None:
+        sql += f" WHERE name IN ({','.join('?' * len(workers))})"
+        args = workers
+    conn.executemany(
+        f"UPDATE worker_settings SET {column}=? WHERE name=?",
+        [
+            (json.dumps(edit(json.loads(row[column]))), row["name"])
+            for row in conn.execute(sql, args).fetchall()
+        ],
     )
 
 

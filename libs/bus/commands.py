@@ -228,13 +228,8 @@ class CommandServer:
         command_type = body["type"]
         command_id = str(body["command_id"])
         registered = self._handlers[command_type]
-        cmd_cls, handler, store_reply = (
-            registered.cmd_cls,
-            registered.handler,
-            registered.store_reply,
-        )
         try:
-            cmd = cmd_cls.model_validate(body["payload"])
+            cmd = registered.cmd_cls.model_validate(body["payload"])
         except ValidationError as e:
             raise ValidationFailed(
                 f"bad {command_type} payload", field_problems(e.errors(include_url=False))
@@ -252,15 +247,13 @@ class CommandServer:
         }
         if registered.read_only:
             uow = ReadOnlyUnitOfWork(self.store, metadata=event_meta, loads=self._reads)
-            result = await handler(cmd, uow)
+            result = await registered.handler(cmd, uow)
             return {"ok": True, "result": result.model_dump(mode="json")}
         key = registered.serialize(cmd) if registered.serialize is not None else None
         # The key's turn first, then a connection: commands waiting for a hot aggregate
         # hold no connection the others need.
         async with self._turn(key), self._slots:
-            return await self._attempts(
-                cmd, command_id, command_type, handler, store_reply, event_meta, recorded
-            )
+            return await self._attempts(cmd, command_id, registered, event_meta, recorded)
 
     @contextlib.asynccontextmanager
     async def _turn(self, key: str | None) -> AsyncIterator[None]:
@@ -284,12 +277,12 @@ class CommandServer:
         self,
         cmd: Command,
         command_id: str,
-        command_type: str,
-        handler: CommandHandler,
-        store_reply: bool,
+        registered: _Registered,
         event_meta: JsonDict,
         recorded: list[RecordedEvent],
     ) -> JsonDict:
+        handler, store_reply = registered.handler, registered.store_reply
+        command_type = registered.cmd_cls.command_type
         if not store_reply:
             # A secret-bearing reply: look before the handler runs at all (it may mint a
             # secret before its first load); a repeat gets the tombstone.

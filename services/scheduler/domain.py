@@ -302,14 +302,13 @@ class RenderProcess(ProcessManager[JobRender]):
         event = cause.event
         match event:
             case JobSubmitted() if starts(state, event):
-                submitted = state.model_copy(update={"owner_id": event.owner_id})
-                return [self._start(event.job_id, submitted, event.scene, cause)]
+                return [self._start(event.job_id, event.owner_id, event.scene, cause)]
             case JobSubmitted():
                 return []  # no render starts before billing holds the job's credits
             case JobCostHeld() if event.resumed:
                 return [self._resume(event.job_id, state, cause)]
             case JobCostHeld() if starts(state, event):
-                return [self._start(event.job_id, state, state.scene, cause)]
+                return [self._start(event.job_id, state.owner_id, state.scene, cause)]
             case JobCostHeld():
                 return []  # the hold grew while the job renders: nothing changes here
             case JobHoldRefused():
@@ -350,12 +349,12 @@ class RenderProcess(ProcessManager[JobRender]):
                 return [Send(fail, JobAccepted)]
         return [self._record(cmd, cause) for cmd in job_commands_for(event)]
 
-    def _start(self, job_id: str, state: JobRender, scene: SceneRef | None, cause: Cause) -> Send:
+    def _start(self, job_id: str, owner_id: str, scene: SceneRef | None, cause: Cause) -> Send:
         """Begin the render path: stage the scene, or queue a job from before scene uploads
         (the farm opens its key as given)."""
         if scene is None:
             return self._queue(job_id, cause)
-        return self._stage(job_id, state.owner_id, scene, cause)
+        return self._stage(job_id, owner_id, scene, cause)
 
     def _stage(self, job_id: str, owner_id: str, scene: SceneRef, cause: Cause) -> Send:
         """Ask the upload service to stage the job's scene; a refusal fails the job."""
@@ -395,7 +394,7 @@ class RenderProcess(ProcessManager[JobRender]):
             resume = ResumeRender(render_id=state.render_id)
             nxt = [Send(resume, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
         elif not state.started and state.submitted:
-            nxt = [self._start(job_id, state, state.scene, cause)]
+            nxt = [self._start(job_id, state.owner_id, state.scene, cause)]
         elif state.staged and state.status is None:
             nxt = [self._queue(job_id, cause)]
         return Send(
