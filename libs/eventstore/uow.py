@@ -19,6 +19,7 @@ statement: the events, the command's reply row and the due snapshots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -236,11 +237,8 @@ class ReadOnlyUnitOfWork(UnitOfWork):
         self._loads = loads
 
     async def prefetch(self, *refs: tuple[type[Aggregate], str]) -> None:
-        if self._loads is None:
+        async with self._loads or contextlib.nullcontext():
             await super().prefetch(*refs)
-        else:
-            async with self._loads:
-                await super().prefetch(*refs)
         for aggregate in self._loaded.values():
             aggregate.seal()
 
