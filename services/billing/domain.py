@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts.base import Event
 from contracts.billing import (
+    JOB_COST_EVENTS,
     CaptureRequest,
     CostEstimate,
     CostLine,
@@ -431,15 +432,7 @@ class JobCost(Aggregate):
             self.lines = [*self.lines, event.line]
         if isinstance(event, JobCostSettled):
             self.lines = [*self.lines, *event.adjustments]
-        if isinstance(
-            event,
-            JobCostOpened
-            | JobCostHeld
-            | JobHoldRefused
-            | TaskCharged
-            | JobCostCapReached
-            | JobCostSettled,
-        ):
+        if isinstance(event, JOB_COST_EVENTS):
             self.totals = event.totals
 
     def _totals(self, **changes: object) -> CostTotals:
