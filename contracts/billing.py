@@ -345,6 +345,15 @@ class JobCostSettled(_JobCostEvent):
 JobCostEvent = (
     JobCostOpened | JobCostHeld | JobHoldRefused | TaskCharged | JobCostCapReached | JobCostSettled
 )
+#: The same, for ``isinstance`` and subscriptions: every event carrying a job's totals.
+JOB_COST_EVENTS = (
+    JobCostOpened,
+    JobCostHeld,
+    JobHoldRefused,
+    TaskCharged,
+    JobCostCapReached,
+    JobCostSettled,
+)
 
 
 @EVENTS.register

@@ -163,11 +163,10 @@ class BillingCommands:
             version=cost.version,
         )
 
-    async def _hold_within_caps(
-        self, uow: UnitOfWork, cost: JobCost, hold: HoldRequest | None, at: datetime
-    ) -> HoldRequest | None:
-        """``hold`` if the job's API key has room for it; otherwise the job waits
-        (JobHoldRefused, spend_cap_reached) and there is nothing to ask the wallet."""
+    async def _next_hold(self, uow: UnitOfWork, cost: JobCost, at: datetime) -> HoldRequest | None:
+        """The hold the job needs now if its API key has room for it; otherwise the job
+        waits (JobHoldRefused, spend_cap_reached) and there is nothing to ask the wallet."""
+        hold = cost.next_hold(self.rules, at)
         if hold is None or cost.api_key_id is None:
             return hold
         budget = await uow.get(KeyBudget, cost.api_key_id)
@@ -195,8 +194,7 @@ class BillingCommands:
             self.rules,
             cmd.at,
         )
-        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules, now), now)
-        return self._reply(cost, hold)
+        return self._reply(cost, await self._next_hold(uow, cost, now))
 
     async def record_hold(self, cmd: RecordJobHold, uow: UnitOfWork) -> JobCostReply:
         cost = await self._cost(uow, cmd.job_id)
@@ -216,12 +214,7 @@ class BillingCommands:
         cost = await self._cost(uow, cmd.job_id)
         if cost.status is not CostStatus.awaiting_credits:
             return self._reply(cost)
-        hold = cost.next_hold(self.rules, cmd.at)
-        if hold is None or cost.api_key_id is None:
-            return self._reply(cost, hold)
-        budget = await uow.get(KeyBudget, cost.api_key_id)
-        within = budget.room_for(hold.amount, cmd.at) is None
-        return self._reply(cost, hold if within else None)
+        return self._reply(cost, await self._next_hold(uow, cost, cmd.at))
 
     async def charge_task(self, cmd: ChargeTask, uow: UnitOfWork) -> JobCostReply:
         cost = await self._cost(uow, cmd.job_id)
@@ -242,8 +235,7 @@ class BillingCommands:
         if cost.status is CostStatus.awaiting_credits:
             return self._reply(cost)  # a top-up or a raised cap retries the hold
         now = self.clock()
-        hold = await self._hold_within_caps(uow, cost, cost.next_hold(self.rules, now), now)
-        return self._reply(cost, hold)
+        return self._reply(cost, await self._next_hold(uow, cost, now))
 
     async def settle(self, cmd: SettleJobCost, uow: UnitOfWork) -> JobCostReply:
         """What to capture (or void) now the job ended; with no hold placed, it is settled

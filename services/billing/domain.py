@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts.base import Event
 from contracts.billing import (
+    JOB_COST_EVENTS,
     CaptureRequest,
     CostEstimate,
     CostLine,
@@ -381,7 +382,7 @@ class JobCost(Aggregate):
     """A job's money: its estimate, holds, cost lines, cap and settlement."""
 
     stream_prefix = "jobcost"
-    snapshot_version = 2
+    snapshot_version = 3
     job_id: str = ""
     owner_id: str = ""
     api_key_id: str | None = None
@@ -398,13 +399,10 @@ class JobCost(Aggregate):
         captured_credits=ZERO,
         released_credits=ZERO,
     )
-    #: Holds placed or grown (hold transfer n is ``hold:<job>:<n>``).
-    holds: int = 0
-    #: Transfer ids recorded, so a repeated record changes nothing.
+    #: The hold transfers placed or grown, in order (transfer n is ``hold:<job>:<n>``), so
+    #: a repeated record changes nothing.
     transfers: list[str] = []
     lines: list[CostLine] = []
-    line_ids: set[str] = set()
-    cap_reached: bool = False
 
     @property
     def exists(self) -> bool:
@@ -413,6 +411,11 @@ class JobCost(Aggregate):
     @property
     def status(self) -> CostStatus:
         return self.totals.status
+
+    @property
+    def closed(self) -> bool:
+        """Settled, or at its cap (``JobCostCapReached``): no more holds, ever."""
+        return self.status in (CostStatus.settled, CostStatus.cap_reached)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, JobCostOpened):
@@ -424,24 +427,12 @@ class JobCost(Aggregate):
         if isinstance(event, JobCostHeld | JobHoldRefused):
             self.pending_hold = None
         if isinstance(event, JobCostHeld):
-            self.holds += 1
             self.transfers = [*self.transfers, event.transfer_id]
         if isinstance(event, TaskCharged):
             self.lines = [*self.lines, event.line]
-            self.line_ids = {*self.line_ids, event.line.line_id}
         if isinstance(event, JobCostSettled):
             self.lines = [*self.lines, *event.adjustments]
-        if isinstance(event, JobCostCapReached):
-            self.cap_reached = True
-        if isinstance(
-            event,
-            JobCostOpened
-            | JobCostHeld
-            | JobHoldRefused
-            | TaskCharged
-            | JobCostCapReached
-            | JobCostSettled,
-        ):
+        if isinstance(event, JOB_COST_EVENTS):
             self.totals = event.totals
 
     def _totals(self, **changes: object) -> CostTotals:
@@ -461,20 +452,11 @@ class JobCost(Aggregate):
         at: datetime,
     ) -> None:
         target = hold_target(est.high_credits, cap, rules)
-        totals = CostTotals(
-            status=CostStatus.holding,
-            estimate=est,
-            cap_credits=cap,
-            held_credits=ZERO,
-            so_far_credits=ZERO,
-            captured_credits=ZERO,
-            released_credits=ZERO,
-        )
         self.record(
             JobCostOpened(
                 job_id=job_id,
                 owner_id=owner_id,
-                totals=totals,
+                totals=self._totals(status=CostStatus.holding, estimate=est, cap_credits=cap),
                 at=at,
                 api_key_id=api_key_id,
                 parameters=params,
@@ -489,13 +471,13 @@ class JobCost(Aggregate):
         until the wallet's answer is recorded: a retry while an earlier try is unrecorded
         asks the wallet for the very same transfer and gets ``exists``, never
         ``transfer_id_reused``."""
-        t = self.totals
-        if t.status in (CostStatus.settled, CostStatus.cap_reached):
+        if self.closed:
             return None
         if self.pending_hold is not None:
             return self.pending_hold
-        if self.holds == 0:
+        if not self.transfers:
             return self._request("open", self.hold_target, rules, at)
+        t = self.totals
         held = t.held_credits
         waiting = t.status is CostStatus.awaiting_credits
         if t.so_far_credits < held * rules.grow_at and not waiting:
@@ -510,7 +492,7 @@ class JobCost(Aggregate):
     def _request(self, kind: str, amount: Decimal, rules: HoldRules, at: datetime) -> HoldRequest:
         request = HoldRequest(
             user_id=self.owner_id,
-            transfer_id=f"hold:{self.job_id}:{self.holds + 1}",
+            transfer_id=f"hold:{self.job_id}:{len(self.transfers) + 1}",
             hold_id=self.job_id,
             job_id=self.job_id,
             kind=kind,
@@ -532,7 +514,7 @@ class JobCost(Aggregate):
         t = self.totals
         if t.status is CostStatus.awaiting_credits and t.awaiting_reason is reason:
             return  # waiting for this already
-        if t.status in (CostStatus.settled, CostStatus.cap_reached):
+        if self.closed:
             return
         self.record(
             JobHoldRefused(
@@ -553,7 +535,7 @@ class JobCost(Aggregate):
         t = self.totals
         increase = max(held_total - t.held_credits, ZERO)
         resumed = t.status is CostStatus.awaiting_credits
-        status = CostStatus.cap_reached if self.cap_reached else CostStatus.held
+        status = t.status if t.status is CostStatus.cap_reached else CostStatus.held
         self.record(
             JobCostHeld(
                 job_id=self.job_id,
@@ -582,7 +564,8 @@ class JobCost(Aggregate):
     ) -> bool:
         """Record the task's cost line (once per render and task); True if it is new."""
         line_id = f"task:{render_id}:{task_id}"
-        if line_id in self.line_ids or self.status is CostStatus.settled:
+        charged = any(ln.line_id == line_id for ln in self.lines)
+        if charged or self.status is CostStatus.settled:
             return False
         assert self.parameters is not None
         prices = price.prices
@@ -611,9 +594,7 @@ class JobCost(Aggregate):
             TaskCharged(
                 job_id=self.job_id,
                 owner_id=self.owner_id,
-                totals=self.totals.model_copy(
-                    update={"so_far_credits": so_far, "lines": len(self.lines) + 1}
-                ),
+                totals=self._totals(so_far_credits=so_far, lines=len(self.lines) + 1),
                 at=finished_at,
                 line=line,
             )
@@ -638,7 +619,7 @@ class JobCost(Aggregate):
 
     def check_cap(self, at: datetime) -> bool:
         """Record JobCostCapReached (once) if the cost reached the cap; True if it did now."""
-        if self.cap_reached or self.status is CostStatus.settled or not self._would_pass_cap():
+        if self.closed or not self._would_pass_cap():
             return False
         self.record(
             JobCostCapReached(

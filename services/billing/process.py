@@ -19,12 +19,11 @@ from pydantic import BaseModel
 
 from contracts.base import Event
 from contracts.billing import (
+    JOB_COST_EVENTS,
     ChargeTask,
     EstimateParameters,
-    JobCostCapReached,
     JobCostEvent,
     JobCostHeld,
-    JobCostOpened,
     JobCostReply,
     JobCostSettled,
     JobHoldRefused,
@@ -37,7 +36,6 @@ from contracts.billing import (
     RetryJobHold,
     SetKeySpendCaps,
     SettleJobCost,
-    TaskCharged,
 )
 from contracts.envelope import AwaitingReason
 from contracts.errors import DomainError, HoldNotPending, InsufficientCredits
@@ -62,14 +60,6 @@ from contracts.wallet import (
 from libs.process import Cause, ProcessManager, Send
 
 ZERO = Decimal("0.00")
-JOB_COST_EVENTS = (
-    JobCostOpened,
-    JobCostHeld,
-    JobHoldRefused,
-    TaskCharged,
-    JobCostCapReached,
-    JobCostSettled,
-)
 JOB_ENDS = (JobCompleted, JobFailed, JobCancelled)
 
 
@@ -262,15 +252,8 @@ class JobBillingProcess(ProcessManager[JobMoney]):
             case JobCompleted() | JobFailed() | JobCancelled():
                 settle = SettleJobCost(job_id=event.job_id, at=event.at)
                 return [Send(settle, JobCostReply, then=lambda r: capture_chain(r, at))]
-            case (
-                JobCostOpened()
-                | JobCostHeld()
-                | JobHoldRefused()
-                | TaskCharged()
-                | JobCostCapReached()
-                | JobCostSettled()
-            ):
-                return [Send(record_job_cost(event, cause.stream_version), JobAccepted)]
+        if isinstance(event, JOB_COST_EVENTS):
+            return [Send(record_job_cost(event, cause.stream_version), JobAccepted)]
         return []
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from contracts.billing import (
+    JOB_COST_EVENTS,
     CostLine,
-    JobCostCapReached,
-    JobCostHeld,
     JobCostOpened,
     JobCostSettled,
-    JobHoldRefused,
     JobHoldRequested,
     KeySpendCapsSet,
     KeySpendCommitted,
@@ -49,16 +47,6 @@ class PricesProjection(ReadModel):
         }
 
 
-JobCostEvents = (
-    JobCostOpened,
-    JobCostHeld,
-    JobHoldRefused,
-    TaskCharged,
-    JobCostCapReached,
-    JobCostSettled,
-)
-
-
 class JobCostsProjection(ReadModel):
     """``billing.job_costs``: each job's money after its latest billing event."""
 
@@ -83,9 +71,9 @@ class JobCostsProjection(ReadModel):
         "updated_at": "timestamptz",
     }
 
-    @on(*JobCostEvents, key=lambda e: (e.job_id,))
+    @on(*JOB_COST_EVENTS, key=lambda e: (e.job_id,))
     def changed(self, row: Row | None, e: object, rec: RecordedEvent) -> Row | None:
-        assert isinstance(e, JobCostEvents)
+        assert isinstance(e, JOB_COST_EVENTS)
         t = e.totals
         est = t.estimate
         api_key_id = e.api_key_id if isinstance(e, JobCostOpened) else (row or {}).get("api_key_id")

@@ -305,6 +305,27 @@ async def test_an_api_keys_daily_cap_refuses_the_hold_until_raised(
     assert retry.hold is not None and retry.hold.amount == Decimal("5.00")
 
 
+async def test_a_job_waiting_for_credits_says_so_when_its_key_then_has_no_room(
+    store: InMemoryEventStore, billing: BillingCommands
+) -> None:
+    await run(store, billing.open, opening(key="key_1"))
+    refused = RecordHoldRefused(
+        job_id=JOB,
+        transfer_id="hold:job_1:1",
+        reason=AwaitingReason.insufficient_credits,
+        needed_credits=Decimal("5.00"),
+        available_credits=Decimal("1.00"),
+        at=NOW,
+    )
+    await run(store, billing.record_refused, refused)
+    caps = SetKeySpendCaps(api_key_id="key_1", owner_id="usr_1", daily_cap_credits=Decimal("4.00"))
+    await run(store, billing.set_key_spend_caps, caps)
+    retry = await run(store, billing.retry_hold, RetryJobHold(job_id=JOB, at=NOW))
+    assert retry.hold is None
+    assert retry.totals.status is CostStatus.awaiting_credits
+    assert retry.totals.awaiting_reason is AwaitingReason.spend_cap_reached
+
+
 async def test_an_api_keys_total_cap_counts_holds_until_their_jobs_release_them(
     store: InMemoryEventStore, billing: BillingCommands
 ) -> None:
