@@ -5,8 +5,7 @@ crashed replica is replaced."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,16 +101,6 @@ async def stack(
         await started.stop_billing()
     for rt in (source, wallet):
         await rt.stop()
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it answers something truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await check()
-            if found:
-                return found
-            await asyncio.sleep(0.05)
 
 
 def submitted(job_id: str, user: str) -> JobSubmitted:

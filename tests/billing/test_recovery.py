@@ -24,10 +24,10 @@ from tests.billing.conftest import (
     submitted,
     task,
     transfers,
-    until,
     wallet_row,
 )
 from tests.conftest import Env
+from tests.waiting import until
 
 D = Decimal
 #: Billing's process manager, as these tests play it by hand up to a crash.

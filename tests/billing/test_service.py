@@ -11,7 +11,8 @@ from typing import Any
 
 from contracts.jobs import JobCompleted
 from libs.ids import new_id
-from tests.billing.conftest import Stack, cost_status, submitted, task, until, wallet_row
+from tests.billing.conftest import Stack, cost_status, submitted, task, wallet_row
+from tests.waiting import until
 
 D = Decimal
 

@@ -18,7 +18,8 @@ from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
 from services.upload.service import SERVICE
 from tests.fixtures import StartUpload
-from tests.upload.rendering import frame_bytes, render, until
+from tests.upload.rendering import frame_bytes, render
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ lines (adding up across pages), the prices and their publication, API keys' spen
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,6 +25,7 @@ from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.fixtures import Scenes, Users
 from tests.prices import LOCAL_CPU_RATES, TEST_PRICES
+from tests.waiting import until
 
 D = Decimal
 #: 10 frames of 1920x1080 at the default samples, the default machine and priority.
@@ -56,15 +56,6 @@ async def billing(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
 def costs(client: httpx.AsyncClient, billing: ServiceRuntime[Any]) -> httpx.AsyncClient:
     """The gateway with the job, wallet and billing services behind it."""
     return client
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await check()
-            if found:
-                return found
-            await asyncio.sleep(0.05)
 
 
 async def estimate(api: httpx.AsyncClient, headers: dict[str, str], body: Any) -> httpx.Response:

@@ -11,7 +11,8 @@ import httpx
 from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
 from tests.fixtures import StartUpload, Users
-from tests.upload.rendering import frame_bytes, output_rows, render, submit, until
+from tests.upload.rendering import frame_bytes, output_rows, render, submit
+from tests.waiting import until
 
 
 def cursor(text: str) -> str:

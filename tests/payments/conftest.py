@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -125,18 +125,6 @@ async def pay_api(
 async def standin(razorpay: StandIn) -> AsyncIterator[httpx.AsyncClient]:
     async with razorpay.client() as c:
         yield c
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 15.0) -> T:
-    """Poll ``check`` until it gives something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

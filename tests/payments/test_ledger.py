@@ -22,11 +22,11 @@ from libs.runtime import ServiceRuntime, build
 from services.billing.service import SERVICE as BILLING
 from services.billing.settings import BillingSettings
 from tests.billing.conftest import SOURCE, Source, cost_status, submitted, task
-from tests.billing.conftest import until as poll
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.payments.test_service import TopUps
 from tests.prices import TEST_PRICES
+from tests.waiting import until as poll
 
 D = Decimal
 

@@ -16,8 +16,9 @@ from deploy.local import servers as local
 from libs.config import BaseServiceSettings
 from libs.runtime import ServiceRuntime
 from tests.fixtures import Users
-from tests.payments.conftest import KEY_ID, StandIn, until
+from tests.payments.conftest import KEY_ID, StandIn
 from tests.tools.cli import printed
+from tests.waiting import until
 from tools import renderctl
 
 pytestmark = pytest.mark.usefixtures("wallet_service")

@@ -13,7 +13,8 @@ import pytest
 
 from libs.runtime import ServiceRuntime
 from tests.fixtures import Users
-from tests.payments.conftest import PREVIOUS_WEBHOOK_SECRET, StandIn, until
+from tests.payments.conftest import PREVIOUS_WEBHOOK_SECRET, StandIn
+from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("wallet_service")
 
@@ -63,7 +64,8 @@ class TopUps:
             order: dict[str, Any] = (await self.get(order_id)).json()
             return order if order["status"] == "credited" else None
 
-        return await until(check, f"order {order_id} credited")
+        found: dict[str, Any] = await until(check, f"order {order_id} credited")
+        return found
 
     async def balance(self) -> str:
         r = await self.api.get("/v1/wallet", headers=self.user)

@@ -7,7 +7,6 @@ holds grow, pause and cap for real."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -26,6 +25,7 @@ from tests.conftest import Env
 from tests.money import fund
 from tests.scenes import put_scene, scene_bytes
 from tests.scheduler.conftest import USER, submit
+from tests.waiting import until as wait_until
 
 D = Decimal
 #: 100,000 credits an hour: a 0.2 s farm task costs about 5.6 credits.
@@ -60,12 +60,9 @@ def billing_settings(env: Env) -> BillingSettings:
     return env.settings(BillingSettings, default_prices=prices, reference_seconds_per_frame=seconds)
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
-    """Poll ``check`` until it answers something truthy."""
-    async with asyncio.timeout(timeout):
-        while not (found := await check()):
-            await asyncio.sleep(0.1)
-    return found
+def until(check: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+    """Renders take a while here: up to a minute."""
+    return wait_until(check, timeout=60)
 
 
 async def envelope(rt: ServiceRuntime[Any], job_id: str) -> dict[str, Any]:

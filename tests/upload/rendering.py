@@ -4,10 +4,8 @@ commands."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -121,18 +119,6 @@ async def upload_events(rt: ServiceRuntime[Any], job_id: str) -> list[tuple[str,
             f"outputs-{job_id}",
         )
     return [(r["type"], r["data"]) for r in rows]
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20) -> Any:
-    """Polls ``check`` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def output_rows(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:

@@ -24,9 +24,9 @@ from tests.upload.rendering import (
     frame_bytes,
     output_rows,
     render,
-    until,
     upload_events,
 )
+from tests.waiting import until
 
 
 async def stored(s3: S3Client, bucket: str, key: str) -> bytes:
