@@ -50,6 +50,8 @@ log = get_logger(__name__)
 
 #: Bytes read from a frame at a time.
 CHUNK = 1024 * 1024
+#: S3's most keys in one ``DeleteObjects`` call.
+DELETE_KEYS_PER_CALL = 1000
 #: Errors of the store that a later try may not have.
 STORE_ERRORS = (ClientError, BotoCoreError)
 
@@ -331,12 +333,18 @@ class RetentionSweeper(_Outputs):
             kept = [k for i in due if (k := outputs.output(i)) is not None]
             keys = [k.object_key for k in kept]
             keys += [thumbnail_key(k.object_key) for k in kept if k.frame is not None]
-            answer = await self.s3.delete_objects(
-                Bucket=outputs.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
-            )
-            if errors := answer.get("Errors"):
-                raise OutputsNotDeleted(f"job {job_id}: {len(errors)} objects, e.g. {errors[0]}")
+            for i in range(0, len(keys), DELETE_KEYS_PER_CALL):
+                answer = await self.s3.delete_objects(
+                    Bucket=outputs.bucket,
+                    Delete={
+                        "Objects": [{"Key": k} for k in keys[i : i + DELETE_KEYS_PER_CALL]],
+                        "Quiet": True,
+                    },
+                )
+                if errors := answer.get("Errors"):
+                    raise OutputsNotDeleted(
+                        f"job {job_id}: {len(errors)} objects, e.g. {errors[0]}"
+                    )
             outputs.deleted(due, now)
             await uow.commit()
             self.store.notify_appended()
