@@ -195,3 +195,32 @@ async def test_an_exr_frame_is_stored_without_a_thumbnail(
     assert len(await stored(s3, bucket, output.object_key)) == output.size_bytes
     listed = await s3.list_objects_v2(Bucket=bucket, Prefix=thumbnail_key(output.object_key))
     assert not listed.get("Contents")
+
+
+async def test_a_test_render_interrupts_the_full_render_which_still_completes_every_task_once(
+    bridge_on: Callable[..., Any], make_farm: Callable[..., Farm]
+) -> None:
+    farm = make_farm("--frame-seconds", "1.5", workers=1)
+    bridge: ServiceRuntime[Bridge] = await bridge_on(farm)
+    client = CommandClient(bridge.nc, bridge.settings)
+    full = order("job_i", frame_range=FrameRange(start=1, end=3), chunk_size=1)
+    full_reply = await client.send(full, RenderAccepted, command_id="submit-fi", actor=ACTOR)
+
+    async def full_rendering() -> bool:
+        jobs = farm.client.get("/api/jobs", params={"JobID": full_reply.farm_job_id}).json()
+        return bool(jobs[0]["RenderingChunks"])
+
+    await until(full_rendering, "the full render to start")
+    test = preview_order("job_i", [2])
+    await client.send(test, RenderAccepted, command_id="submit-ti", actor=ACTOR)
+    [test_task] = await until(lambda: completed_tasks(bridge, test.render_id), "the test render")
+    full_tasks = await until(lambda: completed_tasks(bridge, full.render_id), "the full render")
+    assert test_task.finished_at < min(t.finished_at for t in full_tasks)
+    requeues = farm.client.get(
+        "/api/jobreports", params={"JobID": full_reply.farm_job_id, "Data": "requeue"}
+    ).json()
+    assert len(requeues) == 1 and "interrupted" in requeues[0]["Title"]
+    # For the bridge an interruption is no failure: each task completes once.
+    types = [r.event_type for r in await bridge.store.read_stream(f"render-{full.render_id}")]
+    assert sorted(t.task_id for t in full_tasks) == [0, 1, 2]
+    assert "render.RenderTaskFailed" not in types and "render.RenderTaskRequeued" not in types
