@@ -189,6 +189,17 @@ StagedKey = Annotated[str, AfterValidator(_staged_key)]
 JobName = Annotated[Line, Field(min_length=1, max_length=200, description="Display name.")]
 
 
+class FrameThumbnail(_Model):
+    """A small JPEG of a rendered frame, stored next to it in the outputs bucket
+    (``contracts/outputs.py`` ``thumbnail_key``)."""
+
+    object_key: str = Field(description="Key of the thumbnail in the outputs bucket.")
+    width: int = Field(ge=1, description="Width in pixels.")
+    height: int = Field(ge=1, description="Height in pixels.")
+    size_bytes: int = Field(ge=0, description="File size in bytes.")
+    sha256: str = Field(description="SHA-256 of the file, lowercase hex.")
+
+
 class FrameOutput(_Model):
     """A rendered image file, as stored in the outputs bucket (``contracts/outputs.py``).
 
@@ -200,6 +211,11 @@ class FrameOutput(_Model):
     object_key: str | None = Field(description="Key of the file in the outputs bucket.")
     size_bytes: int = Field(ge=0, description="File size in bytes.")
     sha256: str = Field(description="SHA-256 of the file, lowercase hex.")
+    thumbnail: FrameThumbnail | None = Field(
+        default=None,
+        description="A small preview of the frame; null when none was made (an OpenEXR"
+        " frame, a frame recorded before thumbnails were made).",
+    )
 
 
 def frames_stored_in_object_storage(data: JsonDict, field: str) -> JsonDict:

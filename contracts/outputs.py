@@ -3,15 +3,17 @@
 
 Storage layout, in the outputs bucket (``s3_outputs_bucket``)::
 
-    jobs/<owner_id>/<job_id>/                              the job's prefix
-    jobs/<owner_id>/<job_id>/<render kind>/<file name>     one object per rendered frame
-    jobs/<owner_id>/<job_id>/archive/<job_id>.zip          the zip of the full render's frames
+    jobs/<owner_id>/<job_id>/                                 the job's prefix
+    jobs/<owner_id>/<job_id>/<render kind>/<file name>        one object per rendered frame
+    jobs/<owner_id>/<job_id>/<render kind>/<stem>.thumb.jpg   the frame's thumbnail
+    jobs/<owner_id>/<job_id>/archive/<job_id>.zip             the zip of the full render's frames
 
 for example ``jobs/usr_01JD.../job_01JE.../full/frame_0001.png``. The render kind is
 ``full`` or ``test``; the file name is the one the farm wrote (``frame_####.<ext>``). The
-deadline-bridge stores each frame (and checks its size and SHA-256) before it records the
-task as completed; the upload service writes the archive, and deletes the job's objects when
-their retention ends. The owner comes first, so one user's outputs are one prefix (for
+deadline-bridge stores each frame (and checks its size and SHA-256), and a 256-pixel JPEG
+thumbnail of a PNG or JPEG frame, before it records the task as completed; the upload
+service writes the archive, and deletes the job's objects (each frame with its thumbnail)
+when their retention ends. The owner comes first, so one user's outputs are one prefix (for
 policies, exports and erasure). Nothing but these writes under ``jobs/``.
 
 Output ids are derived, not random, so every service names the same output the same way:
@@ -45,6 +47,14 @@ def job_prefix(owner_id: str, job_id: str) -> str:
 
 def frame_key(owner_id: str, job_id: str, kind: RenderKind, file_name: str) -> str:
     return f"{job_prefix(owner_id, job_id)}{kind.value}/{file_name}"
+
+
+def thumbnail_key(frame_object_key: str) -> str:
+    """Where a frame's thumbnail is stored: next to it, ``frame_0001.png`` →
+    ``frame_0001.thumb.jpg``."""
+    folder, _, name = frame_object_key.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{folder}/{stem}.thumb.jpg" if folder else f"{stem}.thumb.jpg"
 
 
 def archive_key(owner_id: str, job_id: str) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from contracts.base import COMMANDS, EVENTS, Command, Event, JsonDict
 from contracts.jobs import (
@@ -115,6 +117,9 @@ class RenderTaskCompleted(Event):
     finished_at: datetime
     render_seconds: float
     outputs: list[FrameOutput]
+    #: The render's peak memory on the farm (the task's ``RamPeak``); null when the farm
+    #: did not measure it, and for tasks recorded before it was read.
+    peak_memory_bytes: int | None = None
 
 
 @EVENTS.upcaster(RenderTaskCompleted.event_type, from_version=1)
@@ -198,7 +203,11 @@ class RenderResumed(Event):
 
 @COMMANDS.register
 class SubmitRender(Command):
-    """Order a render on the farm. Ordering the same ``render_id`` again changes nothing."""
+    """Order a render on the farm. Ordering the same ``render_id`` again changes nothing.
+
+    ``frames`` picks the frames to render (a test render's few frames, e.g. first, middle
+    and last), each a frame of ``frame_range``; null renders every frame of the range.
+    """
 
     command_type = "render.SubmitRender"
     job_id: str
@@ -213,10 +222,29 @@ class SubmitRender(Command):
     resolution: Resolution
     render_settings: RenderSettings
     priority: JobPriority
+    frames: list[int] | None = Field(default=None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _frames_in_range(self) -> Self:
+        if self.frames is None:
+            return self
+        r = self.frame_range
+        outside = [f for f in self.frames if not (r.start <= f <= r.end) or (f - r.start) % r.step]
+        if outside or len(set(self.frames)) != len(self.frames):
+            raise PydanticCustomError(
+                "invalid_frames",
+                "frames must be distinct frames of the frame range; {bad} are not",
+                {"bad": outside or self.frames},
+            )
+        return self
 
     @property
     def render_id(self) -> str:
         return render_id_for(self.job_id, self.kind, self.attempt)
+
+    def frames_to_render(self) -> list[int]:
+        """The frames ordered: ``frames`` in frame order, else every frame of the range."""
+        return sorted(self.frames) if self.frames is not None else list(self.frame_range.frames())
 
 
 @COMMANDS.register

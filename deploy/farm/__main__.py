@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--job-error-limit", type=int, default=DEFAULT_JOB_ERROR_LIMIT)
     serve.add_argument("--worker-prefix", default="farm-w", help="worker names: PREFIX01, ...")
     serve.add_argument(
+        "--standby-workers",
+        type=int,
+        default=0,
+        help="the first N workers are standby workers: they serve only --standby-pools",
+    )
+    serve.add_argument(
+        "--standby-pools",
+        default="test",
+        help="comma-separated pools of the standby workers, in their order (default: test)",
+    )
+    serve.add_argument(
         "--user", default=os.environ.get("RF_FARM_USER"), help="Basic auth user (RF_FARM_USER)"
     )
     serve.add_argument(
@@ -53,12 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--blender", default="auto")
     worker.add_argument("--poll-interval", type=float, default=0.05)
     worker.add_argument("--parent-pid", type=int, default=None)
+    worker.add_argument(
+        "--standby-pools", default="", help="a standby worker: the only pools it serves"
+    )
     return parser
+
+
+def pool_names(text: str) -> list[str]:
+    """A comma-separated pool list, lower-cased as the farm keeps pool names."""
+    return [p.strip().lower() for p in text.split(",") if p.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the sub-command."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data_dir: Path = args.data_dir.resolve()
     if args.command == "worker":
@@ -73,9 +93,12 @@ def main(argv: list[str] | None = None) -> None:
                 blender=args.blender,
                 poll_interval=args.poll_interval,
                 parent_pid=args.parent_pid,
+                standby_pools=pool_names(args.standby_pools),
             )
         )
         return
+    if args.standby_workers < 0 or (args.standby_workers and not pool_names(args.standby_pools)):
+        parser.error("--standby-workers must be >= 0 and needs at least one --standby-pools")
     import uvicorn
 
     from deploy.farm.server import FarmConfig, create_app
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         user=args.user or None,
         password=args.password or None,
         worker_prefix=args.worker_prefix,
+        standby_workers=args.standby_workers,
+        standby_pools=tuple(pool_names(args.standby_pools)),
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
 

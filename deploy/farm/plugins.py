@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,10 @@ class RenderContext:
     frame_seconds: float
     blender: str | None
     log_lines: list[str] = field(default_factory=list)
+    #: The render's peak memory in bytes so far (:meth:`measured`).
+    ram_peak: int = 0
+    #: Frames of the task rendered so far (the task's progress).
+    frames_done: int = 0
 
     def check(self) -> None:
         """Raise if the task was cancelled or ran out of time."""
@@ -59,6 +64,14 @@ class RenderContext:
     def log(self, line: str) -> None:
         """Add a line to the task's log report."""
         self.log_lines.append(line)
+
+    def measured(self, peak_bytes: int) -> None:
+        """A part of the render (a process, the in-process renderer) peaked at this much."""
+        self.ram_peak = max(self.ram_peak, peak_bytes)
+
+    def frame_done(self) -> None:
+        """One more frame of the task is rendered."""
+        self.frames_done += 1
 
 
 @dataclass(frozen=True)
@@ -89,9 +102,18 @@ def resolve(path: str, root: Path) -> Path:
 
 
 def _run_process(
-    args: list[str] | str, cwd: Path | None, spec: TaskSpec, ctx: RenderContext
+    args: list[str] | str,
+    cwd: Path | None,
+    spec: TaskSpec,
+    ctx: RenderContext,
+    on_line: Callable[[str], None] | None = None,
 ) -> None:
-    """Run a process to the end; kill it on cancel/timeout; non-zero exit → RenderError."""
+    """Run a process to the end; kill it on cancel/timeout; non-zero exit → RenderError.
+
+    ``on_line`` sees each line of its output as it comes. The process is reaped with
+    ``wait4``, whose resource usage is the process's own (with any children it waited for):
+    its ``ru_maxrss`` is the render's peak memory (:meth:`RenderContext.measured`).
+    """
     ctx.log(f"Running: {args if isinstance(args, str) else shlex.join(args)}")
     env = {**os.environ, **spec.env}
     try:
@@ -110,7 +132,12 @@ def _run_process(
     outputs: dict[str, str] = {}
 
     def pump(name: str, stream: IO[str] | None) -> None:
-        outputs[name] = stream.read() if stream is not None else ""
+        lines: list[str] = []
+        for line in stream if stream is not None else ():
+            lines.append(line)
+            if on_line is not None and name == "out":
+                on_line(line)
+        outputs[name] = "".join(lines)
 
     readers = [
         threading.Thread(target=pump, args=("out", proc.stdout), daemon=True),
@@ -119,7 +146,12 @@ def _run_process(
     for reader in readers:
         reader.start()
     try:
-        while proc.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                ctx.measured(usage.ru_maxrss * 1024)  # Linux reports KiB
+                break
             ctx.check()
             ctx.cancel.wait(0.02)
     except BaseException:
@@ -171,16 +203,17 @@ def command_line(spec: TaskSpec, ctx: RenderContext) -> None:
     cwd = Path(cwd_text) if cwd_text else None
     shell = as_bool(info.get("ShellExecute"))
     runs = (
-        [(f, f) for f in spec.frames]
+        [(f, f, 1) for f in spec.frames]
         if as_bool(info.get("SingleFramesOnly"))
-        else [(spec.frames[0], spec.frames[-1])]
+        else [(spec.frames[0], spec.frames[-1], len(spec.frames))]
     )
-    for start, end in runs:
+    for start, end, frames in runs:
         arguments = expand_arguments(info.get("Arguments", ""), start, end, spec.aux)
         if shell:
             _run_process(f"{shlex.quote(executable)} {arguments}", cwd, spec, ctx)
         else:
             _run_process([executable, *shlex.split(arguments)], cwd, spec, ctx)
+        ctx.frames_done += frames
 
 
 def output_pattern(spec: TaskSpec, root: Path) -> str:
@@ -313,7 +346,12 @@ def blender(spec: TaskSpec, ctx: RenderContext) -> None:
         }
         if requested.strip():
             task["format"] = BLENDER_FORMATS[fmt]
-        _run_process(blender_command(ctx.blender, task), None, spec, ctx)
+
+        def progress(line: str) -> None:
+            if line.startswith("Rendered frame "):  # blender_task.py, after each frame
+                ctx.frame_done()
+
+        _run_process(blender_command(ctx.blender, task), None, spec, ctx, progress)
         return
     if fmt not in renderer.WRITABLE:
         raise RenderError(
@@ -331,10 +369,19 @@ def blender(spec: TaskSpec, ctx: RenderContext) -> None:
             + ", ".join(f"{k}={v}" for k, v in ignored.items())
             + f" to; frames are {renderer.WIDTH}x{renderer.HEIGHT}."
         )
-    for frame in spec.frames:
-        ctx.sleep(ctx.frame_seconds)
-        path = renderer.write_frame(Path(scene).stem, frame, pattern, fmt)
-        ctx.log(f"Rendered frame {frame} as {fmt.name.upper()} to {path}")
+    # In-process, so the process's peak RSS says little about the render: its peak is the
+    # most memory its Python allocations held at once (tracemalloc, for this task only).
+    tracemalloc.start()
+    try:
+        for frame in spec.frames:
+            ctx.sleep(ctx.frame_seconds)
+            path = renderer.write_frame(Path(scene).stem, frame, pattern, fmt)
+            ctx.log(f"Rendered frame {frame} as {fmt.name.upper()} to {path}")
+            ctx.frame_done()
+            ctx.measured(tracemalloc.get_traced_memory()[1])
+    finally:
+        ctx.measured(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
 
 
 #: Plugins the farm knows, by the JobInfo ``Plugin`` name.

@@ -68,6 +68,9 @@ class FarmConfig:
     user: str | None = None
     password: str | None = None
     worker_prefix: str = "farm-w"
+    #: The first ``standby_workers`` workers serve only ``standby_pools`` (warm workers).
+    standby_workers: int = 0
+    standby_pools: tuple[str, ...] = ("test",)
 
 
 class Supervisor:
@@ -80,6 +83,12 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._housekeeping, name="farm-house", daemon=True)
+
+    @property
+    def standby_names(self) -> set[str]:
+        """The standby workers' names: the first ``standby_workers``."""
+        prefix = self.config.worker_prefix
+        return {f"{prefix}{i:02d}" for i in range(1, self.config.standby_workers + 1)}
 
     def start(self) -> None:
         """Start the configured number of workers and the housekeeping thread."""
@@ -115,6 +124,8 @@ class Supervisor:
             "--parent-pid",
             str(os.getpid()),
         ]
+        if name in self.standby_names:
+            args += ["--standby-pools", ",".join(self.config.standby_pools)]
         with (logs / f"{name}.log").open("ab") as out:
             self.procs[name] = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env

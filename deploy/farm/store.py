@@ -82,6 +82,7 @@ _SAVED_PROPS = {
     "Limits": "LimitGroups",
     "Seq": "Sequential",
     "Int": "Interruptible",
+    "IntPer": "InterruptiblePercentage",
     "TskFailOvr": "OverrideTaskFailureDetection",
     "TskFailErr": "FailureDetectionTaskErrors",
     "JobFailOvr": "OverrideJobFailureDetection",
@@ -128,6 +129,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     start TEXT NOT NULL,
     start_ren TEXT NOT NULL,
     comp TEXT NOT NULL,
+    prog INTEGER NOT NULL DEFAULT 0,
+    ram_peak INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, task_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_stat ON tasks (stat, job_id);
@@ -143,6 +146,7 @@ CREATE TABLE IF NOT EXISTS reports (
     frames TEXT NOT NULL,
     task_start TEXT NOT NULL,
     task_seconds REAL NOT NULL,
+    peak_ram INTEGER NOT NULL DEFAULT 0,
     contents TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job_id, task_id);
@@ -155,7 +159,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL,
     heartbeat REAL NOT NULL,
     started REAL NOT NULL,
-    completed_tasks INTEGER NOT NULL DEFAULT 0
+    completed_tasks INTEGER NOT NULL DEFAULT 0,
+    standby INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -181,6 +186,13 @@ CREATE TABLE IF NOT EXISTS faults (
     message TEXT NOT NULL
 );
 """
+#: Columns added after the first release: a ``farm.db`` from before gets them at start.
+_ADDED_COLUMNS = (
+    ("tasks", "prog", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "ram_peak", "INTEGER NOT NULL DEFAULT 0"),
+    ("reports", "peak_ram", "INTEGER NOT NULL DEFAULT 0"),
+    ("workers", "standby", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 class FarmError(Exception):
@@ -291,6 +303,7 @@ class Store:
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
+        _add_columns(conn)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -476,7 +489,8 @@ class Store:
             _refresh_job(conn, job_id)
 
     def statistics(self, job_id: str) -> dict[str, Any]:
-        """``Statistics=true``: the job's task counts and render times (CPU/RAM are 0)."""
+        """``Statistics=true``: the job's task counts, render times and peak memory (from the
+        completed tasks' ``RamPeak``; CPU figures are 0)."""
         found = self.jobs([job_id])
         if not found:
             raise FarmError(f"Error: Job with ID {job_id!r} does not exist.", 500)
@@ -484,6 +498,7 @@ class Store:
         tasks = self.tasks(job_id)
         done = [t for t in tasks if t["Stat"] == TASK_COMPLETED]
         times = sorted(t["UsedClock"] for t in done)
+        peaks = [t["RamPeak"] for t in done if t["RamPeak"]]
         frames = sum(len(parse_frames(t["Frames"])) for t in done)
         start, end = _parse_date(job["DateStart"]), _parse_date(job["DateComp"])
         running = ((end or time.time()) - start) if start else 0.0
@@ -517,8 +532,8 @@ class Store:
             "AverageTaskRenderTime": _clock(total / len(times)) if times else _clock(0),
             "MedianTaskRenderTime": _clock(times[len(times) // 2]) if times else _clock(0),
             "AverageFrameRenderTime": _clock(total / frames) if frames else _clock(0),
-            "PeakRamUsage": 0,
-            "AverageRamUsage": 0,
+            "PeakRamUsage": max(peaks, default=0),
+            "AverageRamUsage": sum(peaks) // len(peaks) if peaks else 0,
             "PeakCpuUsage": 0,
             "AverageCpuUsage": 0,
         }
@@ -731,24 +746,104 @@ class Store:
         """Names of every worker the farm has seen."""
         return [r["name"] for r in self._conn().execute("SELECT name FROM workers ORDER BY name")]
 
-    def register_worker(self, name: str, pid: int) -> None:
-        """A worker process starts: mark it idle and requeue tasks it held before it died."""
+    def register_worker(self, name: str, pid: int, standby_pools: list[str] | None = None) -> None:
+        """A worker process starts: mark it idle and requeue tasks it held before it died.
+
+        With ``standby_pools`` it is a standby worker: those become its pools (replacing any
+        it had) and it serves only them (:func:`_pool_rank`).
+        """
         now = time.time()
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO workers (name, stat, host, pid, heartbeat, started)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET stat=excluded.stat,"
-                " host=excluded.host, pid=excluded.pid, heartbeat=excluded.heartbeat,"
-                " started=excluded.started, job_id='', task_id=-1",
-                (name, WORKER_IDLE, socket.gethostname(), pid, now, now),
+                "INSERT INTO workers (name, stat, host, pid, heartbeat, started, standby)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " stat=excluded.stat, host=excluded.host, pid=excluded.pid,"
+                " heartbeat=excluded.heartbeat, started=excluded.started,"
+                " standby=excluded.standby, job_id='', task_id=-1",
+                (name, WORKER_IDLE, socket.gethostname(), pid, now, now, int(bool(standby_pools))),
             )
+            if standby_pools:
+                _add_names(conn, "pool", standby_pools)
+                conn.execute(
+                    "INSERT INTO worker_settings (name, pools) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET pools=excluded.pools",
+                    (name, json.dumps(standby_pools)),
+                )
             _requeue_worker_tasks(conn, name, f"Worker {name} restarted; its task was requeued.")
 
-    def heartbeat(self, name: str, claim: Claim | None) -> bool:
-        """Record that the worker lives; False when its claimed task was taken from it."""
+    def heartbeat(self, name: str, claim: Claim | None, progress: int = 0) -> bool:
+        """Record that the worker lives (and its task's progress, in percent); False when
+        its claimed task was taken from it."""
         with self._tx() as conn:
             conn.execute("UPDATE workers SET heartbeat=? WHERE name=?", (time.time(), name))
-            return claim is None or _claim_valid(conn, claim, name)
+            if claim is None:
+                return True
+            if not _claim_valid(conn, claim, name):
+                return False
+            conn.execute(
+                "UPDATE tasks SET prog=? WHERE job_id=? AND task_id=?",
+                (progress, claim.job_id, claim.task_id),
+            )
+            return True
+
+    def interrupt_for_higher_priority(self, name: str, claim: Claim, progress: int) -> str | None:
+        """Deadline's interruptible jobs: give the claimed task back (requeued, with a requeue
+        report) when the worker should render a higher-priority task instead; the reason, or
+        None when the task goes on.
+
+        The task is interrupted when its job is ``Interruptible``, its progress is below the
+        job's ``InterruptiblePercentage``, and the task this worker would take next
+        (:func:`_best_task`) has a higher priority and comes no later in the worker's pool
+        order, unless an idle worker would take that task itself. The first checks are a
+        read; the write lock is taken only when a higher-priority task is queued at all.
+        """
+        conn = self._conn()
+        job = conn.execute("SELECT pri, job_info FROM jobs WHERE id=?", (claim.job_id,)).fetchone()
+        if job is None:
+            return None
+        info: dict[str, str] = json.loads(job["job_info"])
+        if not as_bool(info.get("Interruptible")) or progress >= _interruptible_percentage(info):
+            return None
+        higher = conn.execute(
+            "SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id"
+            " WHERE t.stat=? AND j.stat=? AND j.deleted=? AND j.pri > ? LIMIT 1",
+            (TASK_QUEUED, JOB_ACTIVE, LIVE, job["pri"]),
+        ).fetchone()
+        if higher is None:
+            return None
+        with self._tx() as conn:
+            if not _claim_valid(conn, claim, name):
+                return None
+            best = _best_task(conn, name)
+            if best is None:
+                return None
+            pools, _, standby = _worker_setup(conn, name)
+            rank, rank_args = _pool_rank(pools, standby)
+            current = conn.execute(
+                f"SELECT j.pri, {rank} AS pool_rank FROM jobs j WHERE j.id=?",
+                (*rank_args, claim.job_id),
+            ).fetchone()
+            later = current["pool_rank"] is not None and best["pool_rank"] > current["pool_rank"]
+            if best["pri"] <= current["pri"] or later:
+                return None
+            idle = conn.execute(
+                "SELECT name FROM workers WHERE stat=? AND name<>?", (WORKER_IDLE, name)
+            ).fetchall()
+            for other in idle:
+                theirs = _best_task(conn, other["name"])
+                if theirs is not None and (theirs["job_id"], theirs["task_id"]) == (
+                    best["job_id"],
+                    best["task_id"],
+                ):
+                    return None  # an idle worker takes it at its next poll
+            reason = (
+                f"Worker {name} interrupted this task of interruptible job {claim.job_name}"
+                f" (priority {current['pri']}, {progress} % done) for task {best['task_id']}"
+                f" of {best['name']} (priority {best['pri']}); task requeued."
+            )
+            _requeue_task(conn, claim.job_id, claim.task_id, name, reason)
+            _add_history(conn, claim.job_id, f"Task {claim.task_id} interrupted on {name}")
+            return reason
 
     def worker_offline(self, name: str) -> None:
         """A worker stops: it is Offline and holds no task."""
@@ -901,55 +996,16 @@ class Store:
         return row is not None
 
     def claim(self, name: str) -> Claim | None:
-        """Claim the next task this worker may render, as Deadline's scheduler picks it.
-
-        Only jobs whose pool the worker lists (or pool ``none``, or a secondary pool the worker
-        lists), whose group the worker is in (every worker is in group ``none``), that are under
-        their machine limit and whose white/black list lets the worker in. Among those: the
-        worker's pools in its order (then ``none``, then secondary pools), then highest
-        priority, then oldest job, then lowest task id.
-        """
+        """Claim the next task this worker may render, as Deadline's scheduler picks it
+        (:func:`_best_task`)."""
         with self._tx() as conn:
-            pools, groups = self._worker_lists(conn, name)
-            pool = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Pool'), ''), '{NONE}'))"
-            second = "lower(COALESCE(json_extract(j.job_info, '$.SecondaryPool'), ''))"
-            group = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Group'), ''), '{NONE}'))"
-            white = "json_extract(j.job_info, '$.Whitelist')"
-            black = "json_extract(j.job_info, '$.Blacklist')"
-            ranks = [f"WHEN {pool}=? THEN {i}" for i in range(len(pools))]
-            ranks.append(f"WHEN {pool}='{NONE}' THEN {len(pools)}")
-            ranks += [f"WHEN {second}=? THEN {len(pools) + 1 + i}" for i in range(len(pools))]
-            listed = "instr(',' || replace({0}, ' ', '') || ',', ',' || ? || ',')"
-            row = conn.execute(
-                "SELECT * FROM (SELECT t.job_id, t.task_id, t.claim, t.frames, j.*,"
-                f" CASE {' '.join(ranks)} END AS pool_rank FROM tasks t"
-                " JOIN jobs j ON j.id = t.job_id"
-                " WHERE t.stat=? AND j.stat=? AND j.deleted=? AND (j.mach_lmt <= 0 OR"
-                "  (SELECT COUNT(*) FROM tasks r WHERE r.job_id = t.job_id AND r.stat=?)"
-                "  < j.mach_lmt)"
-                f" AND {group} IN ('{NONE}'{', ?' * len(groups)})"
-                f" AND (COALESCE({white}, '') = '' OR {listed.format(white)} > 0)"
-                f" AND (COALESCE({black}, '') = '' OR {listed.format(black)} = 0))"
-                " WHERE pool_rank IS NOT NULL"
-                " ORDER BY pool_rank, pri DESC, seq, task_id LIMIT 1",
-                (
-                    *pools,
-                    *pools,
-                    TASK_QUEUED,
-                    JOB_ACTIVE,
-                    LIVE,
-                    TASK_RENDERING,
-                    *groups,
-                    name,
-                    name,
-                ),
-            ).fetchone()
+            row = _best_task(conn, name)
             if row is None:
                 return None
             start = now_iso()
             conn.execute(
-                "UPDATE tasks SET stat=?, slave=?, claim=claim+1, start=?, start_ren=?, comp=?"
-                " WHERE job_id=? AND task_id=?",
+                "UPDATE tasks SET stat=?, slave=?, claim=claim+1, start=?, start_ren=?, comp=?,"
+                " prog=0, ram_peak=0 WHERE job_id=? AND task_id=?",
                 (TASK_RENDERING, name, start, start, NO_DATE, row["job_id"], row["task_id"]),
             )
             conn.execute(
@@ -974,24 +1030,38 @@ class Store:
                 start=start,
             )
 
-    def finish_ok(self, name: str, claim: Claim, log: str) -> bool:
-        """Complete a claimed task with a log report; False (and no effect) if it was lost."""
+    def finish_ok(self, name: str, claim: Claim, log: str, ram_peak: int = 0) -> bool:
+        """Complete a claimed task with a log report and its peak memory (bytes); False (and
+        no effect) if it was lost."""
         with self._tx() as conn:
             _set_worker_idle(conn, name)
             if not _claim_valid(conn, claim, name):
                 return False
             conn.execute(
-                "UPDATE tasks SET stat=?, comp=? WHERE job_id=? AND task_id=?",
-                (TASK_COMPLETED, now_iso(), claim.job_id, claim.task_id),
+                "UPDATE tasks SET stat=?, comp=?, prog=100, ram_peak=?"
+                " WHERE job_id=? AND task_id=?",
+                (TASK_COMPLETED, now_iso(), ram_peak, claim.job_id, claim.task_id),
             )
             conn.execute(
                 "UPDATE workers SET completed_tasks=completed_tasks+1 WHERE name=?", (name,)
             )
-            _add_report(conn, claim.job_id, claim.task_id, REPORT_LOG, name, "", log, claim.start)
+            _add_report(
+                conn,
+                claim.job_id,
+                claim.task_id,
+                REPORT_LOG,
+                name,
+                "",
+                log,
+                claim.start,
+                peak_ram=ram_peak,
+            )
             _refresh_job(conn, claim.job_id)
             return True
 
-    def finish_error(self, name: str, claim: Claim, message: str, log: str) -> bool:
+    def finish_error(
+        self, name: str, claim: Claim, message: str, log: str, ram_peak: int = 0
+    ) -> bool:
         """Record a render error: error report, Errs++, requeue or fail the task (and job)."""
         with self._tx() as conn:
             _set_worker_idle(conn, name)
@@ -1029,6 +1099,7 @@ class Store:
                 message,
                 contents,
                 claim.start,
+                peak_ram=ram_peak,
             )
             if job["job_err_limit"] > 0 and job["errs"] + 1 >= job["job_err_limit"]:
                 _move_tasks(
@@ -1150,7 +1221,8 @@ def _move_tasks(
 ) -> None:
     """Move a job's tasks in ``from_stats`` to ``to_stat`` (a new claim voids any render)."""
     sql = (
-        f"UPDATE tasks SET stat=?, claim=claim+1,"
+        f"UPDATE tasks SET stat=?, claim=claim+1, prog=0,"
+        f" ram_peak=CASE WHEN ?=? THEN ram_peak ELSE 0 END,"
         f" slave=CASE WHEN ?=? THEN slave ELSE '' END,"
         f" comp=CASE WHEN ?=? THEN ? ELSE ? END,"
         f" start=CASE WHEN ? IN (?, ?) THEN start ELSE ? END,"
@@ -1161,6 +1233,7 @@ def _move_tasks(
     done = now_iso()
     args: list[Any] = [
         to_stat,
+        *(to_stat, TASK_COMPLETED),
         *(to_stat, TASK_COMPLETED),
         *(to_stat, TASK_COMPLETED, done, NO_DATE),
         *(to_stat, TASK_COMPLETED, TASK_FAILED, NO_DATE),
@@ -1220,6 +1293,73 @@ def _release_dependents(conn: sqlite3.Connection, job_id: str) -> None:
             conn.execute("UPDATE jobs SET stat=? WHERE id=?", (JOB_ACTIVE, row["id"]))
 
 
+#: A job's pool, secondary pool and group as the claim queries compare them (lower case).
+_POOL = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Pool'), ''), '{NONE}'))"
+_SECOND = "lower(COALESCE(json_extract(j.job_info, '$.SecondaryPool'), ''))"
+_GROUP = f"lower(COALESCE(NULLIF(json_extract(j.job_info, '$.Group'), ''), '{NONE}'))"
+
+
+def _worker_setup(conn: sqlite3.Connection, name: str) -> tuple[list[str], list[str], bool]:
+    """A worker's pools (in its order), its groups, and whether it is a standby worker."""
+    pools, groups = Store._worker_lists(conn, name)
+    row = conn.execute("SELECT standby FROM workers WHERE name=?", (name,)).fetchone()
+    return pools, groups, bool(row is not None and row["standby"])
+
+
+def _pool_rank(pools: list[str], standby: bool) -> tuple[str, list[str]]:
+    """SQL giving a job's place in a worker's pool order (NULL: a job it does not serve), and
+    its arguments: the worker's pools in order, then pool ``none`` and jobs whose secondary
+    pool is ``none`` (every worker is in ``none``), then jobs there by a secondary pool the
+    worker lists. A standby worker serves only the pools it lists."""
+    n = len(pools)
+    ranks = [f"WHEN {_POOL}=? THEN {i}" for i in range(n)]
+    if not standby:
+        ranks.append(f"WHEN {_POOL}='{NONE}' THEN {n}")
+        ranks.append(f"WHEN {_SECOND}='{NONE}' THEN {n}")
+    ranks += [f"WHEN {_SECOND}=? THEN {n + 1 + i}" for i in range(n)]
+    return (f"CASE {' '.join(ranks)} END" if ranks else "NULL"), [*pools, *pools]
+
+
+def _best_task(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+    """The queued task the worker takes next, as Deadline's scheduler picks it.
+
+    Only jobs in a pool the worker serves (:func:`_pool_rank`), whose group the worker is in
+    (every worker is in group ``none``), that are under their machine limit and whose
+    white/black list lets the worker in. Among those: the worker's pool order, then highest
+    priority, then oldest job, then lowest task id. The row has the task, its job and
+    ``pool_rank``.
+    """
+    pools, groups, standby = _worker_setup(conn, name)
+    rank, rank_args = _pool_rank(pools, standby)
+    white = "json_extract(j.job_info, '$.Whitelist')"
+    black = "json_extract(j.job_info, '$.Blacklist')"
+    listed = "instr(',' || replace({0}, ' ', '') || ',', ',' || ? || ',')"
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM (SELECT t.job_id, t.task_id, t.claim, t.frames, j.*,"
+        f" {rank} AS pool_rank FROM tasks t"
+        " JOIN jobs j ON j.id = t.job_id"
+        " WHERE t.stat=? AND j.stat=? AND j.deleted=? AND (j.mach_lmt <= 0 OR"
+        "  (SELECT COUNT(*) FROM tasks r WHERE r.job_id = t.job_id AND r.stat=?)"
+        "  < j.mach_lmt)"
+        f" AND {_GROUP} IN ('{NONE}'{', ?' * len(groups)})"
+        f" AND (COALESCE({white}, '') = '' OR {listed.format(white)} > 0)"
+        f" AND (COALESCE({black}, '') = '' OR {listed.format(black)} = 0))"
+        " WHERE pool_rank IS NOT NULL"
+        " ORDER BY pool_rank, pri DESC, seq, task_id LIMIT 1",
+        (
+            *rank_args,
+            TASK_QUEUED,
+            JOB_ACTIVE,
+            LIVE,
+            TASK_RENDERING,
+            *groups,
+            name,
+            name,
+        ),
+    ).fetchone()
+    return row
+
+
 def _claim_valid(conn: sqlite3.Connection, claim: Claim, name: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.job_id=? AND t.task_id=?"
@@ -1263,6 +1403,7 @@ def _add_report(
     title: str,
     contents: str,
     task_start: str,
+    peak_ram: int = 0,
 ) -> None:
     frames = conn.execute(
         "SELECT frames FROM tasks WHERE job_id=? AND task_id=?", (job_id, task_id)
@@ -1271,7 +1412,7 @@ def _add_report(
     seconds = max(0.0, time.time() - started) if started else 0.0
     conn.execute(
         "INSERT INTO reports (id, job_id, task_id, type, date, slave, title, frames, task_start,"
-        " task_seconds, contents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " task_seconds, peak_ram, contents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new_id(),
             job_id,
@@ -1283,9 +1424,19 @@ def _add_report(
             format_task_frames(json.loads(frames)),
             task_start,
             seconds,
+            peak_ram,
             contents,
         ),
     )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Add the columns of :data:`_ADDED_COLUMNS` that an older database lacks."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _add_names(conn: sqlite3.Connection, kind: str, names: list[str]) -> None:
@@ -1346,6 +1497,22 @@ def _clock(seconds: float) -> str:
 # -- JSON shapes -------------------------------------------------------------------------
 
 
+def _interruptible_percentage(info: dict[str, str]) -> int:
+    """JobInfo ``InterruptiblePercentage``: a task of an interruptible job is interrupted
+    only while its progress is below it (default 100: any time before it completes)."""
+    raw = info.get("InterruptiblePercentage", "").strip()
+    try:
+        return max(0, min(100, int(float(raw)))) if raw else 100
+    except ValueError:
+        return 100
+
+
+#: The machine's memory in bytes (``RamPeakPer`` is a task's peak as a share of it).
+_MACHINE_RAM = (
+    os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+)
+
+
 def _job_json(row: sqlite3.Row, counts: dict[int, int]) -> dict[str, Any]:
     """A job object with Deadline's field names (``GET /api/jobs``)."""
     info: dict[str, str] = json.loads(row["job_info"])
@@ -1372,7 +1539,7 @@ def _job_json(row: sqlite3.Row, counts: dict[int, int]) -> dict[str, Any]:
         "ConcLimt": as_bool(info.get("LimitConcurrentTasksToNumberOfCpus", "True")),
         "Seq": as_bool(info.get("Sequential")),
         "Int": as_bool(info.get("Interruptible")),
-        "IntPer": 100,
+        "IntPer": _interruptible_percentage(info),
         "OnComp": row["on_comp"],
         "Timeout": {"both": 0, "error": 1, "notify": 2}.get(
             info.get("OnTaskTimeout", "Error").strip().lower(), 1
@@ -1448,7 +1615,7 @@ def _task_json(row: sqlite3.Row) -> dict[str, Any]:
         "Frames": format_task_frames(json.loads(row["frames"])),
         "Slave": row["slave"],
         "Stat": stat,
-        "Prog": "100 %" if stat == TASK_COMPLETED else "0 %",
+        "Prog": f"{100 if stat == TASK_COMPLETED else row['prog']} %",
         "RndStat": "Rendering" if stat == TASK_RENDERING else "",
         "Errs": row["errs"],
         "Start": row["start"],
@@ -1457,8 +1624,8 @@ def _task_json(row: sqlite3.Row) -> dict[str, Any]:
         "WtgStrt": False,
         "NormMult": 0.0,
         "Size": 0,
-        "RamPeak": 0,
-        "RamPeakPer": 0,
+        "RamPeak": row["ram_peak"],
+        "RamPeakPer": round(100 * row["ram_peak"] / _MACHINE_RAM) if _MACHINE_RAM else 0,
         "RamAvg": 0,
         "Cpu": 0,
         "CpuPer": 0,
@@ -1489,7 +1656,7 @@ def _report_json(
         "AverageCpu": 0,
         "PeakCpu": 0,
         "AverageRam": 0,
-        "PeakRam": 0,
+        "PeakRam": row["peak_ram"],
         "UsedClock": int(row["task_seconds"]),
         "TotalClock": int(row["task_seconds"]),
     }

@@ -1,18 +1,21 @@
 """A worker process: claims tasks from the farm database, renders them, reports the result.
 
 Started by the web service (``python -m deploy.farm worker ...``). It stops (requeueing its
-task) on SIGTERM/SIGINT or when the process that started it goes away.
+task) on SIGTERM/SIGINT or when the process that started it goes away. While it renders a
+task of an interruptible job it gives the task up for a higher-priority one
+(:meth:`Store.interrupt_for_higher_priority`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -28,8 +31,10 @@ from deploy.farm.store import Claim, Store
 
 #: Seconds between heartbeats written to the database (the stall limit is ~10 s).
 HEARTBEAT_SECONDS = 0.5
-#: Seconds between checks of the stop flag and of the parent process.
+#: Seconds between checks of the stop flag, of the parent process and for preemption.
 WATCH_SECONDS = 0.1
+
+log = logging.getLogger("deploy.farm.worker")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,22 @@ class WorkerConfig:
     blender: str
     poll_interval: float
     parent_pid: int | None
+    #: A standby worker's pools: it serves only these (empty: an ordinary worker).
+    standby_pools: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Running:
+    """The task being rendered: its claim, the event that cancels it, its render context."""
+
+    claim: Claim
+    cancel: threading.Event
+    ctx: RenderContext
+
+    @property
+    def progress(self) -> int:
+        """Percent of the task's frames rendered."""
+        return min(100, self.ctx.frames_done * 100 // max(1, len(self.claim.frames)))
 
 
 class Worker:
@@ -54,15 +75,17 @@ class Worker:
         self.blender = find_blender(config.blender)
         self.stop = threading.Event()
         self._signalled = False
-        self._current: tuple[Claim, threading.Event] | None = None
+        self._current: _Running | None = None
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         # Only a flag: Event.set() inside a signal handler can deadlock on the event's lock.
         self._signalled = True
 
     def _watch(self) -> None:
-        """Heartbeat, and cancel the current task when it is taken away or we must stop."""
+        """Heartbeat (with the task's progress), and cancel the current task when it is taken
+        away, interrupted for a higher-priority one, or we must stop."""
         next_beat = 0.0
+        name = self.config.name
         while not self.stop.is_set():
             parent_gone = (
                 self.config.parent_pid is not None and os.getppid() != self.config.parent_pid
@@ -71,23 +94,34 @@ class Worker:
             if self._signalled or parent_gone:
                 self.stop.set()
                 if current is not None:
-                    current[1].set()
+                    current.cancel.set()
                 return
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_SECONDS
+                claim, progress = (current.claim, current.progress) if current else (None, 0)
                 try:
-                    alive = self.store.heartbeat(self.config.name, current and current[0])
+                    alive = self.store.heartbeat(name, claim, progress)
                 except sqlite3.Error:
                     alive = True  # a busy database: try again at the next beat
                 if not alive and current is not None:
-                    current[1].set()
+                    current.cancel.set()
+            if current is not None and not current.cancel.is_set():
+                try:
+                    reason = self.store.interrupt_for_higher_priority(
+                        name, current.claim, current.progress
+                    )
+                except sqlite3.Error:
+                    reason = None  # a busy database: look again at the next tick
+                if reason is not None:
+                    log.info("%s", reason)
+                    current.cancel.set()
             time.sleep(WATCH_SECONDS)
 
     def run(self) -> None:
         """Register, then render tasks until asked to stop; go Offline on the way out."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.store.register_worker(self.config.name, os.getpid())
+        self.store.register_worker(self.config.name, os.getpid(), self.config.standby_pools)
         watcher = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
         watcher.start()
         try:
@@ -108,9 +142,6 @@ class Worker:
     def _render(self, claim: Claim) -> None:
         """Render one claimed task and write its result (unless it was taken away)."""
         cancel = threading.Event()
-        self._current = (claim, cancel)
-        if self.stop.is_set():
-            cancel.set()
         name = self.config.name
         ctx = RenderContext(
             cancel=cancel,
@@ -119,6 +150,9 @@ class Worker:
             frame_seconds=self.config.frame_seconds,
             blender=self.blender,
         )
+        self._current = _Running(claim, cancel, ctx)
+        if self.stop.is_set():
+            cancel.set()
         env = {
             k: v
             for k, _, v in (
@@ -146,13 +180,14 @@ class Worker:
             else:
                 self.store.discard(name)
         except RenderError as exc:
-            self.store.finish_error(name, claim, str(exc), "\n".join(ctx.log_lines))
+            lines = "\n".join(ctx.log_lines)
+            self.store.finish_error(name, claim, str(exc), lines, ctx.ram_peak)
         except Exception as exc:
             message = f"Error: {type(exc).__name__}: {exc}"
-            log = "\n".join([*ctx.log_lines, traceback.format_exc()])
-            self.store.finish_error(name, claim, message, log)
+            lines = "\n".join([*ctx.log_lines, traceback.format_exc()])
+            self.store.finish_error(name, claim, message, lines, ctx.ram_peak)
         else:
-            self.store.finish_ok(name, claim, "\n".join(ctx.log_lines))
+            self.store.finish_ok(name, claim, "\n".join(ctx.log_lines), ctx.ram_peak)
         finally:
             self._current = None
 

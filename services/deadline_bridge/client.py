@@ -65,6 +65,8 @@ class FarmTask:
     errors: int
     started_at: str  # ISO time the render started; Deadline's zero date when not yet
     completed_at: str
+    #: The render's peak memory in bytes (``RamPeak``); None when the farm shows 0 or none.
+    ram_peak: int | None = None
 
 
 def parse_frames(text: str) -> list[int]:
@@ -197,6 +199,7 @@ class DeadlineClient:
                 errors=int(t.get("Errs") or 0),
                 started_at=str(t.get("StartRen") or t.get("Start") or ""),
                 completed_at=str(t.get("Comp") or ""),
+                ram_peak=int(t.get("RamPeak") or 0) or None,
             )
             for t in reply.get("Tasks") or []
         ]

@@ -18,6 +18,7 @@ from contracts.jobs import JobPriority, OutputFormat, Renderer
 from contracts.render import (
     CancelRender,
     RenderAccepted,
+    RenderKind,
     RenderOrdered,
     RenderStatus,
     ResumeRender,
@@ -98,17 +99,41 @@ class RenderCommands:
         server.register(ResumeRender, self.resume)
 
     def job_info(self, cmd: SubmitRender, render: FarmRender) -> dict[str, Any]:
+        """The farm job's JobInfo. A test render goes to the test pool at the test priority,
+        with the full renders' pool as its secondary pool (so it also runs where no standby
+        worker serves the test pool), one frame a task, its frames listed one by one, and is
+        never interrupted; a full render is interruptible (``full_render_interruptible``)
+        and takes its priority from the job's."""
         s = self.settings
+        test = cmd.kind is RenderKind.test
+        placement: dict[str, Any] = (
+            {
+                "Priority": s.test_priority,
+                "Pool": s.test_pool,
+                "SecondaryPool": s.farm_pool,
+                "Interruptible": False,
+            }
+            if test
+            else {
+                "Priority": FARM_PRIORITY[cmd.priority],
+                "Pool": s.farm_pool,
+                "Interruptible": s.full_render_interruptible,
+            }
+        )
+        frames = (
+            ",".join(map(str, render.frames))
+            if cmd.frames is not None
+            else frame_list_text(render.frames)
+        )
         return {
             "Plugin": s.farm_plugin,
             "Name": f"{cmd.name} [{cmd.render_id}]",
             "BatchName": cmd.job_id,
             "UserName": s.farm_user_name,
             "Comment": f"renderfarm {cmd.kind.value} render of job {cmd.job_id}",
-            "Frames": frame_list_text(render.frames),
+            "Frames": frames,
             "ChunkSize": render.chunk_size,
-            "Priority": FARM_PRIORITY[cmd.priority],
-            "Pool": s.farm_pool,
+            **placement,
             "Group": s.farm_group,
             "TaskTimeoutMinutes": s.task_timeout_minutes,
             "OnTaskTimeout": "Error",
@@ -195,8 +220,10 @@ class RenderCommands:
                         owner_id=cmd.owner_id,
                         kind=cmd.kind,
                         attempt=cmd.attempt,
-                        frames=list(cmd.frame_range.frames()),
-                        chunk_size=cmd.chunk_size,
+                        frames=cmd.frames_to_render(),
+                        # A test render's frames are spread out: one a task, each on the
+                        # first worker free.
+                        chunk_size=1 if cmd.kind is RenderKind.test else cmd.chunk_size,
                         output_dir=f"{root}/{cmd.owner_id}/{cmd.job_id}/{render_id}",
                         output_pattern=OUTPUT_PATTERN.format(
                             ext=FORMAT_EXTENSIONS[cmd.render_settings.output_format]

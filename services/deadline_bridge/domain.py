@@ -65,6 +65,8 @@ class Observed:
     output_error: str | None = None
     #: For a failed task: the farm's error report.
     error: str | None = None
+    #: The render's peak memory (the farm task's ``RamPeak``), when the farm measured it.
+    peak_memory_bytes: int | None = None
 
 
 @dataclass
@@ -263,6 +265,7 @@ class FarmRender(Aggregate):
                         finished_at=finished,
                         render_seconds=max(0.0, (finished - started).total_seconds()),
                         outputs=obs.outputs,
+                        peak_memory_bytes=obs.peak_memory_bytes,
                     )
                 )
         done = {i for i, t in self.tasks.items() if t.state is TaskState.completed} | {

@@ -6,6 +6,9 @@ SHA-256 so the store refuses any other bytes: a small frame in one ``PutObject``
 memory at a time, each part with its own ``ChecksumSHA256``. A ``HeadObject`` then checks
 the stored size. Putting the same key again (a poll cycle retried after a crash) stores the
 same bytes again: harmless.
+
+Next to each PNG or JPEG frame goes its thumbnail (:mod:`.thumbnails`), made under the same
+concurrency limit, so at most ``concurrency`` frames are decoded at once.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from typing import IO, TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from contracts.jobs import FrameThumbnail
+from contracts.outputs import thumbnail_key
 from libs.logging import get_logger
 from libs.s3 import S3Client
+from services.deadline_bridge.thumbnails import NoThumbnail, make_thumbnail
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -32,6 +38,7 @@ MAX_PARTS = 10_000
 MiB = 1024 * 1024
 #: Content types of the formats the farm writes; anything else is plain bytes.
 CONTENT_TYPES = {".png": "image/png", ".exr": "image/x-exr", ".jpg": "image/jpeg"}
+JPEG = "image/jpeg"
 
 
 class FrameStoreFailed(Exception):
@@ -72,12 +79,16 @@ class FrameStore:
         multipart_threshold: int,
         part_size: int,
         concurrency: int,
+        thumbnail_size: int = 256,
+        thumbnail_max_pixels: int = 40_000_000,
     ) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.slots = asyncio.Semaphore(concurrency)
+        self.thumbnail_size = thumbnail_size
+        self.thumbnail_max_pixels = thumbnail_max_pixels
 
     async def store(self, path: str, key: str) -> StoredFile:
         """Store the file at ``path`` as ``key``; its size and SHA-256 as stored."""
@@ -98,15 +109,49 @@ class FrameStore:
             )
         return stored
 
+    async def store_thumbnail(self, path: str, frame_key: str) -> FrameThumbnail | None:
+        """Make the thumbnail of the frame at ``path`` and store it next to ``frame_key``;
+        None when the frame gets none (an OpenEXR frame, one too big, one that is no
+        image: logged). Raises :class:`FrameStoreFailed` when the store fails."""
+        key = thumbnail_key(frame_key)
+        async with self.slots:
+            try:
+                thumb = await asyncio.to_thread(
+                    make_thumbnail, path, self.thumbnail_size, self.thumbnail_max_pixels
+                )
+            except NoThumbnail as e:
+                log.info("no_thumbnail", frame=frame_key, reason=str(e))
+                return None
+            try:
+                stored = await self._put_data(thumb.data, key, JPEG)
+                head = await self.s3.head_object(Bucket=self.bucket, Key=key)
+            except (ClientError, BotoCoreError) as e:
+                raise FrameStoreFailed(f"storing the thumbnail {key}: {e}") from e
+        if head["ContentLength"] != stored.size_bytes:
+            raise FrameStoreFailed(
+                f"{key}: {stored.size_bytes} bytes were sent, the store holds"
+                f" {head['ContentLength']}"
+            )
+        return FrameThumbnail(
+            object_key=key,
+            width=thumb.width,
+            height=thumb.height,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+        )
+
     async def _put(self, path: str, key: str) -> StoredFile:
         data = await asyncio.to_thread(_read_whole, path)
+        return await self._put_data(data, key, _content_type(key))
+
+    async def _put_data(self, data: bytes, key: str, content_type: str) -> StoredFile:
         digest = hashlib.sha256(data).digest()
         await self.s3.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=data,
             ChecksumSHA256=_b64(digest),
-            ContentType=_content_type(key),
+            ContentType=content_type,
         )
         return StoredFile(len(data), digest.hex())
 

@@ -20,7 +20,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.jobs import FrameOutput
+from contracts.jobs import FrameOutput, FrameThumbnail
 from contracts.outputs import frame_key, frame_output_id
 from contracts.render import RenderStatus
 from libs.eventstore.processor import Projector
@@ -227,6 +227,7 @@ class FarmPoller:
             outputs=outputs,
             output_error=output_error,
             error=error,
+            peak_memory_bytes=t.ram_peak,
         )
 
     async def _outputs(
@@ -252,9 +253,9 @@ class FarmPoller:
                 (frame, local, frame_key(render.owner_id, render.job_id, render.kind, name))
             )
         results = await asyncio.gather(
-            *(self.frames.store(local, key) for _, local, key in files), return_exceptions=True
+            *(self._store(local, key) for _, local, key in files), return_exceptions=True
         )
-        stored: list[StoredFile] = []
+        stored: list[tuple[StoredFile, FrameThumbnail | None]] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -266,9 +267,15 @@ class FarmPoller:
                 object_key=key,
                 size_bytes=s.size_bytes,
                 sha256=s.sha256,
+                thumbnail=thumbnail,
             )
-            for (frame, _, key), s in zip(files, stored, strict=True)
+            for (frame, _, key), (s, thumbnail) in zip(files, stored, strict=True)
         ], None
+
+    async def _store(self, local: str, key: str) -> tuple[StoredFile, FrameThumbnail | None]:
+        """Store a frame, then its thumbnail next to it."""
+        stored = await self.frames.store(local, key)
+        return stored, await self.frames.store_thumbnail(local, key)
 
     async def _commit(self, uow: UnitOfWork) -> None:
         """Each save appends in its own transaction (the poller holds none open)."""

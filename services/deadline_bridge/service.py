@@ -45,6 +45,8 @@ async def wire(rt: ServiceRuntime[Bridge]) -> Bridge:
         multipart_threshold=settings.outputs_multipart_threshold_bytes,
         part_size=settings.outputs_part_size_bytes,
         concurrency=settings.outputs_store_concurrency,
+        thumbnail_size=settings.thumbnail_size,
+        thumbnail_max_pixels=settings.thumbnail_max_pixels,
     )
     commands = RenderCommands(settings, farm)
     commands.register(rt.commands)

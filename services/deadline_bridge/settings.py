@@ -48,6 +48,19 @@ class BridgeSettings(S3Settings):
     farm_pool: str = "none"
     farm_group: str = "none"
     task_timeout_minutes: int = 60
+    #: Full renders are submitted ``Interruptible``: a worker gives a task of theirs up
+    #: (requeued) for a test render or any other job of higher priority it could take.
+    full_render_interruptible: bool = True
+
+    #: Test renders: their farm jobs' pool (standby workers serve it; the full renders' pool
+    #: ``farm_pool`` is their secondary pool, so other workers take them too) and priority.
+    test_pool: str = "test"
+    test_priority: int = Field(default=100, ge=0, le=100)
+
+    #: Thumbnails of PNG and JPEG frames: the long side in pixels, and the largest frame (in
+    #: pixels) one is made of (decoding a frame takes 4 bytes a pixel).
+    thumbnail_size: int = Field(default=256, ge=16, le=2048)
+    thumbnail_max_pixels: int = Field(default=40_000_000, ge=1)
 
     @property
     def local_outputs_root(self) -> str:

@@ -12,8 +12,10 @@ the archive's own are computed on the way. A pending archive is a ``building`` r
 interrupted multipart upload is left to the bucket's abort rule). Replicas take each
 archive under a PostgreSQL advisory lock, so one builds it.
 
-**Retention.** Outputs whose ``expires_at`` has passed are deleted from the bucket
-(``DeleteObjects``, up to 1,000 keys a call) and then recorded as ``OutputsDeleted``; a
+**Retention.** Outputs whose ``expires_at`` has passed are deleted from the bucket, each
+frame with its thumbnail (``contracts/outputs.py`` ``thumbnail_key``; a frame without one,
+an OpenEXR frame, has nothing there, and deleting a missing key succeeds) (``DeleteObjects``,
+up to 1,000 keys a call) and then recorded as ``OutputsDeleted``; a
 crash in between deletes them again on the next sweep (deleting a missing key succeeds).
 While a job's archive is being built its outputs wait for it.
 """
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from contracts.base import Event
-from contracts.outputs import OutputStatus
+from contracts.outputs import OutputStatus, thumbnail_key
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
 from libs.leader import lock_key, wake_or_stop
@@ -48,6 +50,8 @@ log = get_logger(__name__)
 
 #: Bytes read from a frame at a time.
 CHUNK = 1024 * 1024
+#: S3's most keys in one ``DeleteObjects`` call.
+DELETE_KEYS_PER_CALL = 1000
 #: Errors of the store that a later try may not have.
 STORE_ERRORS = (ClientError, BotoCoreError)
 
@@ -326,13 +330,21 @@ class RetentionSweeper(_Outputs):
             due = outputs.expired(now)
             if not due:
                 return deleted
-            keys = [kept.object_key for i in due if (kept := outputs.output(i)) is not None]
-            answer = await self.s3.delete_objects(
-                Bucket=outputs.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
-            )
-            if errors := answer.get("Errors"):
-                raise OutputsNotDeleted(f"job {job_id}: {len(errors)} objects, e.g. {errors[0]}")
+            kept = [k for i in due if (k := outputs.output(i)) is not None]
+            keys = [k.object_key for k in kept]
+            keys += [thumbnail_key(k.object_key) for k in kept if k.frame is not None]
+            for i in range(0, len(keys), DELETE_KEYS_PER_CALL):
+                answer = await self.s3.delete_objects(
+                    Bucket=outputs.bucket,
+                    Delete={
+                        "Objects": [{"Key": k} for k in keys[i : i + DELETE_KEYS_PER_CALL]],
+                        "Quiet": True,
+                    },
+                )
+                if errors := answer.get("Errors"):
+                    raise OutputsNotDeleted(
+                        f"job {job_id}: {len(errors)} objects, e.g. {errors[0]}"
+                    )
             outputs.deleted(due, now)
             await uow.commit()
             self.store.notify_appended()

@@ -1,5 +1,6 @@
 """Frames recorded before outputs went to object storage (schema v1: a farm path) still
-load: the path is dropped, and they have no output id and no object key."""
+load: the path is dropped, and they have no output id and no object key. Frames and tasks
+recorded before thumbnails and peak memory load with neither."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ NO_OUTPUT = {
     "object_key": None,
     "size_bytes": 9,
     "sha256": "ab" * 32,
+    "thumbnail": None,
 }
 AT = "2026-11-22T14:00:00Z"
 
@@ -56,4 +58,22 @@ def test_a_v1_task_completed_event_loads_without_its_farm_path() -> None:
         "outputs": [V1_FRAME],
     }
     assert RenderTaskCompleted.schema_version == 2
-    assert decoded(RenderTaskCompleted.event_type, v1)["outputs"] == [NO_OUTPUT]
+    decoded_v1 = decoded(RenderTaskCompleted.event_type, v1)
+    assert decoded_v1["outputs"] == [NO_OUTPUT] and decoded_v1["peak_memory_bytes"] is None
+
+
+def test_a_task_completed_before_thumbnails_and_peak_memory_loads_with_neither() -> None:
+    stored = {
+        "render_id": "j1.full.1",
+        "job_id": "j1",
+        "task_id": 0,
+        "frames": [7],
+        "worker": "w1",
+        "started_at": AT,
+        "finished_at": AT,
+        "render_seconds": 2.0,
+        "outputs": [{k: v for k, v in NO_OUTPUT.items() if k != "thumbnail"}],
+    }
+    event = EVENTS.decode(RenderTaskCompleted.event_type, 2, stored)
+    assert isinstance(event, RenderTaskCompleted)
+    assert event.outputs[0].thumbnail is None and event.peak_memory_bytes is None

@@ -207,6 +207,8 @@ async def test_frames_wait_for_an_unreachable_bucket_instead_of_failing_their_ta
     listed = await system.s3.list_objects_v2(Bucket=late, Prefix=f"jobs/{system.owner_id}/")
     assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == [
         "frame_0001.png",
+        "frame_0001.thumb.jpg",
         "frame_0002.png",
+        "frame_0002.thumb.jpg",
     ]
     await bridge.ready()

@@ -15,13 +15,14 @@ from contracts.jobs import (
     CompleteJob,
     FrameOutput,
     FrameRange,
+    FrameThumbnail,
     JobAccepted,
     JobSpec,
     RecordFramesRendered,
     Resolution,
     SubmitJob,
 )
-from contracts.outputs import frame_key, frame_output_id
+from contracts.outputs import frame_key, frame_output_id, thumbnail_key
 from contracts.render import RenderKind
 from libs.bus.commands import Actor
 from libs.ids import new_id
@@ -59,15 +60,25 @@ async def submit(job_service: ServiceRuntime[Any], owner_id: str, frames: int) -
 async def store_frame(
     s3: S3Client, bucket: str, owner_id: str, job_id: str, frame: int, data: bytes
 ) -> FrameOutput:
-    """The frame in the bucket under the job's prefix, as the bridge reports it."""
+    """The frame (and a thumbnail) in the bucket under the job's prefix, as the bridge
+    reports it."""
     key = frame_key(owner_id, job_id, RenderKind.full, f"frame_{frame:04d}.png")
     await s3.put_object(Bucket=bucket, Key=key, Body=data)
+    thumb = data[:64]
+    await s3.put_object(Bucket=bucket, Key=thumbnail_key(key), Body=thumb)
     return FrameOutput(
         frame=frame,
         output_id=frame_output_id(job_id, RenderKind.full, frame),
         object_key=key,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
+        thumbnail=FrameThumbnail(
+            object_key=thumbnail_key(key),
+            width=16,
+            height=9,
+            size_bytes=len(thumb),
+            sha256=hashlib.sha256(thumb).hexdigest(),
+        ),
     )
 
 

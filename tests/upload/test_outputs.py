@@ -143,7 +143,7 @@ async def test_retention_deletes_the_outputs_with_an_event_and_their_objects_are
         f"{job_id}-full-0000001",
         f"{job_id}-full-0000002",
     ]
-    assert await missing(s3, bucket, f"jobs/usr_a/{job_id}/")  # frames and archive
+    assert await missing(s3, bucket, f"jobs/usr_a/{job_id}/")  # frames, thumbnails, archive
     me = users.headers("usr_a")
 
     async def listed_as_deleted() -> dict[str, Any] | None:
