@@ -843,6 +843,9 @@ class Store:
             )
             _requeue_task(conn, claim.job_id, claim.task_id, name, reason)
             _add_history(conn, claim.job_id, f"Task {claim.task_id} interrupted on {name}")
+            # Idle from now on (its render stops in a moment), so another busy worker sees
+            # that this one takes the task and is not interrupted for it too.
+            _set_worker_idle(conn, name)
             return reason
 
     def worker_offline(self, name: str) -> None:
