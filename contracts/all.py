@@ -6,6 +6,7 @@ import contracts.identity
 import contracts.jobs
 import contracts.outputs
 import contracts.payments
+import contracts.preparation
 import contracts.process
 import contracts.render
 import contracts.staging

@@ -19,6 +19,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
+from contracts.scenes import SceneFinding
 
 
 class Currency(StrEnum):
@@ -144,6 +145,11 @@ class JobEnvelope(_View):
     failure_code: str | None = Field(
         description="Stable code of the failure (e.g. scene_checksum_mismatch); null unless"
         " the job failed with one."
+    )
+    scene_findings: list[SceneFinding] = Field(
+        description="What the scene check found, each with a stable code and a severity: an"
+        " error stopped the job before any render (failure_code scene_check_failed); fix the"
+        " scene and submit it again. Empty before the check has run."
     )
     created_at: datetime = Field(description="UTC time the job was submitted.")
     updated_at: datetime = Field(description="UTC time of the job's latest event.")

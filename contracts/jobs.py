@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from contracts.base import COMMANDS, EVENTS, Command, Event, JsonDict
+from contracts.scenes import FindingSeverity, SceneFinding
 from contracts.staging import SceneRef
 from contracts.text import IdText, Line, Reason, TextRefused, check_line
 from libs.keys import KeyRefused, check_key
@@ -361,6 +362,40 @@ class JobSceneStaged(Event):
     at: datetime
 
 
+#: The code a job fails with when its scene check found an error.
+SCENE_CHECK_FAILED = "scene_check_failed"
+#: The steps the scene workers run, in order, after the scene is staged.
+SCENE_STEPS = (StepName.scene_check, StepName.repath, StepName.render_settings)
+
+
+@EVENTS.register
+class JobSceneChecked(Event):
+    """The scene check's findings and the assets it traced. A finding of severity
+    ``error`` fails the step and the job (``scene_check_failed``) before any render."""
+
+    event_type = "job.JobSceneChecked"
+    job_id: str
+    findings: list[SceneFinding]
+    assets_total: int
+    assets_missing: int
+    at: datetime
+
+    @property
+    def errors(self) -> list[SceneFinding]:
+        return [f for f in self.findings if f.severity is FindingSeverity.error]
+
+
+@EVENTS.register
+class JobScenePrepared(Event):
+    """The scene is checked, repathed and carries the job's settings: ``scene_key`` (relative
+    to the farm's scene root) is what the renders open from now on."""
+
+    event_type = "job.JobScenePrepared"
+    job_id: str
+    scene_key: str
+    at: datetime
+
+
 @EVENTS.register
 class JobQueued(Event):
     event_type = "job.JobQueued"
@@ -624,6 +659,79 @@ class RecordSceneStaged(Command):
     job_id: str
     scene_key: StagedKey
     reused: bool
+    at: datetime
+
+
+# --- commands from the scene workers (internal) -------------------------------------------
+
+
+def _scene_step(step: StepName) -> StepName:
+    if step not in SCENE_STEPS:
+        raise PydanticCustomError(
+            "not_a_scene_step", "{step} is not a scene step", {"step": step.value}
+        )
+    return step
+
+
+SceneStep = Annotated[StepName, AfterValidator(_scene_step)]
+
+
+@COMMANDS.register
+class StartJobStep(Command):
+    """A scene worker started one of the scene steps. A repeat, or a start after the step
+    ended, changes nothing."""
+
+    command_type = "job.StartJobStep"
+    job_id: str
+    step: SceneStep
+    at: datetime
+
+
+@COMMANDS.register
+class RecordJobStepProgress(Command):
+    """How far a scene step is; a report not ahead of the last one changes nothing."""
+
+    command_type = "job.RecordJobStepProgress"
+    job_id: str
+    step: SceneStep
+    progress_percent: float = Field(ge=0, le=100)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordSceneChecked(Command):
+    """The scene check ended with these findings: the step succeeds, or fails the job when
+    a finding is an error. A repeat changes nothing."""
+
+    command_type = "job.RecordSceneChecked"
+    job_id: str
+    findings: list[SceneFinding] = Field(max_length=1000)
+    assets_total: int = Field(ge=0)
+    assets_missing: int = Field(ge=0)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordSceneRepathed(Command):
+    """The scene's asset paths now point into the farm's layout (``rewritten`` of them
+    changed). A repeat changes nothing."""
+
+    command_type = "job.RecordSceneRepathed"
+    job_id: str
+    rewritten: int = Field(ge=0)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordScenePrepared(Command):
+    """The job's settings are in the scene at ``scene_key``: the job is ready. With
+    ``skip_reason``, the repath and settings steps still pending are skipped with it (a scene
+    the workers cannot rewrite, rendered as staged). A repeat changes nothing."""
+
+    command_type = "job.RecordScenePrepared"
+    job_id: str
+    scene_key: StagedKey
+    skip_reason: str | None = Field(default=None, max_length=400)
     at: datetime
 
 

@@ -17,11 +17,16 @@ from contracts.jobs import (
     QueueJob,
     RecordFramesRendered,
     RecordJobCost,
+    RecordJobStepProgress,
+    RecordSceneChecked,
+    RecordScenePrepared,
+    RecordSceneRepathed,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     RenderOrder,
     ResumeJob,
     StartJobRender,
+    StartJobStep,
     StartSceneStaging,
     StopJob,
     SubmitJob,
@@ -45,6 +50,12 @@ class JobCommands:
         server.register(StartSceneStaging, self.start_staging)
         server.register(RecordSceneStagingProgress, self.record_staging_progress)
         server.register(RecordSceneStaged, self.record_staged)
+        # From the scene workers.
+        server.register(StartJobStep, self.start_step)
+        server.register(RecordJobStepProgress, self.record_step_progress)
+        server.register(RecordSceneChecked, self.record_scene_checked)
+        server.register(RecordSceneRepathed, self.record_repathed)
+        server.register(RecordScenePrepared, self.record_prepared)
         server.register(QueueJob, self.queue)
         server.register(StartJobRender, self.start_render)
         server.register(RecordFramesRendered, self.record_frames)
@@ -112,6 +123,33 @@ class JobCommands:
     async def record_staged(self, cmd: RecordSceneStaged, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)
         job.record_staged(cmd.scene_key, cmd.reused, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def start_step(self, cmd: StartJobStep, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.start_step(cmd.step, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_step_progress(
+        self, cmd: RecordJobStepProgress, uow: UnitOfWork
+    ) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_step_progress(cmd.step, cmd.progress_percent, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_scene_checked(self, cmd: RecordSceneChecked, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_scene_checked(cmd.findings, cmd.assets_total, cmd.assets_missing, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_repathed(self, cmd: RecordSceneRepathed, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_repathed(cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_prepared(self, cmd: RecordScenePrepared, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_prepared(cmd.scene_key, cmd.skip_reason, cmd.at)
         return await self._accepted(uow, job)
 
     async def queue(self, cmd: QueueJob, uow: UnitOfWork) -> RenderOrder:

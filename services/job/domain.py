@@ -25,6 +25,7 @@ from contracts.errors import (
     JobTransition,
 )
 from contracts.jobs import (
+    SCENE_CHECK_FAILED,
     TERMINAL_STATUSES,
     FrameOutput,
     FrameRange,
@@ -44,6 +45,8 @@ from contracts.jobs import (
     JobRenamed,
     JobRenderSettingsChanged,
     JobResumed,
+    JobSceneChecked,
+    JobScenePrepared,
     JobSceneStaged,
     JobSlotFreed,
     JobSlotTaken,
@@ -63,6 +66,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
+from contracts.scenes import SceneFinding
 from contracts.staging import SceneRef
 from libs.eventstore.aggregate import Aggregate
 
@@ -136,9 +140,12 @@ def status_after(
         case JobSubmitted():
             return S.submitted
         case JobStepStarted():
-            return STEP_STARTS_STATUS[event.step]
+            # A paused job stays paused while a step that costs nothing runs.
+            return None if status is S.paused else STEP_STARTS_STATUS[event.step]
         case JobStepSucceeded():
             return STEP_SUCCEEDS_STATUS.get(event.step)
+        case JobScenePrepared():
+            return None if status is S.paused else S.ready
         case JobQueued():
             return S.queued
         case JobPaused():
@@ -237,6 +244,10 @@ class Job(Aggregate):
     scene_key: str | None = None
     #: The staging's progress as last recorded (it only moves forward).
     staging_percent: float = 0.0
+    #: The scene steps' progress as last recorded, by step (it only moves forward).
+    step_percent: dict[StepName, float] = {}
+    #: The scene steps ran (or were skipped): ``scene_key`` is the prepared scene.
+    prepared: bool = False
     renderer: Renderer = Renderer.blender_cycles
     frame_range: FrameRange | None = None
     chunk_size: int = 1
@@ -295,6 +306,10 @@ class Job(Aggregate):
             case JobStepProgressed():
                 if event.step is StepName.stage_scene:
                     self.staging_percent = event.progress_percent
+                else:
+                    self.step_percent = {**self.step_percent, event.step: event.progress_percent}
+            case JobScenePrepared():
+                self.scene_key, self.prepared = event.scene_key, True
             case JobQueued():
                 running = self.running_steps()
                 if running:
@@ -317,7 +332,7 @@ class Job(Aggregate):
                 for step in self.steps:
                     if step.status in (StepStatus.pending, StepStatus.running):
                         step.status = StepStatus.cancelled
-            case JobStepLogged() | JobResumed() | JobCompleted():
+            case JobStepLogged() | JobResumed() | JobCompleted() | JobSceneChecked():
                 pass  # a status change only (below); logs live in the stream
             case _:
                 raise TypeError(f"job cannot apply {type(event).__name__}")
@@ -485,9 +500,9 @@ class Job(Aggregate):
                 f"job {self.job_id} cannot be queued while {self.status}",
                 JobTransition(from_=self.status, to=S.queued),
             )
-        if self.scene is not None and self.scene_key is None:
+        if self.scene is not None and not self.prepared:
             raise InvalidStateTransition(
-                f"job {self.job_id} cannot be queued before its scene is staged",
+                f"job {self.job_id} cannot be queued before its scene is staged and prepared",
                 JobTransition(from_=self.status, to=S.queued),
             )
         events: list[Event] = [
@@ -542,6 +557,104 @@ class Job(Aggregate):
             JobSceneStaged(job_id=self.job_id, scene_key=scene_key, reused=reused, at=at),
             JobStepSucceeded(job_id=self.job_id, step=StepName.stage_scene, at=at),
         )
+
+    # -- decide: commands from the scene workers -----------------------------------------
+    #
+    # Workers deliver at least once, and a step taken over from a killed worker is reported
+    # again from its start: a repeat, a report after the step ended or after the job ended
+    # changes nothing; a report before the step's start starts it first.
+
+    def start_step(self, step: StepName, at: datetime) -> list[Event]:
+        """A scene step started (once the scene is staged)."""
+        self._require_staged(step)
+        if self.status in TERMINAL_STATUSES or self.status is S.cancelling:
+            return []
+        if self.step(step).status is not StepStatus.pending:
+            return []
+        return self.record(JobStepStarted(job_id=self.job_id, step=step, at=at))
+
+    def record_step_progress(self, step: StepName, percent: float, at: datetime) -> list[Event]:
+        """How far a scene step is; only ahead of the last report, while it may still run."""
+        self._require_staged(step)
+        if not self._step_open(step) or percent <= self.step_percent.get(step, 0.0):
+            return []
+        events = self.start_step(step, at)
+        return events + self.record(
+            JobStepProgressed(job_id=self.job_id, step=step, progress_percent=percent, at=at)
+        )
+
+    def record_scene_checked(
+        self, findings: Sequence[SceneFinding], assets_total: int, assets_missing: int, at: datetime
+    ) -> list[Event]:
+        """The check's findings: the step succeeds, or an error among them fails the step
+        and the job (``scene_check_failed``) before anything is rendered."""
+        step = StepName.scene_check
+        self._require_staged(step)
+        if not self._step_open(step):
+            return []
+        checked = JobSceneChecked(
+            job_id=self.job_id,
+            findings=list(findings),
+            assets_total=assets_total,
+            assets_missing=assets_missing,
+            at=at,
+        )
+        events = self.start_step(step, at)
+        if not checked.errors:
+            ok = JobStepSucceeded(job_id=self.job_id, step=step, at=at)
+            return events + self.record(checked, ok)
+        first = checked.errors[0]
+        more = len(checked.errors) - 1
+        reason = f"the scene check found {first.code}: {first.message}" + (
+            f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        )
+        failed = JobStepFailed(
+            job_id=self.job_id, step=step, error=reason, code=SCENE_CHECK_FAILED, at=at
+        )
+        ended = JobFailed(job_id=self.job_id, reason=reason, code=SCENE_CHECK_FAILED, at=at)
+        return events + self.record(checked, failed, ended)
+
+    def record_repathed(self, at: datetime) -> list[Event]:
+        """The scene's asset paths point into the farm's layout."""
+        step = StepName.repath
+        self._require_staged(step)
+        if not self._step_open(step):
+            return []
+        events = self.start_step(step, at)
+        return events + self.record(JobStepSucceeded(job_id=self.job_id, step=step, at=at))
+
+    def record_prepared(self, scene_key: str, skip_reason: str | None, at: datetime) -> list[Event]:
+        """The job's settings are in the scene at ``scene_key``: the job is ready. With
+        ``skip_reason`` the repath and settings steps still pending are skipped."""
+        step = StepName.render_settings
+        self._require_staged(step)
+        if self.prepared or not self._step_open(step):
+            return []
+        prepared = JobScenePrepared(job_id=self.job_id, scene_key=scene_key, at=at)
+        if skip_reason is not None:
+            skipped = [
+                JobStepSkipped(job_id=self.job_id, step=name, reason=skip_reason)
+                for name in (StepName.repath, step)
+                if self.step(name).status is StepStatus.pending
+            ]
+            return self.record(*skipped, prepared)
+        events = self.start_step(step, at)
+        done = JobStepSucceeded(job_id=self.job_id, step=step, at=at)
+        return events + self.record(prepared, done)
+
+    def _step_open(self, step: StepName) -> bool:
+        """Whether ``step`` may still start or end: pending or running, in a live job."""
+        if self.status in TERMINAL_STATUSES or self.status is S.cancelling:
+            return False
+        return self.step(step).status in (StepStatus.pending, StepStatus.running)
+
+    def _require_staged(self, step: StepName) -> None:
+        self._require_scene()
+        if self.scene_key is None:
+            raise InvalidStateTransition(
+                f"job {self.job_id} cannot run {step} before its scene is staged",
+                JobTransition(from_=self.status),
+            )
 
     def _staging(self) -> StepStatus:
         return self.step(StepName.stage_scene).status

@@ -46,6 +46,7 @@ from contracts.jobs import (
     JobRenamed,
     JobRenderSettingsChanged,
     JobResumed,
+    JobSceneChecked,
     JobStatus,
     JobStepFailed,
     JobStepProgressed,
@@ -59,6 +60,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
 )
+from contracts.scenes import SceneFinding
 from services.job.domain import SETTINGS_EDITABLE, resumed_status, status_after
 
 S = JobStatus
@@ -133,6 +135,8 @@ class JobView(BaseModel):
     frames_done: int = 0
     failure_reason: str | None = None
     failure_code: str | None = None
+    #: What the scene check found (empty before it ran, and in rows from before it existed).
+    scene_findings: list[SceneFinding] = []
     created_at: datetime
     # The ETA's measurements, for the current render only.
     render_id: str | None = None
@@ -213,6 +217,8 @@ class JobView(BaseModel):
                 self._changing(event.step).status = StepStatus.skipped
             case JobFramesRendered():
                 self._record(event)
+            case JobSceneChecked():
+                self.scene_findings = event.findings
             case JobFailed():
                 self.failure_reason, self.failure_code = event.reason, event.code
             case JobPaused():
@@ -373,6 +379,7 @@ class JobView(BaseModel):
             priority=self.priority,
             failure_reason=self.failure_reason,
             failure_code=self.failure_code,
+            scene_findings=self.scene_findings,
             created_at=self.created_at,
             updated_at=updated_at,
             version=version,

@@ -33,6 +33,9 @@ from contracts.jobs import (
     FailJob,
     JobAccepted,
     JobCancellationRequested,
+    JobFramesChanged,
+    JobRenderSettingsChanged,
+    JobScenePrepared,
     JobSubmitted,
     LogJobStep,
     LogLevel,
@@ -48,6 +51,7 @@ from contracts.jobs import (
     StepName,
     StopJob,
 )
+from contracts.preparation import PreparationQueued, PrepareScene, SceneSettings
 from contracts.render import (
     CancelRender,
     RenderAccepted,
@@ -86,6 +90,8 @@ from libs.process import Cause, ProcessManager, Send
 StagingEvent = SceneStagingStarted | SceneStagingProgressed | SceneStaged | SceneStagingFailed
 #: Billing's events about a job's hold and cap the scheduler follows.
 BillingEvent = JobCostHeld | JobHoldRefused | JobCostCapReached
+#: The job's events that change what its scene's settings step writes.
+JobSettingsEvent = JobFramesChanged | JobRenderSettingsChanged
 #: The code a job stopped at its cost cap fails with.
 COST_CAP_REACHED = "cost_cap_reached"
 
@@ -211,11 +217,17 @@ class JobRender(BaseModel):
     submitted: bool = False
     owner_id: str = ""
     scene: SceneRef | None = None
+    #: The job's settings as last changed (the scene's settings step writes them).
+    settings: SceneSettings | None = None
     #: Billing placed the job's first hold (it may come before the submission is seen).
     held: bool = False
     #: The render path began: the scene asked to be staged, or a scene-less job queued.
     started: bool = False
     staged: bool = False
+    #: Where the staged scene is (relative to the farm's scene root), once staged.
+    staged_key: str | None = None
+    #: The scene workers prepared the staged scene (``job.JobScenePrepared``).
+    prepared: bool = False
     #: Paused awaiting credits (a hold refused), until a hold is placed.
     paused: bool = False
 
@@ -245,6 +257,9 @@ class RenderProcess(ProcessManager[JobRender]):
     subjects = (
         f"events.{JobSubmitted.event_type}",
         f"events.{JobCancellationRequested.event_type}",
+        f"events.{JobFramesChanged.event_type}",
+        f"events.{JobRenderSettingsChanged.event_type}",
+        f"events.{JobScenePrepared.event_type}",
         f"events.{JobCostHeld.event_type}",
         f"events.{JobHoldRefused.event_type}",
         f"events.{JobCostCapReached.event_type}",
@@ -263,7 +278,13 @@ class RenderProcess(ProcessManager[JobRender]):
     def key(self, event: Event) -> str | None:
         if isinstance(
             event,
-            JobSubmitted | JobCancellationRequested | RenderEvent | StagingEvent | BillingEvent,
+            JobSubmitted
+            | JobCancellationRequested
+            | JobSettingsEvent
+            | JobScenePrepared
+            | RenderEvent
+            | StagingEvent
+            | BillingEvent,
         ):
             return event.job_id
         return None
@@ -276,13 +297,28 @@ class RenderProcess(ProcessManager[JobRender]):
                 "owner_id": event.owner_id,
                 "scene": event.scene,
                 "render_id": state.render_id or render_id_for(event.job_id, RenderKind.full, 1),
+                "settings": SceneSettings(
+                    renderer=event.renderer,
+                    frame_range=event.frame_range,
+                    resolution=event.resolution,
+                    render_settings=event.render_settings,
+                ),
             }
+        elif isinstance(event, JobSettingsEvent) and state.settings is not None:
+            changed = (
+                {"frame_range": event.frame_range}
+                if isinstance(event, JobFramesChanged)
+                else {"resolution": event.resolution, "render_settings": event.render_settings}
+            )
+            update = {"settings": state.settings.model_copy(update=changed)}
+        elif isinstance(event, JobScenePrepared):
+            update = {"prepared": True}
         elif isinstance(event, JobCostHeld):
             update = {"held": True, "paused": False}
         elif isinstance(event, JobHoldRefused):
             update = {"paused": True}
         elif isinstance(event, SceneStaged):
-            update = {"staging": False, "staged": True}
+            update = {"staging": False, "staged": True, "staged_key": event.staged_key}
         elif isinstance(event, SceneStagingFailed):
             update = {"staging": False}
         elif isinstance(event, RenderEvent) and (status := render_status_after(event)):
@@ -335,10 +371,11 @@ class RenderProcess(ProcessManager[JobRender]):
                 )
                 return [self._staging_step(progress)]
             case SceneStaged():
-                return [
-                    self._staging_step(staging_log(event)),
-                    self._staged(event, state, cause),
-                ]
+                return [self._staging_step(staging_log(event)), self._staged(event, state, cause)]
+            case JobScenePrepared() if not state.paused:
+                return [self._queue(event.job_id, cause)]
+            case JobScenePrepared():
+                return []  # paused meanwhile: queued once resumed
             case SceneStagingFailed():
                 fail = FailJob(
                     job_id=event.job_id,
@@ -395,8 +432,10 @@ class RenderProcess(ProcessManager[JobRender]):
             nxt = [Send(resume, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
         elif not state.started and state.submitted:
             nxt = [self._start(job_id, state.owner_id, state.scene, cause)]
-        elif state.staged and state.status is None:
+        elif state.prepared and state.status is None:
             nxt = [self._queue(job_id, cause)]
+        elif state.staged and state.status is None:
+            nxt = [self._prepare(job_id, state, state.staged_key, cause)]
         return Send(
             ResumeJob(job_id=job_id, at=cause.recorded_at),
             JobAccepted,
@@ -410,18 +449,38 @@ class RenderProcess(ProcessManager[JobRender]):
         return Send(cmd, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)
 
     def _staged(self, event: SceneStaged, state: JobRender, cause: Cause) -> Send:
-        """Record the staged scene on the job, then queue it and order its render (a job
-        paused meanwhile is queued once resumed)."""
+        """Record the staged scene on the job, then have it prepared (a job paused meanwhile
+        is prepared once resumed)."""
         staged = RecordSceneStaged(
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
-        queue = [] if state.paused else [self._queue(event.job_id, cause)]
+        prepare = self._prepare(event.job_id, state, event.staged_key, cause)
+        nxt = [] if state.paused else [prepare]
         return Send(
             staged,
             JobAccepted,
-            then=lambda _: queue,
+            then=lambda _: nxt,
             tolerate=CANCELLED_BEFORE_QUEUED,
         )
+
+    def _prepare(self, job_id: str, state: JobRender, staged_key: str | None, cause: Cause) -> Send:
+        """Queue the staged scene's check, repathing and settings for the scene workers; a
+        refusal fails the job."""
+        assert state.scene is not None and state.settings is not None and staged_key
+
+        def fail(e: DomainError[Any]) -> list[Send]:
+            reason = f"the scene could not be queued for preparation: {e.message}"
+            cmd = FailJob(job_id=job_id, reason=reason, code=e.code, at=cause.recorded_at)
+            return [Send(cmd, JobAccepted)]
+
+        order = PrepareScene(
+            job_id=job_id,
+            owner_id=state.owner_id,
+            staged_key=staged_key,
+            main_file=state.scene.main_file,
+            settings=state.settings,
+        )
+        return Send(order, PreparationQueued, if_refused=fail)
 
     def _stop_staging(self, job_id: str) -> Send:
         return Send(CancelStaging(job_id=job_id, reason="the job was cancelled"), StagingAccepted)

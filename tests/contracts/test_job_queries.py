@@ -131,7 +131,7 @@ async def test_frames_are_the_rendered_files_by_frame_number(
 ) -> None:
     scheduler = Scheduler(job_service)
     job_id = (await submit(job_service, "usr_a", frames=8)).job_id
-    await scheduler.stage(job_id)
+    await scheduler.prepare(job_id)
     await scheduler.queue(job_id)
     await scheduler.start(job_id)
     await scheduler.send(scheduler.task(job_id, 1, [5, 6, 7, 8], worker="w2"))

@@ -77,6 +77,7 @@ def test_commands_have_unique_wire_names_in_their_owners_context() -> None:
             "wallet",
             "billing",
             "payment",
+            "scene",
         }
 
 

@@ -16,6 +16,9 @@ from contracts.jobs import (
     JobAccepted,
     QueueJob,
     RecordFramesRendered,
+    RecordSceneChecked,
+    RecordScenePrepared,
+    RecordSceneRepathed,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     RenderOrder,
@@ -55,6 +58,10 @@ def staged_key(job_id: str) -> str:
     return f"staged/usr_x/{job_id.lower()}/main.blend"
 
 
+def prepared_key(job_id: str) -> str:
+    return f"prepared/{job_id}/main.blend"
+
+
 class Scheduler:
     """Sends the scheduler's commands to the running job service."""
 
@@ -77,6 +84,17 @@ class Scheduler:
         )
         staged = RecordSceneStaged(job_id=job_id, scene_key=staged_key(job_id), reused=False, at=T0)
         return await self.send(staged)
+
+    async def prepare(self, job_id: str) -> JobAccepted:
+        """The job's scene staged, then checked (nothing found), repathed and given the job's
+        settings, as the upload service and a scene worker report them."""
+        await self.stage(job_id)
+        await self.send(
+            RecordSceneChecked(job_id=job_id, findings=[], assets_total=1, assets_missing=0, at=T0)
+        )
+        await self.send(RecordSceneRepathed(job_id=job_id, rewritten=0, at=T0))
+        prepared = RecordScenePrepared(job_id=job_id, scene_key=prepared_key(job_id), at=T0)
+        return await self.send(prepared)
 
     async def queue(self, job_id: str, command_id: str | None = None) -> RenderOrder:
         cmd = QueueJob(job_id=job_id, skip_reason="scene processing is not built yet")
@@ -106,8 +124,8 @@ class Scheduler:
         )
 
     async def render_all(self, job_id: str, frames: list[int], chunk_size: int) -> JobAccepted:
-        """Stage, queue, start, record every task and complete: a whole render, in order."""
-        await self.stage(job_id)
+        """Prepare, queue, start, record every task and complete: a whole render, in order."""
+        await self.prepare(job_id)
         await self.queue(job_id)
         await self.start(job_id)
         for i in range(0, len(frames), chunk_size):

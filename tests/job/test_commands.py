@@ -25,6 +25,7 @@ from contracts.jobs import (
     PauseJob,
     QueueJob,
     RecordJobCost,
+    RecordScenePrepared,
     RecordSceneStaged,
     Resolution,
     ResumeJob,
@@ -56,6 +57,21 @@ def submission(job_id: str) -> SubmitJob:
 
 def staged(job_id: str) -> RecordSceneStaged:
     return RecordSceneStaged(job_id=job_id, scene_key="staged/x/main.blend", reused=False, at=NOW)
+
+
+def prepared(job_id: str) -> RecordScenePrepared:
+    """The workers could not rewrite the scene: repath and settings skipped."""
+    reason = "not a .blend file"
+    return RecordScenePrepared(
+        job_id=job_id, scene_key="staged/x/main.blend", skip_reason=reason, at=NOW
+    )
+
+
+async def ready(store: InMemoryEventStore, commands: JobCommands, job_id: str) -> None:
+    """Submitted, staged and prepared: the job may be queued."""
+    await run(store, commands.submit, submission(job_id))
+    await run(store, commands.record_staged, staged(job_id))
+    await run(store, commands.record_prepared, prepared(job_id))
 
 
 @pytest.fixture
@@ -107,8 +123,7 @@ async def test_the_job_limit_refuses_a_third_active_job_and_records_nothing(
 async def test_a_job_that_ends_frees_its_owners_slot_in_the_same_append(
     store: InMemoryEventStore, commands: JobCommands
 ) -> None:
-    await run(store, commands.submit, submission("job_1"))
-    await run(store, commands.record_staged, staged("job_1"))
+    await ready(store, commands, "job_1")
     await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
     await run(store, commands.start_render, StartJobRender(job_id="job_1", render_id="r", at=NOW))
     reply = await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
@@ -132,17 +147,15 @@ async def test_someone_elses_job_is_not_found(
 async def test_history_still_loads_after_a_transition_rule_is_tightened(
     store: InMemoryEventStore, commands: JobCommands, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await run(store, commands.submit, submission("job_1"))
-    await run(store, commands.record_staged, staged("job_1"))
+    await ready(store, commands, "job_1")
     await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
     await run(store, commands.complete, CompleteJob(job_id="job_1", at=NOW))
     # A later release forbids completing straight from rendering: old streams did just that.
     monkeypatch.setitem(TRANSITIONS, JobStatus.rendering, frozenset({JobStatus.failed}))
     job = await load(store, Job, "job_1")
-    assert isinstance(job, Job) and job.status is JobStatus.completed and job.version == 12
+    assert isinstance(job, Job) and job.status is JobStatus.completed and job.version == 13
     # The tightened rule holds for new decisions.
-    await run(store, commands.submit, submission("job_2"))
-    await run(store, commands.record_staged, staged("job_2"))
+    await ready(store, commands, "job_2")
     await run(store, commands.queue, QueueJob(job_id="job_2", skip_reason="none yet"))
     with pytest.raises(DomainError) as refused:
         await run(store, commands.complete, CompleteJob(job_id="job_2", at=NOW))

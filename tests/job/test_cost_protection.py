@@ -23,6 +23,7 @@ from services.job.domain import Job
 from services.job.views import JobView
 from tests.job.test_domain import (
     NOW,
+    STAGED_KEY,
     cancelling,
     queued,
     record,
@@ -99,6 +100,7 @@ def test_a_job_paused_before_it_was_queued_is_not_queued_until_resumed() -> None
     job.pause("insufficient_credits", NOW)
     assert refused(job.queue, "skip", NOW) is InvalidStateTransition
     job.resume(NOW)
+    job.record_prepared(STAGED_KEY, "not a .blend file", NOW)
     assert types(job.queue("skip", NOW))[-1] == "JobQueued"
 
 

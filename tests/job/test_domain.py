@@ -33,13 +33,13 @@ from contracts.jobs import (
     JobStepProgressed,
     JobStepSkipped,
     JobStepStarted,
-    JobStepSucceeded,
     JobSubmitted,
     LogLevel,
     Resolution,
     StepName,
     StepStatus,
 )
+from contracts.scenes import FindingSeverity, SceneFinding
 from services.job.domain import (
     CANCELLED_ON_FARM,
     TERMINAL_EVENTS,
@@ -80,6 +80,17 @@ def staged(**kw: int) -> Job:
     return evolve(job, job.record_staged(STAGED_KEY, False, NOW))
 
 
+PREPARED_KEY = "prepared/job_1/shot_010.blend"
+
+
+def prepared(**kw: int) -> Job:
+    """Staged, then checked (no findings), repathed and given its settings by a worker."""
+    job = staged(**kw)
+    evolve(job, job.record_scene_checked([], 3, 0, NOW))
+    evolve(job, job.record_repathed(NOW))
+    return evolve(job, job.record_prepared(PREPARED_KEY, None, NOW))
+
+
 def submitted_before_uploads() -> JobSubmitted:
     """A submission stored before scene uploads: a key on the farm, no scene."""
     return JobSubmitted.model_validate(
@@ -91,7 +102,7 @@ def submitted_before_uploads() -> JobSubmitted:
 
 
 def queued(**kw: int) -> Job:
-    job = staged(**kw)
+    job = prepared(**kw)
     return evolve(job, job.queue("no scene processing yet", NOW))
 
 
@@ -260,35 +271,96 @@ def test_a_stored_schema_1_submission_still_loads_as_a_job_without_a_scene() -> 
 # -- queue -------------------------------------------------------------------------------
 
 
-def test_queueing_a_staged_job_skips_the_steps_before_the_render() -> None:
+def test_a_staged_job_is_not_queued_before_its_scene_is_prepared() -> None:
     job = staged()
-    events = job.queue("no scene processing yet", NOW)
-    assert types(events) == ["JobStepSkipped"] * 4 + ["JobQueued"]
-    skipped = [e for e in events if isinstance(e, JobStepSkipped)]
-    assert [e.step for e in skipped] == [*PREP, StepName.test_render]
-    assert {e.reason for e in skipped} == {"no scene processing yet"}
-    evolve(job, events)
-    assert job.status is S.queued
-    assert [s.status for s in job.steps] == [StepStatus.succeeded] + [StepStatus.skipped] * 4 + [
-        StepStatus.pending
-    ]
-    assert view(job).progress_percent == 25.0
-    assert view(job).eta.reason == "not_started"
-    assert S.queued in TRANSITIONS[S.preparing]
+    assert refused(job.queue, "no test render asked for", NOW) is InvalidStateTransition
 
 
 def test_queueing_a_prepared_job_skips_only_what_is_still_pending() -> None:
-    job = staged()
-    for step in PREP:
-        given(job, JobStepStarted(job_id="job_1", step=step, at=NOW))
-        given(job, JobStepSucceeded(job_id="job_1", step=step, at=NOW))
-    assert job.status is S.ready
-    events = job.queue("test render not asked for", NOW)
+    job = prepared()
+    assert job.status is S.ready and job.scene_key == PREPARED_KEY
+    events = job.queue("no test render asked for", NOW)
     assert [(type(e), getattr(e, "step", None)) for e in events] == [
         (JobStepSkipped, StepName.test_render),
         (JobQueued, None),
     ]
     assert evolve(job, events).status is S.queued
+    assert [s.status for s in job.steps] == [StepStatus.succeeded] * 4 + [
+        StepStatus.skipped,
+        StepStatus.pending,
+    ]
+    assert view(job).eta.reason == "not_started"
+
+
+# -- scene steps (from the scene workers) ---------------------------------------------------
+
+
+def finding(code: str, severity: FindingSeverity, path: str | None = None) -> SceneFinding:
+    return SceneFinding(code=code, severity=severity, message=f"{code} found", path=path)
+
+
+def test_the_scene_steps_run_in_order_and_leave_the_job_ready_with_the_prepared_scene() -> None:
+    job = staged()
+    evolve(job, job.start_step(StepName.scene_check, NOW))
+    assert job.status is S.preparing and job.running_steps() == [StepName.scene_check]
+    evolve(job, job.record_step_progress(StepName.scene_check, 40.0, NOW))
+    warning = finding("resolution_differs", FindingSeverity.warning)
+    checked = job.record_scene_checked([warning], 12, 0, NOW)
+    assert types(checked) == ["JobSceneChecked", "JobStepSucceeded"]
+    evolve(job, checked)
+    assert types(job.record_repathed(NOW)) == ["JobStepStarted", "JobStepSucceeded"]
+    events = job.record_prepared(PREPARED_KEY, None, NOW)
+    assert types(events) == ["JobStepStarted", "JobScenePrepared", "JobStepSucceeded"]
+    evolve(job, events)
+    assert (job.status, job.scene_key, job.prepared) == (S.ready, PREPARED_KEY, True)
+    envelope = view(job).envelope(9, NOW)
+    assert envelope.scene_findings == [warning]
+    assert [s.status for s in envelope.steps[:4]] == [StepStatus.succeeded] * 4
+
+
+def test_a_scene_check_error_fails_the_job_before_any_render_with_its_findings() -> None:
+    job = staged()
+    missing = finding("missing_file", FindingSeverity.error, "//textures/wood.png")
+    also = finding("missing_library", FindingSeverity.error, "//lib/props.blend")
+    events = job.record_scene_checked([missing, also], 5, 2, NOW)
+    assert types(events) == ["JobStepStarted", "JobSceneChecked", "JobStepFailed", "JobFailed"]
+    evolve(job, events)
+    envelope = view(job).envelope(6, NOW)
+    assert (envelope.status, envelope.failure_code) == (S.failed, "scene_check_failed")
+    assert envelope.failure_reason == (
+        "the scene check found missing_file: missing_file found (and 1 more error)"
+    )
+    assert envelope.scene_findings == [missing, also]
+    check = envelope.steps[1]
+    assert (check.status, check.error_code) == (StepStatus.failed, "scene_check_failed")
+    assert envelope.steps[-1].status is StepStatus.pending  # nothing rendered
+    assert job.record_repathed(NOW) == [] and job.record_prepared(PREPARED_KEY, None, NOW) == []
+
+
+def test_scene_step_reports_repeated_or_late_change_nothing() -> None:
+    job = staged()
+    evolve(job, job.record_scene_checked([], 1, 0, NOW))
+    assert job.record_scene_checked([], 1, 0, NOW) == []  # a worker that took the item over
+    assert job.start_step(StepName.scene_check, NOW) == []  # the start, delivered last
+    evolve(job, job.record_step_progress(StepName.repath, 50.0, NOW))
+    assert job.record_step_progress(StepName.repath, 30.0, NOW) == []
+    evolve(job, job.record_repathed(NOW))
+    evolve(job, job.record_prepared(PREPARED_KEY, None, NOW))
+    assert job.record_prepared(PREPARED_KEY, None, NOW) == []
+
+
+def test_a_scene_the_workers_cannot_rewrite_skips_repath_and_settings_and_is_ready() -> None:
+    job = staged()
+    evolve(job, job.record_scene_checked([], 0, 0, NOW))
+    events = job.record_prepared(STAGED_KEY, "not a .blend file: rendered as staged", NOW)
+    assert types(events) == ["JobStepSkipped", "JobStepSkipped", "JobScenePrepared"]
+    assert evolve(job, events).status is S.ready and job.scene_key == STAGED_KEY
+
+
+def test_scene_steps_need_a_staged_scene() -> None:
+    job = staging()
+    assert refused(job.start_step, StepName.scene_check, NOW) is InvalidStateTransition
+    assert refused(job.record_scene_checked, [], 0, 0, NOW) is InvalidStateTransition
 
 
 @pytest.mark.parametrize("make", [queued, rendering])

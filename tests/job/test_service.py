@@ -30,9 +30,13 @@ from contracts.jobs import (
     JobSpec,
     LogJobStep,
     LogLevel,
+    RecordSceneChecked,
+    RecordScenePrepared,
+    RecordSceneRepathed,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     Resolution,
+    StartJobStep,
     StartSceneStaging,
     StepName,
     SubmitJob,
@@ -42,7 +46,7 @@ from libs.ids import new_id
 from libs.runtime import ServiceRuntime
 from services.job.domain import CANCELLED_ON_FARM
 from tests.fixtures import scene_ref
-from tests.job.scheduler import T0, Scheduler, outputs, render_id, staged_key
+from tests.job.scheduler import T0, Scheduler, outputs, prepared_key, render_id, staged_key
 
 
 @pytest.fixture
@@ -113,19 +117,31 @@ async def test_a_job_goes_from_submitted_through_its_render_to_completed(
     staged = RecordSceneStaged(job_id=job_id, scene_key=staged_key(job_id), reused=False, at=T0)
     await scheduler.send(staged)
     assert (await envelope(job_service, job_id))["steps"][0]["status"] == "succeeded"
+    with pytest.raises(InvalidStateTransition):  # not before the scene steps ran
+        await scheduler.queue(job_id)
+    for step in (StepName.scene_check, StepName.repath, StepName.render_settings):
+        await scheduler.send(StartJobStep(job_id=job_id, step=step, at=T0))
+    await scheduler.send(
+        RecordSceneChecked(job_id=job_id, findings=[], assets_total=2, assets_missing=0, at=T0)
+    )
+    await scheduler.send(RecordSceneRepathed(job_id=job_id, rewritten=1, at=T0))
+    ready = RecordScenePrepared(job_id=job_id, scene_key=prepared_key(job_id), at=T0)
+    await scheduler.send(ready)
+    assert (await envelope(job_service, job_id))["status"] == "ready"
     order = await scheduler.queue(job_id)
     assert (order.job_id, order.owner_id, order.status) == (job_id, "usr_a", "queued")
-    assert order.scene_key == staged_key(job_id)  # the farm opens the staged copy
+    assert order.scene_key == prepared_key(job_id)  # the farm opens the prepared copy
     assert (order.frame_range, order.chunk_size) == (FrameRange(start=1, end=24), 4)
     assert order.resolution == Resolution(width=1920, height=1080)
-    assert order.version == 10  # submitted, staging (4), four steps skipped, queued
+    # submitted, staging (4), the scene steps (3 starts, 5 ends), test render skipped, queued
+    assert order.version == 15
     assert (await envelope(job_service, job_id))["status"] == "queued"
 
     started = await scheduler.start(job_id)
     job = await envelope(job_service, job_id)
     assert job["status"] == "rendering" and job["current_step"] == "render"
     assert job["eta"] == {"eta_seconds": None, "eta_at": None, "reason": "no_measurements"}
-    assert job["version"] == started.version == 11
+    assert job["version"] == started.version == 16
 
     await scheduler.send(scheduler.task(job_id, 0, [1, 2, 3, 4], worker="w1", seconds=30))
     await scheduler.send(scheduler.task(job_id, 1, [5, 6, 7, 8], worker="w2", seconds=30))
@@ -222,6 +238,9 @@ async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once
     assert await scheduler.send(staged, command_id="staged-1") == done  # stored reply
     assert await scheduler.send(staged, command_id="staged-2") == done  # staged already
     assert await scheduler.send(StartSceneStaging(job_id=job_id, at=T0)) == done  # late start
+    ready = RecordScenePrepared(job_id=job_id, scene_key=prepared_key(job_id), at=T0)
+    prepared = await scheduler.send(ready, command_id="prepared-1")
+    assert await scheduler.send(ready, command_id="prepared-2") == prepared  # prepared already
     first = await scheduler.queue(job_id, command_id="queue-1")
     assert await scheduler.queue(job_id, command_id="queue-1") == first  # stored reply
     assert await scheduler.queue(job_id, command_id="queue-2") == first  # queued already
@@ -244,7 +263,8 @@ async def test_a_repeated_command_id_or_a_repeated_task_is_recorded_exactly_once
     assert len(await frame_rows(job_service, job_id)) == 8
     types = await stream_types(job_service, f"job-{job_id}")
     assert types.count("job.JobFramesRendered") == 2
-    assert types.count("job.JobStepStarted") == 2  # the stage step, then the render once
+    # the stage step, the settings step, then the render once
+    assert types.count("job.JobStepStarted") == 3
 
 
 async def test_every_way_a_job_ends_frees_its_owners_slot(
@@ -256,7 +276,7 @@ async def test_every_way_a_job_ends_frees_its_owners_slot(
         await submit(job_service, owner)
     assert type(e.value) is JobLimitReached
     for job_id in (completed, failed, vanished):
-        await scheduler.stage(job_id)
+        await scheduler.prepare(job_id)
         await scheduler.queue(job_id)
         await scheduler.start(job_id)
     await scheduler.send(CompleteJob(job_id=completed, at=T0))
@@ -303,7 +323,7 @@ async def test_a_cancel_is_confirmed_by_the_farm_or_overtaken_by_the_renders_end
     users = CommandClient(job_service.nc, job_service.settings, timeout=10)
     jobs = [await submit(job_service, owner) for _ in range(2)]
     for job_id in jobs:
-        await scheduler.stage(job_id)
+        await scheduler.prepare(job_id)
         await scheduler.queue(job_id)
         await scheduler.send(scheduler.task(job_id, 0, [1, 2, 3, 4]))  # before any start
         await users.send(

@@ -24,6 +24,7 @@ from contracts.jobs import (
     Resolution,
     StepName,
 )
+from contracts.scenes import FindingSeverity, SceneFinding
 from services.job.domain import Job
 from services.job.views import JobView
 from tests.fixtures import SCENE_ID, scene_ref
@@ -66,6 +67,20 @@ def stage(job: Job) -> list[Event]:
     ]
 
 
+def prepare(job: Job) -> list[Event]:
+    """The scene steps, as a worker reports them: checked (a warning), repathed, set."""
+    warning = SceneFinding(
+        code="resolution_differs", severity=FindingSeverity.warning, message="1280x720 in the scene"
+    )
+    return [
+        *job.start_step(StepName.scene_check, NOW),
+        *job.record_step_progress(StepName.scene_check, 50.0, NOW),
+        *job.record_scene_checked([warning], 4, 0, NOW),
+        *job.record_repathed(NOW),
+        *job.record_prepared("prepared/job_1/shot_010.blend", None, NOW),
+    ]
+
+
 def task(n: int, worker: str, seconds: float, render: str = "job_1.full.1") -> Decide:
     frames = outputs(*range(1 + n * 4, 5 + n * 4))
     at = NOW + timedelta(seconds=37 * (n + 1))
@@ -95,6 +110,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     "rendered on three workers, paused, resumed, completed": [
         submit,
         stage,
+        prepare,
         lambda j: j.queue("no scene processing yet", NOW),
         task(0, "w1", 10.25),
         task(2, "w2", 7.1),
@@ -109,6 +125,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     "a second render replaces the first, then fails": [
         submit,
         stage,
+        prepare,
         lambda j: j.queue("none", NOW),
         lambda j: j.start_render(NOW),
         task(0, "w1", 3.0),
@@ -118,6 +135,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     "cancelled while rendering, confirmed by the farm": [
         submit,
         stage,
+        prepare,
         lambda j: j.queue("none", NOW),
         task(0, "w1", 5.0),
         lambda j: j.cancel(None, NOW),
@@ -135,6 +153,7 @@ PATHS: dict[str, Sequence[Decide]] = {
         lambda j: j.pause("insufficient_credits", NOW),
         lambda j: j.resume(NOW),
         stage,
+        prepare,
         lambda j: j.queue("none", NOW),
         task(0, "w1", 4.0),
         lambda j: j.pause("insufficient_credits", NOW),
@@ -145,6 +164,7 @@ PATHS: dict[str, Sequence[Decide]] = {
     "deleted on the farm": [
         submit,
         stage,
+        prepare,
         lambda j: j.queue("none", NOW),
         lambda j: j.start_render(NOW),
         lambda j: j.confirm_cancelled(NOW),

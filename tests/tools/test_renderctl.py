@@ -78,7 +78,7 @@ async def history(
                 await Scheduler(job_service).render_all(job["job_id"], list(range(1, 25)), 4)
             if j == 0 and n == 1:
                 scheduler = Scheduler(job_service)
-                await scheduler.stage(job["job_id"])
+                await scheduler.prepare(job["job_id"])
                 await scheduler.queue(job["job_id"])
                 await scheduler.send(scheduler.task(job["job_id"], 2, [9, 10, 11, 12]))
             if j == 2:

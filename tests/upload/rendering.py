@@ -94,7 +94,7 @@ async def render(
     """A job of ``owner_id`` that rendered ``frames`` (one task each), completed."""
     job_id = await submit(job_service, owner_id, len(frames))
     scheduler = Scheduler(job_service)
-    await scheduler.stage(job_id)
+    await scheduler.prepare(job_id)
     await scheduler.queue(job_id)
     await scheduler.start(job_id)
     for task_id, (frame, data) in enumerate(sorted(frames.items())):
