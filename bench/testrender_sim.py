@@ -161,7 +161,7 @@ class FrameDraw:
 
 
 @dataclass(frozen=True)
-class TestRequest:
+class RenderRequest:
     index: int
     t_request: float
     size_gb: float
@@ -205,7 +205,7 @@ class FullJob:
 class Workload:
     start: float
     end: float
-    tests: tuple[TestRequest, ...]
+    tests: tuple[RenderRequest, ...]
     full_jobs: tuple[FullJob, ...]
 
 
@@ -256,7 +256,7 @@ def generate_workload(p: Params, seed: int) -> Workload:
         for _ in range(size):
             requests.append((t + rng.uniform(0.0, p.burst_spread_s), random.Random(rng.random())))
     requests.sort(key=lambda r: r[0])
-    tests: list[TestRequest] = []
+    tests: list[RenderRequest] = []
     for i, (t_req, r) in enumerate(requests):
         if r.random() < p.share_200gb:
             size_gb = 200.0
@@ -281,7 +281,7 @@ def generate_workload(p: Params, seed: int) -> Workload:
             state = UploadState.long_ago
             upload_start = t_req - r.uniform(600.0, 6 * 3600.0) - duration
         tests.append(
-            TestRequest(
+            RenderRequest(
                 index=i,
                 t_request=t_req,
                 size_gb=size_gb,
@@ -471,8 +471,8 @@ class Worker:
 
 
 @dataclass(eq=False)
-class TestRun:
-    req: TestRequest
+class RequestRun:
+    req: RenderRequest
     frames_left: int
     needed: Transfer | None = None  # ``ours``: the needed assets' staging
     requested: bool = False
@@ -485,12 +485,12 @@ class TestRun:
 
 
 @dataclass(frozen=True)
-class TestResult:
+class RequestResult:
     index: int
     size_gb: float
     needed_gb: float
     state: UploadState
-    #: From the clock start (``TestRequest.clock_start``) to ready.
+    #: From the clock start (``RenderRequest.clock_start``) to ready.
     ttr_s: float
     #: From the request itself to ready.
     ttr_from_request_s: float
@@ -505,7 +505,7 @@ class TestResult:
 class RunResult:
     strategy: Strategy
     standby: int
-    results: tuple[TestResult, ...]
+    results: tuple[RequestResult, ...]
     #: Full-render work thrown away by preemption (worker-seconds).
     preempted_worker_s: float
     #: VMs booted for test frames (``ours``: also those whose frame found a worker first).
@@ -528,14 +528,14 @@ class Farm:
         #: Workers by pool (dicts: ordered, so runs stay deterministic).
         self.pools: dict[Pool, dict[Worker, None]] = {pool: {} for pool in Pool}
         self.full_queue: deque[float] = deque()
-        self.test_queue: deque[tuple[TestRun, int]] = deque()
+        self.test_queue: deque[tuple[RequestRun, int]] = deque()
         self.launch_queue: list[tuple[int, int, float, Worker]] = []
         self.tokens = p.launches_per_minute
         self.tokens_at = work.start
         self.launch_wake = False
         self.preempted_worker_s = 0.0
         self.test_boots = 0
-        self.results: list[TestResult] = []
+        self.results: list[RequestResult] = []
         self.measured_left = sum(1 for r in work.tests if r.t_request >= 0.0)
         self._seq = 0
 
@@ -546,7 +546,7 @@ class Farm:
         for job in self.work.full_jobs:
             self.engine.at(job.t_arrival, partial(self._full_job_arrives, job))
         for req in self.work.tests:
-            run = TestRun(req, frames_left=len(req.frames))
+            run = RequestRun(req, frames_left=len(req.frames))
             if self.strategy is Strategy.ours:
                 if self.p.stage_as_uploaded:
                     self._follow_staging(run)
@@ -692,7 +692,7 @@ class Farm:
         per_get_gb = min(p.range_mb / 1000.0, file_gb)
         return min(p.streams * stream_gb_s, p.s3_gets_per_s * per_get_gb)
 
-    def _follow_staging(self, run: TestRun) -> None:
+    def _follow_staging(self, run: RequestRun) -> None:
         """``ours``: stage the scene's files as their uploads complete, the needed ones first."""
         req = run.req
         cap = self._cap(req.stream_gb_s, req.file_gb)
@@ -734,7 +734,7 @@ class Farm:
             if rest is not None:
                 self.engine.at(max(req.needed_uploaded_at, start), lambda: self.link.add(rest))
 
-    def _stage_needed_now(self, run: TestRun) -> None:
+    def _stage_needed_now(self, run: RequestRun) -> None:
         """Without staging as uploaded: the needed assets from the clock start on, ahead of
         everything else, the rest once the upload has ended."""
         req = run.req
@@ -755,7 +755,7 @@ class Farm:
 
     # -- ours -------------------------------------------------------------------------------
 
-    def _ours_requested(self, run: TestRun) -> None:
+    def _ours_requested(self, run: RequestRun) -> None:
         """Needed assets to the front of the link; cold boots at once for the frames that
         no idle worker is there for."""
         run.requested = True
@@ -767,7 +767,7 @@ class Farm:
         if run.staged_at is not None:
             self._ours_release(run)
 
-    def _hedge(self, run: TestRun, i: int) -> None:
+    def _hedge(self, run: RequestRun, i: int) -> None:
         """A VM cold-booted for frame ``i`` of ``run`` (no scale-out limit: a handful),
         with that frame's drawn boot time; it takes its own frame if that still waits."""
         if i in run.hedged:
@@ -789,7 +789,7 @@ class Farm:
 
         self.engine.at(self.engine.now + run.req.frames[i].cold_boot_s, up)
 
-    def _ours_release(self, run: TestRun) -> None:
+    def _ours_release(self, run: RequestRun) -> None:
         """The needed assets are staged: each frame takes an idle standby or fleet worker,
         else waits for whichever comes first: a fleet worker finishing its task, its own cold
         boot, or (past the deadline guard) a preempted full-render task."""
@@ -814,7 +814,7 @@ class Farm:
         if waiting and self.p.interruptible_percent > 0:
             self.engine.at(self._guard_time(run), lambda: self._preempt_for(run, waiting))
 
-    def _guard_time(self, run: TestRun) -> float:
+    def _guard_time(self, run: RequestRun) -> float:
         """The last moment a preempted worker still makes the deadline with a render of
         ``render_reserve_s``: the boot-time budget runs out."""
         p, req = self.p, run.req
@@ -835,7 +835,7 @@ class Farm:
             key=lambda w: -w.task_started,
         )
 
-    def _preempt_for(self, run: TestRun, frames: list[int]) -> None:
+    def _preempt_for(self, run: RequestRun, frames: list[int]) -> None:
         """Interrupt a full-render task for each frame of ``run`` still waiting; a stopped
         worker takes the first waiting frame (or its own work if a frame found one)."""
         still = sum(1 for i in frames if (run, i) in self.test_queue)
@@ -853,7 +853,7 @@ class Farm:
 
     # -- naive ------------------------------------------------------------------------------
 
-    def _naive_stage(self, run: TestRun) -> None:
+    def _naive_stage(self, run: RequestRun) -> None:
         """The whole scene once its upload ended, then a cold-booted VM per frame."""
         req = run.req
 
@@ -873,11 +873,11 @@ class Farm:
 
     # -- test frames ------------------------------------------------------------------------
 
-    def _cold_frame(self, w: Worker, run: TestRun, i: int) -> None:
+    def _cold_frame(self, w: Worker, run: RequestRun, i: int) -> None:
         self._start_frame(w, run, i, self.engine.now, Source.cold)
 
     def _start_frame(
-        self, w: Worker, run: TestRun, i: int, available: float, source: Source
+        self, w: Worker, run: RequestRun, i: int, available: float, source: Source
     ) -> None:
         """Frame ``i`` on ``w`` from ``available`` on: the task is picked up, the needed
         assets are read, the frame renders."""
@@ -898,14 +898,14 @@ class Farm:
 
         self.engine.at(finish, done)
 
-    def _ready(self, run: TestRun) -> None:
+    def _ready(self, run: RequestRun) -> None:
         req = run.req
         if req.t_request < 0.0:  # the warm-up
             return
         assert run.released_at is not None
         ready = run.last_finish + self.p.overhead_s
         self.results.append(
-            TestResult(
+            RequestResult(
                 index=req.index,
                 size_gb=req.size_gb,
                 needed_gb=req.needed_gb,
