@@ -29,7 +29,11 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 13. Live cost lag: per farm task of 5 jobs x 20 frames on the real render path, from the
     bridge's ``render.RenderTaskCompleted`` to the job's ``job.JobCostRecorded`` (and its
     envelope's ``cost.so_far_credits``), p50/p95/p99/max, split per hop.
+14. Test render at 200 GB: a discrete-event simulation (no servers, a simulated clock) of
+    time-to-ready for 200 GB scenes, the naive path against the design on the same draws,
+    with the standby pool's size, slow boots and packed scenes (``bench/testrender_sim.py``,
+    ``docs/test-render-at-scale.md``). With only section 14 selected no server is started.
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file), 11
-(3 s runs) and 13 (2 jobs x 10 frames) with shorter runs.
+(3 s runs), 13 (2 jobs x 10 frames) and 14 (2 simulated days instead of 7) with shorter runs.
 """

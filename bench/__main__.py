@@ -40,6 +40,7 @@ from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
+from bench.testrender_sim import measure_testrender_sim
 from bench.upload_bench import UploadBenchOptions, run_uploads
 from bench.wallet_bench import WalletBenchOptions, run_wallet
 from libs.ids import new_id
@@ -58,12 +59,16 @@ SECTIONS = {
     "11": "wallet holds/s over NATS: one contended wallet vs 1,000 wallets, ledger exact",
     "12": "estimate latency: POST /v1/cost/estimate through the gateway and billing",
     "13": "live cost lag: farm task completed -> the job's cost so far",
+    "14": "test render at 200 GB: simulated time-to-ready",
 }
+
+#: Sections that need no servers: with only these selected, none are started.
+SERVERLESS = {"14"}
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8,10,11,13",
+    "only": "3,4,5,8,10,11,13,14",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -84,13 +89,11 @@ QUICK = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument(
-        "--only", default="1,2,3,4,5,6,7,8,9,10,11,12,13", help="sections to run, e.g. 1,3"
-    )
+    p.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. 1,3")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8,10,11,13) with shorter runs, about two minutes",
+        help="a subset (sections 3,4,5,8,10,11,13,14) with shorter runs, about two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -161,6 +164,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def selected(args: argparse.Namespace) -> set[str]:
+    return {s.strip() for s in args.only.split(",") if s.strip()}
+
+
 def _failed(section: str, error: BaseException) -> Figure:
     return Figure(
         section, "FAILED", float("nan"), "", target=0.0, note=f"{type(error).__name__}: {error}"
@@ -227,13 +234,45 @@ async def run_api(
     figures.extend(post)
 
 
+async def section(
+    key: str, only: set[str], figures: list[Figure], fn: Callable[[], Awaitable[list[Figure]]]
+) -> None:
+    """Run one section if selected; a section that fails is a FAILED figure, not the end."""
+    if key not in only:
+        return
+    print(f"\n== {key}. {SECTIONS[key]}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        figures.extend(await fn())
+    except Exception as e:
+        traceback.print_exc()
+        figures.append(_failed(f"{key}", e))
+    print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
 async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    only = selected(args)
+    try:
+        if only - SERVERLESS:
+            await run_with_servers(args, infra, only, figures)
+
+        async def simulation() -> list[Figure]:
+            return measure_testrender_sim(args.quick)
+
+        await section("14", only, figures, simulation)
+    finally:
+        await infra.drop_databases()
+
+
+async def run_with_servers(
+    args: argparse.Namespace, infra: Infra, only: set[str], figures: list[Figure]
+) -> None:
+    """Sections 1-13, on the servers ``main`` started."""
     servers = infra.servers
     assert servers is not None
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
     api = ApiOptions(
         get_connections=args.get_connections,
         get_warmup=args.get_warmup,
@@ -256,53 +295,38 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
         max_seconds=args.rebuild_max_seconds,
     )
 
-    async def section(key: str, fn: Callable[[], Awaitable[list[Figure]]]) -> None:
-        if key not in only:
-            return
-        print(f"\n== {key}. {SECTIONS[key]}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            figures.extend(await fn())
-        except Exception as e:
-            traceback.print_exc()
-            figures.append(_failed(f"{key}", e))
-        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-    try:
-        if only & {"1", "2", "9"}:
-            await run_api(infra, servers, api, only, figures)
-        await section("3", lambda: run_appends(infra, store))
-        await section("4", lambda: run_relay_lag(infra, servers, store))
-        await section("5", lambda: run_rebuild(infra, rebuild))
-        lag = LagOptions(rate=args.lag_rate, seconds=args.lag_seconds)
-        await section("8", lambda: run_projection_lag(infra, lag))
-        render = RenderOptions(
-            jobs=args.render_jobs, stage_mib=args.stage_mib, poll_jobs=args.poll_jobs
-        )
-        await section("6", lambda: run_render_overhead(infra, servers, render))
-        await section("7", lambda: run_poll_cost(infra, servers, render))
-        uploads = UploadBenchOptions(
-            size_bytes=args.upload_mib * 1024 * 1024,
-            parallel=args.upload_parallel,
-            rounds=args.upload_rounds,
-        )
-        await section("10", lambda: run_uploads(infra, servers, uploads))
-        wallet = WalletBenchOptions(
-            seconds=args.wallet_seconds, clients=args.wallet_clients, wallets=args.wallet_wallets
-        )
-        await section("11", lambda: run_wallet(infra, servers, wallet))
-        estimates = CostBenchOptions(
-            clients=args.estimate_clients, duration=args.estimate_duration, workers=args.workers
-        )
-        await section("12", lambda: run_estimates(infra, servers, estimates))
-        costlag = CostLagOptions(
-            jobs=args.costlag_jobs,
-            frames=args.costlag_frames,
-            frame_seconds=args.costlag_frame_seconds,
-        )
-        await section("13", lambda: run_cost_lag(infra, servers, costlag))
-    finally:
-        await infra.drop_databases()
+    if only & {"1", "2", "9"}:
+        await run_api(infra, servers, api, only, figures)
+    await section("3", only, figures, lambda: run_appends(infra, store))
+    await section("4", only, figures, lambda: run_relay_lag(infra, servers, store))
+    await section("5", only, figures, lambda: run_rebuild(infra, rebuild))
+    lag = LagOptions(rate=args.lag_rate, seconds=args.lag_seconds)
+    await section("8", only, figures, lambda: run_projection_lag(infra, lag))
+    render = RenderOptions(
+        jobs=args.render_jobs, stage_mib=args.stage_mib, poll_jobs=args.poll_jobs
+    )
+    await section("6", only, figures, lambda: run_render_overhead(infra, servers, render))
+    await section("7", only, figures, lambda: run_poll_cost(infra, servers, render))
+    uploads = UploadBenchOptions(
+        size_bytes=args.upload_mib * 1024 * 1024,
+        parallel=args.upload_parallel,
+        rounds=args.upload_rounds,
+    )
+    await section("10", only, figures, lambda: run_uploads(infra, servers, uploads))
+    wallet = WalletBenchOptions(
+        seconds=args.wallet_seconds, clients=args.wallet_clients, wallets=args.wallet_wallets
+    )
+    await section("11", only, figures, lambda: run_wallet(infra, servers, wallet))
+    estimates = CostBenchOptions(
+        clients=args.estimate_clients, duration=args.estimate_duration, workers=args.workers
+    )
+    await section("12", only, figures, lambda: run_estimates(infra, servers, estimates))
+    costlag = CostLagOptions(
+        jobs=args.costlag_jobs,
+        frames=args.costlag_frames,
+        frame_seconds=args.costlag_frame_seconds,
+    )
+    await section("13", only, figures, lambda: run_cost_lag(infra, servers, costlag))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         t0 = time.perf_counter()
-        servers = infra.start_servers()
-        own = ", ".join(servers.own) or "none (RF_TEST_*_URL)"
+        if selected(args) - SERVERLESS:
+            servers = infra.start_servers()
+            own = ", ".join(servers.own) or "none (RF_TEST_*_URL)"
+        else:
+            own = "none (the sections selected need none)"
         print(
             f"bench: {os.cpu_count()} CPUs, Python {platform.python_version()};"
             f" servers started here: {own} ({time.perf_counter() - t0:.1f} s); dir {root}",
