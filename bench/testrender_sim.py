@@ -17,10 +17,10 @@ What is modelled:
 - **Staging** S3 -> farm storage through one ingest link (``link_gbps``) shared max-min fair
   by every transfer, each capped at ``streams`` parallel ranged GETs of about 85-90 MB/s; a
   transfer that follows an upload cannot overtake it.
-- **Workers**: a full-render fleet (scaled from its queue up to ``fleet_max``, idle ones shut
-  down after ``idle_shutdown_s``), a warm standby pool of ``standby`` workers that only take
-  test frames, cold boots (OS boot + render-worker start) at most ``launches_per_minute``,
-  preemption of interruptible full-render tasks below ``interruptible_percent`` progress.
+- **Workers**: a full-render fleet (scaled from its queue up to ``fleet_max``, at most
+  ``launches_per_minute``, idle ones shut down after ``idle_shutdown_s``), a warm standby
+  pool of ``standby`` workers that only take test frames, cold boots (OS boot + render-worker
+  start), preemption of interruptible full-render tasks below ``interruptible_percent``.
 - **Full renders** arrive at random with their own scenes to stage (the link's other load)
   and tasks of tens of minutes.
 
@@ -29,10 +29,12 @@ Strategies, on the same drawn workload:
 - ``naive`` (what the system does today): the whole scene is staged once the upload has
   ended and the job is asked for, then a VM is cold-booted per test frame, then it renders.
 - ``ours``: the scene is staged as its files upload (the needed ones uploaded and staged
-  first), the request moves the needed assets to the front of the link, the frames take a
-  warm standby worker, else an idle fleet worker, else preempt an interruptible full-render
-  task, else a cold boot started at the request; the test render runs as soon as its assets
-  are staged, before the rest of the scene is.
+  first), the request moves the needed assets to the front of the link, and the test render
+  is released as soon as they are staged, before the rest of the scene is. Each frame takes
+  an idle standby worker, else an idle fleet worker, else the first of: a fleet worker
+  finishing its task, a VM cold-booted for that frame (launched at the request, or at the
+  release at the latest), and, once the boot-time budget has run out (the deadline guard),
+  a worker whose interruptible full-render task is preempted.
 
 Time-to-ready is counted from the request or, when the request comes before the needed
 assets are in the bucket (an upload still running), from the moment they are: the backend
@@ -88,7 +90,7 @@ class Source(StrEnum):
 class Params:
     """The model's inputs; sources in ``docs/test-render-at-scale.md`` ("Assumptions")."""
 
-    days: float = 14.0
+    days: float = 7.0
     warmup_hours: float = 12.0
     # -- test renders: bursts of requests (an agent asking for several shots at once)
     test_bursts_per_hour: float = 8.0
@@ -232,10 +234,8 @@ def _frame(rng: random.Random, p: Params, needed_gb: float) -> FrameDraw:
 def _uplink_gb_s(rng: random.Random) -> float:
     """A studio's uplink: 25 % 0.1-0.3 Gb/s, 55 % 0.5-1 Gb/s, 20 % 1-5 Gb/s."""
     u = rng.random()
-    gbps = rng.uniform(0.1, 0.3) if u < 0.25 else rng.uniform(0.5, 1.0) if u < 0.8 else 0.0
-    if gbps == 0.0:
-        gbps = rng.uniform(1.0, 5.0)
-    return gbps / 8.0
+    low, high = (0.1, 0.3) if u < 0.25 else (0.5, 1.0) if u < 0.8 else (1.0, 5.0)
+    return rng.uniform(low, high) / 8.0
 
 
 def _stream_gb_s(rng: random.Random, p: Params) -> float:
@@ -252,7 +252,8 @@ def generate_workload(p: Params, seed: int) -> Workload:
         t += rng.expovariate(p.test_bursts_per_hour / 3600.0)
         if t >= end:
             break
-        size = 1 + int(rng.expovariate(1.0 / (p.burst_mean - 1.0))) if p.burst_mean > 1 else 1
+        extra = p.burst_mean - 1.0  # requests after the first: geometric with this mean
+        size = 1 + (int(rng.expovariate(math.log((extra + 1.0) / extra))) if extra > 0 else 0)
         for _ in range(size):
             requests.append((t + rng.uniform(0.0, p.burst_spread_s), random.Random(rng.random())))
     requests.sort(key=lambda r: r[0])
@@ -838,10 +839,10 @@ class Farm:
     def _preempt_for(self, run: RequestRun, frames: list[int]) -> None:
         """Interrupt a full-render task for each frame of ``run`` still waiting; a stopped
         worker takes the first waiting frame (or its own work if a frame found one)."""
-        still = sum(1 for i in frames if (run, i) in self.test_queue)
-        victims = self._preemptable()[:still]
+        still = [i for i in frames if (run, i) in self.test_queue]
+        victims = self._preemptable()[: len(still)]
         now = self.engine.now
-        for w, i in zip(victims, frames, strict=False):
+        for w, i in zip(victims, still, strict=False):
             self.preempted_worker_s += now - w.task_started
             self.full_queue.appendleft(w.task)  # requeued: it renders again from the start
             w.state = WState.stopping
