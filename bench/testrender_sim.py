@@ -91,7 +91,7 @@ class Params:
     """The model's inputs; sources in ``docs/test-render-at-scale.md`` ("Assumptions")."""
 
     days: float = 7.0
-    warmup_hours: float = 12.0
+    warmup_hours: float = 6.0
     # -- test renders: bursts of requests (an agent asking for several shots at once)
     test_bursts_per_hour: float = 8.0
     burst_mean: float = 2.5
@@ -388,49 +388,63 @@ class Link:
         self._reschedule()
 
     def _advance(self) -> None:
-        dt = self.engine.now - self._last
-        self._last = self.engine.now
+        now = self.engine.now
+        dt = now - self._last
+        self._last = now
         if dt <= 0:
             return
         for tr in self.active:
-            produced = min(tr.src_left, tr.src_rate * dt)
-            staged = min(tr.rate * dt, tr.ahead + produced, tr.remaining)
-            tr.ahead = max(0.0, tr.ahead + produced - staged)
-            tr.src_left = max(0.0, tr.src_left - produced)
-            tr.remaining = max(0.0, tr.remaining - staged)
+            produced = tr.src_rate * dt
+            if produced > tr.src_left:
+                produced = tr.src_left
+            staged = tr.rate * dt
+            if staged > tr.ahead + produced:
+                staged = tr.ahead + produced
+            if staged > tr.remaining:
+                staged = tr.remaining
+            tr.ahead += produced - staged
+            tr.src_left -= produced
+            tr.remaining -= staged
 
     def _share(self) -> None:
+        """Water-filling: each class in order, within a class the smallest caps first."""
         left = self.capacity
-        for prio in sorted({tr.prio for tr in self.active}):
+        prios = {tr.prio for tr in self.active}
+        for prio in sorted(prios) if len(prios) > 1 else prios:
             group = sorted(
-                (tr for tr in self.active if tr.prio == prio), key=Transfer.effective_cap
+                ((tr.effective_cap(), id(tr), tr) for tr in self.active if tr.prio == prio),
+                key=lambda c: c[0],
             )
-            for i, tr in enumerate(group):
-                tr.rate = min(tr.effective_cap(), left / (len(group) - i))
+            n = len(group)
+            for i, (cap, _, tr) in enumerate(group):
+                share = left / (n - i)
+                tr.rate = cap if cap < share else share
                 left -= tr.rate
 
     def _reschedule(self) -> None:
+        finished = []
         for tr in self.active:  # float dust would schedule events closer than the clock ticks
             if tr.ahead < _EPS:
                 tr.ahead = 0.0
             if tr.src_left < _EPS:
                 tr.src_left = 0.0
-            if tr.ahead == 0.0 and tr.src_left == 0.0:
-                tr.remaining = 0.0
-        finished = [tr for tr in self.active if tr.remaining <= _EPS]
+            if tr.remaining <= _EPS or (tr.ahead == 0.0 and tr.src_left == 0.0):
+                finished.append(tr)
         if finished:
-            self.active = [tr for tr in self.active if tr.remaining > _EPS]
+            self.active = [tr for tr in self.active if tr not in finished]
             for tr in finished:
                 tr.done = True
                 tr.remaining = 0.0
         self._share()
         nxt = math.inf
         for tr in self.active:
-            src = tr.src_rate if tr.src_left > 0 else 0.0
-            if tr.src_left > 0 and tr.src_rate > 0:
-                nxt = min(nxt, tr.src_left / tr.src_rate)
-            if tr.ahead > 0 and tr.rate > src:
-                nxt = min(nxt, tr.ahead / (tr.rate - src))
+            src = 0.0
+            if tr.src_left > 0.0:
+                src = tr.src_rate
+                if src > 0.0 and tr.src_left / src < nxt:
+                    nxt = tr.src_left / src
+            if tr.ahead > 0.0 and tr.rate > src and tr.ahead / (tr.rate - src) < nxt:
+                nxt = tr.ahead / (tr.rate - src)
         self._version += 1
         if nxt < math.inf:
             version = self._version
