@@ -519,13 +519,11 @@ class RequestResult:
 @dataclass(frozen=True)
 class RunResult:
     strategy: Strategy
-    standby: int
     results: tuple[RequestResult, ...]
     #: Full-render work thrown away by preemption (worker-seconds).
     preempted_worker_s: float
     #: VMs booted for test frames (``ours``: also those whose frame found a worker first).
     test_boots: int
-    wall_s: float
 
 
 class Farm:
@@ -555,7 +553,6 @@ class Farm:
         self._seq = 0
 
     def run(self) -> RunResult:
-        t0 = time.perf_counter()
         for _ in range(self.standby):
             self._add(Worker(Pool.standby, WState.idle))
         for job in self.work.full_jobs:
@@ -574,11 +571,9 @@ class Farm:
         self.engine.run(lambda: self.measured_left == 0)
         return RunResult(
             self.strategy,
-            self.standby,
             tuple(sorted(self.results, key=lambda r: r.index)),
             self.preempted_worker_s,
             self.test_boots,
-            time.perf_counter() - t0,
         )
 
     # -- the fleet's VMs: the autoscaler launches at most launches_per_minute ---------------
