@@ -2,7 +2,8 @@
 
 The first three answer ``create_job``. The staging ones are the codes a job fails with when
 its scene cannot be staged (``failure_code`` in the job envelope, ``error_code`` of its
-``stage_scene`` step); they are never an HTTP answer of their own.
+``stage_scene`` step); they are never an HTTP answer of their own. So are the last two, of
+the ``repath`` and ``render_settings`` steps (``services/scene/steps.py``).
 """
 
 from __future__ import annotations
@@ -102,3 +103,27 @@ class ScenePathRefused(DomainError[SceneFileRef]):
     http_status = 422
     retryable = False
     Details = SceneFileRef
+
+
+class SceneStepRef(ErrorDetails):
+    scene_key: str = Field(description="The .blend the step worked on, relative to the scene root.")
+    reason: str = Field(description="What went wrong, e.g. the tail of Blender's output.")
+
+
+class SceneRepathFailed(DomainError[SceneStepRef]):
+    """The prepared copy of a scene could not be made (BAT could not trace or rewrite it)."""
+
+    code = "scene_repath_failed"
+    http_status = 422
+    retryable = False
+    Details = SceneStepRef
+
+
+class SceneSettingsFailed(DomainError[SceneStepRef]):
+    """Blender could not apply the job's render settings to the prepared scene (it exited
+    with an error or printed no result)."""
+
+    code = "scene_settings_failed"
+    http_status = 422
+    retryable = False
+    Details = SceneStepRef

@@ -4,26 +4,32 @@
 checker made by Blender) and a scene referencing it by a relative path (``//textures/...``):
 a textured cube, a sun, a world light, and two cameras, ``CAM_wide`` (active) and
 ``CAM_main``. Cycles on the CPU, 8 samples, frames 1-3 with the cube turning.
+
+Variants (options after the path), for the scene steps' tests:
+
+* ``--texture-dir DIR``: the texture is written to ``DIR/checker.png`` and referenced by
+  that absolute path, as a scene saved on an artist's machine is;
+* ``--engine ID``: another render engine (e.g. ``BLENDER_EEVEE_NEXT``);
+* ``--library``: the cube is linked from a library, ``DIR/lib/props.blend`` (its material
+  and texture in the library, the texture referenced as ``//../textures/checker.png``);
+* ``--compress``: the .blend is saved compressed (zstd, as Blender 3+ does).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import bpy  # type: ignore[import-not-found]
 
 CHECKER = 32
 
 
-def main() -> None:
-    """Build and save the scene named on the command line."""
-    blend = Path(sys.argv[1]).resolve()
-    texture = blend.parent / "textures" / "checker.png"
+def write_checker(texture: Path) -> None:
+    """An orange and blue checker PNG, made by Blender."""
     texture.parent.mkdir(parents=True, exist_ok=True)
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-
     image = bpy.data.images.new("checker", CHECKER, CHECKER)
     pixels: list[float] = []
     for y in range(CHECKER):
@@ -36,8 +42,12 @@ def main() -> None:
     image.save()
     bpy.data.images.remove(image)
 
+
+def textured_cube(texture: Path) -> Any:
+    """A cube with the texture as its base colour, turning between frames 1 and 3."""
     bpy.ops.mesh.primitive_cube_add()
     cube = bpy.context.active_object
+    cube.name = "Cube"
     material = bpy.data.materials.new("Checker")
     material.use_nodes = True
     nodes = material.node_tree.nodes
@@ -50,6 +60,40 @@ def main() -> None:
     for frame, angle in ((1, 0.0), (3, 0.8)):
         cube.rotation_euler = (0.0, 0.0, angle)
         cube.keyframe_insert("rotation_euler", frame=frame)
+    return cube
+
+
+def build_library(library: Path, texture: Path) -> None:
+    """``library`` holding the textured cube (and nothing else)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    textured_cube(texture)
+    library.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(library), relative_remap=True)
+
+
+def main() -> None:
+    """Build and save the scene named on the command line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("blend", type=Path)
+    parser.add_argument("--texture-dir", type=Path)
+    parser.add_argument("--engine", default="CYCLES")
+    parser.add_argument("--library", action="store_true")
+    parser.add_argument("--compress", action="store_true")
+    args = parser.parse_args(sys.argv[1:])
+    blend = args.blend.resolve()
+    texture = (args.texture_dir or blend.parent / "textures").resolve() / "checker.png"
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    write_checker(texture)
+    if args.library:
+        library = blend.parent / "lib" / "props.blend"
+        build_library(library, texture)
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        with bpy.data.libraries.load(str(library), link=True, relative=True) as (src, dst):
+            dst.objects = ["Cube"]
+        bpy.context.scene.collection.objects.link(dst.objects[0])
+    else:
+        textured_cube(texture)
+    scene = bpy.context.scene
 
     bpy.ops.object.light_add(type="SUN", location=(3, -2, 6), rotation=(0.6, 0.3, 0.4))
     bpy.context.active_object.data.energy = 4
@@ -63,11 +107,14 @@ def main() -> None:
     bpy.context.active_object.name = "CAM_wide"
     scene.camera = bpy.context.active_object
 
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 8
+    scene.render.engine = args.engine
+    if args.engine == "CYCLES":
+        scene.cycles.device = "CPU"
+        scene.cycles.samples = 8
     scene.frame_start, scene.frame_end = 1, 3
-    bpy.ops.wm.save_as_mainfile(filepath=str(blend), relative_remap=True)
+    bpy.ops.wm.save_as_mainfile(
+        filepath=str(blend), relative_remap=args.texture_dir is None, compress=args.compress
+    )
 
 
 if __name__ == "__main__":
