@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 from blender_asset_tracer import blendfile, bpathlib, trace
@@ -46,7 +46,7 @@ from blender_asset_tracer.pack import filesystem as bat_filesystem
 from blender_asset_tracer.pack import progress as bat_progress
 from blender_asset_tracer.trace import blocks2assets, file2blocks, file_sequence, result
 
-from contracts.errors import SceneRepathFailed, ScenePathRefused, SceneSettingsFailed
+from contracts.errors import ScenePathRefused, SceneRepathFailed, SceneSettingsFailed
 from contracts.jobs import LogLevel, OutputFormat, Renderer
 from contracts.scenes import (
     AssetKind,
@@ -60,7 +60,6 @@ from contracts.scenes import (
     SceneCheckResult,
     SceneFinding,
     SceneSettings,
-    SettingChange,
     SettingsResult,
 )
 from libs.keys import KeyRefused, check_key
@@ -349,9 +348,7 @@ class _Upload:
             paths = list(file_sequence.expand_sequence(self.root / rel))
         except file_sequence.DoesNotExist:
             paths = []
-        files = tuple(
-            r for p in paths if (r := p.relative_to(self.root).as_posix()) in self.sizes
-        )
+        files = tuple(r for p in paths if (r := p.relative_to(self.root).as_posix()) in self.sizes)
         if not files:
             return _Found(None, AssetMatch.none, False)
         return _Found(rel, AssetMatch.path, False, files, sum(self.sizes[f] for f in files))
@@ -400,7 +397,7 @@ class _Use:
         return _KINDS.get(self.usage.block.code[:2], AssetKind.other)
 
 
-class _Blocks(file2blocks.BlockIterator):  # type: ignore[misc]
+class _Blocks(file2blocks.BlockIterator):
     """BAT's block walk, but a linked library is looked for as any asset is: at its path,
     else by matching it against the upload; one that is not there is skipped."""
 
@@ -458,8 +455,8 @@ def _trace(upload: _Upload, main: str, reporter: _Reporter) -> tuple[list[_Use],
 def _read_settings(bfile: blendfile.BlendFile) -> tuple[SceneSettings, set[str]]:
     """The active scene's render settings, and the names of the file's camera objects
     (linked objects count too: BAT cannot see their type)."""
-    scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
-    engine = _text(scene.get((b"r", b"engine"), as_str=False)).rstrip("\x00")
+    scene = _block(bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene"), "scene")
+    engine = _text(_bytes(scene.get((b"r", b"engine"))))
     camera = scene.get_pointer(b"camera")
     imtype = scene.get((b"r", b"im_format", b"imtype"))
     samples: int | None = None
@@ -468,16 +465,18 @@ def _read_settings(bfile: blendfile.BlendFile) -> tuple[SceneSettings, set[str]]
     elif engine in ENGINES[Renderer.blender_eevee]:
         samples = int(scene.get((b"eevee", b"taa_render_samples")))
     cameras = {
-        _text(ob.id_name[2:]) for ob in bfile.find_blocks_from_code(b"OB") if ob[b"type"] == _OB_CAMERA
+        _text(_bytes(ob.id_name)[2:])
+        for ob in bfile.find_blocks_from_code(b"OB")
+        if ob[b"type"] == _OB_CAMERA
     }
     cameras |= {
-        _text(b[b"name"][2:])
+        _text(name[2:])
         for b in bfile.find_blocks_from_code(b"ID")
-        if bytes(b[b"name"]).startswith(b"OB")
+        if (name := _bytes(b[b"name"])).startswith(b"OB")
     }
     version = bfile.header.version
     settings = SceneSettings(
-        scene=_text(scene.id_name[2:]),
+        scene=_text(_bytes(scene.id_name)[2:]),
         engine=engine,
         resolution_x=scene.get((b"r", b"xsch")),
         resolution_y=scene.get((b"r", b"ysch")),
@@ -486,12 +485,25 @@ def _read_settings(bfile: blendfile.BlendFile) -> tuple[SceneSettings, set[str]]
         frame_end=scene.get((b"r", b"efra")),
         frame_step=scene.get((b"r", b"frame_step")),
         output_format=IMTYPES.get(imtype, f"imtype:{imtype}"),
-        output_path=_text(scene.get((b"r", b"pic"), as_str=False)),
-        camera=_text(camera.id_name[2:]) if camera is not None else None,
+        output_path=_text(_bytes(scene.get((b"r", b"pic")))),
+        camera=_text(_bytes(camera.id_name)[2:]) if camera is not None else None,
         samples=samples,
         blender_version=f"{version // 100}.{version % 100}",
     )
     return settings, cameras
+
+
+def _block(block: blendfile.BlendFileBlock | None, what: str) -> blendfile.BlendFileBlock:
+    if block is None:
+        raise ValueError(f"the file has no {what}")
+    return block
+
+
+def _bytes(value: object) -> bytes:
+    """A char array BAT read, up to its NUL."""
+    if not isinstance(value, bytes):
+        raise ValueError(f"expected text, read {value!r}")
+    return value.split(b"\x00", 1)[0]
 
 
 def _cycles_samples(scene: blendfile.BlendFileBlock) -> int:
@@ -566,18 +578,10 @@ def _check(
             bfile = blendfile.open_cached(path)
             settings, cameras = _read_settings(bfile)
             compressed = bool(bfile.is_compressed)
-        except bat_errors.BlendFileError as e:
-            findings.append(_not_blend(main, str(e)))
-            return done()
-        except (StepCancelled, KeyboardInterrupt):
+        except StepCancelled:
             raise
         except Exception as e:  # BAT raises many kinds on a damaged file
-            findings.append(
-                _finding(
-                    FindingCode.scene_unreadable,
-                    f"{main} cannot be read: {type(e).__name__}: {_text(str(e))}",
-                )
-            )
+            findings.append(_unreadable(main, e))
             return done()
         finally:
             blendfile.close_all_cached()
@@ -715,8 +719,7 @@ def _settings_findings(
         yield _setting(
             "samples",
             FindingCode.samples_differ,
-            f"the scene renders {scene.samples} samples; the job's {settings.samples} are"
-            " applied",
+            f"the scene renders {scene.samples} samples; the job's {settings.samples} are applied",
             FindingSeverity.info,
         )
     if settings.camera is not None:
@@ -764,6 +767,17 @@ def _setting(
     return SceneFinding(code=code, severity=severity, message=message, setting=setting)
 
 
+def _unreadable(main: str, error: Exception) -> SceneFinding:
+    """scene_not_blend when BAT found no .blend header (once decompressed), else
+    scene_unreadable (cut short, damaged, a compression BAT cannot read)."""
+    if type(error) is bat_errors.BlendFileError:
+        return _not_blend(main, str(error))
+    return _finding(
+        FindingCode.scene_unreadable,
+        f"{main} cannot be read: {type(error).__name__}: {_text(str(error))}",
+    )
+
+
 def _not_blend(main: str, why: str) -> SceneFinding:
     return _finding(FindingCode.scene_not_blend, f"{main} is not a .blend file: {_text(why)}")
 
@@ -787,11 +801,11 @@ async def repath_scene(
     return await _in_thread(lambda r: _repath(stage_root, scene_key, job_id, r), progress, log)
 
 
-class _LinkingCopier(bat_filesystem.FileCopier):  # type: ignore[misc]
+class _LinkingCopier(bat_filesystem.FileCopier):
     """BAT's copier, hard-linking assets; ``.blend`` files are copied, as they get written."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.linked = 0
 
     def _copy(self, srcpath: Path, dstpath: Path) -> None:
@@ -805,13 +819,17 @@ class _LinkingCopier(bat_filesystem.FileCopier):  # type: ignore[misc]
         shutil.copyfile(srcpath, dstpath)
 
 
-class _FarmPacker(Packer):  # type: ignore[misc]
+class _FarmPacker(Packer):
+    """BAT's packer, with :class:`_LinkingCopier`."""
+
+    copier: _LinkingCopier | None = None
+
     def _create_file_transferer(self) -> _LinkingCopier:
         self.copier = _LinkingCopier()
         return self.copier
 
 
-class _PackProgress(bat_progress.Callback):  # type: ignore[misc]
+class _PackProgress(bat_progress.Callback):
     def __init__(self, reporter: _Reporter, expected: int) -> None:
         self.reporter, self.expected = reporter, expected
 
@@ -931,26 +949,27 @@ def _rewrite_into(
 def _set_path(bfile: blendfile.BlendFile, usage: result.BlockUsage, new_path: bytes) -> None:
     """Write ``new_path`` into the copy's field that held ``usage``'s path (a strip keeps its
     file name in another block: only its folder is written)."""
-    block = bfile.dereference_pointer(usage.block.addr_old)
+    block = _block(bfile.dereference_pointer(usage.block.addr_old), "block to rewrite")
     if usage.path_full_field is not None:
-        block.set(usage.path_full_field.name.name_only, bpathlib.BlendPath(new_path))
+        block.set(usage.path_full_field.name.name_only, new_path)
         return
-    folder = new_path.rsplit(b"/", 1)[0] + b"/"
-    block.set(usage.path_dir_field.name.name_only, bpathlib.BlendPath(folder))
+    assert usage.path_dir_field is not None  # BAT gives a full path or a folder and a name
+    block.set(usage.path_dir_field.name.name_only, new_path.rsplit(b"/", 1)[0] + b"/")
 
 
 def _pack(
     source: Path, main: str, target: Path, expected: int, reporter: _Reporter
 ) -> _LinkingCopier:
     """BAT's packer from ``source`` (everything in it relative and inside) to ``target``."""
-    with _FarmPacker(source / main, source, str(target)) as packer:
+    packer = _FarmPacker(source / main, source, str(target))
+    with packer:
         packer.progress_cb = _PackProgress(reporter, expected)
         reporter.on_cancel.append(packer.abort)
         packer.strategise()
         reporter.check()
         packer.execute()
-        copier: _LinkingCopier = packer.copier
-        return copier
+        assert packer.copier is not None  # execute() made it
+        return packer.copier
 
 
 # -- render settings ----------------------------------------------------------------------

@@ -12,7 +12,9 @@ Variants (options after the path), for the scene steps' tests:
 * ``--engine ID``: another render engine (e.g. ``BLENDER_EEVEE_NEXT``);
 * ``--library``: the cube is linked from a library, ``DIR/lib/props.blend`` (its material
   and texture in the library, the texture referenced as ``//../textures/checker.png``);
-* ``--compress``: the .blend is saved compressed (zstd, as Blender 3+ does).
+* ``--compress``: the .blend is saved compressed (zstd, as Blender 3+ does);
+* ``--extra-image PATH`` (repeatable): an image datablock (kept by a fake user) whose file
+  is ``PATH`` as given, e.g. a Windows path; no file is written for it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--engine", default="CYCLES")
     parser.add_argument("--library", action="store_true")
     parser.add_argument("--compress", action="store_true")
+    parser.add_argument("--extra-image", action="append", default=[])
     args = parser.parse_args(sys.argv[1:])
     blend = args.blend.resolve()
     texture = (args.texture_dir or blend.parent / "textures").resolve() / "checker.png"
@@ -88,12 +91,17 @@ def main() -> None:
         library = blend.parent / "lib" / "props.blend"
         build_library(library, texture)
         bpy.ops.wm.read_factory_settings(use_empty=True)
-        with bpy.data.libraries.load(str(library), link=True, relative=True) as (src, dst):
+        with bpy.data.libraries.load(str(library), link=True, relative=True) as (_src, dst):
             dst.objects = ["Cube"]
         bpy.context.scene.collection.objects.link(dst.objects[0])
     else:
         textured_cube(texture)
     scene = bpy.context.scene
+    for i, path in enumerate(args.extra_image):
+        image = bpy.data.images.new(f"extra{i}", 4, 4)
+        image.source = "FILE"
+        image.filepath = path
+        image.use_fake_user = True
 
     bpy.ops.object.light_add(type="SUN", location=(3, -2, 6), rotation=(0.6, 0.3, 0.4))
     bpy.context.active_object.data.energy = 4
