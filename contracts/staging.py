@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.base import COMMANDS, EVENTS, Command, Event
 from contracts.text import IdText, Reason
 
+#: Staged scenes live under ``<stage root>/<STAGED_DIR>/<owner>/<content sha256>/``.
+STAGED_DIR = "staged"
+#: Written last into a staged folder by the stager (what it holds, all verified): not a
+#: file of the scene.
+STAGED_MARKER = ".rf-staged.json"
+
 
 class SceneKind(StrEnum):
     upload = "upload"  # one scene file, uploaded as one upload session (upl_...)

@@ -62,9 +62,8 @@ from contracts.scenes import (
     SceneSettings,
     SettingsResult,
 )
+from contracts.staging import STAGED_DIR, STAGED_MARKER
 from libs.keys import KeyRefused, check_key
-from services.upload.domain import STAGED_DIR
-from services.upload.stager import MARKER
 
 #: Prepared copies live under ``<stage root>/<PREPARED_DIR>/<job id>/``.
 PREPARED_DIR = "prepared"
@@ -302,7 +301,7 @@ class _Upload:
             for name in names:
                 path = Path(folder, name)
                 rel = path.relative_to(root).as_posix()
-                if rel != MARKER:
+                if rel != STAGED_MARKER:
                     sizes[rel] = path.stat().st_size
         upload = cls(root.absolute(), sizes)
         for rel in sizes:

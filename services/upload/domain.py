@@ -50,6 +50,7 @@ from contracts.outputs import (
 from contracts.render import RenderKind, render_kind_of
 from contracts.staging import (
     FINISHED_STAGING_STATUSES,
+    STAGED_DIR,
     SceneKind,
     SceneRef,
     SceneStaged,
@@ -746,8 +747,6 @@ class Manifest(Aggregate):
 
 # --- staging scenes to the farm ----------------------------------------------------------
 
-#: Staged scenes live under ``<stage root>/<STAGED_DIR>/``.
-STAGED_DIR = "staged"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 

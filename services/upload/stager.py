@@ -43,7 +43,7 @@ from contracts.errors import (
     ScenePathRefused,
     SceneSizeMismatch,
 )
-from contracts.staging import SceneKind, StagingStatus
+from contracts.staging import STAGED_DIR, STAGED_MARKER, SceneKind, StagingStatus
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
@@ -51,14 +51,14 @@ from libs.keys import KeyRefused, check_key
 from libs.leader import leadership, lock_key, sleep_or_stop, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client, error_code
-from services.upload.domain import STAGED_DIR, SceneStaging, staged_dir, staged_name
+from services.upload.domain import SceneStaging, staged_dir, staged_name
 from services.upload.projections import pending_stagings
 from services.upload.settings import UploadSettings
 
 log = get_logger(__name__)
 
 #: Written last into a staged folder: what it holds, all verified.
-MARKER = ".rf-staged.json"
+MARKER = STAGED_MARKER
 #: Folders being filled, one per job, under the staged root.
 INCOMING = ".incoming"
 _MISSING = ("NoSuchKey", "NoSuchBucket", "404", "NotFound")
