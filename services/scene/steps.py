@@ -258,6 +258,8 @@ async def _in_thread(
         except asyncio.CancelledError:
             reporter.cancel()
             await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # StepCancelled, or what stopped it first: retrieved
             raise
     finally:
         reporter.close()
@@ -303,7 +305,7 @@ class _Upload:
                 rel = path.relative_to(root).as_posix()
                 if rel != STAGED_MARKER:
                     sizes[rel] = path.stat().st_size
-        upload = cls(root.absolute(), sizes)
+        upload = cls(bpathlib.make_absolute(root), sizes)
         for rel in sizes:
             parts = rel.split("/")
             for k in range(1, len(parts) + 1):
@@ -887,10 +889,11 @@ def _repath(stage_root: Path, scene_key: str, job_id: str, reporter: _Reporter) 
 def _rewrite_into(
     upload: _Upload, main: str, source: Path, reporter: _Reporter
 ) -> tuple[list[PathRewrite], list[str], int]:
-    """Fill ``source`` with the upload (hard links), each ``.blend`` whose paths must change
-    copied and rewritten: a path to an uploaded file becomes ``//`` relative to it, a path
-    outside the upload that matches nothing points into ``//_missing/``. The rewrites, the
-    missing paths and the bytes the prepared copy will hold. Call with :data:`_BAT` held."""
+    """Fill ``source`` with the files the scene uses (hard links), each ``.blend`` whose
+    paths must change copied and rewritten: a path to an uploaded file becomes ``//``
+    relative to it, a path outside the upload that matches nothing points into
+    ``//_missing/``. The rewrites, the missing paths and the bytes the prepared copy will
+    hold. Call with :data:`_BAT` held."""
     uses, _ = _trace(upload, main, reporter)
     changes: dict[str, list[tuple[_Use, bytes]]] = defaultdict(list)
     rewrites: list[PathRewrite] = []
@@ -922,8 +925,8 @@ def _rewrite_into(
                 matched_by=found.matched_by,
             )
         )
-    for rel in upload.sizes:
-        if rel not in changes:
+    for rel in needed:  # what the scene uses: the packer traces it again from here
+        if rel not in changes and rel in upload.sizes:
             target = source / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -1036,9 +1039,15 @@ async def apply_render_settings(
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_seconds)
-    except (TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError) as e:
         proc.kill()
         await proc.wait()
+        if isinstance(e, TimeoutError):
+            raise SceneSettingsFailed(
+                f"Blender took more than {timeout_seconds:g} s on {prepared}",
+                scene_key=prepared,
+                reason="timed out",
+            ) from e
         raise
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
     lines = [x for x in stdout.splitlines() if x.startswith(RESULT_PREFIX)]

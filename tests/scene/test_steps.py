@@ -4,6 +4,7 @@ applies the job's settings with Blender. Scenes are built by Blender in the set-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from contracts.scenes import (
     AssetMatch,
     FindingCode,
     FindingSeverity,
+    RepathResult,
     SceneCheckResult,
 )
 from services.scene.steps import apply_render_settings, check_scene, repath_scene
@@ -483,3 +485,25 @@ async def test_a_camera_the_prepared_scene_lacks_leaves_it_unsaved(
     assert (finding.code, finding.severity) == (FindingCode.camera_not_found, "error")
     assert (result.saved, result.changes) == (False, ())
     assert blend.read_bytes() == before
+
+
+async def test_a_cancelled_step_stops_leaves_nothing_half_made_and_the_next_one_runs(
+    built: Built, stage: Stage
+) -> None:
+    key = stage.upload(built("library"))
+    before = stage.snapshot()
+    step: asyncio.Task[RepathResult] | None = None
+
+    async def cancel_on_first_progress(done: int, total: int) -> None:
+        assert step is not None
+        step.cancel()
+
+    step = asyncio.create_task(
+        repath_scene(stage.root, key, "job_9", progress=cancel_on_first_progress)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await step
+    assert list((stage.root / "prepared" / ".incoming").iterdir()) == []
+    assert stage.snapshot() == before
+    again = await repath_scene(stage.root, key, "job_9")
+    assert stage.path(again.prepared_key).is_file()
