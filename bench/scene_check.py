@@ -22,7 +22,7 @@ from typing import Any
 from bench.infra import REPO_ROOT
 from contracts.jobs import FrameRange, Renderer, Resolution
 from contracts.scenes import JobSceneSettings
-from services.scene.steps import check_scene, find_blender, repath_scene
+from services.scene.steps import bpy_python, check_scene, repath_scene
 
 ASSETS = 1000
 ROUNDS = 5
@@ -60,7 +60,7 @@ def scene_folder(assets: int = ASSETS) -> Path:
     folder = REPO_ROOT / ".run" / "bench" / f"scene-{assets}-assets-{digest}"
     if (folder / "scene.blend").is_file():
         return folder
-    blender = os.environ.get("RF_BLENDER_PYTHON") or find_blender("auto")
+    blender = os.environ.get("RF_BLENDER_PYTHON") or bpy_python()
     if blender is None:
         raise RuntimeError("no Blender: run `make venv` (it builds .venv-blender)")
     building = folder.with_name(folder.name + ".building")

@@ -180,11 +180,14 @@ def find_blender(setting: str = "auto") -> str | None:
     ``make venv`` builds (at the repository's root, or beside the running venv)."""
     if setting != "auto":
         return setting
-    on_path = shutil.which("blender")
-    if on_path is not None:
-        return on_path
-    for venv in (Path(__file__).resolve().parents[2], Path(sys.prefix).parent):
-        python = venv / ".venv-blender" / "bin" / "python"
+    return shutil.which("blender") or bpy_python()
+
+
+def bpy_python() -> str | None:
+    """The Python of the ``.venv-blender`` that ``make venv`` builds (the ``bpy`` wheel), at
+    the repository's root or beside the running venv; None when there is none."""
+    for folder in (Path(__file__).resolve().parents[2], Path(sys.prefix).parent):
+        python = folder / ".venv-blender" / "bin" / "python"
         if python.is_file():
             return str(python)
     return None

@@ -16,7 +16,7 @@ import pytest
 
 from contracts.jobs import FrameRange, OutputFormat, Renderer, RenderSettings, Resolution
 from contracts.scenes import JobSceneSettings
-from services.scene.steps import find_blender
+from services.scene.steps import bpy_python
 from tests.farm.conftest import REPO
 
 BUILDER = REPO / "tests" / "farm" / "blender_scene.py"
@@ -46,8 +46,9 @@ VARIANTS: dict[str, list[str]] = {
 
 @pytest.fixture(scope="session")
 def blender_python() -> str:
-    """The interpreter with ``bpy`` that ``make venv`` installs (or ``RF_BLENDER_PYTHON``)."""
-    python = os.environ.get("RF_BLENDER_PYTHON") or find_blender("auto")
+    """The interpreter with ``bpy`` that ``make venv`` installs (or ``RF_BLENDER_PYTHON``):
+    it builds the scenes, so it is a Python, never a ``blender`` on PATH."""
+    python = os.environ.get("RF_BLENDER_PYTHON") or bpy_python()
     if python is None or not Path(python).is_file():
         pytest.fail(
             "no Blender: run `make venv` (it builds .venv-blender) or set RF_BLENDER_PYTHON"
