@@ -507,3 +507,22 @@ async def test_a_cancelled_step_stops_leaves_nothing_half_made_and_the_next_one_
     assert stage.snapshot() == before
     again = await repath_scene(stage.root, key, "job_9")
     assert stage.path(again.prepared_key).is_file()
+
+
+async def test_a_file_outside_the_upload_is_never_read_even_when_the_farm_has_one_there(
+    built: Built, stage: Stage
+) -> None:
+    scene = built("absolute")
+    texture = scene.with_name(scene.name + ".artist") / "proj" / "textures" / "checker.png"
+    assert texture.is_file()  # on this machine, at the path the scene names
+    key = stage.upload(scene)
+    result = await check_scene(stage.root, key, job_settings())
+    assert codes(result) == {
+        FindingCode.asset_outside_upload: FindingSeverity.warning,
+        FindingCode.asset_missing: FindingSeverity.warning,
+    }
+    repathed = await repath_scene(stage.root, key, "job_10")
+    [rewrite] = repathed.rewrites
+    assert (rewrite.before, rewrite.after) == (str(texture), "//_missing/checker.png")
+    folder = stage.path(repathed.prepared_key).parent
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["scene.blend"]
