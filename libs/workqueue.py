@@ -1,7 +1,7 @@
 """A Redis work queue with priorities, a visibility timeout, bounded retries and dead letters.
 
 The scene workers (scene check, repathing, render settings) take their work from here
-(ADR 0012). Delivery is at least once: a handler must be idempotent, because an item whose
+(ADR 0013). Delivery is at least once: a handler must be idempotent, because an item whose
 holder stops heartbeating is given to another worker, and the first may still finish.
 
 Keys, for ``WorkQueue(redis, name, prefix=p)`` (every script runs on one Redis node; on Redis
