@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.infra import REPO_ROOT
 from contracts.jobs import FrameRange, Renderer, Resolution
-from contracts.scenes import JobSceneSettings
+from contracts.preparation import JobSceneSettings
 from services.scene.steps import bpy_python, check_scene, repath_scene
 
 ASSETS = 1000

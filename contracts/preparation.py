@@ -8,11 +8,12 @@ job service's commands (``job.StartJobStep`` ... ``job.RecordScenePrepared``).
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.base import COMMANDS, Command
+from contracts.base import COMMANDS, EVENTS, Command, Event
 from contracts.jobs import FrameRange, Renderer, RenderSettings, Resolution, StagedKey
 from contracts.text import IdText
 
@@ -24,28 +25,30 @@ class PreparationPriority(StrEnum):
     full = "full"
 
 
-class SceneSettings(BaseModel):
-    """The job's settings the settings step writes into the scene."""
+class JobSceneSettings(BaseModel):
+    """What the job asks for, as the job's events hold it: the scene check compares the scene
+    with these and the settings step applies them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    renderer: Renderer
-    frame_range: FrameRange
-    resolution: Resolution
-    render_settings: RenderSettings
+    renderer: Renderer = Field(description="Render engine.")
+    frame_range: FrameRange = Field(description="Frames to render.")
+    resolution: Resolution = Field(description="Output resolution (applied at 100 %).")
+    render_settings: RenderSettings = Field(
+        default_factory=RenderSettings, description="Format, samples and camera."
+    )
 
 
 @COMMANDS.register
 class PrepareScene(Command):
-    """Queue the preparation of a job's staged scene (at ``staged_key``, relative to the
-    farm's scene root). Asking again for the same job queues nothing more."""
+    """Queue the preparation of a job's staged scene (``staged_key``: its main file,
+    relative to the farm's scene root). Asking again for the same job queues nothing more."""
 
     command_type = "scene.PrepareScene"
     job_id: IdText
     owner_id: IdText
     staged_key: StagedKey
-    main_file: str = Field(max_length=1000, description="The scene's main file name.")
-    settings: SceneSettings
+    settings: JobSceneSettings
     priority: PreparationPriority = PreparationPriority.full
 
 
@@ -57,3 +60,44 @@ class PreparationQueued(BaseModel):
     job_id: str
     item_id: str
     queued: bool = Field(description="False when the item was queued by an earlier call.")
+
+
+# --- events (stream ``preparation-<job id>``) ---------------------------------------------
+
+
+@EVENTS.register
+class ScenePreparationQueued(Event):
+    """The job's scene was queued for the scene workers as ``item_id``."""
+
+    event_type = "scene.ScenePreparationQueued"
+    job_id: str
+    item_id: str
+    staged_key: str
+    priority: PreparationPriority
+    at: datetime
+
+
+@EVENTS.register
+class ScenePreparationAbandoned(Event):
+    """The workers gave the item up (``deliveries`` attempts, or an error no retry mends):
+    it is a dead letter, and the job failed with ``code``."""
+
+    event_type = "scene.ScenePreparationAbandoned"
+    job_id: str
+    item_id: str
+    code: str
+    error: str
+    deliveries: int
+    at: datetime
+
+
+@COMMANDS.register
+class AbandonPreparation(Command):
+    """Record that the workers gave a job's scene up (from the scene service's dead-letter
+    watch). A repeat changes nothing."""
+
+    command_type = "scene.AbandonPreparation"
+    job_id: IdText
+    code: str = Field(max_length=100)
+    error: str = Field(max_length=2000)
+    deliveries: int = Field(ge=0)

@@ -12,8 +12,6 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.jobs import FrameRange, Renderer, RenderSettings, Resolution
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -147,18 +145,6 @@ class SceneSettings(_Model):
         " file stores none); null for another engine."
     )
     blender_version: str = Field(description="Blender version that saved the file, e.g. 4.5.")
-
-
-class JobSceneSettings(_Model):
-    """What the job asks for, as the job's events hold it: the scene check compares the scene
-    with these and the settings step applies them."""
-
-    renderer: Renderer = Field(description="Render engine.")
-    frame_range: FrameRange = Field(description="Frames to render.")
-    resolution: Resolution = Field(description="Output resolution (applied at 100 %).")
-    render_settings: RenderSettings = Field(
-        default_factory=RenderSettings, description="Format, samples and camera."
-    )
 
 
 class SceneCheckResult(_Model):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from enum import StrEnum
 
 from pydantic import Field
@@ -25,12 +27,21 @@ class SceneServiceSettings(BaseServiceSettings):
     stage_root: str = "/mnt/scenes"
     #: Queue items one worker process works on at once.
     workers: int = Field(default=1, ge=1, le=32)
+    #: The workers' consumer names are ``<worker_name>-<n>``: unique per process (the host
+    #: name and process id by default), so a restarted process does not take over the
+    #: items its predecessor held before their visibility timeout passes.
+    worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    #: How often the dead letters are looked at (their jobs are failed).
+    dead_letter_poll_seconds: float = Field(default=5.0, gt=0)
     #: An item not acknowledged or heartbeated for this long is taken by another worker.
     visibility_timeout_seconds: float = Field(default=60.0, gt=0)
     #: Deliveries of one item before it is dead-lettered and its job failed.
     max_deliveries: int = Field(default=3, ge=1)
-    #: The Python with ``bpy`` that applies render settings (``.venv-blender``).
-    blender_python: str = ".venv-blender/bin/python"
+    #: What applies the render settings: a Blender executable or a Python with ``bpy``;
+    #: ``auto``: ``blender`` on PATH, else the ``.venv-blender`` that ``make venv`` builds.
+    blender: str = "auto"
+    #: Seconds Blender may take to apply the settings before the step fails.
+    blender_timeout_seconds: float = Field(default=300.0, gt=0)
     opaque_scenes: OpaqueScenes = OpaqueScenes.refuse
     #: Seconds to wait for the job service's reply to a step report.
     command_timeout_seconds: float = Field(default=15.0, gt=0)

@@ -48,12 +48,12 @@ from blender_asset_tracer.trace import blocks2assets, file2blocks, file_sequence
 
 from contracts.errors import ScenePathRefused, SceneRepathFailed, SceneSettingsFailed
 from contracts.jobs import LogLevel, OutputFormat, Renderer
+from contracts.preparation import JobSceneSettings
 from contracts.scenes import (
     AssetKind,
     AssetMatch,
     FindingCode,
     FindingSeverity,
-    JobSceneSettings,
     PathRewrite,
     RepathResult,
     SceneAsset,

@@ -12,16 +12,13 @@ it reports, so a step taken over from a killed worker and run again is recorded 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
-
-from pydantic import BaseModel
 
 from contracts.base import Command
+from contracts.errors import DomainError, SceneSettingsFailed
 from contracts.jobs import (
+    FailJob,
     JobAccepted,
     LogJobStep,
     LogLevel,
@@ -32,45 +29,21 @@ from contracts.jobs import (
     StartJobStep,
     StepName,
 )
-from contracts.preparation import PrepareScene, SceneSettings
-from contracts.scenes import FindingSeverity, SceneFinding
+from contracts.preparation import PrepareScene
+from contracts.scenes import FindingCode, FindingSeverity, SceneFinding
 from libs.bus.commands import Actor, CommandClient
+from libs.workqueue import Item
+from services.scene import steps
+from services.scene.settings import OpaqueScenes, SceneServiceSettings
 
 ACTOR = Actor(kind="service", id="scene-worker")
 #: Progress is reported at most once per this many percent.
 PROGRESS_STEP = 10.0
-
-Progress = Callable[[int, int], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Checked:
-    findings: list[SceneFinding]
-    assets_total: int
-    assets_missing: int
-    #: The main file is a ``.blend`` the next steps can rewrite.
-    rewritable: bool
-
-
-@dataclass(frozen=True)
-class Repathed:
-    prepared_dir: Path
-    main_file: str
-    rewritten: int
-
-
-class SceneSteps(Protocol):
-    """The three steps over files (``services/scene/steps.py``)."""
-
-    async def check(
-        self, scene_dir: Path, main_file: str, settings: SceneSettings, progress: Progress
-    ) -> Checked: ...
-
-    async def repath(
-        self, scene_dir: Path, main_file: str, prepared_dir: Path, progress: Progress
-    ) -> Repathed: ...
-
-    async def apply_settings(self, blend: Path, settings: SceneSettings) -> list[str]: ...
+#: Findings a job records at most (``RecordSceneChecked`` takes 1,000): the rest are
+#: counted in the step log.
+MAX_FINDINGS = 500
+#: Why a main file that is not a ``.blend`` skips the repath and settings steps.
+OPAQUE_SKIP = "not a .blend file: the farm renders it as staged"
 
 
 class Reporter:
@@ -81,14 +54,12 @@ class Reporter:
         self._reported: dict[StepName, float] = {}
 
     async def send(self, cmd: Command, what: str) -> None:
-        await self.commands.send(
-            cmd, JobAccepted, command_id=f"{self.item_id}:{what}", actor=ACTOR
-        )
+        await self.commands.send(cmd, JobAccepted, command_id=f"{self.item_id}:{what}", actor=ACTOR)
 
     async def start(self, step: StepName) -> None:
         await self.send(StartJobStep(job_id=self.job_id, step=step, at=now()), f"{step}:start")
 
-    def progress(self, step: StepName) -> Progress:
+    def progress(self, step: StepName) -> steps.Progress:
         """A callback reporting ``done`` of ``total`` for ``step`` every PROGRESS_STEP %."""
 
         async def report(done: int, total: int) -> None:
@@ -103,63 +74,165 @@ class Reporter:
 
         return report
 
-    async def log(self, step: StepName, level: LogLevel, message: str, what: str) -> None:
-        cmd = LogJobStep(job_id=self.job_id, step=step, level=level, message=message, at=now())
-        await self.send(cmd, f"{step}:log:{what}")
+    def log(self, step: StepName) -> steps.Log:
+        """A callback writing the step's log lines, numbered in the order they come."""
+        count = 0
+
+        async def write(level: LogLevel, message: str) -> None:
+            nonlocal count
+            count += 1
+            await self.line(step, level, message, f"log:{count}")
+
+        return write
+
+    async def line(self, step: StepName, level: LogLevel, message: str, what: str) -> None:
+        text = message[:2000]
+        cmd = LogJobStep(job_id=self.job_id, step=step, level=level, message=text, at=now())
+        await self.send(cmd, f"{step}:{what}")
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Item(BaseModel):
-    """A queue item's payload: the scheduler's order."""
-
-    order: PrepareScene
-
-
-async def prepare(
-    order: PrepareScene, item_id: str, steps: SceneSteps, root: Path, reporter: Reporter
-) -> None:
-    """Run the three steps of ``order``'s scene, reporting each on the job."""
-    staged = root / order.staged_key
-    scene_dir, main_file = staged.parent, staged.name
-    step = StepName.scene_check
-    await reporter.start(step)
-    checked = await steps.check(scene_dir, main_file, order.settings, reporter.progress(step))
-    for n, f in enumerate(checked.findings):
-        level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.info
-        await reporter.log(step, level, f"{f.code}: {f.message}", f"finding:{n}")
-    await reporter.send(
-        RecordSceneChecked(
-            job_id=order.job_id,
-            findings=checked.findings,
-            assets_total=checked.assets_total,
-            assets_missing=checked.assets_missing,
-            at=now(),
-        ),
-        f"{step}:checked",
+def _opaque(findings: tuple[SceneFinding, ...], policy: OpaqueScenes) -> bool:
+    """The main file is not a ``.blend`` and the farm may render it as staged."""
+    return policy is OpaqueScenes.allow and any(
+        f.code is FindingCode.scene_not_blend for f in findings
     )
-    if any(f.severity is FindingSeverity.error for f in checked.findings):
-        return  # the job failed with its findings; nothing more to prepare
-    if not checked.rewritable:
-        reason = "not a .blend file: rendered as staged"
-        cmd = RecordScenePrepared(
-            job_id=order.job_id, scene_key=order.staged_key, skip_reason=reason, at=now()
+
+
+def _as_warning(finding: SceneFinding) -> SceneFinding:
+    if finding.code is not FindingCode.scene_not_blend:
+        return finding
+    message = f"{finding.message}; rendered as staged, without the scene steps"
+    return finding.model_copy(update={"severity": FindingSeverity.warning, "message": message})
+
+
+class ScenePreparer:
+    """The queue handler: one item is one job's scene, prepared in three steps."""
+
+    def __init__(
+        self, settings: SceneServiceSettings, commands: CommandClient, blender: str | None
+    ) -> None:
+        self.settings = settings
+        self.commands = commands
+        self.blender = blender
+        self.root = Path(settings.stage_root)
+
+    async def handle(self, item: Item) -> None:
+        order = PrepareScene.model_validate(item.payload)
+        reporter = Reporter(self.commands, item.item_id, order.job_id)
+        try:
+            await self.prepare(order, reporter)
+        except DomainError as e:
+            if e.retryable:
+                raise
+            # The scene cannot be prepared (a path refused, a repath or Blender failure):
+            # the job fails with the step's code; the item is dead-lettered for operators.
+            await self.fail(order.job_id, e.code, e.message, item.item_id)
+            raise
+
+    async def fail(self, job_id: str, code: str, message: str, item_id: str) -> None:
+        reason = f"the scene could not be prepared: {message}"
+        cmd = FailJob(job_id=job_id, reason=reason[:4000], code=code, at=now())
+        try:
+            await self.commands.send(cmd, JobAccepted, command_id=f"{item_id}:failed", actor=ACTOR)
+        except DomainError as e:
+            if e.retryable:
+                raise
+            # The job ended meanwhile (cancelled, or failed by an earlier delivery).
+
+    async def prepare(self, order: PrepareScene, reporter: Reporter) -> None:
+        """Run the three steps of ``order``'s scene, reporting each on the job."""
+        step = StepName.scene_check
+        await reporter.start(step)
+        checked = await steps.check_scene(
+            self.root,
+            order.staged_key,
+            order.settings,
+            progress=reporter.progress(step),
+            log=reporter.log(step),
         )
-        await reporter.send(cmd, "prepared")
-        return
-    step = StepName.repath
-    await reporter.start(step)
-    prepared_dir = root / "prepared" / order.job_id
-    repathed = await steps.repath(scene_dir, main_file, prepared_dir, reporter.progress(step))
-    cmd_repathed = RecordSceneRepathed(job_id=order.job_id, rewritten=repathed.rewritten, at=now())
-    await reporter.send(cmd_repathed, f"{step}:done")
-    step = StepName.render_settings
-    await reporter.start(step)
-    blend = repathed.prepared_dir / repathed.main_file
-    changes = await steps.apply_settings(blend, order.settings)
-    for n, change in enumerate(changes):
-        await reporter.log(step, LogLevel.info, change, f"change:{n}")
-    key = blend.relative_to(root).as_posix()
-    await reporter.send(RecordScenePrepared(job_id=order.job_id, scene_key=key, at=now()), "prepared")
+        opaque = _opaque(checked.findings, self.settings.opaque_scenes)
+        findings = tuple(_as_warning(f) for f in checked.findings) if opaque else checked.findings
+        for n, f in enumerate(findings[:MAX_FINDINGS]):
+            level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.info
+            if f.severity is FindingSeverity.warning:
+                level = LogLevel.warning
+            where = f" ({f.path})" if f.path else ""
+            await reporter.line(step, level, f"{f.code}: {f.message}{where}", f"finding:{n}")
+        if len(findings) > MAX_FINDINGS:
+            more = f"{len(findings) - MAX_FINDINGS} more findings are not listed"
+            await reporter.line(step, LogLevel.warning, more, "finding:more")
+        missing = sum(1 for a in checked.assets if not a.present)
+        await reporter.send(
+            RecordSceneChecked(
+                job_id=order.job_id,
+                findings=list(findings[:MAX_FINDINGS]),
+                assets_total=len(checked.assets),
+                assets_missing=missing,
+                at=now(),
+            ),
+            f"{step}:checked",
+        )
+        if any(f.severity is FindingSeverity.error for f in findings):
+            return  # the job failed with its findings; nothing more to prepare
+        if opaque:
+            cmd = RecordScenePrepared(
+                job_id=order.job_id, scene_key=order.staged_key, skip_reason=OPAQUE_SKIP, at=now()
+            )
+            await reporter.send(cmd, "prepared")
+            return
+
+        step = StepName.repath
+        await reporter.start(step)
+        repathed = await steps.repath_scene(
+            self.root,
+            order.staged_key,
+            order.job_id,
+            progress=reporter.progress(step),
+            log=reporter.log(step),
+        )
+        for n, rewrite in enumerate(repathed.rewrites[:MAX_FINDINGS]):
+            text = f"{rewrite.used_by}: {rewrite.before} -> {rewrite.after}"
+            await reporter.line(step, LogLevel.info, text, f"rewrite:{n}")
+        rewritten = RecordSceneRepathed(
+            job_id=order.job_id, rewritten=len(repathed.rewrites), at=now()
+        )
+        await reporter.send(rewritten, f"{step}:done")
+
+        step = StepName.render_settings
+        await reporter.start(step)
+        if self.blender is None:
+            raise SceneSettingsFailed(
+                "no Blender to apply the render settings with (RF_SCENE_BLENDER)",
+                scene_key=repathed.prepared_key,
+                reason="no blender",
+            )
+        applied = await steps.apply_render_settings(
+            self.root,
+            repathed.prepared_key,
+            order.settings,
+            blender=self.blender,
+            timeout_seconds=self.settings.blender_timeout_seconds,
+            progress=reporter.progress(step),
+            log=reporter.log(step),
+        )
+        for n, change in enumerate(applied.changes):
+            text = f"{change.setting}: {change.before} -> {change.after}"
+            await reporter.line(step, LogLevel.info, text, f"change:{n}")
+        errors = [f for f in applied.findings if f.severity is FindingSeverity.error]
+        for n, f in enumerate(applied.findings):
+            level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.warning
+            await reporter.line(step, level, f"{f.code}: {f.message}", f"finding:{n}")
+        if errors:
+            raise SceneSettingsFailed(
+                f"{errors[0].code}: {errors[0].message}",
+                scene_key=repathed.prepared_key,
+                reason=str(errors[0].code),
+            )
+        prepared = RecordScenePrepared(
+            job_id=order.job_id, scene_key=repathed.prepared_key, at=now()
+        )
+        await reporter.send(prepared, "prepared")

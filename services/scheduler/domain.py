@@ -51,7 +51,7 @@ from contracts.jobs import (
     StepName,
     StopJob,
 )
-from contracts.preparation import PreparationQueued, PrepareScene, SceneSettings
+from contracts.preparation import JobSceneSettings, PreparationQueued, PrepareScene
 from contracts.render import (
     CancelRender,
     RenderAccepted,
@@ -218,7 +218,7 @@ class JobRender(BaseModel):
     owner_id: str = ""
     scene: SceneRef | None = None
     #: The job's settings as last changed (the scene's settings step writes them).
-    settings: SceneSettings | None = None
+    settings: JobSceneSettings | None = None
     #: Billing placed the job's first hold (it may come before the submission is seen).
     held: bool = False
     #: The render path began: the scene asked to be staged, or a scene-less job queued.
@@ -297,7 +297,7 @@ class RenderProcess(ProcessManager[JobRender]):
                 "owner_id": event.owner_id,
                 "scene": event.scene,
                 "render_id": state.render_id or render_id_for(event.job_id, RenderKind.full, 1),
-                "settings": SceneSettings(
+                "settings": JobSceneSettings(
                     renderer=event.renderer,
                     frame_range=event.frame_range,
                     resolution=event.resolution,
@@ -477,7 +477,6 @@ class RenderProcess(ProcessManager[JobRender]):
             job_id=job_id,
             owner_id=state.owner_id,
             staged_key=staged_key,
-            main_file=state.scene.main_file,
             settings=state.settings,
         )
         return Send(order, PreparationQueued, if_refused=fail)

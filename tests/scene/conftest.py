@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from contracts.jobs import FrameRange, OutputFormat, Renderer, RenderSettings, Resolution
-from contracts.scenes import JobSceneSettings
+from contracts.preparation import JobSceneSettings
 from services.scene.steps import bpy_python
 from tests.farm.conftest import REPO
 
