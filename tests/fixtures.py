@@ -230,7 +230,7 @@ class Scenes:
         """The id of a new completed scene upload of the caller's."""
         from tests.upload.protocol import Uploader
 
-        data = data or b"BLENDER-v404" + new_id("scene").encode() * 1000
+        data = data or b"RFSCENE-v1 " + new_id("scene").encode() * 1000
         caller = {k: v for k, v in headers.items() if k in ("Authorization", "X-API-Key")}
         done = await Uploader(self.api, caller).upload(name or "shot_010.blend", data)
         upload_id: str = done["upload_id"]

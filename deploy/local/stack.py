@@ -46,6 +46,7 @@ SERVICES = [
     "deadline_bridge",
     "gateway",
     "upload",
+    "scene",
     "wallet",
     "billing",
     "payments",
@@ -54,7 +55,9 @@ SERVICES = [
 GATEWAY_PORT = 8700
 #: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders.
 FARM_PORT = 18081
-FARM_WORKERS = 2
+FARM_WORKERS = 3
+#: Of those, the first serve only the test pool: a warm worker for test renders.
+FARM_STANDBY_WORKERS = 1
 FARM_DIR = RUN_DIR / "farm"
 SCENES_DIR = RUN_DIR / "scenes"
 RENDERS_DIR = RUN_DIR / "renders"
@@ -365,6 +368,8 @@ def _start_farm() -> servers.ServerHandle | None:
     workers = os.environ.get("RF_FARM_WORKERS", str(FARM_WORKERS))
     args = ["serve", "--port", str(FARM_PORT), "--data-dir", str(FARM_DIR)]
     args += ["--workers", workers, "--outputs-root", str(RENDERS_DIR)]
+    standby = os.environ.get("RF_FARM_STANDBY_WORKERS", str(FARM_STANDBY_WORKERS))
+    args += ["--standby-workers", standby, "--standby-pools", "test"]
     # auto: blender on PATH, else .venv-blender (make venv), else the built-in renderer.
     args += ["--blender", os.environ.get("RF_FARM_BLENDER", "auto")]
     with log_file.open("ab") as log:

@@ -18,6 +18,13 @@ class OpaqueScenes(StrEnum):
     allow = "allow"  # a warning: rendered as staged (the farm's built-in renderer)
 
 
+class MissingAssets(StrEnum):
+    """What a file the scene uses and the upload lacks (``asset_missing``) does to the job."""
+
+    stop = "stop"  # an error: the job stops before any render cost, to be fixed and resubmitted
+    render = "render"  # a warning: it renders without the file (Blender's magenta for an image)
+
+
 class SceneServiceSettings(BaseServiceSettings):
     env_section = "scene"
     service_name: str = "scene"
@@ -43,5 +50,6 @@ class SceneServiceSettings(BaseServiceSettings):
     #: Seconds Blender may take to apply the settings before the step fails.
     blender_timeout_seconds: float = Field(default=300.0, gt=0)
     opaque_scenes: OpaqueScenes = OpaqueScenes.refuse
+    missing_assets: MissingAssets = MissingAssets.stop
     #: Seconds to wait for the job service's reply to a step report.
     command_timeout_seconds: float = Field(default=15.0, gt=0)

@@ -34,7 +34,7 @@ from contracts.scenes import FindingCode, FindingSeverity, SceneFinding
 from libs.bus.commands import Actor, CommandClient
 from libs.workqueue import Item
 from services.scene import steps
-from services.scene.settings import OpaqueScenes, SceneServiceSettings
+from services.scene.settings import MissingAssets, OpaqueScenes, SceneServiceSettings
 
 ACTOR = Actor(kind="service", id="scene-worker")
 #: Progress is reported at most once per this many percent.
@@ -42,6 +42,11 @@ PROGRESS_STEP = 10.0
 #: Findings a job records at most (``RecordSceneChecked`` takes 1,000): the rest are
 #: counted in the step log.
 MAX_FINDINGS = 500
+#: Why the settings step is skipped where the workers have no Blender.
+NO_BLENDER_SKIP = (
+    "no Blender on the scene workers: the farm applies the job's frames, resolution and"
+    " format when it renders"
+)
 #: Why a main file that is not a ``.blend`` skips the repath and settings steps.
 OPAQUE_SKIP = "not a .blend file: the farm renders it as staged"
 
@@ -102,11 +107,24 @@ def _opaque(findings: tuple[SceneFinding, ...], policy: OpaqueScenes) -> bool:
     )
 
 
-def _as_warning(finding: SceneFinding) -> SceneFinding:
-    if finding.code is not FindingCode.scene_not_blend:
+def with_policy(
+    finding: SceneFinding, settings: SceneServiceSettings, opaque: bool
+) -> SceneFinding:
+    """A finding at the severity this farm's settings give it: a missing file stops the job
+    (``missing_assets=stop``); a main file that is not a ``.blend`` renders as staged where
+    ``opaque_scenes=allow``."""
+    if finding.code is FindingCode.scene_not_blend and opaque:
+        message = f"{finding.message}; rendered as staged, without the scene steps"
+        severity = FindingSeverity.warning
+    elif (
+        finding.code is FindingCode.asset_missing and settings.missing_assets is MissingAssets.stop
+    ):
+        message = finding.message.removesuffix("; it renders without it")
+        message += "; upload it with the scene and submit the job again"
+        severity = FindingSeverity.error
+    else:
         return finding
-    message = f"{finding.message}; rendered as staged, without the scene steps"
-    return finding.model_copy(update={"severity": FindingSeverity.warning, "message": message})
+    return finding.model_copy(update={"severity": severity, "message": message})
 
 
 class ScenePreparer:
@@ -155,7 +173,7 @@ class ScenePreparer:
             log=reporter.log(step),
         )
         opaque = _opaque(checked.findings, self.settings.opaque_scenes)
-        findings = tuple(_as_warning(f) for f in checked.findings) if opaque else checked.findings
+        findings = tuple(with_policy(f, self.settings, opaque) for f in checked.findings)
         for n, f in enumerate(findings[:MAX_FINDINGS]):
             level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.info
             if f.severity is FindingSeverity.warning:
@@ -203,13 +221,16 @@ class ScenePreparer:
         await reporter.send(rewritten, f"{step}:done")
 
         step = StepName.render_settings
-        await reporter.start(step)
         if self.blender is None:
-            raise SceneSettingsFailed(
-                "no Blender to apply the render settings with (RF_SCENE_BLENDER)",
+            cmd = RecordScenePrepared(
+                job_id=order.job_id,
                 scene_key=repathed.prepared_key,
-                reason="no blender",
+                skip_reason=NO_BLENDER_SKIP,
+                at=now(),
             )
+            await reporter.send(cmd, "prepared")
+            return
+        await reporter.start(step)
         applied = await steps.apply_render_settings(
             self.root,
             repathed.prepared_key,

@@ -454,8 +454,11 @@ class RenderProcess(ProcessManager[JobRender]):
         staged = RecordSceneStaged(
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
-        prepare = self._prepare(event.job_id, state, event.staged_key, cause)
-        nxt = [] if state.paused else [prepare]
+        # A job this process never saw submitted (no settings to apply) is not prepared.
+        known = state.scene is not None and state.settings is not None
+        nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if known else []
+        if state.paused:
+            nxt = []
         return Send(
             staged,
             JobAccepted,

@@ -22,7 +22,7 @@ from tests.fixtures import job_spec
 from tests.processes import ROOT, Process, service
 from tests.upload.protocol import Uploader
 
-SCENE = b"BLENDER-v404" + bytes(range(256)) * 100
+SCENE = b"RFSCENE-v1 " + bytes(range(256)) * 100
 
 
 @pytest.fixture

@@ -320,15 +320,15 @@ def test_the_scene_steps_run_in_order_and_leave_the_job_ready_with_the_prepared_
 
 def test_a_scene_check_error_fails_the_job_before_any_render_with_its_findings() -> None:
     job = staged()
-    missing = finding("missing_file", FindingSeverity.error, "//textures/wood.png")
-    also = finding("missing_library", FindingSeverity.error, "//lib/props.blend")
+    missing = finding("main_file_missing", FindingSeverity.error, "scene.blend")
+    also = finding("library_missing", FindingSeverity.error, "//lib/props.blend")
     events = job.record_scene_checked([missing, also], 5, 2, NOW)
     assert types(events) == ["JobStepStarted", "JobSceneChecked", "JobStepFailed", "JobFailed"]
     evolve(job, events)
     envelope = view(job).envelope(6, NOW)
     assert (envelope.status, envelope.failure_code) == (S.failed, "scene_check_failed")
     assert envelope.failure_reason == (
-        "the scene check found missing_file: missing_file found (and 1 more error)"
+        "the scene check found main_file_missing: main_file_missing found (and 1 more error)"
     )
     assert envelope.scene_findings == [missing, also]
     check = envelope.steps[1]

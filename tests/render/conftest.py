@@ -1,4 +1,4 @@
-"""The render path as real processes: the local farm, job, scheduler, upload, deadline-bridge
+"""The render path as real processes: the local farm, job, scheduler, upload, scene, deadline-bridge
 and gateway, each a separate OS process over real HTTP, NATS, PostgreSQL and S3. Jobs render
 scenes uploaded through the upload API, staged by the upload service into the folder the
 farm reads scenes from; the bridge stores the frames in the outputs bucket."""
@@ -27,9 +27,19 @@ from tests.processes import Process, service
 from tests.upload.protocol import Uploader
 
 #: No render starts without a hold: billing holds each job's estimate in the wallet.
-SERVICES = ("job", "scheduler", "upload", "deadline_bridge", "wallet", "billing", "gateway")
-#: A scene file as the farm's built-in renderer takes it (it reads only the name).
-SCENE = b"BLENDER-v404" + bytes(range(256)) * 400
+SERVICES = (
+    "job",
+    "scheduler",
+    "upload",
+    "scene",
+    "deadline_bridge",
+    "wallet",
+    "billing",
+    "gateway",
+)
+#: A scene file as the farm's built-in renderer takes it (it reads only the name). It is not
+#: a ``.blend``: the scene service lets it through as staged (``RF_SCENE_OPAQUE_SCENES``).
+SCENE = b"RFSCENE-v1 " + bytes(range(256)) * 400
 
 
 @dataclass
@@ -194,6 +204,7 @@ async def render_system(
         "RF_STAGE_ROOT": str(tmp_path / "scenes"),
         "RF_UPLOAD_MIN_PART_BYTES": str(5 * 2**20),
         "RF_POLL_INTERVAL_SECONDS": "0.2",
+        "RF_SCENE_OPAQUE_SCENES": "allow",
         "RF_GATEWAY_PORT": str(gateway_port),
     }
     procs = {

@@ -1,6 +1,8 @@
 """The scheduler's service tests run the render path in this process against a real local
 farm (``make_farm``, from the farm's suite): the job, scheduler, upload (which stages each
-job's scene) and deadline-bridge services on real PostgreSQL, NATS and S3."""
+job's scene), scene (which prepares it) and deadline-bridge services on real PostgreSQL,
+NATS, Redis and S3. The farm renders with its built-in renderer, so the scenes are not
+``.blend`` files and the scene service lets them through as staged (``opaque_scenes``)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from services.deadline_bridge.service import SERVICE as BRIDGE
 from services.deadline_bridge.settings import BridgeSettings
 from services.job.service import SERVICE as JOB
 from services.job.settings import JobSettings
+from services.scene.service import SERVICE as SCENE
+from services.scene.settings import OpaqueScenes, SceneServiceSettings
 from services.scheduler.service import SERVICE as SCHEDULER
 from services.scheduler.settings import SchedulerSettings
 from services.upload.service import SERVICE as UPLOAD
@@ -50,6 +54,15 @@ def stage_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def upload_settings(env: Env, stage_root: Path) -> UploadSettings:
     return env.settings(UploadSettings, stage_root=str(stage_root), stage_poll_seconds=0.2)
+
+
+def scene_settings(env: Env, stage_root: Path) -> SceneServiceSettings:
+    return env.settings(
+        SceneServiceSettings,
+        stage_root=str(stage_root),
+        opaque_scenes=OpaqueScenes.allow,
+        dead_letter_poll_seconds=0.2,
+    )
 
 
 @pytest.fixture
@@ -83,6 +96,7 @@ async def render_path(
         "wallet": await build(WALLET, env.settings(WalletSettings)),
         "billing": await build(BILLING, billing_settings),
         "upload": await build(UPLOAD, upload_settings),
+        "scene": await build(SCENE, scene_settings(env, stage_root)),
         "bridge": await build(
             BRIDGE,
             env.settings(

@@ -35,6 +35,7 @@ from tests.scheduler.test_policy import (
     bus_event,
     commands,
     held,
+    prepared,
     refusals,
     runner,
     staged,
@@ -194,7 +195,7 @@ async def test_the_hold_placed_later_resumes_the_job_then_its_suspended_render(
     assert store.states[("scheduler", JOB)]["status"] == "submitted"
 
 
-async def test_a_job_paused_while_its_scene_was_staged_is_queued_once_resumed(
+async def test_a_job_paused_while_its_scene_was_staged_is_prepared_and_queued_once_resumed(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands
 ) -> None:
     await runner.handle(bus_event(submitted))
@@ -205,7 +206,10 @@ async def test_a_job_paused_while_its_scene_was_staged_is_queued_once_resumed(
     assert commands.types() == ["LogJobStep", "RecordSceneStaged"]  # not queued while paused
     commands.sent.clear()
     await runner.handle(bus_event(resumed))
-    assert commands.types() == ["ResumeJob", "QueueJob", "SubmitRender"]
+    assert commands.types() == ["ResumeJob", "PrepareScene"]
+    commands.sent.clear()
+    await runner.handle(bus_event(prepared))
+    assert commands.types() == ["QueueJob", "SubmitRender"]
 
 
 async def test_the_cost_cap_stops_the_job_with_its_code_and_the_cap(

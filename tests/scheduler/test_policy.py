@@ -32,6 +32,8 @@ from contracts.jobs import (
     FrameRange,
     JobAccepted,
     JobCancellationRequested,
+    JobFramesChanged,
+    JobScenePrepared,
     JobStatus,
     JobSubmitted,
     LogJobStep,
@@ -45,6 +47,7 @@ from contracts.jobs import (
     StartSceneStaging,
     StepName,
 )
+from contracts.preparation import PreparationQueued, PrepareScene
 from contracts.process import CommandRefused
 from contracts.render import (
     CancelRender,
@@ -77,6 +80,7 @@ T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 JOB = "job_01"
 RENDER = f"{JOB}.full.1"
 STAGED_KEY = f"staged/usr_1/{'5c' * 32}/shot_010.blend"
+PREPARED_KEY = f"prepared/{JOB}/shot_010.blend"
 SPEC: dict[str, Any] = {
     "name": "shot_040",
     "renderer": Renderer.blender_cycles,
@@ -107,9 +111,13 @@ def order(_: Command) -> RenderOrder:
         status=JobStatus.queued,
         priority="normal",
         version=7,
-        scene_key=STAGED_KEY,
+        scene_key=PREPARED_KEY,
         **SPEC,
     )
+
+
+def queued_for_preparation(_: Command) -> PreparationQueued:
+    return PreparationQueued(job_id=JOB, item_id=JOB, queued=True)
 
 
 def staging(_: Command) -> StagingAccepted:
@@ -142,6 +150,7 @@ submitted_before_uploads = submitted.model_copy(
     update={"scene": None, "scene_key": "scenes/shot_040.blend"}
 )
 staged = SceneStaged(job_id=JOB, staged_key=STAGED_KEY, reused=False, bytes_copied=4_200_000, at=T)
+prepared = JobScenePrepared(job_id=JOB, scene_key=PREPARED_KEY, at=T)
 TOTALS = CostTotals(
     status=CostStatus.held,
     estimate=None,
@@ -173,6 +182,7 @@ def commands() -> ScriptedCommands:
             RecordSceneStagingProgress: accepted,
             RecordSceneStaged: accepted,
             LogJobStep: accepted,
+            PrepareScene: queued_for_preparation,
             QueueJob: order,
             SubmitRender: on_farm,
             CancelRender: on_farm,
@@ -234,30 +244,44 @@ async def test_staging_events_show_as_the_jobs_stage_step_with_its_progress_and_
     assert (progress.bytes_done, progress.bytes_total) == (3 * 2**20, 12 * 2**20)
 
 
-async def test_a_staged_scene_is_recorded_then_the_job_queued_and_rendered_from_the_staged_copy(
+async def test_a_staged_scene_is_recorded_then_prepared_then_the_job_queued_and_rendered(
     runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
 ) -> None:
     await runner.handle(bus_event(held))  # billing held the credits first
     await runner.handle(bus_event(submitted))
     event_id = uuid.uuid4()
     await runner.handle(bus_event(staged, event_id))
-    assert commands.types() == [
-        "StageScene",
-        "LogJobStep",
-        "RecordSceneStaged",
-        "QueueJob",
-        "SubmitRender",
-    ]
+    assert commands.types() == ["StageScene", "LogJobStep", "RecordSceneStaged", "PrepareScene"]
     ids = [command_id.removeprefix(f"scheduler:{event_id}:") for command_id, _ in commands.sent]
-    assert ids[1:] == ["0", "1", "1>:0", "1>:0>:0"]
-    record, submit = commands.sent[2][1], commands.sent[4][1]
+    assert ids[1:] == ["0", "1", "1>:0"]
+    record, prepare = commands.sent[2][1], commands.sent[3][1]
     assert isinstance(record, RecordSceneStaged) and record.scene_key == STAGED_KEY
-    assert isinstance(submit, SubmitRender) and submit.scene_key == STAGED_KEY
+    assert isinstance(prepare, PrepareScene) and prepare.staged_key == STAGED_KEY
+    # The workers get the job's settings as last changed, to check and apply.
+    assert prepare.settings.frame_range == SPEC["frame_range"]
+    assert prepare.settings.render_settings.samples == 64
     assert store.states[("scheduler", JOB)]["staging"] is False
+    commands.sent.clear()
+    await runner.handle(bus_event(prepared))
+    assert commands.types() == ["QueueJob", "SubmitRender"]
+    submit = commands.sent[1][1]
+    assert isinstance(submit, SubmitRender) and submit.scene_key == PREPARED_KEY
     reused = staged.model_copy(update={"reused": True, "bytes_copied": 0})
     await runner.handle(bus_event(reused))
     log = next(cmd for _, cmd in reversed(commands.sent) if isinstance(cmd, LogJobStep))
     assert log.message == f"the farm holds this scene already: reusing {STAGED_KEY}"
+
+
+async def test_frames_changed_before_the_scene_is_staged_are_what_the_workers_apply(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await runner.handle(bus_event(held))
+    await runner.handle(bus_event(submitted))
+    frames = FrameRange(start=3, end=4)
+    await runner.handle(bus_event(JobFramesChanged(job_id=JOB, frame_range=frames, chunk_size=1)))
+    await runner.handle(bus_event(staged))
+    [prepare] = commands.of(PrepareScene)
+    assert prepare.settings.frame_range == frames
 
 
 async def test_a_scene_that_cannot_be_staged_fails_the_job_with_the_staging_code(
@@ -312,6 +336,7 @@ async def test_a_staged_scene_reported_after_the_cancel_queues_nothing(
     commands.answers[QueueJob] = lambda _: JobFinished("it is cancelled", status="cancelled")
     commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
     await runner.handle(bus_event(staged))
+    await runner.handle(bus_event(prepared))
     assert "SubmitRender" not in commands.types()
     assert all(r.expected for r in await refusals(store))
 
