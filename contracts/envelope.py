@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.jobs import (
     FrameRange,
+    FullRenderStartedBy,
     JobAction,
     JobPriority,
     JobStatus,
@@ -18,6 +19,8 @@ from contracts.jobs import (
     Resolution,
     StepName,
     StepStatus,
+    TestRenderFrame,
+    TestRenderStatus,
 )
 from contracts.scenes import SceneFinding
 
@@ -112,6 +115,36 @@ class CostView(_View):
     currency: Currency = Field(description="Unit of every amount here.")
 
 
+class TestRenderView(_View):
+    """The job's latest test render: a few frames rendered ahead of the full render, with
+    their measured time and memory; the job's ``cost`` then holds the re-estimate."""
+
+    __test__ = False  # not a pytest test class
+
+    render_id: str = Field(description="The test render's id, e.g. job_01J....test.1.")
+    status: TestRenderStatus = Field(description="requested, rendering, completed or failed.")
+    frames: list[int] = Field(description="The frames asked for.")
+    requested_at: datetime = Field(description="UTC time it was asked for.")
+    deadline_at: datetime = Field(description="UTC time it is due (10 minutes by default).")
+    seconds_left: int | None = Field(
+        description="Seconds to the deadline as of updated_at (0 once past); null once ended."
+    )
+    deadline_missed: bool = Field(description="It was not ready by its deadline.")
+    ready_at: datetime | None = Field(description="UTC time every frame was there; null before.")
+    ready_in_seconds: float | None = Field(
+        description="Seconds from the request to ready; null before."
+    )
+    start_full_render_if_within: Decimal | None = Field(
+        description="Budget in credits: the full render starts by itself when the re-estimate's"
+        " high end is within it; null for none."
+    )
+    results: list[TestRenderFrame] = Field(
+        description="Rendered frames: the stored image (download by output_id: POST"
+        " /v1/outputs/{output_id}/download-url), its thumbnail, seconds and peak memory."
+    )
+    failure_reason: str | None = Field(description="Why it failed; null unless failed.")
+
+
 class JobEnvelope(_View):
     """A render job as clients see it: state, progress, ETA, cost and what can be done next."""
 
@@ -150,6 +183,19 @@ class JobEnvelope(_View):
         description="What the scene check found, each with a stable code and a severity: an"
         " error stopped the job before any render (failure_code scene_check_failed); fix the"
         " scene and submit it again. Empty before the check has run."
+    )
+    test_render: TestRenderView | None = Field(
+        default=None, description="The latest test render; null when none was asked for."
+    )
+    start_full_render: bool = Field(
+        default=True,
+        description="As submitted: false, the full render waits for POST /v1/jobs/{id}/start"
+        " (or a test render's budget).",
+    )
+    full_render_released_by: FullRenderStartedBy | None = Field(
+        default=None,
+        description="Who let a job submitted with start_full_render=false start its full"
+        " render: user or budget; null until then.",
     )
     created_at: datetime = Field(description="UTC time the job was submitted.")
     updated_at: datetime = Field(description="UTC time of the job's latest event.")

@@ -94,6 +94,8 @@ class JobAction(StrEnum):
 
     update = "update"  # name, priority, cost cap
     update_render_settings = "update_render_settings"  # frames, resolution, render settings
+    test_render = "test_render"  # POST /v1/jobs/{id}/test-render
+    start_full_render = "start_full_render"  # POST /v1/jobs/{id}/start
     cancel = "cancel"
 
 
@@ -255,6 +257,109 @@ class JobSubmitted(Event):
     submitted_at: datetime
     #: The API key the job was submitted with (its spend caps apply); null for a session.
     api_key_id: str | None = None
+    #: False: the full render waits for ``job.JobFullRenderReleased`` (a test render first).
+    start_full_render: bool = True
+
+
+class TestRenderStatus(StrEnum):
+    __test__ = False  # not a pytest test class
+
+    requested = "requested"  # asked for; waiting for the scene, the credits or the farm
+    rendering = "rendering"  # a frame started on the farm
+    completed = "completed"  # every frame rendered
+    failed = "failed"
+
+
+class TestRenderFrame(_Model):
+    """One frame of a test render, as the farm rendered and measured it."""
+
+    __test__ = False  # not a pytest test class
+
+    output: FrameOutput = Field(description="The stored image (download it by output_id).")
+    task_id: int = Field(description="The farm task that rendered it.")
+    render_seconds: float = Field(description="The farm task's render time.")
+    peak_memory_bytes: int | None = Field(
+        description="The render's peak memory on the farm; null when not measured."
+    )
+    worker: str = Field(description="The farm worker that rendered it.")
+
+
+#: At most this many frames in one test render.
+MAX_TEST_FRAMES = 10
+
+
+@EVENTS.register
+class JobTestRenderRequested(Event):
+    """A test render of ``frames`` was asked for, due by ``deadline_at``; with
+    ``budget_credits`` the full render starts by itself if the re-estimate is within it."""
+
+    event_type = "job.JobTestRenderRequested"
+    job_id: str
+    render_id: str
+    frames: list[int]
+    deadline_at: datetime
+    budget_credits: Decimal | None
+    at: datetime
+
+
+@EVENTS.register
+class JobTestRenderStarted(Event):
+    event_type = "job.JobTestRenderStarted"
+    job_id: str
+    render_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobTestRenderFramesRendered(Event):
+    event_type = "job.JobTestRenderFramesRendered"
+    job_id: str
+    render_id: str
+    frames: list[TestRenderFrame]
+    at: datetime
+
+
+@EVENTS.register
+class JobTestRenderCompleted(Event):
+    event_type = "job.JobTestRenderCompleted"
+    job_id: str
+    render_id: str
+    at: datetime
+
+
+@EVENTS.register
+class JobTestRenderFailed(Event):
+    event_type = "job.JobTestRenderFailed"
+    job_id: str
+    render_id: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class JobTestRenderDeadlineMissed(Event):
+    """The test render was not ready by its deadline (it goes on: the frames still come)."""
+
+    event_type = "job.JobTestRenderDeadlineMissed"
+    job_id: str
+    render_id: str
+    deadline_at: datetime
+    at: datetime
+
+
+class FullRenderStartedBy(StrEnum):
+    user = "user"  # POST /v1/jobs/{id}/start
+    budget = "budget"  # the test render's re-estimate was within start_full_render_if_within
+
+
+@EVENTS.register
+class JobFullRenderReleased(Event):
+    """A job submitted with ``start_full_render=false`` may start its full render."""
+
+    event_type = "job.JobFullRenderReleased"
+    job_id: str
+    by: FullRenderStartedBy
+    at: datetime
 
 
 @EVENTS.register
@@ -553,6 +658,12 @@ class JobSpec(_Model):
     cost_cap_credits: CostCredits | None = Field(
         default=None, description="Stop spending beyond this many credits; null for no cap."
     )
+    start_full_render: bool = Field(
+        default=True,
+        description="true: the full render starts as soon as the scene is prepared. false: the"
+        " job waits at ready for a test render and POST /v1/jobs/{id}/start (or the test"
+        " render's start_full_render_if_within).",
+    )
 
     check_camera = field_validator("render_settings")(_camera_is_one_line)
 
@@ -732,6 +843,73 @@ class RecordScenePrepared(Command):
     job_id: str
     scene_key: StagedKey
     skip_reason: str | None = Field(default=None, max_length=400)
+    at: datetime
+
+
+@COMMANDS.register
+class RequestTestRender(Command):
+    """Render a few frames ahead of the full render (``frames``; null: the first, middle and
+    last), due ``deadline_seconds`` from now. One test render at a time."""
+
+    command_type = "job.RequestTestRender"
+    job_id: IdText
+    owner_id: IdText | None = Field(description="The caller's user id; null when an admin acts.")
+    frames: list[StrictInt] | None = Field(default=None, min_length=1, max_length=MAX_TEST_FRAMES)
+    deadline_seconds: StrictInt = Field(default=600, ge=60, le=24 * 3600)
+    start_full_render_if_within: CostCredits | None = None
+
+
+@COMMANDS.register
+class StartFullRender(Command):
+    """Start the full render of a job submitted with ``start_full_render=false``."""
+
+    command_type = "job.StartFullRender"
+    job_id: IdText
+    owner_id: IdText | None = Field(
+        default=None, description="The caller's user id; null when an admin or billing acts."
+    )
+    by: FullRenderStartedBy = FullRenderStartedBy.user
+
+
+@COMMANDS.register
+class RecordTestRenderStarted(Command):
+    command_type = "job.RecordTestRenderStarted"
+    job_id: str
+    render_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class RecordTestRenderFrames(Command):
+    command_type = "job.RecordTestRenderFrames"
+    job_id: str
+    render_id: str
+    frames: list[TestRenderFrame] = Field(max_length=MAX_TEST_FRAMES)
+    at: datetime
+
+
+@COMMANDS.register
+class CompleteTestRender(Command):
+    command_type = "job.CompleteTestRender"
+    job_id: str
+    render_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class FailTestRender(Command):
+    command_type = "job.FailTestRender"
+    job_id: str
+    render_id: str
+    reason: str = Field(max_length=4000)
+    at: datetime
+
+
+@COMMANDS.register
+class RecordTestRenderDeadlineMissed(Command):
+    command_type = "job.RecordTestRenderDeadlineMissed"
+    job_id: str
+    render_id: str
     at: datetime
 
 

@@ -65,6 +65,9 @@ from contracts.errors.jobs import (
     JobStatusRef,
     JobTransition,
     JobViewCatchingUp,
+    TestRenderInProgress,
+    TestRenderNotAllowed,
+    TestRenderState,
 )
 from contracts.errors.money import (
     CaptureExceedsHold,
@@ -257,6 +260,9 @@ __all__ = [
     "SpendCapReached",
     "SpendCapRef",
     "StorageUnavailable",
+    "TestRenderInProgress",
+    "TestRenderNotAllowed",
+    "TestRenderState",
     "TokenExpired",
     "TransferIdReused",
     "TransferRef",

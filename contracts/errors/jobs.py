@@ -112,3 +112,33 @@ class JobViewCatchingUp(DomainError[JobRef]):
     http_status = 503
     retryable = True
     Details = JobRef
+
+
+class TestRenderState(ErrorDetails):
+    __test__ = False  # not a pytest test class
+
+    job_id: str = Field(description="The job.")
+    render_id: str = Field(description="The test render in progress.")
+    status: str = Field(description="Its status: requested or rendering.")
+
+
+class TestRenderInProgress(DomainError[TestRenderState]):
+    """The job has a test render that has not ended: ask again once it has."""
+
+    __test__ = False  # not a pytest test class
+
+    code = "test_render_in_progress"
+    http_status = 409
+    retryable = False
+    Details = TestRenderState
+
+
+class TestRenderNotAllowed(DomainError[JobStatusRef]):
+    """A test render is possible only before the full render is queued."""
+
+    __test__ = False  # not a pytest test class
+
+    code = "test_render_not_allowed"
+    http_status = 409
+    retryable = False
+    Details = JobStatusRef

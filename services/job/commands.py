@@ -8,8 +8,10 @@ from contracts.errors import JobIdTaken, JobNotFound
 from contracts.jobs import (
     CancelJob,
     CompleteJob,
+    CompleteTestRender,
     ConfirmJobCancelled,
     FailJob,
+    FailTestRender,
     JobAccepted,
     JobCostRecorded,
     LogJobStep,
@@ -23,8 +25,13 @@ from contracts.jobs import (
     RecordSceneRepathed,
     RecordSceneStaged,
     RecordSceneStagingProgress,
+    RecordTestRenderDeadlineMissed,
+    RecordTestRenderFrames,
+    RecordTestRenderStarted,
     RenderOrder,
+    RequestTestRender,
     ResumeJob,
+    StartFullRender,
     StartJobRender,
     StartJobStep,
     StartSceneStaging,
@@ -56,6 +63,13 @@ class JobCommands:
         server.register(RecordSceneChecked, self.record_scene_checked)
         server.register(RecordSceneRepathed, self.record_repathed)
         server.register(RecordScenePrepared, self.record_prepared)
+        server.register(RequestTestRender, self.request_test_render)
+        server.register(StartFullRender, self.start_full_render)
+        server.register(RecordTestRenderStarted, self.start_test_render)
+        server.register(RecordTestRenderFrames, self.record_test_frames)
+        server.register(CompleteTestRender, self.complete_test_render)
+        server.register(FailTestRender, self.fail_test_render)
+        server.register(RecordTestRenderDeadlineMissed, self.miss_test_render_deadline)
         server.register(QueueJob, self.queue)
         server.register(StartJobRender, self.start_render)
         server.register(RecordFramesRendered, self.record_frames)
@@ -106,7 +120,46 @@ class JobCommands:
         job.cancel(cmd.reason, datetime.now(UTC))
         return await self._accepted(uow, job)
 
+    async def request_test_render(self, cmd: RequestTestRender, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, cmd.owner_id)
+        job.request_test_render(
+            cmd.frames, cmd.deadline_seconds, cmd.start_full_render_if_within, datetime.now(UTC)
+        )
+        return await self._accepted(uow, job)
+
+    async def start_full_render(self, cmd: StartFullRender, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, cmd.owner_id)
+        job.release_full_render(cmd.by, datetime.now(UTC))
+        return await self._accepted(uow, job)
+
     # -- from the scheduler -------------------------------------------------------------
+
+    async def start_test_render(self, cmd: RecordTestRenderStarted, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.start_test_render(cmd.render_id, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_test_frames(self, cmd: RecordTestRenderFrames, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_test_frames(cmd.render_id, cmd.frames, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def complete_test_render(self, cmd: CompleteTestRender, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.complete_test_render(cmd.render_id, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def fail_test_render(self, cmd: FailTestRender, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.fail_test_render(cmd.render_id, cmd.reason, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def miss_test_render_deadline(
+        self, cmd: RecordTestRenderDeadlineMissed, uow: UnitOfWork
+    ) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.miss_test_render_deadline(cmd.render_id, cmd.at)
+        return await self._accepted(uow, job)
 
     async def start_staging(self, cmd: StartSceneStaging, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)

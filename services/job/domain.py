@@ -10,25 +10,30 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from pydantic import BaseModel
 
 from contracts.base import Event
 from contracts.errors import (
+    FieldProblem,
     InvalidStateTransition,
     JobCancelling,
     JobFinished,
     JobLimitReached,
     JobNotEditable,
     JobTransition,
+    TestRenderInProgress,
+    TestRenderNotAllowed,
+    ValidationFailed,
 )
 from contracts.jobs import (
     SCENE_CHECK_FAILED,
     TERMINAL_STATUSES,
     FrameOutput,
     FrameRange,
+    FullRenderStartedBy,
     JobCancellationRequested,
     JobCancelled,
     JobChanges,
@@ -38,6 +43,7 @@ from contracts.jobs import (
     JobFailed,
     JobFramesChanged,
     JobFramesRendered,
+    JobFullRenderReleased,
     JobPaused,
     JobPriority,
     JobPriorityChanged,
@@ -59,13 +65,22 @@ from contracts.jobs import (
     JobStepStarted,
     JobStepSucceeded,
     JobSubmitted,
+    JobTestRenderCompleted,
+    JobTestRenderDeadlineMissed,
+    JobTestRenderFailed,
+    JobTestRenderFramesRendered,
+    JobTestRenderRequested,
+    JobTestRenderStarted,
     LogLevel,
     Renderer,
     RenderSettings,
     Resolution,
     StepName,
     StepStatus,
+    TestRenderFrame,
+    TestRenderStatus,
 )
+from contracts.render import RenderKind, render_id_for
 from contracts.scenes import SceneFinding
 from contracts.staging import SceneRef
 from libs.eventstore.aggregate import Aggregate
@@ -146,6 +161,8 @@ def status_after(
             return STEP_SUCCEEDS_STATUS.get(event.step)
         case JobScenePrepared():
             return None if status is S.paused else S.ready
+        case JobTestRenderFailed():
+            return S.ready if status is S.test_rendering else None
         case JobQueued():
             return S.queued
         case JobPaused():
@@ -169,6 +186,34 @@ class Step(BaseModel):
 
     name: StepName
     status: StepStatus = StepStatus.pending
+
+
+class TestRender(BaseModel):
+    """The job's latest test render, as its decisions see it."""
+
+    __test__ = False  # not a pytest test class
+
+    render_id: str
+    frames: list[int]
+    status: TestRenderStatus = TestRenderStatus.requested
+    deadline_at: datetime
+    deadline_missed: bool = False
+    rendered: list[int] = []
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status in (TestRenderStatus.requested, TestRenderStatus.rendering)
+
+
+#: A test render may be asked for in these (before the full render is queued).
+TEST_RENDERABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_ready})
+
+
+def default_test_frames(frame_range: FrameRange) -> list[int]:
+    """The first, middle and last frame of the range (fewer when it has fewer)."""
+    frames = list(range(frame_range.start, frame_range.end + 1, frame_range.step))
+    picked = {frames[0], frames[len(frames) // 2], frames[-1]}
+    return sorted(picked)
 
 
 #: The status a step event gives its step.
@@ -273,6 +318,11 @@ class Job(Aggregate):
     stop_reason: str | None = None
     #: The version of the job's cost stream last recorded (0: none yet).
     cost_version: int = 0
+    #: False: the full render waits for a release (``JobFullRenderReleased``).
+    start_full_render: bool = True
+    full_render_released: bool = False
+    test_render: TestRender | None = None
+    test_renders: int = 0
 
     # -- evolve -----------------------------------------------------------------------
 
@@ -286,6 +336,7 @@ class Job(Aggregate):
                 self.resolution, self.render_settings = event.resolution, event.render_settings
                 self.priority, self.cost_cap_credits = event.priority, event.cost_cap_credits
                 self.created_at = event.submitted_at
+                self.start_full_render = event.start_full_render
                 self.steps = [Step(name=n) for n in StepName]
             case JobRenamed():
                 self.name = event.name
@@ -332,6 +383,26 @@ class Job(Aggregate):
                 for step in self.steps:
                     if step.status in (StepStatus.pending, StepStatus.running):
                         step.status = StepStatus.cancelled
+            case JobTestRenderRequested():
+                self.test_renders += 1
+                self.test_render = TestRender(
+                    render_id=event.render_id, frames=event.frames, deadline_at=event.deadline_at
+                )
+            case JobTestRenderStarted():
+                self._test_render_is(event.render_id, TestRenderStatus.rendering)
+            case JobTestRenderFramesRendered():
+                if self.test_render is not None and self.test_render.render_id == event.render_id:
+                    done = {f.output.frame for f in event.frames}
+                    self.test_render.rendered = sorted({*self.test_render.rendered, *done})
+            case JobTestRenderCompleted():
+                self._test_render_is(event.render_id, TestRenderStatus.completed)
+            case JobTestRenderFailed():
+                self._test_render_is(event.render_id, TestRenderStatus.failed)
+            case JobTestRenderDeadlineMissed():
+                if self.test_render is not None and self.test_render.render_id == event.render_id:
+                    self.test_render.deadline_missed = True
+            case JobFullRenderReleased():
+                self.full_render_released = True
             case JobStepLogged() | JobResumed() | JobCompleted() | JobSceneChecked():
                 pass  # a status change only (below); logs live in the stream
             case _:
@@ -408,6 +479,7 @@ class Job(Aggregate):
                 cost_cap_credits=spec.cost_cap_credits,
                 submitted_at=now,
                 api_key_id=api_key_id,
+                start_full_render=spec.start_full_render,
             )
         )
 
@@ -641,6 +713,144 @@ class Job(Aggregate):
         events = self.start_step(step, at)
         done = JobStepSucceeded(job_id=self.job_id, step=step, at=at)
         return events + self.record(prepared, done)
+
+    # -- decide: test renders --------------------------------------------------------
+
+    def request_test_render(
+        self,
+        frames: Sequence[int] | None,
+        deadline_seconds: int,
+        budget_credits: Decimal | None,
+        now: datetime,
+    ) -> list[Event]:
+        """Ask for a test render of ``frames`` (default: first, middle, last), due in
+        ``deadline_seconds``. Only before the full render is queued, one at a time."""
+        self._require_open()
+        if self.status is S.cancelling:
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
+        current = self.test_render
+        if current is not None and current.in_flight:
+            raise TestRenderInProgress(
+                f"job {self.job_id} has a test render in progress ({current.render_id})",
+                job_id=self.job_id,
+                render_id=current.render_id,
+                status=current.status.value,
+            )
+        if self.status not in TEST_RENDERABLE:
+            raise TestRenderNotAllowed(
+                f"job {self.job_id} is {self.status}: a test render comes before the full"
+                " render is queued",
+                status=self.status,
+            )
+        assert self.frame_range is not None
+        picked = sorted(set(frames)) if frames else default_test_frames(self.frame_range)
+        in_range = range(self.frame_range.start, self.frame_range.end + 1, self.frame_range.step)
+        outside = [f for f in picked if f not in in_range]
+        if outside:
+            problem = FieldProblem(
+                loc=["frames"],
+                message=f"frames {outside} are not frames of the job's range"
+                f" {self.frame_range.start}-{self.frame_range.end}"
+                + (f" step {self.frame_range.step}" if self.frame_range.step > 1 else ""),
+                type="frame_outside_range",
+            )
+            raise ValidationFailed("test render frames outside the job's range", errors=[problem])
+        render_id = render_id_for(self.job_id, RenderKind.test, self.test_renders + 1)
+        return self.record(
+            JobTestRenderRequested(
+                job_id=self.job_id,
+                render_id=render_id,
+                frames=picked,
+                deadline_at=now + timedelta(seconds=deadline_seconds),
+                budget_credits=budget_credits,
+                at=now,
+            )
+        )
+
+    def _current_test_render(self, render_id: str) -> TestRender | None:
+        """The test render ``render_id`` if it is the job's latest and the job lives."""
+        current = self.test_render
+        if current is None or current.render_id != render_id:
+            return None
+        if self.status in TERMINAL_STATUSES or self.status is S.cancelling:
+            return None
+        return current
+
+    def start_test_render(self, render_id: str, at: datetime) -> list[Event]:
+        """The test render was placed on the farm: the job is test rendering."""
+        current = self._current_test_render(render_id)
+        if current is None or current.status is not TestRenderStatus.requested:
+            return []
+        if self.status not in (S.ready, S.test_render_ready):
+            raise InvalidStateTransition(
+                f"job {self.job_id} cannot test render while {self.status}",
+                JobTransition(from_=self.status, to=S.test_rendering),
+            )
+        step = JobStepStarted(job_id=self.job_id, step=StepName.test_render, at=at)
+        return self.record(
+            step, JobTestRenderStarted(job_id=self.job_id, render_id=render_id, at=at)
+        )
+
+    def record_test_frames(
+        self, render_id: str, frames: Sequence[TestRenderFrame], at: datetime
+    ) -> list[Event]:
+        current = self._current_test_render(render_id)
+        if current is None or current.status is not TestRenderStatus.rendering:
+            return []
+        new = [f for f in frames if f.output.frame not in current.rendered]
+        if not new:
+            return []
+        return self.record(
+            JobTestRenderFramesRendered(job_id=self.job_id, render_id=render_id, frames=new, at=at)
+        )
+
+    def complete_test_render(self, render_id: str, at: datetime) -> list[Event]:
+        current = self._current_test_render(render_id)
+        if current is None or current.status is not TestRenderStatus.rendering:
+            return []
+        return self.record(
+            JobTestRenderCompleted(job_id=self.job_id, render_id=render_id, at=at),
+            JobStepSucceeded(job_id=self.job_id, step=StepName.test_render, at=at),
+        )
+
+    def fail_test_render(self, render_id: str, reason: str, at: datetime) -> list[Event]:
+        """The test render failed: the job is ready again (a test render may be asked for
+        again, or the full render started)."""
+        current = self._current_test_render(render_id)
+        if current is None or not current.in_flight:
+            return []
+        events: list[Event] = []
+        if current.status is TestRenderStatus.rendering:
+            events.append(
+                JobStepFailed(
+                    job_id=self.job_id, step=StepName.test_render, error=reason, code=None, at=at
+                )
+            )
+        failed = JobTestRenderFailed(job_id=self.job_id, render_id=render_id, reason=reason, at=at)
+        return self.record(*events, failed)
+
+    def miss_test_render_deadline(self, render_id: str, at: datetime) -> list[Event]:
+        current = self._current_test_render(render_id)
+        if current is None or not current.in_flight or current.deadline_missed:
+            return []
+        if at < current.deadline_at:
+            return []
+        return self.record(
+            JobTestRenderDeadlineMissed(
+                job_id=self.job_id, render_id=render_id, deadline_at=current.deadline_at, at=at
+            )
+        )
+
+    def release_full_render(self, by: FullRenderStartedBy, at: datetime) -> list[Event]:
+        """Let the full render start (a job submitted with ``start_full_render=false``)."""
+        self._require_open()
+        if self.start_full_render or self.full_render_released:
+            return []
+        return self.record(JobFullRenderReleased(job_id=self.job_id, by=by, at=at))
+
+    def _test_render_is(self, render_id: str, status: TestRenderStatus) -> None:
+        if self.test_render is not None and self.test_render.render_id == render_id:
+            self.test_render.status = status
 
     def _step_open(self, step: StepName) -> bool:
         """Whether ``step`` may still start or end: pending or running, in a live job."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from libs.bus.commands import CommandClient
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.job.commands import JobCommands
+from services.job.deadlines import TestRenderDeadlines
 from services.job.projections import FramesProjection, JobsProjection
 from services.job.settings import JobSettings
 
@@ -15,6 +17,9 @@ async def wire(rt: ServiceRuntime[JobCommands]) -> JobCommands:
     assert isinstance(rt.settings, JobSettings)
     commands = JobCommands(rt.settings)
     commands.register(rt.commands)
+    to_itself = CommandClient(rt.nc, rt.settings, timeout=10)
+    deadlines = TestRenderDeadlines(rt.settings, rt.store, to_itself)
+    rt.background("test-render-deadlines", deadlines.run)
     return commands
 
 

@@ -6,3 +6,5 @@ class JobSettings(BaseServiceSettings):
     service_name: str = "job"
     #: Jobs a user may have that are not yet completed, failed or cancelled.
     active_job_limit: int = 20
+    #: How often the leader looks for test renders past their deadline.
+    test_render_deadline_poll_seconds: float = 5.0

@@ -14,7 +14,7 @@ import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,10 +29,12 @@ from contracts.envelope import (
     EtaView,
     JobEnvelope,
     StepView,
+    TestRenderView,
 )
 from contracts.jobs import (
     TERMINAL_STATUSES,
     FrameRange,
+    FullRenderStartedBy,
     JobAction,
     JobCancelled,
     JobCostCapChanged,
@@ -40,6 +42,7 @@ from contracts.jobs import (
     JobFailed,
     JobFramesChanged,
     JobFramesRendered,
+    JobFullRenderReleased,
     JobPaused,
     JobPriority,
     JobPriorityChanged,
@@ -54,14 +57,34 @@ from contracts.jobs import (
     JobStepStarted,
     JobStepSucceeded,
     JobSubmitted,
+    JobTestRenderCompleted,
+    JobTestRenderDeadlineMissed,
+    JobTestRenderFailed,
+    JobTestRenderFramesRendered,
+    JobTestRenderRequested,
+    JobTestRenderStarted,
     Renderer,
     RenderSettings,
     Resolution,
     StepName,
     StepStatus,
+    TestRenderStatus,
 )
 from contracts.scenes import SceneFinding
-from services.job.domain import SETTINGS_EDITABLE, resumed_status, status_after
+from services.job.domain import (
+    SETTINGS_EDITABLE,
+    TEST_RENDERABLE,
+    resumed_status,
+    status_after,
+)
+
+TestRenderEvent = (
+    JobTestRenderStarted
+    | JobTestRenderFramesRendered
+    | JobTestRenderCompleted
+    | JobTestRenderFailed
+    | JobTestRenderDeadlineMissed
+)
 
 S = JobStatus
 
@@ -83,6 +106,8 @@ def allowed_actions(status: JobStatus) -> list[JobAction]:
     actions = [JobAction.update]
     if status in SETTINGS_EDITABLE:
         actions.append(JobAction.update_render_settings)
+    if status in TEST_RENDERABLE:
+        actions.append(JobAction.test_render)
     actions.append(JobAction.cancel)
     return actions
 
@@ -137,6 +162,10 @@ class JobView(BaseModel):
     failure_code: str | None = None
     #: What the scene check found (empty before it ran, and in rows from before it existed).
     scene_findings: list[SceneFinding] = []
+    #: The latest test render (None in rows from before test renders, and when none).
+    test_render: TestRenderView | None = None
+    start_full_render: bool = True
+    full_render_released_by: FullRenderStartedBy | None = None
     created_at: datetime
     # The ETA's measurements, for the current render only.
     render_id: str | None = None
@@ -162,6 +191,7 @@ class JobView(BaseModel):
             priority=e.priority,
             cost_cap_credits=e.cost_cap_credits,
             steps=[StepState(name=n) for n in StepName],
+            start_full_render=e.start_full_render,
             created_at=e.submitted_at,
         )
 
@@ -219,6 +249,31 @@ class JobView(BaseModel):
                 self._record(event)
             case JobSceneChecked():
                 self.scene_findings = event.findings
+            case JobTestRenderRequested():
+                self.test_render = TestRenderView(
+                    render_id=event.render_id,
+                    status=TestRenderStatus.requested,
+                    frames=event.frames,
+                    requested_at=event.at,
+                    deadline_at=event.deadline_at,
+                    seconds_left=None,
+                    deadline_missed=False,
+                    ready_at=None,
+                    ready_in_seconds=None,
+                    start_full_render_if_within=event.budget_credits,
+                    results=[],
+                    failure_reason=None,
+                )
+            case (
+                JobTestRenderStarted()
+                | JobTestRenderFramesRendered()
+                | JobTestRenderCompleted()
+                | JobTestRenderFailed()
+                | JobTestRenderDeadlineMissed()
+            ):
+                self._test_render(event)
+            case JobFullRenderReleased():
+                self.full_render_released_by = event.by
             case JobFailed():
                 self.failure_reason, self.failure_code = event.reason, event.code
             case JobPaused():
@@ -354,6 +409,49 @@ class JobView(BaseModel):
             currency=Currency.credits,
         )
 
+    def _test_render(self, event: TestRenderEvent) -> None:
+        """Apply a test render event to the latest test render (a copy: see :meth:`fork`)."""
+        current = self.test_render
+        if current is None or current.render_id != event.render_id:
+            return
+        update: dict[str, Any] = {}
+        match event:
+            case JobTestRenderStarted():
+                update = {"status": TestRenderStatus.rendering}
+            case JobTestRenderFramesRendered():
+                done = {f.output.frame for f in current.results}
+                new = [f for f in event.frames if f.output.frame not in done]
+                results = sorted([*current.results, *new], key=lambda f: f.output.frame)
+                update = {"results": results}
+            case JobTestRenderCompleted():
+                seconds = (event.at - current.requested_at).total_seconds()
+                update = {
+                    "status": TestRenderStatus.completed,
+                    "ready_at": event.at,
+                    "ready_in_seconds": round(seconds, 3),
+                }
+            case JobTestRenderFailed():
+                update = {"status": TestRenderStatus.failed, "failure_reason": event.reason}
+            case JobTestRenderDeadlineMissed():
+                update = {"deadline_missed": True}
+        self.test_render = current.model_copy(update=update)
+
+    def _actions(self) -> list[JobAction]:
+        actions = allowed_actions(self.status)
+        waiting = not self.start_full_render and self.full_render_released_by is None
+        if waiting and self.status in TEST_RENDERABLE:
+            actions.insert(len(actions) - 1, JobAction.start_full_render)
+        return actions
+
+    def _test_render_answer(self, updated_at: datetime) -> TestRenderView | None:
+        current = self.test_render
+        if current is None:
+            return None
+        left = None
+        if current.status in (TestRenderStatus.requested, TestRenderStatus.rendering):
+            left = max(0, math.ceil((current.deadline_at - updated_at).total_seconds()))
+        return current.model_copy(update={"seconds_left": left})
+
     def envelope(self, version: int, updated_at: datetime) -> JobEnvelope:
         running = [s.name for s in self.steps if s.status is StepStatus.running]
         return JobEnvelope(
@@ -366,7 +464,7 @@ class JobView(BaseModel):
             steps=[StepView(**s.model_dump()) for s in self.steps],
             eta=self.eta,
             cost=self.cost,
-            allowed_actions=allowed_actions(self.status),
+            allowed_actions=self._actions(),
             scene_id=self.scene_id,
             scene_file=self.scene_file,
             renderer=self.renderer,
@@ -380,6 +478,9 @@ class JobView(BaseModel):
             failure_reason=self.failure_reason,
             failure_code=self.failure_code,
             scene_findings=self.scene_findings,
+            test_render=self._test_render_answer(updated_at),
+            start_full_render=self.start_full_render,
+            full_render_released_by=self.full_render_released_by,
             created_at=self.created_at,
             updated_at=updated_at,
             version=version,

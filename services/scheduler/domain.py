@@ -20,23 +20,32 @@ refusals and state belong to the kit (:mod:`libs.process`).
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
 
 from contracts.base import Command, Event
-from contracts.billing import JobCostCapReached, JobCostHeld, JobHoldRefused
+from contracts.billing import JobCostCapReached, JobCostHeld, JobHoldRefused, TaskCharged
 from contracts.errors import DomainError, JobCancelling, JobFinished, RenderNotFound
 from contracts.jobs import (
     CompleteJob,
+    CompleteTestRender,
     ConfirmJobCancelled,
     FailJob,
+    FailTestRender,
+    FullRenderStartedBy,
     JobAccepted,
     JobCancellationRequested,
     JobFramesChanged,
+    JobFullRenderReleased,
+    JobPriority,
     JobRenderSettingsChanged,
     JobScenePrepared,
     JobSubmitted,
+    JobTestRenderCompleted,
+    JobTestRenderFailed,
+    JobTestRenderRequested,
     LogJobStep,
     LogLevel,
     PauseJob,
@@ -44,12 +53,16 @@ from contracts.jobs import (
     RecordFramesRendered,
     RecordSceneStaged,
     RecordSceneStagingProgress,
+    RecordTestRenderFrames,
+    RecordTestRenderStarted,
     RenderOrder,
     ResumeJob,
+    StartFullRender,
     StartJobRender,
     StartSceneStaging,
     StepName,
     StopJob,
+    TestRenderFrame,
 )
 from contracts.preparation import JobSceneSettings, PreparationQueued, PrepareScene
 from contracts.render import (
@@ -73,6 +86,7 @@ from contracts.render import (
     SubmitRender,
     SuspendRender,
     render_id_for,
+    render_kind_of,
 )
 from contracts.staging import (
     CancelStaging,
@@ -92,6 +106,10 @@ StagingEvent = SceneStagingStarted | SceneStagingProgressed | SceneStaged | Scen
 BillingEvent = JobCostHeld | JobHoldRefused | JobCostCapReached
 #: The job's events that change what its scene's settings step writes.
 JobSettingsEvent = JobFramesChanged | JobRenderSettingsChanged
+#: The job's test render and full-render release events the scheduler follows.
+TestRenderJobEvent = (
+    JobTestRenderRequested | JobTestRenderCompleted | JobTestRenderFailed | JobFullRenderReleased
+)
 #: The code a job stopped at its cost cap fails with.
 COST_CAP_REACHED = "cost_cap_reached"
 
@@ -178,6 +196,62 @@ def job_commands_for(event: Event) -> list[Command]:
     return []
 
 
+def is_test_render(event: RenderEvent) -> bool:
+    try:
+        return render_kind_of(event.render_id) is RenderKind.test
+    except ValueError:
+        return False
+
+
+def test_render_commands_for(event: Event) -> list[Command]:
+    """The job commands that record a test render's farm event on the job."""
+    match event:
+        case RenderTaskCompleted():
+            share = event.render_seconds / max(1, len(event.outputs))
+            frames = [
+                TestRenderFrame(
+                    output=output,
+                    task_id=event.task_id,
+                    render_seconds=round(share, 3),
+                    peak_memory_bytes=event.peak_memory_bytes,
+                    worker=event.worker,
+                )
+                for output in event.outputs
+            ]
+            record = RecordTestRenderFrames(
+                job_id=event.job_id, render_id=event.render_id, frames=frames, at=event.finished_at
+            )
+            return [record] if frames else []
+        case RenderTaskFailed():
+            then = "requeued" if event.will_retry else "no retries left"
+            return [
+                LogJobStep(
+                    job_id=event.job_id,
+                    step=StepName.test_render,
+                    level=LogLevel.warning if event.will_retry else LogLevel.error,
+                    message=f"test frame {frames_text(event.frames)} failed on"
+                    f" {event.worker or 'a worker'}: {event.error}; {then}",
+                    at=event.at,
+                )
+            ]
+        case RenderCompleted():
+            return [CompleteTestRender(job_id=event.job_id, render_id=event.render_id, at=event.at)]
+        case RenderFailed():
+            return [
+                FailTestRender(
+                    job_id=event.job_id, render_id=event.render_id, reason=event.error, at=event.at
+                )
+            ]
+        case RenderCancelled():
+            reason = event.reason or "the test render was cancelled on the farm"
+            return [
+                FailTestRender(
+                    job_id=event.job_id, render_id=event.render_id, reason=reason, at=event.at
+                )
+            ]
+    return []
+
+
 def render_status_after(event: Event) -> RenderStatus | None:
     """The render's status in the scheduler's view after ``event``, if it changes it."""
     match event:
@@ -202,6 +276,31 @@ def render_status_after(event: Event) -> RenderStatus | None:
 #: was staged), a render the bridge never had. Recorded, not alerted.
 CANCELLED_BEFORE_QUEUED = (JobFinished, JobCancelling)
 NEVER_ON_THE_FARM = (RenderNotFound,)
+
+
+class TestRenderOrder(BaseModel):
+    """The job's latest test render, as the scheduler follows it."""
+
+    __test__ = False  # not a pytest test class
+
+    render_id: str
+    frames: list[int]
+    budget_credits: Decimal | None = None
+    ordered: bool = False
+    completed: bool = False
+    failed: bool = False
+    #: Farm tasks of it billing charged, and the estimate's high end after the last one.
+    charged_tasks: list[int] = []
+    estimate_high_credits: Decimal | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return not (self.completed or self.failed)
+
+    @property
+    def priced(self) -> bool:
+        """Rendered, and every frame's task charged: the re-estimate is final."""
+        return self.completed and len(self.charged_tasks) >= len(self.frames)
 
 
 class JobRender(BaseModel):
@@ -230,6 +329,21 @@ class JobRender(BaseModel):
     prepared: bool = False
     #: Paused awaiting credits (a hold refused), until a hold is placed.
     paused: bool = False
+    #: What a test render's farm job needs (the full render's come from the queue reply).
+    name: str = ""
+    priority: JobPriority = JobPriority.normal
+    #: The prepared scene (``job.JobScenePrepared``), relative to the farm's scene root.
+    scene_key: str | None = None
+    #: As submitted; False: the full render waits for ``job.JobFullRenderReleased``.
+    start_full_render: bool = True
+    released: bool = False
+    test: TestRenderOrder | None = None
+
+    @property
+    def full_may_start(self) -> bool:
+        """The full render may be queued once the scene is prepared and no test runs."""
+        waits = self.test is not None and self.test.in_flight
+        return (self.start_full_render or self.released) and not waits
 
     @property
     def on_farm(self) -> bool:
@@ -260,6 +374,11 @@ class RenderProcess(ProcessManager[JobRender]):
         f"events.{JobFramesChanged.event_type}",
         f"events.{JobRenderSettingsChanged.event_type}",
         f"events.{JobScenePrepared.event_type}",
+        f"events.{JobTestRenderRequested.event_type}",
+        f"events.{JobTestRenderCompleted.event_type}",
+        f"events.{JobTestRenderFailed.event_type}",
+        f"events.{JobFullRenderReleased.event_type}",
+        f"events.{TaskCharged.event_type}",
         f"events.{JobCostHeld.event_type}",
         f"events.{JobHoldRefused.event_type}",
         f"events.{JobCostCapReached.event_type}",
@@ -282,6 +401,8 @@ class RenderProcess(ProcessManager[JobRender]):
             | JobCancellationRequested
             | JobSettingsEvent
             | JobScenePrepared
+            | TestRenderJobEvent
+            | TaskCharged
             | RenderEvent
             | StagingEvent
             | BillingEvent,
@@ -303,6 +424,9 @@ class RenderProcess(ProcessManager[JobRender]):
                     resolution=event.resolution,
                     render_settings=event.render_settings,
                 ),
+                "name": event.name,
+                "priority": event.priority,
+                "start_full_render": event.start_full_render,
             }
         elif isinstance(event, JobSettingsEvent) and state.settings is not None:
             changed = (
@@ -312,7 +436,30 @@ class RenderProcess(ProcessManager[JobRender]):
             )
             update = {"settings": state.settings.model_copy(update=changed)}
         elif isinstance(event, JobScenePrepared):
-            update = {"prepared": True}
+            update = {"prepared": True, "scene_key": event.scene_key}
+        elif isinstance(event, JobTestRenderRequested):
+            test = TestRenderOrder(
+                render_id=event.render_id, frames=event.frames, budget_credits=event.budget_credits
+            )
+            update = {"test": test}
+        elif isinstance(event, JobFullRenderReleased):
+            update = {"released": True}
+        elif isinstance(event, JobTestRenderCompleted | JobTestRenderFailed):
+            if state.test is not None and state.test.render_id == event.render_id:
+                ended = "completed" if isinstance(event, JobTestRenderCompleted) else "failed"
+                update = {"test": state.test.model_copy(update={ended: True})}
+        elif isinstance(event, TaskCharged):
+            if state.test is not None and event.line.render_id == state.test.render_id:
+                tasks = sorted({*state.test.charged_tasks, event.line.task_id or 0})
+                estimate = event.totals.estimate
+                high = estimate.high_credits if estimate else state.test.estimate_high_credits
+                charged: dict[str, Any] = {"charged_tasks": tasks, "estimate_high_credits": high}
+                update = {"test": state.test.model_copy(update=charged)}
+        elif isinstance(event, RenderEvent) and is_test_render(event):
+            current = state.test
+            ordered = isinstance(event, RenderOrdered | RenderSubmitted)
+            if current is not None and current.render_id == event.render_id and ordered:
+                update = {"test": current.model_copy(update={"ordered": True})}
         elif isinstance(event, JobCostHeld):
             update = {"held": True, "paused": False}
         elif isinstance(event, JobHoldRefused):
@@ -358,7 +505,12 @@ class RenderProcess(ProcessManager[JobRender]):
                 return [Send(stop, JobAccepted)]
             case JobCancellationRequested():
                 stop_staging = [self._stop_staging(event.job_id)] if state.staging else []
-                return [*stop_staging, self._stop(event.job_id, state, cause)]
+                test = state.test
+                stop_test = []
+                if test is not None and test.ordered and test.in_flight:
+                    cancel = CancelRender(render_id=test.render_id, reason="the job was cancelled")
+                    stop_test = [Send(cancel, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
+                return [*stop_staging, *stop_test, self._stop(event.job_id, state, cause)]
             case SceneStagingStarted():
                 start = StartSceneStaging(job_id=event.job_id, at=event.at)
                 return [self._staging_step(start), self._staging_step(staging_log(event))]
@@ -373,9 +525,24 @@ class RenderProcess(ProcessManager[JobRender]):
             case SceneStaged():
                 return [self._staging_step(staging_log(event)), self._staged(event, state, cause)]
             case JobScenePrepared() if not state.paused:
-                return [self._queue(event.job_id, cause)]
+                return self._after_prepared(event.job_id, self.evolve(state, event), cause)
             case JobScenePrepared():
                 return []  # paused meanwhile: queued once resumed
+            case JobTestRenderRequested():
+                after = self.evolve(state, event)
+                ready = after.prepared and after.held and not after.paused
+                return [self._order_test(after, cause)] if ready and after.status is None else []
+            case JobFullRenderReleased():
+                after = self.evolve(state, event)
+                ready = after.prepared and not after.paused and after.status is None
+                return [self._queue(event.job_id, cause)] if ready and after.full_may_start else []
+            case JobTestRenderCompleted() | JobTestRenderFailed():
+                return self._after_test_render(state, self.evolve(state, event), cause)
+            case TaskCharged():
+                return self._after_test_render(state, self.evolve(state, event), cause)
+            case _ if isinstance(event, RenderEvent) and is_test_render(event):
+                cmds = test_render_commands_for(event)
+                return [Send(cmd, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED) for cmd in cmds]
             case SceneStagingFailed():
                 fail = FailJob(
                     job_id=event.job_id,
@@ -433,7 +600,7 @@ class RenderProcess(ProcessManager[JobRender]):
         elif not state.started and state.submitted:
             nxt = [self._start(job_id, state.owner_id, state.scene, cause)]
         elif state.prepared and state.status is None:
-            nxt = [self._queue(job_id, cause)]
+            nxt = self._after_prepared(job_id, state, cause)
         elif state.staged and state.status is None:
             nxt = [self._prepare(job_id, state, state.staged_key, cause)]
         return Send(
@@ -442,6 +609,85 @@ class RenderProcess(ProcessManager[JobRender]):
             then=lambda _: nxt,
             tolerate=CANCELLED_BEFORE_QUEUED,
         )
+
+    def _after_prepared(self, job_id: str, state: JobRender, cause: Cause) -> list[Send]:
+        """The scene is prepared: its test render first when one was asked for, then the
+        full render when it may start; else the job waits at ready."""
+        test = state.test
+        if test is not None and not test.ordered and test.in_flight:
+            return [self._order_test(state, cause)]
+        return [self._queue(job_id, cause)] if state.full_may_start else []
+
+    def _order_test(self, state: JobRender, cause: Cause) -> Send:
+        """Mark the job test rendering, then order the test render from the bridge (its own
+        pool and priority, one frame per task); a refusal fails the test render only."""
+        test, settings = state.test, state.settings
+        assert test is not None and settings is not None and state.scene_key is not None
+        job_id = test.render_id.rsplit(".", 2)[0]
+        attempt = int(test.render_id.rsplit(".", 1)[1])
+
+        def refused(e: DomainError[Any]) -> list[Send]:
+            reason = f"the render farm refused the test render: {e.message}"
+            fail = FailTestRender(
+                job_id=job_id, render_id=test.render_id, reason=reason, at=cause.recorded_at
+            )
+            return [Send(fail, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)]
+
+        submit = SubmitRender(
+            job_id=job_id,
+            owner_id=state.owner_id,
+            kind=RenderKind.test,
+            attempt=attempt,
+            name=f"{state.name} (test)",
+            scene_key=state.scene_key,
+            renderer=settings.renderer,
+            frame_range=settings.frame_range,
+            chunk_size=1,
+            resolution=settings.resolution,
+            render_settings=settings.render_settings,
+            priority=state.priority,
+            frames=test.frames,
+        )
+        start = RecordTestRenderStarted(
+            job_id=job_id, render_id=test.render_id, at=cause.recorded_at
+        )
+        return Send(
+            start,
+            JobAccepted,
+            then=lambda _: [Send(submit, RenderAccepted, if_refused=refused)],
+            tolerate=CANCELLED_BEFORE_QUEUED,
+        )
+
+    def _after_test_render(self, before: JobRender, after: JobRender, cause: Cause) -> list[Send]:
+        """Once the test render ended: the full render, if it may start; with a budget, once
+        every test frame is charged, start it if the re-estimate's high end is within it."""
+        was, now = before.test, after.test
+        if now is None or was is None or now.render_id != was.render_id:
+            return []
+        job_id = now.render_id.rsplit(".", 2)[0]
+        ended_now = was.in_flight and not now.in_flight
+        if ended_now and after.full_may_start and after.status is None and after.prepared:
+            return [self._queue(job_id, cause)]
+        if after.full_may_start or now.budget_credits is None or not now.completed:
+            return []
+        if was.priced or not now.priced:
+            return []  # decided once: when the last of rendered-and-charged arrives
+        high = now.estimate_high_credits
+        if high is not None and high <= now.budget_credits:
+            release = StartFullRender(job_id=job_id, by=FullRenderStartedBy.budget)
+            return [Send(release, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)]
+        message = (
+            f"the re-estimate's high end, {high} credits, is above the budget of"
+            f" {now.budget_credits}: the full render waits for POST /v1/jobs/{job_id}/start"
+        )
+        log = LogJobStep(
+            job_id=job_id,
+            step=StepName.test_render,
+            level=LogLevel.warning,
+            message=message,
+            at=cause.recorded_at,
+        )
+        return [Send(log, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)]
 
     def _staging_step(self, cmd: Command) -> Send:
         """Record a staging event on the job; a job that ended meanwhile (cancelled while

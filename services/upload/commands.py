@@ -18,6 +18,7 @@ from contracts.jobs import (
     JobFramesRendered,
     JobStatus,
     JobSubmitted,
+    JobTestRenderFramesRendered,
 )
 from contracts.outputs import CreateOutputDownloadUrl, OutputArchiveRequested, OutputDownloadUrl
 from contracts.staging import CancelStaging, StageScene, StagingAccepted
@@ -549,7 +550,14 @@ class OutputEvents:
     durable = "upload-outputs"
     subjects = tuple(
         f"events.{cls.event_type}"
-        for cls in (JobSubmitted, JobFramesRendered, JobCompleted, JobFailed, JobCancelled)
+        for cls in (
+            JobSubmitted,
+            JobFramesRendered,
+            JobTestRenderFramesRendered,
+            JobCompleted,
+            JobFailed,
+            JobCancelled,
+        )
     )
 
     def __init__(
@@ -562,7 +570,9 @@ class OutputEvents:
 
     async def handle(self, bus_event: BusEvent) -> None:
         event = bus_event.decode(self.store.registry)
-        assert isinstance(event, JobSubmitted | JobFramesRendered | JobEnded)
+        assert isinstance(
+            event, JobSubmitted | JobFramesRendered | JobTestRenderFramesRendered | JobEnded
+        )
         metadata = {
             "actor": {"kind": "service", "id": self.settings.service_name},
             "correlation_id": bus_event.metadata.get("correlation_id") or f"job:{event.job_id}",
@@ -593,6 +603,8 @@ class OutputEvents:
                 return outputs.open(event.job_id, event.owner_id, bucket, event.submitted_at)
             case JobFramesRendered():
                 return outputs.frames_rendered(event, now)
+            case JobTestRenderFramesRendered():
+                return outputs.test_frames_rendered(event, now)
             case JobCompleted() | JobFailed() | JobCancelled():
                 status = _ENDS[type(event)]
                 archive = self.settings.outputs_archive

@@ -31,7 +31,7 @@ from contracts.errors import (
     ValidationFailed,
     WrongPartSize,
 )
-from contracts.jobs import FrameOutput, JobFramesRendered, JobStatus
+from contracts.jobs import FrameOutput, JobFramesRendered, JobStatus, JobTestRenderFramesRendered
 from contracts.outputs import (
     OutputArchiveFailed,
     OutputArchiveRequested,
@@ -1019,10 +1019,31 @@ class JobOutputs(Aggregate):
         """Record the task's frames the bridge stored; frames already recorded with the same
         bytes (the same event delivered again) change nothing. Full-render frames that come
         after the archive was asked for ask for it again."""
+        return self._stored(rendered.render_id, rendered.task_id, rendered.frames, rendered.at, now)
+
+    def test_frames_rendered(
+        self, rendered: JobTestRenderFramesRendered, now: datetime
+    ) -> list[Event]:
+        """Record a test render's frames, task by task, as :meth:`frames_rendered` does."""
+        events: list[Event] = []
+        for frame in rendered.frames:
+            events += self._stored(
+                rendered.render_id, frame.task_id, [frame.output], rendered.at, now
+            )
+        return events
+
+    def _stored(
+        self,
+        render_id: str,
+        task_id: int,
+        frames: Sequence[FrameOutput],
+        at: datetime,
+        now: datetime,
+    ) -> list[Event]:
         owner_id = self._opened()
-        kind = render_kind_of(rendered.render_id)
+        kind = render_kind_of(render_id)
         new = []
-        for f in rendered.frames:
+        for f in frames:
             if f.output_id is None or f.object_key is None or self._has(f):
                 continue  # from before outputs were stored, or recorded already
             new.append(
@@ -1042,12 +1063,12 @@ class JobOutputs(Aggregate):
                 job_id=self.job_id,
                 owner_id=owner_id,
                 bucket=self.bucket,
-                render_id=rendered.render_id,
+                render_id=render_id,
                 render_kind=kind,
-                task_id=rendered.task_id,
+                task_id=task_id,
                 outputs=new,
                 expires_at=self.expires_at,
-                at=rendered.at,
+                at=at,
             )
         ]
         archived = self.archive is not None and self.archive.status is not OutputStatus.deleted
