@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contracts.envelope import JobEnvelope
 from contracts.errors import (
@@ -25,15 +26,22 @@ from contracts.errors import (
     SceneNotFound,
     SceneNotReady,
     ServiceUnavailable,
+    TestRenderInProgress,
+    TestRenderNotAllowed,
     UploadNotAScene,
+    ValidationFailed,
 )
 from contracts.identity import Scope
 from contracts.jobs import (
+    MAX_TEST_FRAMES,
     CancelJob,
+    CostCredits,
     JobAccepted,
     JobChanges,
     JobSpec,
     JobStatus,
+    RequestTestRender,
+    StartFullRender,
     SubmitJob,
     UpdateJob,
 )
@@ -243,6 +251,123 @@ async def cancel_job(
         return 200, (await gw.read.job_envelope(job_id, owner, accepted.version)).encode()
 
     return await idempotent(request, p.idempotency_scope, idempotency_key, "cancel_job", run)
+
+
+class TestRenderRequest(BaseModel):
+    """What a test render renders, by when, and when the full render follows by itself."""
+
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(extra="forbid")
+
+    frames: list[StrictInt] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEST_FRAMES,
+        description="Frames to render (each a frame of the job's range); null: the first,"
+        " middle and last.",
+    )
+    deadline_seconds: StrictInt = Field(
+        default=600,
+        ge=60,
+        le=24 * 3600,
+        description="Seconds from now it is due; a miss is an event and an alert.",
+    )
+    start_full_render_if_within: CostCredits | None = Field(
+        default=None,
+        description="A budget in credits (a decimal string): once the test render is priced,"
+        " the full render starts by itself if the re-estimate's high end is within it.",
+    )
+
+
+@router.post(
+    "/{job_id}/test-render",
+    operation_id="start_test_render",
+    summary="Render a few frames first",
+    description=(
+        "Render a few frames (first, middle and last by default) ahead of every full render,"
+        " on the farm's test pool at its test priority, interrupting full-render tasks when"
+        " the farm is full. Allowed before the full render is queued, one at a time: submit"
+        " the job with start_full_render=false to keep the full render waiting for it. The"
+        " envelope's test_render shows the deadline, seconds left, and then each frame's"
+        " output, seconds and peak memory; cost then holds the re-estimate from the measured"
+        " frames. Returns 202 with the job envelope."
+    ),
+    status_code=202,
+    response_model=JobEnvelope,
+    responses=errors(
+        JobNotFound,
+        JobFinished,
+        JobCancelling,
+        TestRenderInProgress,
+        TestRenderNotAllowed,
+        ValidationFailed,
+        InsufficientScope,
+        IdempotencyKeyReused,
+        IdempotencyInProgress,
+        JobViewCatchingUp,
+    ),
+)
+async def start_test_render(
+    request: Request,
+    job_id: JobId,
+    body: Annotated[TestRenderRequest | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_write)
+    owner = None if p.is_admin else p.user_id
+    asked = body or TestRenderRequest()
+
+    async def run(command_id: str) -> tuple[int, bytes]:
+        cmd = RequestTestRender(
+            job_id=job_id,
+            owner_id=owner,
+            frames=asked.frames,
+            deadline_seconds=asked.deadline_seconds,
+            start_full_render_if_within=asked.start_full_render_if_within,
+        )
+        accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
+        return 202, (await gw.read.job_envelope(job_id, owner, accepted.version)).encode()
+
+    return await idempotent(request, p.idempotency_scope, idempotency_key, "start_test_render", run)
+
+
+@router.post(
+    "/{job_id}/start",
+    operation_id="start_full_render",
+    summary="Start the full render",
+    description=(
+        "Let a job submitted with start_full_render=false start its full render: it is queued"
+        " once its scene is prepared and no test render runs. Asking again, or for a job that"
+        " starts by itself, changes nothing. Returns the job envelope."
+    ),
+    response_model=JobEnvelope,
+    responses=errors(
+        JobNotFound,
+        JobFinished,
+        InsufficientScope,
+        IdempotencyKeyReused,
+        IdempotencyInProgress,
+        JobViewCatchingUp,
+    ),
+)
+async def start_full_render(
+    request: Request, job_id: JobId, idempotency_key: IdempotencyKey = None
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    p.require(Scope.jobs_write)
+    owner = None if p.is_admin else p.user_id
+
+    async def run(command_id: str) -> tuple[int, bytes]:
+        accepted = await gw.commands.send(
+            StartFullRender(job_id=job_id, owner_id=owner),
+            JobAccepted,
+            command_id=command_id,
+            actor=p.actor(),
+        )
+        return 200, (await gw.read.job_envelope(job_id, owner, accepted.version)).encode()
+
+    return await idempotent(request, p.idempotency_scope, idempotency_key, "start_full_render", run)
 
 
 @router.get(
