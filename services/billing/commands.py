@@ -229,6 +229,7 @@ class BillingCommands:
             cmd.render_seconds,
             cmd.finished_at,
             price,
+            self.model,
         )
         if not charged or cost.check_cap(cmd.finished_at):
             return self._reply(cost)

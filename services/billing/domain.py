@@ -561,8 +561,11 @@ class JobCost(Aggregate):
         render_seconds: float,
         finished_at: datetime,
         price: PriceVersion,
+        model: EstimatorModel | None = None,
     ) -> bool:
-        """Record the task's cost line (once per render and task); True if it is new."""
+        """Record the task's cost line (once per render and task); True if it is new. A test
+        render's task re-estimates the job (with ``model``) from the frames measured so far:
+        the range the full render is started on."""
         line_id = f"task:{render_id}:{task_id}"
         charged = any(ln.line_id == line_id for ln in self.lines)
         if charged or self.status is CostStatus.settled:
@@ -590,11 +593,14 @@ class JobCost(Aggregate):
             at=finished_at,
         )
         so_far = self.totals.so_far_credits + line.amount_credits
+        changes: dict[str, object] = {"so_far_credits": so_far, "lines": len(self.lines) + 1}
+        if model is not None and _kind(line) is RenderKind.test:
+            changes["estimate"] = estimate(self.parameters, price, model, [*self.lines, line])
         self.record(
             TaskCharged(
                 job_id=self.job_id,
                 owner_id=self.owner_id,
-                totals=self._totals(so_far_credits=so_far, lines=len(self.lines) + 1),
+                totals=self._totals(**changes),
                 at=finished_at,
                 line=line,
             )

@@ -154,7 +154,21 @@ class FarmProcess(Process):
 
 
 @pytest.fixture
-def farm_process(tmp_path: Path) -> Iterator[FarmProcess]:
+def farm_blender() -> str:
+    """What the farm renders Blender jobs with: the built-in renderer, unless a test module
+    gives a Blender (``deploy/farm``'s ``--blender``)."""
+    return "builtin"
+
+
+@pytest.fixture
+def scene_env() -> dict[str, str]:
+    """The scene service's settings: scenes that are not ``.blend`` files render as staged
+    (the built-in renderer takes any file); a test module with Blender refuses them."""
+    return {"RF_SCENE_OPAQUE_SCENES": "allow"}
+
+
+@pytest.fixture
+def farm_process(tmp_path: Path, farm_blender: str) -> Iterator[FarmProcess]:
     port = free_port()
     outputs = tmp_path / "renders"
     outputs.mkdir()
@@ -177,7 +191,7 @@ def farm_process(tmp_path: Path) -> Iterator[FarmProcess]:
             "--frame-seconds",
             "0.3",
             "--blender",
-            "builtin",
+            farm_blender,
         ),
     )
     farm.port = port
@@ -189,7 +203,7 @@ def farm_process(tmp_path: Path) -> Iterator[FarmProcess]:
 
 @pytest.fixture
 async def render_system(
-    env: Env, tmp_path: Path, farm_process: FarmProcess
+    env: Env, tmp_path: Path, farm_process: FarmProcess, scene_env: dict[str, str]
 ) -> AsyncIterator[RenderSystem]:
     farm_url = f"http://127.0.0.1:{farm_process.port}"
     outputs = farm_process.outputs
@@ -204,7 +218,7 @@ async def render_system(
         "RF_STAGE_ROOT": str(tmp_path / "scenes"),
         "RF_UPLOAD_MIN_PART_BYTES": str(5 * 2**20),
         "RF_POLL_INTERVAL_SECONDS": "0.2",
-        "RF_SCENE_OPAQUE_SCENES": "allow",
+        **scene_env,
         "RF_GATEWAY_PORT": str(gateway_port),
     }
     procs = {
