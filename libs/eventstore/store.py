@@ -238,7 +238,7 @@ WITH w AS (
     SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::int, e->5,
         m.meta->((e->>6)::int)
     FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS u(e, ord),
-        (SELECT $2::text::jsonb AS meta) AS m
+        (SELECT $2::text::jsonb AS meta OFFSET 0) AS m
     WHERE (e->>7)::int NOT IN (SELECT member FROM bad)
     ORDER BY u.ord
     RETURNING global_position, tx_id, recorded_at
@@ -498,15 +498,21 @@ class EventStore:
         self._kept = _Kept(pool, keep_connections_for)
         self._queue: deque[_Member] = deque()
         self._drainer: asyncio.Task[None] | None = None
+        #: An append is writing alone in its own task (appends queue until it returns).
+        self._writing = False
         #: Statements the group committer ran, and the appends they carried (for tests and
         #: benchmarks).
         self.group_statements = 0
         self.group_members = 0
         s = schema
+        self._new_sql = f"""
+INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
+VALUES ($1, $2, 1, $3, $4, $5::text::jsonb, $6::text::jsonb)
+RETURNING global_position, tx_id::text::bigint, recorded_at"""
         self._one_sql = f"""
 INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
 SELECT $1, $2, $3 + 1, $4, $5, $6::text::jsonb, $7::text::jsonb
-WHERE $3 = 0 OR EXISTS (SELECT 1 FROM {s}.events v WHERE v.stream_id = $2 AND v.version = $3)
+WHERE EXISTS (SELECT 1 FROM {s}.events v WHERE v.stream_id = $2 AND v.version = $3)
 RETURNING global_position, tx_id::text::bigint, recorded_at"""
         self._many_sql = _append_sql(s, full=False)
         self._group_sql = _append_sql(s, full=True)
@@ -576,14 +582,46 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         member = _Member(writes, command, snapshots)
         if conn is not None:
             return await self._run_one(conn, member)
-        loop = asyncio.get_running_loop()
-        member.future = loop.create_future()
+        if self._drainer is None and not self._writing:
+            # Nobody is writing: this append writes at once, alone, in its own task (no
+            # writer task, no hand-over of the result). Appends that arrive meanwhile queue
+            # up and go together in the next statement, started when this one returns.
+            self._writing = True
+            try:
+                recorded = await self._write_alone(member)
+            finally:
+                self._writing = False
+                if self._queue and self._drainer is None:
+                    self._drainer = asyncio.ensure_future(self._drain())
+            self.notify_appended()
+            return recorded
+        member.future = asyncio.get_running_loop().create_future()
         self._queue.append(member)
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
         recorded = await member.future
         self.notify_appended()
         return recorded
+
+    async def _write_alone(self, member: _Member) -> list[RecordedEvent]:
+        """One append's statement on a kept connection, in the caller's task. Appends that
+        arrive meanwhile queue up for the next group (started when this one returns)."""
+        self.group_statements += 1
+        self.group_members += 1
+        conn = await self._kept.take()
+        clean = False
+        try:
+            recorded = await self._run_one(conn, member)
+            clean = True
+            return recorded
+        except (
+            ConcurrencyError,
+            DuplicateEventError,
+            CommandAlreadyProcessed,
+            asyncpg.PostgresError,
+        ):
+            clean = True  # the statement was refused or failed; the connection is fine
+            raise
+        finally:
+            self._kept.give_back(conn, clean)
 
     async def _run_one(self, conn: asyncpg.Connection, member: _Member) -> list[RecordedEvent]:
         """One member's statement on ``conn``; its refusal is raised."""
@@ -596,21 +634,48 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
                 and not member.snapshots
             ):
                 ne, write = w[0].events[0], w[0]
-                data = ne.event.model_dump(mode="json")
-                row = await conn.fetchrow(
-                    self._one_sql,
-                    ne.event_id,
-                    write.stream_id,
-                    write.expected_version,
-                    ne.event.event_type,
-                    ne.event.schema_version,
-                    orjson.dumps(data).decode(),
-                    orjson.dumps(ne.metadata).decode(),
-                )
+                event = ne.event
+                data = event.model_dump(mode="json")
+                expected = write.expected_version
+                if expected == 0:
+                    # A new stream: the unique (stream, version) index is the whole check.
+                    row = await conn.fetchrow(
+                        self._new_sql,
+                        ne.event_id,
+                        write.stream_id,
+                        event.event_type,
+                        event.schema_version,
+                        orjson.dumps(data).decode(),
+                        orjson.dumps(ne.metadata).decode(),
+                    )
+                else:
+                    row = await conn.fetchrow(
+                        self._one_sql,
+                        ne.event_id,
+                        write.stream_id,
+                        expected,
+                        event.event_type,
+                        event.schema_version,
+                        orjson.dumps(data).decode(),
+                        orjson.dumps(ne.metadata).decode(),
+                    )
                 if row is None:
                     raise ConcurrencyError([write.stream_id])
-                rows = [(write.stream_id, write.expected_version + 1, ne, data)]
-                return _records(rows, row[1], [row[0]], [row[2]])
+                position, tx_id, at = row
+                return [
+                    RecordedEvent(
+                        position,
+                        tx_id,
+                        ne.event_id,
+                        write.stream_id,
+                        expected + 1,
+                        event.event_type,
+                        event.schema_version,
+                        data,
+                        ne.metadata,
+                        at,
+                    )
+                ]
             enc = _Encoded([member])
             r = await conn.fetchrow(self._many_sql, *enc.args)
         except asyncpg.UniqueViolationError as e:
