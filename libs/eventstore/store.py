@@ -500,6 +500,9 @@ class EventStore:
         self._drainer: asyncio.Task[None] | None = None
         #: An append is writing alone in its own task (appends queue until it returns).
         self._writing = False
+        #: Appends arrived while another was writing, lately: a leader waits one turn of
+        #: the loop for company before it writes.
+        self._company = False
         #: Statements the group committer ran, and the appends they carried (for tests and
         #: benchmarks).
         self.group_statements = 0
@@ -583,20 +586,34 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         if conn is not None:
             return await self._run_one(conn, member)
         if self._drainer is None and not self._writing:
-            # Nobody is writing: this append writes at once, alone, in its own task (no
-            # writer task, no hand-over of the result). Appends that arrive meanwhile queue
-            # up and go together in the next statement, started when this one returns.
+            # Nobody is writing: this append leads. It writes at once, alone, in its own
+            # task (no writer task, no hand-over of the result); appends that arrive
+            # meanwhile queue up and go together in the next statement, started when this
+            # one returns. When appends came in company lately, it first lets those started
+            # together with it queue up (one turn of the loop), and they all go together.
             self._writing = True
             try:
-                recorded = await self._write_alone(member)
+                if self._company:
+                    await asyncio.sleep(0)
+                    if self._queue:
+                        member.future = asyncio.get_running_loop().create_future()
+                        self._queue.appendleft(member)  # it arrived first
+                    else:
+                        self._company = False
+                if member.future is None:
+                    recorded = await self._write_alone(member)
             finally:
                 self._writing = False
-                if self._queue and self._drainer is None:
-                    self._drainer = asyncio.ensure_future(self._drain())
-            self.notify_appended()
-            return recorded
-        member.future = asyncio.get_running_loop().create_future()
-        self._queue.append(member)
+                if self._queue:
+                    self._company = True
+                    if self._drainer is None:
+                        self._drainer = asyncio.ensure_future(self._drain())
+            if member.future is None:
+                self.notify_appended()
+                return recorded
+        else:
+            member.future = asyncio.get_running_loop().create_future()
+            self._queue.append(member)
         recorded = await member.future
         self.notify_appended()
         return recorded
