@@ -10,8 +10,9 @@ later version of a stream always has a larger ``tx_id`` than an earlier one.
 Writing costs one round trip: an append (with the command's ``processed_commands`` row and
 the snapshots that are due, when a command server commits) is one statement, outside any
 explicit transaction unless the caller brings one. Appends without a connection are
-group-committed: those that arrive while one statement is in flight go together in the next
-one, each still checked against its own expected versions (a stale one fails alone).
+group-committed: one that finds nobody writing writes at once, in its caller's task; those
+that arrive while a statement is in flight go together in the next one, each still checked
+against its own expected versions (a stale one fails alone). See ADR 0016.
 """
 
 from __future__ import annotations
@@ -577,7 +578,8 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         With ``conn`` the statement runs there: in the caller's transaction, if it has one
         (the append must then be that transaction's first write), else on its own; call
         :meth:`notify_appended` afterwards so local tailers wake at once. Without ``conn``
-        the append joins the next group commit.
+        the append writes at once if no statement of this store is in flight, else it joins
+        the next group commit.
         """
         writes = [w for w in writes if w.events]
         if not writes and command is None:
