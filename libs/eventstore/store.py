@@ -10,8 +10,9 @@ later version of a stream always has a larger ``tx_id`` than an earlier one.
 Writing costs one round trip: an append (with the command's ``processed_commands`` row and
 the snapshots that are due, when a command server commits) is one statement, outside any
 explicit transaction unless the caller brings one. Appends without a connection are
-group-committed: those that arrive while one statement is in flight go together in the next
-one, each still checked against its own expected versions (a stale one fails alone).
+group-committed: one that finds nobody writing writes at once, in its caller's task; those
+that arrive while a statement is in flight go together in the next one, each still checked
+against its own expected versions (a stale one fails alone). See ADR 0016.
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ WITH w AS (
     SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::int, e->5,
         m.meta->((e->>6)::int)
     FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS u(e, ord),
-        (SELECT $2::text::jsonb AS meta) AS m
+        (SELECT $2::text::jsonb AS meta OFFSET 0) AS m
     WHERE (e->>7)::int NOT IN (SELECT member FROM bad)
     ORDER BY u.ord
     RETURNING global_position, tx_id, recorded_at
@@ -498,15 +499,24 @@ class EventStore:
         self._kept = _Kept(pool, keep_connections_for)
         self._queue: deque[_Member] = deque()
         self._drainer: asyncio.Task[None] | None = None
+        #: An append is writing alone in its own task (appends queue until it returns).
+        self._writing = False
+        #: Appends arrived while another was writing, lately: a leader waits one turn of
+        #: the loop for company before it writes.
+        self._company = False
         #: Statements the group committer ran, and the appends they carried (for tests and
         #: benchmarks).
         self.group_statements = 0
         self.group_members = 0
         s = schema
+        self._new_sql = f"""
+INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
+VALUES ($1, $2, 1, $3, $4, $5::text::jsonb, $6::text::jsonb)
+RETURNING global_position, tx_id::text::bigint, recorded_at"""
         self._one_sql = f"""
 INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
 SELECT $1, $2, $3 + 1, $4, $5, $6::text::jsonb, $7::text::jsonb
-WHERE $3 = 0 OR EXISTS (SELECT 1 FROM {s}.events v WHERE v.stream_id = $2 AND v.version = $3)
+WHERE EXISTS (SELECT 1 FROM {s}.events v WHERE v.stream_id = $2 AND v.version = $3)
 RETURNING global_position, tx_id::text::bigint, recorded_at"""
         self._many_sql = _append_sql(s, full=False)
         self._group_sql = _append_sql(s, full=True)
@@ -568,7 +578,8 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         With ``conn`` the statement runs there: in the caller's transaction, if it has one
         (the append must then be that transaction's first write), else on its own; call
         :meth:`notify_appended` afterwards so local tailers wake at once. Without ``conn``
-        the append joins the next group commit.
+        the append writes at once if no statement of this store is in flight, else it joins
+        the next group commit.
         """
         writes = [w for w in writes if w.events]
         if not writes and command is None:
@@ -576,14 +587,60 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         member = _Member(writes, command, snapshots)
         if conn is not None:
             return await self._run_one(conn, member)
-        loop = asyncio.get_running_loop()
-        member.future = loop.create_future()
-        self._queue.append(member)
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
+        if self._drainer is None and not self._writing:
+            # Nobody is writing: this append leads. It writes at once, alone, in its own
+            # task (no writer task, no hand-over of the result); appends that arrive
+            # meanwhile queue up and go together in the next statement, started when this
+            # one returns. When appends came in company lately, it first lets those started
+            # together with it queue up (one turn of the loop), and they all go together.
+            self._writing = True
+            try:
+                if self._company:
+                    await asyncio.sleep(0)
+                    if self._queue:
+                        member.future = asyncio.get_running_loop().create_future()
+                        self._queue.appendleft(member)  # it arrived first
+                    else:
+                        self._company = False
+                if member.future is None:
+                    recorded = await self._write_alone(member)
+            finally:
+                self._writing = False
+                if self._queue:
+                    self._company = True
+                    if self._drainer is None:
+                        self._drainer = asyncio.ensure_future(self._drain())
+            if member.future is None:
+                self.notify_appended()
+                return recorded
+        else:
+            member.future = asyncio.get_running_loop().create_future()
+            self._queue.append(member)
         recorded = await member.future
         self.notify_appended()
         return recorded
+
+    async def _write_alone(self, member: _Member) -> list[RecordedEvent]:
+        """One append's statement on a kept connection, in the caller's task. Appends that
+        arrive meanwhile queue up for the next group (started when this one returns)."""
+        self.group_statements += 1
+        self.group_members += 1
+        conn = await self._kept.take()
+        clean = False
+        try:
+            recorded = await self._run_one(conn, member)
+            clean = True
+            return recorded
+        except (
+            ConcurrencyError,
+            DuplicateEventError,
+            CommandAlreadyProcessed,
+            asyncpg.PostgresError,
+        ):
+            clean = True  # the statement was refused or failed; the connection is fine
+            raise
+        finally:
+            self._kept.give_back(conn, clean)
 
     async def _run_one(self, conn: asyncpg.Connection, member: _Member) -> list[RecordedEvent]:
         """One member's statement on ``conn``; its refusal is raised."""
@@ -596,21 +653,48 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
                 and not member.snapshots
             ):
                 ne, write = w[0].events[0], w[0]
-                data = ne.event.model_dump(mode="json")
-                row = await conn.fetchrow(
-                    self._one_sql,
-                    ne.event_id,
-                    write.stream_id,
-                    write.expected_version,
-                    ne.event.event_type,
-                    ne.event.schema_version,
-                    orjson.dumps(data).decode(),
-                    orjson.dumps(ne.metadata).decode(),
-                )
+                event = ne.event
+                data = event.model_dump(mode="json")
+                expected = write.expected_version
+                if expected == 0:
+                    # A new stream: the unique (stream, version) index is the whole check.
+                    row = await conn.fetchrow(
+                        self._new_sql,
+                        ne.event_id,
+                        write.stream_id,
+                        event.event_type,
+                        event.schema_version,
+                        orjson.dumps(data).decode(),
+                        orjson.dumps(ne.metadata).decode(),
+                    )
+                else:
+                    row = await conn.fetchrow(
+                        self._one_sql,
+                        ne.event_id,
+                        write.stream_id,
+                        expected,
+                        event.event_type,
+                        event.schema_version,
+                        orjson.dumps(data).decode(),
+                        orjson.dumps(ne.metadata).decode(),
+                    )
                 if row is None:
                     raise ConcurrencyError([write.stream_id])
-                rows = [(write.stream_id, write.expected_version + 1, ne, data)]
-                return _records(rows, row[1], [row[0]], [row[2]])
+                position, tx_id, at = row
+                return [
+                    RecordedEvent(
+                        position,
+                        tx_id,
+                        ne.event_id,
+                        write.stream_id,
+                        expected + 1,
+                        event.event_type,
+                        event.schema_version,
+                        data,
+                        ne.metadata,
+                        at,
+                    )
+                ]
             enc = _Encoded([member])
             r = await conn.fetchrow(self._many_sql, *enc.args)
         except asyncpg.UniqueViolationError as e:

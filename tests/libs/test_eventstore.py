@@ -225,14 +225,19 @@ async def test_a_snapshot_the_current_class_cannot_read_is_ignored(any_store: St
 
 
 async def _group(store: EventStore, *appends: tuple[str, int, list[NewEvent]]) -> list[Any]:
-    """Start every append at once (they queue before the first statement runs) and return
-    each one's records or exception; asserts they went in one statement."""
+    """Start every append at once and return each one's records or exception.
+
+    The first append to arrive while nobody writes goes alone, at once; a pacer append goes
+    first here, so the appends under test queue behind it and go together in the next
+    statement (asserted)."""
     before = store.group_statements
-    results = await asyncio.gather(
+    pacer, *results = await asyncio.gather(
+        store.append(f"pacer-{before}", frames(0), 0),
         *(store.append(stream, events, expected) for stream, expected, events in appends),
         return_exceptions=True,
     )
-    assert store.group_statements == before + 1
+    assert isinstance(pacer, list)
+    assert store.group_statements == before + 2
     return list(results)
 
 
@@ -270,14 +275,15 @@ async def test_a_stale_writer_in_a_group_fails_alone(store: EventStore) -> None:
 async def test_a_multi_stream_writer_in_a_group_is_all_or_nothing(store: EventStore) -> None:
     await store.append("owner-g", frames(1), expected_version=0)
     before = store.group_statements
-    results = await asyncio.gather(
+    _, *results = await asyncio.gather(
+        store.append("pacer-x", frames(0), 0),  # the others queue behind it
         store.append_streams(
             [StreamWrite("job-x1", 0, frames(1)), StreamWrite("owner-g", 0, frames(2))]
         ),
         store.append("job-x2", frames(1), 0),
         return_exceptions=True,
     )
-    assert store.group_statements == before + 1
+    assert store.group_statements == before + 2
     assert isinstance(results[0], ConcurrencyError) and isinstance(results[1], list)
     assert await store.read_stream("job-x1") == []
 
@@ -342,12 +348,13 @@ async def test_a_processed_command_in_a_group_fails_alone(store: EventStore) -> 
     row = CommandRecord("cmd-g", "test.Render", {"ok": True, "result": {}})
     await store.append_streams([], command=row)
     before = store.group_statements
-    again, other = await asyncio.gather(
+    _, again, other = await asyncio.gather(
+        store.append("pacer-p", frames(0), 0),  # the others queue behind it
         store.append_streams([StreamWrite("job-p1", 0, frames(1))], command=row),
         store.append("job-p2", frames(1), 0),
         return_exceptions=True,
     )
-    assert store.group_statements == before + 1
+    assert store.group_statements == before + 2
     assert isinstance(again, CommandAlreadyProcessed) and isinstance(other, list)
     assert await store.read_stream("job-p1") == []
 
