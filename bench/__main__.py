@@ -39,7 +39,9 @@ from bench.projection_lag import LagOptions, run_projection_lag
 from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
+from bench.scene_check import scene_check_figures
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
+from bench.testrender_bench import TestRenderBenchOptions, run_test_render_overhead
 from bench.testrender_sim import measure_testrender_sim
 from bench.upload_bench import UploadBenchOptions, run_uploads
 from bench.wallet_bench import WalletBenchOptions, run_wallet
@@ -60,15 +62,17 @@ SECTIONS = {
     "12": "estimate latency: POST /v1/cost/estimate through the gateway and billing",
     "13": "live cost lag: farm task completed -> the job's cost so far",
     "14": "test render at 200 GB: simulated time-to-ready",
+    "15": "test render overhead: POST test-render -> ready, minus the render, warm worker",
+    "16": "scene check time per 1,000 assets (and repathing), Blender-built scene",
 }
 
 #: Sections that need no servers: with only these selected, none are started.
-SERVERLESS = {"14"}
+SERVERLESS = {"14", "16"}
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8,10,11,13,14",
+    "only": "3,4,5,8,10,11,13,14,15",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -93,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8,10,11,13,14) with shorter runs, about two minutes",
+        help="a subset (sections 3,4,5,8,10,11,13,14,15) with shorter runs, about two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -263,6 +267,28 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
             return measure_testrender_sim(args.quick)
 
         await section("14", only, figures, simulation)
+
+        async def scene_check() -> list[Figure]:
+            with tempfile.TemporaryDirectory() as tmp:
+                got = await scene_check_figures(Path(tmp), rounds=3 if args.quick else 5)
+            return [
+                Figure(
+                    "16",
+                    "scene check per 1,000 assets (median)",
+                    got["check_seconds_per_1000_assets"],
+                    unit="s",
+                    note=f"{got['assets']} image textures, BAT 1.23, {got['rounds']} rounds",
+                ),
+                Figure(
+                    "16",
+                    "repath per 1,000 assets",
+                    got["repath_seconds_per_1000_assets"],
+                    unit="s",
+                    note=f"{got['repath_files_linked']} files hard-linked",
+                ),
+            ]
+
+        await section("16", only, figures, scene_check)
     finally:
         await infra.drop_databases()
 
@@ -327,6 +353,10 @@ async def run_with_servers(
         frame_seconds=args.costlag_frame_seconds,
     )
     await section("13", only, figures, lambda: run_cost_lag(infra, servers, costlag))
+    test_render = TestRenderBenchOptions(jobs=3 if args.quick else 8)
+    await section(
+        "15", only, figures, lambda: run_test_render_overhead(infra, servers, test_render)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

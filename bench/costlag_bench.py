@@ -119,7 +119,7 @@ async def run_cost_lag(infra: Infra, servers: Servers, opts: CostLagOptions) -> 
                 headers={**admin, "Idempotency-Key": uuid.uuid4().hex},
             )
             r.raise_for_status()
-            scene_id = await upload_scene(api, user, b"BLENDER-costlag" * 1000)
+            scene_id = await upload_scene(api, user, b"RFSCENE-costlag" * 1000)
             job_ids = []
             for i in range(opts.jobs):
                 spec = {

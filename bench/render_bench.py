@@ -64,7 +64,11 @@ def _base_env(servers: Servers, dsn: str, prefix: str) -> dict[str, str]:
 
 
 async def start_farm(
-    infra: Infra, name: str, workers: int, frame_seconds: float = 0.05
+    infra: Infra,
+    name: str,
+    workers: int,
+    frame_seconds: float = 0.05,
+    extra: tuple[str, ...] = (),
 ) -> tuple[Child, str]:
     from deploy.local.servers import free_port
 
@@ -77,6 +81,7 @@ async def start_farm(
             *("--workers", str(workers), "--blender", "builtin"),
             *("--frame-seconds", str(frame_seconds)),
             *("--outputs-root", str(data / "renders")),
+            *extra,
         ],
         {},
     )
@@ -97,10 +102,12 @@ class RenderPath:
 
 
 #: The render path; no render starts without a hold, so the wallet and billing run beside it.
+#: The farm renders built-in, so the scene service lets scenes that are not .blend through.
 RENDER_PATH_SERVICES = (
     "job",
     "scheduler",
     "upload",
+    "scene",
     "wallet",
     "billing",
     "deadline_bridge",
@@ -137,6 +144,7 @@ async def start_render_path(
         "RF_SCENES_ROOT": str(infra.root / scenes),
         "RF_RATE_LIMIT_USER_PER_SECOND": "1000000",
         "RF_RATE_LIMIT_USER_BURST": "1000000",
+        "RF_SCENE_OPAQUE_SCENES": "allow",
         **(extra_env or {}),
     }
     gateway_port = free_port()
@@ -179,7 +187,7 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
             headers={**admin, "Idempotency-Key": f"bench-{infra.tag}"},
         )
         granted.raise_for_status()
-        scene_id = await upload_scene(api, headers, b"BLENDER-bench" * 1000)
+        scene_id = await upload_scene(api, headers, b"RFSCENE-bench" * 1000)
         for i in range(opts.jobs + 1):  # the first one stages the scene and warms up
             sent = time.time()
             job = await _render(api, headers, scene_id, f"bench {i}")
