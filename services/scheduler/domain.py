@@ -64,7 +64,12 @@ from contracts.jobs import (
     StopJob,
     TestRenderFrame,
 )
-from contracts.preparation import JobSceneSettings, PreparationQueued, PrepareScene
+from contracts.preparation import (
+    JobSceneSettings,
+    PreparationPriority,
+    PreparationQueued,
+    PrepareScene,
+)
 from contracts.render import (
     CancelRender,
     RenderAccepted,
@@ -722,11 +727,15 @@ class RenderProcess(ProcessManager[JobRender]):
             cmd = FailJob(job_id=job_id, reason=reason, code=e.code, at=cause.recorded_at)
             return [Send(cmd, JobAccepted)]
 
+        # A job waiting for a test render (asked for, or submitted to wait for one) is
+        # prepared before jobs that go straight to their full render.
+        waits_for_test = state.test is not None or not state.start_full_render
         order = PrepareScene(
             job_id=job_id,
             owner_id=state.owner_id,
             staged_key=staged_key,
             settings=state.settings,
+            priority=PreparationPriority.test if waits_for_test else PreparationPriority.full,
         )
         return Send(order, PreparationQueued, if_refused=fail)
 

@@ -55,7 +55,7 @@ async def test_a_new_job_answers_with_the_full_envelope_and_is_readable_at_once(
         "test_render",
         "render",
     ]
-    assert job["allowed_actions"] == ["update", "update_render_settings", "cancel"]
+    assert job["allowed_actions"] == ["update", "update_render_settings", "test_render", "cancel"]
     got = await client.get(f"/v1/jobs/{job['job_id']}", headers=me)
     assert got.status_code == 200
     assert got.json() == job

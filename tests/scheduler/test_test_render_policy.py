@@ -33,6 +33,7 @@ from contracts.jobs import (
     RecordTestRenderStarted,
     StartFullRender,
 )
+from contracts.preparation import PreparationPriority, PrepareScene
 from contracts.render import (
     RenderCompleted,
     RenderKind,
@@ -173,6 +174,18 @@ async def test_a_test_render_is_ordered_on_the_test_pool_with_its_frames_once_th
     assert (submit.kind, submit.attempt, submit.frames) == (RenderKind.test, 1, FRAMES)
     assert (submit.chunk_size, submit.scene_key) == (1, PREPARED_KEY)
     assert submit.resolution == SPEC["resolution"]
+
+
+async def test_a_job_waiting_for_a_test_render_is_prepared_ahead_of_full_renders(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    for event in (held, waits, staged):
+        await runner.handle(bus_event(event))
+    [prepare] = commands.of(PrepareScene)
+    assert prepare.priority is PreparationPriority.test
+    for event in (held, submitted, staged):
+        await runner.handle(bus_event(event.model_copy(update={"job_id": "job_02"})))
+    assert commands.of(PrepareScene)[-1].priority is PreparationPriority.full
 
 
 async def test_a_test_render_asked_for_while_preparing_comes_before_the_full_render(
