@@ -265,7 +265,7 @@ class TestRenderStatus(StrEnum):
     __test__ = False  # not a pytest test class
 
     requested = "requested"  # asked for; waiting for the scene, the credits or the farm
-    rendering = "rendering"  # a frame started on the farm
+    rendering = "rendering"  # ordered from the farm (its frames are queued there or render)
     completed = "completed"  # every frame rendered
     failed = "failed"
 

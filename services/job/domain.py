@@ -844,6 +844,8 @@ class Job(Aggregate):
     def release_full_render(self, by: FullRenderStartedBy, at: datetime) -> list[Event]:
         """Let the full render start (a job submitted with ``start_full_render=false``)."""
         self._require_open()
+        if self.status is S.cancelling:
+            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
         if self.start_full_render or self.full_render_released:
             return []
         return self.record(JobFullRenderReleased(job_id=self.job_id, by=by, at=at))

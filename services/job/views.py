@@ -437,9 +437,18 @@ class JobView(BaseModel):
         self.test_render = current.model_copy(update=update)
 
     def _actions(self) -> list[JobAction]:
+        """The status's actions, less a test render while one is in flight, plus the start
+        of a full render that waits for it."""
         actions = allowed_actions(self.status)
+        test = self.test_render
+        in_flight = test is not None and test.status in (
+            TestRenderStatus.requested,
+            TestRenderStatus.rendering,
+        )
+        if in_flight and JobAction.test_render in actions:
+            actions.remove(JobAction.test_render)
         waiting = not self.start_full_render and self.full_render_released_by is None
-        if waiting and self.status in TEST_RENDERABLE:
+        if waiting and (self.status in TEST_RENDERABLE or self.status is S.test_rendering):
             actions.insert(len(actions) - 1, JobAction.start_full_render)
         return actions
 

@@ -681,10 +681,12 @@ class RenderProcess(ProcessManager[JobRender]):
         if high is not None and high <= now.budget_credits:
             release = StartFullRender(job_id=job_id, by=FullRenderStartedBy.budget)
             return [Send(release, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)]
-        message = (
-            f"the re-estimate's high end, {high} credits, is above the budget of"
-            f" {now.budget_credits}: the full render waits for POST /v1/jobs/{job_id}/start"
-        )
+        if high is None:
+            why = "the job has no re-estimate (no prices in force)"
+        else:
+            why = f"the re-estimate's high end, {high} credits, is above the budget of"
+            why += f" {now.budget_credits}"
+        message = f"{why}: the full render waits for POST /v1/jobs/{job_id}/start"
         log = LogJobStep(
             job_id=job_id,
             step=StepName.test_render,
