@@ -512,7 +512,9 @@ class RenderProcess(ProcessManager[JobRender]):
                 stop_staging = [self._stop_staging(event.job_id)] if state.staging else []
                 test = state.test
                 stop_test = []
-                if test is not None and test.ordered and test.in_flight:
+                # Asked of the bridge even before its RenderOrdered is seen here: the order
+                # was answered before this event was handled (a render it lacks is fine).
+                if test is not None and test.in_flight:
                     cancel = CancelRender(render_id=test.render_id, reason="the job was cancelled")
                     stop_test = [Send(cancel, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
                 return [*stop_staging, *stop_test, self._stop(event.job_id, state, cause)]

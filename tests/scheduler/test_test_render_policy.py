@@ -19,10 +19,12 @@ from contracts.billing import (
     TaskCharged,
 )
 from contracts.envelope import Currency
+from contracts.errors import RenderNotFound
 from contracts.jobs import (
     CompleteTestRender,
     FrameOutput,
     FullRenderStartedBy,
+    JobCancellationRequested,
     JobFullRenderReleased,
     JobPriority,
     JobTestRenderCompleted,
@@ -35,6 +37,7 @@ from contracts.jobs import (
 )
 from contracts.preparation import PreparationPriority, PrepareScene
 from contracts.render import (
+    CancelRender,
     RenderCompleted,
     RenderKind,
     RenderTaskCompleted,
@@ -47,6 +50,7 @@ from tests.policies import ScriptedCommands
 from tests.scheduler.test_policy import (
     JOB,
     PREPARED_KEY,
+    RENDER,
     SPEC,
     TOTALS,
     T,
@@ -264,3 +268,15 @@ async def test_a_failed_test_render_keeps_a_waiting_job_waiting_and_the_user_sta
     released = JobFullRenderReleased(job_id=JOB, by=FullRenderStartedBy.user, at=T)
     await runner.handle(bus_event(released))
     assert commands.types()[-2:] == ["QueueJob", "SubmitRender"]
+
+
+async def test_a_cancel_stops_a_test_render_on_the_farm_too(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await prepared_and_waiting(runner, commands)
+    await runner.handle(bus_event(requested()))
+    commands.answers[CancelRender] = lambda _: RenderNotFound("no render", render_id=RENDER)
+    await runner.handle(bus_event(JobCancellationRequested(job_id=JOB, reason=None, at=T)))
+    cancelled = [c.render_id for c in commands.of(CancelRender)]
+    assert cancelled == [TEST, RENDER]
+    assert commands.types()[-1] == "ConfirmJobCancelled"
