@@ -30,7 +30,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import COMMANDS, EVENTS, Command, Event
-from contracts.jobs import JobStatus
+from contracts.jobs import FrameThumbnail, JobStatus
 from contracts.render import RenderKind
 from contracts.text import IdText
 
@@ -98,6 +98,8 @@ class StoredFrame(_Model):
     object_key: str
     size_bytes: int
     sha256: str  # lowercase hex
+    #: Its JPEG thumbnail next to it; null for none (EXR, large frames, older history).
+    thumbnail: FrameThumbnail | None = None
 
 
 # --- events (stream ``outputs-<job_id>``) ------------------------------------------------
@@ -213,6 +215,9 @@ class CreateOutputDownloadUrl(Command):
         ge=1,
         le=MAX_DOWNLOAD_URL_SECONDS,
         description="Life of the URL; null for the service's default.",
+    )
+    thumbnail: bool = Field(
+        default=False, description="Download the frame's JPEG thumbnail instead of the frame."
     )
 
 

@@ -142,6 +142,11 @@ class DownloadUrlRequest(_In):
         le=MAX_DOWNLOAD_URL_SECONDS,
         description="Seconds the URL is valid, 1-604800 (7 days); omit for the default (3600).",
     )
+    thumbnail: bool = Field(
+        default=False,
+        description="true: the frame's JPEG thumbnail (256 px on the long side) instead of the"
+        " frame; a frame without one answers output_not_found.",
+    )
 
 
 class JobOutputView(BaseModel):

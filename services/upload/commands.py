@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from contracts.base import Event
 from contracts.errors import (
     ManifestNotFound,
+    OutputNotFound,
     UploadNotFound,
     UploadSessionExpired,
 )
@@ -510,14 +511,23 @@ class OutputCommands:
         outputs = await uow.get(JobOutputs, cmd.job_id)
         kept = outputs.downloadable(cmd.output_id, cmd.owner_id)
         assert kept.size_bytes is not None and kept.sha256 is not None  # it is ready
+        key, file_name, size, sha256 = kept.object_key, kept.file_name, kept.size_bytes, kept.sha256
+        if cmd.thumbnail:
+            thumb = kept.thumbnail
+            if thumb is None:
+                raise OutputNotFound(
+                    f"output {cmd.output_id} has no thumbnail", output_id=cmd.output_id
+                )
+            key, size, sha256 = thumb.object_key, thumb.size_bytes, thumb.sha256
+            file_name = thumb.object_key.rsplit("/", 1)[-1]
         seconds = cmd.expires_in_seconds or self.settings.download_url_seconds
         signed_at = datetime.now(UTC).replace(microsecond=0)
         url = await self.presigner.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": outputs.bucket,
-                "Key": kept.object_key,
-                "ResponseContentDisposition": f'attachment; filename="{kept.file_name}"',
+                "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{file_name}"',
             },
             ExpiresIn=seconds,
         )
@@ -525,9 +535,9 @@ class OutputCommands:
             output_id=cmd.output_id,
             url=url,
             expires_at=signed_at + timedelta(seconds=seconds),
-            size_bytes=kept.size_bytes,
-            sha256=kept.sha256,
-            file_name=kept.file_name,
+            size_bytes=size,
+            sha256=sha256,
+            file_name=file_name,
         )
 
 

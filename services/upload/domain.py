@@ -31,7 +31,13 @@ from contracts.errors import (
     ValidationFailed,
     WrongPartSize,
 )
-from contracts.jobs import FrameOutput, JobFramesRendered, JobStatus, JobTestRenderFramesRendered
+from contracts.jobs import (
+    FrameOutput,
+    FrameThumbnail,
+    JobFramesRendered,
+    JobStatus,
+    JobTestRenderFramesRendered,
+)
 from contracts.outputs import (
     OutputArchiveFailed,
     OutputArchiveRequested,
@@ -914,6 +920,7 @@ class KeptOutput(BaseModel):
     status: OutputStatus
     stored_at: datetime | None
     expires_at: datetime | None  # None while the job runs
+    thumbnail: FrameThumbnail | None = None
 
 
 class JobOutputs(Aggregate):
@@ -948,6 +955,7 @@ class JobOutputs(Aggregate):
                         status=OutputStatus.ready,
                         stored_at=event.at,
                         expires_at=event.expires_at,
+                        thumbnail=o.thumbnail,
                     )
             case OutputsRetained():
                 self.job_status, self.expires_at = event.job_status, event.expires_at
@@ -1054,6 +1062,7 @@ class JobOutputs(Aggregate):
                     object_key=f.object_key,
                     size_bytes=f.size_bytes,
                     sha256=f.sha256,
+                    thumbnail=f.thumbnail,
                 )
             )
         if not new:

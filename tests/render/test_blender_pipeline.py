@@ -6,6 +6,7 @@ Blender (Cycles on the CPU) at the job's size, with pixels in it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -128,8 +129,19 @@ async def test_a_textured_blend_is_prepared_test_rendered_then_fully_rendered_by
         f"/v1/outputs/{frame['output']['output_id']}/download-url", headers=system.headers
     )
     assert url.status_code == 200, url.text
+    thumb = await system.api.post(
+        f"/v1/outputs/{frame['output']['output_id']}/download-url",
+        json={"thumbnail": True},
+        headers=system.headers,
+    )
+    assert thumb.status_code == 200, thumb.text
     async with httpx.AsyncClient() as client:
         assert_rendered((await client.get(url.json()["url"])).content)
+        jpeg = (await client.get(thumb.json()["url"])).content
+    assert hashlib.sha256(jpeg).hexdigest() == thumb.json()["sha256"]
+    assert thumb.json()["file_name"].endswith(".jpg")
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and max(image.size) <= 256
 
     after = (await system.api.get(f"/v1/jobs/{job_id}/cost", headers=system.headers)).json()
     assert after["estimate"]["assumptions"]["seconds_source"] == "test_render"

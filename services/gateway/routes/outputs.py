@@ -182,6 +182,7 @@ async def create_output_download_url(
             job_id=output.job_id,
             owner_id=owner,
             expires_in_seconds=body.expires_in_seconds if body else None,
+            thumbnail=body.thumbnail if body else False,
         )
         minted = await gw.commands.send(
             cmd, OutputDownloadUrl, command_id=command_id, actor=p.actor()
