@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -108,17 +107,11 @@ async def run_cost_lag(infra: Infra, servers: Servers, opts: CostLagOptions) -> 
         },
     )
     user = path.bearer(USER, "user")
-    admin = path.bearer("usr_admin", "admin")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert pool is not None
     try:
         async with httpx.AsyncClient(base_url=path.gateway_url, timeout=30) as api:
-            r = await api.post(
-                f"/v1/admin/users/{USER}/credits",
-                json={"amount_credits": "1000000.00"},
-                headers={**admin, "Idempotency-Key": uuid.uuid4().hex},
-            )
-            r.raise_for_status()
+            await path.fund(api, USER)
             scene_id = await upload_scene(api, user, b"RFSCENE-costlag" * 1000)
             job_ids = []
             for i in range(opts.jobs):

@@ -20,6 +20,7 @@ import asyncio
 import json
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +101,16 @@ class RenderPath:
         """Authorization headers for ``user_id`` in ``role``."""
         return {"Authorization": f"Bearer {issue_access_token(self.settings, user_id, role)}"}
 
+    async def fund(self, api: httpx.AsyncClient, user_id: str) -> None:
+        """Grant ``user_id`` more credits than any bench run spends (nothing renders without
+        a hold), as an admin."""
+        granted = await api.post(
+            f"/v1/admin/users/{user_id}/credits",
+            json={"amount_credits": "1000000.00"},
+            headers={**self.bearer("usr_admin", "admin"), "Idempotency-Key": uuid.uuid4().hex},
+        )
+        granted.raise_for_status()
+
 
 #: The render path; no render starts without a hold, so the wallet and billing run beside it.
 #: The farm renders built-in, so the scene service lets scenes that are not .blend through.
@@ -174,19 +185,13 @@ async def run_render_overhead(infra: Infra, servers: Servers, opts: RenderOption
         scenes="scenes",
     )
     headers = path.bearer("usr_bench", "user")
-    admin = path.bearer("usr_admin", "admin")
     to_farm: list[float] = []
     to_done: list[float] = []
     async with (
         httpx.AsyncClient(base_url=path.gateway_url, timeout=30) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
     ):
-        granted = await api.post(
-            "/v1/admin/users/usr_bench/credits",
-            json={"amount_credits": "1000000.00"},
-            headers={**admin, "Idempotency-Key": f"bench-{infra.tag}"},
-        )
-        granted.raise_for_status()
+        await path.fund(api, "usr_bench")
         scene_id = await upload_scene(api, headers, b"RFSCENE-bench" * 1000)
         for i in range(opts.jobs + 1):  # the first one stages the scene and warms up
             sent = time.time()

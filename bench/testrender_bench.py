@@ -75,19 +75,13 @@ async def run_test_render_overhead(
         scenes="scenes-testrender",
     )
     headers = path.bearer("usr_bench", "user")
-    admin = path.bearer("usr_admin", "admin")
     overheads: list[float] = []
     totals: list[float] = []
     async with (
         httpx.AsyncClient(base_url=path.gateway_url, timeout=30) as api,
         httpx.AsyncClient(base_url=farm_url, timeout=30) as farm_api,
     ):
-        granted = await api.post(
-            "/v1/admin/users/usr_bench/credits",
-            json={"amount_credits": "1000000.00"},
-            headers={**admin, "Idempotency-Key": f"bench-t-{infra.tag}"},
-        )
-        granted.raise_for_status()
+        await path.fund(api, "usr_bench")
         scene_id = await upload_scene(api, headers, b"RFSCENE-testrender" * 1000)
         for i in range(opts.jobs + 1):  # the first stages the scene and warms up
             spec = {
