@@ -51,7 +51,14 @@ def render_id_for(job_id: str, kind: RenderKind, attempt: int) -> str:
 
 def render_kind_of(render_id: str) -> RenderKind:
     """The kind a render id (``<job id>.<kind>.<attempt>``) names."""
-    return RenderKind(render_id.rsplit(".", 2)[1])
+    return split_render_id(render_id)[1]
+
+
+def split_render_id(render_id: str) -> tuple[str, RenderKind, int]:
+    """The job id, kind and attempt of a render id (:func:`render_id_for`'s inverse);
+    ValueError if it is not one."""
+    job_id, kind, attempt = render_id.rsplit(".", 2)
+    return job_id, RenderKind(kind), int(attempt)
 
 
 def chunk_frames(frames: list[int], chunk_size: int) -> list[list[int]]:

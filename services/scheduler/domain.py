@@ -92,6 +92,7 @@ from contracts.render import (
     SuspendRender,
     render_id_for,
     render_kind_of,
+    split_render_id,
 )
 from contracts.staging import (
     CancelStaging,
@@ -152,6 +153,19 @@ def staging_log(event: SceneStagingStarted | SceneStaged) -> LogJobStep:
     )
 
 
+def task_failed_log(event: RenderTaskFailed, step: StepName) -> LogJobStep:
+    """The line a farm task's failure writes in the log of ``step``."""
+    then = "requeued" if event.will_retry else "no retries left"
+    return LogJobStep(
+        job_id=event.job_id,
+        step=step,
+        level=LogLevel.warning if event.will_retry else LogLevel.error,
+        message=f"task {event.task_id} (frames {frames_text(event.frames)}) failed on"
+        f" {event.worker or 'a worker'} (failure {event.failures}): {event.error}; {then}",
+        at=event.at,
+    )
+
+
 def job_commands_for(event: Event) -> list[Command]:
     """The job commands that record a render event on the job."""
     match event:
@@ -170,18 +184,7 @@ def job_commands_for(event: Event) -> list[Command]:
                 )
             ]
         case RenderTaskFailed():
-            then = "requeued" if event.will_retry else "no retries left"
-            return [
-                LogJobStep(
-                    job_id=event.job_id,
-                    step=StepName.render,
-                    level=LogLevel.warning if event.will_retry else LogLevel.error,
-                    message=f"task {event.task_id} (frames {frames_text(event.frames)}) failed on"
-                    f" {event.worker or 'a worker'} (failure {event.failures}): {event.error};"
-                    f" {then}",
-                    at=event.at,
-                )
-            ]
+            return [task_failed_log(event, StepName.render)]
         case RenderTaskRequeued():
             return [
                 LogJobStep(
@@ -228,17 +231,7 @@ def test_render_commands_for(event: Event) -> list[Command]:
             )
             return [record] if frames else []
         case RenderTaskFailed():
-            then = "requeued" if event.will_retry else "no retries left"
-            return [
-                LogJobStep(
-                    job_id=event.job_id,
-                    step=StepName.test_render,
-                    level=LogLevel.warning if event.will_retry else LogLevel.error,
-                    message=f"test frame {frames_text(event.frames)} failed on"
-                    f" {event.worker or 'a worker'}: {event.error}; {then}",
-                    at=event.at,
-                )
-            ]
+            return [task_failed_log(event, StepName.test_render)]
         case RenderCompleted():
             return [CompleteTestRender(job_id=event.job_id, render_id=event.render_id, at=event.at)]
         case RenderFailed():
@@ -630,8 +623,7 @@ class RenderProcess(ProcessManager[JobRender]):
         pool and priority, one frame per task); a refusal fails the test render only."""
         test, settings = state.test, state.settings
         assert test is not None and settings is not None and state.scene_key is not None
-        job_id = test.render_id.rsplit(".", 2)[0]
-        attempt = int(test.render_id.rsplit(".", 1)[1])
+        job_id, _, attempt = split_render_id(test.render_id)
 
         def refused(e: DomainError[Any]) -> list[Send]:
             reason = f"the render farm refused the test render: {e.message}"
@@ -671,7 +663,7 @@ class RenderProcess(ProcessManager[JobRender]):
         was, now = before.test, after.test
         if now is None or was is None or now.render_id != was.render_id:
             return []
-        job_id = now.render_id.rsplit(".", 2)[0]
+        job_id = split_render_id(now.render_id)[0]
         ended_now = was.in_flight and not now.in_flight
         if ended_now and after.full_may_start and after.status is None and after.prepared:
             return [self._queue(job_id, cause)]
@@ -709,11 +701,9 @@ class RenderProcess(ProcessManager[JobRender]):
         staged = RecordSceneStaged(
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
-        # A job this process never saw submitted (no settings to apply) is not prepared.
-        known = state.scene is not None and state.settings is not None
-        nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if known else []
-        if state.paused:
-            nxt = []
+        # Not while paused, nor for a job never seen submitted (no settings to apply).
+        ready = not state.paused and state.scene is not None and state.settings is not None
+        nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if ready else []
         return Send(
             staged,
             JobAccepted,
