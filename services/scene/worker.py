@@ -12,6 +12,7 @@ it reports, so a step taken over from a killed worker and run again is recorded 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -89,6 +90,16 @@ class Reporter:
             await self.line(step, level, message, f"log:{count}")
 
         return write
+
+    async def findings(self, step: StepName, findings: Sequence[SceneFinding]) -> None:
+        """One log line per finding, at its severity's level (at most MAX_FINDINGS)."""
+        for n, f in enumerate(findings[:MAX_FINDINGS]):
+            where = f" ({f.path})" if f.path else ""
+            text = f"{f.code}: {f.message}{where}"
+            await self.line(step, LogLevel(f.severity.value), text, f"finding:{n}")
+        if len(findings) > MAX_FINDINGS:
+            more = f"{len(findings) - MAX_FINDINGS} more findings are not listed"
+            await self.line(step, LogLevel.warning, more, "finding:more")
 
     async def line(self, step: StepName, level: LogLevel, message: str, what: str) -> None:
         text = message[:2000]
@@ -174,15 +185,7 @@ class ScenePreparer:
         )
         opaque = _opaque(checked.findings, self.settings.opaque_scenes)
         findings = tuple(with_policy(f, self.settings, opaque) for f in checked.findings)
-        for n, f in enumerate(findings[:MAX_FINDINGS]):
-            level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.info
-            if f.severity is FindingSeverity.warning:
-                level = LogLevel.warning
-            where = f" ({f.path})" if f.path else ""
-            await reporter.line(step, level, f"{f.code}: {f.message}{where}", f"finding:{n}")
-        if len(findings) > MAX_FINDINGS:
-            more = f"{len(findings) - MAX_FINDINGS} more findings are not listed"
-            await reporter.line(step, LogLevel.warning, more, "finding:more")
+        await reporter.findings(step, findings)
         missing = sum(1 for a in checked.assets if not a.present)
         await reporter.send(
             RecordSceneChecked(
@@ -243,10 +246,8 @@ class ScenePreparer:
         for n, change in enumerate(applied.changes):
             text = f"{change.setting}: {change.before} -> {change.after}"
             await reporter.line(step, LogLevel.info, text, f"change:{n}")
+        await reporter.findings(step, applied.findings)
         errors = [f for f in applied.findings if f.severity is FindingSeverity.error]
-        for n, f in enumerate(applied.findings):
-            level = LogLevel.error if f.severity is FindingSeverity.error else LogLevel.warning
-            await reporter.line(step, level, f"{f.code}: {f.message}", f"finding:{n}")
         if errors:
             raise SceneSettingsFailed(
                 f"{errors[0].code}: {errors[0].message}",

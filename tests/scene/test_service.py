@@ -25,7 +25,7 @@ from contracts.jobs import (
     Resolution,
     SubmitJob,
 )
-from contracts.preparation import PreparationQueued, PrepareScene
+from contracts.preparation import JobSceneSettings, PreparationQueued, PrepareScene
 from contracts.staging import SceneKind, SceneRef
 from deploy.local.servers import free_port
 from libs.bus.commands import Actor, CommandClient
@@ -116,19 +116,13 @@ async def staged_job(jobs: ServiceRuntime[Any], key: str, **settings: Any) -> Pr
     staged = RecordSceneStaged(job_id=job_id, scene_key=key, reused=False, at=T0)
     await client.send(staged, JobAccepted, command_id=uuid.uuid4().hex, actor=SCHEDULER)
     # The order carries the job's settings, as the scheduler keeps them from its events.
-    return PrepareScene.model_validate(
-        {
-            "job_id": job_id,
-            "owner_id": OWNER,
-            "staged_key": key,
-            "settings": {
-                "renderer": spec.renderer,
-                "frame_range": spec.frame_range,
-                "resolution": spec.resolution,
-                "render_settings": spec.render_settings,
-            },
-        }
+    settings_ = JobSceneSettings(
+        renderer=spec.renderer,
+        frame_range=spec.frame_range,
+        resolution=spec.resolution,
+        render_settings=spec.render_settings,
     )
+    return PrepareScene(job_id=job_id, owner_id=OWNER, staged_key=key, settings=settings_)
 
 
 async def prepare(jobs: ServiceRuntime[Any], order: PrepareScene) -> PreparationQueued:
