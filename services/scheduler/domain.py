@@ -204,9 +204,10 @@ def job_commands_for(event: Event) -> list[Command]:
     return []
 
 
-def is_test_render(event: RenderEvent) -> bool:
+def is_test_render(render_id: str | None) -> bool:
+    """Whether ``render_id`` names a test render (not a full render, nor no render id)."""
     try:
-        return render_kind_of(event.render_id) is RenderKind.test
+        return render_kind_of(render_id or "") is RenderKind.test
     except ValueError:
         return False
 
@@ -393,6 +394,8 @@ class RenderProcess(ProcessManager[JobRender]):
         self.skip_reason = skip_reason
 
     def key(self, event: Event) -> str | None:
+        if isinstance(event, TaskCharged) and not is_test_render(event.line.render_id):
+            return None  # a full render's task: nothing here; no state read or written
         if isinstance(
             event,
             JobSubmitted
@@ -453,7 +456,7 @@ class RenderProcess(ProcessManager[JobRender]):
                 high = estimate.high_credits if estimate else state.test.estimate_high_credits
                 charged: dict[str, Any] = {"charged_tasks": tasks, "estimate_high_credits": high}
                 update = {"test": state.test.model_copy(update=charged)}
-        elif isinstance(event, RenderEvent) and is_test_render(event):
+        elif isinstance(event, RenderEvent) and is_test_render(event.render_id):
             current = state.test
             ordered = isinstance(event, RenderOrdered | RenderSubmitted)
             if current is not None and current.render_id == event.render_id and ordered:
@@ -540,7 +543,7 @@ class RenderProcess(ProcessManager[JobRender]):
                 return self._after_test_render(state, self.evolve(state, event), cause)
             case TaskCharged():
                 return self._after_test_render(state, self.evolve(state, event), cause)
-            case _ if isinstance(event, RenderEvent) and is_test_render(event):
+            case _ if isinstance(event, RenderEvent) and is_test_render(event.render_id):
                 cmds = test_render_commands_for(event)
                 return [Send(cmd, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED) for cmd in cmds]
             case SceneStagingFailed():

@@ -44,7 +44,7 @@ from contracts.render import (
     SubmitRender,
     render_id_for,
 )
-from libs.process import ProcessRunner
+from libs.process import InMemoryProcessStore, ProcessRunner
 from services.scheduler.domain import JobRender
 from tests.policies import ScriptedCommands
 from tests.scheduler.test_policy import (
@@ -280,3 +280,12 @@ async def test_a_cancel_stops_a_test_render_on_the_farm_too(
     cancelled = [c.render_id for c in commands.of(CancelRender)]
     assert cancelled == [TEST, RENDER]
     assert commands.types()[-1] == "ConfirmJobCancelled"
+
+
+async def test_a_full_renders_charged_task_reads_and_writes_no_scheduler_state(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands, store: InMemoryProcessStore
+) -> None:
+    test_line = charged(0, "9.00")
+    full_line = test_line.line.model_copy(update={"render_id": RENDER})
+    await runner.handle(bus_event(test_line.model_copy(update={"line": full_line})))
+    assert commands.sent == [] and ("scheduler", JOB) not in store.states
