@@ -48,8 +48,8 @@ class DeadLetterWatch:
     """Fails the job of every dead letter, once (the commands are idempotent by item)."""
 
     queue: WorkQueue
-    to_itself: CommandClient
-    to_jobs: CommandClient
+    #: Sends to this service (AbandonPreparation) and to the job service (FailJob).
+    commands: CommandClient
     poll_seconds: float
     seen: set[str] = field(default_factory=set)
 
@@ -75,13 +75,13 @@ class DeadLetterWatch:
         cmd = AbandonPreparation(
             job_id=job_id, code=code, error=dead.error[:2000], deliveries=dead.deliveries
         )
-        await self.to_itself.send(
+        await self.commands.send(
             cmd, PreparationQueued, command_id=f"{dead.item_id}:abandoned", actor=ACTOR
         )
         reason = f"the scene could not be prepared after {dead.deliveries} attempt(s): {dead.error}"
         fail = FailJob(job_id=job_id, reason=reason[:4000], code=code, at=now())
         try:
-            await self.to_jobs.send(
+            await self.commands.send(
                 fail, JobAccepted, command_id=f"{dead.item_id}:failed", actor=ACTOR
             )
         except DomainError as e:
@@ -111,14 +111,13 @@ async def wire(rt: ServiceRuntime[Scene]) -> Scene:
     )
     await queue.setup()
     PreparationCommands(queue).register(rt.commands)
-    to_jobs = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
-    preparer = ScenePreparer(settings, to_jobs, find_blender(settings.blender))
+    commands = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
+    preparer = ScenePreparer(settings, commands, find_blender(settings.blender))
     for n in range(settings.workers):
         consumer = f"{settings.worker_name}-{n}"
         worker = Worker(queue, consumer, preparer.handle)
         rt.background(f"scene-worker-{n}", worker.run)
-    to_itself = CommandClient(rt.nc, settings, timeout=settings.command_timeout_seconds)
-    watch = DeadLetterWatch(queue, to_itself, to_jobs, settings.dead_letter_poll_seconds)
+    watch = DeadLetterWatch(queue, commands, settings.dead_letter_poll_seconds)
     rt.background("scene-dead-letters", watch.run)
     return Scene(queue, preparer, watch)
 
