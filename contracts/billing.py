@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from contracts.base import COMMANDS, EVENTS, Command, Event
 from contracts.envelope import AwaitingReason, CostStatus, Currency
-from contracts.jobs import FrameRange, JobPriority, Renderer, RenderSettings, Resolution
+from contracts.jobs import (
+    FrameRange,
+    JobPriority,
+    Renderer,
+    RenderSettings,
+    Resolution,
+    TestRenderQuality,
+)
 from contracts.text import IdText
 from contracts.wallet import Credits
 
@@ -240,6 +247,12 @@ class CostLine(_Model):
     price_version: int | None = Field(description="Price version used.")
     amount_credits: Credits = Field(description="Credits of this line (negative for a credit).")
     at: datetime = Field(description="UTC time the cost was incurred.")
+    work_factor: Decimal = Field(
+        default=Decimal(1),
+        description="A frame's work at the job's settings over this task's, by pixels times"
+        " samples (a decimal string): above 1 for a test render at reduced quality, whose"
+        " seconds the re-estimate scales by it; 1 otherwise.",
+    )
 
 
 class HoldRequest(_Model):
@@ -456,6 +469,8 @@ class ChargeTask(Command):
     instance_type: str | None = None
     render_seconds: float
     finished_at: datetime
+    #: A test render's quality, when it is not the job's own settings.
+    quality: TestRenderQuality | None = None
 
 
 @COMMANDS.register

@@ -20,6 +20,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
     TestRenderFrame,
+    TestRenderQuality,
     TestRenderStatus,
 )
 from contracts.scenes import SceneFinding
@@ -124,6 +125,15 @@ class TestRenderView(_View):
     render_id: str = Field(description="The test render's id, e.g. job_01J....test.1.")
     status: TestRenderStatus = Field(description="requested, rendering, completed or failed.")
     frames: list[int] = Field(description="The frames asked for.")
+    quality: TestRenderQuality = Field(
+        default_factory=TestRenderQuality,
+        description="What its frames render at, against the job's settings.",
+    )
+    resolution: Resolution | None = Field(
+        default=None,
+        description="The test frames' size in pixels; null for test renders from before it"
+        " was shown.",
+    )
     requested_at: datetime = Field(description="UTC time it was asked for.")
     deadline_at: datetime = Field(description="UTC time it is due (10 minutes by default).")
     seconds_left: int | None = Field(

@@ -288,6 +288,52 @@ class TestRenderFrame(_Model):
 MAX_TEST_FRAMES = 10
 
 
+class TestRenderQuality(_Model):
+    """What a test render's frames render at, against the job's own settings: a smaller
+    image or fewer samples give a faster preview; the re-estimate scales its measured seconds
+    back up to the job's settings (:meth:`work_factor`)."""
+
+    __test__ = False  # not a pytest test class
+
+    resolution_percent: StrictInt = Field(
+        default=100,
+        ge=10,
+        le=100,
+        description="Each side of the image as a percentage of the job's resolution (at least"
+        " 16 pixels); 100: the job's own size.",
+    )
+    samples: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Samples per pixel of the test frames; null: the job's (or the scene's).",
+    )
+
+    def resolution_of(self, job: Resolution) -> Resolution:
+        """The test frames' size for a job of size ``job``."""
+
+        def side(pixels: int) -> int:
+            return max(16, (pixels * self.resolution_percent + 50) // 100)
+
+        return Resolution(width=side(job.width), height=side(job.height))
+
+    def settings_of(self, job: RenderSettings) -> RenderSettings:
+        """The test frames' render settings for a job's ``job``."""
+        return job if self.samples is None else job.model_copy(update={"samples": self.samples})
+
+    def work_factor(
+        self, resolution: Resolution, settings: RenderSettings, scene_samples: int
+    ) -> Decimal:
+        """How many times a test frame's work a frame at the job's settings is: pixels times
+        samples, with ``scene_samples`` standing for a scene's own samples where the job
+        leaves them to the scene. 1 at the job's own settings."""
+        test = self.resolution_of(resolution)
+        job_samples = settings.samples or scene_samples
+        test_samples = self.samples or job_samples
+        job_work = resolution.width * resolution.height * job_samples
+        return Decimal(job_work) / Decimal(test.width * test.height * test_samples)
+
+
 @EVENTS.register
 class JobTestRenderRequested(Event):
     """A test render of ``frames`` was asked for, due by ``deadline_at``; with
@@ -300,6 +346,8 @@ class JobTestRenderRequested(Event):
     deadline_at: datetime
     budget_credits: Decimal | None
     at: datetime
+    #: Recorded before test renders could be reduced: the job's own settings.
+    quality: TestRenderQuality = Field(default_factory=TestRenderQuality)
 
 
 @EVENTS.register
@@ -521,6 +569,9 @@ class JobFramesRendered(Event):
     worker: str
     render_seconds: float
     at: datetime
+    #: The task's peak memory on the farm; null when the farm did not measure it, and for
+    #: tasks recorded before it was kept.
+    peak_memory_bytes: int | None = None
 
 
 @EVENTS.upcaster(JobFramesRendered.event_type, from_version=1)
@@ -857,6 +908,7 @@ class RequestTestRender(Command):
     frames: list[StrictInt] | None = Field(default=None, min_length=1, max_length=MAX_TEST_FRAMES)
     deadline_seconds: StrictInt = Field(default=600, ge=60, le=24 * 3600)
     start_full_render_if_within: CostCredits | None = None
+    quality: TestRenderQuality = Field(default_factory=TestRenderQuality)
 
 
 @COMMANDS.register
@@ -965,6 +1017,7 @@ class RecordFramesRendered(Command):
     worker: str
     render_seconds: float = Field(ge=0)
     at: datetime
+    peak_memory_bytes: int | None = Field(default=None, ge=0)
 
 
 @COMMANDS.register

@@ -88,6 +88,7 @@ def _line(r: asyncpg.Record) -> PlacedLine:
             price_version=r["price_version"],
             amount_credits=r["amount_credits"],
             at=r["at"],
+            work_factor=r["work_factor"],
         ),
     )
 
@@ -110,7 +111,7 @@ class BillingQuery:
         )
         self._lines_sql = (
             "SELECT seq, line_id, cause, render_id, task_id, frames, worker, instance_type,"
-            " seconds, price_per_hour_credits, price_version, amount_credits, at"
+            " seconds, price_per_hour_credits, price_version, amount_credits, at, work_factor"
             f" FROM {s}.cost_lines WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         )
         self._totals_sql = (

@@ -50,6 +50,11 @@ class RenderedFrame:
     sha256: str
     worker: str
     rendered_at: datetime
+    #: Of the farm task that rendered it (a task renders ``chunk_size`` frames); seconds and
+    #: memory are null for frames recorded before they were kept.
+    task_id: int
+    render_seconds: float | None
+    peak_memory_bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,8 @@ class JobsQuery:
             " AND ($3::text IS NULL OR job_id < $3) ORDER BY job_id DESC LIMIT $4"
         )
         self._frames_sql = (
-            "SELECT frame, output_id, object_key, size_bytes, sha256, worker, rendered_at"
+            "SELECT frame, task_id, output_id, object_key, size_bytes, sha256, worker,"
+            " rendered_at, render_seconds, peak_memory_bytes"
             f" FROM {s}.frames"
             " WHERE job_id = $1 AND frame > $2 ORDER BY frame LIMIT $3"
         )

@@ -230,6 +230,7 @@ class BillingCommands:
             cmd.finished_at,
             price,
             self.model,
+            cmd.quality,
         )
         if not charged or cost.check_cap(cmd.finished_at):
             return self._reply(cost)

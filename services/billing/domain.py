@@ -55,7 +55,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.errors.money import SpendCapRef
-from contracts.jobs import FrameRange, Renderer
+from contracts.jobs import FrameRange, Renderer, TestRenderQuality
 from contracts.render import RenderKind, render_kind_of
 from contracts.wallet import credits
 from libs.eventstore.aggregate import Aggregate
@@ -67,6 +67,8 @@ MIN_HOLD = Decimal("0.01")
 REFERENCE_PIXELS = 1920 * 1080
 REFERENCE_SAMPLES = 128
 SECONDS = Decimal("0.001")
+#: A cost line's work factor is kept to 0.0001.
+WORK_FACTOR = Decimal("0.0001")
 
 # --- prices -------------------------------------------------------------------------------
 
@@ -150,6 +152,9 @@ class EstimatorModel(BaseModel):
     workers: int = 4
     #: A measured range is never narrower than expected +- this share.
     min_measured_spread: Decimal = Decimal("0.10")
+    #: Nor than +- this share when measured at reduced quality and scaled up (render time
+    #: is not quite proportional to pixels and samples: scene load, BVH build, denoising).
+    min_scaled_spread: Decimal = Decimal("0.25")
 
 
 def frame_count(frame_range: FrameRange) -> int:
@@ -192,12 +197,14 @@ def estimate(
     measured = full or tasks_lines
     if measured:
         source = SecondsSource.measured if full else SecondsSource.test_render
-        seconds = sum((ln.seconds for ln in measured), Decimal(0))
+        seconds = sum((ln.seconds * ln.work_factor for ln in measured), Decimal(0))
         frames_measured = sum(len(ln.frames) for ln in measured)
         mean = seconds / frames_measured
-        per_frame = [ln.seconds / len(ln.frames) for ln in measured]
-        low = min(min(per_frame), mean * (1 - model.min_measured_spread))
-        high = max(max(per_frame), mean * (1 + model.min_measured_spread))
+        per_frame = [ln.seconds * ln.work_factor / len(ln.frames) for ln in measured]
+        scaled = any(ln.work_factor != 1 for ln in measured)
+        spread = model.min_scaled_spread if scaled else model.min_measured_spread
+        low = min(min(per_frame), mean * (1 - spread))
+        high = max(max(per_frame), mean * (1 + spread))
         done = {f for ln in full for f in ln.frames}
         remaining = max(frames - len(done), 0)
         so_far = sum((ln.amount_credits for ln in full), Decimal(0))
@@ -562,10 +569,12 @@ class JobCost(Aggregate):
         finished_at: datetime,
         price: PriceVersion,
         model: EstimatorModel | None = None,
+        quality: TestRenderQuality | None = None,
     ) -> bool:
         """Record the task's cost line (once per render and task); True if it is new. A test
-        render's task re-estimates the job (with ``model``) from the frames measured so far:
-        the range the full render is started on."""
+        render's task re-estimates the job (with ``model``) from the frames measured so far,
+        scaled to the job's settings when it rendered at a reduced ``quality``: the range the
+        full render is started on."""
         line_id = f"task:{render_id}:{task_id}"
         charged = any(ln.line_id == line_id for ln in self.lines)
         if charged or self.status is CostStatus.settled:
@@ -591,6 +600,7 @@ class JobCost(Aggregate):
             price_version=price.version,
             amount_credits=credits(_machine_cost(seconds, per_hour)),
             at=finished_at,
+            work_factor=self._work_factor(quality),
         )
         so_far = self.totals.so_far_credits + line.amount_credits
         changes: dict[str, object] = {"so_far_credits": so_far, "lines": len(self.lines) + 1}
@@ -606,6 +616,14 @@ class JobCost(Aggregate):
             )
         )
         return True
+
+    def _work_factor(self, quality: TestRenderQuality | None) -> Decimal:
+        if quality is None:
+            return Decimal(1)
+        assert self.parameters is not None
+        p = self.parameters
+        factor = quality.work_factor(p.resolution, p.render_settings, REFERENCE_SAMPLES)
+        return factor.quantize(WORK_FACTOR)
 
     def _would_pass_cap(self) -> bool:
         """At the cap, or the next task (at the mean task cost) would pass it while frames

@@ -46,7 +46,9 @@ from contracts.jobs import (
     JobCompleted,
     JobFailed,
     JobSubmitted,
+    JobTestRenderRequested,
     RecordJobCost,
+    TestRenderQuality,
 )
 from contracts.render import RenderTaskCompleted
 from contracts.wallet import (
@@ -199,27 +201,36 @@ def parameters_of(event: JobSubmitted) -> EstimateParameters:
 
 
 class JobMoney(BaseModel):
-    """What the billing manager remembers of a job: whose it is and whether it ended."""
+    """What the billing manager remembers of a job: whose it is, whether it ended, and the
+    quality of its test renders not at the job's own settings (their tasks are charged
+    with it)."""
 
     owner_id: str | None = None
     ended: bool = False
+    reduced_tests: dict[str, TestRenderQuality] = {}
 
 
 class JobBillingProcess(ProcessManager[JobMoney]):
     """A job's money: open and hold, charge tasks, settle at the end, show it on the job."""
 
     name = "billing"
-    subjects = _subjects(JobSubmitted, RenderTaskCompleted, *JOB_ENDS, *JOB_COST_EVENTS)
+    subjects = _subjects(
+        JobSubmitted, JobTestRenderRequested, RenderTaskCompleted, *JOB_ENDS, *JOB_COST_EVENTS
+    )
     state_type = JobMoney
 
     def key(self, event: Event) -> str | None:
-        if isinstance(event, (JobSubmitted, RenderTaskCompleted, *JOB_ENDS, *JOB_COST_EVENTS)):
+        keyed = (JobSubmitted, JobTestRenderRequested, RenderTaskCompleted)
+        if isinstance(event, (*keyed, *JOB_ENDS, *JOB_COST_EVENTS)):
             return event.job_id
         return None
 
     def evolve(self, state: JobMoney, event: Event) -> JobMoney:
         if isinstance(event, JobSubmitted):
             return state.model_copy(update={"owner_id": event.owner_id})
+        if isinstance(event, JobTestRenderRequested) and event.quality != TestRenderQuality():
+            reduced = {**state.reduced_tests, event.render_id: event.quality}
+            return state.model_copy(update={"reduced_tests": reduced})
         if isinstance(event, JOB_ENDS):
             return state.model_copy(update={"ended": True})
         return state
@@ -247,6 +258,7 @@ class JobBillingProcess(ProcessManager[JobMoney]):
                     worker=event.worker,
                     render_seconds=event.render_seconds,
                     finished_at=event.finished_at,
+                    quality=state.reduced_tests.get(event.render_id),
                 )
                 return [Send(charge, JobCostReply, then=lambda r: hold_chain(r, at))]
             case JobCompleted() | JobFailed() | JobCancelled():

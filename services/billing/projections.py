@@ -121,6 +121,7 @@ def _line_row(job_id: str, line: CostLine, seq: int) -> Row:
         "price_version": line.price_version,
         "amount_credits": line.amount_credits,
         "at": line.at,
+        "work_factor": line.work_factor,
     }
 
 
@@ -143,6 +144,7 @@ class CostLinesProjection(ReadModel):
         "price_version": "integer",
         "amount_credits": "numeric",
         "at": "timestamptz",
+        "work_factor": "numeric",
     }
 
     @on(TaskCharged, key=lambda e: (e.job_id, e.line.line_id))

@@ -112,6 +112,15 @@ class JobFrameView(BaseModel):
     sha256: str = Field(description="SHA-256 of the image file, lowercase hex.")
     worker: str = Field(description="Name of the farm worker that rendered the frame.")
     rendered_at: datetime = Field(description="UTC time the frame's farm task finished.")
+    task_id: int = Field(description="The farm task that rendered it (chunk_size frames a task).")
+    render_seconds: float | None = Field(
+        description="Seconds that task took to render, all its frames; null for frames"
+        " recorded before it was kept."
+    )
+    peak_memory_bytes: int | None = Field(
+        description="That task's peak memory on the farm worker, in bytes; null when the farm"
+        " did not measure it."
+    )
 
 
 class JobFramePage(BaseModel):

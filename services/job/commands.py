@@ -123,7 +123,11 @@ class JobCommands:
     async def request_test_render(self, cmd: RequestTestRender, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, cmd.owner_id)
         job.request_test_render(
-            cmd.frames, cmd.deadline_seconds, cmd.start_full_render_if_within, datetime.now(UTC)
+            cmd.frames,
+            cmd.deadline_seconds,
+            cmd.start_full_render_if_within,
+            datetime.now(UTC),
+            cmd.quality,
         )
         return await self._accepted(uow, job)
 
@@ -234,7 +238,13 @@ class JobCommands:
     async def record_frames(self, cmd: RecordFramesRendered, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)
         job.record_frames(
-            cmd.render_id, cmd.task_id, cmd.frames, cmd.worker, cmd.render_seconds, cmd.at
+            cmd.render_id,
+            cmd.task_id,
+            cmd.frames,
+            cmd.worker,
+            cmd.render_seconds,
+            cmd.peak_memory_bytes,
+            cmd.at,
         )
         return await self._accepted(uow, job)
 

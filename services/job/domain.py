@@ -78,6 +78,7 @@ from contracts.jobs import (
     StepName,
     StepStatus,
     TestRenderFrame,
+    TestRenderQuality,
     TestRenderStatus,
 )
 from contracts.render import RenderKind, render_id_for
@@ -722,9 +723,10 @@ class Job(Aggregate):
         deadline_seconds: int,
         budget_credits: Decimal | None,
         now: datetime,
+        quality: TestRenderQuality = TestRenderQuality(),
     ) -> list[Event]:
-        """Ask for a test render of ``frames`` (default: first, middle, last), due in
-        ``deadline_seconds``. Only before the full render is queued, one at a time."""
+        """Ask for a test render of ``frames`` (default: first, middle, last) at ``quality``,
+        due in ``deadline_seconds``. Only before the full render is queued, one at a time."""
         self._require_open()
         if self.status is S.cancelling:
             raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
@@ -764,6 +766,7 @@ class Job(Aggregate):
                 deadline_at=now + timedelta(seconds=deadline_seconds),
                 budget_credits=budget_credits,
                 at=now,
+                quality=quality,
             )
         )
 
@@ -891,6 +894,7 @@ class Job(Aggregate):
         frames: Sequence[FrameOutput],
         worker: str,
         render_seconds: float,
+        peak_memory_bytes: int | None,
         at: datetime,
     ) -> list[Event]:
         """A farm task finished. Recording the same task of the same render again, a task of
@@ -924,6 +928,7 @@ class Job(Aggregate):
                 worker=worker,
                 render_seconds=render_seconds,
                 at=at,
+                peak_memory_bytes=peak_memory_bytes,
             )
         )
 

@@ -91,6 +91,8 @@ class FramesProjection(ReadModel):
         "sha256": "text",
         "worker": "text",
         "rendered_at": "timestamptz",
+        "render_seconds": "double precision",
+        "peak_memory_bytes": "bigint",
     }
 
     @on(JobFramesRendered, each=lambda e: {(e.job_id, f.frame): f for f in e.frames})
@@ -108,4 +110,6 @@ class FramesProjection(ReadModel):
             "sha256": f.sha256,
             "worker": e.worker,
             "rendered_at": e.at,
+            "render_seconds": e.render_seconds,
+            "peak_memory_bytes": e.peak_memory_bytes,
         }

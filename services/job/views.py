@@ -254,6 +254,8 @@ class JobView(BaseModel):
                     render_id=event.render_id,
                     status=TestRenderStatus.requested,
                     frames=event.frames,
+                    quality=event.quality,
+                    resolution=event.quality.resolution_of(self.resolution),
                     requested_at=event.at,
                     deadline_at=event.deadline_at,
                     seconds_left=None,

@@ -63,6 +63,7 @@ from contracts.jobs import (
     StepName,
     StopJob,
     TestRenderFrame,
+    TestRenderQuality,
 )
 from contracts.preparation import (
     JobSceneSettings,
@@ -181,6 +182,7 @@ def job_commands_for(event: Event) -> list[Command]:
                     worker=event.worker,
                     render_seconds=event.render_seconds,
                     at=event.finished_at,
+                    peak_memory_bytes=event.peak_memory_bytes,
                 )
             ]
         case RenderTaskFailed():
@@ -285,6 +287,7 @@ class TestRenderOrder(BaseModel):
     render_id: str
     frames: list[int]
     budget_credits: Decimal | None = None
+    quality: TestRenderQuality = TestRenderQuality()
     ordered: bool = False
     completed: bool = False
     failed: bool = False
@@ -440,7 +443,10 @@ class RenderProcess(ProcessManager[JobRender]):
             update = {"prepared": True, "scene_key": event.scene_key}
         elif isinstance(event, JobTestRenderRequested):
             test = TestRenderOrder(
-                render_id=event.render_id, frames=event.frames, budget_credits=event.budget_credits
+                render_id=event.render_id,
+                frames=event.frames,
+                budget_credits=event.budget_credits,
+                quality=event.quality,
             )
             update = {"test": test}
         elif isinstance(event, JobFullRenderReleased):
@@ -645,8 +651,8 @@ class RenderProcess(ProcessManager[JobRender]):
             renderer=settings.renderer,
             frame_range=settings.frame_range,
             chunk_size=1,
-            resolution=settings.resolution,
-            render_settings=settings.render_settings,
+            resolution=test.quality.resolution_of(settings.resolution),
+            render_settings=test.quality.settings_of(settings.render_settings),
             priority=state.priority,
             frames=test.frames,
         )

@@ -28,7 +28,7 @@ from contracts.billing import (
 )
 from contracts.envelope import AwaitingReason, CostStatus
 from contracts.errors import JobCostNotFound, NoPrices, ValidationFailed
-from contracts.jobs import FrameRange, Resolution
+from contracts.jobs import FrameRange, Resolution, TestRenderQuality
 from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.uow import ReadOnlyUnitOfWork, UnitOfWork
 from services.billing.commands import BillingCommands
@@ -158,6 +158,26 @@ async def test_each_farm_task_is_one_line_once(
     )
     assert (line.instance_type, line.price_version, line.frames) == ("local-cpu", 1, [1])
     assert reply.totals.so_far_credits == Decimal("0.50") and reply.totals.lines == 1
+
+
+async def test_a_reduced_test_renders_task_re_estimates_the_job_at_its_own_settings(
+    store: InMemoryEventStore, billing: BillingCommands
+) -> None:
+    await held(store, billing)
+    half = task(1).model_copy(
+        update={
+            "render_id": f"{JOB}.test.1",
+            "render_seconds": 22.5,
+            "quality": TestRenderQuality(resolution_percent=50),
+        }
+    )
+    reply = await run(store, billing.charge_task, half)
+    [line] = (await cost_of(store)).lines
+    assert line.work_factor == Decimal(4)  # 960x540 against the job's 1920x1080
+    estimate = reply.totals.estimate
+    assert estimate is not None
+    # 22.5 s at a quarter of the pixels: 90 s a frame at the job's own settings.
+    assert estimate.assumptions.seconds_per_frame == Decimal("90.000")
 
 
 async def test_the_hold_grows_when_the_cost_reaches_80_percent_of_it(

@@ -136,6 +136,24 @@ def test_a_test_renders_tasks_give_the_seconds_when_the_full_render_has_none() -
     assert est.expected_credits == Decimal("2.50")  # all 100 frames x 90 s; nothing so far
 
 
+def test_a_reduced_test_render_is_scaled_to_the_jobs_settings_with_a_wider_range() -> None:
+    """A test frame at half size (a quarter of the pixels) that took 22.5 s stands for 90 s
+    at the job's settings; scaling is not exact (scene load, BVH build), so the range is
+    at least +-25 %, not +-10 %."""
+    line = task_line(1, "22.5", "0.01", render="job_1.test.1").model_copy(
+        update={"work_factor": Decimal(4)}
+    )
+    est = estimate(params(), PRICES, MODEL, [line])
+    a = est.assumptions
+    assert a.seconds_source is SecondsSource.test_render
+    assert a.seconds_per_frame == Decimal("90.000")
+    assert (a.seconds_per_frame_low, a.seconds_per_frame_high) == (
+        Decimal("67.500"),
+        Decimal("112.500"),
+    )
+    assert est.expected_credits == Decimal("2.50")  # 100 frames x 90 s at 1/hour
+
+
 def test_the_default_prices_are_rupees_an_hour() -> None:
     """1 credit = ₹1 (payments' paise_per_credit 100): docs/billing.md's worked example."""
     prices = default_prices()

@@ -1,4 +1,5 @@
-"""A job's rendered frames through the public API: pages by frame number, ownership."""
+"""A job's rendered frames through the public API: pages by frame number, what the farm
+measured of each frame's task, ownership."""
 
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ async def test_a_jobs_frames_are_listed_by_frame_number_in_cursor_pages(
         "sha256": expected.sha256,
         "worker": "worker-1",
         "rendered_at": (T0.replace(second=30)).isoformat().replace("+00:00", "Z"),
+        "task_id": 0,
+        "render_seconds": 30.0,
+        "peak_memory_bytes": 3 * 2**30,
     }
+    assert [f["task_id"] for f in seen] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
     everything = (await client.get(url, headers=me)).json()
     assert everything["items"] == seen and everything["next_cursor"] is None
     job = (await client.get(f"/v1/jobs/{job_id}", headers=me)).json()

@@ -112,6 +112,7 @@ class Scheduler:
         worker: str = "worker-1",
         seconds: float = 30.0,
         attempt: int = 1,
+        peak_memory_bytes: int | None = 3 * 2**30,
     ) -> RecordFramesRendered:
         return RecordFramesRendered(
             job_id=job_id,
@@ -121,6 +122,7 @@ class Scheduler:
             worker=worker,
             render_seconds=seconds,
             at=T0 + timedelta(seconds=seconds * (task_id + 1)),
+            peak_memory_bytes=peak_memory_bytes,
         )
 
     async def render_all(self, job_id: str, frames: list[int], chunk_size: int) -> JobAccepted:

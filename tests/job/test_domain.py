@@ -143,7 +143,7 @@ def record(
         first = 1 + task_id * job.chunk_size
         assert job.frame_range is not None
         frames = range(first, min(first + job.chunk_size, job.frame_range.end + 1))
-    return job.record_frames(render_id, task_id, outputs(*frames), worker, seconds, at)
+    return job.record_frames(render_id, task_id, outputs(*frames), worker, seconds, None, at)
 
 
 def types(events: Sequence[Event]) -> list[str]:

@@ -17,9 +17,12 @@ from contracts.jobs import (
     JobAction,
     JobStatus,
     JobSubmitted,
+    JobTestRenderRequested,
+    Resolution,
     StepName,
     StepStatus,
     TestRenderFrame,
+    TestRenderQuality,
     TestRenderStatus,
 )
 from services.job.domain import Job, default_test_frames
@@ -107,6 +110,18 @@ def test_the_envelope_counts_the_seconds_left_to_the_deadline() -> None:
     assert test is not None and test.seconds_left == 400
     late = view(job).envelope(5, NOW + timedelta(hours=1)).test_render
     assert late is not None and late.seconds_left == 0
+
+
+def test_a_reduced_test_render_shows_its_quality_and_the_size_its_frames_render_at() -> None:
+    job = prepared()
+    quality = TestRenderQuality(resolution_percent=25, samples=16)
+    events = job.request_test_render([1], 600, None, NOW, quality)
+    evolve(job, events)
+    asked = events[0]
+    assert isinstance(asked, JobTestRenderRequested) and asked.quality == quality
+    test = view(job).envelope(5, NOW).test_render
+    assert test is not None and test.quality == quality
+    assert test.resolution == Resolution(width=480, height=270)  # a quarter of 1920x1080
 
 
 def test_a_missed_deadline_is_recorded_once_and_only_once_past_it() -> None:

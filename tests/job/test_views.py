@@ -84,7 +84,7 @@ def prepare(job: Job) -> list[Event]:
 def task(n: int, worker: str, seconds: float, render: str = "job_1.full.1") -> Decide:
     frames = outputs(*range(1 + n * 4, 5 + n * 4))
     at = NOW + timedelta(seconds=37 * (n + 1))
-    return lambda job: job.record_frames(render, n, frames, worker, seconds, at)
+    return lambda job: job.record_frames(render, n, frames, worker, seconds, None, at)
 
 
 def raw(event: Event) -> Decide:

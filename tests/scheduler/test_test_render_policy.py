@@ -34,6 +34,7 @@ from contracts.jobs import (
     RecordTestRenderFrames,
     RecordTestRenderStarted,
     StartFullRender,
+    TestRenderQuality,
 )
 from contracts.preparation import PreparationPriority, PrepareScene
 from contracts.render import (
@@ -72,7 +73,9 @@ FRAMES = [1, 5, 10]
 waits = submitted.model_copy(update={"start_full_render": False})
 
 
-def requested(budget: str | None = None) -> JobTestRenderRequested:
+def requested(
+    budget: str | None = None, quality: TestRenderQuality | None = None
+) -> JobTestRenderRequested:
     return JobTestRenderRequested(
         job_id=JOB,
         render_id=TEST,
@@ -80,6 +83,7 @@ def requested(budget: str | None = None) -> JobTestRenderRequested:
         deadline_at=T + timedelta(minutes=10),
         budget_credits=Decimal(budget) if budget else None,
         at=T,
+        quality=quality or TestRenderQuality(),
     )
 
 
@@ -178,6 +182,19 @@ async def test_a_test_render_is_ordered_on_the_test_pool_with_its_frames_once_th
     assert (submit.kind, submit.attempt, submit.frames) == (RenderKind.test, 1, FRAMES)
     assert (submit.chunk_size, submit.scene_key) == (1, PREPARED_KEY)
     assert submit.resolution == SPEC["resolution"]
+    assert submit.render_settings == SPEC["render_settings"]
+
+
+async def test_a_reduced_test_render_is_ordered_smaller_and_with_fewer_samples(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await prepared_and_waiting(runner, commands)
+    preview = TestRenderQuality(resolution_percent=25, samples=16)
+    await runner.handle(bus_event(requested(quality=preview)))
+    [submit] = commands.of(SubmitRender)
+    assert (submit.resolution.width, submit.resolution.height) == (512, 215)  # of 2048x858
+    assert submit.render_settings.samples == 16
+    assert submit.render_settings.output_format == SPEC["render_settings"].output_format
 
 
 async def test_a_job_waiting_for_a_test_render_is_prepared_ahead_of_full_renders(

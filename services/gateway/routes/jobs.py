@@ -43,6 +43,7 @@ from contracts.jobs import (
     RequestTestRender,
     StartFullRender,
     SubmitJob,
+    TestRenderQuality,
     UpdateJob,
 )
 from contracts.text import ID_PATTERN, Reason
@@ -277,6 +278,12 @@ class TestRenderRequest(BaseModel):
         description="A budget in credits (a decimal string): once the test render is priced,"
         " the full render starts by itself if the re-estimate's high end is within it.",
     )
+    quality: TestRenderQuality = Field(
+        default_factory=TestRenderQuality,
+        description="Render the test frames smaller or with fewer samples than the job (a"
+        " faster preview); the re-estimate scales the measured seconds to the job's settings."
+        " Default: the job's own settings.",
+    )
 
 
 @router.post(
@@ -325,6 +332,7 @@ async def start_test_render(
             frames=asked.frames,
             deadline_seconds=asked.deadline_seconds,
             start_full_render_if_within=asked.start_full_render_if_within,
+            quality=asked.quality,
         )
         accepted = await gw.commands.send(cmd, JobAccepted, command_id=command_id, actor=p.actor())
         return 202, (await gw.read.job_envelope(job_id, owner, accepted.version)).encode()
