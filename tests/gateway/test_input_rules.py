@@ -266,3 +266,27 @@ async def test_credits_stay_decimal_strings(
     r = await api.post("/v1/jobs", json=await scenes.spec(me, cost_cap_credits="99.5"), headers=me)
     assert r.status_code == 201, r.text
     assert r.json()["cost"]["cap_credits"] == "99.5"
+
+
+@pytest.mark.parametrize(
+    "quality",
+    [
+        {"resolution_percent": 5},
+        {"resolution_percent": 101},
+        {"resolution_percent": "50"},
+        {"samples": 0},
+        {"samples": True},
+        {"denoise": True},
+    ],
+)
+async def test_a_test_renders_quality_out_of_bounds_is_refused_and_nothing_is_started(
+    api: httpx.AsyncClient, users: Users, scenes: Scenes, quality: dict[str, object]
+) -> None:
+    me = users.new()
+    job_id = await new_job(api, scenes, me)
+    body = refused(
+        await api.post(f"/v1/jobs/{job_id}/test-render", json={"quality": quality}, headers=me)
+    )
+    assert "quality" in str(body["message"])
+    job = (await api.get(f"/v1/jobs/{job_id}", headers=me)).json()
+    assert job["test_render"] is None

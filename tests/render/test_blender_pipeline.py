@@ -1,8 +1,9 @@
 """A real ``.blend`` through the whole pipeline, as an agent drives it over the API: uploaded
 as a manifest with its texture, staged, checked, repathed, given the job's settings, a test
-render of one frame (with its seconds, peak memory, a download URL and a re-estimate from
-the measured frame), then the full render started by the user; every frame rendered by
-Blender (Cycles on the CPU) at the job's size, with pixels in it."""
+render of one frame at half size and fewer samples (with its seconds, peak memory, a download
+URL and a re-estimate from the measured frame scaled to the job's settings), then the full
+render started by the user; every frame rendered by Blender (Cycles on the CPU) at the job's
+size, with pixels in it, and its task's seconds and peak memory on the frames page."""
 
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def steps(job: dict[str, Any]) -> dict[str, str]:
     return {s["name"]: s["status"] for s in job["steps"]}
 
 
-def assert_rendered(png: bytes) -> None:
+def assert_rendered(png: bytes, size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
     image = Image.open(io.BytesIO(png))
-    assert image.size == (WIDTH, HEIGHT)
-    colours = image.convert("RGB").getcolors(maxcolors=WIDTH * HEIGHT)
+    assert image.size == size
+    colours = image.convert("RGB").getcolors(maxcolors=size[0] * size[1])
     assert colours is None or len(colours) > 10  # a rendered cube and texture, not a blank
 
 
@@ -106,12 +107,17 @@ async def test_a_textured_blend_is_prepared_test_rendered_then_fully_rendered_by
     assert "start_full_render" in job["allowed_actions"] and "test_render" in job["allowed_actions"]
     before = (await system.api.get(f"/v1/jobs/{job_id}/cost", headers=system.headers)).json()
 
+    preview = {"resolution_percent": 50, "samples": 2}
     r = await system.api.post(
-        f"/v1/jobs/{job_id}/test-render", json={"frames": [2]}, headers=system.headers
+        f"/v1/jobs/{job_id}/test-render",
+        json={"frames": [2], "quality": preview},
+        headers=system.headers,
     )
     assert r.status_code == 202, r.text
     test = r.json()["test_render"]
     assert (test["frames"], test["deadline_missed"]) == ([2], False)
+    assert test["quality"] == preview
+    assert test["resolution"] == {"width": WIDTH // 2, "height": HEIGHT // 2}
     assert 0 < test["seconds_left"] <= 600
     again = await system.api.post(f"/v1/jobs/{job_id}/test-render", headers=system.headers)
     assert again.status_code == 409 and again.json()["code"] == "test_render_in_progress"
@@ -136,7 +142,7 @@ async def test_a_textured_blend_is_prepared_test_rendered_then_fully_rendered_by
     )
     assert thumb.status_code == 200, thumb.text
     async with httpx.AsyncClient() as client:
-        assert_rendered((await client.get(url.json()["url"])).content)
+        assert_rendered((await client.get(url.json()["url"])).content, (WIDTH // 2, HEIGHT // 2))
         jpeg = (await client.get(thumb.json()["url"])).content
     assert hashlib.sha256(jpeg).hexdigest() == thumb.json()["sha256"]
     assert thumb.json()["file_name"].endswith(".jpg")
@@ -158,3 +164,8 @@ async def test_a_textured_blend_is_prepared_test_rendered_then_fully_rendered_by
     assert full == ["frame_0001.png", "frame_0002.png", "frame_0003.png"]
     for path in system.outputs.rglob(f"{job_id}.full.1/frame_*"):
         assert_rendered(path.read_bytes())
+    page = (await system.api.get(f"/v1/jobs/{job_id}/frames", headers=system.headers)).json()
+    assert [f["frame"] for f in page["items"]] == [1, 2, 3]
+    for frame in page["items"]:
+        assert frame["task_id"] is not None and frame["render_seconds"] > 0
+        assert frame["peak_memory_bytes"] > 10 * 2**20

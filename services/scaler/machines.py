@@ -1,0 +1,228 @@
+"""One render machine's life as the scaler records it (stream ``vm-<vm id>``). Pure.
+
+Every method is idempotent: it records only when the machine's phase changes, so a
+reconciliation that sees the same state twice, or a restarted scaler replaying what it saw,
+records nothing new. Each change ends the current phase's span (``PhaseSpan``) at the
+machine's price: the sum of a machine's spans is its cost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from contracts.base import Event
+from contracts.fleet import (
+    ENDED_PHASES,
+    PhaseSpan,
+    VmAdopted,
+    VmBecameBusy,
+    VmBecameIdle,
+    VmBooted,
+    VmDrainStarted,
+    VmLaunchAccepted,
+    VmLaunchFailed,
+    VmLost,
+    VmPhase,
+    VmPreempted,
+    VmRequested,
+    VmStopped,
+    span,
+)
+from libs.eventstore.aggregate import Aggregate
+
+#: Phases a machine's worker is up in.
+UP_PHASES = frozenset({VmPhase.idle, VmPhase.busy, VmPhase.draining})
+
+
+class Vm(Aggregate):
+    """A render machine: its pool, type, price, phase and what it has cost so far."""
+
+    stream_prefix = "vm"
+
+    pool: str = ""
+    provider: str = ""
+    instance_type: str = ""
+    spot: bool = False
+    region: str | None = None
+    hourly_price_usd: Decimal = Decimal(0)
+    phase: VmPhase | None = None
+    since: datetime | None = None
+    worker_name: str | None = None
+    request_id: str | None = None
+    cost_usd: Decimal = Decimal(0)
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ENDED_PHASES
+
+    def _span(self, at: datetime) -> PhaseSpan:
+        assert self.phase is not None and self.since is not None
+        return span(self.phase, self.since, max(at, self.since), self.hourly_price_usd)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def request(
+        self,
+        *,
+        pool: str,
+        provider: str,
+        instance_type: str,
+        spot: bool,
+        region: str | None,
+        hourly_price_usd: Decimal,
+        reason: str,
+        decision_id: str | None,
+        at: datetime,
+    ) -> bool:
+        """Ask for the machine; a second request of the same vm id records nothing."""
+        if self.phase is not None:
+            return False
+        self.record(
+            VmRequested(
+                vm_id=self.key,
+                at=at,
+                pool=pool,
+                provider=provider,
+                instance_type=instance_type,
+                spot=spot,
+                region=region,
+                hourly_price_usd=hourly_price_usd,
+                reason=reason,
+                decision_id=decision_id,
+            )
+        )
+        return True
+
+    def adopt(
+        self,
+        *,
+        pool: str,
+        provider: str,
+        instance_type: str,
+        spot: bool,
+        region: str | None,
+        hourly_price_usd: Decimal,
+        worker_name: str | None,
+        launched_at: datetime,
+        at: datetime,
+    ) -> bool:
+        """Take on a machine the provider runs and we did not know (counted from its launch)."""
+        if self.phase is not None:
+            return False
+        self.record(
+            VmAdopted(
+                vm_id=self.key,
+                at=at,
+                pool=pool,
+                provider=provider,
+                instance_type=instance_type,
+                spot=spot,
+                region=region,
+                hourly_price_usd=hourly_price_usd,
+                worker_name=worker_name,
+                launched_at=launched_at,
+            )
+        )
+        return True
+
+    def launch_accepted(self, request_id: str | None, at: datetime) -> bool:
+        if self.phase is not VmPhase.requested or self.request_id is not None:
+            return False
+        self.record(VmLaunchAccepted(vm_id=self.key, at=at, request_id=request_id))
+        return True
+
+    def launch_failed(self, reason: str, at: datetime) -> bool:
+        if self.phase is not VmPhase.requested:
+            return False
+        self.record(VmLaunchFailed(vm_id=self.key, at=at, reason=reason, ended=self._span(at)))
+        return True
+
+    def booted(self, worker_name: str, at: datetime) -> bool:
+        if self.phase is not VmPhase.requested:
+            return False
+        self.record(VmBooted(vm_id=self.key, at=at, worker_name=worker_name, ended=self._span(at)))
+        return True
+
+    def worker_seen(self, busy: bool, at: datetime) -> bool:
+        """The farm shows the machine's worker ``busy`` (with a task) or idle."""
+        if self.phase is VmPhase.busy and not busy:
+            self.record(VmBecameIdle(vm_id=self.key, at=at, ended=self._span(at)))
+            return True
+        if self.phase is VmPhase.idle and busy:
+            self.record(VmBecameBusy(vm_id=self.key, at=at, ended=self._span(at)))
+            return True
+        return False
+
+    def drain(self, reason: str, decision_id: str | None, at: datetime) -> bool:
+        """No new tasks from now on; the machine stops once its worker is idle."""
+        if self.phase not in (VmPhase.idle, VmPhase.busy):
+            return False
+        self.record(
+            VmDrainStarted(
+                vm_id=self.key,
+                at=at,
+                reason=reason,
+                decision_id=decision_id,
+                ended=self._span(at),
+            )
+        )
+        return True
+
+    def stopped(self, reason: str, at: datetime) -> bool:
+        if self.phase is None or self.ended:
+            return False
+        self.record(VmStopped(vm_id=self.key, at=at, reason=reason, ended=self._span(at)))
+        return True
+
+    def preempted(self, reason: str, at: datetime) -> bool:
+        if self.phase is None or self.ended:
+            return False
+        self.record(VmPreempted(vm_id=self.key, at=at, reason=reason, ended=self._span(at)))
+        return True
+
+    def lost(self, at: datetime) -> bool:
+        if self.phase is None or self.ended:
+            return False
+        self.record(VmLost(vm_id=self.key, at=at, ended=self._span(at)))
+        return True
+
+    # -- state ----------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case VmRequested():
+                self.pool, self.provider = event.pool, event.provider
+                self.instance_type, self.spot = event.instance_type, event.spot
+                self.region, self.hourly_price_usd = event.region, event.hourly_price_usd
+                self.phase, self.since = VmPhase.requested, event.at
+            case VmAdopted():
+                self.pool, self.provider = event.pool, event.provider
+                self.instance_type, self.spot = event.instance_type, event.spot
+                self.region, self.hourly_price_usd = event.region, event.hourly_price_usd
+                self.worker_name = event.worker_name
+                up = VmPhase.idle if event.worker_name else VmPhase.requested
+                self.phase, self.since = up, event.launched_at
+            case VmLaunchAccepted():
+                self.request_id = event.request_id
+            case VmBooted():
+                self._end(event.ended, VmPhase.idle, event.at)
+                self.worker_name = event.worker_name
+            case VmBecameBusy():
+                self._end(event.ended, VmPhase.busy, event.at)
+            case VmBecameIdle():
+                self._end(event.ended, VmPhase.idle, event.at)
+            case VmDrainStarted():
+                self._end(event.ended, VmPhase.draining, event.at)
+            case VmLaunchFailed():
+                self._end(event.ended, VmPhase.failed, event.at)
+            case VmStopped():
+                self._end(event.ended, VmPhase.stopped, event.at)
+            case VmPreempted():
+                self._end(event.ended, VmPhase.preempted, event.at)
+            case VmLost():
+                self._end(event.ended, VmPhase.lost, event.at)
+
+    def _end(self, ended: PhaseSpan, phase: VmPhase, at: datetime) -> None:
+        self.cost_usd += ended.cost_usd
+        self.phase, self.since = phase, at
