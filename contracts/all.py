@@ -1,6 +1,7 @@
 """Import every contract module, so the registries know every event and command."""
 
 import contracts.billing
+import contracts.fleet
 import contracts.gateway
 import contracts.identity
 import contracts.jobs

@@ -138,17 +138,17 @@ class VmBooted(VmSpanEvent):
 
 
 @EVENTS.register
-class VmBecameBusy(VmSpanEvent):
+class VmEngaged(VmSpanEvent):
     """The machine's worker took a task."""
 
-    event_type = "fleet.VmBecameBusy"
+    event_type = "fleet.VmEngaged"
 
 
 @EVENTS.register
-class VmBecameIdle(VmSpanEvent):
+class VmIdled(VmSpanEvent):
     """The machine's worker has no task."""
 
-    event_type = "fleet.VmBecameIdle"
+    event_type = "fleet.VmIdled"
 
 
 @EVENTS.register
@@ -187,8 +187,8 @@ class VmLost(VmSpanEvent):
 SPAN_EVENTS: tuple[type[VmSpanEvent], ...] = (
     VmLaunchFailed,
     VmBooted,
-    VmBecameBusy,
-    VmBecameIdle,
+    VmEngaged,
+    VmIdled,
     VmDrainStarted,
     VmStopped,
     VmPreempted,

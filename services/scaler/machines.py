@@ -16,8 +16,8 @@ from contracts.fleet import (
     ENDED_PHASES,
     PhaseSpan,
     VmAdopted,
-    VmBecameBusy,
-    VmBecameIdle,
+    VmEngaged,
+    VmIdled,
     VmBooted,
     VmDrainStarted,
     VmLaunchAccepted,
@@ -147,10 +147,10 @@ class Vm(Aggregate):
     def worker_seen(self, busy: bool, at: datetime) -> bool:
         """The farm shows the machine's worker ``busy`` (with a task) or idle."""
         if self.phase is VmPhase.busy and not busy:
-            self.record(VmBecameIdle(vm_id=self.key, at=at, ended=self._span(at)))
+            self.record(VmIdled(vm_id=self.key, at=at, ended=self._span(at)))
             return True
         if self.phase is VmPhase.idle and busy:
-            self.record(VmBecameBusy(vm_id=self.key, at=at, ended=self._span(at)))
+            self.record(VmEngaged(vm_id=self.key, at=at, ended=self._span(at)))
             return True
         return False
 
@@ -208,9 +208,9 @@ class Vm(Aggregate):
             case VmBooted():
                 self._end(event.ended, VmPhase.idle, event.at)
                 self.worker_name = event.worker_name
-            case VmBecameBusy():
+            case VmEngaged():
                 self._end(event.ended, VmPhase.busy, event.at)
-            case VmBecameIdle():
+            case VmIdled():
                 self._end(event.ended, VmPhase.idle, event.at)
             case VmDrainStarted():
                 self._end(event.ended, VmPhase.draining, event.at)

@@ -23,8 +23,8 @@ from libs.eventstore.store import RecordedEvent
 NEXT_PHASE: dict[str, VmPhase] = {
     "fleet.VmLaunchFailed": VmPhase.failed,
     "fleet.VmBooted": VmPhase.idle,
-    "fleet.VmBecameBusy": VmPhase.busy,
-    "fleet.VmBecameIdle": VmPhase.idle,
+    "fleet.VmEngaged": VmPhase.busy,
+    "fleet.VmIdled": VmPhase.idle,
     "fleet.VmDrainStarted": VmPhase.draining,
     "fleet.VmStopped": VmPhase.stopped,
     "fleet.VmPreempted": VmPhase.preempted,

@@ -39,6 +39,7 @@ def test_every_event_name_is_context_dot_past_tense_name() -> None:
             "billing",
             "payment",
             "scene",
+            "fleet",
         }, name
         assert event[0].isupper() and event.endswith(
             ("ed", "Taken", "Freed", "Held", "Lost", "Set")

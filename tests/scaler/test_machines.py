@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from contracts.fleet import VmBecameBusy, VmBooted, VmPhase, VmStopped
+from contracts.fleet import VmEngaged, VmBooted, VmPhase, VmStopped
 from services.scaler.machines import Vm
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
@@ -53,7 +53,7 @@ def test_boot_busy_idle_and_stop_each_end_a_span_costed_at_the_machines_price() 
     assert vm.worker_seen(busy=False, at=T0 + timedelta(minutes=30, seconds=50))
     assert vm.stopped("idle_timeout", T0 + timedelta(minutes=40, seconds=50))
     boot, busy_at, idle_at, stop = vm.pending[1:]
-    assert isinstance(boot, VmBooted) and isinstance(busy_at, VmBecameBusy)
+    assert isinstance(boot, VmBooted) and isinstance(busy_at, VmEngaged)
     assert isinstance(stop, VmStopped)
     assert (boot.ended.phase, boot.ended.seconds) == (VmPhase.requested, Decimal(45))
     assert boot.ended.cost_usd == Decimal("0.008500")  # 45 s x 0.68 / 3600
