@@ -12,7 +12,7 @@ import pytest
 
 from services.scaler.farm import FarmQueue, PoolQueue, WorkerStatus
 from services.scaler.local import LocalFarmProvider
-from services.scaler.provider import LaunchRefused, LaunchSpec, VmStatus
+from services.scaler.provider import FleetProvider, LaunchRefused, LaunchSpec, VmStatus
 from tests.farm.conftest import Farm
 from tests.farm.test_deadline_protocol import blender_job, get_job, get_tasks, reports, submit
 from tests.waiting import until
@@ -46,7 +46,8 @@ def spec(vm_id: str, pool: str = "render", **changes: str | bool) -> LaunchSpec:
 async def test_a_launched_machine_renders_the_queued_job(
     farm: Farm, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    provider = LocalFarmProvider(client, PRICE)
+    provider: FleetProvider = LocalFarmProvider(client, PRICE)
+    assert provider.name == "local"
     queue = FarmQueue(client)
     job_id = submit(farm, blender_job("grow", "1-4", tmp_path / "out", Pool="render"))
     assert (await queue.snapshot()).pools == {"render": PoolQueue("render", 4, 0)}
