@@ -1,7 +1,9 @@
 """The farm's web service: Deadline 10's REST subset plus the ``/_farm/`` control endpoints.
 
 The service also supervises the worker processes: it starts ``--workers`` of them, restarts any
-that die, changes their number on ``PUT /_farm/workers`` and marks silent ones Stalled.
+that die, changes their number on ``PUT /_farm/workers`` and marks silent ones Stalled. Named
+workers (``PUT``/``DELETE /_farm/workers/{name}``, one per machine of the scaler's local
+provider) are supervised apart from the counted ones.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +50,10 @@ from deploy.farm.store import (
 
 log = logging.getLogger("deploy.farm")
 
-#: Upper bound for ``PUT /_farm/workers``.
+#: Upper bound for ``PUT /_farm/workers``, and for the named workers.
 MAX_WORKERS = 64
+#: A named worker's name: a letter or digit, then letters, digits, ``.``, ``_`` or ``-``.
+WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: Seconds a stopping worker gets before it is killed.
 WORKER_STOP_SECONDS = 10.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,13 +80,29 @@ class FarmConfig:
     standby_pools: tuple[str, ...] = ("test",)
 
 
+@dataclass
+class NamedWorker:
+    """A worker started by name (one machine): its process, pools and start time."""
+
+    proc: subprocess.Popen[bytes]
+    pools: list[str] | None
+    launched: float
+
+
 class Supervisor:
-    """Starts, restarts and stops worker processes, and detects stalled workers."""
+    """Starts, restarts and stops worker processes, and detects stalled workers.
+
+    The counted workers (``procs``, named ``{worker_prefix}NN``) follow :meth:`set_count`;
+    the named workers (``named``) are started and stopped one by one and never counted, so
+    :meth:`set_count` leaves them alone. Housekeeping restarts a worker of either kind that
+    exits by itself; a stopped one is no longer supervised, so it stays stopped.
+    """
 
     def __init__(self, config: FarmConfig, store: Store) -> None:
         self.config = config
         self.store = store
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.named: dict[str, NamedWorker] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._housekeeping, name="farm-house", daemon=True)
@@ -95,7 +118,7 @@ class Supervisor:
         self.set_count(self.config.workers)
         self._thread.start()
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         logs = self.config.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {
@@ -127,7 +150,7 @@ class Supervisor:
         if name in self.standby_names:
             args += ["--standby-pools", ",".join(self.config.standby_pools)]
         with (logs / f"{name}.log").open("ab") as out:
-            self.procs[name] = subprocess.Popen(
+            return subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
@@ -138,7 +161,7 @@ class Supervisor:
             while len(self.procs) < count:
                 name = f"{self.config.worker_prefix}{index:02d}"
                 if name not in self.procs:
-                    self._spawn(name)
+                    self.procs[name] = self._spawn(name)
                 index += 1
             if len(self.procs) > count:
                 idle = {w["Name"] for w in self.store.workers() if w["Stat"] == WORKER_IDLE}
@@ -146,7 +169,9 @@ class Supervisor:
                 self._stop_workers(order[: len(self.procs) - count])
 
     def _stop_workers(self, names: list[str]) -> None:
-        procs = [(name, self.procs.pop(name)) for name in names]
+        self._stop_procs([(name, self.procs.pop(name)) for name in names])
+
+    def _stop_procs(self, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
         for _, proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -158,8 +183,33 @@ class Supervisor:
                 proc.wait()
                 self.store.worker_offline(name)
 
+    def is_counted(self, name: str) -> bool:
+        """Whether ``name`` has the counted workers' form (``{worker_prefix}NN``)."""
+        return re.fullmatch(re.escape(self.config.worker_prefix) + r"\d+", name) is not None
+
+    def start_named(self, name: str, pools: list[str] | None) -> None:
+        """Start the named worker with ``pools`` (enabled); one already running is left as is."""
+        with self._lock:
+            if name in self.named:
+                return
+            if len(self.named) >= MAX_WORKERS:
+                raise FarmError(f"Error: the farm runs {MAX_WORKERS} named workers already.", 409)
+            self.store.prepare_worker(name, pools)
+            self.named[name] = NamedWorker(self._spawn(name), pools, time.time())
+
+    def stop_named(self, name: str) -> bool:
+        """Stop the named worker (its task is requeued) and stop supervising it; False when
+        no such worker runs."""
+        with self._lock:
+            worker = self.named.pop(name, None)
+            if worker is None:
+                return False
+            self._stop_procs([(name, worker.proc)])
+            return True
+
     def describe(self) -> dict[str, Any]:
-        """The ``/_farm/workers`` answer: wanted count and each worker's process and Stat."""
+        """The ``/_farm/workers`` answer: the counted workers (count, process and Stat of
+        each) and the named ones."""
         with self._lock:
             pids = {name: proc.pid for name, proc in self.procs.items()}
         stats = {w["Name"]: w["Stat"] for w in self.store.workers(list(pids) or None)}
@@ -169,7 +219,28 @@ class Supervisor:
                 {"name": name, "pid": pid, "Stat": stats.get(name, 0)}
                 for name, pid in sorted(pids.items())
             ],
+            "named": self.describe_named(),
         }
+
+    def describe_named(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """The named workers (or those of ``names`` that run): process, Stat, settings."""
+        with self._lock:
+            named = {n: w for n, w in self.named.items() if names is None or n in names}
+        if not named:
+            return []
+        stats = {w["Name"]: w["Stat"] for w in self.store.workers(list(named))}
+        settings = {s["Name"]: s for s in self.store.worker_settings(list(named))}
+        return [
+            {
+                "name": name,
+                "pid": worker.proc.pid,
+                "Stat": stats.get(name, 0),
+                "Pools": settings[name]["Pools"] if name in settings else worker.pools or [],
+                "Enable": settings[name]["Enable"] if name in settings else True,
+                "launched": datetime.fromtimestamp(worker.launched, UTC).isoformat(),
+            }
+            for name, worker in sorted(named.items())
+        ]
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(1.0):
@@ -180,7 +251,12 @@ class Supervisor:
                     for name, proc in list(self.procs.items()):
                         if proc.poll() is not None:
                             log.warning("worker %s exited (%s); restarting", name, proc.returncode)
-                            self._spawn(name)
+                            self.procs[name] = self._spawn(name)
+                    for name, worker in self.named.items():
+                        if worker.proc.poll() is not None:
+                            code = worker.proc.returncode
+                            log.warning("worker %s exited (%s); restarting", name, code)
+                            worker.proc = self._spawn(name)
             except Exception:
                 log.exception("farm housekeeping failed")
 
@@ -188,7 +264,8 @@ class Supervisor:
         """Stop housekeeping and every worker (their tasks are requeued)."""
         self._stop.set()
         with self._lock:
-            self._stop_workers(list(self.procs))
+            named = [(name, self.named.pop(name).proc) for name in list(self.named)]
+            self._stop_procs([(name, self.procs.pop(name)) for name in list(self.procs)] + named)
 
 
 # -- HTTP helpers ------------------------------------------------------------------------
@@ -574,6 +651,31 @@ class FarmApp:
         by_name = {s["Name"]: s for s in settings}
         return JSONResponse([{"Info": info, "Settings": by_name[info["Name"]]} for info in infos])
 
+    async def put_slaves(self, request: Request) -> Response:
+        """``PUT /api/slaves {"Command": "savesettings", "SlaveSettings": {...}}``
+        (``Slaves.SaveSlaveSettings``): writes back ``Enable``, ``Pools`` and ``Grps``."""
+        body = await _body(request)
+        command = body.get("Command")
+        if not isinstance(command, str) or not command.strip():
+            raise FarmError("Error: the body must contain a Command.", 400)
+        if command.strip().lower() != "savesettings":
+            raise FarmError(f"Error: {command!r} is not a valid command.", 500)
+        settings = body.get("SlaveSettings")
+        if not isinstance(settings, dict):
+            raise FarmError("Error: savesettings needs the SlaveSettings object.", 400)
+        name = settings.get("Name")
+        if not isinstance(name, str) or not name.strip():
+            raise FarmError("Error: SlaveSettings must contain the worker's Name.", 400)
+        enable = settings.get("Enable", True)
+        if not isinstance(enable, bool):
+            raise FarmError("Error: Enable must be true or false.", 400)
+        pools = [p.lower() for p in _names(settings.get("Pools", []), "Pools")]
+        groups = [g.lower() for g in _names(settings.get("Grps", []), "Grps")]
+        await run_in_threadpool(
+            self.store.save_worker_settings, name.strip(), enable, pools, groups
+        )
+        return _text("Success")
+
     async def get_slaves_rendering_job(self, request: Request) -> Response:
         """``GET /api/slavesrenderingjob?JobID=``: names of the workers on the job."""
         job_id = _required(request, "JobID")
@@ -636,6 +738,57 @@ class FarmApp:
             raise FarmError(f"Error: count must be an integer from 0 to {MAX_WORKERS}.", 400)
         await run_in_threadpool(self.supervisor.set_count, count)
         return JSONResponse(await run_in_threadpool(self.supervisor.describe))
+
+    def _named_worker(self, request: Request) -> str:
+        """The ``{name}`` of ``/_farm/workers/{name}``: a valid name, not a counted worker's."""
+        name: str = request.path_params["name"]
+        if WORKER_NAME.fullmatch(name) is None:
+            raise FarmError(
+                f"Error: {name!r} is not a worker name (a letter or digit, then letters,"
+                " digits, '.', '_' or '-'; at most 63).",
+                400,
+            )
+        if self.supervisor.is_counted(name):
+            raise FarmError(
+                f"Error: {name!r} is a counted worker's name; PUT /_farm/workers sets those.",
+                400,
+            )
+        return name
+
+    async def _one_named(self, name: str) -> Response:
+        found = await run_in_threadpool(self.supervisor.describe_named, [name])
+        if not found:
+            raise FarmError(f"Error: no named worker {name!r} runs.", 404)
+        return JSONResponse(found[0])
+
+    async def get_named_worker(self, request: Request) -> Response:
+        """``GET /_farm/workers/{name}``: the named worker, 404 when it does not run."""
+        return await self._one_named(self._named_worker(request))
+
+    async def put_named_worker(self, request: Request) -> Response:
+        """``PUT /_farm/workers/{name} {"pools": [...]}``: start the named worker (enabled,
+        with these pools); one already running is left as it is."""
+        name = self._named_worker(request)
+        raw = await request.body()
+        body = await _body(request) if raw.strip() else {}
+        unknown = set(body) - {"pools"}
+        if unknown:
+            raise FarmError(f"Error: unknown fields {sorted(unknown)}; only pools.", 400)
+        pools = None
+        if "pools" in body:
+            if not isinstance(body["pools"], list):
+                raise FarmError("Error: pools must be a list of pool names.", 400)
+            pools = [p.lower() for p in _names(body["pools"], "pools")]
+        await run_in_threadpool(self.supervisor.start_named, name, pools)
+        return await self._one_named(name)
+
+    async def delete_named_worker(self, request: Request) -> Response:
+        """``DELETE /_farm/workers/{name}``: stop the named worker (its task is requeued);
+        404 when it does not run."""
+        name = self._named_worker(request)
+        if not await run_in_threadpool(self.supervisor.stop_named, name):
+            raise FarmError(f"Error: no named worker {name!r} runs.", 404)
+        return _text("Success")
 
     async def get_faults(self, _request: Request) -> Response:
         """``GET /_farm/faults``: the injected failure rules."""
@@ -700,12 +853,21 @@ def create_app(config: FarmConfig) -> Starlette:
         Route("/api/tasks", r(get=farm.get_tasks, put=farm.put_tasks), methods=methods),
         Route("/api/jobreports", r(get=farm.get_job_reports), methods=methods),
         Route("/api/taskreports", r(get=farm.get_task_reports), methods=methods),
-        Route("/api/slaves", r(get=farm.get_slaves), methods=methods),
+        Route("/api/slaves", r(get=farm.get_slaves, put=farm.put_slaves), methods=methods),
         Route("/api/slavesrenderingjob", r(get=farm.get_slaves_rendering_job), methods=methods),
         *(Route(f"/api/{kind}s", r(**farm.lists(kind)), methods=methods) for kind in LISTS),
         Route(
             "/_farm/workers",
             r(get=farm.get_farm_workers, put=farm.put_farm_workers),
+            methods=methods,
+        ),
+        Route(
+            "/_farm/workers/{name}",
+            r(
+                get=farm.get_named_worker,
+                put=farm.put_named_worker,
+                delete=farm.delete_named_worker,
+            ),
             methods=methods,
         ),
         Route(

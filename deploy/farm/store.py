@@ -176,7 +176,8 @@ CREATE TABLE IF NOT EXISTS farm_groups (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS worker_settings (
     name TEXT PRIMARY KEY,
     pools TEXT NOT NULL DEFAULT '[]',
-    grps TEXT NOT NULL DEFAULT '[]'
+    grps TEXT NOT NULL DEFAULT '[]',
+    enabled INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS faults (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -192,6 +193,7 @@ _ADDED_COLUMNS = (
     ("tasks", "ram_peak", "INTEGER NOT NULL DEFAULT 0"),
     ("reports", "peak_ram", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "standby", "INTEGER NOT NULL DEFAULT 0"),
+    ("worker_settings", "enabled", "INTEGER NOT NULL DEFAULT 1"),
 )
 
 
@@ -952,7 +954,7 @@ class Store:
         """Worker ``Settings`` objects (``GET /api/slaves?Data=settings``)."""
         conn = self._conn()
         settings = {
-            r["name"]: (json.loads(r["pools"]), json.loads(r["grps"]))
+            r["name"]: (json.loads(r["pools"]), json.loads(r["grps"]), bool(r["enabled"]))
             for r in conn.execute("SELECT * FROM worker_settings")
         }
         known = [r["name"] for r in conn.execute("SELECT name FROM workers ORDER BY name")]
@@ -960,14 +962,43 @@ class Store:
         return [
             {
                 "Name": name,
-                "Enable": True,
-                "Pools": settings.get(name, ([], []))[0],
-                "Grps": settings.get(name, ([], []))[1],
+                "Enable": settings.get(name, ([], [], True))[2],
+                "Pools": settings.get(name, ([], [], True))[0],
+                "Grps": settings.get(name, ([], [], True))[1],
                 "Desc": "local farm worker",
                 "Conc": 1,
             }
             for name in wanted
         ]
+
+    def save_worker_settings(
+        self, name: str, enabled: bool, pools: list[str], groups: list[str]
+    ) -> None:
+        """``savesettings``: a known worker's ``Enable``, ``Pools`` and ``Grps``. A disabled
+        worker finishes the task it renders and claims no other (:func:`_best_task`)."""
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM workers WHERE name=?", (name,)).fetchone() is None:
+                raise FarmError(f"Error: Worker {name!r} does not exist.", 404)
+            _add_names(conn, "pool", pools)
+            _add_names(conn, "group", groups)
+            conn.execute(
+                "INSERT INTO worker_settings (name, pools, grps, enabled) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET pools=excluded.pools, grps=excluded.grps,"
+                " enabled=excluded.enabled",
+                (name, json.dumps(pools), json.dumps(groups), int(enabled)),
+            )
+
+    def prepare_worker(self, name: str, pools: list[str] | None) -> None:
+        """Settings of a machine about to start: enabled, and with ``pools`` (in order,
+        replacing its list) when given."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO worker_settings (name) VALUES (?)", (name,))
+            conn.execute("UPDATE worker_settings SET enabled=1 WHERE name=?", (name,))
+            if pools is not None:
+                _add_names(conn, "pool", pools)
+                conn.execute(
+                    "UPDATE worker_settings SET pools=? WHERE name=?", (json.dumps(pools), name)
+                )
 
     def worker_reports(self, name: str, contents: bool) -> list[Any]:
         """Reports a worker wrote (``Data=reports``), or their texts (``reportcontents``)."""
@@ -1309,6 +1340,12 @@ def _worker_setup(conn: sqlite3.Connection, name: str) -> tuple[list[str], list[
     return pools, groups, bool(row is not None and row["standby"])
 
 
+def _worker_enabled(conn: sqlite3.Connection, name: str) -> bool:
+    """False once the worker's settings disable it (``savesettings`` with ``Enable: false``)."""
+    row = conn.execute("SELECT enabled FROM worker_settings WHERE name=?", (name,)).fetchone()
+    return row is None or bool(row["enabled"])
+
+
 def _pool_rank(pools: list[str], standby: bool) -> tuple[str, list[str]]:
     """SQL giving a job's place in a worker's pool order (NULL: a job it does not serve), and
     its arguments: the worker's pools in order, then pool ``none`` and jobs whose secondary
@@ -1330,8 +1367,10 @@ def _best_task(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
     (every worker is in group ``none``), that are under their machine limit and whose
     white/black list lets the worker in. Among those: the worker's pool order, then highest
     priority, then oldest job, then lowest task id. The row has the task, its job and
-    ``pool_rank``.
+    ``pool_rank``. A disabled worker takes nothing.
     """
+    if not _worker_enabled(conn, name):
+        return None
     pools, groups, standby = _worker_setup(conn, name)
     rank, rank_args = _pool_rank(pools, standby)
     white = "json_extract(j.job_info, '$.Whitelist')"
