@@ -533,6 +533,7 @@ def plot(results: Sequence[WeekResult], path: Path = PLOT) -> Path:
         t = [s[0] / DAY for s in r.samples]
         ax.step(t, [s[1] for s in r.samples], where="post", color="tab:blue", label="VMs")
         ax.set_ylabel("VMs", color="tab:blue")
+        ax.set_ylim(bottom=0)
         q = ax.twinx()
         q.step(t, [s[2] for s in r.samples], where="post", color="tab:orange", lw=0.7)
         q.set_ylabel("queued tasks", color="tab:orange")
