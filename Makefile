@@ -53,7 +53,7 @@ typecheck: venv
 bench: venv
 	$(PY) -m bench
 
-# A subset with shorter runs (sections 3, 4, 5 at 100k events, 8, 10 with 256 MiB, 11, 13, 14), under two minutes.
+# A subset with shorter runs (sections 3, 4, 5 at 100k events, 8, 10 with 256 MiB, 11, 13, 14, 15, 17), under two minutes.
 bench-quick: venv
 	$(PY) -m bench --quick
 

@@ -39,6 +39,7 @@ from bench.projection_lag import LagOptions, run_projection_lag
 from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
 from bench.report import Figure, table, write_json
+from bench.scaler_bench import measure_scaler_week
 from bench.scene_check import scene_check_figures
 from bench.store_bench import StoreOptions, run_appends, run_relay_lag
 from bench.testrender_bench import TestRenderBenchOptions, run_test_render_overhead
@@ -64,15 +65,16 @@ SECTIONS = {
     "14": "test render at 200 GB: simulated time-to-ready",
     "15": "test render overhead: POST test-render -> ready, minus the render, warm worker",
     "16": "scene check time per 1,000 assets (and repathing), Blender-built scene",
+    "17": "scaler over a simulated week: test-render SLA, deadlines, fleet cost vs a bound",
 }
 
 #: Sections that need no servers: with only these selected, none are started.
-SERVERLESS = {"14", "16"}
+SERVERLESS = {"14", "16", "17"}
 
 #: ``--quick``: a subset with shorter runs, for use while developing (under two minutes);
 #: options given on the command line win.
 QUICK = {
-    "only": "3,4,5,8,10,11,13,14,15",
+    "only": "3,4,5,8,10,11,13,14,15,17",
     "append_seconds": 1.5,
     "relay_seconds": 2.0,
     "rebuild_events": 100_000,
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a subset (sections 3,4,5,8,10,11,13,14,15) with shorter runs, about two minutes",
+        help="a subset (sections 3,4,5,8,10,11,13,14,15,17) with shorter runs, about two minutes",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".run" / "bench.json")
     p.add_argument("--get-duration", type=float, default=8.0)
@@ -289,6 +291,7 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
             ]
 
         await section("16", only, figures, scene_check)
+        await section("17", only, figures, lambda: measure_scaler_week(args.quick))
     finally:
         await infra.drop_databases()
 
