@@ -161,6 +161,15 @@ class VmDrainStarted(VmSpanEvent):
 
 
 @EVENTS.register
+class VmDrainCancelled(VmSpanEvent):
+    """The draining machine is needed again: its worker takes tasks again (idle)."""
+
+    event_type = "fleet.VmDrainCancelled"
+    reason: str
+    decision_id: str | None
+
+
+@EVENTS.register
 class VmStopped(VmSpanEvent):
     """The machine was stopped (by us, or found stopped); its time ends here."""
 
@@ -190,6 +199,7 @@ SPAN_EVENTS: tuple[type[VmSpanEvent], ...] = (
     VmEngaged,
     VmIdled,
     VmDrainStarted,
+    VmDrainCancelled,
     VmStopped,
     VmPreempted,
     VmLost,

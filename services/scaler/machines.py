@@ -16,10 +16,11 @@ from contracts.fleet import (
     ENDED_PHASES,
     PhaseSpan,
     VmAdopted,
+    VmBooted,
+    VmDrainCancelled,
+    VmDrainStarted,
     VmEngaged,
     VmIdled,
-    VmBooted,
-    VmDrainStarted,
     VmLaunchAccepted,
     VmLaunchFailed,
     VmLost,
@@ -169,6 +170,21 @@ class Vm(Aggregate):
         )
         return True
 
+    def resume(self, reason: str, decision_id: str | None, at: datetime) -> bool:
+        """A draining machine is needed again: its worker takes tasks again."""
+        if self.phase is not VmPhase.draining:
+            return False
+        self.record(
+            VmDrainCancelled(
+                vm_id=self.key,
+                at=at,
+                reason=reason,
+                decision_id=decision_id,
+                ended=self._span(at),
+            )
+        )
+        return True
+
     def stopped(self, reason: str, at: datetime) -> bool:
         if self.phase is None or self.ended:
             return False
@@ -214,6 +230,8 @@ class Vm(Aggregate):
                 self._end(event.ended, VmPhase.idle, event.at)
             case VmDrainStarted():
                 self._end(event.ended, VmPhase.draining, event.at)
+            case VmDrainCancelled():
+                self._end(event.ended, VmPhase.idle, event.at)
             case VmLaunchFailed():
                 self._end(event.ended, VmPhase.failed, event.at)
             case VmStopped():

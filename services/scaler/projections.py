@@ -26,6 +26,7 @@ NEXT_PHASE: dict[str, VmPhase] = {
     "fleet.VmEngaged": VmPhase.busy,
     "fleet.VmIdled": VmPhase.idle,
     "fleet.VmDrainStarted": VmPhase.draining,
+    "fleet.VmDrainCancelled": VmPhase.idle,
     "fleet.VmStopped": VmPhase.stopped,
     "fleet.VmPreempted": VmPhase.preempted,
     "fleet.VmLost": VmPhase.lost,

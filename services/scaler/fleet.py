@@ -1,0 +1,270 @@
+"""The scaler's round: reconcile what the provider and the farm say with what we recorded,
+then decide (``domain.decide``) and act. One round every ``tick_seconds``.
+
+Reconcile, per machine: one the provider has and we never recorded is adopted or stopped
+(``unknown_vms``); one we think runs and the provider lost is ``lost``; preempted and failed
+ones are recorded and released; a booted one's worker on the farm is seen busy or idle. Then
+the policy's launches (recorded before the provider is asked, with our vm id, so a scaler
+killed mid-launch finds the machine by id and never launches a second), drains (through the
+farm: the worker disabled, its task finishes), resumes and stops (only drained machines).
+Every change is a ``fleet.*`` event on the machine's stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+from contracts.fleet import VmPhase
+from libs.eventstore.store import EventStore
+from libs.eventstore.uow import UnitOfWork
+from libs.ids import new_id
+from libs.logging import get_logger
+from services.scaler.domain import (
+    TEST_RENDER_SLA_SECONDS,
+    Backoffs,
+    Decision,
+    FleetLimits,
+    InstanceOption,
+    PoolPolicy,
+    PoolQueue,
+    QueuedWork,
+    RunningTask,
+    Worker,
+    WorkerStatus,
+    decide,
+    launch_accepted,
+    launch_refused,
+)
+from services.scaler.farm import FarmQueue, FarmSnapshot
+from services.scaler.farm import WorkerStatus as FarmStatus
+from services.scaler.machines import Vm
+from services.scaler.provider import FleetProvider, LaunchRefused, VmInfo, VmStatus
+from services.scaler.settings import PoolSetting, ScalerSettings, UnknownVms
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def policies_of(settings: ScalerSettings) -> list[PoolPolicy]:
+    return [
+        PoolPolicy(
+            name=p.name,
+            instance_types=tuple(
+                InstanceOption(i.name, i.hourly_price_usd, i.spot_hourly_price_usd)
+                for i in p.instance_types
+            ),
+            min_workers=p.min_workers,
+            max_workers=p.max_workers,
+            standby=p.standby,
+            spot=p.spot,
+            idle_seconds=p.idle_seconds,
+            boot_seconds=p.boot_seconds,
+            drain_target_seconds=p.drain_target_seconds,
+            priority=p.priority,
+        )
+        for p in settings.pools
+    ]
+
+
+def queues_of(
+    farm: FarmSnapshot, pools: Sequence[PoolSetting], workers: Mapping[str, str], now: float
+) -> dict[str, PoolQueue]:
+    """The policy's queues from the farm's: a pool's waiting tasks as one piece of work at the
+    pool's task time (a test-render pool's due within the SLA), its rendering tasks half done.
+    ``workers`` maps farm worker names to our vm ids."""
+    queues: dict[str, PoolQueue] = {}
+    for p in pools:
+        q = farm.pools.get(p.name)
+        waiting: tuple[QueuedWork, ...] = ()
+        if q is not None and q.waiting:
+            deadline = now + TEST_RENDER_SLA_SECONDS if p.test_renders else None
+            waiting = (
+                QueuedWork(f"pool:{p.name}", q.waiting, p.task_seconds, deadline, p.test_renders),
+            )
+        running = tuple(
+            RunningTask(f"{w.job_id}:{w.task_id}", workers[w.name], p.task_seconds / 2)
+            for w in farm.workers.values()
+            if w.name in workers and w.job_id and p.name in w.pools
+        )
+        queues[p.name] = PoolQueue(waiting=waiting, running=running)
+    return queues
+
+
+@dataclass
+class FleetRound:
+    """One scaler process's rounds; holds only what a restart may lose (back-offs)."""
+
+    store: EventStore
+    provider: FleetProvider
+    farm: FarmQueue
+    settings: ScalerSettings
+    clock: Clock = field(default=lambda: datetime.now(UTC))
+    #: Machines we recorded and have not seen end (seeded from the read model at start).
+    known: set[str] = field(default_factory=set)
+    backoffs: Backoffs = field(default_factory=dict)
+
+    async def run_once(self) -> Decision:
+        now = self.clock()
+        machines = {m.vm_id: m for m in await self.provider.machines()}
+        farm = await self.farm.snapshot()
+        vms: dict[str, Vm] = {}
+        for vm_id in sorted(self.known | set(machines)):
+            vm = await self._reconcile(vm_id, machines.get(vm_id), farm, now)
+            if vm is not None and not vm.ended:
+                vms[vm_id] = vm
+        self.known = set(vms)
+        fleet = [w for vm_id, vm in vms.items() if (w := self._worker(vm_id, vm, farm))]
+        names = {w.worker_name: w.vm_id for w in fleet if w.worker_name}
+        policies = policies_of(self.settings)
+        limits = FleetLimits(self.settings.max_vms, self.settings.max_spend_per_hour_usd)
+        t = now.timestamp()
+        queues = queues_of(farm, self.settings.pools, names, t)
+        decision = decide(t, policies, limits, queues, fleet, self.backoffs)
+        await self._act(decision, vms, now)
+        return decision
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def _reconcile(
+        self, vm_id: str, seen: VmInfo | None, farm: FarmSnapshot, now: datetime
+    ) -> Vm | None:
+        def change(vm: Vm) -> None:
+            if seen is None:
+                if vm.phase is not None and not vm.ended:
+                    vm.lost(now)
+                return
+            if vm.phase is None:
+                self._unknown(vm, seen, now)
+                return
+            if seen.status is VmStatus.preempted:
+                vm.preempted(seen.reason or "preempted by the provider", now)
+            elif seen.status is VmStatus.failed:
+                vm.launch_failed(seen.reason or "launch failed", now)
+            elif seen.status is VmStatus.stopped:
+                vm.stopped("stopped_by_provider", now)
+            if seen.worker_name and vm.phase is not None and not vm.ended:
+                worker = farm.workers.get(seen.worker_name)
+                up = worker is not None and worker.status is not FarmStatus.offline
+                if up and worker and not vm.booted(seen.worker_name, now):
+                    busy = worker.status in (FarmStatus.rendering, FarmStatus.draining)
+                    vm.worker_seen(busy, now)
+
+        vm = await self._record(vm_id, change)
+        if seen is not None and (vm.ended or vm.phase is None):
+            await self.provider.stop(vm_id)  # preempted, failed, or an unknown one not kept
+        return vm
+
+    def _unknown(self, vm: Vm, seen: VmInfo, now: datetime) -> None:
+        vm.adopt(
+            pool=seen.pool,
+            provider=self.provider.name,
+            instance_type=seen.instance_type,
+            spot=seen.spot,
+            region=seen.region,
+            hourly_price_usd=seen.hourly_price_usd,
+            worker_name=seen.worker_name,
+            launched_at=min(seen.launched_at, now),
+            at=now,
+        )
+        if self.settings.unknown_vms is UnknownVms.stop:
+            vm.stopped("unknown_vm", now)
+        log.warning("vm_unknown", vm_id=vm.key, kept=self.settings.unknown_vms.value)
+
+    def _worker(self, vm_id: str, vm: Vm, farm: FarmSnapshot) -> Worker | None:
+        status = _STATUS.get(vm.phase) if vm.phase else None
+        if status is None:
+            return None
+        farm_worker = farm.workers.get(vm.worker_name) if vm.worker_name else None
+        if status is WorkerStatus.draining and (
+            farm_worker is None or farm_worker.status is FarmStatus.disabled
+        ):
+            status = WorkerStatus.drained
+        assert vm.since is not None
+        return Worker(
+            vm_id=vm_id,
+            pool=vm.pool,
+            status=status,
+            instance_type=vm.instance_type,
+            spot=vm.spot,
+            hourly_price_usd=vm.hourly_price_usd,
+            launched_at=vm.since.timestamp() if status is WorkerStatus.booting else 0.0,
+            idle_since=vm.since.timestamp() if status is WorkerStatus.idle else None,
+            worker_name=vm.worker_name,
+        )
+
+    # -- act ----------------------------------------------------------------------------
+
+    async def _act(self, decision: Decision, vms: dict[str, Vm], now: datetime) -> None:
+        decision_id = new_id("dec")
+        for launch in decision.launches:
+            vm_id = new_id("vm")
+            request = partial(
+                Vm.request,
+                pool=launch.pool,
+                provider=self.provider.name,
+                instance_type=launch.instance_type,
+                spot=launch.spot,
+                region=None,
+                hourly_price_usd=launch.hourly_price_usd,
+                reason=launch.reason.value,
+                decision_id=decision_id,
+                at=now,
+            )
+            await self._record(vm_id, request)
+            self.known.add(vm_id)
+            log.info("vm_launch", vm_id=vm_id, reason=launch.reason.value, **dict(launch.inputs))
+            try:
+                info = await self.provider.launch(launch.spec(vm_id))
+            except LaunchRefused as e:
+                self.backoffs = launch_refused(
+                    self.backoffs, launch.pool, launch.instance_type, now.timestamp(), e.reason
+                )
+                await self._record(vm_id, partial(Vm.launch_failed, reason=e.reason, at=now))
+                log.error("vm_launch_refused", vm_id=vm_id, reason=e.reason)
+                continue
+            self.backoffs = launch_accepted(self.backoffs, launch.pool, launch.instance_type)
+            await self._record(
+                vm_id, partial(Vm.launch_accepted, request_id=info.request_id, at=now)
+            )
+        for action in decision.drains:
+            if worker := vms[action.vm_id].worker_name:
+                await self.farm.drain(worker)
+            drain = partial(Vm.drain, reason=action.reason.value, decision_id=decision_id, at=now)
+            await self._record(action.vm_id, drain)
+        for action in decision.resumes:
+            if worker := vms[action.vm_id].worker_name:
+                await self.farm.undrain(worker)
+            resume = partial(Vm.resume, reason=action.reason.value, decision_id=decision_id, at=now)
+            await self._record(action.vm_id, resume)
+        for action in decision.stops:
+            await self.provider.stop(action.vm_id)
+            await self._record(
+                action.vm_id, partial(Vm.stopped, reason=action.reason.value, at=now)
+            )
+            self.known.discard(action.vm_id)
+
+    async def _record(self, vm_id: str, decide_on: Callable[[Vm], object]) -> Vm:
+        uow = UnitOfWork(
+            self.store,
+            metadata={
+                "actor": {"kind": "service", "id": self.settings.service_name},
+                "correlation_id": f"vm:{vm_id}",
+            },
+        )
+        vm = await uow.get(Vm, vm_id)
+        decide_on(vm)
+        if await uow.commit():
+            self.store.notify_appended()
+        return vm
+
+
+_STATUS = {
+    VmPhase.requested: WorkerStatus.booting,
+    VmPhase.idle: WorkerStatus.idle,
+    VmPhase.busy: WorkerStatus.busy,
+    VmPhase.draining: WorkerStatus.draining,
+}
