@@ -12,7 +12,7 @@ Every change is a ``fleet.*`` event on the machine's stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -41,7 +41,7 @@ from services.scaler.domain import (
 from services.scaler.farm import FarmQueue, FarmSnapshot
 from services.scaler.farm import WorkerStatus as FarmStatus
 from services.scaler.machines import Vm
-from services.scaler.provider import FleetProvider, LaunchRefused, VmInfo, VmStatus
+from services.scaler.provider import FleetProvider, LaunchRefused, LaunchSpec, VmInfo, VmStatus
 from services.scaler.settings import PoolSetting, ScalerSettings, UnknownVms
 
 log = get_logger(__name__)
@@ -102,8 +102,10 @@ class FleetRound:
     provider: FleetProvider
     farm: FarmQueue
     settings: ScalerSettings
+    #: Machines the fleet read model lists as not ended (it may lag: ``known`` covers that).
+    recorded_live: Callable[[], Awaitable[set[str]]]
     clock: Clock = field(default=lambda: datetime.now(UTC))
-    #: Machines we recorded and have not seen end (seeded from the read model at start).
+    #: Machines this process recorded and has not seen end.
     known: set[str] = field(default_factory=set)
     backoffs: Backoffs = field(default_factory=dict)
 
@@ -112,9 +114,9 @@ class FleetRound:
         machines = {m.vm_id: m for m in await self.provider.machines()}
         farm = await self.farm.snapshot()
         vms: dict[str, Vm] = {}
-        for vm_id in sorted(self.known | set(machines)):
+        for vm_id in sorted(self.known | await self.recorded_live() | set(machines)):
             vm = await self._reconcile(vm_id, machines.get(vm_id), farm, now)
-            if vm is not None and not vm.ended:
+            if not vm.ended:
                 vms[vm_id] = vm
         self.known = set(vms)
         fleet = [w for vm_id, vm in vms.items() if (w := self._worker(vm_id, vm, farm))]
@@ -131,32 +133,47 @@ class FleetRound:
 
     async def _reconcile(
         self, vm_id: str, seen: VmInfo | None, farm: FarmSnapshot, now: datetime
-    ) -> Vm | None:
-        def change(vm: Vm) -> None:
-            if seen is None:
-                if vm.phase is not None and not vm.ended:
-                    vm.lost(now)
-                return
-            if vm.phase is None:
-                self._unknown(vm, seen, now)
-                return
-            if seen.status is VmStatus.preempted:
-                vm.preempted(seen.reason or "preempted by the provider", now)
-            elif seen.status is VmStatus.failed:
-                vm.launch_failed(seen.reason or "launch failed", now)
-            elif seen.status is VmStatus.stopped:
-                vm.stopped("stopped_by_provider", now)
-            if seen.worker_name and vm.phase is not None and not vm.ended:
-                worker = farm.workers.get(seen.worker_name)
-                up = worker is not None and worker.status is not FarmStatus.offline
-                if up and worker and not vm.booted(seen.worker_name, now):
-                    busy = worker.status in (FarmStatus.rendering, FarmStatus.draining)
-                    vm.worker_seen(busy, now)
-
-        vm = await self._record(vm_id, change)
+    ) -> Vm:
+        uow, vm = await self._load(vm_id)
+        if seen is None and vm.phase is VmPhase.requested:
+            seen = await self._relaunch(vm, now)
+        if seen is None:
+            vm.lost(now)
+        elif vm.phase is None:
+            self._unknown(vm, seen, now)
+        elif seen.status is VmStatus.preempted:
+            vm.preempted(seen.reason or "preempted by the provider", now)
+        elif seen.status is VmStatus.failed:
+            vm.launch_failed(seen.reason or "launch failed", now)
+        elif seen.status is VmStatus.stopped:
+            vm.stopped("stopped_by_provider", now)
+        elif seen.worker_name and not vm.ended:
+            worker = farm.workers.get(seen.worker_name)
+            if worker is not None and worker.status is not FarmStatus.offline:
+                busy = worker.status in (FarmStatus.rendering, FarmStatus.draining)
+                vm.booted(seen.worker_name, now) or vm.worker_seen(busy, now)
+        await self._commit(uow)
         if seen is not None and (vm.ended or vm.phase is None):
             await self.provider.stop(vm_id)  # preempted, failed, or an unknown one not kept
         return vm
+
+    async def _relaunch(self, vm: Vm, now: datetime) -> VmInfo | None:
+        """A machine we asked for that the provider does not list: the launch never reached
+        it (a scaler killed between recording and asking) or is still on its way. Asked
+        again with the same vm id, which is the same machine; given up after
+        ``launch_timeout_seconds``."""
+        assert vm.since is not None
+        if (now - vm.since).total_seconds() > self.settings.launch_timeout_seconds:
+            vm.launch_failed("launch_timeout", now)
+            return None
+        spec = LaunchSpec(vm.key, vm.pool, vm.instance_type, vm.spot, vm.region)
+        try:
+            info = await self.provider.launch(spec)
+        except LaunchRefused as e:
+            vm.launch_failed(e.reason, now)
+            return None
+        vm.launch_accepted(info.request_id, now)
+        return info
 
     def _unknown(self, vm: Vm, seen: VmInfo, now: datetime) -> None:
         vm.adopt(
@@ -248,6 +265,13 @@ class FleetRound:
             self.known.discard(action.vm_id)
 
     async def _record(self, vm_id: str, decide_on: Callable[[Vm], object]) -> Vm:
+        uow, vm = await self._load(vm_id)
+        decide_on(vm)
+        await self._commit(uow)
+        return vm
+
+    async def _load(self, vm_id: str) -> tuple[UnitOfWork, Vm]:
+        """The machine as its stream has it (one scaler writes it: the leader)."""
         uow = UnitOfWork(
             self.store,
             metadata={
@@ -255,11 +279,11 @@ class FleetRound:
                 "correlation_id": f"vm:{vm_id}",
             },
         )
-        vm = await uow.get(Vm, vm_id)
-        decide_on(vm)
+        return uow, await uow.get(Vm, vm_id)
+
+    async def _commit(self, uow: UnitOfWork) -> None:
         if await uow.commit():
             self.store.notify_appended()
-        return vm
 
 
 _STATUS = {

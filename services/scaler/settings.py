@@ -78,3 +78,5 @@ class ScalerSettings(BaseServiceSettings):
     max_vms: int = Field(default=8, ge=0)
     max_spend_per_hour_usd: Decimal = Field(default=Decimal("5.00"), ge=0)
     unknown_vms: UnknownVms = UnknownVms.adopt
+    #: A machine asked for and not up after this long is given up (``launch_timeout``).
+    launch_timeout_seconds: float = Field(default=900.0, gt=0)

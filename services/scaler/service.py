@@ -1,0 +1,114 @@
+"""The scaler: the render fleet follows the farm's queue (``docs/scaling.md``).
+
+One replica leads at a time (an advisory lock); the leader runs a round every
+``tick_seconds``: reconcile the provider's machines and the farm's workers with the
+machines' streams, decide (``domain.decide``), act. A round that cannot reach the farm or
+the provider is logged and shown in readiness, and the next round tries again; anything
+else takes the task down (restarted, then the process, by the runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from libs.leader import leadership, lock_key, sleep_or_stop
+from libs.logging import get_logger
+from libs.runtime import ServiceRuntime
+from libs.service import Service
+from services.scaler.farm import FarmQueue
+from services.scaler.fleet import FleetRound
+from services.scaler.local import LocalFarmProvider
+from services.scaler.projections import FleetProjection, VmUsageProjection
+from services.scaler.provider import FleetProvider
+from services.scaler.settings import LOCAL_CPU, ScalerSettings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Scaler:
+    """The leader's loop around :class:`FleetRound`, and what readiness reports."""
+
+    rt: ServiceRuntime[Any]
+    fleet: FleetRound
+    last_error: str | None = None
+    last_round_at: float | None = None
+    rounds: int = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.fleet.settings
+        async with leadership(self.rt.pool, lock_key(self.rt.schema, "fleet"), stopping) as led:
+            if not led:
+                return
+            # Every machine a previous leader recorded is in the fleet read model before
+            # the first round, or the round would not know it and launch another.
+            fleet = self.rt.projectors[FleetProjection.name]
+            async with asyncio.timeout(60):
+                await fleet.wait_for(await self.rt.store.head())
+            while not stopping.is_set():
+                try:
+                    await self.fleet.run_once()
+                    self.last_error = None
+                except httpx.HTTPError as e:  # the farm or the provider away: next round
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.error("fleet_round_failed", error=self.last_error)
+                self.rounds += 1
+                self.last_round_at = time.monotonic()
+                if await sleep_or_stop(stopping, settings.tick_seconds):
+                    return
+
+    async def readiness(self) -> str | None:
+        return None if self.last_error is None else f"fleet round failed: {self.last_error}"
+
+
+def provider_for(settings: ScalerSettings, farm: httpx.AsyncClient) -> FleetProvider:
+    if settings.provider == "local":
+        # One machine type; its price is the first pool's first instance type's.
+        local = settings.pools[0].instance_types[0] if settings.pools else LOCAL_CPU
+        return LocalFarmProvider(farm, local.hourly_price_usd, instance_type=local.name)
+    raise ValueError(f"RF_SCALER_PROVIDER={settings.provider!r}: not a provider")
+
+
+async def wire(rt: ServiceRuntime[Scaler]) -> Scaler:
+    assert isinstance(rt.settings, ScalerSettings)
+    settings = rt.settings
+    auth = None
+    if settings.farm_username:
+        secret = settings.farm_password.get_secret_value() if settings.farm_password else ""
+        auth = httpx.BasicAuth(settings.farm_username, secret)
+    farm = httpx.AsyncClient(
+        base_url=settings.farm_url, auth=auth, timeout=settings.farm_timeout_seconds
+    )
+    rt.on_close(farm.aclose)
+
+    async def recorded_live() -> set[str]:
+        rows = await rt.pool.fetch(
+            f"SELECT vm_id FROM {rt.schema}.fleet_vms WHERE phase = ANY($1::text[])",
+            ["requested", "idle", "busy", "draining"],
+        )
+        return {r["vm_id"] for r in rows}
+
+    fleet = FleetRound(
+        rt.store, provider_for(settings, farm), FarmQueue(farm), settings, recorded_live
+    )
+    scaler = Scaler(rt, fleet)
+    rt.background("fleet", scaler.run)
+    rt.readiness_checks.append(scaler.readiness)
+    return scaler
+
+
+SERVICE = Service(
+    name="scaler",
+    schema="scaler",
+    settings=ScalerSettings,
+    projections=(FleetProjection(), VmUsageProjection()),
+    migrations=Path(__file__).parent / "migrations",
+    secrets=frozenset({"farm_password"}),
+    wire=wire,
+)
