@@ -87,6 +87,8 @@ class NamedWorker:
     proc: subprocess.Popen[bytes]
     pools: list[str] | None
     launched: float
+    #: Serves only its pools (a warm worker for test renders), not pool ``none`` too.
+    standby: bool = False
 
 
 class Supervisor:
@@ -118,7 +120,7 @@ class Supervisor:
         self.set_count(self.config.workers)
         self._thread.start()
 
-    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, standby_pools: list[str] | None = None) -> subprocess.Popen[bytes]:
         logs = self.config.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {
@@ -148,7 +150,9 @@ class Supervisor:
             str(os.getpid()),
         ]
         if name in self.standby_names:
-            args += ["--standby-pools", ",".join(self.config.standby_pools)]
+            standby_pools = list(self.config.standby_pools)
+        if standby_pools:
+            args += ["--standby-pools", ",".join(standby_pools)]
         with (logs / f"{name}.log").open("ab") as out:
             return subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -187,15 +191,17 @@ class Supervisor:
         """Whether ``name`` has the counted workers' form (``{worker_prefix}NN``)."""
         return re.fullmatch(re.escape(self.config.worker_prefix) + r"\d+", name) is not None
 
-    def start_named(self, name: str, pools: list[str] | None) -> None:
-        """Start the named worker with ``pools`` (enabled); one already running is left as is."""
+    def start_named(self, name: str, pools: list[str] | None, standby: bool = False) -> None:
+        """Start the named worker with ``pools`` (enabled; with ``standby``, serving only
+        those); one already running is left as is."""
         with self._lock:
             if name in self.named:
                 return
             if len(self.named) >= MAX_WORKERS:
                 raise FarmError(f"Error: the farm runs {MAX_WORKERS} named workers already.", 409)
             self.store.prepare_worker(name, pools)
-            self.named[name] = NamedWorker(self._spawn(name), pools, time.time())
+            proc = self._spawn(name, pools if standby else None)
+            self.named[name] = NamedWorker(proc, pools, time.time(), standby)
 
     def stop_named(self, name: str) -> bool:
         """Stop the named worker (its task is requeued) and stop supervising it; False when
@@ -256,7 +262,9 @@ class Supervisor:
                         if worker.proc.poll() is not None:
                             code = worker.proc.returncode
                             log.warning("worker %s exited (%s); restarting", name, code)
-                            worker.proc = self._spawn(name)
+                            worker.proc = self._spawn(
+                                name, worker.pools if worker.standby else None
+                            )
             except Exception:
                 log.exception("farm housekeeping failed")
 
@@ -766,20 +774,26 @@ class FarmApp:
         return await self._one_named(self._named_worker(request))
 
     async def put_named_worker(self, request: Request) -> Response:
-        """``PUT /_farm/workers/{name} {"pools": [...]}``: start the named worker (enabled,
-        with these pools); one already running is left as it is."""
+        """``PUT /_farm/workers/{name} {"pools": [...], "standby": false}``: start the named
+        worker (enabled, with these pools; a standby one serves only them); one already
+        running is left as it is."""
         name = self._named_worker(request)
         raw = await request.body()
         body = await _body(request) if raw.strip() else {}
-        unknown = set(body) - {"pools"}
+        unknown = set(body) - {"pools", "standby"}
         if unknown:
-            raise FarmError(f"Error: unknown fields {sorted(unknown)}; only pools.", 400)
+            raise FarmError(f"Error: unknown fields {sorted(unknown)}; only pools, standby.", 400)
         pools = None
         if "pools" in body:
             if not isinstance(body["pools"], list):
                 raise FarmError("Error: pools must be a list of pool names.", 400)
             pools = [p.lower() for p in _names(body["pools"], "pools")]
-        await run_in_threadpool(self.supervisor.start_named, name, pools)
+        standby = body.get("standby", False)
+        if not isinstance(standby, bool) or (standby and not pools):
+            raise FarmError(
+                "Error: standby must be true or false; a standby worker needs pools.", 400
+            )
+        await run_in_threadpool(self.supervisor.start_named, name, pools, standby)
         return await self._one_named(name)
 
     async def delete_named_worker(self, request: Request) -> Response:

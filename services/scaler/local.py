@@ -39,8 +39,12 @@ class LocalFarmProvider:
         hourly_price_usd: Decimal,
         instance_type: str = "local-cpu",
         prefix: str = "local-",
+        standby_pools: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
+        #: Pools whose machines serve only that pool (test renders: warm, never taken by a
+        #: full render).
+        self.standby_pools = standby_pools
         self.hourly_price_usd = hourly_price_usd
         self.instance_type = instance_type
         self.prefix = prefix
@@ -59,7 +63,8 @@ class LocalFarmProvider:
         name = self.worker_name(spec.vm_id)
         if name is None:
             raise LaunchRefused(spec, f"{spec.vm_id!r} cannot name a farm worker")
-        response = await self.client.put(f"/_farm/workers/{name}", json={"pools": [spec.pool]})
+        body = {"pools": [spec.pool], "standby": spec.pool in self.standby_pools}
+        response = await self.client.put(f"/_farm/workers/{name}", json=body)
         if response.status_code == 409:  # the farm is full
             raise LaunchRefused(spec, response.text)
         response.raise_for_status()

@@ -71,7 +71,10 @@ def provider_for(settings: ScalerSettings, farm: httpx.AsyncClient) -> FleetProv
     if settings.provider == "local":
         # One machine type; its price is the first pool's first instance type's.
         local = settings.pools[0].instance_types[0] if settings.pools else LOCAL_CPU
-        return LocalFarmProvider(farm, local.hourly_price_usd, instance_type=local.name)
+        standby = frozenset(p.name for p in settings.pools if p.test_renders)
+        return LocalFarmProvider(
+            farm, local.hourly_price_usd, instance_type=local.name, standby_pools=standby
+        )
     raise ValueError(f"RF_SCALER_PROVIDER={settings.provider!r}: not a provider")
 
 

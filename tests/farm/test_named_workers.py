@@ -106,7 +106,16 @@ def test_bad_names_and_bodies_are_4xx(make_farm: Callable[..., Farm]) -> None:
         for method in ("GET", "PUT", "DELETE"):
             response = farm.client.request(method, f"/_farm/workers/{name}")
             assert response.status_code == 400, (name, method, response.text)
-    for body in (b"[]", b"{", b'{"pools": "render"}', b'{"pools": [1]}', b'{"count": 2}'):
+    bodies = (
+        b"[]",
+        b"{",
+        b'{"pools": "render"}',
+        b'{"pools": [1]}',
+        b'{"count": 2}',
+        b'{"standby": true}',  # a standby worker serves only its pools: it needs some
+        b'{"pools": ["test"], "standby": "yes"}',
+    )
+    for body in bodies:
         response = farm.client.put("/_farm/workers/vm-a", content=body)
         assert response.status_code == 400, (body, response.text)
         assert response.text.startswith("Error:")

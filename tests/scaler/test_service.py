@@ -222,3 +222,61 @@ async def test_the_spend_ceiling_holds_however_long_the_queue(
 
 async def _after(rt: ServiceRuntime[Any], rounds: int) -> bool:
     return bool(rt.wired.rounds >= rounds)
+
+
+def render_and_test_pools() -> tuple[PoolSetting, PoolSetting]:
+    return (
+        pool(max_workers=1, idle_seconds=30.0),
+        pool(name="test", max_workers=2, test_renders=True, priority=0, idle_seconds=1.0),
+    )
+
+
+async def test_a_test_render_on_a_busy_farm_gets_a_machine_of_its_own_at_once(
+    scaler_settings: ScalerSettings, farm: Farm, tmp_path: Path
+) -> None:
+    settings = scaler_settings.model_copy(update={"pools": render_and_test_pools()})
+    rt = await start(settings)
+    try:
+        full = submit(farm, blender_job("full", "1-60", tmp_path / "full", Pool="render"))
+
+        async def rendering() -> bool:
+            return [r["phase"] for r in await vms(rt)] == ["busy"]
+
+        await until(rendering, "the full render's machine busy", timeout=60)
+        test = submit(farm, blender_job("test", "5", tmp_path / "test", Pool="test", Priority=100))
+        await until(lambda: _completed(farm, test), "the test frame rendered", timeout=60)
+        assert get_job(farm, full)["Stat"] != 3  # long before the full render ends
+        rows = await vms(rt)
+        [for_test] = [r for r in rows if r["pool"] == "test"]
+        kinds = await events(rt, for_test["vm_id"])
+        assert kinds[0][1]["reason"] == "deadline"
+        frames = sorted(p.name for p in (tmp_path / "test").iterdir())
+        assert frames == ["frame_0005.png"]
+    finally:
+        await rt.stop()
+
+
+async def test_a_standby_machine_waits_for_test_renders_and_never_takes_a_full_render(
+    scaler_settings: ScalerSettings, farm: Farm, tmp_path: Path
+) -> None:
+    render, test = render_and_test_pools()
+    pools = (render.model_copy(update={"max_workers": 0}), test.model_copy(update={"standby": 1}))
+    rt = await start(scaler_settings.model_copy(update={"pools": pools}))
+    try:
+
+        async def standby_up() -> asyncpg.Record | None:
+            rows = await vms(rt)
+            return rows[0] if [r["phase"] for r in rows] == ["idle"] else None
+
+        row = await until(standby_up, "the standby machine up", timeout=60)
+        assert row["pool"] == "test"
+        assert (await events(rt, row["vm_id"]))[0][1]["reason"] == "standby"
+        full = submit(farm, blender_job("full", "1-2", tmp_path / "full", Pool="none"))
+        for _ in range(10):  # rounds pass, idle seconds pass: it stays, idle
+            await until(partial(_after, rt, rt.wired.rounds + 1), "another round", timeout=10)
+        assert [r["phase"] for r in await vms(rt)] == ["idle"]
+        assert get_job(farm, full)["CompletedChunks"] == 0
+        test_job = submit(farm, blender_job("test", "1", tmp_path / "t", Pool="test"))
+        await until(lambda: _completed(farm, test_job), "the test frame rendered", timeout=30)
+    finally:
+        await rt.stop()
