@@ -11,7 +11,7 @@ it cost), so VM hours per day, pool and phase are a sum of spans, and a VM's cos
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -204,3 +204,77 @@ SPAN_EVENTS: tuple[type[VmSpanEvent], ...] = (
     VmPreempted,
     VmLost,
 )
+
+
+# --- what the admin API answers ----------------------------------------------------------
+
+
+class VmView(_Model):
+    """One machine of the fleet, as ``GET /v1/admin/vms`` shows it."""
+
+    vm_id: str
+    pool: str
+    provider: str
+    instance_type: str
+    spot: bool
+    region: str | None
+    phase: VmPhase
+    phase_since: datetime
+    worker_name: str | None
+    hourly_price_usd: Decimal = Field(description="What one hour of it costs, US dollars.")
+    requested_at: datetime
+    ended_at: datetime | None
+    reason: str = Field(description="Why it was asked for (or why it ended).")
+    boot_seconds: Decimal = Field(description="Seconds booting, up to now.")
+    idle_seconds: Decimal = Field(description="Seconds up without a task, up to now.")
+    busy_seconds: Decimal = Field(description="Seconds rendering (or finishing while draining).")
+    cost_usd: Decimal = Field(description="What it has cost so far, up to now.")
+
+
+class PoolFleet(_Model):
+    pool: str
+    vms: int = Field(description="Machines not ended (booting, idle, busy or draining).")
+    busy: int
+    cost_per_hour_usd: Decimal = Field(description="The hourly prices of its live machines.")
+
+
+class FleetView(_Model):
+    """``GET /v1/admin/vms``: the live fleet, per pool, and its machines."""
+
+    at: datetime
+    pools: list[PoolFleet]
+    cost_per_hour_usd: Decimal
+    items: list[VmView]
+
+
+class UsageDay(_Model):
+    """VM time and cost of one pool on one UTC day, by usage phase."""
+
+    day: date
+    pool: str
+    boot_hours: Decimal
+    idle_hours: Decimal
+    busy_hours: Decimal
+    cost_usd: Decimal
+    #: Boot and idle time: the farm's own cost, charged to no job.
+    farm_overhead_usd: Decimal
+
+
+class UserUsageDay(_Model):
+    """Machine time the tasks of one user's jobs used on one UTC day, and what it was charged."""
+
+    day: date
+    user_id: str
+    task_hours: Decimal
+    charged_credits: Decimal
+
+
+class UsageView(_Model):
+    """``GET /v1/admin/usage``: VM hours and cost per day and pool, and per day and user."""
+
+    from_day: date
+    to_day: date
+    pools: list[UsageDay]
+    users: list[UserUsageDay]
+    total_cost_usd: Decimal
+    total_farm_overhead_usd: Decimal

@@ -19,6 +19,7 @@ import asyncpg
 
 from contracts.billing import CostEstimate, CostLine, KeySpend, LineCause, PriceList, PriceVersion
 from contracts.envelope import AwaitingReason, CostStatus, Currency
+from contracts.fleet import UserUsageDay
 from libs.readmodels import check_schema
 
 #: The schema the billing service owns (its ``Service.schema``).
@@ -101,6 +102,13 @@ class BillingQuery:
         self.pool = pool
         price = f"SELECT version, effective_from, prices, published_by FROM {s}.prices"
         self._in_force_sql = f"{price} WHERE effective_from <= $1 ORDER BY version DESC LIMIT 1"
+        self._usage_sql = (
+            "SELECT (l.at AT TIME ZONE 'UTC')::date AS day, c.owner_id,"
+            " sum(l.seconds) AS seconds, sum(l.amount_credits) AS credits"
+            f" FROM {s}.cost_lines l JOIN {s}.job_costs c USING (job_id)"
+            " WHERE l.cause = 'task' AND (l.at AT TIME ZONE 'UTC')::date BETWEEN $1 AND $2"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        )
         self._next_sql = (
             f"{price} WHERE effective_from > $1 ORDER BY effective_from, version LIMIT 1"
         )
@@ -188,3 +196,17 @@ class BillingQuery:
             total_credits=r["total_credits"],
             currency=Currency.credits,
         )
+
+    async def task_usage(self, from_day: date, to_day: date) -> list[UserUsageDay]:
+        """Per UTC day and user: the machine time their jobs' tasks were charged for (the
+        busy time of the fleet, as billed) and the credits charged for it."""
+        rows = await self.pool.fetch(self._usage_sql, from_day, to_day)
+        return [
+            UserUsageDay(
+                day=r["day"],
+                user_id=r["owner_id"],
+                task_hours=r["seconds"] / Decimal(3600),
+                charged_credits=r["credits"],
+            )
+            for r in rows
+        ]

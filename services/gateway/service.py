@@ -22,6 +22,7 @@ from contracts.identity import ApiKeyInfo, RecordApiKeyUse
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
 from libs.readmodels import billing as billing_queries
+from libs.readmodels import fleet as fleet_queries
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
 from libs.readmodels import outputs as output_queries
@@ -31,6 +32,7 @@ from libs.readmodels import scenes as scene_queries
 from libs.readmodels import uploads as upload_queries
 from libs.readmodels import wallet as wallet_queries
 from libs.readmodels.billing import BillingQuery
+from libs.readmodels.fleet import FleetQuery
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
@@ -80,6 +82,8 @@ class Gateway:
         self.payments = PaymentsQuery(read_pool, payment_queries.SCHEMA)
         #: Prices, jobs' costs and lines, API keys' spend (the billing service's read models).
         self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
+        #: The render fleet and its VM time (the scaler's read models).
+        self.fleet = FleetQuery(read_pool, fleet_queries.SCHEMA)
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,

@@ -1,13 +1,22 @@
-"""Administration: users and their approval, the action log."""
+"""Administration: users and their approval, the action log, the render fleet and its usage."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from contracts.errors import Forbidden, InvalidCursor, UserAlreadyApproved, UserNotFound
+from contracts.errors import (
+    FieldProblem,
+    Forbidden,
+    InvalidCursor,
+    UserAlreadyApproved,
+    UserNotFound,
+    ValidationFailed,
+)
+from contracts.fleet import FleetView, UsageView
 from contracts.identity import ApproveUser, UserProfile, UserStatus
 from contracts.text import ID_PATTERN
 from services.gateway.api import errors, gateway, principal
@@ -109,4 +118,74 @@ async def list_api_calls(
     return ApiCallPage(
         items=rows,
         next_cursor=encode_cursor(f"{last.at.isoformat()}|{last.request_id}") if last else None,
+    )
+
+
+PoolName = Annotated[
+    str | None,
+    Query(min_length=1, max_length=64, pattern=ID_PATTERN, description="Only this pool."),
+]
+#: The longest usage report, in days.
+MAX_USAGE_DAYS = 366
+
+
+@router.get(
+    "/vms",
+    operation_id="list_fleet_vms",
+    summary="The live render fleet (admin)",
+    description=(
+        "Every machine not ended (booting, idle, busy or draining), per pool: instance type,"
+        " price per hour, phase and since when, and its boot, idle and busy time and cost up"
+        " to now; each pool's and the fleet's cost per hour. Money in US dollars, as decimal"
+        " strings. Administrators only."
+    ),
+    response_model=FleetView,
+    responses=errors(Forbidden),
+)
+async def list_fleet_vms(request: Request, pool: PoolName = None) -> FleetView:
+    gw, p = gateway(request), principal(request)
+    p.require_admin()
+    return await gw.fleet.fleet(pool, datetime.now(UTC))
+
+
+@router.get(
+    "/usage",
+    operation_id="get_fleet_usage",
+    summary="VM hours and cost per day, pool and user (admin)",
+    description=(
+        "Per UTC day from `from` to `to` (inclusive, default the last 7 days, at most 366):"
+        " each pool's hours booting, idle and busy and their cost, with the boot and idle"
+        " part as the farm's overhead (charged to no job); and each user's machine hours,"
+        " the task time their jobs were charged for, with the credits charged. Time is"
+        " counted once a machine's phase ends. Administrators only."
+    ),
+    response_model=UsageView,
+    responses=errors(Forbidden, ValidationFailed),
+)
+async def get_fleet_usage(
+    request: Request,
+    from_day: Annotated[date | None, Query(alias="from", description="First UTC day.")] = None,
+    to_day: Annotated[date | None, Query(alias="to", description="Last UTC day.")] = None,
+    pool: PoolName = None,
+) -> UsageView:
+    gw, p = gateway(request), principal(request)
+    p.require_admin()
+    last = to_day or datetime.now(UTC).date()
+    first = from_day or last - timedelta(days=6)
+    if first > last or (last - first).days >= MAX_USAGE_DAYS:
+        problem = FieldProblem(
+            loc=["query", "from"],
+            message=f"from must be on or before to, at most {MAX_USAGE_DAYS} days before it",
+            type="out_of_range",
+        )
+        raise ValidationFailed(problem.message, errors=[problem])
+    pools = await gw.fleet.usage(first, last, pool)
+    users = await gw.billing.task_usage(first, last)
+    return UsageView(
+        from_day=first,
+        to_day=last,
+        pools=pools,
+        users=users,
+        total_cost_usd=sum((d.cost_usd for d in pools), Decimal(0)),
+        total_farm_overhead_usd=sum((d.farm_overhead_usd for d in pools), Decimal(0)),
     )
