@@ -29,6 +29,8 @@ def _add_trace_context(
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+    # httpx logs every request at INFO: the bridge and the scaler poll the farm all the time.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -50,10 +50,13 @@ SERVICES = [
     "wallet",
     "billing",
     "payments",
+    "scaler",
 ]
 
 GATEWAY_PORT = 8700
-#: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders.
+#: The local Deadline-compatible farm (``deploy.farm``): port, workers, folders. With the
+#: scaler in the stack the farm starts with no workers of its own: the scaler's local
+#: provider starts and stops them as named workers (a warm test-render one among them).
 FARM_PORT = 18081
 FARM_WORKERS = 3
 #: Of those, the first serve only the test pool: a warm worker for test renders.
@@ -365,10 +368,12 @@ def _start_farm() -> servers.ServerHandle | None:
     for d in (FARM_DIR, SCENES_DIR, RENDERS_DIR):
         d.mkdir(parents=True, exist_ok=True)
     log_file = LOG_DIR / "farm.log"
-    workers = os.environ.get("RF_FARM_WORKERS", str(FARM_WORKERS))
+    scaled = "scaler" in service_names()
+    workers = os.environ.get("RF_FARM_WORKERS", "0" if scaled else str(FARM_WORKERS))
     args = ["serve", "--port", str(FARM_PORT), "--data-dir", str(FARM_DIR)]
     args += ["--workers", workers, "--outputs-root", str(RENDERS_DIR)]
-    standby = os.environ.get("RF_FARM_STANDBY_WORKERS", str(FARM_STANDBY_WORKERS))
+    default_standby = "0" if scaled else str(FARM_STANDBY_WORKERS)
+    standby = os.environ.get("RF_FARM_STANDBY_WORKERS", default_standby)
     args += ["--standby-workers", standby, "--standby-pools", "test"]
     # auto: blender on PATH, else .venv-blender (make venv), else the built-in renderer.
     args += ["--blender", os.environ.get("RF_FARM_BLENDER", "auto")]

@@ -62,14 +62,24 @@ class ScalerSettings(BaseServiceSettings):
     farm_timeout_seconds: float = 15.0
     #: Seconds between reconcile-and-decide rounds.
     tick_seconds: float = Field(default=2.0, gt=0)
+    #: The defaults suit the local farm (workers start in seconds): full renders in the
+    #: bridge's pool ``none``, test renders in ``test`` with one warm machine.
     pools: tuple[PoolSetting, ...] = (
-        PoolSetting(name="none", instance_types=(LOCAL_CPU,), max_workers=4, idle_seconds=60),
+        PoolSetting(
+            name="none",
+            instance_types=(LOCAL_CPU,),
+            max_workers=3,
+            idle_seconds=60,
+            boot_seconds=5,
+            drain_target_seconds=600,
+        ),
         PoolSetting(
             name="test",
             instance_types=(LOCAL_CPU,),
             max_workers=2,
             standby=1,
             idle_seconds=60,
+            boot_seconds=5,
             test_renders=True,
             priority=0,
         ),
