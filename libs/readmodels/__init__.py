@@ -14,7 +14,8 @@ and migrations in the same commit (ADR 0007):
   a job renders;
 * :mod:`libs.readmodels.wallet`: the wallet service's ``balances`` and ``transfers``;
 * :mod:`libs.readmodels.billing`: the billing service's ``prices``, ``job_costs``,
-  ``cost_lines`` and ``key_spend``.
+  ``cost_lines`` and ``key_spend``;
+* :mod:`libs.readmodels.fleet`: the scaler's ``fleet_vms`` and ``vm_usage``.
 
 A query object takes a pool and the owner's schema name (the owner's ``Service.schema``), holds
 all the SQL text of its read model, returns typed results and never writes. Give it a pool
