@@ -5,7 +5,7 @@ nobody asked for is adopted or stopped; the spend ceiling holds whatever the que
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from libs.eventstore.uow import UnitOfWork
 from libs.runtime import ServiceRuntime, build
+from services.scaler.farm import FarmQueue
+from services.scaler.fleet import FleetRound
+from services.scaler.local import LocalFarmProvider
 from services.scaler.machines import Vm
+from services.scaler.provider import VmInfo, VmStatus
 from services.scaler.service import SERVICE
 from services.scaler.settings import InstanceSetting, PoolSetting, ScalerSettings, UnknownVms
 from tests.conftest import Env
@@ -280,3 +285,81 @@ async def test_a_standby_machine_waits_for_test_renders_and_never_takes_a_full_r
         await until(lambda: _completed(farm, test_job), "the test frame rendered", timeout=30)
     finally:
         await rt.stop()
+
+
+class SpotCloud(LocalFarmProvider):
+    """The cloud's side of spot machines, on the local farm: a machine taken back stops (its
+    worker goes, the farm requeues its task) and is reported ``preempted`` from then on."""
+
+    def __init__(self, client: httpx.AsyncClient, hourly_price_usd: Decimal) -> None:
+        super().__init__(client, hourly_price_usd)
+        self.taken: set[str] = set()
+
+    async def take_back(self, vm_id: str) -> None:
+        await self.stop(vm_id)
+        self.taken.add(vm_id)
+
+    async def machines(self) -> Sequence[VmInfo]:
+        up = list(await super().machines())
+        gone = [
+            VmInfo(
+                vm_id=vm_id,
+                pool="render",
+                instance_type=self.instance_type,
+                spot=True,
+                status=VmStatus.preempted,
+                worker_name=None,
+                hourly_price_usd=self.hourly_price_usd,
+                request_id=None,
+                launched_at=datetime.now(UTC),
+                reason="spot interruption",
+            )
+            for vm_id in sorted(self.taken)
+        ]
+        return up + gone
+
+
+async def test_a_preempted_machines_task_is_requeued_and_the_job_finishes_on_another(
+    scaler_settings: ScalerSettings, farm: Farm, tmp_path: Path
+) -> None:
+    settings = scaler_settings.model_copy(update={"pools": (pool(max_workers=1),)})
+    rt = await build(SERVICE, settings.model_copy(update={"tick_seconds": 3600.0}))
+    await rt.launch()  # projections only: the rounds are driven here, with the spot cloud
+    async with httpx.AsyncClient(base_url=farm.url, timeout=30) as client:
+        cloud = SpotCloud(client, PRICE)
+
+        async def recorded_live() -> set[str]:
+            return set()
+
+        fleet = FleetRound(rt.store, cloud, FarmQueue(client), settings, recorded_live)
+        try:
+            job = submit(farm, blender_job("spot", "1-6", tmp_path / "out", Pool="render"))
+
+            async def rendering() -> str | None:
+                await fleet.run_once()
+                busy = [
+                    w["Name"]
+                    for w in farm.client.get("/api/slaves", params={"Data": "info"}).json()
+                    if w["Stat"] == 1
+                ]
+                return busy[0].removeprefix("local-") if busy else None
+
+            first = await until(rendering, "a machine rendering", timeout=60)
+            await cloud.take_back(first)
+
+            async def finished() -> bool:
+                await fleet.run_once()
+                return await _completed(farm, job)
+
+            await until(finished, "the job finished on another machine", timeout=90)
+            kinds = [t for t, _ in await events(rt, first)]
+            assert kinds[-1] == "fleet.VmPreempted"
+            history = farm.client.get("/api/jobreports", params={"JobID": job, "Data": "requeue"})
+            assert history.status_code == 200 and history.json(), history.text
+            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+                f"frame_{f:04d}.png" for f in range(1, 7)
+            ]
+            machines = {r["vm_id"]: r["phase"] for r in await vms(rt)}
+            assert machines[first] == "preempted" and len(machines) == 2
+        finally:
+            await rt.stop()
