@@ -46,8 +46,8 @@ def import_sky() -> Any:
         return importlib.import_module("sky")
     except ImportError as e:
         raise SkyPilotUnavailable(
-            "RF_SCALER_PROVIDER=skypilot needs SkyPilot: install the extra into the scaler's "
-            "own venv (`pip install -e '.[skypilot]'`, see docs/scaling.md)"
+            "RF_SCALER_PROVIDER=skypilot needs SkyPilot where the scaler runs: the skypilot "
+            "extra, skypilot==0.14.1 (docs/scaling.md, 'Running on SkyPilot')"
         ) from e
 
 
@@ -113,6 +113,7 @@ class SkyPilotProvider:
                 image_id=self.image_id,
                 labels={POOL_LABEL: spec.pool},
             )
+            resources.validate()  # SkyPilot validates lazily otherwise (at the launch)
         except ValueError as e:  # no such instance type, region or label on that infra
             raise LaunchRefused(spec, str(e)) from e
         task = self.sky.Task(
