@@ -8,12 +8,14 @@ PY := $(VENV)/bin/python
 S3_VENV := .venv-s3
 # Blender as a Python module (bpy, 950 MB) for the farm's Blender plugin; it pins numpy.
 BLENDER_VENV := .venv-blender
+# SkyPilot (the scaler's skypilot extra) pins uvicorn<0.36 and click<8.2: its own venv.
+SKY_VENV := .venv-sky
 PYTEST_ARGS ?=
 
 .PHONY: venv up down status test lint typecheck bench bench-quick schemas clean
 
 # (Re)install into .venv whenever pyproject.toml changes.
-venv: $(VENV)/.installed $(S3_VENV)/.installed $(BLENDER_VENV)/.installed
+venv: $(VENV)/.installed $(S3_VENV)/.installed $(BLENDER_VENV)/.installed $(SKY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,11 @@ $(S3_VENV)/.installed: deploy/local/requirements-s3.txt
 $(BLENDER_VENV)/.installed: deploy/local/requirements-blender.txt
 	@test -x $(BLENDER_VENV)/bin/python || $(PYTHON) -m venv $(BLENDER_VENV)
 	$(BLENDER_VENV)/bin/python -m pip install -q -r deploy/local/requirements-blender.txt
+	@touch $@
+
+$(SKY_VENV)/.installed: deploy/local/requirements-sky.txt
+	@test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q -r deploy/local/requirements-sky.txt
 	@touch $@
 
 up: venv
@@ -62,5 +69,5 @@ schemas: venv
 
 # Stops the local stack first: .run/ holds its data (the dev database) and secrets.
 clean: down
-	rm -rf .run .venv-s3 .venv-blender .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
+	rm -rf .run .venv-s3 .venv-blender .venv-sky .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -23,10 +23,10 @@ from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.scaler.farm import FarmQueue
 from services.scaler.fleet import FleetRound
-from services.scaler.local import LocalFarmProvider
 from services.scaler.projections import FleetProjection, VmUsageProjection
-from services.scaler.provider import FleetProvider
-from services.scaler.settings import LOCAL_CPU, ScalerSettings
+from services.scaler.provider import VmInfo, VmStatus
+from services.scaler.providers import provider_of
+from services.scaler.settings import ScalerSettings
 
 log = get_logger(__name__)
 
@@ -67,15 +67,27 @@ class Scaler:
         return None if self.last_error is None else f"fleet round failed: {self.last_error}"
 
 
-def provider_for(settings: ScalerSettings, farm: httpx.AsyncClient) -> FleetProvider:
-    if settings.provider == "local":
-        # One machine type; its price is the first pool's first instance type's.
-        local = settings.pools[0].instance_types[0] if settings.pools else LOCAL_CPU
-        standby = frozenset(p.name for p in settings.pools if p.test_renders)
-        return LocalFarmProvider(
-            farm, local.hourly_price_usd, instance_type=local.name, standby_pools=standby
+async def launches_in_flight(rt: ServiceRuntime[Any]) -> list[VmInfo]:
+    """Machines asked for and accepted by the provider, not yet up: a restarted scaler hands
+    them to the provider (SkyPilot finds its launches by request id)."""
+    rows = await rt.pool.fetch(
+        f"SELECT * FROM {rt.schema}.fleet_vms WHERE phase = 'requested' AND request_id IS NOT NULL"
+    )
+    return [
+        VmInfo(
+            vm_id=r["vm_id"],
+            pool=r["pool"],
+            instance_type=r["instance_type"],
+            spot=r["spot"],
+            status=VmStatus.launching,
+            worker_name=r["worker_name"],
+            hourly_price_usd=r["hourly_price_usd"],
+            request_id=r["request_id"],
+            launched_at=r["requested_at"],
+            region=r["region"],
         )
-    raise ValueError(f"RF_SCALER_PROVIDER={settings.provider!r}: not a provider")
+        for r in rows
+    ]
 
 
 async def wire(rt: ServiceRuntime[Scaler]) -> Scaler:
@@ -97,9 +109,8 @@ async def wire(rt: ServiceRuntime[Scaler]) -> Scaler:
         )
         return {r["vm_id"] for r in rows}
 
-    fleet = FleetRound(
-        rt.store, provider_for(settings, farm), FarmQueue(farm), settings, recorded_live
-    )
+    provider = provider_of(settings, farm, await launches_in_flight(rt))
+    fleet = FleetRound(rt.store, provider, FarmQueue(farm), settings, recorded_live)
     scaler = Scaler(rt, fleet)
     rt.background("fleet", scaler.run)
     rt.readiness_checks.append(scaler.readiness)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -90,3 +91,24 @@ class ScalerSettings(BaseServiceSettings):
     unknown_vms: UnknownVms = UnknownVms.adopt
     #: A machine asked for and not up after this long is given up (``launch_timeout``).
     launch_timeout_seconds: float = Field(default=900.0, gt=0)
+
+    #: The SkyPilot provider (``provider = "skypilot"``): SkyPilot's infra (``aws``, ``gcp``,
+    #: ``k8s``…), the worker's start command (``{worker_name}``, ``{pool}``), an optional setup
+    #: and machine image, the autodown safety net and ``sky.status``'s refresh mode.
+    skypilot_infra: str = "aws"
+    skypilot_worker_command: str = "deadlineworker -nogui -name {worker_name}"
+    skypilot_setup: str | None = None
+    skypilot_image_id: str | None = None
+    skypilot_idle_minutes_to_autodown: int = Field(default=30, ge=1)
+    skypilot_refresh: Literal["NONE", "AUTO", "FORCE"] = "AUTO"
+    skypilot_cluster_prefix: str = "rf-"
+
+    def prices(self) -> dict[tuple[str, bool], Decimal]:
+        """The pools' hourly prices by (instance type, spot)."""
+        table: dict[tuple[str, bool], Decimal] = {}
+        for pool in self.pools:
+            for i in pool.instance_types:
+                table[(i.name, False)] = i.hourly_price_usd
+                if i.spot_hourly_price_usd is not None:
+                    table[(i.name, True)] = i.spot_hourly_price_usd
+        return table
