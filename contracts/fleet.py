@@ -278,3 +278,38 @@ class UsageView(_Model):
     users: list[UserUsageDay]
     total_cost_usd: Decimal
     total_farm_overhead_usd: Decimal
+
+
+# --- the scaler's decisions (stream ``scaling-<pool>``) ------------------------------------
+
+
+class ScalingAction(_Model):
+    """One action of a decision: a launch (with the vm id chosen), drain, resume or stop."""
+
+    action: str = Field(description="launch, drain, resume or stop.")
+    vm_id: str
+    reason: str
+    instance_type: str | None = None
+
+
+class ScalingHold(_Model):
+    """Machines the pool wanted and did not get, and the ceiling that held them."""
+
+    count: int
+    reason: str
+
+
+@EVENTS.register
+class ScalingDecided(Event):
+    """What the scaler decided for one pool, and what it decided on: the pool's sizing
+    (waiting and running tasks, backlog seconds, deadline and backlog need, standby, min,
+    max, desired) and the fleet's spend. Recorded when the pool has an action, or when what
+    holds it back changes (a ceiling starting or ceasing to bind)."""
+
+    event_type = "fleet.ScalingDecided"
+    pool: str
+    decision_id: str
+    at: datetime
+    inputs: dict[str, str | int | float]
+    actions: list[ScalingAction]
+    held: list[ScalingHold]

@@ -6,7 +6,9 @@ These are the farm's view; the scaler's policy has its own snapshot types.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -36,6 +38,19 @@ class PoolQueue:
 
 
 @dataclass(frozen=True)
+class JobQueue:
+    """One active farm job's tasks, and when it was submitted (seconds since the epoch)."""
+
+    job_id: str
+    pool: str
+    waiting: int
+    running: int
+    submitted_at: float
+    #: Its completed tasks' mean render time; None before one completed.
+    task_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class FarmWorker:
     """One farm worker: its status, pools (in order) and the task it renders."""
 
@@ -53,6 +68,8 @@ class FarmSnapshot:
 
     pools: dict[str, PoolQueue]
     workers: dict[str, FarmWorker]
+    #: The active jobs with tasks waiting or rendering, oldest first.
+    jobs: tuple[JobQueue, ...] = ()
 
 
 class UnknownWorker(LookupError):
@@ -62,21 +79,60 @@ class UnknownWorker(LookupError):
 class FarmQueue:
     """Reads and drains the farm over ``client`` (base URL and auth set; the caller closes it)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, statistics_seconds: float = 30.0) -> None:
         self.client = client
+        #: A job's measured task time is asked again after this long (one request per job).
+        self.statistics_seconds = statistics_seconds
+        self._measured: dict[str, tuple[float, float | None]] = {}
 
     async def snapshot(self) -> FarmSnapshot:
-        """Tasks waiting and rendering per pool, and every worker."""
+        """Tasks waiting and rendering per pool and per job, and every worker."""
         jobs = await self._get("/api/jobs", States="Active")
         waiting: dict[str, int] = {}
         running: dict[str, int] = {}
+        queued: list[JobQueue] = []
         for job in jobs:
             pool = (job["Props"]["Pool"] or "none").lower()
             waiting[pool] = waiting.get(pool, 0) + job["QueuedChunks"]
             running[pool] = running.get(pool, 0) + job["RenderingChunks"]
+            if job["QueuedChunks"] or job["RenderingChunks"]:
+                queued.append(
+                    JobQueue(
+                        job_id=job["_id"],
+                        pool=pool,
+                        waiting=job["QueuedChunks"],
+                        running=job["RenderingChunks"],
+                        submitted_at=_epoch(job["Date"]),
+                        task_seconds=await self._task_seconds(job),
+                    )
+                )
+        self._measured = {
+            k: v for k, v in self._measured.items() if k in {j.job_id for j in queued}
+        }
         pools = {p: PoolQueue(p, waiting[p], running[p]) for p in sorted(waiting)}
         workers = [_worker(w) for w in await self._get("/api/slaves", Data="infosettings")]
-        return FarmSnapshot(pools=pools, workers={w.name: w for w in workers})
+        ordered = tuple(sorted(queued, key=lambda j: (j.submitted_at, j.job_id)))
+        return FarmSnapshot(pools=pools, workers={w.name: w for w in workers}, jobs=ordered)
+
+    async def _task_seconds(self, job: dict[str, Any]) -> float | None:
+        """The job's completed tasks' mean render time (``Statistics=true``), asked at most
+        every ``statistics_seconds`` and only once a task has completed."""
+        if not job["CompletedChunks"]:
+            return None
+        now = time.monotonic()
+        cached = self._measured.get(job["_id"])
+        if cached is not None and now - cached[0] < self.statistics_seconds:
+            return cached[1]
+        response = await self.client.get(
+            "/api/jobs", params={"JobID": job["_id"], "Statistics": "true"}
+        )
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        total = float(stats.get("TotalTaskRenderTimeSeconds", 0.0))
+        done = int(stats.get("CompletedTasks", 0))
+        seconds = total / done if done and total > 0 else None
+        self._measured[job["_id"]] = (now, seconds)
+        return seconds
 
     async def drain(self, worker: str) -> None:
         """Disable the worker: it finishes the task it renders and takes no other."""
@@ -108,6 +164,11 @@ class FarmQueue:
         response.raise_for_status()
         result: list[dict[str, Any]] = response.json()
         return result
+
+
+def _epoch(deadline_date: str) -> float:
+    """Seconds since the epoch of a Deadline date (``2026-12-04T03:04:52.895Z``)."""
+    return datetime.fromisoformat(deadline_date.replace("Z", "+00:00")).timestamp()
 
 
 def _worker(entry: dict[str, Any]) -> FarmWorker:

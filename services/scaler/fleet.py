@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
-from contracts.fleet import VmPhase
+from contracts.fleet import ScalingAction, ScalingHold, VmPhase
 from libs.eventstore.store import EventStore
 from libs.eventstore.uow import UnitOfWork
 from libs.ids import new_id
@@ -40,7 +40,7 @@ from services.scaler.domain import (
 )
 from services.scaler.farm import FarmQueue, FarmSnapshot
 from services.scaler.farm import WorkerStatus as FarmStatus
-from services.scaler.machines import Vm
+from services.scaler.machines import PoolScaling, Vm
 from services.scaler.provider import FleetProvider, LaunchRefused, LaunchSpec, VmInfo, VmStatus
 from services.scaler.settings import PoolSetting, ScalerSettings, UnknownVms
 
@@ -71,26 +71,38 @@ def policies_of(settings: ScalerSettings) -> list[PoolPolicy]:
 
 
 def queues_of(
-    farm: FarmSnapshot, pools: Sequence[PoolSetting], workers: Mapping[str, str], now: float
+    farm: FarmSnapshot, pools: Sequence[PoolSetting], workers: Mapping[str, str]
 ) -> dict[str, PoolQueue]:
-    """The policy's queues from the farm's: a pool's waiting tasks as one piece of work at the
-    pool's task time (a test-render pool's due within the SLA), its rendering tasks half done.
-    ``workers`` maps farm worker names to our vm ids."""
+    """The policy's queues from the farm's: each job's waiting tasks at its measured task
+    time (the pool's ``task_seconds`` before one completed), a test-render pool's due
+    ``TEST_RENDER_SLA_SECONDS`` after the farm job's submission; a rendering task has half
+    its job's task time left. ``workers`` maps farm worker names to our vm ids."""
+    by_name = {p.name: p for p in pools}
+    waiting: dict[str, list[QueuedWork]] = {p.name: [] for p in pools}
+    seconds: dict[str, float] = {}
+    for job in farm.jobs:
+        p = by_name.get(job.pool)
+        if p is None:
+            continue
+        seconds[job.job_id] = job.task_seconds or p.task_seconds
+        if job.waiting:
+            deadline = job.submitted_at + TEST_RENDER_SLA_SECONDS if p.test_renders else None
+            work = QueuedWork(
+                job.job_id, job.waiting, seconds[job.job_id], deadline, p.test_renders
+            )
+            waiting[p.name].append(work)
     queues: dict[str, PoolQueue] = {}
     for p in pools:
-        q = farm.pools.get(p.name)
-        waiting: tuple[QueuedWork, ...] = ()
-        if q is not None and q.waiting:
-            deadline = now + TEST_RENDER_SLA_SECONDS if p.test_renders else None
-            waiting = (
-                QueuedWork(f"pool:{p.name}", q.waiting, p.task_seconds, deadline, p.test_renders),
-            )
         running = tuple(
-            RunningTask(f"{w.job_id}:{w.task_id}", workers[w.name], p.task_seconds / 2)
+            RunningTask(
+                f"{w.job_id}:{w.task_id}",
+                workers[w.name],
+                seconds.get(w.job_id or "", p.task_seconds) / 2,
+            )
             for w in farm.workers.values()
             if w.name in workers and w.job_id and p.name in w.pools
         )
-        queues[p.name] = PoolQueue(waiting=waiting, running=running)
+        queues[p.name] = PoolQueue(waiting=tuple(waiting[p.name]), running=running)
     return queues
 
 
@@ -124,7 +136,7 @@ class FleetRound:
         policies = policies_of(self.settings)
         limits = FleetLimits(self.settings.max_vms, self.settings.max_spend_per_hour_usd)
         t = now.timestamp()
-        queues = queues_of(farm, self.settings.pools, names, t)
+        queues = queues_of(farm, self.settings.pools, names)
         decision = decide(t, policies, limits, queues, fleet, self.backoffs)
         await self._act(decision, vms, now)
         return decision
@@ -217,8 +229,16 @@ class FleetRound:
 
     async def _act(self, decision: Decision, vms: dict[str, Vm], now: datetime) -> None:
         decision_id = new_id("dec")
+        launched: list[tuple[str, ScalingAction]] = []
         for launch in decision.launches:
             vm_id = new_id("vm")
+            action = ScalingAction(
+                action="launch",
+                vm_id=vm_id,
+                reason=launch.reason.value,
+                instance_type=launch.instance_type,
+            )
+            launched.append((launch.pool, action))
             request = partial(
                 Vm.request,
                 pool=launch.pool,
@@ -247,22 +267,61 @@ class FleetRound:
             await self._record(
                 vm_id, partial(Vm.launch_accepted, request_id=info.request_id, at=now)
             )
-        for action in decision.drains:
-            if worker := vms[action.vm_id].worker_name:
+        for vm_action in decision.drains:
+            if worker := vms[vm_action.vm_id].worker_name:
                 await self.farm.drain(worker)
-            drain = partial(Vm.drain, reason=action.reason.value, decision_id=decision_id, at=now)
-            await self._record(action.vm_id, drain)
-        for action in decision.resumes:
-            if worker := vms[action.vm_id].worker_name:
+            reason = vm_action.reason.value
+            drain = partial(Vm.drain, reason=reason, decision_id=decision_id, at=now)
+            await self._record(vm_action.vm_id, drain)
+        for vm_action in decision.resumes:
+            if worker := vms[vm_action.vm_id].worker_name:
                 await self.farm.undrain(worker)
-            resume = partial(Vm.resume, reason=action.reason.value, decision_id=decision_id, at=now)
-            await self._record(action.vm_id, resume)
-        for action in decision.stops:
-            await self.provider.stop(action.vm_id)
-            await self._record(
-                action.vm_id, partial(Vm.stopped, reason=action.reason.value, at=now)
-            )
-            self.known.discard(action.vm_id)
+            reason = vm_action.reason.value
+            resume = partial(Vm.resume, reason=reason, decision_id=decision_id, at=now)
+            await self._record(vm_action.vm_id, resume)
+        for vm_action in decision.stops:
+            await self.provider.stop(vm_action.vm_id)
+            stop = partial(Vm.stopped, reason=vm_action.reason.value, at=now)
+            await self._record(vm_action.vm_id, stop)
+            self.known.discard(vm_action.vm_id)
+        await self._record_decisions(decision, decision_id, launched, now)
+
+    async def _record_decisions(
+        self,
+        decision: Decision,
+        decision_id: str,
+        launched: list[tuple[str, ScalingAction]],
+        now: datetime,
+    ) -> None:
+        """Each pool's part of ``decision``, with the inputs it was decided on."""
+        for sizing in decision.pools:
+            pool = sizing.pool
+            actions = [a for p, a in launched if p == pool]
+            for kind, done in (
+                ("drain", decision.drains),
+                ("resume", decision.resumes),
+                ("stop", decision.stops),
+            ):
+                actions += [
+                    ScalingAction(action=kind, vm_id=a.vm_id, reason=a.reason.value)
+                    for a in done
+                    if a.pool == pool
+                ]
+            held = [
+                ScalingHold(count=h.count, reason=h.reason.value)
+                for h in decision.held
+                if h.pool == pool
+            ]
+            inputs = {
+                **sizing.inputs(),
+                "spend_per_hour_usd": str(decision.spend_per_hour_usd),
+                "live_vms": decision.live_vms,
+            }
+            actor = {"kind": "service", "id": self.settings.service_name}
+            uow = UnitOfWork(self.store, metadata={"actor": actor})
+            scaling = await uow.get(PoolScaling, pool)
+            scaling.decided(decision_id, now, inputs, actions, held)
+            await self._commit(uow)
 
     async def _record(self, vm_id: str, decide_on: Callable[[Vm], object]) -> Vm:
         uow, vm = await self._load(vm_id)

@@ -15,6 +15,9 @@ from contracts.base import Event
 from contracts.fleet import (
     ENDED_PHASES,
     PhaseSpan,
+    ScalingAction,
+    ScalingDecided,
+    ScalingHold,
     VmAdopted,
     VmBooted,
     VmDrainCancelled,
@@ -244,3 +247,40 @@ class Vm(Aggregate):
     def _end(self, ended: PhaseSpan, phase: VmPhase, at: datetime) -> None:
         self.cost_usd += ended.cost_usd
         self.phase, self.since = phase, at
+
+
+class PoolScaling(Aggregate):
+    """One pool's decisions (stream ``scaling-<pool>``): what held it back last, so that a
+    ceiling that keeps binding round after round is recorded once."""
+
+    stream_prefix = "scaling"
+
+    decisions: int = 0
+    held: list[ScalingHold] = []
+
+    def decided(
+        self,
+        decision_id: str,
+        at: datetime,
+        inputs: dict[str, str | int | float],
+        actions: list[ScalingAction],
+        held: list[ScalingHold],
+    ) -> bool:
+        if not actions and held == self.held:
+            return False
+        self.record(
+            ScalingDecided(
+                pool=self.key,
+                decision_id=decision_id,
+                at=at,
+                inputs=inputs,
+                actions=actions,
+                held=held,
+            )
+        )
+        return True
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, ScalingDecided):
+            self.decisions += 1
+            self.held = list(event.held)

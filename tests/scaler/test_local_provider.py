@@ -3,6 +3,7 @@ serve``, no counted workers): machines are named workers that really render."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -146,3 +147,29 @@ async def test_undrain_lets_a_drained_worker_take_work_again(
     await until(lambda: _completed(farm, job_id), "the job rendered", timeout=30)
     with pytest.raises(LookupError):
         await queue.drain("nobody")
+
+
+async def test_the_farm_view_has_each_jobs_waiting_tasks_and_measured_task_time(
+    farm: Farm, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    queue = FarmQueue(client, statistics_seconds=0.0)
+    before = time.time()
+    # Tasks of 8 frames of 0.2 s: Deadline counts render time in whole seconds.
+    job = blender_job("measured", "1-24", tmp_path / "out", Pool="render", ChunkSize=8)
+    job_id = submit(farm, job)
+    [waiting] = (await queue.snapshot()).jobs
+    assert (waiting.job_id, waiting.pool, waiting.waiting, waiting.task_seconds) == (
+        job_id,
+        "render",
+        3,
+        None,  # nothing rendered yet: the pool's estimate stands
+    )
+    assert before - 1 <= waiting.submitted_at <= time.time() + 1
+    await LocalFarmProvider(client, PRICE).launch(spec("vm-m"))
+
+    async def measured() -> float | None:
+        jobs = (await queue.snapshot()).jobs
+        return jobs[0].task_seconds if jobs else None
+
+    seconds = await until(measured, "a measured task time")
+    assert 1 <= seconds < 30  # 8 x 0.2 s, plus the worker's own overhead

@@ -6,8 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from contracts.fleet import VmBooted, VmEngaged, VmIdled, VmPhase, VmSpanEvent, VmStopped
-from services.scaler.machines import Vm
+from contracts.fleet import (
+    ScalingAction,
+    ScalingHold,
+    VmBooted,
+    VmEngaged,
+    VmIdled,
+    VmPhase,
+    VmSpanEvent,
+    VmStopped,
+)
+from services.scaler.machines import PoolScaling, Vm
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 PRICE = Decimal("0.6800")  # c6i.4xlarge on demand, USD per hour
@@ -126,3 +135,15 @@ def test_an_adopted_machine_with_a_worker_is_counted_idle_from_its_launch() -> N
     [_, stop] = vm.pending
     assert isinstance(stop, VmStopped)
     assert stop.ended.seconds == Decimal(1200) and stop.ended.cost_usd == Decimal("0.033333")
+
+
+def test_a_pools_decision_is_recorded_when_it_acts_or_what_holds_it_back_changes() -> None:
+    pool = PoolScaling.rehydrate("render", [])
+    inputs: dict[str, str | int | float] = {"waiting_tasks": 40, "desired": 5}
+    spend = [ScalingHold(count=3, reason="spend_ceiling")]
+    launch = [ScalingAction(action="launch", vm_id="vm_1", reason="backlog")]
+    assert pool.decided("dec_1", T0, inputs, launch, spend)
+    # The ceiling keeps binding, round after round: recorded once.
+    assert not pool.decided("dec_2", T0 + timedelta(seconds=2), inputs, [], spend)
+    assert pool.decided("dec_3", T0 + timedelta(seconds=4), inputs, [], [])
+    assert [e.decision_id for e in pool.pending] == ["dec_1", "dec_3"]  # type: ignore[attr-defined]

@@ -118,6 +118,12 @@ async def test_the_fleet_grows_for_queued_tasks_renders_them_and_drains_then_sto
     assert kinds[-2:] == ["fleet.VmDrainStarted", "fleet.VmStopped"]
     assert first[0][1]["reason"] == "backlog" and first[-2][1]["reason"] == "idle"
     assert first[-1][1]["reason"] == "drained"
+    # The decisions, with what they were decided on.
+    decisions = [e.data for e in await scaler.store.read_stream("scaling-render")]
+    [grow] = [d for d in decisions if any(a["action"] == "launch" for a in d["actions"])][:1]
+    assert grow["inputs"]["waiting_tasks"] >= 1 and grow["inputs"]["desired"] >= 1
+    assert first[0][1]["decision_id"] == grow["decision_id"]
+    assert {"drain", "stop"} <= {a["action"] for d in decisions for a in d["actions"]}
     # Every second from request to stop is boot, idle or busy time, costed at the price.
     for r in rows:
         total = r["boot_seconds"] + r["idle_seconds"] + r["busy_seconds"]
