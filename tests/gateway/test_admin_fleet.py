@@ -94,7 +94,7 @@ async def test_the_live_fleet_per_pool_with_its_cost_per_hour_and_time_so_far(
         body = (await client.get("/v1/admin/vms", headers=admin)).json()
         return body if len(body["items"]) == 2 else None
 
-    body = await until(two_live, "the fleet read model")
+    body = await until(two_live, "the fleet read model", timeout=60)
     assert [(p["pool"], p["vms"], p["busy"], p["cost_per_hour_usd"]) for p in body["pools"]] == [
         ("full", 1, 1, "0.36"),
         ("test", 1, 0, "0.36"),
@@ -158,7 +158,7 @@ async def test_usage_per_day_and_pool_with_the_farms_overhead_and_per_user_task_
         ).json()
         return body if len(body["pools"]) == 2 and body["users"] else None
 
-    body = await until(counted, "the usage read models")
+    body = await until(counted, "the usage read models", timeout=60)
     before, after = body["pools"]
     assert (before["day"], before["pool"]) == (yesterday.isoformat(), "full")
     assert D(before["boot_hours"]) * 3600 == 100 and D(before["idle_hours"]) * 3600 == 50

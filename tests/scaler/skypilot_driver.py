@@ -143,6 +143,9 @@ async def main() -> dict[str, Any]:
         report["machines_restarted"] = [vm(m) for m in await restarted.machines()]
         report["machines_fresh"] = [vm(m) for m in await provider().machines()]
         await p.stop(SPEC.vm_id)
+        # Stopping until SkyPilot's down request ends (it may end at once: no cluster).
+        down = sky.api_status([p._stopping[SPEC.vm_id]])
+        report["down_request"] = {"name": down[0].name, "cluster": down[0].cluster_name}
         report["machines_stopping"] = [vm(m) for m in await p.machines()]
         report["machines_stopped"] = await until(p.machines, lambda ms: not ms)
         await p.stop("vm_unknown")

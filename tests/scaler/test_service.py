@@ -329,8 +329,11 @@ async def test_a_preempted_machines_task_is_requeued_and_the_job_finishes_on_ano
     scaler_settings: ScalerSettings, farm: Farm, tmp_path: Path
 ) -> None:
     settings = scaler_settings.model_copy(update={"pools": (pool(max_workers=1),)})
-    rt = await build(SERVICE, settings.model_copy(update={"tick_seconds": 3600.0}))
-    await rt.launch()  # projections only: the rounds are driven here, with the spot cloud
+    # The service's own rounds find no farm (and record nothing); they are driven here,
+    # with the spot cloud. The service keeps the read models.
+    away = settings.model_copy(update={"farm_url": "http://127.0.0.1:9", "tick_seconds": 3600.0})
+    rt = await build(SERVICE, away)
+    await rt.launch()
     async with httpx.AsyncClient(base_url=farm.url, timeout=30) as client:
         cloud = SpotCloud(client, PRICE)
 

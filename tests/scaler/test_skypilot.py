@@ -129,7 +129,9 @@ def test_a_restarted_provider_finds_the_launch_by_its_request_id(report: dict[st
 
 
 def test_stop_tears_down_through_skypilot(report: dict[str, Any]) -> None:
-    assert [m["status"] for m in report["machines_stopping"]] == ["stopping"]
+    assert report["down_request"] == {"name": "sky.down", "cluster": CLUSTER}
+    # Listed as stopping while that request runs; it may have ended already (no cluster).
+    assert [m["status"] for m in report["machines_stopping"]] in (["stopping"], [])
     assert report["machines_stopped"] == []
     assert report["machines_unknown_stopped"] == []
 
