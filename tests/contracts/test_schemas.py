@@ -43,7 +43,7 @@ def test_every_event_name_is_context_dot_past_tense_name() -> None:
             "notifier",
         }, name
         assert event[0].isupper() and event.endswith(
-            ("ed", "Taken", "Freed", "Held", "Lost", "Set")
+            ("ed", "Taken", "Freed", "Held", "Lost", "Set", "Read")
         ), name
         assert cls.schema_version >= 1
 
