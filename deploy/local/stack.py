@@ -50,6 +50,7 @@ SERVICES = [
     "wallet",
     "billing",
     "payments",
+    "notifier",
 ]
 
 GATEWAY_PORT = 8700

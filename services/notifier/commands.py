@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from urllib.parse import urlsplit
 
+from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
 from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
@@ -170,7 +172,8 @@ class TriggerEvents:
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
-                deliveries = await self._decide(uow, bus_event)
+                event = bus_event.decode(self.store.registry)
+                deliveries = await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
                 if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
                     raise _AlreadyHandled
@@ -182,33 +185,31 @@ class TriggerEvents:
             last = uow.recorded[-1]
             self.scheduled(Position(last.tx_id, last.position))
 
-    async def _decide(self, uow: UnitOfWork, bus_event: BusEvent) -> int:
-        """Record what the event causes; the number of deliveries scheduled."""
-        event = bus_event.decode(self.store.registry)
-        now = datetime.now(UTC)
-        owner = owner_of(event)
-        if owner is not None:
-            (await uow.get(Subject, owner.subject)).record_owner(owner, now)
-            return 0
-        trigger = trigger_of(event, self.settings.low_balance_credits)
-        if trigger is None:
-            return 0
-        user_id, api_key_id = trigger.user_id, None
-        if trigger.subject is not None:
-            subject = await uow.get(Subject, trigger.subject)
-            if subject.user_id is None:  # its first event has not been handled yet
-                raise Retry(f"the owner of {trigger.subject} is not known yet")
-            user_id, api_key_id = subject.user_id, subject.api_key_id
-        assert user_id is not None
-        ntf_id = notification_id(bus_event.event_id, user_id, bus_event.recorded_at)
-        notification = await uow.get(Notification, ntf_id)
-        if not notification.create(
-            user_id, trigger, api_key_id, bus_event.event_id, bus_event.event_type, now
-        ):
-            return 0
-        hooks = await uow.get(Webhooks, user_id)
-        scheduled = 0
-        for endpoint in hooks.targets(trigger.kind, api_key_id):
-            dlv = await uow.get(Delivery, delivery_id(ntf_id, endpoint.endpoint_id, now))
-            scheduled += len(dlv.schedule(endpoint, notification, now))
-        return scheduled
+
+async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> int:
+    """Record what a trigger event causes; the number of deliveries scheduled."""
+    now = datetime.now(UTC)
+    owner = owner_of(event)
+    if owner is not None:
+        (await uow.get(Subject, owner.subject)).record_owner(owner, now)
+        return 0
+    trigger = trigger_of(event, low_balance)
+    if trigger is None:
+        return 0
+    user_id, api_key_id = trigger.user_id, None
+    if trigger.subject is not None:
+        subject = await uow.get(Subject, trigger.subject)
+        if subject.user_id is None:  # its first event has not been handled yet
+            raise Retry(f"the owner of {trigger.subject} is not known yet")
+        user_id, api_key_id = subject.user_id, subject.api_key_id
+    assert user_id is not None
+    ntf_id = notification_id(cause.event_id, user_id, cause.recorded_at)
+    notification = await uow.get(Notification, ntf_id)
+    if not notification.create(user_id, trigger, api_key_id, cause.event_id, cause.event_type, now):
+        return 0
+    hooks = await uow.get(Webhooks, user_id)
+    scheduled = 0
+    for endpoint in hooks.targets(trigger.kind, api_key_id, trigger.about_job):
+        dlv = await uow.get(Delivery, delivery_id(ntf_id, endpoint.endpoint_id, now))
+        scheduled += len(dlv.schedule(endpoint, notification, now))
+    return scheduled

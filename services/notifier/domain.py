@@ -96,6 +96,10 @@ class Trigger:
     user_id: str | None = None
     subject: str | None = None
 
+    @property
+    def about_job(self) -> bool:
+        return self.subject is not None and self.subject.startswith("job:")
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -283,12 +287,13 @@ class Endpoint(BaseModel):
             [self.secret, self.previous_secret] if keep and self.previous_secret else [self.secret]
         )
 
-    def takes(self, kind: NotificationKind, api_key_id: str | None) -> bool:
-        """An endpoint bound to an API key gets that key's jobs' notifications and those about
-        no job (account-wide); one without a key gets every notification of the user."""
+    def takes(self, kind: NotificationKind, job_key: str | None, about_job: bool) -> bool:
+        """An endpoint bound to an API key gets the notifications about that key's jobs
+        (``job_key``: the key a job was submitted with) and those about no job (account-wide);
+        one without a key gets every notification of the user."""
         if kind not in self.kinds:
             return False
-        return self.api_key_id is None or api_key_id in (None, self.api_key_id)
+        return self.api_key_id is None or not about_job or job_key == self.api_key_id
 
     def view(self) -> WebhookEndpoint:
         return WebhookEndpoint(
@@ -393,8 +398,10 @@ class Webhooks(Aggregate):
         self.record(WebhookEndpointDeleted(endpoint_id=endpoint_id, user_id=self.key, at=at))
         return gone
 
-    def targets(self, kind: NotificationKind, api_key_id: str | None) -> list[Endpoint]:
-        return [e for _, e in sorted(self.endpoints.items()) if e.takes(kind, api_key_id)]
+    def targets(
+        self, kind: NotificationKind, job_key: str | None, about_job: bool
+    ) -> list[Endpoint]:
+        return [e for _, e in sorted(self.endpoints.items()) if e.takes(kind, job_key, about_job)]
 
 
 @dataclass(frozen=True)
