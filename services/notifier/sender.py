@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
+from contracts.notifications import DeliveryStatus
 from libs.eventstore.processor import Tailer
 from libs.eventstore.store import ConcurrencyError, EventStore, Position
 from libs.eventstore.uow import UnitOfWork
@@ -120,6 +121,10 @@ class DeliveryWorker:
 
     async def dispatch(self) -> float:
         """Queue every due delivery; the seconds until the next one is due (at most the poll)."""
+        for endpoint_id in [e for e, q in self._queues.items() if not q]:
+            if not any(not t.done() for t in self._drainers.get(endpoint_id, ())):
+                del self._queues[endpoint_id]
+                self._drainers.pop(endpoint_id, None)
         now = datetime.now(UTC)
         busy = list(self._queued)
         async with self.store.pool.acquire() as conn:
@@ -136,14 +141,14 @@ class DeliveryWorker:
         self._queued.add(delivery)
         self._queues.setdefault(endpoint_id, deque()).append(delivery)
         drainers = self._drainers.setdefault(endpoint_id, set())
-        if len(drainers) < self.settings.webhook_endpoint_concurrency:
+        # A drainer that has returned is done at once (its set removal comes a step later).
+        if sum(not t.done() for t in drainers) < self.settings.webhook_endpoint_concurrency:
             task = asyncio.create_task(self._drain(endpoint_id), name=f"webhooks:{endpoint_id}")
             drainers.add(task)
             task.add_done_callback(drainers.discard)
 
     async def _drain(self, endpoint_id: str) -> None:
-        queue = self._queues[endpoint_id]
-        while queue:
+        while queue := self._queues.get(endpoint_id):
             delivery = queue.popleft()
             try:
                 async with self._slots:
@@ -154,8 +159,6 @@ class DeliveryWorker:
                 log.error("webhook_attempt_failed", delivery_id=delivery, error=repr(e))
             finally:
                 self._queued.discard(delivery)
-        if not queue:
-            self._queues.pop(endpoint_id, None)
 
     async def attempt(self, delivery_key: str) -> None:
         """Send one delivery if it is due, and record what happened."""
@@ -167,7 +170,8 @@ class DeliveryWorker:
         delivery = await uow.get(Delivery, delivery_key)
         now = datetime.now(UTC)
         due = delivery.next_attempt_at
-        if not delivery.exists or due is None or due > now or delivery.status != "pending":
+        pending = delivery.status is DeliveryStatus.pending
+        if not delivery.exists or due is None or due > now or not pending:
             return
         notification = await uow.get(Notification, delivery.notification_id)
         endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from contracts.errors import (
     ApiKeyNotFound,
+    Forbidden,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     InsufficientScope,
@@ -116,6 +117,7 @@ async def _secret_answer(
     response_model=WebhookEndpointSecret,
     responses=errors(
         InsufficientScope,
+        Forbidden,
         WebhookUrlInvalid,
         WebhookLimitReached,
         ApiKeyNotFound,
@@ -128,6 +130,8 @@ async def create_webhook(
     gw, p = gateway(request), principal(request)
     p.require(Scope.jobs_write)
     key_id = body.api_key_id or p.api_key_id
+    if p.api_key_id is not None and key_id != p.api_key_id:
+        raise Forbidden("an API key may bind an endpoint to itself only")
     if key_id is not None:
         mine = {k.key_id: k for k in await gw.read.identity.api_keys(p.user_id)}
         known = mine.get(key_id)
