@@ -35,6 +35,7 @@ from services.gateway.routes import (
     auth,
     costs,
     jobs,
+    notifications,
     outputs,
     payments,
     uploads,
@@ -135,7 +136,18 @@ def create_app(gateway: Gateway) -> FastAPI:
         ok, text = await gateway.ready()
         return Response(text, 200 if ok else 503, media_type="text/plain")
 
-    for module in (auth, api_keys, jobs, uploads, outputs, wallet, payments, costs, admin):
+    for module in (
+        auth,
+        api_keys,
+        jobs,
+        uploads,
+        outputs,
+        wallet,
+        payments,
+        notifications,
+        costs,
+        admin,
+    ):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

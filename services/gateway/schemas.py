@@ -23,6 +23,12 @@ from contracts.identity import (
     UserProfile,
 )
 from contracts.jobs import JobStatus
+from contracts.notifications import (
+    MAX_URL_LENGTH,
+    NotificationKind,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.payments import MAX_ORDER_PAISE, MIN_ORDER_PAISE, TopUpOrder
 from contracts.text import ID_PATTERN, Name
@@ -232,3 +238,61 @@ class VerifyPaymentRequest(_In):
 class TopUpOrderPage(BaseModel):
     items: list[TopUpOrder] = Field(description="Top-up orders, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class RegisterWebhookRequest(_In):
+    url: Annotated[str, Field(min_length=8, max_length=MAX_URL_LENGTH)] = Field(
+        description="Where to POST the notifications: an absolute https URL."
+    )
+    kinds: Annotated[
+        list[NotificationKind], Field(min_length=1, max_length=len(NotificationKind))
+    ] = Field(
+        default_factory=lambda: list(NotificationKind),
+        description="The notification kinds to send (default: every kind).",
+    )
+    api_key_id: Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)] | None = (
+        Field(
+            default=None,
+            description=(
+                "Bind the endpoint to one of your API keys: it then gets that key's jobs'"
+                " notifications and those about no job. Called with an API key, the default"
+                " is that key."
+            ),
+        )
+    )
+
+
+class WebhookEndpointList(BaseModel):
+    items: list[WebhookEndpoint] = Field(description="Your webhook endpoints, by id.")
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int = Field(description="1 for the first POST, counting on across replays.")
+    status_code: int | None = Field(description="The receiver's HTTP status; null if none.")
+    error: str | None = Field(description="Why there was no answer (timeout, connection).")
+    duration_ms: int
+    succeeded: bool
+    at: datetime
+
+
+class WebhookDeliveryView(WebhookDelivery):
+    attempt_log: list[DeliveryAttempt] = Field(description="Every attempt, oldest first.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryView] = Field(description="Deliveries, newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class NotificationView(BaseModel):
+    notification_id: str
+    kind: NotificationKind
+    payload: dict[str, Any] = Field(description="The kind's payload (docs/notifications.md).")
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationView] = Field(description="Notifications, newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+    unread_count: int = Field(description="How many of your notifications are unread.")
