@@ -171,7 +171,7 @@ async def test_notifications_are_listed_counted_and_marked_read(
         page: dict[str, Any] = (await api.get("/v1/notifications?limit=100", headers=me)).json()
         return page if len(page["items"]) == len(NotificationKind) else None
 
-    page = await until(listed, "every notification listed")
+    page = await until(listed, "every notification listed", timeout=60)
     assert page["unread_count"] == len(NotificationKind) and page["next_cursor"] is None
     assert sorted(n["kind"] for n in page["items"]) == sorted(NotificationKind)
     paid = next(n for n in page["items"] if n["kind"] == "payment.succeeded")
@@ -218,7 +218,7 @@ async def test_deliveries_are_listed_with_their_attempts_and_replayed(
         items = page["items"]
         return items[0] if items and items[0]["status"] == "succeeded" else None
 
-    delivery = await until(delivered, "the delivery to succeed")
+    delivery = await until(delivered, "the delivery to succeed", timeout=60)
     assert delivery["kind"] == "upload.expired" and delivery["attempts"] == 1
     [attempt] = delivery["attempt_log"]
     assert attempt["status_code"] == 204 and attempt["succeeded"] is True
@@ -232,7 +232,7 @@ async def test_deliveries_are_listed_with_their_attempts_and_replayed(
     async def twice() -> bool:
         return len(receiver.at("/ok/gw")) == 2
 
-    await until(twice, "the replayed message at the receiver")
+    await until(twice, "the replayed message at the receiver", timeout=60)
     first, again = receiver.at("/ok/gw")
     assert first.headers["webhook-id"] == again.headers["webhook-id"] and first.body == again.body
     Webhook(created["secret"]).verify(again.body, again.headers)
