@@ -45,11 +45,9 @@ from contracts.identity import Scope
 from contracts.jobs import (
     FrameRange,
     JobPriority,
-    JobStatus,
     Renderer,
     RenderSettings,
     Resolution,
-    StepName,
 )
 from contracts.text import ID_PATTERN, IdText
 from contracts.wallet import Credits
@@ -65,6 +63,7 @@ from services.gateway.api import (
     send_idempotent,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
+from services.gateway.schemas import JobState
 
 if TYPE_CHECKING:
     from services.gateway.service import Gateway
@@ -137,13 +136,12 @@ class EstimateCostRequest(_Model):
         return EstimateParameters(**fields)
 
 
-class JobCostView(_Model):
-    """A job's money and the lines it is made of (a page of them)."""
+class JobCostView(JobState):
+    """A job's money and the lines it is made of (a page of them), with where the job
+    stands."""
 
-    job_id: str = Field(description="The job.")
-    job_status: JobStatus = Field(description="The job's lifecycle state.")
-    progress_percent: float = Field(description="The job's overall progress, 0-100.")
-    current_step: StepName | None = Field(description="The job's step running now; null if none.")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     cost_status: CostStatus = Field(
         description="Where the job's money stands: pending (billing has not taken the job"
         " yet), holding, held, awaiting_credits, cap_reached or settled."
@@ -349,10 +347,7 @@ async def get_job_cost(
             "awaiting_reason": cost.awaiting_reason,
         }
     view = JobCostView(
-        job_id=job_id,
-        job_status=JobStatus(job["status"]),
-        progress_percent=job["progress_percent"],
-        current_step=job["current_step"],
+        **dict(JobState.of(job)),
         currency=Currency.credits,
         lines=[p.line for p in items],
         lines_total=totals.count if totals else 0,

@@ -388,7 +388,8 @@ async def start_full_render(
         "The job's full history as recorded events, oldest first: submission, changes,"
         " steps, progress, logs, completion. Each event's data is in the current schema of"
         " its type (older stored versions are upcast), with secrets masked as 'redacted'."
-        " Paginated with next_cursor."
+        " Each page also carries the job's job_id, job_status, progress_percent and"
+        " current_step. Paginated with next_cursor."
     ),
     response_model=JobEventPage,
     responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
@@ -397,7 +398,7 @@ async def list_job_events(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
 ) -> JobEventPage:
     gw, p = gateway(request), principal(request)
-    await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)  # and owner
     after = int_cursor(cursor)
     rows = await gw.read.job_events(job_id, 0 if after is None else after, limit + 1)
     items = [
@@ -413,7 +414,9 @@ async def list_job_events(
     ]
     more = len(rows) > limit
     return JobEventPage(
-        items=items, next_cursor=encode_cursor(str(items[-1].version)) if more else None
+        **dict(state),
+        items=items,
+        next_cursor=encode_cursor(str(items[-1].version)) if more else None,
     )
 
 
@@ -424,8 +427,9 @@ async def list_job_events(
     summary="List a job's rendered frames",
     description=(
         "The frames the farm has rendered for the job so far, by frame number ascending,"
-        " with the job's status: for each, its output id and object key in the outputs"
-        " bucket, size and SHA-256, the worker that rendered it and when. Download one with"
+        " with the job's job_status, progress_percent and current_step: for each, its"
+        " output id and object key in the outputs bucket, size and SHA-256, the worker"
+        " that rendered it and when. Download one with"
         " create_output_download_url. Paginated with next_cursor. Another user's job"
         " answers job_not_found."
     ),
@@ -436,14 +440,13 @@ async def list_job_frames(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
 ) -> JobFramePage:
     gw, p = gateway(request), principal(request)
-    status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)  # and owner
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)  # and owner
     after = int_cursor(cursor)
     rows = await gw.read.job_frames(job_id, -1 if after is None else after, limit + 1)
     items = [JobFrameView(**asdict(r)) for r in rows[:limit]]
     more = len(rows) > limit
     return JobFramePage(
-        job_id=job_id,
-        job_status=status,
+        **dict(state),
         items=items,
         next_cursor=encode_cursor(str(items[-1].frame)) if more else None,
     )

@@ -91,7 +91,8 @@ def _frame(o: JobOutput) -> JobOutputView:
     summary="List a job's outputs",
     description=(
         "The job's rendered frames as stored in the outputs bucket, by output id (render"
-        " kind, then frame number), with the job's status: each frame's output id, file"
+        " kind, then frame number), with the job's job_status, progress_percent and"
+        " current_step: each frame's output id, file"
         " name, object key, size, SHA-256 and when it is deleted (retention); plus the zip"
         " of every frame once the job completed (archive, null if none). Deleted outputs"
         " stay listed with status deleted. Download any with create_output_download_url."
@@ -112,11 +113,10 @@ async def list_job_outputs(
     ] = None,
 ) -> JobOutputPage:
     gw, p = gateway(request), principal(request)
-    status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)
     rows, archive, next_cursor = await gw.read.job_outputs(job_id, cursor, limit)
     return JobOutputPage(
-        job_id=job_id,
-        job_status=status,
+        **dict(state),
         items=[_frame(o) for o in rows],
         archive=None
         if archive is None
