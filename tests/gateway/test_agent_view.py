@@ -187,6 +187,13 @@ async def test_each_caller_gets_the_operations_its_credentials_allow(
         assert set(seen) == {o for o, op in full.items() if key_may_call(op, held)}, scopes
         assert not set(seen) & (ADMIN_OPS | SESSION_OPS | PUBLIC_OPS | SIGNED_OPS)
         assert all(set(op["x-rf-scopes"]) <= held for op in seen.values())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+    ) as c:
+        # Who may call is checked before the body: a read-only key learns that first.
+        reader = await api_key(identity_service, owner, Scope.jobs_read)
+        r = await c.post("/v1/jobs", json={"name": 1}, headers=reader)
+    assert r.status_code == 403 and r.json()["code"] == "insufficient_scope", r.text
     # Only the schemas the operations use: none of the admin pages.
     assert "UserPage" not in (await caller_spec(gateway, key))["components"]["schemas"]
     assert "UserPage" in gateway.app.openapi()["components"]["schemas"]
