@@ -22,7 +22,7 @@ from contracts.identity import (
     Scope,
     UserProfile,
 )
-from contracts.jobs import JobStatus
+from contracts.jobs import JobStatus, StepName
 from contracts.notifications import (
     MAX_URL_LENGTH,
     NotificationKind,
@@ -85,6 +85,32 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
 
+class JobState(BaseModel):
+    """Where a job stands, as its envelope says: every page about a job carries it, so no
+    second call is needed to know the job's status and progress."""
+
+    job_id: str = Field(description="The job's id.")
+    job_status: JobStatus = Field(description="The job's status now (the envelope's status).")
+    progress_percent: float = Field(
+        ge=0,
+        le=100,
+        description="The job's overall progress now, 0-100 (the envelope's progress_percent).",
+    )
+    current_step: StepName | None = Field(
+        description="The job's step running now; null if none (the envelope's current_step)."
+    )
+
+    @classmethod
+    def of(cls, envelope: dict[str, Any]) -> JobState:
+        """From the job's envelope (as JSON)."""
+        return cls(
+            job_id=envelope["job_id"],
+            job_status=envelope["status"],
+            progress_percent=envelope["progress_percent"],
+            current_step=envelope["current_step"],
+        )
+
+
 class JobEventView(BaseModel):
     version: int = Field(description="Position of the event in the job's history, from 1.")
     type: str = Field(description="Event type, e.g. job.JobSubmitted.")
@@ -100,7 +126,9 @@ class JobEventView(BaseModel):
     )
 
 
-class JobEventPage(BaseModel):
+class JobEventPage(JobState):
+    """A page of a job's events, with where the job stands."""
+
     items: list[JobEventView] = Field(description="Events in the order they happened.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
@@ -129,9 +157,9 @@ class JobFrameView(BaseModel):
     )
 
 
-class JobFramePage(BaseModel):
-    job_id: str = Field(description="The job's id.")
-    job_status: JobStatus = Field(description="The job's status now.")
+class JobFramePage(JobState):
+    """A page of a job's rendered frames, with where the job stands."""
+
     items: list[JobFrameView] = Field(description="Rendered frames, by frame number ascending.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
@@ -197,11 +225,9 @@ class JobArchiveView(BaseModel):
     expires_at: datetime | None = Field(description="UTC time it will be deleted.")
 
 
-class JobOutputPage(BaseModel):
-    """A page of a job's outputs, with the job's status."""
+class JobOutputPage(JobState):
+    """A page of a job's outputs, with where the job stands."""
 
-    job_id: str = Field(description="The job's id.")
-    job_status: JobStatus = Field(description="The job's status now.")
     items: list[JobOutputView] = Field(
         description="Rendered frames, by output id (render kind, then frame number)."
     )

@@ -42,6 +42,7 @@ from contracts.notifications import (
 )
 from contracts.text import ID_PATTERN
 from libs.ids import new_id
+from services.gateway.access import requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -105,6 +106,7 @@ async def _secret_answer(
 @router.post(
     "/v1/webhooks",
     operation_id="create_webhook",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Register a webhook endpoint",
     description=(
         "Register a URL to receive your notifications as signed POSTs (Standard Webhooks:"
@@ -128,7 +130,6 @@ async def create_webhook(
     request: Request, body: RegisterWebhookRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     key_id = body.api_key_id or p.api_key_id
     if p.api_key_id is not None and key_id != p.api_key_id:
         raise Forbidden("an API key may bind an endpoint to itself only")
@@ -150,6 +151,7 @@ async def create_webhook(
 @router.get(
     "/v1/webhooks",
     operation_id="list_webhooks",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List webhook endpoints",
     description="Your webhook endpoints (never their secrets), by id.",
     response_model=WebhookEndpointList,
@@ -157,13 +159,13 @@ async def create_webhook(
 )
 async def list_webhooks(request: Request) -> WebhookEndpointList:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     return WebhookEndpointList(items=await gw.notifications.endpoints(p.user_id))
 
 
 @router.delete(
     "/v1/webhooks/{endpoint_id}",
     operation_id="delete_webhook",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Delete a webhook endpoint",
     description=(
         "Stop sending to this endpoint. Deliveries still waiting for a retry are"
@@ -174,7 +176,6 @@ async def list_webhooks(request: Request) -> WebhookEndpointList:
 )
 async def delete_webhook(request: Request, endpoint_id: EndpointId) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     set_targets(request, endpoint_id=endpoint_id)
     gone = await gw.commands.send(
         DeleteWebhookEndpoint(user_id=p.user_id, endpoint_id=endpoint_id),
@@ -188,6 +189,7 @@ async def delete_webhook(request: Request, endpoint_id: EndpointId) -> Response:
 @router.post(
     "/v1/webhooks/{endpoint_id}/rotate-secret",
     operation_id="rotate_webhook_secret",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Rotate a webhook endpoint's secret",
     description=(
         "A new signing secret, answered once. For the next 24 hours every message is signed"
@@ -200,7 +202,6 @@ async def rotate_webhook_secret(
     request: Request, endpoint_id: EndpointId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     p = principal(request)
-    p.require(Scope.jobs_write)
     cmd = RotateWebhookSecret(user_id=p.user_id, endpoint_id=endpoint_id)
     return await _secret_answer(request, "rotate_webhook_secret", idempotency_key, cmd)
 
@@ -208,6 +209,7 @@ async def rotate_webhook_secret(
 @router.get(
     "/v1/webhooks/{endpoint_id}/deliveries",
     operation_id="list_webhook_deliveries",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List an endpoint's deliveries",
     description=(
         "The endpoint's deliveries, newest first, each with its status (pending, succeeded,"
@@ -220,7 +222,6 @@ async def list_webhook_deliveries(
     request: Request, endpoint_id: EndpointId, limit: Limit = 50, cursor: Cursor = None
 ) -> WebhookDeliveryPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     before = _before(cursor, "dlv")
     if await gw.notifications.endpoint(p.user_id, endpoint_id) is None:
         raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}", endpoint_id=endpoint_id)
@@ -248,6 +249,7 @@ async def list_webhook_deliveries(
 @router.post(
     "/v1/webhooks/deliveries/{delivery_id}/replay",
     operation_id="replay_webhook_delivery",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Send a delivery again",
     description=(
         "Send the delivery again now (a dead-lettered one too), with the same webhook-id and"
@@ -262,7 +264,6 @@ async def replay_webhook_delivery(
     request: Request, delivery_id: DeliveryId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     p = principal(request)
-    p.require(Scope.jobs_write)
     set_targets(request, delivery_id=delivery_id)
     cmd = ReplayWebhookDelivery(user_id=p.user_id, delivery_id=delivery_id)
     return await send_idempotent(
@@ -273,6 +274,7 @@ async def replay_webhook_delivery(
 @router.get(
     "/v1/notifications",
     operation_id="list_notifications",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List notifications",
     description=(
         "Your notifications, newest first (unread=true: only unread ones), with"
@@ -288,7 +290,6 @@ async def list_notifications(
     unread: Annotated[bool, Query(description="Only unread notifications.")] = False,
 ) -> NotificationPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     before = _before(cursor, "ntf")
     rows = await gw.notifications.notifications(p.user_id, before, unread, limit + 1)
     items = [
@@ -310,6 +311,7 @@ async def list_notifications(
 @router.post(
     "/v1/notifications/{notification_id}/read",
     operation_id="mark_notification_read",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Mark a notification read",
     description="Marking a read notification again changes nothing (marked: 0).",
     response_model=NotificationsMarked,
@@ -321,7 +323,6 @@ async def mark_notification_read(
     request: Request, notification_id: NotificationId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     p = principal(request)
-    p.require(Scope.jobs_read)
     set_targets(request, notification_id=notification_id)
     cmd = MarkNotificationsRead(user_id=p.user_id, notification_ids=[notification_id])
     return await send_idempotent(
@@ -332,6 +333,7 @@ async def mark_notification_read(
 @router.post(
     "/v1/notifications/read-all",
     operation_id="mark_all_notifications_read",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Mark every notification read",
     description=(
         f"Marks your unread notifications read, up to {READ_ALL_ROUNDS * MAX_MARKED_AT_ONCE}"
@@ -342,7 +344,6 @@ async def mark_notification_read(
 )
 async def mark_all_notifications_read(request: Request) -> NotificationsMarked:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     call, marked = uuid.uuid4(), 0
     for n in range(READ_ALL_ROUNDS):
         ids = await gw.notifications.unread_ids(p.user_id, MAX_MARKED_AT_ONCE)
