@@ -18,6 +18,7 @@ from fastmcp import Client, FastMCP
 from fastmcp.server.providers.openapi import MCPType
 from fastmcp.utilities.openapi.models import HTTPRoute
 
+import tests.notifier.conftest as notifier_fixtures
 import tests.payments.conftest as payment_fixtures
 from contracts.identity import ApiKeySecret, CreateApiKey, RegisterUser, Scope, UserProfile
 from libs.bus.commands import Actor, CommandClient
@@ -32,6 +33,7 @@ from services.wallet.service import SERVICE as WALLET
 from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.fixtures import Users, admin_session
+from tests.notifier.conftest import Receiver
 from tests.payments.conftest import StandIn
 from tests.prices import TEST_PRICES
 from tests.upload.protocol import put_part
@@ -40,6 +42,9 @@ from tests.waiting import until
 
 # The Razorpay stand-in and the payments service, for the payment tools.
 razorpay = payment_fixtures.razorpay
+notifier = notifier_fixtures.notifier
+notifier_settings = notifier_fixtures.notifier_settings
+receiver = notifier_fixtures.receiver
 payments_settings = payment_fixtures.payments_settings
 payments_service = payment_fixtures.payments_service
 gateway_settings = payment_fixtures.gateway_settings
@@ -299,7 +304,7 @@ async def send_file(call: Call, upload_id: str, data: bytes) -> None:
     assert done["status"] == "completed"
 
 
-@pytest.mark.usefixtures("billing", "payments_service")
+@pytest.mark.usefixtures("billing", "payments_service", "notifier")
 async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succeeds(
     gateway: Gateway,
     job_service: ServiceRuntime[Any],
@@ -308,6 +313,7 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
     s3: S3Client,
     s3_settings: S3Settings,
     razorpay: StandIn,
+    receiver: Receiver,
 ) -> None:
     owner = await agent_user(identity_service)
     writer = Agent(
@@ -322,6 +328,12 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
         await call("get_prices")
         await call("get_wallet")
         await call("list_wallet_transactions")
+        await receiver.start()
+        hook = await call(
+            "create_webhook", url=receiver.url("/ok/agent"), kinds=["payment.succeeded"]
+        )
+        assert hook["secret"].startswith("whsec_")
+        await call("list_webhooks")
 
         sha = hashlib.sha256(scene).hexdigest()
         upload = await call(
@@ -404,7 +416,24 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
             },
         )
         assert verified["status"] in ("paid", "credited")
-    assert writer.called == writer.listed
+
+        async def notified() -> dict[str, Any] | None:
+            page = await call("list_notifications")
+            return page if page["items"] else None
+
+        told = await until(notified, "the payment's notification", timeout=60)
+        await call("mark_notification_read", notification_id=told["items"][0]["notification_id"])
+        await call("mark_all_notifications_read")
+
+        async def delivered() -> dict[str, Any] | None:
+            page = await call("list_webhook_deliveries", endpoint_id=hook["endpoint_id"])
+            return page if page["items"] else None
+
+        deliveries = await until(delivered, "the payment's webhook delivery", timeout=60)
+        delivery_id = deliveries["items"][0]["delivery_id"]
+        await call("replay_webhook_delivery", delivery_id=delivery_id)
+        await call("rotate_webhook_secret", endpoint_id=hook["endpoint_id"])
+    assert writer.called == writer.listed - {"delete_webhook"}
 
     reader = Agent(gateway, await api_key(identity_service, owner, Scope.jobs_read))
     async with reader.session() as call:
@@ -425,4 +454,12 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
         await call("create_output_download_url", output_id=frame["output_id"])
         await call("list_payment_orders")
         await call("get_payment_order", order_id=order["order_id"])
+        await call("list_webhooks")
+        await call("list_webhook_deliveries", endpoint_id=hook["endpoint_id"])
+        await call("list_notifications")
+        await call("mark_notification_read", notification_id=told["items"][0]["notification_id"])
+        await call("mark_all_notifications_read")
     assert reader.called == reader.listed
+    async with writer.session() as call:  # the writer's endpoint, gone at the end
+        await call("delete_webhook", endpoint_id=hook["endpoint_id"])
+    assert writer.called == writer.listed
