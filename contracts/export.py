@@ -14,6 +14,7 @@ import contracts.all  # noqa: F401  (registers every event and command)
 from contracts.base import COMMANDS, EVENTS
 from contracts.envelope import JobEnvelope
 from contracts.errors import ErrorBody
+from contracts.notifications import CATALOGUE
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -29,6 +30,11 @@ def schemas() -> dict[str, dict[str, Any]]:
         schema["x-event-type"] = name
         schema["x-schema-version"] = cls.schema_version
         out[f"events/{name}.v{cls.schema_version}.json"] = schema
+    for kind, spec in sorted(CATALOGUE.items()):
+        schema = spec.payload.model_json_schema(mode="serialization")
+        schema["x-notification-kind"] = kind.value
+        schema["x-trigger-events"] = list(spec.triggers)
+        out[f"notifications/{kind.value}.json"] = schema
     for name, cmd in sorted(COMMANDS.types().items()):
         schema = cmd.model_json_schema()
         schema["x-command-type"] = name

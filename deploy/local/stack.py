@@ -51,6 +51,7 @@ SERVICES = [
     "billing",
     "payments",
     "scaler",
+    "notifier",
 ]
 
 GATEWAY_PORT = 8700

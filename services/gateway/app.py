@@ -27,6 +27,7 @@ from contracts.errors import (
     field_problems,
 )
 from libs.logging import get_logger
+from services.gateway.access import Access, open_paths, requires
 from services.gateway.api import details_schemas
 from services.gateway.middleware import GatewayMiddleware, error_response_bytes
 from services.gateway.routes import (
@@ -35,8 +36,10 @@ from services.gateway.routes import (
     auth,
     costs,
     jobs,
+    notifications,
     outputs,
     payments,
+    spec,
     uploads,
     wallet,
 )
@@ -54,7 +57,11 @@ DESCRIPTION = """Cloud render farm API. Every answer is JSON with a stable schem
   Each error response lists its codes and the schema of `details` for each code
   (also as `x-error-details`: code -> schema).
 * Send an `Idempotency-Key` header on POST to make retries safe.
-* Every answer about a job is the same job envelope.
+* Every answer about a job is the same job envelope; every page about a job carries the
+  job's id, status, progress and current step.
+* Each operation says who may call it: `x-rf-access` (`public`, `signed`, `authenticated`,
+  `scope`, `session`, `admin`) and `x-rf-scopes` (the scopes an API key needs).
+  `GET /v1/openapi.json` answers only the operations the caller's credentials allow.
 """
 
 
@@ -126,17 +133,30 @@ def create_app(gateway: Gateway) -> FastAPI:
         request.state.error_code = InternalError.code
         return _error(InternalError("internal error; retry later"))
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthz", dependencies=[requires(Access.public)], include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get("/readyz", dependencies=[requires(Access.public)], include_in_schema=False)
     async def readyz() -> Response:
         ok, text = await gateway.ready()
         return Response(text, 200 if ok else 503, media_type="text/plain")
 
-    for module in (auth, api_keys, jobs, uploads, outputs, wallet, payments, costs, admin):
+    for module in (
+        auth,
+        api_keys,
+        jobs,
+        uploads,
+        outputs,
+        wallet,
+        payments,
+        notifications,
+        costs,
+        admin,
+        spec,
+    ):
         app.include_router(module.router)
+    app.state.caller_specs = {}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -144,6 +164,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        operations = {
+            op["operationId"]: op
+            for item in schema["paths"].values()
+            for op in item.values()
+            if isinstance(op, dict) and "operationId" in op
+        }
+        for op_id, requirement in spec.requirements(app).items():
+            operations[op_id].update(requirement.openapi())
         components = schema.setdefault("components", {})
         for name, details in details_schemas().items():
             if components.setdefault("schemas", {}).setdefault(name, details) != details:
@@ -157,5 +185,5 @@ def create_app(gateway: Gateway) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(GatewayMiddleware, gateway=gateway)
+    app.add_middleware(GatewayMiddleware, gateway=gateway, open_paths=open_paths(app.routes))
     return app

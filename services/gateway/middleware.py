@@ -19,18 +19,13 @@ from contracts.gateway import ApiCall, Outcome
 from contracts.text import printable
 from libs.logging import correlation_id_var
 from libs.tracing import current_trace_id, extract_context, tracer
+from services.gateway.access import Access
 from services.gateway.auth import Principal
 from services.gateway.ratelimit import Bucket
 
 if TYPE_CHECKING:
     from services.gateway.service import Gateway
 
-PUBLIC_PATHS = frozenset(
-    {"/v1/auth/register", "/v1/auth/login", "/v1/auth/refresh", "/healthz", "/readyz"}
-)
-#: Signed by the caller, not authenticated: Razorpay's webhooks (no rate limit either: a
-#: burst of Razorpay's retries must not be refused; the route bounds the body).
-SIGNED_PATHS = frozenset({"/v1/payments/webhook"})
 DOC_PATHS = frozenset({"/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
 TARGET_PARAMS = ("job_id", "user_id", "key_id")
 _tracer = tracer(__name__)
@@ -41,9 +36,12 @@ def error_response_bytes(err: DomainError[Any]) -> bytes:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, open_paths: dict[str, Access]) -> None:
+        """``open_paths``: the paths that need no credentials, with their access (from the
+        routes' declarations, :func:`services.gateway.access.open_paths`)."""
         self.app = app
         self.gw = gateway
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in DOC_PATHS:
@@ -89,10 +87,14 @@ class GatewayMiddleware:
     async def _admit(self, scope: Scope, headers: dict[str, str]) -> Principal | None:
         gw = self.gw
         s = gw.settings
-        if scope["path"] in SIGNED_PATHS:
+        access = self.open_paths.get(scope["path"])
+        # Signed by the caller, not authenticated: Razorpay's webhooks (no rate limit either:
+        # a burst of Razorpay's retries must not be refused; the route bounds the body).
+        if access is Access.signed:
             return None
-        if scope["path"] in PUBLIC_PATHS:
-            if scope["method"] == "POST":
+        credentials = "authorization" in headers or "x-api-key" in headers
+        if access is Access.public or (access is Access.anyone and not credentials):
+            if scope["method"] == "POST" or access is Access.anyone:
                 ip = _client_ip(scope)
                 await self._limit(
                     [Bucket(f"ip:{ip}", s.rate_limit_ip_per_second, s.rate_limit_ip_burst)]

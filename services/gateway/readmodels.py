@@ -22,13 +22,13 @@ from contracts.errors import (
     UploadNotAScene,
 )
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
-from contracts.jobs import JobStatus
 from contracts.staging import SceneRef
 from contracts.text import ID_PATTERN
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobEvent, JobsQuery, RenderedFrame
 from libs.readmodels.outputs import JobOutput, OutputsQuery
 from libs.readmodels.scenes import ScenesQuery
+from services.gateway.schemas import JobState
 
 _CATCH_UP_SECONDS = 5.0
 #: The largest value an ``integer`` (int4) column holds: positions and frame numbers.
@@ -137,10 +137,9 @@ class ReadModels:
         next_cursor = encode_cursor(rows[-1].job_id) if more and rows else None
         return page_body([r.envelope for r in rows], next_cursor)
 
-    async def job_status(self, job_id: str, owner_id: str | None) -> JobStatus:
-        """The job's status (for pages about a job); someone else's job is a 404."""
-        status: str = orjson.loads(await self.job_envelope(job_id, owner_id))["status"]
-        return JobStatus(status)
+    async def job_state(self, job_id: str, owner_id: str | None) -> JobState:
+        """Where the job stands (for pages about a job); someone else's job is a 404."""
+        return JobState.of(orjson.loads(await self.job_envelope(job_id, owner_id)))
 
     async def job_events(self, job_id: str, after_version: int, limit: int) -> list[JobEvent]:
         return await self.jobs.events(job_id, after_version, limit)

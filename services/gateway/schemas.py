@@ -22,7 +22,13 @@ from contracts.identity import (
     Scope,
     UserProfile,
 )
-from contracts.jobs import JobStatus
+from contracts.jobs import JobStatus, StepName
+from contracts.notifications import (
+    MAX_URL_LENGTH,
+    NotificationKind,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.payments import MAX_ORDER_PAISE, MIN_ORDER_PAISE, TopUpOrder
 from contracts.text import ID_PATTERN, Name
@@ -79,6 +85,32 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
 
+class JobState(BaseModel):
+    """Where a job stands, as its envelope says: every page about a job carries it, so no
+    second call is needed to know the job's status and progress."""
+
+    job_id: str = Field(description="The job's id.")
+    job_status: JobStatus = Field(description="The job's status now (the envelope's status).")
+    progress_percent: float = Field(
+        ge=0,
+        le=100,
+        description="The job's overall progress now, 0-100 (the envelope's progress_percent).",
+    )
+    current_step: StepName | None = Field(
+        description="The job's step running now; null if none (the envelope's current_step)."
+    )
+
+    @classmethod
+    def of(cls, envelope: dict[str, Any]) -> JobState:
+        """From the job's envelope (as JSON)."""
+        return cls(
+            job_id=envelope["job_id"],
+            job_status=envelope["status"],
+            progress_percent=envelope["progress_percent"],
+            current_step=envelope["current_step"],
+        )
+
+
 class JobEventView(BaseModel):
     version: int = Field(description="Position of the event in the job's history, from 1.")
     type: str = Field(description="Event type, e.g. job.JobSubmitted.")
@@ -94,7 +126,9 @@ class JobEventView(BaseModel):
     )
 
 
-class JobEventPage(BaseModel):
+class JobEventPage(JobState):
+    """A page of a job's events, with where the job stands."""
+
     items: list[JobEventView] = Field(description="Events in the order they happened.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
@@ -123,9 +157,9 @@ class JobFrameView(BaseModel):
     )
 
 
-class JobFramePage(BaseModel):
-    job_id: str = Field(description="The job's id.")
-    job_status: JobStatus = Field(description="The job's status now.")
+class JobFramePage(JobState):
+    """A page of a job's rendered frames, with where the job stands."""
+
     items: list[JobFrameView] = Field(description="Rendered frames, by frame number ascending.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
 
@@ -191,11 +225,9 @@ class JobArchiveView(BaseModel):
     expires_at: datetime | None = Field(description="UTC time it will be deleted.")
 
 
-class JobOutputPage(BaseModel):
-    """A page of a job's outputs, with the job's status."""
+class JobOutputPage(JobState):
+    """A page of a job's outputs, with where the job stands."""
 
-    job_id: str = Field(description="The job's id.")
-    job_status: JobStatus = Field(description="The job's status now.")
     items: list[JobOutputView] = Field(
         description="Rendered frames, by output id (render kind, then frame number)."
     )
@@ -232,3 +264,61 @@ class VerifyPaymentRequest(_In):
 class TopUpOrderPage(BaseModel):
     items: list[TopUpOrder] = Field(description="Top-up orders, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class RegisterWebhookRequest(_In):
+    url: Annotated[str, Field(min_length=8, max_length=MAX_URL_LENGTH)] = Field(
+        description="Where to POST the notifications: an absolute https URL."
+    )
+    kinds: Annotated[
+        list[NotificationKind], Field(min_length=1, max_length=len(NotificationKind))
+    ] = Field(
+        default_factory=lambda: list(NotificationKind),
+        description="The notification kinds to send (default: every kind).",
+    )
+    api_key_id: Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)] | None = (
+        Field(
+            default=None,
+            description=(
+                "Bind the endpoint to one of your API keys: it then gets that key's jobs'"
+                " notifications and those about no job. Called with an API key, the default"
+                " is that key."
+            ),
+        )
+    )
+
+
+class WebhookEndpointList(BaseModel):
+    items: list[WebhookEndpoint] = Field(description="Your webhook endpoints, by id.")
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int = Field(description="1 for the first POST, counting on across replays.")
+    status_code: int | None = Field(description="The receiver's HTTP status; null if none.")
+    error: str | None = Field(description="Why there was no answer (timeout, connection).")
+    duration_ms: int
+    succeeded: bool
+    at: datetime
+
+
+class WebhookDeliveryView(WebhookDelivery):
+    attempt_log: list[DeliveryAttempt] = Field(description="Every attempt, oldest first.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryView] = Field(description="Deliveries, newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class NotificationView(BaseModel):
+    notification_id: str
+    kind: NotificationKind
+    payload: dict[str, Any] = Field(description="The kind's payload (docs/notifications.md).")
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationView] = Field(description="Notifications, newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+    unread_count: int = Field(description="How many of your notifications are unread.")

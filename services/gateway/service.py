@@ -25,6 +25,7 @@ from libs.readmodels import billing as billing_queries
 from libs.readmodels import fleet as fleet_queries
 from libs.readmodels import identity as identity_queries
 from libs.readmodels import jobs as job_queries
+from libs.readmodels import notifications as notification_queries
 from libs.readmodels import outputs as output_queries
 from libs.readmodels import payments as payment_queries
 from libs.readmodels import read_only_pool
@@ -35,6 +36,7 @@ from libs.readmodels.billing import BillingQuery
 from libs.readmodels.fleet import FleetQuery
 from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
+from libs.readmodels.notifications import NotificationsQuery
 from libs.readmodels.outputs import OutputsQuery
 from libs.readmodels.payments import PaymentsQuery
 from libs.readmodels.scenes import ScenesQuery
@@ -80,6 +82,8 @@ class Gateway:
         self.wallet = WalletQuery(read_pool, wallet_queries.SCHEMA)
         #: Top-up orders (the payments service's read model).
         self.payments = PaymentsQuery(read_pool, payment_queries.SCHEMA)
+        #: Notifications, webhook endpoints and deliveries (the notifier's read models).
+        self.notifications = NotificationsQuery(read_pool, notification_queries.SCHEMA)
         #: Prices, jobs' costs and lines, API keys' spend (the billing service's read models).
         self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
         #: The render fleet and its VM time (the scaler's read models).

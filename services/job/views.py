@@ -88,7 +88,10 @@ TestRenderEvent = (
 
 S = JobStatus
 
-#: Share of overall progress each step stands for (sums to 100).
+#: Share of overall progress each step stands for (sums to 100). Only work done counts: a
+#: succeeded step its whole share, a running one its share times its own progress (the
+#: render's: frames done over frames), a pending, skipped, failed or cancelled one nothing.
+#: Waiting (submitted, queued, paused) adds nothing; only a completed job reads 100.
 STEP_WEIGHTS: dict[StepName, int] = {
     StepName.stage_scene: 5,
     StepName.scene_check: 5,
@@ -358,7 +361,7 @@ class JobView(BaseModel):
         done = 0.0
         for step in self.steps:
             weight = STEP_WEIGHTS[step.name]
-            if step.status in (StepStatus.succeeded, StepStatus.skipped):
+            if step.status is StepStatus.succeeded:
                 done += weight
             elif step.status is StepStatus.running:
                 done += weight * step.progress_percent / 100

@@ -40,9 +40,10 @@ def test_every_event_name_is_context_dot_past_tense_name() -> None:
             "payment",
             "scene",
             "fleet",
+            "notifier",
         }, name
         assert event[0].isupper() and event.endswith(
-            ("ed", "Taken", "Freed", "Held", "Lost", "Set")
+            ("ed", "Taken", "Freed", "Held", "Lost", "Set", "Read")
         ), name
         assert cls.schema_version >= 1
 
@@ -80,6 +81,7 @@ def test_commands_have_unique_wire_names_in_their_owners_context() -> None:
             "billing",
             "payment",
             "scene",
+            "notifier",
         }
 
 

@@ -94,6 +94,8 @@ async def test_a_job_not_yet_rendered_has_an_empty_frame_list(
     assert r.json() == {
         "job_id": job["job_id"],
         "job_status": "submitted",
+        "progress_percent": 0.0,
+        "current_step": None,
         "items": [],
         "next_cursor": None,
     }

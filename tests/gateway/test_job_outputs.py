@@ -69,6 +69,8 @@ async def test_a_job_not_yet_rendered_has_no_outputs_and_another_users_job_has_n
     assert r.json() == {
         "job_id": job_id,
         "job_status": "submitted",
+        "progress_percent": 0.0,
+        "current_step": None,
         "items": [],
         "archive": None,
         "next_cursor": None,

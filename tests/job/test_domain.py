@@ -436,7 +436,7 @@ def test_recording_a_task_counts_its_frames_and_the_render_steps_progress() -> N
     evolve(job, events)
     assert job.frames_done == 4
     assert view(job).step(StepName.render).progress_percent == 16.7  # 4/24, one decimal
-    assert view(job).progress_percent == round(25 + 75 * 16.7 / 100, 1)
+    assert view(job).progress_percent == round(20 + 75 * 16.7 / 100, 1)
     evolve(job, record(job, 1))
     assert job.frames_done == 8 and view(job).step(StepName.render).progress_percent == 33.3
     envelope = view(job).envelope(9, NOW)
@@ -649,6 +649,35 @@ def test_every_way_a_job_ends_carries_an_event_that_frees_the_owners_slot() -> N
 
 
 # -- ETA ---------------------------------------------------------------------------------
+
+
+def test_progress_counts_only_work_done_and_waiting_adds_nothing() -> None:
+    """Each preparation step 5 % once it succeeded (a running one its share of its own
+    progress), the test render 5 % once it ran, the render 75 % times frames done over
+    frames; a skipped step and time spent queued count nothing."""
+    assert view(submitted()).progress_percent == 0.0
+    job = staging()
+    evolve(job, job.record_staging_progress(50, 100, NOW))
+    assert (job.status, view(job).progress_percent) == (S.preparing, 2.5)
+    assert view(staged()).progress_percent == 5.0
+    ready = prepared()
+    assert (ready.status, view(ready).progress_percent) == (S.ready, 20.0)
+    waiting = queued()  # its test render was skipped: no share for it
+    assert (waiting.status, view(waiting).progress_percent) == (S.queued, 20.0)
+    job = rendering()
+    assert (job.status, view(job).progress_percent) == (S.rendering, 20.0)
+    evolve(job, record(job, 0))
+    assert view(job).progress_percent == round(20 + 75 * 16.7 / 100, 1)  # 4 of 24 frames
+    evolve(job, job.complete(NOW))
+    assert (job.status, view(job).progress_percent) == (S.completed, 100.0)
+
+
+def test_a_job_queued_with_every_step_skipped_reads_no_progress() -> None:
+    old = submitted_before_uploads()
+    seen = JobView.submitted(old)
+    for e in given(Job(), old).queue("no scene processing yet", NOW):
+        seen.apply(e)
+    assert (seen.status, seen.progress_percent) == (S.queued, 0.0)
 
 
 def view(job: Job, *history: Event) -> JobView:

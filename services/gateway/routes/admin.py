@@ -19,6 +19,7 @@ from contracts.errors import (
 from contracts.fleet import FleetView, UsageView
 from contracts.identity import ApproveUser, UserProfile, UserStatus
 from contracts.text import ID_PATTERN
+from services.gateway.access import Access, requires
 from services.gateway.api import errors, gateway, principal
 from services.gateway.readmodels import decode_cursor, encode_cursor
 from services.gateway.schemas import ApiCallPage, UserPage
@@ -29,6 +30,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 @router.get(
     "/users",
     operation_id="list_users",
+    dependencies=[requires(Access.admin)],
     summary="List users (admin)",
     description="Users ordered by id, optionally only one status. Administrators only.",
     response_model=UserPage,
@@ -42,8 +44,7 @@ async def list_users(
         str | None, Query(max_length=300, description="next_cursor of the previous page.")
     ] = None,
 ) -> UserPage:
-    gw, p = gateway(request), principal(request)
-    p.require_admin()
+    gw = gateway(request)
     rows, next_cursor = await gw.read.users(status.value if status else None, cursor, limit)
     return UserPage(items=rows, next_cursor=next_cursor)
 
@@ -51,6 +52,7 @@ async def list_users(
 @router.post(
     "/users/{user_id}/approve",
     operation_id="approve_user",
+    dependencies=[requires(Access.admin)],
     summary="Approve a user (admin)",
     description=(
         "Let a pending user log in. Returns the updated profile. Approving twice is"
@@ -67,7 +69,6 @@ async def approve_user(
     ],
 ) -> UserProfile:
     gw, p = gateway(request), principal(request)
-    p.require_admin()
     return await gw.commands.send(
         ApproveUser(user_id=user_id),
         UserProfile,
@@ -79,6 +80,7 @@ async def approve_user(
 @router.get(
     "/api-calls",
     operation_id="list_api_calls",
+    dependencies=[requires(Access.admin)],
     summary="Read the action log (admin)",
     description=(
         "API calls, newest first, optionally one user's: who called what, when, with which"
@@ -99,8 +101,7 @@ async def list_api_calls(
         str | None, Query(max_length=300, description="next_cursor of the previous page.")
     ] = None,
 ) -> ApiCallPage:
-    gw, p = gateway(request), principal(request)
-    p.require_admin()
+    gw = gateway(request)
     before = None
     value = decode_cursor(cursor)
     if value is not None:
@@ -132,6 +133,7 @@ MAX_USAGE_DAYS = 366
 @router.get(
     "/vms",
     operation_id="list_fleet_vms",
+    dependencies=[requires(Access.admin)],
     summary="The live render fleet (admin)",
     description=(
         "Every machine not ended (booting, idle, busy or draining), per pool: instance type,"
@@ -143,14 +145,14 @@ MAX_USAGE_DAYS = 366
     responses=errors(Forbidden),
 )
 async def list_fleet_vms(request: Request, pool: PoolName = None) -> FleetView:
-    gw, p = gateway(request), principal(request)
-    p.require_admin()
+    gw = gateway(request)
     return await gw.fleet.fleet(pool, datetime.now(UTC))
 
 
 @router.get(
     "/usage",
     operation_id="get_fleet_usage",
+    dependencies=[requires(Access.admin)],
     summary="VM hours and cost per day, pool and user (admin)",
     description=(
         "Per UTC day from `from` to `to` (inclusive, default the last 7 days, at most 366):"
@@ -168,8 +170,7 @@ async def get_fleet_usage(
     to_day: Annotated[date | None, Query(alias="to", description="Last UTC day.")] = None,
     pool: PoolName = None,
 ) -> UsageView:
-    gw, p = gateway(request), principal(request)
-    p.require_admin()
+    gw = gateway(request)
     last = to_day or datetime.now(UTC).date()
     first = from_day or last - timedelta(days=6)
     if first > last or (last - first).days >= MAX_USAGE_DAYS:

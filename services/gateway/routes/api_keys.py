@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request
 from contracts.errors import ApiKeyNotFound, Forbidden, IdempotencyKeyReused
 from contracts.identity import ApiKeyInfo, ApiKeySecret, CreateApiKey, RevokeApiKey
 from contracts.text import ID_PATTERN
+from services.gateway.access import Access, requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -31,6 +32,7 @@ KeyId = Annotated[
 @router.post(
     "",
     operation_id="create_api_key",
+    dependencies=[requires(Access.session)],
     summary="Create an API key",
     description=(
         "Create a scoped API key for a program acting for you (e.g. an MCP server). The"
@@ -44,7 +46,6 @@ async def create_api_key(
     request: Request, body: CreateApiKeyRequest, idempotency_key: IdempotencyKey = None
 ) -> object:
     gw, p = gateway(request), principal(request)
-    p.require_session()
 
     async def run(command_id: str) -> tuple[int, bytes]:
         cmd = CreateApiKey(user_id=p.user_id, **body.model_dump())
@@ -63,6 +64,7 @@ async def create_api_key(
 @router.get(
     "",
     operation_id="list_api_keys",
+    dependencies=[requires(Access.session)],
     summary="List API keys",
     description="The caller's API keys (never their secrets), ordered by key id.",
     response_model=ApiKeyList,
@@ -70,13 +72,13 @@ async def create_api_key(
 )
 async def list_api_keys(request: Request) -> ApiKeyList:
     gw, p = gateway(request), principal(request)
-    p.require_session()
     return ApiKeyList(items=await gw.read.api_keys(p.user_id))
 
 
 @router.post(
     "/{key_id}/revoke",
     operation_id="revoke_api_key",
+    dependencies=[requires(Access.session)],
     summary="Revoke an API key",
     description="Revoke a key at once; later requests with it get api_key_revoked. Idempotent.",
     response_model=ApiKeyInfo,
@@ -84,7 +86,6 @@ async def list_api_keys(request: Request) -> ApiKeyList:
 )
 async def revoke_api_key(request: Request, key_id: KeyId) -> ApiKeyInfo:
     gw, p = gateway(request), principal(request)
-    p.require_session()
     return await gw.commands.send(
         RevokeApiKey(key_id=key_id, user_id=None if p.is_admin else p.user_id),
         ApiKeyInfo,

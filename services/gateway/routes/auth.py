@@ -14,16 +14,17 @@ from contracts.errors import (
     UserNotFound,
 )
 from contracts.identity import Login, RefreshSession, RegisterUser, Role, TokenPair, UserProfile
+from services.gateway.access import Access, requires
 from services.gateway.api import IdempotencyKey, errors, gateway, idempotent, principal, set_targets
 from services.gateway.schemas import LoginRequest, RefreshRequest, RegisterRequest
 
 router = APIRouter(prefix="/v1", tags=["auth"])
-PUBLIC: dict[str, object] = {"security": []}
 
 
 @router.post(
     "/auth/register",
     operation_id="register_user",
+    dependencies=[requires(Access.public)],
     summary="Register a user",
     description=(
         "Create an account. It stays pending_approval until an administrator approves it;"
@@ -32,7 +33,6 @@ PUBLIC: dict[str, object] = {"security": []}
     status_code=201,
     response_model=UserProfile,
     responses=errors(EmailTaken, IdempotencyKeyReused, auth=False),
-    openapi_extra=PUBLIC,
 )
 async def register_user(
     request: Request, body: RegisterRequest, idempotency_key: IdempotencyKey = None
@@ -57,6 +57,7 @@ async def register_user(
 @router.post(
     "/auth/login",
     operation_id="login_user",
+    dependencies=[requires(Access.public)],
     summary="Log in",
     description=(
         "Exchange e-mail and password for a short-lived access token (JWT, 15 minutes) and"
@@ -64,7 +65,6 @@ async def register_user(
     ),
     response_model=TokenPair,
     responses=errors(InvalidCredentials, UserNotApproved, auth=False),
-    openapi_extra=PUBLIC,
 )
 async def login_user(request: Request, body: LoginRequest) -> TokenPair:
     gw = gateway(request)
@@ -80,6 +80,7 @@ async def login_user(request: Request, body: LoginRequest) -> TokenPair:
 @router.post(
     "/auth/refresh",
     operation_id="refresh_session",
+    dependencies=[requires(Access.public)],
     summary="Refresh a session",
     description=(
         "Exchange a refresh token for a new access token and a new refresh token. Each"
@@ -88,7 +89,6 @@ async def login_user(request: Request, body: LoginRequest) -> TokenPair:
     ),
     response_model=TokenPair,
     responses=errors(RefreshTokenInvalid, RefreshTokenReused, auth=False),
-    openapi_extra=PUBLIC,
 )
 async def refresh_session(request: Request, body: RefreshRequest) -> TokenPair:
     gw = gateway(request)
@@ -103,6 +103,7 @@ async def refresh_session(request: Request, body: RefreshRequest) -> TokenPair:
 @router.get(
     "/me",
     operation_id="get_current_user",
+    dependencies=[requires(Access.authenticated)],
     summary="Get the current user",
     description="The profile of the user the token or API key belongs to.",
     response_model=UserProfile,

@@ -45,15 +45,14 @@ from contracts.identity import Scope
 from contracts.jobs import (
     FrameRange,
     JobPriority,
-    JobStatus,
     Renderer,
     RenderSettings,
     Resolution,
-    StepName,
 )
 from contracts.text import ID_PATTERN, IdText
 from contracts.wallet import Credits
 from libs.readmodels.billing import ZERO
+from services.gateway.access import Access, requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -64,6 +63,7 @@ from services.gateway.api import (
     send_idempotent,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
+from services.gateway.schemas import JobState
 
 if TYPE_CHECKING:
     from services.gateway.service import Gateway
@@ -136,13 +136,12 @@ class EstimateCostRequest(_Model):
         return EstimateParameters(**fields)
 
 
-class JobCostView(_Model):
-    """A job's money and the lines it is made of (a page of them)."""
+class JobCostView(JobState):
+    """A job's money and the lines it is made of (a page of them), with where the job
+    stands."""
 
-    job_id: str = Field(description="The job.")
-    job_status: JobStatus = Field(description="The job's lifecycle state.")
-    progress_percent: float = Field(description="The job's overall progress, 0-100.")
-    current_step: StepName | None = Field(description="The job's step running now; null if none.")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     cost_status: CostStatus = Field(
         description="Where the job's money stands: pending (billing has not taken the job"
         " yet), holding, held, awaiting_credits, cap_reached or settled."
@@ -231,6 +230,7 @@ def _job_parameters(envelope: dict[str, Any]) -> EstimateParameters:
 @router.post(
     "/v1/cost/estimate",
     operation_id="estimate_cost",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Estimate what a render costs",
     description=(
         "A cost range for a render: low_credits, expected_credits and high_credits, the"
@@ -255,7 +255,6 @@ async def estimate_cost(
     request: Request, body: EstimateCostRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         if body.job_id is None:
@@ -283,6 +282,7 @@ async def estimate_cost(
 @router.get(
     "/v1/jobs/{job_id}/cost",
     operation_id="get_job_cost",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get a job's cost and its lines",
     description=(
         "The job's id, status, progress and current step, and its money: cost_status, the"
@@ -307,7 +307,6 @@ async def get_job_cost(
     ] = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     after = _seq_cursor(cursor)
     job = await _job(gw, job_id, None if p.is_admin else p.user_id)
     cost = await gw.billing.job_cost(job_id)
@@ -348,10 +347,7 @@ async def get_job_cost(
             "awaiting_reason": cost.awaiting_reason,
         }
     view = JobCostView(
-        job_id=job_id,
-        job_status=JobStatus(job["status"]),
-        progress_percent=job["progress_percent"],
-        current_step=job["current_step"],
+        **dict(JobState.of(job)),
         currency=Currency.credits,
         lines=[p.line for p in items],
         lines_total=totals.count if totals else 0,
@@ -365,6 +361,7 @@ async def get_job_cost(
 @router.get(
     "/v1/prices",
     operation_id="get_prices",
+    dependencies=[requires(Access.authenticated)],
     summary="Get the prices",
     description=(
         "The price version in force now (its number, effective_from, who published it, and"
@@ -378,7 +375,6 @@ async def get_job_cost(
 )
 async def get_prices(request: Request) -> Response:
     gw = gateway(request)
-    principal(request)
     in_force, scheduled = await gw.billing.prices(datetime.now(UTC))
     if in_force is None:
         raise NoPrices("no price version is in force")
@@ -388,6 +384,7 @@ async def get_prices(request: Request) -> Response:
 @router.post(
     "/v1/admin/prices",
     operation_id="publish_prices",
+    dependencies=[requires(Access.admin)],
     summary="Publish a price version (admin)",
     description=(
         "Publish the next price version, in force from effective_from (now if omitted; never"
@@ -403,7 +400,6 @@ async def get_prices(request: Request) -> Response:
 async def publish_prices(
     request: Request, body: PublishPricesRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    principal(request).require_admin()
     cmd = PublishPrices(prices=body.prices, effective_from=body.effective_from)
     return await send_idempotent(
         request, idempotency_key, "publish_prices", cmd, PriceVersion, status=201
@@ -419,6 +415,7 @@ async def _own_key(gw: Gateway, user_id: str, key_id: str) -> None:
 @router.put(
     "/v1/api-keys/{key_id}/spend-caps",
     operation_id="set_api_key_spend_caps",
+    dependencies=[requires(Access.session)],
     summary="Set an API key's spend caps",
     description=(
         "Set how much jobs created through the key may commit: daily_cap_credits per UTC day"
@@ -434,7 +431,6 @@ async def set_api_key_spend_caps(
     request: Request, key_id: KeyId, body: SpendCapsRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require_session()
     await _own_key(gw, p.user_id, key_id)
 
     cmd = SetKeySpendCaps(
@@ -449,6 +445,7 @@ async def set_api_key_spend_caps(
 @router.get(
     "/v1/api-keys/{key_id}/spend",
     operation_id="get_api_key_spend",
+    dependencies=[requires(Access.session)],
     summary="Get an API key's spend",
     description=(
         "The key's spend caps (daily_cap_credits, total_cap_credits; null: none), the credits"
@@ -460,7 +457,6 @@ async def set_api_key_spend_caps(
 )
 async def get_api_key_spend(request: Request, key_id: KeyId) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require_session()
     await _own_key(gw, p.user_id, key_id)
     spend = await gw.billing.key_spend(key_id, datetime.now(UTC).date())
     return json_response(spend.model_dump_json())

@@ -48,6 +48,7 @@ from contracts.jobs import (
 )
 from contracts.text import ID_PATTERN, Reason
 from libs.ids import new_id
+from services.gateway.access import requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -87,6 +88,7 @@ Cursor = Annotated[
 @router.post(
     "",
     operation_id="create_job",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Create a render job",
     description=(
         "Submit a render job for your completed scene upload or complete manifest"
@@ -115,7 +117,6 @@ async def create_job(
     request: Request, spec: JobSpec, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         scene = await gw.read.scene(spec.scene_id, p.user_id)
@@ -137,6 +138,7 @@ async def create_job(
 @router.get(
     "",
     operation_id="list_jobs",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List jobs",
     description=(
         "The caller's jobs, newest first, optionally only those in one status. Returns a"
@@ -152,7 +154,6 @@ async def list_jobs(
     cursor: Cursor = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     body = await gw.read.list_jobs(p.user_id, status.value if status else None, cursor, limit)
     return json_response(body)
 
@@ -160,6 +161,7 @@ async def list_jobs(
 @router.get(
     "/{job_id}",
     operation_id="get_job",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get a job",
     description=(
         "The job envelope: status, current step, progress, ETA, cost and allowed actions."
@@ -170,13 +172,13 @@ async def list_jobs(
 )
 async def get_job(request: Request, job_id: JobId) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     return json_response(await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id))
 
 
 @router.patch(
     "/{job_id}",
     operation_id="update_job",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Update a job",
     description=(
         "Change name, priority or cost cap at any time before the job ends; frame range,"
@@ -198,7 +200,6 @@ async def get_job(request: Request, job_id: JobId) -> Response:
 )
 async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     owner = None if p.is_admin else p.user_id
     accepted = await gw.commands.send(
         UpdateJob(job_id=job_id, owner_id=owner, changes=changes),
@@ -212,6 +213,7 @@ async def update_job(request: Request, job_id: JobId, changes: JobChanges) -> Re
 @router.post(
     "/{job_id}/cancel",
     operation_id="cancel_job",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Cancel a job",
     description=(
         "Stop a job. If nothing runs on the farm it is cancelled at once (status"
@@ -239,7 +241,6 @@ async def cancel_job(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     owner = None if p.is_admin else p.user_id
 
     async def run(command_id: str) -> tuple[int, bytes]:
@@ -289,6 +290,7 @@ class TestRenderRequest(BaseModel):
 @router.post(
     "/{job_id}/test-render",
     operation_id="start_test_render",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Render a few frames first",
     description=(
         "Render a few frames (first, middle and last by default) ahead of every full render,"
@@ -321,7 +323,6 @@ async def start_test_render(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     owner = None if p.is_admin else p.user_id
     asked = body or TestRenderRequest()
 
@@ -343,6 +344,7 @@ async def start_test_render(
 @router.post(
     "/{job_id}/start",
     operation_id="start_full_render",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Start the full render",
     description=(
         "Let a job submitted with start_full_render=false start its full render: it is queued"
@@ -363,7 +365,6 @@ async def start_full_render(
     request: Request, job_id: JobId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     owner = None if p.is_admin else p.user_id
 
     async def run(command_id: str) -> tuple[int, bytes]:
@@ -381,12 +382,14 @@ async def start_full_render(
 @router.get(
     "/{job_id}/events",
     operation_id="list_job_events",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List a job's events",
     description=(
         "The job's full history as recorded events, oldest first: submission, changes,"
         " steps, progress, logs, completion. Each event's data is in the current schema of"
         " its type (older stored versions are upcast), with secrets masked as 'redacted'."
-        " Paginated with next_cursor."
+        " Each page also carries the job's job_id, job_status, progress_percent and"
+        " current_step. Paginated with next_cursor."
     ),
     response_model=JobEventPage,
     responses=errors(JobNotFound, InvalidCursor, InsufficientScope),
@@ -395,8 +398,7 @@ async def list_job_events(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
 ) -> JobEventPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
-    await gw.read.job_envelope(job_id, None if p.is_admin else p.user_id)  # ownership check
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)  # and owner
     after = int_cursor(cursor)
     rows = await gw.read.job_events(job_id, 0 if after is None else after, limit + 1)
     items = [
@@ -412,18 +414,22 @@ async def list_job_events(
     ]
     more = len(rows) > limit
     return JobEventPage(
-        items=items, next_cursor=encode_cursor(str(items[-1].version)) if more else None
+        **dict(state),
+        items=items,
+        next_cursor=encode_cursor(str(items[-1].version)) if more else None,
     )
 
 
 @router.get(
     "/{job_id}/frames",
     operation_id="list_job_frames",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List a job's rendered frames",
     description=(
         "The frames the farm has rendered for the job so far, by frame number ascending,"
-        " with the job's status: for each, its output id and object key in the outputs"
-        " bucket, size and SHA-256, the worker that rendered it and when. Download one with"
+        " with the job's job_status, progress_percent and current_step: for each, its"
+        " output id and object key in the outputs bucket, size and SHA-256, the worker"
+        " that rendered it and when. Download one with"
         " create_output_download_url. Paginated with next_cursor. Another user's job"
         " answers job_not_found."
     ),
@@ -434,15 +440,13 @@ async def list_job_frames(
     request: Request, job_id: JobId, limit: Limit = 100, cursor: Cursor = None
 ) -> JobFramePage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
-    status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)  # and owner
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)  # and owner
     after = int_cursor(cursor)
     rows = await gw.read.job_frames(job_id, -1 if after is None else after, limit + 1)
     items = [JobFrameView(**asdict(r)) for r in rows[:limit]]
     more = len(rows) > limit
     return JobFramePage(
-        job_id=job_id,
-        job_status=status,
+        **dict(state),
         items=items,
         next_cursor=encode_cursor(str(items[-1].frame)) if more else None,
     )

@@ -29,6 +29,7 @@ from contracts.outputs import (
 )
 from contracts.text import ID_PATTERN
 from libs.readmodels.outputs import JobOutput
+from services.gateway.access import requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -86,10 +87,12 @@ def _frame(o: JobOutput) -> JobOutputView:
 @router.get(
     "/v1/jobs/{job_id}/outputs",
     operation_id="list_job_outputs",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List a job's outputs",
     description=(
         "The job's rendered frames as stored in the outputs bucket, by output id (render"
-        " kind, then frame number), with the job's status: each frame's output id, file"
+        " kind, then frame number), with the job's job_status, progress_percent and"
+        " current_step: each frame's output id, file"
         " name, object key, size, SHA-256 and when it is deleted (retention); plus the zip"
         " of every frame once the job completed (archive, null if none). Deleted outputs"
         " stay listed with status deleted. Download any with create_output_download_url."
@@ -110,12 +113,10 @@ async def list_job_outputs(
     ] = None,
 ) -> JobOutputPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
-    status = await gw.read.job_status(job_id, None if p.is_admin else p.user_id)
+    state = await gw.read.job_state(job_id, None if p.is_admin else p.user_id)
     rows, archive, next_cursor = await gw.read.job_outputs(job_id, cursor, limit)
     return JobOutputPage(
-        job_id=job_id,
-        job_status=status,
+        **dict(state),
         items=[_frame(o) for o in rows],
         archive=None
         if archive is None
@@ -134,6 +135,7 @@ async def list_job_outputs(
 @router.post(
     "/v1/outputs/{output_id}/download-url",
     operation_id="create_output_download_url",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get a download URL for an output",
     description=(
         "A signed URL that downloads one output (a frame, or a job's zip) straight from"
@@ -161,7 +163,6 @@ async def create_output_download_url(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     owner = None if p.is_admin else p.user_id
     output = await gw.read.output(output_id, owner)
     set_targets(request, job_id=output.job_id, output_id=output_id)

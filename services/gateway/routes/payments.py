@@ -37,6 +37,7 @@ from contracts.payments import (
 )
 from contracts.text import ID_PATTERN
 from libs.ids import new_id
+from services.gateway.access import Access, requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -71,6 +72,7 @@ OrderId = Annotated[
 @router.post(
     "/v1/payments/orders",
     operation_id="create_payment_order",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Create a top-up order",
     description=(
         "Create a Razorpay order to top up your wallet with amount_paise. Answers 201 with"
@@ -90,7 +92,6 @@ async def create_payment_order(
     request: Request, body: CreatePaymentOrderRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     p = principal(request)
-    p.require(Scope.jobs_write)
     cmd = CreateTopUpOrder(
         user_id=p.user_id, topup_id=new_id("top"), amount_paise=body.amount_paise
     )
@@ -108,6 +109,7 @@ async def create_payment_order(
 @router.get(
     "/v1/payments/orders",
     operation_id="list_payment_orders",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List top-up orders",
     description=(
         "Your top-up orders, newest first: each with its status (created, failed, paid,"
@@ -128,7 +130,6 @@ async def list_payment_orders(
     ] = None,
 ) -> TopUpOrderPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     rows = await gw.payments.orders(p.user_id, _after(cursor), limit + 1)
     items, more = rows[:limit], len(rows) > limit
     key_id = gw.settings.razorpay_key_id
@@ -153,6 +154,7 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
 @router.get(
     "/v1/payments/orders/{order_id}",
     operation_id="get_payment_order",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get a top-up order",
     description=(
         "One of your top-up orders: its status (credited once the wallet holds its credits)"
@@ -163,7 +165,6 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
 )
 async def get_payment_order(request: Request, order_id: OrderId) -> TopUpOrder:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     row = await gw.payments.order(order_id, p.user_id)
     if row is None:
         raise OrderNotFound(f"no top-up order {order_id}", order_id=order_id)
@@ -173,6 +174,7 @@ async def get_payment_order(request: Request, order_id: OrderId) -> TopUpOrder:
 @router.post(
     "/v1/payments/verify",
     operation_id="verify_payment",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Verify a checkout payment",
     description=(
         "Send what Razorpay Checkout handed the browser after paying (razorpay_order_id,"
@@ -197,7 +199,6 @@ async def verify_payment(
     request: Request, body: VerifyPaymentRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
     set_targets(request, order_id=body.razorpay_order_id)
 
     async def run(command_id: str) -> tuple[int, bytes]:
@@ -219,6 +220,7 @@ async def verify_payment(
 @router.post(
     WEBHOOK_PATH,
     operation_id="receive_payment_webhook",
+    dependencies=[requires(Access.signed)],
     summary="Razorpay's webhooks",
     description=(
         "For Razorpay only (no authentication: the body is signed). The raw body is checked"

@@ -61,6 +61,7 @@ from contracts.uploads import (
     UploadView,
 )
 from libs.ids import new_id
+from services.gateway.access import requires
 from services.gateway.api import (
     IdempotencyKey,
     errors,
@@ -155,6 +156,7 @@ async def _manifest(
 @router.post(
     "/v1/uploads",
     operation_id="create_upload",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Start an upload",
     description=(
         "Open an upload session for one file: declare its name, exact size and SHA-256."
@@ -180,7 +182,6 @@ async def create_upload(
     request: Request, body: CreateUploadRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         cmd = StartUpload(upload_id=new_id("upl"), owner_id=p.user_id, file=body)
@@ -197,6 +198,7 @@ async def create_upload(
 @router.get(
     "/v1/uploads",
     operation_id="list_uploads",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List uploads",
     description=(
         "Your upload sessions, newest first, optionally only those in one status. Returns a"
@@ -215,7 +217,6 @@ async def list_uploads(
     cursor: Cursor = None,
 ) -> UploadPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     rows = await gw.uploads.uploads(p.user_id, status, decode_cursor(cursor), limit + 1)
     items = rows[:limit]
     more = len(rows) > limit
@@ -225,6 +226,7 @@ async def list_uploads(
 @router.get(
     "/v1/uploads/{upload_id}",
     operation_id="get_upload",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get an upload",
     description=(
         "The upload session, with its progress checked against the store now while it is"
@@ -236,7 +238,6 @@ async def list_uploads(
 )
 async def get_upload(request: Request, upload_id: UploadId) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     view = await _upload(gw, upload_id, p.user_id)
     if view.status is UploadStatus.uploading:
         accepted = await gw.commands.send(
@@ -253,6 +254,7 @@ async def get_upload(request: Request, upload_id: UploadId) -> Response:
 @router.get(
     "/v1/uploads/{upload_id}/parts",
     operation_id="list_upload_parts",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List an upload's stored parts",
     description=(
         "The parts the store holds for an open session, by part number, with each part's"
@@ -274,7 +276,6 @@ async def list_upload_parts(
     cursor: Cursor = None,
 ) -> UploadPartsPage:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     after = int_cursor(cursor) or 0
     if after > MAX_PARTS:
         raise InvalidCursor("the cursor is not one we issued")
@@ -301,6 +302,7 @@ async def list_upload_parts(
 @router.post(
     "/v1/uploads/{upload_id}/part-urls",
     operation_id="create_upload_part_urls",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Get URLs to upload parts",
     description=(
         "Presigned URLs to PUT 1 to 100 parts straight to the object store. Give each"
@@ -327,7 +329,6 @@ async def create_upload_part_urls(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         urls = await gw.commands.send(
@@ -346,6 +347,7 @@ async def create_upload_part_urls(
 @router.post(
     "/v1/uploads/{upload_id}/complete",
     operation_id="complete_upload",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Complete an upload",
     description=(
         "Finish the upload once every part is sent. The server checks with the store that"
@@ -374,7 +376,6 @@ async def complete_upload(
     request: Request, upload_id: UploadId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         accepted = await gw.commands.send(
@@ -397,6 +398,7 @@ async def complete_upload(
 @router.post(
     "/v1/uploads/{upload_id}/abort",
     operation_id="abort_upload",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Abort an upload",
     description=(
         "Give up an open upload: the store deletes its parts and the session no longer"
@@ -417,7 +419,6 @@ async def abort_upload(
     request: Request, upload_id: UploadId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         accepted = await gw.commands.send(
@@ -438,6 +439,7 @@ async def abort_upload(
 @router.post(
     "/v1/manifests",
     operation_id="create_manifest",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Send a scene as a manifest",
     description=(
         "Declare a scene as the list of its files (relative path, size, SHA-256; at most"
@@ -468,7 +470,6 @@ async def create_manifest(
     request: Request, body: CreateManifestRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         cmd = SubmitManifest(manifest_id=new_id("man"), owner_id=p.user_id, manifest=body)
@@ -489,6 +490,7 @@ async def create_manifest(
 @router.get(
     "/v1/manifests/{manifest_id}",
     operation_id="get_manifest",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get a manifest",
     description=(
         "The manifest with which of its files you hold now (files_present) and which you"
@@ -500,13 +502,13 @@ async def create_manifest(
 )
 async def get_manifest(request: Request, manifest_id: ManifestId) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     return json_response((await _manifest(gw, manifest_id, p.user_id)).model_dump_json())
 
 
 @router.post(
     "/v1/manifests/{manifest_id}/complete",
     operation_id="complete_manifest",
+    dependencies=[requires(Scope.jobs_write)],
     summary="Complete a manifest",
     description=(
         "Check that you hold every file of the manifest; returns it with status complete,"
@@ -527,7 +529,6 @@ async def complete_manifest(
     request: Request, manifest_id: ManifestId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_write)
 
     async def run(command_id: str) -> tuple[int, bytes]:
         accepted = await gw.commands.send(

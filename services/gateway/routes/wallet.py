@@ -27,6 +27,7 @@ from contracts.identity import Scope
 from contracts.text import ID_PATTERN, Line
 from contracts.wallet import CauseKind, DepositCredits, PositiveCredits, WalletBalance
 from libs.readmodels.wallet import WalletTransaction, WalletView
+from services.gateway.access import Access, requires
 from services.gateway.api import errors, gateway, idempotent, json_response, principal
 from services.gateway.readmodels import encode_cursor, int_cursor
 
@@ -97,6 +98,7 @@ async def _wallet(gw: Gateway, user_id: str, min_version: int = 0) -> WalletView
 @router.get(
     "/v1/wallet",
     operation_id="get_wallet",
+    dependencies=[requires(Scope.jobs_read)],
     summary="Get your wallet",
     description=(
         "Your credits: balance_credits (credits in minus credits out), held_credits"
@@ -109,7 +111,6 @@ async def _wallet(gw: Gateway, user_id: str, min_version: int = 0) -> WalletView
 )
 async def get_wallet(request: Request) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     view, _ = await gw.wallet.wallet(p.user_id)
     return json_response(view.model_dump_json())
 
@@ -117,6 +118,7 @@ async def get_wallet(request: Request) -> Response:
 @router.get(
     "/v1/wallet/transactions",
     operation_id="list_wallet_transactions",
+    dependencies=[requires(Scope.jobs_read)],
     summary="List your wallet's transactions",
     description=(
         "Every transfer on your wallet, newest first: its kind (deposit, hold, hold_increase,"
@@ -137,7 +139,6 @@ async def list_wallet_transactions(
     ] = None,
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require(Scope.jobs_read)
     rows = await gw.wallet.transactions(p.user_id, int_cursor(cursor), limit + 1)
     items = rows[:limit]
     more = len(rows) > limit
@@ -150,6 +151,7 @@ async def list_wallet_transactions(
 @router.post(
     "/v1/admin/users/{user_id}/credits",
     operation_id="grant_credits",
+    dependencies=[requires(Access.admin)],
     summary="Grant credits to a user (admin)",
     description=(
         "Deposit amount_credits into the user's wallet with cause grant (a trial, goodwill)."
@@ -176,7 +178,6 @@ async def grant_credits(
     ],
 ) -> Response:
     gw, p = gateway(request), principal(request)
-    p.require_admin()
     transfer_id = grant_transfer_id(p.user_id, user_id, idempotency_key)
 
     async def run(command_id: str) -> tuple[int, bytes]:

@@ -1,0 +1,73 @@
+"""Errors of the notifier: notifications, webhook endpoints and their deliveries."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from contracts.errors.base import DomainError, ErrorDetails
+
+
+class EndpointRef(ErrorDetails):
+    endpoint_id: str = Field(description="The webhook endpoint's id.")
+
+
+class DeliveryRef(ErrorDetails):
+    delivery_id: str = Field(description="The webhook delivery's id.")
+
+
+class NotificationRef(ErrorDetails):
+    notification_id: str = Field(description="The notification's id.")
+
+
+class UrlProblem(ErrorDetails):
+    url: str = Field(description="The URL as given.")
+    problem: str = Field(description="What is wrong with it.")
+
+
+class EndpointLimit(ErrorDetails):
+    limit: int = Field(description="Most webhook endpoints a user may register.")
+
+
+class WebhookEndpointNotFound(DomainError[EndpointRef]):
+    """No such endpoint among the caller's (another user's answers the same)."""
+
+    code = "webhook_endpoint_not_found"
+    http_status = 404
+    retryable = False
+    Details = EndpointRef
+
+
+class WebhookDeliveryNotFound(DomainError[DeliveryRef]):
+    """No such delivery among the caller's (another user's answers the same)."""
+
+    code = "webhook_delivery_not_found"
+    http_status = 404
+    retryable = False
+    Details = DeliveryRef
+
+
+class NotificationNotFound(DomainError[NotificationRef]):
+    """No such notification among the caller's (another user's answers the same)."""
+
+    code = "notification_not_found"
+    http_status = 404
+    retryable = False
+    Details = NotificationRef
+
+
+class WebhookUrlInvalid(DomainError[UrlProblem]):
+    """The endpoint URL cannot be sent to: not absolute, not https, or with credentials."""
+
+    code = "webhook_url_invalid"
+    http_status = 422
+    retryable = False
+    Details = UrlProblem
+
+
+class WebhookLimitReached(DomainError[EndpointLimit]):
+    """The user has as many webhook endpoints as allowed: delete one first."""
+
+    code = "webhook_limit_reached"
+    http_status = 409
+    retryable = False
+    Details = EndpointLimit

@@ -1,0 +1,418 @@
+"""Notifications: the catalogue of kinds (trigger event, payload), the notifier's events and
+commands, and what the API answers about notifications, webhook endpoints and deliveries.
+
+A notification is made once per (trigger event, user) and shown in the user's in-app list;
+each of the user's webhook endpoints that takes its kind gets one delivery of it, signed as
+the Standard Webhooks specification says (``docs/notifications.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.base import COMMANDS, EVENTS, Command, Event
+from contracts.billing import JobCostCapReached
+from contracts.jobs import (
+    JobCompleted,
+    JobFailed,
+    JobPaused,
+    JobTestRenderCompleted,
+)
+from contracts.payments import PaymentFailed, TopUpCredited
+from contracts.uploads import UploadExpired
+from contracts.wallet import CreditsDebited, CreditsHeld, HoldIncreased
+
+#: Most webhook endpoints one user may register.
+MAX_ENDPOINTS_PER_USER = 10
+#: Most notifications one MarkNotificationsRead marks.
+MAX_MARKED_AT_ONCE = 500
+#: Longest endpoint URL.
+MAX_URL_LENGTH = 2000
+
+
+class NotificationKind(StrEnum):
+    test_render_ready = "test_render.ready"
+    render_completed = "render.completed"
+    render_failed = "render.failed"
+    job_paused = "job.paused"
+    job_stopped = "job.stopped"
+    payment_succeeded = "payment.succeeded"
+    payment_failed = "payment.failed"
+    balance_low = "balance.low"
+    upload_expired = "upload.expired"
+
+
+# --- payloads (the ``data`` of a notification and of its webhook body) -------------------
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TestRenderReady(_Payload):
+    """The job's test frames are rendered: look at them before the full render."""
+
+    __test__ = False  # not a pytest class
+    job_id: str
+    render_id: str
+
+
+class RenderCompleted(_Payload):
+    job_id: str
+
+
+class RenderFailed(_Payload):
+    job_id: str
+    reason: str
+    code: str | None
+
+
+class JobPausedForCredits(_Payload):
+    """The job waits: ``reason`` is ``insufficient_credits`` (top up) or
+    ``spend_cap_reached`` (the API key's spend cap)."""
+
+    job_id: str
+    reason: str
+
+
+class JobStoppedAtCap(_Payload):
+    """The job's cost reached its cap: it is stopped and charged at most the cap."""
+
+    job_id: str
+    cap_credits: Decimal | None
+    so_far_credits: Decimal
+
+
+class PaymentSucceeded(_Payload):
+    order_id: str
+    payment_id: str
+    credits: Decimal
+
+
+class PaymentFailedPayload(_Payload):
+    """A payment attempt failed; the order can still be paid."""
+
+    order_id: str
+    payment_id: str
+    error_code: str | None
+    error_description: str | None
+
+
+class BalanceLow(_Payload):
+    """Available credits fell below the threshold."""
+
+    available_credits: Decimal
+    threshold_credits: Decimal
+
+
+class UploadExpiredPayload(_Payload):
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One row of the catalogue."""
+
+    kind: NotificationKind
+    #: The events that make it (wire names).
+    triggers: tuple[str, ...]
+    payload: type[_Payload]
+    #: When it is made.
+    when: str
+
+
+CATALOGUE: dict[NotificationKind, KindSpec] = {
+    s.kind: s
+    for s in (
+        KindSpec(
+            NotificationKind.test_render_ready,
+            (JobTestRenderCompleted.event_type,),
+            TestRenderReady,
+            "the test render's frames are all rendered",
+        ),
+        KindSpec(
+            NotificationKind.render_completed,
+            (JobCompleted.event_type,),
+            RenderCompleted,
+            "the job completed: every frame is rendered",
+        ),
+        KindSpec(
+            NotificationKind.render_failed,
+            (JobFailed.event_type,),
+            RenderFailed,
+            "the job failed (code: a stable error code, e.g. cost_cap_reached)",
+        ),
+        KindSpec(
+            NotificationKind.job_paused,
+            (JobPaused.event_type,),
+            JobPausedForCredits,
+            "the job was paused for credits or its API key's spend cap",
+        ),
+        KindSpec(
+            NotificationKind.job_stopped,
+            (JobCostCapReached.event_type,),
+            JobStoppedAtCap,
+            "the job's cost reached its cap: it is being stopped",
+        ),
+        KindSpec(
+            NotificationKind.payment_succeeded,
+            (TopUpCredited.event_type,),
+            PaymentSucceeded,
+            "a top-up was paid and its credits are in the wallet",
+        ),
+        KindSpec(
+            NotificationKind.payment_failed,
+            (PaymentFailed.event_type,),
+            PaymentFailedPayload,
+            "a payment attempt for a top-up failed",
+        ),
+        KindSpec(
+            NotificationKind.balance_low,
+            (CreditsHeld.event_type, HoldIncreased.event_type, CreditsDebited.event_type),
+            BalanceLow,
+            "available credits went from at or above the threshold to below it",
+        ),
+        KindSpec(
+            NotificationKind.upload_expired,
+            (UploadExpired.event_type,),
+            UploadExpiredPayload,
+            "an upload session was not completed in time and its parts are gone",
+        ),
+    )
+}
+
+WebhookUrl = Annotated[str, Field(min_length=8, max_length=MAX_URL_LENGTH)]
+Kinds = Annotated[list[NotificationKind], Field(min_length=1, max_length=len(NotificationKind))]
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"  # waiting for its next attempt
+    succeeded = "succeeded"  # the receiver answered 2xx
+    dead_lettered = "dead_lettered"  # every attempt failed for the retry window
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@EVENTS.register
+class SubjectOwnerRecorded(Event):
+    """Who a job or a top-up order belongs to (stream ``subject-<job|order>:<id>``), so the
+    job's and order's later events, which do not name the user, reach them."""
+
+    event_type = "notifier.SubjectOwnerRecorded"
+    subject: str
+    user_id: str
+    api_key_id: str | None
+    at: datetime
+
+
+@EVENTS.register
+class NotificationCreated(Event):
+    """A notification for a user (stream ``notification-<id>``; the id is derived from the
+    trigger event and the user, so a trigger delivered twice makes one)."""
+
+    event_type = "notifier.NotificationCreated"
+    notification_id: str
+    user_id: str
+    kind: NotificationKind
+    #: The API key of the job it is about (its endpoints get it too); null otherwise.
+    api_key_id: str | None
+    payload: dict[str, Any]
+    trigger_event_id: str
+    trigger_event_type: str
+    at: datetime
+
+
+@EVENTS.register
+class NotificationRead(Event):
+    event_type = "notifier.NotificationRead"
+    notification_id: str
+    user_id: str
+    at: datetime
+
+
+@EVENTS.register
+class WebhookEndpointRegistered(Event):
+    """Stream ``webhooks-<user id>``: every endpoint of the user."""
+
+    event_type = "notifier.WebhookEndpointRegistered"
+    private_fields = frozenset({"secret"})
+    endpoint_id: str
+    user_id: str
+    url: str
+    kinds: list[NotificationKind]
+    api_key_id: str | None
+    secret: str
+    at: datetime
+
+
+@EVENTS.register
+class WebhookSecretRotated(Event):
+    """A new secret signs from now on; the previous one signs too until
+    ``previous_expires_at``."""
+
+    event_type = "notifier.WebhookSecretRotated"
+    private_fields = frozenset({"secret"})
+    endpoint_id: str
+    user_id: str
+    secret: str
+    previous_expires_at: datetime
+    at: datetime
+
+
+@EVENTS.register
+class WebhookEndpointDeleted(Event):
+    event_type = "notifier.WebhookEndpointDeleted"
+    endpoint_id: str
+    user_id: str
+    at: datetime
+
+
+@EVENTS.register
+class WebhookDeliveryScheduled(Event):
+    """A notification is to be sent to an endpoint (stream ``delivery-<id>``)."""
+
+    event_type = "notifier.WebhookDeliveryScheduled"
+    delivery_id: str
+    endpoint_id: str
+    user_id: str
+    notification_id: str
+    kind: NotificationKind
+    due_at: datetime
+    at: datetime
+
+
+@EVENTS.register
+class WebhookDeliveryAttempted(Event):
+    """One POST to the receiver: its answer (``status_code``) or why there was none."""
+
+    event_type = "notifier.WebhookDeliveryAttempted"
+    delivery_id: str
+    endpoint_id: str
+    user_id: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    succeeded: bool
+    #: When the next attempt is due; null when none follows.
+    next_attempt_at: datetime | None
+    at: datetime
+
+
+@EVENTS.register
+class WebhookDeliverySucceeded(Event):
+    event_type = "notifier.WebhookDeliverySucceeded"
+    delivery_id: str
+    endpoint_id: str
+    user_id: str
+    attempts: int
+    at: datetime
+
+
+@EVENTS.register
+class WebhookDeliveryDeadLettered(Event):
+    """Every attempt within the retry window failed: no more are made unless replayed."""
+
+    event_type = "notifier.WebhookDeliveryDeadLettered"
+    delivery_id: str
+    endpoint_id: str
+    user_id: str
+    attempts: int
+    last_error: str
+    at: datetime
+
+
+@EVENTS.register
+class WebhookDeliveryReplayed(Event):
+    """The user asked for the delivery to be sent again: due at once, a new retry window."""
+
+    event_type = "notifier.WebhookDeliveryReplayed"
+    delivery_id: str
+    endpoint_id: str
+    user_id: str
+    due_at: datetime
+    at: datetime
+
+
+# --- replies -----------------------------------------------------------------------------
+
+
+class WebhookEndpoint(BaseModel):
+    endpoint_id: str
+    url: str
+    kinds: list[NotificationKind]
+    api_key_id: str | None
+    created_at: datetime
+    #: When the secret was last rotated; null if never.
+    rotated_at: datetime | None
+
+
+class WebhookEndpointSecret(WebhookEndpoint):
+    """An endpoint with its signing secret (``whsec_<base64>``): answered once."""
+
+    secret: str
+
+
+class WebhookDelivery(BaseModel):
+    delivery_id: str
+    endpoint_id: str
+    notification_id: str
+    kind: NotificationKind
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class NotificationsMarked(BaseModel):
+    #: How many of the named notifications were unread and are read now.
+    marked: int
+
+
+# --- commands (from the gateway) ---------------------------------------------------------
+
+
+@COMMANDS.register
+class RegisterWebhookEndpoint(Command):
+    command_type = "notifier.RegisterWebhookEndpoint"
+    user_id: str
+    endpoint_id: str
+    url: WebhookUrl
+    kinds: Kinds
+    api_key_id: str | None = None
+
+
+@COMMANDS.register
+class RotateWebhookSecret(Command):
+    command_type = "notifier.RotateWebhookSecret"
+    user_id: str
+    endpoint_id: str
+
+
+@COMMANDS.register
+class DeleteWebhookEndpoint(Command):
+    command_type = "notifier.DeleteWebhookEndpoint"
+    user_id: str
+    endpoint_id: str
+
+
+@COMMANDS.register
+class ReplayWebhookDelivery(Command):
+    command_type = "notifier.ReplayWebhookDelivery"
+    user_id: str
+    delivery_id: str
+
+
+@COMMANDS.register
+class MarkNotificationsRead(Command):
+    command_type = "notifier.MarkNotificationsRead"
+    user_id: str
+    notification_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_MARKED_AT_ONCE)]

@@ -1,0 +1,4 @@
+from libs.runtime import run
+from services.notifier.service import SERVICE
+
+run(SERVICE)

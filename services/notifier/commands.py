@@ -1,0 +1,215 @@
+"""The notifier's command handlers (from the gateway) and its trigger-event consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+from contracts.base import Event
+from contracts.billing import JobCostCapReached
+from contracts.errors import WebhookUrlInvalid
+from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
+from contracts.notifications import (
+    DeleteWebhookEndpoint,
+    MarkNotificationsRead,
+    NotificationsMarked,
+    RegisterWebhookEndpoint,
+    ReplayWebhookDelivery,
+    RotateWebhookSecret,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEndpointSecret,
+)
+from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
+from contracts.uploads import UploadExpired
+from contracts.wallet import CreditsDebited, CreditsHeld, HoldIncreased
+from libs.bus.commands import CommandServer
+from libs.bus.consumer import BusEvent, Retry, claim_event
+from libs.eventstore.store import EventStore, Position
+from libs.eventstore.uow import UnitOfWork
+from services.notifier.domain import (
+    Delivery,
+    Notification,
+    Subject,
+    Webhooks,
+    delivery_id,
+    notification_id,
+    owner_of,
+    trigger_of,
+)
+from services.notifier.settings import NotifierSettings
+from services.notifier.signing import new_secret
+
+
+def check_url(url: str, allow_http: bool) -> str:
+    """The URL if deliveries can go there, else :class:`WebhookUrlInvalid`."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    problem = None
+    if parts.scheme not in schemes:
+        problem = f"the scheme must be {' or '.join(schemes)}"
+    elif not parts.hostname:
+        problem = "the URL has no host"
+    elif parts.username or parts.password:
+        problem = "the URL may not hold credentials"
+    elif parts.fragment:
+        problem = "the URL may not have a fragment"
+    if problem is not None:
+        raise WebhookUrlInvalid(f"{url!r}: {problem}", url=url, problem=problem)
+    return url
+
+
+def delivery_view(d: Delivery) -> WebhookDelivery:
+    assert d.kind is not None and d.created_at is not None and d.updated_at is not None
+    return WebhookDelivery(
+        delivery_id=d.key,
+        endpoint_id=d.endpoint_id,
+        notification_id=d.notification_id,
+        kind=d.kind,
+        status=d.status,
+        attempts=d.attempts,
+        next_attempt_at=d.next_attempt_at,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
+    )
+
+
+class NotifierCommands:
+    def __init__(self, settings: NotifierSettings) -> None:
+        self.settings = settings
+
+    def register(self, server: CommandServer) -> None:
+        # Replies that hold a secret are never stored: a repeated id is refused instead.
+        server.register(RegisterWebhookEndpoint, self.register_endpoint, store_reply=False)
+        server.register(RotateWebhookSecret, self.rotate, store_reply=False)
+        server.register(DeleteWebhookEndpoint, self.delete)
+        server.register(ReplayWebhookDelivery, self.replay)
+        server.register(MarkNotificationsRead, self.mark_read)
+
+    async def register_endpoint(
+        self, cmd: RegisterWebhookEndpoint, uow: UnitOfWork
+    ) -> WebhookEndpointSecret:
+        url = check_url(cmd.url, self.settings.webhook_allow_http)
+        hooks = await uow.get(Webhooks, cmd.user_id)
+        now = datetime.now(UTC)
+        endpoint = hooks.register(
+            cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, new_secret(), now
+        )
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+
+    async def rotate(self, cmd: RotateWebhookSecret, uow: UnitOfWork) -> WebhookEndpointSecret:
+        hooks = await uow.get(Webhooks, cmd.user_id)
+        grace = timedelta(seconds=self.settings.webhook_secret_grace_seconds)
+        endpoint = hooks.rotate(cmd.endpoint_id, new_secret(), grace, datetime.now(UTC))
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+
+    async def delete(self, cmd: DeleteWebhookEndpoint, uow: UnitOfWork) -> WebhookEndpoint:
+        hooks = await uow.get(Webhooks, cmd.user_id)
+        return hooks.delete(cmd.endpoint_id, datetime.now(UTC)).view()
+
+    async def replay(self, cmd: ReplayWebhookDelivery, uow: UnitOfWork) -> WebhookDelivery:
+        delivery = await uow.get(Delivery, cmd.delivery_id)
+        delivery.replay(cmd.user_id, datetime.now(UTC))
+        return delivery_view(delivery)
+
+    async def mark_read(self, cmd: MarkNotificationsRead, uow: UnitOfWork) -> NotificationsMarked:
+        ids = list(dict.fromkeys(cmd.notification_ids))
+        await uow.prefetch(*((Notification, i) for i in ids))
+        now, marked = datetime.now(UTC), 0
+        for i in ids:
+            marked += len((await uow.get(Notification, i)).mark_read(cmd.user_id, now))
+        return NotificationsMarked(marked=marked)
+
+
+class _AlreadyHandled(Exception):
+    """The event is in the inbox: another delivery handled it."""
+
+
+class TriggerEvents:
+    """Trigger events into notifications and webhook deliveries: the durable consumer
+    ``notifier``. Each event is claimed in the inbox in the transaction that appends what it
+    caused; the notification's id comes from the event and the user, so even a redelivery
+    past the inbox would find it made."""
+
+    durable = "notifier"
+    subjects = tuple(
+        f"events.{cls.event_type}"
+        for cls in (
+            JobSubmitted,
+            TopUpOrdered,
+            JobTestRenderCompleted,
+            JobCompleted,
+            JobFailed,
+            JobPaused,
+            JobCostCapReached,
+            TopUpCredited,
+            PaymentFailed,
+            CreditsHeld,
+            HoldIncreased,
+            CreditsDebited,
+            UploadExpired,
+        )
+    )
+
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        store: EventStore,
+        scheduled: Callable[[Position], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduled = scheduled
+
+    async def handle(self, bus_event: BusEvent) -> None:
+        metadata = {
+            "actor": {"kind": "service", "id": self.settings.service_name},
+            "correlation_id": bus_event.metadata.get("correlation_id") or str(bus_event.event_id),
+            "causation_id": str(bus_event.event_id),
+        }
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
+                event = bus_event.decode(self.store.registry)
+                deliveries = await notify(uow, event, bus_event, self.settings.low_balance_credits)
+                await uow.commit()  # the events insert is the transaction's first write
+                if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
+                    raise _AlreadyHandled
+        except _AlreadyHandled:
+            return
+        if uow.recorded:
+            self.store.notify_appended()
+        if deliveries and uow.recorded:
+            last = uow.recorded[-1]
+            self.scheduled(Position(last.tx_id, last.position))
+
+
+async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> int:
+    """Record what a trigger event causes; the number of deliveries scheduled."""
+    now = datetime.now(UTC)
+    owner = owner_of(event)
+    if owner is not None:
+        (await uow.get(Subject, owner.subject)).record_owner(owner, now)
+        return 0
+    trigger = trigger_of(event, low_balance)
+    if trigger is None:
+        return 0
+    user_id, api_key_id = trigger.user_id, None
+    if trigger.subject is not None:
+        subject = await uow.get(Subject, trigger.subject)
+        if subject.user_id is None:  # its first event has not been handled yet
+            raise Retry(f"the owner of {trigger.subject} is not known yet")
+        user_id, api_key_id = subject.user_id, subject.api_key_id
+    assert user_id is not None
+    ntf_id = notification_id(cause.event_id, user_id, cause.recorded_at)
+    notification = await uow.get(Notification, ntf_id)
+    if not notification.create(user_id, trigger, api_key_id, cause.event_id, cause.event_type, now):
+        return 0
+    hooks = await uow.get(Webhooks, user_id)
+    scheduled = 0
+    for endpoint in hooks.targets(trigger.kind, api_key_id, trigger.about_job):
+        dlv = await uow.get(Delivery, delivery_id(ntf_id, endpoint.endpoint_id, now))
+        scheduled += len(dlv.schedule(endpoint, notification, now))
+    return scheduled

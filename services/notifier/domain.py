@@ -1,0 +1,546 @@
+"""The notifier's aggregates and rules. Pure: no I/O, no clock, no randomness (times and
+jitter come in).
+
+* ``Subject`` (``subject-<job|order>:<id>``): who a job or a top-up order belongs to.
+* ``Notification`` (``notification-<id>``): one per (trigger event, user), its id derived from
+  both, so a trigger delivered twice finds it made already; read once.
+* ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets.
+* ``Delivery`` (``delivery-<id>``): one notification to one endpoint: attempts with
+  exponential back-off and jitter within a retry window, then a dead letter; replayable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+
+from contracts.base import Event
+from contracts.billing import JobCostCapReached
+from contracts.errors import (
+    NotificationNotFound,
+    WebhookDeliveryNotFound,
+    WebhookEndpointNotFound,
+    WebhookLimitReached,
+)
+from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
+from contracts.notifications import (
+    MAX_ENDPOINTS_PER_USER,
+    BalanceLow,
+    DeliveryStatus,
+    JobPausedForCredits,
+    JobStoppedAtCap,
+    NotificationCreated,
+    NotificationKind,
+    NotificationRead,
+    PaymentFailedPayload,
+    PaymentSucceeded,
+    RenderCompleted,
+    RenderFailed,
+    SubjectOwnerRecorded,
+    TestRenderReady,
+    UploadExpiredPayload,
+    WebhookDeliveryAttempted,
+    WebhookDeliveryDeadLettered,
+    WebhookDeliveryReplayed,
+    WebhookDeliveryScheduled,
+    WebhookDeliverySucceeded,
+    WebhookEndpoint,
+    WebhookEndpointDeleted,
+    WebhookEndpointRegistered,
+    WebhookSecretRotated,
+)
+from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
+from contracts.uploads import UploadExpired
+from contracts.wallet import CreditsDebited, CreditsHeld, HoldIncreased
+from libs.eventstore.aggregate import Aggregate
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def derived_id(prefix: str, at: datetime, seed: str) -> str:
+    """A time-sortable id (as :func:`libs.ids.new_id`) whose random part comes from ``seed``:
+    the same seed and time give the same id."""
+    ms = int(at.timestamp() * 1000)
+    value = (ms << 80) | int.from_bytes(hashlib.sha256(seed.encode()).digest()[:10])
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def notification_id(trigger_event_id: uuid.UUID, user_id: str, at: datetime) -> str:
+    return derived_id("ntf", at, f"{trigger_event_id}:{user_id}")
+
+
+def delivery_id(notification: str, endpoint_id: str, at: datetime) -> str:
+    return derived_id("dlv", at, f"{notification}:{endpoint_id}")
+
+
+# --- triggers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What a trigger event makes: a notification of ``kind`` for the user, named directly
+    (``user_id``) or through the owner of ``subject``."""
+
+    kind: NotificationKind
+    payload: BaseModel
+    user_id: str | None = None
+    subject: str | None = None
+
+    @property
+    def about_job(self) -> bool:
+        return self.subject is not None and self.subject.startswith("job:")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a ``job.JobSubmitted`` or ``payment.TopUpOrdered`` tells about its subject."""
+
+    subject: str
+    user_id: str
+    api_key_id: str | None
+
+
+def job_subject(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def order_subject(order_id: str) -> str:
+    return f"order:{order_id}"
+
+
+def owner_of(event: Event) -> Owner | None:
+    match event:
+        case JobSubmitted():
+            return Owner(job_subject(event.job_id), event.owner_id, event.api_key_id)
+        case TopUpOrdered():
+            return Owner(order_subject(event.order_id), event.user_id, None)
+    return None
+
+
+def _fell_below(after: Decimal, amount: Decimal, threshold: Decimal) -> bool:
+    """Available credits went from at or above ``threshold`` to below it."""
+    return after < threshold <= after + amount
+
+
+def trigger_of(event: Event, low_balance: Decimal) -> Trigger | None:
+    """The notification an event makes, if any (the catalogue, ``contracts.notifications``)."""
+    match event:
+        case JobTestRenderCompleted():
+            payload: BaseModel = TestRenderReady(job_id=event.job_id, render_id=event.render_id)
+            return Trigger(
+                NotificationKind.test_render_ready, payload, subject=job_subject(event.job_id)
+            )
+        case JobCompleted():
+            payload = RenderCompleted(job_id=event.job_id)
+            return Trigger(
+                NotificationKind.render_completed, payload, subject=job_subject(event.job_id)
+            )
+        case JobFailed():
+            payload = RenderFailed(job_id=event.job_id, reason=event.reason, code=event.code)
+            return Trigger(
+                NotificationKind.render_failed, payload, subject=job_subject(event.job_id)
+            )
+        case JobPaused():
+            payload = JobPausedForCredits(job_id=event.job_id, reason=event.reason)
+            return Trigger(NotificationKind.job_paused, payload, subject=job_subject(event.job_id))
+        case JobCostCapReached():
+            payload = JobStoppedAtCap(
+                job_id=event.job_id,
+                cap_credits=event.totals.cap_credits,
+                so_far_credits=event.totals.so_far_credits,
+            )
+            return Trigger(NotificationKind.job_stopped, payload, subject=job_subject(event.job_id))
+        case TopUpCredited():
+            payload = PaymentSucceeded(
+                order_id=event.order_id, payment_id=event.payment_id, credits=event.credits
+            )
+            return Trigger(NotificationKind.payment_succeeded, payload, user_id=event.user_id)
+        case PaymentFailed():
+            payload = PaymentFailedPayload(
+                order_id=event.order_id,
+                payment_id=event.payment_id,
+                error_code=event.error_code,
+                error_description=event.error_description,
+            )
+            return Trigger(
+                NotificationKind.payment_failed, payload, subject=order_subject(event.order_id)
+            )
+        case CreditsHeld() | HoldIncreased() | CreditsDebited():
+            available = event.balance_after - event.held_after
+            if not _fell_below(available, event.amount, low_balance):
+                return None
+            payload = BalanceLow(available_credits=available, threshold_credits=low_balance)
+            return Trigger(NotificationKind.balance_low, payload, user_id=event.user_id)
+        case UploadExpired():
+            payload = UploadExpiredPayload(upload_id=event.upload_id)
+            return Trigger(NotificationKind.upload_expired, payload, user_id=event.owner_id)
+    return None
+
+
+# --- aggregates --------------------------------------------------------------------------
+
+
+class Subject(Aggregate):
+    """Who a job or an order belongs to, stream ``subject-<job|order>:<id>``."""
+
+    stream_prefix = "subject"
+
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, SubjectOwnerRecorded):
+            self.user_id, self.api_key_id = event.user_id, event.api_key_id
+
+    def record_owner(self, owner: Owner, at: datetime) -> list[Event]:
+        if self.user_id is not None:
+            return []
+        return self.record(
+            SubjectOwnerRecorded(
+                subject=owner.subject, user_id=owner.user_id, api_key_id=owner.api_key_id, at=at
+            )
+        )
+
+
+class Notification(Aggregate):
+    """One notification, stream ``notification-<id>``."""
+
+    stream_prefix = "notification"
+
+    exists: bool = False
+    user_id: str = ""
+    kind: NotificationKind | None = None
+    api_key_id: str | None = None
+    payload: dict[str, Any] = {}
+    created_at: datetime | None = None
+    read_at: datetime | None = None
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case NotificationCreated():
+                self.exists, self.user_id, self.kind = True, event.user_id, event.kind
+                self.api_key_id, self.payload = event.api_key_id, event.payload
+                self.created_at = event.at
+            case NotificationRead():
+                self.read_at = event.at
+
+    def create(
+        self,
+        user_id: str,
+        trigger: Trigger,
+        api_key_id: str | None,
+        trigger_event_id: uuid.UUID,
+        trigger_event_type: str,
+        at: datetime,
+    ) -> list[Event]:
+        """Make the notification; nothing if it was made already (the trigger came twice)."""
+        if self.exists:
+            return []
+        return self.record(
+            NotificationCreated(
+                notification_id=self.key,
+                user_id=user_id,
+                kind=trigger.kind,
+                api_key_id=api_key_id,
+                payload=trigger.payload.model_dump(mode="json"),
+                trigger_event_id=str(trigger_event_id),
+                trigger_event_type=trigger_event_type,
+                at=at,
+            )
+        )
+
+    def mark_read(self, user_id: str, at: datetime) -> list[Event]:
+        if not self.exists or self.user_id != user_id:
+            raise NotificationNotFound(f"no notification {self.key}", notification_id=self.key)
+        if self.read_at is not None:
+            return []
+        return self.record(NotificationRead(notification_id=self.key, user_id=user_id, at=at))
+
+
+class Endpoint(BaseModel):
+    """One webhook endpoint as its owner's ``Webhooks`` holds it."""
+
+    endpoint_id: str
+    url: str
+    kinds: list[NotificationKind]
+    api_key_id: str | None
+    secret: str
+    previous_secret: str | None = None
+    previous_expires_at: datetime | None = None
+    created_at: datetime
+    rotated_at: datetime | None = None
+
+    def secrets(self, now: datetime) -> list[str]:
+        """The secrets that sign now: the current one, and the previous one until it expires."""
+        keep = self.previous_expires_at is not None and now < self.previous_expires_at
+        return (
+            [self.secret, self.previous_secret] if keep and self.previous_secret else [self.secret]
+        )
+
+    def takes(self, kind: NotificationKind, job_key: str | None, about_job: bool) -> bool:
+        """An endpoint bound to an API key gets the notifications about that key's jobs
+        (``job_key``: the key a job was submitted with) and those about no job (account-wide);
+        one without a key gets every notification of the user."""
+        if kind not in self.kinds:
+            return False
+        return self.api_key_id is None or not about_job or job_key == self.api_key_id
+
+    def view(self) -> WebhookEndpoint:
+        return WebhookEndpoint(
+            endpoint_id=self.endpoint_id,
+            url=self.url,
+            kinds=self.kinds,
+            api_key_id=self.api_key_id,
+            created_at=self.created_at,
+            rotated_at=self.rotated_at,
+        )
+
+
+class Webhooks(Aggregate):
+    """Every webhook endpoint of one user, stream ``webhooks-<user id>``."""
+
+    stream_prefix = "webhooks"
+
+    endpoints: dict[str, Endpoint] = {}
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case WebhookEndpointRegistered():
+                self.endpoints = {
+                    **self.endpoints,
+                    event.endpoint_id: Endpoint(
+                        endpoint_id=event.endpoint_id,
+                        url=event.url,
+                        kinds=event.kinds,
+                        api_key_id=event.api_key_id,
+                        secret=event.secret,
+                        created_at=event.at,
+                    ),
+                }
+            case WebhookSecretRotated():
+                old = self.endpoints.get(event.endpoint_id)
+                if old is not None:
+                    self.endpoints = {
+                        **self.endpoints,
+                        event.endpoint_id: old.model_copy(
+                            update={
+                                "secret": event.secret,
+                                "previous_secret": old.secret,
+                                "previous_expires_at": event.previous_expires_at,
+                                "rotated_at": event.at,
+                            }
+                        ),
+                    }
+            case WebhookEndpointDeleted():
+                self.endpoints = {k: v for k, v in self.endpoints.items() if k != event.endpoint_id}
+
+    def endpoint(self, endpoint_id: str) -> Endpoint:
+        found = self.endpoints.get(endpoint_id)
+        if found is None:
+            raise WebhookEndpointNotFound(
+                f"no webhook endpoint {endpoint_id}", endpoint_id=endpoint_id
+            )
+        return found
+
+    def register(
+        self,
+        endpoint_id: str,
+        url: str,
+        kinds: list[NotificationKind],
+        api_key_id: str | None,
+        secret: str,
+        at: datetime,
+    ) -> Endpoint:
+        if endpoint_id not in self.endpoints:
+            if len(self.endpoints) >= MAX_ENDPOINTS_PER_USER:
+                raise WebhookLimitReached(
+                    f"at most {MAX_ENDPOINTS_PER_USER} webhook endpoints",
+                    limit=MAX_ENDPOINTS_PER_USER,
+                )
+            self.record(
+                WebhookEndpointRegistered(
+                    endpoint_id=endpoint_id,
+                    user_id=self.key,
+                    url=url,
+                    kinds=sorted(set(kinds)),
+                    api_key_id=api_key_id,
+                    secret=secret,
+                    at=at,
+                )
+            )
+        return self.endpoints[endpoint_id]
+
+    def rotate(self, endpoint_id: str, secret: str, grace: timedelta, at: datetime) -> Endpoint:
+        self.endpoint(endpoint_id)
+        self.record(
+            WebhookSecretRotated(
+                endpoint_id=endpoint_id,
+                user_id=self.key,
+                secret=secret,
+                previous_expires_at=at + grace,
+                at=at,
+            )
+        )
+        return self.endpoints[endpoint_id]
+
+    def delete(self, endpoint_id: str, at: datetime) -> Endpoint:
+        gone = self.endpoint(endpoint_id)
+        self.record(WebhookEndpointDeleted(endpoint_id=endpoint_id, user_id=self.key, at=at))
+        return gone
+
+    def targets(
+        self, kind: NotificationKind, job_key: str | None, about_job: bool
+    ) -> list[Endpoint]:
+        return [e for _, e in sorted(self.endpoints.items()) if e.takes(kind, job_key, about_job)]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with jitter, within a window from the first attempt."""
+
+    base_seconds: float
+    max_delay_seconds: float
+    window_seconds: float
+
+    def delay(self, attempt: int, jitter: float) -> timedelta:
+        """The wait after failed attempt ``attempt`` (1-based); ``jitter`` in [0, 1) spreads
+        it over 50-100 % of the exponential step."""
+        step = min(self.base_seconds * 2 ** (attempt - 1), self.max_delay_seconds)
+        return timedelta(seconds=step * (0.5 + jitter / 2))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one POST to the receiver gave."""
+
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def describe(self) -> str:
+        return self.error or f"HTTP {self.status_code}"
+
+
+class Delivery(Aggregate):
+    """One notification to one endpoint, stream ``delivery-<id>``."""
+
+    stream_prefix = "delivery"
+
+    exists: bool = False
+    endpoint_id: str = ""
+    user_id: str = ""
+    notification_id: str = ""
+    kind: NotificationKind | None = None
+    status: DeliveryStatus = DeliveryStatus.pending
+    attempts: int = 0
+    #: Start of the current retry window (scheduled, or replayed).
+    window_start: datetime | None = None
+    next_attempt_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, WebhookDeliveryScheduled):
+            self.created_at = event.at
+        self.updated_at = getattr(event, "at", self.updated_at)
+        match event:
+            case WebhookDeliveryScheduled():
+                self.exists, self.endpoint_id, self.user_id = True, event.endpoint_id, event.user_id
+                self.notification_id, self.kind = event.notification_id, event.kind
+                self.window_start = self.next_attempt_at = event.due_at
+            case WebhookDeliveryAttempted():
+                self.attempts = event.attempt
+                self.next_attempt_at = event.next_attempt_at
+            case WebhookDeliverySucceeded():
+                self.status = DeliveryStatus.succeeded
+            case WebhookDeliveryDeadLettered():
+                self.status = DeliveryStatus.dead_lettered
+            case WebhookDeliveryReplayed():
+                self.status = DeliveryStatus.pending
+                self.window_start = self.next_attempt_at = event.due_at
+
+    def schedule(self, endpoint: Endpoint, notification: Notification, at: datetime) -> list[Event]:
+        if self.exists:
+            return []
+        assert notification.kind is not None
+        return self.record(
+            WebhookDeliveryScheduled(
+                delivery_id=self.key,
+                endpoint_id=endpoint.endpoint_id,
+                user_id=notification.user_id,
+                notification_id=notification.key,
+                kind=notification.kind,
+                due_at=at,
+                at=at,
+            )
+        )
+
+    def attempted(
+        self,
+        outcome: Outcome,
+        policy: RetryPolicy,
+        jitter: float,
+        at: datetime,
+        *,
+        final: bool = False,
+    ) -> list[Event]:
+        """Record an attempt, then success, the next attempt's time or the dead letter
+        (at once when ``final``: nothing could make a retry succeed)."""
+        if self.status is not DeliveryStatus.pending:
+            return []  # replayed or finished meanwhile by another attempt: nothing to add
+        assert self.window_start is not None
+        attempt = self.attempts + 1
+        ids = {"delivery_id": self.key, "endpoint_id": self.endpoint_id, "user_id": self.user_id}
+        retry_at: datetime | None = None
+        if not outcome.succeeded and not final:
+            candidate = at + policy.delay(attempt, jitter)
+            if candidate <= self.window_start + timedelta(seconds=policy.window_seconds):
+                retry_at = candidate
+        events: list[Event] = [
+            WebhookDeliveryAttempted(
+                **ids,
+                attempt=attempt,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                duration_ms=outcome.duration_ms,
+                succeeded=outcome.succeeded,
+                next_attempt_at=retry_at,
+                at=at,
+            )
+        ]
+        if outcome.succeeded:
+            events.append(WebhookDeliverySucceeded(**ids, attempts=attempt, at=at))
+        elif retry_at is None:
+            events.append(
+                WebhookDeliveryDeadLettered(
+                    **ids, attempts=attempt, last_error=outcome.describe(), at=at
+                )
+            )
+        return self.record(*events)
+
+    def replay(self, user_id: str, at: datetime) -> list[Event]:
+        if not self.exists or self.user_id != user_id:
+            raise WebhookDeliveryNotFound(f"no webhook delivery {self.key}", delivery_id=self.key)
+        return self.record(
+            WebhookDeliveryReplayed(
+                delivery_id=self.key,
+                endpoint_id=self.endpoint_id,
+                user_id=self.user_id,
+                due_at=at,
+                at=at,
+            )
+        )

@@ -1,0 +1,78 @@
+"""The notifier: notifications from other services' events, in an in-app list and as signed
+webhooks with retries (docs/notifications.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from libs.runtime import ServiceRuntime
+from libs.service import Service
+from services.notifier.commands import NotifierCommands, TriggerEvents
+from services.notifier.projections import (
+    AttemptsProjection,
+    DeliveriesProjection,
+    EndpointsProjection,
+    NotificationsProjection,
+)
+from services.notifier.sender import DeliveryWorker
+from services.notifier.settings import NotifierSettings
+
+#: Redelivery back-off of trigger events: an outage of a few minutes delays, never loses.
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+MAX_DELIVER = 20
+
+
+@dataclass(frozen=True)
+class Notifier:
+    commands: NotifierCommands
+    triggers: TriggerEvents
+    sender: DeliveryWorker
+
+
+async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
+    settings = rt.settings
+    assert isinstance(settings, NotifierSettings)
+    commands = NotifierCommands(settings)
+    commands.register(rt.commands)
+    client = httpx.AsyncClient(
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=settings.webhook_concurrency),
+        headers={"user-agent": "renderfarm-webhooks/1"},
+    )
+    rt.on_close(client.aclose)
+    sender = DeliveryWorker(settings, rt.store, rt.projectors["deliveries"], client)
+    rt.background("webhook-sender", sender.run)
+    triggers = TriggerEvents(settings, rt.store, sender.scheduled)
+    rt.consumer(
+        triggers.durable,
+        triggers.subjects,
+        triggers.handle,
+        max_deliver=MAX_DELIVER,
+        backoff=BACKOFF,
+        batch=100,
+    )
+
+    async def sender_healthy() -> str | None:
+        return None if sender.last_error is None else f"webhook sender: {sender.last_error}"
+
+    rt.readiness_checks.append(sender_healthy)
+    return Notifier(commands, triggers, sender)
+
+
+SERVICE = Service(
+    name="notifier",
+    schema="notifier",
+    settings=NotifierSettings,
+    migrations=Path(__file__).parent / "migrations",
+    projections=(
+        NotificationsProjection(),
+        EndpointsProjection(),
+        DeliveriesProjection(),
+        AttemptsProjection(),
+    ),
+    wire=wire,
+    secrets=frozenset(),
+)

@@ -1,0 +1,29 @@
+from decimal import Decimal
+
+from pydantic import Field
+
+from libs.config import BaseServiceSettings
+
+
+class NotifierSettings(BaseServiceSettings):
+    env_section = "notifier"
+    service_name: str = "notifier"
+
+    #: ``balance.low`` when available credits fall below this.
+    low_balance_credits: Decimal = Field(default=Decimal("10"), ge=0)
+    #: Plain ``http://`` endpoint URLs are refused unless this is set (local development).
+    webhook_allow_http: bool = False
+    #: Seconds one POST to a receiver may take, connecting included.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: POSTs in flight at once in all, and to one endpoint.
+    webhook_concurrency: int = Field(default=64, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=1, ge=1)
+    #: Retries: the first back-off step, the longest, and the window from the first attempt
+    #: (24 h) after which a delivery is dead-lettered.
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_delay_seconds: float = Field(default=3 * 3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    #: How long the previous secret still signs after a rotation.
+    webhook_secret_grace_seconds: float = Field(default=24 * 3600.0, ge=0)
+    #: The delivery worker looks for due deliveries at least this often.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)

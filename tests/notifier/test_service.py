@@ -1,0 +1,178 @@
+"""The notifier on real servers with a real HTTP receiver: every kind, delivered twice, makes
+one notification and one signed delivery per endpoint; a receiver that is down gets every
+message once it is back, with valid signatures; a slow one holds up nobody else; a delivery
+failing for its whole window is dead-lettered and replayed by its owner."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from contracts.notifications import (
+    NotificationKind,
+    RegisterWebhookEndpoint,
+    ReplayWebhookDelivery,
+    WebhookDelivery,
+    WebhookEndpointSecret,
+)
+from libs.bus.commands import CommandClient
+from libs.ids import new_id
+from libs.readmodels.notifications import NotificationsQuery
+from libs.runtime import ServiceRuntime
+from services.notifier.settings import NotifierSettings
+from services.notifier.signing import webhook_headers
+from tests.conftest import Env
+from tests.notifier.conftest import ACTOR, Publisher, Receiver
+from tests.notifier.events import owners, triggers
+from tests.waiting import until
+
+USER = "usr_service"
+
+
+async def register(
+    commands: CommandClient, url: str, kinds: list[NotificationKind] | None = None
+) -> WebhookEndpointSecret:
+    cmd = RegisterWebhookEndpoint(
+        user_id=USER, endpoint_id=new_id("whk"), url=url, kinds=kinds or list(NotificationKind)
+    )
+    return await commands.send(
+        cmd, WebhookEndpointSecret, command_id=f"register:{cmd.endpoint_id}", actor=ACTOR
+    )
+
+
+async def publish_every_kind(publisher: Publisher) -> None:
+    for event in owners(USER, "job_s1", "ord_s1"):
+        await publisher.publish(event)
+    for event in triggers(USER, "job_s1", "ord_s1").values():
+        await publisher.publish(event)
+
+
+def query(rt: ServiceRuntime[Any]) -> NotificationsQuery:
+    return NotificationsQuery(rt.pool, rt.schema)
+
+
+async def test_every_kind_reaches_a_receiver_that_was_down_once_with_valid_signatures(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    down = await register(commands, receiver.url("/ok/down"))
+    slow = await register(commands, receiver.url("/slow"))
+    await publish_every_kind(publisher)
+    q = query(notifier)
+
+    async def all_made() -> bool:
+        return len(await q.notifications(USER, None, False, 100)) >= len(NotificationKind)
+
+    await until(all_made, "a notification of every kind")
+
+    async def failed_twice() -> bool:
+        rows = await q.deliveries(USER, down.endpoint_id, None, 100)
+        return len(rows) == len(NotificationKind) and all(len(a) >= 2 for _, a in rows)
+
+    await until(failed_twice, "every delivery to fail twice while the receiver is down")
+    assert receiver.received == []
+    await receiver.start()
+
+    async def all_received() -> bool:
+        return len({r.headers["webhook-id"] for r in receiver.at("/ok/down")}) == len(
+            NotificationKind
+        )
+
+    await until(all_received, "every message at the receiver once it is back")
+    # Meanwhile no attempt to the slow receiver has ended (each waits for its 3 s timeout;
+    # the earlier ones failed while the port was closed): it held up nobody else.
+    slow_rows = await q.deliveries(USER, slow.endpoint_id, None, 100)
+    assert all(d.status == "pending" for d, _ in slow_rows)
+    slow_attempts = [a for _, attempts in slow_rows for a in attempts]
+    assert all(a.status_code is None and "no answer" not in (a.error or "") for a in slow_attempts)
+
+    notifications = await q.notifications(USER, None, False, 100)
+    assert sorted(n.kind for n in notifications) == sorted(NotificationKind)  # once each
+    verifier = Webhook(down.secret)
+    kinds = []
+    for got in receiver.at("/ok/down"):
+        body = verifier.verify(got.body, got.headers)
+        kinds.append(body["type"])
+        assert body["data"]["notification_id"] == got.headers["webhook-id"]
+    assert sorted(kinds) == sorted(k.value for k in NotificationKind)
+
+    async def succeeded() -> bool:
+        rows = await q.deliveries(USER, down.endpoint_id, None, 100)
+        return all(d.status == "succeeded" for d, _ in rows)
+
+    await until(succeeded, "every delivery recorded as succeeded")
+
+    # What a receiver following the spec refuses: a forged body, a wrong secret, an old
+    # timestamp (a captured message sent again later).
+    got = receiver.at("/ok/down")[0]
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(got.body.replace(b"notification_id", b"notification_iD"), got.headers)
+    forged = webhook_headers(
+        ["whsec_" + "A" * 43 + "="],
+        got.headers["webhook-id"],
+        int(got.headers["webhook-timestamp"]),
+        got.body,
+    )
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(got.body, forged)
+    old = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp())
+    replayed = webhook_headers([down.secret], got.headers["webhook-id"], old, got.body)
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(got.body, replayed)
+
+
+@pytest.fixture
+def notifier_settings(env: Env) -> NotifierSettings:
+    """A retry window of a second: deliveries to a failing receiver are dead-lettered."""
+    return env.settings(
+        NotifierSettings,
+        webhook_allow_http=True,
+        webhook_timeout_seconds=3,
+        webhook_retry_base_seconds=0.1,
+        webhook_retry_max_delay_seconds=0.2,
+        webhook_retry_window_seconds=1,
+        webhook_poll_seconds=0.1,
+    )
+
+
+async def test_a_delivery_failing_for_its_window_is_dead_lettered_then_replayed(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    await receiver.start()
+    failing = await register(commands, receiver.url("/fail"), [NotificationKind.upload_expired])
+    await publisher.publish(triggers(USER, "j", "o")[NotificationKind.upload_expired])
+    q = query(notifier)
+
+    async def dead() -> Any:
+        rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
+        return rows if rows and rows[0][0].status == "dead_lettered" else None
+
+    [(delivery, attempts)] = await until(dead, "the delivery to be dead-lettered")
+    assert len(attempts) >= 2 and all(a.status_code == 500 for a in attempts)
+    assert delivery.next_attempt_at is None
+    receiver.failing = False
+    replayed = await commands.send(
+        ReplayWebhookDelivery(user_id=USER, delivery_id=delivery.delivery_id),
+        WebhookDelivery,
+        command_id="replay:1",
+        actor=ACTOR,
+    )
+    assert replayed.status == "pending"
+
+    async def delivered() -> Any:
+        rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
+        return rows if rows[0][0].status == "succeeded" else None
+
+    [(_, attempts)] = await until(delivered, "the replayed delivery to succeed")
+    assert attempts[-1].status_code == 204 and attempts[-1].attempt == len(attempts)
+    ids = {r.headers["webhook-id"] for r in receiver.at("/fail")}
+    assert len(ids) == 1  # the same message id on every attempt and the replay
+    Webhook(failing.secret).verify(receiver.at("/fail")[-1].body, receiver.at("/fail")[-1].headers)
