@@ -659,7 +659,7 @@ def _repath(stage_root: Path, scene_key: str, job_id: str, reporter: _Reporter) 
                 rewrites, missing, expected, later = _rewrite_into(upload, main, source, reporter)
                 reporter.log(LogLevel.info, f"{len(rewrites)} paths rewritten; packing")
                 copier = _pack(source, main, incoming, expected, reporter)
-                _link_later(stage_root, root, incoming, later, reporter)
+                _link_later(stage_root, root, (incoming, final), later, reporter)
             except (StepCancelled, OSError):
                 raise
             except Exception as e:
@@ -691,21 +691,27 @@ def _repath(stage_root: Path, scene_key: str, job_id: str, reporter: _Reporter) 
 
 
 def _link_later(
-    stage_root: Path, root: Path, incoming: Path, later: list[str], reporter: _Reporter
+    stage_root: Path,
+    root: Path,
+    copy: tuple[Path, Path],
+    later: list[str],
+    reporter: _Reporter,
 ) -> None:
     """Symlink each file of ``later`` (not copied yet into the folder ``root`` being staged)
-    in the prepared copy ``incoming`` to where it will be once the scene is staged (the
-    listing's ``staged_to``): the prepared copy is whole the moment the staging ends. The
+    in the prepared copy being made (``copy``: where it is filled, where it will be) to
+    where it will be once the scene is staged (the listing's ``staged_to``), relative to
+    the prepared copy's place: the prepared copy is whole the moment the staging ends. The
     packer keeps every path inside the folder where it is, so the links sit where the
     rewritten ``.blend`` files look."""
     listing = read_listing(root)
     if not later or listing is None:
         return
     staged = stage_root / listing.staged_to
+    incoming, final = copy
     for rel in later:
         dest = incoming / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.symlink_to(os.path.relpath(staged / rel, dest.parent))
+        dest.symlink_to(os.path.relpath(staged / rel, (final / rel).parent))
     reporter.log(
         LogLevel.info,
         f"{len(later)} files the scene uses are still being staged: linked to"
