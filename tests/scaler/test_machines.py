@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from contracts.fleet import VmEngaged, VmBooted, VmPhase, VmStopped
+from contracts.fleet import VmBooted, VmEngaged, VmPhase, VmStopped
 from services.scaler.machines import Vm
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
