@@ -9,10 +9,17 @@ checksum is verified); a completion marker is written last, and only then is the
 renamed into place. A staged folder therefore always holds verified, complete content, and
 a later job of the same owner on the same content reuses it at once, copying nothing.
 
+A manifest scene's needed files come first: the main file, then what BAT traces from it
+(``libs/blendtrace.py``; libraries are traced again once copied) and, of each sequence, the
+entries of the job's test frames. They are hard-linked into ``staged/.needed/<job id>/``
+with the listing of the whole scene, and ``SceneNeededFilesStaged`` says so: the scene can be
+checked and prepared, and a test render run, while the rest is copied.
+
 Progress is recorded at most every ``stage_progress_seconds`` and
-``stage_progress_bytes``. Only one replica stages at a time (a PostgreSQL advisory lock);
-stagings left unfinished by a crash or a restart are found again in ``upload.stagings`` and
-copied again from the start. A cancel reaches the copy within one progress interval.
+``stage_progress_bytes``; ``stage_max_bytes_per_second`` caps a copy's rate. Only one
+replica stages at a time (a PostgreSQL advisory lock); stagings left unfinished by a crash
+or a restart are found again in ``upload.stagings`` and copied again from the start. A
+cancel reaches the copy within one progress interval.
 
 Production: the farm does not mount this folder from the upload service's machine but keeps
 a farm-side cache keyed by content hash (a shared file system the workers mount, or a cache
