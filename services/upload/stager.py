@@ -206,6 +206,10 @@ class SceneStager:
             await progress.report()
             await asyncio.to_thread(_write_marker, incoming, job_id, scene.scene_id, files)
             await asyncio.to_thread(_place, incoming, final, name)
+            if first:  # the needed folder is made whole too, for what renders from it
+                rest = [f.path for f in files if f.path not in first]
+                needed = self.root / needed_dir(job_id)
+                await asyncio.to_thread(_link_rest, final, needed, rest)
             await self._record(job_id, lambda s: s.staged(False, total, _now()))
             log.info("scene_staged", job_id=job_id, staged_key=staging.staged_key, bytes=total)
         except Cancelled:
@@ -489,6 +493,21 @@ def _link_needed(
         except OSError:
             shutil.copyfile(incoming / path, dest)
     write_listing(needed, staged_to, sizes)
+
+
+def _link_rest(final: Path, needed: Path, paths: list[str]) -> None:
+    """Link the staged scene's files of ``paths`` into the needed folder: a scene prepared
+    from it without a repath (a main file that is not a ``.blend``, rendered as staged)
+    finds every file there once the scene is staged."""
+    for path in paths:
+        dest = needed / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(final / path, dest)
+        except FileExistsError:
+            continue  # linked by an attempt before a crash
+        except OSError:
+            shutil.copyfile(final / path, dest)
 
 
 def _place(incoming: Path, final: Path, name: str) -> None:

@@ -430,15 +430,16 @@ async def test_the_files_a_blend_scenes_test_frames_need_are_staged_first_and_re
     done_after = [e.bytes_done for e in after if isinstance(e, SceneStagingProgressed)]
     assert done_after and done_after[-1] == needed.bytes_total > needed.bytes_needed
 
-    # The needed folder holds exactly them (hard links to the staged copies) and the listing
-    # of the whole scene, naming where it is staged.
+    # The needed folder holds hard links to the staged copies and the listing of the whole
+    # scene, naming where it is staged.
     apart = stage_root / f"staged/.needed/{job_id}"
+    # Once staged, the needed folder is whole too (links to the rest), with the listing.
     held = sorted(p.relative_to(apart).as_posix() for p in apart.rglob("*") if p.is_file())
-    assert held == sorted([*wanted, STAGING_LISTING])
+    assert held == sorted([*contents, STAGING_LISTING])
     listing = json.loads((apart / STAGING_LISTING).read_text())
     assert listing["staged_to"] == f"staged/{owner}/{manifest['content_sha256']}"
     assert sorted(f["path"] for f in listing["files"]) == sorted(contents)
     final = stage_root / listing["staged_to"]
-    for path in wanted:
+    for path in contents:
         assert (apart / path).stat().st_ino == (final / path).stat().st_ino, path
     assert not (final / STAGING_LISTING).exists()
