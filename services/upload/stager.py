@@ -214,8 +214,10 @@ class SceneStager:
             log.info("scene_staged", job_id=job_id, staged_key=staging.staged_key, bytes=total)
         except Cancelled:
             log.info("staging_cancelled", job_id=job_id)
+            await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
         except (SceneChecksumMismatch, SceneSizeMismatch, SceneFileMissing, ScenePathRefused) as e:
             await self._fail(job_id, e)
+            await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
         finally:
             await asyncio.to_thread(_remove, incoming)
 
