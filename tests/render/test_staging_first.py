@@ -24,10 +24,10 @@ from tests.scene.conftest import blender_python, built
 __all__ = ["blender_python", "built"]
 
 #: The file nothing references, copied after the needed files at RATE bytes a second: the
-#: rest of the scene takes about 40 s to stage, while the test render needs the ~0.4 MB
-#: (about 2 s at that rate) the test frames use.
-REST_BYTES = 10 * 2**20
-RATE = 256 * 1024
+#: rest of the scene takes about 75 s to stage (room for a test render on a busy machine),
+#: while the test render needs the ~0.4 MB (about 3 s at that rate) the test frames use.
+REST_BYTES = 12 * 2**20
+RATE = 160 * 1024
 
 
 @pytest.fixture
