@@ -134,6 +134,13 @@ class FrameRange(_Model):
         return range(self.start, self.end + 1, self.step)
 
 
+def default_test_frames(frame_range: FrameRange) -> list[int]:
+    """The first, middle and last frame of the range (fewer when it has fewer)."""
+    frames = list(range(frame_range.start, frame_range.end + 1, frame_range.step))
+    picked = {frames[0], frames[len(frames) // 2], frames[-1]}
+    return sorted(picked)
+
+
 class Resolution(_Model):
     width: StrictInt = Field(ge=16, le=16384, description="Output width in pixels.")
     height: StrictInt = Field(ge=16, le=16384, description="Output height in pixels.")
@@ -515,6 +522,20 @@ class JobSceneStaged(Event):
     at: datetime
 
 
+@EVENTS.register
+class JobSceneNeededFilesStaged(Event):
+    """The files the job's test frames need are where the farm reads them, at
+    ``scene_key`` (relative to the farm's scene root), while the rest of the scene is still
+    being staged: the scene steps may run on them, and a test render after them."""
+
+    event_type = "job.JobSceneNeededFilesStaged"
+    job_id: str
+    scene_key: str
+    files: int
+    bytes_staged: int
+    at: datetime
+
+
 #: The code a job fails with when its scene check found an error.
 SCENE_CHECK_FAILED = "scene_check_failed"
 #: The steps the scene workers run, in order, after the scene is staged.
@@ -821,6 +842,19 @@ class RecordSceneStaged(Command):
     job_id: str
     scene_key: StagedKey
     reused: bool
+    at: datetime
+
+
+@COMMANDS.register
+class RecordSceneNeededFilesStaged(Command):
+    """The files the job's test frames need are staged at ``scene_key`` (relative to the
+    farm's scene root); the rest is still being copied. A repeat changes nothing."""
+
+    command_type = "job.RecordSceneNeededFilesStaged"
+    job_id: str
+    scene_key: StagedKey
+    files: int = Field(ge=1)
+    bytes_staged: int = Field(ge=0)
     at: datetime
 
 

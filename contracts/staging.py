@@ -22,6 +22,14 @@ STAGED_DIR = "staged"
 #: Written last into a staged folder by the stager (what it holds, all verified): not a
 #: file of the scene.
 STAGED_MARKER = ".rf-staged.json"
+#: Written first into the folder of a manifest scene's needed files
+#: (``<STAGED_DIR>/<NEEDED_DIR>/<job id>/``): every file the scene will hold and where the
+#: staged folder will be, so the scene check judges "missing" against the manifest, not
+#: against what is copied yet. Not a file of the scene.
+STAGING_LISTING = ".rf-staging.json"
+#: Under ``<STAGED_DIR>/``: one folder per job holding (hard links to) the files its test
+#: frames need, readable while the rest of its scene is still being copied.
+NEEDED_DIR = ".needed"
 
 
 class SceneKind(StrEnum):
@@ -83,6 +91,10 @@ class SceneStagingRequested(Event):
     scene: SceneRef
     staged_key: str
     at: datetime
+    test_frames: list[int] = Field(
+        default_factory=list,
+        description="The frames whose files are copied first (none: no needed-first set).",
+    )
 
 
 @EVENTS.register
@@ -103,6 +115,26 @@ class SceneStagingProgressed(Event):
     files_done: int
     bytes_done: int
     bytes_total: int
+    at: datetime
+
+
+@EVENTS.register
+class SceneNeededFilesStaged(Event):
+    """The files the job's test frames need (the main file, the files it references, and of
+    each sequence the test frames' entries) are on the farm's scene root at ``staged_key``,
+    every one's SHA-256 checked; the rest of the scene is still being copied. Only for a
+    manifest scene that is copied (an upload is one file: ``SceneStaged`` says it)."""
+
+    event_type = "upload.SceneNeededFilesStaged"
+    job_id: str
+    staged_key: str = Field(
+        description="The main file in the needed files' folder (staged/.needed/<job id>/...)."
+    )
+    files: list[str] = Field(description="The needed files, relative to the scene's root.")
+    bytes_needed: int
+    files_total: int
+    bytes_total: int
+    seconds: float = Field(description="From the start of the copy until they were all there.")
     at: datetime
 
 
@@ -150,6 +182,11 @@ class StageScene(Command):
     job_id: IdText
     owner_id: IdText
     scene: SceneRef
+    test_frames: list[int] = Field(
+        default_factory=list,
+        max_length=100,
+        description="The frames a test render renders first: their files are staged first.",
+    )
 
 
 @COMMANDS.register

@@ -21,6 +21,7 @@ from contracts.jobs import (
     RecordJobCost,
     RecordJobStepProgress,
     RecordSceneChecked,
+    RecordSceneNeededFilesStaged,
     RecordScenePrepared,
     RecordSceneRepathed,
     RecordSceneStaged,
@@ -57,6 +58,7 @@ class JobCommands:
         server.register(StartSceneStaging, self.start_staging)
         server.register(RecordSceneStagingProgress, self.record_staging_progress)
         server.register(RecordSceneStaged, self.record_staged)
+        server.register(RecordSceneNeededFilesStaged, self.record_needed_staged)
         # From the scene workers.
         server.register(StartJobStep, self.start_step)
         server.register(RecordJobStepProgress, self.record_step_progress)
@@ -180,6 +182,13 @@ class JobCommands:
     async def record_staged(self, cmd: RecordSceneStaged, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, None)
         job.record_staged(cmd.scene_key, cmd.reused, cmd.at)
+        return await self._accepted(uow, job)
+
+    async def record_needed_staged(
+        self, cmd: RecordSceneNeededFilesStaged, uow: UnitOfWork
+    ) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.record_needed_staged(cmd.scene_key, cmd.files, cmd.bytes_staged, cmd.at)
         return await self._accepted(uow, job)
 
     async def start_step(self, cmd: StartJobStep, uow: UnitOfWork) -> JobAccepted:

@@ -52,6 +52,7 @@ from contracts.jobs import (
     JobRenderSettingsChanged,
     JobResumed,
     JobSceneChecked,
+    JobSceneNeededFilesStaged,
     JobScenePrepared,
     JobSceneStaged,
     JobSlotFreed,
@@ -80,6 +81,7 @@ from contracts.jobs import (
     TestRenderFrame,
     TestRenderQuality,
     TestRenderStatus,
+    default_test_frames,
 )
 from contracts.render import RenderKind, render_id_for
 from contracts.scenes import SceneFinding
@@ -210,13 +212,6 @@ class TestRender(BaseModel):
 TEST_RENDERABLE = frozenset({S.submitted, S.preparing, S.ready, S.test_render_ready})
 
 
-def default_test_frames(frame_range: FrameRange) -> list[int]:
-    """The first, middle and last frame of the range (fewer when it has fewer)."""
-    frames = list(range(frame_range.start, frame_range.end + 1, frame_range.step))
-    picked = {frames[0], frames[len(frames) // 2], frames[-1]}
-    return sorted(picked)
-
-
 #: The status a step event gives its step.
 STEP_STATUS_AFTER: dict[type[Event], StepStatus] = {
     JobStepStarted: StepStatus.running,
@@ -288,6 +283,8 @@ class Job(Aggregate):
     #: The scene file relative to the farm's scene root: known once staged (or, for jobs
     #: from before uploads, as submitted).
     scene_key: str | None = None
+    #: The files the test frames need are staged (``scene_key``: there), the rest is not.
+    needed_staged: bool = False
     #: The staging's progress as last recorded (it only moves forward).
     staging_percent: float = 0.0
     #: The scene steps' progress as last recorded, by step (it only moves forward).
@@ -353,8 +350,12 @@ class Job(Aggregate):
                 self.step(event.step).status = STEP_STATUS_AFTER[type(event)]
             case JobFramesRendered():
                 self._record(event)
-            case JobSceneStaged():
+            case JobSceneStaged() if not self.prepared:
                 self.scene_key = event.scene_key
+            case JobSceneStaged():
+                pass  # prepared from its needed files already: the render opens that copy
+            case JobSceneNeededFilesStaged():
+                self.scene_key, self.needed_staged = event.scene_key, True
             case JobStepProgressed():
                 if event.step is StepName.stage_scene:
                     self.staging_percent = event.progress_percent
@@ -629,6 +630,27 @@ class Job(Aggregate):
         return events + self.record(
             JobSceneStaged(job_id=self.job_id, scene_key=scene_key, reused=reused, at=at),
             JobStepSucceeded(job_id=self.job_id, step=StepName.stage_scene, at=at),
+        )
+
+    def record_needed_staged(
+        self, scene_key: str, files: int, bytes_staged: int, at: datetime
+    ) -> list[Event]:
+        """The files the test frames need are at ``scene_key``, the rest still being staged.
+        Only while the staging runs, once; a report after the job ended changes nothing."""
+        self._require_scene()
+        if self.status in TERMINAL_STATUSES or self.needed_staged:
+            return []
+        if self._staging() not in (StepStatus.pending, StepStatus.running):
+            return []
+        events = self.start_staging(at)
+        return events + self.record(
+            JobSceneNeededFilesStaged(
+                job_id=self.job_id,
+                scene_key=scene_key,
+                files=files,
+                bytes_staged=bytes_staged,
+                at=at,
+            )
         )
 
     # -- decide: commands from the scene workers -----------------------------------------

@@ -18,7 +18,7 @@ Cancelling the awaiting task stops the step: between assets, through BAT's packe
 by killing Blender; a half-made prepared folder is removed.
 
 BAT keeps the ``.blend`` files it opened in a process-wide cache, so the steps of one process
-use BAT one at a time (:data:`_BAT`); run several workers to check scenes in parallel.
+use BAT one at a time (:data:`BAT_LOCK`); run several workers to check scenes in parallel.
 """
 
 from __future__ import annotations
@@ -27,24 +27,22 @@ import asyncio
 import json
 import os
 import posixpath
-import re
 import shutil
 import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from blender_asset_tracer import blendfile, bpathlib, trace
+from blender_asset_tracer import blendfile
 from blender_asset_tracer.blendfile import exceptions as bat_errors
 from blender_asset_tracer.blendfile import iterators
 from blender_asset_tracer.pack import Packer
 from blender_asset_tracer.pack import filesystem as bat_filesystem
 from blender_asset_tracer.pack import progress as bat_progress
-from blender_asset_tracer.trace import blocks2assets, file2blocks, file_sequence, result
+from blender_asset_tracer.trace import result
 
 from contracts.errors import ScenePathRefused, SceneRepathFailed, SceneSettingsFailed
 from contracts.jobs import LogLevel, OutputFormat, Renderer
@@ -62,7 +60,9 @@ from contracts.scenes import (
     SceneSettings,
     SettingsResult,
 )
-from contracts.staging import STAGED_DIR, STAGED_MARKER
+from contracts.staging import STAGED_DIR
+from libs.blendtrace import BAT_LOCK, SceneFolder, TraceStopped, Use, read_listing, trace_scene
+from libs.blendtrace import text as _text
 from libs.keys import KeyRefused, check_key
 
 #: Prepared copies live under ``<stage root>/<PREPARED_DIR>/<job id>/``.
@@ -86,9 +86,6 @@ CYCLES_DEFAULT_SAMPLES = 4096
 Progress = Callable[[int, int], Awaitable[None]]
 Log = Callable[[LogLevel, str], Awaitable[None]]
 T = TypeVar("T")
-
-#: BAT's open-file cache is process-wide: one step uses BAT at a time.
-_BAT = threading.Lock()
 
 #: Blender's engine ids for a job's renderer (Eevee is BLENDER_EEVEE_NEXT in 4.2-4.5).
 ENGINES: dict[Renderer, tuple[str, ...]] = {
@@ -116,23 +113,10 @@ IMTYPES = {
     35: "WEBP",
 }
 _OB_CAMERA = 11
-_KINDS = {
-    b"IM": AssetKind.image,
-    b"LI": AssetKind.library,
-    b"MC": AssetKind.movie_clip,
-    b"SO": AssetKind.sound,
-    b"VF": AssetKind.font,
-    b"CF": AssetKind.cache,
-    b"ME": AssetKind.cache,
-    b"OB": AssetKind.cache,
-    b"VO": AssetKind.volume,
-}
 _MAGIC = {b"BLENDER": "plain", b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:/")
 
 
-class StepCancelled(Exception):
+class StepCancelled(TraceStopped):
     """The step's task was cancelled while its thread worked (raised in that thread)."""
 
 
@@ -269,190 +253,6 @@ async def _in_thread(
         await delivery
 
 
-# -- the upload and where a referenced path leads -----------------------------------------
-
-
-def _text(raw: bytes | str) -> str:
-    """Storable text of a path or name read from a .blend."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return _UNPRINTABLE.sub("\ufffd", text)
-
-
-@dataclass(frozen=True)
-class _Found:
-    """Where a referenced path leads in the upload."""
-
-    rel: str | None  # the file (a sequence's pattern) relative to the upload; None: missing
-    matched_by: AssetMatch
-    outside: bool  # the path points outside the upload (absolute, or leaving the folder)
-    files: tuple[str, ...] = ()  # existing files, relative to the upload
-    size: int = 0
-    note: str = ""  # why an outside path matched nothing
-
-
-@dataclass
-class _Upload:
-    """The staged folder's files (the staging marker left out), indexed by path tail."""
-
-    root: Path
-    sizes: dict[str, int]
-    tails: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    folded: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-
-    @classmethod
-    def scan(cls, root: Path) -> _Upload:
-        sizes: dict[str, int] = {}
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = Path(folder, name)
-                rel = path.relative_to(root).as_posix()
-                if rel != STAGED_MARKER:
-                    sizes[rel] = path.stat().st_size
-        upload = cls(bpathlib.make_absolute(root), sizes)
-        for rel in sizes:
-            parts = rel.split("/")
-            for k in range(1, len(parts) + 1):
-                tail = "/".join(parts[-k:])
-                upload.tails[tail].append(rel)
-                upload.folded[tail.casefold()].append(rel)
-        return upload
-
-    def locate(self, raw: bytes, blend_rel: str, is_sequence: bool) -> _Found:
-        """Where ``raw``, referenced by the upload's ``blend_rel``, leads.
-
-        A ``//`` path is relative to the ``.blend``; an absolute path inside the upload is
-        taken as it is. A path leading elsewhere (an artist's ``/Users/...`` or ``C:\\...``,
-        a ``//../..`` leaving the folder, a path relative to no folder) is matched against
-        the upload: the longest tail of two or more segments that one uploaded file's path
-        ends with, else the file name when exactly one uploaded file has it; case is ignored
-        only when nothing matches exactly. Sequences outside the upload are not matched.
-        """
-        text = raw.decode("utf-8", "surrogateescape").replace("\\", "/")
-        root = self.root.as_posix()
-        candidate: str | None = None
-        if text.startswith("//") and not raw.startswith(b"\\\\"):
-            base = posixpath.dirname(posixpath.join(root, blend_rel))
-            candidate = posixpath.normpath(posixpath.join(base, text[2:]))
-        elif text.startswith("/") and not text.startswith("//"):
-            candidate = posixpath.normpath(text)
-        if candidate is not None and candidate.startswith(root + "/"):
-            rel = candidate[len(root) + 1 :]
-            return self._inside(rel, is_sequence)
-        if is_sequence:
-            return _Found(None, AssetMatch.none, True, note="sequences outside it are not matched")
-        return self._match(text)
-
-    def _inside(self, rel: str, is_sequence: bool) -> _Found:
-        if not is_sequence:
-            size = self.sizes.get(rel)
-            if size is None:
-                return _Found(None, AssetMatch.none, False)
-            return _Found(rel, AssetMatch.path, False, (rel,), size)
-        try:
-            paths = list(file_sequence.expand_sequence(self.root / rel))
-        except file_sequence.DoesNotExist:
-            paths = []
-        files = tuple(r for p in paths if (r := p.relative_to(self.root).as_posix()) in self.sizes)
-        if not files:
-            return _Found(None, AssetMatch.none, False)
-        return _Found(rel, AssetMatch.path, False, files, sum(self.sizes[f] for f in files))
-
-    def _match(self, text: str) -> _Found:
-        parts = [p for p in text.split("/") if p not in ("", ".", "..")]
-        if parts and _WINDOWS_DRIVE.match(text):
-            parts = parts[1:]
-        for k in range(len(parts), 0, -1):
-            tail = "/".join(parts[-k:])
-            for index, key in ((self.tails, tail), (self.folded, tail.casefold())):
-                hits = index.get(key, [])
-                if len(hits) == 1:
-                    how = AssetMatch.tail if k >= 2 else AssetMatch.basename
-                    rel = hits[0]
-                    return _Found(rel, how, True, (rel,), self.sizes[rel])
-                if len(hits) > 1:
-                    return _Found(
-                        None,
-                        AssetMatch.none,
-                        True,
-                        note=f"{len(hits)} uploaded files end with {_text(tail)}",
-                    )
-        return _Found(None, AssetMatch.none, True, note="no uploaded file matches it")
-
-
-# -- tracing ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Use:
-    """One reference BAT found, and where it leads."""
-
-    usage: result.BlockUsage
-    blend_rel: str  # the .blend holding it, relative to the upload
-    found: _Found
-
-    @property
-    def raw(self) -> bytes:
-        return bytes(self.usage.asset_path)
-
-    @property
-    def kind(self) -> AssetKind:
-        if self.usage.block.dna_type_name == "Strip":
-            return AssetKind.sequence_strip
-        return _KINDS.get(self.usage.block.code[:2], AssetKind.other)
-
-
-class _Blocks(file2blocks.BlockIterator):
-    """BAT's block walk, but a linked library is looked for as any asset is: at its path,
-    else by matching it against the upload; one that is not there is skipped."""
-
-    def __init__(self, upload: _Upload, reporter: _Reporter) -> None:
-        super().__init__()
-        self.upload, self.reporter = upload, reporter
-        self.unreadable: dict[str, str] = {}
-
-    def _visit_linked_blocks(self, blocks_per_lib: dict[Any, set[Any]]) -> Iterator[Any]:
-        for idblocks in blocks_per_lib.values():
-            self.reporter.check()
-            some = next(iter(idblocks))
-            found = self.upload.locate(
-                some.get_pointer(b"lib")[b"name"], _rel(self.upload, some.bfile.filepath), False
-            )
-            if found.rel is None or found.rel in self.unreadable:
-                continue
-            try:
-                library = self.open_blendfile(self.upload.root / found.rel)
-            except StepCancelled:
-                raise
-            except Exception as e:  # BAT raises many kinds on a damaged file
-                self.unreadable[found.rel] = f"{type(e).__name__}: {e}"
-                continue
-            yield from self.iter_blocks(library, idblocks)
-
-
-def _rel(upload: _Upload, path: Path) -> str:
-    return bpathlib.make_absolute(path).relative_to(upload.root).as_posix()
-
-
-def _trace(upload: _Upload, main: str, reporter: _Reporter) -> tuple[list[_Use], dict[str, str]]:
-    """Every reference of the main file and of the libraries it links (what ``trace.deps``
-    yields, with libraries found as :class:`_Blocks` finds them), and the libraries that
-    could not be read. Call with :data:`_BAT` held."""
-    blocks = _Blocks(upload, reporter)
-    bfile = blocks.open_blendfile(upload.root / main)
-    seen: set[int] = set()
-    uses: list[_Use] = []
-    for block in trace.asset_holding_blocks(blocks.iter_blocks(bfile)):
-        reporter.check()
-        for usage in blocks2assets.iter_assets(block):
-            if (key := hash(usage)) in seen:
-                continue
-            seen.add(key)
-            blend_rel = _rel(upload, usage.block.bfile.filepath)
-            found = upload.locate(bytes(usage.asset_path), blend_rel, usage.is_sequence)
-            uses.append(_Use(usage, blend_rel, found))
-    return uses, blocks.unreadable
-
-
 # -- the scene's settings, read by BAT ----------------------------------------------------
 
 
@@ -575,10 +375,10 @@ def _check(
         findings.append(_not_blend(main, f"it starts with {head[:8]!r}"))
         return done()
     reporter.log(LogLevel.info, f"Tracing {main} ({kind}) with blender-asset-tracer")
-    upload = _Upload.scan(root)
-    with _BAT:
+    upload = SceneFolder.scan(root)
+    with BAT_LOCK:
         try:
-            uses, unreadable = _trace(upload, main, reporter)
+            uses, unreadable = trace_scene(upload, main, reporter.check)
             bfile = blendfile.open_cached(path)
             settings, cameras = _read_settings(bfile)
             compressed = bool(bfile.is_compressed)
@@ -613,7 +413,7 @@ def _check(
     return done(tuple(assets), settings, compressed)
 
 
-def _asset(use: _Use) -> SceneAsset:
+def _asset(use: Use) -> SceneAsset:
     found = use.found
     return SceneAsset(
         path=_text(use.raw),
@@ -628,7 +428,7 @@ def _asset(use: _Use) -> SceneAsset:
     )
 
 
-def _asset_findings(use: _Use, unreadable: dict[str, str]) -> Iterator[SceneFinding]:
+def _asset_findings(use: Use, unreadable: dict[str, str]) -> Iterator[SceneFinding]:
     found, path, name = use.found, _text(use.raw), _text(use.usage.block_name)
     library = use.kind is AssetKind.library
     if found.outside:
@@ -850,15 +650,16 @@ def _repath(stage_root: Path, scene_key: str, job_id: str, reporter: _Reporter) 
     source = incoming.with_name(job_id + ".src")
     if not (root / main).is_file():
         raise SceneRepathFailed(f"{scene_key} is not staged", scene_key=scene_key, reason="")
-    upload = _Upload.scan(root)
+    upload = SceneFolder.scan(root)
     try:
         for leftover in (incoming, source):
             shutil.rmtree(leftover, ignore_errors=True)
-        with _BAT:
+        with BAT_LOCK:
             try:
-                rewrites, missing, expected = _rewrite_into(upload, main, source, reporter)
+                rewrites, missing, expected, later = _rewrite_into(upload, main, source, reporter)
                 reporter.log(LogLevel.info, f"{len(rewrites)} paths rewritten; packing")
                 copier = _pack(source, main, incoming, expected, reporter)
+                _link_later(stage_root, root, (incoming, final), later, reporter)
             except (StepCancelled, OSError):
                 raise
             except Exception as e:
@@ -889,16 +690,46 @@ def _repath(stage_root: Path, scene_key: str, job_id: str, reporter: _Reporter) 
     )
 
 
+def _link_later(
+    stage_root: Path,
+    root: Path,
+    copy: tuple[Path, Path],
+    later: list[str],
+    reporter: _Reporter,
+) -> None:
+    """Symlink each file of ``later`` (not copied yet into the folder ``root`` being staged)
+    in the prepared copy being made (``copy``: where it is filled, where it will be) to
+    where it will be once the scene is staged (the listing's ``staged_to``), relative to
+    the prepared copy's place: the prepared copy is whole the moment the staging ends. The
+    packer keeps every path inside the folder where it is, so the links sit where the
+    rewritten ``.blend`` files look."""
+    listing = read_listing(root)
+    if not later or listing is None:
+        return
+    staged = stage_root / listing.staged_to
+    incoming, final = copy
+    for rel in later:
+        dest = incoming / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.symlink_to(os.path.relpath(staged / rel, (final / rel).parent))
+    reporter.log(
+        LogLevel.info,
+        f"{len(later)} files the scene uses are still being staged: linked to"
+        f" {listing.staged_to}, where they will be",
+    )
+
+
 def _rewrite_into(
-    upload: _Upload, main: str, source: Path, reporter: _Reporter
-) -> tuple[list[PathRewrite], list[str], int]:
+    upload: SceneFolder, main: str, source: Path, reporter: _Reporter
+) -> tuple[list[PathRewrite], list[str], int, list[str]]:
     """Fill ``source`` with the files the scene uses (hard links), each ``.blend`` whose
     paths must change copied and rewritten: a path to an uploaded file becomes ``//``
     relative to it, a path outside the upload that matches nothing points into
-    ``//_missing/``. The rewrites, the missing paths and the bytes the prepared copy will
-    hold. Call with :data:`_BAT` held."""
-    uses, _ = _trace(upload, main, reporter)
-    changes: dict[str, list[tuple[_Use, bytes]]] = defaultdict(list)
+    ``//_missing/``. The rewrites, the missing paths, the bytes the prepared copy will
+    hold and the files the scene uses that are listed but not copied yet (a folder still
+    being staged). Call with :data:`BAT_LOCK` held."""
+    uses, _ = trace_scene(upload, main, reporter.check)
+    changes: dict[str, list[tuple[Use, bytes]]] = defaultdict(list)
     rewrites: list[PathRewrite] = []
     missing: list[str] = []
     needed: set[str] = {main}
@@ -928,8 +759,13 @@ def _rewrite_into(
                 matched_by=found.matched_by,
             )
         )
+    later: list[str] = []
     for rel in needed:  # what the scene uses: the packer traces it again from here
-        if rel not in changes and rel in upload.sizes:
+        if rel in changes or rel not in upload.sizes:
+            continue
+        if not (upload.root / rel).is_file():
+            later.append(rel)  # listed, still being staged: linked to where it will be
+        else:
             target = source / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -948,7 +784,8 @@ def _rewrite_into(
         finally:
             bfile.close()
     blendfile.close_all_cached()
-    return rewrites, missing, sum(upload.sizes[r] for r in needed if r in upload.sizes)
+    present = sum(upload.sizes[r] for r in needed if r in upload.sizes and r not in later)
+    return rewrites, missing, present, sorted(later)
 
 
 def _set_path(bfile: blendfile.BlendFile, usage: result.BlockUsage, new_path: bytes) -> None:

@@ -51,6 +51,7 @@ from contracts.jobs import (
     PauseJob,
     QueueJob,
     RecordFramesRendered,
+    RecordSceneNeededFilesStaged,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     RecordTestRenderFrames,
@@ -64,6 +65,7 @@ from contracts.jobs import (
     StopJob,
     TestRenderFrame,
     TestRenderQuality,
+    default_test_frames,
 )
 from contracts.preparation import (
     JobSceneSettings,
@@ -97,6 +99,7 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
     SceneStagingFailed,
@@ -108,7 +111,13 @@ from contracts.staging import (
 from libs.process import Cause, ProcessManager, Send
 
 #: The upload service's staging events the scheduler turns into job commands.
-StagingEvent = SceneStagingStarted | SceneStagingProgressed | SceneStaged | SceneStagingFailed
+StagingEvent = (
+    SceneStagingStarted
+    | SceneStagingProgressed
+    | SceneNeededFilesStaged
+    | SceneStaged
+    | SceneStagingFailed
+)
 #: Billing's events about a job's hold and cap the scheduler follows.
 BillingEvent = JobCostHeld | JobHoldRefused | JobCostCapReached
 #: The job's events that change what its scene's settings step writes.
@@ -150,6 +159,21 @@ def staging_log(event: SceneStagingStarted | SceneStaged) -> LogJobStep:
         step=StepName.stage_scene,
         level=LogLevel.info,
         message=message,
+        at=event.at,
+    )
+
+
+def needed_log(event: SceneNeededFilesStaged) -> LogJobStep:
+    """The ``stage_scene`` log line of the test frames' files staged before the rest."""
+    files = "1 file" if len(event.files) == 1 else f"{len(event.files)} files"
+    rest = event.bytes_total - event.bytes_needed
+    return LogJobStep(
+        job_id=event.job_id,
+        step=StepName.stage_scene,
+        level=LogLevel.info,
+        message=f"the {files} the test frames need ({size_text(event.bytes_needed)}) are on"
+        f" the farm after {event.seconds:.1f} s; the scene is prepared from them while the"
+        f" other {size_text(rest)} are copied",
         at=event.at,
     )
 
@@ -327,6 +351,9 @@ class JobRender(BaseModel):
     staged: bool = False
     #: Where the staged scene is (relative to the farm's scene root), once staged.
     staged_key: str | None = None
+    #: Where the files the test frames need are, once staged before the rest (a manifest
+    #: scene): the scene is prepared from them, and a test render may run on them.
+    needed_key: str | None = None
     #: The scene workers prepared the staged scene (``job.JobScenePrepared``).
     prepared: bool = False
     #: Paused awaiting credits (a hold refused), until a hold is placed.
@@ -343,14 +370,24 @@ class JobRender(BaseModel):
 
     @property
     def full_may_start(self) -> bool:
-        """The full render may be queued once the scene is prepared and no test runs."""
+        """The full render may be queued once the scene is prepared, the whole of it staged
+        (a test render may run on the files it needs before), and no test runs."""
         waits = self.test is not None and self.test.in_flight
-        return (self.start_full_render or self.released) and not waits
+        whole = self.staged or self.scene is None
+        return (self.start_full_render or self.released) and whole and not waits
 
     @property
     def on_farm(self) -> bool:
         """A render was ordered and has not finished (suspending it is worth asking)."""
         return self.status in (RenderStatus.ordered, RenderStatus.submitted)
+
+
+def test_frames_of(state: JobRender) -> list[int]:
+    """The frames a test render of the job renders: those asked for, else the first,
+    middle and last (known when the job is submitted, so staged first either way)."""
+    if state.test is not None:
+        return state.test.frames
+    return default_test_frames(state.settings.frame_range) if state.settings else []
 
 
 def starts(state: JobRender, event: Event) -> bool:
@@ -386,6 +423,7 @@ class RenderProcess(ProcessManager[JobRender]):
         f"events.{JobCostCapReached.event_type}",
         f"events.{SceneStagingStarted.event_type}",
         f"events.{SceneStagingProgressed.event_type}",
+        f"events.{SceneNeededFilesStaged.event_type}",
         f"events.{SceneStaged.event_type}",
         f"events.{SceneStagingFailed.event_type}",
         "events.render.>",
@@ -471,6 +509,8 @@ class RenderProcess(ProcessManager[JobRender]):
             update = {"held": True, "paused": False}
         elif isinstance(event, JobHoldRefused):
             update = {"paused": True}
+        elif isinstance(event, SceneNeededFilesStaged):
+            update = {"needed_key": event.staged_key}
         elif isinstance(event, SceneStaged):
             update = {"staging": False, "staged": True, "staged_key": event.staged_key}
         elif isinstance(event, SceneStagingFailed):
@@ -492,13 +532,13 @@ class RenderProcess(ProcessManager[JobRender]):
         event = cause.event
         match event:
             case JobSubmitted() if starts(state, event):
-                return [self._start(event.job_id, event.owner_id, event.scene, cause)]
+                return [self._start(event.job_id, self.evolve(state, event), cause)]
             case JobSubmitted():
                 return []  # no render starts before billing holds the job's credits
             case JobCostHeld() if event.resumed:
                 return [self._resume(event.job_id, state, cause)]
             case JobCostHeld() if starts(state, event):
-                return [self._start(event.job_id, state.owner_id, state.scene, cause)]
+                return [self._start(event.job_id, state, cause)]
             case JobCostHeld():
                 return []  # the hold grew while the job renders: nothing changes here
             case JobHoldRefused():
@@ -531,8 +571,12 @@ class RenderProcess(ProcessManager[JobRender]):
                     at=event.at,
                 )
                 return [self._staging_step(progress)]
+            case SceneNeededFilesStaged():
+                after = self.evolve(state, event)
+                return [self._staging_step(needed_log(event)), self._needed(event, after, cause)]
             case SceneStaged():
-                return [self._staging_step(staging_log(event)), self._staged(event, state, cause)]
+                after = self.evolve(state, event)
+                return [self._staging_step(staging_log(event)), self._staged(event, after, cause)]
             case JobScenePrepared() if not state.paused:
                 return self._after_prepared(event.job_id, self.evolve(state, event), cause)
             case JobScenePrepared():
@@ -562,15 +606,18 @@ class RenderProcess(ProcessManager[JobRender]):
                 return [Send(fail, JobAccepted)]
         return [self._record(cmd, cause) for cmd in job_commands_for(event)]
 
-    def _start(self, job_id: str, owner_id: str, scene: SceneRef | None, cause: Cause) -> Send:
+    def _start(self, job_id: str, state: JobRender, cause: Cause) -> Send:
         """Begin the render path: stage the scene, or queue a job from before scene uploads
         (the farm opens its key as given)."""
-        if scene is None:
+        if state.scene is None:
             return self._queue(job_id, cause)
-        return self._stage(job_id, owner_id, scene, cause)
+        return self._stage(job_id, state.owner_id, state.scene, test_frames_of(state), cause)
 
-    def _stage(self, job_id: str, owner_id: str, scene: SceneRef, cause: Cause) -> Send:
-        """Ask the upload service to stage the job's scene; a refusal fails the job."""
+    def _stage(
+        self, job_id: str, owner_id: str, scene: SceneRef, frames: list[int], cause: Cause
+    ) -> Send:
+        """Ask the upload service to stage the job's scene, the files of the test frames
+        ``frames`` first; a refusal fails the job."""
 
         def fail(e: DomainError[Any]) -> list[Send]:
             reason = f"the scene could not be staged to the farm: {e.message}"
@@ -578,7 +625,7 @@ class RenderProcess(ProcessManager[JobRender]):
             return [Send(cmd, JobAccepted)]
 
         return Send(
-            StageScene(job_id=job_id, owner_id=owner_id, scene=scene),
+            StageScene(job_id=job_id, owner_id=owner_id, scene=scene, test_frames=frames),
             StagingAccepted,
             if_refused=fail,
         )
@@ -607,11 +654,11 @@ class RenderProcess(ProcessManager[JobRender]):
             resume = ResumeRender(render_id=state.render_id)
             nxt = [Send(resume, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
         elif not state.started and state.submitted:
-            nxt = [self._start(job_id, state.owner_id, state.scene, cause)]
+            nxt = [self._start(job_id, state, cause)]
         elif state.prepared and state.status is None:
             nxt = self._after_prepared(job_id, state, cause)
-        elif state.staged and state.status is None:
-            nxt = [self._prepare(job_id, state, state.staged_key, cause)]
+        elif (key := state.staged_key or state.needed_key) and state.status is None:
+            nxt = [self._prepare(job_id, state, key, cause)]
         return Send(
             ResumeJob(job_id=job_id, at=cause.recorded_at),
             JobAccepted,
@@ -676,7 +723,8 @@ class RenderProcess(ProcessManager[JobRender]):
         ended_now = was.in_flight and not now.in_flight
         if ended_now and after.full_may_start and after.status is None and after.prepared:
             return [self._queue(job_id, cause)]
-        if after.full_may_start or now.budget_credits is None or not now.completed:
+        may_start = after.start_full_render or after.released
+        if may_start or now.budget_credits is None or not now.completed:
             return []
         if was.priced or not now.priced:
             return []  # decided once: when the last of rendered-and-charged arrives
@@ -704,15 +752,36 @@ class RenderProcess(ProcessManager[JobRender]):
         its scene was copied) refuses it, as planned."""
         return Send(cmd, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)
 
+    def _needed(self, event: SceneNeededFilesStaged, state: JobRender, cause: Cause) -> Send:
+        """Record on the job that its test frames' files are staged, then have the scene
+        prepared from them while the rest is copied (a job paused meanwhile is prepared
+        once resumed)."""
+        needed = RecordSceneNeededFilesStaged(
+            job_id=event.job_id,
+            scene_key=event.staged_key,
+            files=len(event.files),
+            bytes_staged=event.bytes_needed,
+            at=event.at,
+        )
+        ready = not state.paused and state.scene is not None and state.settings is not None
+        nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if ready else []
+        return Send(needed, JobAccepted, then=lambda _: nxt, tolerate=CANCELLED_BEFORE_QUEUED)
+
     def _staged(self, event: SceneStaged, state: JobRender, cause: Cause) -> Send:
         """Record the staged scene on the job, then have it prepared (a job paused meanwhile
-        is prepared once resumed)."""
+        is prepared once resumed). A scene prepared from its needed files already goes on
+        to its full render, if that may start now that the whole scene is there."""
         staged = RecordSceneStaged(
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
         # Not while paused, nor for a job never seen submitted (no settings to apply).
         ready = not state.paused and state.scene is not None and state.settings is not None
-        nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if ready else []
+        nxt: list[Send] = []
+        if ready and state.prepared:
+            nxt = [self._queue(event.job_id, cause)] if state.full_may_start else []
+            nxt = nxt if state.status is None else []
+        elif ready:  # asked again if ordered from the needed files: that queues nothing
+            nxt = [self._prepare(event.job_id, state, event.staged_key, cause)]
         return Send(
             staged,
             JobAccepted,

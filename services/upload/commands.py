@@ -469,7 +469,9 @@ class StagingCommands:
 
     async def stage(self, cmd: StageScene, uow: UnitOfWork) -> StagingAccepted:
         staging = await uow.get(SceneStaging, cmd.job_id)
-        staging.request(cmd.job_id, cmd.owner_id, cmd.scene, datetime.now(UTC))
+        staging.request(
+            cmd.job_id, cmd.owner_id, cmd.scene, datetime.now(UTC), test_frames=cmd.test_frames
+        )
         return _accepted(cmd.job_id, staging)
 
     async def cancel(self, cmd: CancelStaging, uow: UnitOfWork) -> StagingAccepted:

@@ -56,8 +56,10 @@ from contracts.outputs import (
 from contracts.render import RenderKind, render_kind_of
 from contracts.staging import (
     FINISHED_STAGING_STATUSES,
+    NEEDED_DIR,
     STAGED_DIR,
     SceneKind,
+    SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
     SceneStagingCancelled,
@@ -766,6 +768,13 @@ def staged_dir(owner_id: str, content_sha256: str) -> str:
     return f"{STAGED_DIR}/{owner_id}/{content_sha256}"
 
 
+def needed_dir(job_id: str) -> str:
+    """Where the files a job's test frames need are readable while the rest of its scene
+    is copied, relative to the farm's scene root: ``staged/.needed/<job id>`` (hard links
+    to the copies, so they hold no bytes of their own)."""
+    return f"{STAGED_DIR}/{NEEDED_DIR}/{job_id}"
+
+
 def staged_name(scene: SceneRef) -> str:
     """The path of the scene's main file inside its staged folder: a manifest's main file
     as it is (its textures are found relative to it), an upload's file name with every
@@ -792,13 +801,19 @@ class SceneStaging(Aggregate):
     staged_key: str = ""
     status: StagingStatus | None = None
     bytes_done: int = 0
+    #: The frames whose files are copied first, and whether they are all there.
+    test_frames: list[int] = []
+    needed_staged: bool = False
 
     def apply(self, event: Event) -> None:
         match event:
             case SceneStagingRequested():
                 self.job_id, self.owner_id = event.job_id, event.owner_id
                 self.scene, self.staged_key = event.scene, event.staged_key
+                self.test_frames = event.test_frames
                 self.status = StagingStatus.requested
+            case SceneNeededFilesStaged():
+                self.needed_staged = True
             case SceneStagingStarted():
                 self.status = StagingStatus.copying
             case SceneStagingProgressed():
@@ -820,9 +835,16 @@ class SceneStaging(Aggregate):
     def finished(self) -> bool:
         return self.status in FINISHED_STAGING_STATUSES
 
-    def request(self, job_id: str, owner_id: str, scene: SceneRef, now: datetime) -> list[Event]:
-        """Ask for the job's scene to be staged. Asking again changes nothing: a job has one
-        scene."""
+    def request(
+        self,
+        job_id: str,
+        owner_id: str,
+        scene: SceneRef,
+        now: datetime,
+        test_frames: Sequence[int] = (),
+    ) -> list[Event]:
+        """Ask for the job's scene to be staged, the files of ``test_frames`` first. Asking
+        again changes nothing: a job has one scene."""
         if self.exists:
             return []
         if not _SHA256.fullmatch(scene.content_sha256):
@@ -841,6 +863,7 @@ class SceneStaging(Aggregate):
                 scene=scene,
                 staged_key=staged_key(owner_id, scene),
                 at=now,
+                test_frames=sorted(set(test_frames)),
             )
         )
 
@@ -867,6 +890,33 @@ class SceneStaging(Aggregate):
                 files_done=files_done,
                 bytes_done=bytes_done,
                 bytes_total=bytes_total,
+                at=now,
+            )
+        )
+
+    def needed_files_staged(
+        self,
+        needed_key: str,
+        files: Sequence[str],
+        bytes_needed: int,
+        totals: tuple[int, int],
+        seconds: float,
+        now: datetime,
+    ) -> list[Event]:
+        """The files the test frames need are on the farm at ``needed_key`` (``totals``: the
+        scene's files and bytes). Once per staging: a copy started again after a crash,
+        or a staging no longer copying, changes nothing."""
+        if self.status is not StagingStatus.copying or self.needed_staged:
+            return []
+        return self.record(
+            SceneNeededFilesStaged(
+                job_id=self.job_id,
+                staged_key=needed_key,
+                files=sorted(files),
+                bytes_needed=bytes_needed,
+                files_total=totals[0],
+                bytes_total=totals[1],
+                seconds=round(seconds, 3),
                 at=now,
             )
         )

@@ -46,6 +46,9 @@ class UploadSettings(S3Settings):
     stage_concurrency: int = Field(default=2, ge=1)
     #: Bytes read from the store and written at a time.
     stage_chunk_bytes: int = Field(default=8 * 2**20, ge=4096)
+    #: At most this many bytes a second for each scene being copied (None: as fast as the
+    #: store and the disk go), leaving room on a link that uploads share.
+    stage_max_bytes_per_second: int | None = Field(default=None, gt=0)
     #: A staging's progress is recorded at most this often, and only after this many bytes.
     stage_progress_seconds: float = Field(default=0.5, ge=0)
     stage_progress_bytes: int = Field(default=8 * 2**20, ge=0)

@@ -9,10 +9,17 @@ checksum is verified); a completion marker is written last, and only then is the
 renamed into place. A staged folder therefore always holds verified, complete content, and
 a later job of the same owner on the same content reuses it at once, copying nothing.
 
+A manifest scene's needed files come first: the main file, then what BAT traces from it
+(``libs/blendtrace.py``; libraries are traced again once copied) and, of each sequence, the
+entries of the job's test frames. They are hard-linked into ``staged/.needed/<job id>/``
+with the listing of the whole scene, and ``SceneNeededFilesStaged`` says so: the scene can be
+checked and prepared, and a test render run, while the rest is copied.
+
 Progress is recorded at most every ``stage_progress_seconds`` and
-``stage_progress_bytes``. Only one replica stages at a time (a PostgreSQL advisory lock);
-stagings left unfinished by a crash or a restart are found again in ``upload.stagings`` and
-copied again from the start. A cancel reaches the copy within one progress interval.
+``stage_progress_bytes``; ``stage_max_bytes_per_second`` caps a copy's rate. Only one
+replica stages at a time (a PostgreSQL advisory lock); stagings left unfinished by a crash
+or a restart are found again in ``upload.stagings`` and copied again from the start. A
+cancel reaches the copy within one progress interval.
 
 Production: the farm does not mount this folder from the upload service's machine but keeps
 a farm-side cache keyed by content hash (a shared file system the workers mount, or a cache
@@ -44,6 +51,7 @@ from contracts.errors import (
     SceneSizeMismatch,
 )
 from contracts.staging import STAGED_DIR, STAGED_MARKER, SceneKind, StagingStatus
+from libs.blendtrace import files_needed, write_listing
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
@@ -51,7 +59,7 @@ from libs.keys import KeyRefused, check_key
 from libs.leader import leadership, lock_key, sleep_or_stop, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client, error_code
-from services.upload.domain import SceneStaging, staged_dir, staged_name
+from services.upload.domain import SceneStaging, needed_dir, staged_dir, staged_name
 from services.upload.projections import pending_stagings
 from services.upload.settings import UploadSettings
 
@@ -187,15 +195,29 @@ class SceneStager:
             if staging.status is not StagingStatus.copying:
                 return  # cancelled meanwhile
             await asyncio.to_thread(_remove, incoming)  # what a crashed attempt left
-            await self._copy_all(job_id, files, incoming, total)
+            progress = _Progress(self, job_id, total)
+            first: set[str] = set()
+            if scene.kind is SceneKind.manifest:
+                first = await self._copy_needed(staging, files, incoming, progress)
+            for file in files:
+                if file.path not in first:
+                    await self._copy(file, incoming / file.path, progress)
+                    progress.files_done += 1
+            await progress.report()
             await asyncio.to_thread(_write_marker, incoming, job_id, scene.scene_id, files)
             await asyncio.to_thread(_place, incoming, final, name)
+            if first:  # the needed folder is made whole too, for what renders from it
+                rest = [f.path for f in files if f.path not in first]
+                needed = self.root / needed_dir(job_id)
+                await asyncio.to_thread(_link_rest, final, needed, rest)
             await self._record(job_id, lambda s: s.staged(False, total, _now()))
             log.info("scene_staged", job_id=job_id, staged_key=staging.staged_key, bytes=total)
         except Cancelled:
             log.info("staging_cancelled", job_id=job_id)
+            await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
         except (SceneChecksumMismatch, SceneSizeMismatch, SceneFileMissing, ScenePathRefused) as e:
             await self._fail(job_id, e)
+            await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
         finally:
             await asyncio.to_thread(_remove, incoming)
 
@@ -273,14 +295,54 @@ class SceneStager:
             files.append(SceneFile(path, e["size_bytes"], e["sha256"], *stored[e["sha256"]]))
         return files
 
-    async def _copy_all(
-        self, job_id: str, files: list[SceneFile], incoming: Path, total: int
-    ) -> None:
-        progress = _Progress(self, job_id, total)
-        for file in files:
-            await self._copy(file, incoming / file.path, progress)
-            progress.files_done += 1
-        await progress.report()
+    async def _copy_needed(
+        self, staging: SceneStaging, files: list[SceneFile], incoming: Path, progress: _Progress
+    ) -> set[str]:
+        """Copy the files the job's test frames need first: the main file, then what it
+        references (traced with BAT from the copies, again after each library) and, of each
+        sequence, the test frames' entries. Then make them readable in the job's needed
+        folder (hard links, with the scene's listing) and record that they are there. The
+        files copied; a main file that is not a ``.blend`` is all that is needed."""
+        scene = staging.scene
+        assert scene is not None
+        main, started = scene.main_file, time.monotonic()
+        by_path = {f.path: f for f in files}
+        sizes = {f.path: f.size_bytes for f in files}
+        copied: set[str] = set()
+        wanted = {main}
+        while todo := sorted(wanted - copied):
+            for path in todo:
+                await self._copy(by_path[path], incoming / path, progress)
+                progress.files_done += 1
+                copied.add(path)
+            if main in todo or any(p.lower().endswith(".blend") for p in todo):
+                wanted |= await asyncio.to_thread(
+                    files_needed, incoming, main, sizes, staging.test_frames
+                )
+        if staging.needed_staged:
+            return copied  # recorded by an attempt before a crash: its folder is there
+        folder = needed_dir(staging.job_id)
+        staged_to = staged_dir(staging.owner_id, scene.content_sha256)
+        await asyncio.to_thread(
+            _link_needed, incoming, self.root / folder, copied, staged_to, sizes
+        )
+        seconds = time.monotonic() - started
+        needed_bytes = sum(sizes[p] for p in copied)
+        totals = (len(files), progress.total)
+        await self._record(
+            staging.job_id,
+            lambda s: s.needed_files_staged(
+                f"{folder}/{main}", sorted(copied), needed_bytes, totals, seconds, _now()
+            ),
+        )
+        log.info(
+            "scene_needed_files_staged",
+            job_id=staging.job_id,
+            files=len(copied),
+            bytes=needed_bytes,
+            seconds=round(seconds, 3),
+        )
+        return copied
 
     async def _copy(self, file: SceneFile, dest: Path, progress: _Progress) -> None:
         """Stream one object into ``dest``, checking its size and SHA-256."""
@@ -332,11 +394,17 @@ class _Progress:
     def __init__(self, stager: SceneStager, job_id: str, total: int) -> None:
         self.stager, self.job_id, self.total = stager, job_id, total
         self.files_done = self.bytes_done = self.reported_bytes = 0
-        self.reported_at = time.monotonic()
+        self.reported_at = self.started_at = time.monotonic()
 
     async def add(self, n: int) -> None:
         self.bytes_done += n
         s = self.stager.settings
+        if s.stage_max_bytes_per_second is not None:
+            ahead = self.bytes_done / s.stage_max_bytes_per_second - (
+                time.monotonic() - self.started_at
+            )
+            if ahead > 0:
+                await asyncio.sleep(ahead)  # the copy keeps to its rate
         due = (
             time.monotonic() - self.reported_at >= s.stage_progress_seconds
             and self.bytes_done - self.reported_bytes >= s.stage_progress_bytes
@@ -411,6 +479,37 @@ def _write_marker(incoming: Path, job_id: str, scene_id: str, files: list[SceneF
         json.dump(marker, out, indent=1)
         out.flush()
         os.fsync(out.fileno())
+
+
+def _link_needed(
+    incoming: Path, needed: Path, paths: set[str], staged_to: str, sizes: dict[str, int]
+) -> None:
+    """Fill the needed folder: a hard link to each copied file of ``paths`` (a copy where
+    links cannot be made), and the listing of every file the scene will hold."""
+    _remove(needed)  # what an attempt before a crash left, not recorded
+    for path in sorted(paths):
+        dest = needed / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(incoming / path, dest)
+        except OSError:
+            shutil.copyfile(incoming / path, dest)
+    write_listing(needed, staged_to, sizes)
+
+
+def _link_rest(final: Path, needed: Path, paths: list[str]) -> None:
+    """Link the staged scene's files of ``paths`` into the needed folder: a scene prepared
+    from it without a repath (a main file that is not a ``.blend``, rendered as staged)
+    finds every file there once the scene is staged."""
+    for path in paths:
+        dest = needed / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(final / path, dest)
+        except FileExistsError:
+            continue  # linked by an attempt before a crash
+        except OSError:
+            shutil.copyfile(final / path, dest)
 
 
 def _place(incoming: Path, final: Path, name: str) -> None:

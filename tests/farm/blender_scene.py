@@ -14,7 +14,10 @@ Variants (options after the path), for the scene steps' tests:
   and texture in the library, the texture referenced as ``//../textures/checker.png``);
 * ``--compress``: the .blend is saved compressed (zstd, as Blender 3+ does);
 * ``--extra-image PATH`` (repeatable): an image datablock (kept by a fake user) whose file
-  is ``PATH`` as given, e.g. a Windows path; no file is written for it.
+  is ``PATH`` as given, e.g. a Windows path; no file is written for it;
+* ``--sequence N``: an image sequence of N frames, ``DIR/seq/frame_0001.png`` ... (tiny
+  PNGs), its datablock kept by a fake user (traced as a sequence, not rendered), and the
+  scene's frames 1-N.
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ def write_checker(texture: Path) -> None:
     image.file_format = "PNG"
     image.save()
     bpy.data.images.remove(image)
+
+
+def write_sequence(folder: Path, frames: int) -> None:
+    """``folder/frame_0001.png`` ... and an image datablock using them as a sequence."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame in range(1, frames + 1):
+        image = bpy.data.images.new(f"frame{frame}", 4, 4)
+        image.pixels = [frame / frames, 0.2, 0.4, 1.0] * 16
+        image.filepath_raw = str(folder / f"frame_{frame:04d}.png")
+        image.file_format = "PNG"
+        image.save()
+        bpy.data.images.remove(image)
+    sequence = bpy.data.images.load(str(folder / "frame_0001.png"))
+    sequence.name = "plate"
+    sequence.source = "SEQUENCE"
+    sequence.use_fake_user = True
 
 
 def textured_cube(texture: Path) -> Any:
@@ -82,6 +101,7 @@ def main() -> None:
     parser.add_argument("--library", action="store_true")
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--extra-image", action="append", default=[])
+    parser.add_argument("--sequence", type=int, default=0)
     args = parser.parse_args(sys.argv[1:])
     blend = args.blend.resolve()
     texture = (args.texture_dir or blend.parent / "textures").resolve() / "checker.png"
@@ -103,6 +123,9 @@ def main() -> None:
         image.filepath = path
         image.use_fake_user = True
 
+    if args.sequence:
+        write_sequence(blend.parent / "seq", args.sequence)
+
     bpy.ops.object.light_add(type="SUN", location=(3, -2, 6), rotation=(0.6, 0.3, 0.4))
     bpy.context.active_object.data.energy = 4
     world = bpy.data.worlds.new("World")
@@ -119,7 +142,7 @@ def main() -> None:
     if args.engine == "CYCLES":
         scene.cycles.device = "CPU"
         scene.cycles.samples = 8
-    scene.frame_start, scene.frame_end = 1, 3
+    scene.frame_start, scene.frame_end = 1, max(3, args.sequence)
     bpy.ops.wm.save_as_mainfile(
         filepath=str(blend), relative_remap=args.texture_dir is None, compress=args.compress
     )

@@ -204,6 +204,27 @@ def test_a_staged_scene_succeeds_the_step_and_names_the_file_the_farm_opens() ->
     assert (stage.status, stage.progress_percent) == (StepStatus.succeeded, 100.0)
 
 
+def test_a_scene_prepared_from_its_needed_files_keeps_that_copy_and_queues_once_staged() -> None:
+    """The scene steps run on the test frames' files while the rest is staged; the full
+    render is not queued before the staging ends, and the staged scene does not replace
+    the prepared copy the renders open."""
+    job = staging()
+    needed_key = "staged/.needed/job_1/shot.blend"
+    events = job.record_needed_staged(needed_key, 3, 1_000, NOW)
+    assert types(events) == ["JobSceneNeededFilesStaged"]
+    evolve(job, events)
+    assert job.record_needed_staged(needed_key, 3, 1_000, NOW) == []  # once
+    assert job.scene_key == needed_key
+    evolve(job, job.record_scene_checked([], 2, 0, NOW))
+    evolve(job, job.record_repathed(NOW))
+    evolve(job, job.record_prepared("prepared/job_1/shot.blend", None, NOW))
+    assert job.status is S.ready and job.step(StepName.stage_scene).status is StepStatus.running
+    assert refused(job.model_copy(deep=True).queue, "", NOW) is InvalidStateTransition
+    evolve(job, job.record_staged(STAGED_KEY, False, NOW))
+    assert job.scene_key == "prepared/job_1/shot.blend"
+    assert types(job.queue("", NOW))[-1] == "JobQueued"
+
+
 def test_staging_reports_before_the_start_start_the_stage_step_first() -> None:
     job = submitted()
     assert types(job.record_staging_progress(1, 2, NOW)) == ["JobStepStarted", "JobStepProgressed"]

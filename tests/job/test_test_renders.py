@@ -24,8 +24,9 @@ from contracts.jobs import (
     TestRenderFrame,
     TestRenderQuality,
     TestRenderStatus,
+    default_test_frames,
 )
-from services.job.domain import Job, default_test_frames
+from services.job.domain import Job
 from services.job.views import JobView
 from tests.aggregates import evolve, given
 from tests.job.test_domain import NOW, prepared, refused, submitted, types, view

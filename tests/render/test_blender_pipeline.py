@@ -99,7 +99,16 @@ async def test_a_textured_blend_is_prepared_test_rendered_then_fully_rendered_by
         start_full_render=False,
     )
     job_id = job["job_id"]
-    job = await system.wait(job_id, lambda j: j["status"] in ("ready", "failed"), timeout=180)
+    # Prepared from the files the test frames need, a job may be ready before its stage
+    # step ends (here every file is needed: it ends at once).
+    job = await system.wait(
+        job_id,
+        lambda j: (
+            j["status"] == "failed"
+            or (j["status"] == "ready" and steps(j)["stage_scene"] != "running")
+        ),
+        timeout=180,
+    )
     assert job["status"] == "ready", job
     assert [steps(job)[s] for s in ("stage_scene", "scene_check", "repath", "render_settings")] == [
         "succeeded"

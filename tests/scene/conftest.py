@@ -29,6 +29,7 @@ VARIANTS: dict[str, list[str]] = {
     "eevee": ["--engine", "BLENDER_EEVEE_NEXT"],
     "library": ["--library"],
     "compressed": ["--compress"],
+    "sequence": ["--sequence", "5"],
     "artist_paths": [
         "--texture-dir",
         "{artist}/proj/textures",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,11 @@ from contracts.scenes import (
     RepathResult,
     SceneCheckResult,
 )
+from libs.blendtrace import write_listing
 from services.scene.steps import apply_render_settings, check_scene, repath_scene
 from tests.farm.conftest import REPO
 from tests.farm.test_blender import MAGENTA, orange_and_blue, png_pixels
-from tests.scene.conftest import Stage, job_settings, read_back
+from tests.scene.conftest import OWNER, Stage, job_settings, read_back
 
 Built = Callable[[str], Path]
 TASK_SCRIPT = REPO / "deploy" / "farm" / "blender_task.py"
@@ -526,3 +528,39 @@ async def test_a_file_outside_the_upload_is_never_read_even_when_the_farm_has_on
     assert (rewrite.before, rewrite.after) == (str(texture), "//_missing/checker.png")
     folder = stage.path(repathed.prepared_key).parent
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["scene.blend"]
+
+
+async def test_a_folder_still_being_staged_is_checked_against_its_listing_and_linked_ahead(
+    stage: Stage, built: Callable[[str], Path]
+) -> None:
+    """The needed folder holds the main file, its texture and two of five sequence entries;
+    its listing names them all. Nothing is missing, and the prepared copy links the other
+    entries to where the staged folder will hold them."""
+    source = built("sequence")
+    sizes = {p.relative_to(source).as_posix(): p.stat().st_size for p in source.rglob("*.*")}
+    staged_to = f"staged/{OWNER}/{'ab' * 32}"
+    needed = stage.root / "staged" / ".needed" / "job_early"
+    for rel in ("scene.blend", "textures/checker.png", "seq/frame_0001.png", "seq/frame_0003.png"):
+        (needed / rel).parent.mkdir(parents=True, exist_ok=True)
+        (needed / rel).write_bytes((source / rel).read_bytes())
+    write_listing(needed, staged_to, sizes)
+    key = "staged/.needed/job_early/scene.blend"
+
+    checked = await check_scene(stage.root, key, job_settings(frames=(1, 5, 1)))
+    assert [a.present for a in checked.assets] == [True, True]
+    [sequence] = [a for a in checked.assets if a.is_sequence]
+    assert sequence.size_bytes == sum(v for k, v in sizes.items() if k.startswith("seq/"))
+    assert FindingCode.asset_missing not in codes(checked)
+
+    repathed = await repath_scene(stage.root, key, "job_early")
+    prepared = stage.root / "prepared" / "job_early"
+    for frame in (2, 4, 5):
+        entry = prepared / f"seq/frame_{frame:04d}.png"
+        assert entry.is_symlink() and not entry.exists()  # not staged yet
+        assert entry.resolve() == (stage.root / staged_to / entry.relative_to(prepared))
+    assert (prepared / "seq/frame_0003.png").is_file()
+    assert repathed.prepared_key == "prepared/job_early/scene.blend"
+    # Once the staged folder is there, the links lead to its files.
+    shutil.copytree(source, stage.root / staged_to)
+    last = "seq/frame_0005.png"
+    assert (prepared / last).read_bytes() == (source / last).read_bytes()

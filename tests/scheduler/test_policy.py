@@ -38,6 +38,7 @@ from contracts.jobs import (
     JobSubmitted,
     LogJobStep,
     QueueJob,
+    RecordSceneNeededFilesStaged,
     RecordSceneStaged,
     RecordSceneStagingProgress,
     Renderer,
@@ -59,6 +60,7 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneNeededFilesStaged,
     SceneStaged,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -181,6 +183,7 @@ def commands() -> ScriptedCommands:
             StartSceneStaging: accepted,
             RecordSceneStagingProgress: accepted,
             RecordSceneStaged: accepted,
+            RecordSceneNeededFilesStaged: accepted,
             LogJobStep: accepted,
             PrepareScene: queued_for_preparation,
             QueueJob: order,
@@ -270,6 +273,46 @@ async def test_a_staged_scene_is_recorded_then_prepared_then_the_job_queued_and_
     await runner.handle(bus_event(reused))
     log = next(cmd for _, cmd in reversed(commands.sent) if isinstance(cmd, LogJobStep))
     assert log.message == f"the farm holds this scene already: reusing {STAGED_KEY}"
+
+
+async def test_the_test_frames_files_are_staged_first_and_the_scene_prepared_from_them(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    """The scene is prepared as soon as the files its test frames need are staged; the
+    full render waits for the whole scene (SceneStaged), and is queued then."""
+    await runner.handle(bus_event(held))
+    await runner.handle(bus_event(submitted))
+    stage = commands.sent[0][1]
+    assert isinstance(stage, StageScene) and stage.test_frames == [1, 6, 10]
+    needed_key = f"staged/.needed/{JOB}/shot_010.blend"
+    needed = SceneNeededFilesStaged(
+        job_id=JOB,
+        staged_key=needed_key,
+        files=["shot_010.blend", "tex/wood.png"],
+        bytes_needed=3 * 2**20,
+        files_total=40,
+        bytes_total=200 * 2**20,
+        seconds=1.5,
+        at=T,
+    )
+    commands.sent.clear()
+    await runner.handle(bus_event(needed))
+    assert commands.types() == ["LogJobStep", "RecordSceneNeededFilesStaged", "PrepareScene"]
+    log, record, prepare = (cmd for _, cmd in commands.sent)
+    assert isinstance(log, LogJobStep) and log.message == (
+        "the 2 files the test frames need (3.0 MiB) are on the farm after 1.5 s; the scene"
+        " is prepared from them while the other 197.0 MiB are copied"
+    )
+    assert isinstance(record, RecordSceneNeededFilesStaged)
+    assert (record.scene_key, record.files, record.bytes_staged) == (needed_key, 2, 3 * 2**20)
+    assert isinstance(prepare, PrepareScene) and prepare.staged_key == needed_key
+    commands.sent.clear()
+    await runner.handle(bus_event(prepared))
+    assert commands.types() == []  # the rest of the scene is still being staged
+    await runner.handle(bus_event(staged))
+    assert commands.types() == ["LogJobStep", "RecordSceneStaged", "QueueJob", "SubmitRender"]
+    submit = commands.sent[-1][1]
+    assert isinstance(submit, SubmitRender) and submit.scene_key == PREPARED_KEY
 
 
 async def test_frames_changed_before_the_scene_is_staged_are_what_the_workers_apply(

@@ -21,7 +21,9 @@ import pytest
 
 from contracts.base import Event
 from contracts.staging import (
+    STAGING_LISTING,
     CancelStaging,
+    SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
     SceneStagingCancelled,
@@ -47,8 +49,11 @@ from services.upload.stager import INCOMING, MARKER
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import service
+from tests.scene.conftest import blender_python, built
 from tests.scenes import MiB, put_scene, scene_bytes
 from tests.upload.protocol import Uploader, cut, sha256_hex
+
+__all__ = ["blender_python", "built"]
 
 SCHEDULER = Actor(kind="service", id="scheduler")
 OWNER = "usr_studio1"
@@ -324,6 +329,40 @@ async def test_a_staging_left_midway_by_a_killed_upload_service_is_finished_afte
     assert leftovers(stage_root) == []
 
 
+async def uploaded_manifest(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    owner: str,
+    main_file: str,
+    contents: dict[str, bytes],
+) -> tuple[dict[str, Any], SceneRef]:
+    """``contents`` sent through the upload API as a complete manifest: its description,
+    and the scene as the gateway resolves it for create_job."""
+    me = Uploader(upload_api, users.headers(owner))
+    files = [
+        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
+    ]
+    r = await upload_api.post(
+        "/v1/manifests", json={"main_file": main_file, "files": files}, headers=me.headers
+    )
+    assert r.status_code == 201, r.text
+    manifest: dict[str, Any] = r.json()
+    by_sha = {sha256_hex(d): d for d in contents.values()}
+    for missing in manifest["missing"]:
+        session = await me.get(missing["upload_id"])
+        data = by_sha[missing["sha256"]]
+        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
+        assert (await me.complete(missing["upload_id"])).status_code == 200
+    done = await upload_api.post(
+        f"/v1/manifests/{manifest['manifest_id']}/complete", headers=me.headers
+    )
+    assert done.status_code == 200, done.text
+    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
+    assert found is not None and found.ready
+    return manifest, found.ref()
+
+
 async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
     upload_service: ServiceRuntime[Any],
     upload_api: httpx.AsyncClient,
@@ -331,31 +370,13 @@ async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
     stage_root: Path,
 ) -> None:
     owner = new_id("usr")
-    me = Uploader(upload_api, users.headers(owner))
     scene, wood = os.urandom(5000), os.urandom(2000)
     contents = {"shots/main.blend": scene, "tex/wood.png": wood, "tex/old/wood.png": wood}
-    files = [
-        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
-    ]
-    r = await upload_api.post(
-        "/v1/manifests", json={"main_file": "shots/main.blend", "files": files}, headers=me.headers
+    manifest, found = await uploaded_manifest(
+        upload_service, upload_api, users, owner, "shots/main.blend", contents
     )
-    assert r.status_code == 201, r.text
-    manifest = r.json()
-    for missing in manifest["missing"]:
-        data = scene if missing["sha256"] == sha256_hex(scene) else wood
-        session = await me.get(missing["upload_id"])
-        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
-        assert (await me.complete(missing["upload_id"])).status_code == 200
-    done = await upload_api.post(
-        f"/v1/manifests/{manifest['manifest_id']}/complete", headers=me.headers
-    )
-    assert done.status_code == 200, done.text
-    # The scene as the gateway resolves it for create_job.
-    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
-    assert found is not None and found.ready
 
-    staged = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    staged = await ended(upload_service, await stage(upload_service, found, owner=owner))
     assert isinstance(staged, SceneStaged) and not staged.reused
     folder = f"staged/{owner}/{manifest['content_sha256']}"
     assert staged.staged_key == f"{folder}/shots/main.blend"
@@ -364,5 +385,61 @@ async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
         assert (stage_root / folder / path).read_bytes() == data, path
     marker = json.loads((stage_root / folder / MARKER).read_text())
     assert sorted(f["path"] for f in marker["files"]) == sorted(contents)
-    again = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    again = await ended(upload_service, await stage(upload_service, found, owner=owner))
     assert isinstance(again, SceneStaged) and again.reused
+
+
+async def test_the_files_a_blend_scenes_test_frames_need_are_staged_first_and_readable_apart(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    stage_root: Path,
+    built: Callable[[str], Path],
+) -> None:
+    """The main file first, then what it references (its texture, and of its image sequence
+    only the test frames' entries), recorded as SceneNeededFilesStaged and readable in the
+    job's needed folder; then the rest (the other entries, a big file nothing references)."""
+    owner = new_id("usr")
+    folder = built("sequence")
+    contents = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.*")}
+    contents["cache/unreferenced.bin"] = os.urandom(3 * MiB)
+    manifest, scene = await uploaded_manifest(
+        upload_service, upload_api, users, owner, "scene.blend", contents
+    )
+    job_id = new_id("job")
+    await send(
+        upload_service, StageScene(job_id=job_id, owner_id=owner, scene=scene, test_frames=[1, 5])
+    )
+    staged = await ended(upload_service, job_id)
+    assert isinstance(staged, SceneStaged) and not staged.reused
+
+    events = await history(upload_service, job_id)
+    kinds = [type(e) for e in events]
+    assert kinds.count(SceneNeededFilesStaged) == 1
+    needed = events[kinds.index(SceneNeededFilesStaged)]
+    assert isinstance(needed, SceneNeededFilesStaged)
+    assert kinds.index(SceneStagingStarted) < kinds.index(SceneNeededFilesStaged)
+    wanted = ["scene.blend", "seq/frame_0001.png", "seq/frame_0005.png", "textures/checker.png"]
+    assert needed.files == wanted
+    assert needed.bytes_needed == sum(len(contents[p]) for p in wanted)
+    assert (needed.files_total, needed.bytes_total) == (len(contents), staged.bytes_copied)
+    assert needed.staged_key == f"staged/.needed/{job_id}/scene.blend"
+    assert needed.seconds > 0 and needed.at <= staged.at
+    # Progress goes on after the needed files: the big file is copied after them.
+    after = [e for e in events[kinds.index(SceneNeededFilesStaged) :]]
+    done_after = [e.bytes_done for e in after if isinstance(e, SceneStagingProgressed)]
+    assert done_after and done_after[-1] == needed.bytes_total > needed.bytes_needed
+
+    # The needed folder holds hard links to the staged copies and the listing of the whole
+    # scene, naming where it is staged.
+    apart = stage_root / f"staged/.needed/{job_id}"
+    # Once staged, the needed folder is whole too (links to the rest), with the listing.
+    held = sorted(p.relative_to(apart).as_posix() for p in apart.rglob("*") if p.is_file())
+    assert held == sorted([*contents, STAGING_LISTING])
+    listing = json.loads((apart / STAGING_LISTING).read_text())
+    assert listing["staged_to"] == f"staged/{owner}/{manifest['content_sha256']}"
+    assert sorted(f["path"] for f in listing["files"]) == sorted(contents)
+    final = stage_root / listing["staged_to"]
+    for path in contents:
+        assert (apart / path).stat().st_ino == (final / path).stat().st_ino, path
+    assert not (final / STAGING_LISTING).exists()
