@@ -35,9 +35,11 @@ from contracts.errors.common import (
     field_problems,
 )
 from contracts.errors.identity import (
+    AccountSuspended,
     ApiKeyExpired,
     ApiKeyNotFound,
     ApiKeyRevoked,
+    CannotSuspendSelf,
     EmailRef,
     EmailTaken,
     InvalidApiKey,
@@ -157,6 +159,8 @@ from contracts.errors.wire import (
 )
 
 __all__ = [
+    "AccountSuspended",
+    "CannotSuspendSelf",
     "ERRORS",
     "ApiKeyExpired",
     "ApiKeyNotFound",
