@@ -95,6 +95,7 @@ from contracts.errors.money import (
     TransferRef,
     WebhookSignatureInvalid,
 )
+from contracts.errors.operations import QuarantinedStreamNotFound, QuarantinedStreamRef
 from contracts.errors.outputs import (
     OutputDeleted,
     OutputNotFound,
@@ -159,9 +160,8 @@ from contracts.errors.wire import (
 )
 
 __all__ = [
-    "AccountSuspended",
-    "CannotSuspendSelf",
     "ERRORS",
+    "AccountSuspended",
     "ApiKeyExpired",
     "ApiKeyNotFound",
     "ApiKeyRevoked",
@@ -169,6 +169,7 @@ __all__ = [
     "AssetSizeRef",
     "BadRequest",
     "BytesLimit",
+    "CannotSuspendSelf",
     "CaptureExceedsHold",
     "CaptureLimit",
     "ConcurrencyConflict",
@@ -237,6 +238,8 @@ __all__ = [
     "PaymentNotCaptured",
     "PaymentProviderUnavailable",
     "PaymentSignatureInvalid",
+    "QuarantinedStreamNotFound",
+    "QuarantinedStreamRef",
     "RateLimited",
     "RefreshTokenInvalid",
     "RefreshTokenReused",

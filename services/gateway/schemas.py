@@ -25,7 +25,7 @@ from contracts.identity import (
 from contracts.jobs import JobStatus
 from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.payments import MAX_ORDER_PAISE, MIN_ORDER_PAISE, TopUpOrder
-from contracts.text import ID_PATTERN, Name
+from contracts.text import ID_PATTERN, Name, Reason
 
 
 def _date_time_text(value: object) -> object:
@@ -77,6 +77,27 @@ class JobPage(BaseModel):
 
     items: list[JobEnvelope] = Field(description="Job envelopes, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class StuckJobView(BaseModel):
+    """A job not finished with no progress event for a while."""
+
+    job: JobEnvelope = Field(description="The job's envelope.")
+    last_progress_at: datetime = Field(description="UTC time of its last progress event.")
+    idle_seconds: int = Field(description="Seconds since then.")
+
+
+class StuckJobsView(BaseModel):
+    """Jobs not finished with no progress event for ``minutes``, the longest first."""
+
+    minutes: int = Field(description="The threshold asked for.")
+    items: list[StuckJobView]
+
+
+class ReasonRequest(_In):
+    reason: Annotated[Reason, Field(min_length=1)] = Field(
+        description="Why (1-500 characters); kept in the events, shown to the user."
+    )
 
 
 class JobEventView(BaseModel):

@@ -27,6 +27,7 @@ from contracts.identity import (
 )
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
+from libs.operations import Operations
 from libs.readmodels import billing as billing_queries
 from libs.readmodels import fleet as fleet_queries
 from libs.readmodels import identity as identity_queries
@@ -43,6 +44,7 @@ from libs.readmodels.identity import IdentityQuery
 from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.outputs import OutputsQuery
 from libs.readmodels.payments import PaymentsQuery
+from libs.readmodels.quarantine import QuarantineQuery
 from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.readmodels.wallet import WalletQuery
@@ -90,6 +92,12 @@ class Gateway:
         self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
         #: The render fleet and its VM time (the scaler's read models).
         self.fleet = FleetQuery(read_pool, fleet_queries.SCHEMA)
+        #: Every service's quarantined streams (the event store's tables).
+        self.quarantine = QuarantineQuery(read_pool)
+        #: The scene work queue and the bus's consumers, for operators.
+        self.ops = Operations(
+            redis, settings.redis_prefix, rt.js, settings.events_stream, settings.dlq_stream
+        )
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,
