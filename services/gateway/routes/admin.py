@@ -49,6 +49,7 @@ from services.gateway.api import (
     json_response,
     principal,
     send_idempotent,
+    set_targets,
 )
 from services.gateway.readmodels import decode_cursor, encode_cursor
 from services.gateway.schemas import (
@@ -494,6 +495,7 @@ async def admin_retry_quarantine(
 ) -> QuarantineRetried:
     gw, p = gateway(request), principal(request)
     p.require_admin()
+    set_targets(request, schema=schema, projection=projection, stream_id=stream_id)
     held = [
         q
         for q in await gw.quarantine.streams(schema)
