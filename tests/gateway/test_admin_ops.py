@@ -10,6 +10,7 @@ the suspension's reach. The farm side of a kill and of a suspension is in
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from typing import Any
@@ -262,9 +263,7 @@ async def test_a_suspended_user_is_refused_by_every_gateway_within_a_second(
         assert (r.status_code, r.json()["status"]) == (200, "active")
         for client in (api, other):
             for headers in (session, as_key):
-                await until(
-                    lambda c=client, h=headers: _accepted(c, h), "the reactivated user accepted"
-                )
+                await until(functools.partial(_accepted, client, headers), "accepted again")
         assert (await login(api, "suspend@studio.test")).status_code == 200
 
 
