@@ -5,6 +5,7 @@ import contracts.fleet
 import contracts.gateway
 import contracts.identity
 import contracts.jobs
+import contracts.operations
 import contracts.outputs
 import contracts.payments
 import contracts.preparation

@@ -55,6 +55,7 @@ def test_there_are_errors_of_every_context() -> None:
         "identity",
         "jobs",
         "money",
+        "operations",
         "outputs",
         "render",
         "scenes",
