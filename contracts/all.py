@@ -6,6 +6,7 @@ import contracts.gateway
 import contracts.identity
 import contracts.jobs
 import contracts.notifications
+import contracts.operations
 import contracts.outputs
 import contracts.payments
 import contracts.preparation

@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import COMMANDS, EVENTS, Command, Event
-from contracts.text import IdText, Line, Name, Secret
+from contracts.text import IdText, Line, Name, Reason, Secret
 
 
 class Role(StrEnum):
@@ -22,6 +22,8 @@ class Role(StrEnum):
 class UserStatus(StrEnum):
     pending_approval = "pending_approval"
     active = "active"
+    #: An admin suspended the account: no login, no session, no API key works.
+    suspended = "suspended"
 
 
 class Scope(StrEnum):
@@ -90,6 +92,31 @@ class UserApproved(Event):
     user_id: str
     approved_by: str
     approved_at: datetime
+
+
+@EVENTS.register
+class UserSuspended(Event):
+    """An admin suspended the user: every gateway process refuses the user's tokens and
+    keys from now on (pushed over the bus), login is refused, and the job service stops the
+    user's active jobs unless told to keep them."""
+
+    event_type = "identity.UserSuspended"
+    user_id: str
+    reason: str
+    suspended_by: str
+    suspended_at: datetime
+
+
+@EVENTS.register
+class UserReactivated(Event):
+    """An admin lifted the user's suspension: the status before it is back."""
+
+    event_type = "identity.UserReactivated"
+    user_id: str
+    reactivated_by: str
+    reactivated_at: datetime
+    #: ``active``, or ``pending_approval`` for a user suspended before approval.
+    status: UserStatus
 
 
 @EVENTS.register
@@ -178,6 +205,19 @@ class ApproveUser(Command):
 
 
 @COMMANDS.register
+class SuspendUser(Command):
+    command_type = "identity.SuspendUser"
+    user_id: IdText
+    reason: Annotated[Reason, Field(min_length=1)]
+
+
+@COMMANDS.register
+class ReactivateUser(Command):
+    command_type = "identity.ReactivateUser"
+    user_id: IdText
+
+
+@COMMANDS.register
 class Login(Command):
     command_type = "identity.Login"
     # Bounded, free of what the store cannot hold; the identity service answers the rest.
@@ -221,7 +261,10 @@ class UserProfile(_Model):
     email: str = Field(description="E-mail address.")
     display_name: str = Field(description="Name shown to others.")
     role: Role = Field(description="user or admin.")
-    status: UserStatus = Field(description="pending_approval until an admin approves.")
+    status: UserStatus = Field(
+        description="pending_approval until an admin approves; suspended while an admin"
+        " has suspended the account."
+    )
     registered_at: datetime = Field(description="UTC registration time.")
     approved_at: datetime | None = Field(description="UTC approval time; null if pending.")
 

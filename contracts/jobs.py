@@ -662,6 +662,35 @@ class JobCancellationRequested(Event):
     at: datetime
 
 
+class KillCause(StrEnum):
+    """Why a job was stopped by someone other than its owner."""
+
+    #: An administrator killed it (``POST /v1/admin/jobs/{id}/kill``).
+    admin_kill = "admin_kill"
+    #: An administrator suspended its owner (``identity.UserSuspended``).
+    user_suspended = "user_suspended"
+
+
+@EVENTS.register
+class JobKilled(Event):
+    """Someone other than the owner stopped the job: an administrator's kill, or the owner's
+    suspension. Recorded with the ``JobCancellationRequested`` that starts the existing cancel
+    path (the farm job is stopped, billing settles the cost). Carries what a notification to
+    the owner needs."""
+
+    event_type = "job.JobKilled"
+    job_id: str
+    owner_id: str
+    job_name: str
+    cause: KillCause
+    reason: str
+    #: The administrator who killed the job or suspended its owner.
+    killed_by: str
+    #: The job's status when it was killed.
+    status: JobStatus
+    at: datetime
+
+
 class JobCostFigures(BaseModel):
     """A job's money after a billing event, as the job records it (``cost_version``: the
     version of the job's cost stream; an older one than recorded changes nothing)."""
@@ -1124,6 +1153,37 @@ class StopJob(Command):
     code: str = Field(max_length=100)
     reason: str = Field(max_length=4000)
     at: datetime
+
+
+@COMMANDS.register
+class KillJob(Command):
+    """From the gateway (an administrator): stop the job through the cancel path, recording
+    who killed it and why (``JobKilled``). A job being cancelled or cancelled changes
+    nothing; a completed or failed one is refused (``job_finished``)."""
+
+    command_type = "job.KillJob"
+    job_id: IdText
+    reason: Annotated[Reason, Field(min_length=1)]
+
+
+@COMMANDS.register
+class KillOwnerJobs(Command):
+    """From the job service's suspension manager: kill every active job of the owner
+    (cause ``user_suspended``), each through the cancel path."""
+
+    command_type = "job.KillOwnerJobs"
+    owner_id: str
+    reason: str = Field(max_length=500)
+    #: The administrator who suspended the owner.
+    killed_by: str
+    at: datetime
+
+
+class OwnerJobsKilled(_Model):
+    """Reply to ``KillOwnerJobs``: the jobs it asked to stop (none when none was active)."""
+
+    owner_id: str
+    job_ids: list[str]
 
 
 @COMMANDS.register

@@ -17,6 +17,10 @@ from contracts.base import COMMANDS, EVENTS, Command, Event
 from contracts.jobs import FrameRange, Renderer, RenderSettings, Resolution, StagedKey
 from contracts.text import IdText
 
+#: The Redis work queue the scene workers take from (``libs/workqueue.py``); the gateway's
+#: operations views read its depth and dead letters.
+SCENE_QUEUE = "scenes"
+
 
 class PreparationPriority(StrEnum):
     """Queue order: a job waiting for a test render is prepared before full renders."""

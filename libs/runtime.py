@@ -42,11 +42,12 @@ from libs.bus.relay import Relay
 from libs.config import BaseServiceSettings
 from libs.eventstore.feed import FeedWatcher
 from libs.eventstore.processor import Projector, Tailer
-from libs.eventstore.projection import quarantined_streams
+from libs.eventstore.projection import ReadModel, quarantined_streams
 from libs.eventstore.store import EventStore, create_pool
 from libs.health import serve_health
 from libs.logging import configure_logging, get_logger
 from libs.migrations import migrate, service_plan
+from libs.operations import serve_quarantine_retry
 from libs.restarts import RestartBudget
 from libs.service import Service
 from libs.tracing import configure_tracing
@@ -177,6 +178,9 @@ class ServiceRuntime(Generic[T]):
         for name, fn in self._background:
             self._supervise(name, fn, self.stopping)
         await self.commands.start()
+        models = [p for p in self.service.projections if isinstance(p, ReadModel)]
+        if models:  # operators retry quarantined streams here (libs/operations.py)
+            await serve_quarantine_retry(self.nc, self.settings, self.store, models)
         if self.settings.health_port:
             self._health = await asyncio.start_server(
                 self._serve_health, "127.0.0.1", self.settings.health_port

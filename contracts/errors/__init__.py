@@ -35,9 +35,11 @@ from contracts.errors.common import (
     field_problems,
 )
 from contracts.errors.identity import (
+    AccountSuspended,
     ApiKeyExpired,
     ApiKeyNotFound,
     ApiKeyRevoked,
+    CannotSuspendSelf,
     EmailRef,
     EmailTaken,
     InvalidApiKey,
@@ -105,6 +107,7 @@ from contracts.errors.notifier import (
     WebhookLimitReached,
     WebhookUrlInvalid,
 )
+from contracts.errors.operations import QuarantinedStreamNotFound, QuarantinedStreamRef
 from contracts.errors.outputs import (
     OutputDeleted,
     OutputNotFound,
@@ -170,6 +173,7 @@ from contracts.errors.wire import (
 
 __all__ = [
     "ERRORS",
+    "AccountSuspended",
     "ApiKeyExpired",
     "ApiKeyNotFound",
     "ApiKeyRevoked",
@@ -177,6 +181,7 @@ __all__ = [
     "AssetSizeRef",
     "BadRequest",
     "BytesLimit",
+    "CannotSuspendSelf",
     "CaptureExceedsHold",
     "CaptureLimit",
     "ConcurrencyConflict",
@@ -250,6 +255,8 @@ __all__ = [
     "PaymentNotCaptured",
     "PaymentProviderUnavailable",
     "PaymentSignatureInvalid",
+    "QuarantinedStreamNotFound",
+    "QuarantinedStreamRef",
     "RateLimited",
     "RefreshTokenInvalid",
     "RefreshTokenReused",

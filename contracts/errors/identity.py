@@ -130,3 +130,21 @@ class ApiKeyNotFound(DomainError[None]):
     http_status = 404
     retryable = False
     Details = None
+
+
+class AccountSuspended(DomainError[None]):
+    """An administrator suspended the account: its sessions and API keys are refused."""
+
+    code = "user_suspended"
+    http_status = 403
+    retryable = False
+    Details = None
+
+
+class CannotSuspendSelf(DomainError[None]):
+    """An administrator cannot suspend their own account."""
+
+    code = "cannot_suspend_self"
+    http_status = 409
+    retryable = False
+    Details = None

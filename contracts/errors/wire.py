@@ -16,6 +16,7 @@ from contracts.errors import (  # noqa: F401  (declare errors)
     common,
     identity,
     jobs,
+    operations,
     outputs,
     render,
     scenes,

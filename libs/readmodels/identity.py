@@ -34,6 +34,8 @@ class ApiKeyCredential:
     key_hash: str
     revoked_at: datetime | None
     expires_at: datetime | None
+    #: The owner is suspended: the key is refused (``user_suspended``).
+    owner_suspended: bool = False
 
 
 class IdentityQuery:
@@ -55,8 +57,11 @@ class IdentityQuery:
         )
         self._credential_sql = (
             "SELECT k.key_id, k.user_id, u.role, k.scopes, k.key_hash, k.revoked_at,"
-            f" k.expires_at FROM {s}.api_keys k JOIN {s}.users u USING (user_id)"
+            f" k.expires_at, u.status FROM {s}.api_keys k JOIN {s}.users u USING (user_id)"
             " WHERE k.key_id = $1"
+        )
+        self._suspended_sql = (
+            f"SELECT user_id FROM {s}.users WHERE status = '{UserStatus.suspended.value}'"
         )
 
     async def user(self, user_id: str) -> UserProfile | None:
@@ -90,4 +95,14 @@ class IdentityQuery:
             key_hash=row["key_hash"],
             revoked_at=row["revoked_at"],
             expires_at=row["expires_at"],
+            owner_suspended=row["status"] == UserStatus.suspended.value,
         )
+
+    async def suspended_users(self) -> set[str]:
+        """The ids of every suspended user (the gateway's start, and after a reconnect).
+        Before identity's first migration there are no users, so none is suspended."""
+        try:
+            rows = await self.pool.fetch(self._suspended_sql)
+        except asyncpg.UndefinedTableError:
+            return set()
+        return {r["user_id"] for r in rows}

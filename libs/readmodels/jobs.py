@@ -5,8 +5,9 @@ Owned by the job service (``services/job``). A change to the columns these queri
 ``services/job/projections.py`` or its migrations, comes with the matching change here in the
 same commit; ``tests/contracts/test_job_queries.py`` pins the contract.
 
-Of ``jobs`` only ``job_id, owner_id, status, version, created_at, updated_at, envelope`` are
-part of the contract; any other column is the job service's own business.
+Of ``jobs`` only ``job_id, owner_id, status, version, created_at, updated_at, progressed_at,
+render_kind, envelope`` are part of the contract; any other column is the job service's own
+business.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class StoredEnvelope:
     job_id: str
     #: The job stream's version the envelope reflects.
     version: int
+    envelope: str
+
+
+#: Statuses a job never leaves.
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class StuckJob:
+    """A job that is not finished and has had no progress event since ``progressed_at``."""
+
+    job_id: str
+    owner_id: str
+    status: str
+    progressed_at: datetime
     envelope: str
 
 
@@ -89,6 +105,18 @@ class JobsQuery:
             " WHERE ($1::text IS NULL OR owner_id = $1) AND ($2::text IS NULL OR status = $2)"
             " AND ($3::text IS NULL OR job_id < $3) ORDER BY job_id DESC LIMIT $4"
         )
+        self._admin_list_sql = (
+            f"SELECT job_id, version, envelope FROM {s}.jobs"
+            " WHERE ($1::text IS NULL OR owner_id = $1) AND ($2::text IS NULL OR status = $2)"
+            " AND ($3::text[] IS NULL OR render_kind = ANY($3))"
+            " AND ($4::timestamptz IS NULL OR created_at < $4)"
+            " AND ($5::text IS NULL OR job_id < $5) ORDER BY job_id DESC LIMIT $6"
+        )
+        self._stuck_sql = (
+            f"SELECT job_id, owner_id, status, progressed_at, envelope FROM {s}.jobs"
+            f" WHERE status <> ALL($1::text[]) AND progressed_at < $2"
+            " ORDER BY progressed_at, job_id LIMIT $3"
+        )
         self._frames_sql = (
             "SELECT frame, task_id, output_id, object_key, size_bytes, sha256, worker,"
             " rendered_at, render_seconds, peak_memory_bytes"
@@ -132,6 +160,36 @@ class JobsQuery:
         one status, starting after ``before_job_id``."""
         rows = await self.pool.fetch(self._list_sql, owner_id, status, before_job_id, limit)
         return [StoredEnvelope(r[0], r[1], r[2]) for r in rows]
+
+    async def admin_envelopes(
+        self,
+        *,
+        owner_id: str | None,
+        status: str | None,
+        render_kinds: list[str] | None,
+        created_before: datetime | None,
+        before_job_id: str | None,
+        limit: int,
+    ) -> list[StoredEnvelope]:
+        """Every user's envelopes newest first, optionally of one owner, one status, a render
+        kind the farm may be busy with (``test``, ``full``; an empty list matches none) and
+        created before a time, starting after ``before_job_id``."""
+        rows = await self.pool.fetch(
+            self._admin_list_sql,
+            owner_id,
+            status,
+            render_kinds,
+            created_before,
+            before_job_id,
+            limit,
+        )
+        return [StoredEnvelope(r[0], r[1], r[2]) for r in rows]
+
+    async def stuck(self, progressed_before: datetime, limit: int) -> list[StuckJob]:
+        """Jobs not finished whose last progress event is older than ``progressed_before``,
+        the longest still first."""
+        rows = await self.pool.fetch(self._stuck_sql, list(TERMINAL), progressed_before, limit)
+        return [StuckJob(**dict(r)) for r in rows]
 
     async def frames(self, job_id: str, after_frame: int, limit: int) -> list[RenderedFrame]:
         """The job's rendered frames numbered above ``after_frame``, ascending."""

@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from contracts.base import Command
 from contracts.errors import (
     ERRORS,
+    AccountSuspended,
     ApiKeyExpired,
     ApiKeyRevoked,
     DomainError,
@@ -55,6 +56,7 @@ AUTH_ERRORS: tuple[ErrorClass, ...] = (
     InvalidApiKey,
     ApiKeyRevoked,
     ApiKeyExpired,
+    AccountSuspended,
 )
 COMMON_ERRORS: tuple[ErrorClass, ...] = (RateLimited, ServiceUnavailable, ValidationFailed)
 SCHEMA_REF = "#/components/schemas/{model}"

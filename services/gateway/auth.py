@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from contracts.errors import (
+    AccountSuspended,
     ApiKeyExpired,
     ApiKeyRevoked,
     Forbidden,
@@ -81,6 +82,12 @@ class Authenticator:
     ``ApiKeyRevoked`` event (on the bus, :meth:`revoked`) drops it at once and marks the key
     revoked, and :meth:`forget` (after a NATS reconnect, when events may have been missed)
     drops every cached key.
+
+    Suspended users are a per-process set, loaded from identity's read model at start-up
+    and after a reconnect (:meth:`load_suspended`) and kept current by identity's
+    ``UserSuspended`` and ``UserReactivated`` events (:meth:`suspended`,
+    :meth:`reactivated`): every JWT and API key of a suspended user is refused
+    (``user_suspended``) on every request, whatever the token's lifetime.
     """
 
     def __init__(self, settings: GatewaySettings, identity: IdentityQuery) -> None:
@@ -89,6 +96,22 @@ class Authenticator:
         self._verified: dict[str, AccessClaims] = {}
         self._keys: dict[str, tuple[ApiKeyCredential, float]] = {}
         self._revoked: dict[str, float] = {}
+        self._suspended: set[str] = set()
+
+    async def load_suspended(self) -> None:
+        """Take the suspended users from identity's read model (subscribe to the events
+        first, so none is missed between the read and the subscription)."""
+        self._suspended |= await self.identity.suspended_users()
+
+    def suspended(self, user_id: str) -> None:
+        """A user was suspended: refuse their sessions and keys from now on."""
+        self._suspended.add(user_id)
+
+    def reactivated(self, user_id: str) -> None:
+        """A suspension was lifted: accept the user again, with fresh key rows."""
+        self._suspended.discard(user_id)
+        for key_id in [k for k, (c, _) in self._keys.items() if c.user_id == user_id]:
+            del self._keys[key_id]
 
     def revoked(self, key_id: str) -> None:
         """A key was revoked: refuse it from now on, whatever a cache or read model says."""
@@ -145,7 +168,12 @@ class Authenticator:
             role = Role(claims.role)
         except ValueError:
             raise InvalidToken("unknown role in token") from None
+        self._refuse_suspended(claims.user_id)
         return Principal(user_id=claims.user_id, role=role)
+
+    def _refuse_suspended(self, user_id: str, read_model_says: bool = False) -> None:
+        if read_model_says or user_id in self._suspended:
+            raise AccountSuspended("this account is suspended by an administrator")
 
     async def _api_key(self, full: str) -> Principal:
         parts = split_api_key(full)
@@ -157,6 +185,7 @@ class Authenticator:
             raise InvalidApiKey("unknown API key")
         if key.revoked_at is not None or key_id in self._revoked:
             raise ApiKeyRevoked("this API key has been revoked")
+        self._refuse_suspended(key.user_id, key.owner_suspended)
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             raise ApiKeyExpired("this API key has expired")
         return Principal(user_id=key.user_id, role=key.role, api_key_id=key_id, scopes=key.scopes)

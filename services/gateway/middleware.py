@@ -100,7 +100,7 @@ class GatewayMiddleware:
                     [Bucket(f"ip:{ip}", s.rate_limit_ip_per_second, s.rate_limit_ip_burst)]
                 )
             return None
-        gw.check_reconnects()
+        await gw.check_reconnects()
         principal = await gw.auth.authenticate(
             headers.get("authorization"), headers.get("x-api-key")
         )

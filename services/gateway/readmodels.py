@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -140,6 +141,41 @@ class ReadModels:
     async def job_state(self, job_id: str, owner_id: str | None) -> JobState:
         """Where the job stands (for pages about a job); someone else's job is a 404."""
         return JobState.of(orjson.loads(await self.job_envelope(job_id, owner_id)))
+
+    async def admin_jobs(
+        self,
+        *,
+        owner_id: str | None,
+        status: str | None,
+        render_kinds: list[str] | None,
+        created_before: datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> bytes:
+        """Every user's jobs, newest first, filtered (administrators)."""
+        rows = await self.jobs.admin_envelopes(
+            owner_id=owner_id,
+            status=status,
+            render_kinds=render_kinds,
+            created_before=created_before,
+            before_job_id=decode_cursor(cursor),
+            limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].job_id) if more and rows else None
+        return page_body([r.envelope for r in rows], next_cursor)
+
+    async def stuck_jobs(self, now: datetime, minutes: int, limit: int) -> bytes:
+        """Jobs not finished with no progress event for ``minutes``, the longest first:
+        ``{"minutes", "items": [{"job", "last_progress_at", "idle_seconds"}]}``."""
+        rows = await self.jobs.stuck(now - timedelta(minutes=minutes), limit)
+        items = [
+            f'{{"job":{r.envelope},"last_progress_at":"{r.progressed_at.isoformat()}",'
+            f'"idle_seconds":{int((now - r.progressed_at).total_seconds())}}}'
+            for r in rows
+        ]
+        return f'{{"minutes":{minutes},"items":[{",".join(items)}]}}'.encode()
 
     async def job_events(self, job_id: str, after_version: int, limit: int) -> list[JobEvent]:
         return await self.jobs.events(job_id, after_version, limit)

@@ -31,7 +31,7 @@ from contracts.notifications import (
 )
 from contracts.outputs import MAX_DOWNLOAD_URL_SECONDS, OutputStatus
 from contracts.payments import MAX_ORDER_PAISE, MIN_ORDER_PAISE, TopUpOrder
-from contracts.text import ID_PATTERN, Name
+from contracts.text import ID_PATTERN, Name, Reason
 
 
 def _date_time_text(value: object) -> object:
@@ -109,6 +109,27 @@ class JobState(BaseModel):
             progress_percent=envelope["progress_percent"],
             current_step=envelope["current_step"],
         )
+
+
+class StuckJobView(BaseModel):
+    """A job not finished with no progress event for a while."""
+
+    job: JobEnvelope = Field(description="The job's envelope.")
+    last_progress_at: datetime = Field(description="UTC time of its last progress event.")
+    idle_seconds: int = Field(description="Seconds since then.")
+
+
+class StuckJobsView(BaseModel):
+    """Jobs not finished with no progress event for ``minutes``, the longest first."""
+
+    minutes: int = Field(description="The threshold asked for.")
+    items: list[StuckJobView]
+
+
+class ReasonRequest(_In):
+    reason: Annotated[Reason, Field(min_length=1)] = Field(
+        description="Why (1-500 characters); kept in the events, shown to the user."
+    )
 
 
 class JobEventView(BaseModel):

@@ -18,9 +18,16 @@ from fastapi import FastAPI, Request
 from nats.aio.msg import Msg
 
 from contracts.errors import DomainError
-from contracts.identity import ApiKeyInfo, RecordApiKeyUse
+from contracts.identity import (
+    ApiKeyInfo,
+    ApiKeyRevoked,
+    RecordApiKeyUse,
+    UserReactivated,
+    UserSuspended,
+)
 from libs.bus.commands import Actor, CommandClient
 from libs.logging import get_logger
+from libs.operations import Operations
 from libs.readmodels import billing as billing_queries
 from libs.readmodels import fleet as fleet_queries
 from libs.readmodels import identity as identity_queries
@@ -39,6 +46,7 @@ from libs.readmodels.jobs import JobsQuery
 from libs.readmodels.notifications import NotificationsQuery
 from libs.readmodels.outputs import OutputsQuery
 from libs.readmodels.payments import PaymentsQuery
+from libs.readmodels.quarantine import QuarantineQuery
 from libs.readmodels.scenes import ScenesQuery
 from libs.readmodels.uploads import UploadsQuery
 from libs.readmodels.wallet import WalletQuery
@@ -88,6 +96,12 @@ class Gateway:
         self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
         #: The render fleet and its VM time (the scaler's read models).
         self.fleet = FleetQuery(read_pool, fleet_queries.SCHEMA)
+        #: Every service's quarantined streams (the event store's tables).
+        self.quarantine = QuarantineQuery(read_pool)
+        #: The scene work queue and the bus's consumers, for operators.
+        self.ops = Operations(
+            redis, settings.redis_prefix, rt.js, settings.events_stream, settings.dlq_stream
+        )
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,
@@ -162,20 +176,28 @@ class Gateway:
             await self.record_key_uses()
 
     async def on_identity_event(self, msg: Msg) -> None:
-        """identity's ``ApiKeyRevoked``, straight off the bus: refuse the key at once."""
+        """identity's ``ApiKeyRevoked``, ``UserSuspended`` and ``UserReactivated``, straight
+        off the bus: refuse the key or the user at once (or accept the user again)."""
         try:
-            key_id = orjson.loads(msg.data)["data"]["key_id"]
+            body = orjson.loads(msg.data)
+            event_type, data = str(body["type"]), body["data"]
+            if event_type == ApiKeyRevoked.event_type:
+                self.auth.revoked(str(data["key_id"]))
+            elif event_type == UserSuspended.event_type:
+                self.auth.suspended(str(data["user_id"]))
+            elif event_type == UserReactivated.event_type:
+                self.auth.reactivated(str(data["user_id"]))
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("bad_revocation_message", subject=msg.subject)
-            return
-        self.auth.revoked(str(key_id))
+            log.warning("bad_identity_message", subject=msg.subject)
 
-    def check_reconnects(self) -> None:
-        """Events may have been missed while NATS was away: drop every cached key."""
+    async def check_reconnects(self) -> None:
+        """Events may have been missed while NATS was away: drop every cached key and read
+        the suspended users again."""
         reconnects = int(self.rt.nc.stats.get("reconnects", 0))
         if reconnects != self._reconnects:
             self._reconnects = reconnects
             self.auth.forget()
+            await self.auth.load_suspended()
 
     async def ready(self) -> tuple[bool, str]:
         return await self.rt.ready()
@@ -191,12 +213,16 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
     gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
     rt.background("api-key-use", gw.run_key_uses)
-    # Revocations pushed by identity's relay (a core subscription on the events subject:
-    # every gateway process gets each one). After a reconnect the key cache is dropped.
-    sub = await rt.nc.subscribe(
-        settings.subject("events.identity.ApiKeyRevoked"), cb=gw.on_identity_event
-    )
-    rt.on_close(sub.unsubscribe)
+    # Revocations and suspensions pushed by identity's relay (core subscriptions on the
+    # events subjects: every gateway process gets each one), then the suspended users as
+    # the read model has them. After a reconnect the key cache is dropped and they are
+    # read again.
+    for event in (ApiKeyRevoked, UserSuspended, UserReactivated):
+        sub = await rt.nc.subscribe(
+            settings.subject(f"events.{event.event_type}"), cb=gw.on_identity_event
+        )
+        rt.on_close(sub.unsubscribe)
+    await gw.auth.load_suspended()
     rt.readiness_checks.append(_redis_check(redis))
     rt.readiness_checks.append(_pool_check(read_pool))
     server = _Server(

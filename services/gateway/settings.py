@@ -38,3 +38,10 @@ class GatewaySettings(TokenSettings):
     #: Action log: rows written in batches this often, and days of partitions kept.
     action_log_flush_seconds: float = 0.2
     action_log_retention_days: int = 90
+    #: The farm's pools, as the deadline bridge names them (the shared ``RF_FARM_POOL`` and
+    #: ``RF_TEST_POOL``): ``/v1/admin/jobs?pool=`` matches jobs on the full-render pool or
+    #: the test-render pool by these names.
+    farm_pool: str = "none"
+    test_pool: str = "test"
+    #: How long an operator's retry of a quarantined stream may take.
+    quarantine_retry_timeout_seconds: float = 30.0

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from contracts.errors import (
+    AccountSuspended,
     ApiKeyNotFound,
     InvalidCredentials,
     RefreshTokenInvalid,
@@ -26,10 +27,12 @@ from contracts.identity import (
     ApproveUser,
     CreateApiKey,
     Login,
+    ReactivateUser,
     RecordApiKeyUse,
     RefreshSession,
     RegisterUser,
     RevokeApiKey,
+    SuspendUser,
     TokenPair,
     UserProfile,
 )
@@ -52,6 +55,7 @@ from services.identity.settings import IdentitySettings
 CLI_APPROVER = "cli"
 
 _BAD_CREDENTIALS = "wrong e-mail address or password"
+_SUSPENDED = "your account is suspended by an administrator"
 
 
 def _utc(value: datetime) -> datetime:
@@ -74,6 +78,8 @@ class IdentityCommands:
     def register(self, server: CommandServer) -> None:
         server.register(RegisterUser, self.register_user)
         server.register(ApproveUser, self.approve_user)
+        server.register(SuspendUser, self.suspend_user)
+        server.register(ReactivateUser, self.reactivate_user)
         server.register(Login, self.login, store_reply=False)
         server.register(RefreshSession, self.refresh_session, store_reply=False)
         server.register(CreateApiKey, self.create_api_key, store_reply=False)
@@ -108,6 +114,16 @@ class IdentityCommands:
         user.approve(uow.actor_id, datetime.now(UTC))
         return user.profile()
 
+    async def suspend_user(self, cmd: SuspendUser, uow: UnitOfWork) -> UserProfile:
+        user = await uow.get(User, cmd.user_id)
+        user.suspend(cmd.reason, uow.actor_id, datetime.now(UTC))
+        return user.profile()
+
+    async def reactivate_user(self, cmd: ReactivateUser, uow: UnitOfWork) -> UserProfile:
+        user = await uow.get(User, cmd.user_id)
+        user.reactivate(uow.actor_id, datetime.now(UTC))
+        return user.profile()
+
     # -- sessions -----------------------------------------------------------------------
 
     async def login(self, cmd: Login, uow: UnitOfWork) -> TokenPair:
@@ -118,6 +134,8 @@ class IdentityCommands:
         matches = await asyncio.to_thread(verify_password, cmd.password, stored)
         if user is None or not user.exists or not matches:
             raise InvalidCredentials(_BAD_CREDENTIALS)
+        if user.suspended:
+            raise AccountSuspended(_SUSPENDED)
         if not user.approved:
             raise UserNotApproved(
                 "your account is waiting for an administrator's approval",
@@ -161,6 +179,8 @@ class IdentityCommands:
                 "this refresh token was already used; the session is revoked, log in again",
             )
         user = await uow.get(User, family.user_id)
+        if user.suspended:
+            raise AccountSuspended(_SUSPENDED)
         if not user.approved:
             raise RefreshTokenInvalid("the session's user is gone")
         return self._pair(user.user_id, user.role, refresh_token, now)
@@ -181,6 +201,8 @@ class IdentityCommands:
     async def create_api_key(self, cmd: CreateApiKey, uow: UnitOfWork) -> ApiKeySecret:
         user = await uow.get(User, cmd.user_id)
         user.require_exists()
+        if user.suspended:
+            raise AccountSuspended(_SUSPENDED)
         if not user.approved:
             raise UserNotApproved("API keys are for approved accounts only")
         key_id = new_id("key")

@@ -12,6 +12,8 @@ from decimal import Decimal
 
 from contracts.base import Event
 from contracts.errors import (
+    AccountSuspended,
+    CannotSuspendSelf,
     EmailTaken,
     FieldProblem,
     InternalError,
@@ -33,8 +35,10 @@ from contracts.identity import (
     Scope,
     UserApproved,
     UserProfile,
+    UserReactivated,
     UserRegistered,
     UserStatus,
+    UserSuspended,
 )
 from libs.eventstore.aggregate import Aggregate
 
@@ -66,6 +70,8 @@ class User(Aggregate):
     password_hash: str = ""
     registered_at: datetime | None = None
     approved_at: datetime | None = None
+    #: While suspended: the status to go back to when reactivated.
+    status_before_suspension: UserStatus | None = None
 
     def apply(self, event: Event) -> None:
         match event:
@@ -77,6 +83,12 @@ class User(Aggregate):
                 self.status = UserStatus.pending_approval
             case UserApproved():
                 self.status, self.approved_at = UserStatus.active, event.approved_at
+            case UserSuspended():
+                if self.status is not UserStatus.suspended:
+                    self.status_before_suspension = self.status
+                self.status = UserStatus.suspended
+            case UserReactivated():
+                self.status, self.status_before_suspension = event.status, None
             case _:
                 raise TypeError(f"user cannot apply {type(event).__name__}")
 
@@ -87,6 +99,10 @@ class User(Aggregate):
     @property
     def approved(self) -> bool:
         return self.status is UserStatus.active
+
+    @property
+    def suspended(self) -> bool:
+        return self.status is UserStatus.suspended
 
     def register(
         self,
@@ -118,12 +134,40 @@ class User(Aggregate):
 
     def approve(self, by: str, now: datetime) -> list[Event]:
         self.require_exists()
+        if self.suspended:
+            raise AccountSuspended(f"user {self.user_id} is suspended: reactivate them first")
         if self.approved:
             raise UserAlreadyApproved(
                 f"user {self.user_id} is already approved",
                 user_id=self.user_id,
             )
         return self.record(UserApproved(user_id=self.user_id, approved_by=by, approved_at=now))
+
+    def suspend(self, reason: str, by: str, now: datetime) -> list[Event]:
+        """Suspend; suspending a suspended user changes nothing. Nobody suspends themself
+        (an administrator would lock themself out)."""
+        self.require_exists()
+        if by == self.user_id:
+            raise CannotSuspendSelf("you cannot suspend your own account")
+        if self.suspended:
+            return []
+        return self.record(
+            UserSuspended(user_id=self.user_id, reason=reason, suspended_by=by, suspended_at=now)
+        )
+
+    def reactivate(self, by: str, now: datetime) -> list[Event]:
+        """Lift a suspension, back to the status before it; a user not suspended: nothing."""
+        self.require_exists()
+        if not self.suspended:
+            return []
+        return self.record(
+            UserReactivated(
+                user_id=self.user_id,
+                reactivated_by=by,
+                reactivated_at=now,
+                status=self.status_before_suspension or UserStatus.active,
+            )
+        )
 
     def require_exists(self) -> None:
         if not self.exists:

@@ -13,8 +13,10 @@ from contracts.identity import (
     ApiKeyRevoked,
     ApiKeyUsed,
     UserApproved,
+    UserReactivated,
     UserRegistered,
     UserStatus,
+    UserSuspended,
 )
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
@@ -60,6 +62,14 @@ class UsersProjection(ReadModel):
     def approved(self, row: Row | None, e: UserApproved, rec: RecordedEvent) -> Row | None:
         user = _existing(row, f"user {e.user_id}")
         return {**user, "status": UserStatus.active.value, "approved_at": e.approved_at}
+
+    @on(UserSuspended, key=lambda e: (e.user_id,))
+    def suspended(self, row: Row | None, e: UserSuspended, rec: RecordedEvent) -> Row | None:
+        return {**_existing(row, f"user {e.user_id}"), "status": UserStatus.suspended.value}
+
+    @on(UserReactivated, key=lambda e: (e.user_id,))
+    def reactivated(self, row: Row | None, e: UserReactivated, rec: RecordedEvent) -> Row | None:
+        return {**_existing(row, f"user {e.user_id}"), "status": e.status.value}
 
 
 class ApiKeysProjection(ReadModel):

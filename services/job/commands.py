@@ -14,7 +14,11 @@ from contracts.jobs import (
     FailTestRender,
     JobAccepted,
     JobCostRecorded,
+    KillCause,
+    KillJob,
+    KillOwnerJobs,
     LogJobStep,
+    OwnerJobsKilled,
     PauseJob,
     QueueJob,
     RecordFramesRendered,
@@ -54,6 +58,9 @@ class JobCommands:
         server.register(SubmitJob, self.submit)
         server.register(UpdateJob, self.update)
         server.register(CancelJob, self.cancel)
+        # From the gateway (an administrator), and from the suspension manager.
+        server.register(KillJob, self.kill)
+        server.register(KillOwnerJobs, self.kill_owner_jobs)
         # From the scheduler: internal, so no owner check (they carry no owner id).
         server.register(StartSceneStaging, self.start_staging)
         server.register(RecordSceneStagingProgress, self.record_staging_progress)
@@ -121,6 +128,24 @@ class JobCommands:
         job = await self._owned(uow, cmd.job_id, cmd.owner_id)
         job.cancel(cmd.reason, datetime.now(UTC))
         return await self._accepted(uow, job)
+
+    async def kill(self, cmd: KillJob, uow: UnitOfWork) -> JobAccepted:
+        job = await self._owned(uow, cmd.job_id, None)
+        job.kill(KillCause.admin_kill, cmd.reason, uow.actor_id, datetime.now(UTC))
+        return await self._accepted(uow, job)
+
+    async def kill_owner_jobs(self, cmd: KillOwnerJobs, uow: UnitOfWork) -> OwnerJobsKilled:
+        """Every active job of the owner, in one append (the slots freed with them)."""
+        owner = await uow.get(OwnerJobs, cmd.owner_id)
+        active = list(owner.active)
+        await uow.prefetch(*((Job, job_id) for job_id in active))
+        killed: list[str] = []
+        for job_id in active:
+            job = await uow.get(Job, job_id)
+            if job.kill(KillCause.user_suspended, cmd.reason, cmd.killed_by, cmd.at):
+                killed.append(job_id)
+            await self._accepted(uow, job)
+        return OwnerJobsKilled(owner_id=cmd.owner_id, job_ids=killed)
 
     async def request_test_render(self, cmd: RequestTestRender, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, cmd.owner_id)

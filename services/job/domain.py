@@ -44,6 +44,7 @@ from contracts.jobs import (
     JobFramesChanged,
     JobFramesRendered,
     JobFullRenderReleased,
+    JobKilled,
     JobPaused,
     JobPriority,
     JobPriorityChanged,
@@ -72,6 +73,7 @@ from contracts.jobs import (
     JobTestRenderFramesRendered,
     JobTestRenderRequested,
     JobTestRenderStarted,
+    KillCause,
     LogLevel,
     Renderer,
     RenderSettings,
@@ -407,6 +409,8 @@ class Job(Aggregate):
                 self.full_render_released = True
             case JobStepLogged() | JobResumed() | JobCompleted() | JobSceneChecked():
                 pass  # a status change only (below); logs live in the stream
+            case JobKilled():
+                pass  # who killed it is for the view; the cancel request stops it
             case _:
                 raise TypeError(f"job cannot apply {type(event).__name__}")
         resumes_to = None
@@ -539,6 +543,30 @@ class Job(Aggregate):
         if self.farm_busy:
             return self.record(requested)
         return self.record(requested, JobCancelled(job_id=self.job_id, at=now))
+
+    def kill(self, cause: KillCause, reason: str, by: str, now: datetime) -> list[Event]:
+        """Stop the job for someone other than its owner (an administrator's kill, the
+        owner's suspension): ``JobKilled`` with the cancel's events, so the cancel path
+        stops the farm job and billing settles. A job cancelled or being cancelled changes
+        nothing; a completed or failed one is refused (``job_finished``)."""
+        if self.status in (S.cancelling, S.cancelled):
+            return []
+        self._require_open()
+        assert self.status is not None
+        killed = JobKilled(
+            job_id=self.job_id,
+            owner_id=self.owner_id,
+            job_name=self.name,
+            cause=cause,
+            reason=reason,
+            killed_by=by,
+            status=self.status,
+            at=now,
+        )
+        requested = JobCancellationRequested(job_id=self.job_id, reason=reason, at=now)
+        if self.farm_busy:
+            return self.record(killed, requested)
+        return self.record(killed, requested, JobCancelled(job_id=self.job_id, at=now))
 
     @property
     def farm_busy(self) -> bool:

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from contracts.base import EVENTS
-from contracts.jobs import FrameOutput, JobFramesRendered, JobSlotFreed, JobSlotTaken, JobSubmitted
+from contracts.jobs import (
+    FrameOutput,
+    JobCostCapChanged,
+    JobCostRecorded,
+    JobFramesRendered,
+    JobPriorityChanged,
+    JobRenamed,
+    JobSlotFreed,
+    JobSlotTaken,
+    JobStatus,
+    JobSubmitted,
+    TestRenderStatus,
+)
 from libs.eventstore.projection import RawJson, ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
 from services.job.views import JobView
@@ -14,6 +26,28 @@ JOB_EVENTS = tuple(
     for t, cls in EVENTS.types().items()
     if t.startswith("job.") and cls not in (JobSlotTaken, JobSlotFreed)
 )
+
+#: Job events that are not progress: billing's cost records and the owner's edits (a job
+#: whose cost or name changes but whose steps do not is still stuck).
+NOT_PROGRESS = (JobCostRecorded, JobRenamed, JobPriorityChanged, JobCostCapChanged)
+#: Where a job waits for, or runs on, the farm's full-render pool.
+_ON_FULL_RENDER = frozenset({JobStatus.queued, JobStatus.rendering})
+
+
+def render_kind(view: JobView) -> str | None:
+    """Which render of the job the farm may be busy with: ``test``, ``full`` or None."""
+    status = view.status
+    if status is JobStatus.paused:
+        status = view.paused_from or status
+    if status is JobStatus.test_rendering:
+        return "test"
+    if status in _ON_FULL_RENDER:
+        return "full"
+    if status is JobStatus.cancelling:
+        running = (TestRenderStatus.requested, TestRenderStatus.rendering)
+        test = view.test_render
+        return "test" if test is not None and test.status in running else "full"
+    return None
 
 
 class JobsProjection(ReadModel):
@@ -34,6 +68,8 @@ class JobsProjection(ReadModel):
         "version": "integer",
         "created_at": "timestamptz",
         "updated_at": "timestamptz",
+        "progressed_at": "timestamptz",
+        "render_kind": "text",
         "view": "jsonb",
         "envelope": "text",
     }
@@ -58,6 +94,12 @@ class JobsProjection(ReadModel):
             "version": rec.version,
             "created_at": view.created_at,
             "updated_at": rec.recorded_at,
+            "progressed_at": (
+                row["progressed_at"]
+                if row is not None and isinstance(e, NOT_PROGRESS)
+                else rec.recorded_at
+            ),
+            "render_kind": render_kind(view),
             "view": view,
             "envelope": None,  # rendered once per batch, in finalize
         }

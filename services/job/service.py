@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libs.bus.commands import CommandClient
+from libs.bus.commands import Actor, CommandClient
+from libs.process import PostgresProcessStore, ProcessRunner
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.job.commands import JobCommands
 from services.job.deadlines import TestRenderDeadlines
 from services.job.projections import FramesProjection, JobsProjection
 from services.job.settings import JobSettings
+from services.job.suspensions import SuspensionProcess
 
 
 async def wire(rt: ServiceRuntime[JobCommands]) -> JobCommands:
@@ -20,6 +22,13 @@ async def wire(rt: ServiceRuntime[JobCommands]) -> JobCommands:
     to_itself = CommandClient(rt.nc, rt.settings, timeout=10)
     deadlines = TestRenderDeadlines(rt.settings, rt.store, to_itself)
     rt.background("test-render-deadlines", deadlines.run)
+    suspensions = ProcessRunner(
+        SuspensionProcess(rt.settings.suspended_user_jobs),
+        to_itself,
+        PostgresProcessStore(rt.store),
+        Actor(kind="service", id=rt.settings.service_name),
+    )
+    rt.consumer(suspensions.manager.name, suspensions.manager.subjects, suspensions.handle)
     return commands
 
 

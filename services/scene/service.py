@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from contracts.errors import DomainError
 from contracts.jobs import FailJob, JobAccepted
-from contracts.preparation import AbandonPreparation, PreparationQueued
+from contracts.preparation import SCENE_QUEUE, AbandonPreparation, PreparationQueued
 from libs.bus.commands import CommandClient
 from libs.logging import get_logger
 from libs.runtime import ServiceRuntime
@@ -32,7 +32,7 @@ log = get_logger(__name__)
 
 #: The code a job fails with when the workers give its scene up without a code of its own.
 PREPARATION_FAILED = "scene_preparation_failed"
-QUEUE_NAME = "scenes"
+QUEUE_NAME = SCENE_QUEUE
 
 
 def dead_letter_code(dead: DeadLetter) -> str:

@@ -56,6 +56,7 @@ def test_there_are_errors_of_every_context() -> None:
         "jobs",
         "money",
         "notifier",
+        "operations",
         "outputs",
         "render",
         "scenes",

@@ -20,9 +20,12 @@ from contracts.identity import (
     ApiKeyInfo,
     ApiKeySecret,
     CreateApiKey,
+    ReactivateUser,
     RevokeApiKey,
     Role,
     Scope,
+    SuspendUser,
+    UserProfile,
     UserStatus,
 )
 from libs.auth import keyed_hash, split_api_key
@@ -119,6 +122,36 @@ async def test_api_keys_are_listed_and_authenticated_by_their_keyed_hash(
     await identity.send(RevokeApiKey(key_id=key_id, user_id=None), ApiKeyInfo, actor=ADMIN)
     revoked = await query.api_key_credential(key_id)
     assert revoked is not None and revoked.revoked_at is not None
+
+
+async def test_suspended_users_and_their_keys_are_read_as_suspended(
+    identity: Identity, query: IdentityQuery
+) -> None:
+    user = await identity.register("suspended@example.com", approved=True)
+    other = await identity.register("fine@example.com", approved=True)
+    created = await identity.send(
+        CreateApiKey(user_id=user.user_id, name="ci", scopes=[Scope.jobs_read]), ApiKeySecret
+    )
+    credential = await query.api_key_credential(created.key_id)
+    assert credential is not None and not credential.owner_suspended
+    assert await query.suspended_users() == set()
+
+    await identity.send(
+        SuspendUser(user_id=user.user_id, reason="chargebacks"), UserProfile, actor=ADMIN
+    )
+    assert await query.suspended_users() == {user.user_id}
+    got = await query.user(user.user_id)
+    assert got is not None and got.status is UserStatus.suspended
+    credential = await query.api_key_credential(created.key_id)
+    assert credential is not None and credential.owner_suspended
+    suspended = await query.users(UserStatus.suspended, None, 10)
+    assert [u.user_id for u in suspended] == [user.user_id]
+
+    await identity.send(ReactivateUser(user_id=user.user_id), UserProfile, actor=ADMIN)
+    assert await query.suspended_users() == set()
+    got = await query.user(user.user_id)
+    assert got is not None and got.status is UserStatus.active
+    assert (await query.user(other.user_id)) is not None
 
 
 async def test_the_query_pool_refuses_writes(read_pool: asyncpg.Pool) -> None:

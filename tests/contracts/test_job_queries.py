@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from contracts.jobs import (
     JobAccepted,
     JobChanges,
     JobSpec,
+    KillJob,
     Resolution,
     SubmitJob,
     UpdateJob,
@@ -64,7 +66,7 @@ async def submit(rt: ServiceRuntime[Any], owner: str, frames: int = 8) -> JobAcc
 
 
 async def send(
-    rt: ServiceRuntime[Any], cmd: SubmitJob | UpdateJob | CancelJob, owner: str
+    rt: ServiceRuntime[Any], cmd: SubmitJob | UpdateJob | CancelJob | KillJob, owner: str
 ) -> JobAccepted:
     return await CommandClient(rt.nc, rt.settings, timeout=10).send(
         cmd, JobAccepted, command_id=uuid.uuid4().hex, actor=Actor(kind="user", id=owner)
@@ -124,6 +126,66 @@ async def test_lists_are_newest_first_by_owner_and_status_with_a_cursor(
     assert [e.job_id for e in cancelled] == [a[1]]
     assert JobEnvelope.model_validate_json(cancelled[0].envelope).status == "cancelled"
     assert len(await jobs.list_envelopes(None, None, None, 10)) == 4
+
+
+async def test_admin_lists_filter_every_users_jobs_by_owner_status_render_and_age(
+    job_service: ServiceRuntime[Any], jobs: JobsQuery
+) -> None:
+    scheduler = Scheduler(job_service)
+    a = [(await submit(job_service, "usr_a")).job_id for _ in range(2)]
+    b = (await submit(job_service, "usr_b")).job_id
+    await scheduler.prepare(a[0])
+    await scheduler.queue(a[0])
+    await scheduler.start(a[0])  # rendering: on the full-render pool
+    await send(job_service, KillJob(job_id=b, reason="abuse"), "usr_admin")
+
+    def ids(rows: list[job_queries.StoredEnvelope]) -> list[str]:
+        return [e.job_id for e in rows]
+
+    args: dict[str, Any] = {
+        "owner_id": None,
+        "status": None,
+        "render_kinds": None,
+        "created_before": None,
+        "before_job_id": None,
+        "limit": 10,
+    }
+    everyone = await jobs.admin_envelopes(**args)
+    assert [e.job_id for e in everyone] == [b, a[1], a[0]]
+    page = await jobs.admin_envelopes(**{**args, "limit": 2})
+    rest = await jobs.admin_envelopes(**{**args, "before_job_id": page[-1].job_id})
+    assert ids(page + rest) == [b, a[1], a[0]]
+    assert ids(await jobs.admin_envelopes(**{**args, "owner_id": "usr_a"})) == a[::-1]
+    assert ids(await jobs.admin_envelopes(**{**args, "status": "cancelled"})) == [b]
+    full = await jobs.admin_envelopes(**{**args, "render_kinds": ["full"]})
+    assert ids(full) == [a[0]]
+    assert await jobs.admin_envelopes(**{**args, "render_kinds": ["test"]}) == []
+    assert await jobs.admin_envelopes(**{**args, "render_kinds": []}) == []
+    past = datetime.now(UTC) - timedelta(hours=1)
+    assert await jobs.admin_envelopes(**{**args, "created_before": past}) == []
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert len(await jobs.admin_envelopes(**{**args, "created_before": later})) == 3
+
+
+async def test_stuck_jobs_are_the_unfinished_ones_without_progress_since_a_time(
+    job_service: ServiceRuntime[Any], jobs: JobsQuery
+) -> None:
+    scheduler = Scheduler(job_service)
+    idle = (await submit(job_service, "usr_a")).job_id
+    moving = (await submit(job_service, "usr_a")).job_id
+    done = (await submit(job_service, "usr_a")).job_id
+    await send(job_service, CancelJob(job_id=done, owner_id="usr_a"), "usr_a")
+    between = datetime.now(UTC)
+    await scheduler.prepare(moving)  # progress after `between`
+    renamed = UpdateJob(job_id=idle, owner_id="usr_a", changes=JobChanges(name="renamed"))
+    await send(job_service, renamed, "usr_a")  # an edit, not progress
+    [stuck] = await jobs.stuck(between, 10)
+    assert (stuck.job_id, stuck.owner_id, stuck.status) == (idle, "usr_a", "submitted")
+    assert stuck.progressed_at < between
+    assert JobEnvelope.model_validate_json(stuck.envelope).name == "renamed"
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    assert [j.job_id for j in await jobs.stuck(now, 10)] == [idle, moving]
+    assert [j.job_id for j in await jobs.stuck(now, 1)] == [idle]
 
 
 async def test_frames_are_the_rendered_files_by_frame_number(

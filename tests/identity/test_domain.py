@@ -9,6 +9,8 @@ from decimal import Decimal
 import pytest
 
 from contracts.errors import (
+    AccountSuspended,
+    CannotSuspendSelf,
     DomainError,
     EmailTaken,
     InternalError,
@@ -26,7 +28,9 @@ from contracts.identity import (
     Role,
     Scope,
     UserApproved,
+    UserReactivated,
     UserStatus,
+    UserSuspended,
 )
 from services.identity.domain import (
     ApiKey,
@@ -71,6 +75,36 @@ def test_approving_activates_the_user_once() -> None:
     with pytest.raises(DomainError) as e:
         user.approve("usr_admin", NOW + 2 * DAY)
     assert type(e.value) is UserAlreadyApproved
+
+
+def test_suspending_and_reactivating_go_back_to_the_status_before() -> None:
+    user = registered_user(approved_by="cli")
+    [suspended] = user.suspend("chargebacks", "usr_admin", NOW)
+    assert suspended == UserSuspended(
+        user_id="usr_1", reason="chargebacks", suspended_by="usr_admin", suspended_at=NOW
+    )
+    assert user.suspended and user.profile().status is UserStatus.suspended
+    assert user.suspend("again", "usr_admin", NOW) == []  # suspended already: nothing
+    with pytest.raises(AccountSuspended):  # approval waits for the reactivation
+        user.approve("usr_admin", NOW)
+    [back] = user.reactivate("usr_admin", NOW + DAY)
+    assert isinstance(back, UserReactivated) and back.status is UserStatus.active
+    assert user.status is UserStatus.active and user.reactivate("usr_admin", NOW) == []
+
+    pending = registered_user()
+    evolve(pending, pending.suspend("spam", "usr_admin", NOW))
+    evolve(pending, pending.reactivate("usr_admin", NOW))
+    assert pending.status is UserStatus.pending_approval
+
+
+def test_nobody_suspends_themself_or_a_user_that_does_not_exist() -> None:
+    user = registered_user(approved_by="cli")
+    with pytest.raises(CannotSuspendSelf):
+        user.suspend("oops", "usr_1", NOW)
+    with pytest.raises(UserNotFound):
+        User().suspend("gone", "usr_admin", NOW)
+    with pytest.raises(UserNotFound):
+        User().reactivate("usr_admin", NOW)
 
 
 def test_approving_a_user_that_does_not_exist_is_user_not_found() -> None:

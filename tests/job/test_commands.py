@@ -22,6 +22,9 @@ from contracts.jobs import (
     JobAccepted,
     JobSpec,
     JobStatus,
+    KillJob,
+    KillOwnerJobs,
+    OwnerJobsKilled,
     PauseJob,
     QueueJob,
     RecordJobCost,
@@ -133,6 +136,53 @@ async def test_a_job_that_ends_frees_its_owners_slot_in_the_same_append(
     [completed] = (await store.read_stream("job-job_1"))[-1:]
     assert freed.tx_id == completed.tx_id and completed.event_type == "job.JobCompleted"
     assert getattr(reply, "version", None) == completed.version
+
+
+async def test_an_admin_kill_records_who_and_why_with_the_cancel(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await ready(store, commands, "job_1")
+    await run(store, commands.queue, QueueJob(job_id="job_1", skip_reason="none yet"))
+    await run(store, commands.kill, KillJob(job_id="job_1", reason="abuse"))
+    events = (await store.read_stream("job-job_1"))[-2:]
+    assert [e.event_type for e in events] == ["job.JobKilled", "job.JobCancellationRequested"]
+    killed = events[0].data
+    assert (killed["cause"], killed["killed_by"], killed["status"]) == (
+        "admin_kill",
+        "usr_1",  # the actor of the command (the admin, from the gateway)
+        "queued",
+    )
+    assert (killed["owner_id"], killed["job_name"], killed["reason"]) == (
+        "usr_1",
+        "shot_020",
+        "abuse",
+    )
+    job = await load(store, Job, "job_1")
+    assert isinstance(job, Job) and job.status is JobStatus.cancelling  # the farm confirms
+    before = len(await store.read_stream("job-job_1"))
+    await run(store, commands.kill, KillJob(job_id="job_1", reason="again"))
+    assert len(await store.read_stream("job-job_1")) == before  # being cancelled: no change
+
+
+async def test_killing_an_owners_jobs_kills_every_active_one_in_one_append(
+    store: InMemoryEventStore, commands: JobCommands
+) -> None:
+    await run(store, commands.submit, submission("job_1"))
+    await ready(store, commands, "job_2")
+    await run(store, commands.queue, QueueJob(job_id="job_2", skip_reason="none yet"))
+    cmd = KillOwnerJobs(owner_id="usr_1", reason="suspended", killed_by="usr_admin", at=NOW)
+    reply = await run(store, commands.kill_owner_jobs, cmd)
+    assert reply == OwnerJobsKilled(owner_id="usr_1", job_ids=["job_1", "job_2"])
+    first = await load(store, Job, "job_1")
+    second = await load(store, Job, "job_2")
+    assert isinstance(first, Job) and first.status is JobStatus.cancelled  # nothing on the farm
+    assert isinstance(second, Job) and second.status is JobStatus.cancelling
+    owner = await load(store, OwnerJobs, "usr_1")
+    assert isinstance(owner, OwnerJobs) and owner.active == ["job_2"]  # until the farm stops
+    again = await run(store, commands.kill_owner_jobs, cmd)
+    assert again == OwnerJobsKilled(owner_id="usr_1", job_ids=[])  # being cancelled already
+    [killed] = [e for e in await store.read_stream("job-job_1") if e.event_type == "job.JobKilled"]
+    assert (killed.data["cause"], killed.data["killed_by"]) == ("user_suspended", "usr_admin")
 
 
 async def test_someone_elses_job_is_not_found(

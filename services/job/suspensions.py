@@ -1,0 +1,56 @@
+"""What happens to a suspended user's jobs: the process manager ``job-suspensions`` follows
+identity's ``UserSuspended`` and, unless the settings keep them
+(``RF_JOB_SUSPENDED_USER_JOBS=keep``), kills every active job of the user
+(``KillOwnerJobs``: ``JobKilled`` with cause ``user_suspended`` and the cancel path, so the
+farm job stops and billing settles the cost)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from contracts.base import Event
+from contracts.identity import UserSuspended
+from contracts.jobs import KillOwnerJobs, OwnerJobsKilled
+from libs.process import Cause, ProcessManager, Send
+
+
+class SuspendedUserJobs(StrEnum):
+    """``RF_JOB_SUSPENDED_USER_JOBS``: what to do with a suspended user's active jobs."""
+
+    #: Kill them through the cancel path (the default).
+    cancel = "cancel"
+    #: Leave them running; only the user's access stops.
+    keep = "keep"
+
+
+class NoState(BaseModel):
+    """The manager keeps no state: each suspension is answered on its own."""
+
+
+class SuspensionProcess(ProcessManager[NoState]):
+    name = "job-suspensions"
+    subjects = (f"events.{UserSuspended.event_type}",)
+    state_type = NoState
+
+    def __init__(self, jobs: SuspendedUserJobs) -> None:
+        self.jobs = jobs
+
+    def key(self, event: Event) -> str | None:
+        return None
+
+    def evolve(self, state: NoState, event: Event) -> NoState:
+        return state
+
+    def policy(self, cause: Cause, state: NoState) -> list[Send]:
+        event = cause.event
+        if not isinstance(event, UserSuspended) or self.jobs is SuspendedUserJobs.keep:
+            return []
+        kill = KillOwnerJobs(
+            owner_id=event.user_id,
+            reason=f"the account was suspended: {event.reason}"[:500],
+            killed_by=event.suspended_by,
+            at=event.suspended_at,
+        )
+        return [Send(kill, OwnerJobsKilled)]
