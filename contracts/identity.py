@@ -92,6 +92,22 @@ class UserApproved(Event):
     approved_at: datetime
 
 
+#: What an erased user's personal fields read as (``UserErased``, docs/audit.md).
+ERASED = "erased"
+
+
+@EVENTS.register
+class UserErased(Event):
+    """The user's personal data was erased (a tombstone): the e-mail address and display name
+    of their earlier events were overwritten in place with ``"erased"``, and every
+    projection blanks them from here on (ADR 0018)."""
+
+    event_type = "identity.UserErased"
+    user_id: str
+    erased_by: str
+    erased_at: datetime
+
+
 @EVENTS.register
 class RefreshTokenIssued(Event):
     """A login started a refresh-token family (stream ``refresh-<family id>``)."""
@@ -174,6 +190,14 @@ class RegisterUser(Command):
 @COMMANDS.register
 class ApproveUser(Command):
     command_type = "identity.ApproveUser"
+    user_id: IdText
+
+
+@COMMANDS.register
+class EraseUser(Command):
+    """Erase a user's personal data (``renderctl erase user``); a repeat changes nothing."""
+
+    command_type = "identity.EraseUser"
     user_id: IdText
 
 

@@ -21,6 +21,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.identity import (
+    ERASED,
     ApiKeyCreated,
     ApiKeyInfo,
     ApiKeyRevoked,
@@ -32,6 +33,7 @@ from contracts.identity import (
     Role,
     Scope,
     UserApproved,
+    UserErased,
     UserProfile,
     UserRegistered,
     UserStatus,
@@ -66,6 +68,7 @@ class User(Aggregate):
     password_hash: str = ""
     registered_at: datetime | None = None
     approved_at: datetime | None = None
+    erased: bool = False
 
     def apply(self, event: Event) -> None:
         match event:
@@ -77,6 +80,11 @@ class User(Aggregate):
                 self.status = UserStatus.pending_approval
             case UserApproved():
                 self.status, self.approved_at = UserStatus.active, event.approved_at
+            case UserErased():
+                # Its earlier events read "erased" already (overwritten in place); the
+                # password hash goes too: an erased user never logs in again.
+                self.email = self.display_name = ERASED
+                self.password_hash, self.erased = "", True
             case _:
                 raise TypeError(f"user cannot apply {type(event).__name__}")
 
@@ -124,6 +132,13 @@ class User(Aggregate):
                 user_id=self.user_id,
             )
         return self.record(UserApproved(user_id=self.user_id, approved_by=by, approved_at=now))
+
+    def erase(self, by: str, now: datetime) -> list[Event]:
+        """The tombstone, once; the caller has overwritten the personal fields already."""
+        self.require_exists()
+        if self.erased:
+            return []
+        return self.record(UserErased(user_id=self.user_id, erased_by=by, erased_at=now))
 
     def require_exists(self) -> None:
         if not self.exists:
