@@ -322,12 +322,12 @@ async def erase_user(settings: BaseServiceSettings, user_id: str) -> int:
         return 1
     finally:
         await nc.close()
-    pool = await create_pool(settings.database_url, max_size=1)
+    conn = await asyncpg.connect(settings.database_url)
     try:
-        if await pool.fetchval("SELECT to_regclass('gateway.action_log')") is None:
+        if await conn.fetchval("SELECT to_regclass('gateway.action_log')") is None:
             calls = "UPDATE 0"
         else:
-            calls = await pool.execute(
+            calls = await conn.execute(
                 "UPDATE gateway.action_log SET client_ip = $2"
                 " WHERE (user_id = $1 OR (user_id IS NULL AND target_ids->>'user_id' = $1))"
                 " AND client_ip IS DISTINCT FROM $2",
@@ -335,7 +335,7 @@ async def erase_user(settings: BaseServiceSettings, user_id: str) -> int:
                 ERASED,
             )
     finally:
-        await pool.close()
+        await conn.close()
     print(
         json.dumps(
             {"user": profile.model_dump(mode="json"), "api_calls_erased": int(calls.split()[-1])},

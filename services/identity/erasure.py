@@ -6,8 +6,9 @@ In one transaction, for the user's e-mail address (read from its ``EmailClaimed`
 * ``UserRegistered``: ``email``, ``display_name`` and the password hash become ``"erased"``;
 * ``EmailClaimed``: ``email`` becomes ``"erased"`` and its stream ``email-<address>`` is
   renamed ``email-erased-<user id>`` (the address can be registered again);
-* every event's metadata and every ``processed_commands`` row (id and reply) that names the
-  address, e.g. the gateway's ``register:<address>`` command ids, has it replaced;
+* the stored replies that are the user's profile read ``"erased"`` too, and every event's
+  metadata and every ``processed_commands`` row (id and reply) that names the address, e.g.
+  the gateway's ``register:<address>`` command ids, has it replaced;
 * the user's snapshots are deleted (a cache: they are taken again from the events).
 
 Running it again finds nothing left to change.
@@ -46,6 +47,14 @@ async def shred(pool: asyncpg.Pool, schema: str, user_id: str) -> None:
             {"email": ERASED},
         )
         await conn.execute(f"DELETE FROM {s}.snapshots WHERE stream_id = 'user-' || $1", user_id)
+        # The stored replies that are the user's profile (RegisterUser, ApproveUser, ...).
+        await conn.execute(
+            f"UPDATE {s}.processed_commands SET reply = jsonb_set(reply, '{{result}}',"
+            " reply->'result' || $2::jsonb) WHERE reply->'result'->>'user_id' = $1"
+            " AND reply->'result' ? 'display_name'",
+            user_id,
+            {"email": ERASED, "display_name": ERASED},
+        )
         if email is None:
             return
         await conn.execute(

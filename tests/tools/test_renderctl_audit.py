@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from contracts.billing import InstancePrice, PriceList, PriceUnit
+from contracts.jobs import JobPriority
 from libs.config import BaseServiceSettings
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime
@@ -38,6 +40,27 @@ READ_MODELS = (
     "wallet.holds",
     "bridge.renders",
 )
+
+
+@pytest.fixture(autouse=True)
+def priced_by_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The farm's machine at 3,600 credits an hour, so a task of a second costs a credit
+    (at the default 36.00 a short test task rounds to 0.00)."""
+    prices = PriceList(
+        instances=[
+            InstancePrice(
+                instance_type="local-cpu",
+                cores=8,
+                ghz=Decimal("3.00"),
+                unit=PriceUnit.instance_hour,
+                rates=dict.fromkeys(JobPriority, Decimal("3600.0000")),
+            )
+        ],
+        default_instance_type="local-cpu",
+        storage_per_gb_month=Decimal("0"),
+        egress_per_gb=Decimal("0"),
+    )
+    monkeypatch.setenv("RF_BILLING_DEFAULT_PRICES", prices.model_dump_json())
 
 
 @dataclass
@@ -144,9 +167,10 @@ async def holding(dsn: str, text: str) -> list[str]:
         )
         found = []
         for t in tables:
-            name = f'"{t["table_schema"]}"."{t["table_name"]}"'
+            name = f"{t['table_schema']}.{t['table_name']}"
             if await conn.fetchval(
-                f"SELECT count(*) FROM {name} x WHERE strpos(lower(x::text), lower($1)) > 0",
+                f'SELECT count(*) FROM "{t["table_schema"]}"."{t["table_name"]}" x'
+                " WHERE strpos(lower(x::text), lower($1)) > 0",
                 text,
             ):
                 found.append(name)
