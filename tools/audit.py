@@ -19,6 +19,7 @@ difference shows:
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -143,6 +144,9 @@ def _summary(event: Event) -> str:
         "cause",
     )
     data = event.model_dump(mode="json")
+    frames = data.get("frames")
+    if isinstance(frames, list) and frames and isinstance(frames[0], dict):
+        data["frames"] = [f.get("frame") for f in frames]  # JobFramesRendered: their numbers
     parts = [f"{k}={_short(data[k])}" for k in keys if data.get(k) not in (None, "", [])]
     if isinstance(event, TaskCharged):
         parts.append(f"line={event.line.line_id} {event.line.amount_credits}")
@@ -524,7 +528,8 @@ def job_text(audit: JobAudit) -> str:
             ("line", "cause", "frames", "worker", "seconds", "credits"),
         ),
         "",
-        "VM time charged (" + VM_TIME_NOTE + ")",
+        "VM time charged",
+        textwrap.fill(VM_TIME_NOTE + ".", 92),
         table(
             (
                 [m["worker"], m["instance_type"], str(m["tasks"]), m["minutes"], m["credits"]]
