@@ -5,6 +5,7 @@ in the test's process, a registered user with an API key."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +18,11 @@ from contracts.billing import InstancePrice, PriceList, PriceUnit
 from contracts.jobs import JobPriority
 from libs.config import BaseServiceSettings
 from libs.ids import new_id
-from libs.runtime import ServiceRuntime
+from libs.runtime import ServiceRuntime, build
 from services.gateway.settings import GatewaySettings
+from services.notifier.service import SERVICE as NOTIFIER
+from services.notifier.settings import NotifierSettings
+from tests.conftest import Env
 from tests.fixtures import Users
 from tests.render.conftest import RenderSystem
 from tests.tools.cli import printed
@@ -61,6 +65,15 @@ def priced_by_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
         egress_per_gb=Decimal("0"),
     )
     monkeypatch.setenv("RF_BILLING_DEFAULT_PRICES", prices.model_dump_json())
+
+
+@pytest.fixture
+async def notifier(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
+    """The notifier in the test's process: the job's completion becomes a notification."""
+    rt = await build(NOTIFIER, env.settings(NotifierSettings))
+    await rt.launch()
+    yield rt
+    await rt.stop()
 
 
 @dataclass
@@ -196,6 +209,7 @@ async def read_models(dsn: str) -> dict[str, list[dict[str, Any]]]:
 async def test_the_audit_explains_a_charged_job_and_the_wallet_and_the_export_holds_it_all(
     render_system: RenderSystem,
     identity_service: ServiceRuntime[Any],
+    notifier: ServiceRuntime[Any],
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
@@ -251,6 +265,13 @@ async def test_the_audit_explains_a_charged_job_and_the_wallet_and_the_export_ho
 
     assert await cli(studio, capsys, "audit", "job", "job_missing", code=1) == ""
 
+    async def notified() -> bool:
+        rows = await fetch(
+            studio.dsn, "SELECT kind FROM notifier.notifications WHERE user_id = $1", studio.user_id
+        )
+        return bool(rows)
+
+    await until(notified, "the job's notification", timeout=30)
     out = tmp_path / "export.json"
     await cli(studio, capsys, "export", "user", studio.user_id, "--output", str(out))
     text = out.read_text()
@@ -265,6 +286,7 @@ async def test_the_audit_explains_a_charged_job_and_the_wallet_and_the_export_ho
     assert export["wallet"]["transfers"] and export["wallet"]["ledger"]
     assert export["uploads"]["uploads"]
     assert set(export["notifications"]) == {"notifications", "webhook_endpoints"}
+    assert export["notifications"]["notifications"][0]["payload"]["job_id"] == studio.job_id
     assert "create_job" in {c["operation_id"] for c in export["api_calls"]}
     secret = studio.key_secret.rsplit("_", 1)[-1]
     hashes = await fetch(
@@ -280,6 +302,7 @@ async def test_the_audit_explains_a_charged_job_and_the_wallet_and_the_export_ho
 async def test_erasure_shreds_the_personal_fields_and_leaves_the_ledger_and_rebuilds_as_they_were(
     render_system: RenderSystem,
     identity_service: ServiceRuntime[Any],
+    notifier: ServiceRuntime[Any],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     studio = await rendered(render_system)
