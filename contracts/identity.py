@@ -94,6 +94,22 @@ class UserApproved(Event):
     approved_at: datetime
 
 
+#: What an erased user's personal fields read as (``UserErased``, docs/audit.md).
+ERASED = "erased"
+
+
+@EVENTS.register
+class UserErased(Event):
+    """The user's personal data was erased (a tombstone): the e-mail address and display name
+    of their earlier events were overwritten in place with ``"erased"``, and every
+    projection blanks them from here on (ADR 0018)."""
+
+    event_type = "identity.UserErased"
+    user_id: str
+    erased_by: str
+    erased_at: datetime
+
+
 @EVENTS.register
 class UserSuspended(Event):
     """An admin suspended the user: every gateway process refuses the user's tokens and
@@ -214,6 +230,14 @@ class SuspendUser(Command):
 @COMMANDS.register
 class ReactivateUser(Command):
     command_type = "identity.ReactivateUser"
+    user_id: IdText
+
+
+@COMMANDS.register
+class EraseUser(Command):
+    """Erase a user's personal data (``renderctl erase user``); a repeat changes nothing."""
+
+    command_type = "identity.EraseUser"
     user_id: IdText
 
 

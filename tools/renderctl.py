@@ -16,6 +16,14 @@
                                           difference one per line, exit 1 if any
   renderctl create-admin --email E        create the first admin (password from RF_ADMIN_PASSWORD
                                           or a prompt); needs the identity service running
+  renderctl audit job ID [--json]         a job explained from every service's events, in time
+                                          order: API calls, steps, farm tasks, cost lines, holds
+                                          and captures, VM time; totals = its cost answer
+  renderctl audit user ID [--json]        a user's wallet: deposits, top-ups, holds, captures,
+                                          releases, per job; balance = the wallet's answer
+  renderctl export user ID [--output F]   everything held on a user as JSON (no secrets)
+  renderctl erase user ID                 erase a user's personal data (ADR 0018): e-mail, name,
+                                          the action log's IPs; the ledger stays; needs identity
 
 The users' commands talk to the gateway's HTTP API (``--api-url``, else ``RF_API_URL``, else
 ``make up``'s http://127.0.0.1:8700) as the user whose JWT or API key is in ``--token`` or
@@ -264,6 +272,79 @@ async def create_admin(settings: BaseServiceSettings, email: str, name: str) -> 
     return 0
 
 
+async def audit(args: argparse.Namespace, database_url: str) -> int:
+    """``audit job|user ID`` and ``export user ID``, on a read-only connection."""
+    from tools import audit as explain
+
+    pool = await read_only_pool(database_url, max_size=2)
+    try:
+        reader = explain.Reader(pool)
+        if args.command == "export":
+            text = json.dumps(await explain.export_user(reader, args.id), indent=2, sort_keys=True)
+            if args.output:
+                await asyncio.to_thread(Path(args.output).write_text, text + "\n")
+            else:
+                print(text)
+            return 0
+        if args.what == "user":
+            user = await explain.audit_user(reader, args.id)
+            user_json = json.dumps(user.to_json(), sort_keys=True)
+            print(user_json if args.json else explain.user_text(user))
+            return 0
+        job = await explain.audit_job(reader, args.id)
+        if job is None:
+            print(f"no job {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps(job.to_json(), sort_keys=True) if args.json else explain.job_text(job))
+        return 0
+    finally:
+        await pool.close()
+
+
+async def erase_user(settings: BaseServiceSettings, user_id: str) -> int:
+    """identity's ``EraseUser`` (its events overwritten in place, then ``UserErased``), then
+    the gateway's action log: the user's calls keep everything but the client IP."""
+    from contracts.errors import DomainError
+    from contracts.identity import ERASED, EraseUser, UserProfile
+    from libs.bus.commands import Actor, CommandClient
+    from libs.bus.nats import connect
+
+    nc = await connect(settings, "renderctl")
+    try:
+        profile = await CommandClient(nc, settings).send(
+            EraseUser(user_id=user_id),
+            UserProfile,
+            command_id=f"erase-user:{user_id}",
+            actor=Actor(kind="cli", id=getpass.getuser()),
+        )
+    except DomainError as e:
+        print(f"{e.code}: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('gateway.action_log')") is None:
+            calls = "UPDATE 0"
+        else:
+            calls = await conn.execute(
+                "UPDATE gateway.action_log SET client_ip = $2"
+                " WHERE (user_id = $1 OR (user_id IS NULL AND target_ids->>'user_id' = $1))"
+                " AND client_ip IS DISTINCT FROM $2",
+                user_id,
+                ERASED,
+            )
+    finally:
+        await conn.close()
+    print(
+        json.dumps(
+            {"user": profile.model_dump(mode="json"), "api_calls_erased": int(calls.split()[-1])},
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
 def rate(text: str) -> float:
     """``--limit-rate``: bytes per second, with an optional K, M or G (powers of 1000)."""
     scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
@@ -384,6 +465,17 @@ async def run(
     ad = sub.add_parser("create-admin", help="create an approved admin user")
     ad.add_argument("--email", required=True)
     ad.add_argument("--name", default="Administrator")
+    au = sub.add_parser("audit", help="explain a job or a user's wallet from the events")
+    au.add_argument("what", choices=["job", "user"])
+    au.add_argument("id")
+    au.add_argument("--json", action="store_true", help="one JSON object with every section")
+    ex = sub.add_parser("export", help="write everything held on a user as JSON")
+    ex.add_argument("what", choices=["user"])
+    ex.add_argument("id")
+    ex.add_argument("--output", help="a file to write (default: standard output)")
+    er = sub.add_parser("erase", help="erase a user's personal data (the ledger stays)")
+    er.add_argument("what", choices=["user"])
+    er.add_argument("id")
     rc = sub.add_parser("reconcile", help="compare Razorpay's payments with our credits")
     rc.add_argument("what", choices=["payments"])
     rc.add_argument("--from", dest="start", required=True, help="a date (UTC) or date-time")
@@ -401,6 +493,10 @@ async def run(
         return await create_admin(settings, args.email, args.name)
     if args.command == "reconcile":
         return await reconcile_payments(args, settings.database_url)
+    if args.command in ("audit", "export"):
+        return await audit(args, settings.database_url)
+    if args.command == "erase":
+        return await erase_user(settings, args.id)
     pool = await create_pool(settings.database_url, max_size=4)
     try:
         if args.command == "events":

@@ -26,6 +26,7 @@ from contracts.identity import (
     ApiKeySecret,
     ApproveUser,
     CreateApiKey,
+    EraseUser,
     Login,
     ReactivateUser,
     RecordApiKeyUse,
@@ -38,6 +39,7 @@ from contracts.identity import (
 )
 from libs import auth
 from libs.bus.commands import CommandServer
+from libs.eventstore.store import EventStore
 from libs.eventstore.uow import UnitOfWork
 from libs.ids import new_id
 from services.identity.domain import (
@@ -48,6 +50,7 @@ from services.identity.domain import (
     is_reuse,
     normalise_email,
 )
+from services.identity.erasure import shred
 from services.identity.passwords import hash_password, verify_password
 from services.identity.settings import IdentitySettings
 
@@ -80,6 +83,7 @@ class IdentityCommands:
         server.register(ApproveUser, self.approve_user)
         server.register(SuspendUser, self.suspend_user)
         server.register(ReactivateUser, self.reactivate_user)
+        server.register(EraseUser, self.erase_user)
         server.register(Login, self.login, store_reply=False)
         server.register(RefreshSession, self.refresh_session, store_reply=False)
         server.register(CreateApiKey, self.create_api_key, store_reply=False)
@@ -124,15 +128,28 @@ class IdentityCommands:
         user.reactivate(uow.actor_id, datetime.now(UTC))
         return user.profile()
 
+    async def erase_user(self, cmd: EraseUser, uow: UnitOfWork) -> UserProfile:
+        """Overwrite the user's personal fields in place, then record the tombstone
+        ``UserErased`` (ADR 0018). Overwriting first: a failure in between leaves the fields
+        erased and the command to be sent again, never a tombstone over readable data."""
+        user = await uow.get(User, cmd.user_id)
+        user.require_exists()
+        if not user.erased:
+            assert isinstance(uow.store, EventStore), "erasure overwrites PostgreSQL rows"
+            await shred(uow.store.pool, uow.store.schema, user.user_id)
+            user.erase(uow.actor_id, datetime.now(UTC))
+        return user.profile()
+
     # -- sessions -----------------------------------------------------------------------
 
     async def login(self, cmd: Login, uow: UnitOfWork) -> TokenPair:
         """The user is found through the e-mail claim, on the write side: no read model."""
         claim = await uow.get(EmailClaim, normalise_email(cmd.email))
         user = await uow.get(User, claim.user_id) if claim.user_id else None
-        stored = user.password_hash if user and user.exists else self._decoy_hash
+        found = user is not None and user.exists and not user.erased
+        stored = user.password_hash if user is not None and found else self._decoy_hash
         matches = await asyncio.to_thread(verify_password, cmd.password, stored)
-        if user is None or not user.exists or not matches:
+        if user is None or not found or not matches:
             raise InvalidCredentials(_BAD_CREDENTIALS)
         if user.suspended:
             raise AccountSuspended(_SUSPENDED)

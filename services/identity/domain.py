@@ -23,6 +23,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.identity import (
+    ERASED,
     ApiKeyCreated,
     ApiKeyInfo,
     ApiKeyRevoked,
@@ -34,6 +35,7 @@ from contracts.identity import (
     Role,
     Scope,
     UserApproved,
+    UserErased,
     UserProfile,
     UserReactivated,
     UserRegistered,
@@ -72,6 +74,7 @@ class User(Aggregate):
     approved_at: datetime | None = None
     #: While suspended: the status to go back to when reactivated.
     status_before_suspension: UserStatus | None = None
+    erased: bool = False
 
     def apply(self, event: Event) -> None:
         match event:
@@ -89,6 +92,11 @@ class User(Aggregate):
                 self.status = UserStatus.suspended
             case UserReactivated():
                 self.status, self.status_before_suspension = event.status, None
+            case UserErased():
+                # Its earlier events read "erased" already (overwritten in place); the
+                # password hash goes too: an erased user never logs in again.
+                self.email = self.display_name = ERASED
+                self.password_hash, self.erased = "", True
             case _:
                 raise TypeError(f"user cannot apply {type(event).__name__}")
 
@@ -168,6 +176,13 @@ class User(Aggregate):
                 status=self.status_before_suspension or UserStatus.active,
             )
         )
+
+    def erase(self, by: str, now: datetime) -> list[Event]:
+        """The tombstone, once; the caller has overwritten the personal fields already."""
+        self.require_exists()
+        if self.erased:
+            return []
+        return self.record(UserErased(user_id=self.user_id, erased_by=by, erased_at=now))
 
     def require_exists(self) -> None:
         if not self.exists:

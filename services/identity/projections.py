@@ -9,10 +9,12 @@ Tables: ``services/identity/migrations``.
 from __future__ import annotations
 
 from contracts.identity import (
+    ERASED,
     ApiKeyCreated,
     ApiKeyRevoked,
     ApiKeyUsed,
     UserApproved,
+    UserErased,
     UserReactivated,
     UserRegistered,
     UserStatus,
@@ -29,7 +31,8 @@ def _existing(row: Row | None, what: str) -> Row:
 
 
 class UsersProjection(ReadModel):
-    """``identity.users``: one row per user, with the password hash for logging in."""
+    """``identity.users``: one row per user, with the password hash for logging in; an
+    erased user's e-mail address, display name and hash read ``"erased"``."""
 
     name = "users"
     table = "users"
@@ -70,6 +73,13 @@ class UsersProjection(ReadModel):
     @on(UserReactivated, key=lambda e: (e.user_id,))
     def reactivated(self, row: Row | None, e: UserReactivated, rec: RecordedEvent) -> Row | None:
         return {**_existing(row, f"user {e.user_id}"), "status": e.status.value}
+
+    @on(UserErased, key=lambda e: (e.user_id,))
+    def erased(self, row: Row | None, e: UserErased, rec: RecordedEvent) -> Row | None:
+        """The row stays (jobs, keys and the ledger name the user id); what identifies the
+        person reads ``"erased"``, as the overwritten ``UserRegistered`` does on a rebuild."""
+        user = _existing(row, f"user {e.user_id}")
+        return {**user, "email": ERASED, "display_name": ERASED, "password_hash": ERASED}
 
 
 class ApiKeysProjection(ReadModel):

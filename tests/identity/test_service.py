@@ -29,6 +29,7 @@ from contracts.identity import (
     ApiKeySecret,
     ApproveUser,
     CreateApiKey,
+    EraseUser,
     Login,
     RecordApiKeyUse,
     RefreshSession,
@@ -46,6 +47,7 @@ from services.identity.commands import IdentityCommands
 from services.identity.passwords import hash_password
 from services.identity.settings import IdentitySettings
 from tests.identity.conftest import ADMIN, PASSWORD, Identity
+from tests.waiting import until
 
 
 async def refused(command: Awaitable[object]) -> type[DomainError[Any]]:
@@ -81,6 +83,51 @@ async def approved_user(identity: Identity, email: str = "ada@example.com") -> U
 async def create_key(identity: Identity, user_id: str, **kw: object) -> ApiKeySecret:
     cmd = CreateApiKey(user_id=user_id, name="ci", scopes=[Scope.jobs_read], **kw)
     return await identity.send(cmd, ApiKeySecret)
+
+
+# -- erasure --------------------------------------------------------------------------
+
+
+async def test_erasing_a_user_overwrites_the_address_once_and_frees_it(
+    identity: Identity,
+) -> None:
+    user = await identity.register("Erin.Erased@Example.com", command_id="register:erin")
+    await identity.send(ApproveUser(user_id=user.user_id), UserProfile, actor=ADMIN)
+    await identity.login("erin.erased@example.com")
+    other = await approved_user(identity)
+    assert "erin.erased@example.com" in (await database_text(identity.pool)).lower()
+
+    erase = EraseUser(user_id=user.user_id)
+    erased = await identity.send(erase, UserProfile, actor=ADMIN)
+    assert (erased.email, erased.display_name, erased.status) == ("erased", "erased", "active")
+    again = await identity.send(erase, UserProfile, actor=ADMIN)  # another command id
+    assert again == erased
+    async with identity.pool.acquire() as conn:
+        tombstones = await conn.fetchval(
+            "SELECT count(*) FROM identity.events WHERE type = 'identity.UserErased'"
+        )
+        claims = await conn.fetch(
+            "SELECT stream_id, data->>'email' AS email FROM identity.events"
+            " WHERE type = 'identity.EmailClaimed' ORDER BY global_position"
+        )
+    assert tombstones == 1
+    assert [(c["stream_id"], c["email"]) for c in claims] == [
+        (f"email-erased-{user.user_id}", "erased"),
+        ("email-ada@example.com", other.email),
+    ]
+
+    async def erased_everywhere() -> bool:
+        return "erin.erased@example.com" not in (await database_text(identity.pool)).lower()
+
+    await until(erased_everywhere, "the address gone from every identity table")
+    assert await refused(identity.login("erin.erased@example.com")) is InvalidCredentials
+    assert await refused(identity.send(EraseUser(user_id="usr_nobody"), UserProfile)) is (
+        UserNotFound
+    )
+    # The address is free again: a new user, and the other user is untouched.
+    anew = await identity.register("erin.erased@example.com")
+    assert anew.user_id != user.user_id
+    await identity.login(other.email)
 
 
 # -- registration and approval ---------------------------------------------------------

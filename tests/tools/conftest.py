@@ -16,6 +16,14 @@ from deploy.local.servers import free_port
 from libs.runtime import ServiceRuntime
 from services.gateway.service import Gateway
 
+# The render path as processes (a job that renders and is charged), for the audit tests.
+from tests.render.conftest import (  # noqa: F401
+    farm_blender,
+    farm_process,
+    render_system,
+    scene_env,
+)
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
