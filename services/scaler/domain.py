@@ -101,6 +101,14 @@ class InstanceOption:
     hourly_price_usd: Decimal
     #: None: no spot market for this type.
     spot_hourly_price_usd: Decimal | None = None
+    #: Where to launch it (the provider's region); None: the provider's default. The same
+    #: type listed in two regions is two options: one refusing is backed off, the next tried.
+    region: str | None = None
+
+    @property
+    def placement(self) -> str:
+        """What a back-off is kept for: the type, in its region when one is given."""
+        return self.name if self.region is None else f"{self.name}@{self.region}"
 
     def price(self, spot: bool) -> Decimal:
         if spot and self.spot_hourly_price_usd is not None:
@@ -185,6 +193,29 @@ def launch_accepted(
 
 
 # -- the snapshot ---------------------------------------------------------------------------
+
+
+def affordable_tasks(
+    cap_credits: Decimal | None,
+    so_far_credits: Decimal,
+    lines: int,
+    expected_credits: Decimal | None,
+    tasks: int | None,
+) -> int | None:
+    """How many more tasks a job's budget pays for: what is left of its cost cap over the
+    mean cost of its tasks so far (before any, the estimate's expected cost per task).
+    None: no cap, or nothing to price a task by (the budget does not bind)."""
+    if cap_credits is None:
+        return None
+    if lines:
+        per_task = so_far_credits / lines
+    elif expected_credits is not None and tasks:
+        per_task = expected_credits / tasks
+    else:
+        return None
+    if per_task <= 0:
+        return None
+    return max(0, int((cap_credits - so_far_credits) / per_task))
 
 
 @dataclass(frozen=True)
@@ -286,9 +317,15 @@ class Launch:
     hourly_price_usd: Decimal
     reason: Reason
     inputs: Inputs
+    region: str | None = None
+
+    @property
+    def placement(self) -> str:
+        """The back-off key of what it launches (see :attr:`InstanceOption.placement`)."""
+        return self.instance_type if self.region is None else f"{self.instance_type}@{self.region}"
 
     def spec(self, vm_id: str) -> LaunchSpec:
-        return LaunchSpec(vm_id, self.pool, self.instance_type, self.spot)
+        return LaunchSpec(vm_id, self.pool, self.instance_type, self.spot, self.region)
 
 
 @dataclass(frozen=True)
@@ -437,7 +474,7 @@ class _Ledger:
 
 def _pick_type(policy: PoolPolicy, now: float, backoffs: Backoffs) -> InstanceOption | None:
     for option in policy.instance_types:
-        b = backoffs.get((policy.name, option.name))
+        b = backoffs.get((policy.name, option.placement))
         if b is None or b.until <= now:
             return option
     return None
@@ -519,7 +556,9 @@ def decide(
             "max_vms": limits.max_vms,
             "max_spend_per_hour_usd": str(limits.max_spend_per_hour_usd),
         }
-        ledger.launches.append(Launch(s.pool, option.name, spot, price, reason, inputs))
+        ledger.launches.append(
+            Launch(s.pool, option.name, spot, price, reason, inputs, option.region)
+        )
     by_pool = {s.pool: s for s in sizings}
     held = tuple(
         Held(pool, n, reason, by_pool[pool].inputs()) for (pool, reason), n in ledger.held.items()

@@ -48,6 +48,8 @@ class JobQueue:
     submitted_at: float
     #: Its completed tasks' mean render time; None before one completed.
     task_seconds: float | None = None
+    #: The JobInfo ``BatchName``: the deadline-bridge puts our job's id there.
+    batch: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class FarmQueue:
                         waiting=job["QueuedChunks"],
                         running=job["RenderingChunks"],
                         submitted_at=_epoch(job["Date"]),
+                        batch=str(job["Props"].get("Batch") or ""),
                         task_seconds=await self._task_seconds(job),
                     )
                 )

@@ -54,7 +54,7 @@ def policies_of(settings: ScalerSettings) -> list[PoolPolicy]:
         PoolPolicy(
             name=p.name,
             instance_types=tuple(
-                InstanceOption(i.name, i.hourly_price_usd, i.spot_hourly_price_usd)
+                InstanceOption(i.name, i.hourly_price_usd, i.spot_hourly_price_usd, i.region)
                 for i in p.instance_types
             ),
             min_workers=p.min_workers,
@@ -71,12 +71,19 @@ def policies_of(settings: ScalerSettings) -> list[PoolPolicy]:
 
 
 def queues_of(
-    farm: FarmSnapshot, pools: Sequence[PoolSetting], workers: Mapping[str, str]
+    farm: FarmSnapshot,
+    pools: Sequence[PoolSetting],
+    workers: Mapping[str, str],
+    affordable: Mapping[str, int] | None = None,
 ) -> dict[str, PoolQueue]:
     """The policy's queues from the farm's: each job's waiting tasks at its measured task
     time (the pool's ``task_seconds`` before one completed), a test-render pool's due
     ``TEST_RENDER_SLA_SECONDS`` after the farm job's submission; a rendering task has half
-    its job's task time left. ``workers`` maps farm worker names to our vm ids."""
+    its job's task time left. ``workers`` maps farm worker names to our vm ids. A job in
+    ``affordable`` (by our job id, the farm job's batch) counts no more waiting tasks than
+    its budget pays for, less those rendering: no machine is launched for work the job's
+    cost cap will stop."""
+    affordable = affordable or {}
     by_name = {p.name: p for p in pools}
     waiting: dict[str, list[QueuedWork]] = {p.name: [] for p in pools}
     seconds: dict[str, float] = {}
@@ -85,10 +92,13 @@ def queues_of(
         if p is None:
             continue
         seconds[job.job_id] = job.task_seconds or p.task_seconds
-        if job.waiting:
+        waiting_tasks = job.waiting
+        if job.batch in affordable:
+            waiting_tasks = min(waiting_tasks, max(0, affordable[job.batch] - job.running))
+        if waiting_tasks:
             deadline = job.submitted_at + TEST_RENDER_SLA_SECONDS if p.test_renders else None
             work = QueuedWork(
-                job.job_id, job.waiting, seconds[job.job_id], deadline, p.test_renders
+                job.job_id, waiting_tasks, seconds[job.job_id], deadline, p.test_renders
             )
             waiting[p.name].append(work)
     queues: dict[str, PoolQueue] = {}
@@ -116,6 +126,9 @@ class FleetRound:
     settings: ScalerSettings
     #: Machines the fleet read model lists as not ended (it may lag: ``known`` covers that).
     recorded_live: Callable[[], Awaitable[set[str]]]
+    #: Our jobs' budgets: for the job ids given, how many more tasks each may pay for (jobs
+    #: whose budget does not bind are left out).
+    budgets: Callable[[Sequence[str]], Awaitable[Mapping[str, int]]] | None = None
     clock: Clock = field(default=lambda: datetime.now(UTC))
     #: Machines this process recorded and has not seen end.
     known: set[str] = field(default_factory=set)
@@ -136,7 +149,9 @@ class FleetRound:
         policies = policies_of(self.settings)
         limits = FleetLimits(self.settings.max_vms, self.settings.max_spend_per_hour_usd)
         t = now.timestamp()
-        queues = queues_of(farm, self.settings.pools, names)
+        batches = sorted({j.batch for j in farm.jobs if j.batch})
+        affordable = await self.budgets(batches) if self.budgets and batches else {}
+        queues = queues_of(farm, self.settings.pools, names, affordable)
         decision = decide(t, policies, limits, queues, fleet, self.backoffs)
         await self._act(decision, vms, now)
         return decision
@@ -245,7 +260,7 @@ class FleetRound:
                 provider=self.provider.name,
                 instance_type=launch.instance_type,
                 spot=launch.spot,
-                region=None,
+                region=launch.region,
                 hourly_price_usd=launch.hourly_price_usd,
                 reason=launch.reason.value,
                 decision_id=decision_id,
@@ -258,12 +273,12 @@ class FleetRound:
                 info = await self.provider.launch(launch.spec(vm_id))
             except LaunchRefused as e:
                 self.backoffs = launch_refused(
-                    self.backoffs, launch.pool, launch.instance_type, now.timestamp(), e.reason
+                    self.backoffs, launch.pool, launch.placement, now.timestamp(), e.reason
                 )
                 await self._record(vm_id, partial(Vm.launch_failed, reason=e.reason, at=now))
                 log.error("vm_launch_refused", vm_id=vm_id, reason=e.reason)
                 continue
-            self.backoffs = launch_accepted(self.backoffs, launch.pool, launch.instance_type)
+            self.backoffs = launch_accepted(self.backoffs, launch.pool, launch.placement)
             await self._record(
                 vm_id, partial(Vm.launch_accepted, request_id=info.request_id, at=now)
             )

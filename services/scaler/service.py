@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from libs.leader import leadership, lock_key, sleep_or_stop
 from libs.logging import get_logger
+from libs.readmodels import billing as billing_queries
+from libs.readmodels.billing import BillingQuery
 from libs.runtime import ServiceRuntime
 from libs.service import Service
+from services.scaler.domain import affordable_tasks
 from services.scaler.farm import FarmQueue
 from services.scaler.fleet import FleetRound
 from services.scaler.projections import FleetProjection, VmUsageProjection
@@ -90,6 +95,35 @@ async def launches_in_flight(rt: ServiceRuntime[Any]) -> list[VmInfo]:
     ]
 
 
+def budgets_from(billing: BillingQuery) -> Callable[[Sequence[str]], Awaitable[dict[str, int]]]:
+    """Our jobs' budgets from billing's published read model (``libs/readmodels/billing``):
+    how many more tasks each capped job pays for. Without billing's tables (a scaler run on
+    its own) no budget binds."""
+
+    async def affordable(job_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for job_id in job_ids:
+            try:
+                cost = await billing.job_cost(job_id)
+            except asyncpg.UndefinedTableError:
+                return {}
+            if cost is None:
+                continue
+            estimate = cost.estimate
+            tasks = affordable_tasks(
+                cost.cap_credits,
+                cost.so_far_credits,
+                cost.lines,
+                estimate.expected_credits if estimate else None,
+                estimate.assumptions.tasks if estimate else None,
+            )
+            if tasks is not None:
+                found[job_id] = tasks
+        return found
+
+    return affordable
+
+
 async def wire(rt: ServiceRuntime[Scaler]) -> Scaler:
     assert isinstance(rt.settings, ScalerSettings)
     settings = rt.settings
@@ -110,7 +144,10 @@ async def wire(rt: ServiceRuntime[Scaler]) -> Scaler:
         return {r["vm_id"] for r in rows}
 
     provider = provider_of(settings, farm, await launches_in_flight(rt))
-    fleet = FleetRound(rt.store, provider, FarmQueue(farm), settings, recorded_live)
+    billing = BillingQuery(rt.pool, billing_queries.SCHEMA)
+    fleet = FleetRound(
+        rt.store, provider, FarmQueue(farm), settings, recorded_live, budgets_from(billing)
+    )
     scaler = Scaler(rt, fleet)
     rt.background("fleet", scaler.run)
     rt.readiness_checks.append(scaler.readiness)

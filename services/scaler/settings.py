@@ -24,6 +24,9 @@ class InstanceSetting(BaseModel):
     name: str
     hourly_price_usd: Decimal = Field(ge=0)
     spot_hourly_price_usd: Decimal | None = Field(default=None, ge=0)
+    #: The provider's region; the same type in another region is another option, tried
+    #: when this one is refused and backed off.
+    region: str | None = None
 
 
 class PoolSetting(BaseModel):

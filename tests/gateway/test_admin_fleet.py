@@ -144,6 +144,12 @@ async def test_usage_per_day_and_pool_with_the_farms_overhead_and_per_user_task_
     )
     assert r.status_code == 200, r.text
     job = await create_job(client, scenes, users.headers(user))
+
+    async def opened() -> bool:
+        r = await client.get(f"/v1/jobs/{job}/cost", headers=users.headers(user))
+        return bool(r.status_code == 200 and r.json()["cost_status"] == "held")
+
+    await until(opened, "billing to open and hold the job's cost", timeout=60)
     for task, seconds in ((1, 1800.0), (2, 1800.0)):
         await charge(billing, job, task, seconds)
     yesterday, today = (midnight - timedelta(days=1)).date(), midnight.date()

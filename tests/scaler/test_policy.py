@@ -16,6 +16,7 @@ from services.scaler.domain import (
     RunningTask,
     Worker,
     WorkerStatus,
+    affordable_tasks,
     decide,
     launch_accepted,
     launch_refused,
@@ -179,6 +180,19 @@ def test_a_refusing_type_is_backed_off_exponentially_and_the_next_type_tried() -
     assert launch_accepted(again, "full", BIG.name) == {}
 
 
+def test_a_type_refused_in_one_region_is_tried_in_the_next_configured_region() -> None:
+    east = InstanceOption("c6i.16xlarge", Decimal("2.72"), region="us-east-1")
+    west = InstanceOption("c6i.16xlarge", Decimal("2.90"), region="us-west-2")
+    pool = PoolPolicy("full", (east, west), max_workers=5)
+    queues = {"full": PoolQueue((QueuedWork("j", 1, 3600.0),))}
+    [first] = decide(NOW, [pool], LIMITS, queues, []).launches
+    assert (first.region, first.spec("vm_1").region) == ("us-east-1", "us-east-1")
+    backoffs = launch_refused({}, "full", first.placement, NOW, "InsufficientInstanceCapacity")
+    [second] = decide(NOW, [pool], LIMITS, queues, [], backoffs).launches
+    assert (second.instance_type, second.region) == ("c6i.16xlarge", "us-west-2")
+    assert second.hourly_price_usd == Decimal("2.90")
+
+
 def test_every_type_backed_off_holds_the_launch() -> None:
     backoffs = launch_refused({}, "full", BIG.name, NOW, "quota")
     backoffs = launch_refused(backoffs, "full", BIG_OLD.name, NOW, "quota")
@@ -215,3 +229,14 @@ def test_a_decision_states_its_reason_and_inputs() -> None:
         SMALL.name,
         False,
     )
+
+
+def test_a_jobs_budget_pays_for_so_many_more_tasks_at_its_cost_per_task_so_far() -> None:
+    # 4 tasks cost 2.00: 0.50 each; a cap of 5.00 leaves 3.00, six tasks more.
+    assert affordable_tasks(Decimal("5.00"), Decimal("2.00"), 4, None, None) == 6
+    # Before any task: the estimate's expected cost per task (12.00 over 24 tasks).
+    assert affordable_tasks(Decimal("3.00"), Decimal("0"), 0, Decimal("12.00"), 24) == 6
+    # At its cap: nothing more; no cap, or nothing to price a task by: the budget does not bind.
+    assert affordable_tasks(Decimal("2.00"), Decimal("2.00"), 4, None, None) == 0
+    assert affordable_tasks(None, Decimal("2.00"), 4, None, None) is None
+    assert affordable_tasks(Decimal("9.00"), Decimal("0"), 0, None, None) is None

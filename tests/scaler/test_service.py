@@ -372,3 +372,34 @@ async def test_a_preempted_machines_task_is_requeued_and_the_job_finishes_on_ano
             assert machines[first] == "preempted" and len(machines) == 2
         finally:
             await rt.stop()
+
+
+async def test_a_job_finishes_across_a_scale_in(
+    scaler: ServiceRuntime[Any], farm: Farm, tmp_path: Path
+) -> None:
+    long = submit(farm, blender_job("long", "1-40", tmp_path / "long", Pool="render", ChunkSize=40))
+    short = submit(
+        farm, blender_job("short", "1-2", tmp_path / "short", Pool="render", ChunkSize=2)
+    )
+
+    async def two_busy() -> bool:
+        return [r["phase"] for r in await vms(scaler)].count("busy") == 2
+
+    await until(two_busy, "a machine for each job", timeout=60)
+    await until(lambda: _completed(farm, short), "the short job rendered", timeout=60)
+
+    async def scaled_in() -> bool:
+        return [r["phase"] for r in await vms(scaler)].count("stopped") == 1
+
+    await until(scaled_in, "the idle machine drained and stopped", timeout=30)
+    assert get_job(farm, long)["Stat"] != 3  # still rendering on the machine kept
+    await until(lambda: _completed(farm, long), "the long job rendered", timeout=90)
+    frames = sorted(p.name for p in (tmp_path / "long").iterdir())
+    assert frames == [f"frame_{f:04d}.png" for f in range(1, 41)]
+
+    async def kept_idle() -> asyncpg.Record | None:
+        kept = [r for r in await vms(scaler) if r["phase"] != "stopped"]
+        return kept[0] if [r["phase"] for r in kept] == ["idle"] else None
+
+    kept = await until(kept_idle, "the kept machine idle", timeout=30)
+    assert kept["busy_seconds"] > 10  # it rendered the long job: 40 frames of 0.3 s
