@@ -47,6 +47,7 @@ from libs.service import Service
 from services.gateway.actionlog import ActionLog
 from services.gateway.app import create_app
 from services.gateway.auth import Authenticator
+from services.gateway.feed import ConnectionLimiter, FeedHub
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.readmodels import ReadModels
@@ -88,6 +89,14 @@ class Gateway:
         self.billing = BillingQuery(read_pool, billing_queries.SCHEMA)
         #: The render fleet and its VM time (the scaler's read models).
         self.fleet = FleetQuery(read_pool, fleet_queries.SCHEMA)
+        #: The live feed: this process's follower of notifier.feed, and the per-user limit.
+        self.feed = FeedHub(self.notifications, settings.sse_poll_seconds)
+        self.streams = ConnectionLimiter(
+            redis,
+            settings.redis_prefix,
+            settings.sse_connections_per_user,
+            3 * settings.sse_heartbeat_seconds,
+        )
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
             redis,
@@ -191,6 +200,7 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
     gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
     rt.background("api-key-use", gw.run_key_uses)
+    rt.background("feed", gw.feed.run)
     # Revocations pushed by identity's relay (a core subscription on the events subject:
     # every gateway process gets each one). After a reconnect the key cache is dropped.
     sub = await rt.nc.subscribe(
@@ -227,6 +237,7 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
             served.set()
 
     async def stop_http() -> None:
+        gw.feed.close()  # live feed streams end, so they do not hold the stop
         server.should_exit = True
         if serving:  # serve() returns once in-flight requests are answered
             await served.wait()

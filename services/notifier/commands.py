@@ -207,6 +207,18 @@ FEED_WALLET_EVENTS: tuple[type[Event], ...] = (
     HoldExpired,
 )
 
+#: Everything the consumer reads: addresses, owners, triggers and feed items.
+CONSUMED: tuple[type[Event], ...] = (
+    UserRegistered,
+    TopUpOrdered,
+    JobCostCapReached,
+    TopUpCredited,
+    PaymentFailed,
+    UploadExpired,
+    *FEED_JOB_EVENTS,
+    *FEED_WALLET_EVENTS,
+)
+
 
 class _AlreadyHandled(Exception):
     """The event is in the inbox: another delivery handled it."""
@@ -219,19 +231,7 @@ class TriggerEvents:
     past the inbox would find it made."""
 
     durable = "notifier"
-    subjects = tuple(
-        f"events.{cls.event_type}"
-        for cls in (
-            UserRegistered,
-            TopUpOrdered,
-            JobCostCapReached,
-            TopUpCredited,
-            PaymentFailed,
-            UploadExpired,
-            *FEED_JOB_EVENTS,
-            *FEED_WALLET_EVENTS,
-        )
-    )
+    subjects = tuple(f"events.{cls.event_type}" for cls in CONSUMED)
 
     def __init__(
         self,
