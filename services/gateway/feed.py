@@ -26,15 +26,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
+import asyncpg
 import orjson
 import redis.asyncio as aioredis
 from sse_starlette.event import ServerSentEvent
 
 from contracts.notifications import FEED_PAGE
-from libs.logging import get_logger
+from libs.leader import sleep_or_stop
 from libs.readmodels.notifications import FeedRow, NotificationsQuery
-
-log = get_logger(__name__)
 
 #: Items waiting for one slow connection before it drops them and reads the table instead.
 MAX_WAITING = 1000
@@ -143,7 +142,13 @@ class FeedHub:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Background task: hand every new feed item to its user's connections here."""
-        cursor = await self.query.feed_end()
+        while True:  # the notifier may not have made its tables yet
+            try:
+                cursor = await self.query.feed_end()
+                break
+            except asyncpg.UndefinedTableError:
+                if await sleep_or_stop(stopping, 1.0):
+                    return
         while not stopping.is_set():
             rows = await self.query.feed_since(*cursor, FEED_PAGE)
             self.polls += 1
@@ -153,8 +158,7 @@ class FeedHub:
             if rows:
                 cursor = (rows[-1].tx_id, rows[-1].position)
             if len(rows) < FEED_PAGE:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.poll_seconds)
+                await sleep_or_stop(stopping, self.poll_seconds)
 
 
 def feed_event(row: FeedRow) -> ServerSentEvent:

@@ -8,6 +8,10 @@ from libs.config import BaseServiceSettings
 class NotifierSettings(BaseServiceSettings):
     env_section = "notifier"
     service_name: str = "notifier"
+    #: Ten connections are held all the time (the relay, seven projections' leader locks,
+    #: the webhook sender's and the mailer's): the pool needs room beyond them for the
+    #: consumer, the projectors' batches, commands and the workers' appends.
+    db_pool_size: int = 20
 
     #: ``balance.low`` when available credits fall below this.
     low_balance_credits: Decimal = Field(default=Decimal("10"), ge=0)
