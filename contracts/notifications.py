@@ -438,8 +438,8 @@ class EmailAttempted(Event):
 
 
 @EVENTS.register
-class EmailSent(Event):
-    event_type = "notifier.EmailSent"
+class EmailDelivered(Event):
+    event_type = "notifier.EmailDelivered"
     email_id: str
     user_id: str
     attempts: int

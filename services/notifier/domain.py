@@ -40,8 +40,8 @@ from contracts.notifications import (
     DeliveryStatus,
     EmailAttempted,
     EmailDeadLettered,
+    EmailDelivered,
     EmailScheduled,
-    EmailSent,
     FeedItemAppended,
     JobPausedForCredits,
     JobStoppedAtCap,
@@ -680,7 +680,7 @@ class Mail(Aggregate):
             case EmailAttempted():
                 self.attempts = event.attempt
                 self.next_attempt_at = event.next_attempt_at
-            case EmailSent():
+            case EmailDelivered():
                 self.status = DeliveryStatus.succeeded
             case EmailDeadLettered():
                 self.status = DeliveryStatus.dead_lettered
@@ -732,7 +732,7 @@ class Mail(Aggregate):
             )
         ]
         if ok:
-            events.append(EmailSent(**ids, attempts=attempt, at=at))
+            events.append(EmailDelivered(**ids, attempts=attempt, at=at))
         elif retry_at is None:
             events.append(
                 EmailDeadLettered(**ids, attempts=attempt, last_error=outcome.describe(), at=at)

@@ -2,7 +2,7 @@
 
 It finds due e-mails in ``notifier.mails`` and hands each to the SMTP server, at most
 ``email_concurrency`` at once, each hand-over bounded by ``email_timeout_seconds``. Every
-attempt is recorded on the e-mail (``EmailAttempted``, then ``EmailSent``, the next attempt's
+attempt is recorded on the e-mail (``EmailAttempted``, then ``EmailDelivered``, the next attempt's
 time with back-off and jitter, or ``EmailDeadLettered`` past the retry window). An e-mail is
 scheduled once per notification; the message's ``Message-ID`` is derived from the
 notification's id, so the one case that can send it twice (the server took it and this

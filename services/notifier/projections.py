@@ -8,8 +8,8 @@ from contracts.notifications import (
     DeliveryStatus,
     EmailAttempted,
     EmailDeadLettered,
+    EmailDelivered,
     EmailScheduled,
-    EmailSent,
     FeedItemAppended,
     NotificationCreated,
     NotificationPreferencesSet,
@@ -267,8 +267,8 @@ class MailsProjection(ReadModel):
             "updated_at": e.at,
         }
 
-    @on(EmailSent, key=lambda e: (e.email_id,))
-    def sent(self, row: Row | None, e: EmailSent, rec: RecordedEvent) -> Row | None:
+    @on(EmailDelivered, key=lambda e: (e.email_id,))
+    def sent(self, row: Row | None, e: EmailDelivered, rec: RecordedEvent) -> Row | None:
         return None if row is None else {**row, "status": DeliveryStatus.succeeded.value}
 
     @on(EmailDeadLettered, key=lambda e: (e.email_id,))
