@@ -34,6 +34,8 @@ MAX_ENDPOINTS_PER_USER = 10
 MAX_MARKED_AT_ONCE = 500
 #: Longest endpoint URL.
 MAX_URL_LENGTH = 2000
+#: Feed items one read answers at most (a client resuming from far back gets them in pages).
+FEED_PAGE = 500
 
 
 class NotificationKind(StrEnum):
@@ -191,6 +193,39 @@ WebhookUrl = Annotated[str, Field(min_length=8, max_length=MAX_URL_LENGTH)]
 Kinds = Annotated[list[NotificationKind], Field(min_length=1, max_length=len(NotificationKind))]
 
 
+class Channel(StrEnum):
+    """Where a notification goes: the in-app list (and the live feed), webhooks, e-mail."""
+
+    in_app = "in_app"
+    webhook = "webhook"
+    email = "email"
+
+
+class KindChannels(BaseModel):
+    """The channels one kind goes to; every one is on until the user turns it off."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    in_app: bool = True
+    webhook: bool = True
+    email: bool = True
+
+    def on(self, channel: Channel) -> bool:
+        return bool(getattr(self, channel.value))
+
+
+class KindChannelsChange(BaseModel):
+    """A change to one kind's channels: the fields given are set, the others kept."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    in_app: bool | None = None
+    webhook: bool | None = None
+    email: bool | None = None
+
+
+def all_channels_on() -> dict[NotificationKind, KindChannels]:
+    return {k: KindChannels() for k in NotificationKind}
+
+
 class DeliveryStatus(StrEnum):
     pending = "pending"  # waiting for its next attempt
     succeeded = "succeeded"  # the receiver answered 2xx
@@ -218,6 +253,7 @@ class NotificationCreated(Event):
     trigger event and the user, so a trigger delivered twice makes one)."""
 
     event_type = "notifier.NotificationCreated"
+    schema_version = 2
     notification_id: str
     user_id: str
     kind: NotificationKind
@@ -226,7 +262,15 @@ class NotificationCreated(Event):
     payload: dict[str, Any]
     trigger_event_id: str
     trigger_event_type: str
+    #: Shown in the in-app list and the live feed (schema 2; the user's preference).
+    in_app: bool
     at: datetime
+
+
+@EVENTS.upcaster(NotificationCreated.event_type, from_version=1)
+def _created_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no preferences: every notification was listed."""
+    return {**data, "in_app": True}
 
 
 @EVENTS.register
@@ -341,6 +385,95 @@ class WebhookDeliveryReplayed(Event):
     at: datetime
 
 
+@EVENTS.register
+class NotificationPreferencesSet(Event):
+    """The user's channels per kind, as they are from now on (stream ``preferences-<user>``)."""
+
+    event_type = "notifier.NotificationPreferencesSet"
+    user_id: str
+    kinds: dict[NotificationKind, KindChannels]
+    at: datetime
+
+
+@EVENTS.register
+class RecipientAddressRecorded(Event):
+    """The address e-mails to the user go to, from identity's ``UserRegistered`` (stream
+    ``recipient-<user>``). Private: masked on the bus."""
+
+    event_type = "notifier.RecipientAddressRecorded"
+    private_fields = frozenset({"email"})
+    user_id: str
+    email: str
+    at: datetime
+
+
+@EVENTS.register
+class EmailScheduled(Event):
+    """A notification is to be e-mailed to its user (stream ``mail-<id>``; the id derived
+    from the notification's, so one per notification)."""
+
+    event_type = "notifier.EmailScheduled"
+    email_id: str
+    user_id: str
+    notification_id: str
+    kind: NotificationKind
+    due_at: datetime
+    at: datetime
+
+
+@EVENTS.register
+class EmailAttempted(Event):
+    """One hand-over to the SMTP server: accepted, or why not."""
+
+    event_type = "notifier.EmailAttempted"
+    email_id: str
+    user_id: str
+    attempt: int
+    error: str | None
+    duration_ms: int
+    succeeded: bool
+    #: When the next attempt is due; null when none follows.
+    next_attempt_at: datetime | None
+    at: datetime
+
+
+@EVENTS.register
+class EmailDelivered(Event):
+    event_type = "notifier.EmailDelivered"
+    email_id: str
+    user_id: str
+    attempts: int
+    at: datetime
+
+
+@EVENTS.register
+class EmailDeadLettered(Event):
+    """Every attempt within the retry window failed (or there is no address): no more."""
+
+    event_type = "notifier.EmailDeadLettered"
+    email_id: str
+    user_id: str
+    attempts: int
+    last_error: str
+    at: datetime
+
+
+@EVENTS.register
+class FeedItemAppended(Event):
+    """One item of the user's live feed (stream ``feed-<user>``): ``seq`` is the stream's
+    version, 1, 2, 3, ... with no gaps, the cursor a client resumes from. ``item_type`` is
+    the source event's type (``job.JobCompleted``, ``wallet.CreditsHeld``) or
+    ``notification.created`` / ``notification.read``; ``data`` its public fields."""
+
+    event_type = "notifier.FeedItemAppended"
+    user_id: str
+    seq: int
+    item_type: str
+    data: dict[str, Any]
+    source_event_id: str
+    at: datetime
+
+
 # --- replies -----------------------------------------------------------------------------
 
 
@@ -370,6 +503,12 @@ class WebhookDelivery(BaseModel):
     next_attempt_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class NotificationPreferences(BaseModel):
+    """Every kind with its channels."""
+
+    kinds: dict[NotificationKind, KindChannels]
 
 
 class NotificationsMarked(BaseModel):
@@ -416,3 +555,12 @@ class MarkNotificationsRead(Command):
     command_type = "notifier.MarkNotificationsRead"
     user_id: str
     notification_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_MARKED_AT_ONCE)]
+
+
+@COMMANDS.register
+class SetNotificationPreferences(Command):
+    """Change some kinds' channels; the kinds and channels not named are kept."""
+
+    command_type = "notifier.SetNotificationPreferences"
+    user_id: str
+    changes: Annotated[dict[NotificationKind, KindChannelsChange], Field(min_length=1)]

@@ -71,3 +71,16 @@ class WebhookLimitReached(DomainError[EndpointLimit]):
     http_status = 409
     retryable = False
     Details = EndpointLimit
+
+
+class StreamLimit(ErrorDetails):
+    limit: int = Field(description="Most live feed connections a user may hold at once.")
+
+
+class StreamLimitReached(DomainError[StreamLimit]):
+    """The user holds as many live feed connections as allowed: close one, or retry later."""
+
+    code = "stream_limit_reached"
+    http_status = 429
+    retryable = True
+    Details = StreamLimit

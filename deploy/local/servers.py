@@ -952,3 +952,51 @@ def start_razorpay(
     )
     _wait_ready(handle, proc, lambda: _http_ok(f"http://127.0.0.1:{port}/"), timeout)
     return handle
+
+
+# -- SMTP sink --------------------------------------------------------------------------
+
+
+def _smtp_ready(port: int) -> bool:
+    """Whether an SMTP server on ``port`` greets (220)."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=2) as smtp:
+        return bool(smtp.noop()[0] == 250)
+
+
+def start_smtp(
+    maildir: Path,
+    port: int,
+    *,
+    detach: bool = False,
+    pidfile: Path | None = None,
+    log_file: Path | None = None,
+    timeout: float = 30.0,
+) -> ServerHandle:
+    """Start a local SMTP sink (``aiosmtpd``, the ``local`` extra) on 127.0.0.1:``port``: it
+    accepts every message and stores it in the Maildir ``maildir`` (read it with
+    :class:`mailbox.Maildir`). Log: default ``<maildir>.log``; pidfile (detached only):
+    default ``<maildir>.pid``."""
+    maildir = maildir.resolve()
+    maildir.parent.mkdir(parents=True, exist_ok=True)
+    _check_port_free(port)
+    log_file = (log_file or maildir.with_suffix(".log")).resolve()
+    args = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"]
+    args += ["-c", "aiosmtpd.handlers.Mailbox", str(maildir)]
+    proc = _spawn(args, log_file, detach=detach)
+    if detach:
+        pidfile = pidfile or maildir.with_suffix(".pid")
+        _write_pidfile(pidfile, proc.pid)
+    handle = ServerHandle(
+        "smtp",
+        proc.pid,
+        f"smtp://127.0.0.1:{port}",
+        marker="aiosmtpd",
+        proc=proc,
+        detached=detach,
+        log_file=log_file,
+        pidfile=pidfile if detach else None,
+    )
+    _wait_ready(handle, proc, lambda: _smtp_ready(port), timeout)
+    return handle

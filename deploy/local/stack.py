@@ -69,6 +69,10 @@ RENDERS_DIR = RUN_DIR / "renders"
 RAZORPAY_PORT = 18090
 RAZORPAY_DIR = RUN_DIR / "razorpay"
 RAZORPAY_KEY_ID = "rzp_test_localstack0001"
+#: The local SMTP sink (aiosmtpd) the notifier e-mails to, unless RF_SMTP_HOST names a
+#: server: every message lands in the Maildir MAIL_DIR.
+SMTP_PORT = 18025
+MAIL_DIR = RUN_DIR / "mail"
 HEALTH_PORT_BASE = 8701
 DATABASE_NAME = "renderfarm"
 READY_TIMEOUT = 30.0
@@ -218,7 +222,7 @@ def _ready_url(port: int) -> str:
 
 def _running_service_names() -> list[str]:
     """Services with a pidfile: those listed first (in order), then any others."""
-    server_names = {s.name for s in SERVERS} | {"farm", "razorpay"}
+    server_names = {s.name for s in SERVERS} | {"farm", "razorpay", "smtp"}
     found = sorted(p.stem for p in PID_DIR.glob("*.pid") if p.stem not in server_names)
     return [n for n in SERVICES if n in found] + [n for n in found if n not in SERVICES]
 
@@ -434,6 +438,27 @@ def _start_razorpay(env: dict[str, str]) -> None:
     print(f"razorpay: started (pid {handle.pid}), {url} (stand-in; test controls under /_test/)")
 
 
+def _start_smtp() -> None:
+    """The SMTP sink, unless ``RF_SMTP_HOST`` names a server to e-mail through."""
+    if os.environ.get("RF_SMTP_HOST"):
+        print("smtp: using RF_SMTP_HOST")
+        return
+    pidfile = PID_DIR / "smtp.pid"
+    url = f"smtp://127.0.0.1:{SMTP_PORT}"
+    if servers.attach("smtp", pidfile, url, "aiosmtpd") is not None:
+        print("smtp: already running")
+        return
+    if servers.port_in_use(SMTP_PORT):
+        raise StackError(f"smtp: port {SMTP_PORT} is in use; set RF_SMTP_HOST to use that one")
+    try:
+        handle = servers.start_smtp(
+            MAIL_DIR, SMTP_PORT, detach=True, pidfile=pidfile, log_file=LOG_DIR / "smtp.log"
+        )
+    except servers.ServerError as e:
+        raise StackError(f"smtp: {e}") from e
+    print(f"smtp: started (pid {handle.pid}), {url} (sink; messages in {MAIL_DIR})")
+
+
 def _wait_ready(handles: list[servers.ServerHandle]) -> None:
     timeout = float(os.environ.get("RF_STACK_READY_TIMEOUT", READY_TIMEOUT))
     deadline = time.monotonic() + timeout
@@ -476,6 +501,8 @@ def up() -> None:
         os.environ.get("RF_RAZORPAY_URL") or f"http://127.0.0.1:{RAZORPAY_PORT}"
     )
     env["RF_RAZORPAY_KEY_ID"] = os.environ.get("RF_RAZORPAY_KEY_ID") or RAZORPAY_KEY_ID
+    env["RF_SMTP_HOST"] = os.environ.get("RF_SMTP_HOST") or "127.0.0.1"
+    env["RF_SMTP_PORT"] = os.environ.get("RF_SMTP_PORT") or str(SMTP_PORT)
     # The upload service stages scenes into the folder the farm reads them from.
     for key, folder in (
         ("RF_SCENES_ROOT", SCENES_DIR),
@@ -492,6 +519,8 @@ def up() -> None:
     names = service_names()
     if "payments" in names:
         _start_razorpay(env)
+    if "notifier" in names:
+        _start_smtp()
     handles = [_start_service(n, health_port(n, names), env) for n in names]
     _wait_ready(([farm] if farm else []) + handles)
     print()
@@ -502,6 +531,7 @@ def up() -> None:
     print(f"  Farm:        {env['RF_FARM_URL']} (Deadline Web Service API)")
     print(f"  S3:          {env[S3.env_var]} (buckets rf-scenes, rf-outputs)")
     print(f"  Razorpay:    {env['RF_RAZORPAY_URL']} (key id {env['RF_RAZORPAY_KEY_ID']})")
+    print(f"  SMTP:        {env['RF_SMTP_HOST']}:{env['RF_SMTP_PORT']} (sink: Maildir {MAIL_DIR})")
     print(f"  Logs:        {LOG_DIR}/<name>.log")
     print(f"  Environment: {STACK_ENV_FILE}")
     print("  Stop with `make down`.")
@@ -533,6 +563,11 @@ def down() -> None:
         print(f"razorpay: stopping (pid {razorpay.pid})")
         razorpay.stop(timeout=SERVICE_STOP_TIMEOUT)
     (PID_DIR / "razorpay.pid").unlink(missing_ok=True)
+    smtp = servers.attach("smtp", PID_DIR / "smtp.pid", "", "aiosmtpd")
+    if smtp is not None:
+        print(f"smtp: stopping (pid {smtp.pid})")
+        smtp.stop(timeout=SERVICE_STOP_TIMEOUT)
+    (PID_DIR / "smtp.pid").unlink(missing_ok=True)
     for server in reversed(SERVERS):
         server_handle = server.attach()
         if server_handle is None:
@@ -572,6 +607,14 @@ def status() -> None:
     else:
         local = razorpay_url.endswith(f":{RAZORPAY_PORT}")
         rows.append(("razorpay", "stopped" if local else "external", "-", razorpay_url))
+    smtp = servers.attach("smtp", PID_DIR / "smtp.pid", "", "aiosmtpd")
+    smtp_url = f"smtp://{stack_env.get('RF_SMTP_HOST', '127.0.0.1')}:"
+    smtp_url += stack_env.get("RF_SMTP_PORT", str(SMTP_PORT))
+    if smtp is not None:
+        rows.append(("smtp", "running", str(smtp.pid), smtp_url))
+    else:
+        local = smtp_url.endswith(f"127.0.0.1:{SMTP_PORT}")
+        rows.append(("smtp", "stopped" if local else "external", "-", smtp_url))
     names = service_names()
     for name in names + [n for n in _running_service_names() if n not in names]:
         port = health_port(name, names) if name in names else 0

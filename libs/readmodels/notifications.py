@@ -1,5 +1,5 @@
 """Queries on the notifier's read models: each user's notifications, webhook endpoints (never
-their secrets), deliveries and their attempts.
+their secrets), deliveries and their attempts, preferences and live feed.
 
 Owned by the notifier (``services/notifier``). A change to the columns read here, in
 ``services/notifier/projections.py`` or its migrations, comes with the matching change here
@@ -14,7 +14,13 @@ from typing import Any
 
 import asyncpg
 
-from contracts.notifications import DeliveryStatus, NotificationKind, WebhookEndpoint
+from contracts.notifications import (
+    DeliveryStatus,
+    KindChannels,
+    NotificationKind,
+    WebhookEndpoint,
+    all_channels_on,
+)
 from libs.readmodels import check_schema
 
 #: The schema the notifier owns (its ``Service.schema``).
@@ -52,6 +58,20 @@ class DeliveryRow:
     next_attempt_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    """One item of a user's live feed: ``seq`` 1, 2, 3, ... per user; ``tx_id, position``
+    its place among every user's items, in the order they became visible."""
+
+    user_id: str
+    seq: int
+    item_type: str
+    data: dict[str, Any]
+    at: datetime
+    tx_id: int
+    position: int
 
 
 def _endpoint(r: asyncpg.Record) -> WebhookEndpoint:
@@ -100,6 +120,20 @@ class NotificationsQuery:
             " AND ($3::text IS NULL OR delivery_id < $3)"
             " ORDER BY delivery_id DESC LIMIT $4"
         )
+        feed_cols = "user_id, seq, item_type, data, at, tx_id, position"
+        self._feed_user_sql = (
+            f"SELECT {feed_cols} FROM {s}.feed WHERE user_id = $1 AND seq > $2"
+            " ORDER BY seq LIMIT $3"
+        )
+        self._feed_head_sql = f"SELECT coalesce(max(seq), 0) FROM {s}.feed WHERE user_id = $1"
+        self._feed_since_sql = (
+            f"SELECT {feed_cols} FROM {s}.feed WHERE (tx_id, position) > ($1, $2)"
+            " ORDER BY tx_id, position LIMIT $3"
+        )
+        self._feed_end_sql = (
+            f"SELECT tx_id, position FROM {s}.feed ORDER BY tx_id DESC, position DESC LIMIT 1"
+        )
+        self._preferences_sql = f"SELECT kinds FROM {s}.preferences WHERE user_id = $1"
         self._attempts_sql = (
             "SELECT delivery_id, attempt, status_code, error, duration_ms, succeeded, at"
             f" FROM {s}.delivery_attempts WHERE delivery_id = ANY($1)"
@@ -148,3 +182,30 @@ class NotificationsQuery:
                 AttemptRow(**{k: v for k, v in dict(a).items() if k != "delivery_id"})
             )
         return [(d, attempts[d.delivery_id]) for d in found]
+
+    async def preferences(self, user_id: str) -> dict[NotificationKind, KindChannels]:
+        """Every kind's channels (on unless the user turned them off)."""
+        kinds: dict[str, Any] | None = await self.pool.fetchval(self._preferences_sql, user_id)
+        stored = {NotificationKind(k): KindChannels(**v) for k, v in (kinds or {}).items()}
+        return {**all_channels_on(), **stored}
+
+    async def feed_after(self, user_id: str, after: int, limit: int) -> list[FeedRow]:
+        """The user's feed items after sequence ``after``, in order."""
+        rows = await self.pool.fetch(self._feed_user_sql, user_id, after, limit)
+        return [FeedRow(**dict(r)) for r in rows]
+
+    async def feed_head(self, user_id: str) -> int:
+        """The sequence of the user's latest feed item (0: none yet)."""
+        head: int = await self.pool.fetchval(self._feed_head_sql, user_id)
+        return head
+
+    async def feed_since(self, tx_id: int, position: int, limit: int) -> list[FeedRow]:
+        """Every user's feed items after ``(tx_id, position)``, in the order they were
+        committed (the notifier's one projector writes them in feed order)."""
+        rows = await self.pool.fetch(self._feed_since_sql, tx_id, position, limit)
+        return [FeedRow(**dict(r)) for r in rows]
+
+    async def feed_end(self) -> tuple[int, int]:
+        """The place of the latest feed item of any user ((0, 0): none)."""
+        row = await self.pool.fetchrow(self._feed_end_sql)
+        return (0, 0) if row is None else (row["tx_id"], row["position"])

@@ -25,6 +25,7 @@ from contracts.identity import (
 from contracts.jobs import JobStatus, StepName
 from contracts.notifications import (
     MAX_URL_LENGTH,
+    KindChannelsChange,
     NotificationKind,
     WebhookDelivery,
     WebhookEndpoint,
@@ -285,6 +286,15 @@ class VerifyPaymentRequest(_In):
 class TopUpOrderPage(BaseModel):
     items: list[TopUpOrder] = Field(description="Top-up orders, newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class NotificationPreferencesRequest(_In):
+    kinds: Annotated[dict[NotificationKind, KindChannelsChange], Field(min_length=1)] = Field(
+        description=(
+            "Per kind, the channels to set: in_app (the list and the live feed), webhook,"
+            " email; a channel left out keeps its setting."
+        )
+    )
 
 
 class RegisterWebhookRequest(_In):

@@ -55,6 +55,7 @@ from libs.service import Service
 from services.gateway.actionlog import ActionLog
 from services.gateway.app import create_app
 from services.gateway.auth import Authenticator
+from services.gateway.feed import ConnectionLimiter, FeedHub
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.readmodels import ReadModels
@@ -101,6 +102,14 @@ class Gateway:
         #: The scene work queue and the bus's consumers, for operators.
         self.ops = Operations(
             redis, settings.redis_prefix, rt.js, settings.events_stream, settings.dlq_stream
+        )
+        #: The live feed: this process's follower of notifier.feed, and the per-user limit.
+        self.feed = FeedHub(self.notifications, settings.sse_poll_seconds)
+        self.streams = ConnectionLimiter(
+            redis,
+            settings.redis_prefix,
+            settings.sse_connections_per_user,
+            3 * settings.sse_heartbeat_seconds,
         )
         self.auth = Authenticator(settings, identity)
         self.limiter = RateLimiter(
@@ -213,6 +222,7 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
     gw = Gateway(settings, rt, redis, read_pool)
     rt.background("action-log", gw.action_log.run)
     rt.background("api-key-use", gw.run_key_uses)
+    rt.background("feed", gw.feed.run)
     # Revocations and suspensions pushed by identity's relay (core subscriptions on the
     # events subjects: every gateway process gets each one), then the suspended users as
     # the read model has them. After a reconnect the key cache is dropped and they are
@@ -253,6 +263,7 @@ async def wire(rt: ServiceRuntime[Gateway]) -> Gateway:
             served.set()
 
     async def stop_http() -> None:
+        gw.feed.close()  # live feed streams end, so they do not hold the stop
         server.should_exit = True
         if serving:  # serve() returns once in-flight requests are answered
             await served.wait()

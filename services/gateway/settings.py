@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from libs.config import TokenSettings
 
 
@@ -45,3 +47,9 @@ class GatewaySettings(TokenSettings):
     test_pool: str = "test"
     #: How long an operator's retry of a quarantined stream may take.
     quarantine_retry_timeout_seconds: float = 30.0
+    #: The live feed (``GET /v1/events/stream``): a comment line after this many seconds
+    #: without an item, connections one user may hold at once (across processes), and how
+    #: often each process looks for new items of every user (the delivery delay's bound).
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_connections_per_user: int = Field(default=5, ge=1)
+    sse_poll_seconds: float = Field(default=0.1, gt=0)

@@ -5,36 +5,75 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlsplit
 
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
-from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
+from contracts.identity import UserRegistered
+from contracts.jobs import (
+    JobCancellationRequested,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobFramesRendered,
+    JobFullRenderReleased,
+    JobPaused,
+    JobQueued,
+    JobResumed,
+    JobScenePrepared,
+    JobStepFailed,
+    JobStepStarted,
+    JobStepSucceeded,
+    JobSubmitted,
+    JobTestRenderCompleted,
+    JobTestRenderFailed,
+    JobTestRenderStarted,
+)
 from contracts.notifications import (
+    Channel,
     DeleteWebhookEndpoint,
+    EmailScheduled,
     MarkNotificationsRead,
+    NotificationPreferences,
     NotificationsMarked,
     RegisterWebhookEndpoint,
     ReplayWebhookDelivery,
     RotateWebhookSecret,
+    SetNotificationPreferences,
     WebhookDelivery,
+    WebhookDeliveryScheduled,
     WebhookEndpoint,
     WebhookEndpointSecret,
 )
 from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
 from contracts.uploads import UploadExpired
-from contracts.wallet import CreditsDebited, CreditsHeld, HoldIncreased
+from contracts.wallet import (
+    CreditsDebited,
+    CreditsDeposited,
+    CreditsHeld,
+    HoldCaptured,
+    HoldExpired,
+    HoldIncreased,
+    HoldVoided,
+)
 from libs.bus.commands import CommandServer
 from libs.bus.consumer import BusEvent, Retry, claim_event
 from libs.eventstore.store import EventStore, Position
 from libs.eventstore.uow import UnitOfWork
 from services.notifier.domain import (
     Delivery,
+    Feed,
+    Mail,
     Notification,
+    Preferences,
+    Recipient,
     Subject,
     Webhooks,
     delivery_id,
+    job_subject,
+    mail_id,
     notification_id,
     owner_of,
     trigger_of,
@@ -87,6 +126,7 @@ class NotifierCommands:
         server.register(DeleteWebhookEndpoint, self.delete)
         server.register(ReplayWebhookDelivery, self.replay)
         server.register(MarkNotificationsRead, self.mark_read)
+        server.register(SetNotificationPreferences, self.set_preferences)
 
     async def register_endpoint(
         self, cmd: RegisterWebhookEndpoint, uow: UnitOfWork
@@ -118,9 +158,66 @@ class NotifierCommands:
         ids = list(dict.fromkeys(cmd.notification_ids))
         await uow.prefetch(*((Notification, i) for i in ids))
         now, marked = datetime.now(UTC), 0
+        feed = await uow.get(Feed, cmd.user_id)
         for i in ids:
-            marked += len((await uow.get(Notification, i)).mark_read(cmd.user_id, now))
+            notification = await uow.get(Notification, i)
+            if notification.mark_read(cmd.user_id, now):
+                marked += 1
+                if notification.in_app:
+                    data = {"notification_id": i, "read_at": now.isoformat()}
+                    feed.append("notification.read", data, f"read:{i}", now)
         return NotificationsMarked(marked=marked)
+
+    async def set_preferences(
+        self, cmd: SetNotificationPreferences, uow: UnitOfWork
+    ) -> NotificationPreferences:
+        prefs = await uow.get(Preferences, cmd.user_id)
+        prefs.change(cmd.changes, datetime.now(UTC))
+        return NotificationPreferences(kinds=prefs.everything())
+
+
+#: Events shown in their user's live feed besides notifications: the job's lifecycle and
+#: progress (owner known from ``job.JobSubmitted``) and every wallet movement.
+FEED_JOB_EVENTS: tuple[type[Event], ...] = (
+    JobSubmitted,
+    JobScenePrepared,
+    JobTestRenderStarted,
+    JobTestRenderCompleted,
+    JobTestRenderFailed,
+    JobFullRenderReleased,
+    JobQueued,
+    JobStepStarted,
+    JobStepSucceeded,
+    JobStepFailed,
+    JobFramesRendered,
+    JobPaused,
+    JobResumed,
+    JobCancellationRequested,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+)
+FEED_WALLET_EVENTS: tuple[type[Event], ...] = (
+    CreditsDeposited,
+    CreditsDebited,
+    CreditsHeld,
+    HoldIncreased,
+    HoldCaptured,
+    HoldVoided,
+    HoldExpired,
+)
+
+#: Everything the consumer reads: addresses, owners, triggers and feed items.
+CONSUMED: tuple[type[Event], ...] = (
+    UserRegistered,
+    TopUpOrdered,
+    JobCostCapReached,
+    TopUpCredited,
+    PaymentFailed,
+    UploadExpired,
+    *FEED_JOB_EVENTS,
+    *FEED_WALLET_EVENTS,
+)
 
 
 class _AlreadyHandled(Exception):
@@ -134,34 +231,20 @@ class TriggerEvents:
     past the inbox would find it made."""
 
     durable = "notifier"
-    subjects = tuple(
-        f"events.{cls.event_type}"
-        for cls in (
-            JobSubmitted,
-            TopUpOrdered,
-            JobTestRenderCompleted,
-            JobCompleted,
-            JobFailed,
-            JobPaused,
-            JobCostCapReached,
-            TopUpCredited,
-            PaymentFailed,
-            CreditsHeld,
-            HoldIncreased,
-            CreditsDebited,
-            UploadExpired,
-        )
-    )
+    subjects = tuple(f"events.{cls.event_type}" for cls in CONSUMED)
 
     def __init__(
         self,
         settings: NotifierSettings,
         store: EventStore,
         scheduled: Callable[[Position], None],
+        mailed: Callable[[Position], None],
     ) -> None:
         self.settings = settings
         self.store = store
+        #: Wake the webhook sender and the mailer for what was scheduled up to a position.
         self.scheduled = scheduled
+        self.mailed = mailed
 
     async def handle(self, bus_event: BusEvent) -> None:
         metadata = {
@@ -173,29 +256,58 @@ class TriggerEvents:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
                 event = bus_event.decode(self.store.registry)
-                deliveries = await notify(uow, event, bus_event, self.settings.low_balance_credits)
+                await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
                 if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
                     raise _AlreadyHandled
         except _AlreadyHandled:
             return
-        if uow.recorded:
-            self.store.notify_appended()
-        if deliveries and uow.recorded:
-            last = uow.recorded[-1]
+        if not uow.recorded:
+            return
+        self.store.notify_appended()
+        last = uow.recorded[-1]
+        types = {r.event_type for r in uow.recorded}
+        if WebhookDeliveryScheduled.event_type in types:
             self.scheduled(Position(last.tx_id, last.position))
+        if EmailScheduled.event_type in types:
+            self.mailed(Position(last.tx_id, last.position))
 
 
-async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> int:
-    """Record what a trigger event causes; the number of deliveries scheduled."""
+def public_data(event: Event) -> dict[str, Any]:
+    data = event.model_dump(mode="json")
+    return {k: v for k, v in data.items() if k not in event.private_fields}
+
+
+async def add_to_feed(uow: UnitOfWork, event: Event, cause: BusEvent) -> None:
+    """A job or wallet event as an item of its user's live feed."""
+    user_id: str | None = None
+    if isinstance(event, FEED_WALLET_EVENTS):
+        user_id = getattr(event, "user_id", None)
+    elif isinstance(event, FEED_JOB_EVENTS):
+        job_id: str = getattr(event, "job_id", "")
+        subject = await uow.get(Subject, job_subject(job_id))
+        if subject.user_id is None:  # its JobSubmitted has not been handled yet
+            raise Retry(f"the owner of job {job_id} is not known yet")
+        user_id = subject.user_id
+    if user_id is not None:
+        feed = await uow.get(Feed, user_id)
+        feed.append(cause.event_type, public_data(event), str(cause.event_id), datetime.now(UTC))
+
+
+async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> None:
+    """Record what an event causes: a recipient's address, a subject's owner, a feed item, a
+    notification with its e-mail and webhook deliveries, as the user's preferences say."""
     now = datetime.now(UTC)
+    if isinstance(event, UserRegistered):
+        (await uow.get(Recipient, event.user_id)).record_address(event.email, now)
+        return
     owner = owner_of(event)
     if owner is not None:
         (await uow.get(Subject, owner.subject)).record_owner(owner, now)
-        return 0
+    await add_to_feed(uow, event, cause)
     trigger = trigger_of(event, low_balance)
     if trigger is None:
-        return 0
+        return
     user_id, api_key_id = trigger.user_id, None
     if trigger.subject is not None:
         subject = await uow.get(Subject, trigger.subject)
@@ -205,11 +317,20 @@ async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: De
     assert user_id is not None
     ntf_id = notification_id(cause.event_id, user_id, cause.recorded_at)
     notification = await uow.get(Notification, ntf_id)
-    if not notification.create(user_id, trigger, api_key_id, cause.event_id, cause.event_type, now):
-        return 0
-    hooks = await uow.get(Webhooks, user_id)
-    scheduled = 0
-    for endpoint in hooks.targets(trigger.kind, api_key_id, trigger.about_job):
-        dlv = await uow.get(Delivery, delivery_id(ntf_id, endpoint.endpoint_id, now))
-        scheduled += len(dlv.schedule(endpoint, notification, now))
-    return scheduled
+    prefs = await uow.get(Preferences, user_id)
+    in_app = prefs.allows(trigger.kind, Channel.in_app)
+    made = notification.create(
+        user_id, trigger, api_key_id, cause.event_id, cause.event_type, in_app, now
+    )
+    if not made:
+        return
+    if in_app:
+        feed = await uow.get(Feed, user_id)
+        feed.append("notification.created", notification.feed_item(), ntf_id, now)
+    if prefs.allows(trigger.kind, Channel.email):
+        (await uow.get(Mail, mail_id(ntf_id, now))).schedule(notification, now)
+    if prefs.allows(trigger.kind, Channel.webhook):
+        hooks = await uow.get(Webhooks, user_id)
+        for endpoint in hooks.targets(trigger.kind, api_key_id, trigger.about_job):
+            dlv = await uow.get(Delivery, delivery_id(ntf_id, endpoint.endpoint_id, now))
+            dlv.schedule(endpoint, notification, now)

@@ -7,6 +7,10 @@ jitter come in).
 * ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets.
 * ``Delivery`` (``delivery-<id>``): one notification to one endpoint: attempts with
   exponential back-off and jitter within a retry window, then a dead letter; replayable.
+* ``Preferences`` (``preferences-<user id>``): the channels of each kind.
+* ``Recipient`` (``recipient-<user id>``): the user's e-mail address.
+* ``Mail`` (``mail-<id>``): one notification e-mailed: attempts as a delivery's.
+* ``Feed`` (``feed-<user id>``): the user's live feed; its version is the items' sequence.
 """
 
 from __future__ import annotations
@@ -32,14 +36,24 @@ from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, Job
 from contracts.notifications import (
     MAX_ENDPOINTS_PER_USER,
     BalanceLow,
+    Channel,
     DeliveryStatus,
+    EmailAttempted,
+    EmailDeadLettered,
+    EmailDelivered,
+    EmailScheduled,
+    FeedItemAppended,
     JobPausedForCredits,
     JobStoppedAtCap,
+    KindChannels,
+    KindChannelsChange,
     NotificationCreated,
     NotificationKind,
+    NotificationPreferencesSet,
     NotificationRead,
     PaymentFailedPayload,
     PaymentSucceeded,
+    RecipientAddressRecorded,
     RenderCompleted,
     RenderFailed,
     SubjectOwnerRecorded,
@@ -54,6 +68,7 @@ from contracts.notifications import (
     WebhookEndpointDeleted,
     WebhookEndpointRegistered,
     WebhookSecretRotated,
+    all_channels_on,
 )
 from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
 from contracts.uploads import UploadExpired
@@ -81,6 +96,10 @@ def notification_id(trigger_event_id: uuid.UUID, user_id: str, at: datetime) -> 
 
 def delivery_id(notification: str, endpoint_id: str, at: datetime) -> str:
     return derived_id("dlv", at, f"{notification}:{endpoint_id}")
+
+
+def mail_id(notification: str, at: datetime) -> str:
+    return derived_id("eml", at, notification)
 
 
 # --- triggers ----------------------------------------------------------------------------
@@ -222,6 +241,7 @@ class Notification(Aggregate):
     kind: NotificationKind | None = None
     api_key_id: str | None = None
     payload: dict[str, Any] = {}
+    in_app: bool = True
     created_at: datetime | None = None
     read_at: datetime | None = None
 
@@ -230,7 +250,7 @@ class Notification(Aggregate):
             case NotificationCreated():
                 self.exists, self.user_id, self.kind = True, event.user_id, event.kind
                 self.api_key_id, self.payload = event.api_key_id, event.payload
-                self.created_at = event.at
+                self.in_app, self.created_at = event.in_app, event.at
             case NotificationRead():
                 self.read_at = event.at
 
@@ -241,6 +261,7 @@ class Notification(Aggregate):
         api_key_id: str | None,
         trigger_event_id: uuid.UUID,
         trigger_event_type: str,
+        in_app: bool,
         at: datetime,
     ) -> list[Event]:
         """Make the notification; nothing if it was made already (the trigger came twice)."""
@@ -255,9 +276,20 @@ class Notification(Aggregate):
                 payload=trigger.payload.model_dump(mode="json"),
                 trigger_event_id=str(trigger_event_id),
                 trigger_event_type=trigger_event_type,
+                in_app=in_app,
                 at=at,
             )
         )
+
+    def feed_item(self) -> dict[str, Any]:
+        """What the live feed shows of it (``notification.created``)."""
+        assert self.kind is not None and self.created_at is not None
+        return {
+            "notification_id": self.key,
+            "kind": self.kind.value,
+            "payload": self.payload,
+            "created_at": self.created_at.isoformat(),
+        }
 
     def mark_read(self, user_id: str, at: datetime) -> list[Event]:
         if not self.exists or self.user_id != user_id:
@@ -418,6 +450,15 @@ class RetryPolicy:
         step = min(self.base_seconds * 2 ** (attempt - 1), self.max_delay_seconds)
         return timedelta(seconds=step * (0.5 + jitter / 2))
 
+    def retry_at(
+        self, attempt: int, jitter: float, at: datetime, window_start: datetime
+    ) -> datetime | None:
+        """When attempt ``attempt + 1`` is due, or None if that falls past the window."""
+        candidate = at + self.delay(attempt, jitter)
+        if candidate <= window_start + timedelta(seconds=self.window_seconds):
+            return candidate
+        return None
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -507,9 +548,7 @@ class Delivery(Aggregate):
         ids = {"delivery_id": self.key, "endpoint_id": self.endpoint_id, "user_id": self.user_id}
         retry_at: datetime | None = None
         if not outcome.succeeded and not final:
-            candidate = at + policy.delay(attempt, jitter)
-            if candidate <= self.window_start + timedelta(seconds=policy.window_seconds):
-                retry_at = candidate
+            retry_at = policy.retry_at(attempt, jitter, at, self.window_start)
         events: list[Event] = [
             WebhookDeliveryAttempted(
                 **ids,
@@ -544,3 +583,158 @@ class Delivery(Aggregate):
                 at=at,
             )
         )
+
+
+class Preferences(Aggregate):
+    """The user's channels per kind, stream ``preferences-<user id>``."""
+
+    stream_prefix = "preferences"
+
+    kinds: dict[NotificationKind, KindChannels] = {}
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, NotificationPreferencesSet):
+            self.kinds = dict(event.kinds)
+
+    def channels(self, kind: NotificationKind) -> KindChannels:
+        return self.kinds.get(kind) or KindChannels()
+
+    def allows(self, kind: NotificationKind, channel: Channel) -> bool:
+        return self.channels(kind).on(channel)
+
+    def everything(self) -> dict[NotificationKind, KindChannels]:
+        return {**all_channels_on(), **self.kinds}
+
+    def change(
+        self, changes: dict[NotificationKind, KindChannelsChange], at: datetime
+    ) -> list[Event]:
+        """Set the channels named; nothing when that changes nothing."""
+        after = self.everything()
+        for kind, change in changes.items():
+            after[kind] = after[kind].model_copy(update=change.model_dump(exclude_none=True))
+        if after == self.everything():
+            return []
+        return self.record(NotificationPreferencesSet(user_id=self.key, kinds=after, at=at))
+
+
+class Recipient(Aggregate):
+    """Where the user's e-mails go, stream ``recipient-<user id>``."""
+
+    stream_prefix = "recipient"
+
+    email: str | None = None
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, RecipientAddressRecorded):
+            self.email = event.email
+
+    def record_address(self, email: str, at: datetime) -> list[Event]:
+        if email == self.email:
+            return []
+        return self.record(RecipientAddressRecorded(user_id=self.key, email=email, at=at))
+
+
+class Feed(Aggregate):
+    """The user's live feed, stream ``feed-<user id>``: item n is version n."""
+
+    stream_prefix = "feed"
+
+    def apply(self, event: Event) -> None:
+        pass  # the version is the whole state
+
+    def append(
+        self, item_type: str, data: dict[str, Any], source_event_id: str, at: datetime
+    ) -> list[Event]:
+        return self.record(
+            FeedItemAppended(
+                user_id=self.key,
+                seq=self.version + 1,
+                item_type=item_type,
+                data=data,
+                source_event_id=source_event_id,
+                at=at,
+            )
+        )
+
+
+class Mail(Aggregate):
+    """One notification e-mailed to its user, stream ``mail-<id>``."""
+
+    stream_prefix = "mail"
+
+    exists: bool = False
+    user_id: str = ""
+    notification_id: str = ""
+    kind: NotificationKind | None = None
+    status: DeliveryStatus = DeliveryStatus.pending
+    attempts: int = 0
+    window_start: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case EmailScheduled():
+                self.exists, self.user_id = True, event.user_id
+                self.notification_id, self.kind = event.notification_id, event.kind
+                self.window_start = self.next_attempt_at = event.due_at
+            case EmailAttempted():
+                self.attempts = event.attempt
+                self.next_attempt_at = event.next_attempt_at
+            case EmailDelivered():
+                self.status = DeliveryStatus.succeeded
+            case EmailDeadLettered():
+                self.status = DeliveryStatus.dead_lettered
+
+    def schedule(self, notification: Notification, at: datetime) -> list[Event]:
+        if self.exists:
+            return []
+        assert notification.kind is not None
+        return self.record(
+            EmailScheduled(
+                email_id=self.key,
+                user_id=notification.user_id,
+                notification_id=notification.key,
+                kind=notification.kind,
+                due_at=at,
+                at=at,
+            )
+        )
+
+    def attempted(
+        self,
+        outcome: Outcome,
+        policy: RetryPolicy,
+        jitter: float,
+        at: datetime,
+        *,
+        final: bool = False,
+    ) -> list[Event]:
+        """Record an attempt, then the sent mail, the next attempt's time or the dead letter
+        (at once when ``final``: no address, nothing a retry could change)."""
+        if self.status is not DeliveryStatus.pending:
+            return []
+        assert self.window_start is not None
+        attempt = self.attempts + 1
+        ok = outcome.error is None
+        retry_at = None
+        if not ok and not final:
+            retry_at = policy.retry_at(attempt, jitter, at, self.window_start)
+        ids = {"email_id": self.key, "user_id": self.user_id}
+        events: list[Event] = [
+            EmailAttempted(
+                **ids,
+                attempt=attempt,
+                error=outcome.error,
+                duration_ms=outcome.duration_ms,
+                succeeded=ok,
+                next_attempt_at=retry_at,
+                at=at,
+            )
+        ]
+        if ok:
+            events.append(EmailDelivered(**ids, attempts=attempt, at=at))
+        elif retry_at is None:
+            events.append(
+                EmailDeadLettered(**ids, attempts=attempt, last_error=outcome.describe(), at=at)
+            )
+        return self.record(*events)

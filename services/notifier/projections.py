@@ -1,11 +1,18 @@
 """The notifier's read models: the in-app list, endpoints (no secrets), deliveries and their
-attempts, for the API (``libs/readmodels/notifications.py``) and the delivery worker."""
+attempts, preferences and the live feed, for the API (``libs/readmodels/notifications.py``);
+deliveries and e-mails for the workers that send them."""
 
 from __future__ import annotations
 
 from contracts.notifications import (
     DeliveryStatus,
+    EmailAttempted,
+    EmailDeadLettered,
+    EmailDelivered,
+    EmailScheduled,
+    FeedItemAppended,
     NotificationCreated,
+    NotificationPreferencesSet,
     NotificationRead,
     WebhookDeliveryAttempted,
     WebhookDeliveryDeadLettered,
@@ -34,6 +41,8 @@ class NotificationsProjection(ReadModel):
 
     @on(NotificationCreated, key=lambda e: (e.notification_id,))
     def created(self, row: Row | None, e: NotificationCreated, rec: RecordedEvent) -> Row | None:
+        if not e.in_app:  # the user turned this kind off in the app
+            return None
         return {
             "notification_id": e.notification_id,
             "user_id": e.user_id,
@@ -176,3 +185,94 @@ class AttemptsProjection(ReadModel):
             "succeeded": e.succeeded,
             "at": e.at,
         }
+
+
+class PreferencesProjection(ReadModel):
+    name, table, key = "preferences", "preferences", ("user_id",)
+    columns = {"user_id": "text", "kinds": "jsonb", "updated_at": "timestamptz"}
+
+    @on(NotificationPreferencesSet, key=lambda e: (e.user_id,))
+    def set(self, row: Row | None, e: NotificationPreferencesSet, rec: RecordedEvent) -> Row | None:
+        kinds = {k.value: v.model_dump() for k, v in e.kinds.items()}
+        return {"user_id": e.user_id, "kinds": kinds, "updated_at": e.at}
+
+
+class FeedProjection(ReadModel):
+    """Each user's live feed. ``tx_id, position`` (the event's place in the feed) order every
+    user's items as they are committed here: one projector writes them, in feed order."""
+
+    name, table, key = "feed", "feed", ("user_id", "seq")
+    columns = {
+        "user_id": "text",
+        "seq": "bigint",
+        "item_type": "text",
+        "data": "jsonb",
+        "at": "timestamptz",
+        "tx_id": "bigint",
+        "position": "bigint",
+    }
+
+    @on(FeedItemAppended, key=lambda e: (e.user_id, e.seq))
+    def appended(self, row: Row | None, e: FeedItemAppended, rec: RecordedEvent) -> Row | None:
+        return {
+            "user_id": e.user_id,
+            "seq": e.seq,
+            "item_type": e.item_type,
+            "data": e.data,
+            "at": e.at,
+            "tx_id": rec.tx_id,
+            "position": rec.position,
+        }
+
+
+class MailsProjection(ReadModel):
+    """E-mails of notifications: the mailer finds the due ones here."""
+
+    name, table, key = "mails", "mails", ("email_id",)
+    columns = {
+        "email_id": "text",
+        "user_id": "text",
+        "notification_id": "text",
+        "kind": "text",
+        "status": "text",
+        "attempts": "integer",
+        "next_attempt_at": "timestamptz",
+        "last_error": "text",
+        "updated_at": "timestamptz",
+    }
+
+    @on(EmailScheduled, key=lambda e: (e.email_id,))
+    def scheduled(self, row: Row | None, e: EmailScheduled, rec: RecordedEvent) -> Row | None:
+        return {
+            "email_id": e.email_id,
+            "user_id": e.user_id,
+            "notification_id": e.notification_id,
+            "kind": e.kind.value,
+            "status": DeliveryStatus.pending.value,
+            "attempts": 0,
+            "next_attempt_at": e.due_at,
+            "last_error": None,
+            "updated_at": e.at,
+        }
+
+    @on(EmailAttempted, key=lambda e: (e.email_id,))
+    def attempted(self, row: Row | None, e: EmailAttempted, rec: RecordedEvent) -> Row | None:
+        if row is None:
+            return None
+        return {
+            **row,
+            "attempts": e.attempt,
+            "next_attempt_at": e.next_attempt_at,
+            "last_error": e.error,
+            "updated_at": e.at,
+        }
+
+    @on(EmailDelivered, key=lambda e: (e.email_id,))
+    def sent(self, row: Row | None, e: EmailDelivered, rec: RecordedEvent) -> Row | None:
+        return None if row is None else {**row, "status": DeliveryStatus.succeeded.value}
+
+    @on(EmailDeadLettered, key=lambda e: (e.email_id,))
+    def dead_lettered(
+        self, row: Row | None, e: EmailDeadLettered, rec: RecordedEvent
+    ) -> Row | None:
+        return None if row is None else {**row, "status": DeliveryStatus.dead_lettered.value}

@@ -1,5 +1,6 @@
-"""The notifier: notifications from other services' events, in an in-app list and as signed
-webhooks with retries (docs/notifications.md)."""
+"""The notifier: notifications from other services' events, in an in-app list, as signed
+webhooks and as e-mails with retries, as each user's preferences say; each user's live feed
+(docs/notifications.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import httpx
 from libs.runtime import ServiceRuntime
 from libs.service import Service
 from services.notifier.commands import NotifierCommands, TriggerEvents
+from services.notifier.mailer import Mailer
 from services.notifier.projections import (
     AttemptsProjection,
     DeliveriesProjection,
     EndpointsProjection,
+    FeedProjection,
+    MailsProjection,
     NotificationsProjection,
+    PreferencesProjection,
 )
 from services.notifier.sender import DeliveryWorker
 from services.notifier.settings import NotifierSettings
@@ -30,6 +35,7 @@ class Notifier:
     commands: NotifierCommands
     triggers: TriggerEvents
     sender: DeliveryWorker
+    mailer: Mailer
 
 
 async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
@@ -45,7 +51,9 @@ async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
     rt.on_close(client.aclose)
     sender = DeliveryWorker(settings, rt.store, rt.projectors["deliveries"], client)
     rt.background("webhook-sender", sender.run)
-    triggers = TriggerEvents(settings, rt.store, sender.scheduled)
+    mailer = Mailer(settings, rt.store, rt.projectors["mails"])
+    rt.background("mailer", mailer.run)
+    triggers = TriggerEvents(settings, rt.store, sender.scheduled, mailer.scheduled)
     rt.consumer(
         triggers.durable,
         triggers.subjects,
@@ -58,8 +66,11 @@ async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
     async def sender_healthy() -> str | None:
         return None if sender.last_error is None else f"webhook sender: {sender.last_error}"
 
-    rt.readiness_checks.append(sender_healthy)
-    return Notifier(commands, triggers, sender)
+    async def mailer_healthy() -> str | None:
+        return None if mailer.last_error is None else f"mailer: {mailer.last_error}"
+
+    rt.readiness_checks += [sender_healthy, mailer_healthy]
+    return Notifier(commands, triggers, sender, mailer)
 
 
 SERVICE = Service(
@@ -72,7 +83,10 @@ SERVICE = Service(
         EndpointsProjection(),
         DeliveriesProjection(),
         AttemptsProjection(),
+        PreferencesProjection(),
+        FeedProjection(),
+        MailsProjection(),
     ),
     wire=wire,
-    secrets=frozenset(),
+    secrets=frozenset({"smtp_password"}),
 )

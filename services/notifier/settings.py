@@ -8,6 +8,10 @@ from libs.config import BaseServiceSettings
 class NotifierSettings(BaseServiceSettings):
     env_section = "notifier"
     service_name: str = "notifier"
+    #: Ten connections are held all the time (the relay, seven projections' leader locks,
+    #: the webhook sender's and the mailer's): the pool needs room beyond them for the
+    #: consumer, the projectors' batches, commands and the workers' appends.
+    db_pool_size: int = 20
 
     #: ``balance.low`` when available credits fall below this.
     low_balance_credits: Decimal = Field(default=Decimal("10"), ge=0)
@@ -27,3 +31,19 @@ class NotifierSettings(BaseServiceSettings):
     webhook_secret_grace_seconds: float = Field(default=24 * 3600.0, ge=0)
     #: The delivery worker looks for due deliveries at least this often.
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    #: E-mail: the SMTP server (``make up``: the local sink on 18025), the sender address,
+    #: seconds one hand-over may take, and hand-overs in flight at once.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=18025, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    email_from: str = "Render farm <notifications@renderfarm.local>"
+    email_timeout_seconds: float = Field(default=10.0, gt=0)
+    email_concurrency: int = Field(default=4, ge=1)
+    #: Retries of e-mails the server refused or could not take (it was down): as webhooks'.
+    email_retry_base_seconds: float = Field(default=5.0, gt=0)
+    email_retry_max_delay_seconds: float = Field(default=3600.0, gt=0)
+    email_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    #: The mailer looks for due e-mails at least this often.
+    email_poll_seconds: float = Field(default=1.0, gt=0)

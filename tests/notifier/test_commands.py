@@ -61,10 +61,11 @@ def commands() -> NotifierCommands:
 
 
 async def run(store: InMemoryEventStore, cause: BusEvent) -> int:
+    """What ``cause`` makes; the number of webhook deliveries scheduled."""
     uow = UnitOfWork(store)
-    scheduled = await notify(uow, cause.decode(), cause, LOW)
-    await uow.commit()
-    return scheduled
+    await notify(uow, cause.decode(), cause, LOW)
+    done = await uow.commit()
+    return sum(r.event_type == WebhookDeliveryScheduled.event_type for r in done)
 
 
 async def recorded(store: InMemoryEventStore, cls: type[Event]) -> list[Event]:

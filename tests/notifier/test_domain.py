@@ -91,8 +91,8 @@ def test_a_notification_is_made_once_and_read_once_by_its_owner() -> None:
     assert trigger is not None
     n = Notification.rehydrate("ntf_1", [])
     event_id = uuid.uuid4()
-    assert len(n.create("usr_1", trigger, None, event_id, "upload.UploadExpired", AT)) == 1
-    assert n.create("usr_1", trigger, None, event_id, "upload.UploadExpired", AT) == []
+    assert len(n.create("usr_1", trigger, None, event_id, "upload.UploadExpired", True, AT)) == 1
+    assert n.create("usr_1", trigger, None, event_id, "upload.UploadExpired", True, AT) == []
     with pytest.raises(NotificationNotFound):
         n.mark_read("usr_2", AT)
     assert len(n.mark_read("usr_1", AT)) == 1
@@ -167,7 +167,7 @@ def _delivery() -> Delivery:
     trigger = trigger_of(triggers("usr_1", "job_1", "ord_1")[NotificationKind.balance_low], LOW)
     assert trigger is not None
     n = Notification.rehydrate("ntf_1", [])
-    n.create("usr_1", trigger, None, uuid.uuid4(), "wallet.CreditsHeld", AT)
+    n.create("usr_1", trigger, None, uuid.uuid4(), "wallet.CreditsHeld", True, AT)
     d = Delivery.rehydrate("dlv_1", [])
     assert len(d.schedule(endpoint, n, AT)) == 1
     assert d.schedule(endpoint, n, AT) == []

@@ -1,4 +1,5 @@
-"""Notifications: the in-app list, and webhook endpoints with their deliveries.
+"""Notifications: the in-app list, preferences, the live feed (Server-Sent Events), and
+webhook endpoints with their deliveries.
 
 Commands go to the notifier; lists come from its read models
 (``libs/readmodels/notifications.py``). Answers holding an endpoint's secret are never kept
@@ -11,8 +12,9 @@ import uuid
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
+from sse_starlette.sse import EventSourceResponse
 
 from contracts.errors import (
     ApiKeyNotFound,
@@ -22,6 +24,7 @@ from contracts.errors import (
     InsufficientScope,
     InvalidCursor,
     NotificationNotFound,
+    StreamLimitReached,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
     WebhookLimitReached,
@@ -32,10 +35,12 @@ from contracts.notifications import (
     MAX_MARKED_AT_ONCE,
     DeleteWebhookEndpoint,
     MarkNotificationsRead,
+    NotificationPreferences,
     NotificationsMarked,
     RegisterWebhookEndpoint,
     ReplayWebhookDelivery,
     RotateWebhookSecret,
+    SetNotificationPreferences,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEndpointSecret,
@@ -52,10 +57,12 @@ from services.gateway.api import (
     send_idempotent,
     set_targets,
 )
+from services.gateway.feed import stream
 from services.gateway.readmodels import decode_cursor, encode_cursor
 from services.gateway.schemas import (
     DeliveryAttempt,
     NotificationPage,
+    NotificationPreferencesRequest,
     NotificationView,
     RegisterWebhookRequest,
     WebhookDeliveryPage,
@@ -359,3 +366,107 @@ async def mark_all_notifications_read(request: Request) -> NotificationsMarked:
         if len(ids) < MAX_MARKED_AT_ONCE:
             break
     return NotificationsMarked(marked=marked)
+
+
+@router.get(
+    "/v1/notification-preferences",
+    operation_id="get_notification_preferences",
+    dependencies=[requires(Scope.jobs_read)],
+    summary="Get notification preferences",
+    description="Every notification kind with its channels: in_app, webhook, email.",
+    response_model=NotificationPreferences,
+    responses=errors(InsufficientScope),
+)
+async def get_notification_preferences(request: Request) -> NotificationPreferences:
+    gw, p = gateway(request), principal(request)
+    return NotificationPreferences(kinds=await gw.notifications.preferences(p.user_id))
+
+
+@router.put(
+    "/v1/notification-preferences",
+    operation_id="set_notification_preferences",
+    dependencies=[requires(Scope.jobs_write)],
+    summary="Set notification preferences",
+    description=(
+        "Turn channels of some kinds on or off (the others are kept); answers every kind."
+        " A kind off in_app is neither listed nor in the live feed; off by webhook or email"
+        " it is not sent there. Applies to notifications made from then on."
+    ),
+    response_model=NotificationPreferences,
+    responses=errors(InsufficientScope),
+)
+async def set_notification_preferences(
+    request: Request, body: NotificationPreferencesRequest
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    answer = await gw.commands.send(
+        SetNotificationPreferences(user_id=p.user_id, changes=body.kinds),
+        NotificationPreferences,
+        command_id=f"set_notification_preferences:{uuid.uuid4()}",
+        actor=p.actor(),
+    )
+    return json_response(answer.model_dump_json())
+
+
+#: A live feed cursor: the ``seq`` of the last item received (what each event's id holds).
+MAX_CURSOR_DIGITS = 18
+
+
+def _feed_cursor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > MAX_CURSOR_DIGITS:
+        raise InvalidCursor("Last-Event-ID is not an event id we sent")
+    return int(value)
+
+
+@router.get(
+    "/v1/events/stream",
+    operation_id="stream_events",
+    dependencies=[requires(Scope.jobs_read)],
+    summary="Live feed of your events (Server-Sent Events)",
+    description=(
+        "text/event-stream of your jobs' and wallet's events and your notifications"
+        " (event: the type, e.g. job.JobCompleted, wallet.CreditsHeld,"
+        " notification.created; data: {seq, type, at, data}; id: seq). Reconnect with"
+        " Last-Event-ID (or last_event_id=) set to the last id received to get everything"
+        " after it, once; without it the stream starts with what comes next. A comment line"
+        " comes after every quiet heartbeat interval. At most a few connections per user"
+        " (429 stream_limit_reached beyond). Needs jobs:read."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+        **errors(InsufficientScope, InvalidCursor, StreamLimitReached),
+    },
+)
+async def stream_events(
+    request: Request,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=40, include_in_schema=False)
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Query(max_length=40, description="The last id received, for clients without headers."),
+    ] = None,
+) -> Response:
+    gw, p = gateway(request), principal(request)
+    cursor = _feed_cursor(last_event_id_header or last_event_id)
+    head = await gw.notifications.feed_head(p.user_id)
+    if cursor is not None and cursor > head:
+        raise InvalidCursor("Last-Event-ID is past the latest event: not an id we sent")
+    conn_id = await gw.streams.acquire(p.user_id)
+    if conn_id is None:
+        limit = gw.streams.limit
+        raise StreamLimitReached(f"at most {limit} live feed connections at once", limit=limit)
+    events = stream(
+        gw.feed,
+        gw.streams,
+        p.user_id,
+        conn_id,
+        head if cursor is None else cursor,
+        gw.settings.sse_heartbeat_seconds,
+    )
+    return EventSourceResponse(
+        events, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
