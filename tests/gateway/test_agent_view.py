@@ -56,6 +56,15 @@ ADMIN_OPS = {
     "list_api_calls",
     "list_fleet_vms",
     "get_fleet_usage",
+    "admin_list_jobs",
+    "admin_list_stuck_jobs",
+    "admin_kill_job",
+    "suspend_user",
+    "reactivate_user",
+    "admin_queues",
+    "admin_dead_letters",
+    "admin_quarantine",
+    "admin_retry_quarantine",
     "grant_credits",
     "publish_prices",
 }
@@ -67,6 +76,8 @@ SESSION_OPS = {
     "get_api_key_spend",
 }
 SIGNED_OPS = {"receive_payment_webhook"}
+#: Server-Sent Events (``x-rf-stream``): in the full spec only; no tool of them would return.
+STREAM_OPS = {"stream_events"}
 SYSTEM = Actor(kind="cli", id="renderctl")
 
 
@@ -91,9 +102,11 @@ async def caller_spec(gateway: Gateway, headers: dict[str, str]) -> dict[str, An
 
 def key_may_call(extensions: dict[str, Any], scopes: set[str]) -> bool:
     """The static rule documented for generators: an API key may call an operation whose
-    x-rf-access is authenticated or scope, if it holds every scope in x-rf-scopes."""
+    x-rf-access is authenticated or scope, if it holds every scope in x-rf-scopes, unless it
+    is a stream (x-rf-stream), which no tool can wrap."""
     access, needs = extensions["x-rf-access"], set(extensions["x-rf-scopes"])
-    return access in ("authenticated", "scope") and needs <= scopes
+    stream = bool(extensions.get("x-rf-stream"))
+    return access in ("authenticated", "scope") and needs <= scopes and not stream
 
 
 async def api_key(identity: ServiceRuntime[Any], user_id: str, *scopes: Scope) -> dict[str, str]:
@@ -179,10 +192,9 @@ async def test_each_caller_gets_the_operations_its_credentials_allow(
     anonymous = await caller_spec(gateway, {})
     assert set(operations(anonymous)) == PUBLIC_OPS
     user = await caller_spec(gateway, users.new())
-    assert set(operations(user)) == everyone - ADMIN_OPS - SIGNED_OPS
+    assert set(operations(user)) == everyone - ADMIN_OPS - SIGNED_OPS - STREAM_OPS
     admin = await caller_spec(gateway, await admin_session(api, identity_service))
-    assert set(operations(admin)) == everyone
-    assert admin["paths"] == gateway.app.openapi()["paths"]
+    assert set(operations(admin)) == everyone - STREAM_OPS
 
     owner = await agent_user(identity_service)
     for scopes in ({Scope.jobs_read}, {Scope.jobs_write}, {Scope.jobs_read, Scope.jobs_write}):
@@ -323,6 +335,7 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
     asset = b"texture " + new_id("asset").encode() * 100
     async with writer.session() as call:
         assert not writer.listed & (ADMIN_OPS | SESSION_OPS | PUBLIC_OPS | SIGNED_OPS)
+        assert "stream_events" not in writer.listed  # a stream is no tool: full spec only
         me = await call("get_current_user")
         assert me["user_id"] == owner
         await call("get_prices")
@@ -334,6 +347,11 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
         )
         assert hook["secret"].startswith("whsec_")
         await call("list_webhooks")
+        prefs = await call(
+            "set_notification_preferences", kinds={"render.completed": {"email": False}}
+        )
+        assert prefs["kinds"]["render.completed"]["email"] is False
+        await call("get_notification_preferences")
 
         sha = hashlib.sha256(scene).hexdigest()
         upload = await call(
@@ -455,6 +473,7 @@ async def test_a_keys_mcp_server_has_only_tools_it_may_call_and_every_one_succee
         await call("list_payment_orders")
         await call("get_payment_order", order_id=order["order_id"])
         await call("list_webhooks")
+        await call("get_notification_preferences")
         await call("list_webhook_deliveries", endpoint_id=hook["endpoint_id"])
         await call("list_notifications")
         await call("mark_notification_read", notification_id=told["items"][0]["notification_id"])

@@ -424,6 +424,7 @@ def _feed_cursor(value: str | None) -> int | None:
     "/v1/events/stream",
     operation_id="stream_events",
     dependencies=[requires(Scope.jobs_read)],
+    openapi_extra={"x-rf-stream": True},
     summary="Live feed of your events (Server-Sent Events)",
     description=(
         "text/event-stream of your jobs' and wallet's events and your notifications"

@@ -80,13 +80,27 @@ def _key(p: Principal | None) -> ViewKey:
     return None if p is None else (p.api_key_id is not None, p.is_admin, p.scopes)
 
 
+def _streams(spec: dict[str, Any]) -> set[str]:
+    """Operations tagged ``x-rf-stream`` (Server-Sent Events): not request/response calls, so
+    no tool a generator could make of them would return; only the full spec lists them."""
+    return {
+        op["operationId"]
+        for item in spec["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict) and op.get("x-rf-stream")
+    }
+
+
 def caller_spec(app: FastAPI, p: Principal | None) -> bytes:
     """The OpenAPI document for ``p`` (None: no credentials), as JSON; one per kind of caller."""
     cache: dict[ViewKey, bytes] = app.state.caller_specs
     key = _key(p)
     found = cache.get(key)
     if found is None:
-        allowed = {op for op, req in requirements(app).items() if req.allows(p)}
+        streams = _streams(app.openapi())
+        allowed = {
+            op for op, req in requirements(app).items() if req.allows(p) and op not in streams
+        }
         found = cache[key] = orjson.dumps(view_for(app.openapi(), allowed))
     return found
 
