@@ -14,17 +14,13 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from contracts.notifications import (
     NotificationKind,
     RegisterWebhookEndpoint,
-    ReplayWebhookDelivery,
-    WebhookDelivery,
     WebhookEndpointSecret,
 )
 from libs.bus.commands import CommandClient
 from libs.ids import new_id
 from libs.readmodels.notifications import NotificationsQuery
 from libs.runtime import ServiceRuntime
-from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
-from tests.conftest import Env
 from tests.notifier.conftest import ACTOR, Publisher, Receiver
 from tests.notifier.events import owners, triggers
 from tests.waiting import until
@@ -124,55 +120,3 @@ async def test_every_kind_reaches_a_receiver_that_was_down_once_with_valid_signa
     replayed = webhook_headers([down.secret], got.headers["webhook-id"], old, got.body)
     with pytest.raises(WebhookVerificationError):
         verifier.verify(got.body, replayed)
-
-
-@pytest.fixture
-def notifier_settings(env: Env) -> NotifierSettings:
-    """A retry window of a second: deliveries to a failing receiver are dead-lettered."""
-    return env.settings(
-        NotifierSettings,
-        webhook_allow_http=True,
-        webhook_timeout_seconds=3,
-        webhook_retry_base_seconds=0.1,
-        webhook_retry_max_delay_seconds=0.2,
-        webhook_retry_window_seconds=1,
-        webhook_poll_seconds=0.1,
-    )
-
-
-async def test_a_delivery_failing_for_its_window_is_dead_lettered_then_replayed(
-    notifier: ServiceRuntime[Any],
-    commands: CommandClient,
-    publisher: Publisher,
-    receiver: Receiver,
-) -> None:
-    await receiver.start()
-    failing = await register(commands, receiver.url("/fail"), [NotificationKind.upload_expired])
-    await publisher.publish(triggers(USER, "j", "o")[NotificationKind.upload_expired])
-    q = query(notifier)
-
-    async def dead() -> Any:
-        rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
-        return rows if rows and rows[0][0].status == "dead_lettered" else None
-
-    [(delivery, attempts)] = await until(dead, "the delivery to be dead-lettered")
-    assert len(attempts) >= 2 and all(a.status_code == 500 for a in attempts)
-    assert delivery.next_attempt_at is None
-    receiver.failing = False
-    replayed = await commands.send(
-        ReplayWebhookDelivery(user_id=USER, delivery_id=delivery.delivery_id),
-        WebhookDelivery,
-        command_id="replay:1",
-        actor=ACTOR,
-    )
-    assert replayed.status == "pending"
-
-    async def delivered() -> Any:
-        rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
-        return rows if rows[0][0].status == "succeeded" else None
-
-    [(_, attempts)] = await until(delivered, "the replayed delivery to succeed")
-    assert attempts[-1].status_code == 204 and attempts[-1].attempt == len(attempts)
-    ids = {r.headers["webhook-id"] for r in receiver.at("/fail")}
-    assert len(ids) == 1  # the same message id on every attempt and the replay
-    Webhook(failing.secret).verify(receiver.at("/fail")[-1].body, receiver.at("/fail")[-1].headers)
