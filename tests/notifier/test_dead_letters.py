@@ -11,44 +11,17 @@ from standardwebhooks.webhooks import Webhook
 
 from contracts.notifications import (
     NotificationKind,
-    RegisterWebhookEndpoint,
     ReplayWebhookDelivery,
     WebhookDelivery,
-    WebhookEndpointSecret,
 )
 from libs.bus.commands import CommandClient
-from libs.ids import new_id
-from libs.readmodels.notifications import NotificationsQuery
 from libs.runtime import ServiceRuntime
 from services.notifier.settings import NotifierSettings
 from tests.conftest import Env
 from tests.notifier.conftest import ACTOR, Publisher, Receiver
-from tests.notifier.events import owners, triggers
+from tests.notifier.events import triggers
+from tests.notifier.test_service import USER, query, register
 from tests.waiting import until
-
-USER = "usr_service"
-
-
-async def register(
-    commands: CommandClient, url: str, kinds: list[NotificationKind] | None = None
-) -> WebhookEndpointSecret:
-    cmd = RegisterWebhookEndpoint(
-        user_id=USER, endpoint_id=new_id("whk"), url=url, kinds=kinds or list(NotificationKind)
-    )
-    return await commands.send(
-        cmd, WebhookEndpointSecret, command_id=f"register:{cmd.endpoint_id}", actor=ACTOR
-    )
-
-
-async def publish_every_kind(publisher: Publisher) -> None:
-    for event in owners(USER, "job_s1", "ord_s1"):
-        await publisher.publish(event)
-    for event in triggers(USER, "job_s1", "ord_s1").values():
-        await publisher.publish(event)
-
-
-def query(rt: ServiceRuntime[Any]) -> NotificationsQuery:
-    return NotificationsQuery(rt.pool, rt.schema)
 
 
 @pytest.fixture
