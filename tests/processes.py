@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from deploy.local.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,8 @@ class Process:
         self.ready_url = ready_url
         self.log = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Started again on another health port once (see :meth:`ready`).
+        self.moved = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -44,8 +48,13 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     async def ready(self, timeout: float = 30) -> None:
+        """Wait until the ready URL answers 200. A service whose health port was taken in the
+        meantime (another process bound the free port it was given) is started again once
+        on a new free port: a race of the test set-up, not of the service."""
         async with httpx.AsyncClient() as client:
             for _ in range(int(timeout * 10)):
+                if not self.running and self._health_port_taken():
+                    self._move_health_port()
                 assert self.running, self.log.read_text()[-3000:]
                 try:
                     r = await client.get(self.ready_url)
@@ -55,6 +64,22 @@ class Process:
                     pass
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-3000:]}")
+
+    def _health_port_taken(self) -> bool:
+        port = self.env.get("RF_HEALTH_PORT")
+        return (
+            port is not None
+            and not self.moved
+            and f"('127.0.0.1', {port}): address already in use" in self.log.read_text()
+        )
+
+    def _move_health_port(self) -> None:
+        old = self.env["RF_HEALTH_PORT"]
+        new = str(free_port())
+        self.env = {**self.env, "RF_HEALTH_PORT": new}
+        self.ready_url = self.ready_url.replace(f":{old}/", f":{new}/")
+        self.moved = True
+        self.start()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc
