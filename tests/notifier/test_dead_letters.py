@@ -51,7 +51,9 @@ async def test_a_delivery_failing_for_its_window_is_dead_lettered_then_replayed(
 
     async def dead() -> Any:
         rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
-        return rows if rows and rows[0][0].status == "dead_lettered" else None
+        # The attempts are a read model of their own: wait for it to show them all too.
+        done = rows and rows[0][0].status == "dead_lettered"
+        return rows if done and len(rows[0][1]) == rows[0][0].attempts else None
 
     [(delivery, attempts)] = await until(dead, "the delivery to be dead-lettered")
     assert len(attempts) >= 2 and all(a.status_code == 500 for a in attempts)
@@ -67,7 +69,8 @@ async def test_a_delivery_failing_for_its_window_is_dead_lettered_then_replayed(
 
     async def delivered() -> Any:
         rows = await q.deliveries(USER, failing.endpoint_id, None, 10)
-        return rows if rows[0][0].status == "succeeded" else None
+        done = rows[0][0].status == "succeeded"
+        return rows if done and len(rows[0][1]) == rows[0][0].attempts else None
 
     [(_, attempts)] = await until(delivered, "the replayed delivery to succeed")
     assert attempts[-1].status_code == 204 and attempts[-1].attempt == len(attempts)
