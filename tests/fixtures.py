@@ -14,6 +14,8 @@ from libs.auth import issue_access_token
 from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
 from libs.s3 import S3Client, S3Settings, ensure_buckets, open_s3
+from services.billing.service import SERVICE as BILLING
+from services.billing.settings import BillingSettings
 from services.gateway import service as gateway_service
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
@@ -23,7 +25,10 @@ from services.job import service as job_service_
 from services.job.settings import JobSettings
 from services.upload import service as upload_service_
 from services.upload.settings import UploadSettings
+from services.wallet.service import SERVICE as WALLET
+from services.wallet.settings import WalletSettings
 from tests.conftest import Env
+from tests.prices import TEST_PRICES
 
 
 @pytest.fixture
@@ -119,6 +124,23 @@ async def identity_service(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     await rt.launch()
     yield rt
     await rt.stop()
+
+
+@pytest.fixture
+async def billing(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
+    """The wallet and billing services (on the test price list); yields billing."""
+    started = [
+        await build(WALLET, env.settings(WalletSettings)),
+        await build(
+            BILLING,
+            env.settings(BillingSettings, default_prices=TEST_PRICES, command_timeout_seconds=2),
+        ),
+    ]
+    for rt in started:
+        await rt.launch()
+    yield started[1]
+    for rt in reversed(started):
+        await rt.stop()
 
 
 @pytest.fixture

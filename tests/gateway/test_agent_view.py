@@ -23,19 +23,13 @@ import tests.payments.conftest as payment_fixtures
 from contracts.identity import ApiKeySecret, CreateApiKey, RegisterUser, Scope, UserProfile
 from libs.bus.commands import Actor, CommandClient
 from libs.ids import new_id
-from libs.runtime import ServiceRuntime, build
+from libs.runtime import ServiceRuntime
 from libs.s3 import S3Client, S3Settings
-from services.billing.service import SERVICE as BILLING
-from services.billing.settings import BillingSettings
 from services.gateway.access import Access, declared, open_paths, requires
 from services.gateway.service import Gateway
-from services.wallet.service import SERVICE as WALLET
-from services.wallet.settings import WalletSettings
-from tests.conftest import Env
 from tests.fixtures import Users, admin_session
 from tests.notifier.conftest import Receiver
 from tests.payments.conftest import StandIn
-from tests.prices import TEST_PRICES
 from tests.upload.protocol import put_part
 from tests.upload.rendering import frame_bytes, render
 from tests.waiting import until
@@ -250,19 +244,6 @@ async def test_a_generator_filtering_the_full_spec_statically_gets_the_same_tool
 
 
 # -- every tool of a key's MCP server ------------------------------------------------------
-
-
-@pytest.fixture
-async def billing(env: Env) -> AsyncIterator[None]:
-    started = [
-        await build(WALLET, env.settings(WalletSettings)),
-        await build(BILLING, env.settings(BillingSettings, default_prices=TEST_PRICES)),
-    ]
-    for rt in started:
-        await rt.launch()
-    yield
-    for rt in reversed(started):
-        await rt.stop()
 
 
 Call = Callable[..., Awaitable[dict[str, Any]]]

@@ -4,7 +4,6 @@ lines (adding up across pages), the prices and their publication, API keys' spen
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,8 +19,6 @@ from libs.ids import new_id
 from libs.runtime import ServiceRuntime, build
 from services.billing.service import SERVICE as BILLING
 from services.billing.settings import BillingSettings
-from services.wallet.service import SERVICE as WALLET
-from services.wallet.settings import WalletSettings
 from tests.conftest import Env
 from tests.fixtures import Scenes, Users
 from tests.prices import LOCAL_CPU_RATES, TEST_PRICES
@@ -34,22 +31,6 @@ PARAMETERS = {
     "resolution": {"width": 1920, "height": 1080},
 }
 SERVICE_ACTOR = Actor(kind="service", id="farm-test")
-
-
-@pytest.fixture
-async def billing(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
-    started = [
-        await build(WALLET, env.settings(WalletSettings)),
-        await build(
-            BILLING,
-            env.settings(BillingSettings, default_prices=TEST_PRICES, command_timeout_seconds=2),
-        ),
-    ]
-    for rt in started:
-        await rt.launch()
-    yield started[1]
-    for rt in reversed(started):
-        await rt.stop()
 
 
 @pytest.fixture

@@ -3,36 +3,16 @@ with the envelope's own figures: job_id, job_status, progress_percent and curren
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from libs.runtime import ServiceRuntime, build
-from services.billing.service import SERVICE as BILLING
-from services.billing.settings import BillingSettings
-from services.wallet.service import SERVICE as WALLET
-from services.wallet.settings import WalletSettings
-from tests.conftest import Env
+from libs.runtime import ServiceRuntime
 from tests.fixtures import Scenes, Users
 from tests.job.scheduler import Scheduler
-from tests.prices import TEST_PRICES
 
 PAGES = ("frames", "events", "outputs", "cost")
-
-
-@pytest.fixture
-async def billing(env: Env) -> AsyncIterator[None]:
-    started = [
-        await build(WALLET, env.settings(WalletSettings)),
-        await build(BILLING, env.settings(BillingSettings, default_prices=TEST_PRICES)),
-    ]
-    for rt in started:
-        await rt.launch()
-    yield
-    for rt in reversed(started):
-        await rt.stop()
 
 
 async def states(client: httpx.AsyncClient, job_id: str, me: dict[str, str]) -> dict[str, Any]:
