@@ -139,8 +139,18 @@ class UploadsQuery:
         return [upload_view(r) for r in rows]
 
     async def manifest(self, manifest_id: str, owner_id: str) -> ManifestView | None:
-        """The caller's manifest with what its owner holds now, or None."""
-        row = await self.pool.fetchrow(self._manifest_sql, manifest_id, owner_id)
+        """The caller's manifest with what its owner holds now, or None (read in one
+        snapshot: the sessions' rows are projected while it is read)."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return await self._manifest(conn, manifest_id, owner_id)
+
+    async def _manifest(
+        self, conn: asyncpg.Connection, manifest_id: str, owner_id: str
+    ) -> ManifestView | None:
+        row = await conn.fetchrow(self._manifest_sql, manifest_id, owner_id)
         if row is None:
             return None
         by_content: dict[str, list[str]] = {}
@@ -153,17 +163,17 @@ class UploadsQuery:
             if f.upload_id is not None:
                 given[f.sha256] = f.upload_id
         shas = list(by_content)
-        held = {r["sha256"] for r in await self.pool.fetch(self._held_sql, owner_id, shas)}
+        held = {r["sha256"] for r in await conn.fetch(self._held_sql, owner_id, shas)}
         lacking = [s for s in shas if s not in held]
         uploading = {
             r["sha256"]: r["upload_id"]
-            for r in await self.pool.fetch(self._uploading_sql, owner_id, lacking)
+            for r in await conn.fetch(self._uploading_sql, owner_id, lacking)
         }
         # A session given at submission that this read model does not show yet (a big
         # manifest's sessions are projected after it) is open: it was just started.
         unseen = [given[s] for s in lacking if s not in uploading and s in given]
         if unseen:
-            known = {r["upload_id"] for r in await self.pool.fetch(self._known_sql, unseen)}
+            known = {r["upload_id"] for r in await conn.fetch(self._known_sql, unseen)}
             uploading.update({s: given[s] for s in lacking if s in given and given[s] not in known})
         missing = sorted(
             (
