@@ -21,8 +21,10 @@ from contracts.billing import JobCostCapReached
 from contracts.jobs import (
     JobCompleted,
     JobFailed,
+    JobKilled,
     JobPaused,
     JobTestRenderCompleted,
+    KillCause,
 )
 from contracts.payments import PaymentFailed, TopUpCredited
 from contracts.uploads import UploadExpired
@@ -48,6 +50,7 @@ class NotificationKind(StrEnum):
     payment_failed = "payment.failed"
     balance_low = "balance.low"
     upload_expired = "upload.expired"
+    job_killed = "job.killed"
 
 
 # --- payloads (the ``data`` of a notification and of its webhook body) -------------------
@@ -115,6 +118,16 @@ class BalanceLow(_Payload):
 
 class UploadExpiredPayload(_Payload):
     upload_id: str
+
+
+class JobKilledPayload(_Payload):
+    """An administrator stopped the job (``cause``: ``admin_kill``) or suspended its owner
+    (``user_suspended``); its cost so far is charged."""
+
+    job_id: str
+    job_name: str
+    cause: KillCause
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,12 @@ CATALOGUE: dict[NotificationKind, KindSpec] = {
             (UploadExpired.event_type,),
             UploadExpiredPayload,
             "an upload session was not completed in time and its parts are gone",
+        ),
+        KindSpec(
+            NotificationKind.job_killed,
+            (JobKilled.event_type,),
+            JobKilledPayload,
+            "an administrator killed the job, or suspended its owner's account",
         ),
     )
 }

@@ -23,6 +23,8 @@ from services.identity import service as identity_service_
 from services.identity.settings import IdentitySettings
 from services.job import service as job_service_
 from services.job.settings import JobSettings
+from services.notifier.service import SERVICE as NOTIFIER
+from services.notifier.settings import NotifierSettings
 from services.upload import service as upload_service_
 from services.upload.settings import UploadSettings
 from services.wallet.service import SERVICE as WALLET
@@ -141,6 +143,15 @@ async def billing(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     yield started[1]
     for rt in reversed(started):
         await rt.stop()
+
+
+@pytest.fixture
+async def notifier(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
+    """The notifier in the test's process, on its default settings."""
+    rt = await build(NOTIFIER, env.settings(NotifierSettings))
+    await rt.launch()
+    yield rt
+    await rt.stop()
 
 
 @pytest.fixture

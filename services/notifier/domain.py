@@ -32,7 +32,14 @@ from contracts.errors import (
     WebhookEndpointNotFound,
     WebhookLimitReached,
 )
-from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
+from contracts.jobs import (
+    JobCompleted,
+    JobFailed,
+    JobKilled,
+    JobPaused,
+    JobSubmitted,
+    JobTestRenderCompleted,
+)
 from contracts.notifications import (
     MAX_ENDPOINTS_PER_USER,
     BalanceLow,
@@ -43,6 +50,7 @@ from contracts.notifications import (
     EmailDelivered,
     EmailScheduled,
     FeedItemAppended,
+    JobKilledPayload,
     JobPausedForCredits,
     JobStoppedAtCap,
     KindChannels,
@@ -203,6 +211,11 @@ def trigger_of(event: Event, low_balance: Decimal) -> Trigger | None:
         case UploadExpired():
             payload = UploadExpiredPayload(upload_id=event.upload_id)
             return Trigger(NotificationKind.upload_expired, payload, user_id=event.owner_id)
+        case JobKilled():
+            payload = JobKilledPayload(
+                job_id=event.job_id, job_name=event.job_name, cause=event.cause, reason=event.reason
+            )
+            return Trigger(NotificationKind.job_killed, payload, subject=job_subject(event.job_id))
     return None
 
 

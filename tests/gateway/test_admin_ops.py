@@ -30,7 +30,7 @@ from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
 from services.job.projections import JobsProjection
 from tests.conftest import Env
-from tests.fixtures import admin_session
+from tests.fixtures import Users, admin_session
 from tests.gateway.test_accounts import login, register
 from tests.gateway.test_replicas import gateway_client
 from tests.job.test_service import submit
@@ -174,8 +174,12 @@ async def test_every_users_jobs_filtered_and_the_stuck_ones(
     assert [s["job"]["job_id"] for s in stuck["items"]] == [b1]  # a1 ended
 
 
-async def test_an_admin_kill_is_a_cancel_recorded_as_the_admins_kill(
-    api: httpx.AsyncClient, identity_service: ServiceRuntime[Any], job_service: ServiceRuntime[Any]
+async def test_an_admin_kill_is_a_cancel_recorded_as_the_admins_kill_and_told_to_the_owner(
+    api: httpx.AsyncClient,
+    identity_service: ServiceRuntime[Any],
+    job_service: ServiceRuntime[Any],
+    notifier: ServiceRuntime[Any],
+    users: Users,
 ) -> None:
     admin = await admin_session(api, identity_service)
     admin_id = (await api.get("/v1/me", headers=admin)).json()["user_id"]
@@ -205,6 +209,18 @@ async def test_an_admin_kill_is_a_cancel_recorded_as_the_admins_kill(
         "killed_by": admin_id,
         "status": "submitted",
         "at": killed["data"]["at"],
+    }
+
+    async def told() -> list[dict[str, Any]]:
+        r = await api.get("/v1/notifications", headers=users.headers("usr_a"))
+        return [n for n in r.json()["items"] if n["kind"] == "job.killed"]
+
+    [notification] = await until(told, "the owner told of the kill")
+    assert notification["payload"] == {
+        "job_id": job_id,
+        "job_name": "shot_010",
+        "cause": "admin_kill",
+        "reason": "mining crypto",
     }
 
 

@@ -24,18 +24,16 @@ from libs.runtime import ServiceRuntime, build
 from services.gateway import service as gateway_service
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
-from services.notifier.service import SERVICE
-from services.notifier.settings import NotifierSettings
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.notifier.conftest import Publisher
 from tests.notifier.events import owners, triggers
 from tests.waiting import until
 
-#: Feed items one user gets from ``owners`` and ``triggers``: five job events
-#: (JobSubmitted, JobTestRenderCompleted, JobCompleted, JobFailed, JobPaused), one wallet
-#: event (CreditsHeld) and a notification of every kind.
-ITEMS_PER_ROUND = 5 + 1 + len(NotificationKind)
+#: Feed items one user gets from ``owners`` and ``triggers``: six job events
+#: (JobSubmitted, JobTestRenderCompleted, JobCompleted, JobFailed, JobPaused, JobKilled), one
+#: wallet event (CreditsHeld) and a notification of every kind.
+ITEMS_PER_ROUND = 6 + 1 + len(NotificationKind)
 #: Longest wait for the next line of a stream.
 LINE_TIMEOUT = 30.0
 
@@ -48,14 +46,6 @@ def gateway_settings(env: Env) -> GatewaySettings:
         sse_connections_per_user=2,
         sse_poll_seconds=0.05,
     )
-
-
-@pytest.fixture
-async def notifier(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
-    rt = await build(SERVICE, env.settings(NotifierSettings))
-    await rt.launch()
-    yield rt
-    await rt.stop()
 
 
 class _Server(uvicorn.Server):

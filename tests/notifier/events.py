@@ -11,9 +11,12 @@ from contracts.envelope import CostStatus
 from contracts.jobs import (
     JobCompleted,
     JobFailed,
+    JobKilled,
     JobPaused,
+    JobStatus,
     JobSubmitted,
     JobTestRenderCompleted,
+    KillCause,
 )
 from contracts.notifications import NotificationKind
 from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
@@ -112,4 +115,14 @@ def triggers(user: str, job_id: str, order_id: str) -> dict[NotificationKind, Ev
             expires_at=AT,
         ),
         NotificationKind.upload_expired: UploadExpired(upload_id="upl_1", owner_id=user, at=AT),
+        NotificationKind.job_killed: JobKilled(
+            job_id=job_id,
+            owner_id=user,
+            job_name="shot_010",
+            cause=KillCause.admin_kill,
+            reason="runaway render",
+            killed_by="usr_admin",
+            status=JobStatus.rendering,
+            at=AT,
+        ),
     }
