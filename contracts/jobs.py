@@ -1186,6 +1186,38 @@ class OwnerJobsKilled(_Model):
     job_ids: list[str]
 
 
+#: ``JobPaused.reason`` of a job paused because its owner was suspended: only the owner's
+#: reactivation resumes it (a hold placed meanwhile does not).
+ACCOUNT_SUSPENDED = "account_suspended"
+
+
+@COMMANDS.register
+class PauseOwnerJobs(Command):
+    """From the job service's suspension manager (``RF_JOB_SUSPENDED_USER_JOBS=pause``):
+    pause every active job of the owner that can be paused (reason ``account_suspended``)."""
+
+    command_type = "job.PauseOwnerJobs"
+    owner_id: str
+    at: datetime
+
+
+@COMMANDS.register
+class ResumeOwnerJobs(Command):
+    """From the job service's suspension manager, on the owner's reactivation: resume every
+    job of the owner paused for its suspension."""
+
+    command_type = "job.ResumeOwnerJobs"
+    owner_id: str
+    at: datetime
+
+
+class OwnerJobsChanged(_Model):
+    """Reply to ``PauseOwnerJobs`` and ``ResumeOwnerJobs``: the jobs paused or resumed."""
+
+    owner_id: str
+    job_ids: list[str]
+
+
 @COMMANDS.register
 class RecordJobCost(JobCostFigures, Command):
     """From billing's process manager: the job's money after a billing event."""

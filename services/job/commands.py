@@ -18,8 +18,10 @@ from contracts.jobs import (
     KillJob,
     KillOwnerJobs,
     LogJobStep,
+    OwnerJobsChanged,
     OwnerJobsKilled,
     PauseJob,
+    PauseOwnerJobs,
     QueueJob,
     RecordFramesRendered,
     RecordJobCost,
@@ -36,6 +38,7 @@ from contracts.jobs import (
     RenderOrder,
     RequestTestRender,
     ResumeJob,
+    ResumeOwnerJobs,
     StartFullRender,
     StartJobRender,
     StartJobStep,
@@ -61,6 +64,8 @@ class JobCommands:
         # From the gateway (an administrator), and from the suspension manager.
         server.register(KillJob, self.kill)
         server.register(KillOwnerJobs, self.kill_owner_jobs)
+        server.register(PauseOwnerJobs, self.pause_owner_jobs)
+        server.register(ResumeOwnerJobs, self.resume_owner_jobs)
         # From the scheduler: internal, so no owner check (they carry no owner id).
         server.register(StartSceneStaging, self.start_staging)
         server.register(RecordSceneStagingProgress, self.record_staging_progress)
@@ -136,16 +141,33 @@ class JobCommands:
 
     async def kill_owner_jobs(self, cmd: KillOwnerJobs, uow: UnitOfWork) -> OwnerJobsKilled:
         """Every active job of the owner, in one append (the slots freed with them)."""
-        owner = await uow.get(OwnerJobs, cmd.owner_id)
-        active = list(owner.active)
-        await uow.prefetch(*((Job, job_id) for job_id in active))
         killed: list[str] = []
-        for job_id in active:
-            job = await uow.get(Job, job_id)
+        for job in await self._active_jobs(uow, cmd.owner_id):
             if job.kill(KillCause.user_suspended, cmd.reason, cmd.killed_by, cmd.at):
-                killed.append(job_id)
+                killed.append(job.job_id)
             await self._accepted(uow, job)
         return OwnerJobsKilled(owner_id=cmd.owner_id, job_ids=killed)
+
+    async def pause_owner_jobs(self, cmd: PauseOwnerJobs, uow: UnitOfWork) -> OwnerJobsChanged:
+        """Every active job of the owner that can be paused, in one append."""
+        paused: list[str] = []
+        for job in await self._active_jobs(uow, cmd.owner_id):
+            if job.pause_for_suspension(cmd.at):
+                paused.append(job.job_id)
+        return OwnerJobsChanged(owner_id=cmd.owner_id, job_ids=paused)
+
+    async def resume_owner_jobs(self, cmd: ResumeOwnerJobs, uow: UnitOfWork) -> OwnerJobsChanged:
+        """Every job of the owner paused for its suspension, in one append."""
+        resumed: list[str] = []
+        for job in await self._active_jobs(uow, cmd.owner_id):
+            if job.resume(cmd.at, reactivated=True):
+                resumed.append(job.job_id)
+        return OwnerJobsChanged(owner_id=cmd.owner_id, job_ids=resumed)
+
+    async def _active_jobs(self, uow: UnitOfWork, owner_id: str) -> list[Job]:
+        active = list((await uow.get(OwnerJobs, owner_id)).active)
+        await uow.prefetch(*((Job, job_id) for job_id in active))
+        return [await uow.get(Job, job_id) for job_id in active]
 
     async def request_test_render(self, cmd: RequestTestRender, uow: UnitOfWork) -> JobAccepted:
         job = await self._owned(uow, cmd.job_id, cmd.owner_id)

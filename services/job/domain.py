@@ -29,6 +29,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.jobs import (
+    ACCOUNT_SUSPENDED,
     SCENE_CHECK_FAILED,
     TERMINAL_STATUSES,
     FrameOutput,
@@ -313,6 +314,8 @@ class Job(Aggregate):
     tasks_recorded: int = 0
     #: The status the job was paused from (None unless paused, or paused in old history).
     paused_from: JobStatus | None = None
+    #: Why it is paused (``JobPaused.reason``; None unless paused).
+    paused_reason: str | None = None
     #: Set when the system stops the job (``cost_cap_reached``): it ends failed with it.
     stop_code: str | None = None
     stop_reason: str | None = None
@@ -377,7 +380,9 @@ class Job(Aggregate):
             case JobFailed():
                 self.failure_reason = event.reason
             case JobPaused():
-                self.paused_from = self.status
+                if self.status is not S.paused:  # a suspension over a pause for credits
+                    self.paused_from = self.status
+                self.paused_reason = event.reason
             case JobCancellationRequested():
                 self.stop_code = event.code
                 self.stop_reason = event.reason if event.code else None
@@ -416,7 +421,7 @@ class Job(Aggregate):
         resumes_to = None
         if isinstance(event, JobResumed):
             resumes_to = resumed_status(self.paused_from, self.running_steps())
-            self.paused_from = None
+            self.paused_from = self.paused_reason = None
         to = status_after(self.status, event, resumes_to)
         if to is not None:
             self._move(to)
@@ -1040,23 +1045,37 @@ class Job(Aggregate):
 
     def pause(self, reason: str, at: datetime) -> list[Event]:
         """The job may not render until resumed (``reason``: a code such as
-        ``insufficient_credits``). Pausing a paused job changes nothing."""
+        ``insufficient_credits``). Pausing a paused job changes nothing, except that the
+        owner's suspension (``account_suspended``) takes over a pause for credits: then only
+        the reactivation resumes it."""
         if self.status is S.paused:
-            return []
-        self._require_open()
-        if self.status is S.cancelling:
-            raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
-        if self.status not in PAUSABLE:
-            raise InvalidStateTransition(
-                f"job {self.job_id} cannot be paused while {self.status}",
-                JobTransition(from_=self.status, to=S.paused),
-            )
+            if reason != ACCOUNT_SUSPENDED or self.paused_reason == ACCOUNT_SUSPENDED:
+                return []
+        else:
+            self._require_open()
+            if self.status is S.cancelling:
+                raise JobCancelling(f"job {self.job_id} is being cancelled", job_id=self.job_id)
+            if self.status not in PAUSABLE:
+                raise InvalidStateTransition(
+                    f"job {self.job_id} cannot be paused while {self.status}",
+                    JobTransition(from_=self.status, to=S.paused),
+                )
         return self.record(JobPaused(job_id=self.job_id, reason=reason, at=at))
 
-    def resume(self, at: datetime) -> list[Event]:
+    def pause_for_suspension(self, at: datetime) -> list[Event]:
+        """The owner was suspended: pause the job if it can be paused. A job ready for its
+        owner's start, test rendering or being cancelled is left as it is."""
+        if self.status in PAUSABLE or self.status is S.paused:
+            return self.pause(ACCOUNT_SUSPENDED, at)
+        return []
+
+    def resume(self, at: datetime, *, reactivated: bool = False) -> list[Event]:
         """Back to where the job was paused from (:func:`resumed_status`). A job that is not
-        paused changes nothing."""
+        paused changes nothing; nor does a resume for credits of a job paused for its owner's
+        suspension, or the owner's reactivation of a job paused for credits."""
         if self.status is not S.paused:
+            return []
+        if (self.paused_reason == ACCOUNT_SUSPENDED) is not reactivated:
             return []
         return self.record(JobResumed(job_id=self.job_id, at=at))
 

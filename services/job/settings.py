@@ -9,5 +9,6 @@ class JobSettings(BaseServiceSettings):
     active_job_limit: int = 20
     #: How often the leader looks for test renders past their deadline.
     test_render_deadline_poll_seconds: float = 5.0
-    #: A suspended user's active jobs: killed through the cancel path, or kept running.
+    #: A suspended user's active jobs: killed through the cancel path, paused until the
+    #: reactivation, or kept running.
     suspended_user_jobs: SuspendedUserJobs = SuspendedUserJobs.cancel

@@ -1,8 +1,10 @@
 """What happens to a suspended user's jobs: the process manager ``job-suspensions`` follows
-identity's ``UserSuspended`` and, unless the settings keep them
-(``RF_JOB_SUSPENDED_USER_JOBS=keep``), kills every active job of the user
-(``KillOwnerJobs``: ``JobKilled`` with cause ``user_suspended`` and the cancel path, so the
-farm job stops and billing settles the cost)."""
+identity's ``UserSuspended`` and, per ``RF_JOB_SUSPENDED_USER_JOBS``, kills every active job
+of the user (``KillOwnerJobs``: ``JobKilled`` with cause ``user_suspended`` and the cancel
+path, so the farm job stops and billing settles the cost), pauses them (``PauseOwnerJobs``:
+``JobPaused`` with reason ``account_suspended``; the scheduler suspends the farm job), or
+keeps them running. ``UserReactivated`` resumes the jobs paused for the suspension
+(``ResumeOwnerJobs``, whatever the setting is by then)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,14 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from contracts.base import Event
-from contracts.identity import UserSuspended
-from contracts.jobs import KillOwnerJobs, OwnerJobsKilled
+from contracts.identity import UserReactivated, UserSuspended
+from contracts.jobs import (
+    KillOwnerJobs,
+    OwnerJobsChanged,
+    OwnerJobsKilled,
+    PauseOwnerJobs,
+    ResumeOwnerJobs,
+)
 from libs.process import Cause, ProcessManager, Send
 
 
@@ -21,6 +29,8 @@ class SuspendedUserJobs(StrEnum):
 
     #: Kill them through the cancel path (the default).
     cancel = "cancel"
+    #: Pause them (the farm job suspended, nothing charged meanwhile) until reactivated.
+    pause = "pause"
     #: Leave them running; only the user's access stops.
     keep = "keep"
 
@@ -31,7 +41,7 @@ class NoState(BaseModel):
 
 class SuspensionProcess(ProcessManager[NoState]):
     name = "job-suspensions"
-    subjects = (f"events.{UserSuspended.event_type}",)
+    subjects = (f"events.{UserSuspended.event_type}", f"events.{UserReactivated.event_type}")
     state_type = NoState
 
     def __init__(self, jobs: SuspendedUserJobs) -> None:
@@ -45,12 +55,19 @@ class SuspensionProcess(ProcessManager[NoState]):
 
     def policy(self, cause: Cause, state: NoState) -> list[Send]:
         event = cause.event
-        if not isinstance(event, UserSuspended) or self.jobs is SuspendedUserJobs.keep:
-            return []
-        kill = KillOwnerJobs(
-            owner_id=event.user_id,
-            reason=f"the account was suspended: {event.reason}"[:500],
-            killed_by=event.suspended_by,
-            at=event.suspended_at,
-        )
-        return [Send(kill, OwnerJobsKilled)]
+        match event:
+            case UserReactivated():
+                resume = ResumeOwnerJobs(owner_id=event.user_id, at=event.reactivated_at)
+                return [Send(resume, OwnerJobsChanged)]
+            case UserSuspended() if self.jobs is SuspendedUserJobs.cancel:
+                kill = KillOwnerJobs(
+                    owner_id=event.user_id,
+                    reason=f"the account was suspended: {event.reason}"[:500],
+                    killed_by=event.suspended_by,
+                    at=event.suspended_at,
+                )
+                return [Send(kill, OwnerJobsKilled)]
+            case UserSuspended() if self.jobs is SuspendedUserJobs.pause:
+                pause = PauseOwnerJobs(owner_id=event.user_id, at=event.suspended_at)
+                return [Send(pause, OwnerJobsChanged)]
+        return []

@@ -281,8 +281,8 @@ class JobView(BaseModel):
                 self.full_render_released_by = event.by
             case JobFailed():
                 self.failure_reason, self.failure_code = event.reason, event.code
-            case JobPaused():
-                self.paused_from = self.status
+            case JobPaused() if self.status is not JobStatus.paused:
+                self.paused_from = self.status  # not again when a suspension takes over
             case JobCostRecorded():
                 self._record_cost(event)
             case JobCancelled():

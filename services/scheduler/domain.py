@@ -27,8 +27,10 @@ from pydantic import BaseModel
 
 from contracts.base import Command, Event
 from contracts.billing import JobCostCapReached, JobCostHeld, JobHoldRefused, TaskCharged
+from contracts.envelope import AwaitingReason
 from contracts.errors import DomainError, JobCancelling, JobFinished, RenderNotFound
 from contracts.jobs import (
+    ACCOUNT_SUSPENDED,
     CompleteJob,
     CompleteTestRender,
     ConfirmJobCancelled,
@@ -39,8 +41,10 @@ from contracts.jobs import (
     JobCancellationRequested,
     JobFramesChanged,
     JobFullRenderReleased,
+    JobPaused,
     JobPriority,
     JobRenderSettingsChanged,
+    JobResumed,
     JobScenePrepared,
     JobSubmitted,
     JobTestRenderCompleted,
@@ -126,6 +130,9 @@ JobSettingsEvent = JobFramesChanged | JobRenderSettingsChanged
 TestRenderJobEvent = (
     JobTestRenderRequested | JobTestRenderCompleted | JobTestRenderFailed | JobFullRenderReleased
 )
+#: A pause or resume on the job: followed for its owner's suspension (the scheduler's own
+#: pauses for credits come from ``JobHoldRefused``).
+JobPauseEvent = JobPaused | JobResumed
 #: The code a job stopped at its cost cap fails with.
 COST_CAP_REACHED = "cost_cap_reached"
 
@@ -356,8 +363,12 @@ class JobRender(BaseModel):
     needed_key: str | None = None
     #: The scene workers prepared the staged scene (``job.JobScenePrepared``).
     prepared: bool = False
-    #: Paused awaiting credits (a hold refused), until a hold is placed.
+    #: Paused awaiting credits (a hold refused), until a hold is placed, and why.
     paused: bool = False
+    awaiting_reason: str | None = None
+    #: Paused for the owner's suspension (``JobPaused`` ``account_suspended``), until the
+    #: reactivation resumes it.
+    suspended: bool = False
     #: What a test render's farm job needs (the full render's come from the queue reply).
     name: str = ""
     priority: JobPriority = JobPriority.normal
@@ -375,6 +386,11 @@ class JobRender(BaseModel):
         waits = self.test is not None and self.test.in_flight
         whole = self.staged or self.scene is None
         return (self.start_full_render or self.released) and whole and not waits
+
+    @property
+    def halted(self) -> bool:
+        """Paused, for credits or for the owner's suspension: nothing new starts."""
+        return self.paused or self.suspended
 
     @property
     def on_farm(self) -> bool:
@@ -417,6 +433,8 @@ class RenderProcess(ProcessManager[JobRender]):
         f"events.{JobTestRenderCompleted.event_type}",
         f"events.{JobTestRenderFailed.event_type}",
         f"events.{JobFullRenderReleased.event_type}",
+        f"events.{JobPaused.event_type}",
+        f"events.{JobResumed.event_type}",
         f"events.{TaskCharged.event_type}",
         f"events.{JobCostHeld.event_type}",
         f"events.{JobHoldRefused.event_type}",
@@ -444,6 +462,7 @@ class RenderProcess(ProcessManager[JobRender]):
             | JobSettingsEvent
             | JobScenePrepared
             | TestRenderJobEvent
+            | JobPauseEvent
             | TaskCharged
             | RenderEvent
             | StagingEvent
@@ -508,7 +527,12 @@ class RenderProcess(ProcessManager[JobRender]):
         elif isinstance(event, JobCostHeld):
             update = {"held": True, "paused": False}
         elif isinstance(event, JobHoldRefused):
-            update = {"paused": True}
+            reason = (event.totals.awaiting_reason or event.reason).value
+            update = {"paused": True, "awaiting_reason": reason}
+        elif isinstance(event, JobPaused) and event.reason == ACCOUNT_SUSPENDED:
+            update = {"suspended": True}
+        elif isinstance(event, JobResumed):
+            update = {"suspended": False}
         elif isinstance(event, SceneNeededFilesStaged):
             update = {"needed_key": event.staged_key}
         elif isinstance(event, SceneStaged):
@@ -535,6 +559,8 @@ class RenderProcess(ProcessManager[JobRender]):
                 return [self._start(event.job_id, self.evolve(state, event), cause)]
             case JobSubmitted():
                 return []  # no render starts before billing holds the job's credits
+            case JobCostHeld() if event.resumed and state.suspended:
+                return []  # the owner's reactivation resumes the job
             case JobCostHeld() if event.resumed:
                 return [self._resume(event.job_id, state, cause)]
             case JobCostHeld() if starts(state, event):
@@ -543,6 +569,12 @@ class RenderProcess(ProcessManager[JobRender]):
                 return []  # the hold grew while the job renders: nothing changes here
             case JobHoldRefused():
                 return [self._pause(event, state)]
+            case JobPaused() if event.reason == ACCOUNT_SUSPENDED and not state.suspended:
+                return self._suspend_render(state, event.reason)
+            case JobResumed() if state.suspended:
+                return self._after_reactivation(event.job_id, self.evolve(state, event), cause)
+            case JobPaused() | JobResumed():
+                return []  # the scheduler's own pauses and resumes for credits
             case JobCostCapReached():
                 cap = event.totals.cap_credits
                 reason = f"the job's cost reached its cap of {cap} credits"
@@ -577,17 +609,17 @@ class RenderProcess(ProcessManager[JobRender]):
             case SceneStaged():
                 after = self.evolve(state, event)
                 return [self._staging_step(staging_log(event)), self._staged(event, after, cause)]
-            case JobScenePrepared() if not state.paused:
+            case JobScenePrepared() if not state.halted:
                 return self._after_prepared(event.job_id, self.evolve(state, event), cause)
             case JobScenePrepared():
                 return []  # paused meanwhile: queued once resumed
             case JobTestRenderRequested():
                 after = self.evolve(state, event)
-                ready = after.prepared and after.held and not after.paused
+                ready = after.prepared and after.held and not after.halted
                 return [self._order_test(after, cause)] if ready and after.status is None else []
             case JobFullRenderReleased():
                 after = self.evolve(state, event)
-                ready = after.prepared and not after.paused and after.status is None
+                ready = after.prepared and not after.halted and after.status is None
                 return [self._queue(event.job_id, cause)] if ready and after.full_may_start else []
             case JobTestRenderCompleted() | JobTestRenderFailed():
                 return self._after_test_render(state, self.evolve(state, event), cause)
@@ -634,10 +666,7 @@ class RenderProcess(ProcessManager[JobRender]):
         """Pause the job (a job that ended meanwhile refuses, as planned), then suspend its
         render if one is on the farm."""
         reason = (event.totals.awaiting_reason or event.reason).value
-        suspend = SuspendRender(render_id=state.render_id or "", reason=reason)
-        on_farm = (
-            [Send(suspend, RenderAccepted, tolerate=NEVER_ON_THE_FARM)] if state.on_farm else []
-        )
+        on_farm = self._suspend_render(state, reason)
         return Send(
             PauseJob(job_id=event.job_id, reason=reason, at=event.at),
             JobAccepted,
@@ -645,9 +674,35 @@ class RenderProcess(ProcessManager[JobRender]):
             tolerate=CANCELLED_BEFORE_QUEUED,
         )
 
+    def _suspend_render(self, state: JobRender, reason: str) -> list[Send]:
+        """Suspend the job's full render, if one is on the farm."""
+        if not state.on_farm:
+            return []
+        suspend = SuspendRender(render_id=state.render_id or "", reason=reason)
+        return [Send(suspend, RenderAccepted, tolerate=NEVER_ON_THE_FARM)]
+
+    def _after_reactivation(self, job_id: str, state: JobRender, cause: Cause) -> list[Send]:
+        """The owner's reactivation resumed the job: still short of credits, it is paused
+        for them again; else what it waited for goes on."""
+        if state.paused:
+            reason = state.awaiting_reason or AwaitingReason.insufficient_credits.value
+            pause = PauseJob(job_id=job_id, reason=reason, at=cause.recorded_at)
+            return [Send(pause, JobAccepted, tolerate=CANCELLED_BEFORE_QUEUED)]
+        return self._resume_next(job_id, state, cause)
+
     def _resume(self, job_id: str, state: JobRender, cause: Cause) -> Send:
-        """Resume the job, then what it was waiting for: its suspended render, the staging of
-        its scene (its first hold was refused), or the queueing of its staged scene."""
+        """Resume the job (a hold was placed again), then what it waited for."""
+        nxt = self._resume_next(job_id, state, cause)
+        return Send(
+            ResumeJob(job_id=job_id, at=cause.recorded_at),
+            JobAccepted,
+            then=lambda _: nxt,
+            tolerate=CANCELLED_BEFORE_QUEUED,
+        )
+
+    def _resume_next(self, job_id: str, state: JobRender, cause: Cause) -> list[Send]:
+        """What a resumed job waited for: its suspended render, the staging of its scene (its
+        first hold was refused), or the queueing of its staged scene."""
         nxt: list[Send] = []
         if state.status is RenderStatus.suspended:
             assert state.render_id is not None
@@ -659,12 +714,7 @@ class RenderProcess(ProcessManager[JobRender]):
             nxt = self._after_prepared(job_id, state, cause)
         elif (key := state.staged_key or state.needed_key) and state.status is None:
             nxt = [self._prepare(job_id, state, key, cause)]
-        return Send(
-            ResumeJob(job_id=job_id, at=cause.recorded_at),
-            JobAccepted,
-            then=lambda _: nxt,
-            tolerate=CANCELLED_BEFORE_QUEUED,
-        )
+        return nxt
 
     def _after_prepared(self, job_id: str, state: JobRender, cause: Cause) -> list[Send]:
         """The scene is prepared: its test render first when one was asked for, then the
@@ -763,7 +813,7 @@ class RenderProcess(ProcessManager[JobRender]):
             bytes_staged=event.bytes_needed,
             at=event.at,
         )
-        ready = not state.paused and state.scene is not None and state.settings is not None
+        ready = not state.halted and state.scene is not None and state.settings is not None
         nxt = [self._prepare(event.job_id, state, event.staged_key, cause)] if ready else []
         return Send(needed, JobAccepted, then=lambda _: nxt, tolerate=CANCELLED_BEFORE_QUEUED)
 
@@ -775,7 +825,7 @@ class RenderProcess(ProcessManager[JobRender]):
             job_id=event.job_id, scene_key=event.staged_key, reused=event.reused, at=event.at
         )
         # Not while paused, nor for a job never seen submitted (no settings to apply).
-        ready = not state.paused and state.scene is not None and state.settings is not None
+        ready = not state.halted and state.scene is not None and state.settings is not None
         nxt: list[Send] = []
         if ready and state.prepared:
             nxt = [self._queue(event.job_id, cause)] if state.full_may_start else []

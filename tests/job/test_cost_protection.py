@@ -13,6 +13,7 @@ from contracts.base import Event
 from contracts.envelope import AwaitingReason, CostStatus, EstimateUnknownReason, EtaUnknownReason
 from contracts.errors import InvalidStateTransition, JobCancelling, JobFinished
 from contracts.jobs import (
+    ACCOUNT_SUSPENDED,
     JobAction,
     JobCostRecorded,
     JobStatus,
@@ -301,3 +302,36 @@ def test_a_cost_status_the_view_does_not_know_keeps_the_last_one() -> None:
     job.record_cost(cost(2, "refunded_later", awaiting_reason="gremlins"))
     block = view_of(job).envelope(job.version, NOW).cost
     assert (block.status, block.awaiting_reason) == (CostStatus.held, None)
+
+
+# -- paused for the owner's suspension ------------------------------------------------------
+
+
+def test_a_job_paused_for_its_owners_suspension_resumes_only_on_the_reactivation() -> None:
+    job = rendering()
+    assert types(job.pause_for_suspension(NOW)) == ["JobPaused"]
+    assert job.paused_reason == ACCOUNT_SUSPENDED
+    assert job.resume(NOW) == []  # a hold placed meanwhile does not resume it
+    assert job.pause_for_suspension(NOW) == []  # suspended twice: paused once
+    assert types(job.resume(NOW, reactivated=True)) == ["JobResumed"]
+    assert status_of(job) is S.rendering and view_of(job).status is S.rendering
+
+
+def test_a_suspension_takes_over_a_pause_for_credits_and_the_view_resumes_where_it_was() -> None:
+    job = rendering()
+    job.pause("insufficient_credits", NOW)
+    assert types(job.pause_for_suspension(NOW)) == ["JobPaused"]
+    assert job.resume(NOW) == []  # credits came back: the suspension still holds it
+    assert types(job.resume(NOW, reactivated=True)) == ["JobResumed"]
+    assert status_of(job) is S.rendering and view_of(job).status is S.rendering
+
+
+def test_the_reactivation_does_not_resume_a_job_paused_for_credits() -> None:
+    job = queued()
+    job.pause("insufficient_credits", NOW)
+    assert job.resume(NOW, reactivated=True) == []
+    assert status_of(job) is S.paused
+
+
+def test_a_job_that_cannot_be_paused_is_left_as_it_is_by_a_suspension() -> None:
+    assert cancelling().pause_for_suspension(NOW) == []

@@ -1,5 +1,6 @@
 """The job service's answer to a suspended user (``services/job/suspensions.py``): kill their
-active jobs, or keep them, per ``RF_JOB_SUSPENDED_USER_JOBS``. The policy alone; the kill on
+active jobs, pause them until the reactivation, or keep them, per
+``RF_JOB_SUSPENDED_USER_JOBS``. The policy alone; the kill on
 real servers is in ``tests/gateway/test_admin_ops.py`` and, through the farm, in
 ``tests/render/test_admin_render.py``."""
 
@@ -10,8 +11,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.identity import UserSuspended
-from contracts.jobs import KillOwnerJobs, OwnerJobsKilled
+from contracts.base import Event
+from contracts.identity import UserReactivated, UserStatus, UserSuspended
+from contracts.jobs import (
+    KillOwnerJobs,
+    OwnerJobsChanged,
+    OwnerJobsKilled,
+    PauseOwnerJobs,
+    ResumeOwnerJobs,
+)
 from libs.process import Cause
 from services.job.settings import JobSettings
 from services.job.suspensions import NoState, SuspendedUserJobs, SuspensionProcess
@@ -22,7 +30,7 @@ SUSPENDED = UserSuspended(
 )
 
 
-def cause(event: UserSuspended) -> Cause:
+def cause(event: Event) -> Cause:
     return Cause(event=event, event_id=uuid.uuid4(), recorded_at=NOW, correlation_id=None)
 
 
@@ -45,3 +53,20 @@ def test_kept_jobs_are_left_running() -> None:
 def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RF_JOB_SUSPENDED_USER_JOBS", "keep")
     assert JobSettings().suspended_user_jobs is SuspendedUserJobs.keep
+
+
+def test_paused_jobs_are_paused_for_the_suspension() -> None:
+    [send] = SuspensionProcess(SuspendedUserJobs.pause).policy(cause(SUSPENDED), NoState())
+    assert send.command == PauseOwnerJobs(owner_id="usr_1", at=NOW)
+    assert send.reply is OwnerJobsChanged
+
+
+@pytest.mark.parametrize("setting", list(SuspendedUserJobs))
+def test_the_reactivation_resumes_what_the_suspension_paused_whatever_the_setting(
+    setting: SuspendedUserJobs,
+) -> None:
+    reactivated = UserReactivated(
+        user_id="usr_1", reactivated_by="usr_admin", reactivated_at=NOW, status=UserStatus.active
+    )
+    [send] = SuspensionProcess(setting).policy(cause(reactivated), NoState())
+    assert send.command == ResumeOwnerJobs(owner_id="usr_1", at=NOW)

@@ -85,6 +85,30 @@ async def assert_stopped_and_settled(system: RenderSystem, job_id: str) -> dict[
     return settled
 
 
+async def registered_owner(system: RenderSystem, as_admin: dict[str, str]) -> RenderSystem:
+    """A user registered, approved, logged in and granted 1,000 credits: the render system
+    as that user (identity in the test process, so the user can be suspended)."""
+    api = system.api
+    r = await api.post(
+        "/v1/auth/register",
+        json={"email": "owner@studio.test", "password": PASSWORD, "display_name": "Owner"},
+    )
+    assert r.status_code == 201, r.text
+    owner_id = r.json()["user_id"]
+    assert (await api.post(f"/v1/admin/users/{owner_id}/approve", headers=as_admin)).is_success
+    tokens = await api.post(
+        "/v1/auth/login", json={"email": "owner@studio.test", "password": PASSWORD}
+    )
+    headers = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    granted = await api.post(
+        f"/v1/admin/users/{owner_id}/credits",
+        json={"amount_credits": "1000.00"},
+        headers={**as_admin, "Idempotency-Key": owner_id},
+    )
+    assert granted.status_code == 200, granted.text
+    return dataclasses.replace(system, headers=headers, owner_id=owner_id)
+
+
 async def test_an_admin_kill_stops_the_farm_job_and_captures_the_cost(
     render_system: RenderSystem,
 ) -> None:
@@ -113,24 +137,8 @@ async def test_suspending_the_owner_stops_their_rendering_job(
     system = render_system
     as_admin = admin(system)
     api = system.api
-    r = await api.post(
-        "/v1/auth/register",
-        json={"email": "owner@studio.test", "password": PASSWORD, "display_name": "Owner"},
-    )
-    assert r.status_code == 201, r.text
-    owner_id = r.json()["user_id"]
-    assert (await api.post(f"/v1/admin/users/{owner_id}/approve", headers=as_admin)).is_success
-    tokens = await api.post(
-        "/v1/auth/login", json={"email": "owner@studio.test", "password": PASSWORD}
-    )
-    headers = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
-    granted = await api.post(
-        f"/v1/admin/users/{owner_id}/credits",
-        json={"amount_credits": "1000.00"},
-        headers={**as_admin, "Idempotency-Key": owner_id},
-    )
-    assert granted.status_code == 200, granted.text
-    owner = dataclasses.replace(system, headers=headers, owner_id=owner_id)
+    owner = await registered_owner(system, as_admin)
+    owner_id, headers = owner.owner_id, owner.headers
     job = await owner.create_job(frame_range={"start": 1, "end": 40})
     await rendering_with_a_cost(owner, job["job_id"])
 

@@ -1,7 +1,9 @@
 """The scheduler's cost protection, on the process-manager kit with in-memory twins: no
 render starts before billing holds the job's credits; a refused hold pauses the job and
 suspends its render; the hold placed later resumes them (or stages a job never staged);
-the cost cap stops the job. Refusals by a job that ended meanwhile are expected."""
+the cost cap stops the job; a pause for the owner's suspension holds the render until the
+reactivation, whatever holds are placed meanwhile. Refusals by a job that ended meanwhile
+are expected."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from contracts.billing import JobCostCapReached, JobHoldRefused
 from contracts.envelope import AwaitingReason, CostStatus
 from contracts.errors import JobFinished, RenderNotFound
-from contracts.jobs import PauseJob, ResumeJob, StopJob
+from contracts.jobs import ACCOUNT_SUSPENDED, JobPaused, JobResumed, PauseJob, ResumeJob, StopJob
 from contracts.render import (
     RenderAccepted,
     RenderOrdered,
@@ -243,3 +245,77 @@ async def test_a_render_gone_from_the_bridge_refuses_the_suspend_as_expected(
     assert [(r.command_type, r.expected) for r in await refusals(store)] == [
         ("render.SuspendRender", True)
     ]
+
+
+# -- paused for the owner's suspension ----------------------------------------------------
+
+paused_for_suspension = JobPaused(job_id=JOB, reason=ACCOUNT_SUSPENDED, at=T)
+reactivated = JobResumed(job_id=JOB, at=T)
+
+
+async def suspended_on_the_farm(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    """Rendering, then paused for the owner's suspension with its render suspended."""
+    await rendering(runner, commands)
+    await runner.handle(bus_event(paused_for_suspension))
+    assert commands.types() == ["SuspendRender"]
+    suspend = commands.sent[0][1]
+    assert isinstance(suspend, SuspendRender) and suspend.reason == ACCOUNT_SUSPENDED
+    await runner.handle(bus_event(RenderSuspended(job_id=JOB, render_id=RENDER, reason="", at=T)))
+    commands.sent.clear()
+
+
+async def test_a_job_paused_for_its_owners_suspension_has_its_render_suspended_until_reactivated(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await suspended_on_the_farm(runner, commands)
+    await runner.handle(bus_event(paused_for_suspension))  # delivered twice
+    assert commands.sent == []
+    await runner.handle(bus_event(reactivated))
+    assert commands.types() == ["ResumeRender"]
+
+
+async def test_a_hold_placed_while_the_owner_is_suspended_resumes_nothing(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await suspended_on_the_farm(runner, commands)
+    await runner.handle(bus_event(refused_hold))
+    commands.sent.clear()
+    await runner.handle(bus_event(resumed))
+    assert commands.sent == []
+    await runner.handle(bus_event(reactivated))
+    assert commands.types() == ["ResumeRender"]
+
+
+async def test_a_job_still_short_of_credits_at_the_reactivation_is_paused_for_them_again(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await suspended_on_the_farm(runner, commands)
+    await runner.handle(bus_event(refused_hold))
+    commands.sent.clear()
+    await runner.handle(bus_event(reactivated))
+    [(_, pause)] = commands.sent
+    assert isinstance(pause, PauseJob) and pause.reason == "insufficient_credits"
+
+
+async def test_a_scene_prepared_while_the_owner_is_suspended_is_queued_at_the_reactivation(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    for event in (submitted, held, staged):
+        await runner.handle(bus_event(event))
+    await runner.handle(bus_event(paused_for_suspension))
+    commands.sent.clear()
+    await runner.handle(bus_event(prepared))
+    assert commands.sent == []
+    await runner.handle(bus_event(reactivated))
+    assert commands.types() == ["QueueJob", "SubmitRender"]
+
+
+async def test_the_schedulers_own_pauses_and_resumes_for_credits_change_nothing_more(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    await rendering(runner, commands)
+    await runner.handle(bus_event(JobPaused(job_id=JOB, reason="insufficient_credits", at=T)))
+    await runner.handle(bus_event(reactivated))
+    assert commands.sent == []
