@@ -31,6 +31,7 @@ from typing import Any
 from blender_asset_tracer import blendfile, bpathlib, trace
 from blender_asset_tracer.trace import blocks2assets, file2blocks, result
 
+from contracts.jobs import FrameRange, default_test_frames
 from contracts.scenes import AssetKind, AssetMatch
 from contracts.staging import STAGED_MARKER, STAGING_LISTING
 
@@ -316,6 +317,25 @@ def files_needed(root: Path, main: str, sizes: dict[str, int], frames: Collectio
         finally:
             blendfile.close_all_cached()
     return {main} | needed_by(uses, frames)
+
+
+def scene_test_frames(path: Path) -> list[int]:
+    """The frames a test render of the ``.blend`` at ``path`` renders by default: the first,
+    middle and last of its active scene's frame range (before a job says otherwise); none
+    when BAT cannot read it."""
+    with BAT_LOCK:
+        try:
+            bfile = blendfile.open_cached(bpathlib.make_absolute(path))
+            scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
+            if scene is None:
+                return []
+            start, end = int(scene.get((b"r", b"sfra"))), int(scene.get((b"r", b"efra")))
+            step = max(1, int(scene.get((b"r", b"frame_step"))))
+            return default_test_frames(FrameRange(start=start, end=end, step=step))
+        except Exception:  # BAT raises many kinds on a damaged file, or on a non-.blend;
+            return []  # a range our jobs cannot have (negative frames) is refused too
+        finally:
+            blendfile.close_all_cached()
 
 
 # -- the listing of a folder being staged -------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from libs import blendtrace
 from tools.client import Api, ApiError, RateLimit, backoff
 from tools.progress import Progress, size_text
 
@@ -577,6 +578,13 @@ async def upload_folder(
     if main_file not in by_rel:
         raise UploadFailed(f"--main {main_file}: no such file in {root}")
     await digest(files, opts)
+    needed = await asyncio.to_thread(test_frame_files, root, main_file, files)
+    first = [f for f in files if f.record is not None and f.record.sha256 in needed]
+    if len(first) < len(files):
+        opts.say(
+            f"{root}: {len(first)} file(s) a test render needs go first"
+            f" ({size_text(sum(f.size for f in first))})"
+        )
     listing = ((f.rel, f.size, f.mtime_ns) for f in files)
     record_path = _record_path(opts.cache, "folder", root, *listing)
     folder = _load(record_path, FolderRecord) or FolderRecord(path=str(root))
@@ -596,8 +604,8 @@ async def upload_folder(
                 sessions.append((by_rel[m["paths"][0]], view))
             elif view["status"] != "completed":
                 ended = True  # its session ended without the file: a new manifest gets one
-        if sessions:
-            await send_and_complete(api, sessions, opts)
+        for batch in needed_first(sessions, needed):
+            await send_and_complete(api, batch, opts)
         if ended:
             folder.manifest_id = None
             continue
@@ -612,6 +620,25 @@ async def upload_folder(
             if e.code != "manifest_incomplete":
                 raise
     raise UploadFailed(f"{root}: the server keeps lacking files after they were sent")
+
+
+def test_frame_files(root: Path, main_file: str, files: Sequence[LocalFile]) -> set[str]:
+    """The contents (SHA-256) a test render of the folder's default frames needs (the main
+    file, what it references, of sequences those frames' entries): sent and completed
+    first, so the farm can stage them, and a test render start, before the rest arrives."""
+    frames = blendtrace.scene_test_frames(root / main_file)
+    rels = blendtrace.files_needed(root, main_file, {f.rel: f.size for f in files}, frames)
+    return {f.record.sha256 for f in files if f.rel in rels and f.record is not None}
+
+
+def needed_first(
+    sessions: Sequence[tuple[LocalFile, dict[str, Any]]], needed: set[str]
+) -> list[list[tuple[LocalFile, dict[str, Any]]]]:
+    """The sessions in up to two batches: those of the ``needed`` contents (SHA-256), then
+    the rest."""
+    first = [s for s in sessions if s[0].record and s[0].record.sha256 in needed]
+    rest = [s for s in sessions if s not in first]
+    return [b for b in (first, rest) if b]
 
 
 async def submitted_manifest(

@@ -185,7 +185,7 @@ class UploadsQuery:
                 )
                 for s in lacking
             ),
-            key=lambda m: m.paths[0],
+            key=lambda m: (row["main_file"] not in m.paths, m.paths[0]),  # the main file first
         )
         return ManifestView(
             manifest_id=row["manifest_id"],

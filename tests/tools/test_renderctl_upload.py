@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,14 @@ from libs.s3 import S3Client, S3Settings
 from services.upload.domain import part_plan
 from tests.fixtures import Users
 from tests.processes import ROOT
+from tests.scene.conftest import blender_python, built
 from tests.tools.cli import printed
 from tools import renderctl
 from tools.uploads import planned_part_size
 
 MiB = 2**20
+
+__all__ = ["blender_python", "built"]  # fixtures, used by name
 
 
 @pytest.fixture
@@ -160,6 +165,37 @@ async def test_a_folder_is_sent_as_a_manifest_and_a_changed_texture_alone_is_sen
     assert "4 file(s), 1 to send (976.6 KiB)" in err
     assert "hashing: 976.6 KiB" in err  # the unchanged files were not read again
     assert (await api.get(f"/v1/manifests/{second}"))["status"] == "complete"
+
+
+async def test_the_files_a_test_render_needs_are_sent_and_completed_before_the_rest(
+    gateway_url: str,
+    token: str,
+    cache: Path,
+    tmp_path: Path,
+    api: Api,
+    built: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Blender-built scene of frames 1-5 with an image sequence: the main file, its
+    texture and the sequence's entries of frames 1, 3 and 5 (a test render's default
+    frames) go up first; the other entries and a cache nothing references after them."""
+    scene = tmp_path / "shot_040"
+    shutil.copytree(built("sequence"), scene)
+    write(scene / "cache" / "unreferenced.bin", 2 * MiB)
+    code, out, err = await upload(
+        gateway_url, token, capsys, str(scene), "--main", "scene.blend", "--json"
+    )
+    assert code == 0, err
+    assert "5 file(s) a test render needs go first" in err
+    manifest = json.loads(out)
+    assert manifest["status"] == "complete" and manifest["file_count"] == 8
+
+    page = await api.get("/v1/uploads?limit=100")
+    completed = {u["file_name"]: datetime.fromisoformat(u["updated_at"]) for u in page["items"]}
+    first = ["scene.blend", "checker.png", "frame_0001.png", "frame_0003.png", "frame_0005.png"]
+    rest = ["frame_0002.png", "frame_0004.png", "unreferenced.bin"]
+    assert sorted(completed) == sorted(first + rest)
+    assert max(completed[n] for n in first) < min(completed[n] for n in rest)
 
 
 async def test_a_folder_needs_its_main_file_named(
