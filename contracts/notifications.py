@@ -232,6 +232,27 @@ class DeliveryStatus(StrEnum):
     dead_lettered = "dead_lettered"  # every attempt failed for the retry window
 
 
+#: The key id of a secret recorded before secrets were encrypted (schema 1 events, upcast):
+#: its ``ciphertext`` is the secret itself.
+PLAINTEXT_KEY_ID = "plaintext"
+
+
+class SealedSecret(BaseModel):
+    """A webhook signing secret encrypted at rest (AES-256-GCM, ``services/notifier/sealing.py``):
+    the id of the key that sealed it, the nonce and the ciphertext with its tag (base64)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key_id: str
+    nonce: str
+    ciphertext: str
+
+
+def _sealed_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 stored the secret in the clear: it reads as sealed with ``plaintext``."""
+    plain = {"key_id": PLAINTEXT_KEY_ID, "nonce": "", "ciphertext": data["secret"]}
+    return {**data, "secret": plain}
+
+
 # --- events ------------------------------------------------------------------------------
 
 
@@ -286,14 +307,19 @@ class WebhookEndpointRegistered(Event):
     """Stream ``webhooks-<user id>``: every endpoint of the user."""
 
     event_type = "notifier.WebhookEndpointRegistered"
+    schema_version = 2
     private_fields = frozenset({"secret"})
     endpoint_id: str
     user_id: str
     url: str
     kinds: list[NotificationKind]
     api_key_id: str | None
-    secret: str
+    #: Encrypted (schema 2; schema 1 held it in the clear, upcast with key id ``plaintext``).
+    secret: SealedSecret
     at: datetime
+
+
+EVENTS.upcaster(WebhookEndpointRegistered.event_type, from_version=1)(_sealed_v1)
 
 
 @EVENTS.register
@@ -302,12 +328,17 @@ class WebhookSecretRotated(Event):
     ``previous_expires_at``."""
 
     event_type = "notifier.WebhookSecretRotated"
+    schema_version = 2
     private_fields = frozenset({"secret"})
     endpoint_id: str
     user_id: str
-    secret: str
+    #: Encrypted, as ``WebhookEndpointRegistered``'s (schema 2).
+    secret: SealedSecret
     previous_expires_at: datetime
     at: datetime
+
+
+EVENTS.upcaster(WebhookSecretRotated.event_type, from_version=1)(_sealed_v1)
 
 
 @EVENTS.register

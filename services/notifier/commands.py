@@ -118,6 +118,7 @@ def delivery_view(d: Delivery) -> WebhookDelivery:
 class NotifierCommands:
     def __init__(self, settings: NotifierSettings) -> None:
         self.settings = settings
+        self.box = settings.secret_box()
 
     def register(self, server: CommandServer) -> None:
         # Replies that hold a secret are never stored: a repeated id is refused instead.
@@ -134,16 +135,21 @@ class NotifierCommands:
         url = check_url(cmd.url, self.settings.webhook_allow_http)
         hooks = await uow.get(Webhooks, cmd.user_id)
         now = datetime.now(UTC)
-        endpoint = hooks.register(
-            cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, new_secret(), now
-        )
-        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+        secret = new_secret()
+        sealed = self.box.seal(secret, cmd.user_id, cmd.endpoint_id)
+        endpoint = hooks.register(cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, sealed, now)
+        if endpoint.secret != sealed:  # registered before under this id: its own secret
+            secret = self.box.open(endpoint.secret, cmd.user_id, cmd.endpoint_id)
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=secret)
 
     async def rotate(self, cmd: RotateWebhookSecret, uow: UnitOfWork) -> WebhookEndpointSecret:
+        """A new secret, answered once: only its ciphertext is recorded."""
         hooks = await uow.get(Webhooks, cmd.user_id)
         grace = timedelta(seconds=self.settings.webhook_secret_grace_seconds)
-        endpoint = hooks.rotate(cmd.endpoint_id, new_secret(), grace, datetime.now(UTC))
-        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+        secret = new_secret()
+        sealed = self.box.seal(secret, cmd.user_id, cmd.endpoint_id)
+        endpoint = hooks.rotate(cmd.endpoint_id, sealed, grace, datetime.now(UTC))
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=secret)
 
     async def delete(self, cmd: DeleteWebhookEndpoint, uow: UnitOfWork) -> WebhookEndpoint:
         hooks = await uow.get(Webhooks, cmd.user_id)

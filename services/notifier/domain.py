@@ -56,6 +56,7 @@ from contracts.notifications import (
     RecipientAddressRecorded,
     RenderCompleted,
     RenderFailed,
+    SealedSecret,
     SubjectOwnerRecorded,
     TestRenderReady,
     UploadExpiredPayload,
@@ -306,13 +307,14 @@ class Endpoint(BaseModel):
     url: str
     kinds: list[NotificationKind]
     api_key_id: str | None
-    secret: str
-    previous_secret: str | None = None
+    #: Encrypted at rest (``services/notifier/sealing.py``): opened only to sign.
+    secret: SealedSecret
+    previous_secret: SealedSecret | None = None
     previous_expires_at: datetime | None = None
     created_at: datetime
     rotated_at: datetime | None = None
 
-    def secrets(self, now: datetime) -> list[str]:
+    def secrets(self, now: datetime) -> list[SealedSecret]:
         """The secrets that sign now: the current one, and the previous one until it expires."""
         keep = self.previous_expires_at is not None and now < self.previous_expires_at
         return (
@@ -342,6 +344,8 @@ class Webhooks(Aggregate):
     """Every webhook endpoint of one user, stream ``webhooks-<user id>``."""
 
     stream_prefix = "webhooks"
+    #: 2: secrets are sealed (snapshots of plaintext secrets are dropped).
+    snapshot_version = 2
 
     endpoints: dict[str, Endpoint] = {}
 
@@ -390,7 +394,7 @@ class Webhooks(Aggregate):
         url: str,
         kinds: list[NotificationKind],
         api_key_id: str | None,
-        secret: str,
+        secret: SealedSecret,
         at: datetime,
     ) -> Endpoint:
         if endpoint_id not in self.endpoints:
@@ -412,7 +416,9 @@ class Webhooks(Aggregate):
             )
         return self.endpoints[endpoint_id]
 
-    def rotate(self, endpoint_id: str, secret: str, grace: timedelta, at: datetime) -> Endpoint:
+    def rotate(
+        self, endpoint_id: str, secret: SealedSecret, grace: timedelta, at: datetime
+    ) -> Endpoint:
         self.endpoint(endpoint_id)
         self.record(
             WebhookSecretRotated(

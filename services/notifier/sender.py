@@ -66,6 +66,7 @@ class DeliveryWorker:
         self.store = store
         self.deliveries = deliveries
         self.client = client
+        self.box = settings.secret_box()
         self.policy = RetryPolicy(
             settings.webhook_retry_base_seconds,
             settings.webhook_retry_max_delay_seconds,
@@ -180,9 +181,13 @@ class DeliveryWorker:
             delivery.attempted(outcome, self.policy, 0.0, now, final=True)
         else:
             body = message_body(notification)
-            headers = webhook_headers(
-                endpoint.secrets(now), notification.key, int(time.time()), body
-            )
+            # Opened here only, to sign; a key not configured raises (the delivery stays due
+            # and readiness reports it).
+            signing = [
+                self.box.open(s, delivery.user_id, endpoint.endpoint_id)
+                for s in endpoint.secrets(now)
+            ]
+            headers = webhook_headers(signing, notification.key, int(time.time()), body)
             outcome = await self.post(endpoint.url, headers, body)
             delivery.attempted(outcome, self.policy, random.random(), datetime.now(UTC))
         try:

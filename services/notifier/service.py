@@ -88,5 +88,5 @@ SERVICE = Service(
         MailsProjection(),
     ),
     wire=wire,
-    secrets=frozenset({"smtp_password"}),
+    secrets=frozenset({"smtp_password", "webhook_secrets_key", "webhook_secrets_previous_keys"}),
 )

@@ -29,6 +29,7 @@ from libs.bus.consumer import BusEvent, Retry
 from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.uow import UnitOfWork
 from services.notifier.commands import NotifierCommands, notify
+from services.notifier.sealing import new_key
 from services.notifier.settings import NotifierSettings
 from tests.notifier.events import AT, owners, triggers
 
@@ -57,7 +58,9 @@ def store() -> InMemoryEventStore:
 
 @pytest.fixture
 def commands() -> NotifierCommands:
-    return NotifierCommands(NotifierSettings(webhook_allow_http=False))
+    return NotifierCommands(
+        NotifierSettings(webhook_allow_http=False, webhook_secrets_key=new_key())
+    )
 
 
 async def run(store: InMemoryEventStore, cause: BusEvent) -> int:

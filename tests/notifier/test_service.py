@@ -5,6 +5,7 @@ failing for its whole window is dead-lettered and replayed by its owner."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from contracts.notifications import (
     NotificationKind,
     RegisterWebhookEndpoint,
+    RotateWebhookSecret,
     WebhookEndpointSecret,
 )
 from libs.bus.commands import CommandClient
@@ -120,3 +122,69 @@ async def test_every_kind_reaches_a_receiver_that_was_down_once_with_valid_signa
     replayed = webhook_headers([down.secret], got.headers["webhook-id"], old, got.body)
     with pytest.raises(WebhookVerificationError):
         verifier.verify(got.body, replayed)
+
+
+async def tables_holding(rt: ServiceRuntime[Any], text: str) -> list[str]:
+    """Every table of the notifier's schema with a row whose text holds ``text``."""
+    async with rt.pool.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            rt.schema,
+        )
+        found = []
+        for t in tables:
+            name = f'"{rt.schema}"."{t["table_name"]}"'
+            if await conn.fetchval(
+                f"SELECT count(*) FROM {name} x WHERE strpos(x::text, $1) > 0", text
+            ):
+                found.append(name)
+        return found
+
+
+async def test_secrets_are_stored_encrypted_and_deliveries_verify_with_the_secrets_given(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    await receiver.start()
+    first = await register(commands, receiver.url("/ok/sealed"), [NotificationKind.upload_expired])
+    rotated = await commands.send(
+        RotateWebhookSecret(user_id=USER, endpoint_id=first.endpoint_id),
+        WebhookEndpointSecret,
+        command_id=f"rotate:{first.endpoint_id}",
+        actor=ACTOR,
+    )
+    assert rotated.secret != first.secret
+    await publisher.publish(triggers(USER, "j", "o")[NotificationKind.upload_expired])
+
+    async def received() -> Any:
+        return receiver.at("/ok/sealed") or None
+
+    [got] = await until(received, "the delivery")
+    # Both secrets sign during the rotation's grace: each one given to the user verifies.
+    for secret in (first.secret, rotated.secret):
+        Webhook(secret).verify(got.body, got.headers)
+
+    async def listed() -> bool:
+        rows = await query(notifier).endpoints(USER)
+        return any(e.rotated_at is not None for e in rows)
+
+    await until(listed, "the rotation in the endpoints read model")
+    # No table of the notifier (events, snapshots, read models) holds a secret, as given or
+    # as its key's base64 or hex.
+    for secret in (first.secret, rotated.secret):
+        key = secret.removeprefix("whsec_")
+        for text in (secret, key, base64.b64decode(key).hex()):
+            assert await tables_holding(notifier, text) == []
+    stored = await notifier.pool.fetch(
+        f"SELECT type, schema_version, data FROM {notifier.schema}.events"
+        " WHERE stream_id = $1 ORDER BY version",
+        f"webhooks-{USER}",
+    )
+    box = notifier.settings.secret_box()
+    assert [(r["type"], r["schema_version"]) for r in stored] == [
+        ("notifier.WebhookEndpointRegistered", 2),
+        ("notifier.WebhookSecretRotated", 2),
+    ]
+    assert {r["data"]["secret"]["key_id"] for r in stored} == {box.current_id}
