@@ -506,6 +506,10 @@ def up() -> None:
         os.environ.get("RF_RAZORPAY_URL") or f"http://127.0.0.1:{RAZORPAY_PORT}"
     )
     env["RF_RAZORPAY_KEY_ID"] = os.environ.get("RF_RAZORPAY_KEY_ID") or RAZORPAY_KEY_ID
+    # Local receivers (127.0.0.1, the LAN) may take webhooks; production refuses them.
+    env["RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES"] = (
+        os.environ.get("RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES") or "true"
+    )
     env["RF_SMTP_HOST"] = os.environ.get("RF_SMTP_HOST") or "127.0.0.1"
     env["RF_SMTP_PORT"] = os.environ.get("RF_SMTP_PORT") or str(SMTP_PORT)
     # The upload service stages scenes into the folder the farm reads them from.

@@ -62,6 +62,7 @@ from libs.bus.commands import CommandServer
 from libs.bus.consumer import BusEvent, Retry, claim_event
 from libs.eventstore.store import EventStore, Position
 from libs.eventstore.uow import UnitOfWork
+from services.notifier.addresses import check_destination
 from services.notifier.domain import (
     Delivery,
     Feed,
@@ -133,6 +134,8 @@ class NotifierCommands:
         self, cmd: RegisterWebhookEndpoint, uow: UnitOfWork
     ) -> WebhookEndpointSecret:
         url = check_url(cmd.url, self.settings.webhook_allow_http)
+        if not self.settings.webhook_allow_private_addresses:
+            await check_destination(url)
         hooks = await uow.get(Webhooks, cmd.user_id)
         now = datetime.now(UTC)
         secret = new_secret()

@@ -28,6 +28,7 @@ from libs.eventstore.store import ConcurrencyError, EventStore, Position
 from libs.eventstore.uow import UnitOfWork
 from libs.leader import leadership, lock_key, wake_or_stop
 from libs.logging import get_logger
+from services.notifier.addresses import AddressNotAllowed
 from services.notifier.domain import Delivery, Notification, Outcome, RetryPolicy, Webhooks
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
@@ -188,8 +189,9 @@ class DeliveryWorker:
                 for s in endpoint.secrets(now)
             ]
             headers = webhook_headers(signing, notification.key, int(time.time()), body)
-            outcome = await self.post(endpoint.url, headers, body)
-            delivery.attempted(outcome, self.policy, random.random(), datetime.now(UTC))
+            outcome, final = await self.post(endpoint.url, headers, body)
+            at = datetime.now(UTC)
+            delivery.attempted(outcome, self.policy, random.random(), at, final=final)
         try:
             recorded = await uow.commit()
         except ConcurrencyError:  # replayed meanwhile: the replay's attempt is next
@@ -199,7 +201,9 @@ class DeliveryWorker:
             last = recorded[-1]
             await self._caught_up(Position(last.tx_id, last.position))
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[Outcome, bool]:
+        """What the receiver answered, and whether that is final: a host resolving to an
+        address that is not public is not retried (``services/notifier/addresses.py``)."""
         timeout = self.settings.webhook_timeout_seconds
         started = time.monotonic()
 
@@ -210,7 +214,9 @@ class DeliveryWorker:
             async with asyncio.timeout(timeout):
                 r = await self.client.post(url, content=body, headers=headers, timeout=timeout)
         except TimeoutError:
-            return Outcome(None, f"no answer within {timeout:g} s", took())
+            return Outcome(None, f"no answer within {timeout:g} s", took()), False
+        except AddressNotAllowed as e:
+            return Outcome(None, str(e)[:500], took()), True
         except httpx.HTTPError as e:
-            return Outcome(None, f"{type(e).__name__}: {e}"[:500], took())
-        return Outcome(r.status_code, None, took())
+            return Outcome(None, f"{type(e).__name__}: {e}"[:500], took()), False
+        return Outcome(r.status_code, None, took()), False

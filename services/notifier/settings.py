@@ -18,6 +18,10 @@ class NotifierSettings(BaseServiceSettings):
     low_balance_credits: Decimal = Field(default=Decimal("10"), ge=0)
     #: Plain ``http://`` endpoint URLs are refused unless this is set (local development).
     webhook_allow_http: bool = False
+    #: Endpoints whose host is or resolves to a loopback, private, link-local, ... address
+    #: are refused, at registration and at every attempt, unless this is set (local
+    #: development and tests with a receiver on 127.0.0.1).
+    webhook_allow_private_addresses: bool = False
     #: Seconds one POST to a receiver may take, connecting included.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     #: POSTs in flight at once in all, and to one endpoint.

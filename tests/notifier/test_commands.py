@@ -14,6 +14,7 @@ from contracts.errors import (
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
     WebhookUrlInvalid,
+    WebhookUrlNotAllowed,
 )
 from contracts.notifications import (
     DeleteWebhookEndpoint,
@@ -150,6 +151,38 @@ async def test_urls_that_cannot_be_sent_to_are_refused(
         with pytest.raises(WebhookUrlInvalid):
             await register(store, commands, "usr_1", url=url)
     assert await store.read_by_position(0, 100_000) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("169.254.169.254", "link-local"),  # the cloud metadata service
+        ("[::1]", "loopback"),
+        ("[fc00::1]", "unique-local"),
+        ("[::ffff:127.0.0.1]", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("100.64.0.1", "not globally routable"),
+        ("localhost", "loopback"),  # a name resolving to loopback
+        ("2130706433", "loopback"),  # 127.0.0.1 as one number
+    ],
+)
+async def test_urls_of_addresses_that_are_not_public_are_refused(
+    store: InMemoryEventStore, commands: NotifierCommands, host: str, reason: str
+) -> None:
+    with pytest.raises(WebhookUrlNotAllowed) as refused:
+        await register(store, commands, "usr_1", url=f"https://{host}:8443/in")
+    assert refused.value.code == "webhook_url_not_allowed" and refused.value.http_status == 422
+    assert refused.value.details is not None and refused.value.details.reason == reason
+    assert await store.read_by_position(0, 100_000) == []
+
+
+async def test_private_addresses_are_taken_when_allowed(store: InMemoryEventStore) -> None:
+    settings = NotifierSettings(webhook_allow_private_addresses=True, webhook_secrets_key=new_key())
+    await register(store, NotifierCommands(settings), "usr_1", url="https://127.0.0.1/in")
 
 
 async def test_rotate_delete_replay_and_read_are_the_owners_only(

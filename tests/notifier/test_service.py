@@ -22,6 +22,7 @@ from libs.bus.commands import CommandClient
 from libs.ids import new_id
 from libs.readmodels.notifications import NotificationsQuery
 from libs.runtime import ServiceRuntime
+from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
 from tests.notifier.conftest import ACTOR, Publisher, Receiver
 from tests.notifier.events import owners, triggers
@@ -182,6 +183,7 @@ async def test_secrets_are_stored_encrypted_and_deliveries_verify_with_the_secre
         " WHERE stream_id = $1 ORDER BY version",
         f"webhooks-{USER}",
     )
+    assert isinstance(notifier.settings, NotifierSettings)
     box = notifier.settings.secret_box()
     assert [(r["type"], r["schema_version"]) for r in stored] == [
         ("notifier.WebhookEndpointRegistered", 2),
