@@ -341,6 +341,49 @@ class WebhookSecretRotated(Event):
 EVENTS.upcaster(WebhookSecretRotated.event_type, from_version=1)(_sealed_v1)
 
 
+class EndpointDisabledReason(StrEnum):
+    """Why an endpoint takes no more deliveries."""
+
+    #: It was bound to an API key, and identity revoked that key.
+    api_key_revoked = "api_key_revoked"
+
+
+@EVENTS.register
+class WebhookEndpointDisabled(Event):
+    """The endpoint takes no more deliveries (its pending ones are dead-lettered); it stays
+    listed, with the reason, until deleted."""
+
+    event_type = "notifier.WebhookEndpointDisabled"
+    endpoint_id: str
+    user_id: str
+    api_key_id: str | None
+    reason: EndpointDisabledReason
+    at: datetime
+
+
+@EVENTS.register
+class ApiKeyEndpointRecorded(Event):
+    """An endpoint was bound to an API key (stream ``apikey-<key id>``), so the key's
+    revocation, which names only the key, finds it."""
+
+    event_type = "notifier.ApiKeyEndpointRecorded"
+    key_id: str
+    user_id: str
+    endpoint_id: str
+    at: datetime
+
+
+@EVENTS.register
+class ApiKeyRevocationRecorded(Event):
+    """identity revoked the key (``identity.ApiKeyRevoked``): its endpoints are disabled, and
+    no endpoint is bound to it from now on (stream ``apikey-<key id>``)."""
+
+    event_type = "notifier.ApiKeyRevocationRecorded"
+    key_id: str
+    revoked_at: datetime
+    at: datetime
+
+
 @EVENTS.register
 class WebhookEndpointDeleted(Event):
     event_type = "notifier.WebhookEndpointDeleted"
@@ -516,6 +559,9 @@ class WebhookEndpoint(BaseModel):
     created_at: datetime
     #: When the secret was last rotated; null if never.
     rotated_at: datetime | None
+    #: When it was disabled (it takes no deliveries), and why; null while it is enabled.
+    disabled_at: datetime | None = None
+    disabled_reason: EndpointDisabledReason | None = None
 
 
 class WebhookEndpointSecret(WebhookEndpoint):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
-from contracts.identity import UserRegistered
+from contracts.identity import ApiKeyRevoked, UserRegistered
 from contracts.jobs import (
     JobCancellationRequested,
     JobCancelled,
@@ -35,6 +35,7 @@ from contracts.notifications import (
     Channel,
     DeleteWebhookEndpoint,
     EmailScheduled,
+    EndpointDisabledReason,
     MarkNotificationsRead,
     NotificationPreferences,
     NotificationsMarked,
@@ -45,6 +46,7 @@ from contracts.notifications import (
     WebhookDelivery,
     WebhookDeliveryScheduled,
     WebhookEndpoint,
+    WebhookEndpointDisabled,
     WebhookEndpointSecret,
 )
 from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
@@ -64,6 +66,7 @@ from libs.eventstore.store import EventStore, Position
 from libs.eventstore.uow import UnitOfWork
 from services.notifier.addresses import check_destination
 from services.notifier.domain import (
+    ApiKeyBindings,
     Delivery,
     Feed,
     Mail,
@@ -141,6 +144,11 @@ class NotifierCommands:
         secret = new_secret()
         sealed = self.box.seal(secret, cmd.user_id, cmd.endpoint_id)
         endpoint = hooks.register(cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, sealed, now)
+        if cmd.api_key_id is not None:
+            # Refused if the key was revoked (the gateway's read model may lag); a write to
+            # the key's stream, so a revocation committed meanwhile conflicts with it.
+            key = await uow.get(ApiKeyBindings, cmd.api_key_id)
+            key.bind(cmd.user_id, cmd.endpoint_id, now)
         if endpoint.secret != sealed:  # registered before under this id: its own secret
             secret = self.box.open(endpoint.secret, cmd.user_id, cmd.endpoint_id)
         return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=secret)
@@ -216,9 +224,10 @@ FEED_WALLET_EVENTS: tuple[type[Event], ...] = (
     HoldExpired,
 )
 
-#: Everything the consumer reads: addresses, owners, triggers and feed items.
+#: Everything the consumer reads: addresses, owners, revoked keys, triggers and feed items.
 CONSUMED: tuple[type[Event], ...] = (
     UserRegistered,
+    ApiKeyRevoked,
     TopUpOrdered,
     JobCostCapReached,
     TopUpCredited,
@@ -276,7 +285,7 @@ class TriggerEvents:
         self.store.notify_appended()
         last = uow.recorded[-1]
         types = {r.event_type for r in uow.recorded}
-        if WebhookDeliveryScheduled.event_type in types:
+        if types & {WebhookDeliveryScheduled.event_type, WebhookEndpointDisabled.event_type}:
             self.scheduled(Position(last.tx_id, last.position))
         if EmailScheduled.event_type in types:
             self.mailed(Position(last.tx_id, last.position))
@@ -303,12 +312,24 @@ async def add_to_feed(uow: UnitOfWork, event: Event, cause: BusEvent) -> None:
         feed.append(cause.event_type, public_data(event), str(cause.event_id), datetime.now(UTC))
 
 
+async def disable_key_endpoints(uow: UnitOfWork, event: ApiKeyRevoked, now: datetime) -> None:
+    """Disable every endpoint bound to the revoked key, once: a second revocation (the event
+    again, under another id) finds the key revoked and records nothing."""
+    key = await uow.get(ApiKeyBindings, event.key_id)
+    for user_id, endpoint_id in key.revoke(event.revoked_at, now):
+        hooks = await uow.get(Webhooks, user_id)
+        hooks.disable(endpoint_id, EndpointDisabledReason.api_key_revoked, now)
+
+
 async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> None:
     """Record what an event causes: a recipient's address, a subject's owner, a feed item, a
     notification with its e-mail and webhook deliveries, as the user's preferences say."""
     now = datetime.now(UTC)
     if isinstance(event, UserRegistered):
         (await uow.get(Recipient, event.user_id)).record_address(event.email, now)
+        return
+    if isinstance(event, ApiKeyRevoked):
+        await disable_key_endpoints(uow, event, now)
         return
     owner = owner_of(event)
     if owner is not None:

@@ -4,7 +4,9 @@ jitter come in).
 * ``Subject`` (``subject-<job|order>:<id>``): who a job or a top-up order belongs to.
 * ``Notification`` (``notification-<id>``): one per (trigger event, user), its id derived from
   both, so a trigger delivered twice finds it made already; read once.
-* ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets.
+* ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets
+  (sealed), disabled ones included.
+* ``ApiKeyBindings`` (``apikey-<key id>``): the endpoints bound to an API key; its revocation.
 * ``Delivery`` (``delivery-<id>``): one notification to one endpoint: attempts with
   exponential back-off and jitter within a retry window, then a dead letter; replayable.
 * ``Preferences`` (``preferences-<user id>``): the channels of each kind.
@@ -27,6 +29,7 @@ from pydantic import BaseModel
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import (
+    ApiKeyNotFound,
     NotificationNotFound,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
@@ -35,6 +38,8 @@ from contracts.errors import (
 from contracts.jobs import JobCompleted, JobFailed, JobPaused, JobSubmitted, JobTestRenderCompleted
 from contracts.notifications import (
     MAX_ENDPOINTS_PER_USER,
+    ApiKeyEndpointRecorded,
+    ApiKeyRevocationRecorded,
     BalanceLow,
     Channel,
     DeliveryStatus,
@@ -42,6 +47,7 @@ from contracts.notifications import (
     EmailDeadLettered,
     EmailDelivered,
     EmailScheduled,
+    EndpointDisabledReason,
     FeedItemAppended,
     JobPausedForCredits,
     JobStoppedAtCap,
@@ -67,6 +73,7 @@ from contracts.notifications import (
     WebhookDeliverySucceeded,
     WebhookEndpoint,
     WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
     WebhookEndpointRegistered,
     WebhookSecretRotated,
     all_channels_on,
@@ -313,6 +320,8 @@ class Endpoint(BaseModel):
     previous_expires_at: datetime | None = None
     created_at: datetime
     rotated_at: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: EndpointDisabledReason | None = None
 
     def secrets(self, now: datetime) -> list[SealedSecret]:
         """The secrets that sign now: the current one, and the previous one until it expires."""
@@ -324,8 +333,8 @@ class Endpoint(BaseModel):
     def takes(self, kind: NotificationKind, job_key: str | None, about_job: bool) -> bool:
         """An endpoint bound to an API key gets the notifications about that key's jobs
         (``job_key``: the key a job was submitted with) and those about no job (account-wide);
-        one without a key gets every notification of the user."""
-        if kind not in self.kinds:
+        one without a key gets every notification of the user; a disabled one gets none."""
+        if kind not in self.kinds or self.disabled_at is not None:
             return False
         return self.api_key_id is None or not about_job or job_key == self.api_key_id
 
@@ -337,6 +346,8 @@ class Endpoint(BaseModel):
             api_key_id=self.api_key_id,
             created_at=self.created_at,
             rotated_at=self.rotated_at,
+            disabled_at=self.disabled_at,
+            disabled_reason=self.disabled_reason,
         )
 
 
@@ -376,6 +387,14 @@ class Webhooks(Aggregate):
                                 "rotated_at": event.at,
                             }
                         ),
+                    }
+            case WebhookEndpointDisabled():
+                found = self.endpoints.get(event.endpoint_id)
+                if found is not None:
+                    update = {"disabled_at": event.at, "disabled_reason": event.reason}
+                    self.endpoints = {
+                        **self.endpoints,
+                        event.endpoint_id: found.model_copy(update=update),
                     }
             case WebhookEndpointDeleted():
                 self.endpoints = {k: v for k, v in self.endpoints.items() if k != event.endpoint_id}
@@ -436,10 +455,63 @@ class Webhooks(Aggregate):
         self.record(WebhookEndpointDeleted(endpoint_id=endpoint_id, user_id=self.key, at=at))
         return gone
 
+    def disable(self, endpoint_id: str, reason: EndpointDisabledReason, at: datetime) -> bool:
+        """Take no more deliveries; nothing if it is gone or disabled already."""
+        found = self.endpoints.get(endpoint_id)
+        if found is None or found.disabled_at is not None:
+            return False
+        self.record(
+            WebhookEndpointDisabled(
+                endpoint_id=endpoint_id,
+                user_id=self.key,
+                api_key_id=found.api_key_id,
+                reason=reason,
+                at=at,
+            )
+        )
+        return True
+
     def targets(
         self, kind: NotificationKind, job_key: str | None, about_job: bool
     ) -> list[Endpoint]:
         return [e for _, e in sorted(self.endpoints.items()) if e.takes(kind, job_key, about_job)]
+
+
+class ApiKeyBindings(Aggregate):
+    """The endpoints bound to one API key, and whether identity revoked it, stream
+    ``apikey-<key id>`` (``identity.ApiKeyRevoked`` names the key only)."""
+
+    stream_prefix = "apikey"
+
+    #: (user id, endpoint id) of every endpoint ever bound to the key.
+    endpoints: list[tuple[str, str]] = []
+    revoked: bool = False
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ApiKeyEndpointRecorded():
+                self.endpoints = [*self.endpoints, (event.user_id, event.endpoint_id)]
+            case ApiKeyRevocationRecorded():
+                self.revoked = True
+
+    def check_active(self) -> None:
+        if self.revoked:
+            raise ApiKeyNotFound(f"no active API key {self.key}")
+
+    def bind(self, user_id: str, endpoint_id: str, at: datetime) -> list[Event]:
+        self.check_active()
+        if (user_id, endpoint_id) in self.endpoints:
+            return []
+        return self.record(
+            ApiKeyEndpointRecorded(key_id=self.key, user_id=user_id, endpoint_id=endpoint_id, at=at)
+        )
+
+    def revoke(self, revoked_at: datetime, at: datetime) -> list[tuple[str, str]]:
+        """Record the revocation once; the endpoints to disable (none the second time)."""
+        if self.revoked:
+            return []
+        self.record(ApiKeyRevocationRecorded(key_id=self.key, revoked_at=revoked_at, at=at))
+        return self.endpoints
 
 
 @dataclass(frozen=True)

@@ -81,10 +81,15 @@ class DeliveryWorker:
         self._drainers: dict[str, set[asyncio.Task[None]]] = {}
         self._queued: set[str] = set()
         s = store.schema
+        # Due ones, and at once every pending one of a disabled endpoint (to dead-letter it).
         self._due_sql = (
-            f"SELECT delivery_id, endpoint_id FROM {s}.deliveries WHERE status = 'pending'"
+            f"(SELECT delivery_id, endpoint_id FROM {s}.deliveries WHERE status = 'pending'"
             " AND next_attempt_at <= $1 AND NOT (delivery_id = ANY($2))"
-            " ORDER BY next_attempt_at LIMIT $3"
+            " ORDER BY next_attempt_at LIMIT $3)"
+            f" UNION (SELECT d.delivery_id, d.endpoint_id FROM {s}.deliveries d"
+            f" JOIN {s}.webhook_endpoints e ON e.endpoint_id = d.endpoint_id"
+            " WHERE e.disabled_at IS NOT NULL AND d.status = 'pending'"
+            " AND NOT (d.delivery_id = ANY($2)) LIMIT $3)"
         )
         self._next_sql = (
             f"SELECT min(next_attempt_at) FROM {s}.deliveries WHERE status = 'pending'"
@@ -172,13 +177,17 @@ class DeliveryWorker:
         delivery = await uow.get(Delivery, delivery_key)
         now = datetime.now(UTC)
         due = delivery.next_attempt_at
-        pending = delivery.status is DeliveryStatus.pending
-        if not delivery.exists or due is None or due > now or not pending:
+        if not delivery.exists or due is None or delivery.status is not DeliveryStatus.pending:
+            return
+        endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)
+        disabled = endpoint is not None and endpoint.disabled_at is not None
+        if due > now and not disabled:
             return
         notification = await uow.get(Notification, delivery.notification_id)
-        endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)
-        if endpoint is None:
-            outcome = Outcome(None, "the endpoint was deleted", 0)
+        if endpoint is None or disabled:
+            # Never sent: dead-lettered at once, with the reason.
+            why = "deleted" if endpoint is None else f"disabled ({endpoint.disabled_reason})"
+            outcome = Outcome(None, f"the endpoint was {why}", 0)
             delivery.attempted(outcome, self.policy, 0.0, now, final=True)
         else:
             body = message_body(notification)

@@ -10,12 +10,14 @@ import pytest
 
 from contracts.base import Event
 from contracts.errors import (
+    ApiKeyNotFound,
     NotificationNotFound,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
     WebhookUrlInvalid,
     WebhookUrlNotAllowed,
 )
+from contracts.identity import ApiKeyRevoked
 from contracts.notifications import (
     DeleteWebhookEndpoint,
     MarkNotificationsRead,
@@ -25,6 +27,7 @@ from contracts.notifications import (
     ReplayWebhookDelivery,
     RotateWebhookSecret,
     WebhookDeliveryScheduled,
+    WebhookEndpointDisabled,
 )
 from libs.bus.consumer import BusEvent, Retry
 from libs.eventstore.memory import InMemoryEventStore
@@ -137,6 +140,31 @@ async def test_a_key_bound_endpoint_gets_only_its_keys_jobs(
     assert await run(store, bus_event(triggers("usr_1", "job_s", "o")[done])) == 0
     expired = NotificationKind.upload_expired
     assert await run(store, bus_event(triggers("usr_1", "job_s", "o")[expired])) == 1
+
+
+async def test_a_revoked_keys_endpoints_are_disabled_once_and_take_nothing_more(
+    store: InMemoryEventStore, commands: NotifierCommands
+) -> None:
+    bound = await register(store, commands, "usr_1", api_key_id="key_1")
+    other = await register(store, commands, "usr_1")
+    await run(store, bus_event(owners("usr_1", "job_k", "ord_k", api_key_id="key_1")[0]))
+    revoked = ApiKeyRevoked(key_id="key_1", revoked_by="usr_1", revoked_at=AT)
+    for cause in (bus_event(revoked), bus_event(revoked)):  # twice, under two event ids
+        assert await run(store, cause) == 0
+    [disabled] = await recorded(store, WebhookEndpointDisabled)
+    assert isinstance(disabled, WebhookEndpointDisabled)
+    assert (disabled.endpoint_id, disabled.reason) == (bound, "api_key_revoked")
+    done = NotificationKind.render_completed
+    cause = bus_event(triggers("usr_1", "job_k", "o")[done])
+    assert await run(store, cause) == 1  # to the endpoint bound to no key only
+    [scheduled] = [
+        e
+        for e in await recorded(store, WebhookDeliveryScheduled)
+        if isinstance(e, WebhookDeliveryScheduled) and e.kind == done
+    ]
+    assert scheduled.endpoint_id == other
+    with pytest.raises(ApiKeyNotFound):  # the gateway's read model may not show it yet
+        await register(store, commands, "usr_1", api_key_id="key_1")
 
 
 async def test_urls_that_cannot_be_sent_to_are_refused(

@@ -6,16 +6,19 @@ failing for its whole window is dead-lettered and replayed by its owner."""
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from contracts.identity import ApiKeyRevoked
 from contracts.notifications import (
     NotificationKind,
     RegisterWebhookEndpoint,
     RotateWebhookSecret,
+    WebhookEndpointDisabled,
     WebhookEndpointSecret,
 )
 from libs.bus.commands import CommandClient
@@ -190,3 +193,72 @@ async def test_secrets_are_stored_encrypted_and_deliveries_verify_with_the_secre
         ("notifier.WebhookSecretRotated", 2),
     ]
     assert {r["data"]["secret"]["key_id"] for r in stored} == {box.current_id}
+
+
+async def test_a_revoked_keys_endpoint_is_disabled_once_and_its_pending_deliveries_end(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    await receiver.start()
+    kinds = [NotificationKind.render_completed, NotificationKind.render_failed]
+    cmd = RegisterWebhookEndpoint(
+        user_id=USER,
+        endpoint_id=new_id("whk"),
+        url=receiver.url("/fail"),
+        kinds=kinds,
+        api_key_id="key_revoked",
+    )
+    bound = await commands.send(
+        cmd, WebhookEndpointSecret, command_id=f"register:{cmd.endpoint_id}", actor=ACTOR
+    )
+    free = await register(commands, receiver.url("/ok/free"), kinds)
+    for event in owners(USER, "job_rev", "ord_rev", api_key_id="key_revoked"):
+        await publisher.publish(event)
+    done = triggers(USER, "job_rev", "ord_rev")
+    await publisher.publish(done[NotificationKind.render_completed])
+    q = query(notifier)
+
+    async def failing() -> bool:
+        rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+        return bool(rows) and rows[0][0].status == "pending" and rows[0][0].attempts >= 1
+
+    await until(failing, "the bound endpoint's delivery to fail and wait for a retry")
+    revoked = ApiKeyRevoked(key_id="key_revoked", revoked_by=USER, revoked_at=datetime.now(UTC))
+    await publisher.publish(revoked)  # twice under one event id
+    await publisher.publish(revoked)  # and again under another
+
+    async def dead() -> Any:
+        rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+        d, attempts = rows[0]
+        return attempts if d.status == "dead_lettered" and len(attempts) == d.attempts else None
+
+    attempts = await until(dead, "the pending delivery to be dead-lettered")
+    assert attempts[-1].error == "the endpoint was disabled (api_key_revoked)"
+    listed = {e.endpoint_id: e for e in await q.endpoints(USER)}
+    assert listed[bound.endpoint_id].disabled_reason == "api_key_revoked"
+    assert listed[bound.endpoint_id].disabled_at is not None
+    assert listed[free.endpoint_id].disabled_at is None
+    stored = await notifier.pool.fetchval(
+        f"SELECT count(*) FROM {notifier.schema}.events WHERE type = $1",
+        WebhookEndpointDisabled.event_type,
+    )
+    assert stored == 1  # once, though the revocation came three times
+
+    # What comes after goes to the endpoint bound to no key only.
+    await publisher.publish(done[NotificationKind.render_failed])
+
+    async def delivered() -> bool:
+        types = {body_type(r.body) for r in receiver.at("/ok/free")}
+        return types == {k.value for k in kinds}
+
+    await until(delivered, "both notifications at the free endpoint")
+    rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+    assert len(rows) == 1  # nothing scheduled to the disabled endpoint
+    assert all(r.path == "/fail" for r in receiver.at("/fail"))
+    assert len(receiver.at("/fail")) == attempts[-1].attempt - 1  # no POST after the revocation
+
+
+def body_type(body: bytes) -> str:
+    return str(json.loads(body)["type"])
