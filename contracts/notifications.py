@@ -482,6 +482,18 @@ class RecipientAddressRecorded(Event):
 
 
 @EVENTS.register
+class RecipientErased(Event):
+    """identity erased the user (``identity.UserErased``): the address was overwritten in
+    place with ``"erased"`` in the notifier's stored events (``services/notifier/erasure.py``,
+    ADR 0018), and none is recorded for the user from now on (a tombstone, stream
+    ``recipient-<user>``)."""
+
+    event_type = "notifier.RecipientErased"
+    user_id: str
+    at: datetime
+
+
+@EVENTS.register
 class EmailScheduled(Event):
     """A notification is to be e-mailed to its user (stream ``mail-<id>``; the id derived
     from the notification's, so one per notification)."""

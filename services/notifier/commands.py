@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
-from contracts.identity import ApiKeyRevoked, UserRegistered
+from contracts.identity import ApiKeyRevoked, UserErased, UserRegistered
 from contracts.jobs import (
     JobCancellationRequested,
     JobCancelled,
@@ -82,6 +82,7 @@ from services.notifier.domain import (
     owner_of,
     trigger_of,
 )
+from services.notifier.erasure import shred
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import new_secret
 
@@ -224,9 +225,11 @@ FEED_WALLET_EVENTS: tuple[type[Event], ...] = (
     HoldExpired,
 )
 
-#: Everything the consumer reads: addresses, owners, revoked keys, triggers and feed items.
+#: Everything the consumer reads: addresses and erasures, owners, revoked keys, triggers and
+#: feed items.
 CONSUMED: tuple[type[Event], ...] = (
     UserRegistered,
+    UserErased,
     ApiKeyRevoked,
     TopUpOrdered,
     JobCostCapReached,
@@ -270,10 +273,12 @@ class TriggerEvents:
             "correlation_id": bus_event.metadata.get("correlation_id") or str(bus_event.event_id),
             "causation_id": str(bus_event.event_id),
         }
+        event = bus_event.decode(self.store.registry)
+        if isinstance(event, UserErased):  # the address overwritten first, then the tombstone
+            await shred(self.store.pool, self.store.schema, event.user_id)
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
-                event = bus_event.decode(self.store.registry)
                 await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
                 if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
@@ -322,11 +327,16 @@ async def disable_key_endpoints(uow: UnitOfWork, event: ApiKeyRevoked, now: date
 
 
 async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> None:
-    """Record what an event causes: a recipient's address, a subject's owner, a feed item, a
-    notification with its e-mail and webhook deliveries, as the user's preferences say."""
+    """Record what an event causes: a recipient's address or its erasure (the tombstone; the
+    overwriting is :func:`services.notifier.erasure.shred`'s), disabled endpoints, a
+    subject's owner, a feed item, a notification with its e-mail and webhook deliveries, as
+    the user's preferences say."""
     now = datetime.now(UTC)
     if isinstance(event, UserRegistered):
         (await uow.get(Recipient, event.user_id)).record_address(event.email, now)
+        return
+    if isinstance(event, UserErased):
+        (await uow.get(Recipient, event.user_id)).erase(now)
         return
     if isinstance(event, ApiKeyRevoked):
         await disable_key_endpoints(uow, event, now)

@@ -10,7 +10,7 @@ jitter come in).
 * ``Delivery`` (``delivery-<id>``): one notification to one endpoint: attempts with
   exponential back-off and jitter within a retry window, then a dead letter; replayable.
 * ``Preferences`` (``preferences-<user id>``): the channels of each kind.
-* ``Recipient`` (``recipient-<user id>``): the user's e-mail address.
+* ``Recipient`` (``recipient-<user id>``): the user's e-mail address, until they are erased.
 * ``Mail`` (``mail-<id>``): one notification e-mailed: attempts as a delivery's.
 * ``Feed`` (``feed-<user id>``): the user's live feed; its version is the items' sequence.
 """
@@ -60,6 +60,7 @@ from contracts.notifications import (
     PaymentFailedPayload,
     PaymentSucceeded,
     RecipientAddressRecorded,
+    RecipientErased,
     RenderCompleted,
     RenderFailed,
     SealedSecret,
@@ -701,15 +702,27 @@ class Recipient(Aggregate):
     stream_prefix = "recipient"
 
     email: str | None = None
+    #: identity erased the user: no address is kept, none recorded again.
+    erased: bool = False
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, RecipientAddressRecorded):
-            self.email = event.email
+        match event:
+            case RecipientAddressRecorded():
+                self.email = event.email
+            case RecipientErased():
+                self.email, self.erased = None, True
 
     def record_address(self, email: str, at: datetime) -> list[Event]:
-        if email == self.email:
+        """Nothing if it is known, or the user was erased (their registration redelivered)."""
+        if email == self.email or self.erased:
             return []
         return self.record(RecipientAddressRecorded(user_id=self.key, email=email, at=at))
+
+    def erase(self, at: datetime) -> list[Event]:
+        """The tombstone, once (the address was overwritten in place before)."""
+        if self.erased:
+            return []
+        return self.record(RecipientErased(user_id=self.key, at=at))
 
 
 class Feed(Aggregate):

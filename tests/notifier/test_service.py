@@ -129,7 +129,7 @@ async def test_every_kind_reaches_a_receiver_that_was_down_once_with_valid_signa
 
 
 async def tables_holding(rt: ServiceRuntime[Any], text: str) -> list[str]:
-    """Every table of the notifier's schema with a row whose text holds ``text``."""
+    """Every table of the notifier's schema with a row whose text holds ``text`` (any case)."""
     async with rt.pool.acquire() as conn:
         tables = await conn.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
@@ -139,7 +139,7 @@ async def tables_holding(rt: ServiceRuntime[Any], text: str) -> list[str]:
         for t in tables:
             name = f'"{rt.schema}"."{t["table_name"]}"'
             if await conn.fetchval(
-                f"SELECT count(*) FROM {name} x WHERE strpos(x::text, $1) > 0", text
+                f"SELECT count(*) FROM {name} x WHERE strpos(lower(x::text), lower($1)) > 0", text
             ):
                 found.append(name)
         return found
