@@ -251,6 +251,27 @@ class DeliveryStatus(StrEnum):
     dead_lettered = "dead_lettered"  # every attempt failed for the retry window
 
 
+#: The key id of a secret recorded before secrets were encrypted (schema 1 events, upcast):
+#: its ``ciphertext`` is the secret itself.
+PLAINTEXT_KEY_ID = "plaintext"
+
+
+class SealedSecret(BaseModel):
+    """A webhook signing secret encrypted at rest (AES-256-GCM, ``services/notifier/sealing.py``):
+    the id of the key that sealed it, the nonce and the ciphertext with its tag (base64)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key_id: str
+    nonce: str
+    ciphertext: str
+
+
+def _sealed_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 stored the secret in the clear: it reads as sealed with ``plaintext``."""
+    plain = {"key_id": PLAINTEXT_KEY_ID, "nonce": "", "ciphertext": data["secret"]}
+    return {**data, "secret": plain}
+
+
 # --- events ------------------------------------------------------------------------------
 
 
@@ -305,14 +326,19 @@ class WebhookEndpointRegistered(Event):
     """Stream ``webhooks-<user id>``: every endpoint of the user."""
 
     event_type = "notifier.WebhookEndpointRegistered"
+    schema_version = 2
     private_fields = frozenset({"secret"})
     endpoint_id: str
     user_id: str
     url: str
     kinds: list[NotificationKind]
     api_key_id: str | None
-    secret: str
+    #: Encrypted (schema 2; schema 1 held it in the clear, upcast with key id ``plaintext``).
+    secret: SealedSecret
     at: datetime
+
+
+EVENTS.upcaster(WebhookEndpointRegistered.event_type, from_version=1)(_sealed_v1)
 
 
 @EVENTS.register
@@ -321,11 +347,59 @@ class WebhookSecretRotated(Event):
     ``previous_expires_at``."""
 
     event_type = "notifier.WebhookSecretRotated"
+    schema_version = 2
     private_fields = frozenset({"secret"})
     endpoint_id: str
     user_id: str
-    secret: str
+    #: Encrypted, as ``WebhookEndpointRegistered``'s (schema 2).
+    secret: SealedSecret
     previous_expires_at: datetime
+    at: datetime
+
+
+EVENTS.upcaster(WebhookSecretRotated.event_type, from_version=1)(_sealed_v1)
+
+
+class EndpointDisabledReason(StrEnum):
+    """Why an endpoint takes no more deliveries."""
+
+    #: It was bound to an API key, and identity revoked that key.
+    api_key_revoked = "api_key_revoked"
+
+
+@EVENTS.register
+class WebhookEndpointDisabled(Event):
+    """The endpoint takes no more deliveries (its pending ones are dead-lettered); it stays
+    listed, with the reason, until deleted."""
+
+    event_type = "notifier.WebhookEndpointDisabled"
+    endpoint_id: str
+    user_id: str
+    api_key_id: str | None
+    reason: EndpointDisabledReason
+    at: datetime
+
+
+@EVENTS.register
+class ApiKeyEndpointRecorded(Event):
+    """An endpoint was bound to an API key (stream ``apikey-<key id>``), so the key's
+    revocation, which names only the key, finds it."""
+
+    event_type = "notifier.ApiKeyEndpointRecorded"
+    key_id: str
+    user_id: str
+    endpoint_id: str
+    at: datetime
+
+
+@EVENTS.register
+class ApiKeyRevocationRecorded(Event):
+    """identity revoked the key (``identity.ApiKeyRevoked``): its endpoints are disabled, and
+    no endpoint is bound to it from now on (stream ``apikey-<key id>``)."""
+
+    event_type = "notifier.ApiKeyRevocationRecorded"
+    key_id: str
+    revoked_at: datetime
     at: datetime
 
 
@@ -427,6 +501,18 @@ class RecipientAddressRecorded(Event):
 
 
 @EVENTS.register
+class RecipientErased(Event):
+    """identity erased the user (``identity.UserErased``): the address was overwritten in
+    place with ``"erased"`` in the notifier's stored events (``services/notifier/erasure.py``,
+    ADR 0018), and none is recorded for the user from now on (a tombstone, stream
+    ``recipient-<user>``)."""
+
+    event_type = "notifier.RecipientErased"
+    user_id: str
+    at: datetime
+
+
+@EVENTS.register
 class EmailScheduled(Event):
     """A notification is to be e-mailed to its user (stream ``mail-<id>``; the id derived
     from the notification's, so one per notification)."""
@@ -504,6 +590,9 @@ class WebhookEndpoint(BaseModel):
     created_at: datetime
     #: When the secret was last rotated; null if never.
     rotated_at: datetime | None
+    #: When it was disabled (it takes no deliveries), and why; null while it is enabled.
+    disabled_at: datetime | None = None
+    disabled_reason: EndpointDisabledReason | None = None
 
 
 class WebhookEndpointSecret(WebhookEndpoint):

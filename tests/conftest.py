@@ -9,6 +9,7 @@ key prefix and S3 buckets, so nothing depends on earlier runs.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -95,6 +96,8 @@ async def env(servers: Servers) -> AsyncIterator[Env]:
         RF_JWT_KEYS=json.dumps({"k1": secrets.token_hex(32), "k0": secrets.token_hex(32)}),
         RF_JWT_ACTIVE_KID="k1",
         RF_TOKEN_PEPPER=secrets.token_hex(32),
+        # The notifier's key for webhook secrets at rest (base64 of 32 bytes).
+        RF_WEBHOOK_SECRETS_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
         RF_S3_ENDPOINT_URL=servers.s3_url,
         RF_S3_ACCESS_KEY_ID="test",
         RF_S3_SECRET_ACCESS_KEY="test",

@@ -180,3 +180,23 @@ def test_only_the_payments_service_gets_the_razorpay_secrets() -> None:
             "RF_DATABASE_URL": "postgresql://db",
             "RF_RAZORPAY_KEY_ID": "rzp_test_1",
         }
+
+
+def test_only_the_notifier_gets_the_key_of_webhook_secrets() -> None:
+    from deploy.local.stack import only_its_secrets
+
+    env = {
+        "RF_DATABASE_URL": "postgresql://db",
+        "RF_NOTIFIER_WEBHOOK_SECRETS_KEY": "k",
+        "RF_NOTIFIER_WEBHOOK_SECRETS_PREVIOUS_KEYS": "k0",
+        "RF_WEBHOOK_SECRETS_KEY": "k1",
+        "RF_RAZORPAY_WEBHOOK_SECRET": "w",
+    }
+    assert only_its_secrets("notifier", env) == {
+        k: v for k, v in env.items() if k != "RF_RAZORPAY_WEBHOOK_SECRET"
+    }
+    for other in ("gateway", "payments", "identity"):
+        assert set(only_its_secrets(other, env)) <= {
+            "RF_DATABASE_URL",
+            "RF_RAZORPAY_WEBHOOK_SECRET",
+        }

@@ -48,7 +48,6 @@ import asyncio
 import getpass
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -302,47 +301,16 @@ async def audit(args: argparse.Namespace, database_url: str) -> int:
         await pool.close()
 
 
-async def _user_email(settings: BaseServiceSettings, user_id: str) -> str | None:
-    """The user's address as identity's read model has it (None: no such table or user)."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        if await conn.fetchval("SELECT to_regclass('identity.users')") is None:
-            return None
-        found: str | None = await conn.fetchval(
-            "SELECT email FROM identity.users WHERE user_id = $1", user_id
-        )
-        return found
-    finally:
-        await conn.close()
-
-
-async def _overwrite_address(
-    conn: asyncpg.Connection, schema: str, address: str, erased: str
-) -> None:
-    """Every stored event and snapshot of ``schema`` holding ``address`` (any case), with
-    it replaced by ``erased`` in place (ADR 0018); a schema not there: nothing to do."""
-    if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.events") is None:
-        return
-    pattern = re.escape(address)
-    for table, columns in (("events", ("data", "metadata")), ("snapshots", ("state",))):
-        sets = ", ".join(f"{c} = regexp_replace({c}::text, $1, $2, 'gi')::jsonb" for c in columns)
-        holds = " OR ".join(f"strpos(lower({c}::text), lower($3)) > 0" for c in columns)
-        await conn.execute(
-            f"UPDATE {schema}.{table} SET {sets} WHERE {holds}", pattern, erased, address
-        )
-
-
 async def erase_user(settings: BaseServiceSettings, user_id: str) -> int:
-    """identity's ``EraseUser`` (its events overwritten in place, then ``UserErased``), then
-    the copies of the address other services keep (the notifier's recipient and its mails:
-    overwritten in place the same way), then the gateway's action log: the user's calls keep
-    everything but the client IP."""
+    """identity's ``EraseUser`` (its events overwritten in place, then ``UserErased``; the
+    services holding copies of the person's data, the notifier, shred their own on that
+    event), then the gateway's action log: the user's calls keep everything but the
+    client IP."""
     from contracts.errors import DomainError
     from contracts.identity import ERASED, EraseUser, UserProfile
     from libs.bus.commands import Actor, CommandClient
     from libs.bus.nats import connect
 
-    address = await _user_email(settings, user_id)
     nc = await connect(settings, "renderctl")
     try:
         profile = await CommandClient(nc, settings).send(
@@ -358,8 +326,6 @@ async def erase_user(settings: BaseServiceSettings, user_id: str) -> int:
         await nc.close()
     conn = await asyncpg.connect(settings.database_url)
     try:
-        if address and address != ERASED:
-            await _overwrite_address(conn, "notifier", address, ERASED)
         if await conn.fetchval("SELECT to_regclass('gateway.action_log')") is None:
             calls = "UPDATE 0"
         else:

@@ -108,6 +108,7 @@ from contracts.errors.notifier import (
     WebhookEndpointNotFound,
     WebhookLimitReached,
     WebhookUrlInvalid,
+    WebhookUrlNotAllowed,
 )
 from contracts.errors.operations import QuarantinedStreamNotFound, QuarantinedStreamRef
 from contracts.errors.outputs import (
@@ -317,6 +318,7 @@ __all__ = [
     "WebhookLimitReached",
     "WebhookSignatureInvalid",
     "WebhookUrlInvalid",
+    "WebhookUrlNotAllowed",
     "WrongPartSize",
     "error_from_body",
     "field_problems",

@@ -24,6 +24,15 @@ class UrlProblem(ErrorDetails):
     problem: str = Field(description="What is wrong with it.")
 
 
+class UrlRefused(ErrorDetails):
+    url: str = Field(description="The URL as given.")
+    address: str = Field(description="The address its host is or resolves to.")
+    reason: str = Field(
+        description="What kind of address: loopback, private, link-local, unique-local,"
+        " multicast, unspecified, reserved, not globally routable."
+    )
+
+
 class EndpointLimit(ErrorDetails):
     limit: int = Field(description="Most webhook endpoints a user may register.")
 
@@ -62,6 +71,16 @@ class WebhookUrlInvalid(DomainError[UrlProblem]):
     http_status = 422
     retryable = False
     Details = UrlProblem
+
+
+class WebhookUrlNotAllowed(DomainError[UrlRefused]):
+    """The endpoint's host is or resolves to an address that is not public (loopback,
+    private, link-local, ...): webhooks are not sent into our own network."""
+
+    code = "webhook_url_not_allowed"
+    http_status = 422
+    retryable = False
+    Details = UrlRefused
 
 
 class WebhookLimitReached(DomainError[EndpointLimit]):

@@ -13,6 +13,7 @@ then starts every service in :data:`SERVICES` and waits until each is ready.
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import json
 import os
@@ -178,6 +179,10 @@ def ensure_secrets() -> dict[str, str]:
         "RF_TOKEN_PEPPER": lambda: secrets.token_hex(32),
         "RF_RAZORPAY_KEY_SECRET": lambda: secrets.token_hex(24),
         "RF_RAZORPAY_WEBHOOK_SECRET": lambda: secrets.token_hex(24),
+        # The notifier's key for webhook signing secrets at rest (docs/notifications.md).
+        "RF_NOTIFIER_WEBHOOK_SECRETS_KEY": lambda: base64.b64encode(
+            secrets.token_bytes(32)
+        ).decode(),
     }
     current = read_env_file(SECRETS_FILE)
     missing = {k: make() for k, make in wanted.items() if k not in current}
@@ -501,6 +506,10 @@ def up() -> None:
         os.environ.get("RF_RAZORPAY_URL") or f"http://127.0.0.1:{RAZORPAY_PORT}"
     )
     env["RF_RAZORPAY_KEY_ID"] = os.environ.get("RF_RAZORPAY_KEY_ID") or RAZORPAY_KEY_ID
+    # Local receivers (127.0.0.1, the LAN) may take webhooks; production refuses them.
+    env["RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES"] = (
+        os.environ.get("RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES") or "true"
+    )
     env["RF_SMTP_HOST"] = os.environ.get("RF_SMTP_HOST") or "127.0.0.1"
     env["RF_SMTP_PORT"] = os.environ.get("RF_SMTP_PORT") or str(SMTP_PORT)
     # The upload service stages scenes into the folder the farm reads them from.

@@ -82,6 +82,8 @@ def _endpoint(r: asyncpg.Record) -> WebhookEndpoint:
         api_key_id=r["api_key_id"],
         created_at=r["created_at"],
         rotated_at=r["rotated_at"],
+        disabled_at=r["disabled_at"],
+        disabled_reason=r["disabled_reason"],
     )
 
 
@@ -106,11 +108,13 @@ class NotificationsQuery:
             " AND read_at IS NULL ORDER BY notification_id LIMIT $2"
         )
         self._endpoints_sql = (
-            "SELECT endpoint_id, url, kinds, api_key_id, created_at, rotated_at"
+            "SELECT endpoint_id, url, kinds, api_key_id, created_at, rotated_at, disabled_at,"
+            " disabled_reason"
             f" FROM {s}.webhook_endpoints WHERE user_id = $1 ORDER BY endpoint_id"
         )
         self._endpoint_sql = (
-            "SELECT endpoint_id, url, kinds, api_key_id, created_at, rotated_at"
+            "SELECT endpoint_id, url, kinds, api_key_id, created_at, rotated_at, disabled_at,"
+            " disabled_reason"
             f" FROM {s}.webhook_endpoints WHERE user_id = $1 AND endpoint_id = $2"
         )
         self._deliveries_sql = (

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
-from contracts.identity import UserRegistered
+from contracts.identity import ApiKeyRevoked, UserErased, UserRegistered
 from contracts.jobs import (
     JobCancellationRequested,
     JobCancelled,
@@ -36,6 +36,7 @@ from contracts.notifications import (
     Channel,
     DeleteWebhookEndpoint,
     EmailScheduled,
+    EndpointDisabledReason,
     MarkNotificationsRead,
     NotificationPreferences,
     NotificationsMarked,
@@ -46,6 +47,7 @@ from contracts.notifications import (
     WebhookDelivery,
     WebhookDeliveryScheduled,
     WebhookEndpoint,
+    WebhookEndpointDisabled,
     WebhookEndpointSecret,
 )
 from contracts.payments import PaymentFailed, TopUpCredited, TopUpOrdered
@@ -63,7 +65,9 @@ from libs.bus.commands import CommandServer
 from libs.bus.consumer import BusEvent, Retry, claim_event
 from libs.eventstore.store import EventStore, Position
 from libs.eventstore.uow import UnitOfWork
+from services.notifier.addresses import check_destination
 from services.notifier.domain import (
+    ApiKeyBindings,
     Delivery,
     Feed,
     Mail,
@@ -79,6 +83,7 @@ from services.notifier.domain import (
     owner_of,
     trigger_of,
 )
+from services.notifier.erasure import shred
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import new_secret
 
@@ -119,6 +124,7 @@ def delivery_view(d: Delivery) -> WebhookDelivery:
 class NotifierCommands:
     def __init__(self, settings: NotifierSettings) -> None:
         self.settings = settings
+        self.box = settings.secret_box()
 
     def register(self, server: CommandServer) -> None:
         # Replies that hold a secret are never stored: a repeated id is refused instead.
@@ -133,18 +139,30 @@ class NotifierCommands:
         self, cmd: RegisterWebhookEndpoint, uow: UnitOfWork
     ) -> WebhookEndpointSecret:
         url = check_url(cmd.url, self.settings.webhook_allow_http)
+        if not self.settings.webhook_allow_private_addresses:
+            await check_destination(url)
         hooks = await uow.get(Webhooks, cmd.user_id)
         now = datetime.now(UTC)
-        endpoint = hooks.register(
-            cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, new_secret(), now
-        )
-        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+        secret = new_secret()
+        sealed = self.box.seal(secret, cmd.user_id, cmd.endpoint_id)
+        endpoint = hooks.register(cmd.endpoint_id, url, cmd.kinds, cmd.api_key_id, sealed, now)
+        if cmd.api_key_id is not None:
+            # Refused if the key was revoked (the gateway's read model may lag); a write to
+            # the key's stream, so a revocation committed meanwhile conflicts with it.
+            key = await uow.get(ApiKeyBindings, cmd.api_key_id)
+            key.bind(cmd.user_id, cmd.endpoint_id, now)
+        if endpoint.secret != sealed:  # registered before under this id: its own secret
+            secret = self.box.open(endpoint.secret, cmd.user_id, cmd.endpoint_id)
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=secret)
 
     async def rotate(self, cmd: RotateWebhookSecret, uow: UnitOfWork) -> WebhookEndpointSecret:
+        """A new secret, answered once: only its ciphertext is recorded."""
         hooks = await uow.get(Webhooks, cmd.user_id)
         grace = timedelta(seconds=self.settings.webhook_secret_grace_seconds)
-        endpoint = hooks.rotate(cmd.endpoint_id, new_secret(), grace, datetime.now(UTC))
-        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=endpoint.secret)
+        secret = new_secret()
+        sealed = self.box.seal(secret, cmd.user_id, cmd.endpoint_id)
+        endpoint = hooks.rotate(cmd.endpoint_id, sealed, grace, datetime.now(UTC))
+        return WebhookEndpointSecret(**endpoint.view().model_dump(), secret=secret)
 
     async def delete(self, cmd: DeleteWebhookEndpoint, uow: UnitOfWork) -> WebhookEndpoint:
         hooks = await uow.get(Webhooks, cmd.user_id)
@@ -209,9 +227,12 @@ FEED_WALLET_EVENTS: tuple[type[Event], ...] = (
     HoldExpired,
 )
 
-#: Everything the consumer reads: addresses, owners, triggers and feed items.
+#: Everything the consumer reads: addresses and erasures, owners, revoked keys, triggers and
+#: feed items.
 CONSUMED: tuple[type[Event], ...] = (
     UserRegistered,
+    UserErased,
+    ApiKeyRevoked,
     TopUpOrdered,
     JobCostCapReached,
     TopUpCredited,
@@ -254,10 +275,12 @@ class TriggerEvents:
             "correlation_id": bus_event.metadata.get("correlation_id") or str(bus_event.event_id),
             "causation_id": str(bus_event.event_id),
         }
+        event = bus_event.decode(self.store.registry)
+        if isinstance(event, UserErased):  # the address overwritten first, then the tombstone
+            await shred(self.store.pool, self.store.schema, event.user_id)
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
-                event = bus_event.decode(self.store.registry)
                 await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
                 if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
@@ -269,7 +292,7 @@ class TriggerEvents:
         self.store.notify_appended()
         last = uow.recorded[-1]
         types = {r.event_type for r in uow.recorded}
-        if WebhookDeliveryScheduled.event_type in types:
+        if types & {WebhookDeliveryScheduled.event_type, WebhookEndpointDisabled.event_type}:
             self.scheduled(Position(last.tx_id, last.position))
         if EmailScheduled.event_type in types:
             self.mailed(Position(last.tx_id, last.position))
@@ -296,12 +319,29 @@ async def add_to_feed(uow: UnitOfWork, event: Event, cause: BusEvent) -> None:
         feed.append(cause.event_type, public_data(event), str(cause.event_id), datetime.now(UTC))
 
 
+async def disable_key_endpoints(uow: UnitOfWork, event: ApiKeyRevoked, now: datetime) -> None:
+    """Disable every endpoint bound to the revoked key, once: a second revocation (the event
+    again, under another id) finds the key revoked and records nothing."""
+    key = await uow.get(ApiKeyBindings, event.key_id)
+    for user_id, endpoint_id in key.revoke(event.revoked_at, now):
+        hooks = await uow.get(Webhooks, user_id)
+        hooks.disable(endpoint_id, EndpointDisabledReason.api_key_revoked, now)
+
+
 async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: Decimal) -> None:
-    """Record what an event causes: a recipient's address, a subject's owner, a feed item, a
-    notification with its e-mail and webhook deliveries, as the user's preferences say."""
+    """Record what an event causes: a recipient's address or its erasure (the tombstone; the
+    overwriting is :func:`services.notifier.erasure.shred`'s), disabled endpoints, a
+    subject's owner, a feed item, a notification with its e-mail and webhook deliveries, as
+    the user's preferences say."""
     now = datetime.now(UTC)
     if isinstance(event, UserRegistered):
         (await uow.get(Recipient, event.user_id)).record_address(event.email, now)
+        return
+    if isinstance(event, UserErased):
+        (await uow.get(Recipient, event.user_id)).erase(now)
+        return
+    if isinstance(event, ApiKeyRevoked):
+        await disable_key_endpoints(uow, event, now)
         return
     owner = owner_of(event)
     if owner is not None:

@@ -4,11 +4,13 @@ jitter come in).
 * ``Subject`` (``subject-<job|order>:<id>``): who a job or a top-up order belongs to.
 * ``Notification`` (``notification-<id>``): one per (trigger event, user), its id derived from
   both, so a trigger delivered twice finds it made already; read once.
-* ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets.
+* ``Webhooks`` (``webhooks-<user id>``): every webhook endpoint of one user with its secrets
+  (sealed), disabled ones included.
+* ``ApiKeyBindings`` (``apikey-<key id>``): the endpoints bound to an API key; its revocation.
 * ``Delivery`` (``delivery-<id>``): one notification to one endpoint: attempts with
   exponential back-off and jitter within a retry window, then a dead letter; replayable.
 * ``Preferences`` (``preferences-<user id>``): the channels of each kind.
-* ``Recipient`` (``recipient-<user id>``): the user's e-mail address.
+* ``Recipient`` (``recipient-<user id>``): the user's e-mail address, until they are erased.
 * ``Mail`` (``mail-<id>``): one notification e-mailed: attempts as a delivery's.
 * ``Feed`` (``feed-<user id>``): the user's live feed; its version is the items' sequence.
 """
@@ -27,6 +29,7 @@ from pydantic import BaseModel
 from contracts.base import Event
 from contracts.billing import JobCostCapReached
 from contracts.errors import (
+    ApiKeyNotFound,
     NotificationNotFound,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
@@ -42,6 +45,8 @@ from contracts.jobs import (
 )
 from contracts.notifications import (
     MAX_ENDPOINTS_PER_USER,
+    ApiKeyEndpointRecorded,
+    ApiKeyRevocationRecorded,
     BalanceLow,
     Channel,
     DeliveryStatus,
@@ -49,6 +54,7 @@ from contracts.notifications import (
     EmailDeadLettered,
     EmailDelivered,
     EmailScheduled,
+    EndpointDisabledReason,
     FeedItemAppended,
     JobKilledPayload,
     JobPausedForCredits,
@@ -62,8 +68,10 @@ from contracts.notifications import (
     PaymentFailedPayload,
     PaymentSucceeded,
     RecipientAddressRecorded,
+    RecipientErased,
     RenderCompleted,
     RenderFailed,
+    SealedSecret,
     SubjectOwnerRecorded,
     TestRenderReady,
     UploadExpiredPayload,
@@ -74,6 +82,7 @@ from contracts.notifications import (
     WebhookDeliverySucceeded,
     WebhookEndpoint,
     WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
     WebhookEndpointRegistered,
     WebhookSecretRotated,
     all_channels_on,
@@ -319,13 +328,16 @@ class Endpoint(BaseModel):
     url: str
     kinds: list[NotificationKind]
     api_key_id: str | None
-    secret: str
-    previous_secret: str | None = None
+    #: Encrypted at rest (``services/notifier/sealing.py``): opened only to sign.
+    secret: SealedSecret
+    previous_secret: SealedSecret | None = None
     previous_expires_at: datetime | None = None
     created_at: datetime
     rotated_at: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: EndpointDisabledReason | None = None
 
-    def secrets(self, now: datetime) -> list[str]:
+    def secrets(self, now: datetime) -> list[SealedSecret]:
         """The secrets that sign now: the current one, and the previous one until it expires."""
         keep = self.previous_expires_at is not None and now < self.previous_expires_at
         return (
@@ -335,8 +347,8 @@ class Endpoint(BaseModel):
     def takes(self, kind: NotificationKind, job_key: str | None, about_job: bool) -> bool:
         """An endpoint bound to an API key gets the notifications about that key's jobs
         (``job_key``: the key a job was submitted with) and those about no job (account-wide);
-        one without a key gets every notification of the user."""
-        if kind not in self.kinds:
+        one without a key gets every notification of the user; a disabled one gets none."""
+        if kind not in self.kinds or self.disabled_at is not None:
             return False
         return self.api_key_id is None or not about_job or job_key == self.api_key_id
 
@@ -348,6 +360,8 @@ class Endpoint(BaseModel):
             api_key_id=self.api_key_id,
             created_at=self.created_at,
             rotated_at=self.rotated_at,
+            disabled_at=self.disabled_at,
+            disabled_reason=self.disabled_reason,
         )
 
 
@@ -355,6 +369,8 @@ class Webhooks(Aggregate):
     """Every webhook endpoint of one user, stream ``webhooks-<user id>``."""
 
     stream_prefix = "webhooks"
+    #: 2: secrets are sealed (snapshots of plaintext secrets are dropped).
+    snapshot_version = 2
 
     endpoints: dict[str, Endpoint] = {}
 
@@ -386,6 +402,14 @@ class Webhooks(Aggregate):
                             }
                         ),
                     }
+            case WebhookEndpointDisabled():
+                found = self.endpoints.get(event.endpoint_id)
+                if found is not None:
+                    update = {"disabled_at": event.at, "disabled_reason": event.reason}
+                    self.endpoints = {
+                        **self.endpoints,
+                        event.endpoint_id: found.model_copy(update=update),
+                    }
             case WebhookEndpointDeleted():
                 self.endpoints = {k: v for k, v in self.endpoints.items() if k != event.endpoint_id}
 
@@ -403,7 +427,7 @@ class Webhooks(Aggregate):
         url: str,
         kinds: list[NotificationKind],
         api_key_id: str | None,
-        secret: str,
+        secret: SealedSecret,
         at: datetime,
     ) -> Endpoint:
         if endpoint_id not in self.endpoints:
@@ -425,7 +449,9 @@ class Webhooks(Aggregate):
             )
         return self.endpoints[endpoint_id]
 
-    def rotate(self, endpoint_id: str, secret: str, grace: timedelta, at: datetime) -> Endpoint:
+    def rotate(
+        self, endpoint_id: str, secret: SealedSecret, grace: timedelta, at: datetime
+    ) -> Endpoint:
         self.endpoint(endpoint_id)
         self.record(
             WebhookSecretRotated(
@@ -443,10 +469,63 @@ class Webhooks(Aggregate):
         self.record(WebhookEndpointDeleted(endpoint_id=endpoint_id, user_id=self.key, at=at))
         return gone
 
+    def disable(self, endpoint_id: str, reason: EndpointDisabledReason, at: datetime) -> bool:
+        """Take no more deliveries; nothing if it is gone or disabled already."""
+        found = self.endpoints.get(endpoint_id)
+        if found is None or found.disabled_at is not None:
+            return False
+        self.record(
+            WebhookEndpointDisabled(
+                endpoint_id=endpoint_id,
+                user_id=self.key,
+                api_key_id=found.api_key_id,
+                reason=reason,
+                at=at,
+            )
+        )
+        return True
+
     def targets(
         self, kind: NotificationKind, job_key: str | None, about_job: bool
     ) -> list[Endpoint]:
         return [e for _, e in sorted(self.endpoints.items()) if e.takes(kind, job_key, about_job)]
+
+
+class ApiKeyBindings(Aggregate):
+    """The endpoints bound to one API key, and whether identity revoked it, stream
+    ``apikey-<key id>`` (``identity.ApiKeyRevoked`` names the key only)."""
+
+    stream_prefix = "apikey"
+
+    #: (user id, endpoint id) of every endpoint ever bound to the key.
+    endpoints: list[tuple[str, str]] = []
+    revoked: bool = False
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ApiKeyEndpointRecorded():
+                self.endpoints = [*self.endpoints, (event.user_id, event.endpoint_id)]
+            case ApiKeyRevocationRecorded():
+                self.revoked = True
+
+    def check_active(self) -> None:
+        if self.revoked:
+            raise ApiKeyNotFound(f"no active API key {self.key}")
+
+    def bind(self, user_id: str, endpoint_id: str, at: datetime) -> list[Event]:
+        self.check_active()
+        if (user_id, endpoint_id) in self.endpoints:
+            return []
+        return self.record(
+            ApiKeyEndpointRecorded(key_id=self.key, user_id=user_id, endpoint_id=endpoint_id, at=at)
+        )
+
+    def revoke(self, revoked_at: datetime, at: datetime) -> list[tuple[str, str]]:
+        """Record the revocation once; the endpoints to disable (none the second time)."""
+        if self.revoked:
+            return []
+        self.record(ApiKeyRevocationRecorded(key_id=self.key, revoked_at=revoked_at, at=at))
+        return self.endpoints
 
 
 @dataclass(frozen=True)
@@ -636,15 +715,27 @@ class Recipient(Aggregate):
     stream_prefix = "recipient"
 
     email: str | None = None
+    #: identity erased the user: no address is kept, none recorded again.
+    erased: bool = False
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, RecipientAddressRecorded):
-            self.email = event.email
+        match event:
+            case RecipientAddressRecorded():
+                self.email = event.email
+            case RecipientErased():
+                self.email, self.erased = None, True
 
     def record_address(self, email: str, at: datetime) -> list[Event]:
-        if email == self.email:
+        """Nothing if it is known, or the user was erased (their registration redelivered)."""
+        if email == self.email or self.erased:
             return []
         return self.record(RecipientAddressRecorded(user_id=self.key, email=email, at=at))
+
+    def erase(self, at: datetime) -> list[Event]:
+        """The tombstone, once (the address was overwritten in place before)."""
+        if self.erased:
+            return []
+        return self.record(RecipientErased(user_id=self.key, at=at))
 
 
 class Feed(Aggregate):

@@ -154,9 +154,15 @@ class Mailer:
         if not mail.exists or mail.status is not DeliveryStatus.pending or due is None or due > now:
             return
         notification = await uow.get(Notification, mail.notification_id)
-        address = (await uow.get(Recipient, mail.user_id)).email
+        recipient = await uow.get(Recipient, mail.user_id)
+        address = recipient.email
         if address is None:
-            outcome = Outcome(None, "no e-mail address is known for the user", 0)
+            why = (
+                "the user was erased: no e-mail address is kept"
+                if recipient.erased
+                else "no e-mail address is known for the user"
+            )
+            outcome = Outcome(None, why, 0)
             mail.attempted(outcome, self.policy, 0.0, now, final=True)
         else:
             message = message_of(notification, address, self.settings.email_from)

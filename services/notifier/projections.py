@@ -20,6 +20,7 @@ from contracts.notifications import (
     WebhookDeliveryScheduled,
     WebhookDeliverySucceeded,
     WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
     WebhookEndpointRegistered,
     WebhookSecretRotated,
 )
@@ -68,6 +69,8 @@ class EndpointsProjection(ReadModel):
         "api_key_id": "text",
         "created_at": "timestamptz",
         "rotated_at": "timestamptz",
+        "disabled_at": "timestamptz",
+        "disabled_reason": "text",
     }
 
     @on(WebhookEndpointRegistered, key=lambda e: (e.endpoint_id,))
@@ -82,11 +85,21 @@ class EndpointsProjection(ReadModel):
             "api_key_id": e.api_key_id,
             "created_at": e.at,
             "rotated_at": None,
+            "disabled_at": None,
+            "disabled_reason": None,
         }
 
     @on(WebhookSecretRotated, key=lambda e: (e.endpoint_id,))
     def rotated(self, row: Row | None, e: WebhookSecretRotated, rec: RecordedEvent) -> Row | None:
         return None if row is None else {**row, "rotated_at": e.at}
+
+    @on(WebhookEndpointDisabled, key=lambda e: (e.endpoint_id,))
+    def disabled(
+        self, row: Row | None, e: WebhookEndpointDisabled, rec: RecordedEvent
+    ) -> Row | None:
+        if row is None:
+            return None
+        return {**row, "disabled_at": e.at, "disabled_reason": e.reason.value}
 
     @on(WebhookEndpointDeleted, key=lambda e: (e.endpoint_id,))
     def deleted(self, row: Row | None, e: WebhookEndpointDeleted, rec: RecordedEvent) -> Row | None:

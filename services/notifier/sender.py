@@ -28,6 +28,7 @@ from libs.eventstore.store import ConcurrencyError, EventStore, Position
 from libs.eventstore.uow import UnitOfWork
 from libs.leader import leadership, lock_key, wake_or_stop
 from libs.logging import get_logger
+from services.notifier.addresses import AddressNotAllowed
 from services.notifier.domain import Delivery, Notification, Outcome, RetryPolicy, Webhooks
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
@@ -66,6 +67,7 @@ class DeliveryWorker:
         self.store = store
         self.deliveries = deliveries
         self.client = client
+        self.box = settings.secret_box()
         self.policy = RetryPolicy(
             settings.webhook_retry_base_seconds,
             settings.webhook_retry_max_delay_seconds,
@@ -79,10 +81,15 @@ class DeliveryWorker:
         self._drainers: dict[str, set[asyncio.Task[None]]] = {}
         self._queued: set[str] = set()
         s = store.schema
+        # Due ones, and at once every pending one of a disabled endpoint (to dead-letter it).
         self._due_sql = (
-            f"SELECT delivery_id, endpoint_id FROM {s}.deliveries WHERE status = 'pending'"
+            f"(SELECT delivery_id, endpoint_id FROM {s}.deliveries WHERE status = 'pending'"
             " AND next_attempt_at <= $1 AND NOT (delivery_id = ANY($2))"
-            " ORDER BY next_attempt_at LIMIT $3"
+            " ORDER BY next_attempt_at LIMIT $3)"
+            f" UNION (SELECT d.delivery_id, d.endpoint_id FROM {s}.deliveries d"
+            f" JOIN {s}.webhook_endpoints e ON e.endpoint_id = d.endpoint_id"
+            " WHERE e.disabled_at IS NOT NULL AND d.status = 'pending'"
+            " AND NOT (d.delivery_id = ANY($2)) LIMIT $3)"
         )
         self._next_sql = (
             f"SELECT min(next_attempt_at) FROM {s}.deliveries WHERE status = 'pending'"
@@ -170,21 +177,30 @@ class DeliveryWorker:
         delivery = await uow.get(Delivery, delivery_key)
         now = datetime.now(UTC)
         due = delivery.next_attempt_at
-        pending = delivery.status is DeliveryStatus.pending
-        if not delivery.exists or due is None or due > now or not pending:
+        if not delivery.exists or due is None or delivery.status is not DeliveryStatus.pending:
+            return
+        endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)
+        disabled = endpoint is not None and endpoint.disabled_at is not None
+        if due > now and not disabled:
             return
         notification = await uow.get(Notification, delivery.notification_id)
-        endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)
-        if endpoint is None:
-            outcome = Outcome(None, "the endpoint was deleted", 0)
+        if endpoint is None or disabled:
+            # Never sent: dead-lettered at once, with the reason.
+            why = "deleted" if endpoint is None else f"disabled ({endpoint.disabled_reason})"
+            outcome = Outcome(None, f"the endpoint was {why}", 0)
             delivery.attempted(outcome, self.policy, 0.0, now, final=True)
         else:
             body = message_body(notification)
-            headers = webhook_headers(
-                endpoint.secrets(now), notification.key, int(time.time()), body
-            )
-            outcome = await self.post(endpoint.url, headers, body)
-            delivery.attempted(outcome, self.policy, random.random(), datetime.now(UTC))
+            # Opened here only, to sign; a key not configured raises (the delivery stays due
+            # and readiness reports it).
+            signing = [
+                self.box.open(s, delivery.user_id, endpoint.endpoint_id)
+                for s in endpoint.secrets(now)
+            ]
+            headers = webhook_headers(signing, notification.key, int(time.time()), body)
+            outcome, final = await self.post(endpoint.url, headers, body)
+            at = datetime.now(UTC)
+            delivery.attempted(outcome, self.policy, random.random(), at, final=final)
         try:
             recorded = await uow.commit()
         except ConcurrencyError:  # replayed meanwhile: the replay's attempt is next
@@ -194,7 +210,9 @@ class DeliveryWorker:
             last = recorded[-1]
             await self._caught_up(Position(last.tx_id, last.position))
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[Outcome, bool]:
+        """What the receiver answered, and whether that is final: a host resolving to an
+        address that is not public is not retried (``services/notifier/addresses.py``)."""
         timeout = self.settings.webhook_timeout_seconds
         started = time.monotonic()
 
@@ -205,7 +223,9 @@ class DeliveryWorker:
             async with asyncio.timeout(timeout):
                 r = await self.client.post(url, content=body, headers=headers, timeout=timeout)
         except TimeoutError:
-            return Outcome(None, f"no answer within {timeout:g} s", took())
+            return Outcome(None, f"no answer within {timeout:g} s", took()), False
+        except AddressNotAllowed as e:
+            return Outcome(None, str(e)[:500], took()), True
         except httpx.HTTPError as e:
-            return Outcome(None, f"{type(e).__name__}: {e}"[:500], took())
-        return Outcome(r.status_code, None, took())
+            return Outcome(None, f"{type(e).__name__}: {e}"[:500], took()), False
+        return Outcome(r.status_code, None, took()), False

@@ -11,6 +11,7 @@ import httpx
 
 from libs.runtime import ServiceRuntime
 from libs.service import Service
+from services.notifier.addresses import PublicOnlyTransport
 from services.notifier.commands import NotifierCommands, TriggerEvents
 from services.notifier.mailer import Mailer
 from services.notifier.projections import (
@@ -43,9 +44,13 @@ async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
     assert isinstance(settings, NotifierSettings)
     commands = NotifierCommands(settings)
     commands.register(rt.commands)
+    limits = httpx.Limits(max_connections=settings.webhook_concurrency)
+    # Every connection checked against private addresses, unless they are allowed.
+    transport = None if settings.webhook_allow_private_addresses else PublicOnlyTransport(limits)
     client = httpx.AsyncClient(
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=settings.webhook_concurrency),
+        limits=limits,
+        transport=transport,
         headers={"user-agent": "renderfarm-webhooks/1"},
     )
     rt.on_close(client.aclose)
@@ -88,5 +93,5 @@ SERVICE = Service(
         MailsProjection(),
     ),
     wire=wire,
-    secrets=frozenset({"smtp_password"}),
+    secrets=frozenset({"smtp_password", "webhook_secrets_key", "webhook_secrets_previous_keys"}),
 )

@@ -3,6 +3,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from libs.config import BaseServiceSettings
+from services.notifier.sealing import SecretBox
 
 
 class NotifierSettings(BaseServiceSettings):
@@ -17,6 +18,10 @@ class NotifierSettings(BaseServiceSettings):
     low_balance_credits: Decimal = Field(default=Decimal("10"), ge=0)
     #: Plain ``http://`` endpoint URLs are refused unless this is set (local development).
     webhook_allow_http: bool = False
+    #: Endpoints whose host is or resolves to a loopback, private, link-local, ... address
+    #: are refused, at registration and at every attempt, unless this is set (local
+    #: development and tests with a receiver on 127.0.0.1).
+    webhook_allow_private_addresses: bool = False
     #: Seconds one POST to a receiver may take, connecting included.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     #: POSTs in flight at once in all, and to one endpoint.
@@ -27,6 +32,11 @@ class NotifierSettings(BaseServiceSettings):
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_max_delay_seconds: float = Field(default=3 * 3600.0, gt=0)
     webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    #: Secrets: the key that encrypts webhook signing secrets at rest (base64 of 32 bytes,
+    #: AES-256-GCM; required: the notifier does not start without it) and, after a key
+    #: rotation, the keys before it (comma-separated), which still decrypt what they sealed.
+    webhook_secrets_key: str = ""
+    webhook_secrets_previous_keys: str = ""
     #: How long the previous secret still signs after a rotation.
     webhook_secret_grace_seconds: float = Field(default=24 * 3600.0, ge=0)
     #: The delivery worker looks for due deliveries at least this often.
@@ -47,3 +57,11 @@ class NotifierSettings(BaseServiceSettings):
     email_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
     #: The mailer looks for due e-mails at least this often.
     email_poll_seconds: float = Field(default=1.0, gt=0)
+
+    def secret_box(self) -> SecretBox:
+        """The webhook secrets' keys; refuses a missing or malformed key."""
+        return SecretBox.from_settings(self.webhook_secrets_key, self.webhook_secrets_previous_keys)
+
+    def check_secrets(self) -> None:
+        """Refuse to start without a valid key for the webhook secrets."""
+        self.secret_box()

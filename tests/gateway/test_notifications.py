@@ -30,6 +30,7 @@ async def notifier(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
     settings = env.settings(
         NotifierSettings,
         webhook_allow_http=True,
+        webhook_allow_private_addresses=True,
         webhook_retry_base_seconds=0.1,
         webhook_retry_max_delay_seconds=0.2,
         webhook_poll_seconds=0.1,

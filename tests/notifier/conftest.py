@@ -37,6 +37,7 @@ def notifier_settings(env: Env) -> NotifierSettings:
     return env.settings(
         NotifierSettings,
         webhook_allow_http=True,
+        webhook_allow_private_addresses=True,
         webhook_timeout_seconds=3,
         webhook_retry_base_seconds=0.1,
         webhook_retry_max_delay_seconds=0.4,

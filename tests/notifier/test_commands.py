@@ -10,11 +10,14 @@ import pytest
 
 from contracts.base import Event
 from contracts.errors import (
+    ApiKeyNotFound,
     NotificationNotFound,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
     WebhookUrlInvalid,
+    WebhookUrlNotAllowed,
 )
+from contracts.identity import ApiKeyRevoked
 from contracts.notifications import (
     DeleteWebhookEndpoint,
     MarkNotificationsRead,
@@ -24,11 +27,13 @@ from contracts.notifications import (
     ReplayWebhookDelivery,
     RotateWebhookSecret,
     WebhookDeliveryScheduled,
+    WebhookEndpointDisabled,
 )
 from libs.bus.consumer import BusEvent, Retry
 from libs.eventstore.memory import InMemoryEventStore
 from libs.eventstore.uow import UnitOfWork
 from services.notifier.commands import NotifierCommands, notify
+from services.notifier.sealing import new_key
 from services.notifier.settings import NotifierSettings
 from tests.notifier.events import AT, owners, triggers
 
@@ -57,7 +62,9 @@ def store() -> InMemoryEventStore:
 
 @pytest.fixture
 def commands() -> NotifierCommands:
-    return NotifierCommands(NotifierSettings(webhook_allow_http=False))
+    return NotifierCommands(
+        NotifierSettings(webhook_allow_http=False, webhook_secrets_key=new_key())
+    )
 
 
 async def run(store: InMemoryEventStore, cause: BusEvent) -> int:
@@ -135,6 +142,31 @@ async def test_a_key_bound_endpoint_gets_only_its_keys_jobs(
     assert await run(store, bus_event(triggers("usr_1", "job_s", "o")[expired])) == 1
 
 
+async def test_a_revoked_keys_endpoints_are_disabled_once_and_take_nothing_more(
+    store: InMemoryEventStore, commands: NotifierCommands
+) -> None:
+    bound = await register(store, commands, "usr_1", api_key_id="key_1")
+    other = await register(store, commands, "usr_1")
+    await run(store, bus_event(owners("usr_1", "job_k", "ord_k", api_key_id="key_1")[0]))
+    revoked = ApiKeyRevoked(key_id="key_1", revoked_by="usr_1", revoked_at=AT)
+    for cause in (bus_event(revoked), bus_event(revoked)):  # twice, under two event ids
+        assert await run(store, cause) == 0
+    [disabled] = await recorded(store, WebhookEndpointDisabled)
+    assert isinstance(disabled, WebhookEndpointDisabled)
+    assert (disabled.endpoint_id, disabled.reason) == (bound, "api_key_revoked")
+    done = NotificationKind.render_completed
+    cause = bus_event(triggers("usr_1", "job_k", "o")[done])
+    assert await run(store, cause) == 1  # to the endpoint bound to no key only
+    [scheduled] = [
+        e
+        for e in await recorded(store, WebhookDeliveryScheduled)
+        if isinstance(e, WebhookDeliveryScheduled) and e.kind == done
+    ]
+    assert scheduled.endpoint_id == other
+    with pytest.raises(ApiKeyNotFound):  # the gateway's read model may not show it yet
+        await register(store, commands, "usr_1", api_key_id="key_1")
+
+
 async def test_urls_that_cannot_be_sent_to_are_refused(
     store: InMemoryEventStore, commands: NotifierCommands
 ) -> None:
@@ -147,6 +179,38 @@ async def test_urls_that_cannot_be_sent_to_are_refused(
         with pytest.raises(WebhookUrlInvalid):
             await register(store, commands, "usr_1", url=url)
     assert await store.read_by_position(0, 100_000) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("169.254.169.254", "link-local"),  # the cloud metadata service
+        ("[::1]", "loopback"),
+        ("[fc00::1]", "unique-local"),
+        ("[::ffff:127.0.0.1]", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("100.64.0.1", "not globally routable"),
+        ("localhost", "loopback"),  # a name resolving to loopback
+        ("2130706433", "loopback"),  # 127.0.0.1 as one number
+    ],
+)
+async def test_urls_of_addresses_that_are_not_public_are_refused(
+    store: InMemoryEventStore, commands: NotifierCommands, host: str, reason: str
+) -> None:
+    with pytest.raises(WebhookUrlNotAllowed) as refused:
+        await register(store, commands, "usr_1", url=f"https://{host}:8443/in")
+    assert refused.value.code == "webhook_url_not_allowed" and refused.value.http_status == 422
+    assert refused.value.details is not None and refused.value.details.reason == reason
+    assert await store.read_by_position(0, 100_000) == []
+
+
+async def test_private_addresses_are_taken_when_allowed(store: InMemoryEventStore) -> None:
+    settings = NotifierSettings(webhook_allow_private_addresses=True, webhook_secrets_key=new_key())
+    await register(store, NotifierCommands(settings), "usr_1", url="https://127.0.0.1/in")
 
 
 async def test_rotate_delete_replay_and_read_are_the_owners_only(

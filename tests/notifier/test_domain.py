@@ -15,6 +15,7 @@ from contracts.notifications import (
     MAX_ENDPOINTS_PER_USER,
     DeliveryStatus,
     NotificationKind,
+    SealedSecret,
     WebhookDeliveryDeadLettered,
     WebhookDeliverySucceeded,
 )
@@ -29,6 +30,7 @@ from services.notifier.domain import (
     notification_id,
     trigger_of,
 )
+from services.notifier.sealing import SecretBox, new_key
 from services.notifier.signing import new_secret, sign, webhook_headers
 from tests.notifier.events import AT, triggers
 
@@ -99,14 +101,21 @@ def test_a_notification_is_made_once_and_read_once_by_its_owner() -> None:
     assert n.mark_read("usr_1", AT) == []
 
 
+BOX = SecretBox.from_settings(new_key(), "")
+
+
+def sealed(endpoint_id: str, secret: str | None = None) -> SealedSecret:
+    """A fresh secret (or ``secret``) of ``usr_1``'s endpoint, sealed as the notifier does."""
+    return BOX.seal(secret or new_secret(), "usr_1", endpoint_id)
+
+
 def test_endpoints_take_their_kinds_and_their_keys_jobs() -> None:
     hooks = Webhooks.rehydrate("usr_1", [])
     every = list(NotificationKind)
-    hooks.register("whk_all", "https://a.example/h", every, None, new_secret(), AT)
-    hooks.register("whk_key", "https://b.example/h", every, "key_1", new_secret(), AT)
-    hooks.register(
-        "whk_pay", "https://c.example/h", [NotificationKind.payment_failed], None, new_secret(), AT
-    )
+    hooks.register("whk_all", "https://a.example/h", every, None, sealed("whk_all"), AT)
+    hooks.register("whk_key", "https://b.example/h", every, "key_1", sealed("whk_key"), AT)
+    pay = [NotificationKind.payment_failed]
+    hooks.register("whk_pay", "https://c.example/h", pay, None, sealed("whk_pay"), AT)
 
     def ids(kind: NotificationKind, key: str | None, about_job: bool = True) -> list[str]:
         return [e.endpoint_id for e in hooks.targets(kind, key, about_job)]
@@ -123,26 +132,27 @@ def test_a_user_has_a_bounded_number_of_endpoints() -> None:
     hooks = Webhooks.rehydrate("usr_1", [])
     for n in range(MAX_ENDPOINTS_PER_USER):
         hooks.register(
-            f"whk_{n}", "https://a.example", [NotificationKind.balance_low], None, "s", AT
+            f"whk_{n}", "https://a.example", [NotificationKind.balance_low], None, sealed("w"), AT
         )
+    low = [NotificationKind.balance_low]
     with pytest.raises(WebhookLimitReached):
-        hooks.register("whk_x", "https://a.example", [NotificationKind.balance_low], None, "s", AT)
+        hooks.register("whk_x", "https://a.example", low, None, sealed("whk_x"), AT)
 
 
 def test_after_a_rotation_both_secrets_sign_until_the_grace_ends() -> None:
     hooks = Webhooks.rehydrate("usr_1", [])
+    old, new = new_secret(), new_secret()
     first = hooks.register(
-        "whk_1", "https://a.example", list(NotificationKind), None, new_secret(), AT
+        "whk_1", "https://a.example", list(NotificationKind), None, sealed("whk_1", old), AT
     )
-    old = first.secret
-    rotated = hooks.rotate("whk_1", new_secret(), timedelta(hours=24), AT)
-    assert rotated.secrets(AT + timedelta(hours=1)) == [rotated.secret, old]
+    rotated = hooks.rotate("whk_1", sealed("whk_1", new), timedelta(hours=24), AT)
+    assert rotated.secrets(AT + timedelta(hours=1)) == [rotated.secret, first.secret]
     assert rotated.secrets(AT + timedelta(hours=24)) == [rotated.secret]
     body = b'{"type":"balance.low"}'
-    headers = webhook_headers(
-        rotated.secrets(AT), "ntf_1", int(datetime.now(UTC).timestamp()), body
-    )
-    for secret in (old, rotated.secret):  # a receiver holding either one accepts it
+    signing = [BOX.open(s, "usr_1", "whk_1") for s in rotated.secrets(AT)]
+    assert signing == [new, old]
+    headers = webhook_headers(signing, "ntf_1", int(datetime.now(UTC).timestamp()), body)
+    for secret in (old, new):  # a receiver holding either one accepts it
         Webhook(secret).verify(body, headers)
 
 
@@ -163,7 +173,9 @@ def test_our_signature_is_the_standard_one_and_a_forgery_is_refused() -> None:
 
 def _delivery() -> Delivery:
     hooks = Webhooks.rehydrate("usr_1", [])
-    endpoint = hooks.register("whk_1", "https://a.example", list(NotificationKind), None, "s", AT)
+    endpoint = hooks.register(
+        "whk_1", "https://a.example", list(NotificationKind), None, sealed("whk_1"), AT
+    )
     trigger = trigger_of(triggers("usr_1", "job_1", "ord_1")[NotificationKind.balance_low], LOW)
     assert trigger is not None
     n = Notification.rehydrate("ntf_1", [])

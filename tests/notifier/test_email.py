@@ -1,7 +1,7 @@
 """E-mail on real servers with a real SMTP sink (aiosmtpd): every kind, its events delivered
 twice, is e-mailed once to the address identity registered; a kind turned off by e-mail is
 not sent (and one turned off in the app is not listed); a sink that is down for a while gets
-every message once it is back."""
+every message once it is back; an erased user's address is shredded and mailed no more."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from contracts.identity import Role, UserRegistered
+from contracts.identity import Role, UserErased, UserRegistered
 from contracts.notifications import (
     KindChannelsChange,
     NotificationKind,
     NotificationPreferences,
+    RecipientErased,
     SetNotificationPreferences,
 )
+from contracts.uploads import UploadExpired
 from deploy.local import servers as local
 from libs.bus.commands import CommandClient
 from libs.readmodels.notifications import NotificationsQuery
@@ -28,6 +30,7 @@ from services.notifier.settings import NotifierSettings
 from tests.conftest import Env
 from tests.notifier.conftest import ACTOR, Publisher
 from tests.notifier.events import owners, triggers
+from tests.notifier.test_service import tables_holding
 from tests.waiting import until
 
 USER = "usr_mail"
@@ -180,3 +183,43 @@ async def test_kinds_turned_off_are_not_mailed_or_listed(
     feed = await q.feed_after(user, 0, 100)
     made = [r.data["kind"] for r in feed if r.item_type == "notification.created"]
     assert off_in_app.value not in made and off_by_mail.value in made
+
+
+async def test_an_erased_users_address_is_shredded_once_and_never_recorded_again(
+    notifier: ServiceRuntime[Any], publisher: Publisher, sink: Sink
+) -> None:
+    sink.start()
+    user, address = "usr_erased", "Grace.Hopper@Example.com"
+    kind = NotificationKind.upload_expired
+    await publisher.publish(registered(user, address))
+    await publisher.publish(triggers(user, "j", "o")[kind])
+
+    async def mailed() -> list[Any] | None:
+        return sink.messages() or None
+
+    [message] = await until(mailed, "the e-mail to the registered address", timeout=30)
+    assert message["To"] == address
+    assert await tables_holding(notifier, address) != []  # the scan finds it
+    erased = UserErased(user_id=user, erased_by="usr_admin", erased_at=datetime.now(UTC))
+    await publisher.publish(erased)  # twice under one event id
+    await publisher.publish(erased)  # and again under another
+    await publisher.publish(registered(user, address))  # its old registration, redelivered
+    later = UploadExpired(upload_id="upl_after", owner_id=user, at=datetime.now(UTC))
+    await publisher.publish(later)
+    pool, schema = notifier.pool, notifier.schema
+
+    async def dead_lettered() -> Any:
+        return await pool.fetchval(
+            f"SELECT last_error FROM {schema}.mails WHERE user_id = $1 AND status = $2",
+            user,
+            "dead_lettered",
+        )
+
+    reason = await until(dead_lettered, "the e-mail after the erasure to be dead-lettered")
+    assert reason == "the user was erased: no e-mail address is kept"
+    assert await tables_holding(notifier, address) == []
+    tombstones = await pool.fetchval(
+        f"SELECT count(*) FROM {schema}.events WHERE type = $1", RecipientErased.event_type
+    )
+    assert tombstones == 1
+    assert len(sink.messages()) == 1  # nothing sent after the erasure

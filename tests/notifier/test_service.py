@@ -5,21 +5,27 @@ failing for its whole window is dead-lettered and replayed by its owner."""
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from contracts.identity import ApiKeyRevoked
 from contracts.notifications import (
     NotificationKind,
     RegisterWebhookEndpoint,
+    RotateWebhookSecret,
+    WebhookEndpointDisabled,
     WebhookEndpointSecret,
 )
 from libs.bus.commands import CommandClient
 from libs.ids import new_id
 from libs.readmodels.notifications import NotificationsQuery
 from libs.runtime import ServiceRuntime
+from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
 from tests.notifier.conftest import ACTOR, Publisher, Receiver
 from tests.notifier.events import owners, triggers
@@ -120,3 +126,139 @@ async def test_every_kind_reaches_a_receiver_that_was_down_once_with_valid_signa
     replayed = webhook_headers([down.secret], got.headers["webhook-id"], old, got.body)
     with pytest.raises(WebhookVerificationError):
         verifier.verify(got.body, replayed)
+
+
+async def tables_holding(rt: ServiceRuntime[Any], text: str) -> list[str]:
+    """Every table of the notifier's schema with a row whose text holds ``text`` (any case)."""
+    async with rt.pool.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            rt.schema,
+        )
+        found = []
+        for t in tables:
+            name = f'"{rt.schema}"."{t["table_name"]}"'
+            if await conn.fetchval(
+                f"SELECT count(*) FROM {name} x WHERE strpos(lower(x::text), lower($1)) > 0", text
+            ):
+                found.append(name)
+        return found
+
+
+async def test_secrets_are_stored_encrypted_and_deliveries_verify_with_the_secrets_given(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    await receiver.start()
+    first = await register(commands, receiver.url("/ok/sealed"), [NotificationKind.upload_expired])
+    rotated = await commands.send(
+        RotateWebhookSecret(user_id=USER, endpoint_id=first.endpoint_id),
+        WebhookEndpointSecret,
+        command_id=f"rotate:{first.endpoint_id}",
+        actor=ACTOR,
+    )
+    assert rotated.secret != first.secret
+    await publisher.publish(triggers(USER, "j", "o")[NotificationKind.upload_expired])
+
+    async def received() -> Any:
+        return receiver.at("/ok/sealed") or None
+
+    [got] = await until(received, "the delivery")
+    # Both secrets sign during the rotation's grace: each one given to the user verifies.
+    for secret in (first.secret, rotated.secret):
+        Webhook(secret).verify(got.body, got.headers)
+
+    async def listed() -> bool:
+        rows = await query(notifier).endpoints(USER)
+        return any(e.rotated_at is not None for e in rows)
+
+    await until(listed, "the rotation in the endpoints read model")
+    # No table of the notifier (events, snapshots, read models) holds a secret, as given or
+    # as its key's base64 or hex.
+    for secret in (first.secret, rotated.secret):
+        key = secret.removeprefix("whsec_")
+        for text in (secret, key, base64.b64decode(key).hex()):
+            assert await tables_holding(notifier, text) == []
+    stored = await notifier.pool.fetch(
+        f"SELECT type, schema_version, data FROM {notifier.schema}.events"
+        " WHERE stream_id = $1 ORDER BY version",
+        f"webhooks-{USER}",
+    )
+    assert isinstance(notifier.settings, NotifierSettings)
+    box = notifier.settings.secret_box()
+    assert [(r["type"], r["schema_version"]) for r in stored] == [
+        ("notifier.WebhookEndpointRegistered", 2),
+        ("notifier.WebhookSecretRotated", 2),
+    ]
+    assert {r["data"]["secret"]["key_id"] for r in stored} == {box.current_id}
+
+
+async def test_a_revoked_keys_endpoint_is_disabled_once_and_its_pending_deliveries_end(
+    notifier: ServiceRuntime[Any],
+    commands: CommandClient,
+    publisher: Publisher,
+    receiver: Receiver,
+) -> None:
+    await receiver.start()
+    kinds = [NotificationKind.render_completed, NotificationKind.render_failed]
+    cmd = RegisterWebhookEndpoint(
+        user_id=USER,
+        endpoint_id=new_id("whk"),
+        url=receiver.url("/fail"),
+        kinds=kinds,
+        api_key_id="key_revoked",
+    )
+    bound = await commands.send(
+        cmd, WebhookEndpointSecret, command_id=f"register:{cmd.endpoint_id}", actor=ACTOR
+    )
+    free = await register(commands, receiver.url("/ok/free"), kinds)
+    for event in owners(USER, "job_rev", "ord_rev", api_key_id="key_revoked"):
+        await publisher.publish(event)
+    done = triggers(USER, "job_rev", "ord_rev")
+    await publisher.publish(done[NotificationKind.render_completed])
+    q = query(notifier)
+
+    async def failing() -> bool:
+        rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+        return bool(rows) and rows[0][0].status == "pending" and rows[0][0].attempts >= 1
+
+    await until(failing, "the bound endpoint's delivery to fail and wait for a retry")
+    revoked = ApiKeyRevoked(key_id="key_revoked", revoked_by=USER, revoked_at=datetime.now(UTC))
+    await publisher.publish(revoked)  # twice under one event id
+    await publisher.publish(revoked)  # and again under another
+
+    async def dead() -> Any:
+        rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+        d, attempts = rows[0]
+        return attempts if d.status == "dead_lettered" and len(attempts) == d.attempts else None
+
+    attempts = await until(dead, "the pending delivery to be dead-lettered")
+    assert attempts[-1].error == "the endpoint was disabled (api_key_revoked)"
+    listed = {e.endpoint_id: e for e in await q.endpoints(USER)}
+    assert listed[bound.endpoint_id].disabled_reason == "api_key_revoked"
+    assert listed[bound.endpoint_id].disabled_at is not None
+    assert listed[free.endpoint_id].disabled_at is None
+    stored = await notifier.pool.fetchval(
+        f"SELECT count(*) FROM {notifier.schema}.events WHERE type = $1",
+        WebhookEndpointDisabled.event_type,
+    )
+    assert stored == 1  # once, though the revocation came three times
+
+    # What comes after goes to the endpoint bound to no key only.
+    await publisher.publish(done[NotificationKind.render_failed])
+
+    async def delivered() -> bool:
+        types = {body_type(r.body) for r in receiver.at("/ok/free")}
+        return types == {k.value for k in kinds}
+
+    await until(delivered, "both notifications at the free endpoint")
+    rows = await q.deliveries(USER, bound.endpoint_id, None, 10)
+    assert len(rows) == 1  # nothing scheduled to the disabled endpoint
+    assert all(r.path == "/fail" for r in receiver.at("/fail"))
+    assert len(receiver.at("/fail")) == attempts[-1].attempt - 1  # no POST after the revocation
+
+
+def body_type(body: bytes) -> str:
+    return str(json.loads(body)["type"])

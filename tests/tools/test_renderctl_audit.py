@@ -307,6 +307,11 @@ async def test_erasure_shreds_the_personal_fields_and_leaves_the_ledger_and_rebu
 ) -> None:
     studio = await rendered(render_system)
     assert "identity.events" in await holding(studio.dsn, EMAIL)  # the scan finds it
+
+    async def notifier_has_it() -> bool:  # the recipient of its e-mails
+        return "notifier.events" in await holding(studio.dsn, EMAIL)
+
+    await until(notifier_has_it, "the notifier to record the address")
     job_before = (await audit_json(studio, capsys, "job"))["totals"]
     user_before = (await audit_json(studio, capsys, "user"))["totals"]
     models_before = await read_models(studio.dsn)
@@ -328,7 +333,18 @@ async def test_erasure_shreds_the_personal_fields_and_leaves_the_ledger_and_rebu
 
     await until(users_row_erased, "the users projection to apply UserErased")
 
-    assert await holding(studio.dsn, EMAIL) == []
+    async def shredded_everywhere() -> bool:
+        return await holding(studio.dsn, EMAIL) == []
+
+    # The notifier shreds its own copies (the recipient, its events' metadata) on UserErased.
+    await until(shredded_everywhere, "every service to shred the address")
+    tombstones = await fetch(
+        studio.dsn,
+        "SELECT count(*) AS n FROM notifier.events WHERE type = 'notifier.RecipientErased'"
+        " AND data->>'user_id' = $1",
+        studio.user_id,
+    )
+    assert tombstones[0]["n"] == 1  # once, though `erase` ran twice
     assert await holding(studio.dsn, NAME) == []
     ips = await fetch(
         studio.dsn,

@@ -29,6 +29,7 @@ from contracts.errors import (
     WebhookEndpointNotFound,
     WebhookLimitReached,
     WebhookUrlInvalid,
+    WebhookUrlNotAllowed,
 )
 from contracts.identity import Scope
 from contracts.notifications import (
@@ -128,6 +129,7 @@ async def _secret_answer(
         InsufficientScope,
         Forbidden,
         WebhookUrlInvalid,
+        WebhookUrlNotAllowed,
         WebhookLimitReached,
         ApiKeyNotFound,
         IdempotencyKeyReused,
