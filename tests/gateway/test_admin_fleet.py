@@ -22,10 +22,8 @@ from services.scaler.service import SERVICE as SCALER
 from services.scaler.settings import ScalerSettings
 from tests.conftest import Env
 from tests.fixtures import Scenes, Users
-from tests.gateway.test_costs import billing, charge, create_job
+from tests.gateway.test_costs import charge, create_job
 from tests.waiting import until
-
-__all__ = ["billing"]
 
 D = Decimal
 PRICE = D("0.36")  # a dollar-cent per 100 seconds
