@@ -54,6 +54,8 @@ class Vm(Aggregate):
     since: datetime | None = None
     worker_name: str | None = None
     request_id: str | None = None
+    #: Why it failed or was preempted (the provider's words).
+    reason: str | None = None
     cost_usd: Decimal = Decimal(0)
 
     @property
@@ -237,10 +239,12 @@ class Vm(Aggregate):
                 self._end(event.ended, VmPhase.idle, event.at)
             case VmLaunchFailed():
                 self._end(event.ended, VmPhase.failed, event.at)
+                self.reason = event.reason
             case VmStopped():
                 self._end(event.ended, VmPhase.stopped, event.at)
             case VmPreempted():
                 self._end(event.ended, VmPhase.preempted, event.at)
+                self.reason = event.reason
             case VmLost():
                 self._end(event.ended, VmPhase.lost, event.at)
 

@@ -2,7 +2,8 @@
 that has SkyPilot (``.venv-sky``, as ``make up`` starts it with ``RF_SCALER_PROVIDER=skypilot``)
 on the real servers and a local farm with a queued job. Its launch reaches SkyPilot's local
 API server (a real request id in the machine's events) and, without a cloud, the machine
-fails with SkyPilot's ``NoCloudAccessError``, recorded as the machine's failure reason."""
+fails with SkyPilot's ``NoCloudAccessError``, recorded as the machine's failure reason, and
+backs off its placement."""
 
 from __future__ import annotations
 
@@ -134,5 +135,19 @@ async def test_the_scaler_process_launches_through_skypilot_and_records_its_fail
             f"[(p.name, p.cluster_name, p.status) for p in sky.api_status([{vm['request_id']!r}])]",
         )
         assert request == ["sky.launch", f"rf-{vm['vm_id']}", "FAILED"]
+
+        # A failure after the launch was accepted backs off its placement, as a refusal does:
+        # the next round holds instead of launching another machine into the same failure.
+        async def held() -> dict[str, Any] | None:
+            row = await db.fetchrow(
+                "SELECT data FROM scaler.events WHERE stream_id = 'scaling-render'"
+                " ORDER BY version DESC LIMIT 1"
+            )
+            data: dict[str, Any] | None = row["data"] if row else None
+            return data if data and {"count": 1, "reason": "backed_off"} in data["held"] else None
+
+        decision = await until(held, "the next launch held: backed off", timeout=30)
+        assert decision["inputs"]["backed_off"] == "c6i.16xlarge@us-east-1"
+        assert await db.fetchval("SELECT count(*) FROM scaler.fleet_vms") == 1
     finally:
         scaler.stop()
