@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 S3_VENV := .venv-s3
 # Blender as a Python module (bpy, 950 MB) for the farm's Blender plugin; it pins numpy.
 BLENDER_VENV := .venv-blender
-# SkyPilot (the scaler's skypilot extra) pins uvicorn<0.36 and click<8.2: its own venv.
+# The scaler with SkyPilot (RF_SCALER_PROVIDER=skypilot): SkyPilot pins uvicorn<0.36 and
+# click<8.2, so the scaler runs from a venv of its own (docs/scaling.md, "Install").
 SKY_VENV := .venv-sky
 PYTEST_ARGS ?=
 
@@ -32,9 +33,10 @@ $(BLENDER_VENV)/.installed: deploy/local/requirements-blender.txt
 	$(BLENDER_VENV)/bin/python -m pip install -q -r deploy/local/requirements-blender.txt
 	@touch $@
 
-$(SKY_VENV)/.installed: deploy/local/requirements-sky.txt
+$(SKY_VENV)/.installed: deploy/local/requirements-sky.txt pyproject.toml
 	@test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
 	$(SKY_VENV)/bin/python -m pip install -q -r deploy/local/requirements-sky.txt
+	$(SKY_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 up: venv

@@ -45,8 +45,8 @@ from services.scaler.domain import (
     Worker,
     WorkerStatus,
     decide,
-    launch_accepted,
-    launch_refused,
+    launch_failed,
+    launch_succeeded,
 )
 from services.scaler.provider import LaunchRefused, VmStatus
 from services.scaler.simulated import SimulatedProvider
@@ -404,12 +404,13 @@ class Farm:
                 info = await self.provider.launch(launch.spec(vm_id))
             except LaunchRefused as e:
                 self.result.refused += 1
-                self.backoffs = launch_refused(
-                    self.backoffs, launch.pool, launch.instance_type, now, e.reason
+                self.backoffs = launch_failed(
+                    self.backoffs, launch.pool, launch.placement, now, e.reason
                 )
                 refused = True
                 continue
-            self.backoffs = launch_accepted(self.backoffs, launch.pool, launch.instance_type)
+            # Its machines never fail after a launch was accepted: accepted is up.
+            self.backoffs = launch_succeeded(self.backoffs, launch.pool, launch.placement)
             self.result.launches += 1
             preferred = next(p for p in self.policies if p.name == launch.pool).instance_types[0]
             self.result.fallback_launches += launch.instance_type != preferred.name

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Process:
-    """``python -m <module> [args]`` with its own environment and log file."""
+    """``python -m <module> [args]`` with its own environment and log file; ``python`` is
+    the interpreter (this one unless given: the scaler on SkyPilot runs from ``.venv-sky``)."""
 
     def __init__(
         self,
@@ -26,8 +27,10 @@ class Process:
         log_dir: Path,
         ready_url: str,
         args: tuple[str, ...] = (),
+        python: str = sys.executable,
     ) -> None:
         self.name, self.module, self.env, self.args = name, module, env, args
+        self.python = python
         self.ready_url = ready_url
         self.log = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -36,7 +39,7 @@ class Process:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
+            [self.python, "-m", self.module, *self.args],
             cwd=ROOT,
             env={**self.env, "PYTHONUNBUFFERED": "1"},
             stdout=self.log.open("ab"),
@@ -93,7 +96,7 @@ class Process:
             self.proc.wait()
 
 
-def service(name: str, env: dict[str, str], log_dir: Path) -> Process:
+def service(name: str, env: dict[str, str], log_dir: Path, python: str = sys.executable) -> Process:
     """One of ours: ``python -m services.<name>``, ready when its health port says so."""
     return Process(
         name,
@@ -101,4 +104,5 @@ def service(name: str, env: dict[str, str], log_dir: Path) -> Process:
         env,
         log_dir,
         f"http://127.0.0.1:{env['RF_HEALTH_PORT']}/readyz",
+        python=python,
     )

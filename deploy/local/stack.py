@@ -75,6 +75,9 @@ RAZORPAY_KEY_ID = "rzp_test_localstack0001"
 SMTP_PORT = 18025
 MAIL_DIR = RUN_DIR / "mail"
 HEALTH_PORT_BASE = 8701
+#: The scaler with ``RF_SCALER_PROVIDER=skypilot`` runs from the venv that has SkyPilot
+#: (``make venv``; SkyPilot's pins do not resolve with ours: docs/scaling.md, "Install").
+SKY_PYTHON = REPO_ROOT / ".venv-sky" / "bin" / "python"
 DATABASE_NAME = "renderfarm"
 READY_TIMEOUT = 30.0
 SERVICE_STOP_TIMEOUT = 15.0
@@ -297,6 +300,17 @@ def _server_url(server: Server) -> str:
     return _start_server(server).url
 
 
+def service_python(name: str, env: dict[str, str]) -> str:
+    """The interpreter that runs service ``name``: ours, or for the scaler on SkyPilot
+    (``RF_SCALER_PROVIDER``, else the shared ``RF_PROVIDER``) the one of ``.venv-sky``."""
+    provider = env.get("RF_SCALER_PROVIDER", env.get("RF_PROVIDER"))
+    if name != "scaler" or provider != "skypilot":
+        return sys.executable
+    if not SKY_PYTHON.is_file():
+        raise StackError(f"RF_SCALER_PROVIDER=skypilot needs {SKY_PYTHON}: run `make venv`")
+    return str(SKY_PYTHON)
+
+
 def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerHandle:
     pidfile = _service_pidfile(name)
     url = _ready_url(port)
@@ -322,7 +336,7 @@ def _start_service(name: str, port: int, env: dict[str, str]) -> servers.ServerH
         service_env.setdefault("RF_GATEWAY_WORKERS", str(os.cpu_count() or 1))
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [service_python(name, service_env), "-m", f"services.{name}"],
             cwd=REPO_ROOT,
             env=service_env,
             stdin=subprocess.DEVNULL,

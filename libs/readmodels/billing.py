@@ -11,6 +11,7 @@ A job's cost and an API key's spend are returned by id: the caller checks first 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -94,6 +95,26 @@ def _line(r: asyncpg.Record) -> PlacedLine:
     )
 
 
+def _cost(r: asyncpg.Record) -> JobCostRow:
+    return JobCostRow(
+        job_id=r["job_id"],
+        owner_id=r["owner_id"],
+        api_key_id=r["api_key_id"],
+        status=CostStatus(r["status"]),
+        estimate=None if r["estimate"] is None else CostEstimate.model_validate(r["estimate"]),
+        cap_credits=r["cap_credits"],
+        held_credits=r["held_credits"],
+        so_far_credits=r["so_far_credits"],
+        captured_credits=r["captured_credits"],
+        released_credits=r["released_credits"],
+        awaiting_reason=None
+        if r["awaiting_reason"] is None
+        else AwaitingReason(r["awaiting_reason"]),
+        lines=r["lines"],
+        version=r["version"],
+    )
+
+
 class BillingQuery:
     """Read-only access to the billing service's read models."""
 
@@ -112,11 +133,13 @@ class BillingQuery:
         self._next_sql = (
             f"{price} WHERE effective_from > $1 ORDER BY effective_from, version LIMIT 1"
         )
-        self._cost_sql = (
+        cost = (
             "SELECT job_id, owner_id, api_key_id, status, estimate, cap_credits, held_credits,"
             " so_far_credits, captured_credits, released_credits, awaiting_reason, lines,"
-            f" version FROM {s}.job_costs WHERE job_id = $1"
+            f" version FROM {s}.job_costs"
         )
+        self._cost_sql = f"{cost} WHERE job_id = $1"
+        self._costs_sql = f"{cost} WHERE job_id = ANY($1::text[])"
         self._lines_sql = (
             "SELECT seq, line_id, cause, render_id, task_id, frames, worker, instance_type,"
             " seconds, price_per_hour_credits, price_version, amount_credits, at, work_factor"
@@ -144,25 +167,12 @@ class BillingQuery:
     async def job_cost(self, job_id: str) -> JobCostRow | None:
         """The job's money; None while billing has not opened the job."""
         r = await self.pool.fetchrow(self._cost_sql, job_id)
-        if r is None:
-            return None
-        return JobCostRow(
-            job_id=r["job_id"],
-            owner_id=r["owner_id"],
-            api_key_id=r["api_key_id"],
-            status=CostStatus(r["status"]),
-            estimate=None if r["estimate"] is None else CostEstimate.model_validate(r["estimate"]),
-            cap_credits=r["cap_credits"],
-            held_credits=r["held_credits"],
-            so_far_credits=r["so_far_credits"],
-            captured_credits=r["captured_credits"],
-            released_credits=r["released_credits"],
-            awaiting_reason=None
-            if r["awaiting_reason"] is None
-            else AwaitingReason(r["awaiting_reason"]),
-            lines=r["lines"],
-            version=r["version"],
-        )
+        return None if r is None else _cost(r)
+
+    async def job_costs(self, job_ids: Sequence[str]) -> dict[str, JobCostRow]:
+        """The money of each of ``job_ids`` that billing has opened, in one query."""
+        rows = await self.pool.fetch(self._costs_sql, list(job_ids))
+        return {r["job_id"]: _cost(r) for r in rows}
 
     async def lines(self, job_id: str, after_seq: int, limit: int) -> list[PlacedLine]:
         """The job's cost lines placed after ``after_seq``, in the order they were recorded."""

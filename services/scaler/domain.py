@@ -93,6 +93,11 @@ _TIER = {
 # -- settings -------------------------------------------------------------------------------
 
 
+def placement(instance_type: str, region: str | None) -> str:
+    """What a back-off is kept for: the instance type, in its region when one is given."""
+    return instance_type if region is None else f"{instance_type}@{region}"
+
+
 @dataclass(frozen=True)
 class InstanceOption:
     """An instance type a pool may launch, with its prices in US dollars per hour."""
@@ -107,8 +112,8 @@ class InstanceOption:
 
     @property
     def placement(self) -> str:
-        """What a back-off is kept for: the type, in its region when one is given."""
-        return self.name if self.region is None else f"{self.name}@{self.region}"
+        """What a back-off is kept for (see :func:`placement`)."""
+        return placement(self.name, self.region)
 
     def price(self, spot: bool) -> Decimal:
         if spot and self.spot_hourly_price_usd is not None:
@@ -151,7 +156,7 @@ class FleetLimits:
 
 @dataclass(frozen=True)
 class BackoffPolicy:
-    """Exponential back-off of a refusing (pool, instance type)."""
+    """Exponential back-off of a (pool, placement) whose launches fail."""
 
     initial_seconds: float = 60.0
     factor: float = 2.0
@@ -160,36 +165,48 @@ class BackoffPolicy:
 
 @dataclass(frozen=True)
 class LaunchBackoff:
-    """A (pool, instance type) whose launches were refused ``failures`` times in a row."""
+    """A (pool, placement) whose launches failed ``failures`` times in a row, the last
+    back-off set at ``since``."""
 
     failures: int
     until: float
     reason: str
+    since: float = 0.0
 
 
 Backoffs = Mapping[tuple[str, str], LaunchBackoff]
 
 
-def launch_refused(
+def launch_failed(
     backoffs: Backoffs,
     pool: str,
-    instance_type: str,
+    placement: str,
     now: float,
     reason: str,
+    launched_at: float | None = None,
     policy: BackoffPolicy = BackoffPolicy(),
 ) -> dict[tuple[str, str], LaunchBackoff]:
-    """The back-offs after a refused launch: the delay doubles with each refusal in a row."""
-    key = (pool, instance_type)
-    failures = backoffs[key].failures + 1 if key in backoffs else 1
+    """The back-offs after a failed launch of ``placement`` asked at ``launched_at`` (default
+    ``now``): refused at once (``LaunchRefused``), or a machine that failed before it was ever
+    ready (a capacity or quota failure that SkyPilot reports after accepting the launch).
+    The delay doubles with each failure in a row. A launch asked no later than the current
+    back-off was set (launches in flight together, failing together) is that same failure,
+    not counted again."""
+    key = (pool, placement)
+    asked = now if launched_at is None else launched_at
+    known = backoffs.get(key)
+    if known is not None and asked <= known.since:
+        return dict(backoffs)
+    failures = known.failures + 1 if known is not None else 1
     delay = min(policy.max_seconds, policy.initial_seconds * policy.factor ** (failures - 1))
-    return {**backoffs, key: LaunchBackoff(failures, now + delay, reason)}
+    return {**backoffs, key: LaunchBackoff(failures, now + delay, reason, now)}
 
 
-def launch_accepted(
-    backoffs: Backoffs, pool: str, instance_type: str
+def launch_succeeded(
+    backoffs: Backoffs, pool: str, placement: str
 ) -> dict[tuple[str, str], LaunchBackoff]:
-    """The back-offs after an accepted launch: that type is trusted again."""
-    return {k: v for k, v in backoffs.items() if k != (pool, instance_type)}
+    """The back-offs after a machine of ``placement`` came up: it is trusted again."""
+    return {k: v for k, v in backoffs.items() if k != (pool, placement)}
 
 
 # -- the snapshot ---------------------------------------------------------------------------
@@ -321,8 +338,8 @@ class Launch:
 
     @property
     def placement(self) -> str:
-        """The back-off key of what it launches (see :attr:`InstanceOption.placement`)."""
-        return self.instance_type if self.region is None else f"{self.instance_type}@{self.region}"
+        """The back-off key of what it launches (see :func:`placement`)."""
+        return placement(self.instance_type, self.region)
 
     def spec(self, vm_id: str) -> LaunchSpec:
         return LaunchSpec(vm_id, self.pool, self.instance_type, self.spot, self.region)

@@ -83,13 +83,16 @@ class FarmQueue:
 
     def __init__(self, client: httpx.AsyncClient, statistics_seconds: float = 30.0) -> None:
         self.client = client
-        #: A job's measured task time is asked again after this long (one request per job).
+        #: A job's measured task time is asked again after this long (one request a round
+        #: for every job due).
         self.statistics_seconds = statistics_seconds
         self._measured: dict[str, tuple[float, float | None]] = {}
 
     async def snapshot(self) -> FarmSnapshot:
         """Tasks waiting and rendering per pool and per job, and every worker."""
         jobs = await self._get("/api/jobs", States="Active")
+        active = [j for j in jobs if j["QueuedChunks"] or j["RenderingChunks"]]
+        measured = await self._task_seconds(active)
         waiting: dict[str, int] = {}
         running: dict[str, int] = {}
         queued: list[JobQueue] = []
@@ -106,7 +109,7 @@ class FarmQueue:
                         running=job["RenderingChunks"],
                         submitted_at=_epoch(job["Date"]),
                         batch=str(job["Props"].get("Batch") or ""),
-                        task_seconds=await self._task_seconds(job),
+                        task_seconds=measured.get(job["_id"]),
                     )
                 )
         self._measured = {
@@ -117,25 +120,30 @@ class FarmQueue:
         ordered = tuple(sorted(queued, key=lambda j: (j.submitted_at, j.job_id)))
         return FarmSnapshot(pools=pools, workers={w.name: w for w in workers}, jobs=ordered)
 
-    async def _task_seconds(self, job: dict[str, Any]) -> float | None:
-        """The job's completed tasks' mean render time (``Statistics=true``), asked at most
-        every ``statistics_seconds`` and only once a task has completed."""
-        if not job["CompletedChunks"]:
-            return None
+    async def _task_seconds(self, jobs: list[dict[str, Any]]) -> dict[str, float | None]:
+        """Each job's completed tasks' mean render time, once a task has completed: asked
+        again at most every ``statistics_seconds``, the jobs due in one request
+        (``Details=true`` over their ids, each with its ``Statistics``)."""
         now = time.monotonic()
-        cached = self._measured.get(job["_id"])
-        if cached is not None and now - cached[0] < self.statistics_seconds:
-            return cached[1]
-        response = await self.client.get(
-            "/api/jobs", params={"JobID": job["_id"], "Statistics": "true"}
-        )
-        response.raise_for_status()
-        stats: dict[str, Any] = response.json()
-        total = float(stats.get("TotalTaskRenderTimeSeconds", 0.0))
-        done = int(stats.get("CompletedTasks", 0))
-        seconds = total / done if done and total > 0 else None
-        self._measured[job["_id"]] = (now, seconds)
-        return seconds
+        done = [j["_id"] for j in jobs if j["CompletedChunks"]]
+        due = [
+            job_id
+            for job_id in done
+            if job_id not in self._measured
+            or now - self._measured[job_id][0] >= self.statistics_seconds
+        ]
+        if due:
+            response = await self.client.get(
+                "/api/jobs", params={"JobID": ",".join(due), "Details": "true"}
+            )
+            response.raise_for_status()
+            details: dict[str, Any] = response.json()
+            for job_id in due:
+                stats: dict[str, Any] = details.get(job_id, {}).get("Statistics", {})
+                total = float(stats.get("TotalTaskRenderTimeSeconds", 0.0))
+                count = int(stats.get("CompletedTasks", 0))
+                self._measured[job_id] = (now, total / count if count and total > 0 else None)
+        return {job_id: self._measured[job_id][1] for job_id in done}
 
     async def drain(self, worker: str) -> None:
         """Disable the worker: it finishes the task it renders and takes no other."""

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from typing import Protocol
 
 from contracts.fleet import ScalingAction, ScalingHold, VmPhase
-from libs.eventstore.store import EventStore
-from libs.eventstore.uow import UnitOfWork
+from libs.eventstore.uow import StorePort, UnitOfWork
 from libs.ids import new_id
 from libs.logging import get_logger
 from services.scaler.domain import (
@@ -35,18 +35,25 @@ from services.scaler.domain import (
     Worker,
     WorkerStatus,
     decide,
-    launch_accepted,
-    launch_refused,
+    launch_failed,
+    launch_succeeded,
+    placement,
 )
 from services.scaler.farm import FarmQueue, FarmSnapshot
 from services.scaler.farm import WorkerStatus as FarmStatus
-from services.scaler.machines import PoolScaling, Vm
+from services.scaler.machines import UP_PHASES, PoolScaling, Vm
 from services.scaler.provider import FleetProvider, LaunchRefused, LaunchSpec, VmInfo, VmStatus
 from services.scaler.settings import PoolSetting, ScalerSettings, UnknownVms
 
 log = get_logger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+class FleetStore(StorePort, Protocol):
+    """What a round needs of the event store (PostgreSQL's, or the in-memory one)."""
+
+    def notify_appended(self) -> None: ...
 
 
 def policies_of(settings: ScalerSettings) -> list[PoolPolicy]:
@@ -120,7 +127,7 @@ def queues_of(
 class FleetRound:
     """One scaler process's rounds; holds only what a restart may lose (back-offs)."""
 
-    store: EventStore
+    store: FleetStore
     provider: FleetProvider
     farm: FarmQueue
     settings: ScalerSettings
@@ -162,6 +169,7 @@ class FleetRound:
         self, vm_id: str, seen: VmInfo | None, farm: FarmSnapshot, now: datetime
     ) -> Vm:
         uow, vm = await self._load(vm_id)
+        asked_at = vm.since if vm.phase is VmPhase.requested else None
         if seen is None and vm.phase is VmPhase.requested:
             seen = await self._relaunch(vm, now)
         if seen is None:
@@ -180,9 +188,26 @@ class FleetRound:
                 busy = worker.status in (FarmStatus.rendering, FarmStatus.draining)
                 vm.booted(seen.worker_name, now) or vm.worker_seen(busy, now)
         await self._commit(uow)
+        if asked_at is not None:
+            self._launch_settled(vm, asked_at, now)
         if seen is not None and (vm.ended or vm.phase is None):
             await self.provider.stop(vm_id)  # preempted, failed, or an unknown one not kept
         return vm
+
+    def _launch_settled(self, vm: Vm, asked_at: datetime, now: datetime) -> None:
+        """What a machine that was booting tells of its (pool, placement): up, the placement
+        is trusted again; failed or preempted before it was ever up (a capacity or quota
+        failure reported after the launch was accepted, as SkyPilot does), a failed launch
+        for the back-off, as a refusal at launch is."""
+        where = placement(vm.instance_type, vm.region)
+        if vm.phase in UP_PHASES:
+            self.backoffs = launch_succeeded(self.backoffs, vm.pool, where)
+        elif vm.phase in (VmPhase.failed, VmPhase.preempted):
+            reason = vm.reason or vm.phase.value
+            self.backoffs = launch_failed(
+                self.backoffs, vm.pool, where, now.timestamp(), reason, asked_at.timestamp()
+            )
+            log.error("vm_failed_before_ready", vm_id=vm.key, placement=where, reason=reason)
 
     async def _relaunch(self, vm: Vm, now: datetime) -> VmInfo | None:
         """A machine we asked for that the provider does not list: the launch never reached
@@ -272,13 +297,12 @@ class FleetRound:
             try:
                 info = await self.provider.launch(launch.spec(vm_id))
             except LaunchRefused as e:
-                self.backoffs = launch_refused(
+                self.backoffs = launch_failed(
                     self.backoffs, launch.pool, launch.placement, now.timestamp(), e.reason
                 )
                 await self._record(vm_id, partial(Vm.launch_failed, reason=e.reason, at=now))
                 log.error("vm_launch_refused", vm_id=vm_id, reason=e.reason)
                 continue
-            self.backoffs = launch_accepted(self.backoffs, launch.pool, launch.placement)
             await self._record(
                 vm_id, partial(Vm.launch_accepted, request_id=info.request_id, at=now)
             )
@@ -327,11 +351,18 @@ class FleetRound:
                 for h in decision.held
                 if h.pool == pool
             ]
-            inputs = {
+            inputs: dict[str, str | int | float] = {
                 **sizing.inputs(),
                 "spend_per_hour_usd": str(decision.spend_per_hour_usd),
                 "live_vms": decision.live_vms,
             }
+            backed_off = sorted(
+                where
+                for (p, where), b in self.backoffs.items()
+                if p == pool and b.until > now.timestamp()
+            )
+            if backed_off:  # the placements not launched now, after failed launches
+                inputs["backed_off"] = ", ".join(backed_off)
             actor = {"kind": "service", "id": self.settings.service_name}
             uow = UnitOfWork(self.store, metadata={"actor": actor})
             scaling = await uow.get(PoolScaling, pool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TypedDict, Unpack
 
 from contracts.base import Event
 from contracts.fleet import (
@@ -30,6 +31,7 @@ from contracts.fleet import (
     VmPhase,
     VmPreempted,
     VmRequested,
+    VmSpanEvent,
     VmStopped,
     span,
 )
@@ -37,6 +39,29 @@ from libs.eventstore.aggregate import Aggregate
 
 #: Phases a machine's worker is up in.
 UP_PHASES = frozenset({VmPhase.idle, VmPhase.busy, VmPhase.draining})
+#: The phase each span-ending event moves a machine into (the fleet read model's too).
+PHASE_AFTER: dict[type[VmSpanEvent], VmPhase] = {
+    VmLaunchFailed: VmPhase.failed,
+    VmBooted: VmPhase.idle,
+    VmEngaged: VmPhase.busy,
+    VmIdled: VmPhase.idle,
+    VmDrainStarted: VmPhase.draining,
+    VmDrainCancelled: VmPhase.idle,
+    VmStopped: VmPhase.stopped,
+    VmPreempted: VmPhase.preempted,
+    VmLost: VmPhase.lost,
+}
+
+
+class Machine(TypedDict):
+    """What a machine is, as requested or adopted."""
+
+    pool: str
+    provider: str
+    instance_type: str
+    spot: bool
+    region: str | None
+    hourly_price_usd: Decimal
 
 
 class Vm(Aggregate):
@@ -54,6 +79,8 @@ class Vm(Aggregate):
     since: datetime | None = None
     worker_name: str | None = None
     request_id: str | None = None
+    #: Why it failed or was preempted (the provider's words).
+    reason: str | None = None
     cost_usd: Decimal = Decimal(0)
 
     @property
@@ -67,65 +94,30 @@ class Vm(Aggregate):
     # -- decisions ------------------------------------------------------------------------
 
     def request(
-        self,
-        *,
-        pool: str,
-        provider: str,
-        instance_type: str,
-        spot: bool,
-        region: str | None,
-        hourly_price_usd: Decimal,
-        reason: str,
-        decision_id: str | None,
-        at: datetime,
+        self, *, reason: str, decision_id: str | None, at: datetime, **machine: Unpack[Machine]
     ) -> bool:
         """Ask for the machine; a second request of the same vm id records nothing."""
         if self.phase is not None:
             return False
         self.record(
-            VmRequested(
-                vm_id=self.key,
-                at=at,
-                pool=pool,
-                provider=provider,
-                instance_type=instance_type,
-                spot=spot,
-                region=region,
-                hourly_price_usd=hourly_price_usd,
-                reason=reason,
-                decision_id=decision_id,
-            )
+            VmRequested(vm_id=self.key, at=at, reason=reason, decision_id=decision_id, **machine)
         )
         return True
 
     def adopt(
         self,
         *,
-        pool: str,
-        provider: str,
-        instance_type: str,
-        spot: bool,
-        region: str | None,
-        hourly_price_usd: Decimal,
         worker_name: str | None,
         launched_at: datetime,
         at: datetime,
+        **machine: Unpack[Machine],
     ) -> bool:
         """Take on a machine the provider runs and we did not know (counted from its launch)."""
         if self.phase is not None:
             return False
         self.record(
             VmAdopted(
-                vm_id=self.key,
-                at=at,
-                pool=pool,
-                provider=provider,
-                instance_type=instance_type,
-                spot=spot,
-                region=region,
-                hourly_price_usd=hourly_price_usd,
-                worker_name=worker_name,
-                launched_at=launched_at,
+                vm_id=self.key, at=at, worker_name=worker_name, launched_at=launched_at, **machine
             )
         )
         return True
@@ -211,38 +203,26 @@ class Vm(Aggregate):
     def apply(self, event: Event) -> None:
         match event:
             case VmRequested():
-                self.pool, self.provider = event.pool, event.provider
-                self.instance_type, self.spot = event.instance_type, event.spot
-                self.region, self.hourly_price_usd = event.region, event.hourly_price_usd
+                self._describe(event)
                 self.phase, self.since = VmPhase.requested, event.at
             case VmAdopted():
-                self.pool, self.provider = event.pool, event.provider
-                self.instance_type, self.spot = event.instance_type, event.spot
-                self.region, self.hourly_price_usd = event.region, event.hourly_price_usd
+                self._describe(event)
                 self.worker_name = event.worker_name
                 up = VmPhase.idle if event.worker_name else VmPhase.requested
                 self.phase, self.since = up, event.launched_at
             case VmLaunchAccepted():
                 self.request_id = event.request_id
-            case VmBooted():
-                self._end(event.ended, VmPhase.idle, event.at)
-                self.worker_name = event.worker_name
-            case VmEngaged():
-                self._end(event.ended, VmPhase.busy, event.at)
-            case VmIdled():
-                self._end(event.ended, VmPhase.idle, event.at)
-            case VmDrainStarted():
-                self._end(event.ended, VmPhase.draining, event.at)
-            case VmDrainCancelled():
-                self._end(event.ended, VmPhase.idle, event.at)
-            case VmLaunchFailed():
-                self._end(event.ended, VmPhase.failed, event.at)
-            case VmStopped():
-                self._end(event.ended, VmPhase.stopped, event.at)
-            case VmPreempted():
-                self._end(event.ended, VmPhase.preempted, event.at)
-            case VmLost():
-                self._end(event.ended, VmPhase.lost, event.at)
+            case VmSpanEvent():
+                self._end(event.ended, PHASE_AFTER[type(event)], event.at)
+                if isinstance(event, VmBooted):
+                    self.worker_name = event.worker_name
+                if isinstance(event, VmLaunchFailed | VmPreempted):
+                    self.reason = event.reason
+
+    def _describe(self, event: VmRequested | VmAdopted) -> None:
+        self.pool, self.provider = event.pool, event.provider
+        self.instance_type, self.spot = event.instance_type, event.spot
+        self.region, self.hourly_price_usd = event.region, event.hourly_price_usd
 
     def _end(self, ended: PhaseSpan, phase: VmPhase, at: datetime) -> None:
         self.cost_usd += ended.cost_usd

@@ -18,19 +18,7 @@ from contracts.fleet import (
 )
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.store import RecordedEvent
-
-#: The phase each span-ending event moves the machine into.
-NEXT_PHASE: dict[str, VmPhase] = {
-    "fleet.VmLaunchFailed": VmPhase.failed,
-    "fleet.VmBooted": VmPhase.idle,
-    "fleet.VmEngaged": VmPhase.busy,
-    "fleet.VmIdled": VmPhase.idle,
-    "fleet.VmDrainStarted": VmPhase.draining,
-    "fleet.VmDrainCancelled": VmPhase.idle,
-    "fleet.VmStopped": VmPhase.stopped,
-    "fleet.VmPreempted": VmPhase.preempted,
-    "fleet.VmLost": VmPhase.lost,
-}
+from services.scaler.machines import PHASE_AFTER
 
 
 def _vm(e: VmRequested | VmAdopted, phase: VmPhase, since: datetime) -> Row:
@@ -102,7 +90,7 @@ class FleetProjection(ReadModel):
     def moved(self, row: Row | None, e: VmSpanEvent, rec: RecordedEvent) -> Row | None:
         assert row is not None
         ended: PhaseSpan = e.ended
-        phase = NEXT_PHASE[e.event_type]
+        phase = PHASE_AFTER[type(e)]
         new = {**row, "phase": phase.value, "phase_since": e.at, "version": rec.version}
         column = _SECONDS_COLUMN.get(ended.phase)
         if column:

@@ -97,18 +97,16 @@ async def launches_in_flight(rt: ServiceRuntime[Any]) -> list[VmInfo]:
 
 def budgets_from(billing: BillingQuery) -> Callable[[Sequence[str]], Awaitable[dict[str, int]]]:
     """Our jobs' budgets from billing's published read model (``libs/readmodels/billing``):
-    how many more tasks each capped job pays for. Without billing's tables (a scaler run on
-    its own) no budget binds."""
+    how many more tasks each capped job pays for, one query a round. Without billing's tables
+    (a scaler run on its own) no budget binds."""
 
     async def affordable(job_ids: Sequence[str]) -> dict[str, int]:
+        try:
+            costs = await billing.job_costs(job_ids)
+        except asyncpg.UndefinedTableError:
+            return {}
         found: dict[str, int] = {}
-        for job_id in job_ids:
-            try:
-                cost = await billing.job_cost(job_id)
-            except asyncpg.UndefinedTableError:
-                return {}
-            if cost is None:
-                continue
+        for job_id, cost in costs.items():
             estimate = cost.estimate
             tasks = affordable_tasks(
                 cost.cap_credits,

@@ -57,7 +57,7 @@ class ScalerSettings(BaseServiceSettings):
     env_section = "scaler"
     service_name: str = "scaler"
 
-    #: ``local`` (the local farm's named workers); ``skypilot`` needs the optional extra.
+    #: ``local`` (the local farm's named workers); ``skypilot`` runs from ``.venv-sky``.
     provider: str = "local"
     #: The farm's Deadline Web Service (the queue, and draining through worker settings).
     farm_url: str = "http://127.0.0.1:18081"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from services.scaler.domain import InstanceOption
+from services.scaler.domain import InstanceOption, placement
 from services.scaler.provider import LaunchRefused, LaunchSpec, VmInfo, VmStatus
 
 #: The simulated clock's zero.
@@ -37,6 +37,7 @@ class _Vm:
     boot_at: float
     preempt_at: float
     ended: float | None = None
+    fail_at: float = math.inf
 
 
 class SimulatedProvider:
@@ -61,6 +62,10 @@ class SimulatedProvider:
         self.refusal_probability = refusal_probability
         #: Instance types whose every launch is refused (an outage, a quota), by the caller.
         self.unavailable: set[str] = set()
+        #: Placements (``domain.placement``) whose launches are accepted, then fail this many
+        #: seconds later, before the machine is up: a capacity failure reported late, as
+        #: SkyPilot reports one (a failed launch request).
+        self.failing: dict[str, float] = {}
         self.now = start
         self._vms: dict[str, _Vm] = {}
         self._live: dict[str, _Vm] = {}
@@ -81,6 +86,10 @@ class SimulatedProvider:
             raise LaunchRefused(spec, "InsufficientInstanceCapacity")
         self._requests += 1
         boot_at = self.now + self.boot_seconds(self.rng)
+        fail_in = self.failing.get(placement(spec.instance_type, spec.region))
+        fail_at = math.inf if fail_in is None else self.now + fail_in
+        if fail_in is not None:
+            boot_at = math.inf
         preempt_at = math.inf
         if spec.spot and self.spot_preemptions_per_hour > 0.0:
             preempt_at = boot_at + self.rng.expovariate(self.spot_preemptions_per_hour / 3600.0)
@@ -96,8 +105,9 @@ class SimulatedProvider:
             launched_at=EPOCH + timedelta(seconds=self.now),
             region=spec.region,
         )
-        self._vms[spec.vm_id] = self._live[spec.vm_id] = _Vm(info, self.now, boot_at, preempt_at)
-        heapq.heappush(self._changes, (boot_at, spec.vm_id))
+        vm = _Vm(info, self.now, boot_at, preempt_at, fail_at=fail_at)
+        self._vms[spec.vm_id] = self._live[spec.vm_id] = vm
+        heapq.heappush(self._changes, (min(boot_at, fail_at), spec.vm_id))
         return info
 
     async def stop(self, vm_id: str) -> None:
@@ -113,7 +123,7 @@ class SimulatedProvider:
         return [vm.info for vm in self._live.values()]
 
     def next_change(self) -> float:
-        """When the next machine boots or is preempted (``inf``: none will)."""
+        """When the next machine boots, fails or is preempted (``inf``: none will)."""
         while self._changes and not self._due(*self._changes[0]):
             heapq.heappop(self._changes)
         return self._changes[0][0] if self._changes else math.inf
@@ -123,17 +133,22 @@ class SimulatedProvider:
         if vm is None:
             return False
         status = vm.info.status
-        return (status is VmStatus.launching and at == vm.boot_at) or (
+        return (status is VmStatus.launching and at in (vm.boot_at, vm.fail_at)) or (
             status is VmStatus.running and at == vm.preempt_at
         )
 
     def advance(self, to: float) -> list[VmInfo]:
-        """Move the clock to ``to``; the machines that booted or were preempted, in order."""
+        """Move the clock to ``to``; the machines that booted, failed or were preempted, in
+        order."""
         changed: list[VmInfo] = []
         while self.next_change() <= to:
             at, vm_id = heapq.heappop(self._changes)
             vm = self._live[vm_id]
-            if vm.info.status is VmStatus.launching:
+            if vm.info.status is VmStatus.launching and at == vm.fail_at:
+                vm.ended = vm.launched  # no machine ran: nothing billed
+                reason = "InsufficientInstanceCapacity (reported after the launch)"
+                vm.info = replace(vm.info, status=VmStatus.failed, reason=reason)
+            elif vm.info.status is VmStatus.launching:
                 vm.info = replace(vm.info, status=VmStatus.running, worker_name=vm_id)
                 if vm.preempt_at < math.inf:
                     heapq.heappush(self._changes, (vm.preempt_at, vm_id))

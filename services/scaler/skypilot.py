@@ -7,8 +7,9 @@ has run on it for that long (the worker process exited), a safety net for leaked
 
 Every SDK call is an HTTP request to a SkyPilot API server (a local one is started on first
 use when none is configured) returning a request id; the calls block, so they run in a
-thread. ``sky`` is imported when the provider is built: the module imports without the
-``skypilot`` extra, which needs its own venv (``docs/scaling.md``).
+thread. ``sky`` is imported when the provider is built: the module imports without
+SkyPilot, whose pins conflict with ours, so a scaler on SkyPilot runs from a venv of its own
+(``.venv-sky``, ``docs/scaling.md``, "Install").
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def import_sky() -> Any:
         return importlib.import_module("sky")
     except ImportError as e:
         raise SkyPilotUnavailable(
-            "RF_SCALER_PROVIDER=skypilot needs SkyPilot where the scaler runs: the skypilot "
-            "extra, skypilot==0.14.1 (docs/scaling.md, 'Running on SkyPilot')"
+            "RF_SCALER_PROVIDER=skypilot needs SkyPilot (skypilot==0.14.1) where the scaler "
+            "runs: start it with .venv-sky/bin/python (make venv; docs/scaling.md, 'Install')"
         ) from e
 
 

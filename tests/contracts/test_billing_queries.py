@@ -142,6 +142,7 @@ async def test_a_jobs_cost_and_its_lines_in_order_and_adding_up(
         return row if row is not None and row.version == last.version else None
 
     row = await until(caught_up)
+    assert await query.job_costs([job, new_id("job")]) == {job: row}  # one query, opened only
     assert (row.job_id, row.owner_id, row.api_key_id) == (job, user, None)
     assert row.status is CostStatus.held
     assert row.estimate is not None and row.estimate.assumptions.frames == 10

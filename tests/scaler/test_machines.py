@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from contracts.fleet import (
+    SPAN_EVENTS,
     ScalingAction,
     ScalingHold,
     VmBooted,
@@ -16,7 +17,7 @@ from contracts.fleet import (
     VmSpanEvent,
     VmStopped,
 )
-from services.scaler.machines import PoolScaling, Vm
+from services.scaler.machines import PHASE_AFTER, PoolScaling, Vm
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 PRICE = Decimal("0.6800")  # c6i.4xlarge on demand, USD per hour
@@ -147,3 +148,8 @@ def test_a_pools_decision_is_recorded_when_it_acts_or_what_holds_it_back_changes
     assert not pool.decided("dec_2", T0 + timedelta(seconds=2), inputs, [], spend)
     assert pool.decided("dec_3", T0 + timedelta(seconds=4), inputs, [], [])
     assert [e.decision_id for e in pool.pending] == ["dec_1", "dec_3"]  # type: ignore[attr-defined]
+
+
+def test_every_span_ending_event_moves_the_machine_into_a_known_phase() -> None:
+    # One table for the aggregate and the fleet read model: a new span event needs its phase.
+    assert set(PHASE_AFTER) == set(SPAN_EVENTS)

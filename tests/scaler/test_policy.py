@@ -18,8 +18,8 @@ from services.scaler.domain import (
     WorkerStatus,
     affordable_tasks,
     decide,
-    launch_accepted,
-    launch_refused,
+    launch_failed,
+    launch_succeeded,
 )
 
 NOW = 10_000.0
@@ -169,15 +169,15 @@ def test_a_draining_worker_is_taken_back_before_a_new_one_is_launched() -> None:
 
 def test_a_refusing_type_is_backed_off_exponentially_and_the_next_type_tried() -> None:
     queues = {"full": PoolQueue((QueuedWork("j", 1, 3600.0),))}
-    backoffs = launch_refused({}, "full", BIG.name, NOW, "InsufficientInstanceCapacity")
+    backoffs = launch_failed({}, "full", BIG.name, NOW, "InsufficientInstanceCapacity")
     assert backoffs[("full", BIG.name)].until == NOW + 60.0
     d = decide(NOW, [FULL_POOL], LIMITS, queues, [], backoffs)
     assert [x.instance_type for x in d.launches] == [BIG_OLD.name]
-    again = launch_refused(backoffs, "full", BIG.name, NOW + 60.0, "again")
+    again = launch_failed(backoffs, "full", BIG.name, NOW + 60.0, "again")
     assert again[("full", BIG.name)].until == NOW + 60.0 + 120.0
     later = decide(NOW + 60.0, [FULL_POOL], LIMITS, queues, [], backoffs)
     assert [x.instance_type for x in later.launches] == [BIG.name]
-    assert launch_accepted(again, "full", BIG.name) == {}
+    assert launch_succeeded(again, "full", BIG.name) == {}
 
 
 def test_a_type_refused_in_one_region_is_tried_in_the_next_configured_region() -> None:
@@ -187,15 +187,38 @@ def test_a_type_refused_in_one_region_is_tried_in_the_next_configured_region() -
     queues = {"full": PoolQueue((QueuedWork("j", 1, 3600.0),))}
     [first] = decide(NOW, [pool], LIMITS, queues, []).launches
     assert (first.region, first.spec("vm_1").region) == ("us-east-1", "us-east-1")
-    backoffs = launch_refused({}, "full", first.placement, NOW, "InsufficientInstanceCapacity")
+    backoffs = launch_failed({}, "full", first.placement, NOW, "InsufficientInstanceCapacity")
     [second] = decide(NOW, [pool], LIMITS, queues, [], backoffs).launches
     assert (second.instance_type, second.region) == ("c6i.16xlarge", "us-west-2")
     assert second.hourly_price_usd == Decimal("2.90")
 
 
+def test_a_machine_failing_after_its_launch_backs_off_like_a_refusal_once_per_failure() -> None:
+    # SkyPilot accepts a launch and reports the capacity failure later: the machine asked at
+    # NOW fails at NOW + 40 and backs its placement off from there.
+    queues = {"full": PoolQueue((QueuedWork("j", 1, 3600.0),))}
+    failed = launch_failed({}, "full", BIG.name, NOW + 40.0, "InsufficientInstanceCapacity", NOW)
+    assert failed[("full", BIG.name)].until == NOW + 40.0 + 60.0
+    [fallback] = decide(NOW + 40.0, [FULL_POOL], LIMITS, queues, [], failed).launches
+    assert fallback.instance_type == BIG_OLD.name
+    # Others asked with it (before the back-off began) fail too: the same failure, once.
+    same = launch_failed(failed, "full", BIG.name, NOW + 45.0, "again", NOW + 10.0)
+    assert same == failed
+    # Waited out, asked again, failed again: the delay doubles.
+    [retried] = decide(NOW + 100.0, [FULL_POOL], LIMITS, queues, [], failed).launches
+    assert retried.instance_type == BIG.name
+    twice = launch_failed(failed, "full", BIG.name, NOW + 130.0, "again", NOW + 100.0)
+    assert (twice[("full", BIG.name)].failures, twice[("full", BIG.name)].until) == (
+        2,
+        NOW + 130.0 + 120.0,
+    )
+    # A machine of that placement up: trusted again.
+    assert launch_succeeded(twice, "full", BIG.name) == {}
+
+
 def test_every_type_backed_off_holds_the_launch() -> None:
-    backoffs = launch_refused({}, "full", BIG.name, NOW, "quota")
-    backoffs = launch_refused(backoffs, "full", BIG_OLD.name, NOW, "quota")
+    backoffs = launch_failed({}, "full", BIG.name, NOW, "quota")
+    backoffs = launch_failed(backoffs, "full", BIG_OLD.name, NOW, "quota")
     queues = {"full": PoolQueue((QueuedWork("j", 1, 3600.0),))}
     d = decide(NOW, [FULL_POOL], LIMITS, queues, [], backoffs)
     assert d.launches == ()

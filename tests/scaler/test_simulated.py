@@ -80,3 +80,20 @@ async def test_the_same_seed_draws_the_same_cloud() -> None:
         return [p.boot_seconds(p.rng) for _ in range(3)]
 
     assert boots(1) == boots(1) != boots(2)
+
+
+async def test_a_placement_failing_late_accepts_the_launch_then_fails_it() -> None:
+    provider = SimulatedProvider(TYPES, boot_seconds=fixed_boot(90.0))
+    provider.failing["c6i.16xlarge@us-east-1"] = 30.0
+    east = LaunchSpec("rw-full-00001", "full", "c6i.16xlarge", False, "us-east-1")
+    assert (await provider.launch(east)).status is VmStatus.launching
+    await provider.launch(spec("rw-full-00002"))  # no region: another placement, it boots
+    assert provider.next_change() == 30.0
+    [failed] = provider.advance(30.0)
+    assert (failed.vm_id, failed.status) == ("rw-full-00001", VmStatus.failed)
+    assert failed.reason and "InsufficientInstanceCapacity" in failed.reason
+    [booted] = provider.advance(90.0)
+    assert (booted.vm_id, booted.status) == ("rw-full-00002", VmStatus.running)
+    await provider.stop("rw-full-00001")
+    assert [m.vm_id for m in await provider.machines()] == ["rw-full-00002"]
+    assert provider.spent_usd() == Decimal("2.72") * 90 / 3600  # the failed one: no machine ran

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,46 +16,21 @@ import pytest
 from services.scaler.providers import provider_of
 from services.scaler.settings import InstanceSetting, PoolSetting, ScalerSettings
 from services.scaler.skypilot import SkyPilotUnavailable
+from tests.scaler.sky_home import ROOT, sky_env, sky_python
 
-ROOT = Path(__file__).resolve().parents[2]
 VM = "vm_01KDRIVER0000000000000000"
 CLUSTER = f"rf-{VM}"
-
-
-def free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def server_port() -> int:
-    """A port for SkyPilot's local API server whose request queue's port is free as well
-    (SkyPilot moves that one with it: ``sky/server/requests/queues/mp_queue.py``)."""
-    for port in range(46590, 46990):
-        if free(port) and free(50011 + port - 46580):
-            return port
-    raise RuntimeError("no free ports for SkyPilot's API server")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The driver's report (about 35 s: SkyPilot's import and its API server's start)."""
-    python = os.environ.get("RF_SKYPILOT_PYTHON") or str(ROOT / ".venv-sky" / "bin" / "python")
-    if not Path(python).is_file():
+    python = sky_python()
+    if not python.is_file():
         pytest.fail("no SkyPilot: run `make venv` (it builds .venv-sky) or set RF_SKYPILOT_PYTHON")
-    home = tmp_path_factory.mktemp("sky-home")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "PYTHONPATH": str(ROOT),
-        "SKYPILOT_API_SERVER_LOCAL_PORT": str(server_port()),
-        "SKYPILOT_DISABLE_USAGE_COLLECTION": "1",
-    }
+    env = {**sky_env(tmp_path_factory.mktemp("sky-home")), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [python, "-m", "tests.scaler.skypilot_driver"],
+        [str(python), "-m", "tests.scaler.skypilot_driver"],
         cwd=ROOT,
         env=env,
         capture_output=True,
