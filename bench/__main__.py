@@ -35,6 +35,7 @@ from bench.costlag_bench import CostLagOptions, run_cost_lag
 from bench.cpu import background_load
 from bench.http import LoadResult
 from bench.infra import REPO_ROOT, Infra, Servers
+from bench.notifier_bench import NotifierBenchOptions, run_notifier
 from bench.projection_lag import LagOptions, run_projection_lag
 from bench.rebuild import RebuildOptions, run_rebuild
 from bench.render_bench import RenderOptions, run_poll_cost, run_render_overhead
@@ -66,6 +67,8 @@ SECTIONS = {
     "15": "test render overhead: POST test-render -> ready, minus the render, warm worker",
     "16": "scene check time per 1,000 assets (and repathing), Blender-built scene",
     "17": "scaler over a simulated week: test-render SLA, deadlines, fleet cost vs a bound",
+    "18": "notifier: event -> webhook latency at 500 events/s, SSE fan-out to 1,000 clients,"
+    " CPU per 1,000 notifications",
 }
 
 #: Sections that need no servers: with only these selected, none are started.
@@ -90,6 +93,8 @@ QUICK = {
     "wallet_seconds": 3.0,
     "costlag_jobs": 2,
     "costlag_frames": 10,
+    "notifier_seconds": 5.0,
+    "sse_seconds": 5.0,
 }
 
 
@@ -161,6 +166,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--costlag-frame-seconds", type=float, default=0.2, help="section 13: the farm's frames"
     )
+    p.add_argument("--notifier-rate", type=float, default=500.0, help="section 18: events/s")
+    p.add_argument(
+        "--notifier-seconds", type=float, default=20.0, help="section 18: seconds of webhooks"
+    )
+    p.add_argument(
+        "--notifier-endpoints", type=int, default=100, help="section 18: users with an endpoint"
+    )
+    p.add_argument("--sse-clients", type=int, default=1000, help="section 18: SSE connections")
+    p.add_argument("--sse-rate", type=float, default=100.0, help="section 18: SSE events/s")
+    p.add_argument("--sse-seconds", type=float, default=10.0, help="section 18: seconds of SSE")
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:
@@ -299,7 +314,7 @@ async def run(args: argparse.Namespace, infra: Infra, figures: list[Figure]) -> 
 async def run_with_servers(
     args: argparse.Namespace, infra: Infra, only: set[str], figures: list[Figure]
 ) -> None:
-    """Sections 1-13, on the servers ``main`` started."""
+    """The sections that need servers, on the servers ``main`` started."""
     servers = infra.servers
     assert servers is not None
     api = ApiOptions(
@@ -360,6 +375,16 @@ async def run_with_servers(
     await section(
         "15", only, figures, lambda: run_test_render_overhead(infra, servers, test_render)
     )
+    notifier = NotifierBenchOptions(
+        rate=args.notifier_rate,
+        seconds=args.notifier_seconds,
+        endpoints=args.notifier_endpoints,
+        sse_clients=args.sse_clients,
+        sse_rate=args.sse_rate,
+        sse_seconds=args.sse_seconds,
+        workers=args.workers,
+    )
+    await section("18", only, figures, lambda: run_notifier(infra, servers, notifier))
 
 
 def main(argv: list[str] | None = None) -> int:
