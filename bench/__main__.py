@@ -174,8 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--notifier-endpoints", type=int, default=100, help="section 18: users with an endpoint"
     )
     p.add_argument("--sse-clients", type=int, default=1000, help="section 18: SSE connections")
-    p.add_argument("--sse-rate", type=float, default=100.0, help="section 18: SSE events/s")
-    p.add_argument("--sse-seconds", type=float, default=10.0, help="section 18: seconds of SSE")
+    p.add_argument("--sse-rate", type=float, default=20.0, help="section 18: SSE events/s")
+    p.add_argument("--sse-seconds", type=float, default=15.0, help="section 18: seconds of SSE")
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     if args.quick:

@@ -358,6 +358,10 @@ async def notify(uow: UnitOfWork, event: Event, cause: BusEvent, low_balance: De
         user_id, api_key_id = subject.user_id, subject.api_key_id
     assert user_id is not None
     ntf_id = notification_id(cause.event_id, user_id, cause.recorded_at)
+    # One query for every stream a notification may touch besides its deliveries.
+    await uow.prefetch(
+        (Notification, ntf_id), (Preferences, user_id), (Feed, user_id), (Webhooks, user_id)
+    )
     notification = await uow.get(Notification, ntf_id)
     prefs = await uow.get(Preferences, user_id)
     in_app = prefs.allows(trigger.kind, Channel.in_app)
