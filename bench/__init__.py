@@ -32,7 +32,16 @@ the way out, also on Ctrl-C, SIGTERM or an error.
 14. Test render at 200 GB: a discrete-event simulation (no servers, a simulated clock) of
     time-to-ready for 200 GB scenes, the naive path against the design on the same draws,
     with the standby pool's size, slow boots and packed scenes (``bench/testrender_sim.py``,
-    ``docs/test-render-at-scale.md``). With only section 14 selected no server is started.
+    ``docs/test-render-at-scale.md``). With only sections 14, 16 and 17 selected no server
+    is started.
+15. Test render overhead: ``POST`` test-render -> ready, minus the render, on a warm worker.
+16. Scene check time per 1,000 assets (and repathing) on a Blender-built scene.
+17. The scaler over a simulated week: test-render SLA, deadlines, fleet cost against a bound
+    (``docs/scaling.md``).
+18. The notifier (``docs/notifications.md``, Performance): trigger event -> signed webhook
+    latency at a paced 500 events/s over 100 endpoints (nothing lost or twice, signatures
+    checked with ``standardwebhooks``), the notifier's CPU per 1,000 notifications, and the
+    live feed's fan-out to 1,000 SSE connections (200 users x 5), each hop split.
 
 ``--quick`` (``make bench-quick``) runs sections 3, 4, 5, 8, 10 (a 256 MiB file), 11
 (3 s runs), 13 (2 jobs x 10 frames) and 14 (2 simulated days instead of 7) with shorter runs.
