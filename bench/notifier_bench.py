@@ -12,7 +12,10 @@ a. **Webhooks**: ``endpoints`` users, each with one endpoint on a minimal HTTP/1
    second for ``seconds``, each publish on its own task at its due time. Latency = the
    publish's start here -> the POST's arrival at the receiver, matched by the body's
    ``upload_id``; every event must arrive once (``webhook-id`` unique, nothing lost), and a
-   sample of messages is verified with the ``standardwebhooks`` package.
+   sample of messages is verified with the ``standardwebhooks`` package as they arrive.
+   Each latency is split where the consumer committed the ``NotificationCreated`` (its
+   ``recorded_at``, the database's clock). A notifier that falls behind is waited for as
+   long as webhooks keep arriving (30 s without one ends it), so a backlog shows in full.
 b. **CPU per 1,000 notifications**: the notifier process's user + system CPU seconds
    (``/proc``) from the first publish of (a) until its ``deliveries`` read model shows every
    delivery succeeded, per 1,000 notifications.
@@ -21,7 +24,8 @@ c. **SSE fan-out**: identity and the gateway (``workers`` processes, one port) j
    ``RF_GATEWAY_SSE_CONNECTIONS_PER_USER`` (5, the default) per user, so spread over
    ``sse_clients / 5`` users. Then events go round-robin over those users at ``sse_rate`` a
    second; latency = publish -> the ``notification.created`` item's arrival at each of its
-   user's connections; every connection must get each of its user's items once.
+   user's connections (split at the ``NotificationCreated`` too); every connection must
+   get each of its user's items once.
 """
 
 from __future__ import annotations
