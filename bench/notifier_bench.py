@@ -1,11 +1,13 @@
 """18. The notifier: event -> webhook latency at a paced rate, SSE fan-out, CPU per notification.
 
 The notifier runs as its own process (``python -m services.notifier``, as ``make up`` runs
-it) on a fresh database, with ``RF_NOTIFIER_WEBHOOK_ALLOW_HTTP=true`` so its endpoints can be
-``http://127.0.0.1``. The bench publishes ``upload.UploadExpired`` events onto JetStream as
-a relay does (each makes one ``upload.expired`` notification for the upload's owner), with
-e-mail turned off in every bench user's preferences (there is no SMTP server here); in-app
-and webhook stay on, so each event also makes a live-feed item.
+it) on a fresh database, with ``RF_NOTIFIER_WEBHOOK_ALLOW_HTTP`` and
+``RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES`` on so its endpoints can be
+``http://127.0.0.1``, and a fresh ``RF_NOTIFIER_WEBHOOK_SECRETS_KEY``. The bench publishes
+``upload.UploadExpired`` events onto JetStream as a relay does (each makes one
+``upload.expired`` notification for the upload's owner), with e-mail turned off in every
+bench user's preferences (there is no SMTP server here); in-app and webhook stay on, so each
+event also makes a live-feed item.
 
 a. **Webhooks**: ``endpoints`` users, each with one endpoint on a minimal HTTP/1.1 receiver
    in this process (keep-alive, 204). Events go round-robin over the users at ``rate`` a
@@ -31,6 +33,7 @@ c. **SSE fan-out**: identity and the gateway (``workers`` processes, one port) j
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import math
@@ -274,7 +277,13 @@ async def run_notifier(infra: Infra, servers: Servers, opts: NotifierBenchOption
     notifier = infra.spawn(
         "notifier",
         ["-m", "services.notifier"],
-        {**env, "RF_HEALTH_PORT": str(health), "RF_NOTIFIER_WEBHOOK_ALLOW_HTTP": "true"},
+        {
+            **env,
+            "RF_HEALTH_PORT": str(health),
+            "RF_NOTIFIER_WEBHOOK_ALLOW_HTTP": "true",
+            "RF_NOTIFIER_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+            "RF_NOTIFIER_WEBHOOK_SECRETS_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        },
     )
     children = [notifier]
     await wait_http_ok(health, "/readyz", 60, notifier)
