@@ -25,6 +25,7 @@ NOT_FOR_THE_SCALER = {
     "pillow",
     "blender-asset-tracer",
     "sse-starlette",
+    "cryptography",  # the notifier's webhook secrets
 }
 
 
