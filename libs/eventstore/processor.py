@@ -3,6 +3,12 @@
 A tailer holds a PostgreSQL session advisory lock named after it, so only one process runs
 it at a time; others stand by and take over when the holder's connection goes away. It wakes
 at once when this process appends, and polls for appends made elsewhere.
+
+A projector stores its checkpoint with every batch it applies. A batch with nothing it
+projects only moves its position in memory; the checkpoint follows within
+``checkpoint_interval`` (or with the next batch it applies), so the read models of a
+service whose events are mostly for other read models write nothing per event. A restart
+reads those events again, which changes nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -62,7 +69,7 @@ class Tailer(abc.ABC):
     async def run_once(self) -> int:
         """Process one batch; returns how many events were read."""
         if not self._loaded:
-            self.position = await self.store.checkpoint(self.name)
+            self.position = await self._reload()
             self._loaded = True
         events = await self.store.read_all(self.position, self.batch_size)
         if not events:
@@ -70,10 +77,18 @@ class Tailer(abc.ABC):
         if not await self.process_batch(events):
             # Moved by someone else (another runner, or a rebuild's swap): go on from there,
             # and wake read-your-writes waiters the new checkpoint may already satisfy.
-            await self._advanced(await self.store.checkpoint(self.name))
+            await self._advanced(await self._reload())
             return 0
         await self._advanced(events[-1].cursor)
         return len(events)
+
+    async def _reload(self) -> Position:
+        """The stored checkpoint, read again."""
+        return await self.store.checkpoint(self.name)
+
+    async def store_position(self) -> None:
+        """Called when the tailer has caught up: every batch stored its checkpoint."""
+        return None
 
     async def catch_up(self) -> int:
         total = 0
@@ -124,7 +139,7 @@ class Tailer(abc.ABC):
                 return
             self.is_leader = True
             try:
-                self.position = await self.store.checkpoint(self.name)
+                self.position = await self._reload()
                 self._loaded = True
                 await self._advanced(self.position)
                 while not stopping.is_set():
@@ -135,6 +150,7 @@ class Tailer(abc.ABC):
                     n = await self.run_once()
                     self.last_error = None
                     if n < self.batch_size:
+                        await self.store_position()
                         await self._idle(stopping)
             finally:
                 self.is_leader = False
@@ -170,19 +186,48 @@ class Projection(abc.ABC):
 class Projector(Tailer):
     """Runs a projection with its checkpoint in the same transaction as its effect."""
 
-    def __init__(self, store: EventStore, projection: Projection, **kw: object) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection,
+        *,
+        checkpoint_interval: float = 1.0,
+        **kw: object,
+    ) -> None:
         super().__init__(store, projection.name, types=projection.types, **kw)  # type: ignore[arg-type]
         self.projection = projection
+        #: Longest a checkpoint stays behind batches with nothing to project.
+        self.checkpoint_interval = checkpoint_interval
+        #: The checkpoint as stored (``position`` may be ahead of it: see the module).
+        self.stored = Position.start()
+        self._store_due = 0.0
+
+    async def _reload(self) -> Position:
+        self.stored = await super()._reload()
+        return self.stored
 
     async def process_batch(self, events: list[RecordedEvent]) -> bool:
         wanted = [e for e in events if self.wants(e)]
+        if not wanted and time.monotonic() < self._store_due:
+            return True  # nothing to project: stored with the next batch, or when due
+        return await self._commit(wanted, events[-1].cursor)
+
+    async def store_position(self) -> None:
+        """Store the position reached by batches with nothing to project, once due."""
+        due = self.position > self.stored and time.monotonic() >= self._store_due
+        if due and not await self._commit([], self.position):
+            await self._advanced(await self._reload())
+
+    async def _commit(self, wanted: list[RecordedEvent], to: Position) -> bool:
+        """Apply ``wanted`` and move the checkpoint to ``to`` in one transaction; False if
+        someone else moved it (another runner, a rebuild's swap)."""
         async with self.store.session() as conn, conn.transaction():
-            if not await self.store.advance_checkpoint(
-                conn, self.name, self.position, events[-1].cursor
-            ):
+            if not await self.store.advance_checkpoint(conn, self.name, self.stored, to):
                 return False
             if wanted:
                 await self.projection.apply(conn, wanted, self.store.schema)
+        self.stored = to
+        self._store_due = time.monotonic() + self.checkpoint_interval
         return True
 
 

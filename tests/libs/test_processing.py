@@ -10,8 +10,9 @@ import pytest
 from libs.eventstore.processor import Projector
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.rebuild import rebuild
-from libs.eventstore.store import EventStore, NewEvent, RecordedEvent
-from tests.libs.conftest import FrameRendered, registry
+from libs.eventstore.store import EventStore, NewEvent, Position, RecordedEvent
+from tests.libs.conftest import ChunkRequeued, FrameRendered, registry
+from tests.waiting import until
 
 
 class FrameTally(ReadModel):
@@ -115,3 +116,38 @@ async def test_a_running_projector_wakes_at_once_on_a_local_append(store: EventS
     finally:
         stopping.set()
         await task
+
+
+async def test_batches_with_nothing_to_project_store_the_checkpoint_only_when_due(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    """Events for other read models move the projector in memory; its checkpoint follows
+    within the interval, and at once with a batch it applies."""
+    p = await projector(store, FrameTally())
+    p.checkpoint_interval = 0.3
+    p.poll_interval = 0.05
+    stopping = asyncio.Event()
+    task = asyncio.create_task(p.run(stopping))
+    try:
+        [first] = await store.append("job-c", [NewEvent(FrameRendered(frame=1))], 0)
+        await asyncio.wait_for(p.wait_for(first.cursor), 2)
+        assert await store.checkpoint(p.name) == first.cursor  # applied: stored at once
+        [other] = await store.append(
+            "job-c", [NewEvent(ChunkRequeued(chunk=1, reason="worker lost"))], 1
+        )
+        await asyncio.wait_for(p.wait_for(other.cursor), 2)
+        assert await store.checkpoint(p.name) == first.cursor  # not this one's
+        await until(
+            lambda: _stored_at(store, p.name, other.cursor), "the checkpoint stored when due"
+        )
+        [second] = await store.append("job-c", [NewEvent(FrameRendered(frame=2))], 2)
+        await asyncio.wait_for(p.wait_for(second.cursor), 2)
+        assert await store.checkpoint(p.name) == second.cursor
+        assert await tally(pool) == {"job-c": 2}
+    finally:
+        stopping.set()
+        await task
+
+
+async def _stored_at(store: EventStore, name: str, cursor: Position) -> bool:
+    return await store.checkpoint(name) == cursor
