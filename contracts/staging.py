@@ -30,6 +30,10 @@ STAGING_LISTING = ".rf-staging.json"
 #: Under ``<STAGED_DIR>/``: one folder per job holding (hard links to) the files its test
 #: frames need, readable while the rest of its scene is still being copied.
 NEEDED_DIR = ".needed"
+#: Under ``<STAGED_DIR>/``: the content of each manifest file, staged as soon as its upload
+#: completed, at ``<CONTENT_DIR>/<owner>/<sha256>`` (one file per content, verified); a
+#: job's staging hard-links it instead of fetching it from the bucket.
+CONTENT_DIR = ".content"
 
 
 class SceneKind(StrEnum):
@@ -116,6 +120,11 @@ class SceneStagingProgressed(Event):
     bytes_done: int
     bytes_total: int
     at: datetime
+    bytes_prestaged: int = Field(
+        default=0,
+        description="Of bytes_done, those linked from content staged as it was uploaded"
+        " (not fetched from the bucket).",
+    )
 
 
 @EVENTS.register
@@ -136,6 +145,10 @@ class SceneNeededFilesStaged(Event):
     bytes_total: int
     seconds: float = Field(description="From the start of the copy until they were all there.")
     at: datetime
+    bytes_prestaged: int = Field(
+        default=0,
+        description="Of bytes_needed, those linked from content staged as it was uploaded.",
+    )
 
 
 @EVENTS.register
@@ -147,7 +160,55 @@ class SceneStaged(Event):
     job_id: str
     staged_key: str
     reused: bool
-    bytes_copied: int
+    bytes_copied: int = Field(
+        description="Bytes fetched from the bucket for this staging (0 when reused)."
+    )
+    at: datetime
+    bytes_prestaged: int = Field(
+        default=0,
+        description="Bytes of files whose content was staged as it was uploaded: hard-linked,"
+        " not fetched (bytes_copied + bytes_prestaged: the scene's bytes, unless reused).",
+    )
+
+
+@EVENTS.register
+class AssetStaged(Event):
+    """A file a user uploaded (an asset of a manifest, stream ``asset-<owner>.<sha256>``) is
+    on the farm's scene root at ``staged_key`` (``staged/.content/<owner>/<sha256>``), its
+    size and SHA-256 checked, before any job needs it."""
+
+    event_type = "upload.AssetStaged"
+    owner_id: str
+    sha256: str
+    size_bytes: int
+    staged_key: str
+    seconds: float = Field(description="Of the copy from the bucket.")
+    at: datetime
+
+
+@EVENTS.register
+class AssetStagingFailed(Event):
+    """The asset cannot be staged as uploaded: its bytes in the bucket are not what was
+    declared (``code``: scene_checksum_mismatch, scene_size_mismatch, scene_file_missing).
+    Not tried again; a job's staging copies (and judges) the file as it always does."""
+
+    event_type = "upload.AssetStagingFailed"
+    owner_id: str
+    sha256: str
+    code: str
+    reason: str
+    at: datetime
+
+
+@EVENTS.register
+class AssetUnstaged(Event):
+    """The asset's content staged as uploaded was removed from the farm's scene root (kept
+    ``RF_STAGE_CONTENT_RETENTION_DAYS``); scenes staged from it keep their own links."""
+
+    event_type = "upload.AssetUnstaged"
+    owner_id: str
+    sha256: str
+    reason: str
     at: datetime
 
 

@@ -78,7 +78,7 @@ class Env(dict[str, str]):
 
 
 @pytest.fixture
-async def env(servers: Servers) -> AsyncIterator[Env]:
+async def env(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     tag = secrets.token_hex(4)
     db = f"rf_test_{tag}"
     admin = await asyncpg.connect(servers.admin_dsn)
@@ -103,6 +103,9 @@ async def env(servers: Servers) -> AsyncIterator[Env]:
         RF_S3_SECRET_ACCESS_KEY="test",
         RF_S3_SCENES_BUCKET=f"t{tag}-scenes",
         RF_S3_OUTPUTS_BUCKET=f"t{tag}-outputs",
+        # The farm's scene root (the upload service stages manifest files there as they
+        # are uploaded); tests that look at it set their own.
+        RF_STAGE_ROOT=str(tmp_path_factory.mktemp("stage-root")),
     )
     admin = await asyncpg.connect(servers.admin_dsn)
     try:

@@ -157,10 +157,13 @@ def staging_log(event: SceneStagingStarted | SceneStaged) -> LogJobStep:
     elif event.reused:
         message = f"the farm holds this scene already: reusing {event.staged_key}"
     else:
-        message = (
-            f"staged {size_text(event.bytes_copied)} to {event.staged_key}, every file's"
-            " SHA-256 checked"
-        )
+        total = event.bytes_copied + event.bytes_prestaged
+        message = f"staged {size_text(total)} to {event.staged_key}, every file's SHA-256 checked"
+        if event.bytes_prestaged:
+            message += (
+                f" ({size_text(event.bytes_prestaged)} of it staged as it was uploaded,"
+                f" {size_text(event.bytes_copied)} fetched now)"
+            )
     return LogJobStep(
         job_id=event.job_id,
         step=StepName.stage_scene,

@@ -55,9 +55,13 @@ from contracts.outputs import (
 )
 from contracts.render import RenderKind, render_kind_of
 from contracts.staging import (
+    CONTENT_DIR,
     FINISHED_STAGING_STATUSES,
     NEEDED_DIR,
     STAGED_DIR,
+    AssetStaged,
+    AssetStagingFailed,
+    AssetUnstaged,
     SceneKind,
     SceneNeededFilesStaged,
     SceneRef,
@@ -592,19 +596,30 @@ def check_same_size(sha256: str, size_bytes: int, known_size_bytes: int) -> None
 
 
 class Asset(Aggregate):
-    """A file a user holds by its content hash (stream ``asset-<owner>.<sha256>``)."""
+    """A file a user holds by its content hash (stream ``asset-<owner>.<sha256>``), and
+    whether its content is staged on the farm as uploaded."""
 
     stream_prefix = "asset"
 
     stored: bool = False
     size_bytes: int = 0
     upload_id: str = ""
+    #: Staged as uploaded (at ``staged/.content/<owner>/<sha256>``); given up; removed.
+    staged: bool = False
+    stage_failed: bool = False
+    unstaged: bool = False
 
     def apply(self, event: Event) -> None:
         match event:
             case AssetStored():
                 self.stored = True
                 self.size_bytes, self.upload_id = event.size_bytes, event.upload_id
+            case AssetStaged():
+                self.staged = True
+            case AssetStagingFailed():
+                self.stage_failed = True
+            case AssetUnstaged():
+                self.staged, self.unstaged = False, True
             case _:
                 raise TypeError(f"asset cannot apply {type(event).__name__}")
 
@@ -627,6 +642,42 @@ class Asset(Aggregate):
                 at=now,
             )
         )
+
+    @property
+    def to_stage(self) -> bool:
+        """Stored, and not staged as uploaded, given up or removed yet."""
+        return self.stored and not (self.staged or self.stage_failed or self.unstaged)
+
+    def stage(self, owner_id: str, sha256: str, seconds: float, now: datetime) -> list[Event]:
+        """Its content is on the farm (:func:`content_path`); once only."""
+        if not self.to_stage:
+            return []
+        return self.record(
+            AssetStaged(
+                owner_id=owner_id,
+                sha256=sha256,
+                size_bytes=self.size_bytes,
+                staged_key=content_path(owner_id, sha256),
+                seconds=round(seconds, 3),
+                at=now,
+            )
+        )
+
+    def stage_failure(
+        self, owner_id: str, sha256: str, code: str, reason: str, now: datetime
+    ) -> list[Event]:
+        """Its bytes in the bucket cannot be staged (not what was declared); once only."""
+        if not self.to_stage:
+            return []
+        return self.record(
+            AssetStagingFailed(owner_id=owner_id, sha256=sha256, code=code, reason=reason, at=now)
+        )
+
+    def unstage(self, owner_id: str, sha256: str, reason: str, now: datetime) -> list[Event]:
+        """Its staged content was removed; an asset not staged changes nothing."""
+        if not self.staged:
+            return []
+        return self.record(AssetUnstaged(owner_id=owner_id, sha256=sha256, reason=reason, at=now))
 
 
 def content_sha256(files: Iterable[ListedFile | ManifestFile]) -> str:
@@ -775,6 +826,12 @@ def needed_dir(job_id: str) -> str:
     return f"{STAGED_DIR}/{NEEDED_DIR}/{job_id}"
 
 
+def content_path(owner_id: str, sha256: str) -> str:
+    """Where a content staged as uploaded is, relative to the farm's scene root:
+    ``staged/.content/<owner>/<sha256>`` (per owner, as staged scenes are)."""
+    return f"{STAGED_DIR}/{CONTENT_DIR}/{owner_id}/{sha256}"
+
+
 def staged_name(scene: SceneRef) -> str:
     """The path of the scene's main file inside its staged folder: a manifest's main file
     as it is (its textures are found relative to it), an upload's file name with every
@@ -879,9 +936,15 @@ class SceneStaging(Aggregate):
         )
 
     def progress(
-        self, files_done: int, bytes_done: int, bytes_total: int, now: datetime
+        self,
+        files_done: int,
+        bytes_done: int,
+        bytes_total: int,
+        now: datetime,
+        bytes_prestaged: int = 0,
     ) -> list[Event]:
-        """Bytes copied so far; only a copy in progress that moved on records it."""
+        """Bytes on the farm so far (``bytes_prestaged`` of them linked from content staged
+        as uploaded); only a copy in progress that moved on records it."""
         if self.status is not StagingStatus.copying or bytes_done <= self.bytes_done:
             return []
         return self.record(
@@ -891,6 +954,7 @@ class SceneStaging(Aggregate):
                 bytes_done=bytes_done,
                 bytes_total=bytes_total,
                 at=now,
+                bytes_prestaged=bytes_prestaged,
             )
         )
 
@@ -902,9 +966,11 @@ class SceneStaging(Aggregate):
         totals: tuple[int, int],
         seconds: float,
         now: datetime,
+        bytes_prestaged: int = 0,
     ) -> list[Event]:
         """The files the test frames need are on the farm at ``needed_key`` (``totals``: the
-        scene's files and bytes). Once per staging: a copy started again after a crash,
+        scene's files and bytes; ``bytes_prestaged``: of their bytes, those linked from
+        content staged as uploaded). Once per staging: a copy started again after a crash,
         or a staging no longer copying, changes nothing."""
         if self.status is not StagingStatus.copying or self.needed_staged:
             return []
@@ -918,10 +984,15 @@ class SceneStaging(Aggregate):
                 bytes_total=totals[1],
                 seconds=round(seconds, 3),
                 at=now,
+                bytes_prestaged=bytes_prestaged,
             )
         )
 
-    def staged(self, reused: bool, bytes_copied: int, now: datetime) -> list[Event]:
+    def staged(
+        self, reused: bool, bytes_copied: int, now: datetime, bytes_prestaged: int = 0
+    ) -> list[Event]:
+        """The scene is placed: ``bytes_copied`` fetched from the bucket, ``bytes_prestaged``
+        linked from content staged as uploaded."""
         if self.finished:
             return []
         return self.record(
@@ -931,6 +1002,7 @@ class SceneStaging(Aggregate):
                 reused=reused,
                 bytes_copied=bytes_copied,
                 at=now,
+                bytes_prestaged=bytes_prestaged,
             )
         )
 

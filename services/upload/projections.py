@@ -7,6 +7,8 @@ The gateway reads them (read-only) only through ``libs/readmodels/uploads.py``,
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 
 from contracts.outputs import (
@@ -21,6 +23,9 @@ from contracts.outputs import (
     StoredFrame,
 )
 from contracts.staging import (
+    AssetStaged,
+    AssetStagingFailed,
+    AssetUnstaged,
     SceneStaged,
     SceneStagingCancelled,
     SceneStagingFailed,
@@ -321,6 +326,88 @@ async def pending_stagings(conn: asyncpg.Connection, schema: str, limit: int) ->
         limit,
     )
     return [r["job_id"] for r in rows]
+
+
+class PrestagedProjection(ReadModel):
+    """``upload.prestaged``: each asset's content as staged on the farm when its upload
+    completed, for the pre-stager (what to copy, what to remove when its time is up) and
+    operators. Status ``pending``, ``staged``, ``failed`` or ``removed``."""
+
+    name = "prestaged"
+    table = "prestaged"
+    key = ("owner_id", "sha256")
+    columns = {
+        "owner_id": "text",
+        "sha256": "text",
+        "size_bytes": "bigint",
+        "bucket": "text",
+        "object_key": "text",
+        "status": "text",
+        "stored_at": "timestamptz",
+        "staged_at": "timestamptz",
+        "failure_code": "text",
+        "updated_at": "timestamptz",
+    }
+
+    @on(AssetStored, key=lambda e: (e.owner_id, e.sha256))
+    def stored(self, row: Row | None, e: AssetStored, rec: RecordedEvent) -> Row:
+        return row or {
+            "owner_id": e.owner_id,
+            "sha256": e.sha256,
+            "size_bytes": e.size_bytes,
+            "bucket": e.bucket,
+            "object_key": e.object_key,
+            "status": "pending",
+            "stored_at": e.at,
+            "staged_at": None,
+            "failure_code": None,
+            "updated_at": rec.recorded_at,
+        }
+
+    @on(AssetStaged, key=lambda e: (e.owner_id, e.sha256))
+    def staged(self, row: Row | None, e: AssetStaged, rec: RecordedEvent) -> Row | None:
+        return row and {**row, "status": "staged", "staged_at": e.at, "updated_at": rec.recorded_at}
+
+    @on(AssetStagingFailed, key=lambda e: (e.owner_id, e.sha256))
+    def failed(self, row: Row | None, e: AssetStagingFailed, rec: RecordedEvent) -> Row | None:
+        return row and {
+            **row,
+            "status": "failed",
+            "failure_code": e.code,
+            "updated_at": rec.recorded_at,
+        }
+
+    @on(AssetUnstaged, key=lambda e: (e.owner_id, e.sha256))
+    def removed(self, row: Row | None, e: AssetUnstaged, rec: RecordedEvent) -> Row | None:
+        return row and {**row, "status": "removed", "updated_at": rec.recorded_at}
+
+
+async def pending_prestages(
+    conn: asyncpg.Connection, schema: str, stored_after: datetime, limit: int
+) -> list[asyncpg.Record]:
+    """Assets stored after ``stored_after`` whose content is not staged yet, oldest first
+    (a manifest's files in the order they were uploaded)."""
+    return list(
+        await conn.fetch(
+            f"SELECT owner_id, sha256, size_bytes, bucket, object_key FROM {schema}.prestaged"
+            " WHERE status = 'pending' AND stored_at > $1 ORDER BY stored_at LIMIT $2",
+            stored_after,
+            limit,
+        )
+    )
+
+
+async def expired_prestages(
+    conn: asyncpg.Connection, schema: str, staged_before: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """(owner, sha256) of contents staged as uploaded before ``staged_before``."""
+    rows = await conn.fetch(
+        f"SELECT owner_id, sha256 FROM {schema}.prestaged"
+        " WHERE status = 'staged' AND staged_at < $1 ORDER BY staged_at LIMIT $2",
+        staged_before,
+        limit,
+    )
+    return [(r["owner_id"], r["sha256"]) for r in rows]
 
 
 # --- outputs ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 File bytes never pass through this service or the gateway: clients send parts straight to
 the store through presigned URLs, and download frames the same way. The one exception is
-staging: the stager copies each job's scene from the store to the farm's scene root.
+staging: the pre-stager copies each manifest file to the farm's scene root as soon as its
+upload completes, and the stager each job's scene (linking what the pre-stager copied).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from services.upload.commands import (
 from services.upload.completer import Completer
 from services.upload.delivery import ArchiveBuilder, RetentionSweeper
 from services.upload.multipart import Multipart
+from services.upload.prestager import ContentPrestager
 from services.upload.projections import (
     AssetsProjection,
     ManifestsProjection,
     OutputsProjection,
+    PrestagedProjection,
     StagingsProjection,
     UploadsProjection,
 )
@@ -46,6 +49,8 @@ class Upload:
     completer: Completer
     sweeper: Sweeper
     stager: SceneStager
+    #: None when ``stage_on_upload`` is off.
+    prestager: ContentPrestager | None
     archives: ArchiveBuilder
     retention: RetentionSweeper
 
@@ -90,6 +95,12 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
 
     rt.readiness_checks.append(stager_healthy)
+    # Staging as uploaded: each manifest file to the farm once its upload completes. Its
+    # failures are logged as alerts, not readiness: a job's staging copies what it missed.
+    prestager = None
+    if settings.stage_on_upload:
+        prestager = ContentPrestager(settings, rt.store, s3, rt.projectors["prestaged"])
+        rt.background("content-prestager", prestager.run)
 
     # Outputs: download URLs are signed by the same client as part URLs.
     OutputCommands(settings, signer).register(rt.commands)
@@ -109,7 +120,7 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return None
 
     rt.readiness_checks.append(outputs_delivered)
-    return Upload(s3, sessions, completer, sweeper, stager, archives, retention)
+    return Upload(s3, sessions, completer, sweeper, stager, prestager, archives, retention)
 
 
 SERVICE = Service(
@@ -123,6 +134,7 @@ SERVICE = Service(
         ManifestsProjection(),
         OutputsProjection(),
         StagingsProjection(),
+        PrestagedProjection(),
     ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),

@@ -56,6 +56,18 @@ class UploadSettings(S3Settings):
     #: again, and between looks for stagings when nothing wakes the stager.
     stage_retry_seconds: float = Field(default=5.0, gt=0)
     stage_poll_seconds: float = Field(default=2.0, gt=0)
+    #: Stage each manifest file as soon as its upload completes, before any job asks
+    #: (``RF_STAGE_ON_UPLOAD``): to ``<stage_root>/staged/.content/<owner>/<sha256>``, which
+    #: a job's staging hard-links instead of fetching. Files copied at once for that, each
+    #: held to ``stage_max_bytes_per_second`` too.
+    stage_on_upload: bool = True
+    stage_on_upload_concurrency: int = Field(default=2, ge=1)
+    #: Assets never expire from the bucket, so content staged as uploaded is removed from
+    #: the farm this many days after it was staged (and assets stored longer ago than this
+    #: are not staged as uploaded); a job's staging then fetches it as it always did.
+    stage_content_retention_days: float = Field(default=7.0, gt=0)
+    #: How often the pre-stager looks for content whose retention ended.
+    stage_content_sweep_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _a_whole_file_fits_in_flight(self) -> Self:

@@ -15,6 +15,10 @@ entries of the job's test frames. They are hard-linked into ``staged/.needed/<jo
 with the listing of the whole scene, and ``SceneNeededFilesStaged`` says so: the scene can be
 checked and prepared, and a test render run, while the rest is copied.
 
+A file whose content was staged as it was uploaded (``services/upload/prestager.py``, at
+``staged/.content/<owner>/<sha256>``) is hard-linked from there, not fetched; the staging's
+events count those bytes apart (``bytes_prestaged``).
+
 Progress is recorded at most every ``stage_progress_seconds`` and
 ``stage_progress_bytes``; ``stage_max_bytes_per_second`` caps a copy's rate. Only one
 replica stages at a time (a PostgreSQL advisory lock); stagings left unfinished by a crash
@@ -35,7 +39,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +63,13 @@ from libs.keys import KeyRefused, check_key
 from libs.leader import leadership, lock_key, sleep_or_stop, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client, error_code
-from services.upload.domain import SceneStaging, needed_dir, staged_dir, staged_name
+from services.upload.domain import (
+    SceneStaging,
+    content_path,
+    needed_dir,
+    staged_dir,
+    staged_name,
+)
 from services.upload.projections import pending_stagings
 from services.upload.settings import UploadSettings
 
@@ -201,7 +211,7 @@ class SceneStager:
                 first = await self._copy_needed(staging, files, incoming, progress)
             for file in files:
                 if file.path not in first:
-                    await self._copy(file, incoming / file.path, progress)
+                    await self._copy(staging.owner_id, file, incoming / file.path, progress)
                     progress.files_done += 1
             await progress.report()
             await asyncio.to_thread(_write_marker, incoming, job_id, scene.scene_id, files)
@@ -210,8 +220,15 @@ class SceneStager:
                 rest = [f.path for f in files if f.path not in first]
                 needed = self.root / needed_dir(job_id)
                 await asyncio.to_thread(_link_rest, final, needed, rest)
-            await self._record(job_id, lambda s: s.staged(False, total, _now()))
-            log.info("scene_staged", job_id=job_id, staged_key=staging.staged_key, bytes=total)
+            linked = progress.prestaged
+            await self._record(job_id, lambda s: s.staged(False, total - linked, _now(), linked))
+            log.info(
+                "scene_staged",
+                job_id=job_id,
+                staged_key=staging.staged_key,
+                bytes=total,
+                bytes_prestaged=linked,
+            )
         except Cancelled:
             log.info("staging_cancelled", job_id=job_id)
             await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
@@ -312,7 +329,7 @@ class SceneStager:
         wanted = {main}
         while todo := sorted(wanted - copied):
             for path in todo:
-                await self._copy(by_path[path], incoming / path, progress)
+                await self._copy(staging.owner_id, by_path[path], incoming / path, progress)
                 progress.files_done += 1
                 copied.add(path)
             if main in todo or any(p.lower().endswith(".blend") for p in todo):
@@ -328,11 +345,11 @@ class SceneStager:
         )
         seconds = time.monotonic() - started
         needed_bytes = sum(sizes[p] for p in copied)
-        totals = (len(files), progress.total)
+        totals, linked = (len(files), progress.total), progress.prestaged
         await self._record(
             staging.job_id,
             lambda s: s.needed_files_staged(
-                f"{folder}/{main}", sorted(copied), needed_bytes, totals, seconds, _now()
+                f"{folder}/{main}", sorted(copied), needed_bytes, totals, seconds, _now(), linked
             ),
         )
         log.info(
@@ -340,51 +357,76 @@ class SceneStager:
             job_id=staging.job_id,
             files=len(copied),
             bytes=needed_bytes,
+            bytes_prestaged=linked,
             seconds=round(seconds, 3),
         )
         return copied
 
-    async def _copy(self, file: SceneFile, dest: Path, progress: _Progress) -> None:
-        """Stream one object into ``dest``, checking its size and SHA-256."""
-        try:
-            obj = await self.s3.get_object(Bucket=file.bucket, Key=file.object_key)
-        except ClientError as e:
-            if error_code(e) in _MISSING:
-                raise SceneFileMissing(f"{file.path} is not in the store", path=file.path) from e
-            raise
-        declared = obj["ContentLength"]
-        size, digest = 0, hashlib.sha256()
-        out = await asyncio.to_thread(_open, dest)
-        try:
-            body = obj["Body"]
-            async with body:  # gives the connection back, read to the end or not
-                if declared != file.size_bytes:
-                    raise _size_mismatch(file, declared)
-                chunk = self.settings.stage_chunk_bytes
-                buffer = bytearray()
-                while True:
-                    piece = await body.read(chunk - len(buffer))
-                    buffer += piece
-                    if buffer and (len(buffer) >= chunk or not piece):
-                        data, buffer = buffer, bytearray()
-                        await asyncio.to_thread(_write, out, digest, data)
-                        size += len(data)
-                        await progress.add(len(data))
-                    if not piece:
-                        break
-            await asyncio.to_thread(_sync_close, out)
-        finally:
-            out.close()
-        if size != file.size_bytes:
-            raise _size_mismatch(file, size)
-        if digest.hexdigest() != file.sha256:
-            raise SceneChecksumMismatch(
-                f"{file.path}: the uploaded bytes have SHA-256 {digest.hexdigest()}, not the"
-                f" {file.sha256} declared for them",
-                path=file.path,
-                expected_sha256=file.sha256,
-                actual_sha256=digest.hexdigest(),
-            )
+    async def _copy(self, owner_id: str, file: SceneFile, dest: Path, progress: _Progress) -> None:
+        """Put one file at ``dest``: a hard link to its content if that was staged as it was
+        uploaded, else streamed from the store (see :func:`fetch`)."""
+        content = self.root / content_path(owner_id, file.sha256)
+        if await asyncio.to_thread(_link_content, content, dest, file.size_bytes):
+            await progress.add(file.size_bytes, prestaged=True)
+            return
+        await fetch(self.s3, file, dest, self.settings.stage_chunk_bytes, progress.add)
+
+
+async def fetch(
+    s3: S3Client,
+    file: SceneFile,
+    dest: Path,
+    chunk_bytes: int,
+    add: Callable[[int], Awaitable[None]],
+) -> None:
+    """Stream one object into ``dest`` in ``chunk_bytes`` pieces (``add`` is told each
+    piece's size once written), checking its size and SHA-256."""
+    try:
+        obj = await s3.get_object(Bucket=file.bucket, Key=file.object_key)
+    except ClientError as e:
+        if error_code(e) in _MISSING:
+            raise SceneFileMissing(f"{file.path} is not in the store", path=file.path) from e
+        raise
+    declared = obj["ContentLength"]
+    size, digest = 0, hashlib.sha256()
+    out = await asyncio.to_thread(_open, dest)
+    try:
+        body = obj["Body"]
+        async with body:  # gives the connection back, read to the end or not
+            if declared != file.size_bytes:
+                raise _size_mismatch(file, declared)
+            buffer = bytearray()
+            while True:
+                piece = await body.read(chunk_bytes - len(buffer))
+                buffer += piece
+                if buffer and (len(buffer) >= chunk_bytes or not piece):
+                    data, buffer = buffer, bytearray()
+                    await asyncio.to_thread(_write, out, digest, data)
+                    size += len(data)
+                    await add(len(data))
+                if not piece:
+                    break
+        await asyncio.to_thread(_sync_close, out)
+    finally:
+        out.close()
+    if size != file.size_bytes:
+        raise _size_mismatch(file, size)
+    if digest.hexdigest() != file.sha256:
+        raise SceneChecksumMismatch(
+            f"{file.path}: the uploaded bytes have SHA-256 {digest.hexdigest()}, not the"
+            f" {file.sha256} declared for them",
+            path=file.path,
+            expected_sha256=file.sha256,
+            actual_sha256=digest.hexdigest(),
+        )
+
+
+async def keep_to_rate(started: float, done: int, rate: int | None) -> None:
+    """Sleep until ``done`` bytes since ``started`` (monotonic) keep to ``rate`` a second."""
+    if rate is not None:
+        ahead = done / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 class _Progress:
@@ -394,17 +436,18 @@ class _Progress:
     def __init__(self, stager: SceneStager, job_id: str, total: int) -> None:
         self.stager, self.job_id, self.total = stager, job_id, total
         self.files_done = self.bytes_done = self.reported_bytes = 0
+        #: Of ``bytes_done``, those linked from content staged as uploaded.
+        self.prestaged = 0
         self.reported_at = self.started_at = time.monotonic()
 
-    async def add(self, n: int) -> None:
+    async def add(self, n: int, *, prestaged: bool = False) -> None:
         self.bytes_done += n
         s = self.stager.settings
-        if s.stage_max_bytes_per_second is not None:
-            ahead = self.bytes_done / s.stage_max_bytes_per_second - (
-                time.monotonic() - self.started_at
-            )
-            if ahead > 0:
-                await asyncio.sleep(ahead)  # the copy keeps to its rate
+        if prestaged:
+            self.prestaged += n
+        else:  # the copy keeps to its rate; links cost the link nothing
+            fetched = self.bytes_done - self.prestaged
+            await keep_to_rate(self.started_at, fetched, s.stage_max_bytes_per_second)
         due = (
             time.monotonic() - self.reported_at >= s.stage_progress_seconds
             and self.bytes_done - self.reported_bytes >= s.stage_progress_bytes
@@ -414,9 +457,9 @@ class _Progress:
 
     async def report(self) -> None:
         self.stager.cancel_asked.discard(self.job_id)
-        done, files, total = self.bytes_done, self.files_done, self.total
+        done, files, total, linked = self.bytes_done, self.files_done, self.total, self.prestaged
         staging = await self.stager._record(
-            self.job_id, lambda s: s.progress(files, done, total, _now())
+            self.job_id, lambda s: s.progress(files, done, total, _now(), linked)
         )
         self.reported_at, self.reported_bytes = time.monotonic(), done
         if staging.status is StagingStatus.cancelled:
@@ -479,6 +522,19 @@ def _write_marker(incoming: Path, job_id: str, scene_id: str, files: list[SceneF
         json.dump(marker, out, indent=1)
         out.flush()
         os.fsync(out.fileno())
+
+
+def _link_content(content: Path, dest: Path, size_bytes: int) -> bool:
+    """Hard-link ``content`` (staged as uploaded, verified) to ``dest``; False if it is not
+    there with ``size_bytes`` or cannot be linked (then the file is fetched)."""
+    try:
+        if content.stat().st_size != size_bytes:
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(content, dest)
+    except OSError:
+        return False
+    return True
 
 
 def _link_needed(
