@@ -118,12 +118,17 @@ class UploadsQuery:
         self, upload_id: str, owner_id: str, wait_seconds: float
     ) -> UploadView | None:
         """The session once it is no longer ``completing`` (the store has joined its parts,
-        or refused to), polling for up to ``wait_seconds``; then as it is."""
+        or refused to) and, for a completed asset, once its owner's contents show it (the
+        manifest read next counts it present), polling for up to ``wait_seconds``; then as
+        it is."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
             found = await self.upload(upload_id, owner_id)
             settled = found is None or found.status is not UploadStatus.completing
+            if settled and found is not None and _an_asset_stored(found):
+                held = await self.pool.fetch(self._held_sql, owner_id, [found.sha256])
+                settled = bool(held)
             if settled or loop.time() >= deadline:
                 return found
             await asyncio.sleep(0.05)
@@ -218,3 +223,7 @@ async def _wait(
         if (found is not None and found.version >= min_version) or loop.time() >= deadline:
             return found
         await asyncio.sleep(0.01)
+
+
+def _an_asset_stored(view: UploadView) -> bool:
+    return view.kind is UploadKind.asset and view.status is UploadStatus.completed

@@ -54,6 +54,7 @@ from contracts.uploads import (
     StoredParts,
     SubmitManifest,
     UploadAccepted,
+    UploadKind,
     UploadPage,
     UploadPartsPage,
     UploadPartUrls,
@@ -385,7 +386,8 @@ async def complete_upload(
             actor=p.actor(),
         )
         view = await _upload(gw, upload_id, p.user_id, accepted.version)
-        if view.status is UploadStatus.completing:  # the store is joining the parts
+        # The store is joining the parts; or an asset is joined, and shown as held next.
+        if view.status is UploadStatus.completing or view.kind is UploadKind.asset:
             view = (
                 await gw.uploads.wait_until_settled(upload_id, p.user_id, _JOIN_WAIT_SECONDS)
                 or view
