@@ -8,13 +8,14 @@ written (the stager's own copy, :func:`services.upload.stager.fetch`), then rena
 place: a file there is always complete and verified. ``upload.AssetStaged`` records it on
 the asset's stream. A job's staging later hard-links such a file instead of fetching it.
 
-Its to-do list is the read model ``upload.prestaged``: the assets stored within
+Its to-do list is the read model ``upload.assets`` (``prestage_status``): the assets stored within
 ``stage_content_retention_days`` whose content is not staged yet. An asset is staged once:
 the asset aggregate records ``AssetStaged`` only for one not staged, two callers for the same
 content share one copy, and a file already in place (copied before a crash, not recorded)
 is recorded without a copy. A restart finds what is left in the list. At most
 ``stage_on_upload_concurrency`` files are copied at once, each held to
-``stage_max_bytes_per_second``. Only one replica works at a time (an advisory lock).
+``stage_max_bytes_per_second``. Only one replica works at a time: the stager's leader runs
+a cycle after each of its own (under its lock, so no database connection of its own).
 
 Nothing here can fail a job: a copy that fails for a passing reason (the store or the disk
 away) is tried again later, with a growing delay; bytes that are not what was declared
@@ -39,7 +40,6 @@ from contracts.errors import SceneChecksumMismatch, SceneFileMissing, SceneSizeM
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
 from libs.eventstore.uow import UnitOfWork
-from libs.leader import leadership, lock_key, sleep_or_stop, wake_or_stop
 from libs.logging import get_logger
 from libs.s3 import S3Client
 from services.upload.domain import Asset, asset_key, content_path
@@ -66,45 +66,21 @@ class ContentPrestager:
         self.s3 = s3
         self.view = view
         self.root = Path(settings.stage_root)
-        self.is_leader = False
         self.last_error: BaseException | None = None
         #: Contents being copied now; when one that failed for a passing reason is retried.
         self.active: dict[Content, asyncio.Task[None]] = {}
         self.retry_at: dict[Content, float] = {}
         self.failures: dict[Content, int] = {}
         self.swept_at: float | None = None
-        self._wake = store.waiter()
+        #: Called when a copy ends: the leader's loop looks for more (set by the stager).
+        self.on_finished: Callable[[], None] = lambda: None
 
-    @property
-    def lock_key(self) -> int:
-        return lock_key(self.store.schema, "content-prestager")
-
-    # -- running ------------------------------------------------------------------------
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self._lead(stopping)
-            except Exception as e:
-                self.last_error = e
-                log.error("prestager_failed", error=repr(e), exc_info=True)
-                await sleep_or_stop(stopping, 1.0)
-
-    async def _lead(self, stopping: asyncio.Event) -> None:
-        async with leadership(self.store.pool, self.lock_key, stopping) as leading:
-            if not leading:
-                return
-            self.is_leader = True
-            try:
-                while not stopping.is_set():
-                    self._wake.clear()  # before looking: a wake-up meanwhile is not lost
-                    await self.cycle()
-                    await wake_or_stop(self._wake, stopping, self.settings.stage_poll_seconds)
-            finally:
-                self.is_leader = False
-                for task in self.active.values():
-                    task.cancel()
-                await asyncio.gather(*self.active.values(), return_exceptions=True)
+    async def stop(self) -> None:
+        """Stop the copies under way (leadership lost, or the service stopping); the next
+        leader makes them again."""
+        for task in self.active.values():
+            task.cancel()
+        await asyncio.gather(*self.active.values(), return_exceptions=True)
 
     async def cycle(self) -> None:
         """Remove what is past its retention (every ``stage_content_sweep_seconds``), then
@@ -174,7 +150,7 @@ class ContentPrestager:
             )
         finally:
             self.active.pop(key, None)
-            self._wake.set()
+            self.on_finished()
 
     # -- one content --------------------------------------------------------------------
 

@@ -148,7 +148,9 @@ class UploadsProjection(ReadModel):
 
 
 class AssetsProjection(ReadModel):
-    """``upload.assets``: the contents each user holds (per user, never shared)."""
+    """``upload.assets``: the contents each user holds (per user, never shared), and each
+    one's staging as uploaded (``prestage_status`` ``pending``, ``staged``, ``failed`` or
+    ``removed``: the pre-stager's to-do list and its retention sweep)."""
 
     name = "assets"
     table = "assets"
@@ -161,6 +163,9 @@ class AssetsProjection(ReadModel):
         "object_key": "text",
         "upload_id": "text",
         "stored_at": "timestamptz",
+        "prestage_status": "text",
+        "staged_at": "timestamptz",
+        "prestage_failure_code": "text",
     }
 
     @on(AssetStored, key=lambda e: (e.owner_id, e.sha256))
@@ -173,7 +178,24 @@ class AssetsProjection(ReadModel):
             "object_key": e.object_key,
             "upload_id": e.upload_id,
             "stored_at": e.at,
+            "prestage_status": "pending",
+            "staged_at": None,
+            "prestage_failure_code": None,
         }
+
+    @on(AssetStaged, key=lambda e: (e.owner_id, e.sha256))
+    def staged(self, row: Row | None, e: AssetStaged, rec: RecordedEvent) -> Row | None:
+        return row and {**row, "prestage_status": "staged", "staged_at": e.at}
+
+    @on(AssetStagingFailed, key=lambda e: (e.owner_id, e.sha256))
+    def stage_failed(
+        self, row: Row | None, e: AssetStagingFailed, rec: RecordedEvent
+    ) -> Row | None:
+        return row and {**row, "prestage_status": "failed", "prestage_failure_code": e.code}
+
+    @on(AssetUnstaged, key=lambda e: (e.owner_id, e.sha256))
+    def unstaged(self, row: Row | None, e: AssetUnstaged, rec: RecordedEvent) -> Row | None:
+        return row and {**row, "prestage_status": "removed"}
 
 
 class ManifestsProjection(ReadModel):
@@ -328,60 +350,6 @@ async def pending_stagings(conn: asyncpg.Connection, schema: str, limit: int) ->
     return [r["job_id"] for r in rows]
 
 
-class PrestagedProjection(ReadModel):
-    """``upload.prestaged``: each asset's content as staged on the farm when its upload
-    completed, for the pre-stager (what to copy, what to remove when its time is up) and
-    operators. Status ``pending``, ``staged``, ``failed`` or ``removed``."""
-
-    name = "prestaged"
-    table = "prestaged"
-    key = ("owner_id", "sha256")
-    columns = {
-        "owner_id": "text",
-        "sha256": "text",
-        "size_bytes": "bigint",
-        "bucket": "text",
-        "object_key": "text",
-        "status": "text",
-        "stored_at": "timestamptz",
-        "staged_at": "timestamptz",
-        "failure_code": "text",
-        "updated_at": "timestamptz",
-    }
-
-    @on(AssetStored, key=lambda e: (e.owner_id, e.sha256))
-    def stored(self, row: Row | None, e: AssetStored, rec: RecordedEvent) -> Row:
-        return row or {
-            "owner_id": e.owner_id,
-            "sha256": e.sha256,
-            "size_bytes": e.size_bytes,
-            "bucket": e.bucket,
-            "object_key": e.object_key,
-            "status": "pending",
-            "stored_at": e.at,
-            "staged_at": None,
-            "failure_code": None,
-            "updated_at": rec.recorded_at,
-        }
-
-    @on(AssetStaged, key=lambda e: (e.owner_id, e.sha256))
-    def staged(self, row: Row | None, e: AssetStaged, rec: RecordedEvent) -> Row | None:
-        return row and {**row, "status": "staged", "staged_at": e.at, "updated_at": rec.recorded_at}
-
-    @on(AssetStagingFailed, key=lambda e: (e.owner_id, e.sha256))
-    def failed(self, row: Row | None, e: AssetStagingFailed, rec: RecordedEvent) -> Row | None:
-        return row and {
-            **row,
-            "status": "failed",
-            "failure_code": e.code,
-            "updated_at": rec.recorded_at,
-        }
-
-    @on(AssetUnstaged, key=lambda e: (e.owner_id, e.sha256))
-    def removed(self, row: Row | None, e: AssetUnstaged, rec: RecordedEvent) -> Row | None:
-        return row and {**row, "status": "removed", "updated_at": rec.recorded_at}
-
-
 async def pending_prestages(
     conn: asyncpg.Connection, schema: str, stored_after: datetime, limit: int
 ) -> list[asyncpg.Record]:
@@ -389,8 +357,8 @@ async def pending_prestages(
     (a manifest's files in the order they were uploaded)."""
     return list(
         await conn.fetch(
-            f"SELECT owner_id, sha256, size_bytes, bucket, object_key FROM {schema}.prestaged"
-            " WHERE status = 'pending' AND stored_at > $1 ORDER BY stored_at LIMIT $2",
+            f"SELECT owner_id, sha256, size_bytes, bucket, object_key FROM {schema}.assets"
+            " WHERE prestage_status = 'pending' AND stored_at > $1 ORDER BY stored_at LIMIT $2",
             stored_after,
             limit,
         )
@@ -402,8 +370,8 @@ async def expired_prestages(
 ) -> list[tuple[str, str]]:
     """(owner, sha256) of contents staged as uploaded before ``staged_before``."""
     rows = await conn.fetch(
-        f"SELECT owner_id, sha256 FROM {schema}.prestaged"
-        " WHERE status = 'staged' AND staged_at < $1 ORDER BY staged_at LIMIT $2",
+        f"SELECT owner_id, sha256 FROM {schema}.assets"
+        " WHERE prestage_status = 'staged' AND staged_at < $1 ORDER BY staged_at LIMIT $2",
         staged_before,
         limit,
     )

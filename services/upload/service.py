@@ -29,7 +29,6 @@ from services.upload.projections import (
     AssetsProjection,
     ManifestsProjection,
     OutputsProjection,
-    PrestagedProjection,
     StagingsProjection,
     UploadsProjection,
 )
@@ -86,8 +85,13 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     sweeper = Sweeper(settings, rt.store, to_itself, multipart)
     rt.background("upload-sweeper", sweeper.run)
 
-    # Staging scenes to the farm.
-    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"])
+    # Staging scenes to the farm; and, unless turned off, each manifest file once its
+    # upload completes (led by the stager, under its lock: no connection of its own). Its
+    # failures are logged as alerts, not readiness: a job's staging copies what it missed.
+    prestager = None
+    if settings.stage_on_upload:
+        prestager = ContentPrestager(settings, rt.store, s3, rt.projectors["assets"])
+    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"], prestager)
     StagingCommands(stager.ask_cancel).register(rt.commands)
     rt.background("scene-stager", stager.run)
 
@@ -95,12 +99,6 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
         return f"scene stager: {stager.last_error!r}" if stager.last_error is not None else None
 
     rt.readiness_checks.append(stager_healthy)
-    # Staging as uploaded: each manifest file to the farm once its upload completes. Its
-    # failures are logged as alerts, not readiness: a job's staging copies what it missed.
-    prestager = None
-    if settings.stage_on_upload:
-        prestager = ContentPrestager(settings, rt.store, s3, rt.projectors["prestaged"])
-        rt.background("content-prestager", prestager.run)
 
     # Outputs: download URLs are signed by the same client as part URLs.
     OutputCommands(settings, signer).register(rt.commands)
@@ -134,7 +132,6 @@ SERVICE = Service(
         ManifestsProjection(),
         OutputsProjection(),
         StagingsProjection(),
-        PrestagedProjection(),
     ),
     wire=wire,
     secrets=frozenset({"s3_secret_access_key"}),

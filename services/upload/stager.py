@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -73,6 +73,9 @@ from services.upload.domain import (
 from services.upload.projections import pending_stagings
 from services.upload.settings import UploadSettings
 
+if TYPE_CHECKING:
+    from services.upload.prestager import ContentPrestager
+
 log = get_logger(__name__)
 
 #: Written last into a staged folder: what it holds, all verified.
@@ -99,9 +102,16 @@ class Cancelled(Exception):
 
 class SceneStager:
     def __init__(
-        self, settings: UploadSettings, store: EventStore, s3: S3Client, view: Projector
+        self,
+        settings: UploadSettings,
+        store: EventStore,
+        s3: S3Client,
+        view: Projector,
+        prestager: ContentPrestager | None = None,
     ) -> None:
         self.settings = settings
+        #: Staging as uploaded, led by this stager's leader (None: turned off).
+        self.prestager = prestager
         self.store = store
         self.s3 = s3
         self.view = view
@@ -114,6 +124,8 @@ class SceneStager:
         #: Jobs whose cancel this process was asked for: looked at before the next chunk.
         self.cancel_asked: set[str] = set()
         self._wake = store.waiter()
+        if prestager is not None:
+            prestager.on_finished = self._wake.set
 
     def ask_cancel(self, job_id: str) -> None:
         self.cancel_asked.add(job_id)
@@ -142,12 +154,26 @@ class SceneStager:
                 while not stopping.is_set():
                     self._wake.clear()  # before looking: a wake-up meanwhile is not lost
                     await self.cycle()
+                    await self._prestage()
                     await wake_or_stop(self._wake, stopping, self.settings.stage_poll_seconds)
             finally:
                 self.is_leader = False
                 for task in self.active.values():
                     task.cancel()
                 await asyncio.gather(*self.active.values(), return_exceptions=True)
+                if self.prestager is not None:
+                    await self.prestager.stop()
+
+    async def _prestage(self) -> None:
+        """A cycle of staging as uploaded; its failure is its own (logged as an alert and
+        tried again next time), never the stagings'."""
+        if self.prestager is None:
+            return
+        try:
+            await self.prestager.cycle()
+        except Exception as e:
+            self.prestager.last_error = e
+            log.error("prestager_failed", alert=True, error=repr(e), exc_info=True)
 
     async def cycle(self) -> None:
         """Start staging the pending jobs, as many as ``stage_concurrency`` at once."""
