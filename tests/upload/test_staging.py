@@ -380,7 +380,8 @@ async def test_a_manifest_is_staged_with_every_file_at_its_relative_path(
     assert isinstance(staged, SceneStaged) and not staged.reused
     folder = f"staged/{owner}/{manifest['content_sha256']}"
     assert staged.staged_key == f"{folder}/shots/main.blend"
-    assert staged.bytes_copied == len(scene) + 2 * len(wood)
+    # Fetched now, or linked from what was staged as it was uploaded (test_prestaging.py).
+    assert staged.bytes_copied + staged.bytes_prestaged == len(scene) + 2 * len(wood)
     for path, data in contents.items():
         assert (stage_root / folder / path).read_bytes() == data, path
     marker = json.loads((stage_root / folder / MARKER).read_text())
@@ -422,7 +423,8 @@ async def test_the_files_a_blend_scenes_test_frames_need_are_staged_first_and_re
     wanted = ["scene.blend", "seq/frame_0001.png", "seq/frame_0005.png", "textures/checker.png"]
     assert needed.files == wanted
     assert needed.bytes_needed == sum(len(contents[p]) for p in wanted)
-    assert (needed.files_total, needed.bytes_total) == (len(contents), staged.bytes_copied)
+    scene_bytes_total = staged.bytes_copied + staged.bytes_prestaged
+    assert (needed.files_total, needed.bytes_total) == (len(contents), scene_bytes_total)
     assert needed.staged_key == f"staged/.needed/{job_id}/scene.blend"
     assert needed.seconds > 0 and needed.at <= staged.at
     # Progress goes on after the needed files: the big file is copied after them.
