@@ -27,6 +27,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,12 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aioboto3
+import httpx
 from botocore.config import Config
 
 from bench.api_bench import JOB_SPEC, Stack
 from bench.cpu import tree_run_seconds
 from bench.infra import Child, Infra, Servers
 from bench.report import Figure
+from libs.auth import issue_access_token
 from libs.ids import new_id
 from libs.s3 import S3Client, S3Settings, client_config
 from tools.client import Api
@@ -228,12 +231,27 @@ async def stage_time(api: Api, scene_id: str, timeout: float) -> tuple[float, di
         job = await api.call("GET", f"/v1/jobs/{job['job_id']}")
 
 
+async def grant_credits(url: str, stack: Stack, user_id: str) -> None:
+    """More credits than the staging jobs hold, granted by an admin."""
+    assert stack.settings is not None
+    admin = issue_access_token(stack.settings, "usr_admin", "admin")
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        granted = await http.post(
+            f"/v1/admin/users/{user_id}/credits",
+            json={"amount_credits": "1000000.00"},
+            headers={"Authorization": f"Bearer {admin}", "Idempotency-Key": uuid.uuid4().hex},
+        )
+        granted.raise_for_status()
+
+
 async def run_uploads(infra: Infra, servers: Servers, opts: UploadBenchOptions) -> list[Figure]:
     env = {"RF_STAGE_ROOT": str(infra.root / "farm-scenes"), "RF_LOG_LEVEL": "WARNING"}
-    stack = Stack(infra, servers, services=("job", "upload", "scheduler"), env=env)
+    # No scene is staged before billing holds the job's credits: the wallet and billing run.
+    services = ("job", "upload", "scheduler", "wallet", "billing")
+    stack = Stack(infra, servers, services=services, env=env)
     t0 = time.perf_counter()
     await stack.start()
-    print(f"   gateway, upload, job and scheduler ready in {time.perf_counter() - t0:.1f} s")
+    print(f"   gateway, {', '.join(services)} ready in {time.perf_counter() - t0:.1f} s")
     gateway = stack.gateway
     assert gateway is not None
     s3_env = infra.s3_env(stack.prefix)
@@ -255,7 +273,9 @@ async def run_uploads(infra: Infra, servers: Servers, opts: UploadBenchOptions) 
     gw_seconds = parts_cpu = parts_seconds = fixed_cpu = 0.0
     upload_id = ""
     try:
-        async with Api(url, stack.token(new_id("usr"))) as api, direct_client(settings) as s3:
+        user_id = new_id("usr")
+        async with Api(url, stack.token(user_id)) as api, direct_client(settings) as s3:
+            await grant_credits(url, stack, user_id)
             h0 = time.perf_counter()
             await digest([f], uopts)
             hash_seconds = time.perf_counter() - h0
