@@ -44,7 +44,7 @@ NO_CLOUD = "NoCloudAccessError: Cloud access is not set up. Run: sky check"
 def python() -> Path:
     python = sky_python()
     if not python.is_file():
-        pytest.skip(f"no {python}: `make venv` builds the scaler's SkyPilot venv (.venv-sky)")
+        pytest.fail(f"no {python}: run `make venv` (it builds .venv-sky)")
     return python
 
 
