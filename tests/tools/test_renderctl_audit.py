@@ -5,7 +5,6 @@ in the test's process, a registered user with an API key."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +17,8 @@ from contracts.billing import InstancePrice, PriceList, PriceUnit
 from contracts.jobs import JobPriority
 from libs.config import BaseServiceSettings
 from libs.ids import new_id
-from libs.runtime import ServiceRuntime, build
+from libs.runtime import ServiceRuntime
 from services.gateway.settings import GatewaySettings
-from services.notifier.service import SERVICE as NOTIFIER
-from services.notifier.settings import NotifierSettings
-from tests.conftest import Env
 from tests.fixtures import Users
 from tests.render.conftest import RenderSystem
 from tests.tools.cli import printed
@@ -65,15 +61,6 @@ def priced_by_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
         egress_per_gb=Decimal("0"),
     )
     monkeypatch.setenv("RF_BILLING_DEFAULT_PRICES", prices.model_dump_json())
-
-
-@pytest.fixture
-async def notifier(env: Env) -> AsyncIterator[ServiceRuntime[Any]]:
-    """The notifier in the test's process: the job's completion becomes a notification."""
-    rt = await build(NOTIFIER, env.settings(NotifierSettings))
-    await rt.launch()
-    yield rt
-    await rt.stop()
 
 
 @dataclass
