@@ -5,6 +5,11 @@ failed delivery, or at once for :class:`Poison`, the message is copied to the DL
 (subject ``dlq.<durable>``) with the reason and then terminated. If the process dies during
 the last delivery, JetStream's max-deliveries advisory triggers the same copy.
 Handlers must be idempotent (see :func:`claim_event`): delivery is at least once.
+
+A consumer may also have a batch handler: each fetched batch is offered to it whole (one
+transaction for many events, say); if it raises, nothing of it may have stayed, and every
+message of the batch is delivered to the one-event handler as above, so retries, back-off
+and dead letters stay per event.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError as JetStreamAPIError
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from contracts.base import EVENTS, Event, EventRegistry, JsonDict
 from libs.config import BaseServiceSettings
@@ -86,6 +92,8 @@ class BusEvent:
 
 
 Handler = Callable[[BusEvent], Awaitable[None]]
+#: Handles a whole batch, in order, all or nothing.
+BatchHandler = Callable[[Sequence[BusEvent]], Awaitable[None]]
 
 
 async def claim_event(
@@ -103,6 +111,31 @@ async def claim_event(
     return status == "INSERT 0 1"
 
 
+async def handled_events(
+    conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of ``event_ids`` ``consumer`` has handled (a batch's read before its writes)."""
+    rows = await conn.fetch(
+        f"SELECT event_id FROM {schema}.inbox WHERE consumer = $1 AND event_id = ANY($2)",
+        consumer,
+        list(event_ids),
+    )
+    return {r["event_id"] for r in rows}
+
+
+async def claim_events(
+    conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Sequence[uuid.UUID]
+) -> bool:
+    """:func:`claim_event` for many at once: False if any was handled before."""
+    status: str = await conn.execute(
+        f"INSERT INTO {schema}.inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])"
+        " ON CONFLICT DO NOTHING",
+        consumer,
+        list(event_ids),
+    )
+    return status == f"INSERT 0 {len(event_ids)}"
+
+
 class DurableConsumer:
     def __init__(
         self,
@@ -117,6 +150,7 @@ class DurableConsumer:
         backoff: Sequence[float] = (0.5, 2, 10, 30),
         ack_wait: float = 30,
         batch: int = 50,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -128,7 +162,10 @@ class DurableConsumer:
         self.backoff = list(backoff)
         self.ack_wait = ack_wait
         self.batch = batch
+        self.batch_handler = batch_handler
         self.handled = 0
+        #: Batches the batch handler refused, handled one event at a time instead.
+        self.batches_split = 0
         self.dead_lettered = 0
 
     async def ensure(self) -> None:
@@ -164,6 +201,8 @@ class DurableConsumer:
                 except (NatsError, JetStreamAPIError) as e:  # a hiccup must not end the consumer
                     log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(e))
                     await asyncio.sleep(0.5)
+                    continue
+                if len(msgs) > 1 and await self._deliver_batch(msgs):
                     continue
                 for msg in msgs:
                     await self._deliver(msg)
@@ -203,6 +242,31 @@ class DurableConsumer:
             await msg.ack()
         finally:
             otel_context.detach(token)
+
+    async def _deliver_batch(self, msgs: Sequence[Msg]) -> bool:
+        """Offer the batch to the batch handler: True if it handled every message."""
+        if self.batch_handler is None:
+            return False
+        try:
+            events = [BusEvent.from_msg(m) for m in msgs]
+        except Poison:
+            return False
+        # The batch's span is linked to every message's trace.
+        contexts = [trace.get_current_span(extract_context(m.headers)) for m in msgs]
+        links = [
+            trace.Link(s.get_span_context()) for s in contexts if s.get_span_context().is_valid
+        ]
+        try:
+            with _tracer.start_as_current_span(f"consume {self.durable} batch", links=links):
+                await self.batch_handler(events)
+        except Exception as e:
+            self.batches_split += 1
+            log.info("consumer_batch_split", consumer=self.durable, size=len(msgs), error=repr(e))
+            return False
+        for m in msgs:
+            await m.ack()
+        self.handled += len(msgs)
+        return True
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         seq = msg.metadata.sequence.stream

@@ -109,6 +109,9 @@ class UnitOfWork:
         self.metadata: JsonDict = metadata or {}
         self.snapshot_every = snapshot_every
         self._loaded: dict[str, Aggregate] = {}
+        #: Events taken from the aggregates by :meth:`stamp`, under the metadata they were
+        #: recorded with, per stream: (the stream's stored version, the events).
+        self._stamped: dict[str, tuple[int, list[NewEvent]]] = {}
         #: Everything this unit of work appended, in order.
         self.recorded: list[RecordedEvent] = []
 
@@ -170,14 +173,25 @@ class UnitOfWork:
     def new_events(self, events: Sequence[Event]) -> list[NewEvent]:
         return [NewEvent(e, metadata=self.metadata) for e in events]
 
+    def stamp(self, metadata: JsonDict) -> None:
+        """Stamp what has been recorded so far with the current metadata and use ``metadata``
+        from now on: one unit of work handling several causes (a consumer's batch of events)
+        keeps each event's own causation. The commit still writes everything at once."""
+        for aggregate in self._loaded.values():
+            if aggregate.pending:
+                stored = aggregate.stored_version
+                _, events = self._stamped.setdefault(aggregate.stream_id, (stored, []))
+                events.extend(self.new_events(aggregate.collect()))
+        self.metadata = metadata
+
     def _writes(self) -> tuple[list[StreamWrite], list[Aggregate]]:
         writes, changed = [], []
         for aggregate in self._loaded.values():
-            if aggregate.pending:
-                expected = aggregate.stored_version
-                writes.append(
-                    StreamWrite(aggregate.stream_id, expected, self.new_events(aggregate.collect()))
-                )
+            stamped = self._stamped.pop(aggregate.stream_id, None)
+            if aggregate.pending or stamped is not None:
+                expected, events = stamped or (aggregate.stored_version, [])
+                events = [*events, *self.new_events(aggregate.collect())]
+                writes.append(StreamWrite(aggregate.stream_id, expected, events))
                 changed.append(aggregate)
         return writes, changed
 

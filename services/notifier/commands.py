@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from contracts.base import Event
+from contracts.base import Event, JsonDict
 from contracts.billing import JobCostCapReached
 from contracts.errors import WebhookUrlInvalid
 from contracts.identity import ApiKeyRevoked, UserErased, UserRegistered
@@ -62,8 +62,8 @@ from contracts.wallet import (
     HoldVoided,
 )
 from libs.bus.commands import CommandServer
-from libs.bus.consumer import BusEvent, Retry, claim_event
-from libs.eventstore.store import EventStore, Position
+from libs.bus.consumer import BusEvent, Retry, claim_event, claim_events, handled_events
+from libs.eventstore.store import EventStore, Position, RecordedEvent
 from libs.eventstore.uow import UnitOfWork
 from services.notifier.addresses import check_destination
 from services.notifier.domain import (
@@ -247,6 +247,10 @@ class _AlreadyHandled(Exception):
     """The event is in the inbox: another delivery handled it."""
 
 
+class Unbatchable(Exception):
+    """A batch that must be handled one event at a time."""
+
+
 class TriggerEvents:
     """Trigger events into notifications and webhook deliveries: the durable consumer
     ``notifier``. Each event is claimed in the inbox in the transaction that appends what it
@@ -269,29 +273,61 @@ class TriggerEvents:
         self.scheduled = scheduled
         self.mailed = mailed
 
-    async def handle(self, bus_event: BusEvent) -> None:
-        metadata = {
+    def _metadata(self, bus_event: BusEvent) -> JsonDict:
+        return {
             "actor": {"kind": "service", "id": self.settings.service_name},
             "correlation_id": bus_event.metadata.get("correlation_id") or str(bus_event.event_id),
             "causation_id": str(bus_event.event_id),
         }
+
+    async def handle(self, bus_event: BusEvent) -> None:
         event = bus_event.decode(self.store.registry)
         if isinstance(event, UserErased):  # the address overwritten first, then the tombstone
             await shred(self.store.pool, self.store.schema, event.user_id)
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
-                uow = UnitOfWork(self.store, conn=conn, metadata=metadata)
+                uow = UnitOfWork(self.store, conn=conn, metadata=self._metadata(bus_event))
                 await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
                 if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
                     raise _AlreadyHandled
         except _AlreadyHandled:
             return
-        if not uow.recorded:
+        self._recorded(uow.recorded)
+
+    async def handle_batch(self, bus_events: Sequence[BusEvent]) -> None:
+        """A fetched batch in one transaction, in order (a user's events stay in order): what
+        each event causes is recorded under its own causation. Raises, with nothing kept, if
+        any event of it cannot be handled now; the consumer then hands them over one by one.
+        An erasure is never batched (its overwrite is a transaction of its own)."""
+        if any(e.event_type == UserErased.event_type for e in bus_events):
+            raise Unbatchable("an erasure is handled alone")
+        schema, registry = self.store.schema, self.store.registry
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            handled = await handled_events(
+                conn, schema, self.durable, [e.event_id for e in bus_events]
+            )
+            todo = list({e.event_id: e for e in bus_events if e.event_id not in handled}.values())
+            uow = UnitOfWork(self.store, conn=conn)
+            for bus_event in todo:
+                uow.stamp(self._metadata(bus_event))
+                await notify(
+                    uow, bus_event.decode(registry), bus_event, self.settings.low_balance_credits
+                )
+            await uow.commit()  # the events insert is the transaction's first write
+            if todo and not await claim_events(
+                conn, schema, self.durable, [e.event_id for e in todo]
+            ):
+                raise Unbatchable("another delivery handled part of the batch meanwhile")
+        self._recorded(uow.recorded)
+
+    def _recorded(self, recorded: Sequence[RecordedEvent]) -> None:
+        """Wake the tailers, and the sender and the mailer for what they have to send."""
+        if not recorded:
             return
         self.store.notify_appended()
-        last = uow.recorded[-1]
-        types = {r.event_type for r in uow.recorded}
+        last = recorded[-1]
+        types = {r.event_type for r in recorded}
         if types & {WebhookDeliveryScheduled.event_type, WebhookEndpointDisabled.event_type}:
             self.scheduled(Position(last.tx_id, last.position))
         if EmailScheduled.event_type in types:

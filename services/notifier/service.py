@@ -63,6 +63,7 @@ async def wire(rt: ServiceRuntime[Notifier]) -> Notifier:
         triggers.durable,
         triggers.subjects,
         triggers.handle,
+        batch_handler=triggers.handle_batch,
         max_deliver=MAX_DELIVER,
         backoff=BACKOFF,
         batch=100,

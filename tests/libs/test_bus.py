@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -185,6 +186,49 @@ async def test_an_effect_committed_before_a_lost_ack_is_not_applied_again(
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM es.effects") == 1
     assert deliveries == [1, 2]
+
+
+async def test_a_batch_handler_takes_a_fetched_batch_whole_or_leaves_it_to_the_event_handler(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    async def publish(first: int) -> None:
+        for i in range(first, first + 5):
+            await store.append(f"job-b{i}", [NewEvent(FrameRendered(frame=i))], 0)
+        await relay_all(store, nc, settings)
+
+    singles: list[int] = []
+    batches: list[list[int]] = []
+    refuse = True
+    enough = asyncio.Event()
+
+    async def one(event: BusEvent) -> None:
+        singles.append(event.data["frame"])
+        if len(singles) + sum(map(len, batches)) >= target:
+            enough.set()
+
+    async def many(events: Sequence[BusEvent]) -> None:
+        if refuse:  # the first batch is refused: each of its events goes to the handler
+            raise ConnectionError("the database went away mid-batch")
+        batches.append([e.data["frame"] for e in events])
+        if len(singles) + sum(map(len, batches)) >= target:
+            enough.set()
+
+    def consumer() -> DurableConsumer:
+        return DurableConsumer(
+            nc, nc.jetstream(), settings, "batched", ["events.test.>"], one, batch_handler=many
+        )
+
+    await publish(0)
+    target, first = 5, consumer()
+    await run_consumer(first, enough, 10)
+    assert (sorted(singles), batches, first.batches_split) == ([0, 1, 2, 3, 4], [], 1)
+    refuse, enough = False, asyncio.Event()
+    await publish(5)
+    target, second = 10, consumer()
+    await run_consumer(second, enough, 10)
+    assert sorted(f for b in batches for f in b) == [5, 6, 7, 8, 9]
+    assert max(map(len, batches)) > 1 and second.handled == 5
+    assert len(singles) == 5  # nothing handled twice
 
 
 # -- commands ---------------------------------------------------------------------------

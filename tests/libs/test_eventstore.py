@@ -201,6 +201,31 @@ async def test_two_units_of_work_on_one_stream_cannot_both_commit(any_store: Sto
     assert (await count(any_store)).frames == [1]
 
 
+async def test_a_unit_of_work_handling_several_causes_stamps_each_event_with_its_own(
+    any_store: Store,
+) -> None:
+    await count(any_store, 1)
+    uow = UnitOfWork(any_store)
+    counter, other = await uow.get(FrameCounter, "x"), await uow.get(FrameCounter, "y")
+    uow.stamp({"causation_id": "a"})
+    counter.render(2)
+    uow.stamp({"causation_id": "b"})
+    counter.render(3)
+    other.render(1)
+    uow.stamp({"causation_id": "c"})
+    counter.render(4)
+    recorded = await uow.commit()
+    assert len(recorded) == 4  # one write: the stream at the version it was loaded at
+    x = await any_store.read_stream("counter-x")
+    assert [(e.version, e.metadata["causation_id"]) for e in x[1:]] == [
+        (2, "a"),
+        (3, "b"),
+        (4, "c"),
+    ]
+    [y] = await any_store.read_stream("counter-y")
+    assert y.metadata["causation_id"] == "b"
+
+
 async def test_a_long_stream_loads_from_its_snapshot_with_the_same_state(
     any_store: Store,
 ) -> None:
