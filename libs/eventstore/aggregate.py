@@ -33,12 +33,17 @@ class Aggregate(BaseModel):
     stream_prefix: ClassVar[str]
     #: Bump when the shape of the state changes; older snapshots are then ignored.
     snapshot_version: ClassVar[int] = 1
+    #: Snapshot every this many events instead of the unit of work's default: a stream
+    #: that grows fast and whose state is small (a feed whose state is its version).
+    snapshot_every: ClassVar[int | None] = None
 
     _key: str = PrivateAttr(default="")
     _version: int = PrivateAttr(default=0)
     _pending: list[Event] = PrivateAttr(default_factory=list)
     _refusals: list[Exception] = PrivateAttr(default_factory=list)
     _sealed: bool = PrivateAttr(default=False)
+    #: Where :meth:`record` reports that this aggregate recorded (its unit of work's list).
+    _journal: list[Aggregate] | None = PrivateAttr(default=None)
 
     @abc.abstractmethod
     def apply(self, event: Event) -> None:
@@ -68,6 +73,8 @@ class Aggregate(BaseModel):
                 raise error
         self._pending.extend(events)
         self._version += len(events)
+        if self._journal is not None:
+            self._journal.append(self)
         return list(events)
 
     def seal(self) -> None:

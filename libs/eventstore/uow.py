@@ -112,6 +112,8 @@ class UnitOfWork:
         #: Events taken from the aggregates by :meth:`stamp`, under the metadata they were
         #: recorded with, per stream: (the stream's stored version, the events).
         self._stamped: dict[str, tuple[int, list[NewEvent]]] = {}
+        #: The aggregates that recorded since the last :meth:`stamp` (each as often as it did).
+        self._recorders: list[Aggregate] = []
         #: Everything this unit of work appended, in order.
         self.recorded: list[RecordedEvent] = []
 
@@ -163,6 +165,7 @@ class UnitOfWork:
                 base=base,
                 base_version=base_version,
             )
+            aggregate._journal = self._recorders
             self._loaded[stream_id] = aggregate
 
     async def _reload(self, stream_id: str) -> tuple[LoadedStream, JsonDict | None]:
@@ -177,15 +180,17 @@ class UnitOfWork:
         """Stamp what has been recorded so far with the current metadata and use ``metadata``
         from now on: one unit of work handling several causes (a consumer's batch of events)
         keeps each event's own causation. The commit still writes everything at once."""
-        for aggregate in self._loaded.values():
-            if aggregate.pending:
-                stored = aggregate.stored_version
-                _, events = self._stamped.setdefault(aggregate.stream_id, (stored, []))
-                events.extend(self.new_events(aggregate.collect()))
+        recorders = list(self._recorders)
+        self._recorders.clear()  # in place: the aggregates hold this list
+        for aggregate in {id(a): a for a in recorders if a.pending}.values():
+            stored = aggregate.stored_version
+            _, events = self._stamped.setdefault(aggregate.stream_id, (stored, []))
+            events.extend(self.new_events(aggregate.collect()))
         self.metadata = metadata
 
     def _writes(self) -> tuple[list[StreamWrite], list[Aggregate]]:
         writes, changed = [], []
+        self._recorders.clear()
         for aggregate in self._loaded.values():
             stamped = self._stamped.pop(aggregate.stream_id, None)
             if aggregate.pending or stamped is not None:
@@ -220,7 +225,6 @@ class UnitOfWork:
     def _due_snapshots(
         self, writes: Sequence[StreamWrite], changed: Sequence[Aggregate]
     ) -> list[SnapshotWrite]:
-        every = self.snapshot_every
         return [
             SnapshotWrite(
                 aggregate.stream_id,
@@ -229,8 +233,12 @@ class UnitOfWork:
                 aggregate.snapshot(),
             )
             for write, aggregate in zip(writes, changed, strict=True)
-            if aggregate.version // every > write.expected_version // every
+            if aggregate.version // self._every(aggregate)
+            > write.expected_version // self._every(aggregate)
         ]
+
+    def _every(self, aggregate: Aggregate) -> int:
+        return type(aggregate).snapshot_every or self.snapshot_every
 
 
 class ReadOnlyUnitOfWork(UnitOfWork):

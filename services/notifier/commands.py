@@ -285,7 +285,7 @@ class TriggerEvents:
         if isinstance(event, UserErased):  # the address overwritten first, then the tombstone
             await shred(self.store.pool, self.store.schema, event.user_id)
         try:
-            async with self.store.pool.acquire() as conn, conn.transaction():
+            async with self.store.session() as conn, conn.transaction():
                 uow = UnitOfWork(self.store, conn=conn, metadata=self._metadata(bus_event))
                 await notify(uow, event, bus_event, self.settings.low_balance_credits)
                 await uow.commit()  # the events insert is the transaction's first write
@@ -303,7 +303,7 @@ class TriggerEvents:
         if any(e.event_type == UserErased.event_type for e in bus_events):
             raise Unbatchable("an erasure is handled alone")
         schema, registry = self.store.schema, self.store.registry
-        async with self.store.pool.acquire() as conn, conn.transaction():
+        async with self.store.session() as conn, conn.transaction():
             handled = await handled_events(
                 conn, schema, self.durable, [e.event_id for e in bus_events]
             )

@@ -742,6 +742,8 @@ class Feed(Aggregate):
     """The user's live feed, stream ``feed-<user id>``: item n is version n."""
 
     stream_prefix = "feed"
+    #: The state is the version alone: a load reads at most 9 items after the snapshot.
+    snapshot_every = 10
 
     def apply(self, event: Event) -> None:
         pass  # the version is the whole state

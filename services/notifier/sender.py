@@ -17,6 +17,7 @@ import contextlib
 import random
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -39,6 +40,15 @@ log = get_logger(__name__)
 CATCH_UP_SECONDS = 5.0
 #: Due deliveries taken per look.
 BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A due delivery as the read model shows it: what its attempt loads."""
+
+    delivery_id: str
+    user_id: str
+    notification_id: str
 
 
 def message_body(notification: Notification) -> bytes:
@@ -77,16 +87,18 @@ class DeliveryWorker:
         self.last_error: str | None = None
         self._wanted: Position | None = None
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
-        self._queues: dict[str, deque[str]] = {}
+        self._queues: dict[str, deque[Due]] = {}
         self._drainers: dict[str, set[asyncio.Task[None]]] = {}
         self._queued: set[str] = set()
         s = store.schema
         # Due ones, and at once every pending one of a disabled endpoint (to dead-letter it).
         self._due_sql = (
-            f"(SELECT delivery_id, endpoint_id FROM {s}.deliveries WHERE status = 'pending'"
+            f"(SELECT delivery_id, endpoint_id, user_id, notification_id FROM {s}.deliveries"
+            " WHERE status = 'pending'"
             " AND next_attempt_at <= $1 AND NOT (delivery_id = ANY($2))"
             " ORDER BY next_attempt_at LIMIT $3)"
-            f" UNION (SELECT d.delivery_id, d.endpoint_id FROM {s}.deliveries d"
+            " UNION (SELECT d.delivery_id, d.endpoint_id, d.user_id, d.notification_id"
+            f" FROM {s}.deliveries d"
             f" JOIN {s}.webhook_endpoints e ON e.endpoint_id = d.endpoint_id"
             " WHERE e.disabled_at IS NOT NULL AND d.status = 'pending'"
             " AND NOT (d.delivery_id = ANY($2)) LIMIT $3)"
@@ -134,18 +146,18 @@ class DeliveryWorker:
                 self._drainers.pop(endpoint_id, None)
         now = datetime.now(UTC)
         busy = list(self._queued)
-        async with self.store.pool.acquire() as conn:
+        async with self.store.session() as conn:
             due = await conn.fetch(self._due_sql, now, busy, BATCH)
-            for row in due:
-                self._enqueue(row["endpoint_id"], row["delivery_id"])
+            for delivery_id, endpoint_id, user_id, notification_id in due:
+                self._enqueue(endpoint_id, Due(delivery_id, user_id, notification_id))
             nxt: datetime | None = await conn.fetchval(self._next_sql, list(self._queued))
         poll = self.settings.webhook_poll_seconds
         if nxt is None:
             return poll
         return min(poll, max(0.01, (nxt - datetime.now(UTC)).total_seconds()))
 
-    def _enqueue(self, endpoint_id: str, delivery: str) -> None:
-        self._queued.add(delivery)
+    def _enqueue(self, endpoint_id: str, delivery: Due) -> None:
+        self._queued.add(delivery.delivery_id)
         self._queues.setdefault(endpoint_id, deque()).append(delivery)
         drainers = self._drainers.setdefault(endpoint_id, set())
         # A drainer that has returned is done at once (its set removal comes a step later).
@@ -162,19 +174,26 @@ class DeliveryWorker:
                     await self.attempt(delivery)
                 self.last_error = None
             except Exception as e:  # the delivery stays due: it is taken again
-                self.last_error = f"{delivery}: {e!r}"
-                log.error("webhook_attempt_failed", delivery_id=delivery, error=repr(e))
+                self.last_error = f"{delivery.delivery_id}: {e!r}"
+                log.error("webhook_attempt_failed", delivery_id=delivery.delivery_id, error=repr(e))
             finally:
-                self._queued.discard(delivery)
+                self._queued.discard(delivery.delivery_id)
 
-    async def attempt(self, delivery_key: str) -> None:
+    async def attempt(self, due_delivery: Due) -> None:
         """Send one delivery if it is due, and record what happened."""
+        key = due_delivery.delivery_id
         metadata = {
             "actor": {"kind": "service", "id": self.settings.service_name},
-            "correlation_id": f"delivery:{delivery_key}",
+            "correlation_id": f"delivery:{key}",
         }
         uow = UnitOfWork(self.store, metadata=metadata)
-        delivery = await uow.get(Delivery, delivery_key)
+        # The delivery, its user's endpoints and its notification in one query.
+        await uow.prefetch(
+            (Delivery, key),
+            (Webhooks, due_delivery.user_id),
+            (Notification, due_delivery.notification_id),
+        )
+        delivery = await uow.get(Delivery, key)
         now = datetime.now(UTC)
         due = delivery.next_attempt_at
         if not delivery.exists or due is None or delivery.status is not DeliveryStatus.pending:
