@@ -124,10 +124,24 @@ class UnitOfWork:
     async def get(self, cls: type[A], key: str) -> A:
         """The aggregate ``cls`` at ``key`` (a new, empty one if its stream is empty)."""
         stream_id = cls.stream_id_for(key)
-        known = self._loaded.get(stream_id)
-        if known is None:
+        if stream_id not in self._loaded:
             await self.prefetch((cls, key))
-            known = self._loaded[stream_id]
+        return self._loaded_as(cls, stream_id)
+
+    def create(self, cls: type[A], key: str) -> A:
+        """The aggregate ``cls`` at a key made fresh for it (say, with the time in it): empty,
+        without a load. If its stream exists after all, the commit fails with
+        :class:`~libs.eventstore.store.ConcurrencyError`, as a stale load would."""
+        stream_id = cls.stream_id_for(key)
+        if stream_id in self._loaded:
+            return self._loaded_as(cls, stream_id)
+        aggregate = cls.rehydrate(key, [])
+        aggregate._journal = self._recorders
+        self._loaded[stream_id] = aggregate
+        return aggregate
+
+    def _loaded_as(self, cls: type[A], stream_id: str) -> A:
+        known = self._loaded[stream_id]
         if not isinstance(known, cls):
             raise TypeError(f"{stream_id} is loaded as {type(known).__name__}")
         return known

@@ -226,6 +226,19 @@ async def test_a_unit_of_work_handling_several_causes_stamps_each_event_with_its
     assert y.metadata["causation_id"] == "b"
 
 
+async def test_an_aggregate_created_without_a_load_conflicts_if_its_stream_exists(
+    any_store: Store,
+) -> None:
+    uow = UnitOfWork(any_store)
+    uow.create(FrameCounter, "fresh").render(1)
+    await uow.commit()
+    assert [e.version for e in await any_store.read_stream("counter-fresh")] == [1]
+    again = UnitOfWork(any_store)
+    again.create(FrameCounter, "fresh").render(2)
+    with pytest.raises(ConcurrencyError):
+        await again.commit()
+
+
 async def test_a_long_stream_loads_from_its_snapshot_with_the_same_state(
     any_store: Store,
 ) -> None:
