@@ -164,7 +164,8 @@ class DurableConsumer:
         self.batch = batch
         self.batch_handler = batch_handler
         self.handled = 0
-        #: Batches the batch handler refused, handled one event at a time instead.
+        #: Batches the batch handler took, and those it refused (handled event by event).
+        self.batches = 0
         self.batches_split = 0
         self.dead_lettered = 0
 
@@ -265,6 +266,7 @@ class DurableConsumer:
             return False
         for m in msgs:
             await m.ack()
+        self.batches += 1
         self.handled += len(msgs)
         return True
 

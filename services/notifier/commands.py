@@ -310,11 +310,12 @@ class TriggerEvents:
             )
             todo = list({e.event_id: e for e in bus_events if e.event_id not in handled}.values())
             uow = UnitOfWork(self.store, conn=conn)
-            for bus_event in todo:
+            low = self.settings.low_balance_credits
+            events = [(bus_event.decode(registry), bus_event) for bus_event in todo]
+            await prefetch_batch(uow, events, low)
+            for event, bus_event in events:
                 uow.stamp(self._metadata(bus_event))
-                await notify(
-                    uow, bus_event.decode(registry), bus_event, self.settings.low_balance_credits
-                )
+                await notify(uow, event, bus_event, low)
             await uow.commit()  # the events insert is the transaction's first write
             if todo and not await claim_events(
                 conn, schema, self.durable, [e.event_id for e in todo]

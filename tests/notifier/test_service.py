@@ -15,12 +15,14 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from contracts.identity import ApiKeyRevoked
 from contracts.notifications import (
+    NotificationCreated,
     NotificationKind,
     RegisterWebhookEndpoint,
     RotateWebhookSecret,
     WebhookEndpointDisabled,
     WebhookEndpointSecret,
 )
+from contracts.uploads import UploadExpired
 from libs.bus.commands import CommandClient
 from libs.ids import new_id
 from libs.readmodels.notifications import NotificationsQuery
@@ -28,7 +30,7 @@ from libs.runtime import ServiceRuntime
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import webhook_headers
 from tests.notifier.conftest import ACTOR, Publisher, Receiver
-from tests.notifier.events import owners, triggers
+from tests.notifier.events import AT, owners, triggers
 from tests.waiting import until
 
 USER = "usr_service"
@@ -262,3 +264,30 @@ async def test_a_revoked_keys_endpoint_is_disabled_once_and_its_pending_deliveri
 
 def body_type(body: bytes) -> str:
     return str(json.loads(body)["type"])
+
+
+async def test_a_burst_for_many_users_is_handled_in_batches_each_event_once_under_its_cause(
+    notifier: ServiceRuntime[Any], publisher: Publisher
+) -> None:
+    users = [f"usr_burst{i}" for i in range(20)]
+    causes = {}
+    for round_ in range(3):
+        for user in users:
+            event = UploadExpired(upload_id=f"upl_{user}_{round_}", owner_id=user, at=AT)
+            causes[await publisher.publish(event)] = user  # each twice
+    q = query(notifier)
+
+    async def all_made() -> bool:
+        return all([await q.unread_count(u) == 3 for u in users])
+
+    await until(all_made, "three notifications for each of the 20 users")
+    [consumer] = notifier.consumers
+    assert consumer.batches >= 1 and consumer.batches_split == 0
+    rows = await notifier.pool.fetch(
+        f"SELECT data->>'user_id' AS user_id, metadata->>'causation_id' AS cause"
+        f" FROM {notifier.schema}.events WHERE type = $1",
+        NotificationCreated.event_type,
+    )
+    assert sorted((r["cause"], r["user_id"]) for r in rows) == sorted(
+        (str(e), u) for e, u in causes.items()
+    )
