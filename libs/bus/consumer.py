@@ -190,10 +190,13 @@ class DurableConsumer:
         sub = await self.js.pull_subscribe_bind(
             durable=self.durable, stream=self.settings.events_stream
         )
+        # With a backlog (a full batch came), the next batch is asked for while this one is
+        # handled, so the fetch's round trip is not on the handling's path.
+        ahead: asyncio.Task[list[Msg]] | None = None
         try:
             while not stopping.is_set():
                 try:
-                    msgs = await self._fetch(sub)
+                    msgs = await (ahead or self._fetch(sub))
                 except TimeoutError:
                     # Nothing to fetch. nats-py raises its own TimeoutError or, from deeper
                     # down, a plain asyncio one: both are this builtin (the plain one once
@@ -203,16 +206,28 @@ class DurableConsumer:
                     log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(e))
                     await asyncio.sleep(0.5)
                     continue
-                if len(msgs) > 1 and await self._deliver_batch(msgs):
-                    continue
-                for msg in msgs:
-                    await self._deliver(msg)
+                finally:
+                    ahead = None
+                if len(msgs) >= self.batch and not stopping.is_set():
+                    ahead = asyncio.create_task(self._fetch(sub))
+                await self._handle(msgs)
+            if ahead is not None:  # stopping: what it brings is handled, not left unacked
+                with contextlib.suppress(TimeoutError, NatsError, JetStreamAPIError):
+                    await self._handle(await ahead)
         finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             for a in advisories:
                 with contextlib.suppress(Exception):
                     await a.unsubscribe()
+
+    async def _handle(self, msgs: Sequence[Msg]) -> None:
+        if len(msgs) > 1 and await self._deliver_batch(msgs):
+            return
+        for msg in msgs:
+            await self._deliver(msg)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         # No idle heartbeat: nats-py asks for the rest of a batch with the time left, and

@@ -231,6 +231,53 @@ async def test_a_batch_handler_takes_a_fetched_batch_whole_or_leaves_it_to_the_e
     assert len(singles) == 5  # nothing handled twice
 
 
+async def test_a_backlog_is_fetched_ahead_and_what_was_fetched_is_handled_at_a_stop(
+    store: EventStore, nc: Client, settings: BaseServiceSettings
+) -> None:
+    for i in range(250):
+        await store.append(f"job-a{i}", [NewEvent(FrameRendered(frame=i))], 0)
+    await relay_all(store, nc, settings)
+    seen: list[int] = []
+    stopping = asyncio.Event()
+
+    async def many(events: Sequence[BusEvent]) -> None:
+        seen.extend(e.data["frame"] for e in events)
+        stopping.set()  # stop after the first batch: the one fetched ahead is handled too
+
+    async def one(event: BusEvent) -> None:
+        seen.append(event.data["frame"])
+
+    def consumer() -> DurableConsumer:
+        return DurableConsumer(
+            nc,
+            nc.jetstream(),
+            settings,
+            "ahead",
+            ["events.test.>"],
+            one,
+            batch=50,
+            batch_handler=many,
+            ack_wait=30,
+        )
+
+    first = consumer()
+    await asyncio.wait_for(first.run(stopping), 10)
+    assert first.batches == 2 and len(seen) == 100
+    # Nothing was left unacknowledged: the rest comes at once, not after the 30 s ack wait.
+    rest = consumer()
+    stopping = asyncio.Event()
+    task = asyncio.create_task(rest.run(stopping))
+
+    async def many_rest(events: Sequence[BusEvent]) -> None:
+        seen.extend(e.data["frame"] for e in events)
+        if len(seen) >= 250:
+            stopping.set()
+
+    rest.batch_handler = many_rest
+    await asyncio.wait_for(task, 10)
+    assert sorted(seen) == list(range(250))
+
+
 # -- commands ---------------------------------------------------------------------------
 
 
