@@ -6,8 +6,8 @@ share ``webhook_concurrency`` slots, so a receiver that is slow or down holds on
 tasks: every other endpoint's queue moves on. Each POST is bounded by
 ``webhook_timeout_seconds`` as a whole. Each attempt is recorded on the delivery
 (``WebhookDeliveryAttempted``, then ``Succeeded``, the next attempt's time or
-``DeadLettered``); the worker waits for the read model to show it before it looks at that
-delivery again.
+``DeadLettered``); the delivery is not taken again before the read model shows that, while
+its endpoint's queue moves on.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class DeliveryWorker:
         self._queues: dict[str, deque[Due]] = {}
         self._drainers: dict[str, set[asyncio.Task[None]]] = {}
         self._queued: set[str] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         s = store.schema
         # Due ones, and at once every pending one of a disabled endpoint (to dead-letter it).
         self._due_sql = (
@@ -128,7 +129,7 @@ class DeliveryWorker:
                     wait = await self.dispatch()
                     await wake_or_stop(self.wake, stopping, wait)
             finally:
-                tasks = [t for ts in self._drainers.values() for t in ts]
+                tasks = [t for ts in self._drainers.values() for t in ts] + [*self._settling]
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -169,18 +170,33 @@ class DeliveryWorker:
     async def _drain(self, endpoint_id: str) -> None:
         while queue := self._queues.get(endpoint_id):
             delivery = queue.popleft()
+            recorded: Position | None = None
             try:
                 async with self._slots:
-                    await self.attempt(delivery)
+                    recorded = await self.attempt(delivery)
                 self.last_error = None
             except Exception as e:  # the delivery stays due: it is taken again
                 self.last_error = f"{delivery.delivery_id}: {e!r}"
                 log.error("webhook_attempt_failed", delivery_id=delivery.delivery_id, error=repr(e))
             finally:
-                self._queued.discard(delivery.delivery_id)
+                if recorded is None:
+                    self._queued.discard(delivery.delivery_id)
+                else:  # not due again until the read model shows the attempt
+                    task = asyncio.create_task(self._settle(delivery.delivery_id, recorded))
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
 
-    async def attempt(self, due_delivery: Due) -> None:
-        """Send one delivery if it is due, and record what happened."""
+    async def _settle(self, delivery_id: str, recorded: Position) -> None:
+        """Keep a delivery out of the due ones until the read model shows its attempt, while
+        its endpoint's queue moves on."""
+        try:
+            await self._caught_up(recorded)
+        finally:
+            self._queued.discard(delivery_id)
+
+    async def attempt(self, due_delivery: Due) -> Position | None:
+        """Send one delivery if it is due, and record what happened; the position of what
+        was recorded."""
         key = due_delivery.delivery_id
         metadata = {
             "actor": {"kind": "service", "id": self.settings.service_name},
@@ -197,11 +213,11 @@ class DeliveryWorker:
         now = datetime.now(UTC)
         due = delivery.next_attempt_at
         if not delivery.exists or due is None or delivery.status is not DeliveryStatus.pending:
-            return
+            return None
         endpoint = (await uow.get(Webhooks, delivery.user_id)).endpoints.get(delivery.endpoint_id)
         disabled = endpoint is not None and endpoint.disabled_at is not None
         if due > now and not disabled:
-            return
+            return None
         notification = await uow.get(Notification, delivery.notification_id)
         if endpoint is None or disabled:
             # Never sent: dead-lettered at once, with the reason.
@@ -223,11 +239,9 @@ class DeliveryWorker:
         try:
             recorded = await uow.commit()
         except ConcurrencyError:  # replayed meanwhile: the replay's attempt is next
-            return
+            return None
         self.store.notify_appended()
-        if recorded:
-            last = recorded[-1]
-            await self._caught_up(Position(last.tx_id, last.position))
+        return recorded[-1].cursor if recorded else None
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[Outcome, bool]:
         """What the receiver answered, and whether that is final: a host resolving to an
