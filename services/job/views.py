@@ -480,8 +480,7 @@ class JobView(BaseModel):
             current_step=running[0] if running else None,
             progress_percent=self.progress_percent,
             steps=[
-                _PENDING_VIEWS.get(id(s)) or StepView.model_validate(s.__dict__)
-                for s in self.steps
+                _PENDING_VIEWS.get(id(s)) or StepView.model_validate(s.__dict__) for s in self.steps
             ],
             eta=self.eta,
             cost=self.cost,
