@@ -557,6 +557,14 @@ FROM q JOIN {s}.events e ON e.stream_id = q.stream_id
 UNION ALL
 SELECT 2, NULL, NULL, NULL, 0, p.reply FROM {s}.processed_commands p WHERE p.command_id = $3
 ORDER BY 1, 2, 3"""
+        self._marks_sql = f"""
+SELECT h.tx_id::text::bigint, h.global_position,
+    (SELECT global_position FROM {s}.events ORDER BY global_position DESC LIMIT 1)
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT tx_id, global_position FROM {s}.events
+    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY events.tx_id DESC, events.global_position DESC LIMIT 1
+) AS h ON true"""
         self._read_all_sql = f"""
 SELECT {_COLUMNS} FROM {s}.events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2)
@@ -946,6 +954,16 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         async with self.session() as conn:
             r = await conn.fetchrow(sql)
         return Position(r["tx_id"], r["global_position"]) if r else Position.start()
+
+    async def marks(self) -> tuple[Position, int]:
+        """The feed's head (as :meth:`head`) and the last committed position, readable or
+        not yet (held back by an older transaction still running), in one query: the
+        second moves at every commit, even while the head cannot."""
+        async with self.session() as conn:
+            r = await conn.fetchrow(self._marks_sql)
+        assert r is not None
+        head = Position(r[0], r[1]) if r[1] is not None else Position.start()
+        return head, r[2] or 0
 
     # -- snapshots ----------------------------------------------------------------------
 
