@@ -15,7 +15,7 @@ same process). A tailer woken for events it cannot read yet reads nothing; the h
 when the older transaction ends, and that wakes it again.
 
 Tailers keep a slow poll of their own only as a fallback. LISTEN/NOTIFY is not used: see
-docs/adr/0019-feed-wake-ups.md.
+docs/adr/0020-event-store-speed.md.
 """
 
 from __future__ import annotations
