@@ -9,10 +9,8 @@ last committed position, and wakes every tailer of the store when either moved.
 The second is what makes appends made elsewhere wake tailers at the first poll after their
 commit. The head alone stands still while any older transaction runs (a tailer's own batch,
 a transaction in another database of the server): a poll that fell in such a moment saw no
-change, the wake-up waited for a later poll, the next batch was larger and lasted longer,
-and more polls fell in batches (bench section 8: p99 107-169 ms elsewhere vs 33 ms in the
-same process). A tailer woken for events it cannot read yet reads nothing; the head moves
-when the older transaction ends, and that wakes it again.
+change, and the wake-up waited for a later poll. A tailer woken for events it cannot read
+yet reads nothing; the head moves when the older transaction ends, and that wakes it again.
 
 Tailers keep a slow poll of their own only as a fallback. LISTEN/NOTIFY is not used: see
 docs/adr/0020-event-store-speed.md.
