@@ -182,18 +182,20 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
     entries: list[Entry] = []
     count = 0
     t0 = time.perf_counter()
+    names = list(model.columns)
+    # One pause of the collector from the fold to the end of the load: re-enabled between
+    # the fold and the COPY, its first pass would walk every folded row (all of them young,
+    # none ever collected).
     with _no_gc():
         async for page in _pages(store, model, until):
             entries += model.fold(state, page, failed)
             count += len(page)
-    t1 = time.perf_counter()
-    names = list(model.columns)
-    async with store.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        await _fresh(conn, s, live, nxt, model.name, "INCLUDING ALL EXCLUDING INDEXES")
-        rows = _finalized(model, state, names)
-        await _json_codecs(conn, binary=True)  # COPY sends values in the binary format
-        with _no_gc():
+        t1 = time.perf_counter()
+        async with store.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            await _fresh(conn, s, live, nxt, model.name, "INCLUDING ALL EXCLUDING INDEXES")
+            rows = _finalized(model, state, names)
+            await _json_codecs(conn, binary=True)  # COPY sends values in the binary format
             try:
                 # One COPY, fed as rows are finalized: PostgreSQL takes them in meanwhile.
                 await conn.copy_records_to_table(
@@ -201,12 +203,12 @@ async def _bulk(store: EventStore, model: ReadModel, live: str, until: Position)
                 )
             finally:
                 await _json_codecs(conn, binary=False)
-        del state
-        t2 = time.perf_counter()
-        for statement in await _index_statements(conn, s, live, nxt):
-            await conn.execute(statement)
-        if entries:
-            await model._quarantine(conn, s, entries)
+            del state
+            t2 = time.perf_counter()
+            for statement in await _index_statements(conn, s, live, nxt):
+                await conn.execute(statement)
+            if entries:
+                await model._quarantine(conn, s, entries)
     t3 = time.perf_counter()
     await _analyze(store, s, nxt)
     log.info(

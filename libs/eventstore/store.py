@@ -263,10 +263,29 @@ SELECT (SELECT tx_id::text::bigint FROM ins LIMIT 1),
     ARRAY(SELECT member FROM bad WHERE why = 'c')"""
 
 
+def _append_new_sql(s: str) -> str:
+    """The statement of one writer that only starts streams (every expected version 0) and
+    writes no command row and no snapshot: the unique ``(stream_id, version)`` index is the
+    whole check, as for a single event on a new stream, so it is the insert alone."""
+    return f"""
+WITH ins AS (
+    INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data, metadata)
+    SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::int, e->5,
+        m.meta->((e->>6)::int)
+    FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS u(e, ord),
+        (SELECT $2::text::jsonb AS meta OFFSET 0) AS m
+    ORDER BY u.ord
+    RETURNING global_position, tx_id, recorded_at
+)
+SELECT (SELECT tx_id::text::bigint FROM ins LIMIT 1),
+    ARRAY(SELECT global_position FROM ins ORDER BY global_position),
+    ARRAY(SELECT recorded_at FROM ins ORDER BY global_position)"""
+
+
 class _Member:
     """One writer's part of a statement: its streams, its command row, its snapshots."""
 
-    __slots__ = ("command", "future", "snapshots", "streams", "writes")
+    __slots__ = ("command", "future", "new_streams_only", "snapshots", "streams", "writes")
 
     def __init__(
         self,
@@ -280,6 +299,7 @@ class _Member:
         self.snapshots = snapshots
         self.future = future
         self.streams = {w.stream_id for w in writes}
+        self.new_streams_only = all(w.expected_version == 0 for w in writes)
 
     def stream_ids(self) -> list[str]:
         return [w.stream_id for w in self.writes]
@@ -518,6 +538,7 @@ INSERT INTO {s}.events (event_id, stream_id, version, type, schema_version, data
 SELECT $1, $2, $3 + 1, $4, $5, $6::text::jsonb, $7::text::jsonb
 WHERE EXISTS (SELECT 1 FROM {s}.events v WHERE v.stream_id = $2 AND v.version = $3)
 RETURNING global_position, tx_id::text::bigint, recorded_at"""
+        self._new_many_sql = _append_new_sql(s)
         self._many_sql = _append_sql(s, full=False)
         self._group_sql = _append_sql(s, full=True)
         self._load_sql = f"""
@@ -536,6 +557,14 @@ FROM q JOIN {s}.events e ON e.stream_id = q.stream_id
 UNION ALL
 SELECT 2, NULL, NULL, NULL, 0, p.reply FROM {s}.processed_commands p WHERE p.command_id = $3
 ORDER BY 1, 2, 3"""
+        self._marks_sql = f"""
+SELECT h.tx_id::text::bigint, h.global_position,
+    (SELECT global_position FROM {s}.events ORDER BY global_position DESC LIMIT 1)
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT tx_id, global_position FROM {s}.events
+    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY events.tx_id DESC, events.global_position DESC LIMIT 1
+) AS h ON true"""
         self._read_all_sql = f"""
 SELECT {_COLUMNS} FROM {s}.events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2)
@@ -696,11 +725,14 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
                     )
                 ]
             enc = _Encoded([member])
-            r = await conn.fetchrow(self._many_sql, *enc.args)
+            if member.command is None and not member.snapshots and member.new_streams_only:
+                r = await conn.fetchrow(self._new_many_sql, *enc.args[:2])
+            else:
+                r = await conn.fetchrow(self._many_sql, *enc.args)
         except asyncpg.UniqueViolationError as e:
             raise _refusal(e, member) from e
         assert r is not None
-        if r[3]:
+        if len(r) > 3 and r[3]:
             raise ConcurrencyError(member.stream_ids())
         return _records(enc.pending[0], r[0] or 0, r[1], r[2])
 
@@ -922,6 +954,16 @@ ORDER BY events.tx_id, events.global_position LIMIT $3"""
         async with self.session() as conn:
             r = await conn.fetchrow(sql)
         return Position(r["tx_id"], r["global_position"]) if r else Position.start()
+
+    async def marks(self) -> tuple[Position, int]:
+        """The feed's head (as :meth:`head`) and the last committed position, readable or
+        not yet (held back by an older transaction still running), in one query: the
+        second moves at every commit, even while the head cannot."""
+        async with self.session() as conn:
+            r = await conn.fetchrow(self._marks_sql)
+        assert r is not None
+        head = Position(r[0], r[1]) if r[1] is not None else Position.start()
+        return head, r[2] or 0
 
     # -- snapshots ----------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.base import EVENTS
+from contracts.base import EVENTS, Event
 from contracts.jobs import (
     FrameOutput,
     JobCostCapChanged,
@@ -84,7 +84,7 @@ class JobsProjection(ReadModel):
             view = row["view"].fork()
         else:
             view = JobView.model_validate(row["view"])
-        assert isinstance(e, JOB_EVENTS)
+        assert isinstance(e, Event)  # one of JOB_EVENTS (the rule's types)
         if not isinstance(e, JobSubmitted):
             view.apply(e)
         return {

@@ -193,7 +193,7 @@ class JobView(BaseModel):
             render_settings=e.render_settings,
             priority=e.priority,
             cost_cap_credits=e.cost_cap_credits,
-            steps=[StepState(name=n) for n in StepName],
+            steps=list(_PENDING_STEPS),
             start_full_render=e.start_full_render,
             created_at=e.submitted_at,
         )
@@ -331,11 +331,15 @@ class JobView(BaseModel):
 
     def _changing(self, name: StepName) -> StepState:
         """The step ``name``, to change: a copy replaces it in this view's list first (a fork
-        shares its steps with its original until it changes one)."""
-        step = self.step(name)
-        own = _clone(step)
-        self.steps[next(i for i, s in enumerate(self.steps) if s is step)] = own
-        return own
+        shares its steps with its original until it changes one, and new views share the
+        pending steps of :data:`_PENDING_STEPS`)."""
+        steps = self.steps
+        for i, step in enumerate(steps):
+            if step.name is name:
+                own = steps[i] = _clone(step)
+                return own
+        self.step(name)  # a step added after this view was stored: added now
+        return self._changing(name)
 
     def step(self, name: StepName) -> StepState:
         found = next((s for s in self.steps if s.name is name), None)
@@ -475,7 +479,9 @@ class JobView(BaseModel):
             status=self.status,
             current_step=running[0] if running else None,
             progress_percent=self.progress_percent,
-            steps=[StepView(**s.model_dump()) for s in self.steps],
+            steps=[
+                _PENDING_VIEWS.get(id(s)) or StepView.model_validate(s.__dict__) for s in self.steps
+            ],
             eta=self.eta,
             cost=self.cost,
             allowed_actions=self._actions(),
@@ -516,13 +522,22 @@ def _known(enum: type[E], value: str | None) -> E | None:
 def _clone(model: M) -> M:
     """A shallow copy of a pydantic model, as ``model_copy()`` makes it, without its
     per-attribute overhead (this runs once per event a rebuild folds)."""
-    copied = model.__class__.__new__(model.__class__)
-    object.__setattr__(copied, "__dict__", model.__dict__.copy())
-    object.__setattr__(copied, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
-    for attr in ("__pydantic_extra__", "__pydantic_private__"):  # None unless declared
-        value = getattr(model, attr, None)
-        object.__setattr__(copied, attr, None if value is None else dict(value))
+    copied = _new(type(model))
+    _set(copied, "__dict__", model.__dict__.copy())
+    _set(copied, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    extra, private = model.__pydantic_extra__, model.__pydantic_private__  # None unless declared
+    _set(copied, "__pydantic_extra__", None if extra is None else dict(extra))
+    _set(copied, "__pydantic_private__", None if private is None else dict(private))
     return copied
+
+
+_new, _set = object.__new__, object.__setattr__
+
+#: The steps of a job just submitted, shared by every new view: steps are copied before
+#: they change (:meth:`JobView._changing`), never changed in place.
+_PENDING_STEPS = tuple(StepState(name=n) for n in StepName)
+#: Their envelope's views, by the steps' ids (they live as long as the module).
+_PENDING_VIEWS = {id(s): StepView.model_validate(s.__dict__) for s in _PENDING_STEPS}
 
 
 def _no_eta(reason: EtaUnknownReason) -> EtaView:

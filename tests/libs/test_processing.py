@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from libs.config import BaseServiceSettings
+from libs.eventstore.feed import FeedWatcher
 from libs.eventstore.processor import Projector
 from libs.eventstore.projection import ReadModel, Row, on
 from libs.eventstore.rebuild import rebuild
-from libs.eventstore.store import EventStore, NewEvent, Position, RecordedEvent
+from libs.eventstore.store import EventStore, NewEvent, Position, RecordedEvent, create_pool
 from tests.libs.conftest import ChunkRequeued, FrameRendered, registry
 from tests.waiting import until
 
@@ -116,6 +120,87 @@ async def test_a_running_projector_wakes_at_once_on_a_local_append(store: EventS
     finally:
         stopping.set()
         await task
+
+
+_APPEND_ELSEWHERE = """
+import asyncio, sys
+from libs.eventstore.store import EventStore, NewEvent, create_pool
+from tests.libs.conftest import FrameRendered, registry
+
+async def main() -> None:
+    pool = await create_pool(sys.argv[1], min_size=1, max_size=1)
+    store = EventStore(pool, "es", registry)
+    [r] = await store.append("job-elsewhere", [NewEvent(FrameRendered(frame=7))], 0)
+    print(r.tx_id, r.position)
+    await store.close()
+    await pool.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_feed_watcher_wakes_a_projector_on_an_append_made_by_another_process(
+    store: EventStore, settings: BaseServiceSettings
+) -> None:
+    p = await projector(store, FrameTally())
+    p.poll_interval = 30  # only the feed watcher can make this test pass in time
+    watcher = FeedWatcher(store, 0.02)
+    stopping = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(stopping)), asyncio.create_task(watcher.run(stopping))]
+    try:
+        await until(lambda: asyncio.sleep(0, p.is_leader), "the projector to lead")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _APPEND_ELSEWHERE,
+            settings.database_url,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await child.communicate()
+        assert child.returncode == 0
+        tx_id, position = map(int, out.split())
+        await asyncio.wait_for(p.wait_for(Position(tx_id, position)), 5)
+    finally:
+        stopping.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_the_feed_watcher_wakes_tailers_while_an_older_transaction_holds_the_head(
+    store: EventStore, settings: BaseServiceSettings
+) -> None:
+    """An append committed while an older transaction runs is not readable yet, but the
+    watcher sees its commit and wakes the tailers (which read nothing); when the older one
+    ends, the head moves and wakes them again, and the event is applied."""
+    p = await projector(store, FrameTally())
+    p.poll_interval = 30
+    watcher = FeedWatcher(store, 0.02)
+    other_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    elsewhere = EventStore(other_pool, "es", registry)  # its appends do not wake `p`
+    stopping = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(stopping)), asyncio.create_task(watcher.run(stopping))]
+    try:
+        await until(lambda: asyncio.sleep(0, p.is_leader), "the projector to lead")
+        async with store.pool.acquire() as older:
+            tx = older.transaction()
+            await tx.start()
+            await older.fetchval("SELECT pg_current_xact_id()")  # has an id: holds the head
+            [recorded] = await elsewhere.append("job-held", [NewEvent(FrameRendered(frame=1))], 0)
+            wakes = watcher.wakes
+            await until(
+                lambda: asyncio.sleep(0, watcher.latest == recorded.position),
+                "the watcher to see the commit",
+            )
+            assert watcher.head < recorded.cursor  # not readable yet ...
+            assert watcher.wakes > wakes  # ... but the tailers were woken
+            assert p.position < recorded.cursor
+            await tx.commit()
+        await asyncio.wait_for(p.wait_for(recorded.cursor), 5)
+    finally:
+        stopping.set()
+        await asyncio.gather(*tasks)
+        await elsewhere.close()
+        await other_pool.close()
 
 
 async def test_batches_with_nothing_to_project_store_the_checkpoint_only_when_due(
