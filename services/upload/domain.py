@@ -66,6 +66,7 @@ from contracts.staging import (
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
+    SceneStagingAwaitingUpload,
     SceneStagingCancelled,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -875,6 +876,8 @@ class SceneStaging(Aggregate):
                 self.status = StagingStatus.copying
             case SceneStagingProgressed():
                 self.bytes_done = event.bytes_done
+            case SceneStagingAwaitingUpload():
+                pass  # what it waits for is the stager's to find out again
             case SceneStaged():
                 self.status = StagingStatus.staged
             case SceneStagingFailed():
@@ -957,6 +960,12 @@ class SceneStaging(Aggregate):
                 bytes_prestaged=bytes_prestaged,
             )
         )
+
+    def awaiting_upload(self, waiting: SceneStagingAwaitingUpload) -> list[Event]:
+        """The copy waits for files not uploaded yet; only a copy in progress records it."""
+        if self.status is not StagingStatus.copying:
+            return []
+        return self.record(waiting)
 
     def needed_files_staged(
         self,
