@@ -26,6 +26,7 @@ from contracts.staging import (
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
+    SceneStagingAwaitingUpload,
     SceneStagingCancelled,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -445,3 +446,117 @@ async def test_the_files_a_blend_scenes_test_frames_need_are_staged_first_and_re
     for path in contents:
         assert (apart / path).stat().st_ino == (final / path).stat().st_ino, path
     assert not (final / STAGING_LISTING).exists()
+
+
+async def submitted_manifest(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    owner: str,
+    contents: dict[str, bytes],
+    main_file: str = "main.blend",
+) -> tuple[dict[str, Any], SceneRef]:
+    """``contents`` declared as a manifest, none of its files sent: its description, and
+    the scene as the gateway resolves it for create_job (a manifest waiting for files)."""
+    files = [
+        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
+    ]
+    r = await upload_api.post(
+        "/v1/manifests",
+        json={"main_file": main_file, "files": files},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 201, r.text
+    manifest: dict[str, Any] = r.json()
+    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
+    assert found is not None and found.renderable and not found.ready
+    return manifest, found.ref()
+
+
+async def awaiting(of: Service, job_id: str, count: int = 1) -> list[SceneStagingAwaitingUpload]:
+    """The staging's waits for uploads, once there are ``count``."""
+
+    async def waits() -> list[SceneStagingAwaitingUpload]:
+        return [e for e in await history(of, job_id) if isinstance(e, SceneStagingAwaitingUpload)]
+
+    async def enough() -> bool:
+        return len(await waits()) >= count
+
+    await until(enough)
+    return await waits()
+
+
+async def test_a_staging_waits_for_uploads_without_a_copy_slot_and_an_ended_upload_fails_it(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    s3: S3Client,
+    env: Env,
+    stage_root: Path,
+) -> None:
+    """Two stagings (the stager's ``stage_concurrency``) wait for manifest files that are
+    not uploaded; a third scene is staged meanwhile. One waiting staging goes on as its
+    file arrives; the other's file has its session aborted: it fails scene_upload_ended."""
+    owner = new_id("usr")
+    me = Uploader(upload_api, users.headers(owner))
+    main, wood, sky = os.urandom(4000), os.urandom(3000), os.urandom(2000)
+    first, scene_a = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": main, "tex/wood.png": wood}
+    )
+    job_a = await stage(upload_service, scene_a, owner=owner)
+    [wait_a] = await awaiting(upload_service, job_a)
+    # The test frames' files first (only the main file is known to be needed yet).
+    assert (wait_a.needed, wait_a.needed_files_waiting, wait_a.files_waiting) == (True, 1, 2)
+    assert wait_a.paths == ["main.blend", "tex/wood.png"]
+    assert (wait_a.files_total, wait_a.bytes_total) == (2, len(main) + len(wood))
+    # The main file is there (the other manifest sends it), the sky never will be.
+    second, scene_b = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": main, "tex/sky.png": sky}
+    )
+    job_b = await stage(upload_service, scene_b, owner=owner)
+    await awaiting(upload_service, job_b)
+    assert upload_service.wired.stager.waiting == {job_a, job_b}
+
+    # Neither holds a copy slot: a third scene is staged while both wait.
+    other = await put_scene(s3, env, scene_bytes(MiB))
+    assert isinstance(await ended(upload_service, await stage(upload_service, other)), SceneStaged)
+
+    sent = {sha256_hex(main): main, sha256_hex(wood): wood}
+    for missing in first["missing"]:
+        session = await me.get(missing["upload_id"])
+        data = sent[missing["sha256"]]
+        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
+        assert (await me.complete(missing["upload_id"])).status_code == 200
+    done = await ended(upload_service, job_a)
+    assert isinstance(done, SceneStaged), done
+    folder = stage_root / f"staged/{owner}/{first['content_sha256']}"
+    assert (folder / "tex/wood.png").read_bytes() == wood
+
+    [sky_session] = [m["upload_id"] for m in second["missing"] if m["paths"] == ["tex/sky.png"]]
+    assert (await me.abort(sky_session)).status_code == 200
+    failed = await ended(upload_service, job_b)
+    assert isinstance(failed, SceneStagingFailed) and failed.code == "scene_upload_ended", failed
+    assert "tex/sky.png" in failed.reason and "aborted" in failed.reason
+    assert not (stage_root / f"staged/{owner}/{second['content_sha256']}").exists()
+    assert not (stage_root / f"staged/.needed/{job_b}").exists()
+    assert leftovers(stage_root) == []
+
+
+async def test_a_cancel_reaches_a_staging_waiting_for_uploads(
+    upload_service: ServiceRuntime[Any], upload_api: httpx.AsyncClient, users: Users
+) -> None:
+    owner = new_id("usr")
+    _, scene = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": os.urandom(1000)}
+    )
+    job_id = await stage(upload_service, scene, owner=owner)
+    await awaiting(upload_service, job_id)
+    reply = await send(upload_service, CancelStaging(job_id=job_id, reason="the job was cancelled"))
+    assert reply.status is StagingStatus.cancelled
+    assert isinstance(await ended(upload_service, job_id), SceneStagingCancelled)
+
+    async def stopped() -> bool:
+        return not upload_service.wired.stager.active
+
+    await until(stopped)
+    assert upload_service.wired.stager.waiting == set()
