@@ -664,6 +664,23 @@ class Asset(Aggregate):
             )
         )
 
+    def kept(self, owner_id: str, sha256: str, seconds: float, now: datetime) -> list[Event]:
+        """Its content, fetched and verified by a job's staging, is kept on the farm
+        (:func:`content_path`) for the next staging: a content not staged now is, even one
+        removed after its retention or given up by the pre-stager."""
+        if not self.stored or self.staged:
+            return []
+        return self.record(
+            AssetStaged(
+                owner_id=owner_id,
+                sha256=sha256,
+                size_bytes=self.size_bytes,
+                staged_key=content_path(owner_id, sha256),
+                seconds=round(seconds, 3),
+                at=now,
+            )
+        )
+
     def stage_failure(
         self, owner_id: str, sha256: str, code: str, reason: str, now: datetime
     ) -> list[Event]:

@@ -294,13 +294,15 @@ class SceneStager:
             progress = _Progress(self, job_id, total)
             uploads = _Uploads(self, staging, files, awaited, progress, slot)
             first: set[str] = set()
-            if scene.kind is SceneKind.manifest:
+            manifest = scene.kind is SceneKind.manifest
+            if manifest:
                 first = await self._copy_needed(staging, files, incoming, progress, uploads)
             left = [f for f in files if f.path not in first]
             while left:  # in path order, of those uploaded: the others as they arrive
                 ready = await uploads.ready(left, needed=False)
                 for file in ready:
-                    await self._copy(staging.owner_id, file, incoming / file.path, progress)
+                    dest = incoming / file.path
+                    await self._copy(staging.owner_id, file, dest, progress, keep=manifest)
                     progress.files_done += 1
                 done = {f.path for f in ready}
                 left = [f for f in left if f.path not in done]
@@ -428,7 +430,7 @@ class SceneStager:
         while todo := sorted(wanted - copied):
             ready = await uploads.ready([by_path[p] for p in todo], needed=True)
             for file in ready:
-                await self._copy(staging.owner_id, file, incoming / file.path, progress)
+                await self._copy(staging.owner_id, file, incoming / file.path, progress, keep=True)
                 progress.files_done += 1
                 copied.add(file.path)
             if any(f.path == main or f.path.lower().endswith(".blend") for f in ready):
@@ -461,14 +463,29 @@ class SceneStager:
         )
         return copied
 
-    async def _copy(self, owner_id: str, file: SceneFile, dest: Path, progress: _Progress) -> None:
+    async def _copy(
+        self, owner_id: str, file: SceneFile, dest: Path, progress: _Progress, *, keep: bool
+    ) -> None:
         """Put one file at ``dest``: a hard link to its content if that was staged as it was
-        uploaded, else streamed from the store (see :func:`fetch`)."""
+        uploaded, else streamed from the store (see :func:`fetch`) and, if ``keep`` (a
+        manifest's file) and staging as uploaded is on, kept as that content."""
         content = self.root / content_path(owner_id, file.sha256)
         if await asyncio.to_thread(_link_content, content, dest, file.size_bytes):
             await progress.add(file.size_bytes, prestaged=True)
             return
+        started = time.monotonic()
         await fetch(self.s3, file, dest, self.settings.stage_chunk_bytes, progress.add)
+        if keep and self.prestager is not None:
+            await self._keep(owner_id, file, dest, time.monotonic() - started)
+
+    async def _keep(self, owner_id: str, file: SceneFile, dest: Path, seconds: float) -> None:
+        """Keep a fetched manifest file's content for the next staging (see
+        :meth:`ContentPrestager.keep`); its failure is logged, never the staging's."""
+        assert self.prestager is not None
+        try:
+            await self.prestager.keep(owner_id, file, dest, seconds)
+        except Exception as e:
+            log.warning("content_not_kept", owner_id=owner_id, sha256=file.sha256, error=repr(e))
 
 
 async def fetch(
