@@ -323,5 +323,6 @@ def test_content_a_staging_fetched_is_kept_once_even_after_its_removal() -> None
     assert not asset.to_stage  # the pre-stager does not stage it again
     [kept] = asset.kept("usr_1", SHA, 1.25, NOW)  # a job's staging fetched it: kept
     assert isinstance(kept, AssetStaged) and (kept.size_bytes, kept.seconds) == (5, 1.25)
+    assert isinstance(staged, AssetStaged)
     assert kept.staged_key == staged.staged_key == f"staged/.content/usr_1/{SHA}"
     assert asset.kept("usr_1", SHA, 1.0, NOW) == []
