@@ -119,6 +119,10 @@ class Cancelled(Exception):
     """The staging was cancelled while its scene was copied."""
 
 
+class RangesNotServed(Exception):
+    """The store answered a ranged GET with the whole object: fetch with one GET."""
+
+
 class _Slot:
     """One of the ``stage_concurrency`` copy slots, held by a staging while it copies and
     given up while it waits for uploads."""
@@ -430,7 +434,8 @@ class SceneStager:
         while todo := sorted(wanted - copied):
             ready = await uploads.ready([by_path[p] for p in todo], needed=True)
             for file in ready:
-                await self._copy(staging.owner_id, file, incoming / file.path, progress, keep=True)
+                dest = incoming / file.path
+                await self._copy(staging.owner_id, file, dest, progress, keep=True, needed=True)
                 progress.files_done += 1
                 copied.add(file.path)
             if any(f.path == main or f.path.lower().endswith(".blend") for f in ready):
@@ -464,17 +469,34 @@ class SceneStager:
         return copied
 
     async def _copy(
-        self, owner_id: str, file: SceneFile, dest: Path, progress: _Progress, *, keep: bool
+        self,
+        owner_id: str,
+        file: SceneFile,
+        dest: Path,
+        progress: _Progress,
+        *,
+        keep: bool,
+        needed: bool = False,
     ) -> None:
         """Put one file at ``dest``: a hard link to its content if that was staged as it was
-        uploaded, else streamed from the store (see :func:`fetch`) and, if ``keep`` (a
-        manifest's file) and staging as uploaded is on, kept as that content."""
+        uploaded, else streamed from the store (see :func:`fetch`; a large ``needed`` file
+        in parallel ranges, :func:`fetch_ranges`) and, if ``keep`` (a manifest's file) and
+        staging as uploaded is on, kept as that content."""
         content = self.root / content_path(owner_id, file.sha256)
         if await asyncio.to_thread(_link_content, content, dest, file.size_bytes):
             await progress.add(file.size_bytes, prestaged=True)
             return
-        started = time.monotonic()
-        await fetch(self.s3, file, dest, self.settings.stage_chunk_bytes, progress.add)
+        started, s, before = time.monotonic(), self.settings, progress.bytes_done
+        if needed and s.stage_range_streams > 1 and file.size_bytes >= s.stage_range_min_bytes:
+            ranges = (s.stage_range_bytes, s.stage_range_streams)
+            try:
+                await fetch_ranges(self.s3, file, dest, s.stage_chunk_bytes, ranges, progress.add)
+            except RangesNotServed:
+                log.warning("ranged_gets_not_served", path=file.path, bucket=file.bucket)
+                progress.undo(progress.bytes_done - before)
+                await fetch(self.s3, file, dest, s.stage_chunk_bytes, progress.add)
+        else:
+            await fetch(self.s3, file, dest, s.stage_chunk_bytes, progress.add)
         if keep and self.prestager is not None:
             await self._keep(owner_id, file, dest, time.monotonic() - started)
 
@@ -537,6 +559,95 @@ async def fetch(
         )
 
 
+async def fetch_ranges(
+    s3: S3Client,
+    file: SceneFile,
+    dest: Path,
+    chunk_bytes: int,
+    ranges: tuple[int, int],
+    add: Callable[[int], Awaitable[None]],
+) -> None:
+    """Fetch one object into ``dest`` as ranged GETs (``ranges``: the bytes of each, and how
+    many run at once), each written at its offset as it comes; its SHA-256 is computed in
+    order alongside, reading back each range once it and all before it are written (from
+    the page cache), and its size checked from every answer."""
+    range_bytes, streams = ranges
+    size = file.size_bytes
+    spans = [(start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+    written = [asyncio.Event() for _ in spans]
+    todo = iter(range(len(spans)))  # shared by the streams: each takes the next range
+    fd = await asyncio.to_thread(_open_sized, dest, size)
+
+    async def stream() -> None:
+        for i in todo:
+            await _fetch_range(s3, file, fd, spans[i], chunk_bytes, add)
+            written[i].set()
+
+    async def sha256() -> str:
+        digest = hashlib.sha256()
+        for (start, end), done in zip(spans, written, strict=True):
+            await done.wait()
+            await asyncio.to_thread(_hash_span, fd, digest, start, end, chunk_bytes)
+        return digest.hexdigest()
+
+    hashing = asyncio.create_task(sha256())
+    tasks = [asyncio.create_task(stream()) for _ in range(min(streams, len(spans)))]
+    try:
+        await asyncio.gather(*tasks)
+        actual = await hashing
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        for task in (*tasks, hashing):
+            task.cancel()
+        await asyncio.gather(*tasks, hashing, return_exceptions=True)
+        os.close(fd)
+    if actual != file.sha256:
+        raise SceneChecksumMismatch(
+            f"{file.path}: the uploaded bytes have SHA-256 {actual}, not the {file.sha256}"
+            " declared for them",
+            path=file.path,
+            expected_sha256=file.sha256,
+            actual_sha256=actual,
+        )
+
+
+async def _fetch_range(
+    s3: S3Client,
+    file: SceneFile,
+    fd: int,
+    span: tuple[int, int],
+    chunk_bytes: int,
+    add: Callable[[int], Awaitable[None]],
+) -> None:
+    """GET the bytes ``span`` (start, end exclusive) of the object and write them at their
+    offset of ``fd``; the object must have the declared size."""
+    start, end = span
+    try:
+        obj = await s3.get_object(
+            Bucket=file.bucket, Key=file.object_key, Range=f"bytes={start}-{end - 1}"
+        )
+    except ClientError as e:
+        if error_code(e) in _MISSING:
+            raise SceneFileMissing(f"{file.path} is not in the store", path=file.path) from e
+        if error_code(e) in ("InvalidRange", "416"):  # the object is smaller than declared
+            raise _size_mismatch(file, start) from e
+        raise
+    at, body = start, obj["Body"]
+    async with body:  # gives the connection back, read to the end or not
+        answered = obj.get("ContentRange")
+        if answered is None:  # the whole object: the store does not serve ranges
+            raise RangesNotServed(f"{file.bucket} answered a ranged GET with the whole object")
+        total = answered.rpartition("/")[2]
+        if total != str(file.size_bytes):
+            raise _size_mismatch(file, int(total) if total.isdigit() else -1)
+        while at < end and (piece := await body.read(min(chunk_bytes, end - at))):
+            await asyncio.to_thread(os.pwrite, fd, piece, at)
+            at += len(piece)
+            await add(len(piece))
+    if at != end:
+        raise _size_mismatch(file, at)
+
+
 async def keep_to_rate(started: float, done: int, rate: int | None) -> None:
     """Sleep until ``done`` bytes since ``started`` (monotonic) keep to ``rate`` a second."""
     if rate is not None:
@@ -570,6 +681,10 @@ class _Progress:
         )
         if due or self.job_id in self.stager.cancel_asked:
             await self.report()
+
+    def undo(self, n: int) -> None:
+        """Bytes counted that are fetched again (not recorded as progress until passed)."""
+        self.bytes_done -= n
 
     async def report(self) -> None:
         self.stager.cancel_asked.discard(self.job_id)
@@ -729,6 +844,24 @@ def _holds(final: Path, name: str) -> bool:
 def _open(dest: Path) -> IO[bytes]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest.open("wb")
+
+
+def _open_sized(dest: Path, size: int) -> int:
+    """``dest`` opened for writing at any offset, ``size`` bytes long."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _hash_span(fd: int, digest: Any, start: int, end: int, chunk_bytes: int) -> None:
+    at = start
+    while at < end:
+        data = os.pread(fd, min(chunk_bytes, end - at), at)
+        if not data:
+            raise OSError(f"short read at {at} of a file being staged")
+        digest.update(data)
+        at += len(data)
 
 
 def _write(out: IO[bytes], digest: Any, data: bytearray) -> None:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from contracts.base import Event
+from contracts.errors import SceneChecksumMismatch, SceneSizeMismatch
 from contracts.staging import (
     STAGING_LISTING,
     CancelStaging,
@@ -46,7 +47,7 @@ from libs.runtime import ServiceRuntime, build
 from libs.s3 import S3Client
 from services.upload.service import SERVICE
 from services.upload.settings import UploadSettings
-from services.upload.stager import INCOMING, MARKER
+from services.upload.stager import INCOMING, MARKER, SceneFile, fetch_ranges
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import service
@@ -80,8 +81,16 @@ def staging_settings(env: Env, stage_root: Path, **overrides: Any) -> UploadSett
 
 
 @pytest.fixture
-async def upload_service(env: Env, stage_root: Path) -> AsyncIterator[ServiceRuntime[Any]]:
-    rt = await build(SERVICE, staging_settings(env, stage_root))
+def overrides() -> dict[str, Any]:
+    """Upload settings of the test (parametrized where a test needs others)."""
+    return {}
+
+
+@pytest.fixture
+async def upload_service(
+    env: Env, stage_root: Path, overrides: dict[str, Any]
+) -> AsyncIterator[ServiceRuntime[Any]]:
+    rt = await build(SERVICE, staging_settings(env, stage_root, **overrides))
     await rt.launch()
     yield rt
     await rt.stop()
@@ -560,3 +569,88 @@ async def test_a_cancel_reaches_a_staging_waiting_for_uploads(
 
     await until(stopped)
     assert upload_service.wired.stager.waiting == set()
+
+
+class CountingStore:
+    """The store as the stager calls it, noting each GET's range; ``started`` is set once
+    ``at_once`` GETs were asked for."""
+
+    def __init__(self, s3: S3Client, at_once: int) -> None:
+        self.s3, self.at_once = s3, at_once
+        self.ranges: list[str | None] = []
+        self.started = asyncio.Event()
+
+    async def get_object(self, **kw: Any) -> Any:
+        self.ranges.append(kw.get("Range"))
+        if len(self.ranges) >= self.at_once:
+            self.started.set()
+        return await self.s3.get_object(**kw)
+
+
+async def test_a_large_file_is_fetched_as_ranged_gets_at_once_written_in_place_and_verified(
+    s3: S3Client, env: Env, tmp_path: Path
+) -> None:
+    data = scene_bytes(MiB + 123)
+    scene = await put_scene(s3, env, data)
+    file = SceneFile(
+        "a.bin", len(data), scene.content_sha256, scene.bucket or "", scene.object_key or ""
+    )
+    store = CountingStore(s3, at_once=4)
+    got: list[int] = []
+
+    async def add(n: int) -> None:
+        """No range is written before 4 GETs run: one stream after the other never gets
+        past this."""
+        await asyncio.wait_for(store.started.wait(), 10)
+        got.append(n)
+
+    dest = tmp_path / "a.bin"
+    await fetch_ranges(store, file, dest, 64 * 1024, (256 * 1024, 4), add)  # type: ignore[arg-type]
+    assert dest.read_bytes() == data and sum(got) == len(data)
+    starts = [256 * 1024 * i for i in range(5)]
+    assert sorted(store.ranges) == sorted(  # type: ignore[type-var]
+        f"bytes={a}-{min(a + 256 * 1024, len(data)) - 1}" for a in starts
+    )
+
+    wrong = SceneFile("a.bin", len(data), "0" * 64, file.bucket, file.object_key)
+    with pytest.raises(SceneChecksumMismatch):
+        await fetch_ranges(s3, wrong, dest, 64 * 1024, (256 * 1024, 4), add)
+    longer = SceneFile("a.bin", len(data) + 1, file.sha256, file.bucket, file.object_key)
+    with pytest.raises(SceneSizeMismatch):
+        await fetch_ranges(s3, longer, dest, 64 * 1024, (256 * 1024, 4), add)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "stage_on_upload": False,
+            "stage_range_min_bytes": MiB,
+            "stage_range_bytes": 256 * 1024,
+            "stage_range_streams": 4,
+        }
+    ],
+)
+async def test_a_large_needed_file_a_staging_fetches_comes_as_ranged_gets(
+    upload_service: ServiceRuntime[Any],
+    stage_root: Path,
+    upload_api: httpx.AsyncClient,
+    users: Users,
+) -> None:
+    """The main file (the test frames need it) over ``stage_range_min_bytes``: ranged GETs,
+    4 at once; the rest of the scene, one GET a file."""
+    rt = upload_service
+    store = CountingStore(rt.wired.stager.s3, at_once=4)
+    rt.wired.stager.s3 = store
+    owner = new_id("usr")
+    main, rest = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    manifest, scene = await uploaded_manifest(
+        rt, upload_api, users, owner, "main.blend", {"main.blend": main, "big.bin": rest}
+    )
+    staged = await ended(rt, await stage(rt, scene, owner=owner))
+    assert isinstance(staged, SceneStaged) and staged.bytes_copied == 4 * MiB, staged
+    folder = stage_root / f"staged/{owner}/{manifest['content_sha256']}"
+    assert (folder / "main.blend").read_bytes() == main
+    assert (folder / "big.bin").read_bytes() == rest
+    assert store.ranges.count(None) == 1  # big.bin: not needed, one GET
+    assert len([r for r in store.ranges if r is not None]) == 8  # main.blend: 8 ranges
