@@ -129,14 +129,14 @@ class SceneStagingProgressed(Event):
 
 
 @EVENTS.register
-class SceneStagingAwaitingUpload(Event):
+class SceneFilesAwaited(Event):
     """The staging waits for files of its manifest that are not uploaded yet (a job may be
     created on a manifest still waiting for files): it goes on as each one's upload
     completes. ``needed``: some of them are files the test frames need (the test render
     waits too), else only the rest of the scene (the full render waits). Recorded when
     the staging begins to wait, again when it waits again after files arrived."""
 
-    event_type = "upload.SceneStagingAwaitingUpload"
+    event_type = "upload.SceneFilesAwaited"
     job_id: str
     needed: bool = Field(description="Whether files the test frames need are among them.")
     files_waiting: int = Field(description="Files of the scene not uploaded yet.")

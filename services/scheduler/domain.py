@@ -103,10 +103,10 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
-    SceneStagingAwaitingUpload,
     SceneStagingFailed,
     SceneStagingProgressed,
     SceneStagingStarted,
@@ -120,7 +120,7 @@ StagingEvent = (
     SceneStagingStarted
     | SceneStagingProgressed
     | SceneNeededFilesStaged
-    | SceneStagingAwaitingUpload
+    | SceneFilesAwaited
     | SceneStaged
     | SceneStagingFailed
 )
@@ -190,7 +190,7 @@ def needed_log(event: SceneNeededFilesStaged) -> LogJobStep:
     )
 
 
-def awaiting_log(event: SceneStagingAwaitingUpload) -> LogJobStep:
+def awaiting_log(event: SceneFilesAwaited) -> LogJobStep:
     """The ``stage_scene`` log line of a staging that waits for files not uploaded yet."""
     files = "1 file" if event.files_waiting == 1 else f"{event.files_waiting} files"
     first = ", ".join(event.paths[:3]) + (", ..." if event.files_waiting > 3 else "")
@@ -470,7 +470,7 @@ class RenderProcess(ProcessManager[JobRender]):
         f"events.{SceneStagingStarted.event_type}",
         f"events.{SceneStagingProgressed.event_type}",
         f"events.{SceneNeededFilesStaged.event_type}",
-        f"events.{SceneStagingAwaitingUpload.event_type}",
+        f"events.{SceneFilesAwaited.event_type}",
         f"events.{SceneStaged.event_type}",
         f"events.{SceneStagingFailed.event_type}",
         "events.render.>",
@@ -632,7 +632,7 @@ class RenderProcess(ProcessManager[JobRender]):
                     at=event.at,
                 )
                 return [self._staging_step(progress)]
-            case SceneStagingAwaitingUpload():
+            case SceneFilesAwaited():
                 return [self._staging_step(awaiting_log(event))]
             case SceneNeededFilesStaged():
                 after = self.evolve(state, event)

@@ -62,11 +62,11 @@ from contracts.staging import (
     AssetStaged,
     AssetStagingFailed,
     AssetUnstaged,
+    SceneFilesAwaited,
     SceneKind,
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
-    SceneStagingAwaitingUpload,
     SceneStagingCancelled,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -893,7 +893,7 @@ class SceneStaging(Aggregate):
                 self.status = StagingStatus.copying
             case SceneStagingProgressed():
                 self.bytes_done = event.bytes_done
-            case SceneStagingAwaitingUpload():
+            case SceneFilesAwaited():
                 pass  # what it waits for is the stager's to find out again
             case SceneStaged():
                 self.status = StagingStatus.staged
@@ -978,7 +978,7 @@ class SceneStaging(Aggregate):
             )
         )
 
-    def awaiting_upload(self, waiting: SceneStagingAwaitingUpload) -> list[Event]:
+    def awaiting_upload(self, waiting: SceneFilesAwaited) -> list[Event]:
         """The copy waits for files not uploaded yet; only a copy in progress records it."""
         if self.status is not StagingStatus.copying:
             return []

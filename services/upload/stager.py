@@ -59,8 +59,8 @@ from contracts.errors import (
 from contracts.staging import (
     STAGED_DIR,
     STAGED_MARKER,
+    SceneFilesAwaited,
     SceneKind,
-    SceneStagingAwaitingUpload,
     StagingStatus,
 )
 from libs.blendtrace import files_needed, write_listing
@@ -99,7 +99,7 @@ _MISSING = ("NoSuchKey", "NoSuchBucket", "404", "NotFound")
 #: A staging waiting for uploads looks again at most this often (it is woken by the
 #: service's own commits, which come fast while parts are confirmed).
 MIN_LOOK_SECONDS = 0.2
-#: Paths named in a ``SceneStagingAwaitingUpload``.
+#: Paths named in a ``SceneFilesAwaited``.
 AWAITED_PATHS = 20
 
 
@@ -773,7 +773,7 @@ class _Uploads:
         named = {f.path for f in waited}
         others = [f for f in self.files if f.sha256 in self.awaited and f.path not in named]
         every = sorted(waited, key=lambda f: f.path) + sorted(others, key=lambda f: f.path)
-        event = SceneStagingAwaitingUpload(
+        event = SceneFilesAwaited(
             job_id=job_id,
             needed=needed,
             files_waiting=len(every),

@@ -85,7 +85,7 @@ async def test_a_job_on_a_manifest_still_uploading_test_renders_before_its_last_
     )
     assert r.status_code == 202, r.text
     assert r.json()["test_render"]["frames"] == [1, 3, 5]
-    awaiting = await wait_for_events(system, "upload.SceneStagingAwaitingUpload", job_id, 1)
+    awaiting = await wait_for_events(system, "upload.SceneFilesAwaited", job_id, 1)
     assert awaiting[0]["needed"] and awaiting[0]["paths"][0] == "scene.blend"
     assert awaiting[0]["files_waiting"] == len(data) and awaiting[0]["files_done"] == 0
 
@@ -111,7 +111,7 @@ async def test_a_job_on_a_manifest_still_uploading_test_renders_before_its_last_
     assert ready["status"] == "test_render_ready", ready
     steps = {s["name"]: s["status"] for s in ready["steps"]}
     assert steps["stage_scene"] == "running", steps
-    rest = await wait_for_events(system, "upload.SceneStagingAwaitingUpload", job_id, 2)
+    rest = await wait_for_events(system, "upload.SceneFilesAwaited", job_id, 2)
     waiting_rest = [e for e in rest if not e["needed"]]
     assert waiting_rest and waiting_rest[-1]["paths"] == [CACHE], rest
     assert waiting_rest[-1]["bytes_waiting"] == len(data[CACHE])

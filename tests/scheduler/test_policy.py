@@ -60,9 +60,9 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneStaged,
-    SceneStagingAwaitingUpload,
     SceneStagingFailed,
     SceneStagingProgressed,
     SceneStagingStarted,
@@ -322,8 +322,8 @@ async def test_a_staging_waiting_for_uploads_is_logged_on_the_stage_step_and_sen
     """A job on a manifest still waiting for files: what its staging waits for is in the
     stage step's log, first for the test frames' files, then for the rest of the scene."""
 
-    def waiting(needed: bool, paths: list[str], done: int) -> SceneStagingAwaitingUpload:
-        return SceneStagingAwaitingUpload(
+    def waiting(needed: bool, paths: list[str], done: int) -> SceneFilesAwaited:
+        return SceneFilesAwaited(
             job_id=JOB,
             needed=needed,
             files_waiting=len(paths),

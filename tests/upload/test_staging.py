@@ -24,10 +24,10 @@ from contracts.errors import SceneChecksumMismatch, SceneSizeMismatch
 from contracts.staging import (
     STAGING_LISTING,
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
-    SceneStagingAwaitingUpload,
     SceneStagingCancelled,
     SceneStagingFailed,
     SceneStagingProgressed,
@@ -482,11 +482,11 @@ async def submitted_manifest(
     return manifest, found.ref()
 
 
-async def awaiting(of: Service, job_id: str, count: int = 1) -> list[SceneStagingAwaitingUpload]:
+async def awaiting(of: Service, job_id: str, count: int = 1) -> list[SceneFilesAwaited]:
     """The staging's waits for uploads, once there are ``count``."""
 
-    async def waits() -> list[SceneStagingAwaitingUpload]:
-        return [e for e in await history(of, job_id) if isinstance(e, SceneStagingAwaitingUpload)]
+    async def waits() -> list[SceneFilesAwaited]:
+        return [e for e in await history(of, job_id) if isinstance(e, SceneFilesAwaited)]
 
     async def enough() -> bool:
         return len(await waits()) >= count
