@@ -1,7 +1,8 @@
 """Staging scenes to the farm: the scene a job renders, and the upload service's staging
 events (``upload.SceneStaging*``, stream ``staging-<job id>``) and commands.
 
-A job renders a completed scene upload or a complete manifest. Before its render is queued
+A job renders a completed scene upload or a manifest (complete, or still waiting for
+files: its staging then waits for each file's upload). Before its render is queued
 the upload service copies that scene from the scenes bucket to where the farm's workers
 read scenes, under a path named by the owner and the scene's content hash; a later job on
 the same content finds the copy there and reuses it.
@@ -125,6 +126,33 @@ class SceneStagingProgressed(Event):
         description="Of bytes_done, those linked from content staged as it was uploaded"
         " (not fetched from the bucket).",
     )
+
+
+@EVENTS.register
+class SceneFilesAwaited(Event):
+    """The staging waits for files of its manifest that are not uploaded yet (a job may be
+    created on a manifest still waiting for files): it goes on as each one's upload
+    completes. ``needed``: some of them are files the test frames need (the test render
+    waits too), else only the rest of the scene (the full render waits). Recorded when
+    the staging begins to wait, again when it waits again after files arrived."""
+
+    event_type = "upload.SceneFilesAwaited"
+    job_id: str
+    needed: bool = Field(description="Whether files the test frames need are among them.")
+    files_waiting: int = Field(description="Files of the scene not uploaded yet.")
+    bytes_waiting: int = Field(description="Their bytes.")
+    needed_files_waiting: int = Field(
+        description="Of files_waiting, those the test frames need (as traced so far)."
+    )
+    files_done: int = Field(description="Files of the scene on the farm so far.")
+    bytes_done: int = Field(description="Their bytes.")
+    files_total: int
+    bytes_total: int
+    paths: list[str] = Field(
+        description="The first (by path) of the files waited for, at most 20; the test"
+        " frames' files first."
+    )
+    at: datetime
 
 
 @EVENTS.register

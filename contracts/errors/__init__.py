@@ -139,6 +139,8 @@ from contracts.errors.scenes import (
     SceneSizes,
     SceneState,
     SceneStepRef,
+    SceneUploadEnded,
+    SceneUploadRef,
     UploadNotAScene,
 )
 from contracts.errors.uploads import (
@@ -281,6 +283,8 @@ __all__ = [
     "SceneSizes",
     "SceneState",
     "SceneStepRef",
+    "SceneUploadEnded",
+    "SceneUploadRef",
     "ServiceUnavailable",
     "SessionLimit",
     "SizeLimit",

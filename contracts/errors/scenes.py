@@ -2,8 +2,9 @@
 
 The first three answer ``create_job``. The staging ones are the codes a job fails with when
 its scene cannot be staged (``failure_code`` in the job envelope, ``error_code`` of its
-``stage_scene`` step); they are never an HTTP answer of their own. So are the last two, of
-the ``repath`` and ``render_settings`` steps (``services/scene/steps.py``).
+``stage_scene`` step); they are never an HTTP answer of their own, but for
+``scene_upload_ended``, which ``create_job`` answers too. So are the last two, of the
+``repath`` and ``render_settings`` steps (``services/scene/steps.py``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,26 @@ class ScenePathRefused(DomainError[SceneFileRef]):
     http_status = 422
     retryable = False
     Details = SceneFileRef
+
+
+class SceneUploadRef(ErrorDetails):
+    path: str = Field(description="A file of the manifest that was never uploaded.")
+    sha256: str = Field(description="Its SHA-256, as the manifest declares it.")
+    status: str = Field(
+        description="How its last upload session ended: aborted or expired (none: it never"
+        " had one)."
+    )
+
+
+class SceneUploadEnded(DomainError[SceneUploadRef]):
+    """A file of the manifest is not uploaded and no upload session for it is open any more
+    (aborted, or expired): the scene can never be complete. Submit the manifest again (it
+    opens new sessions for the files you lack), upload them, and create the job again."""
+
+    code = "scene_upload_ended"
+    http_status = 409
+    retryable = False
+    Details = SceneUploadRef
 
 
 class SceneStepRef(ErrorDetails):

@@ -20,6 +20,7 @@ from contracts.errors import (
     OutputNotFound,
     SceneNotFound,
     SceneNotReady,
+    SceneUploadEnded,
     UploadNotAScene,
 )
 from contracts.identity import ApiKeyInfo, UserProfile, UserStatus
@@ -86,8 +87,9 @@ class ReadModels:
         self.outputs = outputs
 
     async def scene(self, scene_id: str, owner_id: str) -> SceneRef:
-        """The caller's scene a job may render: a completed scene upload or a complete
-        manifest. Someone else's is a 404, like a missing one."""
+        """The caller's scene a job may render: a completed scene upload, or a manifest
+        (complete, or still waiting for files that are being uploaded: the job's staging
+        waits for them). Someone else's is a 404, like a missing one."""
         found = await self.scenes.scene(scene_id, owner_id)
         if found is None:
             raise SceneNotFound(f"no upload or manifest {scene_id}", scene_id=scene_id)
@@ -96,12 +98,20 @@ class ReadModels:
                 f"upload {scene_id} is a file of a manifest; create the job on the manifest",
                 scene_id=scene_id,
             )
-        if not found.ready:
+        if not found.renderable:
             raise SceneNotReady(
-                f"{scene_id} is {found.status}: only a completed upload or a complete"
-                " manifest can be rendered",
+                f"{scene_id} is {found.status}: only a completed upload or a manifest can be"
+                " rendered",
                 scene_id=scene_id,
                 status=found.status,
+            )
+        if not found.ready and (ended := await self.scenes.ended_file(scene_id, owner_id)):
+            raise SceneUploadEnded(
+                f"{ended.path} of {scene_id} is not uploaded and its upload session"
+                f" {ended.status}: submit the manifest again for a new one",
+                path=ended.path,
+                sha256=ended.sha256,
+                status=ended.status,
             )
         return found.ref()
 

@@ -103,6 +103,7 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
@@ -119,6 +120,7 @@ StagingEvent = (
     SceneStagingStarted
     | SceneStagingProgressed
     | SceneNeededFilesStaged
+    | SceneFilesAwaited
     | SceneStaged
     | SceneStagingFailed
 )
@@ -184,6 +186,29 @@ def needed_log(event: SceneNeededFilesStaged) -> LogJobStep:
         message=f"the {files} the test frames need ({size_text(event.bytes_needed)}) are on"
         f" the farm after {event.seconds:.1f} s; the scene is prepared from them while the"
         f" other {size_text(rest)} are copied",
+        at=event.at,
+    )
+
+
+def awaiting_log(event: SceneFilesAwaited) -> LogJobStep:
+    """The ``stage_scene`` log line of a staging that waits for files not uploaded yet."""
+    files = "1 file" if event.files_waiting == 1 else f"{event.files_waiting} files"
+    first = ", ".join(event.paths[:3]) + (", ..." if event.files_waiting > 3 else "")
+    if event.needed:
+        waits = (
+            f"the test render waits for {event.needed_files_waiting} of them its frames need,"
+            " the full render for all of them"
+        )
+    else:
+        waits = "the files the test frames need are on the farm; the full render waits"
+    return LogJobStep(
+        job_id=event.job_id,
+        step=StepName.stage_scene,
+        level=LogLevel.info,
+        message=f"waiting for the upload of {files} ({size_text(event.bytes_waiting)}:"
+        f" {first}); {event.files_done} of {event.files_total} files"
+        f" ({size_text(event.bytes_done)} of {size_text(event.bytes_total)}) are on the"
+        f" farm; {waits}",
         at=event.at,
     )
 
@@ -445,6 +470,7 @@ class RenderProcess(ProcessManager[JobRender]):
         f"events.{SceneStagingStarted.event_type}",
         f"events.{SceneStagingProgressed.event_type}",
         f"events.{SceneNeededFilesStaged.event_type}",
+        f"events.{SceneFilesAwaited.event_type}",
         f"events.{SceneStaged.event_type}",
         f"events.{SceneStagingFailed.event_type}",
         "events.render.>",
@@ -606,6 +632,8 @@ class RenderProcess(ProcessManager[JobRender]):
                     at=event.at,
                 )
                 return [self._staging_step(progress)]
+            case SceneFilesAwaited():
+                return [self._staging_step(awaiting_log(event))]
             case SceneNeededFilesStaged():
                 after = self.evolve(state, event)
                 return [self._staging_step(needed_log(event)), self._needed(event, after, cause)]

@@ -62,6 +62,7 @@ from contracts.staging import (
     AssetStaged,
     AssetStagingFailed,
     AssetUnstaged,
+    SceneFilesAwaited,
     SceneKind,
     SceneNeededFilesStaged,
     SceneRef,
@@ -663,6 +664,23 @@ class Asset(Aggregate):
             )
         )
 
+    def kept(self, owner_id: str, sha256: str, seconds: float, now: datetime) -> list[Event]:
+        """Its content, fetched and verified by a job's staging, is kept on the farm
+        (:func:`content_path`) for the next staging: a content not staged now is, even one
+        removed after its retention or given up by the pre-stager."""
+        if not self.stored or self.staged:
+            return []
+        return self.record(
+            AssetStaged(
+                owner_id=owner_id,
+                sha256=sha256,
+                size_bytes=self.size_bytes,
+                staged_key=content_path(owner_id, sha256),
+                seconds=round(seconds, 3),
+                at=now,
+            )
+        )
+
     def stage_failure(
         self, owner_id: str, sha256: str, code: str, reason: str, now: datetime
     ) -> list[Event]:
@@ -875,6 +893,8 @@ class SceneStaging(Aggregate):
                 self.status = StagingStatus.copying
             case SceneStagingProgressed():
                 self.bytes_done = event.bytes_done
+            case SceneFilesAwaited():
+                pass  # what it waits for is the stager's to find out again
             case SceneStaged():
                 self.status = StagingStatus.staged
             case SceneStagingFailed():
@@ -957,6 +977,12 @@ class SceneStaging(Aggregate):
                 bytes_prestaged=bytes_prestaged,
             )
         )
+
+    def awaiting_upload(self, waiting: SceneFilesAwaited) -> list[Event]:
+        """The copy waits for files not uploaded yet; only a copy in progress records it."""
+        if self.status is not StagingStatus.copying:
+            return []
+        return self.record(waiting)
 
     def needed_files_staged(
         self,

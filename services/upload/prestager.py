@@ -30,6 +30,7 @@ it keep their own hard links.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,21 @@ class ContentPrestager:
         """Stage one content now (or wait for the copy under way): what the list does for
         each asset it finds; asking twice copies once."""
         await asyncio.shield(self._start((owner_id, file.sha256), file))
+
+    async def keep(self, owner_id: str, file: SceneFile, fetched: Path, seconds: float) -> None:
+        """Keep the file a job's staging fetched from the bucket (verified, at ``fetched``)
+        as the content of ``file``: hard-linked into place and recorded (``AssetStaged``),
+        so that the next staging of the same content links it instead of fetching it. A
+        content staged already is left as it is; a link that cannot be made keeps nothing."""
+        sha256 = file.sha256
+        asset = await self._record(owner_id, sha256, lambda a: None)
+        if not asset.stored or asset.staged:
+            return
+        dest = self.root / content_path(owner_id, sha256)
+        if not await asyncio.to_thread(_link_into, fetched, dest, file.size_bytes):
+            return
+        await self._record(owner_id, sha256, lambda a: a.kept(owner_id, sha256, seconds, _now()))
+        log.info("asset_kept", owner_id=owner_id, sha256=sha256, bytes=file.size_bytes)
 
     async def _stage_or_retry_later(self, key: Content, file: SceneFile) -> None:
         try:
@@ -240,6 +256,19 @@ def _now() -> datetime:
 
 def _unstage(owner_id: str, sha256: str, asset: Asset) -> None:
     asset.unstage(owner_id, sha256, "retention ended", _now())
+
+
+def _link_into(fetched: Path, dest: Path, size_bytes: int) -> bool:
+    """Hard-link ``fetched`` to ``dest``; True if ``dest`` holds the content now (linked,
+    or put there verified meanwhile by a copy of the pre-stager's)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(fetched, dest)
+    except FileExistsError:
+        return _holds(dest, size_bytes)
+    except OSError:
+        return False
+    return True
 
 
 def _holds(dest: Path, size_bytes: int) -> bool:

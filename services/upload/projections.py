@@ -350,6 +350,45 @@ async def pending_stagings(conn: asyncpg.Connection, schema: str, limit: int) ->
     return [r["job_id"] for r in rows]
 
 
+async def stored_contents(
+    conn: asyncpg.Connection, schema: str, owner_id: str, sha256s: list[str]
+) -> dict[str, tuple[str, str]]:
+    """Of ``sha256s``, the contents ``owner_id`` holds: sha256 -> (bucket, object key)."""
+    rows = await conn.fetch(
+        f"SELECT sha256, bucket, object_key FROM {schema}.assets"
+        " WHERE owner_id = $1 AND sha256 = ANY($2::text[])",
+        owner_id,
+        sha256s,
+    )
+    return {r["sha256"]: (r["bucket"], r["object_key"]) for r in rows}
+
+
+async def contents_uploading(
+    conn: asyncpg.Connection, schema: str, owner_id: str, sha256s: list[str]
+) -> set[str]:
+    """Of ``sha256s``, the contents with an open upload session of ``owner_id``."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT sha256 FROM {schema}.uploads WHERE owner_id = $1 AND kind = 'asset'"
+        " AND status IN ('uploading', 'completing') AND sha256 = ANY($2::text[])",
+        owner_id,
+        sha256s,
+    )
+    return {r["sha256"] for r in rows}
+
+
+async def last_upload_status(
+    conn: asyncpg.Connection, schema: str, owner_id: str, sha256: str
+) -> str | None:
+    """How the latest upload session of a content ended (None: it never had one)."""
+    status: str | None = await conn.fetchval(
+        f"SELECT status FROM {schema}.uploads WHERE owner_id = $1 AND kind = 'asset'"
+        " AND sha256 = $2 ORDER BY created_at DESC, upload_id DESC LIMIT 1",
+        owner_id,
+        sha256,
+    )
+    return status
+
+
 async def pending_prestages(
     conn: asyncpg.Connection, schema: str, stored_after: datetime, limit: int
 ) -> list[asyncpg.Record]:

@@ -91,7 +91,7 @@ async def wire(rt: ServiceRuntime[Upload]) -> Upload:
     prestager = None
     if settings.stage_on_upload:
         prestager = ContentPrestager(settings, rt.store, s3, rt.projectors["assets"])
-    stager = SceneStager(settings, rt.store, s3, rt.projectors["stagings"], prestager)
+    stager = SceneStager(settings, rt.store, s3, rt.projectors, prestager)
     StagingCommands(stager.ask_cancel).register(rt.commands)
     rt.background("scene-stager", stager.run)
 

@@ -49,6 +49,13 @@ class UploadSettings(S3Settings):
     #: At most this many bytes a second for each scene being copied (None: as fast as the
     #: store and the disk go), leaving room on a link that uploads share.
     stage_max_bytes_per_second: int | None = Field(default=None, gt=0)
+    #: A needed file (one the test frames need) of at least ``stage_range_min_bytes`` that
+    #: is fetched from the store comes as ``stage_range_streams`` ranged GETs at once, of
+    #: ``stage_range_bytes`` each (S3 serves about 85-90 MB/s a request: one stream cannot
+    #: fill a fast link). 1 stream: one GET a file, as every other file.
+    stage_range_streams: int = Field(default=8, ge=1, le=64)
+    stage_range_bytes: int = Field(default=16 * 2**20, ge=64 * 1024)
+    stage_range_min_bytes: int = Field(default=64 * 2**20, ge=1)
     #: A staging's progress is recorded at most this often, and only after this many bytes.
     stage_progress_seconds: float = Field(default=0.5, ge=0)
     stage_progress_bytes: int = Field(default=8 * 2**20, ge=0)

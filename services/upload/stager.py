@@ -39,7 +39,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,8 +54,15 @@ from contracts.errors import (
     SceneFileMissing,
     ScenePathRefused,
     SceneSizeMismatch,
+    SceneUploadEnded,
 )
-from contracts.staging import STAGED_DIR, STAGED_MARKER, SceneKind, StagingStatus
+from contracts.staging import (
+    STAGED_DIR,
+    STAGED_MARKER,
+    SceneFilesAwaited,
+    SceneKind,
+    StagingStatus,
+)
 from libs.blendtrace import files_needed, write_listing
 from libs.eventstore.processor import Projector
 from libs.eventstore.store import ConcurrencyError, EventStore
@@ -70,7 +78,12 @@ from services.upload.domain import (
     staged_dir,
     staged_name,
 )
-from services.upload.projections import pending_stagings
+from services.upload.projections import (
+    contents_uploading,
+    last_upload_status,
+    pending_stagings,
+    stored_contents,
+)
 from services.upload.settings import UploadSettings
 
 if TYPE_CHECKING:
@@ -83,11 +96,17 @@ MARKER = STAGED_MARKER
 #: Folders being filled, one per job, under the staged root.
 INCOMING = ".incoming"
 _MISSING = ("NoSuchKey", "NoSuchBucket", "404", "NotFound")
+#: A staging waiting for uploads looks again at most this often (it is woken by the
+#: service's own commits, which come fast while parts are confirmed).
+MIN_LOOK_SECONDS = 0.2
+#: Paths named in a ``SceneFilesAwaited``.
+AWAITED_PATHS = 20
 
 
 @dataclass(frozen=True)
 class SceneFile:
-    """One file to stage: where it goes in the staged folder, and where it is in the store."""
+    """One file to stage: where it goes in the staged folder, and where it is in the store
+    (``bucket`` and ``object_key`` empty while its upload has not completed)."""
 
     path: str
     size_bytes: int
@@ -100,13 +119,34 @@ class Cancelled(Exception):
     """The staging was cancelled while its scene was copied."""
 
 
+class RangesNotServed(Exception):
+    """The store answered a ranged GET with the whole object: fetch with one GET."""
+
+
+class _Slot:
+    """One of the ``stage_concurrency`` copy slots, held by a staging while it copies and
+    given up while it waits for uploads."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots, self.held = slots, False
+
+    async def take(self) -> None:
+        await self.slots.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.slots.release()
+            self.held = False
+
+
 class SceneStager:
     def __init__(
         self,
         settings: UploadSettings,
         store: EventStore,
         s3: S3Client,
-        view: Projector,
+        views: Mapping[str, Projector],
         prestager: ContentPrestager | None = None,
     ) -> None:
         self.settings = settings
@@ -114,13 +154,21 @@ class SceneStager:
         self.prestager = prestager
         self.store = store
         self.s3 = s3
-        self.view = view
+        #: Its to-do list, and what it looks at to learn that a file's upload completed
+        #: (or ended without it): caught up before each look, uploads first.
+        self.view = views["stagings"]
+        self.upload_views = (views["uploads"], views["assets"])
         self.root = Path(settings.stage_root)
         self.is_leader = False
         self.last_error: BaseException | None = None
         #: Jobs being staged now, and when a job that failed for a passing reason is retried.
         self.active: dict[str, asyncio.Task[None]] = {}
         self.retry_at: dict[str, float] = {}
+        #: Copy slots, and the active stagings that gave theirs up to wait for uploads.
+        self.slots = asyncio.Semaphore(settings.stage_concurrency)
+        self.waiting: set[str] = set()
+        #: Set (and replaced) at each cycle: stagings waiting for uploads look again.
+        self._looks = asyncio.Event()
         #: Jobs whose cancel this process was asked for: looked at before the next chunk.
         self.cancel_asked: set[str] = set()
         self._wake = store.waiter()
@@ -129,6 +177,7 @@ class SceneStager:
 
     def ask_cancel(self, job_id: str) -> None:
         self.cancel_asked.add(job_id)
+        self._looks.set()
 
     @property
     def lock_key(self) -> int:
@@ -178,7 +227,9 @@ class SceneStager:
     async def cycle(self) -> None:
         """Start staging the pending jobs, as many as ``stage_concurrency`` at once."""
         await self.view.catch_up()
-        free = self.settings.stage_concurrency - len(self.active)
+        self._looks.set()
+        self._looks = asyncio.Event()
+        free = self.settings.stage_concurrency - (len(self.active) - len(self.waiting))
         if free <= 0:
             return
         async with self.store.pool.acquire() as conn:
@@ -195,8 +246,10 @@ class SceneStager:
     async def _stage_or_retry_later(self, job_id: str) -> None:
         """Stage; a failure that is not the scene's fault (the store or the disk away) is
         logged as an alert and tried again after ``stage_retry_seconds``."""
+        slot = _Slot(self.slots)
         try:
-            await self.stage(job_id)
+            await slot.take()
+            await self.stage(job_id, slot)
             self.retry_at.pop(job_id, None)
             self.last_error = None
         except Exception as e:
@@ -204,14 +257,25 @@ class SceneStager:
             self.retry_at[job_id] = time.monotonic() + self.settings.stage_retry_seconds
             log.error("staging_will_retry", alert=True, job_id=job_id, error=repr(e), exc_info=True)
         finally:
+            slot.give()
             self.active.pop(job_id, None)
             self.cancel_asked.discard(job_id)
             self._wake.set()
 
+    async def look_again(self) -> None:
+        """Return at the stager's next cycle (woken by the service's own commits, or every
+        ``stage_poll_seconds``), or a cancel asked of this process, at most every
+        :data:`MIN_LOOK_SECONDS`."""
+        started, looks = time.monotonic(), self._looks
+        with suppress(TimeoutError):
+            await asyncio.wait_for(looks.wait(), self.settings.stage_poll_seconds)
+        await asyncio.sleep(max(0.0, MIN_LOOK_SECONDS - (time.monotonic() - started)))
+
     # -- one staging --------------------------------------------------------------------
 
-    async def stage(self, job_id: str) -> None:
-        """Stage one job's scene, or record why it cannot be staged."""
+    async def stage(self, job_id: str, slot: _Slot | None = None) -> None:
+        """Stage one job's scene, or record why it cannot be staged; ``slot``: the copy
+        slot it holds, given up while it waits for uploads."""
         staging = await self._record(job_id, lambda s: None)
         if not staging.exists or staging.finished:
             return
@@ -225,20 +289,27 @@ class SceneStager:
             if await asyncio.to_thread(_holds, final, name):
                 await self._record(job_id, lambda s: s.staged(True, 0, _now()))
                 return
-            files = await self._files(staging)
+            files, awaited = await self._files(staging)
             total = sum(f.size_bytes for f in files)
             staging = await self._record(job_id, lambda s: s.start(len(files), total, _now()))
             if staging.status is not StagingStatus.copying:
                 return  # cancelled meanwhile
             await asyncio.to_thread(_remove, incoming)  # what a crashed attempt left
             progress = _Progress(self, job_id, total)
+            uploads = _Uploads(self, staging, files, awaited, progress, slot)
             first: set[str] = set()
-            if scene.kind is SceneKind.manifest:
-                first = await self._copy_needed(staging, files, incoming, progress)
-            for file in files:
-                if file.path not in first:
-                    await self._copy(staging.owner_id, file, incoming / file.path, progress)
+            manifest = scene.kind is SceneKind.manifest
+            if manifest:
+                first = await self._copy_needed(staging, files, incoming, progress, uploads)
+            left = [f for f in files if f.path not in first]
+            while left:  # in path order, of those uploaded: the others as they arrive
+                ready = await uploads.ready(left, needed=False)
+                for file in ready:
+                    dest = incoming / file.path
+                    await self._copy(staging.owner_id, file, dest, progress, keep=manifest)
                     progress.files_done += 1
+                done = {f.path for f in ready}
+                left = [f for f in left if f.path not in done]
             await progress.report()
             await asyncio.to_thread(_write_marker, incoming, job_id, scene.scene_id, files)
             await asyncio.to_thread(_place, incoming, final, name)
@@ -258,7 +329,13 @@ class SceneStager:
         except Cancelled:
             log.info("staging_cancelled", job_id=job_id)
             await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
-        except (SceneChecksumMismatch, SceneSizeMismatch, SceneFileMissing, ScenePathRefused) as e:
+        except (
+            SceneChecksumMismatch,
+            SceneSizeMismatch,
+            SceneFileMissing,
+            ScenePathRefused,
+            SceneUploadEnded,
+        ) as e:
             await self._fail(job_id, e)
             await asyncio.to_thread(_remove, self.root / needed_dir(job_id))
         finally:
@@ -289,8 +366,9 @@ class SceneStager:
             return staging
         raise ConcurrencyError(f"staging-{job_id} kept changing while the stager recorded")
 
-    async def _files(self, staging: SceneStaging) -> list[SceneFile]:
-        """The scene's files and where each is in the store."""
+    async def _files(self, staging: SceneStaging) -> tuple[list[SceneFile], set[str]]:
+        """The scene's files and where each is in the store, and the contents (SHA-256)
+        whose upload has not completed yet (a manifest still waiting for files)."""
         scene = staging.scene
         assert scene is not None
         if scene.kind is SceneKind.upload:
@@ -299,16 +377,15 @@ class SceneStager:
                     f"upload {scene.scene_id} names no object in the store", path=scene.main_file
                 )
             name = staged_name(scene)
-            return [
-                SceneFile(
-                    name, scene.size_bytes, scene.content_sha256, scene.bucket, scene.object_key
-                )
-            ]
+            file = SceneFile(
+                name, scene.size_bytes, scene.content_sha256, scene.bucket, scene.object_key
+            )
+            return [file], set()
         return await self._manifest_files(staging.owner_id, scene.scene_id, scene.main_file)
 
     async def _manifest_files(
         self, owner_id: str, manifest_id: str, main_file: str
-    ) -> list[SceneFile]:
+    ) -> tuple[list[SceneFile], set[str]]:
         s = self.store.schema
         async with self.store.pool.acquire() as conn:
             listed = await conn.fetchval(
@@ -319,13 +396,9 @@ class SceneStager:
             if listed is None:
                 raise SceneFileMissing(f"manifest {manifest_id} is gone", path="")
             entries = json.loads(listed) if isinstance(listed, str) else listed
-            rows = await conn.fetch(
-                f"SELECT sha256, bucket, object_key FROM {s}.assets"
-                " WHERE owner_id = $1 AND sha256 = ANY($2::text[])",
-                owner_id,
-                sorted({e["sha256"] for e in entries}),
+            stored = await stored_contents(
+                conn, s, owner_id, sorted({e["sha256"] for e in entries})
             )
-        stored = {r["sha256"]: (r["bucket"], r["object_key"]) for r in rows}
         if main_file not in {e["path"] for e in entries}:
             raise SceneFileMissing(
                 f"manifest {manifest_id} does not list its main file {main_file}", path=main_file
@@ -333,19 +406,24 @@ class SceneStager:
         files = []
         for e in entries:
             path = _check_path(e["path"])
-            if e["sha256"] not in stored:
-                raise SceneFileMissing(f"{path}: no uploaded file has its SHA-256", path=path)
-            files.append(SceneFile(path, e["size_bytes"], e["sha256"], *stored[e["sha256"]]))
-        return files
+            bucket, key = stored.get(e["sha256"], ("", ""))
+            files.append(SceneFile(path, e["size_bytes"], e["sha256"], bucket, key))
+        return files, {f.sha256 for f in files} - stored.keys()
 
     async def _copy_needed(
-        self, staging: SceneStaging, files: list[SceneFile], incoming: Path, progress: _Progress
+        self,
+        staging: SceneStaging,
+        files: list[SceneFile],
+        incoming: Path,
+        progress: _Progress,
+        uploads: _Uploads,
     ) -> set[str]:
         """Copy the files the job's test frames need first: the main file, then what it
         references (traced with BAT from the copies, again after each library) and, of each
-        sequence, the test frames' entries. Then make them readable in the job's needed
-        folder (hard links, with the scene's listing) and record that they are there. The
-        files copied; a main file that is not a ``.blend`` is all that is needed."""
+        sequence, the test frames' entries, each as soon as it is uploaded. Then make them
+        readable in the job's needed folder (hard links, with the scene's listing) and
+        record that they are there. The files copied; a main file that is not a ``.blend``
+        is all that is needed."""
         scene = staging.scene
         assert scene is not None
         main, started = scene.main_file, time.monotonic()
@@ -354,11 +432,13 @@ class SceneStager:
         copied: set[str] = set()
         wanted = {main}
         while todo := sorted(wanted - copied):
-            for path in todo:
-                await self._copy(staging.owner_id, by_path[path], incoming / path, progress)
+            ready = await uploads.ready([by_path[p] for p in todo], needed=True)
+            for file in ready:
+                dest = incoming / file.path
+                await self._copy(staging.owner_id, file, dest, progress, keep=True, needed=True)
                 progress.files_done += 1
-                copied.add(path)
-            if main in todo or any(p.lower().endswith(".blend") for p in todo):
+                copied.add(file.path)
+            if any(f.path == main or f.path.lower().endswith(".blend") for f in ready):
                 wanted |= await asyncio.to_thread(
                     files_needed, incoming, main, sizes, staging.test_frames
                 )
@@ -388,14 +468,46 @@ class SceneStager:
         )
         return copied
 
-    async def _copy(self, owner_id: str, file: SceneFile, dest: Path, progress: _Progress) -> None:
+    async def _copy(
+        self,
+        owner_id: str,
+        file: SceneFile,
+        dest: Path,
+        progress: _Progress,
+        *,
+        keep: bool,
+        needed: bool = False,
+    ) -> None:
         """Put one file at ``dest``: a hard link to its content if that was staged as it was
-        uploaded, else streamed from the store (see :func:`fetch`)."""
+        uploaded, else streamed from the store (see :func:`fetch`; a large ``needed`` file
+        in parallel ranges, :func:`fetch_ranges`) and, if ``keep`` (a manifest's file) and
+        staging as uploaded is on, kept as that content."""
         content = self.root / content_path(owner_id, file.sha256)
         if await asyncio.to_thread(_link_content, content, dest, file.size_bytes):
             await progress.add(file.size_bytes, prestaged=True)
             return
-        await fetch(self.s3, file, dest, self.settings.stage_chunk_bytes, progress.add)
+        started, s, before = time.monotonic(), self.settings, progress.bytes_done
+        if needed and s.stage_range_streams > 1 and file.size_bytes >= s.stage_range_min_bytes:
+            ranges = (s.stage_range_bytes, s.stage_range_streams)
+            try:
+                await fetch_ranges(self.s3, file, dest, s.stage_chunk_bytes, ranges, progress.add)
+            except RangesNotServed:
+                log.warning("ranged_gets_not_served", path=file.path, bucket=file.bucket)
+                progress.undo(progress.bytes_done - before)
+                await fetch(self.s3, file, dest, s.stage_chunk_bytes, progress.add)
+        else:
+            await fetch(self.s3, file, dest, s.stage_chunk_bytes, progress.add)
+        if keep and self.prestager is not None:
+            await self._keep(owner_id, file, dest, time.monotonic() - started)
+
+    async def _keep(self, owner_id: str, file: SceneFile, dest: Path, seconds: float) -> None:
+        """Keep a fetched manifest file's content for the next staging (see
+        :meth:`ContentPrestager.keep`); its failure is logged, never the staging's."""
+        assert self.prestager is not None
+        try:
+            await self.prestager.keep(owner_id, file, dest, seconds)
+        except Exception as e:
+            log.warning("content_not_kept", owner_id=owner_id, sha256=file.sha256, error=repr(e))
 
 
 async def fetch(
@@ -447,6 +559,95 @@ async def fetch(
         )
 
 
+async def fetch_ranges(
+    s3: S3Client,
+    file: SceneFile,
+    dest: Path,
+    chunk_bytes: int,
+    ranges: tuple[int, int],
+    add: Callable[[int], Awaitable[None]],
+) -> None:
+    """Fetch one object into ``dest`` as ranged GETs (``ranges``: the bytes of each, and how
+    many run at once), each written at its offset as it comes; its SHA-256 is computed in
+    order alongside, reading back each range once it and all before it are written (from
+    the page cache), and its size checked from every answer."""
+    range_bytes, streams = ranges
+    size = file.size_bytes
+    spans = [(start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+    written = [asyncio.Event() for _ in spans]
+    todo = iter(range(len(spans)))  # shared by the streams: each takes the next range
+    fd = await asyncio.to_thread(_open_sized, dest, size)
+
+    async def stream() -> None:
+        for i in todo:
+            await _fetch_range(s3, file, fd, spans[i], chunk_bytes, add)
+            written[i].set()
+
+    async def sha256() -> str:
+        digest = hashlib.sha256()
+        for (start, end), done in zip(spans, written, strict=True):
+            await done.wait()
+            await asyncio.to_thread(_hash_span, fd, digest, start, end, chunk_bytes)
+        return digest.hexdigest()
+
+    hashing = asyncio.create_task(sha256())
+    tasks = [asyncio.create_task(stream()) for _ in range(min(streams, len(spans)))]
+    try:
+        await asyncio.gather(*tasks)
+        actual = await hashing
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        for task in (*tasks, hashing):
+            task.cancel()
+        await asyncio.gather(*tasks, hashing, return_exceptions=True)
+        os.close(fd)
+    if actual != file.sha256:
+        raise SceneChecksumMismatch(
+            f"{file.path}: the uploaded bytes have SHA-256 {actual}, not the {file.sha256}"
+            " declared for them",
+            path=file.path,
+            expected_sha256=file.sha256,
+            actual_sha256=actual,
+        )
+
+
+async def _fetch_range(
+    s3: S3Client,
+    file: SceneFile,
+    fd: int,
+    span: tuple[int, int],
+    chunk_bytes: int,
+    add: Callable[[int], Awaitable[None]],
+) -> None:
+    """GET the bytes ``span`` (start, end exclusive) of the object and write them at their
+    offset of ``fd``; the object must have the declared size."""
+    start, end = span
+    try:
+        obj = await s3.get_object(
+            Bucket=file.bucket, Key=file.object_key, Range=f"bytes={start}-{end - 1}"
+        )
+    except ClientError as e:
+        if error_code(e) in _MISSING:
+            raise SceneFileMissing(f"{file.path} is not in the store", path=file.path) from e
+        if error_code(e) in ("InvalidRange", "416"):  # the object is smaller than declared
+            raise _size_mismatch(file, start) from e
+        raise
+    at, body = start, obj["Body"]
+    async with body:  # gives the connection back, read to the end or not
+        answered = obj.get("ContentRange")
+        if answered is None:  # the whole object: the store does not serve ranges
+            raise RangesNotServed(f"{file.bucket} answered a ranged GET with the whole object")
+        total = answered.rpartition("/")[2]
+        if total != str(file.size_bytes):
+            raise _size_mismatch(file, int(total) if total.isdigit() else -1)
+        while at < end and (piece := await body.read(min(chunk_bytes, end - at))):
+            await asyncio.to_thread(os.pwrite, fd, piece, at)
+            at += len(piece)
+            await add(len(piece))
+    if at != end:
+        raise _size_mismatch(file, at)
+
+
 async def keep_to_rate(started: float, done: int, rate: int | None) -> None:
     """Sleep until ``done`` bytes since ``started`` (monotonic) keep to ``rate`` a second."""
     if rate is not None:
@@ -481,6 +682,10 @@ class _Progress:
         if due or self.job_id in self.stager.cancel_asked:
             await self.report()
 
+    def undo(self, n: int) -> None:
+        """Bytes counted that are fetched again (not recorded as progress until passed)."""
+        self.bytes_done -= n
+
     async def report(self) -> None:
         self.stager.cancel_asked.discard(self.job_id)
         done, files, total, linked = self.bytes_done, self.files_done, self.total, self.prestaged
@@ -490,6 +695,121 @@ class _Progress:
         self.reported_at, self.reported_bytes = time.monotonic(), done
         if staging.status is StagingStatus.cancelled:
             raise Cancelled
+
+
+class _Uploads:
+    """A manifest staging's files whose upload has not completed yet (the job was created
+    on a manifest still waiting for files): which of them are there now, and the waits for
+    the others. A file whose content is not stored and has no open upload session left
+    (aborted, expired) will never come: :class:`SceneUploadEnded`."""
+
+    def __init__(
+        self,
+        stager: SceneStager,
+        staging: SceneStaging,
+        files: list[SceneFile],
+        awaited: set[str],
+        progress: _Progress,
+        slot: _Slot | None,
+    ) -> None:
+        self.stager, self.staging, self.files = stager, staging, files
+        self.progress, self.slot = progress, slot
+        #: Contents (SHA-256) not uploaded yet, and where each arrived one is in the store.
+        self.awaited = awaited
+        self.stored: dict[str, tuple[str, str]] = {}
+
+    def _placed(self, file: SceneFile) -> SceneFile:
+        if file.sha256 not in self.stored:
+            return file
+        bucket, key = self.stored[file.sha256]
+        return SceneFile(file.path, file.size_bytes, file.sha256, bucket, key)
+
+    async def ready(self, files: list[SceneFile], needed: bool) -> list[SceneFile]:
+        """Of ``files``, those uploaded, once there is one (in their order); waits meanwhile,
+        the copy slot given up (``needed``: they are files the test frames need)."""
+        if any(f.sha256 in self.awaited for f in files):
+            await self._look()
+        while not (ready := [self._placed(f) for f in files if f.sha256 not in self.awaited]):
+            await self._wait(files, needed)
+        return ready
+
+    async def _look(self) -> None:
+        """Find which awaited contents are uploaded now; raise if one never will be."""
+        if not self.awaited:
+            return
+        for view in self.stager.upload_views:  # uploads first: see contents_uploading
+            await view.catch_up()
+        owner, schema = self.staging.owner_id, self.stager.store.schema
+        async with self.stager.store.pool.acquire() as conn:
+            arrived = await stored_contents(conn, schema, owner, sorted(self.awaited))
+            self.stored.update(arrived)
+            self.awaited -= arrived.keys()
+            if not self.awaited:
+                return
+            uploading = await contents_uploading(conn, schema, owner, sorted(self.awaited))
+            ended = sorted(
+                (f for f in self.files if f.sha256 in self.awaited - uploading),
+                key=lambda f: f.path,
+            )
+            if not ended:
+                return
+            status = await last_upload_status(conn, schema, owner, ended[0].sha256)
+        file, how = ended[0], status or "none"
+        raise SceneUploadEnded(
+            f"{file.path} was never uploaded and no upload session for it is open any more"
+            f" (its last one: {how}); submit the manifest again, upload the files it lacks"
+            " and create the job again",
+            path=file.path,
+            sha256=file.sha256,
+            status=how,
+        )
+
+    async def _wait(self, files: list[SceneFile], needed: bool) -> None:
+        """Record that the staging waits for ``files``, give the copy slot up, and come back
+        (holding a slot again) once one of them is uploaded; raise :class:`Cancelled` when
+        the staging was cancelled meanwhile."""
+        job_id, progress = self.staging.job_id, self.progress
+        waited = [f for f in files if f.sha256 in self.awaited] if needed else []
+        named = {f.path for f in waited}
+        others = [f for f in self.files if f.sha256 in self.awaited and f.path not in named]
+        every = sorted(waited, key=lambda f: f.path) + sorted(others, key=lambda f: f.path)
+        event = SceneFilesAwaited(
+            job_id=job_id,
+            needed=needed,
+            files_waiting=len(every),
+            bytes_waiting=sum(f.size_bytes for f in every),
+            needed_files_waiting=len(waited),
+            files_done=progress.files_done,
+            bytes_done=progress.bytes_done,
+            files_total=len(self.files),
+            bytes_total=progress.total,
+            paths=[f.path for f in every[:AWAITED_PATHS]],
+            at=_now(),
+        )
+        staging = await self.stager._record(job_id, lambda s: s.awaiting_upload(event))
+        log.info(
+            "staging_awaiting_upload",
+            job_id=job_id,
+            needed=needed,
+            files=event.files_waiting,
+            bytes=event.bytes_waiting,
+        )
+        if self.slot is not None:
+            self.slot.give()
+        self.stager.waiting.add(job_id)
+        try:
+            while staging.status is StagingStatus.copying:
+                await self.stager.look_again()
+                await self._look()
+                if any(f.sha256 not in self.awaited for f in files):
+                    break
+                staging = await self.stager._record(job_id, lambda s: None)
+        finally:
+            self.stager.waiting.discard(job_id)
+        if staging.status is not StagingStatus.copying:
+            raise Cancelled
+        if self.slot is not None:
+            await self.slot.take()
 
 
 # -- helpers (file system work runs in threads) ------------------------------------------
@@ -524,6 +844,24 @@ def _holds(final: Path, name: str) -> bool:
 def _open(dest: Path) -> IO[bytes]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest.open("wb")
+
+
+def _open_sized(dest: Path, size: int) -> int:
+    """``dest`` opened for writing at any offset, ``size`` bytes long."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _hash_span(fd: int, digest: Any, start: int, end: int, chunk_bytes: int) -> None:
+    at = start
+    while at < end:
+        data = os.pread(fd, min(chunk_bytes, end - at), at)
+        if not data:
+            raise OSError(f"short read at {at} of a file being staged")
+        digest.update(data)
+        at += len(data)
 
 
 def _write(out: IO[bytes], digest: Any, data: bytearray) -> None:

@@ -20,7 +20,7 @@ from contracts.staging import SceneKind, SceneRef
 from libs.ids import new_id
 from libs.readmodels import read_only_pool
 from libs.readmodels import scenes as scene_queries
-from libs.readmodels.scenes import ScenesQuery
+from libs.readmodels.scenes import EndedFile, ScenesQuery
 from libs.runtime import ServiceRuntime
 from services.upload.service import SERVICE
 from tests.fixtures import Users
@@ -91,6 +91,8 @@ async def test_a_manifest_is_a_scene_of_its_files_ready_once_complete(
     manifest = r.json()
     waiting = await scenes.scene(manifest["manifest_id"], owner)
     assert waiting is not None and (waiting.ready, waiting.status) == (False, "waiting_for_files")
+    assert waiting.renderable  # a job may be created on it: its staging waits for the files
+    assert await scenes.ended_file(manifest["manifest_id"], owner) is None
     for missing, data in zip(manifest["missing"], (scene, texture), strict=True):
         session = await me.get(missing["upload_id"])
         await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
@@ -112,3 +114,24 @@ async def test_a_manifest_is_a_scene_of_its_files_ready_once_complete(
         content_sha256=manifest["content_sha256"],
     )
     assert await scenes.scene(manifest["manifest_id"], new_id("usr")) is None
+
+
+async def test_a_manifest_file_whose_upload_session_ended_is_named(
+    upload_api: httpx.AsyncClient, users: Users, scenes: ScenesQuery
+) -> None:
+    owner = new_id("usr")
+    me = Uploader(upload_api, users.headers(owner))
+    scene, texture = os.urandom(3000), os.urandom(1000)
+    files = [
+        {"path": "main.blend", "size_bytes": len(scene), "sha256": sha256_hex(scene)},
+        {"path": "tex/wood.png", "size_bytes": len(texture), "sha256": sha256_hex(texture)},
+    ]
+    r = await upload_api.post(
+        "/v1/manifests", json={"main_file": "main.blend", "files": files}, headers=me.headers
+    )
+    assert r.status_code == 201, r.text
+    manifest = r.json()
+    assert (await me.abort(manifest["missing"][1]["upload_id"])).status_code == 200
+    ended = await scenes.ended_file(manifest["manifest_id"], owner)
+    assert ended == EndedFile(path="tex/wood.png", sha256=sha256_hex(texture), status="aborted")
+    assert await scenes.ended_file(manifest["manifest_id"], new_id("usr")) is None  # not theirs

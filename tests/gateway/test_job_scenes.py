@@ -1,5 +1,6 @@
-"""create_job names the scene it renders: the caller's completed scene upload or complete
-manifest, made through the real upload API. Anything else is a 4xx with a code."""
+"""create_job names the scene it renders: the caller's completed scene upload or manifest
+(complete, or with its files still uploading), made through the real upload API. Anything
+else is a 4xx with a code."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ async def test_an_upload_not_completed_is_not_ready_with_its_status(
     assert (await create_job(upload_api, me, open_session["upload_id"])).status_code == 201
 
 
-async def test_a_manifest_renders_once_complete_and_its_files_are_not_scenes(
+async def test_a_manifest_renders_while_its_files_upload_and_its_files_are_not_scenes(
     upload_api: httpx.AsyncClient, users: Users, job_service: ServiceRuntime[Any]
 ) -> None:
     me = users.new()
@@ -84,14 +85,34 @@ async def test_a_manifest_renders_once_complete_and_its_files_are_not_scenes(
         {"path": "shots/shot_030.blend", "size_bytes": len(scene), "sha256": sha256_hex(scene)},
         {"path": "textures/wood.png", "size_bytes": len(texture), "sha256": sha256_hex(texture)},
     ]
-    r = await upload_api.post(
-        "/v1/manifests", json={"main_file": "shots/shot_030.blend", "files": files}, headers=me
-    )
-    assert r.status_code == 201, r.text
-    manifest = r.json()
+
+    async def submit() -> dict[str, Any]:
+        body = {"main_file": "shots/shot_030.blend", "files": files}
+        r = await upload_api.post("/v1/manifests", json=body, headers=me)
+        assert r.status_code == 201, r.text
+        manifest: dict[str, Any] = r.json()
+        return manifest
+
+    # A file whose upload session ended without it: the manifest can never be complete.
+    ended = await submit()
+    texture_upload = ended["missing"][1]["upload_id"]
+    assert (await uploader.abort(texture_upload)).status_code == 200
+    refused = await create_job(upload_api, me, ended["manifest_id"])
+    assert refused.status_code == 409, refused.text
+    assert (refused.json()["code"], refused.json()["retryable"]) == ("scene_upload_ended", False)
+    assert refused.json()["details"] == {
+        "path": "textures/wood.png",
+        "sha256": sha256_hex(texture),
+        "status": "aborted",
+    }
+
+    # Submitted again, it has a session for each file it lacks: a job can be created on it
+    # while they are uploaded (its staging waits for them).
+    manifest = await submit()
+    assert [m["upload_id"] is not None for m in manifest["missing"]] == [True, True]
     waiting = await create_job(upload_api, me, manifest["manifest_id"])
-    assert waiting.status_code == 409 and waiting.json()["code"] == "scene_not_ready"
-    assert waiting.json()["details"]["status"] == "waiting_for_files"
+    assert waiting.status_code == 201, waiting.text
+    assert waiting.json()["scene_id"] == manifest["manifest_id"]
 
     asset = manifest["missing"][0]["upload_id"]
     for missing, data in zip(manifest["missing"], (scene, texture), strict=True):

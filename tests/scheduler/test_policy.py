@@ -60,6 +60,7 @@ from contracts.render import (
 )
 from contracts.staging import (
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneStaged,
     SceneStagingFailed,
@@ -313,6 +314,44 @@ async def test_the_test_frames_files_are_staged_first_and_the_scene_prepared_fro
     assert commands.types() == ["LogJobStep", "RecordSceneStaged", "QueueJob", "SubmitRender"]
     submit = commands.sent[-1][1]
     assert isinstance(submit, SubmitRender) and submit.scene_key == PREPARED_KEY
+
+
+async def test_a_staging_waiting_for_uploads_is_logged_on_the_stage_step_and_sends_nothing_else(
+    runner: ProcessRunner[JobRender], commands: ScriptedCommands
+) -> None:
+    """A job on a manifest still waiting for files: what its staging waits for is in the
+    stage step's log, first for the test frames' files, then for the rest of the scene."""
+
+    def waiting(needed: bool, paths: list[str], done: int) -> SceneFilesAwaited:
+        return SceneFilesAwaited(
+            job_id=JOB,
+            needed=needed,
+            files_waiting=len(paths),
+            bytes_waiting=len(paths) * 2**30,
+            needed_files_waiting=1 if needed else 0,
+            files_done=done,
+            bytes_done=done * 2**20,
+            files_total=done + len(paths),
+            bytes_total=done * 2**20 + len(paths) * 2**30,
+            paths=paths,
+            at=T,
+        )
+
+    await runner.handle(bus_event(waiting(True, ["shot.blend", "cache/a.vdb"], 0)))
+    await runner.handle(bus_event(waiting(False, ["cache/a.vdb"], 1)))
+    assert commands.types() == ["LogJobStep", "LogJobStep"]
+    first, then = (cmd for _, cmd in commands.sent)
+    assert isinstance(first, LogJobStep) and first.step is StepName.stage_scene
+    assert first.message == (
+        "waiting for the upload of 2 files (2.0 GiB: shot.blend, cache/a.vdb); 0 of 2 files"
+        " (0 B of 2.0 GiB) are on the farm; the test render waits for 1 of them its frames"
+        " need, the full render for all of them"
+    )
+    assert isinstance(then, LogJobStep) and then.message == (
+        "waiting for the upload of 1 file (1.0 GiB: cache/a.vdb); 1 of 2 files (1.0 MiB of"
+        " 1.0 GiB) are on the farm; the files the test frames need are on the farm; the full"
+        " render waits"
+    )
 
 
 async def test_frames_changed_before_the_scene_is_staged_are_what_the_workers_apply(

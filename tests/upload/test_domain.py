@@ -18,6 +18,7 @@ from contracts.errors import (
     UploadSessionLimitReached,
     UploadTooLarge,
 )
+from contracts.staging import AssetStaged
 from contracts.uploads import (
     GiB,
     ManifestCompleted,
@@ -310,3 +311,18 @@ def test_one_content_has_one_size() -> None:
         asset.check_size(SHA, 6)
     assert refused.value.details.known_size_bytes == 5
     assert asset.store(started(size=5), NOW) == []
+
+
+def test_content_a_staging_fetched_is_kept_once_even_after_its_removal() -> None:
+    asset = Asset()
+    assert asset.kept("usr_1", SHA, 1.0, NOW) == []  # not stored: nothing to keep
+    asset.store(started(size=5), NOW)
+    [staged] = asset.stage("usr_1", SHA, 0.5, NOW)
+    assert asset.kept("usr_1", SHA, 1.0, NOW) == []  # staged as uploaded already
+    asset.unstage("usr_1", SHA, "retention ended", NOW)
+    assert not asset.to_stage  # the pre-stager does not stage it again
+    [kept] = asset.kept("usr_1", SHA, 1.25, NOW)  # a job's staging fetched it: kept
+    assert isinstance(kept, AssetStaged) and (kept.size_bytes, kept.seconds) == (5, 1.25)
+    assert isinstance(staged, AssetStaged)
+    assert kept.staged_key == staged.staged_key == f"staged/.content/usr_1/{SHA}"
+    assert asset.kept("usr_1", SHA, 1.0, NOW) == []

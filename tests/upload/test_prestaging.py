@@ -269,7 +269,8 @@ async def test_content_staged_as_uploaded_is_removed_when_its_retention_ends(
     users: Users,
     stage_root: Path,
 ) -> None:
-    """Kept 4 s here: then removed and recorded; a job's staging fetches it again."""
+    """Kept 4 s here: then removed and recorded; a job's staging fetches it again, and keeps
+    it as the content again: the next job on another manifest of it links it."""
     owner = new_id("usr")
     me = Uploader(upload_api, users.headers(owner))
     data = os.urandom(3000)
@@ -287,6 +288,20 @@ async def test_content_staged_as_uploaded_is_removed_when_its_retention_ends(
     staged = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
     assert isinstance(staged, SceneStaged)
     assert (staged.bytes_copied, staged.bytes_prestaged) == (len(data), 0)
+
+    [_, kept] = [
+        e for e in await asset_events(upload_service, owner, data) if isinstance(e, AssetStaged)
+    ]
+    assert isinstance(kept, AssetStaged) and kept.size_bytes == len(data)
+    scene = stage_root / f"staged/{owner}/{manifest['content_sha256']}/main.blend"
+    assert content(stage_root, owner, data).stat().st_ino == scene.stat().st_ino
+    other = await manifest_of(upload_api, me, "other.blend", {"other.blend": data})
+    assert other["missing"] == []  # held: nothing to upload, nothing pre-staged
+    found = await ScenesQuery(upload_service.pool).scene(other["manifest_id"], owner)
+    assert found is not None
+    again = await ended(upload_service, await stage(upload_service, found.ref(), owner=owner))
+    assert isinstance(again, SceneStaged) and not again.reused
+    assert (again.bytes_copied, again.bytes_prestaged) == (0, len(data))
 
 
 @pytest.mark.parametrize(

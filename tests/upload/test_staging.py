@@ -20,9 +20,11 @@ import httpx
 import pytest
 
 from contracts.base import Event
+from contracts.errors import SceneChecksumMismatch, SceneSizeMismatch
 from contracts.staging import (
     STAGING_LISTING,
     CancelStaging,
+    SceneFilesAwaited,
     SceneNeededFilesStaged,
     SceneRef,
     SceneStaged,
@@ -45,7 +47,7 @@ from libs.runtime import ServiceRuntime, build
 from libs.s3 import S3Client
 from services.upload.service import SERVICE
 from services.upload.settings import UploadSettings
-from services.upload.stager import INCOMING, MARKER
+from services.upload.stager import INCOMING, MARKER, SceneFile, fetch_ranges
 from tests.conftest import Env
 from tests.fixtures import Users
 from tests.processes import service
@@ -79,8 +81,16 @@ def staging_settings(env: Env, stage_root: Path, **overrides: Any) -> UploadSett
 
 
 @pytest.fixture
-async def upload_service(env: Env, stage_root: Path) -> AsyncIterator[ServiceRuntime[Any]]:
-    rt = await build(SERVICE, staging_settings(env, stage_root))
+def overrides() -> dict[str, Any]:
+    """Upload settings of the test (parametrized where a test needs others)."""
+    return {}
+
+
+@pytest.fixture
+async def upload_service(
+    env: Env, stage_root: Path, overrides: dict[str, Any]
+) -> AsyncIterator[ServiceRuntime[Any]]:
+    rt = await build(SERVICE, staging_settings(env, stage_root, **overrides))
     await rt.launch()
     yield rt
     await rt.stop()
@@ -445,3 +455,202 @@ async def test_the_files_a_blend_scenes_test_frames_need_are_staged_first_and_re
     for path in contents:
         assert (apart / path).stat().st_ino == (final / path).stat().st_ino, path
     assert not (final / STAGING_LISTING).exists()
+
+
+async def submitted_manifest(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    owner: str,
+    contents: dict[str, bytes],
+    main_file: str = "main.blend",
+) -> tuple[dict[str, Any], SceneRef]:
+    """``contents`` declared as a manifest, none of its files sent: its description, and
+    the scene as the gateway resolves it for create_job (a manifest waiting for files)."""
+    files = [
+        {"path": p, "size_bytes": len(d), "sha256": sha256_hex(d)} for p, d in contents.items()
+    ]
+    r = await upload_api.post(
+        "/v1/manifests",
+        json={"main_file": main_file, "files": files},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 201, r.text
+    manifest: dict[str, Any] = r.json()
+    found = await ScenesQuery(upload_service.pool).scene(manifest["manifest_id"], owner)
+    assert found is not None and found.renderable and not found.ready
+    return manifest, found.ref()
+
+
+async def awaiting(of: Service, job_id: str, count: int = 1) -> list[SceneFilesAwaited]:
+    """The staging's waits for uploads, once there are ``count``."""
+
+    async def waits() -> list[SceneFilesAwaited]:
+        return [e for e in await history(of, job_id) if isinstance(e, SceneFilesAwaited)]
+
+    async def enough() -> bool:
+        return len(await waits()) >= count
+
+    await until(enough)
+    return await waits()
+
+
+async def test_a_staging_waits_for_uploads_without_a_copy_slot_and_an_ended_upload_fails_it(
+    upload_service: ServiceRuntime[Any],
+    upload_api: httpx.AsyncClient,
+    users: Users,
+    s3: S3Client,
+    env: Env,
+    stage_root: Path,
+) -> None:
+    """Two stagings (the stager's ``stage_concurrency``) wait for manifest files that are
+    not uploaded; a third scene is staged meanwhile. One waiting staging goes on as its
+    file arrives; the other's file has its session aborted: it fails scene_upload_ended."""
+    owner = new_id("usr")
+    me = Uploader(upload_api, users.headers(owner))
+    main, wood, sky = os.urandom(4000), os.urandom(3000), os.urandom(2000)
+    first, scene_a = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": main, "tex/wood.png": wood}
+    )
+    job_a = await stage(upload_service, scene_a, owner=owner)
+    [wait_a] = await awaiting(upload_service, job_a)
+    # The test frames' files first (only the main file is known to be needed yet).
+    assert (wait_a.needed, wait_a.needed_files_waiting, wait_a.files_waiting) == (True, 1, 2)
+    assert wait_a.paths == ["main.blend", "tex/wood.png"]
+    assert (wait_a.files_total, wait_a.bytes_total) == (2, len(main) + len(wood))
+    # The main file is there (the other manifest sends it), the sky never will be.
+    second, scene_b = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": main, "tex/sky.png": sky}
+    )
+    job_b = await stage(upload_service, scene_b, owner=owner)
+    await awaiting(upload_service, job_b)
+    assert upload_service.wired.stager.waiting == {job_a, job_b}
+
+    # Neither holds a copy slot: a third scene is staged while both wait.
+    other = await put_scene(s3, env, scene_bytes(MiB))
+    assert isinstance(await ended(upload_service, await stage(upload_service, other)), SceneStaged)
+
+    sent = {sha256_hex(main): main, sha256_hex(wood): wood}
+    for missing in first["missing"]:
+        session = await me.get(missing["upload_id"])
+        data = sent[missing["sha256"]]
+        await me.send(missing["upload_id"], cut(data, session["part_size_bytes"]))
+        assert (await me.complete(missing["upload_id"])).status_code == 200
+    done = await ended(upload_service, job_a)
+    assert isinstance(done, SceneStaged), done
+    folder = stage_root / f"staged/{owner}/{first['content_sha256']}"
+    assert (folder / "tex/wood.png").read_bytes() == wood
+
+    [sky_session] = [m["upload_id"] for m in second["missing"] if m["paths"] == ["tex/sky.png"]]
+    assert (await me.abort(sky_session)).status_code == 200
+    failed = await ended(upload_service, job_b)
+    assert isinstance(failed, SceneStagingFailed) and failed.code == "scene_upload_ended", failed
+    assert "tex/sky.png" in failed.reason and "aborted" in failed.reason
+    assert not (stage_root / f"staged/{owner}/{second['content_sha256']}").exists()
+    assert not (stage_root / f"staged/.needed/{job_b}").exists()
+    assert leftovers(stage_root) == []
+
+
+async def test_a_cancel_reaches_a_staging_waiting_for_uploads(
+    upload_service: ServiceRuntime[Any], upload_api: httpx.AsyncClient, users: Users
+) -> None:
+    owner = new_id("usr")
+    _, scene = await submitted_manifest(
+        upload_service, upload_api, users, owner, {"main.blend": os.urandom(1000)}
+    )
+    job_id = await stage(upload_service, scene, owner=owner)
+    await awaiting(upload_service, job_id)
+    reply = await send(upload_service, CancelStaging(job_id=job_id, reason="the job was cancelled"))
+    assert reply.status is StagingStatus.cancelled
+    assert isinstance(await ended(upload_service, job_id), SceneStagingCancelled)
+
+    async def stopped() -> bool:
+        return not upload_service.wired.stager.active
+
+    await until(stopped)
+    assert upload_service.wired.stager.waiting == set()
+
+
+class CountingStore:
+    """The store as the stager calls it, noting each GET's range; ``started`` is set once
+    ``at_once`` GETs were asked for."""
+
+    def __init__(self, s3: S3Client, at_once: int) -> None:
+        self.s3, self.at_once = s3, at_once
+        self.ranges: list[str | None] = []
+        self.started = asyncio.Event()
+
+    async def get_object(self, **kw: Any) -> Any:
+        self.ranges.append(kw.get("Range"))
+        if len(self.ranges) >= self.at_once:
+            self.started.set()
+        return await self.s3.get_object(**kw)
+
+
+async def test_a_large_file_is_fetched_as_ranged_gets_at_once_written_in_place_and_verified(
+    s3: S3Client, env: Env, tmp_path: Path
+) -> None:
+    data = scene_bytes(MiB + 123)
+    scene = await put_scene(s3, env, data)
+    file = SceneFile(
+        "a.bin", len(data), scene.content_sha256, scene.bucket or "", scene.object_key or ""
+    )
+    store = CountingStore(s3, at_once=4)
+    got: list[int] = []
+
+    async def add(n: int) -> None:
+        """No range is written before 4 GETs run: one stream after the other never gets
+        past this."""
+        await asyncio.wait_for(store.started.wait(), 10)
+        got.append(n)
+
+    dest = tmp_path / "a.bin"
+    await fetch_ranges(store, file, dest, 64 * 1024, (256 * 1024, 4), add)  # type: ignore[arg-type]
+    assert dest.read_bytes() == data and sum(got) == len(data)
+    starts = [256 * 1024 * i for i in range(5)]
+    assert sorted(store.ranges) == sorted(  # type: ignore[type-var]
+        f"bytes={a}-{min(a + 256 * 1024, len(data)) - 1}" for a in starts
+    )
+
+    wrong = SceneFile("a.bin", len(data), "0" * 64, file.bucket, file.object_key)
+    with pytest.raises(SceneChecksumMismatch):
+        await fetch_ranges(s3, wrong, dest, 64 * 1024, (256 * 1024, 4), add)
+    longer = SceneFile("a.bin", len(data) + 1, file.sha256, file.bucket, file.object_key)
+    with pytest.raises(SceneSizeMismatch):
+        await fetch_ranges(s3, longer, dest, 64 * 1024, (256 * 1024, 4), add)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "stage_on_upload": False,
+            "stage_range_min_bytes": MiB,
+            "stage_range_bytes": 256 * 1024,
+            "stage_range_streams": 4,
+        }
+    ],
+)
+async def test_a_large_needed_file_a_staging_fetches_comes_as_ranged_gets(
+    upload_service: ServiceRuntime[Any],
+    stage_root: Path,
+    upload_api: httpx.AsyncClient,
+    users: Users,
+) -> None:
+    """The main file (the test frames need it) over ``stage_range_min_bytes``: ranged GETs,
+    4 at once; the rest of the scene, one GET a file."""
+    rt = upload_service
+    store = CountingStore(rt.wired.stager.s3, at_once=4)
+    rt.wired.stager.s3 = store
+    owner = new_id("usr")
+    main, rest = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    manifest, scene = await uploaded_manifest(
+        rt, upload_api, users, owner, "main.blend", {"main.blend": main, "big.bin": rest}
+    )
+    staged = await ended(rt, await stage(rt, scene, owner=owner))
+    assert isinstance(staged, SceneStaged) and staged.bytes_copied == 4 * MiB, staged
+    folder = stage_root / f"staged/{owner}/{manifest['content_sha256']}"
+    assert (folder / "main.blend").read_bytes() == main
+    assert (folder / "big.bin").read_bytes() == rest
+    assert store.ranges.count(None) == 1  # big.bin: not needed, one GET
+    assert len([r for r in store.ranges if r is not None]) == 8  # main.blend: 8 ranges

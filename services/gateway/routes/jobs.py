@@ -25,6 +25,7 @@ from contracts.errors import (
     JobViewCatchingUp,
     SceneNotFound,
     SceneNotReady,
+    SceneUploadEnded,
     ServiceUnavailable,
     TestRenderInProgress,
     TestRenderNotAllowed,
@@ -91,12 +92,16 @@ Cursor = Annotated[
     dependencies=[requires(Scope.jobs_write)],
     summary="Create a render job",
     description=(
-        "Submit a render job for your completed scene upload or complete manifest"
-        " (scene_id). Answers at once (201) with the job envelope: id, status, steps,"
-        " progress, ETA, cost and allowed next actions. The scene is first staged to the"
-        " farm (step stage_scene, status preparing), then the render is queued. Fails with"
-        " scene_not_found (not yours, or no such id), scene_not_ready (not completed yet),"
-        " upload_not_a_scene (a manifest's file) or job_limit_reached (too many active jobs)."
+        "Submit a render job for your completed scene upload or your manifest (scene_id),"
+        " complete or still waiting for files: the staging then waits for each file's"
+        " upload, a test render runs once the files its frames need are there, and the"
+        " full render once every file is. Answers at once (201) with the job envelope: id,"
+        " status, steps, progress, ETA, cost and allowed next actions. The scene is first"
+        " staged to the farm (step stage_scene, status preparing), then the render is"
+        " queued. Fails with scene_not_found (not yours, or no such id), scene_not_ready"
+        " (an upload not completed yet), scene_upload_ended (a manifest file's upload"
+        " session ended without it), upload_not_a_scene (a manifest's file) or"
+        " job_limit_reached (too many active jobs)."
     ),
     status_code=201,
     response_model=JobEnvelope,
@@ -104,6 +109,7 @@ Cursor = Annotated[
         InvalidFrameRange,
         SceneNotFound,
         SceneNotReady,
+        SceneUploadEnded,
         UploadNotAScene,
         JobLimitReached,
         InsufficientScope,
