@@ -89,9 +89,10 @@ async def serve(gw: Gateway) -> AsyncIterator[Served]:
 
 @pytest.fixture
 async def two(
-    gateway: Gateway, gateway_settings: GatewaySettings, notifier: ServiceRuntime[Any]
+    notifier: ServiceRuntime[Any], gateway: Gateway, gateway_settings: GatewaySettings
 ) -> AsyncIterator[tuple[Served, Served]]:
-    """Two gateway processes on one database and Redis prefix, each on its own port."""
+    """Two gateway processes on one database and Redis prefix, each on its own port (the
+    notifier first, so both follow its feed table from their start)."""
     rt = await build(gateway_service.SERVICE, gateway_settings)
     await rt.launch()
     try:
