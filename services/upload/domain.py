@@ -653,16 +653,7 @@ class Asset(Aggregate):
         """Its content is on the farm (:func:`content_path`); once only."""
         if not self.to_stage:
             return []
-        return self.record(
-            AssetStaged(
-                owner_id=owner_id,
-                sha256=sha256,
-                size_bytes=self.size_bytes,
-                staged_key=content_path(owner_id, sha256),
-                seconds=round(seconds, 3),
-                at=now,
-            )
-        )
+        return self._staged(owner_id, sha256, seconds, now)
 
     def kept(self, owner_id: str, sha256: str, seconds: float, now: datetime) -> list[Event]:
         """Its content, fetched and verified by a job's staging, is kept on the farm
@@ -670,6 +661,9 @@ class Asset(Aggregate):
         removed after its retention or given up by the pre-stager."""
         if not self.stored or self.staged:
             return []
+        return self._staged(owner_id, sha256, seconds, now)
+
+    def _staged(self, owner_id: str, sha256: str, seconds: float, now: datetime) -> list[Event]:
         return self.record(
             AssetStaged(
                 owner_id=owner_id,
