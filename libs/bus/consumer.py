@@ -190,8 +190,10 @@ class DurableConsumer:
         sub = await self.js.pull_subscribe_bind(
             durable=self.durable, stream=self.settings.events_stream
         )
-        # With a backlog (a full batch came), the next batch is asked for while this one is
-        # handled, so the fetch's round trip is not on the handling's path.
+        # With a batch handler and a backlog (a full batch came), the next batch is asked for
+        # while this one is handled, so the fetch's round trip is not on the handling's path.
+        # Not for event-by-event handlers: a batch handled one event at a time can take long
+        # enough that the batch waiting behind it would pass its ack wait.
         ahead: asyncio.Task[list[Msg]] | None = None
         try:
             while not stopping.is_set():
@@ -208,7 +210,7 @@ class DurableConsumer:
                     continue
                 finally:
                     ahead = None
-                if len(msgs) >= self.batch and not stopping.is_set():
+                if self.batch_handler and len(msgs) >= self.batch and not stopping.is_set():
                     ahead = asyncio.create_task(self._fetch(sub))
                 await self._handle(msgs)
             if ahead is not None:  # stopping: what it brings is handled, not left unacked
