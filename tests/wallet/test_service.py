@@ -29,6 +29,7 @@ from services.wallet.projections import (
     TransfersProjection,
 )
 from tests.conftest import Env
+from tests.waiting import until
 from tests.wallet.conftest import Wallets
 from tools import renderctl
 
@@ -101,10 +102,15 @@ async def test_the_sweeper_expires_a_stale_hold_and_the_credits_come_back(
     held = await wallets.hold(user, "job_stale", "20.00", datetime.now(UTC) + timedelta(seconds=1))
     assert held.available_credits == D("30.00")
     await until_available(wallet_service, user, D("50.00"))
-    status = await wallet_service.store.pool.fetchval(
-        "SELECT status FROM wallet.holds WHERE user_id = $1 AND hold_id = 'hld_job_stale'", user
-    )
-    assert status == "expired"
+
+    async def hold_expired() -> bool:  # the holds read model has its own projector
+        status = await wallet_service.store.pool.fetchval(
+            "SELECT status FROM wallet.holds WHERE user_id = $1 AND hold_id = 'hld_job_stale'",
+            user,
+        )
+        return bool(status == "expired")
+
+    await until(hold_expired, "the hold listed as expired", timeout=10)
 
 
 async def until_hold(
