@@ -103,12 +103,7 @@ async def claim_event(
 
     Returns False if it was handled before: skip the effect, the transaction stays harmless.
     """
-    status: str = await conn.execute(
-        f"INSERT INTO {schema}.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        consumer,
-        event_id,
-    )
-    return status == "INSERT 0 1"
+    return await claim_events(conn, schema, consumer, [event_id])
 
 
 async def handled_events(

@@ -62,7 +62,7 @@ from contracts.wallet import (
     HoldVoided,
 )
 from libs.bus.commands import CommandServer
-from libs.bus.consumer import BusEvent, Retry, claim_event, claim_events, handled_events
+from libs.bus.consumer import BusEvent, Retry, claim_events, handled_events
 from libs.eventstore.aggregate import Aggregate
 from libs.eventstore.store import EventStore, Position, RecordedEvent
 from libs.eventstore.uow import UnitOfWork
@@ -245,7 +245,7 @@ CONSUMED: tuple[type[Event], ...] = (
 
 
 class _AlreadyHandled(Exception):
-    """The event is in the inbox: another delivery handled it."""
+    """An event is in the inbox: another delivery handled it meanwhile."""
 
 
 class Unbatchable(Exception):
@@ -285,16 +285,7 @@ class TriggerEvents:
         event = bus_event.decode(self.store.registry)
         if isinstance(event, UserErased):  # the address overwritten first, then the tombstone
             await shred(self.store.pool, self.store.schema, event.user_id)
-        try:
-            async with self.store.session() as conn, conn.transaction():
-                uow = UnitOfWork(self.store, conn=conn, metadata=self._metadata(bus_event))
-                await notify(uow, event, bus_event, self.settings.low_balance_credits)
-                await uow.commit()  # the events insert is the transaction's first write
-                if not await claim_event(conn, self.store.schema, self.durable, bus_event.event_id):
-                    raise _AlreadyHandled
-        except _AlreadyHandled:
-            return
-        self._recorded(uow.recorded)
+        await self._handle([bus_event])  # claimed meanwhile by another delivery: done too
 
     async def handle_batch(self, bus_events: Sequence[BusEvent]) -> None:
         """A fetched batch in one transaction, in order (a user's events stay in order): what
@@ -303,37 +294,47 @@ class TriggerEvents:
         An erasure is never batched (its overwrite is a transaction of its own)."""
         if any(e.event_type == UserErased.event_type for e in bus_events):
             raise Unbatchable("an erasure is handled alone")
+        if not await self._handle(bus_events):
+            raise Unbatchable("another delivery handled part of the batch meanwhile")
+
+    async def _handle(self, bus_events: Sequence[BusEvent]) -> bool:
+        """Record what the events not in the inbox yet cause, and claim them, in one
+        transaction; False (nothing kept) if another delivery claimed one meanwhile."""
         schema, registry = self.store.schema, self.store.registry
-        async with self.store.session() as conn, conn.transaction():
-            handled = await handled_events(
-                conn, schema, self.durable, [e.event_id for e in bus_events]
-            )
-            todo = list({e.event_id: e for e in bus_events if e.event_id not in handled}.values())
-            uow = UnitOfWork(self.store, conn=conn)
-            low = self.settings.low_balance_credits
-            events = [(bus_event.decode(registry), bus_event) for bus_event in todo]
-            await prefetch_batch(uow, events, low)
-            for event, bus_event in events:
-                uow.stamp(self._metadata(bus_event))
-                await notify(uow, event, bus_event, low)
-            await uow.commit()  # the events insert is the transaction's first write
-            if todo and not await claim_events(
-                conn, schema, self.durable, [e.event_id for e in todo]
-            ):
-                raise Unbatchable("another delivery handled part of the batch meanwhile")
+        try:
+            async with self.store.session() as conn, conn.transaction():
+                ids = [e.event_id for e in bus_events]
+                handled = await handled_events(conn, schema, self.durable, ids)
+                todo = list(
+                    {e.event_id: e for e in bus_events if e.event_id not in handled}.values()
+                )
+                uow = UnitOfWork(self.store, conn=conn)
+                low = self.settings.low_balance_credits
+                events = [(bus_event.decode(registry), bus_event) for bus_event in todo]
+                await prefetch_batch(uow, events, low)
+                for event, bus_event in events:
+                    uow.stamp(self._metadata(bus_event))
+                    await notify(uow, event, bus_event, low)
+                await uow.commit()  # the events insert is the transaction's first write
+                todo_ids = [e.event_id for e in todo]
+                if todo and not await claim_events(conn, schema, self.durable, todo_ids):
+                    raise _AlreadyHandled
+        except _AlreadyHandled:
+            return False
         self._recorded(uow.recorded)
+        return True
 
     def _recorded(self, recorded: Sequence[RecordedEvent]) -> None:
         """Wake the tailers, and the sender and the mailer for what they have to send."""
         if not recorded:
             return
         self.store.notify_appended()
-        last = recorded[-1]
+        last = recorded[-1].cursor
         types = {r.event_type for r in recorded}
         if types & {WebhookDeliveryScheduled.event_type, WebhookEndpointDisabled.event_type}:
-            self.scheduled(Position(last.tx_id, last.position))
+            self.scheduled(last)
         if EmailScheduled.event_type in types:
-            self.mailed(Position(last.tx_id, last.position))
+            self.mailed(last)
 
 
 def public_data(event: Event) -> dict[str, Any]:
@@ -377,18 +378,18 @@ async def prefetch_batch(
     subjects (their owners), then each user's notification, preferences, feed and
     endpoints. Only an optimisation: what is not known here (an owner recorded earlier in the
     same batch) is loaded by :func:`notify` itself."""
+    triggers = [trigger_of(event, low_balance) for event, _ in events]
     subjects: set[str] = set()
-    for event, _ in events:
+    for (event, _), trigger in zip(events, triggers, strict=True):
         if (owner := owner_of(event)) is not None:
             subjects.add(owner.subject)
         if (job_id := _job_id(event)) is not None:
             subjects.add(job_subject(job_id))
-        if (trigger := trigger_of(event, low_balance)) is not None and trigger.subject:
+        if trigger is not None and trigger.subject:
             subjects.add(trigger.subject)
     await uow.prefetch(*((Subject, s) for s in subjects))
     refs: list[tuple[type[Aggregate], str]] = []
-    for event, cause in events:
-        trigger = trigger_of(event, low_balance)
+    for (event, cause), trigger in zip(events, triggers, strict=True):
         users = (
             {getattr(event, "user_id", None)} if isinstance(event, FEED_WALLET_EVENTS) else set()
         )
